@@ -1,0 +1,1 @@
+//! Username/password checks against a mosquitto_passwd file (not built yet).

@@ -1,0 +1,118 @@
+//! Config and Limits: every bound the broker enforces, with defaults that serve a benchmark
+//! and a production host alike, read from an optional TOML file and overridden by flags.
+//! A bad file names the key and what is wrong with it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Every queue, buffer and window has a named bound here.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest packet accepted, checked from the fixed header before the body is buffered.
+    pub packet_size_max: u32,
+    /// Connections the whole broker holds at once; over it a CONNECT gets "server unavailable".
+    pub connections_max: u32,
+    /// QoS 1/2 messages in flight to one client before further ones wait in its session queue.
+    pub inflight_max: u16,
+    /// Messages queued for one session (offline, or waiting for the in-flight window); over it
+    /// new messages are dropped and counted.
+    pub offline_queue_max: u32,
+    /// Bytes waiting to be sent to one connection; over it QoS 0 messages are dropped (counted)
+    /// and QoS 1/2 wait in the session queue.
+    pub outbox_bytes_max: u32,
+    /// Keepalive granted at most (seconds). 0 = whatever the client asks.
+    pub keepalive_max_secs: u16,
+    /// Highest QoS granted on SUBSCRIBE.
+    pub qos_max: u8,
+    /// Messages taken from one inbound mesh ring per loop turn.
+    pub mesh_batch_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            packet_size_max: 1 << 20,
+            connections_max: 1_000_000,
+            inflight_max: 64,
+            offline_queue_max: 10_000,
+            outbox_bytes_max: 4 << 20,
+            keepalive_max_secs: 0,
+            qos_max: 2,
+            mesh_batch_max: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks an ephemeral port.
+    pub listen: SocketAddr,
+    /// Shard threads; 0 = one per CPU available to the process.
+    pub shards: usize,
+    /// io_uring rings (each with its own fixed-file table) per shard.
+    pub rings_per_shard: usize,
+    /// A mosquitto_passwd file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 crypt entries).
+    pub password_file: Option<PathBuf>,
+    /// Let clients connect without a username when no password matches is required.
+    pub allow_anonymous: bool,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "0.0.0.0:1883".parse().expect("valid default address"),
+            shards: 0,
+            rings_per_shard: 1,
+            password_file: None,
+            allow_anonymous: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; a parse error names the file, the key and the problem.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; the message says what to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.packet_size_max < 16 || l.packet_size_max > 268_435_460 {
+            return Err(format!(
+                "limits.packet_size_max = {}: must be between 16 and 268435460 (the MQTT maximum)",
+                l.packet_size_max
+            ));
+        }
+        if l.inflight_max == 0 {
+            return Err("limits.inflight_max = 0: must be at least 1".into());
+        }
+        if l.qos_max > 2 {
+            return Err(format!("limits.qos_max = {}: must be 0, 1 or 2", l.qos_max));
+        }
+        if l.connections_max == 0 {
+            return Err("limits.connections_max = 0: must be at least 1".into());
+        }
+        if l.mesh_batch_max == 0 {
+            return Err("limits.mesh_batch_max = 0: must be at least 1".into());
+        }
+        if self.rings_per_shard == 0 {
+            return Err("rings_per_shard = 0: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

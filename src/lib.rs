@@ -1,0 +1,17 @@
+//! ringmq: a thread-per-core MQTT 3.1.1 / 5.0 broker on io_uring.
+//!
+//! - `protocol`: the codec, bytes in and packets out, shared with the load generator.
+//! - `topic`: topic-name and filter validation, the subscription trie, retained messages.
+//! - `ring`: the io_uring driver (typed tokens, multishot accept/recv, provided buffers).
+//! - `shard`: one pinned thread per core owning its clients, sessions and trie.
+//! - `session`: in-flight window, offline queue, will.
+//! - `broker`: starts the shards and stops them.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod protocol;
+pub mod ring;
+pub mod session;
+pub mod shard;
+pub mod topic;

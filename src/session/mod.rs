@@ -1,0 +1,1 @@
+//! Sessions (not built yet).

@@ -1,0 +1,1 @@
+//! Shard event loop (not built yet).

@@ -1,0 +1,1 @@
+//! Topic names, filters, the subscription trie and retained messages (not built yet).
