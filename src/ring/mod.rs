@@ -1,1 +1,262 @@
-//! io_uring driver (not built yet).
+//! The io_uring driver: one small module between the shard and the kernel. It builds a ring on
+//! the calling thread (single issuer, deferred task work), registers a sparse fixed-file table
+//! (connections are direct descriptors, never in the process fd table) and a provided-buffer
+//! ring (an idle connection owns no read buffer), and offers one method per operation the shard
+//! uses. Every submission carries a `Token`; completions are copied out in batches so handlers
+//! can submit while they run.
+
+pub mod bufring;
+pub mod token;
+
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+pub use bufring::BufRing;
+pub use token::{next_generation, Op, Token};
+
+/// One completion, copied out of the completion queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    /// The kernel will post more completions for this multishot operation.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer this completion filled, if any.
+    pub fn buffer_id(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+/// Sizes of one ring.
+#[derive(Clone, Copy, Debug)]
+pub struct RingSizes {
+    /// Submission queue entries; the completion queue gets four times as many.
+    pub entries: u32,
+    /// Fixed-file slots, i.e. connections this ring can hold.
+    pub files: u32,
+    /// Provided receive buffers (a power of two) and their size in bytes.
+    pub recv_buffer_count: u16,
+    pub recv_buffer_size: u32,
+}
+
+pub struct Ring {
+    // Field order matters: the io_uring is dropped (and its requests torn down) before the
+    // buffer memory the kernel may still write into.
+    uring: IoUring,
+    bufs: BufRing,
+    files: u32,
+}
+
+/// The open-file soft limit, which caps each ring's fixed-file table.
+pub fn nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
+fn explain_setup_error(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSYS) => io::Error::new(
+            e.kind(),
+            format!("io_uring is disabled: run sysctl -w kernel.io_uring_disabled=0 ({e})"),
+        ),
+        Some(libc::ENOMEM) => io::Error::new(
+            e.kind(),
+            format!("io_uring setup failed for lack of locked memory: raise RLIMIT_MEMLOCK ({e})"),
+        ),
+        _ => io::Error::new(e.kind(), format!("io_uring setup failed: {e}")),
+    }
+}
+
+impl Ring {
+    /// Builds the ring on the calling thread, which becomes its only submitter.
+    pub fn new(sizes: RingSizes) -> io::Result<Ring> {
+        let cq_entries = sizes.entries.saturating_mul(4);
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_cqsize(cq_entries)
+            .build(sizes.entries)
+            .or_else(|e| {
+                // Kernels before 6.1 refuse DEFER_TASKRUN with EINVAL; run without it there.
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    IoUring::builder()
+                        .setup_cqsize(cq_entries)
+                        .build(sizes.entries)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(explain_setup_error)?;
+        uring
+            .submitter()
+            .register_files_sparse(sizes.files)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("registering {} fixed-file slots failed: {e}", sizes.files),
+                )
+            })?;
+        let bufs = BufRing::new(
+            &uring.submitter(),
+            0,
+            sizes.recv_buffer_count,
+            sizes.recv_buffer_size,
+        )
+        .map_err(|e| {
+            io::Error::new(e.kind(), format!("registering the buffer ring failed: {e}"))
+        })?;
+        Ok(Ring {
+            uring,
+            bufs,
+            files: sizes.files,
+        })
+    }
+
+    /// Fixed-file slots in this ring's table.
+    pub fn files(&self) -> u32 {
+        self.files
+    }
+
+    /// Queues one submission; when the queue is full, submits what is there first.
+    fn push(&mut self, entry: squeue::Entry) {
+        for _ in 0..1000 {
+            // SAFETY: every buffer an entry points to is owned by the shard and kept alive
+            // until the entry's completion (see the callers).
+            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // The queue is full. EBUSY / EINTR only delay the kernel taking the entries;
+            // completions beyond the CQ size wait in its overflow list (IORING_FEAT_NODROP).
+            let _ = self.uring.submit();
+        }
+        // Unreachable with a working kernel; losing one entry beats killing the shard.
+        eprintln!("ringmq: io_uring submission queue stuck full; dropped an operation");
+    }
+
+    /// Submits everything queued and waits for at least `want` completions.
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        match self.uring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies up to `max` completions into `out` (cleared first).
+    pub fn reap(&mut self, out: &mut Vec<Completion>, max: usize) {
+        out.clear();
+        for cqe in self.uring.completion().take(max) {
+            out.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
+        }
+    }
+
+    pub fn accept_multi(&mut self, listener: RawFd, token: Token) {
+        let entry = opcode::AcceptMulti::new(types::Fd(listener))
+            .allocate_file_index(true)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    pub fn recv_multi(&mut self, slot: u32, token: Token) {
+        let entry = opcode::RecvMulti::new(types::Fixed(slot), self.bufs.group())
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// # Safety
+    /// `buf..buf+len` must stay valid and unmoved until this send's completion arrives.
+    pub unsafe fn send(&mut self, slot: u32, buf: *const u8, len: u32, token: Token) {
+        let entry = opcode::Send::new(types::Fixed(slot), buf, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// Ends both directions: a multishot recv completes for the last time, a stuck send fails.
+    pub fn shutdown(&mut self, slot: u32, token: Token) {
+        let entry = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_RDWR)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// Cancels the operation submitted with `target`.
+    pub fn cancel(&mut self, target: Token, token: Token) {
+        let entry = opcode::AsyncCancel::new(target.pack())
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// Frees a fixed-file slot. Call only once no operation on it is in flight: closing the
+    /// slot does not end a multishot recv.
+    pub fn close(&mut self, slot: u32, token: Token) {
+        let entry = opcode::Close::new(types::Fixed(slot))
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// # Safety
+    /// `timespec` must stay valid until the timeout completes.
+    pub unsafe fn timeout(&mut self, timespec: *const types::Timespec, token: Token) {
+        let entry = opcode::Timeout::new(timespec)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// # Safety
+    /// `buf` (8 bytes) must stay valid until the read completes.
+    pub unsafe fn read_eventfd(&mut self, fd: RawFd, buf: *mut u64, token: Token) {
+        let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// The bytes a recv completion delivered in provided buffer `bid`.
+    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        self.bufs.get(bid, len)
+    }
+
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufs.recycle(bid);
+    }
+
+    /// Cancels every operation still in flight and waits (up to a second) for them to end, so
+    /// no kernel work refers to shard memory once the ring is dropped.
+    pub fn cancel_all(&mut self) {
+        let _ = self.uring.submit();
+        let timeout = types::Timespec::new().sec(1);
+        let _ = self
+            .uring
+            .submitter()
+            .register_sync_cancel(Some(timeout), types::CancelBuilder::any());
+    }
+}
