@@ -1,0 +1,452 @@
+//! Retained messages, one per topic name, in a trie of topic levels.
+//!
+//! A new subscription must find every retained message its filter matches [MQTT-3.3.1-6], so the
+//! store is walked by the filter's levels: a literal level follows one child, `+` each child,
+//! `#` the whole subtree. Cost grows with what matches, not with how many topics are retained.
+//! Each message keeps its topic name beside it so matches are reported without rebuilding names.
+//! What `T` is, and that an empty payload deletes (the broker calls `remove`), is the broker's.
+
+use std::collections::hash_map;
+use std::collections::HashMap;
+
+use super::filter::split_level;
+use super::stack::SmallStack;
+
+pub struct RetainedStore<T> {
+    root: Node<T>,
+    len: usize,
+}
+
+struct Node<T> {
+    children: HashMap<Box<str>, Node<T>>,
+    /// The retained message whose topic name ends at this node, with that name.
+    message: Option<(Box<str>, T)>,
+}
+
+impl<T> Node<T> {
+    fn new() -> Self {
+        Node {
+            children: HashMap::new(),
+            message: None,
+        }
+    }
+}
+
+impl<T> Drop for Node<T> {
+    /// Iterative, so dropping a 32,768-level topic does not overflow the stack.
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut pending: Vec<Node<T>> = self.children.drain().map(|(_, c)| c).collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain().map(|(_, c)| c));
+        }
+    }
+}
+
+/// Work left on the walk's stack: the rest of one child iterator.
+enum Frame<'a, T> {
+    /// The filter had `+` here: try each child against the levels after the `+`.
+    Plus {
+        children: hash_map::Iter<'a, Box<str>, Node<T>>,
+        rest: Option<&'a str>,
+        skip_dollar: bool,
+    },
+    /// The filter had `#` here: every message in each child's subtree matches.
+    Subtree {
+        children: hash_map::Iter<'a, Box<str>, Node<T>>,
+        skip_dollar: bool,
+    },
+}
+
+impl<T> Default for RetainedStore<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> RetainedStore<T> {
+    pub fn new() -> Self {
+        RetainedStore {
+            root: Node::new(),
+            len: 0,
+        }
+    }
+
+    /// Number of retained messages.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Retains `message` for `topic` (a valid topic name), replacing any previous one
+    /// [MQTT-3.3.1-5].
+    pub fn set(&mut self, topic: &str, message: T) {
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            // Look up first so an existing level costs no `Box<str>` allocation.
+            if !node.children.contains_key(level) {
+                node.children.insert(level.into(), Node::new());
+            }
+            node = node
+                .children
+                .get_mut(level)
+                .expect("child was just inserted");
+        }
+        match &mut node.message {
+            Some((_, old)) => *old = message,
+            None => {
+                node.message = Some((topic.into(), message));
+                self.len += 1;
+            }
+        }
+    }
+
+    pub fn get(&self, topic: &str) -> Option<&T> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.message.as_ref().map(|(_, message)| message)
+    }
+
+    /// Removes and returns the message retained for `topic`, freeing levels left empty.
+    pub fn remove(&mut self, topic: &str) -> Option<T> {
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        let (_, message) = node.message.take()?;
+        self.len -= 1;
+        self.prune(topic);
+        Some(message)
+    }
+
+    /// Two passes, no recursion: find the deepest node on the path that must stay (it holds a
+    /// message or another child), then cut the path below it.
+    fn prune(&mut self, topic: &str) {
+        let mut keep_depth = 0;
+        let mut depth = 0;
+        let mut node = &self.root;
+        let mut levels = topic.split('/').peekable();
+        while let Some(level) = levels.next() {
+            let Some(child) = node.children.get(level) else {
+                return;
+            };
+            node = child;
+            depth += 1;
+            let path_children = usize::from(levels.peek().is_some());
+            if node.message.is_some() || node.children.len() > path_children {
+                keep_depth = depth;
+            }
+        }
+        if keep_depth == depth {
+            return;
+        }
+        let mut node = &mut self.root;
+        for (index, level) in topic.split('/').enumerate() {
+            if index == keep_depth {
+                node.children.remove(level);
+                return;
+            }
+            match node.children.get_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+    }
+
+    /// Calls `f(topic_name, message)` for every retained message whose topic matches `filter`
+    /// (a valid plain filter), with the `$` rule: a filter starting with `+` or `#` skips topics
+    /// starting with `$` [MQTT-4.7.2-1]. Allocates only when more than 16 levels of `+`/`#` are
+    /// being walked at once.
+    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&str, &T)) {
+        let mut stack: SmallStack<Frame<'_, T>, 16> = SmallStack::new();
+        descend(&self.root, Some(filter), true, &mut stack, &mut f);
+        loop {
+            let Some(frame) = stack.last_mut() else {
+                return;
+            };
+            let (child, rest) = match frame {
+                Frame::Plus {
+                    children,
+                    rest,
+                    skip_dollar,
+                } => match children.next() {
+                    Some((level, child)) if !(*skip_dollar && level.starts_with('$')) => {
+                        (child, Some(*rest))
+                    }
+                    Some(_) => continue,
+                    None => {
+                        stack.pop();
+                        continue;
+                    }
+                },
+                Frame::Subtree {
+                    children,
+                    skip_dollar,
+                } => match children.next() {
+                    Some((level, child)) if !(*skip_dollar && level.starts_with('$')) => {
+                        (child, None)
+                    }
+                    Some(_) => continue,
+                    None => {
+                        stack.pop();
+                        continue;
+                    }
+                },
+            };
+            match rest {
+                // A `+` child: match the rest of the filter below it.
+                Some(rest) => descend(child, rest, false, &mut stack, &mut f),
+                // A `#` child: report it and walk all of its subtree.
+                None => {
+                    if let Some((topic, message)) = &child.message {
+                        f(topic, message);
+                    }
+                    if !child.children.is_empty() {
+                        stack.push(Frame::Subtree {
+                            children: child.children.iter(),
+                            skip_dollar: false,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Follows literal filter levels from `node` down; at a wildcard, leaves a frame on `stack` for
+/// the caller's loop. `rest` is the filter's remaining levels (`None`: the filter ended here).
+fn descend<'a, T>(
+    mut node: &'a Node<T>,
+    mut rest: Option<&'a str>,
+    mut at_root: bool,
+    stack: &mut SmallStack<Frame<'a, T>, 16>,
+    f: &mut impl FnMut(&str, &T),
+) {
+    loop {
+        let Some(levels) = rest else {
+            if let Some((topic, message)) = &node.message {
+                f(topic, message);
+            }
+            return;
+        };
+        let (level, next) = split_level(levels);
+        match level {
+            "#" => {
+                // `a/#` matches `a` itself [MQTT-4.7.1-2]; the root holds no topic of its own.
+                if !at_root {
+                    if let Some((topic, message)) = &node.message {
+                        f(topic, message);
+                    }
+                }
+                stack.push(Frame::Subtree {
+                    children: node.children.iter(),
+                    skip_dollar: at_root,
+                });
+                return;
+            }
+            "+" => {
+                stack.push(Frame::Plus {
+                    children: node.children.iter(),
+                    rest: next,
+                    skip_dollar: at_root,
+                });
+                return;
+            }
+            _ => match node.children.get(level) {
+                Some(child) => {
+                    node = child;
+                    rest = next;
+                    at_root = false;
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::filter::matches;
+    use crate::topic::trie::tests::Rng;
+
+    fn matched(store: &RetainedStore<u32>, filter: &str) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        store.for_each_match(filter, |topic, message| {
+            out.push((topic.to_string(), *message))
+        });
+        out.sort();
+        out
+    }
+
+    fn topics(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
+        matched(store, filter).into_iter().map(|(t, _)| t).collect()
+    }
+
+    #[test]
+    fn set_get_replace_remove() {
+        let mut store = RetainedStore::new();
+        assert!(store.is_empty());
+        store.set("a/b", 1);
+        store.set("a", 2);
+        store.set("a/b", 3);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.get("a/b"), Some(&3));
+        assert_eq!(store.get("a"), Some(&2));
+        assert_eq!(store.get("a/b/c"), None);
+        assert_eq!(store.get("b"), None);
+        assert_eq!(store.remove("a/c"), None);
+        assert_eq!(store.remove("a/b/c"), None);
+        assert_eq!(store.remove("a"), Some(2));
+        assert_eq!(store.remove("a"), None);
+        assert_eq!(
+            store.get("a/b"),
+            Some(&3),
+            "removing a parent keeps the child"
+        );
+        assert_eq!(store.remove("a/b"), Some(3));
+        assert!(store.is_empty());
+        assert!(store.root.children.is_empty(), "every level pruned");
+    }
+
+    #[test]
+    fn prune_keeps_other_branches() {
+        let mut store = RetainedStore::new();
+        store.set("a/b/c/d", 1);
+        store.set("a/x", 2);
+        assert_eq!(store.remove("a/b/c/d"), Some(1));
+        let a = &store.root.children["a"];
+        assert_eq!(a.children.len(), 1);
+        assert!(a.children.contains_key("x"));
+        assert_eq!(store.remove("a/x"), Some(2));
+        assert!(store.root.children.is_empty());
+    }
+
+    #[test]
+    fn wildcards_and_edge_cases() {
+        let mut store = RetainedStore::new();
+        for (i, topic) in [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a//c",
+            "a/",
+            "/a",
+            "/",
+            "sport",
+            "sport/tennis",
+            "sport/tennis/player1",
+            "$SYS/x",
+            "$SYS/monitor/Clients",
+            "$x",
+            "b/$x",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            store.set(topic, i as u32);
+        }
+        let cases: &[(&str, &[&str])] = &[
+            ("a", &["a"]),
+            ("+", &["a", "sport"]),
+            ("+/+", &["/a", "/", "a/b", "a/", "sport/tennis", "b/$x"]),
+            ("a/+/c", &["a//c", "a/b/c"]),
+            ("a//c", &["a//c"]),
+            ("/a", &["/a"]),
+            ("/+", &["/", "/a"]),
+            ("a/", &["a/"]),
+            ("a/+", &["a/", "a/b"]),
+            ("a/#", &["a", "a/", "a//c", "a/b", "a/b/c"]),
+            (
+                "sport/#",
+                &["sport", "sport/tennis", "sport/tennis/player1"],
+            ),
+            ("sport/tennis/#", &["sport/tennis", "sport/tennis/player1"]),
+            ("$SYS/#", &["$SYS/monitor/Clients", "$SYS/x"]),
+            ("$SYS/+", &["$SYS/x"]),
+            ("+/monitor/Clients", &[]),
+            ("$SYS/monitor/Clients", &["$SYS/monitor/Clients"]),
+            ("$x", &["$x"]),
+            ("b/+", &["b/$x"]),
+            ("nothing/#", &[]),
+        ];
+        for (filter, expected) in cases {
+            let mut expected: Vec<String> = expected.iter().map(|t| t.to_string()).collect();
+            expected.sort();
+            assert_eq!(topics(&store, filter), expected, "filter {filter}");
+        }
+        // `#` alone: every topic except the `$` ones.
+        let all = topics(&store, "#");
+        assert_eq!(all.len(), 11);
+        assert!(all.iter().all(|t| !t.starts_with('$')));
+        assert_eq!(matched(&store, "a/b"), vec![("a/b".to_string(), 1)]);
+    }
+
+    #[test]
+    fn deep_topics_do_not_overflow_the_stack() {
+        let deep = vec!["a"; 32_768].join("/");
+        let mut store = RetainedStore::new();
+        store.set(&deep, 7);
+        store.set("a", 1);
+        assert_eq!(store.get(&deep), Some(&7));
+        assert_eq!(topics(&store, "a/#").len(), 2);
+        assert_eq!(topics(&store, "#").len(), 2);
+        let plus = vec!["+"; 32_768].join("/");
+        assert_eq!(matched(&store, &plus), vec![(deep.clone(), 7)]);
+        assert_eq!(store.remove(&deep), Some(7));
+        assert_eq!(store.len(), 1);
+        assert!(store.root.children["a"].children.is_empty());
+        store.set(&deep, 8);
+        drop(store); // Iterative drop of the 32,768-level chain.
+    }
+
+    #[test]
+    fn randomized_against_reference_matcher() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        for round in 0..200 {
+            let mut store = RetainedStore::new();
+            let mut retained: Vec<String> = Vec::new();
+            for i in 0..rng.below(30) {
+                let topic = rng.topic();
+                store.set(&topic, i as u32);
+                if !retained.contains(&topic) {
+                    retained.push(topic);
+                }
+            }
+            for _ in 0..rng.below(8) {
+                if retained.is_empty() {
+                    break;
+                }
+                let topic = retained.swap_remove(rng.below(retained.len()));
+                assert!(store.remove(&topic).is_some());
+            }
+            assert_eq!(store.len(), retained.len());
+            for topic in &retained {
+                assert!(store.get(topic).is_some());
+            }
+            for _ in 0..50 {
+                let filter = rng.filter();
+                let got = topics(&store, &filter);
+                let mut want: Vec<String> = retained
+                    .iter()
+                    .filter(|t| matches(&filter, t))
+                    .cloned()
+                    .collect();
+                want.sort();
+                assert_eq!(got, want, "round {round} filter {filter:?}");
+            }
+            for topic in retained.drain(..) {
+                assert!(store.remove(&topic).is_some());
+            }
+            assert!(store.is_empty());
+            assert!(store.root.children.is_empty(), "round {round}: not pruned");
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! The subscription trie: one node per filter level, with `+` and `#` in dedicated slots so a
+//! publish walks the topic's levels once and visits only nodes that can match.
+//!
+//! A shard matches every PUBLISH against its trie, so `for_each_match` allocates nothing: it
+//! walks `&str` levels and keeps pending `+` branches on a small inline stack. Walks, pruning and
+//! drop are iterative because a 65,535-byte filter may have 32,768 levels, too deep to recurse.
+//! Shared subscriptions are the broker's business: it inserts the inner filter with its own `V`.
+
+use std::collections::HashMap;
+
+use super::filter::split_level;
+use super::stack::SmallStack;
+
+/// Subscriptions keyed by filter and subscriber (the broker's session index), each with a `V`
+/// (granted QoS, options, subscription identifier, ...).
+pub struct Trie<V> {
+    root: Node<V>,
+    /// Number of (filter, subscriber) pairs.
+    len: usize,
+}
+
+struct Node<V> {
+    /// Literal next levels. A `#` that is not the last level (invalid, but not our call) is kept
+    /// here as a literal, where no topic name can reach it.
+    children: HashMap<Box<str>, Node<V>>,
+    /// The `+` next level.
+    plus: Option<Box<Node<V>>>,
+    /// Subscribers of `{this node's path}/#`, which match this level and everything below.
+    hash: Vec<(u32, V)>,
+    /// Subscribers of exactly this node's path.
+    subscribers: Vec<(u32, V)>,
+}
+
+impl<V> Node<V> {
+    fn new() -> Self {
+        Node {
+            children: HashMap::new(),
+            plus: None,
+            hash: Vec::new(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    fn child(&self, level: &str) -> Option<&Node<V>> {
+        if level == "+" {
+            self.plus.as_deref()
+        } else {
+            self.children.get(level)
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<V>> {
+        if level == "+" {
+            self.plus.as_deref_mut()
+        } else {
+            self.children.get_mut(level)
+        }
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Node<V> {
+        if level == "+" {
+            return self.plus.get_or_insert_with(|| Box::new(Node::new()));
+        }
+        // Look up first so an existing level costs no `Box<str>` allocation.
+        if !self.children.contains_key(level) {
+            self.children.insert(level.into(), Node::new());
+        }
+        self.children
+            .get_mut(level)
+            .expect("child was just inserted")
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        if level == "+" {
+            self.plus = None;
+        } else {
+            self.children.remove(level);
+        }
+    }
+
+    /// Must this node stay once `path_children` of its children (0 or 1) are gone?
+    fn is_needed(&self, path_children: usize) -> bool {
+        !self.subscribers.is_empty()
+            || !self.hash.is_empty()
+            || self.children.len() + usize::from(self.plus.is_some()) > path_children
+    }
+}
+
+impl<V> Drop for Node<V> {
+    /// Iterative, so dropping a 32,768-level chain does not overflow the stack. A leaf returns at
+    /// once; an inner node moves its whole subtree onto one heap stack and drops it leaf-first.
+    fn drop(&mut self) {
+        if self.children.is_empty() && self.plus.is_none() {
+            return;
+        }
+        let mut pending: Vec<Node<V>> = Vec::new();
+        take_children(self, &mut pending);
+        while let Some(mut node) = pending.pop() {
+            take_children(&mut node, &mut pending);
+        }
+    }
+}
+
+fn take_children<V>(node: &mut Node<V>, pending: &mut Vec<Node<V>>) {
+    pending.extend(node.children.drain().map(|(_, child)| child));
+    if let Some(plus) = node.plus.take() {
+        pending.push(*plus);
+    }
+}
+
+/// Splits a filter into the levels that lead to its node and whether it ends in `#`:
+/// `"#"` -> (no levels, true), `"a/#"` -> ("a", true), `"a/b"` -> ("a/b", false).
+fn split_filter(filter: &str) -> (Option<&str>, bool) {
+    if filter == "#" {
+        (None, true)
+    } else if let Some(path) = filter.strip_suffix("/#") {
+        (Some(path), true)
+    } else {
+        (Some(filter), false)
+    }
+}
+
+fn levels(path: Option<&str>) -> impl Iterator<Item = &str> {
+    path.into_iter().flat_map(|path| path.split('/'))
+}
+
+impl<V> Default for Trie<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> Trie<V> {
+    pub fn new() -> Self {
+        Trie {
+            root: Node::new(),
+            len: 0,
+        }
+    }
+
+    /// Number of (filter, subscriber) subscriptions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Subscribes `subscriber` to `filter` (a valid plain filter: for `$share/{group}/{filter}`
+    /// pass the inner filter). Returns the previous value when this subscriber already had this
+    /// filter [MQTT-3.8.4-3: a repeated subscription replaces the existing one].
+    pub fn insert(&mut self, filter: &str, subscriber: u32, value: V) -> Option<V> {
+        let (path, is_hash) = split_filter(filter);
+        let mut node = &mut self.root;
+        for level in levels(path) {
+            node = node.child_or_insert(level);
+        }
+        let list = if is_hash {
+            &mut node.hash
+        } else {
+            &mut node.subscribers
+        };
+        if let Some(entry) = list.iter_mut().find(|(s, _)| *s == subscriber) {
+            return Some(std::mem::replace(&mut entry.1, value));
+        }
+        list.push((subscriber, value));
+        self.len += 1;
+        None
+    }
+
+    /// Unsubscribes `subscriber` from `filter`; `None` when it was not subscribed. Nodes left
+    /// without subscribers or children are freed.
+    pub fn remove(&mut self, filter: &str, subscriber: u32) -> Option<V> {
+        let (path, is_hash) = split_filter(filter);
+        let mut node = &mut self.root;
+        for level in levels(path) {
+            node = node.child_mut(level)?;
+        }
+        let list = if is_hash {
+            &mut node.hash
+        } else {
+            &mut node.subscribers
+        };
+        let index = list.iter().position(|(s, _)| *s == subscriber)?;
+        // Order among one node's subscribers carries no meaning.
+        let (_, value) = list.swap_remove(index);
+        if list.is_empty() {
+            list.shrink_to_fit();
+        }
+        self.len -= 1;
+        self.prune(path);
+        Some(value)
+    }
+
+    /// Frees the unneeded tail of `path` in two passes (find the deepest node that must stay,
+    /// then cut below it), so no recursion and no parent pointers.
+    fn prune(&mut self, path: Option<&str>) {
+        let mut keep_depth = 0;
+        let mut depth = 0;
+        let mut node = &self.root;
+        let mut levels_iter = levels(path).peekable();
+        while let Some(level) = levels_iter.next() {
+            let Some(child) = node.child(level) else {
+                return;
+            };
+            node = child;
+            depth += 1;
+            let path_children = usize::from(levels_iter.peek().is_some());
+            if node.is_needed(path_children) {
+                keep_depth = depth;
+            }
+        }
+        if keep_depth == depth {
+            return;
+        }
+        let mut node = &mut self.root;
+        for (index, level) in levels(path).enumerate() {
+            if index == keep_depth {
+                node.remove_child(level);
+                return;
+            }
+            match node.child_mut(level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+    }
+
+    /// Calls `f(subscriber, value)` once per subscription whose filter matches `topic` (a valid
+    /// topic name). A subscriber with several matching filters is called once per filter; the
+    /// broker merges them. Allocates nothing unless more than 32 `+` branches are pending at once.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(u32, &V)) {
+        let mut pending: SmallStack<(&Node<V>, Option<&str>), 32> = SmallStack::new();
+        let root = &self.root;
+        let (level, next) = split_level(topic);
+        // [MQTT-4.7.2-1] A filter starting with a wildcard does not match a `$` topic.
+        if !topic.starts_with('$') {
+            for (subscriber, value) in &root.hash {
+                f(*subscriber, value);
+            }
+            if let Some(plus) = root.plus.as_deref() {
+                pending.push((plus, next));
+            }
+        }
+        if let Some(child) = root.children.get(level) {
+            pending.push((child, next));
+        }
+        while let Some((mut node, mut rest)) = pending.pop() {
+            // Follow one path down, leaving the `+` sides of forks on `pending`.
+            loop {
+                for (subscriber, value) in &node.hash {
+                    f(*subscriber, value);
+                }
+                let Some(levels) = rest else {
+                    for (subscriber, value) in &node.subscribers {
+                        f(*subscriber, value);
+                    }
+                    break;
+                };
+                let (level, next) = split_level(levels);
+                match (node.children.get(level), node.plus.as_deref()) {
+                    (Some(exact), Some(plus)) => {
+                        pending.push((plus, next));
+                        node = exact;
+                    }
+                    (Some(exact), None) => node = exact,
+                    (None, Some(plus)) => node = plus,
+                    (None, None) => break,
+                }
+                rest = next;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::topic::filter::matches;
+
+    fn matched(trie: &Trie<u8>, topic: &str) -> Vec<(u32, u8)> {
+        let mut out = Vec::new();
+        trie.for_each_match(topic, |s, v| out.push((s, *v)));
+        out.sort();
+        out
+    }
+
+    /// Subscriber i holds filters[i]; returns the sorted indexes matching `topic`.
+    fn matched_filters(filters: &[&str], topic: &str) -> Vec<u32> {
+        let mut trie = Trie::new();
+        for (i, filter) in filters.iter().enumerate() {
+            assert_eq!(trie.insert(filter, i as u32, 0u8), None);
+        }
+        matched(&trie, topic).into_iter().map(|(s, _)| s).collect()
+    }
+
+    #[test]
+    fn wildcards_and_edge_cases() {
+        let filters = [
+            "#",                 // 0
+            "+/+",               // 1
+            "a/+/c",             // 2
+            "a//b",              // 3
+            "/a",                // 4
+            "a/",                // 5
+            "sport/#",           // 6
+            "sport/tennis/#",    // 7
+            "+",                 // 8
+            "$SYS/#",            // 9
+            "+/monitor/Clients", // 10
+            "a/+",               // 11
+            "/#",                // 12
+        ];
+        let cases: &[(&str, &[u32])] = &[
+            ("a", &[0, 8]),
+            ("a/b/c", &[0, 2]),
+            ("a//c", &[0, 2]),
+            ("a//b", &[0, 3]),
+            ("a/b", &[0, 1, 11]),
+            ("/a", &[0, 1, 4, 12]),
+            ("/", &[0, 1, 12]),
+            ("a/", &[0, 1, 5, 11]),
+            ("sport", &[0, 6, 8]),
+            ("sport/tennis", &[0, 1, 6, 7]),
+            ("sport/tennis/player1", &[0, 6, 7]),
+            ("$SYS/x", &[9]),
+            ("$SYS", &[9]),
+            ("$x", &[]),
+            ("$SYS/monitor/Clients", &[9]),
+            ("x/monitor/Clients", &[0, 10]),
+        ];
+        for (topic, expected) in cases {
+            assert_eq!(matched_filters(&filters, topic), *expected, "topic {topic}");
+            for (i, filter) in filters.iter().enumerate() {
+                assert_eq!(
+                    expected.contains(&(i as u32)),
+                    matches(filter, topic),
+                    "reference disagrees on {filter} vs {topic}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn insert_replace_remove_prune() {
+        let mut trie = Trie::new();
+        assert!(trie.is_empty());
+        assert_eq!(trie.insert("a/b", 1, 10u8), None);
+        assert_eq!(trie.insert("a/b", 2, 20), None);
+        assert_eq!(trie.insert("a/#", 1, 30), None);
+        assert_eq!(trie.insert("a/+", 1, 40), None);
+        assert_eq!(trie.len(), 4);
+        // Replacing keeps the count and returns the old value.
+        assert_eq!(trie.insert("a/b", 1, 11), Some(10));
+        assert_eq!(trie.len(), 4);
+        assert_eq!(
+            matched(&trie, "a/b"),
+            vec![(1, 11), (1, 30), (1, 40), (2, 20)]
+        );
+        assert_eq!(matched(&trie, "a"), vec![(1, 30)]);
+
+        assert_eq!(trie.remove("a/b", 3), None);
+        assert_eq!(trie.remove("a/c", 1), None);
+        assert_eq!(trie.remove("x/y/z", 1), None);
+        assert_eq!(trie.remove("a/b", 1), Some(11));
+        assert_eq!(trie.remove("a/b", 1), None);
+        assert_eq!(trie.len(), 3);
+        assert_eq!(matched(&trie, "a/b"), vec![(1, 30), (1, 40), (2, 20)]);
+        assert_eq!(trie.remove("a/b", 2), Some(20));
+        assert_eq!(trie.remove("a/#", 1), Some(30));
+        // "a" stays: it still leads to "a/+".
+        assert!(trie.root.children.contains_key("a"));
+        assert!(!trie.root.children["a"].children.contains_key("b"));
+        assert_eq!(trie.remove("a/+", 1), Some(40));
+        assert!(trie.is_empty());
+        assert!(!trie.root.is_needed(0), "every node pruned");
+    }
+
+    #[test]
+    fn prune_keeps_shared_prefixes() {
+        let mut trie = Trie::new();
+        trie.insert("a/b/c/d", 1, 0u8);
+        trie.insert("a/b", 2, 0);
+        trie.insert("+/+/#", 3, 0);
+        trie.insert("#", 4, 0);
+        assert_eq!(trie.remove("a/b/c/d", 1), Some(0));
+        let a = &trie.root.children["a"];
+        assert!(
+            a.children["b"].children.is_empty(),
+            "c and d pruned, b kept"
+        );
+        assert_eq!(trie.remove("a/b", 2), Some(0));
+        assert!(trie.root.children.is_empty());
+        assert_eq!(trie.remove("+/+/#", 3), Some(0));
+        assert!(trie.root.plus.is_none());
+        assert_eq!(matched(&trie, "q"), vec![(4, 0)]);
+        assert_eq!(trie.remove("#", 4), Some(0));
+        assert!(!trie.root.is_needed(0));
+    }
+
+    #[test]
+    fn many_subscribers() {
+        let mut trie = Trie::new();
+        for s in 0..10_000u32 {
+            trie.insert("fan/out", s, (s % 3) as u8);
+            if s % 2 == 0 {
+                trie.insert("fan/+", s, 9);
+            }
+        }
+        assert_eq!(trie.len(), 15_000);
+        let mut count = 0;
+        let mut sum = 0u64;
+        trie.for_each_match("fan/out", |s, _| {
+            count += 1;
+            sum += u64::from(s);
+        });
+        assert_eq!(count, 15_000);
+        assert_eq!(
+            sum,
+            (0..10_000u64).sum::<u64>() + (0..10_000u64).step_by(2).sum::<u64>()
+        );
+        for s in 0..10_000u32 {
+            assert!(trie.remove("fan/out", s).is_some());
+        }
+        assert_eq!(trie.len(), 5_000);
+        let mut count = 0;
+        trie.for_each_match("fan/in", |_, v| {
+            assert_eq!(*v, 9);
+            count += 1;
+        });
+        assert_eq!(count, 5_000);
+    }
+
+    #[test]
+    fn deep_filters_do_not_overflow_the_stack() {
+        // 32,768 levels: the deepest a 65,535-byte filter can be.
+        let deep = vec!["a"; 32_768].join("/");
+        assert_eq!(deep.len(), 65_535);
+        let plus = vec!["+"; 32_768].join("/");
+        let mut trie = Trie::new();
+        trie.insert(&deep, 1, 1u8);
+        trie.insert(&plus, 2, 2);
+        assert_eq!(matched(&trie, &deep), vec![(1, 1), (2, 2)]);
+        assert_eq!(trie.remove(&deep, 1), Some(1));
+        assert_eq!(matched(&trie, &deep), vec![(2, 2)]);
+        // Many `+` forks pending at once spill the inline stack but still match.
+        let mut forked = Trie::new();
+        let mut prefix = String::new();
+        for depth in 0..100u32 {
+            forked.insert(&format!("{prefix}+"), depth, 0u8);
+            prefix.push_str("a/");
+        }
+        let topic = vec!["a"; 100].join("/");
+        assert_eq!(matched(&forked, &topic), vec![(99, 0)]);
+        let topic = vec!["a"; 50].join("/");
+        assert_eq!(matched(&forked, &topic), vec![(49, 0)]);
+        drop(trie); // Iterative drop of the 32,768-level chain.
+    }
+
+    /// xorshift64*: deterministic randomness without a dependency.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        }
+
+        pub(crate) fn topic(&mut self) -> String {
+            const LEVELS: [&str; 5] = ["a", "b", "", "$x", "c"];
+            let count = 1 + self.below(4);
+            (0..count)
+                .map(|_| LEVELS[self.below(LEVELS.len())])
+                .collect::<Vec<_>>()
+                .join("/")
+        }
+
+        pub(crate) fn filter(&mut self) -> String {
+            const LEVELS: [&str; 6] = ["a", "b", "", "$x", "+", "+"];
+            let count = 1 + self.below(4);
+            let mut levels: Vec<&str> = (0..count)
+                .map(|_| LEVELS[self.below(LEVELS.len())])
+                .collect();
+            if self.below(3) == 0 {
+                levels.push("#");
+            }
+            levels.join("/")
+        }
+    }
+
+    #[test]
+    fn randomized_against_reference_matcher() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..200 {
+            let mut trie = Trie::new();
+            let mut subscriptions: Vec<(String, u32)> = Vec::new();
+            for _ in 0..rng.below(40) {
+                let filter = rng.filter();
+                let subscriber = rng.below(8) as u32;
+                let replaced = trie.insert(&filter, subscriber, 0u8).is_some();
+                let known = subscriptions.contains(&(filter.clone(), subscriber));
+                assert_eq!(replaced, known);
+                if !known {
+                    subscriptions.push((filter, subscriber));
+                }
+            }
+            // Remove some, so pruning is exercised before matching.
+            for _ in 0..rng.below(10) {
+                if subscriptions.is_empty() {
+                    break;
+                }
+                let (filter, subscriber) =
+                    subscriptions.swap_remove(rng.below(subscriptions.len()));
+                assert_eq!(trie.remove(&filter, subscriber), Some(0));
+            }
+            assert_eq!(trie.len(), subscriptions.len());
+            for _ in 0..50 {
+                let topic = rng.topic();
+                let mut got: Vec<u32> = Vec::new();
+                trie.for_each_match(&topic, |s, _| got.push(s));
+                let mut want: Vec<u32> = subscriptions
+                    .iter()
+                    .filter(|(f, _)| matches(f, &topic))
+                    .map(|(_, s)| *s)
+                    .collect();
+                want.sort();
+                got.sort();
+                assert_eq!(
+                    got, want,
+                    "round {round} topic {topic:?} subs {subscriptions:?}"
+                );
+            }
+            for (filter, subscriber) in subscriptions.drain(..) {
+                assert!(trie.remove(&filter, subscriber).is_some());
+            }
+            assert!(trie.is_empty());
+            assert!(!trie.root.is_needed(0), "round {round}: not fully pruned");
+        }
+    }
+}
