@@ -6,10 +6,20 @@
 //!   from the fixed header, before the body is buffered.
 //! - `encode(packet, version, out)` appends one packet's bytes to `out`.
 
+mod decode;
+mod encode;
+pub mod error;
+pub mod header;
 pub mod packet;
 pub mod properties;
 pub mod reason;
+#[cfg(test)]
+mod tests;
 
+pub use decode::decode;
+pub use encode::{encode, encode_publish, encoded_len};
+pub use error::{DecodeError, EncodeError};
+pub use header::{frame_len, VAR_INT_MAX};
 pub use packet::*;
 pub use properties::Properties;
 pub use reason::ReasonCode;

@@ -164,7 +164,11 @@ pub struct PubAck {
 
 impl PubAck {
     pub fn new(packet_id: u16) -> PubAck {
-        PubAck { packet_id, code: ReasonCode::Success, properties: Properties::default() }
+        PubAck {
+            packet_id,
+            code: ReasonCode::Success,
+            properties: Properties::default(),
+        }
     }
 }
 
@@ -218,7 +222,10 @@ pub struct Disconnect {
 
 impl Default for Disconnect {
     fn default() -> Disconnect {
-        Disconnect { code: ReasonCode::NORMAL_DISCONNECTION, properties: Properties::default() }
+        Disconnect {
+            code: ReasonCode::NORMAL_DISCONNECTION,
+            properties: Properties::default(),
+        }
     }
 }
 

@@ -1,0 +1,522 @@
+//! Packets out, bytes in. Each packet's layout is written once, against a `Sink` that either
+//! counts or writes: the counting pass gives the remaining length (and each property length)
+//! before the writing pass, so sizes and bytes cannot disagree, nothing is written when a value
+//! cannot be encoded, and `encoded_len` is the same code. `encode_publish` is the broker's hot
+//! path: it encodes a message from borrowed parts, once, for many outboxes.
+
+use bytes::BufMut;
+
+use super::error::EncodeError;
+use super::header::{var_int_len, VAR_INT_MAX};
+use super::packet::{Connect, Packet, ProtocolVersion, PubAck, QoS, SubscriptionOptions};
+use super::properties::Properties;
+use super::reason::ReasonCode;
+
+/// Appends `packet` to `out`. Under 3.1.x, properties and MQTT 5-only fields are left out and
+/// `ConnAck::code` becomes a return code 0-5. A CONNECT is encoded for its own
+/// `Connect::protocol`, whatever `version` says. On error nothing is written.
+pub fn encode<B: BufMut>(
+    packet: &Packet,
+    version: ProtocolVersion,
+    out: &mut B,
+) -> Result<(), EncodeError> {
+    if let Packet::Publish(p) = packet {
+        return encode_publish(
+            out,
+            version,
+            &p.topic,
+            &p.payload,
+            p.qos,
+            p.retain,
+            p.dup,
+            p.packet_id,
+            &p.properties,
+        );
+    }
+    encode_frame(out, first_byte(packet), &PacketBody { packet, version })
+}
+
+/// Appends a PUBLISH built from borrowed parts, without a `Publish` value: the broker encodes a
+/// message once per layout and copies the bytes into every outbox. `packet_id` is ignored for
+/// QoS 0 and must be non-zero otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_publish<B: BufMut>(
+    out: &mut B,
+    version: ProtocolVersion,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+    packet_id: u16,
+    properties: &Properties,
+) -> Result<(), EncodeError> {
+    // [MQTT-3.3.1-2]
+    if dup && qos == QoS::AtMostOnce {
+        return Err(EncodeError::Invalid("DUP set on a QoS 0 PUBLISH"));
+    }
+    let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
+    let body = PublishBody {
+        version,
+        topic,
+        payload,
+        qos,
+        packet_id,
+        properties,
+    };
+    encode_frame(out, first, &body)
+}
+
+/// Bytes `encode` would append for `packet` (fixed header included). Unspecified for a packet
+/// that `encode` refuses.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+    let mut count = Count(0);
+    // A refused packet has no length; the partial count is as good an answer as any.
+    let _ = PacketBody { packet, version }.write(&mut count);
+    let remaining_length = count.0;
+    1 + var_int_len(remaining_length) + remaining_length
+}
+
+/// Counts the body, checks it fits the remaining length and `out`, then writes the packet.
+fn encode_frame<B: BufMut, T: Body>(out: &mut B, first: u8, body: &T) -> Result<(), EncodeError> {
+    let mut count = Count(0);
+    body.write(&mut count)?;
+    let remaining_length = count.0;
+    if remaining_length > VAR_INT_MAX as usize {
+        return Err(EncodeError::PacketTooLarge { remaining_length });
+    }
+    let needed = 1 + var_int_len(remaining_length) + remaining_length;
+    let available = out.remaining_mut();
+    if available < needed {
+        return Err(EncodeError::BufferTooSmall { needed, available });
+    }
+    let mut sink = Out(out);
+    sink.put_u8(first);
+    write_var_int(&mut sink, remaining_length)?;
+    body.write(&mut sink)
+}
+
+/// Where bytes go: counted (first pass) or written (second pass).
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+
+    fn put_u8(&mut self, value: u8) {
+        self.put(&[value]);
+    }
+
+    fn put_u16(&mut self, value: u16) {
+        self.put(&value.to_be_bytes());
+    }
+
+    fn put_u32(&mut self, value: u32) {
+        self.put(&value.to_be_bytes());
+    }
+}
+
+struct Count(usize);
+
+impl Sink for Count {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+struct Out<'a, B>(&'a mut B);
+
+impl<B: BufMut> Sink for Out<'_, B> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.put_slice(bytes);
+    }
+}
+
+/// A packet's variable header and payload.
+trait Body {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError>;
+}
+
+struct PublishBody<'a> {
+    version: ProtocolVersion,
+    topic: &'a str,
+    payload: &'a [u8],
+    qos: QoS,
+    packet_id: u16,
+    properties: &'a Properties,
+}
+
+impl Body for PublishBody<'_> {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        let v5 = self.version.is_v5();
+        // [MQTT-4.7.3-1]; MQTT 5 3.3.2.1: empty only when a Topic Alias names the topic.
+        if self.topic.is_empty() && !(v5 && self.properties.topic_alias.is_some()) {
+            return Err(EncodeError::Invalid(
+                "an empty topic name without a topic alias",
+            ));
+        }
+        write_string(s, self.topic)?;
+        if self.qos != QoS::AtMostOnce {
+            write_packet_id(s, self.packet_id)?;
+        }
+        if v5 {
+            write_properties(s, self.properties)?;
+        }
+        s.put(self.payload);
+        Ok(())
+    }
+}
+
+struct PacketBody<'a> {
+    packet: &'a Packet,
+    version: ProtocolVersion,
+}
+
+impl Body for PacketBody<'_> {
+    fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
+        let version = self.version;
+        let v5 = version.is_v5();
+        match self.packet {
+            Packet::Connect(connect) => write_connect(s, connect),
+            Packet::ConnAck(ack) => {
+                s.put_u8(u8::from(ack.session_present));
+                s.put_u8(if v5 {
+                    ack.code as u8
+                } else {
+                    connack_return_code(ack.code)
+                });
+                if v5 {
+                    write_properties(s, &ack.properties)?;
+                }
+                Ok(())
+            }
+            Packet::Publish(p) => PublishBody {
+                version,
+                topic: &p.topic,
+                payload: &p.payload,
+                qos: p.qos,
+                packet_id: p.packet_id,
+                properties: &p.properties,
+            }
+            .write(s),
+            Packet::PubAck(ack)
+            | Packet::PubRec(ack)
+            | Packet::PubRel(ack)
+            | Packet::PubComp(ack) => write_ack(s, ack, v5),
+            Packet::Subscribe(sub) => {
+                write_packet_id(s, sub.packet_id)?;
+                if v5 {
+                    write_properties(s, &sub.properties)?;
+                }
+                // [MQTT-3.8.3-3]
+                if sub.filters.is_empty() {
+                    return Err(EncodeError::Invalid("SUBSCRIBE without a topic filter"));
+                }
+                for (filter, options) in &sub.filters {
+                    write_string(s, filter)?;
+                    s.put_u8(subscription_options(options, v5)?);
+                }
+                Ok(())
+            }
+            Packet::SubAck(ack) => {
+                write_packet_id(s, ack.packet_id)?;
+                if v5 {
+                    write_properties(s, &ack.properties)?;
+                }
+                for &code in &ack.codes {
+                    s.put_u8(if v5 {
+                        code as u8
+                    } else {
+                        suback_return_code(code)
+                    });
+                }
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub) => {
+                write_packet_id(s, unsub.packet_id)?;
+                if v5 {
+                    write_properties(s, &unsub.properties)?;
+                }
+                // [MQTT-3.10.3-2]
+                if unsub.filters.is_empty() {
+                    return Err(EncodeError::Invalid("UNSUBSCRIBE without a topic filter"));
+                }
+                for filter in &unsub.filters {
+                    write_string(s, filter)?;
+                }
+                Ok(())
+            }
+            Packet::UnsubAck(ack) => {
+                write_packet_id(s, ack.packet_id)?;
+                if v5 {
+                    write_properties(s, &ack.properties)?;
+                    for &code in &ack.codes {
+                        s.put_u8(code as u8);
+                    }
+                }
+                Ok(())
+            }
+            Packet::PingReq | Packet::PingResp => Ok(()),
+            Packet::Disconnect(disconnect) => {
+                if v5 {
+                    write_reason_and_properties(s, disconnect.code, &disconnect.properties)?;
+                }
+                Ok(())
+            }
+            Packet::Auth(auth) => {
+                if !v5 {
+                    return Err(EncodeError::Invalid("AUTH exists only in MQTT 5"));
+                }
+                write_reason_and_properties(s, auth.code, &auth.properties)
+            }
+        }
+    }
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    let flags = match packet {
+        Packet::Publish(p) => (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain),
+        // [MQTT-3.6.1-1] [MQTT-3.8.1-1] [MQTT-3.10.1-1]
+        Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
+        _ => 0,
+    };
+    ((packet.packet_type() as u8) << 4) | flags
+}
+
+fn write_connect<S: Sink>(s: &mut S, connect: &Connect) -> Result<(), EncodeError> {
+    let protocol = connect.protocol;
+    let v5 = protocol.is_v5();
+    // [MQTT-3.1.2-22] 3.1.x: a password needs a user name.
+    if !v5 && connect.password.is_some() && connect.username.is_none() {
+        return Err(EncodeError::Invalid(
+            "a 3.1.x CONNECT password without a user name",
+        ));
+    }
+    let name: &str = if protocol == ProtocolVersion::V3_1 {
+        "MQIsdp"
+    } else {
+        "MQTT"
+    };
+    write_string(s, name)?;
+    s.put_u8(protocol as u8);
+    let mut flags = u8::from(connect.clean_start) << 1;
+    if let Some(will) = &connect.will {
+        flags |= 0x04 | ((will.qos as u8) << 3) | (u8::from(will.retain) << 5);
+    }
+    if connect.password.is_some() {
+        flags |= 0x40;
+    }
+    if connect.username.is_some() {
+        flags |= 0x80;
+    }
+    s.put_u8(flags);
+    s.put_u16(connect.keepalive_secs);
+    if v5 {
+        write_properties(s, &connect.properties)?;
+    }
+    write_string(s, &connect.client_id)?;
+    if let Some(will) = &connect.will {
+        if v5 {
+            write_properties(s, &will.properties)?;
+        }
+        write_string(s, &will.topic)?;
+        write_binary(s, &will.payload)?;
+    }
+    if let Some(username) = &connect.username {
+        write_string(s, username)?;
+    }
+    if let Some(password) = &connect.password {
+        write_binary(s, password)?;
+    }
+    Ok(())
+}
+
+/// PUBACK, PUBREC, PUBREL, PUBCOMP; MQTT 5 in the shortest form that says it all.
+fn write_ack<S: Sink>(s: &mut S, ack: &PubAck, v5: bool) -> Result<(), EncodeError> {
+    write_packet_id(s, ack.packet_id)?;
+    if v5 {
+        write_reason_and_properties(s, ack.code, &ack.properties)?;
+    }
+    Ok(())
+}
+
+/// The optional tail of MQTT 5 acks, DISCONNECT and AUTH: left out when the reason is Success
+/// and there are no properties; the property length is left out when there are none.
+fn write_reason_and_properties<S: Sink>(
+    s: &mut S,
+    code: ReasonCode,
+    properties: &Properties,
+) -> Result<(), EncodeError> {
+    let mut count = Count(0);
+    write_property_list(&mut count, properties)?;
+    if count.0 == 0 {
+        if code != ReasonCode::Success {
+            s.put_u8(code as u8);
+        }
+        return Ok(());
+    }
+    s.put_u8(code as u8);
+    write_properties(s, properties)
+}
+
+/// 3.1.x CONNACK return codes 0-5, as `ConnAck::code` documents.
+fn connack_return_code(code: ReasonCode) -> u8 {
+    match code {
+        ReasonCode::Success => 0,
+        ReasonCode::UnsupportedProtocolVersion => 1,
+        ReasonCode::ClientIdentifierNotValid => 2,
+        ReasonCode::ServerUnavailable => 3,
+        ReasonCode::BadUserNameOrPassword => 4,
+        ReasonCode::NotAuthorized => 5,
+        _ => 3,
+    }
+}
+
+/// 3.1.1 SUBACK knows granted QoS 0-2 and failure 0x80 [MQTT-3.9.3-2].
+fn suback_return_code(code: ReasonCode) -> u8 {
+    match code {
+        ReasonCode::Success | ReasonCode::GrantedQoS1 | ReasonCode::GrantedQoS2 => code as u8,
+        _ => 0x80,
+    }
+}
+
+fn subscription_options(options: &SubscriptionOptions, v5: bool) -> Result<u8, EncodeError> {
+    let qos = options.qos as u8;
+    if !v5 {
+        return Ok(qos);
+    }
+    if options.retain_handling > 2 {
+        return Err(EncodeError::Invalid("retain handling over 2"));
+    }
+    Ok(qos
+        | (u8::from(options.no_local) << 2)
+        | (u8::from(options.retain_as_published) << 3)
+        | (options.retain_handling << 4))
+}
+
+fn write_packet_id<S: Sink>(s: &mut S, packet_id: u16) -> Result<(), EncodeError> {
+    // [MQTT-2.3.1-1]
+    if packet_id == 0 {
+        return Err(EncodeError::ZeroPacketId);
+    }
+    s.put_u16(packet_id);
+    Ok(())
+}
+
+fn write_var_int<S: Sink>(s: &mut S, value: usize) -> Result<(), EncodeError> {
+    if value > VAR_INT_MAX as usize {
+        return Err(EncodeError::PacketTooLarge {
+            remaining_length: value,
+        });
+    }
+    let mut value = value;
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        if value == 0 {
+            s.put_u8(byte);
+            return Ok(());
+        }
+        s.put_u8(byte | 0x80);
+    }
+}
+
+fn write_binary<S: Sink>(s: &mut S, bytes: &[u8]) -> Result<(), EncodeError> {
+    let len =
+        u16::try_from(bytes.len()).map_err(|_| EncodeError::FieldTooLong { len: bytes.len() })?;
+    s.put_u16(len);
+    s.put(bytes);
+    Ok(())
+}
+
+fn write_string<S: Sink>(s: &mut S, string: &str) -> Result<(), EncodeError> {
+    write_binary(s, string.as_bytes())
+}
+
+/// The property length, then the properties.
+fn write_properties<S: Sink>(s: &mut S, properties: &Properties) -> Result<(), EncodeError> {
+    let mut count = Count(0);
+    write_property_list(&mut count, properties)?;
+    write_var_int(s, count.0)?;
+    if count.0 != 0 {
+        write_property_list(s, properties)?;
+    }
+    Ok(())
+}
+
+/// Every property that is set, in identifier order. The encoder trusts the caller to set only
+/// properties valid for the packet (the decoder enforces table 2.2.2.2 on the way in).
+fn write_property_list<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeError> {
+    fn byte<S: Sink>(s: &mut S, id: u8, value: Option<u8>) {
+        if let Some(value) = value {
+            s.put_u8(id);
+            s.put_u8(value);
+        }
+    }
+    fn two<S: Sink>(s: &mut S, id: u8, value: Option<u16>) {
+        if let Some(value) = value {
+            s.put_u8(id);
+            s.put_u16(value);
+        }
+    }
+    fn four<S: Sink>(s: &mut S, id: u8, value: Option<u32>) {
+        if let Some(value) = value {
+            s.put_u8(id);
+            s.put_u32(value);
+        }
+    }
+    fn string<S: Sink>(
+        s: &mut S,
+        id: u8,
+        value: &Option<bytestring::ByteString>,
+    ) -> Result<(), EncodeError> {
+        if let Some(value) = value {
+            s.put_u8(id);
+            write_string(s, value)?;
+        }
+        Ok(())
+    }
+    fn binary<S: Sink>(s: &mut S, id: u8, value: &Option<bytes::Bytes>) -> Result<(), EncodeError> {
+        if let Some(value) = value {
+            s.put_u8(id);
+            write_binary(s, value)?;
+        }
+        Ok(())
+    }
+
+    byte(s, 0x01, p.payload_format_indicator);
+    four(s, 0x02, p.message_expiry_interval);
+    string(s, 0x03, &p.content_type)?;
+    string(s, 0x08, &p.response_topic)?;
+    binary(s, 0x09, &p.correlation_data)?;
+    for &id in &p.subscription_identifiers {
+        if id == 0 || id > VAR_INT_MAX {
+            return Err(EncodeError::VarIntTooLarge(id));
+        }
+        s.put_u8(0x0B);
+        write_var_int(s, id as usize)?;
+    }
+    four(s, 0x11, p.session_expiry_interval);
+    string(s, 0x12, &p.assigned_client_identifier)?;
+    two(s, 0x13, p.server_keep_alive);
+    string(s, 0x15, &p.authentication_method)?;
+    binary(s, 0x16, &p.authentication_data)?;
+    byte(s, 0x17, p.request_problem_information);
+    four(s, 0x18, p.will_delay_interval);
+    byte(s, 0x19, p.request_response_information);
+    string(s, 0x1A, &p.response_information)?;
+    string(s, 0x1C, &p.server_reference)?;
+    string(s, 0x1F, &p.reason_string)?;
+    two(s, 0x21, p.receive_maximum);
+    two(s, 0x22, p.topic_alias_maximum);
+    two(s, 0x23, p.topic_alias);
+    byte(s, 0x24, p.maximum_qos);
+    byte(s, 0x25, p.retain_available);
+    for (name, value) in &p.user_properties {
+        s.put_u8(0x26);
+        write_string(s, name)?;
+        write_string(s, value)?;
+    }
+    four(s, 0x27, p.maximum_packet_size);
+    byte(s, 0x28, p.wildcard_subscription_available);
+    byte(s, 0x29, p.subscription_identifier_available);
+    byte(s, 0x2A, p.shared_subscription_available);
+    Ok(())
+}
