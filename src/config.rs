@@ -29,6 +29,8 @@ pub struct Limits {
     pub qos_max: u8,
     /// Messages taken from one inbound mesh ring per loop turn.
     pub mesh_batch_max: u32,
+    /// Seconds a new connection may take to send its CONNECT before it is closed.
+    pub connect_timeout_secs: u16,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             keepalive_max_secs: 0,
             qos_max: 2,
             mesh_batch_max: 256,
+            connect_timeout_secs: 10,
         }
     }
 }
@@ -55,6 +58,16 @@ pub struct Config {
     pub shards: usize,
     /// io_uring rings (each with its own fixed-file table) per shard.
     pub rings_per_shard: usize,
+    /// Fixed-file slots (connections) per ring; 0 = the open-file limit minus a headroom of
+    /// 64 for the process's own descriptors.
+    pub ring_files_max: u32,
+    /// Submission queue entries per ring (the completion queue gets four times as many).
+    pub ring_entries: u32,
+    /// Provided receive buffers per ring (a power of two, at most 32768): they cover the
+    /// receives of one loop turn, not the number of connections.
+    pub recv_buffer_count: u16,
+    /// Bytes per provided receive buffer.
+    pub recv_buffer_size: u32,
     /// A mosquitto_passwd file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 crypt entries).
     pub password_file: Option<PathBuf>,
     /// Let clients connect without a username when no password matches is required.
@@ -68,6 +81,10 @@ impl Default for Config {
             listen: "0.0.0.0:1883".parse().expect("valid default address"),
             shards: 0,
             rings_per_shard: 1,
+            ring_files_max: 0,
+            ring_entries: 4096,
+            recv_buffer_count: 4096,
+            recv_buffer_size: 4096,
             password_file: None,
             allow_anonymous: true,
             limits: Limits::default(),
@@ -112,6 +129,24 @@ impl Config {
         }
         if self.rings_per_shard == 0 {
             return Err("rings_per_shard = 0: must be at least 1".into());
+        }
+        if !self.recv_buffer_count.is_power_of_two() || self.recv_buffer_count > 32768 {
+            return Err(format!(
+                "recv_buffer_count = {}: must be a power of two, at most 32768",
+                self.recv_buffer_count
+            ));
+        }
+        if self.recv_buffer_size < 64 {
+            return Err(format!(
+                "recv_buffer_size = {}: must be at least 64 bytes",
+                self.recv_buffer_size
+            ));
+        }
+        if self.ring_entries < 8 || self.ring_entries > 32768 {
+            return Err(format!(
+                "ring_entries = {}: must be between 8 and 32768",
+                self.ring_entries
+            ));
         }
         Ok(())
     }

@@ -1,1 +1,372 @@
-//! Sessions (not built yet).
+//! Session state per client id, owned by the client's shard: its subscriptions, the window of
+//! QoS 1/2 messages in flight to the client, the bounded queue of messages waiting for that
+//! window (or for the client to come back), and the inbound QoS 2 packet ids awaiting PUBREL.
+//! A session outlives its connection when the client asked for clean session 0.
+//!
+//! Plain data and small state transitions, no I/O: the shard encodes and sends, this decides
+//! what is owed to whom, so the window and queue rules are unit-tested without a socket.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::protocol::{ProtocolVersion, QoS};
+
+/// One application message on its way to a subscriber. Topic and payload are reference counted:
+/// queueing a message for many sessions copies no bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 PUBLISH sent, PUBACK owed by the client.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, PUBREC owed.
+    AwaitPubRec,
+    /// PUBREL sent, PUBCOMP owed. The payload is no longer needed.
+    AwaitPubComp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub state: InflightState,
+    pub message: Message,
+}
+
+/// Which connection a session is attached to: the slot and its generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What happened to a message offered to a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued,
+    /// The queue was at `offline_queue_max`; the message was dropped and counted.
+    Dropped,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ByteString,
+    /// 3.1.1 clean session / 5.0 clean start. A clean session ends with its connection.
+    pub clean_session: bool,
+    pub version: ProtocolVersion,
+    pub conn: Option<ConnRef>,
+    /// Every filter this session holds (shared ones in their `$share/group/filter` form) with
+    /// the QoS granted, so a clean-up removes exactly what was inserted into the tries.
+    pub subscriptions: Vec<(ByteString, QoS)>,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Message>,
+    /// Inbound QoS 2 packet ids delivered but not yet released by PUBREL: a re-sent PUBLISH
+    /// with one of these ids is acknowledged again but not delivered again (exactly once).
+    incoming_qos2: Vec<u16>,
+    next_packet_id: u16,
+    /// Messages dropped because the queue was full.
+    pub dropped_count: u64,
+    /// MQTT 5 room (not used under 3.1.1): session expiry, the client's receive maximum, and
+    /// its topic alias maximum.
+    pub session_expiry_secs: u32,
+    pub receive_maximum: u16,
+    pub topic_alias_max: u16,
+}
+
+impl Session {
+    pub fn new(client_id: ByteString, clean_session: bool, version: ProtocolVersion) -> Session {
+        Session {
+            client_id,
+            clean_session,
+            version,
+            conn: None,
+            subscriptions: Vec::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            incoming_qos2: Vec::new(),
+            next_packet_id: 1,
+            dropped_count: 0,
+            session_expiry_secs: 0,
+            receive_maximum: u16::MAX,
+            topic_alias_max: 0,
+        }
+    }
+
+    /// Can one more QoS 1/2 message go out now? The window is the smaller of the broker's
+    /// `inflight_max` and the client's receive maximum (MQTT 5; 65535 under 3.1.1).
+    pub fn window_open(&self, inflight_max: u16) -> bool {
+        self.inflight.len() < inflight_max.min(self.receive_maximum) as usize
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    /// Parks a message until the window opens or the client comes back. Bounded: over
+    /// `queue_max` the new message is dropped (the oldest ones keep their order).
+    pub fn enqueue(&mut self, message: Message, queue_max: u32) -> Enqueued {
+        if self.queue.len() >= queue_max as usize {
+            self.dropped_count += 1;
+            return Enqueued::Dropped;
+        }
+        self.queue.push_back(message);
+        Enqueued::Queued
+    }
+
+    /// The oldest waiting message, if the window has room for it.
+    pub fn dequeue(&mut self, inflight_max: u16) -> Option<Message> {
+        if !self.window_open(inflight_max) {
+            return None;
+        }
+        self.queue.pop_front()
+    }
+
+    /// Puts a QoS 1/2 message in flight and returns the packet id to send it with.
+    pub fn start_inflight(&mut self, message: Message) -> u16 {
+        debug_assert!(message.qos != QoS::AtMostOnce, "QoS 0 has no flow");
+        let packet_id = self.allocate_packet_id();
+        let state = match message.qos {
+            QoS::ExactlyOnce => InflightState::AwaitPubRec,
+            _ => InflightState::AwaitPubAck,
+        };
+        self.inflight.push_back(Inflight {
+            packet_id,
+            state,
+            message,
+        });
+        packet_id
+    }
+
+    /// Packet ids run 1..=65535, skipping ones still in flight [MQTT-2.3.1-4]. The window
+    /// (at most 65535) guarantees a free one.
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let packet_id = self.next_packet_id;
+            self.next_packet_id = if packet_id == u16::MAX {
+                1
+            } else {
+                packet_id + 1
+            };
+            if !self.inflight.iter().any(|f| f.packet_id == packet_id) {
+                return packet_id;
+            }
+        }
+    }
+
+    fn position(&self, packet_id: u16, state: InflightState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.state == state)
+    }
+
+    /// PUBACK for a QoS 1 message: its flow is complete. False for an unknown id.
+    pub fn on_puback(&mut self, packet_id: u16) -> bool {
+        match self.position(packet_id, InflightState::AwaitPubAck) {
+            Some(index) => {
+                self.inflight.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC for a QoS 2 message: the client has it; PUBREL is owed (also when the PUBREC is
+    /// a repeat). The payload is released: only the packet id matters from here on.
+    pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
+        if let Some(index) = self.position(packet_id, InflightState::AwaitPubRec) {
+            let flight = &mut self.inflight[index];
+            flight.state = InflightState::AwaitPubComp;
+            flight.message.payload = Bytes::new();
+            return true;
+        }
+        self.position(packet_id, InflightState::AwaitPubComp)
+            .is_some()
+    }
+
+    /// PUBCOMP: the QoS 2 flow is complete. False for an unknown id.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
+        match self.position(packet_id, InflightState::AwaitPubComp) {
+            Some(index) => {
+                self.inflight.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An inbound QoS 2 PUBLISH: true when it is new and must be delivered, false when it is a
+    /// re-send of one already delivered and not yet released [MQTT-4.3.3-2].
+    pub fn incoming_qos2_begin(&mut self, packet_id: u16) -> bool {
+        if self.incoming_qos2.contains(&packet_id) {
+            return false;
+        }
+        self.incoming_qos2.push(packet_id);
+        true
+    }
+
+    /// PUBREL: the client may reuse the id; forget it.
+    pub fn incoming_qos2_release(&mut self, packet_id: u16) {
+        self.incoming_qos2.retain(|&id| id != packet_id);
+    }
+
+    /// Clean session 1 on reconnect: everything the old session held goes.
+    pub fn reset(&mut self, clean_session: bool, version: ProtocolVersion) {
+        let client_id = std::mem::take(&mut self.client_id);
+        let conn = self.conn;
+        *self = Session::new(client_id, clean_session, version);
+        self.conn = conn;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(qos: QoS, n: u8) -> Message {
+        Message {
+            topic: ByteString::from_static("a/b"),
+            payload: Bytes::from(vec![n]),
+            qos,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn window_limits_inflight_and_queue_keeps_order() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        for n in 0..5 {
+            assert_eq!(
+                session.enqueue(message(QoS::AtLeastOnce, n), 100),
+                Enqueued::Queued
+            );
+        }
+        let mut sent = Vec::new();
+        while let Some(m) = session.dequeue(2) {
+            sent.push(session.start_inflight(m));
+        }
+        assert_eq!(sent, vec![1, 2]);
+        assert!(!session.window_open(2));
+        assert_eq!(session.queue_len(), 3);
+        assert!(session.on_puback(1));
+        assert!(
+            !session.on_puback(1),
+            "a second PUBACK for the same id is unknown"
+        );
+        let next = session.dequeue(2).expect("window reopened");
+        assert_eq!(next.payload[0], 2, "queue order kept");
+    }
+
+    #[test]
+    fn queue_is_bounded_and_counts_drops() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        assert_eq!(
+            session.enqueue(message(QoS::AtLeastOnce, 0), 2),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            session.enqueue(message(QoS::AtLeastOnce, 1), 2),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            session.enqueue(message(QoS::AtLeastOnce, 2), 2),
+            Enqueued::Dropped
+        );
+        assert_eq!(session.dropped_count, 1);
+        assert_eq!(session.queue_len(), 2);
+    }
+
+    #[test]
+    fn qos2_flow_goes_rec_then_comp() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        let id = session.start_inflight(message(QoS::ExactlyOnce, 7));
+        assert!(
+            !session.on_puback(id),
+            "PUBACK does not complete a QoS 2 flow"
+        );
+        assert!(!session.on_pubcomp(id), "PUBCOMP before PUBREC is unknown");
+        assert!(session.on_pubrec(id));
+        assert!(
+            session.on_pubrec(id),
+            "a repeated PUBREC still owes a PUBREL"
+        );
+        assert_eq!(
+            session.inflight().next().map(|f| f.state),
+            Some(InflightState::AwaitPubComp)
+        );
+        assert!(session
+            .inflight()
+            .next()
+            .is_some_and(|f| f.message.payload.is_empty()));
+        assert!(session.on_pubcomp(id));
+        assert_eq!(session.inflight_len(), 0);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        session.next_packet_id = u16::MAX;
+        let a = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        assert_eq!(a, u16::MAX);
+        let b = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        assert_eq!(b, 1, "0 is never a packet id");
+        session.next_packet_id = u16::MAX;
+        let c = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        assert_eq!(c, 2, "ids in flight are skipped");
+    }
+
+    #[test]
+    fn inbound_qos2_is_delivered_once_until_released() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        assert!(session.incoming_qos2_begin(10));
+        assert!(
+            !session.incoming_qos2_begin(10),
+            "re-sent PUBLISH before PUBREL"
+        );
+        session.incoming_qos2_release(10);
+        assert!(
+            session.incoming_qos2_begin(10),
+            "the id is free again after PUBREL"
+        );
+    }
+
+    #[test]
+    fn reset_clears_state_but_keeps_identity_and_connection() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        session.conn = Some(ConnRef {
+            slot: 3,
+            generation: 9,
+        });
+        session.subscriptions.push(("a/#".into(), QoS::AtLeastOnce));
+        session.start_inflight(message(QoS::AtLeastOnce, 0));
+        session.enqueue(message(QoS::AtLeastOnce, 1), 10);
+        session.reset(true, ProtocolVersion::V3_1);
+        assert_eq!(&*session.client_id, "c");
+        assert_eq!(
+            session.conn,
+            Some(ConnRef {
+                slot: 3,
+                generation: 9
+            })
+        );
+        assert!(session.subscriptions.is_empty());
+        assert_eq!((session.inflight_len(), session.queue_len()), (0, 0));
+        assert!(session.clean_session);
+        assert_eq!(session.version, ProtocolVersion::V3_1);
+    }
+}
