@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod mesh;
 pub mod protocol;
 pub mod ring;
 pub mod session;

@@ -1,0 +1,556 @@
+//! Which shards want a topic: the replicated interest index, and the local counts that feed it.
+//!
+//! Every shard keeps an [`InterestIndex`]: topic filter -> bitmask of the shards with at least
+//! one subscriber on it. On PUBLISH the shard asks `shards_for(topic)` and forwards the message
+//! through the mesh to each shard in the mask (other than itself), so a publish crosses to a
+//! shard only when someone there can receive it.
+//!
+//! The index changes only when some shard's count for a filter goes 0 -> 1 or 1 -> 0, which its
+//! [`LocalInterest`] reports; that shard then broadcasts `MeshMessage::Interest` to the others
+//! and applies it to its own index. A thousand clients on one filter cost one broadcast.
+//!
+//! The index is a small trie with one node per filter level (`+` and `#` kept apart from the
+//! literal children), matched with MQTT's wildcard rules (spec 4.7): `+` is exactly one level,
+//! `#` is the rest including none (`sport/#` matches `sport`), and a filter starting with a
+//! wildcard does not match a topic starting with `$` [MQTT-4.7.2-1]. Lookup walks borrowed
+//! slices of the topic and allocates nothing; only `apply` allocates, once per new level.
+//!
+//! Shared subscriptions (`$share/group/filter`) are not interpreted here: the publishing shard
+//! must pick one shard per group, which needs per-group masks (to be added with shared-group
+//! routing). Such a filter is stored and matched literally.
+
+use std::collections::HashMap;
+
+/// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
+pub const SHARDS_MAX: usize = 64;
+const _: () = assert!(SHARDS_MAX <= u64::BITS as usize);
+
+/// Filter -> bitmask of the shards that have a subscriber on it.
+#[derive(Debug)]
+pub struct InterestIndex {
+    shard_count: usize,
+    root: Node,
+    /// Distinct filters with a non-zero mask.
+    filter_count: usize,
+}
+
+/// One filter level. Literal children live in a map keyed by the level's text; std's keyed
+/// hasher because filters come from clients, who could otherwise pick colliding levels.
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    /// The `+` child.
+    plus: Option<Box<Node>>,
+    /// Shards subscribed to the filter that ends at this node.
+    exact_mask: u64,
+    /// Shards subscribed to this node's path followed by `/#` (or to `#` at the root).
+    multi_mask: u64,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.exact_mask == 0
+            && self.multi_mask == 0
+            && self.plus.is_none()
+            && self.children.is_empty()
+    }
+}
+
+impl InterestIndex {
+    /// Panics unless `1 <= shard_count <= SHARDS_MAX` (a configuration error).
+    pub fn new(shard_count: usize) -> InterestIndex {
+        assert!(
+            (1..=SHARDS_MAX).contains(&shard_count),
+            "shard_count {shard_count} must be in 1..={SHARDS_MAX}"
+        );
+        InterestIndex {
+            shard_count,
+            root: Node::default(),
+            filter_count: 0,
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    /// Distinct filters some shard is interested in.
+    pub fn filter_count(&self) -> usize {
+        self.filter_count
+    }
+
+    /// Sets (`interested`) or clears `shard`'s bit on `filter`. A filter whose mask becomes 0
+    /// is removed, with the trie nodes that only it used.
+    ///
+    /// The filter is expected to be valid (the subscribing shard checked it). An invalid one
+    /// cannot hurt: a `#` that is not the last level, or a level mixing a wildcard with other
+    /// characters, is stored as literal text, which no topic name can contain.
+    ///
+    /// Panics if `shard >= shard_count` (shard indexes come from the broker, not the network).
+    pub fn apply(&mut self, filter: &str, shard: usize, interested: bool) {
+        assert!(
+            shard < self.shard_count,
+            "shard {shard} out of range (shard_count {})",
+            self.shard_count
+        );
+        let bit = 1u64 << shard;
+        let levels = split_filter(filter);
+        if interested {
+            let mask = mask_for_insert(&mut self.root, levels);
+            if *mask == 0 {
+                self.filter_count += 1;
+            }
+            *mask |= bit;
+        } else if let Some(removed_filter) = clear(&mut self.root, levels, bit) {
+            if removed_filter {
+                self.filter_count -= 1;
+            }
+        }
+    }
+
+    /// The OR of the masks of every filter matching `topic` (a topic name, without wildcards).
+    /// Allocates nothing.
+    pub fn shards_for(&self, topic: &str) -> u64 {
+        // [MQTT-4.7.2-1] A filter starting with `+` or `#` does not match a topic starting with
+        // `$` (e.g. `$SYS/...`): such topics are only reached by filters naming them literally.
+        let dollar = topic.starts_with('$');
+        match_levels(&self.root, topic.split('/'), dollar)
+    }
+}
+
+/// A filter split into levels, with a trailing `#` taken apart: `(levels before it, has #)`.
+struct FilterLevels<'a> {
+    levels: std::str::Split<'a, char>,
+    /// How many levels `levels` yields before the trailing `#` (if any).
+    count: usize,
+    multi: bool,
+}
+
+fn split_filter(filter: &str) -> FilterLevels<'_> {
+    let total = filter.split('/').count();
+    let multi = filter == "#" || filter.ends_with("/#");
+    FilterLevels {
+        levels: filter.split('/'),
+        count: if multi { total - 1 } else { total },
+        multi,
+    }
+}
+
+/// Walks (creating) the nodes of `filter` and returns the mask to set.
+fn mask_for_insert<'n>(root: &'n mut Node, filter: FilterLevels<'_>) -> &'n mut u64 {
+    let mut node = root;
+    for level in filter.levels.take(filter.count) {
+        node = if level == "+" {
+            node.plus.get_or_insert_with(Box::default)
+        } else {
+            node.children.entry(Box::from(level)).or_default()
+        };
+    }
+    if filter.multi {
+        &mut node.multi_mask
+    } else {
+        &mut node.exact_mask
+    }
+}
+
+/// Clears `bit` on the filter below `node`, pruning nodes left empty. Returns `None` if the
+/// filter is not in the trie, else whether its mask became 0.
+fn clear(node: &mut Node, mut filter: FilterLevels<'_>, bit: u64) -> Option<bool> {
+    if filter.count == 0 {
+        let mask = if filter.multi {
+            &mut node.multi_mask
+        } else {
+            &mut node.exact_mask
+        };
+        if *mask == 0 {
+            return None;
+        }
+        *mask &= !bit;
+        return Some(*mask == 0);
+    }
+    let level = filter.levels.next()?;
+    filter.count -= 1;
+    if level == "+" {
+        let child = node.plus.as_deref_mut()?;
+        let removed = clear(child, filter, bit);
+        if child.is_empty() {
+            node.plus = None;
+        }
+        removed
+    } else {
+        let child = node.children.get_mut(level)?;
+        let removed = clear(child, filter, bit);
+        if child.is_empty() {
+            node.children.remove(level);
+        }
+        removed
+    }
+}
+
+/// Masks of the filters below `node` that match the remaining topic levels `rest`. `dollar`:
+/// this is the root and the topic's first level starts with `$`, so wildcards may not match it.
+fn match_levels(node: &Node, mut rest: std::str::Split<'_, char>, dollar: bool) -> u64 {
+    let Some(level) = rest.next() else {
+        // The topic ends here: the filter ending here matches, and so does `<path>/#`, because
+        // `#` also matches the parent level [MQTT-4.7.1-2].
+        return node.exact_mask | node.multi_mask;
+    };
+    let mut mask = 0;
+    if !dollar {
+        mask |= node.multi_mask;
+        if let Some(plus) = &node.plus {
+            mask |= match_levels(plus, rest.clone(), false);
+        }
+    }
+    if let Some(child) = node.children.get(level) {
+        mask |= match_levels(child, rest, false);
+    }
+    mask
+}
+
+/// This shard's subscriber count per filter. It says when the shard's interest in a filter
+/// changes (0 -> 1 or 1 -> 0), which is the only time the shard broadcasts.
+#[derive(Debug, Default)]
+pub struct LocalInterest {
+    counts: HashMap<Box<str>, u32>,
+}
+
+impl LocalInterest {
+    pub fn new() -> LocalInterest {
+        LocalInterest::default()
+    }
+
+    /// Counts one more subscriber on `filter`; true when it is the first (broadcast it).
+    pub fn subscribe(&mut self, filter: &str) -> bool {
+        if let Some(count) = self.counts.get_mut(filter) {
+            // A u32 of subscribers on one shard cannot overflow before memory runs out.
+            *count += 1;
+            return false;
+        }
+        self.counts.insert(Box::from(filter), 1);
+        true
+    }
+
+    /// Counts one subscriber fewer on `filter`; true when it was the last (broadcast it).
+    /// An unknown filter changes nothing and returns false.
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        let Some(count) = self.counts.get_mut(filter) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(filter);
+            return true;
+        }
+        false
+    }
+
+    /// Subscribers this shard has on `filter`.
+    pub fn count(&self, filter: &str) -> u32 {
+        self.counts.get(filter).copied().unwrap_or(0)
+    }
+
+    /// Distinct filters with at least one subscriber on this shard.
+    pub fn filter_count(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_with(filters: &[(&str, usize)]) -> InterestIndex {
+        let mut index = InterestIndex::new(8);
+        for &(filter, shard) in filters {
+            index.apply(filter, shard, true);
+        }
+        index
+    }
+
+    #[test]
+    fn literal_filters_match_only_their_topic() {
+        let index = index_with(&[("sport/tennis", 1), ("sport/tennis", 3), ("sport", 2)]);
+        assert_eq!(index.shards_for("sport/tennis"), 0b1010);
+        assert_eq!(index.shards_for("sport"), 0b0100);
+        assert_eq!(index.shards_for("sport/tennis/player1"), 0);
+        assert_eq!(index.shards_for("sport/golf"), 0);
+        assert_eq!(
+            index.shards_for("Sport/tennis"),
+            0,
+            "topics are case sensitive"
+        );
+        assert_eq!(index.filter_count(), 2);
+    }
+
+    #[test]
+    fn multi_level_wildcard_matches_the_parent_and_everything_below() {
+        // Spec 4.7.1.2 examples.
+        let index = index_with(&[("sport/tennis/player1/#", 0)]);
+        assert_eq!(index.shards_for("sport/tennis/player1"), 1);
+        assert_eq!(index.shards_for("sport/tennis/player1/ranking"), 1);
+        assert_eq!(index.shards_for("sport/tennis/player1/score/wimbledon"), 1);
+        assert_eq!(index.shards_for("sport/tennis/player2"), 0);
+        let index = index_with(&[("sport/#", 4)]);
+        assert_eq!(index.shards_for("sport"), 1 << 4);
+        assert_eq!(index.shards_for("sport/"), 1 << 4);
+        assert_eq!(index.shards_for("sports"), 0);
+        let index = index_with(&[("#", 5)]);
+        assert_eq!(index.shards_for("a"), 1 << 5);
+        assert_eq!(index.shards_for("a/b/c"), 1 << 5);
+        assert_eq!(index.shards_for("/"), 1 << 5);
+    }
+
+    #[test]
+    fn single_level_wildcard_matches_exactly_one_level() {
+        // Spec 4.7.1.3 examples.
+        let index = index_with(&[
+            ("sport/tennis/+", 0),
+            ("sport/+", 1),
+            ("+/+", 2),
+            ("/+", 3),
+            ("+", 4),
+        ]);
+        assert_eq!(index.shards_for("sport/tennis/player1"), 0b00001);
+        assert_eq!(index.shards_for("sport/tennis/player1/ranking"), 0);
+        assert_eq!(index.shards_for("sport"), 0b10000);
+        assert_eq!(
+            index.shards_for("sport/"),
+            0b00110,
+            "an empty level is a level"
+        );
+        assert_eq!(index.shards_for("/finance"), 0b01100);
+        assert_eq!(index.shards_for("+"), 0b10000);
+        let index = index_with(&[("+/tennis/#", 6)]);
+        assert_eq!(index.shards_for("sport/tennis"), 1 << 6);
+        assert_eq!(index.shards_for("sport/tennis/x/y"), 1 << 6);
+        assert_eq!(index.shards_for("sport/golf"), 0);
+    }
+
+    #[test]
+    fn wildcards_at_the_start_do_not_match_dollar_topics() {
+        // [MQTT-4.7.2-1] and the spec 4.7.2 examples.
+        let index = index_with(&[
+            ("#", 0),
+            ("+/monitor/Clients", 1),
+            ("$SYS/#", 2),
+            ("$SYS/monitor/+", 3),
+        ]);
+        assert_eq!(index.shards_for("$SYS/monitor/Clients"), 0b1100);
+        assert_eq!(index.shards_for("$SYS"), 0b0100);
+        assert_eq!(index.shards_for("SYS/monitor/Clients"), 0b0011);
+        assert_eq!(
+            index.shards_for("a/$SYS"),
+            0b0001,
+            "only the first level counts"
+        );
+    }
+
+    #[test]
+    fn clearing_the_last_shard_removes_the_filter() {
+        let mut index = index_with(&[("a/+/c", 1), ("a/+/c", 2), ("a/#", 1)]);
+        assert_eq!(index.filter_count(), 2);
+        index.apply("a/+/c", 1, false);
+        assert_eq!(index.shards_for("a/b/c"), 0b110);
+        index.apply("a/+/c", 2, false);
+        assert_eq!(index.shards_for("a/b/c"), 0b010);
+        assert_eq!(index.filter_count(), 1);
+        index.apply("a/#", 1, false);
+        assert_eq!(index.filter_count(), 0);
+        assert!(
+            index.root.is_empty(),
+            "empty nodes are pruned: {:?}",
+            index.root
+        );
+        // Clearing what is not there changes nothing.
+        index.apply("a/#", 1, false);
+        index.apply("x/y", 0, false);
+        assert_eq!(index.filter_count(), 0);
+        assert!(index.root.is_empty());
+    }
+
+    #[test]
+    fn setting_twice_is_idempotent() {
+        let mut index = index_with(&[("a/b", 3), ("a/b", 3)]);
+        assert_eq!(index.filter_count(), 1);
+        index.apply("a/b", 3, false);
+        assert_eq!(index.shards_for("a/b"), 0);
+        assert_eq!(index.filter_count(), 0);
+    }
+
+    #[test]
+    fn malformed_filters_match_nothing_and_do_not_panic() {
+        let index = index_with(&[("a/#/b", 0), ("a+/b", 1), ("#a", 2), ("", 3)]);
+        assert_eq!(index.shards_for("a/x/b"), 0);
+        assert_eq!(index.shards_for("ax/b"), 0);
+        assert_eq!(index.shards_for("a"), 0);
+    }
+
+    #[test]
+    fn highest_shard_uses_the_top_bit() {
+        let mut index = InterestIndex::new(SHARDS_MAX);
+        index.apply("t", SHARDS_MAX - 1, true);
+        assert_eq!(index.shards_for("t"), 1 << 63);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn shard_outside_the_count_is_a_programmer_error() {
+        InterestIndex::new(4).apply("t", 4, true);
+    }
+
+    #[test]
+    #[should_panic(expected = "must be in 1..=64")]
+    fn more_than_sixty_four_shards_is_refused() {
+        InterestIndex::new(65);
+    }
+
+    /// The spec's matching rules, written the obvious way: the oracle for the trie.
+    fn naive_matches(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let filter: Vec<&str> = filter.split('/').collect();
+        let topic: Vec<&str> = topic.split('/').collect();
+        for (index, level) in filter.iter().enumerate() {
+            if *level == "#" {
+                return index == filter.len() - 1 && topic.len() >= index;
+            }
+            match topic.get(index) {
+                Some(topic_level) if *level == "+" || level == topic_level => {}
+                _ => return false,
+            }
+        }
+        filter.len() == topic.len()
+    }
+
+    /// xorshift64*: reproducible randomness without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, bound: usize) -> usize {
+            (self.next() % bound as u64) as usize
+        }
+    }
+
+    fn random_path(rng: &mut Rng, words: &[&str]) -> Vec<String> {
+        let depth = 1 + rng.below(4);
+        (0..depth)
+            .map(|_| words[rng.below(words.len())].to_string())
+            .collect()
+    }
+
+    fn random_filter(rng: &mut Rng) -> String {
+        let mut levels = random_path(rng, &["a", "b", "$s", "", "+", "+"]);
+        if rng.below(3) == 0 {
+            levels.push("#".to_string());
+        }
+        levels.join("/")
+    }
+
+    fn random_topic(rng: &mut Rng) -> String {
+        random_path(rng, &["a", "b", "$s", ""]).join("/")
+    }
+
+    #[test]
+    fn randomized_against_the_naive_matcher() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let shard_count = 8;
+        let mut index = InterestIndex::new(shard_count);
+        // The model: (filter, shard) pairs currently set.
+        let mut model: Vec<(String, usize)> = Vec::new();
+        for step in 0..4_000 {
+            let filter = random_filter(&mut rng);
+            let shard = rng.below(shard_count);
+            // Clear more often than set once the model is big, so filters also disappear.
+            let interested = rng.below(100) < if model.len() > 60 { 30 } else { 70 };
+            index.apply(&filter, shard, interested);
+            model.retain(|(f, s)| !(*f == filter && *s == shard));
+            if interested {
+                model.push((filter, shard));
+            }
+            let mut distinct: Vec<&str> = model.iter().map(|(f, _)| f.as_str()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(index.filter_count(), distinct.len(), "step {step}");
+            for _ in 0..8 {
+                let topic = random_topic(&mut rng);
+                let expected = model
+                    .iter()
+                    .filter(|(f, _)| naive_matches(f, &topic))
+                    .fold(0u64, |mask, (_, s)| mask | 1 << s);
+                assert_eq!(
+                    index.shards_for(&topic),
+                    expected,
+                    "step {step}, topic {topic:?}, model {model:?}"
+                );
+            }
+        }
+        for (filter, shard) in model.drain(..) {
+            index.apply(&filter, shard, false);
+        }
+        assert_eq!(index.filter_count(), 0);
+        assert!(index.root.is_empty());
+    }
+
+    #[test]
+    fn local_interest_reports_only_the_first_and_the_last() {
+        let mut local = LocalInterest::new();
+        assert!(local.subscribe("a/+"));
+        assert!(!local.subscribe("a/+"));
+        assert!(!local.subscribe("a/+"));
+        assert!(local.subscribe("b"));
+        assert_eq!(local.count("a/+"), 3);
+        assert_eq!(local.filter_count(), 2);
+        assert!(!local.unsubscribe("a/+"));
+        assert!(!local.unsubscribe("a/+"));
+        assert!(local.unsubscribe("a/+"));
+        assert_eq!(local.count("a/+"), 0);
+        assert!(
+            !local.unsubscribe("a/+"),
+            "already gone: no change to broadcast"
+        );
+        assert!(!local.unsubscribe("never"));
+        assert!(local.subscribe("a/+"), "0 -> 1 again");
+        assert_eq!(local.filter_count(), 2);
+    }
+
+    #[test]
+    fn local_changes_drive_the_index() {
+        // Two shards, each with its own LocalInterest, sharing changes the way the mesh does.
+        let mut index = InterestIndex::new(2);
+        let mut locals = [LocalInterest::new(), LocalInterest::new()];
+        let mut subscribe = |shard: usize, filter: &str, on: bool, index: &mut InterestIndex| {
+            let changed = if on {
+                locals[shard].subscribe(filter)
+            } else {
+                locals[shard].unsubscribe(filter)
+            };
+            if changed {
+                index.apply(filter, shard, on);
+            }
+        };
+        subscribe(0, "t/#", true, &mut index);
+        subscribe(0, "t/#", true, &mut index);
+        subscribe(1, "t/x", true, &mut index);
+        assert_eq!(index.shards_for("t/x"), 0b11);
+        subscribe(0, "t/#", false, &mut index);
+        assert_eq!(
+            index.shards_for("t/x"),
+            0b11,
+            "one subscriber left on shard 0"
+        );
+        subscribe(0, "t/#", false, &mut index);
+        assert_eq!(index.shards_for("t/x"), 0b10);
+        subscribe(1, "t/x", false, &mut index);
+        assert_eq!(index.shards_for("t/x"), 0);
+        assert_eq!(index.filter_count(), 0);
+    }
+}

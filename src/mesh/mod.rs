@@ -1,0 +1,527 @@
+//! The shard-to-shard mesh: what shards tell each other, and the rings it travels on.
+//!
+//! Shards share no state; they send messages. Every ordered pair of shards (i -> j, i != j) has
+//! its own [`spsc`] ring, so each ring has exactly one writer and one reader and stays FIFO:
+//! messages from one publisher to one subscriber keep their order. [`Mesh::new`] builds all the
+//! rings and hands back one [`ShardMesh`] per shard, to be moved into that shard's thread.
+//!
+//! A shard loop uses its `ShardMesh` like this, once per turn:
+//! - `push` (or `broadcast`) as it handles publishes and subscription changes. A full ring never
+//!   blocks: the message waits in a local per-target overflow queue, behind which later messages
+//!   for that target also wait, so order is kept.
+//! - `flush_overflow` to move waiting messages into rings that have room again.
+//! - `take_wake_targets` to learn which shards got messages this turn and wake each once (the
+//!   wake itself, MSG_RING or an eventfd, belongs to the ring driver).
+//! - `drain(mesh_batch_max, ..)` to take at most a batch from each inbound ring.
+//!
+//! [`home_shard`] places a client id on its home shard (DESIGN: "Client ids own a home shard").
+
+pub mod interest;
+pub mod spsc;
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::protocol::{Properties, QoS};
+
+pub use interest::{InterestIndex, LocalInterest, SHARDS_MAX};
+
+/// What one shard sends another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MeshMessage {
+    /// A PUBLISH for the target's subscribers.
+    Publish(Forward),
+    /// `shard`'s subscriber count on `filter` went 0 -> 1 (`interested`) or 1 -> 0: apply it to
+    /// the target's `InterestIndex`.
+    Interest {
+        filter: ByteString,
+        shard: u16,
+        interested: bool,
+    },
+    /// A retained message (an empty payload clears the topic's), replicated to every shard so a
+    /// new subscription is answered locally.
+    Retained(Forward),
+    /// A socket whose CONNECT names a client id homed on the target shard.
+    Connection(HandOff),
+}
+
+/// A published message on its way to another shard. Cloning it shares the payload and topic
+/// (reference counts), so a fan-out to many shards copies no bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5 properties that travel with the message (user properties, content type, expiry,
+    /// ...). `None` in the common case, so a plain publish allocates nothing here.
+    pub properties: Option<Box<Properties>>,
+    /// The shard the publisher is on.
+    pub origin_shard: u16,
+}
+
+/// A connection moving to its client's home shard, with the bytes the accepting shard already
+/// read from it. The socket itself travels separately, as a direct descriptor sent with
+/// `MsgRingSendFd` after the accepting shard's multishot recv on it has finished (so no byte
+/// lands on the wrong shard). The home shard pairs the two by `handoff_id`, whichever arrives
+/// first. Placeholder until the ring driver's hand-off exists; fields may grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandOff {
+    /// The shard that accepted the socket and read its CONNECT.
+    pub source_shard: u16,
+    /// Equal to the `user_data` of the `MsgRingSendFd` that carries the descriptor.
+    pub handoff_id: u64,
+    /// The fixed-file slot the accepting shard asked for on the target ring, if it chose one
+    /// (`u32::MAX`: let the target ring allocate, `DestinationSlot::auto_target()`).
+    pub ring_slot_hint: u32,
+    /// Every byte read from the socket so far, starting with the CONNECT packet; the home shard
+    /// decodes them as if it had read them itself.
+    pub bytes_read: Bytes,
+}
+
+/// Builds the mesh: one SPSC ring per ordered pair of shards.
+pub struct Mesh;
+
+impl Mesh {
+    /// Returns one [`ShardMesh`] per shard, index = shard. Each ring holds `ring_capacity`
+    /// messages, rounded up to a power of two; the mesh's memory is about
+    /// `shard_count * (shard_count - 1) * ring_capacity * size_of::<MeshMessage>()`.
+    ///
+    /// Panics unless `1 <= shard_count <= SHARDS_MAX` and `ring_capacity >= 1` (configuration
+    /// errors, caught when `Config` is validated).
+    #[allow(clippy::new_ret_no_self)] // The mesh exists only to be split between shard threads.
+    pub fn new(shard_count: usize, ring_capacity: usize) -> Vec<ShardMesh> {
+        assert!(
+            (1..=SHARDS_MAX).contains(&shard_count),
+            "shard_count {shard_count} must be in 1..={SHARDS_MAX}"
+        );
+        let mut shards: Vec<ShardMesh> = (0..shard_count)
+            .map(|shard| ShardMesh {
+                shard,
+                producers: (0..shard_count).map(|_| None).collect(),
+                consumers: (0..shard_count).map(|_| None).collect(),
+                overflow: (0..shard_count).map(|_| VecDeque::new()).collect(),
+                overflow_targets: 0,
+                wake_targets: 0,
+            })
+            .collect();
+        for source in 0..shard_count {
+            for target in 0..shard_count {
+                if source == target {
+                    continue;
+                }
+                let (producer, consumer) = spsc::channel(ring_capacity);
+                shards[source].producers[target] = Some(producer);
+                shards[target].consumers[source] = Some(consumer);
+            }
+        }
+        shards
+    }
+}
+
+/// One shard's ends of the mesh: producers to every other shard, consumers from every other
+/// shard, and the overflow for rings that were full.
+pub struct ShardMesh {
+    shard: usize,
+    /// Index = target shard; `None` at this shard's own index.
+    producers: Vec<Option<spsc::Producer<MeshMessage>>>,
+    /// Index = source shard; `None` at this shard's own index.
+    consumers: Vec<Option<spsc::Consumer<MeshMessage>>>,
+    /// Index = target shard: messages that found its ring full, oldest first.
+    overflow: Vec<VecDeque<MeshMessage>>,
+    /// Bit per target whose overflow queue is not empty.
+    overflow_targets: u64,
+    /// Bit per target that got messages since the last `take_wake_targets`.
+    wake_targets: u64,
+}
+
+impl ShardMesh {
+    /// This shard's index.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Sends `message` to `target`; never blocks. When the target's ring is full (or messages
+    /// already wait for it) the message waits in the overflow queue, in order.
+    ///
+    /// Panics if `target` is this shard or out of range: a route is computed by the broker, and
+    /// a shard delivers to itself directly.
+    pub fn push(&mut self, target: usize, message: MeshMessage) {
+        assert!(target != self.shard, "shard {target} pushed to itself");
+        let bit = 1u64 << target;
+        self.wake_targets |= bit;
+        if self.overflow_targets & bit != 0 {
+            self.flush_target(target);
+            if self.overflow_targets & bit != 0 {
+                self.overflow[target].push_back(message);
+                return;
+            }
+        }
+        let producer = self.producers[target]
+            .as_mut()
+            .expect("every other shard has a ring");
+        if let Err(message) = producer.try_push(message) {
+            self.overflow[target].push_back(message);
+            self.overflow_targets |= bit;
+        }
+    }
+
+    /// Sends a clone of `message` to every other shard (payloads and topics are shared, not
+    /// copied). Used for interest changes and retained messages.
+    pub fn broadcast(&mut self, message: MeshMessage) {
+        for target in 0..self.shard_count() {
+            if target != self.shard {
+                self.push(target, message.clone());
+            }
+        }
+    }
+
+    /// Moves overflowed messages into rings that have room again, oldest first; returns how
+    /// many moved. Call once per loop turn, before `take_wake_targets`.
+    pub fn flush_overflow(&mut self) -> usize {
+        let mut moved = 0;
+        let mut targets = self.overflow_targets;
+        while targets != 0 {
+            let target = targets.trailing_zeros() as usize;
+            targets &= targets - 1;
+            moved += self.flush_target(target);
+        }
+        moved
+    }
+
+    fn flush_target(&mut self, target: usize) -> usize {
+        let producer = self.producers[target]
+            .as_mut()
+            .expect("every other shard has a ring");
+        let queue = &mut self.overflow[target];
+        let mut moved = 0;
+        while let Some(message) = queue.pop_front() {
+            if let Err(message) = producer.try_push(message) {
+                queue.push_front(message);
+                break;
+            }
+            moved += 1;
+        }
+        if queue.is_empty() {
+            self.overflow_targets &= !(1u64 << target);
+        }
+        if moved > 0 {
+            self.wake_targets |= 1u64 << target;
+        }
+        moved
+    }
+
+    /// Messages waiting in the overflow for `target` (its ring was full).
+    pub fn overflow_len(&self, target: usize) -> usize {
+        self.overflow[target].len()
+    }
+
+    /// Messages waiting in the overflow for all targets.
+    pub fn overflow_total(&self) -> usize {
+        self.overflow.iter().map(VecDeque::len).sum()
+    }
+
+    /// The shards that got messages since the last call (bit per shard), and clears the set, so
+    /// each is woken at most once per turn however many messages it got.
+    pub fn take_wake_targets(&mut self) -> u64 {
+        std::mem::take(&mut self.wake_targets)
+    }
+
+    /// Takes up to `max_per_ring` messages from each inbound ring, handing each to
+    /// `f(source_shard, message)`; returns how many in all.
+    pub fn drain(&mut self, max_per_ring: usize, mut f: impl FnMut(usize, MeshMessage)) -> usize {
+        let mut count = 0;
+        for (source, consumer) in self.consumers.iter_mut().enumerate() {
+            if let Some(consumer) = consumer {
+                count += consumer.drain(max_per_ring, |message| f(source, message));
+            }
+        }
+        count
+    }
+
+    /// Messages waiting in the inbound rings (a snapshot; producers may be adding).
+    pub fn inbound_len(&self) -> usize {
+        self.consumers
+            .iter()
+            .flatten()
+            .map(spsc::Consumer::len)
+            .sum()
+    }
+}
+
+/// The home shard of `client_id`: FNV-1a 64 over the bytes, mixed with MurmurHash3's 64-bit
+/// finalizer (FNV's low bits alone spread short, similar ids poorly), modulo `shard_count`.
+///
+/// A fixed function of the bytes: the same on every run, process and platform (no random seed,
+/// no `usize`), so every shard agrees on a client's home, and so would a restarted broker.
+/// Not keyed: a client can choose an id to land on a given shard, which only lets it pick a
+/// shard for itself.
+///
+/// Panics if `shard_count` is 0.
+pub fn home_shard(client_id: &[u8], shard_count: usize) -> usize {
+    assert!(shard_count > 0, "shard_count must be at least 1");
+    let hash = fmix64(fnv1a_64(client_id));
+    // The remainder is below `shard_count`, so it fits back into `usize`.
+    (hash % shard_count as u64) as usize
+}
+
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.
+fn fmix64(mut hash: u64) -> u64 {
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(topic: &'static str, sequence: u32, origin_shard: u16) -> MeshMessage {
+        MeshMessage::Publish(Forward {
+            topic: ByteString::from_static(topic),
+            payload: Bytes::copy_from_slice(&sequence.to_be_bytes()),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: None,
+            origin_shard,
+        })
+    }
+
+    fn sequence_of(message: &MeshMessage) -> u32 {
+        match message {
+            MeshMessage::Publish(forward) => {
+                u32::from_be_bytes(forward.payload[..].try_into().unwrap())
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    fn drain_all(shard: &mut ShardMesh) -> Vec<(usize, MeshMessage)> {
+        let mut taken = Vec::new();
+        shard.drain(usize::MAX, |source, message| taken.push((source, message)));
+        taken
+    }
+
+    #[test]
+    fn message_types_stay_small() {
+        // Every ring slot is one MeshMessage: N * (N - 1) * capacity of them. Guard the size.
+        let size = std::mem::size_of::<MeshMessage>();
+        assert!(size <= 96, "MeshMessage grew to {size} bytes");
+    }
+
+    #[test]
+    fn each_pair_routes_with_its_source() {
+        let mut shards = Mesh::new(4, 8);
+        assert_eq!(shards.len(), 4);
+        for (source, mesh) in shards.iter_mut().enumerate() {
+            assert_eq!(mesh.shard(), source);
+            assert_eq!(mesh.shard_count(), 4);
+            for target in (0..4).filter(|&target| target != source) {
+                let sequence = (source * 10 + target) as u32;
+                mesh.push(target, publish("t", sequence, source as u16));
+            }
+        }
+        for (target, mesh) in shards.iter_mut().enumerate() {
+            assert_eq!(mesh.inbound_len(), 3);
+            let taken = drain_all(mesh);
+            let mut sources: Vec<usize> = taken.iter().map(|(source, _)| *source).collect();
+            sources.sort_unstable();
+            let expected: Vec<usize> = (0..4).filter(|&s| s != target).collect();
+            assert_eq!(sources, expected);
+            for (source, message) in &taken {
+                assert_eq!(sequence_of(message), (source * 10 + target) as u32);
+                let MeshMessage::Publish(forward) = message else {
+                    unreachable!()
+                };
+                assert_eq!(usize::from(forward.origin_shard), *source);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "pushed to itself")]
+    fn pushing_to_oneself_is_a_programmer_error() {
+        let mut shards = Mesh::new(2, 4);
+        shards[1].push(1, publish("t", 0, 1));
+    }
+
+    #[test]
+    fn a_full_ring_overflows_and_order_is_kept() {
+        let mut shards = Mesh::new(3, 4);
+        let (first, rest) = shards.split_at_mut(1);
+        let (sender, receiver) = (&mut first[0], &mut rest[0]);
+        for sequence in 0..10 {
+            sender.push(1, publish("t", sequence, 0));
+        }
+        assert_eq!(sender.overflow_len(1), 6);
+        assert_eq!(sender.overflow_len(2), 0);
+        assert_eq!(sender.flush_overflow(), 0, "the ring is still full");
+
+        // The receiver takes two; a new push must queue behind the six, not jump ahead.
+        let mut received = Vec::new();
+        receiver.drain(2, |_, message| received.push(sequence_of(&message)));
+        sender.push(1, publish("t", 10, 0));
+        assert_eq!(
+            sender.overflow_total(),
+            5,
+            "two moved into the ring, the new one queued"
+        );
+
+        while received.len() < 11 {
+            sender.flush_overflow();
+            let taken = receiver.drain(3, |source, message| {
+                assert_eq!(source, 0);
+                received.push(sequence_of(&message));
+            });
+            assert!(taken > 0, "the overflow keeps feeding the ring");
+        }
+        assert_eq!(received, (0..11).collect::<Vec<_>>());
+        assert_eq!(sender.overflow_total(), 0);
+        assert_eq!(sender.flush_overflow(), 0);
+    }
+
+    #[test]
+    fn each_target_is_woken_once_per_turn() {
+        let mut shards = Mesh::new(4, 2);
+        let sender = &mut shards[0];
+        for sequence in 0..5 {
+            sender.push(2, publish("t", sequence, 0));
+        }
+        sender.push(3, publish("t", 0, 0));
+        assert_eq!(sender.take_wake_targets(), 0b1100);
+        assert_eq!(sender.take_wake_targets(), 0, "taking clears the set");
+
+        // Shard 2's ring is full with three waiting: nothing moves, nobody to wake.
+        assert_eq!(sender.flush_overflow(), 0);
+        assert_eq!(sender.take_wake_targets(), 0);
+        let mut taken = 0;
+        shards[2].drain(usize::MAX, |_, _| taken += 1);
+        assert_eq!(taken, 2);
+        assert_eq!(shards[0].flush_overflow(), 2);
+        assert_eq!(
+            shards[0].take_wake_targets(),
+            0b0100,
+            "moving the overflow wakes the target"
+        );
+    }
+
+    #[test]
+    fn broadcast_reaches_every_other_shard() {
+        let mut shards = Mesh::new(3, 4);
+        let interest = MeshMessage::Interest {
+            filter: ByteString::from_static("a/+"),
+            shard: 1,
+            interested: true,
+        };
+        shards[1].broadcast(interest.clone());
+        assert_eq!(shards[1].take_wake_targets(), 0b101);
+        assert_eq!(drain_all(&mut shards[0]), vec![(1, interest.clone())]);
+        assert_eq!(drain_all(&mut shards[2]), vec![(1, interest)]);
+        assert!(drain_all(&mut shards[1]).is_empty());
+    }
+
+    #[test]
+    fn drain_takes_at_most_a_batch_per_ring() {
+        let mut shards = Mesh::new(3, 16);
+        for sequence in 0..5 {
+            shards[0].push(2, publish("t", sequence, 0));
+            shards[1].push(2, publish("t", 100 + sequence, 1));
+        }
+        let mut received = Vec::new();
+        let taken = shards[2].drain(2, |source, message| {
+            received.push((source, sequence_of(&message)))
+        });
+        assert_eq!(taken, 4);
+        assert_eq!(received, [(0, 0), (0, 1), (1, 100), (1, 101)]);
+        assert_eq!(shards[2].inbound_len(), 6);
+    }
+
+    #[test]
+    fn shard_meshes_move_to_their_threads() {
+        let shards = Mesh::new(2, 64);
+        let handles: Vec<_> = shards
+            .into_iter()
+            .map(|mut mesh| {
+                std::thread::spawn(move || {
+                    let target = 1 - mesh.shard();
+                    for sequence in 0..1000 {
+                        mesh.push(target, publish("t", sequence, mesh.shard() as u16));
+                    }
+                    let mut received = Vec::new();
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                    while received.len() < 1000 {
+                        mesh.flush_overflow();
+                        mesh.drain(32, |source, message| {
+                            assert_eq!(source, target);
+                            received.push(sequence_of(&message));
+                        });
+                        assert!(std::time::Instant::now() < deadline, "mesh stalled");
+                        std::thread::yield_now();
+                    }
+                    assert_eq!(received, (0..1000).collect::<Vec<_>>());
+                    // Keep this end alive until the other side has drained what we sent.
+                    while mesh.overflow_total() > 0 {
+                        mesh.flush_overflow();
+                        std::thread::yield_now();
+                    }
+                    mesh
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn home_shard_is_stable() {
+        // Pinned values: changing the function moves every client's home; do it on purpose.
+        let homes: Vec<usize> = [&b""[..], b"a", b"client-1", b"sensor/42"]
+            .iter()
+            .map(|id| home_shard(id, 1000))
+            .collect();
+        assert_eq!(homes, PINNED_HOMES);
+        assert_eq!(home_shard(b"anything", 1), 0);
+    }
+
+    /// Computed independently (a few lines of Python over the same definition).
+    const PINNED_HOMES: [usize; 4] = [342, 315, 741, 636];
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        // From the FNV reference test suite (draft-eastlake-fnv).
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn home_shard_spreads_evenly() {
+        let mut counts = [0usize; 4];
+        for index in 0..10_000 {
+            counts[home_shard(format!("client-{index}").as_bytes(), 4)] += 1;
+        }
+        for (shard, &count) in counts.iter().enumerate() {
+            assert!(
+                (2250..=2750).contains(&count),
+                "shard {shard} got {count}: {counts:?}"
+            );
+        }
+    }
+}
