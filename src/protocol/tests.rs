@@ -271,8 +271,10 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
             properties: Properties::default(),
         }));
         // An empty topic name stands for the topic alias.
-        let mut aliased = Properties::default();
-        aliased.topic_alias = Some(1);
+        let aliased = Properties {
+            topic_alias: Some(1),
+            ..Default::default()
+        };
         packets.push(Packet::Publish(Publish {
             dup: false,
             qos: QoS::AtMostOnce,
@@ -431,8 +433,10 @@ fn spec_5_connect_example() {
         body.extend(field(f));
     }
     let bytes = frame(0x10, &body);
-    let mut properties = Properties::default();
-    properties.session_expiry_interval = Some(10);
+    let properties = Properties {
+        session_expiry_interval: Some(10),
+        ..Default::default()
+    };
     let expected = Packet::Connect(Box::new(Connect {
         protocol: V5,
         clean_start: true,
