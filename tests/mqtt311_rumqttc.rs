@@ -1,0 +1,729 @@
+//! MQTT 3.1.1 behaviour seen through rumqttc (an independent client), with raw sockets where a
+//! test needs what a well-behaved client never does: stop pinging, vanish, withhold acks.
+//! Each test starts its own broker, so tests share no state and run in parallel.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rumqttc::{LastWill, QoS};
+
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+#[test]
+fn connect_gets_connack_accepted_without_session() {
+    let broker = start_broker();
+    let client = MqttClient::connect(mqtt_options(broker.addr(), "connect"));
+    assert_eq!(client.connack.code, rumqttc::ConnectReturnCode::Success);
+    // [MQTT-3.2.2-1] Clean session 1: session present is 0.
+    assert!(!client.connack.session_present);
+    client.disconnect();
+}
+
+/// One publisher at `pub_qos`, three subscribers at QoS 0, 1, 2: each gets the message once, at
+/// min(publish QoS, granted QoS) [MQTT-3.8.4-6], with topic and payload intact.
+fn pubsub_at(pub_qos: u8) {
+    let broker = start_broker();
+    let topic = unique_topic("pubsub");
+    let mut subscribers: Vec<MqttClient> = (0..3u8)
+        .map(|sub_qos| {
+            let mut s = MqttClient::connect(mqtt_options(broker.addr(), "sub"));
+            assert_eq!(s.subscribe(&topic, qos(sub_qos)), Some(qos(sub_qos)));
+            s
+        })
+        .collect();
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "pub"));
+    let payload = format!("hello at qos {pub_qos}");
+    publisher.publish_acked(&topic, qos(pub_qos), false, payload.clone());
+    for (sub_qos, subscriber) in subscribers.iter_mut().enumerate() {
+        let publish = subscriber.recv_publish();
+        assert_eq!(publish.topic, topic);
+        assert_eq!(publish.payload, payload.as_bytes());
+        assert_eq!(
+            publish.qos,
+            qos(pub_qos.min(sub_qos as u8)),
+            "publish at {pub_qos}, subscription at {sub_qos}"
+        );
+        assert!(!publish.retain, "[MQTT-3.3.1-9] live delivery has retain 0");
+        assert!(!publish.dup, "first delivery has DUP 0");
+    }
+    for subscriber in subscribers.iter_mut() {
+        subscriber.expect_no_publish();
+    }
+}
+
+#[test]
+fn pubsub_qos0() {
+    pubsub_at(0);
+}
+
+#[test]
+fn pubsub_qos1() {
+    pubsub_at(1);
+}
+
+#[test]
+fn pubsub_qos2() {
+    pubsub_at(2);
+}
+
+#[test]
+fn hundred_messages_from_one_publisher_keep_their_order() {
+    // [MQTT-4.6.0-5] The server treats each topic as an Ordered Topic by default.
+    let broker = start_broker();
+    let topic = unique_topic("order");
+    for sub_qos in [0u8, 1] {
+        let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "order-sub"));
+        subscriber.subscribe(&topic, qos(sub_qos));
+        let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "order-pub"));
+        for i in 0..100 {
+            publisher.publish(&topic, qos(sub_qos), false, format!("{i}"));
+        }
+        if sub_qos > 0 {
+            publisher.wait_acks(qos(sub_qos), 100);
+        }
+        for i in 0..100 {
+            let publish = subscriber.recv_publish();
+            assert_eq!(
+                publish.payload,
+                format!("{i}").as_bytes(),
+                "message {i} at QoS {sub_qos}"
+            );
+        }
+        subscriber.expect_no_publish();
+        publisher.disconnect();
+        subscriber.disconnect();
+    }
+}
+
+#[test]
+fn retained_message_lifecycle() {
+    let broker = start_broker();
+    let topic = unique_topic("retained");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ret-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "v1");
+
+    // [MQTT-3.3.1-6] [MQTT-3.3.1-8] A new subscription gets the retained message, retain=1.
+    let mut first = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub1"));
+    first.subscribe(&topic, QoS::AtLeastOnce);
+    let publish = first.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"v1"[..], true)
+    );
+    assert_eq!(publish.topic, topic);
+
+    // [MQTT-3.3.1-9] A retained publish delivered live to an existing subscription has retain=0.
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "v2");
+    let publish = first.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"v2"[..], false)
+    );
+
+    // [MQTT-3.3.1-5] The newer retained message replaced the older one.
+    let mut second = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub2"));
+    second.subscribe(&topic, QoS::AtLeastOnce);
+    let publish = second.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"v2"[..], true)
+    );
+    second.expect_no_publish();
+
+    // [MQTT-3.3.1-10] An empty retained payload deletes the retained message; [MQTT-3.3.1-11]
+    // it is still delivered to current subscribers like any message.
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "");
+    let publish = first.recv_publish();
+    assert!(publish.payload.is_empty() && !publish.retain, "{publish:?}");
+
+    // A subscription made after the delete gets nothing retained: the first message it sees is
+    // a live sentinel published after its SUBACK.
+    let mut third = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub3"));
+    third.subscribe(&topic, QoS::AtLeastOnce);
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "sentinel");
+    let publish = third.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"sentinel"[..], false),
+        "retained message survived the empty-payload delete"
+    );
+}
+
+#[test]
+fn retained_message_is_sent_at_most_granted_qos() {
+    let broker = start_broker();
+    let topic = unique_topic("retained-qos");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "retq-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, true, "kept");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "retq-sub"));
+    subscriber.subscribe(&topic, QoS::AtMostOnce);
+    let publish = subscriber.recv_publish();
+    assert_eq!((publish.qos, publish.retain), (QoS::AtMostOnce, true));
+}
+
+/// Subscribes `filter` plus a private sentinel topic, publishes `topics` then the sentinel, and
+/// returns the topics received before the sentinel (one publisher keeps its order).
+fn topics_matched(broker: &TestBroker, filter: &str, topics: &[String]) -> Vec<String> {
+    let sentinel = unique_topic("sentinel");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "wild-sub"));
+    let granted =
+        subscriber.subscribe_many(&[(filter, QoS::AtMostOnce), (&sentinel, QoS::AtMostOnce)]);
+    assert_eq!(granted, vec![Some(QoS::AtMostOnce); 2], "filter {filter}");
+    let publisher = MqttClient::connect(mqtt_options(broker.addr(), "wild-pub"));
+    for topic in topics {
+        publisher.publish(topic, QoS::AtMostOnce, false, "x");
+    }
+    publisher.publish(&sentinel, QoS::AtMostOnce, false, "end");
+    let mut received = Vec::new();
+    loop {
+        let publish = subscriber.recv_publish();
+        if publish.topic == sentinel {
+            return received;
+        }
+        received.push(publish.topic);
+    }
+}
+
+#[test]
+fn wildcards_match_per_spec() {
+    let broker = start_broker();
+    let root = unique_topic("sport");
+    let t = |suffix: &str| format!("{root}{suffix}");
+    let topics = vec![
+        t(""),
+        t("/tennis"),
+        t("/tennis/player1"),
+        t("/tennis/player1/ranking"),
+        t("/tennis/player2"),
+        t("/golf/player1"),
+        t("/"),
+    ];
+    // [MQTT-4.7.1-2] `#` also matches the parent level: `sport/#` matches `sport`.
+    assert_eq!(topics_matched(&broker, &t("/#"), &topics), topics);
+    assert_eq!(
+        topics_matched(&broker, &t("/tennis/+"), &topics),
+        vec![t("/tennis/player1"), t("/tennis/player2")]
+    );
+    assert_eq!(
+        topics_matched(&broker, &t("/+/player1"), &topics),
+        vec![t("/tennis/player1"), t("/golf/player1")]
+    );
+    // [MQTT-4.7.1-3] `+` matches an empty level too.
+    assert_eq!(
+        topics_matched(&broker, &t("/+"), &topics),
+        vec![t("/tennis"), t("/")]
+    );
+    assert_eq!(
+        topics_matched(&broker, &t("/tennis/#"), &topics),
+        vec![
+            t("/tennis"),
+            t("/tennis/player1"),
+            t("/tennis/player1/ranking"),
+            t("/tennis/player2")
+        ]
+    );
+    assert_eq!(
+        topics_matched(&broker, &t("/tennis/player1"), &topics),
+        vec![t("/tennis/player1")]
+    );
+}
+
+#[test]
+fn leading_slash_and_plus_match_empty_first_level() {
+    let broker = start_broker();
+    let name = unique_id("finance");
+    let topics = vec![format!("/{name}"), name.clone()];
+    // "+/+" and "/+" match "/finance"; "+" matches "finance" but not "/finance".
+    assert_eq!(
+        topics_matched(&broker, "+/+", &topics),
+        vec![format!("/{name}")]
+    );
+    assert_eq!(
+        topics_matched(&broker, "/+", &topics),
+        vec![format!("/{name}")]
+    );
+    assert_eq!(topics_matched(&broker, "+", &topics), vec![name]);
+}
+
+#[test]
+fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    // [MQTT-4.7.2-1] Filters starting with a wildcard don't match topics starting with `$`.
+    let broker = start_broker();
+    let dollar = format!("${}", unique_id("dollar"));
+    let plain = unique_topic("plain");
+    let topics = vec![format!("{dollar}/x"), plain.clone()];
+    let everything = topics_matched(&broker, "#", &topics);
+    assert!(
+        everything.contains(&plain),
+        "# must match {plain}: {everything:?}"
+    );
+    assert!(
+        !everything.iter().any(|t| t.starts_with('$')),
+        "# matched a $ topic: {everything:?}"
+    );
+    assert_eq!(
+        topics_matched(&broker, "+/x", &topics),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        topics_matched(&broker, &format!("{dollar}/#"), &topics),
+        vec![format!("{dollar}/x")]
+    );
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_highest_qos() {
+    // [MQTT-3.3.5-1] Deliver respecting the maximum QoS of all matching subscriptions; ringmq
+    // delivers one copy (the spec allows one per subscription; we promise one).
+    let broker = start_broker();
+    let root = unique_topic("overlap");
+    let topic = format!("{root}/a");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "ov-sub"));
+    let granted = subscriber.subscribe_many(&[
+        (&format!("{root}/+"), QoS::AtMostOnce),
+        (&format!("{root}/#"), QoS::AtLeastOnce),
+        (&topic, QoS::AtMostOnce),
+    ]);
+    assert_eq!(
+        granted,
+        vec![
+            Some(QoS::AtMostOnce),
+            Some(QoS::AtLeastOnce),
+            Some(QoS::AtMostOnce)
+        ]
+    );
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ov-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "once");
+    let publish = subscriber.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.qos),
+        (&b"once"[..], QoS::AtLeastOnce)
+    );
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn unsubscribe_stops_delivery() {
+    let broker = start_broker();
+    let topic = unique_topic("unsub");
+    let sentinel = unique_topic("unsub-sentinel");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "unsub-sub"));
+    subscriber.subscribe_many(&[(&topic, QoS::AtLeastOnce), (&sentinel, QoS::AtLeastOnce)]);
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "unsub-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "before");
+    assert_eq!(subscriber.recv_publish().payload, &b"before"[..]);
+
+    // [MQTT-3.10.4-1] [MQTT-3.10.4-2] After UNSUBACK no new messages for that filter.
+    subscriber.unsubscribe(&topic);
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "after");
+    publisher.publish_acked(&sentinel, QoS::AtLeastOnce, false, "sentinel");
+    let publish = subscriber.recv_publish();
+    assert_eq!(
+        publish.topic, sentinel,
+        "delivered after unsubscribe: {publish:?}"
+    );
+}
+
+/// A raw client with a will on `will_topic`, and a watcher subscribed to it.
+fn will_setup(broker: &TestBroker, keepalive_secs: u16) -> (RawClient, MqttClient, String) {
+    let will_topic = unique_topic("will");
+    let mut watcher = MqttClient::connect(mqtt_options(broker.addr(), "will-watch"));
+    watcher.subscribe(&will_topic, QoS::AtLeastOnce);
+    let mut connect = Connect::v311(&unique_id("will-client"));
+    connect.keepalive_secs = keepalive_secs;
+    connect.will = Some(Will {
+        topic: will_topic.clone(),
+        payload: b"gone".to_vec(),
+        qos: 1,
+        retain: false,
+    });
+    let (client, _) = RawClient::connect_with(broker.addr(), &connect);
+    (client, watcher, will_topic)
+}
+
+#[test]
+fn will_is_published_when_the_connection_drops() {
+    // [MQTT-3.1.2-8] The will is published when the network connection closes without DISCONNECT.
+    let broker = start_broker();
+    let (client, mut watcher, will_topic) = will_setup(&broker, 60);
+    drop(client);
+    let publish = watcher.recv_publish();
+    assert_eq!(publish.topic, will_topic);
+    assert_eq!(publish.payload, &b"gone"[..]);
+    assert_eq!(publish.qos, QoS::AtLeastOnce);
+}
+
+#[test]
+fn will_set_by_rumqttc_is_published_when_the_client_vanishes() {
+    let broker = start_broker();
+    let will_topic = unique_topic("will-rumqttc");
+    let mut watcher = MqttClient::connect(mqtt_options(broker.addr(), "will-watch"));
+    watcher.subscribe(&will_topic, QoS::ExactlyOnce);
+    let mut options = mqtt_options(broker.addr(), "will-rumqttc");
+    options.set_last_will(LastWill::new(&will_topic, "bye", QoS::ExactlyOnce, false));
+    let client = MqttClient::connect(options);
+    drop(client); // socket closed, no DISCONNECT
+    let publish = watcher.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.qos),
+        (&b"bye"[..], QoS::ExactlyOnce)
+    );
+}
+
+#[test]
+fn will_is_not_published_after_disconnect() {
+    // [MQTT-3.1.2-10] [MQTT-3.14.4-3] DISCONNECT discards the will.
+    let broker = start_broker();
+    let (client, mut watcher, _) = will_setup(&broker, 60);
+    client.disconnect();
+    watcher.expect_no_publish();
+}
+
+#[test]
+fn retained_will_is_retained() {
+    // [MQTT-3.1.2-17] Will retain 1: the will is published as a retained message.
+    let broker = start_broker();
+    let will_topic = unique_topic("will-retained");
+    let mut connect = Connect::v311(&unique_id("will-ret"));
+    connect.will = Some(Will {
+        topic: will_topic.clone(),
+        payload: b"last words".to_vec(),
+        qos: 0,
+        retain: true,
+    });
+    let (client, _) = RawClient::connect_with(broker.addr(), &connect);
+    let mut watcher = MqttClient::connect(mqtt_options(broker.addr(), "will-ret-watch"));
+    watcher.subscribe(&will_topic, QoS::AtMostOnce);
+    drop(client);
+    let live = watcher.recv_publish();
+    assert_eq!(live.payload, &b"last words"[..]);
+    let mut late = MqttClient::connect(mqtt_options(broker.addr(), "will-ret-late"));
+    late.subscribe(&will_topic, QoS::AtMostOnce);
+    let retained = late.recv_publish();
+    assert_eq!(
+        (retained.payload.as_ref(), retained.retain),
+        (&b"last words"[..], true)
+    );
+}
+
+#[test]
+fn keepalive_expiry_disconnects_and_publishes_will() {
+    // [MQTT-3.1.2-24] No packet within 1.5 × keepalive: the server disconnects the client, and
+    // [MQTT-3.1.2-8] that is a close without DISCONNECT, so the will goes out.
+    let broker = start_broker();
+    let (mut client, mut watcher, will_topic) = will_setup(&broker, 1);
+    let started = Instant::now();
+    client.expect_closed_within(Duration::from_secs(6));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1000),
+        "closed after {elapsed:?}, before the 1.5 s keepalive grace"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(3500),
+        "closed after {elapsed:?}; 1.5 × 1 s keepalive plus a 1 s timer tick is 2.5 s"
+    );
+    let publish = watcher.recv_publish();
+    assert_eq!(publish.topic, will_topic);
+}
+
+#[test]
+fn pings_keep_a_connection_alive() {
+    let broker = start_broker();
+    let mut connect = Connect::v311(&unique_id("pinger"));
+    connect.keepalive_secs = 1;
+    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
+    // Four seconds of pings every 500 ms: well past 1.5 × keepalive, still open.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(500));
+        client.ping();
+    }
+}
+
+#[test]
+fn pingreq_gets_pingresp() {
+    // [MQTT-3.12.4-1]
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("ping"));
+    client.send(&PINGREQ);
+    let packet = client.read_packet();
+    assert_eq!(packet.first_byte, PINGRESP[0]);
+    assert!(packet.body.is_empty());
+    client.disconnect();
+}
+
+#[test]
+fn second_connection_with_same_client_id_takes_over() {
+    // [MQTT-3.1.4-2] The server disconnects the existing client with the same client id.
+    let broker = start_broker();
+    let client_id = unique_id("takeover");
+    let mut first = RawClient::connect(broker.addr(), &client_id);
+    let mut second = RawClient::connect(broker.addr(), &client_id);
+    first.expect_closed();
+    // The new connection works.
+    second.ping();
+    second.disconnect();
+}
+
+#[test]
+fn persistent_session_keeps_subscriptions_and_queues_qos1() {
+    // [MQTT-3.1.2-4] Clean session 0: the session (subscriptions, queued QoS 1/2 messages)
+    // outlives the connection; [MQTT-3.2.2-2] CONNACK then says session present.
+    let broker = start_broker();
+    let client_id = unique_id("persistent");
+    let topic = unique_topic("persistent");
+    let options = |id: &str| {
+        let mut o = mqtt_options_with_id(broker.addr(), id);
+        o.set_clean_session(false);
+        o
+    };
+    let mut subscriber = MqttClient::connect(options(&client_id));
+    assert!(!subscriber.connack.session_present, "fresh session");
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    subscriber.disconnect();
+
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "persistent-pub"));
+    for i in 0..3 {
+        publisher.publish_acked(&topic, QoS::AtLeastOnce, false, format!("offline {i}"));
+    }
+    // QoS 0 to an offline session may be dropped or queued; not asserted.
+
+    let mut subscriber = MqttClient::connect(options(&client_id));
+    assert!(subscriber.connack.session_present, "[MQTT-3.2.2-2]");
+    for i in 0..3 {
+        let publish = subscriber.recv_publish();
+        assert_eq!(publish.payload, format!("offline {i}").as_bytes());
+        assert_eq!(publish.qos, QoS::AtLeastOnce);
+    }
+    // The subscription survived: a live message arrives without subscribing again.
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "live");
+    assert_eq!(subscriber.recv_publish().payload, &b"live"[..]);
+    subscriber.disconnect();
+
+    // Clean session 1 discards the session [MQTT-3.1.2-6]: no session present, no subscription.
+    let clean = MqttClient::connect(mqtt_options_with_id(broker.addr(), &client_id));
+    assert!(!clean.connack.session_present);
+    clean.disconnect();
+    let mut again = MqttClient::connect(options(&client_id));
+    assert!(
+        !again.connack.session_present,
+        "clean session 1 must discard the old session"
+    );
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "nobody");
+    again.expect_no_publish();
+}
+
+#[test]
+fn unacknowledged_qos1_is_resent_with_dup_on_reconnect() {
+    // [MQTT-4.4.0-1] On reconnect with clean session 0, unacknowledged PUBLISH packets are
+    // resent with their original packet ids; [MQTT-3.3.1-1] DUP is set on a re-delivery.
+    let broker = start_broker();
+    let client_id = unique_id("resend");
+    let topic = unique_topic("resend");
+    let mut connect = Connect::v311(&client_id);
+    connect.clean_session = false;
+    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
+
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "resend-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "unacked");
+    let first = subscriber.read_publish();
+    assert_eq!(
+        (first.payload.as_slice(), first.qos, first.dup),
+        (&b"unacked"[..], 1, false)
+    );
+    drop(subscriber); // no PUBACK, no DISCONNECT
+
+    let (mut subscriber, session_present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(session_present);
+    let again = subscriber.read_publish();
+    assert_eq!(again.payload, b"unacked");
+    assert_eq!(
+        again.packet_id, first.packet_id,
+        "same packet id on re-delivery"
+    );
+    assert!(again.dup, "[MQTT-3.3.1-1] re-delivery sets DUP");
+    subscriber.send(&puback_bytes(again.packet_id.unwrap()));
+
+    // Acknowledged now: a third connection gets nothing again.
+    subscriber.ping();
+    drop(subscriber);
+    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
+    subscriber.expect_silence(QUIET);
+    subscriber.disconnect();
+}
+
+#[test]
+fn inbound_qos2_is_delivered_exactly_once() {
+    // [MQTT-4.3.3-2] Until PUBREL, a PUBLISH with the same packet id is not a new message.
+    let broker = start_broker();
+    let topic = unique_topic("qos2-in");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "qos2-sub"));
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("qos2-pub"));
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        false,
+        7,
+        b"once",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7);
+    publisher.send(&publish_bytes(topic.as_bytes(), 2, false, true, 7, b"once"));
+    assert_eq!(
+        publisher.read_packet().ack_id(PUBREC),
+        7,
+        "PUBREC again for the duplicate"
+    );
+    publisher.send(&pubrel_bytes(7));
+    assert_eq!(publisher.read_packet().ack_id(PUBCOMP), 7);
+
+    let publish = subscriber.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.qos),
+        (&b"once"[..], QoS::ExactlyOnce)
+    );
+    subscriber.expect_no_publish();
+
+    // After PUBCOMP the packet id is free: the same id now carries a new message.
+    publisher.publish(&topic, 2, false, 7, b"next");
+    assert_eq!(subscriber.recv_publish().payload, &b"next"[..]);
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn pubrel_for_unknown_packet_id_gets_pubcomp() {
+    // [MQTT-4.3.3-1] The receiver answers PUBREL with PUBCOMP even if it holds no state for it
+    // (e.g. a PUBREL resent after a reconnect).
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("pubrel"));
+    client.send(&pubrel_bytes(42));
+    assert_eq!(client.read_packet().ack_id(PUBCOMP), 42);
+}
+
+#[test]
+fn offline_queue_is_bounded() {
+    let mut config = test_config();
+    config.limits.offline_queue_max = 5;
+    config.limits.inflight_max = 2;
+    let broker = TestBroker::start(config);
+    let client_id = unique_id("bounded");
+    let topic = unique_topic("bounded");
+    let options = || {
+        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
+        o.set_clean_session(false);
+        o
+    };
+    let mut subscriber = MqttClient::connect(options());
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    subscriber.disconnect();
+
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "bounded-pub"));
+    for i in 0..20 {
+        publisher.publish(&topic, QoS::AtLeastOnce, false, format!("{i}"));
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, 20);
+
+    let mut subscriber = MqttClient::connect(options());
+    assert!(subscriber.connack.session_present);
+    let mut received = Vec::new();
+    while let Some(publish) = subscriber.try_recv_publish(Duration::from_secs(1)) {
+        received.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+        assert!(received.len() <= 20, "more than published");
+    }
+    // Over the bound new messages are dropped (config.rs: offline_queue_max), so the oldest
+    // five are kept, in order.
+    assert_eq!(
+        received,
+        vec!["0", "1", "2", "3", "4"],
+        "offline_queue_max = 5"
+    );
+}
+
+#[test]
+fn inflight_window_limits_unacknowledged_deliveries() {
+    let mut config = test_config();
+    config.limits.inflight_max = 3;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("window");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("window-sub"));
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
+
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "window-pub"));
+    for i in 0..10 {
+        publisher.publish(&topic, QoS::AtLeastOnce, false, format!("{i}"));
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, 10);
+
+    let mut next = 0;
+    let read = |subscriber: &mut RawClient, next: &mut usize, count: usize| -> Vec<u16> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let publish = subscriber.read_publish();
+            assert_eq!(publish.payload, format!("{next}").as_bytes(), "order kept");
+            *next += 1;
+            ids.push(publish.packet_id.unwrap());
+        }
+        ids
+    };
+    let window = read(&mut subscriber, &mut next, 3);
+    subscriber.expect_silence(QUIET); // the window is full
+
+    // One PUBACK frees one place.
+    subscriber.send(&puback_bytes(window[0]));
+    let more = read(&mut subscriber, &mut next, 1);
+    subscriber.expect_silence(QUIET);
+
+    // Acknowledge as we go: the other six flow.
+    let mut outstanding: Vec<u16> = window[1..].iter().chain(&more).copied().collect();
+    while next < 10 {
+        subscriber.send(&puback_bytes(outstanding.remove(0)));
+        outstanding.extend(read(&mut subscriber, &mut next, 1));
+    }
+    for id in outstanding {
+        subscriber.send(&puback_bytes(id));
+    }
+    subscriber.expect_silence(QUIET);
+    subscriber.disconnect();
+}
+
+#[test]
+fn qos2_outbound_handshake_with_raw_subscriber() {
+    // [MQTT-4.3.3-1] The broker as sender: PUBLISH → PUBREC → PUBREL → PUBCOMP.
+    let broker = start_broker();
+    let topic = unique_topic("qos2-out");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("qos2-out-sub"));
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 2)]), vec![2]);
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "qos2-out-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "two");
+    let publish = subscriber.read_publish();
+    assert_eq!((publish.qos, publish.payload.as_slice()), (2, &b"two"[..]));
+    let id = publish.packet_id.unwrap();
+    subscriber.send(&pubrec_bytes(id));
+    assert_eq!(subscriber.read_packet().ack_id(PUBREL), id);
+    subscriber.send(&pubcomp_bytes(id));
+    subscriber.ping();
+    subscriber.disconnect();
+}
+
+#[test]
+fn granted_qos_is_capped_by_qos_max() {
+    let mut config = test_config();
+    config.limits.qos_max = 1;
+    let broker = TestBroker::start(config);
+    let mut client = MqttClient::connect(mqtt_options(broker.addr(), "qos-max"));
+    assert_eq!(
+        client.subscribe(&unique_topic("capped"), QoS::ExactlyOnce),
+        Some(QoS::AtLeastOnce)
+    );
+}

@@ -1,0 +1,517 @@
+//! What a conforming client never sends, written byte by byte: the broker must close that one
+//! connection (MQTT 3.1.1 has no packet to explain why, except CONNACK codes during CONNECT),
+//! never panic, and keep serving everyone else. Every test ends by checking that a separate
+//! client on the same broker still gets its messages.
+
+mod common;
+
+use common::*;
+
+/// Opens a connection, sends a valid CONNECT, then `bytes`; the broker must close without a word.
+fn connected_then_closed(bytes: &[u8]) {
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("bad"));
+    client.send_ignoring_errors(bytes);
+    client.expect_closed_silently();
+    assert_broker_still_serves(broker.addr());
+}
+
+/// Opens a connection and sends `bytes` as the first thing; the broker must close silently.
+fn first_bytes_then_closed(bytes: &[u8]) {
+    let broker = start_broker();
+    let mut client = RawClient::open(broker.addr());
+    client.send_ignoring_errors(bytes);
+    client.expect_closed_silently();
+    assert_broker_still_serves(broker.addr());
+}
+
+/// Sends `connect` as the first packet; expects CONNACK with `code`, then the close
+/// [MQTT-3.2.2-5].
+fn connack_refused(broker: &TestBroker, connect: &[u8], code: u8) {
+    let mut client = RawClient::open(broker.addr());
+    client.send(connect);
+    let (session_present, got) = client.read_packet().connack();
+    assert_eq!(got, code, "CONNACK return code");
+    assert!(
+        !session_present,
+        "[MQTT-3.2.2-4] session present is 0 with a non-zero code"
+    );
+    client.expect_closed_silently();
+}
+
+#[test]
+fn first_packet_not_connect_is_closed() {
+    // [MQTT-3.1.0-1] The first packet from the client must be CONNECT.
+    first_bytes_then_closed(&PINGREQ);
+}
+
+#[test]
+fn first_packet_publish_is_closed() {
+    first_bytes_then_closed(&publish_bytes(b"a/b", 0, false, false, 0, b"x"));
+}
+
+#[test]
+fn second_connect_is_closed() {
+    // [MQTT-3.1.0-2] A second CONNECT is a protocol violation.
+    connected_then_closed(&Connect::v311(&unique_id("again")).bytes());
+}
+
+#[test]
+fn subscribe_with_wrong_reserved_flags_is_closed() {
+    // [MQTT-3.8.1-1] SUBSCRIBE flags must be 0b0010; here 0b0000.
+    let mut bytes = subscribe_bytes(1, &[("a/b", 0)]);
+    bytes[0] = 0x80;
+    connected_then_closed(&bytes);
+}
+
+#[test]
+fn unsubscribe_with_wrong_reserved_flags_is_closed() {
+    // [MQTT-3.10.1-1] UNSUBSCRIBE flags must be 0b0010.
+    let mut bytes = unsubscribe_bytes(1, &["a/b"]);
+    bytes[0] = 0xA0;
+    connected_then_closed(&bytes);
+}
+
+#[test]
+fn pubrel_with_wrong_reserved_flags_is_closed() {
+    // [MQTT-3.6.1-1] PUBREL flags must be 0b0010.
+    connected_then_closed(&packet(0x60, &1u16.to_be_bytes()));
+}
+
+#[test]
+fn pingreq_with_flags_is_closed() {
+    // [MQTT-2.2.2-2] Reserved flags of PINGREQ are 0.
+    connected_then_closed(&[0xC1, 0x00]);
+}
+
+#[test]
+fn reserved_packet_type_is_closed() {
+    // Packet types 0 and 15 are reserved in 3.1.1 [MQTT-2.2.1].
+    connected_then_closed(&[0xF0, 0x00]);
+}
+
+#[test]
+fn remaining_length_of_five_bytes_is_closed() {
+    // [MQTT-2.2.3] The remaining length has at most four bytes.
+    connected_then_closed(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]);
+}
+
+#[test]
+fn invalid_utf8_in_topic_is_closed() {
+    // [MQTT-1.5.3-1] Ill-formed UTF-8 in a topic: close. 0xC3 0x28 is an invalid sequence.
+    connected_then_closed(&publish_bytes(
+        &[b'a', 0xC3, 0x28],
+        0,
+        false,
+        false,
+        0,
+        b"x",
+    ));
+}
+
+#[test]
+fn utf16_surrogate_in_topic_is_closed() {
+    // [MQTT-1.5.3-1] U+D800 encoded as UTF-8 (ED A0 80) is not allowed.
+    connected_then_closed(&publish_bytes(
+        &[b'a', 0xED, 0xA0, 0x80],
+        0,
+        false,
+        false,
+        0,
+        b"x",
+    ));
+}
+
+#[test]
+fn nul_character_in_topic_is_closed() {
+    // [MQTT-1.5.3-2] U+0000 must not appear in a string.
+    connected_then_closed(&publish_bytes(b"a\0b", 0, false, false, 0, b"x"));
+}
+
+#[test]
+fn nul_character_in_subscribe_filter_is_closed() {
+    connected_then_closed(&subscribe_bytes(1, &[("a\0b", 0)]));
+}
+
+#[test]
+fn plus_wildcard_in_publish_topic_is_closed() {
+    // [MQTT-3.3.2-2] The topic name in PUBLISH must not contain wildcards.
+    connected_then_closed(&publish_bytes(b"a/+", 0, false, false, 0, b"x"));
+}
+
+#[test]
+fn hash_wildcard_in_publish_topic_is_closed() {
+    connected_then_closed(&publish_bytes(b"a/#", 1, false, false, 1, b"x"));
+}
+
+#[test]
+fn empty_publish_topic_is_closed() {
+    // [MQTT-4.7.3-1] Topic names are at least one character long.
+    connected_then_closed(&publish_bytes(b"", 0, false, false, 0, b"x"));
+}
+
+#[test]
+fn qos3_publish_is_closed() {
+    // [MQTT-3.3.1-4] A PUBLISH must not have both QoS bits set.
+    connected_then_closed(&publish_bytes(b"a/b", 3, false, false, 1, b"x"));
+}
+
+#[test]
+fn qos1_publish_with_packet_id_zero_is_closed() {
+    // [MQTT-2.3.1-1] QoS > 0 packets carry a non-zero packet id.
+    connected_then_closed(&publish_bytes(b"a/b", 1, false, false, 0, b"x"));
+}
+
+#[test]
+fn subscribe_without_filters_is_closed() {
+    // [MQTT-3.8.3-3] A SUBSCRIBE contains at least one filter.
+    connected_then_closed(&packet(0x82, &1u16.to_be_bytes()));
+}
+
+#[test]
+fn subscribe_with_qos3_is_closed() {
+    // [MQTT-3-8.3-4] Requested QoS 3 (or reserved bits set) is malformed.
+    connected_then_closed(&subscribe_bytes(1, &[("a/b", 3)]));
+}
+
+#[test]
+fn unsubscribe_without_filters_is_closed() {
+    // [MQTT-3.10.3-2]
+    connected_then_closed(&packet(0xA2, &1u16.to_be_bytes()));
+}
+
+#[test]
+fn string_longer_than_its_packet_is_closed() {
+    // A topic length that runs past the end of the packet is malformed.
+    connected_then_closed(&[0x30, 0x04, 0x00, 0x10, b'a', b'b']);
+}
+
+fn small_packet_broker() -> TestBroker {
+    let mut config = test_config();
+    config.limits.packet_size_max = 1024;
+    TestBroker::start(config)
+}
+
+#[test]
+fn packet_bigger_than_packet_size_max_is_closed() {
+    let broker = small_packet_broker();
+    // Well under the limit: accepted and delivered.
+    let topic = unique_topic("size");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("size-sub"));
+    subscriber.subscribe(1, &[(&topic, 0)]);
+    let mut client = RawClient::connect(broker.addr(), &unique_id("size"));
+    client.publish(&topic, 0, false, 0, &[b'x'; 512]);
+    assert_eq!(subscriber.read_publish().payload.len(), 512);
+    // Well over it: closed.
+    client.send_ignoring_errors(&publish_bytes(
+        topic.as_bytes(),
+        0,
+        false,
+        false,
+        0,
+        &[b'y'; 2000],
+    ));
+    client.expect_closed_silently();
+    subscriber.ping(); // the oversized message went nowhere and the subscriber is fine
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn oversized_packet_is_refused_from_its_fixed_header() {
+    // The size is checked from the fixed header, before the body is buffered (config.rs): a
+    // client announcing 100 MB is closed without sending them.
+    let broker = small_packet_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("huge"));
+    let mut header = vec![0x30];
+    put_remaining_length(100_000_000, &mut header);
+    header.extend_from_slice(&[0x00, 0x03, b'a', b'/', b'b']);
+    client.send(&header);
+    client.expect_closed_silently();
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn oversized_connect_is_closed() {
+    let broker = small_packet_broker();
+    let mut connect = Connect::v311(&unique_id("big-connect"));
+    connect.will = Some(Will {
+        topic: "w".into(),
+        payload: vec![b'z'; 4000],
+        qos: 0,
+        retain: false,
+    });
+    let mut client = RawClient::open(broker.addr());
+    client.send_ignoring_errors(&connect.bytes());
+    client.expect_closed_silently();
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn bad_protocol_name_is_closed() {
+    // [MQTT-3.1.2-1] An unknown protocol name: the server may disconnect; it must not go on as
+    // MQTT. ringmq closes without a CONNACK.
+    let mut connect = Connect::v311(&unique_id("name"));
+    connect.protocol_name = b"MQTX".to_vec();
+    first_bytes_then_closed(&connect.bytes());
+}
+
+#[test]
+fn unsupported_protocol_level_gets_connack_1() {
+    // [MQTT-3.1.2-2] An unsupported level: CONNACK 0x01, then close.
+    let broker = start_broker();
+    let mut connect = Connect::v311(&unique_id("level"));
+    connect.level = 6;
+    connack_refused(&broker, &connect.bytes(), 1);
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn connect_reserved_flag_is_closed() {
+    // [MQTT-3.1.2-3] The reserved CONNECT flag must be 0.
+    let mut connect = Connect::v311(&unique_id("reserved"));
+    connect.reserved_flag = true;
+    first_bytes_then_closed(&connect.bytes());
+}
+
+#[test]
+fn will_qos_without_will_flag_is_closed() {
+    // [MQTT-3.1.2-13] Will flag 0: will QoS must be 0. Flags: clean session + will QoS 1.
+    let mut bytes = Connect::v311(&unique_id("will-qos")).bytes();
+    let flags_at = 2 + 6 + 1; // fixed header, "MQTT" string, level
+    assert_eq!(bytes[flags_at], 0x02);
+    bytes[flags_at] = 0x02 | 0x08;
+    first_bytes_then_closed(&bytes);
+}
+
+#[test]
+fn will_qos3_is_closed() {
+    // [MQTT-3.1.2-14] Will QoS 3 is not allowed.
+    let mut connect = Connect::v311(&unique_id("will-qos3"));
+    connect.will = Some(Will {
+        topic: "w".into(),
+        payload: b"x".to_vec(),
+        qos: 3,
+        retain: false,
+    });
+    first_bytes_then_closed(&connect.bytes());
+}
+
+#[test]
+fn password_without_username_is_closed() {
+    // [MQTT-3.1.2-22] Password flag 1 requires username flag 1.
+    let mut connect = Connect::v311(&unique_id("pw-only"));
+    connect.password = Some(b"secret".to_vec());
+    first_bytes_then_closed(&connect.bytes());
+}
+
+#[test]
+fn wildcard_in_will_topic_is_closed() {
+    // [MQTT-3.1.3-10] [MQTT-3.3.2-2] The will topic is a topic name: no wildcards.
+    let mut connect = Connect::v311(&unique_id("will-wild"));
+    connect.will = Some(Will {
+        topic: "w/#".into(),
+        payload: b"x".to_vec(),
+        qos: 0,
+        retain: false,
+    });
+    // Closing silently or refusing with a CONNACK code first are both fine here.
+    let broker = start_broker();
+    let mut client = RawClient::open(broker.addr());
+    client.send_ignoring_errors(&connect.bytes());
+    let bytes = client.expect_closed();
+    if !bytes.is_empty() {
+        assert_eq!(bytes.len(), 4, "only a CONNACK may come back: {bytes:02x?}");
+        assert_eq!(&bytes[..3], &[0x20, 0x02, 0x00], "CONNACK: {bytes:02x?}");
+        assert_ne!(bytes[3], 0, "the will topic with a wildcard was accepted");
+    }
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn mqtt31_connect_and_pubsub_work() {
+    // MQTT 3.1: protocol name "MQIsdp", level 3, same packets otherwise.
+    let broker = start_broker();
+    let topic = unique_topic("v31");
+    let (mut subscriber, present) =
+        RawClient::connect_with(broker.addr(), &Connect::v31(&unique_id("v31-sub")));
+    assert!(!present);
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
+    let (mut publisher, _) =
+        RawClient::connect_with(broker.addr(), &Connect::v31(&unique_id("v31-pub")));
+    publisher.publish(&topic, 1, false, 5, b"old protocol");
+    let publish = subscriber.read_publish();
+    assert_eq!((publish.topic.as_str(), publish.qos), (topic.as_str(), 1));
+    assert_eq!(publish.payload, b"old protocol");
+    subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
+    // A 3.1.1 subscriber gets a 3.1 publisher's messages as well.
+    let mut modern = RawClient::connect(broker.addr(), &unique_id("v311-sub"));
+    modern.subscribe(1, &[(&topic, 0)]);
+    publisher.publish(&topic, 0, false, 0, b"to both");
+    assert_eq!(modern.read_publish().payload, b"to both");
+    assert_eq!(subscriber.read_publish().payload, b"to both");
+    publisher.disconnect();
+    subscriber.disconnect();
+}
+
+#[test]
+fn empty_client_id_with_persistent_session_gets_connack_2() {
+    // [MQTT-3.1.3-8] Zero-length client id with clean session 0: CONNACK 0x02, then close.
+    let broker = start_broker();
+    let mut connect = Connect::v311("");
+    connect.clean_session = false;
+    connack_refused(&broker, &connect.bytes(), 2);
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn empty_client_id_with_clean_session_is_accepted() {
+    // [MQTT-3.1.3-6] Zero-length client id with clean session 1: the server assigns an id.
+    let broker = start_broker();
+    let topic = unique_topic("anon-id");
+    let (mut first, present) = RawClient::connect_with(broker.addr(), &Connect::v311(""));
+    assert!(!present);
+    // A second empty-id client is a different client, not a take-over.
+    let (mut second, _) = RawClient::connect_with(broker.addr(), &Connect::v311(""));
+    assert_eq!(first.subscribe(1, &[(&topic, 0)]), vec![0]);
+    second.publish(&topic, 0, false, 0, b"hi");
+    assert_eq!(first.read_publish().payload, b"hi");
+    second.ping();
+    first.disconnect();
+    second.disconnect();
+}
+
+#[test]
+fn many_bad_connections_in_a_row_leave_the_broker_serving() {
+    // One broker, every kind of garbage one after another (no fresh broker per case).
+    let broker = start_broker();
+    let garbage: Vec<Vec<u8>> = vec![
+        PINGREQ.to_vec(),
+        vec![0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        vec![0x10, 0x00],
+        vec![0x10, 0x02, 0x00, 0x04],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0x00; 16],
+        vec![0xFF; 16],
+    ];
+    for bytes in &garbage {
+        let mut client = RawClient::open(broker.addr());
+        client.send_ignoring_errors(bytes);
+        client.expect_closed();
+    }
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn a_client_hanging_up_mid_packet_harms_no_one() {
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("half"));
+    // Half a PUBLISH, then gone.
+    client.send(&publish_bytes(b"half/packet", 1, false, false, 1, b"payload")[..8]);
+    drop(client);
+    let mut client = RawClient::open(broker.addr());
+    client.send(&Connect::v311(&unique_id("half-connect")).bytes()[..7]);
+    drop(client);
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn packets_split_byte_by_byte_are_understood() {
+    // The broker must not care where TCP cuts the stream.
+    let broker = start_broker();
+    let topic = unique_topic("split");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("split-sub"));
+    subscriber.subscribe(1, &[(&topic, 0)]);
+    let mut client = RawClient::open(broker.addr());
+    let mut stream = Connect::v311(&unique_id("split")).bytes();
+    stream.extend(publish_bytes(
+        topic.as_bytes(),
+        0,
+        false,
+        false,
+        0,
+        b"in pieces",
+    ));
+    for byte in &stream {
+        client.send(std::slice::from_ref(byte));
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(client.read_packet().connack(), (false, 0));
+    assert_eq!(subscriber.read_publish().payload, b"in pieces");
+}
+
+#[test]
+fn many_packets_in_one_write_are_all_handled() {
+    let broker = start_broker();
+    let topic = unique_topic("batch");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("batch-sub"));
+    subscriber.subscribe(1, &[(&topic, 0)]);
+    let mut client = RawClient::open(broker.addr());
+    let mut stream = Connect::v311(&unique_id("batch")).bytes();
+    for i in 0..50u8 {
+        stream.extend(publish_bytes(topic.as_bytes(), 0, false, false, 0, &[i]));
+    }
+    stream.extend_from_slice(&PINGREQ);
+    client.send(&stream);
+    assert_eq!(client.read_packet().connack(), (false, 0));
+    assert_eq!(client.read_packet().first_byte, PINGRESP[0]);
+    for i in 0..50u8 {
+        assert_eq!(subscriber.read_publish().payload, vec![i]);
+    }
+}
+
+fn auth_broker(dir: &TempDir, allow_anonymous: bool) -> TestBroker {
+    let mut config = test_config();
+    config.password_file = Some(password_file(
+        dir,
+        &[("alice", "wonderland"), ("bob", "builder")],
+    ));
+    config.allow_anonymous = allow_anonymous;
+    TestBroker::start(config)
+}
+
+fn with_credentials(username: &str, password: &[u8]) -> Vec<u8> {
+    let mut connect = Connect::v311(&unique_id(username));
+    connect.username = Some(username.into());
+    connect.password = Some(password.to_vec());
+    connect.bytes()
+}
+
+#[test]
+fn correct_password_is_accepted() {
+    let dir = TempDir::new("auth");
+    let broker = auth_broker(&dir, false);
+    for (user, password) in [("alice", "wonderland"), ("bob", "builder")] {
+        let mut client = RawClient::open(broker.addr());
+        client.send(&with_credentials(user, password.as_bytes()));
+        assert_eq!(client.read_packet().connack(), (false, 0), "{user}");
+        client.disconnect();
+    }
+}
+
+#[test]
+fn wrong_password_gets_connack_4() {
+    // [MQTT-3.2.2-5] Refused: bad user name or password (0x04), then close.
+    let dir = TempDir::new("auth");
+    let broker = auth_broker(&dir, false);
+    connack_refused(&broker, &with_credentials("alice", b"builder"), 4);
+    connack_refused(&broker, &with_credentials("mallory", b"wonderland"), 4);
+    // Bob's password is not alice's.
+    connack_refused(&broker, &with_credentials("bob", b"wonderland"), 4);
+}
+
+#[test]
+fn anonymous_is_refused_with_connack_5_when_not_allowed() {
+    let dir = TempDir::new("auth");
+    let broker = auth_broker(&dir, false);
+    connack_refused(&broker, &Connect::v311(&unique_id("anon")).bytes(), 5);
+}
+
+#[test]
+fn anonymous_is_accepted_when_allowed_but_passwords_still_checked() {
+    let dir = TempDir::new("auth");
+    let broker = auth_broker(&dir, true);
+    let mut client = RawClient::open(broker.addr());
+    client.send(&Connect::v311(&unique_id("anon")).bytes());
+    assert_eq!(client.read_packet().connack(), (false, 0));
+    connack_refused(&broker, &with_credentials("alice", b"nope"), 4);
+}
