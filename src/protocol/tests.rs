@@ -1592,3 +1592,34 @@ fn mutations_of_valid_packets_never_panic() {
     // Mutations must reach past the first checks: many still decode (e.g. a changed payload).
     assert!(decoded > 2000, "only {decoded} mutated inputs decoded");
 }
+
+/// The committed fuzz seeds stay valid: each decodes whole in the version its name gives.
+#[test]
+fn fuzz_seeds_decode() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+    let mut seed_count = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/decode") {
+        let path = entry.expect("dir entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !name.starts_with("seed-") {
+            continue;
+        }
+        let version = if name.contains("v5") { V5 } else { V3 };
+        let bytes = std::fs::read(&path).expect("seed");
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut packet_count = 0;
+        while !buf.is_empty() {
+            match decode(&mut buf, version, u32::MAX) {
+                Ok(Some(_)) => packet_count += 1,
+                other => panic!("{name}: {other:?} after {packet_count} packets"),
+            }
+        }
+        assert!(packet_count > 0, "{name}");
+        seed_count += 1;
+    }
+    assert!(seed_count >= 10, "only {seed_count} seeds");
+}
