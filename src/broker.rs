@@ -1,20 +1,164 @@
 //! Starts the shards and stops them. The API that main.rs and the integration tests use.
+//!
+//! Each shard gets its own listening socket on the same address (SO_REUSEPORT, so the kernel
+//! spreads new connections), its own pinned thread, and builds its ring on that thread (the
+//! ring is single-issuer). `start` returns once every shard reported that its ring is up, or
+//! with the first shard's startup error.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::ring::nofile_limit;
+use crate::shard::{Shard, ShardParams, ShardStats, Waker};
+
+/// Descriptors left to the process (listeners, eventfds, ring fds, stdio, log files) when the
+/// fixed-file table is sized from RLIMIT_NOFILE.
+pub const FILES_HEADROOM: u64 = 64;
+
+/// Pending connections per listener.
+const LISTEN_BACKLOG: i32 = 4096;
+
+struct ShardHandle {
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<ShardStats>>,
+}
 
 /// A running broker: its shard threads, listening on `local_addr()`. Dropping it stops them.
 pub struct Broker {
     local_addr: SocketAddr,
+    shards: Vec<ShardHandle>,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+/// A listener that shares its port with the other shards' (SO_REUSEPORT). TCP_NODELAY is set
+/// here because accepted sockets inherit it, and direct descriptors cannot take a setsockopt.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Fixed-file slots per ring: the configured number, or the open-file limit minus a headroom.
+pub fn ring_files(config: &Config) -> u32 {
+    if config.ring_files_max > 0 {
+        return config.ring_files_max;
+    }
+    let limit = nofile_limit();
+    limit
+        .saturating_sub(FILES_HEADROOM)
+        .clamp(1, u32::MAX as u64) as u32
 }
 
 impl Broker {
     /// Binds the listeners, starts the shard threads, and returns once they accept connections.
     pub fn start(config: Config) -> io::Result<Broker> {
-        let _ = config;
-        Err(io::Error::other("broker not built yet"))
+        config.validate().map_err(invalid)?;
+        let shard_count = match config.shards {
+            0 | 1 => 1,
+            n => {
+                return Err(invalid(format!(
+                    "shards = {n}: only one shard for now; routing between shards is \
+                     multi-shard routing, issue 4 (use --shards 1)"
+                )))
+            }
+        };
+        if config.rings_per_shard > 1 {
+            return Err(invalid(format!(
+                "rings_per_shard = {}: more than one ring per shard is not built yet \
+                 (use --rings-per-shard 1)",
+                config.rings_per_shard
+            )));
+        }
+        let auth = match &config.password_file {
+            Some(path) => Some(Arc::new(crate::auth::load(path).map_err(invalid)?)),
+            None => None,
+        };
+        let files = ring_files(&config);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        if shard_count > cores.len() && !cores.is_empty() {
+            eprintln!(
+                "ringmq: warning: {shard_count} shards on {} cores: some shards share a core",
+                cores.len()
+            );
+        }
+
+        let first = bind_listener(config.listen)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..shard_count {
+            // Port 0 picked a port for the first listener; the others join it.
+            listeners.push(bind_listener(local_addr)?);
+        }
+
+        let mut broker = Broker {
+            local_addr,
+            shards: Vec::with_capacity(shard_count),
+        };
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let waker = Waker::new()?;
+            let params = ShardParams {
+                index,
+                config: config.clone(),
+                listener,
+                waker: waker.clone(),
+                auth: auth.clone(),
+                files,
+            };
+            let core = cores.get(index % cores.len().max(1)).copied();
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ringmq-shard-{index}"))
+                .spawn(move || run_shard(params, core, ready))?;
+            broker.shards.push(ShardHandle {
+                waker,
+                thread: Some(thread),
+            });
+        }
+        drop(ready_tx);
+        for _ in 0..shard_count {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(e))) => {
+                    broker.shutdown();
+                    return Err(io::Error::new(e.kind(), format!("shard {index}: {e}")));
+                }
+                Err(_) => {
+                    broker.shutdown();
+                    return Err(io::Error::other("a shard thread ended before it was ready"));
+                }
+            }
+        }
+        let limit = nofile_limit();
+        let headroom = if config.ring_files_max > 0 {
+            "ring_files_max from the config".to_string()
+        } else {
+            format!("RLIMIT_NOFILE {limit} minus headroom {FILES_HEADROOM}")
+        };
+        for index in 0..shard_count {
+            eprintln!(
+                "ringmq: shard {index}: {} ring × {files} slots = {} connections ({headroom})",
+                config.rings_per_shard,
+                files as u64 * config.rings_per_shard as u64,
+            );
+        }
+        eprintln!("ringmq: listening on {local_addr}");
+        Ok(broker)
     }
 
     /// The address the broker listens on (the real port when the config asked for port 0).
@@ -23,5 +167,53 @@ impl Broker {
     }
 
     /// Stops every shard and waits for its thread to end.
-    pub fn stop(self) {}
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        for shard in &self.shards {
+            shard.waker.request_stop();
+        }
+        for (index, shard) in self.shards.iter_mut().enumerate() {
+            let Some(thread) = shard.thread.take() else {
+                continue;
+            };
+            match thread.join() {
+                Ok(stats) => eprintln!("ringmq: shard {index} stopped: {stats}"),
+                Err(_) => eprintln!("ringmq: shard {index} panicked"),
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The shard thread: pin, build the ring here (single issuer), report, run.
+fn run_shard(
+    params: ShardParams,
+    core: Option<core_affinity::CoreId>,
+    ready: mpsc::Sender<(usize, io::Result<()>)>,
+) -> ShardStats {
+    let index = params.index;
+    if let Some(core) = core {
+        core_affinity::set_for_current(core);
+    }
+    let mut shard = match Shard::new(params) {
+        Ok(shard) => shard,
+        Err(e) => {
+            let _ = ready.send((index, Err(e)));
+            return ShardStats::default();
+        }
+    };
+    let _ = ready.send((index, Ok(())));
+    drop(ready);
+    if let Err(e) = shard.run() {
+        eprintln!("ringmq: shard {index} stopped on an error: {e}");
+    }
+    shard.stats().clone()
 }

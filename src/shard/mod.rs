@@ -1,1 +1,721 @@
-//! Shard event loop (not built yet).
+//! One shard: a pinned thread that owns an io_uring, the connections accepted on its listener,
+//! the sessions of their clients, a subscription trie and the retained messages, and shares
+//! none of it. The loop turn, top to bottom: reap completions and handle them (accept, recv →
+//! decode → handle → route → encode into outboxes, send), drain the mesh (nothing until
+//! multi-shard routing lands, issue 4), run the coarse timer, then flush every outbox that
+//! filled during the turn with one send per connection.
+//!
+//! MQTT handling lives in `handle.rs`; this file is the I/O side.
+
+pub mod conn;
+mod handle;
+pub mod route;
+pub mod stats;
+pub mod timer;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use bytestring::ByteString;
+use io_uring::types::Timespec;
+
+use crate::auth::PasswordFile;
+use crate::config::Config;
+use crate::protocol::{self, Properties, QoS};
+use crate::ring::{Completion, Op, Ring, RingSizes, Token};
+use crate::session::{Message, Session};
+use crate::topic::retained::RetainedStore;
+use crate::topic::trie::Trie;
+
+use conn::{ConnState, Conns};
+use route::SharedSubscriptions;
+pub use stats::ShardStats;
+
+/// Outbox buffers kept for reuse once sent, so a busy connection does not allocate per turn
+/// and an idle one holds nothing.
+const OUTBOX_POOL_MAX: usize = 256;
+/// A sent buffer larger than this is freed instead of pooled.
+const OUTBOX_POOL_BUFFER_MAX: usize = 64 << 10;
+const OUTBOX_INITIAL: usize = 4 << 10;
+/// The receive arena grows in blocks of this size: one allocation holds many payloads.
+const ARENA_BLOCK: usize = 64 << 10;
+/// Completions taken from the ring per batch.
+const REAP_BATCH: usize = 4096;
+
+/// Wakes a shard from another thread: `Broker::stop` now, the mesh later. An eventfd the shard
+/// keeps a read armed on.
+pub struct Waker {
+    fd: OwnedFd,
+    stop: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Arc<Waker>> {
+        // SAFETY: eventfd returns a new descriptor or -1. Blocking on purpose: io_uring polls
+        // it, and a non-blocking one could complete the read with EAGAIN.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Arc::new(Waker {
+            fd,
+            stop: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd. It can only fail when the
+        // counter would overflow, and then the shard is awake anyway.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Asks the shard to close its connections and return from `run`.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// What a shard needs to start; built by `Broker::start`.
+pub struct ShardParams {
+    pub index: usize,
+    pub config: Config,
+    pub listener: TcpListener,
+    pub waker: Arc<Waker>,
+    pub auth: Option<Arc<PasswordFile>>,
+    /// Fixed-file slots for the ring.
+    pub files: u32,
+}
+
+/// Sessions by index (the subscriber id in the tries), with a free list and a client id map.
+#[derive(Default)]
+struct Sessions {
+    slots: Vec<Option<Session>>,
+    free: Vec<u32>,
+    by_client_id: HashMap<ByteString, u32>,
+}
+
+impl Sessions {
+    fn get_mut(&mut self, index: u32) -> Option<&mut Session> {
+        self.slots.get_mut(index as usize)?.as_mut()
+    }
+
+    fn get(&self, index: u32) -> Option<&Session> {
+        self.slots.get(index as usize)?.as_ref()
+    }
+
+    fn find(&self, client_id: &str) -> Option<u32> {
+        self.by_client_id.get(client_id).copied()
+    }
+
+    fn insert(&mut self, session: Session) -> u32 {
+        let client_id = session.client_id.clone();
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(session);
+                index
+            }
+            None => {
+                self.slots.push(Some(session));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_client_id.insert(client_id, index);
+        index
+    }
+
+    fn remove(&mut self, index: u32) -> Option<Session> {
+        let session = self.slots.get_mut(index as usize)?.take()?;
+        self.by_client_id.remove(&session.client_id);
+        self.free.push(index);
+        Some(session)
+    }
+}
+
+/// Why a connection ends; decides whether its will is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CloseReason {
+    /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
+    Disconnect,
+    /// The peer closed, reset, or an I/O error.
+    Io,
+    /// Malformed packet or protocol violation.
+    Protocol,
+    KeepaliveTimeout,
+    /// Another connection took over the client id [MQTT-3.1.4-2].
+    TakenOver,
+    /// CONNACK refused the client; nothing to publish.
+    Refused,
+    /// No CONNECT in time.
+    ConnectTimeout,
+}
+
+impl CloseReason {
+    fn publishes_will(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Io
+                | CloseReason::Protocol
+                | CloseReason::KeepaliveTimeout
+                | CloseReason::TakenOver
+        )
+    }
+}
+
+pub struct Shard {
+    index: usize,
+    config: Config,
+    ring: Ring,
+    listener: TcpListener,
+    waker: Arc<Waker>,
+    /// The eventfd read's 8-byte buffer; boxed so it stays put while the read is in flight.
+    wake_buf: Box<u64>,
+    /// The timer's timespec; boxed for the same reason.
+    tick: Box<Timespec>,
+    auth: Option<Arc<PasswordFile>>,
+    conns: Conns,
+    sessions: Sessions,
+    subscriptions: Trie<QoS>,
+    shared: SharedSubscriptions,
+    retained: RetainedStore<Message>,
+    /// Receive arena: bytes are copied here from the provided buffer, then split off and
+    /// frozen, so decoded payloads share it instead of being copied again.
+    arena: BytesMut,
+    outbox_pool: Vec<BytesMut>,
+    /// Connections whose outbox filled this turn.
+    dirty: Vec<(u32, u32)>,
+    /// Connections whose multishot recv ended for lack of buffers; re-armed at turn end.
+    recv_rearm: Vec<(u32, u32)>,
+    completions: Vec<Completion>,
+    /// Scratch for routing: (session, granted QoS) pairs, and shared group ids.
+    matches: Vec<(u32, QoS)>,
+    group_ids: Vec<u32>,
+    /// Scratch for the timer sweep.
+    expired: Vec<(u32, u32, CloseReason)>,
+    /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
+    qos0_encoded: [BytesMut; 2],
+    qos0_ready: [bool; 2],
+    no_properties: Properties,
+    accept_armed: bool,
+    /// The fixed-file table was full: accept waits until a slot is freed.
+    accept_paused: bool,
+    table_full_logged: bool,
+    timer_due: bool,
+    stopping: bool,
+    clock: Instant,
+    now_ms: u64,
+    next_client_number: u64,
+    stats: ShardStats,
+}
+
+impl Shard {
+    /// Builds the shard and its ring on the calling thread, which must be the thread that then
+    /// calls `run` (the ring is single-issuer).
+    pub fn new(params: ShardParams) -> io::Result<Shard> {
+        let config = params.config;
+        let ring = Ring::new(RingSizes {
+            entries: config.ring_entries,
+            files: params.files,
+            recv_buffer_count: config.recv_buffer_count,
+            recv_buffer_size: config.recv_buffer_size,
+        })?;
+        Ok(Shard {
+            index: params.index,
+            config,
+            ring,
+            listener: params.listener,
+            waker: params.waker,
+            wake_buf: Box::new(0),
+            tick: Box::new(Timespec::new().nsec((timer::TICK_MS * 1_000_000) as u32)),
+            auth: params.auth,
+            conns: Conns::default(),
+            sessions: Sessions::default(),
+            subscriptions: Trie::new(),
+            shared: SharedSubscriptions::default(),
+            retained: RetainedStore::new(),
+            arena: BytesMut::new(),
+            outbox_pool: Vec::new(),
+            dirty: Vec::new(),
+            recv_rearm: Vec::new(),
+            completions: Vec::with_capacity(REAP_BATCH),
+            matches: Vec::new(),
+            group_ids: Vec::new(),
+            expired: Vec::new(),
+            qos0_encoded: [BytesMut::new(), BytesMut::new()],
+            qos0_ready: [false; 2],
+            no_properties: Properties::default(),
+            accept_armed: false,
+            accept_paused: false,
+            table_full_logged: false,
+            timer_due: false,
+            stopping: false,
+            clock: Instant::now(),
+            now_ms: 0,
+            next_client_number: 0,
+            stats: ShardStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    /// One turn after another until `Waker::request_stop`: reap completions, handle them,
+    /// drain the mesh, run due timers, flush the outboxes.
+    pub fn run(&mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        self.arm_timer();
+        while !self.stopping {
+            self.ring.submit_and_wait(1)?;
+            self.now_ms = self.clock.elapsed().as_millis() as u64;
+            loop {
+                let mut batch = std::mem::take(&mut self.completions);
+                self.ring.reap(&mut batch, REAP_BATCH);
+                let reaped = batch.len();
+                for completion in batch.iter() {
+                    self.complete(*completion);
+                }
+                self.completions = batch;
+                if reaped < REAP_BATCH {
+                    break;
+                }
+            }
+            self.drain_mesh();
+            if self.timer_due {
+                self.timer_due = false;
+                self.expire_timers();
+            }
+            self.rearm_recvs();
+            if !self.accept_armed && !self.accept_paused {
+                self.arm_accept();
+            }
+            self.flush_outboxes();
+        }
+        self.stop_all();
+        Ok(())
+    }
+
+    fn complete(&mut self, completion: Completion) {
+        let Some(token) = Token::unpack(completion.user_data) else {
+            return;
+        };
+        match token.op {
+            Op::Accept => self.on_accept(completion),
+            Op::Recv => self.on_recv(token, completion),
+            Op::Send => self.on_send(token, completion),
+            // Their effect shows up as the recv's and send's last completions.
+            Op::Shutdown | Op::Cancel | Op::Close => {}
+            Op::Timer => self.on_timer(),
+            Op::Wake => self.on_wake(),
+        }
+    }
+
+    /// Multi-shard routing (issue 4) drains the inbound SPSC rings here.
+    fn drain_mesh(&mut self) {}
+
+    fn arm_accept(&mut self) {
+        self.ring
+            .accept_multi(self.listener.as_raw_fd(), Token::shard(Op::Accept));
+        self.accept_armed = true;
+    }
+
+    fn arm_wake(&mut self) {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        // SAFETY: the box lives as long as the shard, which outlives the ring's requests
+        // (`stop_all` cancels them before the shard is dropped).
+        unsafe {
+            self.ring
+                .read_eventfd(self.waker.fd.as_raw_fd(), buf, Token::shard(Op::Wake))
+        };
+    }
+
+    fn arm_timer(&mut self) {
+        let tick: *const Timespec = &*self.tick;
+        // SAFETY: as for `wake_buf`.
+        unsafe { self.ring.timeout(tick, Token::shard(Op::Timer)) };
+    }
+
+    fn on_wake(&mut self) {
+        if self.waker.stop_requested() {
+            self.stopping = true;
+        } else {
+            self.arm_wake();
+        }
+    }
+
+    fn on_timer(&mut self) {
+        self.timer_due = true;
+        self.arm_timer();
+    }
+
+    fn on_accept(&mut self, completion: Completion) {
+        if !completion.more() {
+            self.accept_armed = false;
+        }
+        let result = completion.result;
+        if result >= 0 {
+            let slot = result as u32;
+            let generation = self.conns.insert(slot, self.now_ms);
+            self.stats.connections_accepted += 1;
+            self.ring
+                .recv_multi(slot, Token::new(Op::Recv, slot, generation));
+            if let Some(conn) = self.conns.get_mut(slot, generation) {
+                conn.recv_armed = true;
+            }
+            return;
+        }
+        if -result == libc::ENFILE {
+            // The fixed-file table is full; the kernel closed the connection that hit it.
+            self.stats.table_full_count += 1;
+            if !self.table_full_logged {
+                self.table_full_logged = true;
+                eprintln!(
+                    "ringmq: shard {}: fixed-file table full ({} slots): accepting resumes when \
+                     a connection closes",
+                    self.index,
+                    self.ring.files()
+                );
+            }
+            if !completion.more() {
+                self.accept_paused = true;
+            }
+            return;
+        }
+        self.stats.accept_errors += 1;
+    }
+
+    fn on_recv(&mut self, token: Token, completion: Completion) {
+        let buffer_id = completion.buffer_id();
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
+            // Cannot happen while the slot waits for the recv's last completion; be safe.
+            if let Some(bid) = buffer_id {
+                self.ring.recycle(bid);
+            }
+            return;
+        };
+        if !completion.more() {
+            conn.recv_armed = false;
+        }
+        let result = completion.result;
+        if result > 0 {
+            let Some(bid) = buffer_id else {
+                return;
+            };
+            if conn.state == ConnState::Closing {
+                self.ring.recycle(bid);
+                self.maybe_release(token.slot, token.generation);
+                return;
+            }
+            conn.last_packet_ms = self.now_ms;
+            let bytes = self.ring.buffer(bid, result as usize);
+            // The only copy: kernel's provided buffer -> the arena (or, behind a partial
+            // packet, the connection's inbox). The buffer goes straight back to the kernel.
+            let buf = if conn.inbox.is_empty() {
+                if self.arena.capacity() - self.arena.len() < bytes.len() {
+                    self.arena = BytesMut::with_capacity(ARENA_BLOCK.max(bytes.len()));
+                }
+                self.arena.extend_from_slice(bytes);
+                self.arena.split()
+            } else {
+                conn.inbox.extend_from_slice(bytes);
+                std::mem::take(&mut conn.inbox)
+            };
+            self.ring.recycle(bid);
+            let rearm = !completion.more();
+            self.on_bytes(token.slot, token.generation, buf);
+            if rearm {
+                self.rearm_recv(token.slot, token.generation);
+            }
+            return;
+        }
+        if result == -libc::ENOBUFS && conn.state != ConnState::Closing {
+            // The buffer ring ran dry this turn; buffers come back as soon as the turn's bytes
+            // are copied out, so re-arm at the end of the turn.
+            self.stats.recv_nobufs_count += 1;
+            self.recv_rearm.push((token.slot, token.generation));
+            return;
+        }
+        if completion.more() {
+            return;
+        }
+        // End of stream (0), reset, cancel after our shutdown, or another error.
+        if conn.state == ConnState::Closing {
+            self.maybe_release(token.slot, token.generation);
+        } else {
+            self.close(token.slot, token.generation, CloseReason::Io);
+        }
+    }
+
+    /// Decodes every whole packet in `buf` and handles it; keeps a partial tail in the inbox,
+    /// copied into a buffer of its own so the arena block is not pinned by it.
+    fn on_bytes(&mut self, slot: u32, generation: u32, mut buf: BytesMut) {
+        let packet_size_max = self.config.limits.packet_size_max;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                return;
+            };
+            if conn.state == ConnState::Closing {
+                return;
+            }
+            match protocol::decode(&mut buf, conn.version, packet_size_max) {
+                Ok(Some(packet)) => self.handle(slot, generation, packet),
+                Ok(None) => {
+                    if !buf.is_empty() {
+                        conn.inbox = BytesMut::with_capacity(buf.len());
+                        conn.inbox.extend_from_slice(&buf);
+                    }
+                    return;
+                }
+                Err(error) => {
+                    self.on_decode_error(slot, generation, error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rearm_recv(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.state == ConnState::Closing || conn.recv_armed {
+            return;
+        }
+        conn.recv_armed = true;
+        self.ring
+            .recv_multi(slot, Token::new(Op::Recv, slot, generation));
+    }
+
+    fn rearm_recvs(&mut self) {
+        let pending = std::mem::take(&mut self.recv_rearm);
+        for &(slot, generation) in &pending {
+            self.rearm_recv(slot, generation);
+        }
+        self.recv_rearm = pending;
+        self.recv_rearm.clear();
+    }
+
+    fn on_send(&mut self, token: Token, completion: Completion) {
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
+            return;
+        };
+        conn.send_in_flight = false;
+        if completion.result < 0 {
+            conn.sending.clear();
+            if conn.state == ConnState::Closing {
+                self.maybe_release(token.slot, token.generation);
+            } else {
+                self.close(token.slot, token.generation, CloseReason::Io);
+            }
+            return;
+        }
+        let sent = (completion.result as usize).min(conn.sending.len());
+        conn.sending.advance(sent);
+        if conn.sending.is_empty() {
+            let buf = std::mem::take(&mut conn.sending);
+            if self.outbox_pool.len() < OUTBOX_POOL_MAX && buf.capacity() <= OUTBOX_POOL_BUFFER_MAX
+            {
+                let mut buf = buf;
+                buf.clear();
+                self.outbox_pool.push(buf);
+            }
+        }
+        if conn.state == ConnState::Closing && conn.shutdown_sent {
+            self.maybe_release(token.slot, token.generation);
+            return;
+        }
+        // A partial send continues, a refilled outbox goes out, and a closing connection
+        // whose outbox has drained is shut down: all at the end of this turn.
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push((token.slot, token.generation));
+        }
+        let session = conn.session;
+        if session != conn::NO_SESSION {
+            self.pump(session);
+        }
+    }
+
+    /// One send per connection per turn. A connection with a send in flight keeps
+    /// appending; its completion puts it back on the list.
+    fn flush_outboxes(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &(slot, generation) in &dirty {
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.send_in_flight || conn.shutdown_sent {
+                continue;
+            }
+            if conn.sending.is_empty() && !conn.outbox.is_empty() {
+                std::mem::swap(&mut conn.sending, &mut conn.outbox);
+            }
+            if !conn.sending.is_empty() {
+                let len = conn.sending.len().min(u32::MAX as usize) as u32;
+                conn.send_in_flight = true;
+                let ptr = conn.sending.as_ptr();
+                // SAFETY: `sending` is not touched until this send completes (`on_send`), and
+                // the connection is not freed while `send_in_flight` (`maybe_release`).
+                unsafe {
+                    self.ring
+                        .send(slot, ptr, len, Token::new(Op::Send, slot, generation))
+                };
+            } else if conn.state == ConnState::Closing && conn.close_after_flush {
+                self.shutdown(slot, generation);
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// Starts closing a connection: detaches its session (destroyed if clean), publishes its
+    /// will when the reason calls for it, then shuts the socket down (after flushing, for a
+    /// refusing CONNACK). The slot is freed once the kernel holds nothing of it.
+    fn close(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        if conn.state == ConnState::Connected {
+            self.stats.connections -= 1;
+        }
+        if reason == CloseReason::Protocol {
+            self.stats.protocol_errors += 1;
+        }
+        conn.state = ConnState::Closing;
+        conn.inbox = BytesMut::new();
+        let will = conn.will.take();
+        let session = std::mem::replace(&mut conn.session, conn::NO_SESSION);
+        let flush_first = reason == CloseReason::Refused && !conn.outbox.is_empty();
+        if flush_first {
+            conn.close_after_flush = true;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push((slot, generation));
+            }
+        } else {
+            conn.outbox = BytesMut::new();
+            self.shutdown(slot, generation);
+        }
+        if session != conn::NO_SESSION {
+            self.detach_session(session);
+        }
+        if reason.publishes_will() {
+            if let Some(will) = will {
+                self.publish_will(*will);
+            }
+        }
+        self.maybe_release(slot, generation);
+    }
+
+    fn shutdown(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.shutdown_sent {
+            return;
+        }
+        conn.shutdown_sent = true;
+        conn.outbox = BytesMut::new();
+        // Shutdown ends the multishot recv (and a send stuck on a full socket); the cancel
+        // covers a recv the shutdown does not wake. Closing the slot alone would not end it.
+        self.ring
+            .shutdown(slot, Token::new(Op::Shutdown, slot, generation));
+        if conn.recv_armed {
+            self.ring.cancel(
+                Token::new(Op::Recv, slot, generation),
+                Token::new(Op::Cancel, slot, generation),
+            );
+        }
+    }
+
+    /// Frees the slot once nothing of the connection is in flight: removes the entry (bumping
+    /// the generation) and closes the fixed-file slot, which the kernel may then reuse.
+    fn maybe_release(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if !conn.quiescent() {
+            return;
+        }
+        let conn = self.conns.remove(slot, generation);
+        if let Some(conn) = conn {
+            let buf = conn.sending;
+            if self.outbox_pool.len() < OUTBOX_POOL_MAX
+                && buf.capacity() > 0
+                && buf.capacity() <= OUTBOX_POOL_BUFFER_MAX
+            {
+                let mut buf = buf;
+                buf.clear();
+                self.outbox_pool.push(buf);
+            }
+        }
+        self.stats.connections_closed += 1;
+        self.ring
+            .close(slot, Token::new(Op::Close, slot, generation));
+        if self.accept_paused {
+            self.accept_paused = false;
+            if !self.accept_armed {
+                self.arm_accept();
+            }
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        let now_ms = self.now_ms;
+        let connect_timeout_secs = self.config.limits.connect_timeout_secs;
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.clear();
+        for slot in 0..self.conns.slot_count() {
+            let Some((generation, conn)) = self.conns.at(slot) else {
+                continue;
+            };
+            match conn.state {
+                ConnState::AwaitConnect => {
+                    if timer::connect_expired(conn.last_packet_ms, connect_timeout_secs, now_ms) {
+                        expired.push((slot, generation, CloseReason::ConnectTimeout));
+                    }
+                }
+                ConnState::Connected => {
+                    if timer::keepalive_expired(conn.last_packet_ms, conn.keepalive_secs, now_ms) {
+                        expired.push((slot, generation, CloseReason::KeepaliveTimeout));
+                    }
+                }
+                ConnState::Closing => {}
+            }
+        }
+        for &(slot, generation, reason) in &expired {
+            self.close(slot, generation, reason);
+        }
+        self.expired = expired;
+    }
+
+    /// Stop: every connection is shut down without wills (the broker is going away, not the
+    /// clients), in-flight operations are cancelled and waited for, then the ring is dropped.
+    fn stop_all(&mut self) {
+        for slot in 0..self.conns.slot_count() {
+            if let Some((generation, _)) = self.conns.at(slot) {
+                self.shutdown(slot, generation);
+            }
+        }
+        let _ = self.ring.submit_and_wait(0);
+        self.ring.cancel_all();
+    }
+}

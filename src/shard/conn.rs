@@ -1,0 +1,200 @@
+//! Connections: one per fixed-file slot, in a slab indexed by the slot the kernel allocated on
+//! accept. Each slot carries a generation, bumped when its connection is removed, so a
+//! completion that arrives for an older connection in the same slot is recognised and dropped.
+//!
+//! An idle connection holds no buffer: `inbox` only keeps the bytes of a partial packet (freed
+//! when the packet completes), `outbox` and `sending` go back to the shard's pool once sent.
+
+use bytes::BytesMut;
+
+use crate::protocol::{LastWill, ProtocolVersion};
+use crate::ring::next_generation;
+
+/// No session attached (before CONNECT, and once closing).
+pub const NO_SESSION: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Accepted; the first packet must be CONNECT [MQTT-3.1.0-1].
+    AwaitConnect,
+    Connected,
+    /// On its way out: waiting for the outbox to drain (when `close_after_flush`), then for the
+    /// shutdown to end the recv and any send, then the slot is closed and freed.
+    Closing,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub state: ConnState,
+    pub session: u32,
+    pub version: ProtocolVersion,
+    pub keepalive_secs: u16,
+    /// Shard clock (ms) of the last packet received, or of the accept before CONNECT.
+    pub last_packet_ms: u64,
+    /// Bytes of a packet that has not fully arrived yet; empty (no capacity) otherwise.
+    pub inbox: BytesMut,
+    /// Bytes encoded this turn, waiting for the next send.
+    pub outbox: BytesMut,
+    /// Bytes handed to the kernel by the send in flight; must not move until it completes.
+    pub sending: BytesMut,
+    pub will: Option<Box<LastWill>>,
+    pub recv_armed: bool,
+    pub send_in_flight: bool,
+    /// Already on the shard's flush list this turn.
+    pub dirty: bool,
+    /// Closing: flush the outbox (e.g. a CONNACK refusing the client) before shutting down.
+    pub close_after_flush: bool,
+    pub shutdown_sent: bool,
+}
+
+impl Conn {
+    fn new(now_ms: u64) -> Conn {
+        Conn {
+            state: ConnState::AwaitConnect,
+            session: NO_SESSION,
+            version: ProtocolVersion::V3_1_1,
+            keepalive_secs: 0,
+            last_packet_ms: now_ms,
+            inbox: BytesMut::new(),
+            outbox: BytesMut::new(),
+            sending: BytesMut::new(),
+            will: None,
+            recv_armed: false,
+            send_in_flight: false,
+            dirty: false,
+            close_after_flush: false,
+            shutdown_sent: false,
+        }
+    }
+
+    /// Nothing of this connection is in the kernel's hands any more: its slot can be closed.
+    pub fn quiescent(&self) -> bool {
+        self.state == ConnState::Closing
+            && self.shutdown_sent
+            && !self.recv_armed
+            && !self.send_in_flight
+    }
+}
+
+struct Entry {
+    generation: u32,
+    conn: Option<Box<Conn>>,
+}
+
+/// The slab: `entries[slot]` for every slot the kernel has handed out so far.
+#[derive(Default)]
+pub struct Conns {
+    entries: Vec<Entry>,
+    count: usize,
+}
+
+impl Conns {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Slots the slab has grown to (the highest slot used plus one).
+    pub fn slot_count(&self) -> u32 {
+        self.entries.len() as u32
+    }
+
+    /// A new connection in `slot`, returning its generation.
+    pub fn insert(&mut self, slot: u32, now_ms: u64) -> u32 {
+        let index = slot as usize;
+        if index >= self.entries.len() {
+            self.entries.resize_with(index + 1, || Entry {
+                generation: 0,
+                conn: None,
+            });
+        }
+        let entry = &mut self.entries[index];
+        // The kernel hands out a slot only after it was closed, and we free the entry before
+        // submitting the close.
+        assert!(
+            entry.conn.is_none(),
+            "slot {slot} allocated while still in use"
+        );
+        entry.conn = Some(Box::new(Conn::new(now_ms)));
+        self.count += 1;
+        entry.generation
+    }
+
+    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
+        let entry = self.entries.get_mut(slot as usize)?;
+        if entry.generation != generation {
+            return None;
+        }
+        entry.conn.as_deref_mut()
+    }
+
+    pub fn get(&self, slot: u32, generation: u32) -> Option<&Conn> {
+        let entry = self.entries.get(slot as usize)?;
+        if entry.generation != generation {
+            return None;
+        }
+        entry.conn.as_deref()
+    }
+
+    /// The current connection in `slot`, if any, with its generation.
+    pub fn at(&mut self, slot: u32) -> Option<(u32, &mut Conn)> {
+        let entry = self.entries.get_mut(slot as usize)?;
+        let generation = entry.generation;
+        entry.conn.as_deref_mut().map(|conn| (generation, conn))
+    }
+
+    /// Frees the slot's entry and bumps its generation, so completions still addressed to the
+    /// old connection are dropped.
+    pub fn remove(&mut self, slot: u32, generation: u32) -> Option<Box<Conn>> {
+        let entry = self.entries.get_mut(slot as usize)?;
+        if entry.generation != generation {
+            return None;
+        }
+        let conn = entry.conn.take()?;
+        entry.generation = next_generation(entry.generation);
+        self.count -= 1;
+        Some(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_generation_finds_nothing() {
+        let mut conns = Conns::default();
+        let g0 = conns.insert(5, 0);
+        assert!(conns.get_mut(5, g0).is_some());
+        assert!(conns.remove(5, g0).is_some());
+        assert!(conns.get_mut(5, g0).is_none(), "removed");
+        let g1 = conns.insert(5, 0);
+        assert_ne!(g0, g1);
+        assert!(
+            conns.get_mut(5, g0).is_none(),
+            "old completion must not reach the new conn"
+        );
+        assert!(conns.get_mut(5, g1).is_some());
+        assert_eq!(conns.len(), 1);
+        assert!(conns.remove(5, g0).is_none(), "stale remove does nothing");
+        assert_eq!(conns.len(), 1);
+    }
+
+    #[test]
+    fn quiescent_only_when_closing_and_idle() {
+        let mut conn = Conn::new(0);
+        assert!(!conn.quiescent());
+        conn.state = ConnState::Closing;
+        conn.shutdown_sent = true;
+        conn.recv_armed = true;
+        assert!(!conn.quiescent());
+        conn.recv_armed = false;
+        conn.send_in_flight = true;
+        assert!(!conn.quiescent());
+        conn.send_in_flight = false;
+        assert!(conn.quiescent());
+    }
+}

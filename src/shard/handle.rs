@@ -1,0 +1,726 @@
+//! MQTT 3.1.1 (and 3.1) behaviour of a shard: one `match` on each decoded packet, then the
+//! leaves: CONNECT (auth, client id, take-over, session resume), PUBLISH in (QoS 0/1/2,
+//! retained, exactly once), routing out (dedupe, shared groups, encode once), acks, SUBSCRIBE
+//! and UNSUBSCRIBE, wills. Writes only to outboxes; the loop turn sends them.
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+
+use crate::protocol::{
+    self, ConnAck, Connect, DecodeError, LastWill, Packet, ProtocolVersion, PubAck, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::session::{ConnRef, Enqueued, InflightState, Message, Session};
+use crate::topic::filter::{parse_shared, validate_topic_filter};
+
+use super::conn::{ConnState, Conns};
+use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
+
+/// The outbox of a connection that is not closing, taking a pooled buffer when it has none,
+/// and marked for this turn's flush. Takes the shard's fields apart so callers can keep
+/// borrowing the sessions meanwhile.
+fn outbox_in<'a>(
+    conns: &'a mut Conns,
+    pool: &mut Vec<BytesMut>,
+    dirty: &mut Vec<(u32, u32)>,
+    slot: u32,
+    generation: u32,
+) -> Option<(&'a mut BytesMut, ProtocolVersion)> {
+    let conn = conns.get_mut(slot, generation)?;
+    if conn.state == ConnState::Closing {
+        return None;
+    }
+    if conn.outbox.capacity() == 0 {
+        conn.outbox = pool
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(OUTBOX_INITIAL));
+    }
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push((slot, generation));
+    }
+    Some((&mut conn.outbox, conn.version))
+}
+
+fn granted_code(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::GRANTED_QOS0,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+impl Shard {
+    pub(super) fn handle(&mut self, slot: u32, generation: u32, packet: Packet) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        match (conn.state, packet) {
+            (ConnState::AwaitConnect, Packet::Connect(connect)) => {
+                self.on_connect(slot, generation, *connect)
+            }
+            // [MQTT-3.1.0-1] The first packet must be CONNECT.
+            (ConnState::AwaitConnect, _) => self.close(slot, generation, CloseReason::Protocol),
+            (ConnState::Connected, packet) => self.on_packet(slot, generation, packet),
+            (ConnState::Closing, _) => {}
+        }
+    }
+
+    fn on_packet(&mut self, slot: u32, generation: u32, packet: Packet) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let session = conn.session;
+        match packet {
+            // [MQTT-3.1.0-2] A second CONNECT is a protocol violation.
+            Packet::Connect(_) => self.close(slot, generation, CloseReason::Protocol),
+            Packet::Publish(publish) => self.on_publish(slot, generation, session, publish),
+            Packet::PubAck(ack) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.on_puback(ack.packet_id);
+                }
+                self.pump(session);
+            }
+            Packet::PubRec(ack) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.on_pubrec(ack.packet_id);
+                }
+                // [MQTT-4.3.3-1] PUBREL answers PUBREC (also a repeated or unknown one, so a
+                // client that lost our state still completes its flow).
+                self.write(
+                    slot,
+                    generation,
+                    &Packet::PubRel(PubAck::new(ack.packet_id)),
+                );
+            }
+            Packet::PubRel(ack) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.incoming_qos2_release(ack.packet_id);
+                }
+                self.write(
+                    slot,
+                    generation,
+                    &Packet::PubComp(PubAck::new(ack.packet_id)),
+                );
+            }
+            Packet::PubComp(ack) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.on_pubcomp(ack.packet_id);
+                }
+                self.pump(session);
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(slot, generation, session, subscribe),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.on_unsubscribe(slot, generation, session, unsubscribe)
+            }
+            Packet::PingReq => self.write(slot, generation, &Packet::PingResp),
+            Packet::Disconnect(_) => {
+                // [MQTT-3.14.4-3] A DISCONNECT discards the will.
+                if let Some(conn) = self.conns.get_mut(slot, generation) {
+                    conn.will = None;
+                }
+                self.close(slot, generation, CloseReason::Disconnect);
+            }
+            // Server-to-client packets, and AUTH (refused by the decoder under 3.1.x).
+            Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp
+            | Packet::Auth(_) => self.close(slot, generation, CloseReason::Protocol),
+        }
+    }
+
+    pub(super) fn on_decode_error(&mut self, slot: u32, generation: u32, error: DecodeError) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.state == ConnState::AwaitConnect {
+            if let DecodeError::UnsupportedProtocolVersion { .. } = error {
+                // [MQTT-3.1.2-2] Unknown level: return code 1, then close.
+                self.refuse(
+                    slot,
+                    generation,
+                    ProtocolVersion::V3_1_1,
+                    ReasonCode::UnsupportedProtocolVersion,
+                );
+                return;
+            }
+        }
+        // Under 3.1.1 a bad packet just ends the connection (MQTT 5 would first send a
+        // DISCONNECT carrying `error.reason_code()`).
+        self.close(slot, generation, CloseReason::Protocol);
+    }
+
+    /// Appends one packet to a connection's outbox.
+    fn write(&mut self, slot: u32, generation: u32, packet: &Packet) {
+        let Some((outbox, version)) = outbox_in(
+            &mut self.conns,
+            &mut self.outbox_pool,
+            &mut self.dirty,
+            slot,
+            generation,
+        ) else {
+            return;
+        };
+        // Packets the broker builds always encode; a failure would be a bug, not input.
+        let encoded = protocol::encode(packet, version, outbox);
+        debug_assert!(encoded.is_ok(), "encoding {packet:?}: {encoded:?}");
+    }
+
+    /// CONNACK with a failure code, then close once it is sent.
+    fn refuse(&mut self, slot: u32, generation: u32, version: ProtocolVersion, code: ReasonCode) {
+        if let Some(conn) = self.conns.get_mut(slot, generation) {
+            conn.version = version;
+        }
+        let ack = ConnAck {
+            session_present: false,
+            code,
+            properties: Default::default(),
+        };
+        self.write(slot, generation, &Packet::ConnAck(ack));
+        self.stats.connections_refused += 1;
+        self.close(slot, generation, CloseReason::Refused);
+    }
+
+    fn authenticate(&self, connect: &Connect) -> ReasonCode {
+        let allow_anonymous = self.config.allow_anonymous;
+        match (&connect.username, &self.auth) {
+            (Some(username), Some(auth)) => {
+                let password = connect.password.as_deref().unwrap_or(&[]);
+                if auth.check(username, password) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::BadUserNameOrPassword
+                }
+            }
+            (Some(_), None) | (None, _) => {
+                if allow_anonymous {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NotAuthorized
+                }
+            }
+        }
+    }
+
+    fn on_connect(&mut self, slot: u32, generation: u32, connect: Connect) {
+        let version = connect.protocol;
+        if version.is_v5() {
+            // MQTT 5 is a later issue: answer in its own encoding so the client understands.
+            self.refuse(
+                slot,
+                generation,
+                version,
+                ReasonCode::UnsupportedProtocolVersion,
+            );
+            return;
+        }
+        let mut client_id = connect.client_id.clone();
+        if client_id.is_empty() {
+            if !connect.clean_start {
+                // [MQTT-3.1.3-8] A zero-length client id needs clean session 1.
+                self.refuse(
+                    slot,
+                    generation,
+                    version,
+                    ReasonCode::ClientIdentifierNotValid,
+                );
+                return;
+            }
+            // [MQTT-3.1.3-6] Assign one.
+            self.next_client_number += 1;
+            client_id = format!("ringmq-{}-{}", self.index, self.next_client_number).into();
+        }
+        let code = self.authenticate(&connect);
+        if code != ReasonCode::Success {
+            self.refuse(slot, generation, version, code);
+            return;
+        }
+        if self.stats.connections >= self.config.limits.connections_max as u64 {
+            self.refuse(slot, generation, version, ReasonCode::ServerUnavailable);
+            return;
+        }
+        // [MQTT-3.1.4-2] Take-over: the connection holding this client id is closed (its will
+        // published). Detaching destroys its session if that was clean.
+        if let Some(old) = self
+            .sessions
+            .find(&client_id)
+            .and_then(|s| self.sessions.get(s)?.conn)
+        {
+            self.close(old.slot, old.generation, CloseReason::TakenOver);
+        }
+        let (session, session_present) = match self.sessions.find(&client_id) {
+            Some(index) if !connect.clean_start => {
+                if let Some(s) = self.sessions.get_mut(index) {
+                    s.version = version;
+                }
+                (index, true)
+            }
+            Some(index) => {
+                // [MQTT-3.1.2-6] Clean session 1 discards the previous session.
+                self.clear_subscriptions(index);
+                if let Some(s) = self.sessions.get_mut(index) {
+                    s.reset(true, version);
+                }
+                (index, false)
+            }
+            None => {
+                let session = Session::new(client_id, connect.clean_start, version);
+                (self.sessions.insert(session), false)
+            }
+        };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.state = ConnState::Connected;
+        conn.session = session;
+        conn.version = version;
+        conn.keepalive_secs = connect.keepalive_secs;
+        conn.will = connect.will.map(Box::new);
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.conn = Some(ConnRef { slot, generation });
+        }
+        self.stats.connections += 1;
+        let ack = ConnAck {
+            session_present,
+            code: ReasonCode::Success,
+            properties: Default::default(),
+        };
+        self.write(slot, generation, &Packet::ConnAck(ack));
+        if session_present {
+            self.resend_inflight(session, slot, generation);
+            self.pump(session);
+        }
+    }
+
+    /// On resume, messages still unacknowledged go out again, in order: PUBLISH with DUP=1,
+    /// or PUBREL for those the client already received [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self, session: u32, slot: u32, generation: u32) {
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        let Some((outbox, version)) = outbox_in(
+            &mut self.conns,
+            &mut self.outbox_pool,
+            &mut self.dirty,
+            slot,
+            generation,
+        ) else {
+            return;
+        };
+        for flight in s.inflight() {
+            let m = &flight.message;
+            let encoded = match flight.state {
+                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                    protocol::encode_publish(
+                        outbox,
+                        version,
+                        &m.topic,
+                        &m.payload,
+                        m.qos,
+                        m.retain,
+                        true,
+                        flight.packet_id,
+                        &self.no_properties,
+                    )
+                }
+                InflightState::AwaitPubComp => protocol::encode(
+                    &Packet::PubRel(PubAck::new(flight.packet_id)),
+                    version,
+                    outbox,
+                ),
+            };
+            debug_assert!(encoded.is_ok());
+        }
+    }
+
+    fn on_publish(&mut self, slot: u32, generation: u32, session: u32, publish: Publish) {
+        self.stats.messages_in += 1;
+        match publish.qos {
+            QoS::AtMostOnce => self.publish(
+                &publish.topic,
+                &publish.payload,
+                QoS::AtMostOnce,
+                publish.retain,
+            ),
+            QoS::AtLeastOnce => {
+                self.publish(
+                    &publish.topic,
+                    &publish.payload,
+                    QoS::AtLeastOnce,
+                    publish.retain,
+                );
+                self.write(
+                    slot,
+                    generation,
+                    &Packet::PubAck(PubAck::new(publish.packet_id)),
+                );
+            }
+            QoS::ExactlyOnce => {
+                // [MQTT-4.3.3-2] Exactly once: a re-sent PUBLISH before PUBREL is acknowledged
+                // again but not delivered again.
+                let new = self
+                    .sessions
+                    .get_mut(session)
+                    .is_some_and(|s| s.incoming_qos2_begin(publish.packet_id));
+                if new {
+                    self.publish(
+                        &publish.topic,
+                        &publish.payload,
+                        QoS::ExactlyOnce,
+                        publish.retain,
+                    );
+                }
+                self.write(
+                    slot,
+                    generation,
+                    &Packet::PubRec(PubAck::new(publish.packet_id)),
+                );
+            }
+        }
+    }
+
+    pub(super) fn publish_will(&mut self, will: LastWill) {
+        self.stats.messages_in += 1;
+        self.publish(&will.topic, &will.payload, will.qos, will.retain);
+    }
+
+    /// An application message from a client (or a will): retained store, then subscribers.
+    fn publish(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS, retain: bool) {
+        if retain {
+            if payload.is_empty() {
+                // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
+                self.retained.remove(topic);
+            } else {
+                // [MQTT-3.3.1-5] Replaces the topic's retained message. Copied out of the
+                // receive arena so a long-lived message does not pin a whole arena block.
+                let message = Message {
+                    topic: ByteString::from(&**topic),
+                    payload: Bytes::copy_from_slice(payload),
+                    qos,
+                    retain: true,
+                };
+                self.retained.set(topic, message);
+            }
+        }
+        // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0.
+        self.route(topic, payload, qos);
+    }
+
+    fn route(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+        self.qos0_ready = [false; 2];
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.subscriptions
+            .for_each_match(topic, |session, granted| {
+                matches.push((session, *granted));
+            });
+        route::dedupe_matches(&mut matches);
+        let mut group_ids = std::mem::take(&mut self.group_ids);
+        let sessions = &self.sessions;
+        self.shared.pick_for_each(
+            topic,
+            &mut group_ids,
+            |s| sessions.get(s).is_some_and(|s| s.conn.is_some()),
+            |s, granted| matches.push((s, granted)),
+        );
+        self.group_ids = group_ids;
+        for &(session, granted) in &matches {
+            self.deliver(session, topic, payload, qos.min(granted), false, true);
+        }
+        self.matches = matches;
+    }
+
+    /// One message to one session: QoS 0 into the outbox (dropped when the outbox is over its
+    /// cap or the client is away), QoS 1/2 into the in-flight window, or the session queue
+    /// when the window is full, the outbox is over its cap, or the client is away.
+    /// `shared_encoding`: the bytes may be encoded once for all subscribers of this route.
+    fn deliver(
+        &mut self,
+        session: u32,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        retain: bool,
+        shared_encoding: bool,
+    ) {
+        let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
+        let inflight_max = self.config.limits.inflight_max;
+        let queue_max = self.config.limits.offline_queue_max;
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let live = s.conn.and_then(|c| {
+            let conn = self.conns.get(c.slot, c.generation)?;
+            (conn.state == ConnState::Connected).then_some((
+                c,
+                conn.version,
+                conn.outbox.len() + conn.sending.len(),
+            ))
+        });
+        if qos == QoS::AtMostOnce {
+            let Some((c, version, pending)) = live else {
+                self.stats.dropped_offline_qos0 += 1;
+                return;
+            };
+            if pending >= outbox_bytes_max {
+                self.stats.dropped_outbox_full += 1;
+                return;
+            }
+            let Some((outbox, _)) = outbox_in(
+                &mut self.conns,
+                &mut self.outbox_pool,
+                &mut self.dirty,
+                c.slot,
+                c.generation,
+            ) else {
+                return;
+            };
+            if shared_encoding {
+                // Encode once per layout, copy into every outbox (3.1 and 3.1.1 share one).
+                let layout = usize::from(version.is_v5());
+                if !self.qos0_ready[layout] {
+                    let cache = &mut self.qos0_encoded[layout];
+                    cache.clear();
+                    let encoded = protocol::encode_publish(
+                        cache,
+                        version,
+                        topic,
+                        payload,
+                        QoS::AtMostOnce,
+                        retain,
+                        false,
+                        0,
+                        &self.no_properties,
+                    );
+                    debug_assert!(encoded.is_ok());
+                    self.qos0_ready[layout] = true;
+                }
+                outbox.extend_from_slice(&self.qos0_encoded[layout]);
+            } else {
+                let encoded = protocol::encode_publish(
+                    outbox,
+                    version,
+                    topic,
+                    payload,
+                    QoS::AtMostOnce,
+                    retain,
+                    false,
+                    0,
+                    &self.no_properties,
+                );
+                debug_assert!(encoded.is_ok());
+            }
+            self.stats.messages_out += 1;
+            return;
+        }
+        let message = Message {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos,
+            retain,
+        };
+        let send_now = match live {
+            Some((c, version, pending)) => {
+                (s.queue_len() == 0 && s.window_open(inflight_max) && pending < outbox_bytes_max)
+                    .then_some((c, version))
+            }
+            None => None,
+        };
+        let Some((c, _)) = send_now else {
+            if s.enqueue(message, queue_max) == Enqueued::Dropped {
+                self.stats.dropped_queue_full += 1;
+            }
+            return;
+        };
+        let packet_id = s.start_inflight(message);
+        self.write_publish(c, topic, payload, qos, retain, packet_id);
+    }
+
+    fn write_publish(
+        &mut self,
+        c: ConnRef,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        packet_id: u16,
+    ) {
+        let Some((outbox, version)) = outbox_in(
+            &mut self.conns,
+            &mut self.outbox_pool,
+            &mut self.dirty,
+            c.slot,
+            c.generation,
+        ) else {
+            return;
+        };
+        let encoded = protocol::encode_publish(
+            outbox,
+            version,
+            topic,
+            payload,
+            qos,
+            retain,
+            false,
+            packet_id,
+            &self.no_properties,
+        );
+        debug_assert!(encoded.is_ok());
+        self.stats.messages_out += 1;
+    }
+
+    /// Moves queued messages into the window while it has room and the outbox is under its
+    /// cap: after an ack, a send completion, or a resume.
+    pub(super) fn pump(&mut self, session: u32) {
+        let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
+        let inflight_max = self.config.limits.inflight_max;
+        loop {
+            let Some(s) = self.sessions.get_mut(session) else {
+                return;
+            };
+            let Some(c) = s.conn else {
+                return;
+            };
+            let Some(conn) = self.conns.get(c.slot, c.generation) else {
+                return;
+            };
+            if conn.state != ConnState::Connected
+                || conn.outbox.len() + conn.sending.len() >= outbox_bytes_max
+            {
+                return;
+            }
+            let Some(message) = s.dequeue(inflight_max) else {
+                return;
+            };
+            let (topic, payload, qos, retain) = (
+                message.topic.clone(),
+                message.payload.clone(),
+                message.qos,
+                message.retain,
+            );
+            let packet_id = s.start_inflight(message);
+            self.write_publish(c, &topic, &payload, qos, retain, packet_id);
+        }
+    }
+
+    fn on_subscribe(&mut self, slot: u32, generation: u32, session: u32, subscribe: Subscribe) {
+        let qos_max = QoS::from_u8(self.config.limits.qos_max).unwrap_or(QoS::ExactlyOnce);
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted_filters = Vec::new();
+        for (filter, options) in &subscribe.filters {
+            if validate_topic_filter(filter).is_err() {
+                codes.push(ReasonCode::UnspecifiedError);
+                continue;
+            }
+            let granted = options.qos.min(qos_max);
+            match parse_shared(filter) {
+                Some((_, inner)) => self.shared.insert(filter, inner, session, granted),
+                None => {
+                    // [MQTT-3.8.4-3] A repeated filter replaces the subscription.
+                    self.subscriptions.insert(filter, session, granted);
+                    granted_filters.push((filter.clone(), granted));
+                }
+            }
+            if let Some(s) = self.sessions.get_mut(session) {
+                match s.subscriptions.iter_mut().find(|(f, _)| f == filter) {
+                    Some(entry) => entry.1 = granted,
+                    None => s.subscriptions.push((filter.clone(), granted)),
+                }
+            }
+            codes.push(granted_code(granted));
+        }
+        let ack = SubAck {
+            packet_id: subscribe.packet_id,
+            codes,
+            properties: Default::default(),
+        };
+        self.write(slot, generation, &Packet::SubAck(ack));
+        // [MQTT-3.3.1-6] Retained messages matching a new subscription, retain flag set.
+        let mut retained = Vec::new();
+        for (filter, granted) in granted_filters {
+            self.retained.for_each_match(&filter, |_, message| {
+                retained.push((message.clone(), granted));
+            });
+        }
+        for (message, granted) in retained {
+            let qos = message.qos.min(granted);
+            self.deliver(session, &message.topic, &message.payload, qos, true, false);
+        }
+    }
+
+    fn on_unsubscribe(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        session: u32,
+        unsubscribe: Unsubscribe,
+    ) {
+        for filter in &unsubscribe.filters {
+            self.remove_subscription(session, filter);
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.subscriptions.retain(|(f, _)| f != filter);
+            }
+        }
+        // [MQTT-3.10.4-4] UNSUBACK even when nothing matched. 3.1.1 carries no codes.
+        let ack = UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            codes: Vec::new(),
+            properties: Default::default(),
+        };
+        self.write(slot, generation, &Packet::UnsubAck(ack));
+    }
+
+    fn remove_subscription(&mut self, session: u32, filter: &str) {
+        match parse_shared(filter) {
+            Some((_, inner)) => {
+                self.shared.remove(filter, inner, session);
+            }
+            None => {
+                self.subscriptions.remove(filter, session);
+            }
+        }
+    }
+
+    /// Takes every subscription of a session out of the tries.
+    fn clear_subscriptions(&mut self, session: u32) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let filters = std::mem::take(&mut s.subscriptions);
+        for (filter, _) in &filters {
+            self.remove_subscription(session, filter);
+        }
+    }
+
+    /// The session's connection has gone: a clean session ends with it, a persistent one
+    /// waits (and queues) for the client's return.
+    pub(super) fn detach_session(&mut self, session: u32) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        s.conn = None;
+        if s.clean_session {
+            self.clear_subscriptions(session);
+            self.sessions.remove(session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::conn::NO_SESSION;
+
+    #[test]
+    fn granted_codes_are_the_qos_values() {
+        assert_eq!(granted_code(QoS::AtMostOnce) as u8, 0);
+        assert_eq!(granted_code(QoS::AtLeastOnce) as u8, 1);
+        assert_eq!(granted_code(QoS::ExactlyOnce) as u8, 2);
+    }
+
+    #[test]
+    fn no_session_sentinel_is_never_a_real_index() {
+        assert_eq!(NO_SESSION, u32::MAX);
+    }
+}

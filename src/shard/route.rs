@@ -1,0 +1,193 @@
+//! Who gets a publish: the pieces of routing that are plain data. The shard walks its trie, then
+//! `dedupe_matches` folds overlapping subscriptions of one session into one delivery at the
+//! highest granted QoS, and `SharedSubscriptions` picks one member per `$share` group, round
+//! robin, preferring members that are connected.
+
+use std::collections::HashMap;
+
+use crate::protocol::QoS;
+use crate::topic::trie::Trie;
+
+/// Sorts `(session, granted QoS)` pairs and keeps one per session, at its highest QoS: a client
+/// with overlapping subscriptions receives a message once.
+pub fn dedupe_matches(matches: &mut Vec<(u32, QoS)>) {
+    matches.sort_unstable_by_key(|&(session, qos)| (session, std::cmp::Reverse(qos)));
+    matches.dedup_by_key(|&mut (session, _)| session);
+}
+
+struct SharedGroup {
+    members: Vec<(u32, QoS)>,
+    /// Round-robin cursor into `members`.
+    next: usize,
+}
+
+/// `$share/{group}/{filter}` subscriptions. The trie is keyed by group id, so a publish visits
+/// each matching group once, however many members it has.
+#[derive(Default)]
+pub struct SharedSubscriptions {
+    trie: Trie<()>,
+    groups: Vec<Option<SharedGroup>>,
+    free: Vec<u32>,
+    /// The full `$share/{group}/{filter}` text names a group.
+    by_name: HashMap<Box<str>, u32>,
+}
+
+impl SharedSubscriptions {
+    /// Adds (or updates the QoS of) `session` in the group `share_filter` =
+    /// `$share/{group}/{filter}`, whose inner filter is `filter`.
+    pub fn insert(&mut self, share_filter: &str, filter: &str, session: u32, qos: QoS) {
+        let id = match self.by_name.get(share_filter) {
+            Some(&id) => id,
+            None => {
+                let group = SharedGroup {
+                    members: Vec::new(),
+                    next: 0,
+                };
+                let id = match self.free.pop() {
+                    Some(id) => {
+                        self.groups[id as usize] = Some(group);
+                        id
+                    }
+                    None => {
+                        self.groups.push(Some(group));
+                        (self.groups.len() - 1) as u32
+                    }
+                };
+                self.by_name.insert(share_filter.into(), id);
+                self.trie.insert(filter, id, ());
+                id
+            }
+        };
+        let Some(group) = self.groups[id as usize].as_mut() else {
+            return;
+        };
+        match group
+            .members
+            .iter_mut()
+            .find(|(member, _)| *member == session)
+        {
+            Some(member) => member.1 = qos,
+            None => group.members.push((session, qos)),
+        }
+    }
+
+    /// Removes `session` from the group; the group goes when its last member does.
+    pub fn remove(&mut self, share_filter: &str, filter: &str, session: u32) -> bool {
+        let Some(&id) = self.by_name.get(share_filter) else {
+            return false;
+        };
+        let Some(group) = self.groups[id as usize].as_mut() else {
+            return false;
+        };
+        let before = group.members.len();
+        group.members.retain(|(member, _)| *member != session);
+        let removed = group.members.len() != before;
+        if group.members.is_empty() {
+            self.groups[id as usize] = None;
+            self.free.push(id);
+            self.by_name.remove(share_filter);
+            self.trie.remove(filter, id);
+        }
+        removed
+    }
+
+    /// For each group matching `topic`, one member: the next connected one after the cursor,
+    /// or (none connected) simply the next one, whose session queues the message.
+    pub fn pick_for_each(
+        &mut self,
+        topic: &str,
+        group_ids: &mut Vec<u32>,
+        connected: impl Fn(u32) -> bool,
+        mut deliver: impl FnMut(u32, QoS),
+    ) {
+        group_ids.clear();
+        self.trie.for_each_match(topic, |id, _| group_ids.push(id));
+        for &id in group_ids.iter() {
+            let Some(group) = self.groups[id as usize].as_mut() else {
+                continue;
+            };
+            let count = group.members.len();
+            if count == 0 {
+                continue;
+            }
+            let start = group.next % count;
+            let chosen = (0..count)
+                .map(|k| (start + k) % count)
+                .find(|&index| connected(group.members[index].0))
+                .unwrap_or(start);
+            group.next = chosen + 1;
+            let (session, qos) = group.members[chosen];
+            deliver(session, qos);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_subscriptions_deliver_once_at_highest_qos() {
+        let mut matches = vec![
+            (7, QoS::AtMostOnce),
+            (3, QoS::AtLeastOnce),
+            (7, QoS::ExactlyOnce),
+            (3, QoS::AtMostOnce),
+            (9, QoS::AtLeastOnce),
+            (7, QoS::AtLeastOnce),
+        ];
+        dedupe_matches(&mut matches);
+        assert_eq!(
+            matches,
+            vec![
+                (3, QoS::AtLeastOnce),
+                (7, QoS::ExactlyOnce),
+                (9, QoS::AtLeastOnce)
+            ]
+        );
+    }
+
+    fn picks(shared: &mut SharedSubscriptions, topic: &str, online: &[u32], n: usize) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            shared.pick_for_each(topic, &mut ids, |s| online.contains(&s), |s, _| out.push(s));
+        }
+        out
+    }
+
+    #[test]
+    fn shared_group_round_robins_over_connected_members() {
+        let mut shared = SharedSubscriptions::default();
+        shared.insert("$share/g/a/+", "a/+", 1, QoS::AtMostOnce);
+        shared.insert("$share/g/a/+", "a/+", 2, QoS::AtLeastOnce);
+        shared.insert("$share/g/a/+", "a/+", 3, QoS::AtMostOnce);
+        assert_eq!(
+            picks(&mut shared, "a/x", &[1, 2, 3], 6),
+            vec![1, 2, 3, 1, 2, 3]
+        );
+        assert_eq!(
+            picks(&mut shared, "a/x", &[2], 3),
+            vec![2, 2, 2],
+            "offline members skipped"
+        );
+        assert_eq!(picks(&mut shared, "b/x", &[1, 2, 3], 2), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn two_groups_each_get_one_copy_and_empty_groups_vanish() {
+        let mut shared = SharedSubscriptions::default();
+        shared.insert("$share/g/t", "t", 1, QoS::AtMostOnce);
+        shared.insert("$share/h/t", "t", 2, QoS::AtMostOnce);
+        let mut got = picks(&mut shared, "t", &[1, 2], 1);
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2]);
+        assert!(shared.remove("$share/g/t", "t", 1));
+        assert!(!shared.remove("$share/g/t", "t", 1));
+        assert_eq!(picks(&mut shared, "t", &[1, 2], 1), vec![2]);
+        shared.insert("$share/g/t", "t", 5, QoS::AtMostOnce);
+        let mut got = picks(&mut shared, "t", &[5, 2], 1);
+        got.sort_unstable();
+        assert_eq!(got, vec![2, 5], "a freed group id is reused cleanly");
+    }
+}

@@ -1,0 +1,53 @@
+//! Deadlines for the coarse per-shard timer. One 1 s timeout op drives a sweep of the shard's
+//! connections: a kernel timeout per connection would need re-arming on every packet. The
+//! arithmetic is here, as plain functions of `now`, so it is tested without waiting.
+
+/// How often the shard sweeps its connections.
+pub const TICK_MS: u64 = 1000;
+
+/// [MQTT-3.1.2-24] One and a half keepalive periods without a packet: disconnect. Keepalive 0
+/// turns the mechanism off.
+pub fn keepalive_expired(last_packet_ms: u64, keepalive_secs: u16, now_ms: u64) -> bool {
+    if keepalive_secs == 0 {
+        return false;
+    }
+    let deadline_ms = last_packet_ms + keepalive_secs as u64 * 1500;
+    now_ms >= deadline_ms
+}
+
+/// A connection that has not sent CONNECT within `timeout_secs` of its accept is closed, so
+/// silent sockets cannot hold slots forever.
+pub fn connect_expired(accepted_ms: u64, timeout_secs: u16, now_ms: u64) -> bool {
+    now_ms >= accepted_ms + timeout_secs as u64 * 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_allows_one_and_a_half_periods() {
+        assert!(!keepalive_expired(10_000, 10, 24_999));
+        assert!(keepalive_expired(10_000, 10, 25_000));
+        // Keepalive 1: 1.5 s, not rounded down to 1 s.
+        assert!(!keepalive_expired(0, 1, 1_499));
+        assert!(keepalive_expired(0, 1, 1_500));
+    }
+
+    #[test]
+    fn keepalive_zero_never_expires() {
+        assert!(!keepalive_expired(0, 0, u64::MAX / 2));
+    }
+
+    #[test]
+    fn keepalive_max_does_not_overflow() {
+        assert!(!keepalive_expired(0, u16::MAX, 98_302_000));
+        assert!(keepalive_expired(0, u16::MAX, 98_302_500));
+    }
+
+    #[test]
+    fn connect_timeout() {
+        assert!(!connect_expired(5_000, 10, 14_999));
+        assert!(connect_expired(5_000, 10, 15_000));
+    }
+}
