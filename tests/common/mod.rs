@@ -55,6 +55,8 @@ pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
+        // A few hundred connections are plenty for any test; keep each ring's table small.
+        ring_files_max: 256,
         ..Default::default()
     }
 }
@@ -1012,7 +1014,11 @@ pub struct Finished {
 impl Proc {
     /// Spawns `tool args...`, stdout read line by line on a thread.
     pub fn spawn(tool: &str, args: &[String]) -> Proc {
-        let mut child = Command::new(require_tool(tool))
+        // Piped stdout is block-buffered by stdio; the tests read mosquitto_sub's debug lines as
+        // they come (its SUBACK tells us it is ready), so force line buffering.
+        let mut child = Command::new(require_tool("stdbuf"))
+            .arg("-oL")
+            .arg(require_tool(tool))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
