@@ -4,7 +4,17 @@
 //! - `decode(buf, version, packet_size_max)` takes one whole packet off the front of `buf`, or
 //!   returns `Ok(None)` when `buf` ends inside a packet (not an error). The size limit is checked
 //!   from the fixed header, before the body is buffered.
-//! - `encode(packet, version, out)` appends one packet's bytes to `out`.
+//! - `encode(packet, version, out)` appends one packet's bytes to `out`; `encode_publish` does
+//!   the same for a PUBLISH from borrowed parts (encode once, copy into many outboxes), and
+//!   `encoded_len` tells the size beforehand.
+//! - `frame_len(buf, packet_size_max)` sizes the packet at the front of `buf` from its fixed
+//!   header alone.
+//! - A `DecodeError` maps to the reason code the spec prescribes (`reason_code()`).
+//!
+//! What the codec validates is what a packet's bytes alone can tell: reserved bits, lengths,
+//! UTF-8, wildcards in topic names, properties allowed per packet type, reason codes per packet.
+//! Rules that need the connection's state (topic alias range, receive maximum, a Subscription
+//! Identifier sent by a client, filter syntax answered by SUBACK 0x8F) belong to the broker.
 
 mod decode;
 mod encode;
