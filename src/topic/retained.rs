@@ -390,6 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn matching_allocates_nothing() {
+        use crate::topic::alloc_count::allocations_during;
+        let mut store = RetainedStore::new();
+        for (i, topic) in ["a/b/c", "a/x/c", "a", "$SYS/x", "b/c/d/e"]
+            .iter()
+            .enumerate()
+        {
+            store.set(topic, i as u32);
+        }
+        let mut count = 0;
+        let allocations = allocations_during(|| {
+            for filter in ["#", "a/+/c", "+/+/+", "a/#", "$SYS/#", "b/c/d/e", "+/c/#"] {
+                store.for_each_match(filter, |_, _| count += 1);
+            }
+        });
+        assert_eq!(allocations, 0);
+        assert_eq!(count, 4 + 2 + 2 + 3 + 1 + 1 + 1);
+    }
+
+    #[test]
     fn deep_topics_do_not_overflow_the_stack() {
         let deep = vec!["a"; 32_768].join("/");
         let mut store = RetainedStore::new();

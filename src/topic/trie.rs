@@ -458,6 +458,29 @@ pub(crate) mod tests {
         drop(trie); // Iterative drop of the 32,768-level chain.
     }
 
+    #[test]
+    fn matching_allocates_nothing() {
+        use crate::topic::alloc_count::allocations_during;
+        let mut trie = Trie::new();
+        for (i, filter) in ["#", "+/+/+", "a/+/c", "a/b/c", "a/#", "$SYS/#", "+/b/#"]
+            .iter()
+            .enumerate()
+        {
+            trie.insert(filter, i as u32, 0u8);
+        }
+        for s in 0..1000 {
+            trie.insert("fan/+", s, 1);
+        }
+        let mut count = 0;
+        let allocations = allocations_during(|| {
+            for topic in ["a/b/c", "a", "$SYS/x", "fan/out", "x/b/y/z", "a//c"] {
+                trie.for_each_match(topic, |_, _| count += 1);
+            }
+        });
+        assert_eq!(allocations, 0);
+        assert_eq!(count, 6 + 2 + 1 + 1001 + 2 + 4);
+    }
+
     /// xorshift64*: deterministic randomness without a dependency.
     pub(crate) struct Rng(pub(crate) u64);
 
