@@ -156,11 +156,11 @@ pub struct Common {
     pub threads: Option<usize>,
     /// Cores to pin the threads to, e.g. "0" or "0,2-3"; thread i runs on entry i mod len.
     #[arg(long, value_parser = parse_cpus)]
-    pub cpus: Option<Vec<usize>>,
+    pub cpus: Option<CpuList>,
     /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.40 (more than
     /// ~28k connections to one broker port need several).
     #[arg(long, value_parser = parse_sources)]
-    pub source: Option<Vec<Ipv4Addr>>,
+    pub source: Option<SourceList>,
     /// Folder to write summary.json, latency.hgrm and latency.svg into.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -176,8 +176,24 @@ pub struct Common {
     pub quiet: bool,
 }
 
+/// A list of cores (one value on the command line, so clap must not see a Vec).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// A list of source addresses, as `CpuList`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceList(pub Vec<Ipv4Addr>);
+
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    cpu_list(text).map(CpuList)
+}
+
+fn parse_sources(text: &str) -> Result<SourceList, String> {
+    source_list(text).map(SourceList)
+}
+
 /// "0,2-3" -> [0, 2, 3].
-pub fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
+pub fn cpu_list(text: &str) -> Result<Vec<usize>, String> {
     let mut cpus = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = match part.split_once('-') {
@@ -204,7 +220,7 @@ pub fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
 }
 
 /// "127.0.0.2-127.0.0.40" or "127.0.0.2,127.0.0.3" -> the addresses.
-pub fn parse_sources(text: &str) -> Result<Vec<Ipv4Addr>, String> {
+pub fn source_list(text: &str) -> Result<Vec<Ipv4Addr>, String> {
     let mut sources = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let parse = |s: &str| {
@@ -234,24 +250,44 @@ mod tests {
 
     #[test]
     fn cpu_lists() {
-        assert_eq!(parse_cpus("0").unwrap(), [0]);
-        assert_eq!(parse_cpus("0,2-3").unwrap(), [0, 2, 3]);
-        assert!(parse_cpus("3-1").is_err());
-        assert!(parse_cpus("x").is_err());
-        assert!(parse_cpus("").is_err());
+        assert_eq!(cpu_list("0").unwrap(), [0]);
+        assert_eq!(cpu_list("0,2-3").unwrap(), [0, 2, 3]);
+        assert!(cpu_list("3-1").is_err());
+        assert!(cpu_list("x").is_err());
+        assert!(cpu_list("").is_err());
     }
 
     #[test]
     fn source_ranges() {
-        let s = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        let s = source_list("127.0.0.2-127.0.0.4").unwrap();
         assert_eq!(
             s,
             ["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(|a| a.parse::<Ipv4Addr>().unwrap())
         );
-        assert_eq!(parse_sources("127.0.0.9").unwrap().len(), 1);
-        assert_eq!(parse_sources("127.0.0.255-127.0.1.1").unwrap().len(), 3);
-        assert!(parse_sources("127.0.0.4-127.0.0.2").is_err());
-        assert!(parse_sources("localhost").is_err());
+        assert_eq!(source_list("127.0.0.9").unwrap().len(), 1);
+        assert_eq!(source_list("127.0.0.255-127.0.1.1").unwrap().len(), 3);
+        assert!(source_list("127.0.0.4-127.0.0.2").is_err());
+        assert!(source_list("localhost").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "lg",
+            "conn",
+            "--cpus",
+            "0,1",
+            "--source",
+            "127.0.0.2-127.0.0.3",
+        ])
+        .unwrap();
+        let Command::Conn { common, .. } = cli.command else {
+            panic!("not conn")
+        };
+        assert_eq!(common.cpus, Some(CpuList(vec![0, 1])));
+        assert_eq!(common.source.map(|s| s.0.len()), Some(2));
     }
 
     #[test]

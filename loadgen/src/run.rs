@@ -196,7 +196,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     let cpu_start = cpu_secs();
     let threads = common
         .threads
-        .or(common.cpus.as_ref().map(Vec::len))
+        .or(common.cpus.as_ref().map(|c| c.0.len()))
         .unwrap_or(1)
         .max(1);
     let version = match common.mqtt {
@@ -253,7 +253,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         clean_start: common.clean_session,
         mode,
         broker: SocketAddrV4::new(common.host, common.port),
-        sources: common.source.clone().unwrap_or_default(),
+        sources: common.source.clone().map(|s| s.0).unwrap_or_default(),
         ramp_per_sec: common.ramp / threads as f64,
         handshakes_max: (common.handshakes_max / threads as u32).max(1),
         connect_timeout_ns: (common.connect_timeout * 1e9) as u64,
@@ -268,7 +268,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         let settings = Arc::clone(&settings);
         let shared = Arc::clone(&shared);
         let built_tx = built_tx.clone();
-        let cpu = common.cpus.as_ref().map(|cpus| cpus[me % cpus.len()]);
+        let cpu = common.cpus.as_ref().map(|cpus| cpus.0[me % cpus.0.len()]);
         let handle = std::thread::Builder::new()
             .name(format!("loadgen-{me}"))
             .spawn(move || -> Option<ThreadResult> {
@@ -416,7 +416,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     s.shared_group = scn.shared_group.map(str::to_string);
     s.connections_planned = connections_planned;
     s.threads = threads;
-    s.cpus = common.cpus.clone();
+    s.cpus = common.cpus.clone().map(|c| c.0);
     s.broker = settings.broker.to_string();
     s.warmup_secs = common.warmup;
     s.duration_secs = common.duration;
