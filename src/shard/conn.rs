@@ -45,6 +45,10 @@ pub struct Conn {
     /// Closing: flush the outbox (e.g. a CONNACK refusing the client) before shutting down.
     pub close_after_flush: bool,
     pub shutdown_sent: bool,
+    /// Shutdown and cancel operations not yet completed. The kernel runs a shutdown from a
+    /// worker thread and resolves the fixed slot only then, so the slot must not be closed
+    /// (and reused by the next accept) before it has completed.
+    pub control_in_flight: u8,
 }
 
 impl Conn {
@@ -64,6 +68,7 @@ impl Conn {
             dirty: false,
             close_after_flush: false,
             shutdown_sent: false,
+            control_in_flight: 0,
         }
     }
 
@@ -73,6 +78,7 @@ impl Conn {
             && self.shutdown_sent
             && !self.recv_armed
             && !self.send_in_flight
+            && self.control_in_flight == 0
     }
 }
 
@@ -195,6 +201,12 @@ mod tests {
         conn.send_in_flight = true;
         assert!(!conn.quiescent());
         conn.send_in_flight = false;
+        conn.control_in_flight = 1;
+        assert!(
+            !conn.quiescent(),
+            "a shutdown still in flight holds the slot"
+        );
+        conn.control_in_flight = 0;
         assert!(conn.quiescent());
     }
 }

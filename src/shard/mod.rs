@@ -317,8 +317,9 @@ impl Shard {
             Op::Accept => self.on_accept(completion),
             Op::Recv => self.on_recv(token, completion),
             Op::Send => self.on_send(token, completion),
-            // Their effect shows up as the recv's and send's last completions.
-            Op::Shutdown | Op::Cancel | Op::Close => {}
+            Op::Shutdown | Op::Cancel => self.on_control(token),
+            // The entry was freed before the close was submitted.
+            Op::Close => {}
             Op::Timer => self.on_timer(),
             Op::Wake => self.on_wake(),
         }
@@ -509,6 +510,16 @@ impl Shard {
         self.recv_rearm.clear();
     }
 
+    /// A shutdown or cancel completed; its effect shows up as the recv's and send's last
+    /// completions, but the slot is held until it is done (see `Conn::control_in_flight`).
+    fn on_control(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
+            return;
+        };
+        conn.control_in_flight = conn.control_in_flight.saturating_sub(1);
+        self.maybe_release(token.slot, token.generation);
+    }
+
     fn on_send(&mut self, token: Token, completion: Completion) {
         let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             return;
@@ -577,6 +588,7 @@ impl Shard {
                 };
             } else if conn.state == ConnState::Closing && conn.close_after_flush {
                 self.shutdown(slot, generation);
+                self.maybe_release(slot, generation);
             }
         }
         self.dirty = dirty;
@@ -638,11 +650,13 @@ impl Shard {
         // covers a recv the shutdown does not wake. Closing the slot alone would not end it.
         self.ring
             .shutdown(slot, Token::new(Op::Shutdown, slot, generation));
+        conn.control_in_flight += 1;
         if conn.recv_armed {
             self.ring.cancel(
                 Token::new(Op::Recv, slot, generation),
                 Token::new(Op::Cancel, slot, generation),
             );
+            conn.control_in_flight += 1;
         }
     }
 
