@@ -515,3 +515,19 @@ fn anonymous_is_accepted_when_allowed_but_passwords_still_checked() {
     assert_eq!(client.read_packet().connack(), (false, 0));
     connack_refused(&broker, &with_credentials("alice", b"nope"), 4);
 }
+
+#[test]
+fn connection_accepted_right_after_a_close_keeps_working() {
+    // A closing connection's last operations must not reach the next connection, which the
+    // kernel may give the same fixed-file slot.
+    let broker = start_broker();
+    for _ in 0..10 {
+        let gone = RawClient::connect(broker.addr(), &unique_id("gone"));
+        drop(gone);
+        let mut next = RawClient::connect(broker.addr(), &unique_id("next"));
+        next.ping();
+        next.expect_silence(std::time::Duration::from_millis(100));
+        next.ping();
+        next.disconnect();
+    }
+}
