@@ -81,6 +81,9 @@ pub struct Session {
     pub topic_alias_max: u16,
 }
 
+// The session's share of the 512 B budget per idle, subscribed connection (DESIGN.md).
+const _: () = assert!(std::mem::size_of::<Session>() <= 176);
+
 impl Session {
     pub fn new(client_id: ByteString, clean_session: bool, version: ProtocolVersion) -> Session {
         Session {

@@ -51,6 +51,11 @@ pub struct Conn {
     pub control_in_flight: u8,
 }
 
+// An idle connection's share of the 512 B budget per connection (DESIGN.md): the boxed state
+// plus its slab entry. Grow it only knowingly.
+const _: () = assert!(std::mem::size_of::<Conn>() <= 128);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 16);
+
 impl Conn {
     fn new(now_ms: u64) -> Conn {
         Conn {

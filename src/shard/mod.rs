@@ -45,6 +45,8 @@ const OUTBOX_POOL_BUFFER_MAX: usize = 64 << 10;
 const OUTBOX_INITIAL: usize = 4 << 10;
 /// The receive arena grows in blocks of this size: one allocation holds many payloads.
 const ARENA_BLOCK: usize = 64 << 10;
+/// A partial packet's buffer is reserved up to this size at once, then grows as bytes come.
+const INBOX_RESERVE_MAX: usize = 64 << 10;
 /// Completions taken from the ring per batch.
 const REAP_BATCH: usize = 4096;
 
@@ -425,19 +427,20 @@ impl Shard {
             let bytes = self.ring.buffer(bid, result as usize);
             // The only copy: kernel's provided buffer -> the arena (or, behind a partial
             // packet, the connection's inbox). The buffer goes straight back to the kernel.
-            let buf = if conn.inbox.is_empty() {
+            let from_inbox = !conn.inbox.is_empty();
+            let buf = if from_inbox {
+                conn.inbox.extend_from_slice(bytes);
+                std::mem::take(&mut conn.inbox)
+            } else {
                 if self.arena.capacity() - self.arena.len() < bytes.len() {
                     self.arena = BytesMut::with_capacity(ARENA_BLOCK.max(bytes.len()));
                 }
                 self.arena.extend_from_slice(bytes);
                 self.arena.split()
-            } else {
-                conn.inbox.extend_from_slice(bytes);
-                std::mem::take(&mut conn.inbox)
             };
             self.ring.recycle(bid);
             let rearm = !completion.more();
-            self.on_bytes(token.slot, token.generation, buf);
+            self.on_bytes(token.slot, token.generation, buf, from_inbox);
             if rearm {
                 self.rearm_recv(token.slot, token.generation);
             }
@@ -463,7 +466,7 @@ impl Shard {
 
     /// Decodes every whole packet in `buf` and handles it; keeps a partial tail in the inbox,
     /// copied into a buffer of its own so the arena block is not pinned by it.
-    fn on_bytes(&mut self, slot: u32, generation: u32, mut buf: BytesMut) {
+    fn on_bytes(&mut self, slot: u32, generation: u32, mut buf: BytesMut, from_inbox: bool) {
         let packet_size_max = self.config.limits.packet_size_max;
         loop {
             let Some(conn) = self.conns.get_mut(slot, generation) else {
@@ -475,10 +478,24 @@ impl Shard {
             match protocol::decode(&mut buf, conn.version, packet_size_max) {
                 Ok(Some(packet)) => self.handle(slot, generation, packet),
                 Ok(None) => {
-                    if !buf.is_empty() {
-                        conn.inbox = BytesMut::with_capacity(buf.len());
-                        conn.inbox.extend_from_slice(&buf);
+                    if buf.is_empty() {
+                        return;
                     }
+                    if from_inbox {
+                        // Already the connection's own buffer: keep growing it, no copy.
+                        conn.inbox = buf;
+                        return;
+                    }
+                    // Reserve for the whole packet when its header says how long it is (up
+                    // to a bound, so a client sending only headers cannot make us reserve
+                    // packet_size_max per connection).
+                    let frame_len = protocol::frame_len(&buf, packet_size_max)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0);
+                    let capacity = frame_len.min(INBOX_RESERVE_MAX).max(buf.len());
+                    conn.inbox = BytesMut::with_capacity(capacity);
+                    conn.inbox.extend_from_slice(&buf);
                     return;
                 }
                 Err(error) => {
