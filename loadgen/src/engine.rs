@@ -518,17 +518,19 @@ impl Worker {
             return;
         }
         match user_data >> 32 {
-            OP_SOCKET | OP_NODELAY | OP_NO_PORT | OP_BIND => {
-                if res < 0 && res != -libc::ECANCELED && !self.conns[c].chain_failed {
-                    self.conns[c].chain_failed = true;
-                    let step = match user_data >> 32 {
-                        OP_SOCKET => "socket",
-                        OP_NODELAY => "setsockopt TCP_NODELAY",
-                        OP_NO_PORT => "setsockopt IP_BIND_ADDRESS_NO_PORT",
-                        _ => "bind",
-                    };
-                    self.count_error(format!("{step}: {}", errno_text(res)));
-                }
+            OP_SOCKET | OP_NODELAY | OP_NO_PORT | OP_BIND
+                if res < 0 && res != -libc::ECANCELED && !self.conns[c].chain_failed =>
+            {
+                // The first failing step of the connect chain says why; the rest of the chain
+                // completes with ECANCELED.
+                self.conns[c].chain_failed = true;
+                let step = match user_data >> 32 {
+                    OP_SOCKET => "socket",
+                    OP_NODELAY => "setsockopt TCP_NODELAY",
+                    OP_NO_PORT => "setsockopt IP_BIND_ADDRESS_NO_PORT",
+                    _ => "bind",
+                };
+                self.count_error(format!("{step}: {}", errno_text(res)));
             }
             OP_CONNECT => self.on_connect(c, res),
             OP_RECV => self.on_recv(c, res, flags),
@@ -917,9 +919,7 @@ impl Worker {
         match self.settings.mode {
             Mode::Idle => {}
             Mode::Rate(_) => {
-                let Some(schedule) = self.schedule else {
-                    return None;
-                };
+                let schedule = self.schedule?;
                 // Messages intended at or after the end are never sent; ones intended before
                 // it are sent even late (they are the stalls the histogram must show).
                 let horizon = now.min(self.end_ns.saturating_sub(1));

@@ -86,6 +86,7 @@ pub fn thread_of(item: u32, threads: usize) -> usize {
 
 /// The connections of a scenario, per thread. `run_id` keeps client ids unique between runs
 /// so a broker never takes over a session of a previous run.
+#[allow(clippy::too_many_arguments)] // one call site, each argument a command-line value
 pub fn plan(
     scenario: Scenario,
     publishers: u32,

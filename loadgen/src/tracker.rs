@@ -42,7 +42,7 @@ impl SeqTracker {
         self.received += 1;
         if sequence >= self.next {
             let shift = sequence - self.next + 1;
-            self.seen = if shift >= WINDOW as u64 {
+            self.seen = if shift >= WINDOW {
                 0
             } else {
                 self.seen << shift
