@@ -727,3 +727,225 @@ fn granted_qos_is_capped_by_qos_max() {
         Some(QoS::AtLeastOnce)
     );
 }
+
+#[test]
+fn large_payload_arrives_intact() {
+    // Far bigger than one receive buffer: the broker reassembles it from many reads.
+    let broker = start_broker();
+    let topic = unique_topic("large");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "large-sub"));
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "large-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, payload.clone());
+    let publish = subscriber.recv_publish();
+    assert_eq!(publish.payload.len(), payload.len());
+    assert!(publish.payload == payload, "payload corrupted");
+}
+
+#[test]
+fn one_message_fans_out_to_many_subscribers() {
+    let broker = start_broker();
+    let topic = unique_topic("fanout");
+    let mut subscribers: Vec<RawClient> = (0..20)
+        .map(|_| {
+            let mut s = RawClient::connect(broker.addr(), &unique_id("fan"));
+            assert_eq!(s.subscribe(1, &[(&topic, 0)]), vec![0]);
+            s
+        })
+        .collect();
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("fan-pub"));
+    publisher.publish(&topic, 1, false, 1, b"to all");
+    for subscriber in subscribers.iter_mut() {
+        let publish = subscriber.read_publish();
+        assert_eq!(
+            (publish.payload.as_slice(), publish.qos),
+            (&b"to all"[..], 0)
+        );
+    }
+}
+
+#[test]
+fn resubscribing_replaces_the_subscription() {
+    // [MQTT-3.8.4-3] A SUBSCRIBE for an existing filter replaces it (new QoS) and re-sends the
+    // retained messages; messages are not duplicated.
+    let broker = start_broker();
+    let topic = unique_topic("resub");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "resub-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "retained");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "resub-sub"));
+    subscriber.subscribe(&topic, QoS::AtMostOnce);
+    let first = subscriber.recv_publish();
+    assert_eq!((first.qos, first.retain), (QoS::AtMostOnce, true));
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    let again = subscriber.recv_publish();
+    assert_eq!(again.payload, &b"retained"[..]);
+    assert!(
+        again.retain,
+        "retained messages are re-sent on re-subscribe"
+    );
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "live");
+    let live = subscriber.recv_publish();
+    assert_eq!(
+        (live.payload.as_ref(), live.qos),
+        (&b"live"[..], QoS::AtLeastOnce)
+    );
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn unsubscribe_of_unknown_filter_is_acknowledged() {
+    // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK even when nothing matched.
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("unsub-none"));
+    client.send(&unsubscribe_bytes(9, &["never/subscribed"]));
+    assert_eq!(client.read_packet().ack_id(UNSUBACK), 9);
+}
+
+#[test]
+fn persistent_session_survives_take_over() {
+    // [MQTT-3.1.4-2] The old connection closes; with clean session 0 the new one continues the
+    // same session [MQTT-3.2.2-2].
+    let broker = start_broker();
+    let client_id = unique_id("takeover-persist");
+    let topic = unique_topic("takeover-persist");
+    let mut connect = Connect::v311(&client_id);
+    connect.clean_session = false;
+    let (mut old, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(!present);
+    assert_eq!(old.subscribe(1, &[(&topic, 1)]), vec![1]);
+    let (mut new, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(
+        present,
+        "the session outlives the connection it was taken from"
+    );
+    old.expect_closed();
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("takeover-pub"));
+    publisher.publish(&topic, 1, false, 1, b"to the new one");
+    let publish = new.read_publish();
+    assert_eq!(publish.payload, b"to the new one");
+    new.send(&puback_bytes(publish.packet_id.unwrap()));
+    new.ping();
+}
+
+#[test]
+fn outbound_qos2_pubrel_is_resent_on_reconnect() {
+    // [MQTT-4.4.0-1] After PUBREC the sender owes PUBREL: on reconnect it resends PUBREL, not
+    // the PUBLISH (the receiver already has the message).
+    let broker = start_broker();
+    let topic = unique_topic("pubrel-resend");
+    let mut connect = Connect::v311(&unique_id("pubrel-resend"));
+    connect.clean_session = false;
+    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 2)]), vec![2]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("pubrel-pub"));
+    publisher.publish(&topic, 2, false, 3, b"exactly once");
+    let publish = subscriber.read_publish();
+    let id = publish.packet_id.unwrap();
+    subscriber.send(&pubrec_bytes(id));
+    assert_eq!(subscriber.read_packet().ack_id(PUBREL), id);
+    drop(subscriber); // no PUBCOMP
+
+    let (mut subscriber, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    let packet = subscriber.read_packet();
+    assert_eq!(
+        packet.ack_id(PUBREL),
+        id,
+        "expected the PUBREL again, not the PUBLISH"
+    );
+    subscriber.send(&pubcomp_bytes(id));
+    subscriber.ping();
+    subscriber.disconnect();
+}
+
+#[test]
+fn inbound_qos2_state_survives_reconnect() {
+    // A publisher with clean session 0 that got PUBREC, reconnects and sends PUBREL: the
+    // message is delivered once, and PUBCOMP comes back [MQTT-4.3.3-2] [MQTT-4.4.0-1].
+    let broker = start_broker();
+    let topic = unique_topic("qos2-reconnect");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "qos2r-sub"));
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+    let mut connect = Connect::v311(&unique_id("qos2r-pub"));
+    connect.clean_session = false;
+    let (mut publisher, _) = RawClient::connect_with(broker.addr(), &connect);
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        false,
+        11,
+        b"across",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 11);
+    drop(publisher);
+
+    let (mut publisher, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    // A client resending the PUBLISH (DUP) before its PUBREL must not create a second copy.
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        true,
+        11,
+        b"across",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 11);
+    publisher.send(&pubrel_bytes(11));
+    assert_eq!(publisher.read_packet().ack_id(PUBCOMP), 11);
+    assert_eq!(subscriber.recv_publish().payload, &b"across"[..]);
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn slow_qos0_consumer_does_not_hold_up_others() {
+    // A subscriber that never reads: once its outbox passes outbox_bytes_max its QoS 0 messages
+    // are dropped; the publisher and a fast subscriber carry on.
+    let mut config = test_config();
+    config.limits.outbox_bytes_max = 64 * 1024;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("slow");
+    let mut slow = RawClient::open_with_recv_buffer(broker.addr(), 4096);
+    slow.send(&Connect::v311(&unique_id("slow")).bytes());
+    assert_eq!(slow.read_packet().connack(), (false, 0));
+    assert_eq!(slow.subscribe(1, &[(&topic, 0)]), vec![0]);
+    let mut fast = MqttClient::connect(mqtt_options(broker.addr(), "fast"));
+    fast.subscribe(&topic, QoS::AtLeastOnce);
+
+    let count = 2000;
+    let payload = vec![b'p'; 1000];
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "slow-pub"));
+    for i in 0..count {
+        let mut message = format!("{i:06}").into_bytes();
+        message.extend_from_slice(&payload);
+        publisher.publish(&topic, QoS::AtLeastOnce, false, message);
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, count);
+    for i in 0..count {
+        let publish = fast.recv_publish();
+        assert_eq!(&publish.payload[..6], format!("{i:06}").as_bytes());
+    }
+
+    // The slow one now reads what it was given: fewer than all, in order, none twice.
+    let mut last: Option<u32> = None;
+    let mut received = 0;
+    while let Some(packet) = slow.try_read_packet(Duration::from_secs(1)) {
+        let publish = packet.publish();
+        let seq: u32 = std::str::from_utf8(&publish.payload[..6])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(last.is_none_or(|l| seq > l), "order: {seq} after {last:?}");
+        last = Some(seq);
+        received += 1;
+    }
+    assert!(received > 0, "the slow consumer got nothing at all");
+    assert!(
+        received < count,
+        "all {count} messages (2 MB) were buffered for a consumer that did not read, over a \
+         64 KiB outbox cap"
+    );
+    slow.ping();
+}

@@ -531,3 +531,62 @@ fn connection_accepted_right_after_a_close_keeps_working() {
         next.disconnect();
     }
 }
+
+#[test]
+fn connection_without_connect_is_closed_after_connect_timeout() {
+    // [MQTT-3.1.0-1] comment: a server should close a connection that sends no CONNECT within a
+    // reasonable time; ringmq's is limits.connect_timeout_secs.
+    let mut config = test_config();
+    config.limits.connect_timeout_secs = 1;
+    let broker = TestBroker::start(config);
+    let mut silent = RawClient::open(broker.addr());
+    let mut partial = RawClient::open(broker.addr());
+    partial.send(&Connect::v311(&unique_id("partial")).bytes()[..5]);
+    let started = std::time::Instant::now();
+    silent.expect_closed_silently();
+    partial.expect_closed_silently();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(900),
+        "closed after {elapsed:?}, before the 1 s connect timeout"
+    );
+    assert!(
+        elapsed <= std::time::Duration::from_millis(3500),
+        "closed after {elapsed:?}"
+    );
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn connections_over_connections_max_get_connack_3() {
+    // CONNACK 0x03 "server unavailable" once connections_max clients are connected.
+    let mut config = test_config();
+    config.limits.connections_max = 2;
+    let broker = TestBroker::start(config);
+    let mut first = RawClient::connect(broker.addr(), &unique_id("max1"));
+    let second = RawClient::connect(broker.addr(), &unique_id("max2"));
+    connack_refused(&broker, &Connect::v311(&unique_id("max3")).bytes(), 3);
+    // A place frees up when one leaves.
+    second.disconnect();
+    let mut third = RawClient::connect(broker.addr(), &unique_id("max3"));
+    third.ping();
+    first.ping();
+}
+
+#[test]
+fn invalid_subscribe_filter_is_refused() {
+    // [MQTT-4.7.1-2] `#` must be last; [MQTT-4.7.1-3] `+` must fill a whole level. The broker may
+    // answer SUBACK 0x80 for that filter or close the connection; it must not grant it.
+    for filter in ["a/#/b", "a/b#", "a+/b", ""] {
+        let broker = start_broker();
+        let mut client = RawClient::connect(broker.addr(), &unique_id("bad-filter"));
+        client.send_ignoring_errors(&subscribe_bytes(1, &[(filter, 0), ("ok/filter", 0)]));
+        let bytes = client.expect_closed_or_packet();
+        if let Some(packet) = bytes {
+            let (id, codes) = packet.suback();
+            assert_eq!(id, 1);
+            assert_eq!(codes[0], 0x80, "filter {filter:?} was granted");
+        }
+        assert_broker_still_serves(broker.addr());
+    }
+}

@@ -525,6 +525,23 @@ impl RawClient {
         }
     }
 
+    /// Opens a TCP connection with a small receive buffer (a slow consumer fills it quickly).
+    pub fn open_with_recv_buffer(addr: SocketAddr, bytes: usize) -> RawClient {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket
+            .connect_timeout(&addr.into(), WAIT)
+            .unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        stream.set_write_timeout(Some(WAIT)).unwrap();
+        RawClient {
+            stream,
+            inbox: Vec::new(),
+        }
+    }
+
     /// Opens a connection, sends `connect` and checks the CONNACK accepts it; returns the
     /// client and the session-present flag.
     pub fn connect_with(addr: SocketAddr, connect: &Connect) -> (RawClient, bool) {
@@ -625,6 +642,25 @@ impl RawClient {
                     "broker kept the connection open for {within:?} (received {:02x?})",
                     self.inbox
                 ),
+            }
+        }
+    }
+
+    /// Either the next packet, or None when the broker closes the connection first (bytes of an
+    /// incomplete packet before the close fail the test).
+    pub fn expect_closed_or_packet(&mut self) -> Option<RawPacket> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(packet) = take_packet(&mut self.inbox) {
+                return Some(packet);
+            }
+            match self.fill(deadline) {
+                ReadOutcome::Data => {}
+                ReadOutcome::Closed => {
+                    assert!(self.inbox.is_empty(), "partial packet: {:02x?}", self.inbox);
+                    return None;
+                }
+                ReadOutcome::TimedOut => panic!("neither a packet nor a close within {WAIT:?}"),
             }
         }
     }
