@@ -487,7 +487,10 @@ fn write_property_list<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeE
     string(s, 0x08, &p.response_topic)?;
     binary(s, 0x09, &p.correlation_data)?;
     for &id in &p.subscription_identifiers {
-        if id == 0 || id > VAR_INT_MAX {
+        if id == 0 {
+            return Err(EncodeError::Invalid("subscription identifier 0"));
+        }
+        if id > VAR_INT_MAX {
             return Err(EncodeError::VarIntTooLarge(id));
         }
         s.put_u8(0x0B);
