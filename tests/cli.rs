@@ -1,0 +1,291 @@
+//! The `ringmq` binary as a user runs it: flags, a TOML config file, flags overriding the file,
+//! a clean stop on SIGTERM. Also keeps README.md honest: its TOML example must parse to the
+//! defaults and name every key of `Config` and `Limits`.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmq::config::Config;
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `ringmq` process, SIGKILLed if the test ends without stopping it.
+struct Ringmq {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Ringmq {
+    /// Starts the binary on a free loopback port with `args`; waits until it accepts.
+    fn start(args: &[&str]) -> Ringmq {
+        // A port picked by binding :0 and releasing it could be taken in between: retry.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let listen = addr.to_string();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+                .args(["--listen", &listen, "--shards", "1"])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ringmq");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return Ringmq { child, addr };
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    last_error = format!("ringmq exited with {status}: {}", stderr_of(&mut child));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("ringmq did not listen on {addr} within {WAIT:?}");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("ringmq did not start: {last_error}");
+    }
+
+    /// SIGTERM; the broker must exit with status 0 within WAIT.
+    fn stop(mut self) {
+        // SAFETY: sends a signal to our own child process.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "ringmq exited with {status} after SIGTERM"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ringmq ignored SIGTERM for {WAIT:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Ringmq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Runs the binary expecting it to refuse to start; returns (exit code, stderr).
+fn refused_start(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringmq");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), stderr_of(&mut child));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ringmq {args:?} kept running; it should have refused the configuration");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    manifest_dir().join("tests/fixtures").join(name)
+}
+
+/// CONNECT with optional credentials; returns the CONNACK return code.
+fn connack_code(addr: SocketAddr, credentials: Option<(&str, &str)>) -> u8 {
+    let mut connect = Connect::v311(&unique_id("cli"));
+    if let Some((username, password)) = credentials {
+        connect.username = Some(username.into());
+        connect.password = Some(password.as_bytes().to_vec());
+    }
+    let mut client = RawClient::open(addr);
+    client.send(&connect.bytes());
+    client.read_packet().connack().1
+}
+
+#[test]
+fn binary_serves_pubsub_and_stops_on_sigterm() {
+    let broker = Ringmq::start(&[]);
+    assert_broker_still_serves(broker.addr);
+    broker.stop();
+}
+
+#[test]
+fn password_file_and_allow_anonymous_flags() {
+    // The fixture was written by mosquitto_passwd (see src/auth.rs): alice / alice-secret.
+    let passwd = fixture("passwd");
+    let broker = Ringmq::start(&[
+        "--password-file",
+        passwd.to_str().unwrap(),
+        "--allow-anonymous",
+        "false",
+    ]);
+    assert_eq!(
+        connack_code(broker.addr, Some(("alice", "alice-secret"))),
+        0
+    );
+    assert_eq!(connack_code(broker.addr, Some(("alice", "wrong"))), 4);
+    assert_eq!(connack_code(broker.addr, None), 5);
+    broker.stop();
+}
+
+#[test]
+fn sha512_crypt_password_file_is_accepted() {
+    // `$6$` entries (mosquitto 1.x): carol / carol-pw (see src/auth.rs).
+    let broker = Ringmq::start(&[
+        "--password-file",
+        fixture("passwd-sha512").to_str().unwrap(),
+        "--allow-anonymous",
+        "false",
+    ]);
+    assert_eq!(connack_code(broker.addr, Some(("carol", "carol-pw"))), 0);
+    assert_eq!(connack_code(broker.addr, Some(("carol", "nope"))), 4);
+    broker.stop();
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = TempDir::new("cli-config");
+    let path = dir.path().join("ringmq.toml");
+    let passwd = fixture("passwd");
+    std::fs::write(
+        &path,
+        format!(
+            "allow_anonymous = false\npassword_file = {:?}\n\n[limits]\nqos_max = 1\n",
+            passwd.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+
+    // From the file: anonymous refused, QoS capped at 1.
+    let broker = Ringmq::start(&["--config", config]);
+    assert_eq!(connack_code(broker.addr, None), 5);
+    let mut connect = Connect::v311(&unique_id("cli-qos"));
+    connect.username = Some("alice".into());
+    connect.password = Some(b"alice-secret".to_vec());
+    let (mut client, _) = RawClient::connect_with(broker.addr, &connect);
+    assert_eq!(client.subscribe(1, &[("capped/qos", 2)]), vec![1]);
+    drop(client);
+    broker.stop();
+
+    // The flag wins over the file.
+    let broker = Ringmq::start(&["--config", config, "--allow-anonymous", "true"]);
+    assert_eq!(connack_code(broker.addr, None), 0);
+    broker.stop();
+}
+
+#[test]
+fn bad_config_is_refused_with_a_message_naming_the_key() {
+    let dir = TempDir::new("cli-bad");
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[limits]\nqos_maximum = 1\n").unwrap();
+    let (code, stderr) = refused_start(&["--config", unknown.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("qos_maximum"), "stderr: {stderr}");
+
+    let invalid = dir.path().join("invalid.toml");
+    std::fs::write(&invalid, "[limits]\nqos_max = 3\n").unwrap();
+    let (code, stderr) = refused_start(&["--config", invalid.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("qos_max"), "stderr: {stderr}");
+
+    let (code, stderr) = refused_start(&["--config", "/nonexistent/ringmq.toml"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("/nonexistent/ringmq.toml"),
+        "stderr: {stderr}"
+    );
+}
+
+/// The ```toml block of README.md.
+fn readme_toml() -> String {
+    let readme = std::fs::read_to_string(manifest_dir().join("README.md")).expect("README.md");
+    let start = readme
+        .find("```toml\n")
+        .expect("README.md has a ```toml block")
+        + 8;
+    let end = start + readme[start..].find("```").expect("the block ends");
+    readme[start..end].to_string()
+}
+
+#[test]
+fn readme_toml_example_is_the_defaults() {
+    let config = Config::from_toml(&readme_toml()).expect("README's TOML example parses");
+    assert_eq!(
+        config,
+        Config::default(),
+        "README's example must show the defaults"
+    );
+}
+
+#[test]
+fn readme_toml_example_names_every_key() {
+    // Every `pub field:` of Config and Limits in src/config.rs appears as `field =` in the
+    // README (commented out for optional ones).
+    let source = std::fs::read_to_string(manifest_dir().join("src/config.rs")).unwrap();
+    let toml = readme_toml();
+    let mut checked = 0;
+    for name in ["pub struct Limits", "pub struct Config"] {
+        let start = source.find(name).expect(name);
+        let body = &source[start..start + source[start..].find("\n}").unwrap()];
+        for line in body.lines() {
+            let line = line.trim();
+            let Some(field) = line.strip_prefix("pub ").and_then(|l| l.split(':').next()) else {
+                continue;
+            };
+            if field.contains(' ') || field == "limits" {
+                continue; // `pub struct ...` or the [limits] table itself
+            }
+            checked += 1;
+            assert!(
+                toml.lines().any(|l| l
+                    .trim_start_matches("# ")
+                    .starts_with(&format!("{field} ="))),
+                "README.md's TOML example lacks `{field}`"
+            );
+        }
+    }
+    assert!(
+        checked >= 10,
+        "parsed only {checked} fields from src/config.rs"
+    );
+}
