@@ -677,6 +677,14 @@ fn inflight_window_limits_unacknowledged_deliveries() {
         ids
     };
     let window = read(&mut subscriber, &mut next, 3);
+    let mut distinct = window.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "[MQTT-2.3.1-2] packet ids in flight are distinct: {window:?}"
+    );
     subscriber.expect_silence(QUIET); // the window is full
 
     // One PUBACK frees one place.
@@ -948,4 +956,109 @@ fn slow_qos0_consumer_does_not_hold_up_others() {
          64 KiB outbox cap"
     );
     slow.ping();
+}
+
+#[test]
+fn wildcard_subscription_gets_every_matching_retained_message() {
+    let broker = start_broker();
+    let root = unique_topic("retained-wild");
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("rw-pub"));
+    let retained = [root.clone(), format!("{root}/a"), format!("{root}/b/c")];
+    for (i, topic) in retained.iter().enumerate() {
+        publisher.publish(topic, 1, true, i as u16 + 1, topic.as_bytes());
+    }
+    publisher.publish(&format!("{root}x"), 1, true, 9, b"not under root");
+
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "rw-sub"));
+    subscriber.subscribe(&format!("{root}/#"), QoS::AtLeastOnce);
+    let mut got: Vec<String> = (0..retained.len())
+        .map(|_| {
+            let publish = subscriber.recv_publish();
+            assert!(publish.retain, "{publish:?}");
+            assert_eq!(publish.payload, publish.topic.as_bytes());
+            publish.topic
+        })
+        .collect();
+    got.sort();
+    let mut want = retained.to_vec();
+    want.sort();
+    assert_eq!(got, want);
+    subscriber.expect_no_publish();
+
+    let mut plus = MqttClient::connect(mqtt_options(broker.addr(), "rw-plus"));
+    plus.subscribe(&format!("{root}/+"), QoS::AtLeastOnce);
+    assert_eq!(plus.recv_publish().topic, format!("{root}/a"));
+    plus.expect_no_publish();
+}
+
+#[test]
+fn dup_flag_is_not_propagated_to_subscribers() {
+    // [MQTT-3.3.1-3] The DUP flag of an incoming PUBLISH is not passed on.
+    let broker = start_broker();
+    let topic = unique_topic("dup");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("dup-sub"));
+    subscriber.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("dup-pub"));
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        1,
+        false,
+        true,
+        5,
+        b"dup set",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBACK), 5);
+    let publish = subscriber.read_publish();
+    assert_eq!(publish.payload, b"dup set");
+    assert!(!publish.dup, "DUP propagated: {publish:?}");
+}
+
+#[test]
+fn topics_are_case_sensitive_and_may_contain_spaces() {
+    // [MQTT-4.7.3-4] Topics are compared character by character, without normalisation.
+    let broker = start_broker();
+    let root = unique_topic("Case");
+    let topics = vec![
+        format!("{root}/Topic"),
+        format!("{root}/topic"),
+        format!("{root}/with space"),
+        format!("{root}/ünïcödé"),
+    ];
+    assert_eq!(
+        topics_matched(&broker, &format!("{root}/Topic"), &topics),
+        vec![format!("{root}/Topic")]
+    );
+    assert_eq!(
+        topics_matched(&broker, &format!("{root}/with space"), &topics),
+        vec![format!("{root}/with space")]
+    );
+    assert_eq!(
+        topics_matched(&broker, &format!("{root}/ünïcödé"), &topics),
+        vec![format!("{root}/ünïcödé")]
+    );
+}
+
+#[test]
+fn keepalive_max_secs_is_enforced() {
+    // limits.keepalive_max_secs (config.rs: "Keepalive granted at most"). MQTT 3.1.1 cannot tell
+    // the client a shorter keepalive, so the broker either refuses a longer one in CONNACK (as
+    // mosquitto does, code 2) or holds the client to the maximum: silent for 1.5 × 1 s, closed.
+    let mut config = test_config();
+    config.limits.keepalive_max_secs = 1;
+    let broker = TestBroker::start(config);
+    let mut connect = Connect::v311(&unique_id("ka-max"));
+    connect.keepalive_secs = 60;
+    let mut client = RawClient::open(broker.addr());
+    client.send(&connect.bytes());
+    let (_, code) = client.read_packet().connack();
+    let started = Instant::now();
+    let rest = client.expect_closed_within(Duration::from_millis(3500));
+    assert!(rest.is_empty(), "{rest:02x?}");
+    if code == 0 {
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "closed after {:?}",
+            started.elapsed()
+        );
+    }
 }
