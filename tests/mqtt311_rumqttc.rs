@@ -1062,3 +1062,53 @@ fn keepalive_max_secs_is_enforced() {
         );
     }
 }
+
+#[test]
+fn qos2_messages_queued_offline_arrive_at_qos2() {
+    let broker = start_broker();
+    let client_id = unique_id("offline-q2");
+    let topic = unique_topic("offline-q2");
+    let options = || {
+        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
+        o.set_clean_session(false);
+        o
+    };
+    let mut subscriber = MqttClient::connect(options());
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+    subscriber.disconnect();
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "offline-q2-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "two");
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "one");
+    let mut subscriber = MqttClient::connect(options());
+    assert!(subscriber.connack.session_present);
+    let first = subscriber.recv_publish();
+    assert_eq!(
+        (first.payload.as_ref(), first.qos),
+        (&b"two"[..], QoS::ExactlyOnce)
+    );
+    let second = subscriber.recv_publish();
+    assert_eq!(
+        (second.payload.as_ref(), second.qos),
+        (&b"one"[..], QoS::AtLeastOnce)
+    );
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn clean_session_reconnect_after_persistent_starts_fresh() {
+    // [MQTT-3.1.2-6] Clean session 1 discards any previous session: no session present, and
+    // messages queued for the old session are not delivered.
+    let broker = start_broker();
+    let client_id = unique_id("fresh");
+    let topic = unique_topic("fresh");
+    let mut persistent = mqtt_options_with_id(broker.addr(), &client_id);
+    persistent.set_clean_session(false);
+    let mut subscriber = MqttClient::connect(persistent);
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    subscriber.disconnect();
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "fresh-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "queued");
+    let mut clean = MqttClient::connect(mqtt_options_with_id(broker.addr(), &client_id));
+    assert!(!clean.connack.session_present);
+    clean.expect_no_publish();
+}

@@ -590,3 +590,86 @@ fn invalid_subscribe_filter_is_refused() {
         assert_broker_still_serves(broker.addr());
     }
 }
+
+#[test]
+fn acknowledgements_come_in_publish_order() {
+    // [MQTT-4.6.0-2] PUBACKs in the order the PUBLISHes arrived; [MQTT-4.6.0-3] PUBRECs too.
+    let broker = start_broker();
+    let topic = unique_topic("ack-order");
+    let mut client = RawClient::connect(broker.addr(), &unique_id("ack-order"));
+    let mut burst = Vec::new();
+    for id in 1..=20u16 {
+        burst.extend(publish_bytes(topic.as_bytes(), 1, false, false, id, b"q1"));
+    }
+    for id in 21..=40u16 {
+        burst.extend(publish_bytes(topic.as_bytes(), 2, false, false, id, b"q2"));
+    }
+    client.send(&burst);
+    for id in 1..=20u16 {
+        assert_eq!(client.read_packet().ack_id(PUBACK), id);
+    }
+    for id in 21..=40u16 {
+        assert_eq!(client.read_packet().ack_id(PUBREC), id);
+    }
+    let mut rels = Vec::new();
+    for id in 21..=40u16 {
+        rels.extend(pubrel_bytes(id));
+    }
+    client.send(&rels);
+    for id in 21..=40u16 {
+        assert_eq!(client.read_packet().ack_id(PUBCOMP), id);
+    }
+}
+
+#[test]
+fn subscribe_with_many_filters_gets_one_code_each() {
+    // [MQTT-3.8.4-4] [MQTT-3.8.4-5] One SUBACK, return codes in the order of the filters.
+    let broker = start_broker();
+    let root = unique_topic("many");
+    let filters: Vec<String> = (0..100).map(|i| format!("{root}/{i}")).collect();
+    let requested: Vec<(&str, u8)> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.as_str(), (i % 3) as u8))
+        .collect();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("many"));
+    let codes = client.subscribe(3, &requested);
+    let want: Vec<u8> = (0..100).map(|i| (i % 3) as u8).collect();
+    assert_eq!(codes, want);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("many-pub"));
+    publisher.publish(&filters[99], 0, false, 0, b"last");
+    assert_eq!(client.read_publish().topic, filters[99]);
+}
+
+#[test]
+fn a_client_receives_its_own_publishes() {
+    // MQTT 3.1.1 has no "no local" option: a subscriber that publishes gets its own message.
+    let broker = start_broker();
+    let topic = unique_topic("echo");
+    let mut client = RawClient::connect(broker.addr(), &unique_id("echo"));
+    client.subscribe(1, &[(&topic, 0)]);
+    client.send(&publish_bytes(
+        topic.as_bytes(),
+        0,
+        false,
+        false,
+        0,
+        b"echo",
+    ));
+    assert_eq!(client.read_publish().payload, b"echo");
+}
+
+#[test]
+fn empty_payload_is_delivered_empty() {
+    let broker = start_broker();
+    let topic = unique_topic("empty");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("empty-sub"));
+    subscriber.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("empty-pub"));
+    publisher.publish(&topic, 1, false, 1, b"");
+    let publish = subscriber.read_publish();
+    assert_eq!(
+        (publish.topic.as_str(), publish.payload.len()),
+        (topic.as_str(), 0)
+    );
+}
