@@ -23,7 +23,8 @@ pub struct Limits {
     /// Bytes waiting to be sent to one connection; over it QoS 0 messages are dropped (counted)
     /// and QoS 1/2 wait in the session queue.
     pub outbox_bytes_max: u32,
-    /// Keepalive granted at most (seconds). 0 = whatever the client asks.
+    /// Keepalive granted at most (seconds). 0 = whatever the client asks. A 3.1.1 client asking
+    /// for more (or for none) is held to this: silent for 1.5 × this, it is disconnected.
     pub keepalive_max_secs: u16,
     /// Highest QoS granted on SUBSCRIBE.
     pub qos_max: u8,

@@ -42,6 +42,11 @@ fn outbox_in<'a>(
     Some((&mut conn.outbox, conn.version))
 }
 
+/// A copy of a string that shares no receive buffer, for state that outlives the turn.
+fn unpinned_string(text: &ByteString) -> ByteString {
+    ByteString::from(&**text)
+}
+
 fn granted_code(qos: QoS) -> ReasonCode {
     match qos {
         QoS::AtMostOnce => ReasonCode::GRANTED_QOS0,
@@ -215,7 +220,9 @@ impl Shard {
             );
             return;
         }
-        let mut client_id = connect.client_id.clone();
+        // Copied out of the receive arena: a session can live for days, and a slice would pin
+        // the whole arena block it came in.
+        let mut client_id = unpinned_string(&connect.client_id);
         if client_id.is_empty() {
             if !connect.clean_start {
                 // [MQTT-3.1.3-8] A zero-length client id needs clean session 1.
@@ -275,8 +282,17 @@ impl Shard {
         conn.state = ConnState::Connected;
         conn.session = session;
         conn.version = version;
-        conn.keepalive_secs = connect.keepalive_secs;
-        conn.will = connect.will.map(Box::new);
+        conn.keepalive_secs = super::timer::effective_keepalive_secs(
+            connect.keepalive_secs,
+            self.config.limits.keepalive_max_secs,
+        );
+        conn.will = connect.will.map(|will| {
+            Box::new(LastWill {
+                topic: unpinned_string(&will.topic),
+                payload: Bytes::copy_from_slice(&will.payload),
+                ..will
+            })
+        });
         if let Some(s) = self.sessions.get_mut(session) {
             s.conn = Some(ConnRef { slot, generation });
         }
@@ -409,6 +425,7 @@ impl Shard {
 
     fn route(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
         self.qos0_ready = [false; 2];
+        self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         self.subscriptions
@@ -528,6 +545,28 @@ impl Shard {
             None => None,
         };
         let Some((c, _)) = send_now else {
+            let message = if live.is_some() {
+                // Waiting for the window of a connected client: short-lived, share the bytes.
+                message
+            } else {
+                // Queued for an absent client, maybe for long: copy out of the receive arena
+                // (once per route, shared by every absent subscriber).
+                let (topic, payload) = match &self.unpinned {
+                    Some(copy) if shared_encoding => copy.clone(),
+                    _ => {
+                        let copy = (unpinned_string(topic), Bytes::copy_from_slice(payload));
+                        if shared_encoding {
+                            self.unpinned = Some(copy.clone());
+                        }
+                        copy
+                    }
+                };
+                Message {
+                    topic,
+                    payload,
+                    ..message
+                }
+            };
             if s.enqueue(message, queue_max) == Enqueued::Dropped {
                 self.stats.dropped_queue_full += 1;
             }
@@ -625,7 +664,13 @@ impl Shard {
             if let Some(s) = self.sessions.get_mut(session) {
                 match s.subscriptions.iter_mut().find(|(f, _)| f == filter) {
                     Some(entry) => entry.1 = granted,
-                    None => s.subscriptions.push((filter.clone(), granted)),
+                    None => {
+                        // Most clients hold one or two filters: grow by one, not to four.
+                        if s.subscriptions.capacity() == 0 {
+                            s.subscriptions.reserve_exact(1);
+                        }
+                        s.subscriptions.push((unpinned_string(filter), granted));
+                    }
                 }
             }
             codes.push(granted_code(granted));

@@ -210,6 +210,9 @@ pub struct Shard {
     /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
     qos0_encoded: [BytesMut; 2],
     qos0_ready: [bool; 2],
+    /// A copy of the routed message's topic and payload outside the receive arena, made once
+    /// per route when a subscriber is absent and the message is queued.
+    unpinned: Option<(ByteString, bytes::Bytes)>,
     no_properties: Properties,
     accept_armed: bool,
     /// The fixed-file table was full: accept waits until a slot is freed.
@@ -241,7 +244,9 @@ impl Shard {
             listener: params.listener,
             waker: params.waker,
             wake_buf: Box::new(0),
-            tick: Box::new(Timespec::new().nsec((timer::TICK_MS * 1_000_000) as u32)),
+            tick: Box::new(Timespec::from(std::time::Duration::from_millis(
+                timer::TICK_MS,
+            ))),
             auth: params.auth,
             conns: Conns::default(),
             sessions: Sessions::default(),
@@ -258,6 +263,7 @@ impl Shard {
             expired: Vec::new(),
             qos0_encoded: [BytesMut::new(), BytesMut::new()],
             qos0_ready: [false; 2],
+            unpinned: None,
             no_properties: Properties::default(),
             accept_armed: false,
             accept_paused: false,

@@ -15,6 +15,20 @@ pub fn keepalive_expired(last_packet_ms: u64, keepalive_secs: u16, now_ms: u64) 
     now_ms >= deadline_ms
 }
 
+/// The keepalive the broker holds a client to: the client's own, capped by
+/// `limits.keepalive_max_secs` (0 = no cap). MQTT 3.1.1 cannot tell the client a shorter one
+/// (MQTT 5 sends Server Keep Alive), so a client asking for more, or for none, is simply held
+/// to the cap.
+pub fn effective_keepalive_secs(client_secs: u16, max_secs: u16) -> u16 {
+    if max_secs == 0 {
+        return client_secs;
+    }
+    if client_secs == 0 {
+        return max_secs;
+    }
+    client_secs.min(max_secs)
+}
+
 /// A connection that has not sent CONNECT within `timeout_secs` of its accept is closed, so
 /// silent sockets cannot hold slots forever.
 pub fn connect_expired(accepted_ms: u64, timeout_secs: u16, now_ms: u64) -> bool {
@@ -43,6 +57,19 @@ mod tests {
     fn keepalive_max_does_not_overflow() {
         assert!(!keepalive_expired(0, u16::MAX, 98_302_000));
         assert!(keepalive_expired(0, u16::MAX, 98_302_500));
+    }
+
+    #[test]
+    fn keepalive_is_capped_by_the_limit() {
+        assert_eq!(effective_keepalive_secs(60, 0), 60);
+        assert_eq!(effective_keepalive_secs(0, 0), 0);
+        assert_eq!(effective_keepalive_secs(60, 10), 10);
+        assert_eq!(effective_keepalive_secs(5, 10), 5);
+        assert_eq!(
+            effective_keepalive_secs(0, 10),
+            10,
+            "no keepalive is longer than any cap"
+        );
     }
 
     #[test]
