@@ -252,3 +252,73 @@ fn anonymous_is_refused_when_not_allowed() {
         refused.stderr
     );
 }
+
+#[test]
+fn persistent_mosquitto_sub_gets_messages_sent_while_away() {
+    // `-c -i ID`: clean session 0. `-E` subscribes and leaves (DISCONNECT); the session stays.
+    let broker = start_broker();
+    let topic = unique_topic("mosq-persist");
+    let id = unique_id("mosq-persist");
+    let subscribed = Proc::spawn(
+        "mosquitto_sub",
+        &strings(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-c",
+            "-i",
+            &id,
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-E",
+        ]),
+    )
+    .finish();
+    assert!(subscribed.status.success(), "{subscribed:?}");
+    for i in 0..3 {
+        let published = mosquitto_pub(
+            broker.port(),
+            &["-t", &topic, "-q", "1", "-m", &format!("away {i}")],
+        );
+        assert!(published.status.success(), "{published:?}");
+    }
+    // Back with the same id: the queued messages arrive without subscribing again (the topic
+    // passed to -t is a different one, so only the old session's subscription can match).
+    let other = unique_topic("mosq-persist-other");
+    // The queued messages may come before the SUBACK, so don't wait for it.
+    let args = mosquitto_sub_args(broker.port(), &other, 1, 3, &["-c", "-i", &id]);
+    let received = Proc::spawn("mosquitto_sub", &args).finish();
+    let payloads: Vec<String> = sub_messages(&received).into_iter().map(|m| m.3).collect();
+    assert_eq!(payloads, vec!["away 0", "away 1", "away 2"], "{received:?}");
+}
+
+#[test]
+fn mosquitto_sub_with_wildcards_and_several_topics() {
+    let broker = start_broker();
+    let root = unique_topic("mosq-wild");
+    let sub = mosquitto_sub(
+        broker.port(),
+        &format!("{root}/+/temp"),
+        0,
+        2,
+        &["-t", &format!("{root}/alarm/#")],
+    );
+    for topic in ["kitchen/temp", "kitchen/humidity", "alarm", "hall/temp"] {
+        let published = mosquitto_pub(
+            broker.port(),
+            &["-t", &format!("{root}/{topic}"), "-m", topic],
+        );
+        assert!(published.status.success(), "{published:?}");
+    }
+    let topics: Vec<String> = sub_messages(&sub.finish())
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(
+        topics,
+        vec![format!("{root}/kitchen/temp"), format!("{root}/alarm")]
+    );
+}

@@ -1175,6 +1175,22 @@ pub const MESSAGE_MARK: &str = "MSG|";
 /// mosquitto_sub with debug output, printing each message as `MSG|topic|qos|retain|payload`,
 /// exiting after `count` messages or `WAIT` seconds of silence. Returns once its SUBACK arrived.
 pub fn mosquitto_sub(port: u16, topic: &str, qos: u8, count: usize, extra: &[&str]) -> Proc {
+    let mut sub = Proc::spawn(
+        "mosquitto_sub",
+        &mosquitto_sub_args(port, topic, qos, count, extra),
+    );
+    sub.wait_line("SUBACK");
+    sub
+}
+
+/// The arguments `mosquitto_sub` above uses, for a test that must not wait for the SUBACK.
+pub fn mosquitto_sub_args(
+    port: u16,
+    topic: &str,
+    qos: u8,
+    count: usize,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args = strings(&["-h", "127.0.0.1", "-p", &port.to_string(), "-d"]);
     args.extend(strings(&["-t", topic, "-q", &qos.to_string()]));
     args.extend(strings(&[
@@ -1185,9 +1201,7 @@ pub fn mosquitto_sub(port: u16, topic: &str, qos: u8, count: usize, extra: &[&st
     ]));
     args.extend(strings(&["-F", &format!("{MESSAGE_MARK}%t|%q|%r|%p")]));
     args.extend(strings(extra));
-    let mut sub = Proc::spawn("mosquitto_sub", &args);
-    sub.wait_line("SUBACK");
-    sub
+    args
 }
 
 /// Runs mosquitto_pub to completion (bounded).
