@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Turns the run folders that compare.sh wrote into run.json, summary.md and a comparison plot
+per case, prints the head-to-head table, and (for real runs) rewrites the table between the
+markers in results/README.md. Medians over rounds; ratios are ringmq / mosquitto."""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+BEGIN = "<!-- latest:begin -->"
+END = "<!-- latest:end -->"
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine(broker_cpus, load_cpus):
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = sh("git rev-parse HEAD")
+    dirty = bool(sh("git status --porcelain --untracked-files=no"))
+    return {
+        "commit": commit + ("-dirty" if dirty else ""),
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "cpu_model": model,
+        "cpus_online": os.cpu_count(),
+        "broker_cpus": broker_cpus,
+        "load_cpus": load_cpus,
+        "loadavg_at_end": open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None,
+    }
+
+
+def tcp_mem_pages(sockstat):
+    # "TCP: inuse 5 orphan 0 tw 2 alloc 7 mem 1;" -> 1 (pages)
+    for part in (sockstat or "").split(";"):
+        fields = part.split()
+        if fields and fields[0] == "TCP:" and "mem" in fields:
+            return int(fields[fields.index("mem") + 1])
+    return None
+
+
+def figures(run, summary):
+    """The figures compared for one run."""
+    f = {
+        "msgs_in_per_sec": summary["msgs_in_per_sec"],
+        "msgs_out_per_sec": summary["msgs_out_per_sec"],
+        "p50_us": summary["latency"]["p50_us"],
+        "p90_us": summary["latency"]["p90_us"],
+        "p99_us": summary["latency"]["p99_us"],
+        "p99_9_us": summary["latency"]["p99_9_us"],
+        "max_us": summary["latency"]["max_us"],
+        "lost": summary["lost"],
+        "duplicates": summary["duplicates"],
+        "reordered": summary["reordered"],
+        "connected": summary["connected"],
+        "connect_failed": summary["connect_failed"],
+        "dropped": summary["dropped"],
+        "connect_rate_per_sec": summary["connect_rate_per_sec"],
+        "broker_cpu_pct": run["broker_cpu_pct"],
+        "loadgen_cpu_pct": 100 * summary["loadgen_cpu_secs"] / summary["wall_secs"] if summary["wall_secs"] else None,
+    }
+    if summary["scenario"] == "conn" and summary["connected"]:
+        grown = run["broker_rss_kb_held"] - run["broker_rss_kb_before"]
+        f["broker_rss_bytes_per_conn"] = grown * 1024 / summary["connected"]
+        before, held = tcp_mem_pages(run["sockstat_before"]), tcp_mem_pages(run["sockstat_held"])
+        if before is not None and held is not None:
+            f["kernel_tcp_mem_bytes_per_conn"] = (held - before) * os.sysconf("SC_PAGE_SIZE") / summary["connected"]
+    return f
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(key, value):
+    if value is None:
+        return "-"
+    if key.endswith("_us"):
+        return f"{value / 1000:.2f} ms" if value >= 1000 else f"{value:.0f} µs"
+    if key.endswith("_pct"):
+        return f"{value:.0f} %"
+    if key.endswith("per_sec"):
+        return f"{value / 1000:.1f}k" if value >= 10000 else f"{value:.0f}"
+    if key.endswith("per_conn"):
+        return f"{value:.0f} B"
+    return f"{value:.0f}" if isinstance(value, float) else str(value)
+
+
+# What each case is judged by, in the head-to-head table.
+HEADLINE = {
+    "conn": ["broker_rss_bytes_per_conn", "kernel_tcp_mem_bytes_per_conn", "connect_rate_per_sec", "connected"],
+    "rate": ["p50_us", "p99_us", "p99_9_us", "msgs_in_per_sec", "broker_cpu_pct"],
+    "max": ["msgs_in_per_sec", "p50_us", "p99_us", "broker_cpu_pct", "loadgen_cpu_pct"],
+}
+TABLE_KEYS = ["msgs_in_per_sec", "msgs_out_per_sec", "p50_us", "p90_us", "p99_us", "p99_9_us", "max_us",
+              "lost", "duplicates", "reordered", "connected", "connect_failed", "dropped", "connect_rate_per_sec",
+              "broker_rss_bytes_per_conn", "kernel_tcp_mem_bytes_per_conn", "broker_cpu_pct", "loadgen_cpu_pct"]
+
+
+def process_case(case_dir, args, versions, mach):
+    runs = [json.loads(line) for line in open(os.path.join(case_dir, "runs.jsonl")) if line.strip()]
+    if not runs:
+        return None
+    case = runs[0]["case"]
+    per_broker = {}
+    for run in runs:
+        summary = json.load(open(os.path.join(case_dir, run["dir"], "summary.json")))
+        run["figures"] = figures(run, summary)
+        run["summary"] = summary
+        per_broker.setdefault(run["broker"], []).append(run)
+    kind = runs[0]["summary"]["scenario"] if runs[0]["summary"]["scenario"] == "conn" else runs[0]["summary"]["mode"]
+    medians = {}
+    for broker, broker_runs in per_broker.items():
+        keys = broker_runs[0]["figures"].keys()
+        medians[broker] = {k: median([r["figures"].get(k) for r in broker_runs]) for k in keys}
+    ratios = {}
+    if "ringmq" in medians and "mosquitto" in medians:
+        for k, v in medians["ringmq"].items():
+            m = medians["mosquitto"].get(k)
+            if v is not None and m:
+                ratios[k] = v / m
+    # The plot: for each broker the round whose headline figure is its median.
+    plot_dirs = []
+    headline = HEADLINE.get(kind, HEADLINE["max"])[0]
+    for broker, broker_runs in per_broker.items():
+        ranked = sorted(broker_runs, key=lambda r: r["figures"].get(headline) or 0)
+        plot_dirs.append(os.path.join(case_dir, ranked[len(ranked) // 2]["dir"]))
+    title = f"{case}: latency by percentile ({'connect' if kind == 'conn' else 'publish to delivery'})"
+    subprocess.run([args.loadgen, "plot", "--title", title, "--out", os.path.join(case_dir, "latency.svg")] + plot_dirs,
+                   check=False)
+    record = {
+        "case": case,
+        "kind": kind,
+        "quick": bool(args.quick),
+        "rounds": args.rounds,
+        "machine": mach,
+        "versions": versions,
+        "commands": {b: {"broker": rs[0]["broker_command"], "loadgen": rs[0]["loadgen_command"],
+                         "broker_config": rs[0].get("broker_config")}
+                     for b, rs in per_broker.items()},
+        "medians": medians,
+        "ratio_ringmq_over_mosquitto": ratios,
+        "runs": [{k: v for k, v in r.items() if k != "summary"} for r in runs],
+    }
+    with open(os.path.join(case_dir, "run.json"), "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    brokers = list(per_broker)
+    lines = [f"# {case}", "",
+             f"{'Dry run (--quick): not a measurement. ' if args.quick else ''}"
+             f"Medians of {args.rounds} round(s), brokers interleaved. Machine: {mach['cpu_model']}, "
+             f"{mach['cpus_online']} CPUs, kernel {mach['kernel']}; broker on cores {mach['broker_cpus']}, "
+             f"load on cores {mach['load_cpus']}; commit `{mach['commit'][:12]}`.", "",
+             "| figure | " + " | ".join(brokers) + (" | ratio ringmq/mosquitto |" if ratios else " |"),
+             "|---|" + "---|" * len(brokers) + ("---|" if ratios else "")]
+    for k in TABLE_KEYS:
+        if all(medians[b].get(k) is None for b in brokers):
+            continue
+        row = f"| {k} | " + " | ".join(fmt(k, medians[b].get(k)) for b in brokers)
+        if ratios:
+            row += f" | {ratios[k]:.2f} |" if k in ratios else " | - |"
+        else:
+            row += " |"
+        lines.append(row)
+    lines += ["", "Commands:", ""]
+    for b, c in record["commands"].items():
+        lines += [f"- {b}: `{c['broker']}`", f"  load: `{c['loadgen']}`"]
+    lines += ["", "Per round:", ""]
+    for r in runs:
+        f_ = r["figures"]
+        lines.append(f"- {r['broker']} round {r['round']}: in {fmt('msgs_in_per_sec', f_['msgs_in_per_sec'])}/s, "
+                     f"p50 {fmt('p50_us', f_['p50_us'])}, p99 {fmt('p99_us', f_['p99_us'])}, "
+                     f"broker CPU {fmt('broker_cpu_pct', f_['broker_cpu_pct'])} ([{r['dir']}]({r['dir']}/summary.json))")
+    lines += ["", "![latency](latency.svg)", ""]
+    with open(os.path.join(case_dir, "summary.md"), "w") as f:
+        f.write("\n".join(lines))
+    return record, brokers, kind
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--versions", required=True)
+    p.add_argument("--quick", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--broker-cpus", default="")
+    p.add_argument("--load-cpus", default="")
+    p.add_argument("--loadgen", required=True)
+    p.add_argument("--readme", default="")
+    p.add_argument("case_dirs", nargs="+")
+    args = p.parse_args()
+    versions = json.load(open(args.versions))
+    mach = machine(args.broker_cpus, args.load_cpus)
+    rows = ["| case | figure | ringmq | mosquitto | ratio | run |", "|---|---|---|---|---|---|"]
+    for case_dir in args.case_dirs:
+        done = process_case(case_dir, args, versions, mach)
+        if not done:
+            continue
+        record, brokers, kind = done
+        link = os.path.basename(case_dir.rstrip("/"))
+        for k in HEADLINE.get(kind, HEADLINE["max"]):
+            vals = [fmt(k, record["medians"].get(b, {}).get(k)) for b in ("ringmq", "mosquitto")]
+            ratio = record["ratio_ringmq_over_mosquitto"].get(k)
+            rows.append(f"| {record['case']} | {k} | {vals[0]} | {vals[1]} | "
+                        f"{'-' if ratio is None else f'{ratio:.2f}'} | [{link}]({link}/summary.md) |")
+    header = (f"{'DRY RUN (--quick), not a measurement. ' if args.quick else ''}"
+              f"{mach['cpu_model']}, {mach['cpus_online']} CPUs, kernel {mach['kernel']}, broker on cores "
+              f"{mach['broker_cpus']}, load on {mach['load_cpus']}, commit `{mach['commit'][:12]}`, "
+              f"{versions.get('ringmq')} vs {versions.get('mosquitto')}, medians of {args.rounds} round(s).")
+    table = header + "\n\n" + "\n".join(rows) + "\n"
+    print(table)
+    if args.readme and os.path.exists(args.readme):
+        text = open(args.readme).read()
+        if BEGIN in text and END in text:
+            before, rest = text.split(BEGIN, 1)
+            _, after = rest.split(END, 1)
+            with open(args.readme, "w") as f:
+                f.write(before + BEGIN + "\n" + table + END + after)
+            print(f"updated {args.readme}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
