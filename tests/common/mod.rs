@@ -143,7 +143,15 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(broker) = self.ringmq.take() {
-            broker.stop();
+            // Bounded like every other wait: a broker that does not stop fails the test.
+            let (stopped, done) = mpsc::channel();
+            thread::spawn(move || {
+                broker.stop();
+                let _ = stopped.send(());
+            });
+            if done.recv_timeout(WAIT).is_err() && !thread::panicking() {
+                panic!("Broker::stop did not return within {WAIT:?}");
+            }
         }
         if let Some((mut child, _dir)) = self.mosquitto.take() {
             let _ = child.kill();
