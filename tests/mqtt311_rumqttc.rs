@@ -1112,3 +1112,130 @@ fn clean_session_reconnect_after_persistent_starts_fresh() {
     assert!(!clean.connack.session_present);
     clean.expect_no_publish();
 }
+
+#[test]
+fn a_new_client_inherits_nothing_from_a_departed_clean_session() {
+    // Session state is freed and reused: a clean-session client that left (with a subscription
+    // and an unacknowledged QoS 1 message) must leave nothing behind for the next client.
+    let broker = start_broker();
+    let topic = unique_topic("departed");
+    let mut gone = RawClient::connect(broker.addr(), &unique_id("departed"));
+    gone.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("departed-pub"));
+    publisher.publish(&topic, 1, false, 1, b"unacked");
+    assert_eq!(gone.read_publish().payload, b"unacked");
+    gone.disconnect(); // no PUBACK
+
+    let sentinel = unique_topic("departed-sentinel");
+    let mut next = RawClient::connect(broker.addr(), &unique_id("next"));
+    next.subscribe(1, &[(&sentinel, 0)]);
+    publisher.publish(&topic, 1, false, 2, b"for nobody");
+    publisher.publish(&sentinel, 0, false, 0, b"sentinel");
+    let publish = next.read_publish();
+    assert_eq!(
+        publish.topic, sentinel,
+        "got the departed client's message: {publish:?}"
+    );
+    next.expect_silence(QUIET);
+}
+
+#[test]
+fn unsubscribing_one_of_two_overlapping_filters_keeps_the_other() {
+    let broker = start_broker();
+    let root = unique_topic("overlap-unsub");
+    let topic = format!("{root}/x");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "ou-sub"));
+    subscriber.subscribe_many(&[
+        (&format!("{root}/#"), QoS::AtLeastOnce),
+        (&format!("{root}/+"), QoS::AtMostOnce),
+    ]);
+    subscriber.unsubscribe(&format!("{root}/#"));
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ou-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "still");
+    let publish = subscriber.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.qos),
+        (&b"still"[..], QoS::AtMostOnce)
+    );
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn will_is_published_when_the_broker_closes_for_a_protocol_error() {
+    // [MQTT-3.1.2-8] The will goes out when the server closes the connection because of a
+    // protocol error.
+    let broker = start_broker();
+    let (mut client, mut watcher, will_topic) = will_setup(&broker, 60);
+    client.send_ignoring_errors(&publish_bytes(b"bad/+", 0, false, false, 0, b"x"));
+    client.expect_closed();
+    let publish = watcher.recv_publish();
+    assert_eq!(
+        (publish.topic.as_str(), publish.payload.as_ref()),
+        (will_topic.as_str(), &b"gone"[..])
+    );
+}
+
+#[test]
+fn keepalive_zero_never_times_out() {
+    // [MQTT-3.1.2-10] comment: keepalive 0 turns the mechanism off.
+    let broker = start_broker();
+    let mut connect = Connect::v311(&unique_id("ka0"));
+    connect.keepalive_secs = 0;
+    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
+    client.expect_silence(Duration::from_millis(2600));
+    client.ping();
+}
+
+#[test]
+fn payload_sizes_around_remaining_length_boundaries() {
+    // The broker's encoder writes 1- to 4-byte remaining lengths; our parser checks them.
+    let mut config = test_config();
+    config.limits.packet_size_max = 4 << 20;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("sizes");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("sizes-sub"));
+    subscriber.subscribe(1, &[(&topic, 0)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("sizes-pub"));
+    let overhead = 2 + topic.len();
+    let mut sizes = vec![0, 1];
+    for boundary in [127usize, 16_383, 2_097_151] {
+        for delta in [-2i64, -1, 0, 1, 2] {
+            sizes.push((boundary as i64 + delta) as usize - overhead);
+        }
+    }
+    for size in sizes {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        publisher.publish(&topic, 0, false, 0, &payload);
+        let publish = subscriber.read_publish();
+        assert_eq!(publish.payload.len(), size);
+        assert!(
+            publish.payload == payload,
+            "payload of {size} bytes corrupted"
+        );
+    }
+}
+
+#[test]
+fn longest_topic_name_is_routed() {
+    // [MQTT-1.5.3] A string is up to 65535 bytes.
+    let broker = start_broker();
+    let prefix = unique_topic("long");
+    let topic = format!("{prefix}/{}", "x".repeat(65_535 - prefix.len() - 1));
+    assert_eq!(topic.len(), 65_535);
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("long-sub"));
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("long-pub"));
+    publisher.publish(&topic, 1, false, 1, b"long");
+    let publish = subscriber.read_publish();
+    assert_eq!(publish.topic, topic);
+}
+
+#[test]
+fn stray_puback_is_ignored() {
+    // A PUBACK for a packet id the broker never used: nothing to release; the connection lives.
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("stray"));
+    client.send(&puback_bytes(999));
+    client.send(&pubcomp_bytes(998));
+    client.ping();
+}
