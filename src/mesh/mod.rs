@@ -228,7 +228,8 @@ impl ShardMesh {
     }
 
     /// The shards that got messages since the last call (bit per shard), and clears the set, so
-    /// each is woken at most once per turn however many messages it got.
+    /// each is woken at most once per turn however many messages it got. A push that went to
+    /// the overflow counts too: the target's ring is full, so it has work either way.
     pub fn take_wake_targets(&mut self) -> u64 {
         std::mem::take(&mut self.wake_targets)
     }
