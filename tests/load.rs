@@ -1,0 +1,111 @@
+//! Many clients at once, and running out of connection slots: small enough to stay quick on two
+//! cores, big enough that the in-flight windows fill, queues form and slots are reused.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+#[test]
+fn many_publishers_to_many_subscribers_at_qos1_lose_nothing() {
+    // 10 publishers × 100 QoS 1 messages to 20 subscribers: each subscriber gets all 1000, each
+    // publisher's in order, none twice. A window of 8 makes the queues work.
+    let mut config = test_config();
+    config.limits.inflight_max = 8;
+    let broker = TestBroker::start(config);
+    let root = unique_topic("load");
+    let (publisher_count, message_count, subscriber_count) = (10u16, 100u16, 20);
+
+    let mut subscribers: Vec<RawClient> = (0..subscriber_count)
+        .map(|_| {
+            let mut s = RawClient::connect(broker.addr(), &unique_id("load-sub"));
+            assert_eq!(s.subscribe(1, &[(&format!("{root}/#"), 1)]), vec![1]);
+            s
+        })
+        .collect();
+    let mut publishers: Vec<RawClient> = (0..publisher_count)
+        .map(|_| RawClient::connect(broker.addr(), &unique_id("load-pub")))
+        .collect();
+    // Interleave the publishers: message n of every publisher, then n + 1.
+    for n in 0..message_count {
+        for (p, publisher) in publishers.iter_mut().enumerate() {
+            let topic = format!("{root}/{p}");
+            let payload = format!("{p}:{n}");
+            publisher.send(&publish_bytes(
+                topic.as_bytes(),
+                1,
+                false,
+                false,
+                n + 1,
+                payload.as_bytes(),
+            ));
+        }
+    }
+    for publisher in publishers.iter_mut() {
+        for n in 0..message_count {
+            assert_eq!(publisher.read_packet().ack_id(PUBACK), n + 1);
+        }
+    }
+
+    for (s, subscriber) in subscribers.iter_mut().enumerate() {
+        let mut next: HashMap<u16, u16> = HashMap::new();
+        for _ in 0..publisher_count as u32 * message_count as u32 {
+            let publish = subscriber.read_publish();
+            subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
+            let text = String::from_utf8(publish.payload).unwrap();
+            let (p, n) = text.split_once(':').unwrap();
+            let (p, n): (u16, u16) = (p.parse().unwrap(), n.parse().unwrap());
+            let expected = next.entry(p).or_insert(0);
+            assert_eq!(
+                n, *expected,
+                "subscriber {s}: publisher {p} out of order or lost"
+            );
+            *expected += 1;
+        }
+        subscriber.expect_silence(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn full_connection_table_recovers_when_a_slot_frees() {
+    // DESIGN.md "A full table": the connection over the fixed-file table's size is closed by
+    // the kernel; accepting resumes once a connection closes.
+    let mut config = test_config();
+    config.ring_files_max = 4;
+    let broker = TestBroker::start(config);
+    let mut connected: Vec<RawClient> = (0..4)
+        .map(|_| RawClient::connect(broker.addr(), &unique_id("table")))
+        .collect();
+
+    // The fifth is not served: closed, or at least never answered.
+    let mut over = RawClient::open(broker.addr());
+    over.send_ignoring_errors(&Connect::v311(&unique_id("over")).bytes());
+    if let Some(packet) = over.expect_closed_or_packet() {
+        panic!("a fifth connection was served with 4 slots: {packet:?}");
+    }
+
+    connected.pop().unwrap().disconnect();
+    // A slot is free again: a new connection is served (within WAIT).
+    let mut again = RawClient::connect(broker.addr(), &unique_id("again"));
+    again.ping();
+    for client in connected.iter_mut() {
+        client.ping();
+    }
+    assert_broker_still_serves_with_slots(&mut again);
+}
+
+/// With every slot taken, check routing through the connections we already hold.
+fn assert_broker_still_serves_with_slots(client: &mut RawClient) {
+    let topic = unique_topic("slots");
+    client.subscribe(1, &[(&topic, 0)]);
+    client.send(&publish_bytes(
+        topic.as_bytes(),
+        0,
+        false,
+        false,
+        0,
+        b"self",
+    ));
+    assert_eq!(client.read_publish().payload, b"self");
+}
