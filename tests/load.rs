@@ -109,3 +109,57 @@ fn assert_broker_still_serves_with_slots(client: &mut RawClient) {
     ));
     assert_eq!(client.read_publish().payload, b"self");
 }
+
+#[test]
+fn outbound_packet_ids_wrap_without_zero() {
+    // [MQTT-2.3.1-1] Packet ids are non-zero; after 65535 the broker wraps around. 65,600 QoS 1
+    // messages to one subscriber, acknowledged as they come.
+    let mut config = test_config();
+    config.limits.offline_queue_max = 100_000;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("wrap");
+    let total: u32 = 65_600;
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("wrap-sub"));
+    subscriber.subscribe(1, &[(&topic, 1)]);
+    let reader = std::thread::spawn(move || {
+        let mut max_id = 0;
+        for n in 0..total {
+            let publish = subscriber.read_publish();
+            let id = publish.packet_id.unwrap(); // RawPacket::publish asserts id != 0
+            max_id = max_id.max(id);
+            subscriber.send(&puback_bytes(id));
+            assert_eq!(
+                publish.payload,
+                n.to_be_bytes(),
+                "message {n} lost or out of order"
+            );
+        }
+        max_id
+    });
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("wrap-pub"));
+    let batch = 1000;
+    for start in (0..total).step_by(batch) {
+        let end = (start + batch as u32).min(total);
+        let mut bytes = Vec::new();
+        for n in start..end {
+            let id = (n % 60_000 + 1) as u16;
+            bytes.extend(publish_bytes(
+                topic.as_bytes(),
+                1,
+                false,
+                false,
+                id,
+                &n.to_be_bytes(),
+            ));
+        }
+        publisher.send(&bytes);
+        for n in start..end {
+            assert_eq!(
+                publisher.read_packet().ack_id(PUBACK),
+                (n % 60_000 + 1) as u16
+            );
+        }
+    }
+    let max_id = reader.join().expect("subscriber thread");
+    assert!(max_id > 0);
+}

@@ -1239,3 +1239,69 @@ fn stray_puback_is_ignored() {
     client.send(&pubcomp_bytes(998));
     client.ping();
 }
+
+#[test]
+fn resumed_session_does_not_resend_retained_messages() {
+    // Retained messages answer a SUBSCRIBE; resuming a session subscribes nothing.
+    let broker = start_broker();
+    let topic = unique_topic("resume-retained");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "rr-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "retained");
+    let client_id = unique_id("rr-sub");
+    let options = || {
+        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
+        o.set_clean_session(false);
+        o
+    };
+    let mut subscriber = MqttClient::connect(options());
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    assert!(subscriber.recv_publish().retain);
+    subscriber.disconnect();
+    let mut subscriber = MqttClient::connect(options());
+    assert!(subscriber.connack.session_present);
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn resent_and_queued_messages_keep_their_order_on_reconnect() {
+    // [MQTT-4.6.0-1] Re-sent PUBLISH packets go in their original order (with DUP), then the
+    // messages that were still queued behind the window.
+    let mut config = test_config();
+    config.limits.inflight_max = 2;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("resume-order");
+    let mut connect = Connect::v311(&unique_id("resume-order"));
+    connect.clean_session = false;
+    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
+    subscriber.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("resume-order-pub"));
+    for n in 0..5u16 {
+        publisher.publish(&topic, 1, false, n + 1, format!("{n}").as_bytes());
+    }
+    let first = subscriber.read_publish();
+    let second = subscriber.read_publish();
+    assert_eq!(
+        (first.payload.as_slice(), second.payload.as_slice()),
+        (&b"0"[..], &b"1"[..])
+    );
+    subscriber.expect_silence(QUIET); // window of 2 full
+    drop(subscriber);
+
+    let (mut subscriber, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    for n in 0..5u16 {
+        let publish = subscriber.read_publish();
+        assert_eq!(publish.payload, format!("{n}").as_bytes(), "message {n}");
+        assert_eq!(
+            publish.dup,
+            n < 2,
+            "DUP only on the re-sent ones: {publish:?}"
+        );
+        if n < 2 {
+            let original = if n == 0 { &first } else { &second };
+            assert_eq!(publish.packet_id, original.packet_id);
+        }
+        subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
+    }
+    subscriber.expect_silence(QUIET);
+}
