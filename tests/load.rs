@@ -163,3 +163,46 @@ fn outbound_packet_ids_wrap_without_zero() {
     let max_id = reader.join().expect("subscriber thread");
     assert!(max_id > 0);
 }
+
+#[test]
+fn slow_qos1_consumer_loses_nothing() {
+    // DESIGN.md "Slow consumers": past outbox_bytes_max QoS 1 messages wait in the session queue
+    // (they are not dropped like QoS 0) and flow once the subscriber reads again.
+    let mut config = test_config();
+    config.limits.outbox_bytes_max = 64 * 1024;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("slow-q1");
+    let mut slow = RawClient::open_with_recv_buffer(broker.addr(), 4096);
+    slow.send(&Connect::v311(&unique_id("slow-q1")).bytes());
+    assert_eq!(slow.read_packet().connack(), (false, 0));
+    slow.subscribe(1, &[(&topic, 1)]);
+
+    let total = 500u32;
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("slow-q1-pub"));
+    for n in 0..total {
+        let mut payload = n.to_be_bytes().to_vec();
+        payload.resize(4096, b'.');
+        let id = (n + 1) as u16;
+        publisher.send(&publish_bytes(
+            topic.as_bytes(),
+            1,
+            false,
+            false,
+            id,
+            &payload,
+        ));
+        assert_eq!(publisher.read_packet().ack_id(PUBACK), id);
+    }
+    // 2 MB published while the subscriber read nothing; now it reads and acknowledges.
+    for n in 0..total {
+        let publish = slow.read_publish();
+        assert_eq!(
+            publish.payload[..4],
+            n.to_be_bytes(),
+            "message {n} lost or out of order"
+        );
+        assert_eq!(publish.payload.len(), 4096);
+        slow.send(&puback_bytes(publish.packet_id.unwrap()));
+    }
+    slow.expect_silence(std::time::Duration::from_millis(200));
+}
