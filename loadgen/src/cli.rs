@@ -171,6 +171,10 @@ pub struct Common {
     /// sample the broker then.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Connections per io_uring fixed-file table; a thread with more drives several rings.
+    /// 0: the open-file limit minus a headroom (the kernel's cap).
+    #[arg(long, default_value_t = 0)]
+    pub ring_files_max: u32,
     /// No progress lines.
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -1,8 +1,9 @@
 //! One load thread: an io_uring event loop over a batch of connections. Connections are direct
 //! descriptors in the ring's fixed-file table (slot = connection number), created, optionally
 //! bound to a source address, and connected by one linked chain of ring operations, so they
-//! never enter the process fd table and one thread holds as many as the table (the open-file
-//! limit) allows. Reads are multishot recvs into the provided-buffer ring of `ringmq::ring`
+//! never enter the process fd table. A table holds at most the open-file limit, so a thread
+//! with more connections drives several rings: it sleeps on the first, which polls an eventfd
+//! the others signal on every completion. Reads are multishot recvs into the provided-buffer ring of `ringmq::ring`
 //! (an idle connection owns no read buffer), writes one send per connection per loop turn.
 //!
 //! A turn: open the connections due by the ramp, let publishers put due messages into their
@@ -116,6 +117,7 @@ const OP_RECV: u64 = 6;
 const OP_SEND: u64 = 7;
 const OP_SHUTDOWN: u64 = 8;
 const OP_CLOSE: u64 = 9;
+const OP_WAKE: u64 = 10;
 
 fn token(op: u64, conn: usize) -> u64 {
     (op << 32) | conn as u64
@@ -132,8 +134,9 @@ const OUTBOX_BYTES_MAX: usize = 1 << 20;
 /// below the 65535 packet identifiers so an identifier is never reused while in flight.
 const INFLIGHT_CAP: u32 = 65_000;
 const PACKET_SIZE_MAX: u32 = 64 << 20;
-const RECV_BUFFER_COUNT: u16 = 4096;
-const RECV_BUFFER_SIZE: u32 = 16 * 1024;
+/// Provided receive buffers per ring: 16 MiB, touched only as traffic needs them.
+const RECV_BUFFER_COUNT: u16 = 2048;
+const RECV_BUFFER_SIZE: u32 = 8 * 1024;
 const SWEEP_INTERVAL_NS: u64 = 100_000_000;
 /// A closed-loop QoS 0 publisher whose window has not moved for this long treats what it has
 /// outstanding as lost (the broker dropped it) and goes on, so a run never hangs.
@@ -205,11 +208,24 @@ struct Sub {
     subscribed: bool,
 }
 
-pub struct Worker {
-    // Field order matters: the ring goes first on drop, before the buffer ring and the
-    // connection buffers the kernel may still point into.
+/// One io_uring and its provided receive buffers. A thread owns several when its connections
+/// outnumber one fixed-file table (the kernel caps each table at the open-file limit).
+struct RingSlot {
+    // Field order matters: the ring goes first on drop, before the buffers it reads into.
     ring: IoUring,
     bufs: BufRing,
+}
+
+pub struct Worker {
+    // Field order matters: the rings go first on drop, before the connection buffers the
+    // kernel may still point into.
+    rings: Vec<RingSlot>,
+    /// Connection c lives in ring c / files_per_ring, slot c % files_per_ring.
+    files_per_ring: usize,
+    /// Signalled by the kernel when a completion lands on any ring but the first, which
+    /// polls it: the thread sleeps on the first ring alone. -1 with a single ring.
+    wake_fd: libc::c_int,
+    wake_armed: bool,
     conns: Vec<Conn>,
     pubs: Vec<Pub>,
     subs: Vec<Sub>,
@@ -250,6 +266,15 @@ pub struct Worker {
     errors: BTreeMap<String, u64>,
     first_connect_ns: u64,
     last_ready_ns: u64,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.wake_fd >= 0 {
+            // SAFETY: our own eventfd, closed once.
+            unsafe { libc::close(self.wake_fd) };
+        }
+    }
 }
 
 fn sockaddr(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
@@ -301,10 +326,37 @@ impl Worker {
         settings: Arc<Settings>,
         shared: Arc<Shared>,
     ) -> Result<Worker, String> {
-        let files = (plans.len() as u32).max(1);
-        let ring = build_ring(4096, files).map_err(|e| e.to_string())?;
-        let bufs = BufRing::new(&ring.submitter(), 0, RECV_BUFFER_COUNT, RECV_BUFFER_SIZE)
-            .map_err(|e| format!("registering the receive buffer ring failed: {e}"))?;
+        let total = plans.len().max(1);
+        // Headroom for the process's own descriptors (the ring fds, the eventfd, stdio).
+        let limit = crate::run::nofile_limit().saturating_sub(64).max(1) as usize;
+        let files_per_ring = match settings.ring_files_max as usize {
+            0 => limit,
+            n => n.min(limit),
+        }
+        .min(total);
+        let ring_count = total.div_ceil(files_per_ring);
+        let mut rings = Vec::with_capacity(ring_count);
+        for r in 0..ring_count {
+            let files = files_per_ring.min(total - r * files_per_ring) as u32;
+            let ring = build_ring(4096, files).map_err(|e| e.to_string())?;
+            let bufs = BufRing::new(&ring.submitter(), 0, RECV_BUFFER_COUNT, RECV_BUFFER_SIZE)
+                .map_err(|e| format!("registering the receive buffer ring failed: {e}"))?;
+            rings.push(RingSlot { ring, bufs });
+        }
+        let mut wake_fd = -1;
+        if ring_count > 1 {
+            // SAFETY: plain eventfd creation; the fd is closed in Drop.
+            wake_fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if wake_fd < 0 {
+                return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+            }
+            for slot in &rings[1..] {
+                slot.ring
+                    .submitter()
+                    .register_eventfd(wake_fd)
+                    .map_err(|e| format!("registering the wake-up eventfd failed: {e}"))?;
+            }
+        }
         let mut conns = Vec::with_capacity(plans.len());
         let mut pubs = Vec::new();
         let mut subs = Vec::new();
@@ -368,8 +420,10 @@ impl Worker {
         let now = monotonic_ns();
         let ramp_rate = settings.ramp_per_sec.max(1.0).round() as u64;
         Ok(Worker {
-            ring,
-            bufs,
+            rings,
+            files_per_ring,
+            wake_fd,
+            wake_armed: false,
             conns,
             pubs,
             subs,
@@ -449,16 +503,27 @@ impl Worker {
         self.result()
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
+    fn ring_of(&self, c: usize) -> usize {
+        c / self.files_per_ring
+    }
+
+    /// Connection c's slot in its ring's fixed-file table.
+    fn slot(&self, c: usize) -> u32 {
+        (c % self.files_per_ring) as u32
+    }
+
+    /// Queues an operation on connection c's ring.
+    fn push(&mut self, c: usize, entry: squeue::Entry) {
+        let r = self.ring_of(c);
         loop {
             // SAFETY: every pointer an entry carries (sockaddrs, ONE, outboxes) lives in the
             // worker, which outlives the ring, and is not moved or freed until completion.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            if unsafe { self.rings[r].ring.submission().push(&entry) }.is_ok() {
                 return;
             }
             // Full: hand what is queued to the kernel. Completions beyond the CQ size wait in
             // the kernel's overflow list (IORING_FEAT_NODROP), so this cannot deadlock.
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.rings[r].ring.submit() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     self.count_error(format!("io_uring submit: {e}"));
                     return;
@@ -468,26 +533,42 @@ impl Worker {
         }
     }
 
-    /// Makes room for `n` entries, so a linked chain is never split across two submits (the
-    /// kernel would end the chain at the split).
-    fn reserve_sq(&mut self, n: usize) {
-        let sq = self.ring.submission();
+    /// Makes room for `n` entries on connection c's ring, so a linked chain is never split
+    /// across two submits (the kernel would end the chain at the split).
+    fn reserve_sq(&mut self, c: usize, n: usize) {
+        let r = self.ring_of(c);
+        let sq = self.rings[r].ring.submission();
         if sq.capacity() - sq.len() < n {
             drop(sq);
-            let _ = self.ring.submit();
+            let _ = self.rings[r].ring.submit();
         }
     }
 
+    /// Submits every ring's queue, then sleeps on the first ring until a completion (on any
+    /// ring: the others signal the eventfd it polls) or the timeout.
     fn wait(&mut self, timeout_ns: u64) {
+        for slot in &mut self.rings[1..] {
+            if !slot.ring.submission().is_empty() {
+                let _ = slot.ring.submit();
+            }
+        }
+        if self.wake_fd >= 0 && !self.wake_armed {
+            self.wake_armed = true;
+            let entry = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(token(OP_WAKE, 0));
+            self.push(0, entry);
+        }
         if timeout_ns < 2_000 {
-            let _ = self.ring.submit();
+            let _ = self.rings[0].ring.submit();
             return;
         }
         let ts = types::Timespec::new()
             .sec(timeout_ns / 1_000_000_000)
             .nsec((timeout_ns % 1_000_000_000) as u32);
         let args = types::SubmitArgs::new().timespec(&ts);
-        if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+        if let Err(e) = self.rings[0].ring.submitter().submit_with_args(1, &args) {
             match e.raw_os_error() {
                 Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) => {}
                 _ => self.count_error(format!("io_uring wait: {e}")),
@@ -497,22 +578,37 @@ impl Worker {
 
     fn reap(&mut self) {
         let mut batch = [(0u64, 0i32, 0u32); 256];
-        loop {
-            let mut n = 0;
-            for cqe in self.ring.completion().take(batch.len()) {
-                batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
-                n += 1;
-            }
-            if n == 0 {
-                return;
-            }
-            for &(user_data, result, flags) in &batch[..n] {
-                self.complete(user_data, result, flags);
+        for r in 0..self.rings.len() {
+            loop {
+                let mut n = 0;
+                for cqe in self.rings[r].ring.completion().take(batch.len()) {
+                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                for &(user_data, result, flags) in &batch[..n] {
+                    self.complete(user_data, result, flags);
+                }
             }
         }
     }
 
+    fn on_wake(&mut self, flags: u32) {
+        let mut counter = 0u64;
+        // SAFETY: reads 8 bytes into a local; the eventfd is non-blocking.
+        unsafe { libc::read(self.wake_fd, (&mut counter as *mut u64).cast(), 8) };
+        if !cqueue::more(flags) {
+            self.wake_armed = false;
+        }
+    }
+
     fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
+        if user_data >> 32 == OP_WAKE {
+            self.on_wake(flags);
+            return;
+        }
         let c = (user_data & 0xffff_ffff) as usize;
         if c >= self.conns.len() {
             return;
@@ -579,14 +675,15 @@ impl Worker {
         }
         self.conns[c].started_ns = now;
         self.set_state(c, State::Connecting);
-        let slot = c as u32;
+        let slot = self.slot(c);
         let Ok(target) = types::DestinationSlot::try_from_slot_target(slot) else {
             self.connect_failed(c, "no fixed-file slot".into());
             return;
         };
-        self.reserve_sq(5);
+        self.reserve_sq(c, 5);
         let link = squeue::Flags::IO_LINK;
         self.push(
+            c,
             opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
                 .file_index(Some(target))
                 .build()
@@ -596,6 +693,7 @@ impl Worker {
         let one = &ONE as *const libc::c_int as *const libc::c_void;
         let one_len = std::mem::size_of::<libc::c_int>() as u32;
         self.push(
+            c,
             opcode::SetSockOpt::new(
                 types::Fixed(slot),
                 libc::IPPROTO_TCP as u32,
@@ -611,6 +709,7 @@ impl Worker {
             // Bind the source address but let connect pick the port: ports are then unique
             // per (source, destination), not per source, so 40 sources hold 40 x 28k.
             self.push(
+                c,
                 opcode::SetSockOpt::new(
                     types::Fixed(slot),
                     libc::IPPROTO_IP as u32,
@@ -625,6 +724,7 @@ impl Worker {
             let addr =
                 &self.source_addrs[source] as *const libc::sockaddr_in as *const libc::sockaddr;
             self.push(
+                c,
                 opcode::Bind::new(
                     types::Fixed(slot),
                     addr,
@@ -637,6 +737,7 @@ impl Worker {
         }
         let addr = &*self.broker_addr as *const libc::sockaddr_in as *const libc::sockaddr;
         self.push(
+            c,
             opcode::Connect::new(
                 types::Fixed(slot),
                 addr,
@@ -697,10 +798,11 @@ impl Worker {
 
     fn arm_recv(&mut self, c: usize) {
         self.conns[c].recv_armed = true;
-        let entry = opcode::RecvMulti::new(types::Fixed(c as u32), self.bufs.group())
+        let r = self.ring_of(c);
+        let entry = opcode::RecvMulti::new(types::Fixed(self.slot(c)), self.rings[r].bufs.group())
             .build()
             .user_data(token(OP_RECV, c));
-        self.push(entry);
+        self.push(c, entry);
     }
 
     fn on_recv(&mut self, c: usize, res: i32, flags: u32) {
@@ -709,7 +811,8 @@ impl Worker {
         }
         if self.conns[c].state == State::Closed {
             if let Some(bid) = cqueue::buffer_select(flags) {
-                self.bufs.recycle(bid);
+                let r = self.ring_of(c);
+                self.rings[r].bufs.recycle(bid);
             }
             return;
         }
@@ -718,9 +821,10 @@ impl Worker {
                 self.lost(c, "recv completed without a buffer".into());
                 return;
             };
-            let bytes = self.bufs.get(bid, res as usize);
+            let r = self.ring_of(c);
+            let bytes = self.rings[r].bufs.get(bid, res as usize);
             self.conns[c].inbox.extend_from_slice(bytes);
-            self.bufs.recycle(bid);
+            self.rings[r].bufs.recycle(bid);
             self.decode_inbox(c);
         } else if res == 0 {
             self.lost(c, "closed by the broker".into());
@@ -1063,14 +1167,15 @@ impl Worker {
     }
 
     fn submit_send(&mut self, c: usize) {
+        let slot = self.slot(c);
         let conn = &mut self.conns[c];
         let rest = &conn.sending[conn.send_offset..];
         conn.send_pending = true;
-        let entry = opcode::Send::new(types::Fixed(c as u32), rest.as_ptr(), rest.len() as u32)
+        let entry = opcode::Send::new(types::Fixed(slot), rest.as_ptr(), rest.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(token(OP_SEND, c));
-        self.push(entry);
+        self.push(c, entry);
     }
 
     fn on_send(&mut self, c: usize, res: i32) {
@@ -1123,15 +1228,17 @@ impl Worker {
         if !had_socket {
             return;
         }
-        self.reserve_sq(2);
+        self.reserve_sq(c, 2);
         self.push(
-            opcode::Shutdown::new(types::Fixed(c as u32), libc::SHUT_RDWR)
+            c,
+            opcode::Shutdown::new(types::Fixed(self.slot(c)), libc::SHUT_RDWR)
                 .build()
                 .flags(squeue::Flags::IO_HARDLINK)
                 .user_data(token(OP_SHUTDOWN, c)),
         );
         self.push(
-            opcode::Close::new(types::Fixed(c as u32))
+            c,
+            opcode::Close::new(types::Fixed(self.slot(c)))
                 .build()
                 .user_data(token(OP_CLOSE, c)),
         );
@@ -1216,11 +1323,13 @@ impl Worker {
         for c in 0..self.conns.len() {
             self.close(c);
         }
-        let _ = self.ring.submit();
-        let _ = self.ring.submitter().register_sync_cancel(
-            Some(types::Timespec::new().sec(1)),
-            types::CancelBuilder::any(),
-        );
+        for slot in &mut self.rings {
+            let _ = slot.ring.submit();
+            let _ = slot.ring.submitter().register_sync_cancel(
+                Some(types::Timespec::new().sec(1)),
+                types::CancelBuilder::any(),
+            );
+        }
         let deadline = monotonic_ns() + 200_000_000;
         while monotonic_ns() < deadline {
             self.wait(5_000_000);

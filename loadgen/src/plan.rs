@@ -77,6 +77,8 @@ pub struct Settings {
     pub publisher_count: u32,
     /// Shared subscription: a message reaches one subscriber, not all.
     pub shared: bool,
+    /// Fixed-file slots per ring; 0 = the open-file limit minus a headroom.
+    pub ring_files_max: u32,
 }
 
 /// Deals `count` items round-robin over `threads`: item i goes to thread i % threads.

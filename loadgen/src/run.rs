@@ -175,7 +175,8 @@ fn cpu_secs() -> f64 {
     t(usage.ru_utime) + t(usage.ru_stime)
 }
 
-fn nofile_limit() -> u64 {
+/// The open-file soft limit, which caps each ring's fixed-file table.
+pub fn nofile_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -232,18 +233,6 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         &run_id,
     );
     let connections_planned: u64 = plans.iter().map(|p| p.len() as u64).sum();
-    // Each thread's ring holds its connections in a fixed-file table, which the kernel caps
-    // at the open-file limit; keep headroom for the process's own descriptors.
-    let per_thread_max = nofile_limit().saturating_sub(64).max(1);
-    let largest = plans.iter().map(Vec::len).max().unwrap_or(0) as u64;
-    if largest > per_thread_max {
-        return Err(format!(
-            "{largest} connections on one thread, over the {per_thread_max} its ring's \
-             fixed-file table can hold (open-file limit {}): use --threads {} or more",
-            nofile_limit(),
-            connections_planned.div_ceil(per_thread_max)
-        ));
-    }
     let settings = Arc::new(Settings {
         scenario: scn.scenario,
         version,
@@ -259,6 +248,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         connect_timeout_ns: (common.connect_timeout * 1e9) as u64,
         publisher_count: scn.publishers,
         shared: scn.shared_group.is_some(),
+        ring_files_max: common.ring_files_max,
     });
     let shared = Arc::new(Shared::new(threads, scn.publishers));
 

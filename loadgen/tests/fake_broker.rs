@@ -340,3 +340,37 @@ fn dropped_connection_is_counted_and_its_messages_lost() {
     );
     assert_eq!(s.lost, 300 - s.received + s.duplicates);
 }
+
+#[test]
+fn several_rings_per_thread_count_the_same() {
+    let (port, faults) = start_fake(Behaviour::default());
+    let port = port.to_string();
+    // 3 pairs = 6 connections over tables of 2 slots: three rings on one thread.
+    let report = common::loadgen(&[
+        "pairs",
+        "-n",
+        "3",
+        "--rate",
+        "600",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--duration",
+        "0.5",
+        "--drain",
+        "1",
+        "--ring-files-max",
+        "2",
+        "-q",
+    ]);
+    let s = &report.summary;
+    assert_eq!(s.connected, 6, "{:?}", s.errors);
+    assert_eq!(s.sent, 300);
+    let dropped = faults.dropped.load(Ordering::Relaxed);
+    let duplicated = faults.duplicated.load(Ordering::Relaxed);
+    assert_eq!(s.lost, dropped);
+    assert_eq!(s.duplicates, duplicated);
+    assert_eq!(s.reordered, faults.swapped.load(Ordering::Relaxed));
+    assert_eq!(s.received, 300 - dropped + duplicated);
+}
