@@ -48,11 +48,71 @@ struct Node {
 }
 
 impl Node {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.exact_mask == 0
-            && self.multi_mask == 0
-            && self.plus.is_none()
-            && self.children.is_empty()
+        self.exact_mask == 0 && self.multi_mask == 0 && self.edge_count() == 0
+    }
+
+    fn edge_count(&self) -> usize {
+        self.children.len() + usize::from(self.plus.is_some())
+    }
+
+    fn child(&self, level: &str) -> Option<&Node> {
+        if level == "+" {
+            self.plus.as_deref()
+        } else {
+            self.children.get(level)
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
+        if level == "+" {
+            self.plus.as_deref_mut()
+        } else {
+            self.children.get_mut(level)
+        }
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Node {
+        if level == "+" {
+            self.plus.get_or_insert_with(Box::default)
+        } else {
+            self.children.entry(Box::from(level)).or_default()
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        if level == "+" {
+            self.plus = None;
+        } else {
+            self.children.remove(level);
+        }
+    }
+
+    fn mask_mut(&mut self, multi: bool) -> &mut u64 {
+        if multi {
+            &mut self.multi_mask
+        } else {
+            &mut self.exact_mask
+        }
+    }
+}
+
+impl Drop for Node {
+    /// Flattens the subtree before it drops: a client may subscribe to a filter thousands of
+    /// levels deep, and the default drop would recurse once per level.
+    fn drop(&mut self) {
+        if self.edge_count() == 0 {
+            return;
+        }
+        let mut orphans: Vec<Node> = Vec::new();
+        orphans.extend(self.children.drain().map(|(_, node)| node));
+        orphans.extend(self.plus.take().map(|node| *node));
+        while let Some(mut node) = orphans.pop() {
+            orphans.extend(node.children.drain().map(|(_, node)| node));
+            orphans.extend(node.plus.take().map(|node| *node));
+            // `node` drops here childless, so this `drop` returns at once.
+        }
     }
 }
 
@@ -94,118 +154,177 @@ impl InterestIndex {
             self.shard_count
         );
         let bit = 1u64 << shard;
-        let levels = split_filter(filter);
+        let filter = FilterLevels::new(filter);
         if interested {
-            let mask = mask_for_insert(&mut self.root, levels);
-            if *mask == 0 {
-                self.filter_count += 1;
+            self.set(&filter, bit);
+        } else {
+            self.clear(&filter, bit);
+        }
+    }
+
+    fn set(&mut self, filter: &FilterLevels<'_>, bit: u64) {
+        let mut node = &mut self.root;
+        for level in filter.levels() {
+            node = node.child_or_insert(level);
+        }
+        let mask = node.mask_mut(filter.multi);
+        if *mask == 0 {
+            self.filter_count += 1;
+        }
+        *mask |= bit;
+    }
+
+    /// Iterative, like every walk here: filters may be thousands of levels deep.
+    fn clear(&mut self, filter: &FilterLevels<'_>, bit: u64) {
+        // Find the filter's node and, on the way, the deepest node that holds something besides
+        // this path (a mask or another child): if the filter's node empties, the path is cut
+        // below that one. The root is never removed, so it is the default.
+        let mut node = &self.root;
+        let mut cut_depth = 0;
+        for (depth, level) in filter.levels().enumerate() {
+            if depth > 0 && (node.exact_mask != 0 || node.multi_mask != 0 || node.edge_count() > 1)
+            {
+                cut_depth = depth;
             }
-            *mask |= bit;
-        } else if let Some(removed_filter) = clear(&mut self.root, levels, bit) {
-            if removed_filter {
-                self.filter_count -= 1;
+            match node.child(level) {
+                Some(child) => node = child,
+                None => return,
             }
         }
+        let (mask, other_mask) = if filter.multi {
+            (node.multi_mask, node.exact_mask)
+        } else {
+            (node.exact_mask, node.multi_mask)
+        };
+        if mask & bit == 0 {
+            return;
+        }
+        let emptied = mask & !bit == 0;
+        if emptied {
+            self.filter_count -= 1;
+        }
+        if emptied && other_mask == 0 && node.edge_count() == 0 {
+            let cut_level = filter
+                .levels()
+                .nth(cut_depth)
+                .expect("the path is that deep");
+            self.node_mut(filter, cut_depth).remove_child(cut_level);
+        } else {
+            *self.node_mut(filter, filter.count).mask_mut(filter.multi) &= !bit;
+        }
+    }
+
+    /// The node `depth` levels down the filter's path, which `clear` just walked.
+    fn node_mut(&mut self, filter: &FilterLevels<'_>, depth: usize) -> &mut Node {
+        let mut node = &mut self.root;
+        for level in filter.levels().take(depth) {
+            node = node.child_mut(level).expect("the path exists");
+        }
+        node
     }
 
     /// The OR of the masks of every filter matching `topic` (a topic name, without wildcards).
-    /// Allocates nothing.
+    /// Allocates nothing unless the filters branch (`+`) more than `PENDING_INLINE` times on one
+    /// path; never recurses.
     pub fn shards_for(&self, topic: &str) -> u64 {
+        let mut mask = 0;
+        let mut pending = Pending::default();
+        let (first, rest) = split_level(topic);
         // [MQTT-4.7.2-1] A filter starting with `+` or `#` does not match a topic starting with
         // `$` (e.g. `$SYS/...`): such topics are only reached by filters naming them literally.
-        let dollar = topic.starts_with('$');
-        match_levels(&self.root, topic.split('/'), dollar)
+        if !first.starts_with('$') {
+            mask |= self.root.multi_mask;
+            if let Some(plus) = &self.root.plus {
+                pending.push((plus, rest));
+            }
+        }
+        if let Some(child) = self.root.children.get(first) {
+            pending.push((child, rest));
+        }
+        while let Some((node, rest)) = pending.pop() {
+            let Some(rest) = rest else {
+                // The topic ends at this node: the filter ending here matches, and so does
+                // `<path>/#`, because `#` also matches the parent level [MQTT-4.7.1-2].
+                mask |= node.exact_mask | node.multi_mask;
+                continue;
+            };
+            let (level, rest) = split_level(rest);
+            mask |= node.multi_mask;
+            if let Some(plus) = &node.plus {
+                pending.push((plus, rest));
+            }
+            if let Some(child) = node.children.get(level) {
+                pending.push((child, rest));
+            }
+        }
+        mask
     }
 }
 
-/// A filter split into levels, with a trailing `#` taken apart: `(levels before it, has #)`.
+/// The first level of `levels` and the rest (`None` when it was the last level).
+fn split_level(levels: &str) -> (&str, Option<&str>) {
+    match levels.split_once('/') {
+        Some((level, rest)) => (level, Some(rest)),
+        None => (levels, None),
+    }
+}
+
+/// A trie node still to visit in `shards_for`, with the topic levels left to match there.
+type Branch<'a> = (&'a Node, Option<&'a str>);
+
+/// Branches still to visit, on the stack up to `PENDING_INLINE` (one per `+` on the path, so
+/// real filters fit), then on the heap.
+#[derive(Default)]
+struct Pending<'a> {
+    inline: [Option<Branch<'a>>; PENDING_INLINE],
+    inline_len: usize,
+    spill: Vec<Branch<'a>>,
+}
+
+const PENDING_INLINE: usize = 32;
+
+impl<'a> Pending<'a> {
+    fn push(&mut self, branch: Branch<'a>) {
+        if self.inline_len < PENDING_INLINE {
+            self.inline[self.inline_len] = Some(branch);
+            self.inline_len += 1;
+        } else {
+            self.spill.push(branch);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Branch<'a>> {
+        if let Some(branch) = self.spill.pop() {
+            return Some(branch);
+        }
+        self.inline_len = self.inline_len.checked_sub(1)?;
+        self.inline[self.inline_len].take()
+    }
+}
+
+/// A filter as trie levels, with a trailing `#` taken apart.
 struct FilterLevels<'a> {
-    levels: std::str::Split<'a, char>,
-    /// How many levels `levels` yields before the trailing `#` (if any).
+    filter: &'a str,
+    /// Levels before the trailing `#` (all of them when there is none).
     count: usize,
+    /// Ends in `#`: the mask lives in the last node's `multi_mask`.
     multi: bool,
 }
 
-fn split_filter(filter: &str) -> FilterLevels<'_> {
-    let total = filter.split('/').count();
-    let multi = filter == "#" || filter.ends_with("/#");
-    FilterLevels {
-        levels: filter.split('/'),
-        count: if multi { total - 1 } else { total },
-        multi,
+impl<'a> FilterLevels<'a> {
+    fn new(filter: &'a str) -> FilterLevels<'a> {
+        let total = filter.split('/').count();
+        let multi = filter == "#" || filter.ends_with("/#");
+        FilterLevels {
+            filter,
+            count: if multi { total - 1 } else { total },
+            multi,
+        }
     }
-}
 
-/// Walks (creating) the nodes of `filter` and returns the mask to set.
-fn mask_for_insert<'n>(root: &'n mut Node, filter: FilterLevels<'_>) -> &'n mut u64 {
-    let mut node = root;
-    for level in filter.levels.take(filter.count) {
-        node = if level == "+" {
-            node.plus.get_or_insert_with(Box::default)
-        } else {
-            node.children.entry(Box::from(level)).or_default()
-        };
+    fn levels(&self) -> impl Iterator<Item = &'a str> {
+        self.filter.split('/').take(self.count)
     }
-    if filter.multi {
-        &mut node.multi_mask
-    } else {
-        &mut node.exact_mask
-    }
-}
-
-/// Clears `bit` on the filter below `node`, pruning nodes left empty. Returns `None` if the
-/// filter is not in the trie, else whether its mask became 0.
-fn clear(node: &mut Node, mut filter: FilterLevels<'_>, bit: u64) -> Option<bool> {
-    if filter.count == 0 {
-        let mask = if filter.multi {
-            &mut node.multi_mask
-        } else {
-            &mut node.exact_mask
-        };
-        if *mask == 0 {
-            return None;
-        }
-        *mask &= !bit;
-        return Some(*mask == 0);
-    }
-    let level = filter.levels.next()?;
-    filter.count -= 1;
-    if level == "+" {
-        let child = node.plus.as_deref_mut()?;
-        let removed = clear(child, filter, bit);
-        if child.is_empty() {
-            node.plus = None;
-        }
-        removed
-    } else {
-        let child = node.children.get_mut(level)?;
-        let removed = clear(child, filter, bit);
-        if child.is_empty() {
-            node.children.remove(level);
-        }
-        removed
-    }
-}
-
-/// Masks of the filters below `node` that match the remaining topic levels `rest`. `dollar`:
-/// this is the root and the topic's first level starts with `$`, so wildcards may not match it.
-fn match_levels(node: &Node, mut rest: std::str::Split<'_, char>, dollar: bool) -> u64 {
-    let Some(level) = rest.next() else {
-        // The topic ends here: the filter ending here matches, and so does `<path>/#`, because
-        // `#` also matches the parent level [MQTT-4.7.1-2].
-        return node.exact_mask | node.multi_mask;
-    };
-    let mut mask = 0;
-    if !dollar {
-        mask |= node.multi_mask;
-        if let Some(plus) = &node.plus {
-            mask |= match_levels(plus, rest.clone(), false);
-        }
-    }
-    if let Some(child) = node.children.get(level) {
-        mask |= match_levels(child, rest, false);
-    }
-    mask
 }
 
 /// This shard's subscriber count per filter. It says when the shard's interest in a filter
@@ -387,6 +506,52 @@ mod tests {
     }
 
     #[test]
+    fn filters_thousands_of_levels_deep_need_no_deep_stack() {
+        // A client can send a 65,535-byte filter: 32,768 levels. Nothing may recurse per level,
+        // so run on a thread whose stack a per-level recursion would overflow.
+        let worker = std::thread::Builder::new().stack_size(64 * 1024).spawn(|| {
+            let levels = 30_000;
+            let plus_filter = vec!["+"; levels].join("/");
+            let literal_filter = vec!["a"; levels].join("/");
+            let topic = literal_filter.clone();
+            let mut index = InterestIndex::new(4);
+            index.apply(&plus_filter, 1, true);
+            index.apply(&literal_filter, 2, true);
+            index.apply(&format!("{literal_filter}/#"), 3, true);
+            assert_eq!(index.shards_for(&topic), 0b1110);
+            assert_eq!(index.shards_for(&topic[2..]), 0, "one level short");
+            index.apply(&plus_filter, 1, false);
+            assert_eq!(index.shards_for(&topic), 0b1100);
+            index.apply(&literal_filter, 2, false);
+            assert_eq!(index.shards_for(&topic), 0b1000);
+            index.apply(&plus_filter, 0, true);
+            // Dropped with two deep chains in it.
+            drop(index);
+        });
+        worker.unwrap().join().expect("no stack overflow");
+    }
+
+    #[test]
+    fn many_plus_branches_spill_past_the_inline_stack() {
+        // Every `+` and literal pair on a path leaves a branch pending: more than PENDING_INLINE.
+        let depth = PENDING_INLINE * 3;
+        let mut index = InterestIndex::new(4);
+        let topic = vec!["x"; depth].join("/");
+        for shard in 0..3 {
+            let filter: Vec<&str> = (0..depth)
+                .map(|level| match shard {
+                    0 | 1 if (level + shard) % 2 == 0 => "x",
+                    _ => "+",
+                })
+                .collect();
+            index.apply(&filter.join("/"), shard, true);
+        }
+        index.apply(&topic, 3, true);
+        assert_eq!(index.shards_for(&topic), 0b1111);
+        assert_eq!(index.shards_for(&topic[2..]), 0);
+    }
+
+    #[test]
     fn highest_shard_uses_the_top_bit() {
         let mut index = InterestIndex::new(SHARDS_MAX);
         index.apply("t", SHARDS_MAX - 1, true);
@@ -459,6 +624,18 @@ mod tests {
         random_path(rng, &["a", "b", "$s", ""]).join("/")
     }
 
+    /// Nodes below `root`.
+    fn node_count(root: &Node) -> usize {
+        let mut count = 0;
+        let mut stack = vec![root];
+        while let Some(node) = stack.pop() {
+            stack.extend(node.children.values());
+            stack.extend(node.plus.as_deref());
+            count += node.edge_count();
+        }
+        count
+    }
+
     #[test]
     fn randomized_against_the_naive_matcher() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -480,6 +657,25 @@ mod tests {
             distinct.sort_unstable();
             distinct.dedup();
             assert_eq!(index.filter_count(), distinct.len(), "step {step}");
+            // Pruning: the trie holds exactly the paths of the filters in the model.
+            let mut paths: Vec<&str> = Vec::new();
+            for filter in &distinct {
+                let path = filter
+                    .strip_suffix("#")
+                    .map_or(*filter, |p| p.strip_suffix('/').unwrap_or(p));
+                let is_root = *filter == "#";
+                if !is_root {
+                    paths.extend(path.match_indices('/').map(|(at, _)| &path[..at]));
+                    paths.push(path);
+                }
+            }
+            paths.sort_unstable();
+            paths.dedup();
+            assert_eq!(
+                node_count(&index.root),
+                paths.len(),
+                "step {step}: {distinct:?}"
+            );
             for _ in 0..8 {
                 let topic = random_topic(&mut rng);
                 let expected = model
