@@ -673,3 +673,122 @@ fn empty_payload_is_delivered_empty() {
         (topic.as_str(), 0)
     );
 }
+
+#[test]
+fn will_retain_without_will_flag_is_closed() {
+    // [MQTT-3.1.2-15] Will flag 0: will retain must be 0.
+    let mut bytes = Connect::v311(&unique_id("will-retain")).bytes();
+    let flags_at = 2 + 6 + 1;
+    bytes[flags_at] |= 0x20;
+    first_bytes_then_closed(&bytes);
+}
+
+/// A CONNECT whose client id, will topic or username bytes are given raw.
+fn connect_with_raw_strings(
+    client_id: &[u8],
+    will_topic: Option<&[u8]>,
+    username: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_string(b"MQTT", &mut body);
+    body.push(4);
+    let mut flags = 0x02;
+    if will_topic.is_some() {
+        flags |= 0x04;
+    }
+    if username.is_some() {
+        flags |= 0x80;
+    }
+    body.push(flags);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    put_string(client_id, &mut body);
+    if let Some(topic) = will_topic {
+        put_string(topic, &mut body);
+        put_string(b"payload", &mut body);
+    }
+    if let Some(username) = username {
+        put_string(username, &mut body);
+    }
+    packet(0x10, &body)
+}
+
+#[test]
+fn invalid_utf8_in_client_id_is_closed() {
+    // [MQTT-1.5.3-1] Client id is a UTF-8 string [MQTT-3.1.3-4].
+    first_bytes_then_closed(&connect_with_raw_strings(&[b'c', 0xFF], None, None));
+}
+
+#[test]
+fn invalid_utf8_in_will_topic_is_closed() {
+    first_bytes_then_closed(&connect_with_raw_strings(
+        b"will-utf8",
+        Some(&[b'w', 0xC0, 0x80]),
+        None,
+    ));
+}
+
+#[test]
+fn invalid_utf8_in_username_is_closed() {
+    // [MQTT-3.1.3-11] The user name is a UTF-8 string.
+    first_bytes_then_closed(&connect_with_raw_strings(
+        b"user-utf8",
+        None,
+        Some(&[0xFE, b'u']),
+    ));
+}
+
+#[test]
+fn subscribe_with_packet_id_zero_is_closed() {
+    // [MQTT-2.3.1-1] SUBSCRIBE, UNSUBSCRIBE carry a non-zero packet id.
+    connected_then_closed(&subscribe_bytes(0, &[("a/b", 0)]));
+}
+
+#[test]
+fn unsubscribe_with_packet_id_zero_is_closed() {
+    connected_then_closed(&unsubscribe_bytes(0, &["a/b"]));
+}
+
+#[test]
+fn server_only_packets_from_a_client_are_closed() {
+    // CONNACK, SUBACK, UNSUBACK and PINGRESP flow only from server to client.
+    for bytes in [
+        vec![0x20, 0x02, 0x00, 0x00],
+        vec![0x90, 0x03, 0x00, 0x01, 0x00],
+        vec![0xB0, 0x02, 0x00, 0x01],
+        PINGRESP.to_vec(),
+    ] {
+        connected_then_closed(&bytes);
+    }
+}
+
+#[test]
+fn lowercase_protocol_name_is_closed() {
+    // [MQTT-3.1.2-1] The protocol name is "MQTT", case-sensitive.
+    let mut connect = Connect::v311(&unique_id("lower"));
+    connect.protocol_name = b"mqtt".to_vec();
+    first_bytes_then_closed(&connect.bytes());
+}
+
+#[test]
+fn byte_order_mark_in_topic_is_kept() {
+    // [MQTT-1.5.3-3] U+FEFF is not skipped or stripped: "\u{FEFF}t" and "t" are different topics.
+    let broker = start_broker();
+    let plain = unique_topic("bom");
+    let bom = format!("\u{FEFF}{plain}");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("bom-sub"));
+    subscriber.subscribe(1, &[(&plain, 0), (&bom, 0)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("bom-pub"));
+    publisher.publish(&bom, 0, false, 0, b"with bom");
+    publisher.publish(&plain, 0, false, 0, b"plain");
+    let first = subscriber.read_publish();
+    assert_eq!(
+        (first.topic.as_str(), first.payload.as_slice()),
+        (bom.as_str(), &b"with bom"[..])
+    );
+    let second = subscriber.read_publish();
+    assert_eq!(
+        (second.topic.as_str(), second.payload.as_slice()),
+        (plain.as_str(), &b"plain"[..])
+    );
+    subscriber.expect_silence(std::time::Duration::from_millis(200));
+}
