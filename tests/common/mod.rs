@@ -998,7 +998,10 @@ fn drive(
     stop: &AtomicBool,
 ) {
     // The first poll connects: give it all of WAIT, since a poll cut short by its timeout would
-    // drop the half-made connection and start another.
+    // drop the half-made connection and start another. Later polls are cut every 50 ms to look
+    // at `stop`; that is safe while the poll waits on the socket or the request channel, which
+    // is where an idle poll waits (only a write blocked on a full socket buffer could be cut,
+    // and loopback buffers are far larger than anything these tests send at once).
     let mut timeout = WAIT;
     while !stop.load(Ordering::Relaxed) {
         match connection.recv_timeout(timeout) {
