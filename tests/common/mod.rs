@@ -616,6 +616,20 @@ impl RawClient {
         }
     }
 
+    /// The next packet within `within`; None on timeout or when the connection closes.
+    pub fn try_read_packet_or_close(&mut self, within: Duration) -> Option<RawPacket> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(packet) = take_packet(&mut self.inbox) {
+                return Some(packet);
+            }
+            match self.fill(deadline) {
+                ReadOutcome::Data => {}
+                ReadOutcome::TimedOut | ReadOutcome::Closed => return None,
+            }
+        }
+    }
+
     /// The next packet; panics after WAIT.
     pub fn read_packet(&mut self) -> RawPacket {
         self.try_read_packet(WAIT)
