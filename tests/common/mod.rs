@@ -50,11 +50,16 @@ pub fn unique_topic(prefix: &str) -> String {
 // Broker
 // ---------------------------------------------------------------------------------------------
 
-/// A config for tests: loopback, ephemeral port, one shard, defaults elsewhere.
+/// A config for tests: loopback, ephemeral port, one shard (`RINGMQ_TEST_SHARDS=N` runs the
+/// whole suite on N shards), defaults elsewhere.
 pub fn test_config() -> Config {
+    let shards = std::env::var("RINGMQ_TEST_SHARDS")
+        .ok()
+        .map(|v| v.parse().expect("RINGMQ_TEST_SHARDS is a number"))
+        .unwrap_or(1);
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        shards: 1,
+        shards,
         // A few hundred connections are plenty for any test; keep each ring's table small.
         ring_files_max: 256,
         ..Default::default()
