@@ -78,8 +78,7 @@ impl TestBroker {
         if std::env::var("RINGMQ_TEST_BROKER").as_deref() == Ok("mosquitto") {
             return TestBroker::start_mosquitto(&config);
         }
-        let broker = Broker::start(config)
-            .unwrap_or_else(|e| panic!("Broker::start failed (is io_uring available?): {e}"));
+        let broker = Broker::start(config).unwrap_or_else(|e| panic!("Broker::start failed: {e}"));
         TestBroker {
             addr: broker.local_addr(),
             ringmq: Some(broker),
