@@ -77,13 +77,6 @@ impl Broker {
                 )))
             }
         };
-        if config.rings_per_shard > 1 {
-            return Err(invalid(format!(
-                "rings_per_shard = {}: more than one ring per shard is not built yet \
-                 (use --rings-per-shard 1)",
-                config.rings_per_shard
-            )));
-        }
         let auth = match &config.password_file {
             Some(path) => Some(Arc::new(crate::auth::load(path).map_err(invalid)?)),
             None => None,

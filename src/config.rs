@@ -128,8 +128,17 @@ impl Config {
         if l.mesh_batch_max == 0 {
             return Err("limits.mesh_batch_max = 0: must be at least 1".into());
         }
-        if self.rings_per_shard == 0 {
-            return Err("rings_per_shard = 0: must be at least 1".into());
+        if self.rings_per_shard == 0 || self.rings_per_shard > 256 {
+            return Err(format!(
+                "rings_per_shard = {}: must be between 1 and 256",
+                self.rings_per_shard
+            ));
+        }
+        if self.ring_files_max > 1 << 24 {
+            return Err(format!(
+                "ring_files_max = {}: must be at most 16777216 (2^24 slots per ring)",
+                self.ring_files_max
+            ));
         }
         if !self.recv_buffer_count.is_power_of_two() || self.recv_buffer_count > 32768 {
             return Err(format!(

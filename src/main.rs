@@ -27,8 +27,8 @@ struct Args {
     /// only 1 is supported: multi-shard routing is issue 4).
     #[arg(long)]
     shards: Option<usize>,
-    /// io_uring rings per shard, each with a fixed-file table as large as the open-file limit
-    /// (for now only 1).
+    /// io_uring rings per shard, each with its own fixed-file table as large as the open-file
+    /// limit allows: a shard holds rings × that many connections [default: 1].
     #[arg(long)]
     rings_per_shard: Option<usize>,
     /// mosquitto_passwd file ($7$ PBKDF2-SHA512 or $6$ SHA-512 entries) to check usernames and

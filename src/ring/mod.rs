@@ -91,6 +91,8 @@ impl Ring {
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_coop_taskrun()
+            // Lets `poll` see that deferred work is pending without entering the kernel.
+            .setup_taskrun_flag()
             .setup_cqsize(cq_entries)
             .build(sizes.entries)
             .or_else(|e| {
@@ -158,6 +160,31 @@ impl Ring {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Without waiting: submits what is queued and runs deferred completion work, but only
+    /// when there is something to submit or the kernel flagged pending work, so an idle
+    /// secondary ring costs no syscall per turn.
+    pub fn poll(&mut self) -> io::Result<()> {
+        let sq = self.uring.submission();
+        let needed = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
+        drop(sq);
+        if needed {
+            return self.submit_and_wait(0);
+        }
+        Ok(())
+    }
+
+    /// Completions are waiting to be reaped.
+    pub fn has_completions(&mut self) -> bool {
+        !self.uring.completion().is_empty()
+    }
+
+    /// The kernel signals `eventfd` whenever this ring has completion work queued (with
+    /// DEFER_TASKRUN: before the completion is posted), so a thread waiting on another ring
+    /// learns that this one needs a `poll`.
+    pub fn register_eventfd(&self, eventfd: RawFd) -> io::Result<()> {
+        self.uring.submitter().register_eventfd(eventfd)
     }
 
     /// Copies up to `max` completions into `out` (cleared first).

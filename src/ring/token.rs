@@ -25,6 +25,10 @@ pub enum Op {
     Timer = 7,
     /// A read on the shard's eventfd: someone (Broker::stop, later the mesh) woke the shard.
     Wake = 8,
+    /// A read on the eventfd the shard's secondary rings signal when they have completions.
+    RingWake = 9,
+    /// Cancel of a ring's multishot accept, when accepting moves to another ring.
+    AcceptCancel = 10,
 }
 
 impl Op {
@@ -38,6 +42,8 @@ impl Op {
             6 => Op::Close,
             7 => Op::Timer,
             8 => Op::Wake,
+            9 => Op::RingWake,
+            10 => Op::AcceptCancel,
             _ => return None,
         })
     }
@@ -110,6 +116,8 @@ mod tests {
             Op::Close,
             Op::Timer,
             Op::Wake,
+            Op::RingWake,
+            Op::AcceptCancel,
         ];
         for op in ops {
             for (slot, generation) in [(0, 0), (1, 1), (19_935, 77), (u32::MAX, GENERATION_MASK)] {

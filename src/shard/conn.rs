@@ -1,6 +1,8 @@
-//! Connections: one per fixed-file slot, in a slab indexed by the slot the kernel allocated on
-//! accept. Each slot carries a generation, bumped when its connection is removed, so a
-//! completion that arrives for an older connection in the same slot is recognised and dropped.
+//! Connections: one per fixed-file slot, in a slab per ring indexed by the slot the kernel
+//! allocated on accept. A connection's id is its ring and slot in one `u32` (`conn_id`), which
+//! is what tokens carry and what the shard passes around. Each slot carries a generation,
+//! bumped when its connection is removed, so a completion that arrives for an older connection
+//! in the same slot is recognised and dropped.
 //!
 //! An idle connection holds no buffer: `inbox` only keeps the bytes of a partial packet (freed
 //! when the packet completes), `outbox` and `sending` go back to the shard's pool once sent.
@@ -92,10 +94,33 @@ struct Entry {
     conn: Option<Box<Conn>>,
 }
 
-/// The slab: `entries[slot]` for every slot the kernel has handed out so far.
+/// Bits of a connection id that hold the slot; the ring index sits above them. A ring's table
+/// never exceeds 2^24 slots (config validation).
+pub const SLOT_BITS: u32 = 24;
+pub const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+/// At most this many rings per shard: the ring index gets the top 8 bits of an id.
+pub const RINGS_MAX: usize = 1 << (32 - SLOT_BITS);
+
+/// The id of the connection in `slot` of the shard's ring `ring`: what tokens carry.
+pub fn conn_id(ring: usize, slot: u32) -> u32 {
+    debug_assert!(ring < RINGS_MAX && slot <= SLOT_MASK);
+    (ring as u32) << SLOT_BITS | slot
+}
+
+pub fn ring_of(id: u32) -> usize {
+    (id >> SLOT_BITS) as usize
+}
+
+pub fn slot_of(id: u32) -> u32 {
+    id & SLOT_MASK
+}
+
+/// The slabs: `rings[ring][slot]` for every slot each ring's table has handed out so far.
 #[derive(Default)]
 pub struct Conns {
-    entries: Vec<Entry>,
+    rings: Vec<Vec<Entry>>,
+    /// Connections per ring, to tell which ring has free slots.
+    ring_counts: Vec<u32>,
     count: usize,
 }
 
@@ -108,64 +133,93 @@ impl Conns {
         self.count == 0
     }
 
-    /// Slots the slab has grown to (the highest slot used plus one).
-    pub fn slot_count(&self) -> u32 {
-        self.entries.len() as u32
+    /// Rings that have held a connection so far.
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
     }
 
-    /// A new connection in `slot`, returning its generation.
-    pub fn insert(&mut self, slot: u32, now_ms: u64) -> u32 {
-        let index = slot as usize;
-        if index >= self.entries.len() {
-            self.entries.resize_with(index + 1, || Entry {
+    /// Slots ring `ring`'s slab has grown to (its highest slot used plus one).
+    pub fn ring_slots(&self, ring: usize) -> u32 {
+        self.rings
+            .get(ring)
+            .map_or(0, |entries| entries.len() as u32)
+    }
+
+    /// Connections ring `ring` holds.
+    pub fn ring_len(&self, ring: usize) -> u32 {
+        self.ring_counts.get(ring).copied().unwrap_or(0)
+    }
+
+    fn entry(&self, id: u32) -> Option<&Entry> {
+        self.rings.get(ring_of(id))?.get(slot_of(id) as usize)
+    }
+
+    fn entry_mut(&mut self, id: u32) -> Option<&mut Entry> {
+        self.rings
+            .get_mut(ring_of(id))?
+            .get_mut(slot_of(id) as usize)
+    }
+
+    /// A new connection `id`, returning its generation.
+    pub fn insert(&mut self, id: u32, now_ms: u64) -> u32 {
+        let (ring, index) = (ring_of(id), slot_of(id) as usize);
+        if ring >= self.rings.len() {
+            self.rings.resize_with(ring + 1, Vec::new);
+            self.ring_counts.resize(ring + 1, 0);
+        }
+        let entries = &mut self.rings[ring];
+        if index >= entries.len() {
+            entries.resize_with(index + 1, || Entry {
                 generation: 0,
                 conn: None,
             });
         }
-        let entry = &mut self.entries[index];
+        let entry = &mut entries[index];
         // The kernel hands out a slot only after it was closed, and we free the entry before
         // submitting the close.
         assert!(
             entry.conn.is_none(),
-            "slot {slot} allocated while still in use"
+            "connection {id:#x} allocated while still in use"
         );
         entry.conn = Some(Box::new(Conn::new(now_ms)));
+        self.ring_counts[ring] += 1;
         self.count += 1;
         entry.generation
     }
 
-    pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
-        let entry = self.entries.get_mut(slot as usize)?;
+    pub fn get_mut(&mut self, id: u32, generation: u32) -> Option<&mut Conn> {
+        let entry = self.entry_mut(id)?;
         if entry.generation != generation {
             return None;
         }
         entry.conn.as_deref_mut()
     }
 
-    pub fn get(&self, slot: u32, generation: u32) -> Option<&Conn> {
-        let entry = self.entries.get(slot as usize)?;
+    pub fn get(&self, id: u32, generation: u32) -> Option<&Conn> {
+        let entry = self.entry(id)?;
         if entry.generation != generation {
             return None;
         }
         entry.conn.as_deref()
     }
 
-    /// The current connection in `slot`, if any, with its generation.
-    pub fn at(&mut self, slot: u32) -> Option<(u32, &mut Conn)> {
-        let entry = self.entries.get_mut(slot as usize)?;
+    /// The current connection `id`, if any, with its generation.
+    pub fn at(&mut self, id: u32) -> Option<(u32, &mut Conn)> {
+        let entry = self.entry_mut(id)?;
         let generation = entry.generation;
         entry.conn.as_deref_mut().map(|conn| (generation, conn))
     }
 
-    /// Frees the slot's entry and bumps its generation, so completions still addressed to the
-    /// old connection are dropped.
-    pub fn remove(&mut self, slot: u32, generation: u32) -> Option<Box<Conn>> {
-        let entry = self.entries.get_mut(slot as usize)?;
+    /// Frees the connection's entry and bumps its generation, so completions still addressed
+    /// to the old connection are dropped.
+    pub fn remove(&mut self, id: u32, generation: u32) -> Option<Box<Conn>> {
+        let entry = self.entry_mut(id)?;
         if entry.generation != generation {
             return None;
         }
         let conn = entry.conn.take()?;
         entry.generation = next_generation(entry.generation);
+        self.ring_counts[ring_of(id)] -= 1;
         self.count -= 1;
         Some(conn)
     }
@@ -192,6 +246,28 @@ mod tests {
         assert_eq!(conns.len(), 1);
         assert!(conns.remove(5, g0).is_none(), "stale remove does nothing");
         assert_eq!(conns.len(), 1);
+    }
+
+    #[test]
+    fn rings_have_separate_slabs() {
+        let mut conns = Conns::default();
+        let a = conn_id(0, 7);
+        let b = conn_id(2, 7);
+        assert_eq!((ring_of(b), slot_of(b)), (2, 7));
+        let ga = conns.insert(a, 0);
+        let gb = conns.insert(b, 0);
+        assert!(conns.get(a, ga).is_some() && conns.get(b, gb).is_some());
+        assert_eq!(
+            (conns.ring_len(0), conns.ring_len(1), conns.ring_len(2)),
+            (1, 0, 1)
+        );
+        assert!(conns.remove(b, gb).is_some());
+        assert!(
+            conns.get(a, ga).is_some(),
+            "the same slot on another ring is untouched"
+        );
+        assert_eq!((conns.ring_len(2), conns.len()), (0, 1));
+        assert_eq!((conns.ring_count(), conns.ring_slots(2)), (3, 8));
     }
 
     #[test]

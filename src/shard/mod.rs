@@ -33,7 +33,7 @@ use crate::session::{Message, Session};
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
 
-use conn::{ConnState, Conns};
+use conn::{conn_id, ring_of, slot_of, ConnState, Conns};
 use route::SharedSubscriptions;
 pub use stats::ShardStats;
 
@@ -47,6 +47,8 @@ const OUTBOX_INITIAL: usize = 4 << 10;
 const ARENA_BLOCK: usize = 64 << 10;
 /// A partial packet's buffer is reserved up to this size at once, then grows as bytes come.
 const INBOX_RESERVE_MAX: usize = 64 << 10;
+/// Slots a ring keeps free for a burst of accepts before accepting moves to another ring.
+const ACCEPT_MARGIN_MAX: u32 = 1024;
 /// Completions taken from the ring per batch.
 const REAP_BATCH: usize = 4096;
 
@@ -180,7 +182,16 @@ impl CloseReason {
 pub struct Shard {
     index: usize,
     config: Config,
-    ring: Ring,
+    /// The shard's rings: `rings[0]` waits, the others are polled each turn and wake it
+    /// through `ring_wake`. Each has its own fixed-file table and buffer ring.
+    rings: Vec<Ring>,
+    /// Fixed-file slots per ring.
+    files: u32,
+    /// The ring whose table takes new connections.
+    accept_ring: usize,
+    /// Registered on every secondary ring; the primary keeps a read armed on it.
+    ring_wake: Option<OwnedFd>,
+    ring_wake_buf: Box<u64>,
     listener: TcpListener,
     waker: Arc<Waker>,
     /// The eventfd read's 8-byte buffer; boxed so it stays put while the read is in flight.
@@ -231,16 +242,33 @@ impl Shard {
     /// calls `run` (the ring is single-issuer).
     pub fn new(params: ShardParams) -> io::Result<Shard> {
         let config = params.config;
-        let ring = Ring::new(RingSizes {
+        let sizes = RingSizes {
             entries: config.ring_entries,
             files: params.files,
             recv_buffer_count: config.recv_buffer_count,
             recv_buffer_size: config.recv_buffer_size,
-        })?;
+        };
+        let rings = (0..config.rings_per_shard.max(1))
+            .map(|_| Ring::new(sizes))
+            .collect::<io::Result<Vec<Ring>>>()?;
+        let ring_wake = if rings.len() > 1 {
+            let waker = Waker::new()?;
+            let waker = Arc::try_unwrap(waker).map_err(|_| io::Error::other("eventfd shared"))?;
+            for ring in &rings[1..] {
+                ring.register_eventfd(waker.fd.as_raw_fd())?;
+            }
+            Some(waker.fd)
+        } else {
+            None
+        };
         Ok(Shard {
             index: params.index,
             config,
-            ring,
+            rings,
+            files: params.files,
+            accept_ring: 0,
+            ring_wake,
+            ring_wake_buf: Box::new(0),
             listener: params.listener,
             waker: params.waker,
             wake_buf: Box::new(0),
@@ -286,20 +314,34 @@ impl Shard {
     pub fn run(&mut self) -> io::Result<()> {
         self.arm_accept();
         self.arm_wake();
+        self.arm_ring_wake();
         self.arm_timer();
         while !self.stopping {
-            self.ring.submit_and_wait(1)?;
+            // Secondary rings first: submit their sends, run their deferred work. The primary
+            // then waits, unless one of them already has completions; work arriving later
+            // signals `ring_wake`, which the primary has a read armed on.
+            let mut ready = false;
+            for ring in self.rings.iter_mut().skip(1) {
+                ring.poll()?;
+                ready |= ring.has_completions();
+            }
+            self.rings[0].submit_and_wait(if ready { 0 } else { 1 })?;
+            for ring in self.rings.iter_mut().skip(1) {
+                ring.poll()?;
+            }
             self.now_ms = self.clock.elapsed().as_millis() as u64;
-            loop {
-                let mut batch = std::mem::take(&mut self.completions);
-                self.ring.reap(&mut batch, REAP_BATCH);
-                let reaped = batch.len();
-                for completion in batch.iter() {
-                    self.complete(*completion);
-                }
-                self.completions = batch;
-                if reaped < REAP_BATCH {
-                    break;
+            for ring in 0..self.rings.len() {
+                loop {
+                    let mut batch = std::mem::take(&mut self.completions);
+                    self.rings[ring].reap(&mut batch, REAP_BATCH);
+                    let reaped = batch.len();
+                    for completion in batch.iter() {
+                        self.complete(*completion);
+                    }
+                    self.completions = batch;
+                    if reaped < REAP_BATCH {
+                        break;
+                    }
                 }
             }
             self.drain_mesh();
@@ -322,7 +364,7 @@ impl Shard {
             return;
         };
         match token.op {
-            Op::Accept => self.on_accept(completion),
+            Op::Accept => self.on_accept(token, completion),
             Op::Recv => self.on_recv(token, completion),
             Op::Send => self.on_send(token, completion),
             Op::Shutdown | Op::Cancel => self.on_control(token),
@@ -330,16 +372,44 @@ impl Shard {
             Op::Close => {}
             Op::Timer => self.on_timer(),
             Op::Wake => self.on_wake(),
+            // The secondary rings are polled every turn; this read only woke the primary.
+            Op::RingWake => self.arm_ring_wake(),
+            // The cancelled accept's own last completion says all there is to say.
+            Op::AcceptCancel => {}
         }
     }
 
     /// Multi-shard routing (issue 4) drains the inbound SPSC rings here.
     fn drain_mesh(&mut self) {}
 
+    /// Multishot accept on one ring at a time (`accept_ring`), so each new connection lands
+    /// in a table with room; the token's slot field names the ring.
     fn arm_accept(&mut self) {
-        self.ring
-            .accept_multi(self.listener.as_raw_fd(), Token::shard(Op::Accept));
+        let ring = self.accept_ring;
+        let token = Token::new(Op::Accept, ring as u32, 0);
+        self.rings[ring].accept_multi(self.listener.as_raw_fd(), token);
         self.accept_armed = true;
+    }
+
+    /// Every id the slabs have room for, ring by ring (most are empty or live).
+    fn conn_ids(&self) -> impl Iterator<Item = u32> {
+        let slots: Vec<u32> = (0..self.conns.ring_count())
+            .map(|ring| self.conns.ring_slots(ring))
+            .collect();
+        slots
+            .into_iter()
+            .enumerate()
+            .flat_map(|(ring, count)| (0..count).map(move |slot| conn_id(ring, slot)))
+    }
+
+    /// The primary ring keeps a read armed on the eventfd the secondary rings signal.
+    fn arm_ring_wake(&mut self) {
+        let Some(fd) = self.ring_wake.as_ref().map(|fd| fd.as_raw_fd()) else {
+            return;
+        };
+        let buf: *mut u64 = &mut *self.ring_wake_buf;
+        // SAFETY: as for `wake_buf`.
+        unsafe { self.rings[0].read_eventfd(fd, buf, Token::shard(Op::RingWake)) };
     }
 
     fn arm_wake(&mut self) {
@@ -347,15 +417,14 @@ impl Shard {
         // SAFETY: the box lives as long as the shard, which outlives the ring's requests
         // (`stop_all` cancels them before the shard is dropped).
         unsafe {
-            self.ring
-                .read_eventfd(self.waker.fd.as_raw_fd(), buf, Token::shard(Op::Wake))
+            self.rings[0].read_eventfd(self.waker.fd.as_raw_fd(), buf, Token::shard(Op::Wake))
         };
     }
 
     fn arm_timer(&mut self) {
         let tick: *const Timespec = &*self.tick;
         // SAFETY: as for `wake_buf`.
-        unsafe { self.ring.timeout(tick, Token::shard(Op::Timer)) };
+        unsafe { self.rings[0].timeout(tick, Token::shard(Op::Timer)) };
     }
 
     fn on_wake(&mut self) {
@@ -371,36 +440,50 @@ impl Shard {
         self.arm_timer();
     }
 
-    fn on_accept(&mut self, completion: Completion) {
-        if !completion.more() {
+    fn on_accept(&mut self, token: Token, completion: Completion) {
+        let ring = token.slot as usize;
+        // Only the armed accept's end matters: one cancelled on a ring we moved away from
+        // ends later, with -ECANCELED.
+        if !completion.more() && ring == self.accept_ring {
             self.accept_armed = false;
         }
         let result = completion.result;
         if result >= 0 {
-            let slot = result as u32;
+            let slot = conn_id(ring, result as u32);
             let generation = self.conns.insert(slot, self.now_ms);
             self.stats.connections_accepted += 1;
-            self.ring
-                .recv_multi(slot, Token::new(Op::Recv, slot, generation));
+            self.rings[ring_of(slot)]
+                .recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
             if let Some(conn) = self.conns.get_mut(slot, generation) {
                 conn.recv_armed = true;
             }
+            self.move_accept_if_full(ring);
+            return;
+        }
+        if -result == libc::ECANCELED {
             return;
         }
         if -result == libc::ENFILE {
-            // The fixed-file table is full; the kernel closed the connection that hit it.
+            // This ring's fixed-file table is full; the kernel closed the connection that hit
+            // it. Accept moves on to a ring with room, or waits for a slot to free up.
             self.stats.table_full_count += 1;
-            if !self.table_full_logged {
+            let rings = self.rings.len();
+            let roomy = (1..=rings)
+                .map(|k| (ring + k) % rings)
+                .find(|&r| self.conns.ring_len(r) < self.files);
+            if roomy.is_none() && !self.table_full_logged {
                 self.table_full_logged = true;
                 eprintln!(
-                    "ringmq: shard {}: fixed-file table full ({} slots): accepting resumes when \
-                     a connection closes",
-                    self.index,
-                    self.ring.files()
+                    "ringmq: shard {}: fixed-file tables full ({rings} ring × {} slots): \
+                     accepting resumes when a connection closes",
+                    self.index, self.files
                 );
             }
             if !completion.more() {
-                self.accept_paused = true;
+                match roomy {
+                    Some(r) => self.accept_ring = r,
+                    None => self.accept_paused = true,
+                }
             }
             return;
         }
@@ -412,7 +495,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             // Cannot happen while the slot waits for the recv's last completion; be safe.
             if let Some(bid) = buffer_id {
-                self.ring.recycle(bid);
+                self.rings[ring_of(token.slot)].recycle(bid);
             }
             return;
         };
@@ -425,12 +508,12 @@ impl Shard {
                 return;
             };
             if conn.state == ConnState::Closing {
-                self.ring.recycle(bid);
+                self.rings[ring_of(token.slot)].recycle(bid);
                 self.maybe_release(token.slot, token.generation);
                 return;
             }
             conn.last_packet_ms = self.now_ms;
-            let bytes = self.ring.buffer(bid, result as usize);
+            let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);
             // The only copy: kernel's provided buffer -> the arena (or, behind a partial
             // packet, the connection's inbox). The buffer goes straight back to the kernel.
             let from_inbox = !conn.inbox.is_empty();
@@ -444,7 +527,7 @@ impl Shard {
                 self.arena.extend_from_slice(bytes);
                 self.arena.split()
             };
-            self.ring.recycle(bid);
+            self.rings[ring_of(token.slot)].recycle(bid);
             let rearm = !completion.more();
             self.on_bytes(token.slot, token.generation, buf, from_inbox);
             if rearm {
@@ -520,8 +603,7 @@ impl Shard {
             return;
         }
         conn.recv_armed = true;
-        self.ring
-            .recv_multi(slot, Token::new(Op::Recv, slot, generation));
+        self.rings[ring_of(slot)].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
     }
 
     fn rearm_recvs(&mut self) {
@@ -531,6 +613,28 @@ impl Shard {
         }
         self.recv_rearm = pending;
         self.recv_rearm.clear();
+    }
+
+    /// This ring's table is nearly full: before a connection hits -ENFILE (and is closed by
+    /// the kernel), cancel its accept and accept on a ring with room. Nearly: a multishot
+    /// accept takes a whole burst from the backlog in one go, and the margin absorbs it. With
+    /// no other ring below the mark, this one keeps filling to the last slot.
+    fn move_accept_if_full(&mut self, ring: usize) {
+        let mark = self.files - (self.files / 8).min(ACCEPT_MARGIN_MAX);
+        if ring != self.accept_ring || !self.accept_armed || self.conns.ring_len(ring) < mark {
+            return;
+        }
+        let rings = self.rings.len();
+        let Some(roomy) = (1..rings)
+            .map(|k| (ring + k) % rings)
+            .find(|&r| self.conns.ring_len(r) < mark)
+        else {
+            return;
+        };
+        let accept = Token::new(Op::Accept, ring as u32, 0);
+        self.rings[ring].cancel(accept, Token::new(Op::AcceptCancel, ring as u32, 0));
+        self.accept_ring = roomy;
+        self.arm_accept();
     }
 
     /// A shutdown or cancel completed; its effect shows up as the recv's and send's last
@@ -606,8 +710,12 @@ impl Shard {
                 // SAFETY: `sending` is not touched until this send completes (`on_send`), and
                 // the connection is not freed while `send_in_flight` (`maybe_release`).
                 unsafe {
-                    self.ring
-                        .send(slot, ptr, len, Token::new(Op::Send, slot, generation))
+                    self.rings[ring_of(slot)].send(
+                        slot_of(slot),
+                        ptr,
+                        len,
+                        Token::new(Op::Send, slot, generation),
+                    )
                 };
             } else if conn.state == ConnState::Closing && conn.close_after_flush {
                 self.shutdown(slot, generation);
@@ -671,11 +779,11 @@ impl Shard {
         conn.outbox = BytesMut::new();
         // Shutdown ends the multishot recv (and a send stuck on a full socket); the cancel
         // covers a recv the shutdown does not wake. Closing the slot alone would not end it.
-        self.ring
-            .shutdown(slot, Token::new(Op::Shutdown, slot, generation));
+        let ring = &mut self.rings[ring_of(slot)];
+        ring.shutdown(slot_of(slot), Token::new(Op::Shutdown, slot, generation));
         conn.control_in_flight += 1;
         if conn.recv_armed {
-            self.ring.cancel(
+            ring.cancel(
                 Token::new(Op::Recv, slot, generation),
                 Token::new(Op::Cancel, slot, generation),
             );
@@ -705,9 +813,10 @@ impl Shard {
             }
         }
         self.stats.connections_closed += 1;
-        self.ring
-            .close(slot, Token::new(Op::Close, slot, generation));
+        self.rings[ring_of(slot)].close(slot_of(slot), Token::new(Op::Close, slot, generation));
         if self.accept_paused {
+            // A slot is free again on this ring: accept there.
+            self.accept_ring = ring_of(slot);
             self.accept_paused = false;
             if !self.accept_armed {
                 self.arm_accept();
@@ -720,7 +829,7 @@ impl Shard {
         let connect_timeout_secs = self.config.limits.connect_timeout_secs;
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
-        for slot in 0..self.conns.slot_count() {
+        for slot in self.conn_ids() {
             let Some((generation, conn)) = self.conns.at(slot) else {
                 continue;
             };
@@ -747,12 +856,14 @@ impl Shard {
     /// Stop: every connection is shut down without wills (the broker is going away, not the
     /// clients), in-flight operations are cancelled and waited for, then the ring is dropped.
     fn stop_all(&mut self) {
-        for slot in 0..self.conns.slot_count() {
+        for slot in self.conn_ids() {
             if let Some((generation, _)) = self.conns.at(slot) {
                 self.shutdown(slot, generation);
             }
         }
-        let _ = self.ring.submit_and_wait(0);
-        self.ring.cancel_all();
+        for ring in &mut self.rings {
+            let _ = ring.submit_and_wait(0);
+            ring.cancel_all();
+        }
     }
 }
