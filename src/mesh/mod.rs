@@ -12,7 +12,12 @@
 //! - `flush_overflow` to move waiting messages into rings that have room again.
 //! - `take_wake_targets` to learn which shards got messages this turn and wake each once (the
 //!   wake itself, MSG_RING or an eventfd, belongs to the ring driver).
-//! - `drain(mesh_batch_max, ..)` to take at most a batch from each inbound ring.
+//! - `drain(mesh_batch_max, ..)` to take at most a batch from each inbound ring. To push a
+//!   drained message on (a shared subscription whose members left), `split` the mesh into its
+//!   [`Sources`] and [`Targets`] halves and push from inside the callback.
+//!
+//! Memory: every ring slot holds one `MeshMessage` (88 bytes on x86-64), so the mesh takes
+//! about `N * (N - 1) * ring_capacity * 88` bytes: 21 MB for 16 shards at 1024 slots.
 //!
 //! [`home_shard`] places a client id on its home shard (DESIGN: "Client ids own a home shard").
 
@@ -99,12 +104,16 @@ impl Mesh {
         );
         let mut shards: Vec<ShardMesh> = (0..shard_count)
             .map(|shard| ShardMesh {
-                shard,
-                producers: (0..shard_count).map(|_| None).collect(),
-                consumers: (0..shard_count).map(|_| None).collect(),
-                overflow: (0..shard_count).map(|_| VecDeque::new()).collect(),
-                overflow_targets: 0,
-                wake_targets: 0,
+                sources: Sources {
+                    consumers: (0..shard_count).map(|_| None).collect(),
+                },
+                targets: Targets {
+                    shard,
+                    producers: (0..shard_count).map(|_| None).collect(),
+                    overflow: (0..shard_count).map(|_| VecDeque::new()).collect(),
+                    overflow_targets: 0,
+                    wake_targets: 0,
+                },
             })
             .collect();
         for source in 0..shard_count {
@@ -113,22 +122,120 @@ impl Mesh {
                     continue;
                 }
                 let (producer, consumer) = spsc::channel(ring_capacity);
-                shards[source].producers[target] = Some(producer);
-                shards[target].consumers[source] = Some(consumer);
+                shards[source].targets.producers[target] = Some(producer);
+                shards[target].sources.consumers[source] = Some(consumer);
             }
         }
         shards
     }
 }
 
-/// One shard's ends of the mesh: producers to every other shard, consumers from every other
-/// shard, and the overflow for rings that were full.
+/// One shard's ends of the mesh: consumers from every other shard ([`Sources`]) and producers
+/// to every other shard with the overflow for rings that were full ([`Targets`]). The methods
+/// here forward to the two halves; [`ShardMesh::split`] hands out both at once, so a message
+/// taken in `drain` can be pushed on in the same callback.
 pub struct ShardMesh {
+    sources: Sources,
+    targets: Targets,
+}
+
+impl ShardMesh {
+    /// This shard's index.
+    pub fn shard(&self) -> usize {
+        self.targets.shard
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.targets.producers.len()
+    }
+
+    /// Both halves, borrowed separately: `sources.drain(.., |source, message| targets.push(..))`.
+    pub fn split(&mut self) -> (&mut Sources, &mut Targets) {
+        (&mut self.sources, &mut self.targets)
+    }
+
+    /// See [`Targets::push`].
+    pub fn push(&mut self, target: usize, message: MeshMessage) {
+        self.targets.push(target, message);
+    }
+
+    /// See [`Targets::broadcast`].
+    pub fn broadcast(&mut self, message: MeshMessage) {
+        self.targets.broadcast(message);
+    }
+
+    /// See [`Targets::flush_overflow`].
+    pub fn flush_overflow(&mut self) -> usize {
+        self.targets.flush_overflow()
+    }
+
+    /// See [`Targets::overflow_len`].
+    pub fn overflow_len(&self, target: usize) -> usize {
+        self.targets.overflow_len(target)
+    }
+
+    /// See [`Targets::overflow_total`].
+    pub fn overflow_total(&self) -> usize {
+        self.targets.overflow_total()
+    }
+
+    /// See [`Targets::take_wake_targets`].
+    pub fn take_wake_targets(&mut self) -> u64 {
+        self.targets.take_wake_targets()
+    }
+
+    /// See [`Sources::drain`].
+    pub fn drain(&mut self, max_per_ring: usize, f: impl FnMut(usize, MeshMessage)) -> usize {
+        self.sources.drain(max_per_ring, f)
+    }
+
+    /// See [`Sources::len`].
+    pub fn inbound_len(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+/// The consumers of one shard's inbound rings, one per other shard.
+pub struct Sources {
+    /// Index = source shard; `None` at this shard's own index.
+    consumers: Vec<Option<spsc::Consumer<MeshMessage>>>,
+}
+
+impl Sources {
+    /// Takes up to `max_per_ring` messages from each inbound ring, handing each to
+    /// `f(source_shard, message)`; returns how many in all. The bound keeps one busy source
+    /// from starving the others and the shard's own connections (`Limits::mesh_batch_max`).
+    pub fn drain(&mut self, max_per_ring: usize, mut f: impl FnMut(usize, MeshMessage)) -> usize {
+        let mut count = 0;
+        for (source, consumer) in self.consumers.iter_mut().enumerate() {
+            if let Some(consumer) = consumer {
+                count += consumer.drain(max_per_ring, |message| f(source, message));
+            }
+        }
+        count
+    }
+
+    /// Messages waiting in the inbound rings (a snapshot; producers may be adding).
+    pub fn len(&self) -> usize {
+        self.consumers
+            .iter()
+            .flatten()
+            .map(spsc::Consumer::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The producers of one shard's outbound rings, one per other shard, with the overflow queues
+/// and the set of shards to wake.
+pub struct Targets {
+    /// This shard, the one that pushes.
     shard: usize,
     /// Index = target shard; `None` at this shard's own index.
     producers: Vec<Option<spsc::Producer<MeshMessage>>>,
-    /// Index = source shard; `None` at this shard's own index.
-    consumers: Vec<Option<spsc::Consumer<MeshMessage>>>,
     /// Index = target shard: messages that found its ring full, oldest first.
     overflow: Vec<VecDeque<MeshMessage>>,
     /// Bit per target whose overflow queue is not empty.
@@ -137,23 +244,19 @@ pub struct ShardMesh {
     wake_targets: u64,
 }
 
-impl ShardMesh {
-    /// This shard's index.
-    pub fn shard(&self) -> usize {
-        self.shard
-    }
-
-    pub fn shard_count(&self) -> usize {
-        self.producers.len()
-    }
-
+impl Targets {
     /// Sends `message` to `target`; never blocks. When the target's ring is full (or messages
     /// already wait for it) the message waits in the overflow queue, in order.
     ///
     /// Panics if `target` is this shard or out of range: a route is computed by the broker, and
     /// a shard delivers to itself directly.
     pub fn push(&mut self, target: usize, message: MeshMessage) {
-        assert!(target != self.shard, "shard {target} pushed to itself");
+        assert!(
+            target != self.shard && target < self.producers.len(),
+            "shard {} pushed to shard {target} (shard_count {})",
+            self.shard,
+            self.producers.len()
+        );
         let bit = 1u64 << target;
         self.wake_targets |= bit;
         if self.overflow_targets & bit != 0 {
@@ -175,7 +278,7 @@ impl ShardMesh {
     /// Sends a clone of `message` to every other shard (payloads and topics are shared, not
     /// copied). Used for interest changes and retained messages.
     pub fn broadcast(&mut self, message: MeshMessage) {
-        for target in 0..self.shard_count() {
+        for target in 0..self.producers.len() {
             if target != self.shard {
                 self.push(target, message.clone());
             }
@@ -222,7 +325,8 @@ impl ShardMesh {
         self.overflow[target].len()
     }
 
-    /// Messages waiting in the overflow for all targets.
+    /// Messages waiting in the overflow for all targets. Unbounded here: the shard watches it
+    /// against its own limit and sheds QoS 0 or stops reading when a peer falls behind.
     pub fn overflow_total(&self) -> usize {
         self.overflow.iter().map(VecDeque::len).sum()
     }
@@ -232,27 +336,6 @@ impl ShardMesh {
     /// the overflow counts too: the target's ring is full, so it has work either way.
     pub fn take_wake_targets(&mut self) -> u64 {
         std::mem::take(&mut self.wake_targets)
-    }
-
-    /// Takes up to `max_per_ring` messages from each inbound ring, handing each to
-    /// `f(source_shard, message)`; returns how many in all.
-    pub fn drain(&mut self, max_per_ring: usize, mut f: impl FnMut(usize, MeshMessage)) -> usize {
-        let mut count = 0;
-        for (source, consumer) in self.consumers.iter_mut().enumerate() {
-            if let Some(consumer) = consumer {
-                count += consumer.drain(max_per_ring, |message| f(source, message));
-            }
-        }
-        count
-    }
-
-    /// Messages waiting in the inbound rings (a snapshot; producers may be adding).
-    pub fn inbound_len(&self) -> usize {
-        self.consumers
-            .iter()
-            .flatten()
-            .map(spsc::Consumer::len)
-            .sum()
     }
 }
 
@@ -356,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "pushed to itself")]
+    #[should_panic(expected = "shard 1 pushed to shard 1")]
     fn pushing_to_oneself_is_a_programmer_error() {
         let mut shards = Mesh::new(2, 4);
         shards[1].push(1, publish("t", 0, 1));
@@ -435,6 +518,45 @@ mod tests {
         assert_eq!(drain_all(&mut shards[0]), vec![(1, interest.clone())]);
         assert_eq!(drain_all(&mut shards[2]), vec![(1, interest)]);
         assert!(drain_all(&mut shards[1]).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "shard 0 pushed to shard 2 (shard_count 2)")]
+    fn pushing_past_the_shard_count_is_a_programmer_error() {
+        let mut shards = Mesh::new(2, 4);
+        shards[0].push(2, publish("t", 0, 0));
+    }
+
+    #[test]
+    fn a_drained_message_can_be_pushed_on_in_the_callback() {
+        // Shared subscriptions pass a message on when the chosen shard has no member left.
+        let mut shards = Mesh::new(3, 4);
+        shards[0].push(1, publish("t", 7, 0));
+        let (sources, targets) = shards[1].split();
+        let taken = sources.drain(8, |source, message| {
+            assert_eq!(source, 0);
+            targets.push(2, message);
+        });
+        assert_eq!(taken, 1);
+        assert!(sources.is_empty());
+        assert_eq!(targets.take_wake_targets(), 0b100);
+        let received = drain_all(&mut shards[2]);
+        assert_eq!(received.len(), 1);
+        assert_eq!(
+            received[0].0, 1,
+            "the source is the shard that pushed it on"
+        );
+        assert_eq!(sequence_of(&received[0].1), 7);
+    }
+
+    #[test]
+    fn one_shard_has_no_rings() {
+        let mut shards = Mesh::new(1, 4);
+        assert_eq!(shards.len(), 1);
+        assert_eq!(shards[0].drain(8, |_, _| unreachable!()), 0);
+        shards[0].broadcast(publish("t", 0, 0));
+        assert_eq!(shards[0].take_wake_targets(), 0);
+        assert_eq!(shards[0].flush_overflow(), 0);
     }
 
     #[test]
