@@ -31,8 +31,8 @@ use crossbeam_utils::CachePadded;
 /// its two halves. Each half can move to another thread; neither can be shared or cloned, so
 /// there is exactly one producer and one consumer.
 ///
-/// Panics if `capacity` is 0 or cannot be rounded up to a power of two (a configuration error,
-/// caught by `Limits` validation before it gets here).
+/// Panics if `capacity` is 0 or cannot be rounded up to a power of two: configuration errors,
+/// for config validation to catch first.
 pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     assert!(capacity > 0, "spsc capacity must be at least 1");
     let capacity = capacity
