@@ -56,6 +56,31 @@ pub enum Enqueued {
     Dropped,
 }
 
+/// The QoS 1/2 state of a session, allocated on its first QoS 1/2 message and freed by `trim`
+/// once everything is acknowledged: most idle sessions never need it.
+#[derive(Debug, Default)]
+struct Flows {
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Message>,
+    /// Inbound QoS 2 packet ids delivered but not yet released by PUBREL: a re-sent PUBLISH
+    /// with one of these ids is acknowledged again but not delivered again (exactly once).
+    incoming_qos2: Vec<u16>,
+    /// The last packet id handed out (0 before the first).
+    last_packet_id: u16,
+}
+
+impl Flows {
+    fn is_idle(&self) -> bool {
+        self.inflight.is_empty() && self.queue.is_empty() && self.incoming_qos2.is_empty()
+    }
+
+    fn position(&self, packet_id: u16, state: InflightState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.state == state)
+    }
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ByteString,
@@ -66,14 +91,9 @@ pub struct Session {
     /// Every filter this session holds (shared ones in their `$share/group/filter` form) with
     /// the QoS granted, so a clean-up removes exactly what was inserted into the tries.
     pub subscriptions: Vec<(ByteString, QoS)>,
-    inflight: VecDeque<Inflight>,
-    queue: VecDeque<Message>,
-    /// Inbound QoS 2 packet ids delivered but not yet released by PUBREL: a re-sent PUBLISH
-    /// with one of these ids is acknowledged again but not delivered again (exactly once).
-    incoming_qos2: Vec<u16>,
-    next_packet_id: u16,
+    flows: Option<Box<Flows>>,
     /// Messages dropped because the queue was full.
-    pub dropped_count: u64,
+    pub dropped_count: u32,
     /// MQTT 5 room (not used under 3.1.1): session expiry, the client's receive maximum, and
     /// its topic alias maximum.
     pub session_expiry_secs: u32,
@@ -82,7 +102,7 @@ pub struct Session {
 }
 
 // The session's share of the 512 B budget per idle, subscribed connection (DESIGN.md).
-const _: () = assert!(std::mem::size_of::<Session>() <= 176);
+const _: () = assert!(std::mem::size_of::<Session>() <= 96);
 
 impl Session {
     pub fn new(client_id: ByteString, clean_session: bool, version: ProtocolVersion) -> Session {
@@ -92,10 +112,7 @@ impl Session {
             version,
             conn: None,
             subscriptions: Vec::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            incoming_qos2: Vec::new(),
-            next_packet_id: 1,
+            flows: None,
             dropped_count: 0,
             session_expiry_secs: 0,
             receive_maximum: u16::MAX,
@@ -103,32 +120,44 @@ impl Session {
         }
     }
 
+    fn flows(&mut self) -> &mut Flows {
+        self.flows.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the QoS 1/2 state once nothing is in flight, queued or awaiting PUBREL. Called
+    /// from the shard's coarse timer, not per ack, so a busy flow keeps its buffers.
+    pub fn trim(&mut self) {
+        if self.flows.as_ref().is_some_and(|f| f.is_idle()) {
+            self.flows = None;
+        }
+    }
+
     /// Can one more QoS 1/2 message go out now? The window is the smaller of the broker's
     /// `inflight_max` and the client's receive maximum (MQTT 5; 65535 under 3.1.1).
     pub fn window_open(&self, inflight_max: u16) -> bool {
-        self.inflight.len() < inflight_max.min(self.receive_maximum) as usize
+        self.inflight_len() < inflight_max.min(self.receive_maximum) as usize
     }
 
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.flows.as_ref().map_or(0, |f| f.inflight.len())
     }
 
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.flows.as_ref().map_or(0, |f| f.queue.len())
     }
 
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
-        self.inflight.iter()
+        self.flows.iter().flat_map(|f| f.inflight.iter())
     }
 
     /// Parks a message until the window opens or the client comes back. Bounded: over
     /// `queue_max` the new message is dropped (the oldest ones keep their order).
     pub fn enqueue(&mut self, message: Message, queue_max: u32) -> Enqueued {
-        if self.queue.len() >= queue_max as usize {
-            self.dropped_count += 1;
+        if self.queue_len() >= queue_max as usize {
+            self.dropped_count = self.dropped_count.saturating_add(1);
             return Enqueued::Dropped;
         }
-        self.queue.push_back(message);
+        self.flows().queue.push_back(message);
         Enqueued::Queued
     }
 
@@ -137,18 +166,19 @@ impl Session {
         if !self.window_open(inflight_max) {
             return None;
         }
-        self.queue.pop_front()
+        self.flows.as_mut()?.queue.pop_front()
     }
 
     /// Puts a QoS 1/2 message in flight and returns the packet id to send it with.
     pub fn start_inflight(&mut self, message: Message) -> u16 {
         debug_assert!(message.qos != QoS::AtMostOnce, "QoS 0 has no flow");
-        let packet_id = self.allocate_packet_id();
+        let flows = self.flows();
+        let packet_id = allocate_packet_id(flows);
         let state = match message.qos {
             QoS::ExactlyOnce => InflightState::AwaitPubRec,
             _ => InflightState::AwaitPubAck,
         };
-        self.inflight.push_back(Inflight {
+        flows.inflight.push_back(Inflight {
             packet_id,
             state,
             message,
@@ -156,33 +186,14 @@ impl Session {
         packet_id
     }
 
-    /// Packet ids run 1..=65535, skipping ones still in flight [MQTT-2.3.1-4]. The window
-    /// (at most 65535) guarantees a free one.
-    fn allocate_packet_id(&mut self) -> u16 {
-        loop {
-            let packet_id = self.next_packet_id;
-            self.next_packet_id = if packet_id == u16::MAX {
-                1
-            } else {
-                packet_id + 1
-            };
-            if !self.inflight.iter().any(|f| f.packet_id == packet_id) {
-                return packet_id;
-            }
-        }
-    }
-
-    fn position(&self, packet_id: u16, state: InflightState) -> Option<usize> {
-        self.inflight
-            .iter()
-            .position(|f| f.packet_id == packet_id && f.state == state)
-    }
-
     /// PUBACK for a QoS 1 message: its flow is complete. False for an unknown id.
     pub fn on_puback(&mut self, packet_id: u16) -> bool {
-        match self.position(packet_id, InflightState::AwaitPubAck) {
+        let Some(flows) = self.flows.as_mut() else {
+            return false;
+        };
+        match flows.position(packet_id, InflightState::AwaitPubAck) {
             Some(index) => {
-                self.inflight.remove(index);
+                flows.inflight.remove(index);
                 true
             }
             None => false,
@@ -192,21 +203,28 @@ impl Session {
     /// PUBREC for a QoS 2 message: the client has it; PUBREL is owed (also when the PUBREC is
     /// a repeat). The payload is released: only the packet id matters from here on.
     pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
-        if let Some(index) = self.position(packet_id, InflightState::AwaitPubRec) {
-            let flight = &mut self.inflight[index];
+        let Some(flows) = self.flows.as_mut() else {
+            return false;
+        };
+        if let Some(index) = flows.position(packet_id, InflightState::AwaitPubRec) {
+            let flight = &mut flows.inflight[index];
             flight.state = InflightState::AwaitPubComp;
             flight.message.payload = Bytes::new();
             return true;
         }
-        self.position(packet_id, InflightState::AwaitPubComp)
+        flows
+            .position(packet_id, InflightState::AwaitPubComp)
             .is_some()
     }
 
     /// PUBCOMP: the QoS 2 flow is complete. False for an unknown id.
     pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
-        match self.position(packet_id, InflightState::AwaitPubComp) {
+        let Some(flows) = self.flows.as_mut() else {
+            return false;
+        };
+        match flows.position(packet_id, InflightState::AwaitPubComp) {
             Some(index) => {
-                self.inflight.remove(index);
+                flows.inflight.remove(index);
                 true
             }
             None => false,
@@ -216,16 +234,19 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: true when it is new and must be delivered, false when it is a
     /// re-send of one already delivered and not yet released [MQTT-4.3.3-2].
     pub fn incoming_qos2_begin(&mut self, packet_id: u16) -> bool {
-        if self.incoming_qos2.contains(&packet_id) {
+        let flows = self.flows();
+        if flows.incoming_qos2.contains(&packet_id) {
             return false;
         }
-        self.incoming_qos2.push(packet_id);
+        flows.incoming_qos2.push(packet_id);
         true
     }
 
     /// PUBREL: the client may reuse the id; forget it.
     pub fn incoming_qos2_release(&mut self, packet_id: u16) {
-        self.incoming_qos2.retain(|&id| id != packet_id);
+        if let Some(flows) = self.flows.as_mut() {
+            flows.incoming_qos2.retain(|&id| id != packet_id);
+        }
     }
 
     /// Clean session 1 on reconnect: everything the old session held goes.
@@ -234,6 +255,22 @@ impl Session {
         let conn = self.conn;
         *self = Session::new(client_id, clean_session, version);
         self.conn = conn;
+    }
+}
+
+/// Packet ids run 1..=65535, skipping ones still in flight [MQTT-2.3.1-4]. The window (at
+/// most 65535) guarantees a free one.
+fn allocate_packet_id(flows: &mut Flows) -> u16 {
+    loop {
+        let packet_id = if flows.last_packet_id == u16::MAX {
+            1
+        } else {
+            flows.last_packet_id + 1
+        };
+        flows.last_packet_id = packet_id;
+        if !flows.inflight.iter().any(|f| f.packet_id == packet_id) {
+            return packet_id;
+        }
     }
 }
 
@@ -323,14 +360,38 @@ mod tests {
     #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
         let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
-        session.next_packet_id = u16::MAX;
+        session.flows().last_packet_id = u16::MAX - 1;
         let a = session.start_inflight(message(QoS::AtLeastOnce, 0));
         assert_eq!(a, u16::MAX);
         let b = session.start_inflight(message(QoS::AtLeastOnce, 0));
         assert_eq!(b, 1, "0 is never a packet id");
-        session.next_packet_id = u16::MAX;
+        session.flows().last_packet_id = u16::MAX - 1;
         let c = session.start_inflight(message(QoS::AtLeastOnce, 0));
         assert_eq!(c, 2, "ids in flight are skipped");
+    }
+
+    #[test]
+    fn idle_flows_are_freed_by_trim_only_when_idle() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        assert!(
+            session.flows.is_none(),
+            "a new session holds no QoS 1/2 state"
+        );
+        let id = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        session.trim();
+        assert!(session.flows.is_some(), "a message in flight keeps it");
+        assert!(session.on_puback(id));
+        assert!(session.incoming_qos2_begin(4));
+        session.trim();
+        assert!(session.flows.is_some(), "an id awaiting PUBREL keeps it");
+        session.incoming_qos2_release(4);
+        session.trim();
+        assert!(session.flows.is_none());
+        assert!(
+            !session.on_puback(id),
+            "acks after a trim are simply unknown"
+        );
+        assert_eq!(session.dequeue(10), None);
     }
 
     #[test]

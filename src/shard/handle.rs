@@ -745,6 +745,7 @@ impl Shard {
             return;
         };
         s.conn = None;
+        s.trim();
         if s.clean_session {
             self.clear_subscriptions(session);
             self.sessions.remove(session);

@@ -13,7 +13,8 @@ pub mod route;
 pub mod stats;
 pub mod timer;
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
+use hashbrown::HashTable;
 use io_uring::types::Timespec;
 
 use crate::auth::PasswordFile;
@@ -104,12 +106,15 @@ pub struct ShardParams {
     pub files: u32,
 }
 
-/// Sessions by index (the subscriber id in the tries), with a free list and a client id map.
+/// Sessions by index (the subscriber id in the tries), with a free list and a client id
+/// index. The index stores only session numbers and hashes the ids the sessions hold, so a
+/// client id is kept once, not again as a map key.
 #[derive(Default)]
 struct Sessions {
     slots: Vec<Option<Session>>,
     free: Vec<u32>,
-    by_client_id: HashMap<ByteString, u32>,
+    by_client_id: HashTable<u32>,
+    hasher: RandomState,
 }
 
 impl Sessions {
@@ -121,12 +126,20 @@ impl Sessions {
         self.slots.get(index as usize)?.as_ref()
     }
 
+    fn client_id_of(slots: &[Option<Session>], index: u32) -> &str {
+        slots[index as usize].as_ref().map_or("", |s| &s.client_id)
+    }
+
     fn find(&self, client_id: &str) -> Option<u32> {
-        self.by_client_id.get(client_id).copied()
+        let hash = self.hasher.hash_one(client_id);
+        let slots = &self.slots;
+        self.by_client_id
+            .find(hash, |&index| Self::client_id_of(slots, index) == client_id)
+            .copied()
     }
 
     fn insert(&mut self, session: Session) -> u32 {
-        let client_id = session.client_id.clone();
+        let hash = self.hasher.hash_one(&*session.client_id);
         let index = match self.free.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(session);
@@ -137,13 +150,19 @@ impl Sessions {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.by_client_id.insert(client_id, index);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_client_id.insert_unique(hash, index, |&other| {
+            hasher.hash_one(Self::client_id_of(slots, other))
+        });
         index
     }
 
     fn remove(&mut self, index: u32) -> Option<Session> {
         let session = self.slots.get_mut(index as usize)?.take()?;
-        self.by_client_id.remove(&session.client_id);
+        let hash = self.hasher.hash_one(&*session.client_id);
+        if let Ok(entry) = self.by_client_id.find_entry(hash, |&other| other == index) {
+            entry.remove();
+        }
         self.free.push(index);
         Some(session)
     }
@@ -843,6 +862,10 @@ impl Shard {
                     if timer::keepalive_expired(conn.last_packet_ms, conn.keepalive_secs, now_ms) {
                         expired.push((slot, generation, CloseReason::KeepaliveTimeout));
                     }
+                    // QoS 1/2 state that went idle is freed here, not per ack.
+                    if let Some(session) = self.sessions.get_mut(conn.session) {
+                        session.trim();
+                    }
                 }
                 ConnState::Closing => {}
             }
@@ -865,5 +888,36 @@ impl Shard {
             let _ = ring.submit_and_wait(0);
             ring.cancel_all();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolVersion;
+
+    fn session(client_id: &str) -> Session {
+        Session::new(client_id.into(), false, ProtocolVersion::V3_1_1)
+    }
+
+    #[test]
+    fn sessions_are_found_by_client_id_and_indexes_are_reused() {
+        let mut sessions = Sessions::default();
+        let ids: Vec<u32> = (0..100)
+            .map(|n| sessions.insert(session(&format!("client-{n}"))))
+            .collect();
+        for (n, &index) in ids.iter().enumerate() {
+            assert_eq!(sessions.find(&format!("client-{n}")), Some(index));
+        }
+        assert_eq!(sessions.find("client-100"), None);
+        let removed = sessions.remove(ids[42]).expect("present");
+        assert_eq!(&*removed.client_id, "client-42");
+        assert_eq!(sessions.find("client-42"), None);
+        assert!(sessions.remove(ids[42]).is_none(), "removed twice");
+        let again = sessions.insert(session("newcomer"));
+        assert_eq!(again, ids[42], "the freed index is reused");
+        assert_eq!(sessions.find("newcomer"), Some(again));
+        assert_eq!(sessions.find("client-41"), Some(ids[41]));
+        assert_eq!(sessions.find("client-43"), Some(ids[43]));
     }
 }
