@@ -7,10 +7,12 @@
 //! - `MeshMessage`: an 88-byte publish, pushed straight into the ring. Topic and payload are
 //!   static, so a clone costs no atomic: this measures the ring, not reference counts.
 //! - `ShardMesh`: the same message through `ShardMesh::push` / `drain`, overflow included.
+//! - `interest shards_for`: one thread matching topics against a 10,000-filter interest index.
 //!
 //! The writer is pinned to the first core and the reader to the second, as two shards would be.
 //! A side that finds the ring full or empty spins briefly, then yields (`Backoff::snooze`), so a
 //! busy machine slows the run down rather than stalling it.
+//! An op is one message moved from one thread to the other, or one `shards_for` lookup.
 //! Each case runs several times and prints its best and median: plain lines, no harness. On a
 //! busy or small machine the numbers are a floor.
 
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use crossbeam_utils::Backoff;
-use ringmq::mesh::{spsc, Forward, Mesh, MeshMessage};
+use ringmq::mesh::{spsc, Forward, InterestIndex, Mesh, MeshMessage};
 use ringmq::protocol::QoS;
 
 const MESSAGE_COUNT: u64 = 5_000_000;
@@ -32,17 +34,18 @@ const RUN_COUNT: usize = 7;
 /// A case runs `count` messages through and returns how long that took.
 type Case = fn(u64) -> Duration;
 
-const CASES: [(&str, Case); 3] = [
+const CASES: [(&str, Case); 4] = [
     ("spsc u64", spsc_u64),
     ("spsc MeshMessage", spsc_message),
     ("ShardMesh MeshMessage", shard_mesh_message),
+    ("interest shards_for", interest_shards_for),
 ];
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument picks cases by name.
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     println!(
-        "mesh: {MESSAGE_COUNT} messages per run, ring capacity {RING_CAPACITY}, batch {BATCH_MAX}, \
+        "mesh: {MESSAGE_COUNT} ops per run, ring capacity {RING_CAPACITY}, batch {BATCH_MAX}, \
          best of {RUN_COUNT}, {} cpus",
         thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -58,7 +61,7 @@ fn main() {
         let best = runs[0].as_secs_f64();
         let median = runs[RUN_COUNT / 2].as_secs_f64();
         println!(
-            "{name:<22} best {:>6.1} M messages/s {:>7.2} ns/message, median {:>7.2} ns/message",
+            "{name:<22} best {:>6.1} M ops/s {:>7.2} ns/op, median {:>7.2} ns/op",
             MESSAGE_COUNT as f64 / best / 1e6,
             best * 1e9 / MESSAGE_COUNT as f64,
             median * 1e9 / MESSAGE_COUNT as f64
@@ -201,6 +204,40 @@ fn shard_mesh_message(count: u64) -> Duration {
         },
     );
     assert_eq!(received, count);
+    elapsed
+}
+
+/// One thread: `shards_for` over an index of 10,000 literal filters plus a few wildcards, for
+/// topics that hit a literal filter, a `+` filter and `#` filters (the common publish).
+fn interest_shards_for(count: u64) -> Duration {
+    const DEVICE_COUNT: usize = 10_000;
+    let mut index = InterestIndex::new(16);
+    for device in 0..DEVICE_COUNT {
+        index.apply(&format!("sensors/{device}/temperature"), device % 16, true);
+    }
+    index.apply("sensors/+/humidity", 3, true);
+    index.apply("sensors/#", 5, true);
+    index.apply("#", 7, true);
+    index.apply("$SYS/#", 9, true);
+    let topics: Vec<String> = (0..1024)
+        .map(|n| match n % 4 {
+            0 | 1 => format!("sensors/{}/temperature", n * 7 % DEVICE_COUNT),
+            2 => format!("sensors/{n}/humidity"),
+            _ => format!("lights/{n}/state"),
+        })
+        .collect();
+    let start = Instant::now();
+    let mut union = 0u64;
+    for n in 0..count as usize {
+        union |= index.shards_for(std::hint::black_box(&topics[n % topics.len()]));
+    }
+    let elapsed = start.elapsed();
+    // The wildcards' shards (3, 5, 7) were hit; `$SYS/#` (9) never matches these topics.
+    let union = std::hint::black_box(union);
+    assert_eq!(
+        union & (1 << 3 | 1 << 5 | 1 << 7 | 1 << 9),
+        1 << 3 | 1 << 5 | 1 << 7
+    );
     elapsed
 }
 
