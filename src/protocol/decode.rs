@@ -38,13 +38,57 @@ pub fn decode(
     if buf.len() < size {
         return Ok(None);
     }
+    // Results are returned whole rather than re-wrapped: a `Packet` is ~470 bytes, and every
+    // re-wrapping is a copy on the hot path.
+    let body = buf.get(header_len..size).unwrap_or_default();
+    match decode_short(first, body) {
+        Ok(None) => {}
+        result => {
+            buf.advance(size);
+            return result;
+        }
+    }
     let mut frame = buf.split_to(size).freeze();
     frame.advance(header_len);
-    decode_body(first, frame, version).map(Some)
+    decode_body(first, frame, version)
+}
+
+/// The most frequent small packets (acks without properties, pings, a bare DISCONNECT) hold
+/// nothing to share with the receive buffer: parsed from the slice, they skip the split and the
+/// reference counting a frozen frame costs. `Ok(None)`: not one of them, take the general path
+/// (which gives the same result for these bytes, only slower).
+#[inline(always)]
+fn decode_short(first: u8, body: &[u8]) -> Result<Option<Packet>, DecodeError> {
+    let packet = match (first >> 4, body) {
+        (4..=7, &[high, low]) => {
+            let packet_id = u16::from_be_bytes([high, low]);
+            if packet_id == 0 {
+                return Err(DecodeError::ZeroPacketId);
+            }
+            let ack = PubAck::new(packet_id);
+            match first >> 4 {
+                4 => Packet::PubAck(ack),
+                5 => Packet::PubRec(ack),
+                6 => Packet::PubRel(ack),
+                _ => Packet::PubComp(ack),
+            }
+        }
+        (12, &[]) => Packet::PingReq,
+        (13, &[]) => Packet::PingResp,
+        (14, &[]) => Packet::Disconnect(Disconnect::default()),
+        _ => return Ok(None),
+    };
+    // Flags were checked from the first byte already; every version reads these alike.
+    Ok(Some(packet))
 }
 
 /// Decodes a packet's variable header and payload (`body`, exactly the remaining length).
-fn decode_body(first: u8, body: Bytes, version: ProtocolVersion) -> Result<Packet, DecodeError> {
+#[inline(always)]
+fn decode_body(
+    first: u8,
+    body: Bytes,
+    version: ProtocolVersion,
+) -> Result<Option<Packet>, DecodeError> {
     let mut r = Reader::new(body);
     let v5 = version.is_v5();
     let packet = match first >> 4 {
@@ -67,7 +111,7 @@ fn decode_body(first: u8, body: Bytes, version: ProtocolVersion) -> Result<Packe
     };
     // The declared remaining length must be exactly what the fields consumed.
     r.finish()?;
-    Ok(packet)
+    Ok(Some(packet))
 }
 
 // Reason codes each packet may carry (MQTT 5, the tables in 3.x.2.1).
@@ -632,20 +676,14 @@ impl Reader {
     /// A UTF-8 encoded string (1.5.4): well-formed, without U+0000 [MQTT-1.5.3-1/2].
     fn string(&mut self) -> Result<ByteString, DecodeError> {
         let bytes = self.binary()?;
-        if bytes.contains(&0) {
-            return Err(DecodeError::NullCharacter);
-        }
-        ByteString::try_from(bytes).map_err(|_| DecodeError::InvalidUtf8)
+        checked_string(bytes, false)
     }
 
     /// A topic name: a string without wildcards [MQTT-3.3.2-2]. Emptiness is the caller's to
     /// judge (a topic alias may stand in).
     fn topic_name(&mut self) -> Result<ByteString, DecodeError> {
-        let topic = self.string()?;
-        if topic.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
-            return Err(DecodeError::WildcardInTopicName);
-        }
-        Ok(topic)
+        let bytes = self.binary()?;
+        checked_string(bytes, true)
     }
 
     /// Everything left: a PUBLISH payload.
@@ -659,4 +697,36 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Validates a string field; with `topic_name`, refuses wildcards too. The bytes each rule looks
+/// for (U+0000, `#` 0x23, `+` 0x2B) all sort below 0x2C, which topics rarely hold, so one word-wide
+/// pass clears most strings and only the rest are searched byte by byte.
+fn checked_string(bytes: Bytes, topic_name: bool) -> Result<ByteString, DecodeError> {
+    let suspect = has_byte_below_0x2c(&bytes);
+    if suspect && bytes.contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    let string = ByteString::try_from(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    if topic_name && suspect && string.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        return Err(DecodeError::WildcardInTopicName);
+    }
+    Ok(string)
+}
+
+/// Whether any byte is below 0x2C, eight at a time: `hasless(x, n)` from Bit Twiddling Hacks,
+/// exact for n <= 128 (it never misses such a byte).
+pub(crate) fn has_byte_below_0x2c(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if x.wrapping_sub(ONES * 0x2C) & !x & HIGHS != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x2C)
 }

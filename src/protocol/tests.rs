@@ -1623,3 +1623,39 @@ fn fuzz_seeds_decode() {
     }
     assert!(seed_count >= 10, "only {seed_count} seeds");
 }
+
+/// The word-wide pre-check behind string validation never misses a byte below 0x2C.
+#[test]
+fn word_wide_scan_agrees_with_a_byte_loop() {
+    let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+    for _ in 0..100_000 {
+        let len = rng.below(40);
+        // Mostly topic-like bytes, now and then one from anywhere.
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                if rng.below(16) == 0 {
+                    rng.next() as u8
+                } else {
+                    0x2C + rng.below(0x54) as u8
+                }
+            })
+            .collect();
+        let expected = bytes.iter().any(|&b| b < 0x2C);
+        assert_eq!(
+            super::decode::has_byte_below_0x2c(&bytes),
+            expected,
+            "{bytes:02x?}"
+        );
+    }
+    for b in 0..=255u8 {
+        for at in 0..16 {
+            let mut bytes = vec![b'a'; 16];
+            bytes[at] = b;
+            assert_eq!(
+                super::decode::has_byte_below_0x2c(&bytes),
+                b < 0x2C,
+                "{b:#04x} at {at}"
+            );
+        }
+    }
+}
