@@ -78,9 +78,9 @@ pub struct HandOff {
     pub source_shard: u16,
     /// Equal to the `user_data` of the `MsgRingSendFd` that carries the descriptor.
     pub handoff_id: u64,
-    /// The fixed-file slot the accepting shard asked for on the target ring, if it chose one
-    /// (`u32::MAX`: let the target ring allocate, `DestinationSlot::auto_target()`).
-    pub ring_slot_hint: u32,
+    /// The fixed-file slot the accepting shard asked for on the target ring, if it chose one;
+    /// `None`: the target ring allocates it (`DestinationSlot::auto_target()`).
+    pub ring_slot_hint: Option<u32>,
     /// Every byte read from the socket so far, starting with the CONNECT packet; the home shard
     /// decodes them as if it had read them itself.
     pub bytes_read: Bytes,
@@ -547,6 +547,29 @@ mod tests {
             "the source is the shard that pushed it on"
         );
         assert_eq!(sequence_of(&received[0].1), 7);
+    }
+
+    #[test]
+    fn payloads_cross_shards_without_a_copy() {
+        let mut shards = Mesh::new(2, 4);
+        let bytes_read = Bytes::from(vec![0x10, 0x0c, 0x00, 0x04]);
+        let hand_off = HandOff {
+            source_shard: 0,
+            handoff_id: 42,
+            ring_slot_hint: None,
+            bytes_read: bytes_read.clone(),
+        };
+        shards[0].push(1, MeshMessage::Connection(hand_off.clone()));
+        let received = drain_all(&mut shards[1]);
+        let [(0, MeshMessage::Connection(arrived))] = &received[..] else {
+            panic!("expected one hand-off from shard 0: {received:?}");
+        };
+        assert_eq!(*arrived, hand_off);
+        assert_eq!(
+            arrived.bytes_read.as_ptr(),
+            bytes_read.as_ptr(),
+            "shared, not copied"
+        );
     }
 
     #[test]
