@@ -205,6 +205,7 @@ for c in "${case_list[@]}"; do
             run_dir="$dir/$b-r$round"
             ready="$work/ready"; rm -f "$ready"
             rss_before="$(rss_kb "$broker_pid")"
+            loadavg_before="$(cut -d' ' -f1-3 /proc/loadavg)"
             sock_before="$(sockstat)"
             # shellcheck disable=SC2046
             lg_cmd="taskset -c $LOAD_CPUS $LOADGEN $(case_args "$c") --port $port \
@@ -245,6 +246,7 @@ run = {
     "broker_config": open("$broker_conf").read(),
     "broker_alive_after": bool($alive),
     "sample_secs": ($t1 - $t0) / 1e6,
+    "loadavg_before": "$loadavg_before",
     "broker_cpu_secs": ($ticks1 - $ticks0) / $clk_tck,
     "broker_rss_kb_before": int("$rss_before" or 0),
     "broker_rss_kb_held": int("$rss_held" or 0),
