@@ -56,22 +56,25 @@ fn granted_code(qos: QoS) -> ReasonCode {
 }
 
 impl Shard {
+    /// A `Packet` is large (its MQTT 5 properties are inline), so past this point it is
+    /// handled by reference, never moved again.
+    #[inline]
     pub(super) fn handle(&mut self, slot: u32, generation: u32, packet: Packet) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
         match (conn.state, packet) {
             (ConnState::AwaitConnect, Packet::Connect(connect)) => {
-                self.on_connect(slot, generation, *connect)
+                self.on_connect(slot, generation, connect)
             }
             // [MQTT-3.1.0-1] The first packet must be CONNECT.
             (ConnState::AwaitConnect, _) => self.close(slot, generation, CloseReason::Protocol),
-            (ConnState::Connected, packet) => self.on_packet(slot, generation, packet),
+            (ConnState::Connected, packet) => self.on_packet(slot, generation, &packet),
             (ConnState::Closing, _) => {}
         }
     }
 
-    fn on_packet(&mut self, slot: u32, generation: u32, packet: Packet) {
+    fn on_packet(&mut self, slot: u32, generation: u32, packet: &Packet) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -208,7 +211,7 @@ impl Shard {
         }
     }
 
-    fn on_connect(&mut self, slot: u32, generation: u32, connect: Connect) {
+    fn on_connect(&mut self, slot: u32, generation: u32, connect: Box<Connect>) {
         let version = connect.protocol;
         if version.is_v5() {
             // MQTT 5 is a later issue: answer in its own encoding so the client understands.
@@ -286,11 +289,13 @@ impl Shard {
             connect.keepalive_secs,
             self.config.limits.keepalive_max_secs,
         );
-        conn.will = connect.will.map(|will| {
+        conn.will = connect.will.as_ref().map(|will| {
             Box::new(LastWill {
                 topic: unpinned_string(&will.topic),
                 payload: Bytes::copy_from_slice(&will.payload),
-                ..will
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties.clone(),
             })
         });
         if let Some(s) = self.sessions.get_mut(session) {
@@ -350,7 +355,7 @@ impl Shard {
         }
     }
 
-    fn on_publish(&mut self, slot: u32, generation: u32, session: u32, publish: Publish) {
+    fn on_publish(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
         self.stats.messages_in += 1;
         match publish.qos {
             QoS::AtMostOnce => self.publish(
@@ -643,7 +648,7 @@ impl Shard {
         }
     }
 
-    fn on_subscribe(&mut self, slot: u32, generation: u32, session: u32, subscribe: Subscribe) {
+    fn on_subscribe(&mut self, slot: u32, generation: u32, session: u32, subscribe: &Subscribe) {
         let qos_max = QoS::from_u8(self.config.limits.qos_max).unwrap_or(QoS::ExactlyOnce);
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted_filters = Vec::new();
@@ -699,7 +704,7 @@ impl Shard {
         slot: u32,
         generation: u32,
         session: u32,
-        unsubscribe: Unsubscribe,
+        unsubscribe: &Unsubscribe,
     ) {
         for filter in &unsubscribe.filters {
             self.remove_subscription(session, filter);
