@@ -272,8 +272,8 @@ fn split_level(levels: &str) -> (&str, Option<&str>) {
 /// A trie node still to visit in `shards_for`, with the topic levels left to match there.
 type Branch<'a> = (&'a Node, Option<&'a str>);
 
-/// Branches still to visit, on the stack up to `PENDING_INLINE` (one per `+` on the path, so
-/// real filters fit), then on the heap.
+/// Branches still to visit, on the stack up to `PENDING_INLINE` (about one per `+` on the
+/// path, so real filters fit; kept small because every lookup initialises it), then on the heap.
 #[derive(Default)]
 struct Pending<'a> {
     inline: [Option<Branch<'a>>; PENDING_INLINE],
@@ -281,7 +281,7 @@ struct Pending<'a> {
     spill: Vec<Branch<'a>>,
 }
 
-const PENDING_INLINE: usize = 32;
+const PENDING_INLINE: usize = 16;
 
 impl<'a> Pending<'a> {
     fn push(&mut self, branch: Branch<'a>) {
