@@ -101,6 +101,8 @@ pub struct ThreadResult {
     pub acked: u64,
     pub unexpected: u64,
     pub window_stalls: u64,
+    /// Rate mode: times a publisher had due messages the socket or QoS window held back.
+    pub send_stalls: u64,
     pub recv_buffers_exhausted: u64,
     /// Error text -> occurrences (connect errors, refusals, drops).
     pub errors: BTreeMap<String, u64>,
@@ -200,6 +202,8 @@ struct Pub {
     window_floor: u64,
     last_delivered: u64,
     last_progress_ns: u64,
+    /// In the rate-mode backlog.
+    backlogged: bool,
 }
 
 struct Sub {
@@ -241,6 +245,10 @@ pub struct Worker {
     handshakes: u32,
     ramp: Schedule,
     schedule: Option<Schedule>,
+    /// Rate mode: the next index of the thread's stream of intended send times.
+    stream_cursor: u64,
+    /// Rate mode: publishers with due messages they could not send yet.
+    backlog: Vec<u32>,
     start_ns: u64,
     measure_start_ns: u64,
     end_ns: u64,
@@ -262,6 +270,7 @@ pub struct Worker {
     acked: u64,
     unexpected: u64,
     window_stalls: u64,
+    send_stalls: u64,
     recv_buffers_exhausted: u64,
     errors: BTreeMap<String, u64>,
     first_connect_ns: u64,
@@ -373,6 +382,7 @@ impl Worker {
                         window_floor: 0,
                         last_delivered: 0,
                         last_progress_ns: 0,
+                        backlogged: false,
                     });
                     (pubs.len() as u32 - 1, NONE, None)
                 }
@@ -443,6 +453,8 @@ impl Worker {
             handshakes: 0,
             ramp: Schedule::new(now, ramp_rate, 1),
             schedule: None,
+            stream_cursor: 0,
+            backlog: Vec::new(),
             start_ns: 0,
             measure_start_ns: u64::MAX,
             end_ns: u64::MAX,
@@ -464,6 +476,7 @@ impl Worker {
             acked: 0,
             unexpected: 0,
             window_stalls: 0,
+            send_stalls: 0,
             recv_buffers_exhausted: 0,
             errors: BTreeMap::new(),
             first_connect_ns: 0,
@@ -1027,22 +1040,28 @@ impl Worker {
                 // Messages intended at or after the end are never sent; ones intended before
                 // it are sent even late (they are the stalls the histogram must show).
                 let horizon = now.min(self.end_ns.saturating_sub(1));
-                for p in 0..self.pubs.len() {
-                    let c = self.pubs[p].conn as usize;
-                    if self.conns[c].state != State::Ready {
-                        continue;
+                // Walk only the stream indices that fell due since the last turn (not every
+                // publisher), then the publishers that could not send all theirs before.
+                let due_total = schedule.due_count(horizon);
+                while self.stream_cursor < due_total {
+                    let (p, _) = schedule.slot(self.stream_cursor);
+                    self.stream_cursor += 1;
+                    self.pump_rate(p as usize, &schedule, horizon);
+                }
+                let mut i = 0;
+                while i < self.backlog.len() {
+                    let p = self.backlog[i] as usize;
+                    let closed = self.conns[self.pubs[p].conn as usize].state == State::Closed;
+                    if self.send_due(p, &schedule, horizon) || closed {
+                        self.pubs[p].backlogged = false;
+                        self.backlog.swap_remove(i);
+                    } else {
+                        i += 1;
                     }
-                    let due = schedule.due_for(p as u32, horizon);
-                    while self.pubs[p].sent < due && self.can_send(c, qos, u32::MAX) {
-                        let index = schedule.index_of(p as u32, self.pubs[p].sent);
-                        self.publish(p, schedule.intended_ns(index));
-                    }
-                    if self.pubs[p].sent >= due {
-                        let next = schedule.intended_ns(schedule.index_of(p as u32, due));
-                        if next < self.end_ns {
-                            next_ns = Some(next_ns.map_or(next, |n: u64| n.min(next)));
-                        }
-                    }
+                }
+                let next = schedule.intended_ns(self.stream_cursor);
+                if next < self.end_ns {
+                    next_ns = Some(next);
                 }
             }
             Mode::Max(window) => {
@@ -1094,6 +1113,29 @@ impl Worker {
             }
         }
         next_ns
+    }
+
+    /// Sends publisher p's due messages, each stamped with its intended time; what the socket
+    /// or the QoS window holds back waits in the backlog (keeping its intended time).
+    fn pump_rate(&mut self, p: usize, schedule: &Schedule, horizon: u64) {
+        let caught_up = self.send_due(p, schedule, horizon);
+        let closed = self.conns[self.pubs[p].conn as usize].state == State::Closed;
+        if !caught_up && !closed && !self.pubs[p].backlogged {
+            self.send_stalls += 1;
+            self.pubs[p].backlogged = true;
+            self.backlog.push(p as u32);
+        }
+    }
+
+    /// Sends what is due for publisher p and the socket and window allow; true when all is sent.
+    fn send_due(&mut self, p: usize, schedule: &Schedule, horizon: u64) -> bool {
+        let c = self.pubs[p].conn as usize;
+        let due = schedule.due_for(p as u32, horizon);
+        while self.pubs[p].sent < due && self.can_send(c, self.settings.qos, u32::MAX) {
+            let index = schedule.index_of(p as u32, self.pubs[p].sent);
+            self.publish(p, schedule.intended_ns(index));
+        }
+        self.pubs[p].sent >= due
     }
 
     fn can_send(&self, c: usize, qos: QoS, window: u32) -> bool {
@@ -1379,6 +1421,7 @@ impl Worker {
             acked: self.acked,
             unexpected: self.unexpected,
             window_stalls: self.window_stalls,
+            send_stalls: self.send_stalls,
             recv_buffers_exhausted: self.recv_buffers_exhausted,
             errors: std::mem::take(&mut self.errors),
             first_connect_ns: self.first_connect_ns,

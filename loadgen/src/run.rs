@@ -67,6 +67,9 @@ pub struct Summary {
     pub unexpected: u64,
     pub acked: u64,
     pub window_stalls: u64,
+    /// Open loop: times a publisher's due messages were held back by its socket or window
+    /// (they left late, stamped with their intended times).
+    pub send_stalls: u64,
     pub recv_buffers_exhausted: u64,
     pub msgs_out_per_sec: f64,
     pub msgs_in_per_sec: f64,
@@ -444,6 +447,7 @@ pub fn aggregate(
     let unexpected = sum(|r| r.unexpected);
     let acked = sum(|r| r.acked);
     let window_stalls = sum(|r| r.window_stalls);
+    let send_stalls = sum(|r| r.send_stalls);
     let recv_buffers_exhausted = sum(|r| r.recv_buffers_exhausted);
     for r in results {
         let _ = latency.add(&r.latency);
@@ -526,6 +530,7 @@ pub fn aggregate(
         unexpected,
         acked,
         window_stalls,
+        send_stalls,
         recv_buffers_exhausted,
         msgs_out_per_sec: rate_per_sec(sent_in_window, duration_ns),
         msgs_in_per_sec: rate_per_sec(received_in_window, duration_ns),

@@ -86,6 +86,8 @@ struct Behaviour {
     refuse: bool,
     /// Close every subscriber's connection when this sequence arrives from a publisher.
     hang_up_at: Option<u32>,
+    /// Stop reading from the publisher for this long when this sequence arrives.
+    stall_at: Option<(u32, Duration)>,
 }
 
 fn serve(mut stream: TcpStream, subscribers: Subscribers, faults: Arc<Faults>, how: Behaviour) {
@@ -133,6 +135,11 @@ fn serve(mut stream: TcpStream, subscribers: Subscribers, faults: Arc<Faults>, h
                 }
                 Packet::Publish(p) => {
                     let seq = Stamp::read(&p.payload).unwrap().sequence;
+                    if let Some((at, pause)) = how.stall_at {
+                        if at == seq {
+                            std::thread::sleep(pause);
+                        }
+                    }
                     if how.hang_up_at == Some(seq) {
                         for (_, s) in subscribers.lock().unwrap().drain(..) {
                             let _ = s.shutdown(std::net::Shutdown::Both);
@@ -373,4 +380,49 @@ fn several_rings_per_thread_count_the_same() {
     assert_eq!(s.duplicates, duplicated);
     assert_eq!(s.reordered, faults.swapped.load(Ordering::Relaxed));
     assert_eq!(s.received, 300 - dropped + duplicated);
+}
+
+#[test]
+fn a_stalled_broker_shows_in_the_latency_not_in_fewer_messages() {
+    // The fake stops reading for 1.5 s at message 200. Open loop at 1000 msgs/s with 64 KiB
+    // payloads: ~100 MB fall due meanwhile, more than the socket buffers take, so the outbox
+    // fills and the generator's own backlog holds the rest. Every message is still sent,
+    // stamped with its intended time, so the stall lands in the histogram (no coordinated
+    // omission) instead of in fewer messages.
+    let (port, faults) = start_fake(Behaviour {
+        stall_at: Some((200, Duration::from_millis(1500))),
+        ..Behaviour::default()
+    });
+    let port = port.to_string();
+    let report = common::loadgen(&[
+        "pairs",
+        "-n",
+        "1",
+        "--rate",
+        "1000",
+        "--payload",
+        "65536",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--duration",
+        "2",
+        "--drain",
+        "3",
+        "-q",
+    ]);
+    let s = &report.summary;
+    let dropped = faults.dropped.load(Ordering::Relaxed);
+    assert_eq!(s.sent, 2000);
+    assert_eq!(s.lost, dropped, "{:?}", s.errors);
+    assert!(s.send_stalls > 0, "the generator's own backlog was used");
+    assert!(
+        s.latency.max_us > 1_400_000.0,
+        "max {} µs",
+        s.latency.max_us
+    );
+    // Messages 200..1700 were intended during the stall: over half wait for it.
+    assert!(s.latency.p50_us > 100_000.0, "p50 {} µs", s.latency.p50_us);
+    assert!(s.latency.min_us < 50_000.0, "min {} µs", s.latency.min_us);
 }
