@@ -637,14 +637,34 @@ impl Shard {
             let Some(message) = s.dequeue(inflight_max) else {
                 return;
             };
-            let (topic, payload, qos, retain) = (
-                message.topic.clone(),
-                message.payload.clone(),
-                message.qos,
-                message.retain,
-            );
             let packet_id = s.start_inflight(message);
-            self.write_publish(c, &topic, &payload, qos, retain, packet_id);
+            // Encoded straight from the copy the window keeps: no reference counts touched.
+            let Some(flight) = s.newest_inflight() else {
+                return;
+            };
+            let Some((outbox, version)) = outbox_in(
+                &mut self.conns,
+                &mut self.outbox_pool,
+                &mut self.dirty,
+                c.slot,
+                c.generation,
+            ) else {
+                return;
+            };
+            let m = &flight.message;
+            let encoded = protocol::encode_publish(
+                outbox,
+                version,
+                &m.topic,
+                &m.payload,
+                m.qos,
+                m.retain,
+                false,
+                packet_id,
+                &self.no_properties,
+            );
+            debug_assert!(encoded.is_ok());
+            self.stats.messages_out += 1;
         }
     }
 

@@ -541,7 +541,9 @@ impl Shard {
                 std::mem::take(&mut conn.inbox)
             } else {
                 if self.arena.capacity() - self.arena.len() < bytes.len() {
-                    self.arena = BytesMut::with_capacity(ARENA_BLOCK.max(bytes.len()));
+                    // Reclaims the current block in place once every payload cut from it is
+                    // gone; allocates a fresh one only while some are still queued.
+                    self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
                 }
                 self.arena.extend_from_slice(bytes);
                 self.arena.split()

@@ -101,6 +101,9 @@ impl SharedSubscriptions {
         mut deliver: impl FnMut(u32, QoS),
     ) {
         group_ids.clear();
+        if self.by_name.is_empty() {
+            return;
+        }
         self.trie.for_each_match(topic, |id, _| group_ids.push(id));
         for &id in group_ids.iter() {
             let Some(group) = self.groups[id as usize].as_mut() else {
