@@ -206,3 +206,107 @@ fn slow_qos1_consumer_loses_nothing() {
     }
     slow.expect_silence(std::time::Duration::from_millis(200));
 }
+
+#[test]
+fn stored_payloads_survive_heavy_traffic() {
+    // Payloads are shared slices of a receive arena that the broker reuses: a retained message
+    // and messages queued for an offline session must keep their bytes while thousands of
+    // other messages pass through (and the arena blocks under them are recycled).
+    let broker = start_broker();
+    let root = unique_topic("arena");
+    let retained_topic = format!("{root}/retained");
+    let queued_topic = format!("{root}/queued");
+    let traffic_topic = format!("{root}/traffic");
+    let pattern = |seed: u8, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| seed.wrapping_add((i % 251) as u8))
+            .collect()
+    };
+
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("arena-pub"));
+    publisher.publish(&retained_topic, 1, true, 1, &pattern(7, 3000));
+
+    // A will, parsed from a CONNECT at the start, published only at the end.
+    let will_topic = format!("{root}/will");
+    let mut will_connect = Connect::v311(&unique_id("arena-will"));
+    will_connect.will = Some(Will {
+        topic: will_topic.clone(),
+        payload: pattern(55, 1500),
+        qos: 1,
+        retain: false,
+    });
+    let (will_client, _) = RawClient::connect_with(broker.addr(), &will_connect);
+
+    let mut connect = Connect::v311(&unique_id("arena-offline"));
+    connect.clean_session = false;
+    let (mut offline, _) = RawClient::connect_with(broker.addr(), &connect);
+    offline.subscribe(1, &[(&queued_topic, 1)]);
+    offline.disconnect();
+    for n in 0..10u8 {
+        publisher.publish(
+            &queued_topic,
+            1,
+            false,
+            2 + n as u16,
+            &pattern(100 + n, 500 + n as usize),
+        );
+    }
+
+    // Heavy traffic: 5,000 messages of varied sizes, consumed by a subscriber.
+    let mut consumer = RawClient::connect(broker.addr(), &unique_id("arena-consumer"));
+    consumer.subscribe(1, &[(&traffic_topic, 0)]);
+    for batch in 0..50u32 {
+        let mut bytes = Vec::new();
+        for i in 0..100u32 {
+            let n = batch * 100 + i;
+            let len = 1 + (n as usize * 37) % 2000;
+            bytes.extend(publish_bytes(
+                traffic_topic.as_bytes(),
+                0,
+                false,
+                false,
+                0,
+                &pattern(n as u8, len),
+            ));
+        }
+        publisher.send(&bytes);
+        for i in 0..100u32 {
+            let n = batch * 100 + i;
+            let len = 1 + (n as usize * 37) % 2000;
+            assert!(
+                consumer.read_publish().payload == pattern(n as u8, len),
+                "traffic {n}"
+            );
+        }
+    }
+
+    let mut late = RawClient::connect(broker.addr(), &unique_id("arena-late"));
+    late.subscribe(1, &[(&retained_topic, 0), (&will_topic, 1)]);
+    let retained = late.read_publish();
+    assert!(retained.retain);
+    assert_eq!(retained.topic, retained_topic);
+    assert!(
+        retained.payload == pattern(7, 3000),
+        "retained payload changed under traffic"
+    );
+
+    drop(will_client);
+    let will = late.read_publish();
+    assert_eq!(will.topic, will_topic);
+    assert!(
+        will.payload == pattern(55, 1500),
+        "will payload changed under traffic"
+    );
+
+    let (mut offline, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    for n in 0..10u8 {
+        let publish = offline.read_publish();
+        assert_eq!(publish.topic, queued_topic);
+        assert!(
+            publish.payload == pattern(100 + n, 500 + n as usize),
+            "queued message {n} changed under traffic"
+        );
+        offline.send(&puback_bytes(publish.packet_id.unwrap()));
+    }
+}
