@@ -310,3 +310,62 @@ fn stored_payloads_survive_heavy_traffic() {
         offline.send(&puback_bytes(publish.packet_id.unwrap()));
     }
 }
+
+#[test]
+fn interleaved_partial_packets_from_many_connections_stay_apart() {
+    // Each connection's partial packet is kept apart from the others' until it completes: ten
+    // publishers send their packets in pieces, round-robin, pieces of different sizes.
+    let broker = start_broker();
+    let root = unique_topic("pieces");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("pieces-sub"));
+    subscriber.subscribe(1, &[(&format!("{root}/#"), 0)]);
+    let mut publishers: Vec<RawClient> = (0..10)
+        .map(|_| RawClient::connect(broker.addr(), &unique_id("pieces-pub")))
+        .collect();
+    for round in 0..20usize {
+        let packets: Vec<Vec<u8>> = (0..publishers.len())
+            .map(|p| {
+                let payload = vec![b'a' + p as u8; 100 + round * 50 + p];
+                publish_bytes(
+                    format!("{root}/{p}").as_bytes(),
+                    0,
+                    false,
+                    false,
+                    0,
+                    &payload,
+                )
+            })
+            .collect();
+        // Three pieces per packet, cut at different places for each publisher.
+        let cuts: Vec<(usize, usize)> = packets
+            .iter()
+            .enumerate()
+            .map(|(p, bytes)| (1 + (p * 7 + round) % 5, bytes.len() / 2 + p))
+            .collect();
+        for piece in 0..3 {
+            for (p, publisher) in publishers.iter_mut().enumerate() {
+                let (first, second) = cuts[p];
+                let bytes = &packets[p];
+                let range = match piece {
+                    0 => 0..first,
+                    1 => first..second,
+                    _ => second..bytes.len(),
+                };
+                publisher.send(&bytes[range]);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut seen = vec![false; publishers.len()];
+        for _ in 0..publishers.len() {
+            let publish = subscriber.read_publish();
+            let p: usize = publish.topic.rsplit('/').next().unwrap().parse().unwrap();
+            assert!(!seen[p], "publisher {p} twice in round {round}");
+            seen[p] = true;
+            assert_eq!(
+                publish.payload,
+                vec![b'a' + p as u8; 100 + round * 50 + p],
+                "round {round}"
+            );
+        }
+    }
+}
