@@ -30,7 +30,7 @@ use io_uring::types::Timespec;
 use crate::auth::PasswordFile;
 use crate::config::Config;
 use crate::protocol::{self, Properties, QoS};
-use crate::ring::{Completion, Op, Ring, RingSizes, Token};
+use crate::ring::{next_generation, Completion, Op, Ring, RingSizes, Token};
 use crate::session::{Message, Session};
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
@@ -208,6 +208,8 @@ pub struct Shard {
     files: u32,
     /// The ring whose table takes new connections.
     accept_ring: usize,
+    /// The token of the accept armed last (its slot field names the ring).
+    accept_token: Token,
     /// Registered on every secondary ring; the primary keeps a read armed on it.
     ring_wake: Option<OwnedFd>,
     ring_wake_buf: Box<u64>,
@@ -286,6 +288,7 @@ impl Shard {
             rings,
             files: params.files,
             accept_ring: 0,
+            accept_token: Token::shard(Op::Accept),
             ring_wake,
             ring_wake_buf: Box::new(0),
             listener: params.listener,
@@ -405,8 +408,10 @@ impl Shard {
     /// in a table with room; the token's slot field names the ring.
     fn arm_accept(&mut self) {
         let ring = self.accept_ring;
-        let token = Token::new(Op::Accept, ring as u32, 0);
-        self.rings[ring].accept_multi(self.listener.as_raw_fd(), token);
+        // A fresh generation per arm tells this accept's completions from a cancelled one's.
+        let generation = next_generation(self.accept_token.generation);
+        self.accept_token = Token::new(Op::Accept, ring as u32, generation);
+        self.rings[ring].accept_multi(self.listener.as_raw_fd(), self.accept_token);
         self.accept_armed = true;
     }
 
@@ -462,8 +467,9 @@ impl Shard {
     fn on_accept(&mut self, token: Token, completion: Completion) {
         let ring = token.slot as usize;
         // Only the armed accept's end matters: one cancelled on a ring we moved away from
-        // ends later, with -ECANCELED.
-        if !completion.more() && ring == self.accept_ring {
+        // ends later, with -ECANCELED, maybe after accepting was re-armed on that same ring.
+        let current = token == self.accept_token;
+        if !completion.more() && current {
             self.accept_armed = false;
         }
         let result = completion.result;
@@ -476,7 +482,9 @@ impl Shard {
             if let Some(conn) = self.conns.get_mut(slot, generation) {
                 conn.recv_armed = true;
             }
-            self.move_accept_if_full(ring);
+            if current {
+                self.move_accept_if_full(ring);
+            }
             return;
         }
         if -result == libc::ECANCELED {
@@ -498,7 +506,7 @@ impl Shard {
                     self.index, self.files
                 );
             }
-            if !completion.more() {
+            if !completion.more() && current {
                 match roomy {
                     Some(r) => self.accept_ring = r,
                     None => self.accept_paused = true,
@@ -642,7 +650,7 @@ impl Shard {
     /// no other ring below the mark, this one keeps filling to the last slot.
     fn move_accept_if_full(&mut self, ring: usize) {
         let mark = self.files - (self.files / 8).min(ACCEPT_MARGIN_MAX);
-        if ring != self.accept_ring || !self.accept_armed || self.conns.ring_len(ring) < mark {
+        if !self.accept_armed || self.conns.ring_len(ring) < mark {
             return;
         }
         let rings = self.rings.len();
@@ -652,7 +660,7 @@ impl Shard {
         else {
             return;
         };
-        let accept = Token::new(Op::Accept, ring as u32, 0);
+        let accept = self.accept_token;
         self.rings[ring].cancel(accept, Token::new(Op::AcceptCancel, ring as u32, 0));
         self.accept_ring = roomy;
         self.arm_accept();
@@ -673,7 +681,9 @@ impl Shard {
             return;
         };
         conn.send_in_flight = false;
-        if completion.result < 0 {
+        // A send of a non-empty buffer that moved nothing would be retried forever: treat it
+        // as the error it is.
+        if completion.result < 0 || (completion.result == 0 && !conn.sending.is_empty()) {
             conn.sending.clear();
             if conn.state == ConnState::Closing {
                 self.maybe_release(token.slot, token.generation);
