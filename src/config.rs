@@ -161,3 +161,65 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_toml(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:1884"
+            shards = 1
+            rings_per_shard = 2
+            ring_files_max = 1000
+            ring_entries = 256
+            recv_buffer_count = 512
+            recv_buffer_size = 2048
+            allow_anonymous = false
+            password_file = "/etc/ringmq/passwd"
+            [limits]
+            packet_size_max = 4096
+            inflight_max = 10
+            keepalive_max_secs = 60
+            connect_timeout_secs = 5
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.listen, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!((config.rings_per_shard, config.ring_files_max), (2, 1000));
+        assert_eq!((config.ring_entries, config.recv_buffer_count), (256, 512));
+        assert_eq!(config.recv_buffer_size, 2048);
+        assert!(!config.allow_anonymous);
+        assert_eq!(config.limits.packet_size_max, 4096);
+        assert_eq!(config.limits.inflight_max, 10);
+        assert_eq!(config.limits.keepalive_max_secs, 60);
+        assert_eq!(config.limits.connect_timeout_secs, 5);
+        assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("rings_per_shard = 0", "rings_per_shard"),
+            ("rings_per_shard = 257", "rings_per_shard"),
+            ("recv_buffer_count = 1000", "recv_buffer_count"),
+            ("recv_buffer_size = 16", "recv_buffer_size"),
+            ("ring_entries = 4", "ring_entries"),
+            ("ring_files_max = 16777217", "ring_files_max"),
+            ("[limits]\ninflight_max = 0", "inflight_max"),
+            ("[limits]\nqos_max = 3", "qos_max"),
+            ("no_such_key = 1", "no_such_key"),
+        ];
+        for (text, key) in cases {
+            let error = Config::from_toml(text).expect_err(text);
+            assert!(error.contains(key), "{text}: {error}");
+        }
+    }
+}
