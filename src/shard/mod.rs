@@ -51,6 +51,8 @@ const ARENA_BLOCK: usize = 64 << 10;
 const INBOX_RESERVE_MAX: usize = 64 << 10;
 /// Slots a ring keeps free for a burst of accepts before accepting moves to another ring.
 const ACCEPT_MARGIN_MAX: u32 = 1024;
+/// Accept errors in a row after which the retry waits for the next timer tick.
+const ACCEPT_ERROR_STREAK_MAX: u32 = 64;
 /// Completions taken from the ring per batch.
 const REAP_BATCH: usize = 4096;
 
@@ -250,6 +252,10 @@ pub struct Shard {
     /// The fixed-file table was full: accept waits until a slot is freed.
     accept_paused: bool,
     table_full_logged: bool,
+    /// Accept errors in a row; past `ACCEPT_ERROR_STREAK_MAX` accepting waits for the timer.
+    accept_error_streak: u32,
+    accept_resume_on_tick: bool,
+    accept_error_logged: bool,
     timer_due: bool,
     stopping: bool,
     clock: Instant,
@@ -318,6 +324,9 @@ impl Shard {
             accept_armed: false,
             accept_paused: false,
             table_full_logged: false,
+            accept_error_streak: 0,
+            accept_resume_on_tick: false,
+            accept_error_logged: false,
             timer_due: false,
             stopping: false,
             clock: Instant::now(),
@@ -474,6 +483,7 @@ impl Shard {
         }
         let result = completion.result;
         if result >= 0 {
+            self.accept_error_streak = 0;
             let slot = conn_id(ring, result as u32);
             let generation = self.conns.insert(slot, self.now_ms);
             self.stats.connections_accepted += 1;
@@ -514,7 +524,23 @@ impl Shard {
             }
             return;
         }
+        // Another error (a client reset before accept, ...). A multishot accept ends on any
+        // error and is re-armed at the end of the turn; if the errors do not stop, the retry
+        // waits for the timer instead of spinning.
         self.stats.accept_errors += 1;
+        self.accept_error_streak += 1;
+        if self.accept_error_streak > ACCEPT_ERROR_STREAK_MAX && !completion.more() && current {
+            self.accept_paused = true;
+            self.accept_resume_on_tick = true;
+            if !self.accept_error_logged {
+                self.accept_error_logged = true;
+                eprintln!(
+                    "ringmq: shard {}: accept keeps failing ({}): retrying once a second",
+                    self.index,
+                    io::Error::from_raw_os_error(-result)
+                );
+            }
+        }
     }
 
     fn on_recv(&mut self, token: Token, completion: Completion) {
@@ -856,6 +882,11 @@ impl Shard {
     }
 
     fn expire_timers(&mut self) {
+        if self.accept_resume_on_tick {
+            self.accept_resume_on_tick = false;
+            self.accept_paused = false;
+            self.accept_error_streak = 0;
+        }
         let now_ms = self.now_ms;
         let connect_timeout_secs = self.config.limits.connect_timeout_secs;
         let mut expired = std::mem::take(&mut self.expired);
