@@ -26,7 +26,7 @@ use ringmq::protocol::{
 use ringmq::ring::BufRing;
 
 use crate::plan::{ConnPlan, Mode, Role, Settings};
-use crate::schedule::Schedule;
+use crate::schedule::{share, Schedule};
 use crate::stamp::{monotonic_ns, Stamp};
 use crate::stats::new_histogram;
 use crate::tracker::SeqTracker;
@@ -295,6 +295,19 @@ fn sockaddr(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
         },
         sin_zero: [0; 8],
     }
+}
+
+/// Messages per second for thread `me` of `threads` when `publishers` are dealt round-robin
+/// and `total` is split in proportion: cumulative shares are rounded down, so the threads'
+/// shares add up to `total` exactly.
+pub fn rate_share(total: u64, publishers: u64, threads: u64, me: u64) -> u64 {
+    if publishers == 0 {
+        return 0;
+    }
+    let before: u64 = (0..me).map(|t| share(publishers, threads, t)).sum();
+    let through = before + share(publishers, threads, me);
+    let cumulative = |n: u64| (total as u128 * n as u128 / publishers as u128) as u64;
+    cumulative(through) - cumulative(before)
 }
 
 fn errno_text(res: i32) -> String {
@@ -1012,14 +1025,21 @@ impl Worker {
         self.end_ns = self.shared.end_ns.load(Ordering::Relaxed);
         if let Mode::Rate(total) = self.settings.mode {
             if !self.pubs.is_empty() {
-                // This thread's share of the rate, in proportion to its publishers, its
-                // stream offset by a fraction of an interval so threads do not send in step.
-                let share = (total as u128 * self.pubs.len() as u128
-                    / self.settings.publisher_count.max(1) as u128)
-                    .max(1) as u64;
+                // This thread's share of the rate, in proportion to its publishers (dealt
+                // round-robin), its stream offset by a fraction of an interval so threads do
+                // not send in step.
                 let threads = self.shared.threads.len() as u64;
-                let phase = 1_000_000_000 / share / threads * self.me as u64;
-                self.schedule = Some(Schedule::new(start + phase, share, self.pubs.len() as u32));
+                let share = rate_share(
+                    total,
+                    u64::from(self.settings.publisher_count),
+                    threads,
+                    self.me as u64,
+                );
+                if share > 0 {
+                    let phase = 1_000_000_000 / share / threads * self.me as u64;
+                    self.schedule =
+                        Some(Schedule::new(start + phase, share, self.pubs.len() as u32));
+                }
             }
         }
         let _ = now;
@@ -1427,5 +1447,33 @@ impl Worker {
             first_connect_ns: self.first_connect_ns,
             last_ready_ns: self.last_ready_ns,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_shares_add_up_to_the_total() {
+        for (total, publishers, threads) in [(1000, 3, 2), (7, 5, 3), (20_000, 100, 1), (10, 1, 4)]
+        {
+            let shares: Vec<u64> = (0..threads)
+                .map(|t| rate_share(total, publishers, threads, t))
+                .collect();
+            assert_eq!(
+                shares.iter().sum::<u64>(),
+                total,
+                "{total} over {publishers}/{threads}"
+            );
+        }
+        // 3 publishers on 2 threads: 2 and 1, so two thirds and one third of the rate.
+        assert_eq!(rate_share(1000, 3, 2, 0), 666);
+        assert_eq!(rate_share(1000, 3, 2, 1), 334);
+        assert_eq!(
+            rate_share(10, 1, 4, 1),
+            0,
+            "a thread without publishers sends nothing"
+        );
     }
 }

@@ -53,6 +53,26 @@ fn pairs_qos0_counts_exactly() {
 }
 
 #[test]
+fn two_threads_split_the_rate_exactly() {
+    // 3 pairs over 2 threads: 2/3 and 1/3 of 1000 msgs/s, 500 messages in all.
+    check_exact(
+        &[
+            "pairs",
+            "-n",
+            "3",
+            "--threads",
+            "2",
+            "--rate",
+            "1000",
+            "--duration",
+            "0.5",
+        ],
+        500,
+        1,
+    );
+}
+
+#[test]
 fn pairs_qos1_counts_exactly() {
     check_exact(
         &[
