@@ -1035,8 +1035,9 @@ impl Worker {
                     threads,
                     self.me as u64,
                 );
-                if share > 0 {
-                    let phase = 1_000_000_000 / share / threads * self.me as u64;
+                // No share (fewer messages per second than threads): this thread sends none.
+                if let Some(interval_ns) = 1_000_000_000u64.checked_div(share) {
+                    let phase = interval_ns / threads * self.me as u64;
                     self.schedule =
                         Some(Schedule::new(start + phase, share, self.pubs.len() as u32));
                 }
