@@ -505,7 +505,7 @@ impl Worker {
                 break;
             }
             self.open_due(now);
-            self.learn_start(now);
+            self.learn_start();
             let mut wake_ns = now + WAIT_MAX_NS;
             if let Some(next) = self.pump_publishers(now) {
                 wake_ns = wake_ns.min(next);
@@ -1012,7 +1012,7 @@ impl Worker {
         }
     }
 
-    fn learn_start(&mut self, now: u64) {
+    fn learn_start(&mut self) {
         if self.start_ns != 0 {
             return;
         }
@@ -1043,7 +1043,6 @@ impl Worker {
                 }
             }
         }
-        let _ = now;
     }
 
     /// Puts every message that is due (rate mode) or that the window allows (max mode) into
