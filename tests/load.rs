@@ -417,3 +417,31 @@ fn tiny_receive_buffers_run_dry_and_lose_nothing() {
         next[p] += 1;
     }
 }
+
+#[test]
+fn tiny_submission_queue_still_serves_a_fan_out() {
+    // Eight submission entries: one turn's sends to 30 subscribers overflow the queue, which must
+    // be submitted and refilled, not lose operations.
+    let mut config = test_config();
+    config.ring_entries = 8;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("small-sq");
+    let mut subscribers: Vec<RawClient> = (0..30)
+        .map(|_| {
+            let mut s = RawClient::connect(broker.addr(), &unique_id("sq-sub"));
+            s.subscribe(1, &[(&topic, 1)]);
+            s
+        })
+        .collect();
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("sq-pub"));
+    for n in 0..20u16 {
+        publisher.publish(&topic, 1, false, n + 1, &n.to_be_bytes());
+    }
+    for subscriber in subscribers.iter_mut() {
+        for n in 0..20u16 {
+            let publish = subscriber.read_publish();
+            assert_eq!(publish.payload, n.to_be_bytes());
+            subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
+        }
+    }
+}
