@@ -82,6 +82,9 @@ impl Shared {
 pub struct ThreadResult {
     /// Publish-to-delivery latency of messages stamped inside the measured window (ns).
     pub latency: Histogram<u64>,
+    /// Open loop: how late each message of the window left after its intended time (ns). Large
+    /// values mean the generator itself, not only the broker, is in the latencies.
+    pub send_lag: Histogram<u64>,
     /// Socket to CONNACK (and SUBACK when subscribing), ns.
     pub connect_latency: Histogram<u64>,
     /// (publisher index, messages it sent).
@@ -256,6 +259,7 @@ pub struct Worker {
     next_sweep_ns: u64,
     next_keepalive_ns: u64,
     latency: Histogram<u64>,
+    send_lag: Histogram<u64>,
     interval: Histogram<u64>,
     connect_latency: Histogram<u64>,
     sent_total: u64,
@@ -475,6 +479,7 @@ impl Worker {
             next_sweep_ns: now,
             next_keepalive_ns: now + 1_000_000_000,
             latency: new_histogram(),
+            send_lag: new_histogram(),
             interval: new_histogram(),
             connect_latency: new_histogram(),
             sent_total: 0,
@@ -1202,6 +1207,10 @@ impl Worker {
         self.sent_total += 1;
         if sent_at_ns >= self.measure_start_ns && sent_at_ns < self.end_ns {
             self.sent_in_window += 1;
+            if matches!(self.settings.mode, Mode::Rate(_)) {
+                let lag_ns = monotonic_ns().saturating_sub(sent_at_ns).max(1);
+                self.send_lag.saturating_record(lag_ns);
+            }
         }
         self.mark_dirty(c);
     }
@@ -1426,6 +1435,7 @@ impl Worker {
         }
         ThreadResult {
             latency: std::mem::replace(&mut self.latency, new_histogram()),
+            send_lag: std::mem::replace(&mut self.send_lag, new_histogram()),
             connect_latency: std::mem::replace(&mut self.connect_latency, new_histogram()),
             sent: self.pubs.iter().map(|p| (p.index, p.sent)).collect(),
             sent_in_window: self.sent_in_window,

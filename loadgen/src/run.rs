@@ -75,6 +75,9 @@ pub struct Summary {
     pub msgs_in_per_sec: f64,
     /// Publish to delivery, messages stamped inside the measured window.
     pub latency: LatencySummary,
+    /// Open loop: how late messages left after their intended send time. When its p99 is
+    /// large, the load generator was saturated and is itself part of `latency`.
+    pub send_lag: LatencySummary,
     pub errors: BTreeMap<String, u64>,
     pub loadgen_cpu_secs: f64,
     pub wall_secs: f64,
@@ -431,6 +434,7 @@ pub fn aggregate(
     let mut receivers = vec![0u64; n];
     let mut trackers = vec![SeqTracker::default(); n];
     let mut latency = new_histogram();
+    let mut send_lag = new_histogram();
     let mut connect_latency = new_histogram();
     let mut errors = BTreeMap::new();
     let mut first_connect_ns = u64::MAX;
@@ -451,6 +455,7 @@ pub fn aggregate(
     let recv_buffers_exhausted = sum(|r| r.recv_buffers_exhausted);
     for r in results {
         let _ = latency.add(&r.latency);
+        let _ = send_lag.add(&r.send_lag);
         let _ = connect_latency.add(&r.connect_latency);
         for &(p, count) in &r.sent {
             if let Some(s) = sent.get_mut(p as usize) {
@@ -535,6 +540,7 @@ pub fn aggregate(
         msgs_out_per_sec: rate_per_sec(sent_in_window, duration_ns),
         msgs_in_per_sec: rate_per_sec(received_in_window, duration_ns),
         latency: LatencySummary::of(&latency),
+        send_lag: LatencySummary::of(&send_lag),
         errors,
         loadgen_cpu_secs: 0.0,
         wall_secs: 0.0,
@@ -652,6 +658,21 @@ pub fn human_summary(s: &Summary) -> String {
             format_us(l.max_us),
             l.count
         ));
+        if s.rate_target_per_sec.is_some() {
+            let lag = &s.send_lag;
+            out.push_str(&format!(
+                "send lag (left after the intended time): p50 {} p99 {} max {}\n",
+                format_us(lag.p50_us),
+                format_us(lag.p99_us),
+                format_us(lag.max_us)
+            ));
+            if lag.p99_us > 1_000.0 {
+                out.push_str(
+                    "warning: the load generator sent late (send lag p99 over 1 ms): it is \
+                     part of these latencies; give it more cores (--cpus) or a lower rate\n",
+                );
+            }
+        }
         out.push_str(&format!(
             "messages: {} sent, {} received of {} expected; lost {}, duplicates {}, reordered {}, \
              unexpected {}\n",

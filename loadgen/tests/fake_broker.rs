@@ -418,6 +418,11 @@ fn a_stalled_broker_shows_in_the_latency_not_in_fewer_messages() {
     assert_eq!(s.lost, dropped, "{:?}", s.errors);
     assert!(s.send_stalls > 0, "the generator's own backlog was used");
     assert!(
+        s.send_lag.max_us > 100_000.0,
+        "held messages left late: {:?}",
+        s.send_lag
+    );
+    assert!(
         s.latency.max_us > 1_400_000.0,
         "max {} µs",
         s.latency.max_us
