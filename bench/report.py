@@ -64,6 +64,8 @@ def figures(run, summary):
         "p99_us": summary["latency"]["p99_us"],
         "p99_9_us": summary["latency"]["p99_9_us"],
         "max_us": summary["latency"]["max_us"],
+        # Open loop: how late the generator itself sent (large = it was saturated).
+        "send_lag_p99_us": summary.get("send_lag", {}).get("p99_us") if summary["mode"] == "rate" else None,
         "lost": summary["lost"],
         "duplicates": summary["duplicates"],
         "reordered": summary["reordered"],
@@ -109,11 +111,11 @@ def fmt(key, value):
 # What each case is judged by, in the head-to-head table.
 HEADLINE = {
     "conn": ["broker_rss_bytes_per_conn", "connect_rate_per_sec", "connected"],
-    "rate": ["p50_us", "p99_us", "p99_9_us", "msgs_in_per_sec", "broker_cpu_pct"],
+    "rate": ["p50_us", "p99_us", "p99_9_us", "msgs_in_per_sec", "broker_cpu_pct", "send_lag_p99_us"],
     "max": ["msgs_in_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p99_us", "broker_cpu_pct", "loadgen_cpu_pct"],
 }
 TABLE_KEYS = ["msgs_in_per_sec", "msgs_out_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p90_us", "p99_us", "p99_9_us", "max_us",
-              "lost", "duplicates", "reordered", "connected", "connect_failed", "dropped", "connect_rate_per_sec",
+              "send_lag_p99_us", "lost", "duplicates", "reordered", "connected", "connect_failed", "dropped", "connect_rate_per_sec",
               "broker_rss_bytes_per_conn", "sockstat_tcp_mem_bytes_per_conn_systemwide", "broker_cpu_pct",
               "loadgen_cpu_pct"]
 
