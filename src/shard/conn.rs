@@ -25,6 +25,48 @@ pub enum ConnState {
     Closing,
 }
 
+/// The byte buffers of a connection that is doing something: a partial packet in, bytes on
+/// their way out. Taken from the shard's pool when first needed and handed back by `trim` once
+/// all three are empty, so an idle connection holds a `None` instead of three `BytesMut`.
+#[derive(Debug, Default)]
+pub struct ConnBuffers {
+    /// Bytes of a packet that has not fully arrived yet.
+    pub inbox: BytesMut,
+    /// Bytes encoded this turn, waiting for the next send.
+    pub outbox: BytesMut,
+    /// Bytes handed to the kernel by the send in flight; must not move until it completes.
+    pub sending: BytesMut,
+}
+
+impl ConnBuffers {
+    fn is_idle(&self) -> bool {
+        self.inbox.is_empty() && self.outbox.is_empty() && self.sending.is_empty()
+    }
+}
+
+/// Spare `ConnBuffers` boxes and outbox buffers, reused so a busy connection does not allocate
+/// per turn and an idle one holds nothing.
+#[derive(Default)]
+pub struct Pools {
+    pub buffers: Vec<Box<ConnBuffers>>,
+    pub outboxes: Vec<BytesMut>,
+}
+
+/// Spares kept per pool; a buffer larger than `POOL_BUFFER_MAX` is freed instead.
+pub const POOL_MAX: usize = 256;
+pub const POOL_BUFFER_MAX: usize = 64 << 10;
+
+impl Pools {
+    /// Keeps an emptied outbox buffer for the next connection that writes.
+    pub fn put_outbox(&mut self, mut buf: BytesMut) {
+        if self.outboxes.len() < POOL_MAX && buf.capacity() > 0 && buf.capacity() <= POOL_BUFFER_MAX
+        {
+            buf.clear();
+            self.outboxes.push(buf);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Conn {
     pub state: ConnState,
@@ -33,12 +75,8 @@ pub struct Conn {
     pub keepalive_secs: u16,
     /// Shard clock (ms) of the last packet received, or of the accept before CONNECT.
     pub last_packet_ms: u64,
-    /// Bytes of a packet that has not fully arrived yet; empty (no capacity) otherwise.
-    pub inbox: BytesMut,
-    /// Bytes encoded this turn, waiting for the next send.
-    pub outbox: BytesMut,
-    /// Bytes handed to the kernel by the send in flight; must not move until it completes.
-    pub sending: BytesMut,
+    /// `None` while idle (see `ConnBuffers`).
+    pub buffers: Option<Box<ConnBuffers>>,
     pub will: Option<Box<LastWill>>,
     pub recv_armed: bool,
     pub send_in_flight: bool,
@@ -55,7 +93,7 @@ pub struct Conn {
 
 // An idle connection's share of the 512 B budget per connection (DESIGN.md): the boxed state
 // plus its slab entry. Grow it only knowingly.
-const _: () = assert!(std::mem::size_of::<Conn>() <= 128);
+const _: () = assert!(std::mem::size_of::<Conn>() <= 48);
 const _: () = assert!(std::mem::size_of::<Entry>() <= 16);
 
 impl Conn {
@@ -66,9 +104,7 @@ impl Conn {
             version: ProtocolVersion::V3_1_1,
             keepalive_secs: 0,
             last_packet_ms: now_ms,
-            inbox: BytesMut::new(),
-            outbox: BytesMut::new(),
-            sending: BytesMut::new(),
+            buffers: None,
             will: None,
             recv_armed: false,
             send_in_flight: false,
@@ -76,6 +112,40 @@ impl Conn {
             close_after_flush: false,
             shutdown_sent: false,
             control_in_flight: 0,
+        }
+    }
+
+    /// The connection's buffers, from the pool if it had none.
+    pub fn buffers(&mut self, pools: &mut Pools) -> &mut ConnBuffers {
+        self.buffers
+            .get_or_insert_with(|| pools.buffers.pop().unwrap_or_default())
+    }
+
+    pub fn inbox_len(&self) -> usize {
+        self.buffers.as_ref().map_or(0, |b| b.inbox.len())
+    }
+
+    /// Bytes waiting to go out: queued in the outbox plus the send in flight.
+    pub fn pending_bytes(&self) -> usize {
+        self.buffers
+            .as_ref()
+            .map_or(0, |b| b.outbox.len() + b.sending.len())
+    }
+
+    /// Hands the buffers back once none holds a byte (the connection went idle).
+    pub fn trim(&mut self, pools: &mut Pools) {
+        if !self.buffers.as_ref().is_some_and(|b| b.is_idle()) {
+            return;
+        }
+        let Some(mut buffers) = self.buffers.take() else {
+            return;
+        };
+        // A spare keeps no large buffer; small outbox capacity is worth keeping.
+        buffers.inbox = BytesMut::new();
+        pools.put_outbox(std::mem::take(&mut buffers.outbox));
+        pools.put_outbox(std::mem::take(&mut buffers.sending));
+        if pools.buffers.len() < POOL_MAX {
+            pools.buffers.push(buffers);
         }
     }
 
@@ -268,6 +338,39 @@ mod tests {
         );
         assert_eq!((conns.ring_len(2), conns.len()), (0, 1));
         assert_eq!((conns.ring_count(), conns.ring_slots(2)), (3, 8));
+    }
+
+    #[test]
+    fn buffers_come_from_the_pool_and_go_back_when_idle() {
+        let mut pools = Pools::default();
+        let mut conn = Conn::new(0);
+        assert!(conn.buffers.is_none(), "a new connection holds no buffer");
+        conn.buffers(&mut pools)
+            .outbox
+            .extend_from_slice(b"CONNACK");
+        assert_eq!(conn.pending_bytes(), 7);
+        conn.trim(&mut pools);
+        assert!(
+            conn.buffers.is_some(),
+            "bytes still to send keep the buffers"
+        );
+        let buffers = conn.buffers(&mut pools);
+        std::mem::swap(&mut buffers.sending, &mut buffers.outbox);
+        buffers.sending.clear();
+        conn.trim(&mut pools);
+        assert!(conn.buffers.is_none());
+        assert_eq!(pools.buffers.len(), 1);
+        assert_eq!(
+            pools.outboxes.len(),
+            1,
+            "the sent buffer's capacity is kept"
+        );
+        conn.buffers(&mut pools).inbox.extend_from_slice(b"\x30");
+        assert_eq!(
+            (pools.buffers.len(), conn.inbox_len()),
+            (0, 1),
+            "the spare is reused"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::protocol::{
 use crate::session::{ConnRef, Enqueued, InflightState, Message, Session};
 use crate::topic::filter::{parse_shared, validate_topic_filter};
 
-use super::conn::{ConnState, Conns};
+use super::conn::{ConnState, Conns, Pools};
 use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
 
 /// The outbox of a connection that is not closing, taking a pooled buffer when it has none,
@@ -21,7 +21,7 @@ use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
 /// borrowing the sessions meanwhile.
 fn outbox_in<'a>(
     conns: &'a mut Conns,
-    pool: &mut Vec<BytesMut>,
+    pools: &mut Pools,
     dirty: &mut Vec<(u32, u32)>,
     slot: u32,
     generation: u32,
@@ -30,16 +30,19 @@ fn outbox_in<'a>(
     if conn.state == ConnState::Closing {
         return None;
     }
-    if conn.outbox.capacity() == 0 {
-        conn.outbox = pool
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(OUTBOX_INITIAL));
-    }
     if !conn.dirty {
         conn.dirty = true;
         dirty.push((slot, generation));
     }
-    Some((&mut conn.outbox, conn.version))
+    let version = conn.version;
+    let buffers = conn.buffers(pools);
+    if buffers.outbox.capacity() == 0 {
+        buffers.outbox = pools
+            .outboxes
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(OUTBOX_INITIAL));
+    }
+    Some((&mut buffers.outbox, version))
 }
 
 /// A copy of a string that shares no receive buffer, for state that outlives the turn.
@@ -163,7 +166,7 @@ impl Shard {
     fn write(&mut self, slot: u32, generation: u32, packet: &Packet) {
         let Some((outbox, version)) = outbox_in(
             &mut self.conns,
-            &mut self.outbox_pool,
+            &mut self.pools,
             &mut self.dirty,
             slot,
             generation,
@@ -322,7 +325,7 @@ impl Shard {
         };
         let Some((outbox, version)) = outbox_in(
             &mut self.conns,
-            &mut self.outbox_pool,
+            &mut self.pools,
             &mut self.dirty,
             slot,
             generation,
@@ -474,11 +477,7 @@ impl Shard {
         };
         let live = s.conn.and_then(|c| {
             let conn = self.conns.get(c.slot, c.generation)?;
-            (conn.state == ConnState::Connected).then_some((
-                c,
-                conn.version,
-                conn.outbox.len() + conn.sending.len(),
-            ))
+            (conn.state == ConnState::Connected).then_some((c, conn.version, conn.pending_bytes()))
         });
         if qos == QoS::AtMostOnce {
             let Some((c, version, pending)) = live else {
@@ -491,7 +490,7 @@ impl Shard {
             }
             let Some((outbox, _)) = outbox_in(
                 &mut self.conns,
-                &mut self.outbox_pool,
+                &mut self.pools,
                 &mut self.dirty,
                 c.slot,
                 c.generation,
@@ -592,7 +591,7 @@ impl Shard {
     ) {
         let Some((outbox, version)) = outbox_in(
             &mut self.conns,
-            &mut self.outbox_pool,
+            &mut self.pools,
             &mut self.dirty,
             c.slot,
             c.generation,
@@ -629,9 +628,7 @@ impl Shard {
             let Some(conn) = self.conns.get(c.slot, c.generation) else {
                 return;
             };
-            if conn.state != ConnState::Connected
-                || conn.outbox.len() + conn.sending.len() >= outbox_bytes_max
-            {
+            if conn.state != ConnState::Connected || conn.pending_bytes() >= outbox_bytes_max {
                 return;
             }
             let Some(message) = s.dequeue(inflight_max) else {
@@ -644,7 +641,7 @@ impl Shard {
             };
             let Some((outbox, version)) = outbox_in(
                 &mut self.conns,
-                &mut self.outbox_pool,
+                &mut self.pools,
                 &mut self.dirty,
                 c.slot,
                 c.generation,

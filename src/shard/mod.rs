@@ -35,16 +35,12 @@ use crate::session::{Message, Session};
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
 
-use conn::{conn_id, ring_of, slot_of, ConnState, Conns};
+use conn::{conn_id, ring_of, slot_of, ConnState, Conns, Pools};
 use route::SharedSubscriptions;
 pub use stats::ShardStats;
 
-/// Outbox buffers kept for reuse once sent, so a busy connection does not allocate per turn
-/// and an idle one holds nothing.
-const OUTBOX_POOL_MAX: usize = 256;
-/// A sent buffer larger than this is freed instead of pooled.
-const OUTBOX_POOL_BUFFER_MAX: usize = 64 << 10;
-const OUTBOX_INITIAL: usize = 4 << 10;
+/// A new outbox buffer's capacity (when the pool has none to reuse).
+const OUTBOX_INITIAL: usize = 512;
 /// The receive arena grows in blocks of this size: one allocation holds many payloads.
 const ARENA_BLOCK: usize = 64 << 10;
 /// A partial packet's buffer is reserved up to this size at once, then grows as bytes come.
@@ -230,7 +226,7 @@ pub struct Shard {
     /// Receive arena: bytes are copied here from the provided buffer, then split off and
     /// frozen, so decoded payloads share it instead of being copied again.
     arena: BytesMut,
-    outbox_pool: Vec<BytesMut>,
+    pools: Pools,
     /// Connections whose outbox filled this turn.
     dirty: Vec<(u32, u32)>,
     /// Connections whose multishot recv ended for lack of buffers; re-armed at turn end.
@@ -310,7 +306,7 @@ impl Shard {
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::new(),
             arena: BytesMut::new(),
-            outbox_pool: Vec::new(),
+            pools: Pools::default(),
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
             completions: Vec::with_capacity(REAP_BATCH),
@@ -569,10 +565,11 @@ impl Shard {
             let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);
             // The only copy: kernel's provided buffer -> the arena (or, behind a partial
             // packet, the connection's inbox). The buffer goes straight back to the kernel.
-            let from_inbox = !conn.inbox.is_empty();
-            let buf = if from_inbox {
-                conn.inbox.extend_from_slice(bytes);
-                std::mem::take(&mut conn.inbox)
+            let partial = conn.buffers.as_mut().filter(|b| !b.inbox.is_empty());
+            let from_inbox = partial.is_some();
+            let buf = if let Some(buffers) = partial {
+                buffers.inbox.extend_from_slice(bytes);
+                std::mem::take(&mut buffers.inbox)
             } else {
                 if self.arena.capacity() - self.arena.len() < bytes.len() {
                     // Reclaims the current block in place once every payload cut from it is
@@ -623,11 +620,12 @@ impl Shard {
                 Ok(Some(packet)) => self.handle(slot, generation, packet),
                 Ok(None) => {
                     if buf.is_empty() {
+                        conn.trim(&mut self.pools);
                         return;
                     }
                     if from_inbox {
                         // Already the connection's own buffer: keep growing it, no copy.
-                        conn.inbox = buf;
+                        conn.buffers(&mut self.pools).inbox = buf;
                         return;
                     }
                     // Reserve for the whole packet when its header says how long it is (up
@@ -638,8 +636,9 @@ impl Shard {
                         .flatten()
                         .unwrap_or(0);
                     let capacity = frame_len.min(INBOX_RESERVE_MAX).max(buf.len());
-                    conn.inbox = BytesMut::with_capacity(capacity);
-                    conn.inbox.extend_from_slice(&buf);
+                    let inbox = &mut conn.buffers(&mut self.pools).inbox;
+                    *inbox = BytesMut::with_capacity(capacity);
+                    inbox.extend_from_slice(&buf);
                     return;
                 }
                 Err(error) => {
@@ -707,10 +706,11 @@ impl Shard {
             return;
         };
         conn.send_in_flight = false;
+        let buffers = conn.buffers(&mut self.pools);
         // A send of a non-empty buffer that moved nothing would be retried forever: treat it
         // as the error it is.
-        if completion.result < 0 || (completion.result == 0 && !conn.sending.is_empty()) {
-            conn.sending.clear();
+        if completion.result < 0 || (completion.result == 0 && !buffers.sending.is_empty()) {
+            buffers.sending.clear();
             if conn.state == ConnState::Closing {
                 self.maybe_release(token.slot, token.generation);
             } else {
@@ -718,16 +718,10 @@ impl Shard {
             }
             return;
         }
-        let sent = (completion.result as usize).min(conn.sending.len());
-        conn.sending.advance(sent);
-        if conn.sending.is_empty() {
-            let buf = std::mem::take(&mut conn.sending);
-            if self.outbox_pool.len() < OUTBOX_POOL_MAX && buf.capacity() <= OUTBOX_POOL_BUFFER_MAX
-            {
-                let mut buf = buf;
-                buf.clear();
-                self.outbox_pool.push(buf);
-            }
+        let sent = (completion.result as usize).min(buffers.sending.len());
+        buffers.sending.advance(sent);
+        if buffers.sending.is_empty() {
+            self.pools.put_outbox(std::mem::take(&mut buffers.sending));
         }
         if conn.state == ConnState::Closing && conn.shutdown_sent {
             self.maybe_release(token.slot, token.generation);
@@ -757,13 +751,14 @@ impl Shard {
             if conn.send_in_flight || conn.shutdown_sent {
                 continue;
             }
-            if conn.sending.is_empty() && !conn.outbox.is_empty() {
-                std::mem::swap(&mut conn.sending, &mut conn.outbox);
+            let buffers = conn.buffers(&mut self.pools);
+            if buffers.sending.is_empty() && !buffers.outbox.is_empty() {
+                std::mem::swap(&mut buffers.sending, &mut buffers.outbox);
             }
-            if !conn.sending.is_empty() {
-                let len = conn.sending.len().min(u32::MAX as usize) as u32;
+            if !buffers.sending.is_empty() {
+                let len = buffers.sending.len().min(u32::MAX as usize) as u32;
+                let ptr = buffers.sending.as_ptr();
                 conn.send_in_flight = true;
-                let ptr = conn.sending.as_ptr();
                 // SAFETY: `sending` is not touched until this send completes (`on_send`), and
                 // the connection is not freed while `send_in_flight` (`maybe_release`).
                 unsafe {
@@ -777,6 +772,9 @@ impl Shard {
             } else if conn.state == ConnState::Closing && conn.close_after_flush {
                 self.shutdown(slot, generation);
                 self.maybe_release(slot, generation);
+            } else {
+                // Nothing left to send: the connection went idle, its buffers go back.
+                conn.trim(&mut self.pools);
             }
         }
         self.dirty = dirty;
@@ -800,10 +798,12 @@ impl Shard {
             self.stats.protocol_errors += 1;
         }
         conn.state = ConnState::Closing;
-        conn.inbox = BytesMut::new();
+        if let Some(buffers) = conn.buffers.as_mut() {
+            buffers.inbox = BytesMut::new();
+        }
         let will = conn.will.take();
         let session = std::mem::replace(&mut conn.session, conn::NO_SESSION);
-        let flush_first = reason == CloseReason::Refused && !conn.outbox.is_empty();
+        let flush_first = reason == CloseReason::Refused && conn.pending_bytes() > 0;
         if flush_first {
             conn.close_after_flush = true;
             if !conn.dirty {
@@ -811,7 +811,6 @@ impl Shard {
                 self.dirty.push((slot, generation));
             }
         } else {
-            conn.outbox = BytesMut::new();
             self.shutdown(slot, generation);
         }
         if session != conn::NO_SESSION {
@@ -833,7 +832,9 @@ impl Shard {
             return;
         }
         conn.shutdown_sent = true;
-        conn.outbox = BytesMut::new();
+        if let Some(buffers) = conn.buffers.as_mut() {
+            buffers.outbox = BytesMut::new();
+        }
         // Shutdown ends the multishot recv (and a send stuck on a full socket); the cancel
         // covers a recv the shutdown does not wake. Closing the slot alone would not end it.
         let ring = &mut self.rings[ring_of(slot)];
@@ -857,17 +858,11 @@ impl Shard {
         if !conn.quiescent() {
             return;
         }
-        let conn = self.conns.remove(slot, generation);
-        if let Some(conn) = conn {
-            let buf = conn.sending;
-            if self.outbox_pool.len() < OUTBOX_POOL_MAX
-                && buf.capacity() > 0
-                && buf.capacity() <= OUTBOX_POOL_BUFFER_MAX
-            {
-                let mut buf = buf;
-                buf.clear();
-                self.outbox_pool.push(buf);
+        if let Some(mut conn) = self.conns.remove(slot, generation) {
+            if let Some(buffers) = conn.buffers.as_mut() {
+                buffers.sending.clear();
             }
+            conn.trim(&mut self.pools);
         }
         self.stats.connections_closed += 1;
         self.rings[ring_of(slot)].close(slot_of(slot), Token::new(Op::Close, slot, generation));
