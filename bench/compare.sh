@@ -46,6 +46,17 @@ while [ $# -gt 0 ]; do
 done
 case "$rounds" in ''|*[!0-9]*|0) echo "compare.sh: --rounds needs a positive number" >&2; exit 2 ;; esac
 
+# python3 assembles the JSON; taskset pins. Install what a minimal image lacks.
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "compare.sh: installing ${need[*]} with apt-get" >&2
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >&2
+fi
+
 BROKER_CPUS="${BROKER_CPUS:-1}"
 LOAD_CPUS="${LOAD_CPUS:-0}"
 count_cpus() { python3 -c "
