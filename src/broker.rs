@@ -8,7 +8,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -26,6 +26,7 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 struct ShardHandle {
     waker: Arc<Waker>,
+    stats: Arc<Mutex<ShardStats>>,
     thread: Option<JoinHandle<ShardStats>>,
 }
 
@@ -105,6 +106,7 @@ impl Broker {
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         for (index, listener) in listeners.into_iter().enumerate() {
             let waker = Waker::new()?;
+            let stats = Arc::new(Mutex::new(ShardStats::default()));
             let params = ShardParams {
                 index,
                 config: config.clone(),
@@ -112,6 +114,7 @@ impl Broker {
                 waker: waker.clone(),
                 auth: auth.clone(),
                 files,
+                published_stats: stats.clone(),
             };
             let core = cores.get(index % cores.len().max(1)).copied();
             let ready = ready_tx.clone();
@@ -119,6 +122,7 @@ impl Broker {
                 .name(format!("ringmq-shard-{index}"))
                 .spawn(move || run_shard(params, core, ready))?;
             broker.shards.push(ShardHandle {
+                stats,
                 waker,
                 thread: Some(thread),
             });
@@ -157,6 +161,14 @@ impl Broker {
     /// The address the broker listens on (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Each shard's counters as of its last timer tick (about once a second), in shard order.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .iter()
+            .map(|shard| shard.stats.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
     }
 
     /// Stops every shard and waits for its thread to end.
@@ -209,4 +221,78 @@ fn run_shard(
         eprintln!("ringmq: shard {index} stopped on an error: {e}");
     }
     shard.stats().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    fn test_config() -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            shards: 1,
+            ring_files_max: 64,
+            recv_buffer_count: 64,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn start_reports_the_real_port_serves_and_publishes_stats() {
+        let broker = Broker::start(test_config()).expect("start");
+        let addr = broker.local_addr();
+        assert_ne!(addr.port(), 0, "port 0 resolved to the real port");
+        let mut client = TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // CONNECT, MQTT 3.1.1, clean session, keepalive 60, client id "s".
+        let connect = [
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b's',
+        ];
+        client.write_all(&connect).expect("write");
+        let mut connack = [0u8; 4];
+        client.read_exact(&mut connack).expect("CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while broker.stats()[0].connections != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "stats never showed the connection"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(broker.stats()[0].connections_accepted, 1);
+        broker.stop();
+        // The shard closed the connection on its way out.
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    #[test]
+    fn more_than_one_shard_is_refused_for_now() {
+        let config = Config {
+            shards: 2,
+            ..test_config()
+        };
+        let error = Broker::start(config).err().expect("refused");
+        assert!(error.to_string().contains("issue 4"), "{error}");
+    }
+
+    #[test]
+    fn ring_files_come_from_the_config_or_the_limit() {
+        assert_eq!(ring_files(&test_config()), 64);
+        let from_limit = ring_files(&Config::default()) as u64;
+        assert_eq!(
+            from_limit,
+            nofile_limit()
+                .saturating_sub(FILES_HEADROOM)
+                .max(1)
+                .min(1 << 24)
+        );
+    }
 }

@@ -19,7 +19,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -102,6 +102,9 @@ pub struct ShardParams {
     pub auth: Option<Arc<PasswordFile>>,
     /// Fixed-file slots for the ring.
     pub files: u32,
+    /// Where the shard publishes a copy of its counters once a second (and when it stops),
+    /// for `Broker::stats` and a metrics endpoint: the hot path keeps plain integers.
+    pub published_stats: Arc<Mutex<ShardStats>>,
 }
 
 /// Sessions by index (the subscriber id in the tries), with a free list and a client id
@@ -258,6 +261,7 @@ pub struct Shard {
     now_ms: u64,
     next_client_number: u64,
     stats: ShardStats,
+    published_stats: Arc<Mutex<ShardStats>>,
 }
 
 impl Shard {
@@ -329,6 +333,7 @@ impl Shard {
             now_ms: 0,
             next_client_number: 0,
             stats: ShardStats::default(),
+            published_stats: params.published_stats,
         })
     }
 
@@ -383,6 +388,7 @@ impl Shard {
             self.flush_outboxes();
         }
         self.stop_all();
+        self.publish_stats();
         Ok(())
     }
 
@@ -876,7 +882,15 @@ impl Shard {
         }
     }
 
+    /// Copies the counters where other threads can read them.
+    fn publish_stats(&self) {
+        if let Ok(mut published) = self.published_stats.lock() {
+            published.clone_from(&self.stats);
+        }
+    }
+
     fn expire_timers(&mut self) {
+        self.publish_stats();
         if self.accept_resume_on_tick {
             self.accept_resume_on_tick = false;
             self.accept_paused = false;
