@@ -291,8 +291,7 @@ mod tests {
             from_limit,
             nofile_limit()
                 .saturating_sub(FILES_HEADROOM)
-                .max(1)
-                .min(1 << 24)
+                .clamp(1, 1 << 24)
         );
     }
 }
