@@ -40,13 +40,17 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
-/// A listener that shares its port with the other shards' (SO_REUSEPORT). TCP_NODELAY is set
-/// here because accepted sockets inherit it, and direct descriptors cannot take a setsockopt.
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listener that shares its port with the other shards' (SO_REUSEPORT). TCP_NODELAY (and
+/// SO_SNDBUF when configured) are set here because accepted sockets inherit them, and direct
+/// descriptors cannot take a plain setsockopt.
+fn bind_listener(addr: SocketAddr, send_buffer_bytes: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_tcp_nodelay(true)?;
+    if send_buffer_bytes > 0 {
+        socket.set_send_buffer_size(send_buffer_bytes as usize)?;
+    }
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -91,12 +95,12 @@ impl Broker {
             );
         }
 
-        let first = bind_listener(config.listen)?;
+        let first = bind_listener(config.listen, config.socket_send_buffer_bytes)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..shard_count {
             // Port 0 picked a port for the first listener; the others join it.
-            listeners.push(bind_listener(local_addr)?);
+            listeners.push(bind_listener(local_addr, config.socket_send_buffer_bytes)?);
         }
 
         let mut broker = Broker {

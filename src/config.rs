@@ -69,6 +69,11 @@ pub struct Config {
     pub recv_buffer_count: u16,
     /// Bytes per provided receive buffer.
     pub recv_buffer_size: u32,
+    /// SO_SNDBUF for every connection (set on the listener, which accepted sockets inherit);
+    /// 0 = the kernel's autotuning, which on loopback grows to megabytes. A small value makes
+    /// `limits.outbox_bytes_max` bite sooner for a consumer that does not read, since the
+    /// kernel's own queue sits in front of the outbox.
+    pub socket_send_buffer_bytes: u32,
     /// A mosquitto_passwd file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 crypt entries).
     pub password_file: Option<PathBuf>,
     /// Let clients connect without a username when no password matches is required.
@@ -86,6 +91,7 @@ impl Default for Config {
             ring_entries: 4096,
             recv_buffer_count: 4096,
             recv_buffer_size: 4096,
+            socket_send_buffer_bytes: 0,
             password_file: None,
             allow_anonymous: true,
             limits: Limits::default(),
@@ -182,6 +188,7 @@ mod tests {
             ring_entries = 256
             recv_buffer_count = 512
             recv_buffer_size = 2048
+            socket_send_buffer_bytes = 65536
             allow_anonymous = false
             password_file = "/etc/ringmq/passwd"
             [limits]
@@ -196,6 +203,7 @@ mod tests {
         assert_eq!((config.rings_per_shard, config.ring_files_max), (2, 1000));
         assert_eq!((config.ring_entries, config.recv_buffer_count), (256, 512));
         assert_eq!(config.recv_buffer_size, 2048);
+        assert_eq!(config.socket_send_buffer_bytes, 65536);
         assert!(!config.allow_anonymous);
         assert_eq!(config.limits.packet_size_max, 4096);
         assert_eq!(config.limits.inflight_max, 10);

@@ -20,7 +20,8 @@ struct Args {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// TOML config file: listen, shards, rings_per_shard, password_file, allow_anonymous,
-    /// ring_files_max, ring_entries, recv_buffer_count, recv_buffer_size and [limits].
+    /// ring_files_max, ring_entries, recv_buffer_count, recv_buffer_size,
+    /// socket_send_buffer_bytes and [limits].
     #[arg(long)]
     config: Option<PathBuf>,
     /// Shard threads, each pinned to a core with its own io_uring; 0 = one per CPU (for now
