@@ -299,3 +299,81 @@ mod tests {
         );
     }
 }
+
+/// Heap bytes per idle, subscribed connection, measured in-process with glibc's `mallinfo2`
+/// (the unit-test binary runs on the system allocator). Ignored by default because parallel
+/// tests would disturb the count: `cargo test --lib -- --ignored --test-threads=1 idle_heap`.
+#[cfg(test)]
+mod memory {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    fn heap_in_use() -> usize {
+        // SAFETY: mallinfo2 only reads allocator statistics. Large blocks are mmapped and
+        // counted apart (hblkhd).
+        let info = unsafe { libc::mallinfo2() };
+        info.uordblks + info.hblkhd
+    }
+
+    fn connect_subscribed(addr: SocketAddr, n: usize) -> TcpStream {
+        let mut client = TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let id = format!("idle-{n:06}");
+        let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+        connect.extend_from_slice(b"MQTT");
+        connect.extend_from_slice(&[4, 0x02, 0, 60, 0, id.len() as u8]);
+        connect.extend_from_slice(id.as_bytes());
+        let topic = format!("bench/idle/{n}");
+        let mut subscribe = vec![0x82, (5 + topic.len()) as u8, 0, 1, 0, topic.len() as u8];
+        subscribe.extend_from_slice(topic.as_bytes());
+        subscribe.push(0);
+        connect.extend_from_slice(&subscribe);
+        client.write_all(&connect).expect("write");
+        let mut acks = [0u8; 9];
+        client.read_exact(&mut acks).expect("CONNACK + SUBACK");
+        assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 0]);
+        client
+    }
+
+    #[test]
+    #[ignore]
+    fn idle_heap_per_subscribed_connection() {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            shards: 1,
+            ring_files_max: 8192,
+            ..Config::default()
+        };
+        let broker = Broker::start(config).expect("start");
+        let addr = broker.local_addr();
+        let settle = |broker: &Broker, count: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while broker.stats()[0].connections != count {
+                assert!(Instant::now() < deadline, "shard never reached {count}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let warm: Vec<TcpStream> = (0..500).map(|n| connect_subscribed(addr, n)).collect();
+        settle(&broker, 500);
+        let before = heap_in_use();
+        let count = 5000;
+        let clients: Vec<TcpStream> = (500..500 + count)
+            .map(|n| connect_subscribed(addr, n))
+            .collect();
+        settle(&broker, 500 + count as u64);
+        let after = heap_in_use();
+        // The clients' own heap (TcpStream is an fd, the Vec is 4 B each) is noise.
+        let per_connection = (after.saturating_sub(before)) / count;
+        eprintln!("heap per idle subscribed connection: {per_connection} B");
+        assert!(
+            per_connection < 2048,
+            "{per_connection} B per idle connection"
+        );
+        drop((warm, clients));
+        broker.stop();
+    }
+}
