@@ -83,14 +83,15 @@ impl Flows {
 
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: ByteString,
+    /// Its own allocation, never a slice of a receive buffer.
+    pub client_id: Box<str>,
     /// 3.1.1 clean session / 5.0 clean start. A clean session ends with its connection.
     pub clean_session: bool,
     pub version: ProtocolVersion,
     pub conn: Option<ConnRef>,
     /// Every filter this session holds (shared ones in their `$share/group/filter` form) with
     /// the QoS granted, so a clean-up removes exactly what was inserted into the tries.
-    pub subscriptions: Vec<(ByteString, QoS)>,
+    pub subscriptions: Vec<(Box<str>, QoS)>,
     flows: Option<Box<Flows>>,
     /// Messages dropped because the queue was full.
     pub dropped_count: u32,
@@ -102,10 +103,10 @@ pub struct Session {
 }
 
 // The session's share of the 512 B budget per idle, subscribed connection (DESIGN.md).
-const _: () = assert!(std::mem::size_of::<Session>() <= 96);
+const _: () = assert!(std::mem::size_of::<Session>() <= 80);
 
 impl Session {
-    pub fn new(client_id: ByteString, clean_session: bool, version: ProtocolVersion) -> Session {
+    pub fn new(client_id: Box<str>, clean_session: bool, version: ProtocolVersion) -> Session {
         Session {
             client_id,
             clean_session,

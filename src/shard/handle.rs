@@ -228,7 +228,7 @@ impl Shard {
         }
         // Copied out of the receive arena: a session can live for days, and a slice would pin
         // the whole arena block it came in.
-        let mut client_id = unpinned_string(&connect.client_id);
+        let mut client_id: Box<str> = (*connect.client_id).into();
         if client_id.is_empty() {
             if !connect.clean_start {
                 // [MQTT-3.1.3-8] A zero-length client id needs clean session 1.
@@ -684,14 +684,14 @@ impl Shard {
                 }
             }
             if let Some(s) = self.sessions.get_mut(session) {
-                match s.subscriptions.iter_mut().find(|(f, _)| f == filter) {
+                match s.subscriptions.iter_mut().find(|(f, _)| **f == **filter) {
                     Some(entry) => entry.1 = granted,
                     None => {
                         // Most clients hold one or two filters: grow by one, not to four.
                         if s.subscriptions.capacity() == 0 {
                             s.subscriptions.reserve_exact(1);
                         }
-                        s.subscriptions.push((unpinned_string(filter), granted));
+                        s.subscriptions.push(((**filter).into(), granted));
                     }
                 }
             }
@@ -726,7 +726,7 @@ impl Shard {
         for filter in &unsubscribe.filters {
             self.remove_subscription(session, filter);
             if let Some(s) = self.sessions.get_mut(session) {
-                s.subscriptions.retain(|(f, _)| f != filter);
+                s.subscriptions.retain(|(f, _)| **f != **filter);
             }
         }
         // [MQTT-3.10.4-4] UNSUBACK even when nothing matched. 3.1.1 carries no codes.
