@@ -85,6 +85,7 @@ fn full_connection_table_recovers_when_a_slot_frees() {
         panic!("a fifth connection was served with 4 slots: {packet:?}");
     }
 
+    broker.wait_counter("table_full_count", |s| s.table_full_count, 1);
     connected.pop().unwrap().disconnect();
     // A slot is free again: a new connection is served (within WAIT).
     let mut again = RawClient::connect(broker.addr(), &unique_id("again"));
@@ -416,6 +417,8 @@ fn tiny_receive_buffers_run_dry_and_lose_nothing() {
         assert_eq!(parts.next().unwrap().len(), 150);
         next[p] += 1;
     }
+    // The point of the test: the buffer ring did run dry.
+    broker.wait_counter("recv_nobufs_count", |s| s.recv_nobufs_count, 1);
 }
 
 #[test]

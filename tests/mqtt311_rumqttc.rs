@@ -648,6 +648,11 @@ fn offline_queue_is_bounded() {
         vec!["0", "1", "2", "3", "4"],
         "offline_queue_max = 5"
     );
+    // Counted when hit (DESIGN.md: every limit is reported when hit).
+    let dropped = broker.wait_counter("dropped_queue_full", |s| s.dropped_queue_full, 15);
+    if !broker.is_mosquitto() {
+        assert_eq!(dropped, 15);
+    }
 }
 
 #[test]
@@ -913,6 +918,9 @@ fn slow_qos0_consumer_does_not_hold_up_others() {
     // are dropped; the publisher and a fast subscriber carry on.
     let mut config = test_config();
     config.limits.outbox_bytes_max = 64 * 1024;
+    // Without a cap the kernel's send queue autotunes to megabytes in front of the outbox and
+    // would take the whole 2 MB itself.
+    config.socket_send_buffer_bytes = 16 * 1024;
     let broker = TestBroker::start(config);
     let topic = unique_topic("slow");
     let mut slow = RawClient::open_with_recv_buffer(broker.addr(), 4096);
@@ -950,6 +958,7 @@ fn slow_qos0_consumer_does_not_hold_up_others() {
         received += 1;
     }
     assert!(received > 0, "the slow consumer got nothing at all");
+    broker.wait_counter("dropped_outbox_full", |s| s.dropped_outbox_full, 1);
     assert!(
         received < count,
         "all {count} messages (2 MB) were buffered for a consumer that did not read, over a \

@@ -13,6 +13,7 @@ fn connected_then_closed(bytes: &[u8]) {
     let mut client = RawClient::connect(broker.addr(), &unique_id("bad"));
     client.send_ignoring_errors(bytes);
     client.expect_closed_silently();
+    broker.wait_counter("protocol_errors", |s| s.protocol_errors, 1);
     assert_broker_still_serves(broker.addr());
 }
 

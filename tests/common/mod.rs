@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use ringmq::broker::Broker;
 use ringmq::config::Config;
+use ringmq::shard::ShardStats;
 use rumqttc::{
     Client, ConnAck, Connection, Event, MqttOptions, Outgoing, Packet, Publish, QoS,
     SubscribeReasonCode,
@@ -96,6 +97,37 @@ impl TestBroker {
 
     pub fn is_mosquitto(&self) -> bool {
         self.mosquitto.is_some()
+    }
+
+    /// Waits (bounded) until the broker's counters, summed over shards by `count`, reach at
+    /// least `at_least`; returns the count. Shards publish their counters about once a second.
+    /// Against mosquitto there are no such counters: returns `at_least` at once.
+    pub fn wait_counter(&self, what: &str, count: fn(&ShardStats) -> u64, at_least: u64) -> u64 {
+        let Some(broker) = &self.ringmq else {
+            return at_least;
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let total: u64 = broker.stats().iter().map(count).sum();
+            if total >= at_least {
+                return total;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter {what} is {total} after {WAIT:?}, expected at least {at_least}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A counter's value once the shards published their counters after everything so far.
+    pub fn settled_counter(&self, count: fn(&ShardStats) -> u64) -> u64 {
+        let Some(broker) = &self.ringmq else {
+            return 0;
+        };
+        // Two publishing periods: whatever happened before this call is in the figures.
+        thread::sleep(Duration::from_millis(2100));
+        broker.stats().iter().map(count).sum()
     }
 
     /// The reference broker with the same limits, where mosquitto has an equivalent.
