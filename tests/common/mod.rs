@@ -120,16 +120,6 @@ impl TestBroker {
         }
     }
 
-    /// A counter's value once the shards published their counters after everything so far.
-    pub fn settled_counter(&self, count: fn(&ShardStats) -> u64) -> u64 {
-        let Some(broker) = &self.ringmq else {
-            return 0;
-        };
-        // Two publishing periods: whatever happened before this call is in the figures.
-        thread::sleep(Duration::from_millis(2100));
-        broker.stats().iter().map(count).sum()
-    }
-
     /// The reference broker with the same limits, where mosquitto has an equivalent.
     fn start_mosquitto(config: &Config) -> TestBroker {
         let port = TcpListener::bind("127.0.0.1:0")
