@@ -9,13 +9,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use rumqttc::{LastWill, QoS};
 
-fn qos(n: u8) -> QoS {
-    match n {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Connection: CONNECT, keepalive, take-over
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn connect_gets_connack_accepted_without_session() {
@@ -25,6 +21,113 @@ fn connect_gets_connack_accepted_without_session() {
     // [MQTT-3.2.2-1] Clean session 1: session present is 0.
     assert!(!client.connack.session_present);
     client.disconnect();
+}
+
+#[test]
+fn pingreq_gets_pingresp() {
+    // [MQTT-3.12.4-1]
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("ping"));
+    client.send(&PINGREQ);
+    let packet = client.read_packet();
+    assert_eq!(packet.first_byte, PINGRESP[0]);
+    assert!(packet.body.is_empty());
+    client.disconnect();
+}
+
+#[test]
+fn keepalive_expiry_disconnects_and_publishes_will() {
+    // [MQTT-3.1.2-24] No packet within 1.5 × keepalive: the server disconnects the client, and
+    // [MQTT-3.1.2-8] that is a close without DISCONNECT, so the will goes out.
+    let broker = start_broker();
+    let (mut client, mut watcher, will_topic) = will_setup(&broker, 1);
+    let started = Instant::now();
+    client.expect_closed_within(Duration::from_secs(6));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1000),
+        "closed after {elapsed:?}, before the 1.5 s keepalive grace"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(3500),
+        "closed after {elapsed:?}; 1.5 × 1 s keepalive plus a 1 s timer tick is 2.5 s"
+    );
+    let publish = watcher.recv_publish();
+    assert_eq!(publish.topic, will_topic);
+}
+
+#[test]
+fn pings_keep_a_connection_alive() {
+    let broker = start_broker();
+    let mut connect = Connect::v311(&unique_id("pinger"));
+    connect.keepalive_secs = 1;
+    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
+    // Four seconds of pings every 500 ms: well past 1.5 × keepalive, still open.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(500));
+        client.ping();
+    }
+}
+
+#[test]
+fn keepalive_zero_never_times_out() {
+    // [MQTT-3.1.2-10] comment: keepalive 0 turns the mechanism off.
+    let broker = start_broker();
+    let mut connect = Connect::v311(&unique_id("ka0"));
+    connect.keepalive_secs = 0;
+    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
+    client.expect_silence(Duration::from_millis(2600));
+    client.ping();
+}
+
+#[test]
+fn keepalive_max_secs_is_enforced() {
+    // limits.keepalive_max_secs (config.rs: "Keepalive granted at most"). MQTT 3.1.1 cannot tell
+    // the client a shorter keepalive, so the broker either refuses a longer one in CONNACK (as
+    // mosquitto does, code 2) or holds the client to the maximum: silent for 1.5 × 1 s, closed.
+    let mut config = test_config();
+    config.limits.keepalive_max_secs = 1;
+    let broker = TestBroker::start(config);
+    let mut connect = Connect::v311(&unique_id("ka-max"));
+    connect.keepalive_secs = 60;
+    let mut client = RawClient::open(broker.addr());
+    client.send(&connect.bytes());
+    let (_, code) = client.read_packet().connack();
+    let started = Instant::now();
+    let rest = client.expect_closed_within(Duration::from_millis(3500));
+    assert!(rest.is_empty(), "{rest:02x?}");
+    if code == 0 {
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "closed after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn second_connection_with_same_client_id_takes_over() {
+    // [MQTT-3.1.4-2] The server disconnects the existing client with the same client id.
+    let broker = start_broker();
+    let client_id = unique_id("takeover");
+    let mut first = RawClient::connect(broker.addr(), &client_id);
+    let mut second = RawClient::connect(broker.addr(), &client_id);
+    first.expect_closed();
+    // The new connection works.
+    second.ping();
+    second.disconnect();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publish and subscribe: QoS, order, payloads
+// ---------------------------------------------------------------------------------------------
+
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
 }
 
 /// One publisher at `pub_qos`, three subscribers at QoS 0, 1, 2: each gets the message once, at
@@ -104,70 +207,202 @@ fn hundred_messages_from_one_publisher_keep_their_order() {
 }
 
 #[test]
-fn retained_message_lifecycle() {
+fn large_payload_arrives_intact() {
+    // Far bigger than one receive buffer: the broker reassembles it from many reads.
     let broker = start_broker();
-    let topic = unique_topic("retained");
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ret-pub"));
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "v1");
-
-    // [MQTT-3.3.1-6] [MQTT-3.3.1-8] A new subscription gets the retained message, retain=1.
-    let mut first = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub1"));
-    first.subscribe(&topic, QoS::AtLeastOnce);
-    let publish = first.recv_publish();
-    assert_eq!(
-        (publish.payload.as_ref(), publish.retain),
-        (&b"v1"[..], true)
-    );
-    assert_eq!(publish.topic, topic);
-
-    // [MQTT-3.3.1-9] A retained publish delivered live to an existing subscription has retain=0.
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "v2");
-    let publish = first.recv_publish();
-    assert_eq!(
-        (publish.payload.as_ref(), publish.retain),
-        (&b"v2"[..], false)
-    );
-
-    // [MQTT-3.3.1-5] The newer retained message replaced the older one.
-    let mut second = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub2"));
-    second.subscribe(&topic, QoS::AtLeastOnce);
-    let publish = second.recv_publish();
-    assert_eq!(
-        (publish.payload.as_ref(), publish.retain),
-        (&b"v2"[..], true)
-    );
-    second.expect_no_publish();
-
-    // [MQTT-3.3.1-10] An empty retained payload deletes the retained message; [MQTT-3.3.1-11]
-    // it is still delivered to current subscribers like any message.
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "");
-    let publish = first.recv_publish();
-    assert!(publish.payload.is_empty() && !publish.retain, "{publish:?}");
-
-    // A subscription made after the delete gets nothing retained: the first message it sees is
-    // a live sentinel published after its SUBACK.
-    let mut third = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub3"));
-    third.subscribe(&topic, QoS::AtLeastOnce);
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "sentinel");
-    let publish = third.recv_publish();
-    assert_eq!(
-        (publish.payload.as_ref(), publish.retain),
-        (&b"sentinel"[..], false),
-        "retained message survived the empty-payload delete"
-    );
+    let topic = unique_topic("large");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "large-sub"));
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "large-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, payload.clone());
+    let publish = subscriber.recv_publish();
+    assert_eq!(publish.payload.len(), payload.len());
+    assert!(publish.payload == payload, "payload corrupted");
 }
 
 #[test]
-fn retained_message_is_sent_at_most_granted_qos() {
-    let broker = start_broker();
-    let topic = unique_topic("retained-qos");
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "retq-pub"));
-    publisher.publish_acked(&topic, QoS::ExactlyOnce, true, "kept");
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "retq-sub"));
-    subscriber.subscribe(&topic, QoS::AtMostOnce);
-    let publish = subscriber.recv_publish();
-    assert_eq!((publish.qos, publish.retain), (QoS::AtMostOnce, true));
+fn payload_sizes_around_remaining_length_boundaries() {
+    // The broker's encoder writes 1- to 4-byte remaining lengths; our parser checks them.
+    let mut config = test_config();
+    config.limits.packet_size_max = 4 << 20;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("sizes");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("sizes-sub"));
+    subscriber.subscribe(1, &[(&topic, 0)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("sizes-pub"));
+    let overhead = 2 + topic.len();
+    let mut sizes = vec![0, 1];
+    for boundary in [127usize, 16_383, 2_097_151] {
+        for delta in [-2i64, -1, 0, 1, 2] {
+            sizes.push((boundary as i64 + delta) as usize - overhead);
+        }
+    }
+    for size in sizes {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        publisher.publish(&topic, 0, false, 0, &payload);
+        let publish = subscriber.read_publish();
+        assert_eq!(publish.payload.len(), size);
+        assert!(
+            publish.payload == payload,
+            "payload of {size} bytes corrupted"
+        );
+    }
 }
+
+#[test]
+fn longest_topic_name_is_routed() {
+    // [MQTT-1.5.3] A string is up to 65535 bytes.
+    let broker = start_broker();
+    let prefix = unique_topic("long");
+    let topic = format!("{prefix}/{}", "x".repeat(65_535 - prefix.len() - 1));
+    assert_eq!(topic.len(), 65_535);
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("long-sub"));
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("long-pub"));
+    publisher.publish(&topic, 1, false, 1, b"long");
+    let publish = subscriber.read_publish();
+    assert_eq!(publish.topic, topic);
+}
+
+#[test]
+fn one_message_fans_out_to_many_subscribers() {
+    let broker = start_broker();
+    let topic = unique_topic("fanout");
+    let mut subscribers: Vec<RawClient> = (0..20)
+        .map(|_| {
+            let mut s = RawClient::connect(broker.addr(), &unique_id("fan"));
+            assert_eq!(s.subscribe(1, &[(&topic, 0)]), vec![0]);
+            s
+        })
+        .collect();
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("fan-pub"));
+    publisher.publish(&topic, 1, false, 1, b"to all");
+    for subscriber in subscribers.iter_mut() {
+        let publish = subscriber.read_publish();
+        assert_eq!(
+            (publish.payload.as_slice(), publish.qos),
+            (&b"to all"[..], 0)
+        );
+    }
+}
+
+#[test]
+fn dup_flag_is_not_propagated_to_subscribers() {
+    // [MQTT-3.3.1-3] The DUP flag of an incoming PUBLISH is not passed on.
+    let broker = start_broker();
+    let topic = unique_topic("dup");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("dup-sub"));
+    subscriber.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("dup-pub"));
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        1,
+        false,
+        true,
+        5,
+        b"dup set",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBACK), 5);
+    let publish = subscriber.read_publish();
+    assert_eq!(publish.payload, b"dup set");
+    assert!(!publish.dup, "DUP propagated: {publish:?}");
+}
+
+#[test]
+fn qos2_outbound_handshake_with_raw_subscriber() {
+    // [MQTT-4.3.3-1] The broker as sender: PUBLISH → PUBREC → PUBREL → PUBCOMP.
+    let broker = start_broker();
+    let topic = unique_topic("qos2-out");
+    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("qos2-out-sub"));
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 2)]), vec![2]);
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "qos2-out-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "two");
+    let publish = subscriber.read_publish();
+    assert_eq!((publish.qos, publish.payload.as_slice()), (2, &b"two"[..]));
+    let id = publish.packet_id.unwrap();
+    subscriber.send(&pubrec_bytes(id));
+    assert_eq!(subscriber.read_packet().ack_id(PUBREL), id);
+    subscriber.send(&pubcomp_bytes(id));
+    subscriber.ping();
+    subscriber.disconnect();
+}
+
+#[test]
+fn inbound_qos2_is_delivered_exactly_once() {
+    // [MQTT-4.3.3-2] Until PUBREL, a PUBLISH with the same packet id is not a new message.
+    let broker = start_broker();
+    let topic = unique_topic("qos2-in");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "qos2-sub"));
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("qos2-pub"));
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        false,
+        7,
+        b"once",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7);
+    publisher.send(&publish_bytes(topic.as_bytes(), 2, false, true, 7, b"once"));
+    assert_eq!(
+        publisher.read_packet().ack_id(PUBREC),
+        7,
+        "PUBREC again for the duplicate"
+    );
+    publisher.send(&pubrel_bytes(7));
+    assert_eq!(publisher.read_packet().ack_id(PUBCOMP), 7);
+
+    let publish = subscriber.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.qos),
+        (&b"once"[..], QoS::ExactlyOnce)
+    );
+    subscriber.expect_no_publish();
+
+    // After PUBCOMP the packet id is free: the same id now carries a new message.
+    publisher.publish(&topic, 2, false, 7, b"next");
+    assert_eq!(subscriber.recv_publish().payload, &b"next"[..]);
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn pubrel_for_unknown_packet_id_gets_pubcomp() {
+    // [MQTT-4.3.3-1] The receiver answers PUBREL with PUBCOMP even if it holds no state for it
+    // (e.g. a PUBREL resent after a reconnect).
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("pubrel"));
+    client.send(&pubrel_bytes(42));
+    assert_eq!(client.read_packet().ack_id(PUBCOMP), 42);
+}
+
+#[test]
+fn stray_puback_is_ignored() {
+    // A PUBACK for a packet id the broker never used: nothing to release; the connection lives.
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("stray"));
+    client.send(&puback_bytes(999));
+    client.send(&pubcomp_bytes(998));
+    client.ping();
+}
+
+#[test]
+fn granted_qos_is_capped_by_qos_max() {
+    let mut config = test_config();
+    config.limits.qos_max = 1;
+    let broker = TestBroker::start(config);
+    let mut client = MqttClient::connect(mqtt_options(broker.addr(), "qos-max"));
+    assert_eq!(
+        client.subscribe(&unique_topic("capped"), QoS::ExactlyOnce),
+        Some(QoS::AtLeastOnce)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topics and subscriptions
+// ---------------------------------------------------------------------------------------------
 
 /// Subscribes `filter` plus a private sentinel topic, publishes `topics` then the sentinel, and
 /// returns the topics received before the sentinel (one publisher keeps its order).
@@ -280,6 +515,31 @@ fn dollar_topics_are_not_matched_by_leading_wildcards() {
 }
 
 #[test]
+fn topics_are_case_sensitive_and_may_contain_spaces() {
+    // [MQTT-4.7.3-4] Topics are compared character by character, without normalisation.
+    let broker = start_broker();
+    let root = unique_topic("Case");
+    let topics = vec![
+        format!("{root}/Topic"),
+        format!("{root}/topic"),
+        format!("{root}/with space"),
+        format!("{root}/ünïcödé"),
+    ];
+    assert_eq!(
+        topics_matched(&broker, &format!("{root}/Topic"), &topics),
+        vec![format!("{root}/Topic")]
+    );
+    assert_eq!(
+        topics_matched(&broker, &format!("{root}/with space"), &topics),
+        vec![format!("{root}/with space")]
+    );
+    assert_eq!(
+        topics_matched(&broker, &format!("{root}/ünïcödé"), &topics),
+        vec![format!("{root}/ünïcödé")]
+    );
+}
+
+#[test]
 fn overlapping_subscriptions_deliver_once_at_highest_qos() {
     // [MQTT-3.3.5-1] Deliver respecting the maximum QoS of all matching subscriptions; ringmq
     // delivers one copy (the spec allows one per subscription; we promise one).
@@ -331,6 +591,171 @@ fn unsubscribe_stops_delivery() {
         "delivered after unsubscribe: {publish:?}"
     );
 }
+
+#[test]
+fn unsubscribing_one_of_two_overlapping_filters_keeps_the_other() {
+    let broker = start_broker();
+    let root = unique_topic("overlap-unsub");
+    let topic = format!("{root}/x");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "ou-sub"));
+    subscriber.subscribe_many(&[
+        (&format!("{root}/#"), QoS::AtLeastOnce),
+        (&format!("{root}/+"), QoS::AtMostOnce),
+    ]);
+    subscriber.unsubscribe(&format!("{root}/#"));
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ou-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "still");
+    let publish = subscriber.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.qos),
+        (&b"still"[..], QoS::AtMostOnce)
+    );
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn unsubscribe_of_unknown_filter_is_acknowledged() {
+    // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK even when nothing matched.
+    let broker = start_broker();
+    let mut client = RawClient::connect(broker.addr(), &unique_id("unsub-none"));
+    client.send(&unsubscribe_bytes(9, &["never/subscribed"]));
+    assert_eq!(client.read_packet().ack_id(UNSUBACK), 9);
+}
+
+#[test]
+fn resubscribing_replaces_the_subscription() {
+    // [MQTT-3.8.4-3] A SUBSCRIBE for an existing filter replaces it (new QoS) and re-sends the
+    // retained messages; messages are not duplicated.
+    let broker = start_broker();
+    let topic = unique_topic("resub");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "resub-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "retained");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "resub-sub"));
+    subscriber.subscribe(&topic, QoS::AtMostOnce);
+    let first = subscriber.recv_publish();
+    assert_eq!((first.qos, first.retain), (QoS::AtMostOnce, true));
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    let again = subscriber.recv_publish();
+    assert_eq!(again.payload, &b"retained"[..]);
+    assert!(
+        again.retain,
+        "retained messages are re-sent on re-subscribe"
+    );
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "live");
+    let live = subscriber.recv_publish();
+    assert_eq!(
+        (live.payload.as_ref(), live.qos),
+        (&b"live"[..], QoS::AtLeastOnce)
+    );
+    subscriber.expect_no_publish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retained messages
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn retained_message_lifecycle() {
+    let broker = start_broker();
+    let topic = unique_topic("retained");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ret-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "v1");
+
+    // [MQTT-3.3.1-6] [MQTT-3.3.1-8] A new subscription gets the retained message, retain=1.
+    let mut first = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub1"));
+    first.subscribe(&topic, QoS::AtLeastOnce);
+    let publish = first.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"v1"[..], true)
+    );
+    assert_eq!(publish.topic, topic);
+
+    // [MQTT-3.3.1-9] A retained publish delivered live to an existing subscription has retain=0.
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "v2");
+    let publish = first.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"v2"[..], false)
+    );
+
+    // [MQTT-3.3.1-5] The newer retained message replaced the older one.
+    let mut second = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub2"));
+    second.subscribe(&topic, QoS::AtLeastOnce);
+    let publish = second.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"v2"[..], true)
+    );
+    second.expect_no_publish();
+
+    // [MQTT-3.3.1-10] An empty retained payload deletes the retained message; [MQTT-3.3.1-11]
+    // it is still delivered to current subscribers like any message.
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "");
+    let publish = first.recv_publish();
+    assert!(publish.payload.is_empty() && !publish.retain, "{publish:?}");
+
+    // A subscription made after the delete gets nothing retained: the first message it sees is
+    // a live sentinel published after its SUBACK.
+    let mut third = MqttClient::connect(mqtt_options(broker.addr(), "ret-sub3"));
+    third.subscribe(&topic, QoS::AtLeastOnce);
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "sentinel");
+    let publish = third.recv_publish();
+    assert_eq!(
+        (publish.payload.as_ref(), publish.retain),
+        (&b"sentinel"[..], false),
+        "retained message survived the empty-payload delete"
+    );
+}
+
+#[test]
+fn retained_message_is_sent_at_most_granted_qos() {
+    let broker = start_broker();
+    let topic = unique_topic("retained-qos");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "retq-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, true, "kept");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "retq-sub"));
+    subscriber.subscribe(&topic, QoS::AtMostOnce);
+    let publish = subscriber.recv_publish();
+    assert_eq!((publish.qos, publish.retain), (QoS::AtMostOnce, true));
+}
+
+#[test]
+fn wildcard_subscription_gets_every_matching_retained_message() {
+    let broker = start_broker();
+    let root = unique_topic("retained-wild");
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("rw-pub"));
+    let retained = [root.clone(), format!("{root}/a"), format!("{root}/b/c")];
+    for (i, topic) in retained.iter().enumerate() {
+        publisher.publish(topic, 1, true, i as u16 + 1, topic.as_bytes());
+    }
+    publisher.publish(&format!("{root}x"), 1, true, 9, b"not under root");
+
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "rw-sub"));
+    subscriber.subscribe(&format!("{root}/#"), QoS::AtLeastOnce);
+    let mut got: Vec<String> = (0..retained.len())
+        .map(|_| {
+            let publish = subscriber.recv_publish();
+            assert!(publish.retain, "{publish:?}");
+            assert_eq!(publish.payload, publish.topic.as_bytes());
+            publish.topic
+        })
+        .collect();
+    got.sort();
+    let mut want = retained.to_vec();
+    want.sort();
+    assert_eq!(got, want);
+    subscriber.expect_no_publish();
+
+    let mut plus = MqttClient::connect(mqtt_options(broker.addr(), "rw-plus"));
+    plus.subscribe(&format!("{root}/+"), QoS::AtLeastOnce);
+    assert_eq!(plus.recv_publish().topic, format!("{root}/a"));
+    plus.expect_no_publish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wills
+// ---------------------------------------------------------------------------------------------
 
 /// A raw client with a will on `will_topic`, and a watcher subscribed to it.
 fn will_setup(broker: &TestBroker, keepalive_secs: u16) -> (RawClient, MqttClient, String) {
@@ -415,63 +840,23 @@ fn retained_will_is_retained() {
 }
 
 #[test]
-fn keepalive_expiry_disconnects_and_publishes_will() {
-    // [MQTT-3.1.2-24] No packet within 1.5 × keepalive: the server disconnects the client, and
-    // [MQTT-3.1.2-8] that is a close without DISCONNECT, so the will goes out.
+fn will_is_published_when_the_broker_closes_for_a_protocol_error() {
+    // [MQTT-3.1.2-8] The will goes out when the server closes the connection because of a
+    // protocol error.
     let broker = start_broker();
-    let (mut client, mut watcher, will_topic) = will_setup(&broker, 1);
-    let started = Instant::now();
-    client.expect_closed_within(Duration::from_secs(6));
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(1000),
-        "closed after {elapsed:?}, before the 1.5 s keepalive grace"
-    );
-    assert!(
-        elapsed <= Duration::from_millis(3500),
-        "closed after {elapsed:?}; 1.5 × 1 s keepalive plus a 1 s timer tick is 2.5 s"
-    );
+    let (mut client, mut watcher, will_topic) = will_setup(&broker, 60);
+    client.send_ignoring_errors(&publish_bytes(b"bad/+", 0, false, false, 0, b"x"));
+    client.expect_closed();
     let publish = watcher.recv_publish();
-    assert_eq!(publish.topic, will_topic);
+    assert_eq!(
+        (publish.topic.as_str(), publish.payload.as_ref()),
+        (will_topic.as_str(), &b"gone"[..])
+    );
 }
 
-#[test]
-fn pings_keep_a_connection_alive() {
-    let broker = start_broker();
-    let mut connect = Connect::v311(&unique_id("pinger"));
-    connect.keepalive_secs = 1;
-    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
-    // Four seconds of pings every 500 ms: well past 1.5 × keepalive, still open.
-    for _ in 0..8 {
-        std::thread::sleep(Duration::from_millis(500));
-        client.ping();
-    }
-}
-
-#[test]
-fn pingreq_gets_pingresp() {
-    // [MQTT-3.12.4-1]
-    let broker = start_broker();
-    let mut client = RawClient::connect(broker.addr(), &unique_id("ping"));
-    client.send(&PINGREQ);
-    let packet = client.read_packet();
-    assert_eq!(packet.first_byte, PINGRESP[0]);
-    assert!(packet.body.is_empty());
-    client.disconnect();
-}
-
-#[test]
-fn second_connection_with_same_client_id_takes_over() {
-    // [MQTT-3.1.4-2] The server disconnects the existing client with the same client id.
-    let broker = start_broker();
-    let client_id = unique_id("takeover");
-    let mut first = RawClient::connect(broker.addr(), &client_id);
-    let mut second = RawClient::connect(broker.addr(), &client_id);
-    first.expect_closed();
-    // The new connection works.
-    second.ping();
-    second.disconnect();
-}
+// ---------------------------------------------------------------------------------------------
+// Sessions (clean session 0)
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn persistent_session_keeps_subscriptions_and_queues_qos1() {
@@ -522,6 +907,77 @@ fn persistent_session_keeps_subscriptions_and_queues_qos1() {
 }
 
 #[test]
+fn clean_session_reconnect_after_persistent_starts_fresh() {
+    // [MQTT-3.1.2-6] Clean session 1 discards any previous session: no session present, and
+    // messages queued for the old session are not delivered.
+    let broker = start_broker();
+    let client_id = unique_id("fresh");
+    let topic = unique_topic("fresh");
+    let mut persistent = mqtt_options_with_id(broker.addr(), &client_id);
+    persistent.set_clean_session(false);
+    let mut subscriber = MqttClient::connect(persistent);
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    subscriber.disconnect();
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "fresh-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "queued");
+    let mut clean = MqttClient::connect(mqtt_options_with_id(broker.addr(), &client_id));
+    assert!(!clean.connack.session_present);
+    clean.expect_no_publish();
+}
+
+#[test]
+fn a_new_client_inherits_nothing_from_a_departed_clean_session() {
+    // Session state is freed and reused: a clean-session client that left (with a subscription
+    // and an unacknowledged QoS 1 message) must leave nothing behind for the next client.
+    let broker = start_broker();
+    let topic = unique_topic("departed");
+    let mut gone = RawClient::connect(broker.addr(), &unique_id("departed"));
+    gone.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("departed-pub"));
+    publisher.publish(&topic, 1, false, 1, b"unacked");
+    assert_eq!(gone.read_publish().payload, b"unacked");
+    gone.disconnect(); // no PUBACK
+
+    let sentinel = unique_topic("departed-sentinel");
+    let mut next = RawClient::connect(broker.addr(), &unique_id("next"));
+    next.subscribe(1, &[(&sentinel, 0)]);
+    publisher.publish(&topic, 1, false, 2, b"for nobody");
+    publisher.publish(&sentinel, 0, false, 0, b"sentinel");
+    let publish = next.read_publish();
+    assert_eq!(
+        publish.topic, sentinel,
+        "got the departed client's message: {publish:?}"
+    );
+    next.expect_silence(QUIET);
+}
+
+#[test]
+fn persistent_session_survives_take_over() {
+    // [MQTT-3.1.4-2] The old connection closes; with clean session 0 the new one continues the
+    // same session [MQTT-3.2.2-2].
+    let broker = start_broker();
+    let client_id = unique_id("takeover-persist");
+    let topic = unique_topic("takeover-persist");
+    let mut connect = Connect::v311(&client_id);
+    connect.clean_session = false;
+    let (mut old, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(!present);
+    assert_eq!(old.subscribe(1, &[(&topic, 1)]), vec![1]);
+    let (mut new, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(
+        present,
+        "the session outlives the connection it was taken from"
+    );
+    old.expect_closed();
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("takeover-pub"));
+    publisher.publish(&topic, 1, false, 1, b"to the new one");
+    let publish = new.read_publish();
+    assert_eq!(publish.payload, b"to the new one");
+    new.send(&puback_bytes(publish.packet_id.unwrap()));
+    new.ping();
+}
+
+#[test]
 fn unacknowledged_qos1_is_resent_with_dup_on_reconnect() {
     // [MQTT-4.4.0-1] On reconnect with clean session 0, unacknowledged PUBLISH packets are
     // resent with their original packet ids; [MQTT-3.3.1-1] DUP is set on a re-delivery.
@@ -562,54 +1018,176 @@ fn unacknowledged_qos1_is_resent_with_dup_on_reconnect() {
 }
 
 #[test]
-fn inbound_qos2_is_delivered_exactly_once() {
-    // [MQTT-4.3.3-2] Until PUBREL, a PUBLISH with the same packet id is not a new message.
-    let broker = start_broker();
-    let topic = unique_topic("qos2-in");
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "qos2-sub"));
-    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+fn resent_and_queued_messages_keep_their_order_on_reconnect() {
+    // [MQTT-4.6.0-1] Re-sent PUBLISH packets go in their original order (with DUP), then the
+    // messages that were still queued behind the window.
+    let mut config = test_config();
+    config.limits.inflight_max = 2;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("resume-order");
+    let mut connect = Connect::v311(&unique_id("resume-order"));
+    connect.clean_session = false;
+    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
+    subscriber.subscribe(1, &[(&topic, 1)]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("resume-order-pub"));
+    for n in 0..5u16 {
+        publisher.publish(&topic, 1, false, n + 1, format!("{n}").as_bytes());
+    }
+    let first = subscriber.read_publish();
+    let second = subscriber.read_publish();
+    assert_eq!(
+        (first.payload.as_slice(), second.payload.as_slice()),
+        (&b"0"[..], &b"1"[..])
+    );
+    subscriber.expect_silence(QUIET); // window of 2 full
+    drop(subscriber);
 
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("qos2-pub"));
+    let (mut subscriber, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    for n in 0..5u16 {
+        let publish = subscriber.read_publish();
+        assert_eq!(publish.payload, format!("{n}").as_bytes(), "message {n}");
+        assert_eq!(
+            publish.dup,
+            n < 2,
+            "DUP only on the re-sent ones: {publish:?}"
+        );
+        if n < 2 {
+            let original = if n == 0 { &first } else { &second };
+            assert_eq!(publish.packet_id, original.packet_id);
+        }
+        subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
+    }
+    subscriber.expect_silence(QUIET);
+}
+
+#[test]
+fn outbound_qos2_pubrel_is_resent_on_reconnect() {
+    // [MQTT-4.4.0-1] After PUBREC the sender owes PUBREL: on reconnect it resends PUBREL, not
+    // the PUBLISH (the receiver already has the message).
+    let broker = start_broker();
+    let topic = unique_topic("pubrel-resend");
+    let mut connect = Connect::v311(&unique_id("pubrel-resend"));
+    connect.clean_session = false;
+    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
+    assert_eq!(subscriber.subscribe(1, &[(&topic, 2)]), vec![2]);
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("pubrel-pub"));
+    publisher.publish(&topic, 2, false, 3, b"exactly once");
+    let publish = subscriber.read_publish();
+    let id = publish.packet_id.unwrap();
+    subscriber.send(&pubrec_bytes(id));
+    assert_eq!(subscriber.read_packet().ack_id(PUBREL), id);
+    drop(subscriber); // no PUBCOMP
+
+    let (mut subscriber, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    let packet = subscriber.read_packet();
+    assert_eq!(
+        packet.ack_id(PUBREL),
+        id,
+        "expected the PUBREL again, not the PUBLISH"
+    );
+    subscriber.send(&pubcomp_bytes(id));
+    subscriber.ping();
+    subscriber.disconnect();
+}
+
+#[test]
+fn inbound_qos2_state_survives_reconnect() {
+    // A publisher with clean session 0 that got PUBREC, reconnects and sends PUBREL: the
+    // message is delivered once, and PUBCOMP comes back [MQTT-4.3.3-2] [MQTT-4.4.0-1].
+    let broker = start_broker();
+    let topic = unique_topic("qos2-reconnect");
+    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "qos2r-sub"));
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+    let mut connect = Connect::v311(&unique_id("qos2r-pub"));
+    connect.clean_session = false;
+    let (mut publisher, _) = RawClient::connect_with(broker.addr(), &connect);
     publisher.send(&publish_bytes(
         topic.as_bytes(),
         2,
         false,
         false,
-        7,
-        b"once",
+        11,
+        b"across",
     ));
-    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7);
-    publisher.send(&publish_bytes(topic.as_bytes(), 2, false, true, 7, b"once"));
-    assert_eq!(
-        publisher.read_packet().ack_id(PUBREC),
-        7,
-        "PUBREC again for the duplicate"
-    );
-    publisher.send(&pubrel_bytes(7));
-    assert_eq!(publisher.read_packet().ack_id(PUBCOMP), 7);
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 11);
+    drop(publisher);
 
-    let publish = subscriber.recv_publish();
-    assert_eq!(
-        (publish.payload.as_ref(), publish.qos),
-        (&b"once"[..], QoS::ExactlyOnce)
-    );
-    subscriber.expect_no_publish();
-
-    // After PUBCOMP the packet id is free: the same id now carries a new message.
-    publisher.publish(&topic, 2, false, 7, b"next");
-    assert_eq!(subscriber.recv_publish().payload, &b"next"[..]);
+    let (mut publisher, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(present);
+    // A client resending the PUBLISH (DUP) before its PUBREL must not create a second copy.
+    publisher.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        true,
+        11,
+        b"across",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 11);
+    publisher.send(&pubrel_bytes(11));
+    assert_eq!(publisher.read_packet().ack_id(PUBCOMP), 11);
+    assert_eq!(subscriber.recv_publish().payload, &b"across"[..]);
     subscriber.expect_no_publish();
 }
 
 #[test]
-fn pubrel_for_unknown_packet_id_gets_pubcomp() {
-    // [MQTT-4.3.3-1] The receiver answers PUBREL with PUBCOMP even if it holds no state for it
-    // (e.g. a PUBREL resent after a reconnect).
+fn qos2_messages_queued_offline_arrive_at_qos2() {
     let broker = start_broker();
-    let mut client = RawClient::connect(broker.addr(), &unique_id("pubrel"));
-    client.send(&pubrel_bytes(42));
-    assert_eq!(client.read_packet().ack_id(PUBCOMP), 42);
+    let client_id = unique_id("offline-q2");
+    let topic = unique_topic("offline-q2");
+    let options = || {
+        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
+        o.set_clean_session(false);
+        o
+    };
+    let mut subscriber = MqttClient::connect(options());
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+    subscriber.disconnect();
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "offline-q2-pub"));
+    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "two");
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "one");
+    let mut subscriber = MqttClient::connect(options());
+    assert!(subscriber.connack.session_present);
+    let first = subscriber.recv_publish();
+    assert_eq!(
+        (first.payload.as_ref(), first.qos),
+        (&b"two"[..], QoS::ExactlyOnce)
+    );
+    let second = subscriber.recv_publish();
+    assert_eq!(
+        (second.payload.as_ref(), second.qos),
+        (&b"one"[..], QoS::AtLeastOnce)
+    );
+    subscriber.expect_no_publish();
 }
+
+#[test]
+fn resumed_session_does_not_resend_retained_messages() {
+    // Retained messages answer a SUBSCRIBE; resuming a session subscribes nothing.
+    let broker = start_broker();
+    let topic = unique_topic("resume-retained");
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "rr-pub"));
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "retained");
+    let client_id = unique_id("rr-sub");
+    let options = || {
+        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
+        o.set_clean_session(false);
+        o
+    };
+    let mut subscriber = MqttClient::connect(options());
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    assert!(subscriber.recv_publish().retain);
+    subscriber.disconnect();
+    let mut subscriber = MqttClient::connect(options());
+    assert!(subscriber.connack.session_present);
+    subscriber.expect_no_publish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow control: offline queue, in-flight window, slow consumers
+// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn offline_queue_is_bounded() {
@@ -711,208 +1289,6 @@ fn inflight_window_limits_unacknowledged_deliveries() {
 }
 
 #[test]
-fn qos2_outbound_handshake_with_raw_subscriber() {
-    // [MQTT-4.3.3-1] The broker as sender: PUBLISH → PUBREC → PUBREL → PUBCOMP.
-    let broker = start_broker();
-    let topic = unique_topic("qos2-out");
-    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("qos2-out-sub"));
-    assert_eq!(subscriber.subscribe(1, &[(&topic, 2)]), vec![2]);
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "qos2-out-pub"));
-    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "two");
-    let publish = subscriber.read_publish();
-    assert_eq!((publish.qos, publish.payload.as_slice()), (2, &b"two"[..]));
-    let id = publish.packet_id.unwrap();
-    subscriber.send(&pubrec_bytes(id));
-    assert_eq!(subscriber.read_packet().ack_id(PUBREL), id);
-    subscriber.send(&pubcomp_bytes(id));
-    subscriber.ping();
-    subscriber.disconnect();
-}
-
-#[test]
-fn granted_qos_is_capped_by_qos_max() {
-    let mut config = test_config();
-    config.limits.qos_max = 1;
-    let broker = TestBroker::start(config);
-    let mut client = MqttClient::connect(mqtt_options(broker.addr(), "qos-max"));
-    assert_eq!(
-        client.subscribe(&unique_topic("capped"), QoS::ExactlyOnce),
-        Some(QoS::AtLeastOnce)
-    );
-}
-
-#[test]
-fn large_payload_arrives_intact() {
-    // Far bigger than one receive buffer: the broker reassembles it from many reads.
-    let broker = start_broker();
-    let topic = unique_topic("large");
-    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "large-sub"));
-    subscriber.subscribe(&topic, QoS::AtLeastOnce);
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "large-pub"));
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, payload.clone());
-    let publish = subscriber.recv_publish();
-    assert_eq!(publish.payload.len(), payload.len());
-    assert!(publish.payload == payload, "payload corrupted");
-}
-
-#[test]
-fn one_message_fans_out_to_many_subscribers() {
-    let broker = start_broker();
-    let topic = unique_topic("fanout");
-    let mut subscribers: Vec<RawClient> = (0..20)
-        .map(|_| {
-            let mut s = RawClient::connect(broker.addr(), &unique_id("fan"));
-            assert_eq!(s.subscribe(1, &[(&topic, 0)]), vec![0]);
-            s
-        })
-        .collect();
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("fan-pub"));
-    publisher.publish(&topic, 1, false, 1, b"to all");
-    for subscriber in subscribers.iter_mut() {
-        let publish = subscriber.read_publish();
-        assert_eq!(
-            (publish.payload.as_slice(), publish.qos),
-            (&b"to all"[..], 0)
-        );
-    }
-}
-
-#[test]
-fn resubscribing_replaces_the_subscription() {
-    // [MQTT-3.8.4-3] A SUBSCRIBE for an existing filter replaces it (new QoS) and re-sends the
-    // retained messages; messages are not duplicated.
-    let broker = start_broker();
-    let topic = unique_topic("resub");
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "resub-pub"));
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "retained");
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "resub-sub"));
-    subscriber.subscribe(&topic, QoS::AtMostOnce);
-    let first = subscriber.recv_publish();
-    assert_eq!((first.qos, first.retain), (QoS::AtMostOnce, true));
-    subscriber.subscribe(&topic, QoS::AtLeastOnce);
-    let again = subscriber.recv_publish();
-    assert_eq!(again.payload, &b"retained"[..]);
-    assert!(
-        again.retain,
-        "retained messages are re-sent on re-subscribe"
-    );
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "live");
-    let live = subscriber.recv_publish();
-    assert_eq!(
-        (live.payload.as_ref(), live.qos),
-        (&b"live"[..], QoS::AtLeastOnce)
-    );
-    subscriber.expect_no_publish();
-}
-
-#[test]
-fn unsubscribe_of_unknown_filter_is_acknowledged() {
-    // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK even when nothing matched.
-    let broker = start_broker();
-    let mut client = RawClient::connect(broker.addr(), &unique_id("unsub-none"));
-    client.send(&unsubscribe_bytes(9, &["never/subscribed"]));
-    assert_eq!(client.read_packet().ack_id(UNSUBACK), 9);
-}
-
-#[test]
-fn persistent_session_survives_take_over() {
-    // [MQTT-3.1.4-2] The old connection closes; with clean session 0 the new one continues the
-    // same session [MQTT-3.2.2-2].
-    let broker = start_broker();
-    let client_id = unique_id("takeover-persist");
-    let topic = unique_topic("takeover-persist");
-    let mut connect = Connect::v311(&client_id);
-    connect.clean_session = false;
-    let (mut old, present) = RawClient::connect_with(broker.addr(), &connect);
-    assert!(!present);
-    assert_eq!(old.subscribe(1, &[(&topic, 1)]), vec![1]);
-    let (mut new, present) = RawClient::connect_with(broker.addr(), &connect);
-    assert!(
-        present,
-        "the session outlives the connection it was taken from"
-    );
-    old.expect_closed();
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("takeover-pub"));
-    publisher.publish(&topic, 1, false, 1, b"to the new one");
-    let publish = new.read_publish();
-    assert_eq!(publish.payload, b"to the new one");
-    new.send(&puback_bytes(publish.packet_id.unwrap()));
-    new.ping();
-}
-
-#[test]
-fn outbound_qos2_pubrel_is_resent_on_reconnect() {
-    // [MQTT-4.4.0-1] After PUBREC the sender owes PUBREL: on reconnect it resends PUBREL, not
-    // the PUBLISH (the receiver already has the message).
-    let broker = start_broker();
-    let topic = unique_topic("pubrel-resend");
-    let mut connect = Connect::v311(&unique_id("pubrel-resend"));
-    connect.clean_session = false;
-    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
-    assert_eq!(subscriber.subscribe(1, &[(&topic, 2)]), vec![2]);
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("pubrel-pub"));
-    publisher.publish(&topic, 2, false, 3, b"exactly once");
-    let publish = subscriber.read_publish();
-    let id = publish.packet_id.unwrap();
-    subscriber.send(&pubrec_bytes(id));
-    assert_eq!(subscriber.read_packet().ack_id(PUBREL), id);
-    drop(subscriber); // no PUBCOMP
-
-    let (mut subscriber, present) = RawClient::connect_with(broker.addr(), &connect);
-    assert!(present);
-    let packet = subscriber.read_packet();
-    assert_eq!(
-        packet.ack_id(PUBREL),
-        id,
-        "expected the PUBREL again, not the PUBLISH"
-    );
-    subscriber.send(&pubcomp_bytes(id));
-    subscriber.ping();
-    subscriber.disconnect();
-}
-
-#[test]
-fn inbound_qos2_state_survives_reconnect() {
-    // A publisher with clean session 0 that got PUBREC, reconnects and sends PUBREL: the
-    // message is delivered once, and PUBCOMP comes back [MQTT-4.3.3-2] [MQTT-4.4.0-1].
-    let broker = start_broker();
-    let topic = unique_topic("qos2-reconnect");
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "qos2r-sub"));
-    subscriber.subscribe(&topic, QoS::ExactlyOnce);
-    let mut connect = Connect::v311(&unique_id("qos2r-pub"));
-    connect.clean_session = false;
-    let (mut publisher, _) = RawClient::connect_with(broker.addr(), &connect);
-    publisher.send(&publish_bytes(
-        topic.as_bytes(),
-        2,
-        false,
-        false,
-        11,
-        b"across",
-    ));
-    assert_eq!(publisher.read_packet().ack_id(PUBREC), 11);
-    drop(publisher);
-
-    let (mut publisher, present) = RawClient::connect_with(broker.addr(), &connect);
-    assert!(present);
-    // A client resending the PUBLISH (DUP) before its PUBREL must not create a second copy.
-    publisher.send(&publish_bytes(
-        topic.as_bytes(),
-        2,
-        false,
-        true,
-        11,
-        b"across",
-    ));
-    assert_eq!(publisher.read_packet().ack_id(PUBREC), 11);
-    publisher.send(&pubrel_bytes(11));
-    assert_eq!(publisher.read_packet().ack_id(PUBCOMP), 11);
-    assert_eq!(subscriber.recv_publish().payload, &b"across"[..]);
-    subscriber.expect_no_publish();
-}
-
-#[test]
 fn slow_qos0_consumer_does_not_hold_up_others() {
     // A subscriber that never reads: once its outbox passes outbox_bytes_max its QoS 0 messages
     // are dropped; the publisher and a fast subscriber carry on.
@@ -965,352 +1341,4 @@ fn slow_qos0_consumer_does_not_hold_up_others() {
          64 KiB outbox cap"
     );
     slow.ping();
-}
-
-#[test]
-fn wildcard_subscription_gets_every_matching_retained_message() {
-    let broker = start_broker();
-    let root = unique_topic("retained-wild");
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("rw-pub"));
-    let retained = [root.clone(), format!("{root}/a"), format!("{root}/b/c")];
-    for (i, topic) in retained.iter().enumerate() {
-        publisher.publish(topic, 1, true, i as u16 + 1, topic.as_bytes());
-    }
-    publisher.publish(&format!("{root}x"), 1, true, 9, b"not under root");
-
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "rw-sub"));
-    subscriber.subscribe(&format!("{root}/#"), QoS::AtLeastOnce);
-    let mut got: Vec<String> = (0..retained.len())
-        .map(|_| {
-            let publish = subscriber.recv_publish();
-            assert!(publish.retain, "{publish:?}");
-            assert_eq!(publish.payload, publish.topic.as_bytes());
-            publish.topic
-        })
-        .collect();
-    got.sort();
-    let mut want = retained.to_vec();
-    want.sort();
-    assert_eq!(got, want);
-    subscriber.expect_no_publish();
-
-    let mut plus = MqttClient::connect(mqtt_options(broker.addr(), "rw-plus"));
-    plus.subscribe(&format!("{root}/+"), QoS::AtLeastOnce);
-    assert_eq!(plus.recv_publish().topic, format!("{root}/a"));
-    plus.expect_no_publish();
-}
-
-#[test]
-fn dup_flag_is_not_propagated_to_subscribers() {
-    // [MQTT-3.3.1-3] The DUP flag of an incoming PUBLISH is not passed on.
-    let broker = start_broker();
-    let topic = unique_topic("dup");
-    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("dup-sub"));
-    subscriber.subscribe(1, &[(&topic, 1)]);
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("dup-pub"));
-    publisher.send(&publish_bytes(
-        topic.as_bytes(),
-        1,
-        false,
-        true,
-        5,
-        b"dup set",
-    ));
-    assert_eq!(publisher.read_packet().ack_id(PUBACK), 5);
-    let publish = subscriber.read_publish();
-    assert_eq!(publish.payload, b"dup set");
-    assert!(!publish.dup, "DUP propagated: {publish:?}");
-}
-
-#[test]
-fn topics_are_case_sensitive_and_may_contain_spaces() {
-    // [MQTT-4.7.3-4] Topics are compared character by character, without normalisation.
-    let broker = start_broker();
-    let root = unique_topic("Case");
-    let topics = vec![
-        format!("{root}/Topic"),
-        format!("{root}/topic"),
-        format!("{root}/with space"),
-        format!("{root}/ünïcödé"),
-    ];
-    assert_eq!(
-        topics_matched(&broker, &format!("{root}/Topic"), &topics),
-        vec![format!("{root}/Topic")]
-    );
-    assert_eq!(
-        topics_matched(&broker, &format!("{root}/with space"), &topics),
-        vec![format!("{root}/with space")]
-    );
-    assert_eq!(
-        topics_matched(&broker, &format!("{root}/ünïcödé"), &topics),
-        vec![format!("{root}/ünïcödé")]
-    );
-}
-
-#[test]
-fn keepalive_max_secs_is_enforced() {
-    // limits.keepalive_max_secs (config.rs: "Keepalive granted at most"). MQTT 3.1.1 cannot tell
-    // the client a shorter keepalive, so the broker either refuses a longer one in CONNACK (as
-    // mosquitto does, code 2) or holds the client to the maximum: silent for 1.5 × 1 s, closed.
-    let mut config = test_config();
-    config.limits.keepalive_max_secs = 1;
-    let broker = TestBroker::start(config);
-    let mut connect = Connect::v311(&unique_id("ka-max"));
-    connect.keepalive_secs = 60;
-    let mut client = RawClient::open(broker.addr());
-    client.send(&connect.bytes());
-    let (_, code) = client.read_packet().connack();
-    let started = Instant::now();
-    let rest = client.expect_closed_within(Duration::from_millis(3500));
-    assert!(rest.is_empty(), "{rest:02x?}");
-    if code == 0 {
-        assert!(
-            started.elapsed() >= Duration::from_millis(1000),
-            "closed after {:?}",
-            started.elapsed()
-        );
-    }
-}
-
-#[test]
-fn qos2_messages_queued_offline_arrive_at_qos2() {
-    let broker = start_broker();
-    let client_id = unique_id("offline-q2");
-    let topic = unique_topic("offline-q2");
-    let options = || {
-        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
-        o.set_clean_session(false);
-        o
-    };
-    let mut subscriber = MqttClient::connect(options());
-    subscriber.subscribe(&topic, QoS::ExactlyOnce);
-    subscriber.disconnect();
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "offline-q2-pub"));
-    publisher.publish_acked(&topic, QoS::ExactlyOnce, false, "two");
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "one");
-    let mut subscriber = MqttClient::connect(options());
-    assert!(subscriber.connack.session_present);
-    let first = subscriber.recv_publish();
-    assert_eq!(
-        (first.payload.as_ref(), first.qos),
-        (&b"two"[..], QoS::ExactlyOnce)
-    );
-    let second = subscriber.recv_publish();
-    assert_eq!(
-        (second.payload.as_ref(), second.qos),
-        (&b"one"[..], QoS::AtLeastOnce)
-    );
-    subscriber.expect_no_publish();
-}
-
-#[test]
-fn clean_session_reconnect_after_persistent_starts_fresh() {
-    // [MQTT-3.1.2-6] Clean session 1 discards any previous session: no session present, and
-    // messages queued for the old session are not delivered.
-    let broker = start_broker();
-    let client_id = unique_id("fresh");
-    let topic = unique_topic("fresh");
-    let mut persistent = mqtt_options_with_id(broker.addr(), &client_id);
-    persistent.set_clean_session(false);
-    let mut subscriber = MqttClient::connect(persistent);
-    subscriber.subscribe(&topic, QoS::AtLeastOnce);
-    subscriber.disconnect();
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "fresh-pub"));
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "queued");
-    let mut clean = MqttClient::connect(mqtt_options_with_id(broker.addr(), &client_id));
-    assert!(!clean.connack.session_present);
-    clean.expect_no_publish();
-}
-
-#[test]
-fn a_new_client_inherits_nothing_from_a_departed_clean_session() {
-    // Session state is freed and reused: a clean-session client that left (with a subscription
-    // and an unacknowledged QoS 1 message) must leave nothing behind for the next client.
-    let broker = start_broker();
-    let topic = unique_topic("departed");
-    let mut gone = RawClient::connect(broker.addr(), &unique_id("departed"));
-    gone.subscribe(1, &[(&topic, 1)]);
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("departed-pub"));
-    publisher.publish(&topic, 1, false, 1, b"unacked");
-    assert_eq!(gone.read_publish().payload, b"unacked");
-    gone.disconnect(); // no PUBACK
-
-    let sentinel = unique_topic("departed-sentinel");
-    let mut next = RawClient::connect(broker.addr(), &unique_id("next"));
-    next.subscribe(1, &[(&sentinel, 0)]);
-    publisher.publish(&topic, 1, false, 2, b"for nobody");
-    publisher.publish(&sentinel, 0, false, 0, b"sentinel");
-    let publish = next.read_publish();
-    assert_eq!(
-        publish.topic, sentinel,
-        "got the departed client's message: {publish:?}"
-    );
-    next.expect_silence(QUIET);
-}
-
-#[test]
-fn unsubscribing_one_of_two_overlapping_filters_keeps_the_other() {
-    let broker = start_broker();
-    let root = unique_topic("overlap-unsub");
-    let topic = format!("{root}/x");
-    let mut subscriber = MqttClient::connect(mqtt_options(broker.addr(), "ou-sub"));
-    subscriber.subscribe_many(&[
-        (&format!("{root}/#"), QoS::AtLeastOnce),
-        (&format!("{root}/+"), QoS::AtMostOnce),
-    ]);
-    subscriber.unsubscribe(&format!("{root}/#"));
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "ou-pub"));
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "still");
-    let publish = subscriber.recv_publish();
-    assert_eq!(
-        (publish.payload.as_ref(), publish.qos),
-        (&b"still"[..], QoS::AtMostOnce)
-    );
-    subscriber.expect_no_publish();
-}
-
-#[test]
-fn will_is_published_when_the_broker_closes_for_a_protocol_error() {
-    // [MQTT-3.1.2-8] The will goes out when the server closes the connection because of a
-    // protocol error.
-    let broker = start_broker();
-    let (mut client, mut watcher, will_topic) = will_setup(&broker, 60);
-    client.send_ignoring_errors(&publish_bytes(b"bad/+", 0, false, false, 0, b"x"));
-    client.expect_closed();
-    let publish = watcher.recv_publish();
-    assert_eq!(
-        (publish.topic.as_str(), publish.payload.as_ref()),
-        (will_topic.as_str(), &b"gone"[..])
-    );
-}
-
-#[test]
-fn keepalive_zero_never_times_out() {
-    // [MQTT-3.1.2-10] comment: keepalive 0 turns the mechanism off.
-    let broker = start_broker();
-    let mut connect = Connect::v311(&unique_id("ka0"));
-    connect.keepalive_secs = 0;
-    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
-    client.expect_silence(Duration::from_millis(2600));
-    client.ping();
-}
-
-#[test]
-fn payload_sizes_around_remaining_length_boundaries() {
-    // The broker's encoder writes 1- to 4-byte remaining lengths; our parser checks them.
-    let mut config = test_config();
-    config.limits.packet_size_max = 4 << 20;
-    let broker = TestBroker::start(config);
-    let topic = unique_topic("sizes");
-    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("sizes-sub"));
-    subscriber.subscribe(1, &[(&topic, 0)]);
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("sizes-pub"));
-    let overhead = 2 + topic.len();
-    let mut sizes = vec![0, 1];
-    for boundary in [127usize, 16_383, 2_097_151] {
-        for delta in [-2i64, -1, 0, 1, 2] {
-            sizes.push((boundary as i64 + delta) as usize - overhead);
-        }
-    }
-    for size in sizes {
-        let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
-        publisher.publish(&topic, 0, false, 0, &payload);
-        let publish = subscriber.read_publish();
-        assert_eq!(publish.payload.len(), size);
-        assert!(
-            publish.payload == payload,
-            "payload of {size} bytes corrupted"
-        );
-    }
-}
-
-#[test]
-fn longest_topic_name_is_routed() {
-    // [MQTT-1.5.3] A string is up to 65535 bytes.
-    let broker = start_broker();
-    let prefix = unique_topic("long");
-    let topic = format!("{prefix}/{}", "x".repeat(65_535 - prefix.len() - 1));
-    assert_eq!(topic.len(), 65_535);
-    let mut subscriber = RawClient::connect(broker.addr(), &unique_id("long-sub"));
-    assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("long-pub"));
-    publisher.publish(&topic, 1, false, 1, b"long");
-    let publish = subscriber.read_publish();
-    assert_eq!(publish.topic, topic);
-}
-
-#[test]
-fn stray_puback_is_ignored() {
-    // A PUBACK for a packet id the broker never used: nothing to release; the connection lives.
-    let broker = start_broker();
-    let mut client = RawClient::connect(broker.addr(), &unique_id("stray"));
-    client.send(&puback_bytes(999));
-    client.send(&pubcomp_bytes(998));
-    client.ping();
-}
-
-#[test]
-fn resumed_session_does_not_resend_retained_messages() {
-    // Retained messages answer a SUBSCRIBE; resuming a session subscribes nothing.
-    let broker = start_broker();
-    let topic = unique_topic("resume-retained");
-    let mut publisher = MqttClient::connect(mqtt_options(broker.addr(), "rr-pub"));
-    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "retained");
-    let client_id = unique_id("rr-sub");
-    let options = || {
-        let mut o = mqtt_options_with_id(broker.addr(), &client_id);
-        o.set_clean_session(false);
-        o
-    };
-    let mut subscriber = MqttClient::connect(options());
-    subscriber.subscribe(&topic, QoS::AtLeastOnce);
-    assert!(subscriber.recv_publish().retain);
-    subscriber.disconnect();
-    let mut subscriber = MqttClient::connect(options());
-    assert!(subscriber.connack.session_present);
-    subscriber.expect_no_publish();
-}
-
-#[test]
-fn resent_and_queued_messages_keep_their_order_on_reconnect() {
-    // [MQTT-4.6.0-1] Re-sent PUBLISH packets go in their original order (with DUP), then the
-    // messages that were still queued behind the window.
-    let mut config = test_config();
-    config.limits.inflight_max = 2;
-    let broker = TestBroker::start(config);
-    let topic = unique_topic("resume-order");
-    let mut connect = Connect::v311(&unique_id("resume-order"));
-    connect.clean_session = false;
-    let (mut subscriber, _) = RawClient::connect_with(broker.addr(), &connect);
-    subscriber.subscribe(1, &[(&topic, 1)]);
-    let mut publisher = RawClient::connect(broker.addr(), &unique_id("resume-order-pub"));
-    for n in 0..5u16 {
-        publisher.publish(&topic, 1, false, n + 1, format!("{n}").as_bytes());
-    }
-    let first = subscriber.read_publish();
-    let second = subscriber.read_publish();
-    assert_eq!(
-        (first.payload.as_slice(), second.payload.as_slice()),
-        (&b"0"[..], &b"1"[..])
-    );
-    subscriber.expect_silence(QUIET); // window of 2 full
-    drop(subscriber);
-
-    let (mut subscriber, present) = RawClient::connect_with(broker.addr(), &connect);
-    assert!(present);
-    for n in 0..5u16 {
-        let publish = subscriber.read_publish();
-        assert_eq!(publish.payload, format!("{n}").as_bytes(), "message {n}");
-        assert_eq!(
-            publish.dup,
-            n < 2,
-            "DUP only on the re-sent ones: {publish:?}"
-        );
-        if n < 2 {
-            let original = if n == 0 { &first } else { &second };
-            assert_eq!(publish.packet_id, original.packet_id);
-        }
-        subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
-    }
-    subscriber.expect_silence(QUIET);
 }
