@@ -570,6 +570,32 @@ mod tests {
         InterestIndex::new(65);
     }
 
+    /// Heap per distinct filter, replicated on every shard: `bench/client-{i}/in`, as the
+    /// broker's idle benchmark subscribes. `cargo test --lib bytes_per_filter -- --nocapture`.
+    #[test]
+    fn bytes_per_distinct_filter() {
+        use crate::topic::alloc_count::live_bytes_of;
+        const FILTER_COUNT: usize = 100_000;
+        let filters: Vec<String> = (0..FILTER_COUNT)
+            .map(|i| format!("bench/client-{i}/in"))
+            .collect();
+        let (requested, chunks) = live_bytes_of(|| {
+            let mut index = InterestIndex::new(4);
+            for (i, filter) in filters.iter().enumerate() {
+                index.apply(filter, i % 4, true);
+            }
+            index
+        });
+        let (requested, chunks) = (
+            requested / FILTER_COUNT as i64,
+            chunks / FILTER_COUNT as i64,
+        );
+        eprintln!(
+            "interest index: {requested} B requested, {chunks} B in glibc chunks per distinct filter"
+        );
+        assert!(chunks < 1024, "{chunks} B per filter");
+    }
+
     /// The spec's matching rules, written the obvious way: the oracle for the trie.
     fn naive_matches(filter: &str, topic: &str) -> bool {
         if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {

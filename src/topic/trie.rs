@@ -481,6 +481,30 @@ pub(crate) mod tests {
         assert_eq!(count, 6 + 2 + 1 + 1001 + 2 + 4);
     }
 
+    /// Heap per distinct filter, one subscriber each, shaped like the broker's idle benchmark
+    /// (`bench/client-{i}/in`): `cargo test --lib bytes_per_filter -- --nocapture` prints it.
+    #[test]
+    fn bytes_per_distinct_filter() {
+        use crate::topic::alloc_count::live_bytes_of;
+        const FILTER_COUNT: usize = 100_000;
+        let filters: Vec<String> = (0..FILTER_COUNT)
+            .map(|i| format!("bench/client-{i}/in"))
+            .collect();
+        let (requested, chunks) = live_bytes_of(|| {
+            let mut trie: Trie<u8> = Trie::new();
+            for (i, filter) in filters.iter().enumerate() {
+                trie.insert(filter, i as u32, 1);
+            }
+            trie
+        });
+        let (requested, chunks) = (
+            requested / FILTER_COUNT as i64,
+            chunks / FILTER_COUNT as i64,
+        );
+        eprintln!("trie: {requested} B requested, {chunks} B in glibc chunks per distinct filter");
+        assert!(chunks < 1024, "{chunks} B per filter");
+    }
+
     /// xorshift64*: deterministic randomness without a dependency.
     pub(crate) struct Rng(pub(crate) u64);
 
