@@ -2,19 +2,23 @@
 //!
 //! Each shard gets its own listening socket on the same address (SO_REUSEPORT, so the kernel
 //! spreads new connections), its own pinned thread, and builds its ring on that thread (the
-//! ring is single-issuer). `start` returns once every shard reported that its ring is up, or
-//! with the first shard's startup error.
+//! ring is single-issuer). The shards are joined by the mesh (one SPSC ring per ordered pair)
+//! and know each other's wakers and ring descriptors (`shard::peers`); no shard runs before
+//! every ring exists, so a hand-off always has a target. `start` returns once every shard
+//! reported that its ring is up, or with the first shard's startup error.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::mesh::Mesh;
 use crate::ring::nofile_limit;
+use crate::shard::peers::Peers;
 use crate::shard::{Shard, ShardParams, ShardStats, Waker};
 
 /// Descriptors left to the process (listeners, eventfds, ring fds, stdio, log files) when the
@@ -73,15 +77,7 @@ impl Broker {
     /// Binds the listeners, starts the shard threads, and returns once they accept connections.
     pub fn start(config: Config) -> io::Result<Broker> {
         config.validate().map_err(invalid)?;
-        let shard_count = match config.shards {
-            0 | 1 => 1,
-            n => {
-                return Err(invalid(format!(
-                    "shards = {n}: only one shard for now; routing between shards is \
-                     multi-shard routing, issue 4 (use --shards 1)"
-                )))
-            }
-        };
+        let shard_count = shard_count(&config);
         let auth = match &config.password_file {
             Some(path) => Some(Arc::new(crate::auth::load(path).map_err(invalid)?)),
             None => None,
@@ -108,8 +104,20 @@ impl Broker {
             shards: Vec::with_capacity(shard_count),
         };
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            let waker = Waker::new()?;
+        let wakers = (0..shard_count)
+            .map(|_| Waker::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let peers = Peers::new(wakers.clone());
+        let meshes = Mesh::new(
+            shard_count,
+            config.limits.mesh_ring_capacity.max(1) as usize,
+        );
+        let go = Arc::new(Barrier::new(shard_count));
+        for ((index, listener), (mesh, waker)) in listeners
+            .into_iter()
+            .enumerate()
+            .zip(meshes.into_iter().zip(wakers))
+        {
             let stats = Arc::new(Mutex::new(ShardStats::default()));
             let params = ShardParams {
                 index,
@@ -119,12 +127,15 @@ impl Broker {
                 auth: auth.clone(),
                 files,
                 published_stats: stats.clone(),
+                mesh,
+                peers: peers.clone(),
             };
             let core = cores.get(index % cores.len().max(1)).copied();
             let ready = ready_tx.clone();
+            let go = go.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringmq-shard-{index}"))
-                .spawn(move || run_shard(params, core, ready))?;
+                .spawn(move || run_shard(params, core, ready, go))?;
             broker.shards.push(ShardHandle {
                 stats,
                 waker,
@@ -151,13 +162,21 @@ impl Broker {
         } else {
             format!("RLIMIT_NOFILE {limit} minus headroom {FILES_HEADROOM}")
         };
+        let per_shard = files as u64 * config.rings_per_shard as u64;
         for index in 0..shard_count {
             eprintln!(
-                "ringmq: shard {index}: {} ring × {files} slots = {} connections ({headroom})",
+                "ringmq: shard {index}: {} ring × {files} slots = {per_shard} connections \
+                 ({headroom})",
                 config.rings_per_shard,
-                files as u64 * config.rings_per_shard as u64,
             );
         }
+        eprintln!(
+            "ringmq: capacity {} connections: {shard_count} shards × {} rings × {files} slots \
+             (each ring's fixed-file table is capped by the open-file limit on its own; \
+             hand-offs land on a shard's primary ring)",
+            per_shard * shard_count as u64,
+            config.rings_per_shard,
+        );
         eprintln!("ringmq: listening on {local_addr}");
         Ok(broker)
     }
@@ -202,25 +221,41 @@ impl Drop for Broker {
     }
 }
 
-/// The shard thread: pin, build the ring here (single issuer), report, run.
+/// Shards to run: the configured number, or (0) one per CPU available to the process.
+pub fn shard_count(config: &Config) -> usize {
+    match config.shards {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(crate::mesh::SHARDS_MAX),
+        n => n,
+    }
+}
+
+/// The shard thread: pin, build the ring here (single issuer), publish its descriptor, report,
+/// wait until every shard is built (a hand-off needs its target's ring), run.
 fn run_shard(
     params: ShardParams,
     core: Option<core_affinity::CoreId>,
     ready: mpsc::Sender<(usize, io::Result<()>)>,
+    go: Arc<Barrier>,
 ) -> ShardStats {
     let index = params.index;
     if let Some(core) = core {
         core_affinity::set_for_current(core);
     }
+    let peers = params.peers.clone();
     let mut shard = match Shard::new(params) {
         Ok(shard) => shard,
         Err(e) => {
             let _ = ready.send((index, Err(e)));
+            go.wait();
             return ShardStats::default();
         }
     };
+    peers.set_ring_fd(index, shard.ring_fd());
     let _ = ready.send((index, Ok(())));
     drop(ready);
+    go.wait();
     if let Err(e) = shard.run() {
         eprintln!("ringmq: shard {index} stopped on an error: {e}");
     }
@@ -278,13 +313,19 @@ mod tests {
     }
 
     #[test]
-    fn more_than_one_shard_is_refused_for_now() {
+    fn several_shards_start_and_stop() {
         let config = Config {
-            shards: 2,
+            shards: 3,
             ..test_config()
         };
-        let error = Broker::start(config).err().expect("refused");
-        assert!(error.to_string().contains("issue 4"), "{error}");
+        let broker = Broker::start(config).expect("start");
+        assert_eq!(broker.stats().len(), 3);
+        broker.stop();
+        let auto = Config {
+            shards: 0,
+            ..test_config()
+        };
+        assert!(shard_count(&auto) >= 1);
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct Limits {
     pub qos_max: u8,
     /// Messages taken from one inbound mesh ring per loop turn.
     pub mesh_batch_max: u32,
+    /// Messages one shard-to-shard ring holds (rounded up to a power of two).
+    pub mesh_ring_capacity: u32,
+    /// Messages waiting for one full shard-to-shard ring; over it QoS 0 publishes for that
+    /// shard are dropped (counted), while QoS 1/2, interest, retained and hand-offs still wait.
+    pub mesh_overflow_max: u32,
     /// Seconds a new connection may take to send its CONNECT before it is closed.
     pub connect_timeout_secs: u16,
 }
@@ -45,6 +50,8 @@ impl Default for Limits {
             keepalive_max_secs: 0,
             qos_max: 2,
             mesh_batch_max: 256,
+            mesh_ring_capacity: 4096,
+            mesh_overflow_max: 65_536,
             connect_timeout_secs: 10,
         }
     }
@@ -134,6 +141,19 @@ impl Config {
         if l.mesh_batch_max == 0 {
             return Err("limits.mesh_batch_max = 0: must be at least 1".into());
         }
+        if l.mesh_ring_capacity == 0 || l.mesh_ring_capacity > 1 << 20 {
+            return Err(format!(
+                "limits.mesh_ring_capacity = {}: must be between 1 and 1048576",
+                l.mesh_ring_capacity
+            ));
+        }
+        if self.shards > crate::mesh::SHARDS_MAX {
+            return Err(format!(
+                "shards = {}: must be at most {} (0 = one per CPU)",
+                self.shards,
+                crate::mesh::SHARDS_MAX
+            ));
+        }
         if self.rings_per_shard == 0 || self.rings_per_shard > 256 {
             return Err(format!(
                 "rings_per_shard = {}: must be between 1 and 256",
@@ -196,6 +216,8 @@ mod tests {
             inflight_max = 10
             keepalive_max_secs = 60
             connect_timeout_secs = 5
+            mesh_ring_capacity = 128
+            mesh_overflow_max = 1000
             "#,
         )
         .expect("valid");
@@ -209,6 +231,8 @@ mod tests {
         assert_eq!(config.limits.inflight_max, 10);
         assert_eq!(config.limits.keepalive_max_secs, 60);
         assert_eq!(config.limits.connect_timeout_secs, 5);
+        assert_eq!(config.limits.mesh_ring_capacity, 128);
+        assert_eq!(config.limits.mesh_overflow_max, 1000);
         assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
     }
 
@@ -223,6 +247,8 @@ mod tests {
             ("ring_files_max = 16777217", "ring_files_max"),
             ("[limits]\ninflight_max = 0", "inflight_max"),
             ("[limits]\nqos_max = 3", "qos_max"),
+            ("[limits]\nmesh_ring_capacity = 0", "mesh_ring_capacity"),
+            ("shards = 65", "shards"),
             ("no_such_key = 1", "no_such_key"),
         ];
         for (text, key) in cases {

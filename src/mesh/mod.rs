@@ -50,6 +50,24 @@ pub enum MeshMessage {
     Retained(Forward),
     /// A socket whose CONNECT names a client id homed on the target shard.
     Connection(HandOff),
+    /// A PUBLISH that the target also serves to some `$share` groups (boxed: rare, and it
+    /// keeps every ring slot small).
+    SharedPublish(Box<SharedForward>),
+}
+
+/// A publish that the target delivers to one member of each of `groups` (and, when `plain`, to
+/// its plain subscribers too). For each group and message the publishing shard names exactly
+/// one shard, so the group gets the message once in the whole broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedForward {
+    pub forward: Forward,
+    /// Deliver to the target's plain (not shared) subscribers as well.
+    pub plain: bool,
+    /// `$share/{group}/{filter}` names of the groups the target serves with this message.
+    pub groups: Vec<ByteString>,
+    /// Times the message was passed on because the chosen shard had no member left; it stops
+    /// once every shard had its turn.
+    pub hops: u8,
 }
 
 /// A published message on its way to another shard. Cloning it shares the payload and topic

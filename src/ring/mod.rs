@@ -9,7 +9,7 @@ pub mod bufring;
 pub mod token;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -255,6 +255,35 @@ impl Ring {
         let entry = opcode::Timeout::new(timespec)
             .build()
             .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// This ring's own descriptor: what another shard's `send_fixed_file` targets.
+    pub fn raw_fd(&self) -> RawFd {
+        self.uring.as_raw_fd()
+    }
+
+    /// Moves fixed-file `slot` into a free slot of the ring `target_ring_fd` (IORING_OP_MSG_RING
+    /// with IORING_MSG_SEND_FD and IORING_FILE_INDEX_ALLOC). The target ring gets a completion
+    /// with `target_user_data` whose result is the slot the kernel allocated there (or no
+    /// completion at all when it failed); this ring gets `token`'s completion, negative on
+    /// failure (-ENFILE: the target's table is full). Our slot still holds the socket either
+    /// way: close it once this completes.
+    pub fn send_fixed_file(
+        &mut self,
+        slot: u32,
+        target_ring_fd: RawFd,
+        target_user_data: u64,
+        token: Token,
+    ) {
+        let entry = opcode::MsgRingSendFd::new(
+            types::Fd(target_ring_fd),
+            types::Fixed(slot),
+            types::DestinationSlot::auto_target(),
+            target_user_data,
+        )
+        .build()
+        .user_data(token.pack());
         self.push(entry);
     }
 

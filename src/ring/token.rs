@@ -29,6 +29,13 @@ pub enum Op {
     RingWake = 9,
     /// Cancel of a ring's multishot accept, when accepting moves to another ring.
     AcceptCancel = 10,
+    /// The accepting shard's `MsgRingSendFd` of a connection to its client's home shard
+    /// completed (`slot`, `generation`: the connection on the accepting shard).
+    HandOffSend = 11,
+    /// A connection's descriptor arrived from another shard (`MsgRingSendFd`); the result is
+    /// the fixed-file slot the kernel allocated here. `generation` holds the source shard and
+    /// `slot` the source's hand-off sequence number: together the hand-off id.
+    HandOffFd = 12,
 }
 
 impl Op {
@@ -44,6 +51,8 @@ impl Op {
             8 => Op::Wake,
             9 => Op::RingWake,
             10 => Op::AcceptCancel,
+            11 => Op::HandOffSend,
+            12 => Op::HandOffFd,
             _ => return None,
         })
     }
@@ -118,6 +127,8 @@ mod tests {
             Op::Wake,
             Op::RingWake,
             Op::AcceptCancel,
+            Op::HandOffSend,
+            Op::HandOffFd,
         ];
         for op in ops {
             for (slot, generation) in [(0, 0), (1, 1), (19_935, 77), (u32::MAX, GENERATION_MASK)] {

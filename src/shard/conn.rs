@@ -20,6 +20,9 @@ pub enum ConnState {
     /// Accepted; the first packet must be CONNECT [MQTT-3.1.0-1].
     AwaitConnect,
     Connected,
+    /// Its CONNECT names a client homed on another shard: the multishot recv is being ended
+    /// (bytes still arriving are kept for the home shard), then the descriptor moves there.
+    HandingOff,
     /// On its way out: waiting for the outbox to drain (when `close_after_flush`), then for the
     /// shutdown to end the recv and any send, then the slot is closed and freed.
     Closing,

@@ -73,7 +73,7 @@ impl Shard {
             // [MQTT-3.1.0-1] The first packet must be CONNECT.
             (ConnState::AwaitConnect, _) => self.close(slot, generation, CloseReason::Protocol),
             (ConnState::Connected, packet) => self.on_packet(slot, generation, &packet),
-            (ConnState::Closing, _) => {}
+            (ConnState::Closing | ConnState::HandingOff, _) => {}
         }
     }
 
@@ -240,9 +240,14 @@ impl Shard {
                 );
                 return;
             }
-            // [MQTT-3.1.3-6] Assign one.
-            self.next_client_number += 1;
-            client_id = format!("ringmq-{}-{}", self.index, self.next_client_number).into();
+            // [MQTT-3.1.3-6] Assign one, homed on this shard so the client stays here.
+            loop {
+                self.next_client_number += 1;
+                client_id = format!("ringmq-{}-{}", self.index, self.next_client_number).into();
+                if crate::mesh::home_shard(client_id.as_bytes(), self.shard_count) == self.index {
+                    break;
+                }
+            }
         }
         let code = self.authenticate(&connect);
         if code != ReasonCode::Success {
@@ -415,6 +420,7 @@ impl Shard {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
+                self.replicate_retained(topic, payload, qos);
             } else {
                 // [MQTT-3.3.1-5] Replaces the topic's retained message. Copied out of the
                 // receive arena so a long-lived message does not pin a whole arena block.
@@ -424,7 +430,9 @@ impl Shard {
                     qos,
                     retain: true,
                 };
+                let (copy_topic, copy_payload) = (message.topic.clone(), message.payload.clone());
                 self.retained.set(topic, message);
+                self.replicate_retained(&copy_topic, &copy_payload, qos);
             }
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0.
@@ -432,6 +440,10 @@ impl Shard {
     }
 
     fn route(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+        if self.shard_count > 1 {
+            self.route_sharded(topic, payload, qos);
+            return;
+        }
         self.qos0_ready = [false; 2];
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
@@ -456,11 +468,29 @@ impl Shard {
         self.matches = matches;
     }
 
+    /// This shard's plain subscribers of `topic` (shared groups are served by the one shard
+    /// the publishing shard names, see `route_sharded`).
+    pub(super) fn route_local(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+        self.qos0_ready = [false; 2];
+        self.unpinned = None;
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.subscriptions
+            .for_each_match(topic, |session, granted| {
+                matches.push((session, *granted));
+            });
+        route::dedupe_matches(&mut matches);
+        for &(session, granted) in &matches {
+            self.deliver(session, topic, payload, qos.min(granted), false, true);
+        }
+        self.matches = matches;
+    }
+
     /// One message to one session: QoS 0 into the outbox (dropped when the outbox is over its
     /// cap or the client is away), QoS 1/2 into the in-flight window, or the session queue
     /// when the window is full, the outbox is over its cap, or the client is away.
     /// `shared_encoding`: the bytes may be encoded once for all subscribers of this route.
-    fn deliver(
+    pub(super) fn deliver(
         &mut self,
         session: u32,
         topic: &ByteString,
@@ -675,13 +705,19 @@ impl Shard {
                 continue;
             }
             let granted = options.qos.min(qos_max);
-            match parse_shared(filter) {
+            let new = match parse_shared(filter) {
                 Some((_, inner)) => self.shared.insert(filter, inner, session, granted),
                 None => {
                     // [MQTT-3.8.4-3] A repeated filter replaces the subscription.
-                    self.subscriptions.insert(filter, session, granted);
                     granted_filters.push((filter.clone(), granted));
+                    self.subscriptions
+                        .insert(filter, session, granted)
+                        .is_none()
                 }
+            };
+            if new {
+                // Every shard learns of it before the SUBACK below is written.
+                self.note_subscribed(filter);
             }
             if let Some(s) = self.sessions.get_mut(session) {
                 match s.subscriptions.iter_mut().find(|(f, _)| **f == **filter) {
@@ -739,13 +775,12 @@ impl Shard {
     }
 
     fn remove_subscription(&mut self, session: u32, filter: &str) {
-        match parse_shared(filter) {
-            Some((_, inner)) => {
-                self.shared.remove(filter, inner, session);
-            }
-            None => {
-                self.subscriptions.remove(filter, session);
-            }
+        let removed = match parse_shared(filter) {
+            Some((_, inner)) => self.shared.remove(filter, inner, session),
+            None => self.subscriptions.remove(filter, session).is_some(),
+        };
+        if removed {
+            self.note_unsubscribed(filter);
         }
     }
 

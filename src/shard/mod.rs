@@ -1,14 +1,22 @@
 //! One shard: a pinned thread that owns an io_uring, the connections accepted on its listener,
 //! the sessions of their clients, a subscription trie and the retained messages, and shares
 //! none of it. The loop turn, top to bottom: reap completions and handle them (accept, recv →
-//! decode → handle → route → encode into outboxes, send), drain the mesh (nothing until
-//! multi-shard routing lands, issue 4), run the coarse timer, then flush every outbox that
-//! filled during the turn with one send per connection.
+//! decode → handle → route → encode into outboxes, send), drain the mesh (before every batch
+//! of completions, so an interest change pushed before a SUBACK is seen before any publish
+//! that SUBACK could have caused), run the coarse timer, push on the mesh overflow and wake the
+//! shards that got messages and may be asleep, then flush every outbox that filled during the
+//! turn with one send per connection.
 //!
-//! MQTT handling lives in `handle.rs`; this file is the I/O side.
+//! A client lives on its home shard (`mesh::home_shard`): a connection accepted elsewhere is
+//! handed over after its CONNECT, descriptor by MSG_RING and bytes by the mesh (`handoff.rs`).
+//!
+//! MQTT handling lives in `handle.rs`; mesh routing in `meshing.rs`; this file is the I/O side.
 
 pub mod conn;
 mod handle;
+mod handoff;
+mod meshing;
+pub mod peers;
 pub mod route;
 pub mod stats;
 pub mod timer;
@@ -29,14 +37,15 @@ use io_uring::types::Timespec;
 
 use crate::auth::PasswordFile;
 use crate::config::Config;
-use crate::protocol::{self, Properties, QoS};
+use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
+use crate::protocol::{self, Packet, Properties, QoS};
 use crate::ring::{next_generation, Completion, Op, Ring, RingSizes, Token};
 use crate::session::{Message, Session};
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
 
 use conn::{conn_id, ring_of, slot_of, ConnState, Conns, Pools};
-use route::SharedSubscriptions;
+use route::{SharedInterest, SharedSubscriptions};
 pub use stats::ShardStats;
 
 /// A new outbox buffer's capacity (when the pool has none to reuse).
@@ -105,6 +114,9 @@ pub struct ShardParams {
     /// Where the shard publishes a copy of its counters once a second (and when it stops),
     /// for `Broker::stats` and a metrics endpoint: the hot path keeps plain integers.
     pub published_stats: Arc<Mutex<ShardStats>>,
+    /// This shard's ends of the mesh (`Mesh::new(1, ..)` for a single shard: no rings).
+    pub mesh: ShardMesh,
+    pub peers: Arc<peers::Peers>,
 }
 
 /// Sessions by index (the subscriber id in the tries), with a free list and a client id
@@ -185,6 +197,8 @@ enum CloseReason {
     Refused,
     /// No CONNECT in time.
     ConnectTimeout,
+    /// Moving the connection to its client's home shard failed.
+    HandOffFailed,
 }
 
 impl CloseReason {
@@ -262,6 +276,21 @@ pub struct Shard {
     next_client_number: u64,
     stats: ShardStats,
     published_stats: Arc<Mutex<ShardStats>>,
+    shard_count: usize,
+    mesh: ShardMesh,
+    peers: Arc<peers::Peers>,
+    /// Filter -> shards with subscribers (replicated), and this shard's counts that feed it.
+    interest: InterestIndex,
+    local_interest: LocalInterest,
+    /// `$share` group -> shards with members (replicated).
+    shared_interest: SharedInterest,
+    /// Scratch: messages taken from the mesh this batch; (group, shard) picks of one route.
+    mesh_inbox: Vec<MeshMessage>,
+    shared_assigned: Vec<(ByteString, usize)>,
+    handoffs_out: handoff::HandOffsOut,
+    handoffs_in: peers::HandOffsIn,
+    handoff_sequence: u32,
+    handoff_error_logged: bool,
 }
 
 impl Shard {
@@ -334,11 +363,28 @@ impl Shard {
             next_client_number: 0,
             stats: ShardStats::default(),
             published_stats: params.published_stats,
+            shard_count: params.mesh.shard_count(),
+            interest: InterestIndex::new(params.mesh.shard_count()),
+            mesh: params.mesh,
+            peers: params.peers,
+            local_interest: LocalInterest::new(),
+            shared_interest: SharedInterest::default(),
+            mesh_inbox: Vec::new(),
+            shared_assigned: Vec::new(),
+            handoffs_out: handoff::HandOffsOut::default(),
+            handoffs_in: peers::HandOffsIn::default(),
+            handoff_sequence: 0,
+            handoff_error_logged: false,
         })
     }
 
     pub fn stats(&self) -> &ShardStats {
         &self.stats
+    }
+
+    /// The primary ring's descriptor, where other shards send hand-offs.
+    pub fn ring_fd(&self) -> std::os::fd::RawFd {
+        self.rings[0].raw_fd()
     }
 
     /// One turn after another until `Waker::request_stop`: reap completions, handle them,
@@ -357,13 +403,16 @@ impl Shard {
                 ring.poll()?;
                 ready |= ring.has_completions();
             }
-            self.rings[0].submit_and_wait(if ready { 0 } else { 1 })?;
+            self.wait(ready)?;
             for ring in self.rings.iter_mut().skip(1) {
                 ring.poll()?;
             }
             self.now_ms = self.clock.elapsed().as_millis() as u64;
             for ring in 0..self.rings.len() {
                 loop {
+                    // Interest changes first: a publish in this batch may have been caused by
+                    // a SUBACK sent after the change was pushed.
+                    self.drain_mesh();
                     let mut batch = std::mem::take(&mut self.completions);
                     self.rings[ring].reap(&mut batch, REAP_BATCH);
                     let reaped = batch.len();
@@ -385,6 +434,7 @@ impl Shard {
             if !self.accept_armed && !self.accept_paused {
                 self.arm_accept();
             }
+            self.wake_targets();
             self.flush_outboxes();
         }
         self.stop_all();
@@ -409,11 +459,10 @@ impl Shard {
             Op::RingWake => self.arm_ring_wake(),
             // The cancelled accept's own last completion says all there is to say.
             Op::AcceptCancel => {}
+            Op::HandOffSend => self.on_handoff_send(token, completion),
+            Op::HandOffFd => self.on_handoff_fd(completion),
         }
     }
-
-    /// Multi-shard routing (issue 4) drains the inbound SPSC rings here.
-    fn drain_mesh(&mut self) {}
 
     /// Multishot accept on one ring at a time (`accept_ring`), so each new connection lands
     /// in a table with room; the token's slot field names the ring.
@@ -554,6 +603,10 @@ impl Shard {
             }
             return;
         };
+        if conn.state == ConnState::HandingOff {
+            self.on_recv_handing_off(token, completion);
+            return;
+        }
         if !completion.more() {
             conn.recv_armed = false;
         }
@@ -619,11 +672,23 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 return;
             };
-            if conn.state == ConnState::Closing {
+            if matches!(conn.state, ConnState::Closing | ConnState::HandingOff) {
                 return;
             }
+            // Before its CONNECT is read, a connection may belong to another shard: keep the
+            // bytes from the CONNECT on, to hand them over with the socket (once per connection).
+            let snapshot = (conn.state == ConnState::AwaitConnect && self.shard_count > 1)
+                .then(|| buf.clone());
             match protocol::decode(&mut buf, conn.version, packet_size_max) {
-                Ok(Some(packet)) => self.handle(slot, generation, packet),
+                Ok(Some(packet)) => {
+                    if let (Some(snapshot), Packet::Connect(connect)) = (snapshot, &packet) {
+                        if let Some(home) = self.foreign_home(&connect.client_id) {
+                            self.begin_handoff(slot, generation, home, snapshot);
+                            return;
+                        }
+                    }
+                    self.handle(slot, generation, packet)
+                }
                 Ok(None) => {
                     if buf.is_empty() {
                         conn.trim(&mut self.pools);
@@ -659,7 +724,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
-        if conn.state == ConnState::Closing || conn.recv_armed {
+        if matches!(conn.state, ConnState::Closing | ConnState::HandingOff) || conn.recv_armed {
             return;
         }
         conn.recv_armed = true;
@@ -919,7 +984,7 @@ impl Shard {
                         session.trim();
                     }
                 }
-                ConnState::Closing => {}
+                ConnState::Closing | ConnState::HandingOff => {}
             }
         }
         for &(slot, generation, reason) in &expired {

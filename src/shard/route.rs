@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use bytestring::ByteString;
+
 use crate::protocol::QoS;
 use crate::topic::trie::Trie;
 
@@ -35,7 +37,8 @@ pub struct SharedSubscriptions {
 impl SharedSubscriptions {
     /// Adds (or updates the QoS of) `session` in the group `share_filter` =
     /// `$share/{group}/{filter}`, whose inner filter is `filter`.
-    pub fn insert(&mut self, share_filter: &str, filter: &str, session: u32, qos: QoS) {
+    /// True when `session` was not a member yet.
+    pub fn insert(&mut self, share_filter: &str, filter: &str, session: u32, qos: QoS) -> bool {
         let id = match self.by_name.get(share_filter) {
             Some(&id) => id,
             None => {
@@ -59,15 +62,21 @@ impl SharedSubscriptions {
             }
         };
         let Some(group) = self.groups[id as usize].as_mut() else {
-            return;
+            return false;
         };
         match group
             .members
             .iter_mut()
             .find(|(member, _)| *member == session)
         {
-            Some(member) => member.1 = qos,
-            None => group.members.push((session, qos)),
+            Some(member) => {
+                member.1 = qos;
+                false
+            }
+            None => {
+                group.members.push((session, qos));
+                true
+            }
         }
     }
 
@@ -91,6 +100,29 @@ impl SharedSubscriptions {
         removed
     }
 
+    /// One member of the group named `share_filter`, as `pick_for_each` picks it; `None` when
+    /// this shard has no member of it (any more).
+    pub fn pick_in_group(
+        &mut self,
+        share_filter: &str,
+        connected: impl Fn(u32) -> bool,
+    ) -> Option<(u32, QoS)> {
+        let &id = self.by_name.get(share_filter)?;
+        let group = self.groups[id as usize].as_mut()?;
+        Some(Self::pick(group, connected))
+    }
+
+    fn pick(group: &mut SharedGroup, connected: impl Fn(u32) -> bool) -> (u32, QoS) {
+        let count = group.members.len();
+        let start = group.next % count;
+        let chosen = (0..count)
+            .map(|k| (start + k) % count)
+            .find(|&index| connected(group.members[index].0))
+            .unwrap_or(start);
+        group.next = chosen + 1;
+        group.members[chosen]
+    }
+
     /// For each group matching `topic`, one member: the next connected one after the cursor,
     /// or (none connected) simply the next one, whose session queues the message.
     pub fn pick_for_each(
@@ -109,20 +141,137 @@ impl SharedSubscriptions {
             let Some(group) = self.groups[id as usize].as_mut() else {
                 continue;
             };
-            let count = group.members.len();
-            if count == 0 {
+            if group.members.is_empty() {
                 continue;
             }
-            let start = group.next % count;
-            let chosen = (0..count)
-                .map(|k| (start + k) % count)
-                .find(|&index| connected(group.members[index].0))
-                .unwrap_or(start);
-            group.next = chosen + 1;
-            let (session, qos) = group.members[chosen];
+            let (session, qos) = Self::pick(group, &connected);
             deliver(session, qos);
         }
     }
+}
+
+struct GroupInterest {
+    name: ByteString,
+    /// Shards with at least one member.
+    mask: u64,
+    /// Round-robin cursor over the shards in `mask`.
+    next: u32,
+}
+
+/// Which shards have members of each `$share` group, replicated like the interest index (a
+/// shard announces a group when its first member joins and when its last one leaves). The
+/// publishing shard names one shard per matching group, so a group gets each message once in
+/// the whole broker.
+#[derive(Default)]
+pub struct SharedInterest {
+    trie: Trie<()>,
+    groups: Vec<Option<GroupInterest>>,
+    free: Vec<u32>,
+    by_name: HashMap<Box<str>, u32>,
+}
+
+impl SharedInterest {
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Sets or clears `shard`'s bit for the group `share_filter` (= `$share/{group}/{filter}`
+    /// with inner filter `filter`); a group no shard has members of is forgotten.
+    pub fn apply(&mut self, share_filter: &str, filter: &str, shard: usize, interested: bool) {
+        let bit = 1u64 << shard;
+        let id = match self.by_name.get(share_filter) {
+            Some(&id) => id,
+            None if !interested => return,
+            None => {
+                let group = GroupInterest {
+                    name: ByteString::from(share_filter),
+                    mask: 0,
+                    next: 0,
+                };
+                let id = match self.free.pop() {
+                    Some(id) => {
+                        self.groups[id as usize] = Some(group);
+                        id
+                    }
+                    None => {
+                        self.groups.push(Some(group));
+                        (self.groups.len() - 1) as u32
+                    }
+                };
+                self.by_name.insert(share_filter.into(), id);
+                self.trie.insert(filter, id, ());
+                id
+            }
+        };
+        let Some(group) = self.groups[id as usize].as_mut() else {
+            return;
+        };
+        if interested {
+            group.mask |= bit;
+        } else {
+            group.mask &= !bit;
+        }
+        if group.mask == 0 {
+            self.groups[id as usize] = None;
+            self.free.push(id);
+            self.by_name.remove(share_filter);
+            self.trie.remove(filter, id);
+        }
+    }
+
+    /// Shards with members of the group `share_filter`.
+    pub fn mask_of(&self, share_filter: &str) -> u64 {
+        self.by_name
+            .get(share_filter)
+            .and_then(|&id| self.groups[id as usize].as_ref())
+            .map_or(0, |group| group.mask)
+    }
+
+    /// For each group matching `topic`: its name and the shard that serves this message (round
+    /// robin over the shards with members).
+    pub fn assign(
+        &mut self,
+        topic: &str,
+        group_ids: &mut Vec<u32>,
+        mut serve: impl FnMut(&ByteString, usize),
+    ) {
+        group_ids.clear();
+        if self.by_name.is_empty() {
+            return;
+        }
+        self.trie.for_each_match(topic, |id, _| group_ids.push(id));
+        for &id in group_ids.iter() {
+            let Some(group) = self.groups[id as usize].as_mut() else {
+                continue;
+            };
+            let Some(shard) = nth_shard(group.mask, group.next) else {
+                continue;
+            };
+            group.next = group.next.wrapping_add(1);
+            serve(&group.name, shard);
+        }
+    }
+}
+
+/// The `n`-th (modulo their count) shard in `mask`; `None` for an empty mask.
+pub fn nth_shard(mask: u64, n: u32) -> Option<usize> {
+    let count = mask.count_ones();
+    if count == 0 {
+        return None;
+    }
+    let mut rest = mask;
+    for _ in 0..n % count {
+        rest &= rest - 1;
+    }
+    Some(rest.trailing_zeros() as usize)
+}
+
+/// The shard a shared-group message goes to when `this` shard has no member left: the next one
+/// after it (cyclically) among `mask`, other than `this`.
+pub fn next_shard_after(mask: u64, this: usize, shard_count: usize) -> Option<usize> {
+    (1..shard_count)
+        .map(|k| (this + k) % shard_count)
+        .find(|&shard| mask & (1u64 << shard) != 0)
 }
 
 #[cfg(test)]
@@ -175,6 +324,39 @@ mod tests {
             "offline members skipped"
         );
         assert_eq!(picks(&mut shared, "b/x", &[1, 2, 3], 2), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn shared_interest_round_robins_over_shards_with_members() {
+        let mut interest = SharedInterest::default();
+        interest.apply("$share/g/a/+", "a/+", 1, true);
+        interest.apply("$share/g/a/+", "a/+", 3, true);
+        let mut ids = Vec::new();
+        let mut chosen = Vec::new();
+        for _ in 0..4 {
+            interest.assign("a/x", &mut ids, |name, shard| {
+                assert_eq!(&**name, "$share/g/a/+");
+                chosen.push(shard);
+            });
+        }
+        assert_eq!(chosen, vec![1, 3, 1, 3]);
+        interest.assign("b/x", &mut ids, |_, _| panic!("no group on b/x"));
+        interest.apply("$share/g/a/+", "a/+", 1, false);
+        assert_eq!(interest.mask_of("$share/g/a/+"), 0b1000);
+        interest.apply("$share/g/a/+", "a/+", 3, false);
+        assert!(interest.is_empty());
+        interest.assign("a/x", &mut ids, |_, _| panic!("group gone"));
+    }
+
+    #[test]
+    fn shard_choice_helpers() {
+        assert_eq!(nth_shard(0, 3), None);
+        assert_eq!(nth_shard(0b1010, 0), Some(1));
+        assert_eq!(nth_shard(0b1010, 1), Some(3));
+        assert_eq!(nth_shard(0b1010, 2), Some(1));
+        assert_eq!(next_shard_after(0b1011, 1, 4), Some(3));
+        assert_eq!(next_shard_after(0b0010, 1, 4), None);
+        assert_eq!(next_shard_after(0b0001, 3, 4), Some(0));
     }
 
     #[test]

@@ -28,6 +28,23 @@ pub struct ShardStats {
     /// Connections closed for a malformed packet or a protocol violation.
     pub protocol_errors: u64,
     pub accept_errors: u64,
+    /// Messages pushed to other shards (publishes, interest, retained, hand-offs).
+    pub mesh_pushes: u64,
+    /// Pushes that found the target's ring full and waited in the overflow queue.
+    pub mesh_overflowed: u64,
+    /// QoS 0 publishes dropped because the target's overflow was at `mesh_overflow_max`.
+    pub mesh_dropped_qos0: u64,
+    /// Messages taken from other shards' rings.
+    pub mesh_received: u64,
+    /// Wake-ups sent to sleeping shards (at most one per target per turn).
+    pub mesh_wakes: u64,
+    /// Connections handed to their client's home shard, and received from other shards.
+    pub handoffs_out: u64,
+    pub handoffs_in: u64,
+    /// Hand-offs that failed (the home shard's table was full, ...): the connection closed.
+    pub handoffs_failed: u64,
+    /// Shared-group messages dropped after every shard with members had none left.
+    pub dropped_no_group_member: u64,
 }
 
 impl fmt::Display for ShardStats {
@@ -36,7 +53,9 @@ impl fmt::Display for ShardStats {
             f,
             "connections {} (accepted {}, refused {}, closed {}), messages in {} out {}, \
              dropped: outbox full {}, queue full {}, offline QoS 0 {}; table full {}, \
-             recv ENOBUFS {}, protocol errors {}, accept errors {}",
+             recv ENOBUFS {}, protocol errors {}, accept errors {}; mesh: pushed {} \
+             (overflowed {}, QoS 0 dropped {}), received {}, wakes {}; hand-offs out {} in {} \
+             failed {}; shared group gone {}",
             self.connections,
             self.connections_accepted,
             self.connections_refused,
@@ -50,6 +69,15 @@ impl fmt::Display for ShardStats {
             self.recv_nobufs_count,
             self.protocol_errors,
             self.accept_errors,
+            self.mesh_pushes,
+            self.mesh_overflowed,
+            self.mesh_dropped_qos0,
+            self.mesh_received,
+            self.mesh_wakes,
+            self.handoffs_out,
+            self.handoffs_in,
+            self.handoffs_failed,
+            self.dropped_no_group_member,
         )
     }
 }

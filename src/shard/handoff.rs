@@ -1,0 +1,249 @@
+//! Moving a connection to its client's home shard (DESIGN: "Client ids own a home shard").
+//!
+//! On the accepting shard: the CONNECT names a client homed elsewhere, so the connection goes
+//! `HandingOff`. Its multishot recv is cancelled and bytes still completing are kept with the
+//! CONNECT; only after the recv's last completion (no `IORING_CQE_F_MORE`) can no byte land
+//! here, and the direct descriptor is sent to the home shard's primary ring with MSG_RING
+//! (`MsgRingSendFd`, slot allocated there). When that completes the source slot is closed and
+//! the bytes go through the mesh (`MeshMessage::Connection`) — after the descriptor, so a
+//! failed send (the home table full) needs no message to undo: the connection is just closed
+//! and counted.
+//!
+//! On the home shard: the descriptor arrives as a completion whose result is the allocated slot
+//! and whose `user_data` is the hand-off id; the bytes arrive through the mesh with the same
+//! id. Either may come first (`peers::HandOffsIn`); with both, the connection is adopted: its
+//! bytes decoded as if read here, then a multishot recv armed.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+
+use crate::mesh::{self, HandOff, MeshMessage};
+use crate::ring::{Completion, Op, Token};
+
+use super::conn::{conn_id, ring_of, slot_of, ConnState};
+use super::{CloseReason, Shard, ARENA_BLOCK};
+
+/// A hand-off on its way out of this shard.
+pub(super) struct HandOffOut {
+    generation: u32,
+    target: usize,
+    /// The CONNECT and every byte read after it.
+    bytes: BytesMut,
+    /// Set once the descriptor is sent: the id the home shard's completion carries.
+    handoff_id: Option<u64>,
+}
+
+/// Outgoing hand-offs by connection id.
+pub(super) type HandOffsOut = HashMap<u32, HandOffOut>;
+
+/// The id of hand-off `sequence` from shard `source`: a token, so the home shard's `complete`
+/// recognises the descriptor's completion by its op.
+pub(super) fn handoff_id(source: usize, sequence: u32) -> u64 {
+    Token::new(Op::HandOffFd, sequence, source as u32).pack()
+}
+
+impl Shard {
+    /// The home shard of `client_id`, when it is not this one. An empty id gets one assigned
+    /// here (homed here, see `on_connect`), so it never moves.
+    pub(super) fn foreign_home(&self, client_id: &str) -> Option<usize> {
+        if client_id.is_empty() {
+            return None;
+        }
+        let home = mesh::home_shard(client_id.as_bytes(), self.shard_count);
+        (home != self.index).then_some(home)
+    }
+
+    pub(super) fn begin_handoff(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        home: usize,
+        bytes: BytesMut,
+    ) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        conn.state = ConnState::HandingOff;
+        let recv_armed = conn.recv_armed;
+        if let Some(buffers) = conn.buffers.as_mut() {
+            buffers.inbox = BytesMut::new();
+        }
+        conn.trim(&mut self.pools);
+        self.handoffs_out.insert(
+            slot,
+            HandOffOut {
+                generation,
+                target: home,
+                bytes,
+                handoff_id: None,
+            },
+        );
+        if recv_armed {
+            // The recv's last completion (after this cancel) sends the descriptor.
+            self.rings[ring_of(slot)].cancel(
+                Token::new(Op::Recv, slot, generation),
+                Token::new(Op::Cancel, slot, generation),
+            );
+            if let Some(conn) = self.conns.get_mut(slot, generation) {
+                conn.control_in_flight += 1;
+            }
+        } else {
+            self.send_handoff(slot, generation);
+        }
+    }
+
+    /// A recv completion of a connection being handed off: its bytes join the CONNECT; the
+    /// last one lets the descriptor go.
+    pub(super) fn on_recv_handing_off(&mut self, token: Token, completion: Completion) {
+        let ring = ring_of(token.slot);
+        if let Some(bid) = completion.buffer_id() {
+            if completion.result > 0 {
+                let bytes = self.rings[ring].buffer(bid, completion.result as usize);
+                if let Some(out) = self.handoffs_out.get_mut(&token.slot) {
+                    out.bytes.extend_from_slice(bytes);
+                }
+            }
+            self.rings[ring].recycle(bid);
+        }
+        if completion.more() {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(token.slot, token.generation) {
+            conn.recv_armed = false;
+        }
+        self.send_handoff(token.slot, token.generation);
+    }
+
+    fn send_handoff(&mut self, slot: u32, generation: u32) {
+        let Some(out) = self.handoffs_out.get_mut(&slot) else {
+            return;
+        };
+        if out.generation != generation || out.handoff_id.is_some() {
+            return;
+        }
+        let Some(target_ring_fd) = self.peers.ring_fd(out.target) else {
+            self.handoffs_out.remove(&slot);
+            self.fail_handoff(slot, generation);
+            return;
+        };
+        self.handoff_sequence = self.handoff_sequence.wrapping_add(1);
+        let id = handoff_id(self.index, self.handoff_sequence);
+        out.handoff_id = Some(id);
+        self.rings[ring_of(slot)].send_fixed_file(
+            slot_of(slot),
+            target_ring_fd,
+            id,
+            Token::new(Op::HandOffSend, slot, generation),
+        );
+    }
+
+    /// The MSG_RING that carried the descriptor completed on this (the source) ring.
+    pub(super) fn on_handoff_send(&mut self, token: Token, completion: Completion) {
+        let Some(out) = self.handoffs_out.remove(&token.slot) else {
+            return;
+        };
+        if out.generation != token.generation {
+            self.handoffs_out.insert(token.slot, out);
+            return;
+        }
+        let Some(handoff_id) = out.handoff_id else {
+            return;
+        };
+        if completion.result < 0 {
+            if !self.handoff_error_logged {
+                self.handoff_error_logged = true;
+                eprintln!(
+                    "ringmq: shard {}: handing a connection to shard {} failed ({}); such \
+                     connections are closed and counted",
+                    self.index,
+                    out.target,
+                    std::io::Error::from_raw_os_error(-completion.result)
+                );
+            }
+            self.fail_handoff(token.slot, token.generation);
+            return;
+        }
+        // The home shard holds the socket now: our slot goes without a shutdown.
+        if self.conns.remove(token.slot, token.generation).is_some() {
+            self.rings[ring_of(token.slot)].close(
+                slot_of(token.slot),
+                Token::new(Op::Close, token.slot, token.generation),
+            );
+        }
+        self.stats.handoffs_out += 1;
+        let message = MeshMessage::Connection(HandOff {
+            source_shard: self.index as u16,
+            handoff_id,
+            ring_slot_hint: None,
+            bytes_read: out.bytes.freeze(),
+        });
+        self.mesh_push(out.target, message);
+    }
+
+    fn fail_handoff(&mut self, slot: u32, generation: u32) {
+        self.stats.handoffs_failed += 1;
+        if let Some(conn) = self.conns.get_mut(slot, generation) {
+            // Back to a state `close` knows; the recv has ended.
+            conn.state = ConnState::AwaitConnect;
+        }
+        self.close(slot, generation, CloseReason::HandOffFailed);
+    }
+
+    /// A descriptor arrived from another shard (home shard side).
+    pub(super) fn on_handoff_fd(&mut self, completion: Completion) {
+        if completion.result < 0 {
+            return;
+        }
+        let slot = completion.result as u32;
+        if let Some((slot, handoff)) = self.handoffs_in.slot_arrived(completion.user_data, slot) {
+            self.adopt(slot, handoff);
+        }
+    }
+
+    /// The bytes of a hand-off arrived through the mesh (home shard side).
+    pub(super) fn on_handoff_message(&mut self, handoff: HandOff) {
+        if let Some((slot, handoff)) = self.handoffs_in.message_arrived(handoff) {
+            self.adopt(slot, handoff);
+        }
+    }
+
+    /// Takes over a connection in our primary ring's `slot`: its bytes first, then its recv.
+    fn adopt(&mut self, slot: u32, handoff: HandOff) {
+        let slot = conn_id(0, slot);
+        let generation = self.conns.insert(slot, self.now_ms);
+        self.stats.handoffs_in += 1;
+        let bytes = &handoff.bytes_read;
+        if self.arena.capacity() - self.arena.len() < bytes.len() {
+            self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
+        }
+        self.arena.extend_from_slice(bytes);
+        let buf = self.arena.split();
+        self.on_bytes(slot, generation, buf, false);
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.state == ConnState::Closing {
+            // Refused or malformed: `close` already shut it down; nothing reads from it.
+            self.maybe_release(slot, generation);
+            return;
+        }
+        conn.recv_armed = true;
+        self.rings[0].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_ids_name_the_source_and_are_recognised_as_such() {
+        let id = handoff_id(3, 77);
+        let token = Token::unpack(id).expect("a token");
+        assert_eq!(token.op, Op::HandOffFd);
+        assert_eq!((token.generation, token.slot), (3, 77));
+        assert_ne!(handoff_id(2, 77), id);
+        assert_ne!(handoff_id(3, 78), id);
+    }
+}

@@ -1,0 +1,313 @@
+//! The shard's side of the mesh (DESIGN: "Routing a publish"): interest changes announced to
+//! every shard, publishes forwarded to the shards whose clients want them, retained messages
+//! replicated, shared groups served by exactly one shard per message, inbound rings drained in
+//! bounded batches, and wake-ups at most once per target per turn, only to shards that may be
+//! asleep.
+//!
+//! With one shard none of this runs: the mesh has no rings and every check is one comparison.
+
+use std::io;
+use std::sync::atomic::{fence, Ordering};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::mesh::{Forward, MeshMessage, SharedForward};
+use crate::protocol::QoS;
+use crate::session::Message;
+use crate::topic::filter::parse_shared;
+
+use super::peers::for_each_bit;
+use super::route::next_shard_after;
+use super::Shard;
+
+impl Shard {
+    /// Blocks in the kernel for the next completion (unless `ready`), telling the other shards
+    /// we may be asleep; a message that arrived meanwhile keeps us awake.
+    pub(super) fn wait(&mut self, ready: bool) -> io::Result<()> {
+        let mut want = usize::from(!ready);
+        if want == 1 && self.shard_count > 1 {
+            let backlogged = self.mesh.overflow_total() > 0;
+            self.peers.set_sleeping(self.index, true, backlogged);
+            // Pairs with the producer's fence between its push and its read of the flag.
+            fence(Ordering::SeqCst);
+            if backlogged {
+                // Room may have appeared in a ring since the turn's flush.
+                self.wake_targets();
+            }
+            if self.mesh.inbound_len() > 0 {
+                want = 0;
+            }
+        }
+        let result = self.rings[0].submit_and_wait(want);
+        if self.shard_count > 1 {
+            self.peers.set_sleeping(self.index, false, false);
+        }
+        result
+    }
+
+    /// Takes at most `mesh_batch_max` messages from each inbound ring and handles them; wakes
+    /// a source that sleeps with messages waiting for room in its ring to us.
+    pub(super) fn drain_mesh(&mut self) {
+        if self.shard_count == 1 {
+            return;
+        }
+        let mut inbox = std::mem::take(&mut self.mesh_inbox);
+        let mut sources = 0u64;
+        self.mesh.drain(
+            self.config.limits.mesh_batch_max as usize,
+            |source, message| {
+                sources |= 1u64 << source;
+                inbox.push(message);
+            },
+        );
+        if sources == 0 {
+            self.mesh_inbox = inbox;
+            return;
+        }
+        self.stats.mesh_received += inbox.len() as u64;
+        for message in inbox.drain(..) {
+            self.on_mesh(message);
+        }
+        self.mesh_inbox = inbox;
+        fence(Ordering::SeqCst);
+        let peers = &self.peers;
+        for_each_bit(sources, |source| {
+            if peers.is_backlogged_sleeper(source) {
+                peers.wake_one(source);
+            }
+        });
+    }
+
+    fn on_mesh(&mut self, message: MeshMessage) {
+        match message {
+            MeshMessage::Publish(forward) => {
+                self.route_local(&forward.topic, &forward.payload, forward.qos);
+            }
+            MeshMessage::SharedPublish(shared) => self.on_shared_forward(*shared),
+            MeshMessage::Interest {
+                filter,
+                shard,
+                interested,
+            } => self.apply_interest(&filter, usize::from(shard), interested),
+            MeshMessage::Retained(forward) => {
+                self.store_retained(&forward.topic, &forward.payload, forward.qos);
+            }
+            MeshMessage::Connection(handoff) => self.on_handoff_message(handoff),
+        }
+    }
+
+    /// After the turn: overflowed messages into rings with room, then one wake-up per target
+    /// that got messages and may be asleep.
+    pub(super) fn wake_targets(&mut self) {
+        if self.shard_count == 1 {
+            return;
+        }
+        self.mesh.flush_overflow();
+        let targets = self.mesh.take_wake_targets();
+        if targets == 0 {
+            return;
+        }
+        // Pairs with the sleeper's fence between setting its flag and checking its rings.
+        fence(Ordering::SeqCst);
+        self.stats.mesh_wakes += self.peers.wake(targets);
+    }
+
+    /// Pushes to one shard; over `mesh_overflow_max` waiting for that shard, a QoS 0 publish is
+    /// dropped (counted). Everything else waits: it carries state or an acknowledged message.
+    pub(super) fn mesh_push(&mut self, target: usize, message: MeshMessage) {
+        let waiting = self.mesh.overflow_len(target);
+        if waiting >= self.config.limits.mesh_overflow_max as usize {
+            if let MeshMessage::Publish(forward) = &message {
+                if forward.qos == QoS::AtMostOnce {
+                    self.stats.mesh_dropped_qos0 += 1;
+                    return;
+                }
+            }
+        }
+        self.mesh.push(target, message);
+        self.stats.mesh_pushes += 1;
+        if self.mesh.overflow_len(target) > waiting {
+            self.stats.mesh_overflowed += 1;
+        }
+    }
+
+    fn mesh_broadcast(&mut self, message: MeshMessage) {
+        let own = self.index;
+        for target in (0..self.shard_count).filter(|&target| target != own) {
+            self.mesh_push(target, message.clone());
+        }
+    }
+
+    /// A subscriber was added to `filter` (a plain filter or a `$share/..` group) on this
+    /// shard. Announced before the SUBACK is written, so a client that saw the SUBACK can rely
+    /// on every shard routing to it.
+    pub(super) fn note_subscribed(&mut self, filter: &str) {
+        if self.shard_count > 1 && self.local_interest.subscribe(filter) {
+            self.announce(filter, true);
+        }
+    }
+
+    pub(super) fn note_unsubscribed(&mut self, filter: &str) {
+        if self.shard_count > 1 && self.local_interest.unsubscribe(filter) {
+            self.announce(filter, false);
+        }
+    }
+
+    fn announce(&mut self, filter: &str, interested: bool) {
+        self.apply_interest(filter, self.index, interested);
+        self.mesh_broadcast(MeshMessage::Interest {
+            filter: ByteString::from(filter),
+            shard: self.index as u16,
+            interested,
+        });
+    }
+
+    fn apply_interest(&mut self, filter: &str, shard: usize, interested: bool) {
+        if shard >= self.shard_count {
+            return;
+        }
+        match parse_shared(filter) {
+            Some((_, inner)) => self.shared_interest.apply(filter, inner, shard, interested),
+            None => self.interest.apply(filter, shard, interested),
+        }
+    }
+
+    /// A retained message (or its deletion) set on this shard: every other shard gets it, so
+    /// a subscription there is answered locally. `message` is the copy this shard stored.
+    pub(super) fn replicate_retained(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+        if self.shard_count == 1 {
+            return;
+        }
+        let forward = Forward {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            qos,
+            retain: true,
+            properties: None,
+            origin_shard: self.index as u16,
+        };
+        self.mesh_broadcast(MeshMessage::Retained(forward));
+    }
+
+    /// Stores a retained message replicated from another shard.
+    fn store_retained(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+        if payload.is_empty() {
+            self.retained.remove(topic);
+        } else {
+            let message = Message {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                qos,
+                retain: true,
+            };
+            self.retained.set(topic, message);
+        }
+    }
+
+    /// Routing with several shards: local plain subscribers, then one shard per matching
+    /// `$share` group, then one forward per other shard that has interest or serves a group.
+    pub(super) fn route_sharded(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+        self.route_local(topic, payload, qos);
+        let own = 1u64 << self.index;
+        let mut assigned = std::mem::take(&mut self.shared_assigned);
+        assigned.clear();
+        let mut group_ids = std::mem::take(&mut self.group_ids);
+        self.shared_interest
+            .assign(topic, &mut group_ids, |name, shard| {
+                assigned.push((name.clone(), shard))
+            });
+        self.group_ids = group_ids;
+        let mut group_targets = 0u64;
+        for (name, shard) in &assigned {
+            if *shard == self.index {
+                self.serve_group(name, topic, payload, qos, 0);
+            } else {
+                group_targets |= 1u64 << shard;
+            }
+        }
+        let plain_targets = self.interest.shards_for(topic) & !own;
+        for_each_bit(plain_targets | group_targets, |target| {
+            let forward = Forward {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                qos,
+                retain: false,
+                properties: None,
+                origin_shard: self.index as u16,
+            };
+            let message = if group_targets & (1u64 << target) != 0 {
+                let groups = assigned
+                    .iter()
+                    .filter(|(_, shard)| *shard == target)
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                MeshMessage::SharedPublish(Box::new(SharedForward {
+                    forward,
+                    plain: plain_targets & (1u64 << target) != 0,
+                    groups,
+                    hops: 0,
+                }))
+            } else {
+                MeshMessage::Publish(forward)
+            };
+            self.mesh_push(target, message);
+        });
+        self.shared_assigned = assigned;
+    }
+
+    fn on_shared_forward(&mut self, shared: SharedForward) {
+        let f = &shared.forward;
+        if shared.plain {
+            self.route_local(&f.topic, &f.payload, f.qos);
+        } else {
+            self.qos0_ready = [false; 2];
+            self.unpinned = None;
+        }
+        for name in &shared.groups {
+            self.serve_group(name, &f.topic, &f.payload, f.qos, shared.hops);
+        }
+    }
+
+    /// Delivers to one member of group `name` on this shard; with none left (it left after the
+    /// publishing shard chose us), passes the message on to the next shard with members.
+    fn serve_group(
+        &mut self,
+        name: &ByteString,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        hops: u8,
+    ) {
+        let sessions = &self.sessions;
+        let picked = self
+            .shared
+            .pick_in_group(name, |s| sessions.get(s).is_some_and(|s| s.conn.is_some()));
+        if let Some((session, granted)) = picked {
+            self.deliver(session, topic, payload, qos.min(granted), false, true);
+            return;
+        }
+        let mask = self.shared_interest.mask_of(name);
+        let next = next_shard_after(mask, self.index, self.shard_count);
+        match next {
+            Some(target) if usize::from(hops) + 1 < self.shard_count => {
+                let forward = Forward {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                    qos,
+                    retain: false,
+                    properties: None,
+                    origin_shard: self.index as u16,
+                };
+                let message = MeshMessage::SharedPublish(Box::new(SharedForward {
+                    forward,
+                    plain: false,
+                    groups: vec![name.clone()],
+                    hops: hops + 1,
+                }));
+                self.mesh_push(target, message);
+            }
+            _ => self.stats.dropped_no_group_member += 1,
+        }
+    }
+}

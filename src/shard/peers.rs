@@ -1,0 +1,193 @@
+//! What a shard knows of the other shards: how to wake them, whether they may be asleep, and
+//! their primary ring's descriptor (the target of a connection hand-off). Plus the pure
+//! bookkeeping of hand-offs in flight, which pairs a descriptor and its bytes whichever comes
+//! first.
+//!
+//! Wake-ups follow the mesh's rule: at most one per target per turn, and only to a shard that
+//! may be sleeping. A shard sets its `sleeping` flag before it blocks in the kernel and checks
+//! its inbound rings once more after that (both sequentially consistent); a producer pushes,
+//! then reads the flag. Either the sleeper sees the message or the producer sees the flag, so a
+//! wake-up is never lost and an awake shard costs the producer no syscall.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+
+use crate::mesh::HandOff;
+
+use super::Waker;
+
+/// Shared by all shards of a broker, built before they start.
+pub struct Peers {
+    wakers: Vec<Arc<Waker>>,
+    sleeping: Vec<AtomicBool>,
+    /// The shard has messages waiting in its overflow for a full ring: a consumer that drains
+    /// from it wakes it so it can push them on.
+    backlogged: Vec<AtomicBool>,
+    ring_fds: Vec<AtomicI32>,
+}
+
+impl Peers {
+    pub fn new(wakers: Vec<Arc<Waker>>) -> Arc<Peers> {
+        let count = wakers.len();
+        Arc::new(Peers {
+            wakers,
+            sleeping: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            backlogged: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            ring_fds: (0..count).map(|_| AtomicI32::new(-1)).collect(),
+        })
+    }
+
+    pub fn set_ring_fd(&self, shard: usize, fd: RawFd) {
+        self.ring_fds[shard].store(fd, Ordering::Release);
+    }
+
+    /// The shard's primary ring, once it is built.
+    pub fn ring_fd(&self, shard: usize) -> Option<RawFd> {
+        let fd = self.ring_fds.get(shard)?.load(Ordering::Acquire);
+        (fd >= 0).then_some(fd)
+    }
+
+    /// Set before blocking in the kernel (then check the inbound rings once more), cleared after.
+    pub fn set_sleeping(&self, shard: usize, sleeping: bool, backlogged: bool) {
+        self.backlogged[shard].store(backlogged, Ordering::Relaxed);
+        self.sleeping[shard].store(sleeping, Ordering::SeqCst);
+    }
+
+    pub fn is_sleeping(&self, shard: usize) -> bool {
+        self.sleeping[shard].load(Ordering::SeqCst)
+    }
+
+    /// Asleep with messages waiting for room in our rings.
+    pub fn is_backlogged_sleeper(&self, shard: usize) -> bool {
+        self.is_sleeping(shard) && self.backlogged[shard].load(Ordering::Relaxed)
+    }
+
+    /// Wakes each shard in `targets` (bit per shard) that may be sleeping; returns how many.
+    pub fn wake(&self, targets: u64) -> u64 {
+        let to_wake = sleeping_targets(targets, |shard| self.is_sleeping(shard));
+        for_each_bit(to_wake, |shard| self.wakers[shard].wake());
+        u64::from(to_wake.count_ones())
+    }
+
+    pub fn wake_one(&self, shard: usize) {
+        self.wakers[shard].wake();
+    }
+}
+
+/// The targets worth a wake-up: those that may be asleep. An awake shard drains its rings on
+/// its next turn anyway; waking it would be a wasted syscall.
+pub fn sleeping_targets(targets: u64, is_sleeping: impl Fn(usize) -> bool) -> u64 {
+    let mut to_wake = 0;
+    for_each_bit(targets, |shard| {
+        if is_sleeping(shard) {
+            to_wake |= 1u64 << shard;
+        }
+    });
+    to_wake
+}
+
+pub fn for_each_bit(mut bits: u64, mut f: impl FnMut(usize)) {
+    while bits != 0 {
+        let bit = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        f(bit);
+    }
+}
+
+/// Hand-offs arriving on the home shard. The descriptor (a ring completion carrying the slot
+/// the kernel allocated) and the bytes (a mesh message) travel separately and may arrive in
+/// either order; whichever comes second completes the pair.
+#[derive(Default)]
+pub struct HandOffsIn {
+    slots: HashMap<u64, u32>,
+    messages: HashMap<u64, HandOff>,
+}
+
+impl HandOffsIn {
+    /// The descriptor of hand-off `id` landed in `slot`: the pair if its bytes are here.
+    pub fn slot_arrived(&mut self, id: u64, slot: u32) -> Option<(u32, HandOff)> {
+        match self.messages.remove(&id) {
+            Some(message) => Some((slot, message)),
+            None => {
+                self.slots.insert(id, slot);
+                None
+            }
+        }
+    }
+
+    /// The bytes of a hand-off arrived: the pair if its descriptor is here.
+    pub fn message_arrived(&mut self, message: HandOff) -> Option<(u32, HandOff)> {
+        match self.slots.remove(&message.handoff_id) {
+            Some(slot) => Some((slot, message)),
+            None => {
+                self.messages.insert(message.handoff_id, message);
+                None
+            }
+        }
+    }
+
+    /// Hand-offs waiting for their other half.
+    pub fn pending(&self) -> usize {
+        self.slots.len() + self.messages.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn hand_off(id: u64) -> HandOff {
+        HandOff {
+            source_shard: 1,
+            handoff_id: id,
+            ring_slot_hint: None,
+            bytes_read: Bytes::from_static(b"\x10\x00"),
+        }
+    }
+
+    #[test]
+    fn hand_off_pairs_in_either_order() {
+        let mut pending = HandOffsIn::default();
+        assert!(pending.slot_arrived(7, 42).is_none());
+        assert!(pending.message_arrived(hand_off(8)).is_none());
+        assert_eq!(pending.pending(), 2);
+        let (slot, message) = pending
+            .message_arrived(hand_off(7))
+            .expect("slot was first");
+        assert_eq!((slot, message.handoff_id), (42, 7));
+        let (slot, message) = pending.slot_arrived(8, 3).expect("bytes were first");
+        assert_eq!((slot, message.handoff_id), (3, 8));
+        assert_eq!(pending.pending(), 0);
+    }
+
+    #[test]
+    fn only_sleeping_targets_are_woken() {
+        let asleep = [false, true, true, false];
+        let targets = 0b1011;
+        assert_eq!(sleeping_targets(targets, |s| asleep[s]), 0b0010);
+        assert_eq!(sleeping_targets(0, |_| true), 0);
+        let mut seen = Vec::new();
+        for_each_bit(0b1010_0001, |bit| seen.push(bit));
+        assert_eq!(seen, vec![0, 5, 7]);
+    }
+
+    #[test]
+    fn wake_writes_only_to_sleepers() {
+        let wakers: Vec<_> = (0..3).map(|_| Waker::new().expect("eventfd")).collect();
+        let peers = Peers::new(wakers);
+        assert_eq!(peers.wake(0b111), 0, "nobody sleeps");
+        peers.set_sleeping(2, true, false);
+        assert_eq!(peers.wake(0b110), 1);
+        assert!(!peers.is_backlogged_sleeper(2));
+        peers.set_sleeping(2, true, true);
+        assert!(peers.is_backlogged_sleeper(2));
+        peers.set_sleeping(2, false, false);
+        assert_eq!(peers.wake(0b111), 0);
+        assert_eq!(peers.ring_fd(1), None);
+        peers.set_ring_fd(1, 9);
+        assert_eq!(peers.ring_fd(1), Some(9));
+    }
+}
