@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use crate::topic::level_map::LevelMap;
+
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
 pub const SHARDS_MAX: usize = 64;
 const _: () = assert!(SHARDS_MAX <= u64::BITS as usize);
@@ -34,32 +36,67 @@ pub struct InterestIndex {
     filter_count: usize,
 }
 
-/// One filter level. Literal children live in a map keyed by the level's text; std's keyed
-/// hasher because filters come from clients, who could otherwise pick colliding levels.
+/// One filter level. Every shard holds one per distinct filter level in the whole broker, so it
+/// is kept to 32 bytes: literal children in a [`LevelMap`] (inline for a few, a foldhash table
+/// past that, seeded per process because filters come from clients), the `+` child and the `#`
+/// mask boxed apart because few nodes have either.
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    /// The `+` child.
-    plus: Option<Box<Node>>,
+    children: LevelMap<Node>,
     /// Shards subscribed to the filter that ends at this node.
     exact_mask: u64,
+    /// `None` when there is neither a `+` child nor a `#` subscriber.
+    wild: Option<Box<Wild>>,
+}
+
+#[derive(Debug, Default)]
+struct Wild {
+    /// The `+` child.
+    plus: Option<Node>,
     /// Shards subscribed to this node's path followed by `/#` (or to `#` at the root).
     multi_mask: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<Node>() == 32);
+
 impl Node {
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.exact_mask == 0 && self.multi_mask == 0 && self.edge_count() == 0
+        self.exact_mask == 0 && self.multi_mask() == 0 && self.edge_count() == 0
     }
 
     fn edge_count(&self) -> usize {
-        self.children.len() + usize::from(self.plus.is_some())
+        self.children.len() + usize::from(self.plus().is_some())
+    }
+
+    #[inline]
+    fn plus(&self) -> Option<&Node> {
+        self.wild.as_deref().and_then(|wild| wild.plus.as_ref())
+    }
+
+    #[inline]
+    fn multi_mask(&self) -> u64 {
+        self.wild.as_deref().map_or(0, |wild| wild.multi_mask)
+    }
+
+    fn wild_mut(&mut self) -> &mut Wild {
+        self.wild.get_or_insert_with(Box::default)
+    }
+
+    /// Frees `wild` once it holds nothing.
+    fn tidy_wild(&mut self) {
+        if self
+            .wild
+            .as_deref()
+            .is_some_and(|wild| wild.plus.is_none() && wild.multi_mask == 0)
+        {
+            self.wild = None;
+        }
     }
 
     fn child(&self, level: &str) -> Option<&Node> {
         if level == "+" {
-            self.plus.as_deref()
+            self.plus()
         } else {
             self.children.get(level)
         }
@@ -67,7 +104,7 @@ impl Node {
 
     fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
         if level == "+" {
-            self.plus.as_deref_mut()
+            self.wild.as_deref_mut().and_then(|wild| wild.plus.as_mut())
         } else {
             self.children.get_mut(level)
         }
@@ -75,25 +112,46 @@ impl Node {
 
     fn child_or_insert(&mut self, level: &str) -> &mut Node {
         if level == "+" {
-            self.plus.get_or_insert_with(Box::default)
+            self.wild_mut().plus.get_or_insert_with(Node::default)
         } else {
-            self.children.entry(Box::from(level)).or_default()
+            self.children.get_or_insert_with(level, Node::default)
         }
     }
 
     fn remove_child(&mut self, level: &str) {
         if level == "+" {
-            self.plus = None;
+            if let Some(wild) = self.wild.as_deref_mut() {
+                wild.plus = None;
+            }
+            self.tidy_wild();
         } else {
             self.children.remove(level);
         }
     }
 
-    fn mask_mut(&mut self, multi: bool) -> &mut u64 {
+    fn set_bit(&mut self, multi: bool, bit: u64) {
         if multi {
-            &mut self.multi_mask
+            self.wild_mut().multi_mask |= bit;
         } else {
-            &mut self.exact_mask
+            self.exact_mask |= bit;
+        }
+    }
+
+    fn clear_bit(&mut self, multi: bool, bit: u64) {
+        if multi {
+            if let Some(wild) = self.wild.as_deref_mut() {
+                wild.multi_mask &= !bit;
+            }
+            self.tidy_wild();
+        } else {
+            self.exact_mask &= !bit;
+        }
+    }
+
+    fn take_children(&mut self, orphans: &mut Vec<Node>) {
+        self.children.take_all(orphans);
+        if let Some(plus) = self.wild.as_deref_mut().and_then(|wild| wild.plus.take()) {
+            orphans.push(plus);
         }
     }
 }
@@ -106,11 +164,9 @@ impl Drop for Node {
             return;
         }
         let mut orphans: Vec<Node> = Vec::new();
-        orphans.extend(self.children.drain().map(|(_, node)| node));
-        orphans.extend(self.plus.take().map(|node| *node));
+        self.take_children(&mut orphans);
         while let Some(mut node) = orphans.pop() {
-            orphans.extend(node.children.drain().map(|(_, node)| node));
-            orphans.extend(node.plus.take().map(|node| *node));
+            node.take_children(&mut orphans);
             // `node` drops here childless, so this `drop` returns at once.
         }
     }
@@ -167,11 +223,15 @@ impl InterestIndex {
         for level in filter.levels() {
             node = node.child_or_insert(level);
         }
-        let mask = node.mask_mut(filter.multi);
-        if *mask == 0 {
+        let mask = if filter.multi {
+            node.multi_mask()
+        } else {
+            node.exact_mask
+        };
+        if mask == 0 {
             self.filter_count += 1;
         }
-        *mask |= bit;
+        node.set_bit(filter.multi, bit);
     }
 
     /// Iterative, like every walk here: filters may be thousands of levels deep.
@@ -182,7 +242,8 @@ impl InterestIndex {
         let mut node = &self.root;
         let mut cut_depth = 0;
         for (depth, level) in filter.levels().enumerate() {
-            if depth > 0 && (node.exact_mask != 0 || node.multi_mask != 0 || node.edge_count() > 1)
+            if depth > 0
+                && (node.exact_mask != 0 || node.multi_mask() != 0 || node.edge_count() > 1)
             {
                 cut_depth = depth;
             }
@@ -192,9 +253,9 @@ impl InterestIndex {
             }
         }
         let (mask, other_mask) = if filter.multi {
-            (node.multi_mask, node.exact_mask)
+            (node.multi_mask(), node.exact_mask)
         } else {
-            (node.exact_mask, node.multi_mask)
+            (node.exact_mask, node.multi_mask())
         };
         if mask & bit == 0 {
             return;
@@ -210,7 +271,8 @@ impl InterestIndex {
                 .expect("the path is that deep");
             self.node_mut(filter, cut_depth).remove_child(cut_level);
         } else {
-            *self.node_mut(filter, filter.count).mask_mut(filter.multi) &= !bit;
+            self.node_mut(filter, filter.count)
+                .clear_bit(filter.multi, bit);
         }
     }
 
@@ -233,8 +295,8 @@ impl InterestIndex {
         // [MQTT-4.7.2-1] A filter starting with `+` or `#` does not match a topic starting with
         // `$` (e.g. `$SYS/...`): such topics are only reached by filters naming them literally.
         if !first.starts_with('$') {
-            mask |= self.root.multi_mask;
-            if let Some(plus) = &self.root.plus {
+            mask |= self.root.multi_mask();
+            if let Some(plus) = self.root.plus() {
                 pending.push((plus, rest));
             }
         }
@@ -245,13 +307,15 @@ impl InterestIndex {
             let Some(rest) = rest else {
                 // The topic ends at this node: the filter ending here matches, and so does
                 // `<path>/#`, because `#` also matches the parent level [MQTT-4.7.1-2].
-                mask |= node.exact_mask | node.multi_mask;
+                mask |= node.exact_mask | node.multi_mask();
                 continue;
             };
             let (level, rest) = split_level(rest);
-            mask |= node.multi_mask;
-            if let Some(plus) = &node.plus {
-                pending.push((plus, rest));
+            if let Some(wild) = node.wild.as_deref() {
+                mask |= wild.multi_mask;
+                if let Some(plus) = &wild.plus {
+                    pending.push((plus, rest));
+                }
             }
             if let Some(child) = node.children.get(level) {
                 pending.push((child, rest));
@@ -656,7 +720,7 @@ mod tests {
         let mut stack = vec![root];
         while let Some(node) = stack.pop() {
             stack.extend(node.children.values());
-            stack.extend(node.plus.as_deref());
+            stack.extend(node.plus());
             count += node.edge_count();
         }
         count

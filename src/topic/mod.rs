@@ -4,6 +4,7 @@
 //! All three split levels on `/` over borrowed `&str`s; matching allocates nothing.
 
 pub mod filter;
+pub(crate) mod level_map;
 pub mod retained;
 mod stack;
 pub mod trie;

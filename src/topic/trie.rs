@@ -6,9 +6,8 @@
 //! drop are iterative because a 65,535-byte filter may have 32,768 levels, too deep to recurse.
 //! Shared subscriptions are the broker's business: it inserts the inner filter with its own `V`.
 
-use std::collections::HashMap;
-
 use super::filter::split_level;
+use super::level_map::LevelMap;
 use super::stack::SmallStack;
 
 /// Subscriptions keyed by filter and subscriber (the broker's session index), each with a `V`
@@ -19,31 +18,151 @@ pub struct Trie<V> {
     len: usize,
 }
 
+/// One filter level. Sized for the common node, one level of one client's filter: few literal
+/// children, one subscriber, no wildcard below it (40 bytes for a small `V`).
 struct Node<V> {
     /// Literal next levels. A `#` that is not the last level (invalid, but not our call) is kept
     /// here as a literal, where no topic name can reach it.
-    children: HashMap<Box<str>, Node<V>>,
-    /// The `+` next level.
-    plus: Option<Box<Node<V>>>,
-    /// Subscribers of `{this node's path}/#`, which match this level and everything below.
-    hash: Vec<(u32, V)>,
+    children: LevelMap<Node<V>>,
     /// Subscribers of exactly this node's path.
-    subscribers: Vec<(u32, V)>,
+    subscribers: Subscribers<V>,
+    /// The `+` child and the `#` subscribers, boxed apart because few nodes have either;
+    /// `None` when both are empty.
+    wild: Option<Box<Wild<V>>>,
+}
+
+struct Wild<V> {
+    /// The `+` next level.
+    plus: Option<Node<V>>,
+    /// Subscribers of `{this node's path}/#`, which match this level and everything below.
+    hash: Subscribers<V>,
+}
+
+/// One node's subscribers: a single one inline (a client's own topic), a vector only for more.
+enum Subscribers<V> {
+    Empty,
+    One((u32, V)),
+    // Boxed: a bare `Vec` would make this enum, in every node, 32 bytes instead of 16.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<(u32, V)>>),
+}
+
+const _: () = assert!(std::mem::size_of::<Node<u8>>() == 40);
+
+impl<V> Subscribers<V> {
+    #[inline]
+    fn as_slice(&self) -> &[(u32, V)] {
+        match self {
+            Subscribers::Empty => &[],
+            Subscribers::One(entry) => std::slice::from_ref(entry),
+            Subscribers::Many(entries) => entries,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Subscribers::Empty)
+    }
+
+    /// Adds `subscriber`, or replaces its value and returns the old one.
+    fn insert(&mut self, subscriber: u32, value: V) -> Option<V> {
+        match self {
+            Subscribers::Empty => {
+                *self = Subscribers::One((subscriber, value));
+                None
+            }
+            Subscribers::One((existing, old)) if *existing == subscriber => {
+                Some(std::mem::replace(old, value))
+            }
+            Subscribers::One(_) => {
+                let Subscribers::One(first) = std::mem::replace(self, Subscribers::Empty) else {
+                    unreachable!("matched One above");
+                };
+                *self = Subscribers::Many(Box::new(vec![first, (subscriber, value)]));
+                None
+            }
+            Subscribers::Many(entries) => {
+                if let Some(entry) = entries.iter_mut().find(|(s, _)| *s == subscriber) {
+                    return Some(std::mem::replace(&mut entry.1, value));
+                }
+                entries.push((subscriber, value));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, subscriber: u32) -> Option<V> {
+        match self {
+            Subscribers::Empty => None,
+            Subscribers::One((existing, _)) => {
+                if *existing != subscriber {
+                    return None;
+                }
+                let Subscribers::One((_, value)) = std::mem::replace(self, Subscribers::Empty)
+                else {
+                    unreachable!("matched One above");
+                };
+                Some(value)
+            }
+            Subscribers::Many(entries) => {
+                let index = entries.iter().position(|(s, _)| *s == subscriber)?;
+                // Order among one node's subscribers carries no meaning.
+                let (_, value) = entries.swap_remove(index);
+                if entries.len() == 1 {
+                    let last = entries.pop().expect("one entry left");
+                    *self = Subscribers::One(last);
+                } else if entries.len() * 4 < entries.capacity() {
+                    entries.shrink_to(entries.len() * 2);
+                }
+                Some(value)
+            }
+        }
+    }
 }
 
 impl<V> Node<V> {
     fn new() -> Self {
         Node {
-            children: HashMap::new(),
-            plus: None,
-            hash: Vec::new(),
-            subscribers: Vec::new(),
+            children: LevelMap::new(),
+            subscribers: Subscribers::Empty,
+            wild: None,
+        }
+    }
+
+    #[inline]
+    fn plus(&self) -> Option<&Node<V>> {
+        self.wild.as_deref().and_then(|wild| wild.plus.as_ref())
+    }
+
+    #[inline]
+    fn hash(&self) -> &[(u32, V)] {
+        self.wild
+            .as_deref()
+            .map_or(&[], |wild| wild.hash.as_slice())
+    }
+
+    fn wild_mut(&mut self) -> &mut Wild<V> {
+        self.wild.get_or_insert_with(|| {
+            Box::new(Wild {
+                plus: None,
+                hash: Subscribers::Empty,
+            })
+        })
+    }
+
+    /// Frees `wild` once it holds nothing.
+    fn tidy_wild(&mut self) {
+        if self
+            .wild
+            .as_deref()
+            .is_some_and(|wild| wild.plus.is_none() && wild.hash.is_empty())
+        {
+            self.wild = None;
         }
     }
 
     fn child(&self, level: &str) -> Option<&Node<V>> {
         if level == "+" {
-            self.plus.as_deref()
+            self.plus()
         } else {
             self.children.get(level)
         }
@@ -51,7 +170,7 @@ impl<V> Node<V> {
 
     fn child_mut(&mut self, level: &str) -> Option<&mut Node<V>> {
         if level == "+" {
-            self.plus.as_deref_mut()
+            self.wild.as_deref_mut().and_then(|wild| wild.plus.as_mut())
         } else {
             self.children.get_mut(level)
         }
@@ -59,20 +178,18 @@ impl<V> Node<V> {
 
     fn child_or_insert(&mut self, level: &str) -> &mut Node<V> {
         if level == "+" {
-            return self.plus.get_or_insert_with(|| Box::new(Node::new()));
+            self.wild_mut().plus.get_or_insert_with(Node::new)
+        } else {
+            self.children.get_or_insert_with(level, Node::new)
         }
-        // Look up first so an existing level costs no `Box<str>` allocation.
-        if !self.children.contains_key(level) {
-            self.children.insert(level.into(), Node::new());
-        }
-        self.children
-            .get_mut(level)
-            .expect("child was just inserted")
     }
 
     fn remove_child(&mut self, level: &str) {
         if level == "+" {
-            self.plus = None;
+            if let Some(wild) = self.wild.as_deref_mut() {
+                wild.plus = None;
+            }
+            self.tidy_wild();
         } else {
             self.children.remove(level);
         }
@@ -81,8 +198,8 @@ impl<V> Node<V> {
     /// Must this node stay once `path_children` of its children (0 or 1) are gone?
     fn is_needed(&self, path_children: usize) -> bool {
         !self.subscribers.is_empty()
-            || !self.hash.is_empty()
-            || self.children.len() + usize::from(self.plus.is_some()) > path_children
+            || !self.hash().is_empty()
+            || self.children.len() + usize::from(self.plus().is_some()) > path_children
     }
 }
 
@@ -90,7 +207,7 @@ impl<V> Drop for Node<V> {
     /// Iterative, so dropping a 32,768-level chain does not overflow the stack. A leaf returns at
     /// once; an inner node moves its whole subtree onto one heap stack and drops it leaf-first.
     fn drop(&mut self) {
-        if self.children.is_empty() && self.plus.is_none() {
+        if self.children.is_empty() && self.plus().is_none() {
             return;
         }
         let mut pending: Vec<Node<V>> = Vec::new();
@@ -102,9 +219,9 @@ impl<V> Drop for Node<V> {
 }
 
 fn take_children<V>(node: &mut Node<V>, pending: &mut Vec<Node<V>>) {
-    pending.extend(node.children.drain().map(|(_, child)| child));
-    if let Some(plus) = node.plus.take() {
-        pending.push(*plus);
+    node.children.take_all(pending);
+    if let Some(plus) = node.wild.as_deref_mut().and_then(|wild| wild.plus.take()) {
+        pending.push(plus);
     }
 }
 
@@ -157,16 +274,15 @@ impl<V> Trie<V> {
             node = node.child_or_insert(level);
         }
         let list = if is_hash {
-            &mut node.hash
+            &mut node.wild_mut().hash
         } else {
             &mut node.subscribers
         };
-        if let Some(entry) = list.iter_mut().find(|(s, _)| *s == subscriber) {
-            return Some(std::mem::replace(&mut entry.1, value));
+        let replaced = list.insert(subscriber, value);
+        if replaced.is_none() {
+            self.len += 1;
         }
-        list.push((subscriber, value));
-        self.len += 1;
-        None
+        replaced
     }
 
     /// Unsubscribes `subscriber` from `filter`; `None` when it was not subscribed. Nodes left
@@ -177,17 +293,13 @@ impl<V> Trie<V> {
         for level in levels(path) {
             node = node.child_mut(level)?;
         }
-        let list = if is_hash {
-            &mut node.hash
+        let value = if is_hash {
+            let value = node.wild.as_deref_mut()?.hash.remove(subscriber)?;
+            node.tidy_wild();
+            value
         } else {
-            &mut node.subscribers
+            node.subscribers.remove(subscriber)?
         };
-        let index = list.iter().position(|(s, _)| *s == subscriber)?;
-        // Order among one node's subscribers carries no meaning.
-        let (_, value) = list.swap_remove(index);
-        if list.is_empty() {
-            list.shrink_to_fit();
-        }
         self.len -= 1;
         self.prune(path);
         Some(value)
@@ -236,10 +348,10 @@ impl<V> Trie<V> {
         let (level, next) = split_level(topic);
         // [MQTT-4.7.2-1] A filter starting with a wildcard does not match a `$` topic.
         if !topic.starts_with('$') {
-            for (subscriber, value) in &root.hash {
+            for (subscriber, value) in root.hash() {
                 f(*subscriber, value);
             }
-            if let Some(plus) = root.plus.as_deref() {
+            if let Some(plus) = root.plus() {
                 pending.push((plus, next));
             }
         }
@@ -249,17 +361,23 @@ impl<V> Trie<V> {
         while let Some((mut node, mut rest)) = pending.pop() {
             // Follow one path down, leaving the `+` sides of forks on `pending`.
             loop {
-                for (subscriber, value) in &node.hash {
-                    f(*subscriber, value);
-                }
+                let plus = match node.wild.as_deref() {
+                    Some(wild) => {
+                        for (subscriber, value) in wild.hash.as_slice() {
+                            f(*subscriber, value);
+                        }
+                        wild.plus.as_ref()
+                    }
+                    None => None,
+                };
                 let Some(levels) = rest else {
-                    for (subscriber, value) in &node.subscribers {
+                    for (subscriber, value) in node.subscribers.as_slice() {
                         f(*subscriber, value);
                     }
                     break;
                 };
                 let (level, next) = split_level(levels);
-                match (node.children.get(level), node.plus.as_deref()) {
+                match (node.children.get(level), plus) {
                     (Some(exact), Some(plus)) => {
                         pending.push((plus, next));
                         node = exact;
@@ -370,8 +488,8 @@ pub(crate) mod tests {
         assert_eq!(trie.remove("a/b", 2), Some(20));
         assert_eq!(trie.remove("a/#", 1), Some(30));
         // "a" stays: it still leads to "a/+".
-        assert!(trie.root.children.contains_key("a"));
-        assert!(!trie.root.children["a"].children.contains_key("b"));
+        let a = trie.root.children.get("a").expect("a stays");
+        assert!(a.children.get("b").is_none());
         assert_eq!(trie.remove("a/+", 1), Some(40));
         assert!(trie.is_empty());
         assert!(!trie.root.is_needed(0), "every node pruned");
@@ -385,18 +503,20 @@ pub(crate) mod tests {
         trie.insert("+/+/#", 3, 0);
         trie.insert("#", 4, 0);
         assert_eq!(trie.remove("a/b/c/d", 1), Some(0));
-        let a = &trie.root.children["a"];
-        assert!(
-            a.children["b"].children.is_empty(),
-            "c and d pruned, b kept"
-        );
+        let a = trie.root.children.get("a").expect("a kept");
+        let b = a.children.get("b").expect("b kept");
+        assert!(b.children.is_empty(), "c and d pruned, b kept");
         assert_eq!(trie.remove("a/b", 2), Some(0));
         assert!(trie.root.children.is_empty());
         assert_eq!(trie.remove("+/+/#", 3), Some(0));
-        assert!(trie.root.plus.is_none());
+        assert!(trie.root.plus().is_none());
         assert_eq!(matched(&trie, "q"), vec![(4, 0)]);
         assert_eq!(trie.remove("#", 4), Some(0));
         assert!(!trie.root.is_needed(0));
+        assert!(
+            trie.root.wild.is_none(),
+            "no `+` child, no `#` subscriber: freed"
+        );
     }
 
     #[test]
