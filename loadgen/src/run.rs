@@ -347,9 +347,14 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         progress.tick(&shared, now);
         std::thread::sleep(Duration::from_millis(10).min(Duration::from_nanos(end_ns - now)));
     }
-    // Drain: messages still in flight get up to --drain seconds; stop early once nothing has
-    // moved for half a second.
+    // Drain: messages still in flight get up to --drain seconds. Stop early only once every
+    // expected copy has arrived (sent x subscribers per message, if all subscribed) and
+    // nothing has moved for 200 ms; a slow or stalled broker gets the whole drain.
     if scn.scenario != Scenario::Conn {
+        let copies = match (scn.scenario, scn.shared_group) {
+            (Scenario::Pairs, _) | (Scenario::Fanin, Some(_)) => 1,
+            _ => u64::from(scn.subscribers),
+        };
         let drain_deadline = end_ns + (common.drain * 1e9) as u64;
         let mut last = (u64::MAX, u64::MAX);
         let mut still_since = monotonic_ns();
@@ -367,7 +372,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
             if totals != last {
                 last = totals;
                 still_since = now;
-            } else if now - still_since > 500_000_000 {
+            } else if totals.1 >= totals.0 * copies && now - still_since > 200_000_000 {
                 break;
             }
             progress.tick(&shared, now);
