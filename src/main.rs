@@ -24,8 +24,8 @@ struct Args {
     /// socket_send_buffer_bytes and [limits].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Shard threads, each pinned to a core with its own io_uring; 0 = one per CPU (for now
-    /// only 1 is supported: multi-shard routing is issue 4).
+    /// Shard threads, each pinned to core k mod cores with its own io_uring and listener; a
+    /// client lives on the shard its id hashes to. 0 = one per CPU available [default: 0].
     #[arg(long)]
     shards: Option<usize>,
     /// io_uring rings per shard, each with its own fixed-file table as large as the open-file

@@ -1,0 +1,337 @@
+//! Several shards (issue 4): clients homed on different shards talk to each other as if the
+//! broker were one. Every broker here runs 4 shards whatever RINGMQ_TEST_SHARDS says (more
+//! shards than this machine's cores is fine: they share cores), and client ids are chosen by
+//! their home shard (`ringmq::mesh::home_shard`) so publisher and subscriber live apart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringmq::config::Config;
+use ringmq::mesh::home_shard;
+use rumqttc::QoS;
+
+const SHARDS: usize = 4;
+
+fn start() -> TestBroker {
+    TestBroker::start(Config {
+        shards: SHARDS,
+        ..test_config()
+    })
+}
+
+/// A unique client id whose home is `shard`.
+fn id_on(shard: usize, prefix: &str) -> String {
+    loop {
+        let id = unique_id(prefix);
+        if home_shard(id.as_bytes(), SHARDS) == shard {
+            return id;
+        }
+    }
+}
+
+fn client_on(broker: &TestBroker, shard: usize, prefix: &str) -> MqttClient {
+    MqttClient::connect(mqtt_options_with_id(broker.addr(), &id_on(shard, prefix)))
+}
+
+fn qos_of(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+#[test]
+fn publisher_and_subscriber_on_different_shards_qos_0_1_2() {
+    let broker = start();
+    for level in 0..=2u8 {
+        let qos = qos_of(level);
+        let topic = unique_topic("cross");
+        let mut subscriber = client_on(&broker, 1, "cross-sub");
+        assert_eq!(subscriber.subscribe(&topic, qos), Some(qos));
+        let mut publisher = client_on(&broker, 2, "cross-pub");
+        let count = 100;
+        for n in 0..count {
+            publisher.publish(&topic, qos, false, format!("{n}"));
+        }
+        publisher.wait_acks(qos, if level == 0 { 1 } else { count });
+        for n in 0..count {
+            let publish = subscriber.recv_publish();
+            assert_eq!(publish.topic, topic);
+            assert_eq!(publish.qos, qos);
+            assert_eq!(
+                &publish.payload[..],
+                format!("{n}").as_bytes(),
+                "QoS {level}"
+            );
+        }
+        subscriber.expect_no_publish();
+    }
+    broker.wait_counter("mesh_pushes", |s| s.mesh_pushes, 1);
+}
+
+#[test]
+fn take_over_from_connections_accepted_on_other_shards() {
+    let broker = start();
+    let client_id = id_on(3, "takeover");
+    let topic = unique_topic("takeover");
+    let mut connect = Connect::v311(&client_id);
+    connect.clean_session = false;
+    let (mut old, present) = RawClient::connect_with(broker.addr(), &connect);
+    assert!(!present);
+    old.subscribe(1, &[(&topic, 1)]);
+    // SO_REUSEPORT spreads the new connections over the shards; with 12 of them some are
+    // accepted away from the home shard and handed over.
+    for round in 0..12 {
+        let (mut new, present) = RawClient::connect_with(broker.addr(), &connect);
+        assert!(present, "round {round}: the session resumes");
+        old.expect_closed();
+        // The subscription survived on the home shard: a publish reaches the new connection.
+        let mut publisher = RawClient::connect(broker.addr(), &id_on(round % SHARDS, "tk-pub"));
+        // Completes the QoS 1 handshake (reads the PUBACK).
+        publisher.publish(&topic, 1, false, 1, format!("{round}").as_bytes());
+        let publish = new.read_publish();
+        assert_eq!(publish.payload, format!("{round}").as_bytes());
+        new.send(&puback_bytes(publish.packet_id.expect("QoS 1")));
+        publisher.disconnect();
+        old = new;
+    }
+    broker.wait_counter("handoffs_in", |s| s.handoffs_in, 1);
+}
+
+#[test]
+fn persistent_session_resumes_with_messages_queued_across_shards() {
+    let broker = start();
+    let client_id = id_on(1, "persist");
+    let topic = unique_topic("persist");
+    let mut options = mqtt_options_with_id(broker.addr(), &client_id);
+    options.set_clean_session(false);
+    let mut subscriber = MqttClient::connect(options.clone());
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    subscriber.disconnect();
+    let mut publisher = client_on(&broker, 2, "persist-pub");
+    for n in 0..10 {
+        publisher.publish_acked(&topic, QoS::AtLeastOnce, false, format!("{n}"));
+    }
+    let mut subscriber = MqttClient::connect(options);
+    assert!(subscriber.connack.session_present);
+    for n in 0..10 {
+        let publish = subscriber.recv_publish();
+        assert_eq!(&publish.payload[..], format!("{n}").as_bytes());
+    }
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn will_is_published_across_shards() {
+    let broker = start();
+    let topic = unique_topic("will");
+    let mut watcher = client_on(&broker, 0, "will-watch");
+    watcher.subscribe(&topic, QoS::AtLeastOnce);
+    let mut connect = Connect::v311(&id_on(2, "will-client"));
+    connect.will = Some(Will {
+        topic: topic.clone(),
+        payload: b"gone".to_vec(),
+        qos: 1,
+        retain: false,
+    });
+    let (mut client, _) = RawClient::connect_with(broker.addr(), &connect);
+    client.ping();
+    drop(client);
+    let publish = watcher.recv_publish();
+    assert_eq!(publish.topic, topic);
+    assert_eq!(&publish.payload[..], b"gone");
+}
+
+#[test]
+fn retained_message_is_seen_from_every_shard_and_deleted_everywhere() {
+    let broker = start();
+    let topic = unique_topic("retained");
+    let mut publisher = client_on(&broker, 0, "ret-pub");
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "kept");
+    for shard in 0..SHARDS {
+        let mut subscriber = client_on(&broker, shard, "ret-sub");
+        subscriber.subscribe(&topic, QoS::AtLeastOnce);
+        let publish = subscriber.recv_publish();
+        assert!(publish.retain, "shard {shard}");
+        assert_eq!(&publish.payload[..], b"kept", "shard {shard}");
+    }
+    publisher.publish_acked(&topic, QoS::AtLeastOnce, true, "");
+    for shard in 0..SHARDS {
+        let mut subscriber = client_on(&broker, shard, "ret-gone");
+        subscriber.subscribe(&topic, QoS::AtLeastOnce);
+        subscriber.expect_no_publish();
+    }
+}
+
+#[test]
+fn unsubscribe_on_one_shard_stops_deliveries_from_the_others() {
+    let broker = start();
+    let topic = unique_topic("unsub");
+    let mut subscriber = client_on(&broker, 1, "unsub-sub");
+    subscriber.subscribe(&topic, QoS::AtLeastOnce);
+    let mut publishers: Vec<MqttClient> = [0, 2, 3]
+        .iter()
+        .map(|&shard| client_on(&broker, shard, "unsub-pub"))
+        .collect();
+    for publisher in &mut publishers {
+        publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "before");
+    }
+    for _ in 0..publishers.len() {
+        assert_eq!(&subscriber.recv_publish().payload[..], b"before");
+    }
+    subscriber.unsubscribe(&topic);
+    // Let the interest change reach every shard (best effort by design, see DESIGN notes).
+    thread::sleep(Duration::from_millis(100));
+    for publisher in &mut publishers {
+        publisher.publish_acked(&topic, QoS::AtLeastOnce, false, "after");
+    }
+    subscriber.expect_no_publish();
+}
+
+#[test]
+fn shared_group_with_members_on_two_shards_gets_each_message_once() {
+    let broker = start();
+    let topic = unique_topic("shared");
+    let group = format!("$share/g/{topic}");
+    let mut members = [
+        client_on(&broker, 1, "share-a"),
+        client_on(&broker, 2, "share-b"),
+    ];
+    for member in &mut members {
+        member.subscribe(&group, QoS::AtLeastOnce);
+    }
+    let mut publisher = client_on(&broker, 3, "share-pub");
+    let count = 40;
+    for n in 0..count {
+        publisher.publish(&topic, QoS::AtLeastOnce, false, format!("{n}"));
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, count);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut per_member = [0usize; 2];
+    for (index, member) in members.iter_mut().enumerate() {
+        while let Some(publish) = member.try_recv_publish(Duration::from_millis(700)) {
+            let payload = String::from_utf8(publish.payload.to_vec()).expect("utf-8");
+            *seen.entry(payload).or_default() += 1;
+            per_member[index] += 1;
+        }
+    }
+    assert_eq!(seen.len(), count, "every message delivered: {seen:?}");
+    assert!(seen.values().all(|&n| n == 1), "exactly once: {seen:?}");
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "both shards serve the group: {per_member:?}"
+    );
+}
+
+#[test]
+fn many_clients_over_four_shards_with_overlapping_wildcards() {
+    let broker = start();
+    let run = unique_topic("stress");
+    let publishers = 60;
+    let subscribers = 90;
+    let messages = 10;
+    let groups = 6;
+    // Subscriber s: kind 0 takes everything (`#`), kind 1 its group (`g/+`), kind 2 both its
+    // group's filter and an overlapping `+/p` on one publisher — delivered once each.
+    let filters_of = |s: usize| -> Vec<String> {
+        match s % 3 {
+            0 => vec![format!("{run}/#")],
+            1 => vec![format!("{run}/{}/+", s % groups)],
+            _ => vec![
+                format!("{run}/{}/+", s % groups),
+                format!("{run}/+/{}", s % publishers),
+            ],
+        }
+    };
+    let topic_of = |p: usize| format!("{run}/{}/{p}", p % groups);
+    let expected = |s: usize, p: usize| -> bool {
+        let topic = topic_of(p);
+        filters_of(s)
+            .iter()
+            .any(|f| ringmq::topic::filter::matches(f, &topic))
+    };
+    let mut subscriber_threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    for s in 0..subscribers {
+        let addr = broker.addr();
+        let filters = filters_of(s);
+        let want: Vec<usize> = (0..publishers).filter(|&p| expected(s, p)).collect();
+        let ready = ready_tx.clone();
+        subscriber_threads.push(thread::spawn(move || {
+            let id = id_on(s % SHARDS, "stress-sub");
+            let mut client = MqttClient::connect(mqtt_options_with_id(addr, &id));
+            let filters: Vec<(&str, QoS)> = filters
+                .iter()
+                .map(|f| (f.as_str(), QoS::AtLeastOnce))
+                .collect();
+            client.subscribe_many(&filters);
+            ready.send(()).expect("ready");
+            let total = want.len() * messages;
+            let mut counts: HashMap<(usize, usize), usize> = HashMap::new();
+            let mut last: HashMap<usize, usize> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut received = 0;
+            while received < total && Instant::now() < deadline {
+                let Some(publish) = client.try_recv_publish(Duration::from_secs(5)) else {
+                    break;
+                };
+                let text = String::from_utf8(publish.payload.to_vec()).expect("utf-8");
+                let (p, n) = text.split_once(':').expect("p:n");
+                let (p, n): (usize, usize) = (p.parse().unwrap(), n.parse().unwrap());
+                *counts.entry((p, n)).or_default() += 1;
+                if let Some(&previous) = last.get(&p) {
+                    assert!(n > previous, "subscriber {s}: publisher {p} out of order");
+                }
+                last.insert(p, n);
+                received += 1;
+            }
+            client.expect_no_publish();
+            (s, want, counts)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..subscribers {
+        ready_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("subscriber ready");
+    }
+    let publisher_threads: Vec<_> = (0..publishers)
+        .map(|p| {
+            let addr = broker.addr();
+            let topic = topic_of(p);
+            thread::spawn(move || {
+                let id = id_on((p + 1) % SHARDS, "stress-pub");
+                let mut client = MqttClient::connect(mqtt_options_with_id(addr, &id));
+                for n in 0..messages {
+                    client.publish(&topic, QoS::AtLeastOnce, false, format!("{p}:{n}"));
+                }
+                client.wait_acks(QoS::AtLeastOnce, messages);
+                client
+            })
+        })
+        .collect();
+    let publishers_done: Vec<MqttClient> = publisher_threads
+        .into_iter()
+        .map(|t| t.join().expect("publisher"))
+        .collect();
+    for thread in subscriber_threads {
+        let (s, want, counts) = thread.join().expect("subscriber");
+        for &p in &want {
+            for n in 0..messages {
+                assert_eq!(
+                    counts.get(&(p, n)).copied().unwrap_or(0),
+                    1,
+                    "subscriber {s}, publisher {p}, message {n}"
+                );
+            }
+        }
+        let unexpected: Vec<_> = counts.keys().filter(|(p, _)| !want.contains(p)).collect();
+        assert!(unexpected.is_empty(), "subscriber {s}: {unexpected:?}");
+    }
+    drop(publishers_done);
+}
