@@ -9,6 +9,9 @@
 //! (the gap keeps a node that hovers around the threshold from converting on every change).
 //! Level text up to `LEVEL_INLINE_MAX` bytes lives inside the entry, so a short level costs no
 //! allocation of its own.
+//!
+//! The mesh's `LocalInterest` keys whole filters by it too: a short text -> value map is what it
+//! needs, and most filters fit inline.
 
 use std::fmt;
 use std::hash::BuildHasher;
