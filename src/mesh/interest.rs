@@ -632,6 +632,39 @@ mod tests {
         InterestIndex::new(65);
     }
 
+    #[test]
+    fn wild_box_and_child_table_come_and_go() {
+        use crate::topic::level_map::FEW_MAX;
+        let mut index = InterestIndex::new(4);
+        index.apply("w/+", 1, true);
+        index.apply("w/#", 2, true);
+        let w = |index: &InterestIndex| index.root.children.get("w").map(|w| w.wild.is_some());
+        assert_eq!(w(&index), Some(true));
+        index.apply("w/+", 1, false);
+        assert_eq!(w(&index), Some(true), "the `#` mask still set");
+        index.apply("w/x", 3, true);
+        index.apply("w/#", 2, false);
+        assert_eq!(w(&index), Some(false), "freed with its last entry");
+        assert_eq!(index.shards_for("w/x"), 1 << 3);
+        index.apply("w/x", 3, false);
+        assert!(index.root.is_empty());
+        // Past FEW_MAX children under one node and back: lookups hold throughout.
+        let count = FEW_MAX * 4;
+        for i in 0..count {
+            index.apply(&format!("t/{i}"), i % 4, true);
+        }
+        for i in 0..count {
+            assert_eq!(index.shards_for(&format!("t/{i}")), 1 << (i % 4));
+        }
+        for i in 0..count - 1 {
+            index.apply(&format!("t/{i}"), i % 4, false);
+            assert_eq!(index.shards_for(&format!("t/{i}")), 0);
+            let last = count - 1;
+            assert_eq!(index.shards_for(&format!("t/{last}")), 1 << (last % 4));
+        }
+        assert_eq!(index.filter_count(), 1);
+    }
+
     /// Heap per distinct filter, replicated on every shard: `bench/client-{i}/in`, as the
     /// broker's idle benchmark subscribes. `cargo test --lib bytes_per_filter -- --nocapture`.
     #[test]

@@ -601,6 +601,77 @@ pub(crate) mod tests {
         assert_eq!(count, 6 + 2 + 1 + 1001 + 2 + 4);
     }
 
+    #[test]
+    fn representation_boundaries_round_trip() {
+        // Subscribers: none -> one inline -> a vector -> back to one inline -> none.
+        let mut trie = Trie::new();
+        assert_eq!(trie.insert("s", 1, 10u8), None);
+        assert!(matches!(
+            trie.root.children.get("s").unwrap().subscribers,
+            Subscribers::One((1, 10))
+        ));
+        assert_eq!(trie.insert("s", 1, 11), Some(10), "replaced inline");
+        assert_eq!(trie.insert("s", 2, 20), None);
+        assert_eq!(trie.insert("s", 3, 30), None);
+        assert_eq!(trie.insert("s", 2, 21), Some(20), "replaced in the vector");
+        assert!(matches!(
+            trie.root.children.get("s").unwrap().subscribers,
+            Subscribers::Many(_)
+        ));
+        assert_eq!(matched(&trie, "s"), vec![(1, 11), (2, 21), (3, 30)]);
+        assert_eq!(trie.remove("s", 1), Some(11));
+        assert_eq!(trie.remove("s", 3), Some(30));
+        assert!(matches!(
+            trie.root.children.get("s").unwrap().subscribers,
+            Subscribers::One((2, 21))
+        ));
+        assert_eq!(trie.remove("s", 3), None);
+        assert_eq!(trie.remove("s", 2), Some(21));
+        assert!(trie.is_empty() && trie.root.children.is_empty());
+
+        // Children: past FEW_MAX literal levels under one node, the map becomes a table; every
+        // level still matches on the way up and back down.
+        use crate::topic::level_map::FEW_MAX;
+        let count = FEW_MAX * 4;
+        for i in 0..count {
+            trie.insert(&format!("t/{i}"), i as u32, 0);
+            trie.insert(&format!("t/{i}/#"), 1000 + i as u32, 0);
+        }
+        for round in 0..2 {
+            for i in 0..count {
+                let expected = if round == 1 && i % 2 == 0 {
+                    vec![]
+                } else {
+                    vec![(i as u32, 0), (1000 + i as u32, 0)]
+                };
+                assert_eq!(matched(&trie, &format!("t/{i}")), expected, "{round} {i}");
+            }
+            for i in (0..count).step_by(2) {
+                trie.remove(&format!("t/{i}"), i as u32);
+                trie.remove(&format!("t/{i}/#"), 1000 + i as u32);
+            }
+        }
+        assert_eq!(trie.len(), count);
+        for i in (1..count).step_by(2) {
+            assert_eq!(trie.remove(&format!("t/{i}/#"), 1000 + i as u32), Some(0));
+            assert_eq!(trie.remove(&format!("t/{i}"), i as u32), Some(0));
+        }
+        assert!(trie.is_empty());
+        assert!(!trie.root.is_needed(0), "every node pruned");
+
+        // `+` and `#` share one box, freed when both are gone.
+        trie.insert("w/+", 1, 0);
+        trie.insert("w/#", 2, 0);
+        let wild = |trie: &Trie<u8>| trie.root.children.get("w").unwrap().wild.is_some();
+        assert!(wild(&trie));
+        trie.remove("w/+", 1);
+        assert!(wild(&trie), "still holds the `#` subscriber");
+        trie.insert("w/x", 3, 0);
+        trie.remove("w/#", 2);
+        assert!(!wild(&trie), "freed with its last entry");
+        assert_eq!(matched(&trie, "w/x"), vec![(3, 0)]);
+    }
+
     /// Heap per distinct filter, one subscriber each, shaped like the broker's idle benchmark
     /// (`bench/client-{i}/in`): `cargo test --lib bytes_per_filter -- --nocapture` prints it.
     #[test]
