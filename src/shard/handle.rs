@@ -254,7 +254,8 @@ impl Shard {
             self.refuse(slot, generation, version, code);
             return;
         }
-        if self.stats.connections >= self.config.limits.connections_max as u64 {
+        // connections_max holds for the whole broker: the count is shared by the shards.
+        if !self.peers.admit(self.config.limits.connections_max) {
             self.refuse(slot, generation, version, ReasonCode::ServerUnavailable);
             return;
         }
@@ -288,6 +289,7 @@ impl Shard {
             }
         };
         let Some(conn) = self.conns.get_mut(slot, generation) else {
+            self.peers.release();
             return;
         };
         conn.state = ConnState::Connected;

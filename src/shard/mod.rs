@@ -864,6 +864,7 @@ impl Shard {
         }
         if conn.state == ConnState::Connected {
             self.stats.connections -= 1;
+            self.peers.release();
         }
         if reason == CloseReason::Protocol {
             self.stats.protocol_errors += 1;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::mesh::HandOff;
@@ -26,6 +26,8 @@ pub struct Peers {
     /// from it wakes it so it can push them on.
     backlogged: Vec<AtomicBool>,
     ring_fds: Vec<AtomicI32>,
+    /// Connected clients in the whole broker, against `limits.connections_max`.
+    connections: AtomicU64,
 }
 
 impl Peers {
@@ -36,7 +38,23 @@ impl Peers {
             sleeping: (0..count).map(|_| AtomicBool::new(false)).collect(),
             backlogged: (0..count).map(|_| AtomicBool::new(false)).collect(),
             ring_fds: (0..count).map(|_| AtomicI32::new(-1)).collect(),
+            connections: AtomicU64::new(0),
         })
+    }
+
+    /// Counts one more connected client unless the broker already holds `connections_max`.
+    /// One atomic add per CONNECT; exact even when shards admit at the same time.
+    pub fn admit(&self, connections_max: u32) -> bool {
+        if self.connections.fetch_add(1, Ordering::Relaxed) >= u64::from(connections_max) {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A client admitted by `admit` is gone.
+    pub fn release(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn set_ring_fd(&self, shard: usize, fd: RawFd) {
@@ -187,6 +205,10 @@ mod tests {
         peers.set_sleeping(2, false, false);
         assert_eq!(peers.wake(0b111), 0);
         assert_eq!(peers.ring_fd(1), None);
+        assert!(peers.admit(2) && peers.admit(2));
+        assert!(!peers.admit(2), "the third is over the limit");
+        peers.release();
+        assert!(peers.admit(2), "a place freed up");
         peers.set_ring_fd(1, 9);
         assert_eq!(peers.ring_fd(1), Some(9));
     }
