@@ -72,6 +72,9 @@ fn full_connection_table_recovers_when_a_slot_frees() {
     // DESIGN.md "A full table": the connection over the fixed-file table's size is closed by
     // the kernel; accepting resumes once a connection closes.
     let mut config = test_config();
+    // One shard with one ring: exactly four slots in the whole broker.
+    config.shards = 1;
+    config.rings_per_shard = 1;
     config.ring_files_max = 4;
     let broker = TestBroker::start(config);
     let mut connected: Vec<RawClient> = (0..4)
