@@ -451,3 +451,32 @@ fn tiny_submission_queue_still_serves_a_fan_out() {
         }
     }
 }
+
+#[test]
+fn connections_fill_every_ring_of_every_shard() {
+    // DESIGN.md "More than one ring per shard": a shard holds rings × slots connections. Here
+    // 2 shards × 4 rings × 8 slots = 64; 40 clients (with ids homed on both shards, so about half
+    // are handed from the accepting shard to their home shard) must all be served.
+    let mut config = test_config();
+    config.shards = 2;
+    config.rings_per_shard = 4;
+    config.ring_files_max = 8;
+    let broker = TestBroker::start(config);
+    let topic = unique_topic("rings");
+    let mut clients: Vec<RawClient> = Vec::new();
+    for i in 0..40 {
+        let mut client = RawClient::open(broker.addr());
+        client.send(&Connect::v311(&unique_id("rings")).bytes());
+        match client.expect_closed_or_packet() {
+            Some(packet) => assert_eq!(packet.connack(), (false, 0), "client {i}"),
+            None => panic!("client {i} of 40 was closed; the broker holds 64"),
+        }
+        assert_eq!(client.subscribe(1, &[(&topic, 0)]), vec![0], "client {i}");
+        clients.push(client);
+    }
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("rings-pub"));
+    publisher.publish(&topic, 1, false, 1, b"to all 40");
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(client.read_publish().payload, b"to all 40", "client {i}");
+    }
+}

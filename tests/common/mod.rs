@@ -51,18 +51,23 @@ pub fn unique_topic(prefix: &str) -> String {
 // Broker
 // ---------------------------------------------------------------------------------------------
 
-/// A config for tests: loopback, ephemeral port, one shard (`RINGMQ_TEST_SHARDS=N` runs the
-/// whole suite on N shards), defaults elsewhere.
+/// A config for tests: loopback, ephemeral port, one shard with one ring, defaults elsewhere.
+/// `RINGMQ_TEST_SHARDS=N`, `RINGMQ_TEST_RINGS=N` and `RINGMQ_TEST_RING_FILES=N` run the whole
+/// suite on N shards, N rings per shard, N slots per ring.
 pub fn test_config() -> Config {
-    let shards = std::env::var("RINGMQ_TEST_SHARDS")
-        .ok()
-        .map(|v| v.parse().expect("RINGMQ_TEST_SHARDS is a number"))
-        .unwrap_or(1);
+    let from_env = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} is a number")))
+            .unwrap_or(default)
+    };
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        shards,
+        shards: from_env("RINGMQ_TEST_SHARDS", 1),
+        rings_per_shard: from_env("RINGMQ_TEST_RINGS", 1),
         // A few hundred connections are plenty for any test; keep each ring's table small.
-        ring_files_max: 256,
+        // RINGMQ_TEST_RING_FILES=8 with several rings spreads a test's clients over them.
+        ring_files_max: from_env("RINGMQ_TEST_RING_FILES", 256) as u32,
         ..Default::default()
     }
 }
