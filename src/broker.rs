@@ -107,7 +107,7 @@ impl Broker {
         let wakers = (0..shard_count)
             .map(|_| Waker::new())
             .collect::<io::Result<Vec<_>>>()?;
-        let peers = Peers::new(wakers.clone());
+        let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
             shard_count,
             config.limits.mesh_ring_capacity.max(1) as usize,
@@ -252,7 +252,9 @@ fn run_shard(
             return ShardStats::default();
         }
     };
-    peers.set_ring_fd(index, shard.ring_fd());
+    for (ring, fd) in shard.ring_fds().into_iter().enumerate() {
+        peers.set_ring_fd(index, ring, fd);
+    }
     let _ = ready.send((index, Ok(())));
     drop(ready);
     go.wait();

@@ -23,11 +23,15 @@ fn start() -> TestBroker {
     })
 }
 
-/// A unique client id whose home is `shard`.
+/// A unique client id whose home is `shard` (of `SHARDS`).
 fn id_on(shard: usize, prefix: &str) -> String {
+    id_on_of(shard, SHARDS, prefix)
+}
+
+fn id_on_of(shard: usize, shard_count: usize, prefix: &str) -> String {
     loop {
         let id = unique_id(prefix);
-        if home_shard(id.as_bytes(), SHARDS) == shard {
+        if home_shard(id.as_bytes(), shard_count) == shard {
             return id;
         }
     }
@@ -334,4 +338,28 @@ fn many_clients_over_four_shards_with_overlapping_wildcards() {
         assert!(unexpected.is_empty(), "subscriber {s}: {unexpected:?}");
     }
     drop(publishers_done);
+}
+
+#[test]
+fn hand_offs_fill_the_home_shards_next_ring_when_the_first_is_full() {
+    // 2 shards × 2 rings × 16 slots; 24 clients homed on shard 1 need both of its rings. Those
+    // accepted by shard 0 are handed to shard 1's first ring, then (-ENFILE) its second.
+    let broker = TestBroker::start(Config {
+        shards: 2,
+        rings_per_shard: 2,
+        ring_files_max: 16,
+        ..test_config()
+    });
+    let mut clients: Vec<RawClient> = (0..24)
+        .map(|_| RawClient::connect(broker.addr(), &id_on_of(1, 2, "rings")))
+        .collect();
+    for client in &mut clients {
+        client.ping();
+    }
+    broker.wait_counter("connections", |s| s.connections, 24);
+    broker.wait_counter("handoffs_in", |s| s.handoffs_in, 1);
+    let topic = unique_topic("rings");
+    clients[0].subscribe(1, &[(&topic, 0)]);
+    clients[23].publish(&topic, 0, false, 0, b"across rings");
+    assert_eq!(clients[0].read_publish().payload, b"across rings");
 }

@@ -4,10 +4,11 @@
 //! `HandingOff`. Its multishot recv is cancelled and bytes still completing are kept with the
 //! CONNECT; only after the recv's last completion (no `IORING_CQE_F_MORE`) can no byte land
 //! here, and the direct descriptor is sent to the home shard's primary ring with MSG_RING
-//! (`MsgRingSendFd`, slot allocated there). When that completes the source slot is closed and
-//! the bytes go through the mesh (`MeshMessage::Connection`) — after the descriptor, so a
-//! failed send (the home table full) needs no message to undo: the connection is just closed
-//! and counted.
+//! (`MsgRingSendFd`, slot allocated there; a full table answers -ENFILE and the home shard's
+//! next ring is tried). When that completes the source slot is closed and the bytes go through
+//! the mesh (`MeshMessage::Connection`) — after the descriptor, so a failed send (every table
+//! of the home shard full) needs no message to undo: the connection is just closed and
+//! counted.
 //!
 //! On the home shard: the descriptor arrives as a completion whose result is the allocated slot
 //! and whose `user_data` is the hand-off id; the bytes arrive through the mesh with the same
@@ -28,6 +29,8 @@ use super::{CloseReason, Shard, ARENA_BLOCK};
 pub(super) struct HandOffOut {
     generation: u32,
     target: usize,
+    /// The home shard's ring tried now: the primary first, the next one after -ENFILE.
+    target_ring: usize,
     /// The CONNECT and every byte read after it.
     bytes: BytesMut,
     /// Set once the descriptor is sent: the id the home shard's completion carries.
@@ -37,11 +40,21 @@ pub(super) struct HandOffOut {
 /// Outgoing hand-offs by connection id.
 pub(super) type HandOffsOut = HashMap<u32, HandOffOut>;
 
-/// The id of hand-off `sequence` from shard `source`: a token, so the home shard's `complete`
-/// recognises the descriptor's completion by its op.
-pub(super) fn handoff_id(source: usize, sequence: u32) -> u64 {
-    Token::new(Op::HandOffFd, sequence, source as u32).pack()
+/// The id of hand-off `sequence` from shard `source` into the target's ring `target_ring`: a
+/// token, so the home shard's `complete` recognises the descriptor's completion by its op and
+/// learns which of its rings holds the slot (`handoff_ring`).
+pub(super) fn handoff_id(source: usize, target_ring: usize, sequence: u32) -> u64 {
+    let origin = (target_ring as u32) << 8 | source as u32;
+    Token::new(Op::HandOffFd, sequence, origin).pack()
 }
+
+/// The target ring a hand-off id names.
+pub(super) fn handoff_ring(handoff_id: u64) -> usize {
+    Token::unpack(handoff_id).map_or(0, |token| (token.generation >> 8) as usize)
+}
+
+// Shards fit the 8 bits below the ring index in a token's generation.
+const _: () = assert!(crate::mesh::SHARDS_MAX <= 256);
 
 impl Shard {
     /// The home shard of `client_id`, when it is not this one. An empty id gets one assigned
@@ -75,6 +88,7 @@ impl Shard {
             HandOffOut {
                 generation,
                 target: home,
+                target_ring: 0,
                 bytes,
                 handoff_id: None,
             },
@@ -122,13 +136,13 @@ impl Shard {
         if out.generation != generation || out.handoff_id.is_some() {
             return;
         }
-        let Some(target_ring_fd) = self.peers.ring_fd(out.target) else {
+        let Some(target_ring_fd) = self.peers.ring_fd(out.target, out.target_ring) else {
             self.handoffs_out.remove(&slot);
             self.fail_handoff(slot, generation);
             return;
         };
         self.handoff_sequence = self.handoff_sequence.wrapping_add(1);
-        let id = handoff_id(self.index, self.handoff_sequence);
+        let id = handoff_id(self.index, out.target_ring, self.handoff_sequence);
         out.handoff_id = Some(id);
         self.rings[ring_of(slot)].send_fixed_file(
             slot_of(slot),
@@ -140,7 +154,7 @@ impl Shard {
 
     /// The MSG_RING that carried the descriptor completed on this (the source) ring.
     pub(super) fn on_handoff_send(&mut self, token: Token, completion: Completion) {
-        let Some(out) = self.handoffs_out.remove(&token.slot) else {
+        let Some(mut out) = self.handoffs_out.remove(&token.slot) else {
             return;
         };
         if out.generation != token.generation {
@@ -150,6 +164,15 @@ impl Shard {
         let Some(handoff_id) = out.handoff_id else {
             return;
         };
+        if completion.result == -libc::ENFILE && out.target_ring + 1 < self.peers.rings_per_shard()
+        {
+            // That ring's table is full (the kernel posted nothing there): the next one.
+            out.target_ring += 1;
+            out.handoff_id = None;
+            self.handoffs_out.insert(token.slot, out);
+            self.send_handoff(token.slot, token.generation);
+            return;
+        }
         if completion.result < 0 {
             if !self.handoff_error_logged {
                 self.handoff_error_logged = true;
@@ -195,7 +218,11 @@ impl Shard {
         if completion.result < 0 {
             return;
         }
-        let slot = completion.result as u32;
+        let ring = handoff_ring(completion.user_data);
+        if ring >= self.rings.len() {
+            return;
+        }
+        let slot = conn_id(ring, completion.result as u32);
         if let Some((slot, handoff)) = self.handoffs_in.slot_arrived(completion.user_data, slot) {
             self.adopt(slot, handoff);
         }
@@ -208,11 +235,15 @@ impl Shard {
         }
     }
 
-    /// Takes over a connection in our primary ring's `slot`: its bytes first, then its recv.
+    /// Takes over connection `slot` (ring and slot): its bytes first, then its recv.
     fn adopt(&mut self, slot: u32, handoff: HandOff) {
-        let slot = conn_id(0, slot);
+        let ring = ring_of(slot);
         let generation = self.conns.insert(slot, self.now_ms);
         self.stats.handoffs_in += 1;
+        // Hand-offs take slots behind the accept's back: keep its margin.
+        if ring == self.accept_ring {
+            self.move_accept_if_full(ring);
+        }
         let bytes = &handoff.bytes_read;
         if self.arena.capacity() - self.arena.len() < bytes.len() {
             self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
@@ -229,7 +260,7 @@ impl Shard {
             return;
         }
         conn.recv_armed = true;
-        self.rings[0].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
+        self.rings[ring].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
     }
 }
 
@@ -239,11 +270,14 @@ mod tests {
 
     #[test]
     fn handoff_ids_name_the_source_and_are_recognised_as_such() {
-        let id = handoff_id(3, 77);
+        let id = handoff_id(3, 0, 77);
         let token = Token::unpack(id).expect("a token");
         assert_eq!(token.op, Op::HandOffFd);
         assert_eq!((token.generation, token.slot), (3, 77));
-        assert_ne!(handoff_id(2, 77), id);
-        assert_ne!(handoff_id(3, 78), id);
+        assert_ne!(handoff_id(2, 0, 77), id);
+        assert_ne!(handoff_id(3, 0, 78), id);
+        assert_ne!(handoff_id(3, 1, 77), id, "another target ring");
+        assert_eq!(handoff_ring(handoff_id(63, 255, u32::MAX)), 255);
+        assert_eq!(handoff_ring(id), 0);
     }
 }

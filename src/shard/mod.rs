@@ -382,9 +382,9 @@ impl Shard {
         &self.stats
     }
 
-    /// The primary ring's descriptor, where other shards send hand-offs.
-    pub fn ring_fd(&self) -> std::os::fd::RawFd {
-        self.rings[0].raw_fd()
+    /// The rings' descriptors, where other shards send hand-offs.
+    pub fn ring_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.rings.iter().map(Ring::raw_fd).collect()
     }
 
     /// One turn after another until `Waker::request_stop`: reap completions, handle them,

@@ -1,5 +1,5 @@
 //! What a shard knows of the other shards: how to wake them, whether they may be asleep, and
-//! their primary ring's descriptor (the target of a connection hand-off). Plus the pure
+//! their rings' descriptors (the targets of a connection hand-off). Plus the pure
 //! bookkeeping of hand-offs in flight, which pairs a descriptor and its bytes whichever comes
 //! first.
 //!
@@ -25,19 +25,25 @@ pub struct Peers {
     /// The shard has messages waiting in its overflow for a full ring: a consumer that drains
     /// from it wakes it so it can push them on.
     backlogged: Vec<AtomicBool>,
+    /// Index = shard * rings_per_shard + ring.
     ring_fds: Vec<AtomicI32>,
+    rings_per_shard: usize,
     /// Connected clients in the whole broker, against `limits.connections_max`.
     connections: AtomicU64,
 }
 
 impl Peers {
-    pub fn new(wakers: Vec<Arc<Waker>>) -> Arc<Peers> {
+    pub fn new(wakers: Vec<Arc<Waker>>, rings_per_shard: usize) -> Arc<Peers> {
+        let rings_per_shard = rings_per_shard.max(1);
         let count = wakers.len();
         Arc::new(Peers {
             wakers,
             sleeping: (0..count).map(|_| AtomicBool::new(false)).collect(),
             backlogged: (0..count).map(|_| AtomicBool::new(false)).collect(),
-            ring_fds: (0..count).map(|_| AtomicI32::new(-1)).collect(),
+            ring_fds: (0..count * rings_per_shard)
+                .map(|_| AtomicI32::new(-1))
+                .collect(),
+            rings_per_shard,
             connections: AtomicU64::new(0),
         })
     }
@@ -57,14 +63,24 @@ impl Peers {
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    pub fn set_ring_fd(&self, shard: usize, fd: RawFd) {
-        self.ring_fds[shard].store(fd, Ordering::Release);
+    pub fn set_ring_fd(&self, shard: usize, ring: usize, fd: RawFd) {
+        self.ring_fds[shard * self.rings_per_shard + ring].store(fd, Ordering::Release);
     }
 
-    /// The shard's primary ring, once it is built.
-    pub fn ring_fd(&self, shard: usize) -> Option<RawFd> {
-        let fd = self.ring_fds.get(shard)?.load(Ordering::Acquire);
+    /// Ring `ring` of `shard`, once it is built.
+    pub fn ring_fd(&self, shard: usize, ring: usize) -> Option<RawFd> {
+        if ring >= self.rings_per_shard {
+            return None;
+        }
+        let fd = self
+            .ring_fds
+            .get(shard * self.rings_per_shard + ring)?
+            .load(Ordering::Acquire);
         (fd >= 0).then_some(fd)
+    }
+
+    pub fn rings_per_shard(&self) -> usize {
+        self.rings_per_shard
     }
 
     /// Set before blocking in the kernel (then check the inbound rings once more), cleared after.
@@ -124,7 +140,8 @@ pub struct HandOffsIn {
 }
 
 impl HandOffsIn {
-    /// The descriptor of hand-off `id` landed in `slot`: the pair if its bytes are here.
+    /// The descriptor of hand-off `id` landed in `slot` (a connection id: ring and slot): the
+    /// pair if its bytes are here.
     pub fn slot_arrived(&mut self, id: u64, slot: u32) -> Option<(u32, HandOff)> {
         match self.messages.remove(&id) {
             Some(message) => Some((slot, message)),
@@ -195,7 +212,7 @@ mod tests {
     #[test]
     fn wake_writes_only_to_sleepers() {
         let wakers: Vec<_> = (0..3).map(|_| Waker::new().expect("eventfd")).collect();
-        let peers = Peers::new(wakers);
+        let peers = Peers::new(wakers, 2);
         assert_eq!(peers.wake(0b111), 0, "nobody sleeps");
         peers.set_sleeping(2, true, false);
         assert_eq!(peers.wake(0b110), 1);
@@ -204,12 +221,14 @@ mod tests {
         assert!(peers.is_backlogged_sleeper(2));
         peers.set_sleeping(2, false, false);
         assert_eq!(peers.wake(0b111), 0);
-        assert_eq!(peers.ring_fd(1), None);
+        assert_eq!(peers.ring_fd(1, 1), None);
         assert!(peers.admit(2) && peers.admit(2));
         assert!(!peers.admit(2), "the third is over the limit");
         peers.release();
         assert!(peers.admit(2), "a place freed up");
-        peers.set_ring_fd(1, 9);
-        assert_eq!(peers.ring_fd(1), Some(9));
+        peers.set_ring_fd(1, 1, 9);
+        assert_eq!(peers.ring_fd(1, 1), Some(9));
+        assert_eq!(peers.ring_fd(1, 0), None);
+        assert_eq!(peers.ring_fd(1, 2), None, "past the rings of a shard");
     }
 }
