@@ -40,7 +40,7 @@ pub struct InterestIndex {
 /// mask boxed apart because few nodes have either.
 #[derive(Debug, Default)]
 struct Node {
-    children: LevelMap<Node>,
+    children: LevelMap<Node, true>,
     /// Shards subscribed to the filter that ends at this node.
     exact_mask: u64,
     /// `None` when there is neither a `+` child nor a `#` subscriber.
@@ -92,27 +92,11 @@ impl Node {
         }
     }
 
-    fn child(&self, level: &str) -> Option<&Node> {
-        if level == "+" {
-            self.plus()
-        } else {
-            self.children.get(level)
-        }
-    }
-
     fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
         if level == "+" {
             self.wild.as_deref_mut().and_then(|wild| wild.plus.as_mut())
         } else {
             self.children.get_mut(level)
-        }
-    }
-
-    fn child_or_insert(&mut self, level: &str) -> &mut Node {
-        if level == "+" {
-            self.wild_mut().plus.get_or_insert_with(Node::default)
-        } else {
-            self.children.get_or_insert_with(level, Node::default)
         }
     }
 
@@ -208,20 +192,53 @@ impl InterestIndex {
             self.shard_count
         );
         let bit = 1u64 << shard;
-        let filter = FilterLevels::new(filter);
+        let (path, multi) = split_filter(filter);
         if interested {
-            self.set(&filter, bit);
+            self.set(path, multi, bit);
         } else {
-            self.clear(&filter, bit);
+            self.clear(path, multi, bit);
         }
     }
 
-    fn set(&mut self, filter: &FilterLevels<'_>, bit: u64) {
+    fn set(&mut self, path: Option<&str>, multi: bool, bit: u64) {
         let mut node = &mut self.root;
-        for level in filter.levels() {
-            node = node.child_or_insert(level);
+        let mut rest = path;
+        while let Some(levels) = rest {
+            let (level, next) = split_level(levels);
+            if level == "+" {
+                node = node.wild_mut().plus.get_or_insert_with(Node::default);
+                rest = next;
+                continue;
+            }
+            let Some((matched, whole)) = node
+                .children
+                .get_labeled(level)
+                .map(|(label, _)| match_label(label, levels))
+            else {
+                // A new chain: every literal level up to the next `+` (or the end) in one label.
+                let len = literal_prefix_len(levels);
+                node = node
+                    .children
+                    .get_or_insert_with(&levels[..len], Node::default);
+                rest = after(levels, len);
+                continue;
+            };
+            if !whole {
+                // The filter leaves the label after `matched` bytes: cut the label there, and
+                // hang the old child below a new node under the label's remainder.
+                let (label, _) = node.children.get_labeled(level).expect("found above");
+                let label = String::from_utf8_lossy(label).into_owned();
+                let child = node.children.get_mut(level).expect("found above");
+                let below = std::mem::take(child);
+                child
+                    .children
+                    .get_or_insert_with(&label[matched + 1..], || below);
+                node.children.relabel(level, &levels[..matched]);
+            }
+            node = node.children.get_mut(level).expect("found above");
+            rest = after(levels, matched);
         }
-        let mask = if filter.multi {
+        let mask = if multi {
             node.multi_mask()
         } else {
             node.exact_mask
@@ -229,28 +246,46 @@ impl InterestIndex {
         if mask == 0 {
             self.filter_count += 1;
         }
-        node.set_bit(filter.multi, bit);
+        node.set_bit(multi, bit);
     }
 
     /// Iterative, like every walk here: filters may be thousands of levels deep.
-    fn clear(&mut self, filter: &FilterLevels<'_>, bit: u64) {
-        // Find the filter's node and, on the way, the deepest node that holds something besides
-        // this path (a mask or another child): if the filter's node empties, the path is cut
-        // below that one. The root is never removed, so it is the default.
+    fn clear(&mut self, path: Option<&str>, multi: bool, bit: u64) {
+        // Find the filter's node, remembering the steps to it and the deepest node that holds
+        // something besides this path (a mask or another child): if the filter's node empties,
+        // the path is cut below that one. The root is never removed, so it is the default.
+        let mut steps: Vec<Step<'_>> = Vec::new();
         let mut node = &self.root;
-        let mut cut_depth = 0;
-        for (depth, level) in filter.levels().enumerate() {
-            if depth > 0
+        let mut keep = 0;
+        let mut rest = path;
+        while let Some(levels) = rest {
+            if !steps.is_empty()
                 && (node.exact_mask != 0 || node.multi_mask() != 0 || node.edge_count() > 1)
             {
-                cut_depth = depth;
+                keep = steps.len();
             }
-            match node.child(level) {
-                Some(child) => node = child,
-                None => return,
+            let (level, next) = split_level(levels);
+            if level == "+" {
+                let Some(plus) = node.plus() else {
+                    return;
+                };
+                node = plus;
+                steps.push(Step::Plus);
+                rest = next;
+                continue;
             }
+            let Some((label, child)) = node.children.get_labeled(level) else {
+                return;
+            };
+            let (matched, whole) = match_label(label, levels);
+            if !whole {
+                return;
+            }
+            node = child;
+            steps.push(Step::Literal(level));
+            rest = after(levels, matched);
         }
-        let (mask, other_mask) = if filter.multi {
+        let (mask, other_mask) = if multi {
             (node.multi_mask(), node.exact_mask)
         } else {
             (node.exact_mask, node.multi_mask())
@@ -263,24 +298,46 @@ impl InterestIndex {
             self.filter_count -= 1;
         }
         if emptied && other_mask == 0 && node.edge_count() == 0 {
-            let cut_level = filter
-                .levels()
-                .nth(cut_depth)
-                .expect("the path is that deep");
-            self.node_mut(filter, cut_depth).remove_child(cut_level);
+            match steps[keep] {
+                Step::Plus => self.node_mut(&steps[..keep]).remove_child("+"),
+                Step::Literal(level) => self.node_mut(&steps[..keep]).remove_child(level),
+            }
+            self.merge_chain(&steps[..keep]);
         } else {
-            self.node_mut(filter, filter.count)
-                .clear_bit(filter.multi, bit);
+            self.node_mut(&steps).clear_bit(multi, bit);
+            self.merge_chain(&steps);
         }
     }
 
-    /// The node `depth` levels down the filter's path, which `clear` just walked.
-    fn node_mut(&mut self, filter: &FilterLevels<'_>, depth: usize) -> &mut Node {
+    /// The node at the end of `steps`, which `clear` just walked.
+    fn node_mut(&mut self, steps: &[Step<'_>]) -> &mut Node {
         let mut node = &mut self.root;
-        for level in filter.levels().take(depth) {
-            node = node.child_mut(level).expect("the path exists");
+        for step in steps {
+            node = match step {
+                Step::Plus => node.child_mut("+"),
+                Step::Literal(level) => node.children.get_mut(level),
+            }
+            .expect("the path exists");
         }
         node
+    }
+
+    /// Keeps the trie path-compressed: once the node at the end of `steps`, reached through a
+    /// label, holds nothing but one literal child, the two labels become one.
+    fn merge_chain(&mut self, steps: &[Step<'_>]) {
+        let Some((&Step::Literal(level), parent_steps)) = steps.split_last() else {
+            return;
+        };
+        let parent = self.node_mut(parent_steps);
+        let node = parent.children.get_mut(level).expect("the path exists");
+        if node.exact_mask != 0 || node.wild.is_some() || node.children.len() != 1 {
+            return;
+        }
+        let (child_label, child) = node.children.take_only().expect("one child");
+        *node = child;
+        let (label, _) = parent.children.get_labeled(level).expect("the path exists");
+        let label = format!("{}/{child_label}", String::from_utf8_lossy(label));
+        parent.children.relabel(level, &label);
     }
 
     /// The OR of the masks of every filter matching `topic` (a topic name, without wildcards).
@@ -298,8 +355,10 @@ impl InterestIndex {
                 pending.push((plus, rest));
             }
         }
-        if let Some(child) = self.root.children.get(first) {
-            pending.push((child, rest));
+        if let Some((label, child)) = self.root.children.get_labeled(first) {
+            if let Some(rest) = follow(label, first.len(), rest) {
+                pending.push((child, rest));
+            }
         }
         while let Some((node, rest)) = pending.pop() {
             let Some(rest) = rest else {
@@ -315,12 +374,85 @@ impl InterestIndex {
                     pending.push((plus, rest));
                 }
             }
-            if let Some(child) = node.children.get(level) {
-                pending.push((child, rest));
+            if let Some((label, child)) = node.children.get_labeled(level) {
+                if let Some(rest) = follow(label, level.len(), rest) {
+                    pending.push((child, rest));
+                }
             }
         }
         mask
     }
+}
+
+/// One step down the trie from a node: its `+` child, or the literal child whose label starts
+/// with this level.
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Plus,
+    Literal(&'a str),
+}
+
+/// A filter's levels before a trailing `#` (`None` for `#` itself), and whether it ends in `#`
+/// (the mask then lives in the last node's `multi_mask`).
+fn split_filter(filter: &str) -> (Option<&str>, bool) {
+    if filter == "#" {
+        (None, true)
+    } else if let Some(path) = filter.strip_suffix("/#") {
+        (Some(path), true)
+    } else {
+        (Some(filter), false)
+    }
+}
+
+/// The levels left after the first `len` bytes of `levels`, which end at a level boundary.
+fn after(levels: &str, len: usize) -> Option<&str> {
+    (len < levels.len()).then(|| &levels[len + 1..])
+}
+
+/// Bytes of the leading literal levels of `levels`, up to (not including) the first `+` level.
+fn literal_prefix_len(levels: &str) -> usize {
+    let mut len = 0;
+    for (index, level) in levels.split('/').enumerate() {
+        if level == "+" {
+            break;
+        }
+        len += level.len() + usize::from(index > 0);
+    }
+    len
+}
+
+/// Compares a label with a filter's `levels`, level by level: the bytes of `levels` matched (a
+/// level boundary) and whether the whole label matched.
+fn match_label(label: &[u8], levels: &str) -> (usize, bool) {
+    let mut matched = 0;
+    let mut filter_levels = levels.as_bytes().split(|&byte| byte == b'/');
+    for (index, label_level) in label.split(|&byte| byte == b'/').enumerate() {
+        if filter_levels.next() != Some(label_level) {
+            return (matched, false);
+        }
+        matched += label_level.len() + usize::from(index > 0);
+    }
+    (matched, true)
+}
+
+/// Follows a label whose first level (`head_len` bytes) the topic's level just matched: the
+/// topic's levels after the label (`Some(None)`: the topic ends there), or `None` when the
+/// topic does not continue with the label's other levels.
+#[inline]
+fn follow<'t>(label: &[u8], head_len: usize, rest: Option<&'t str>) -> Option<Option<&'t str>> {
+    if label.len() == head_len {
+        return Some(rest);
+    }
+    let tail = &label[head_len + 1..];
+    let rest = rest?;
+    let bytes = rest.as_bytes();
+    if !bytes.starts_with(tail) {
+        return None;
+    }
+    if bytes.len() == tail.len() {
+        return Some(None);
+    }
+    (bytes[tail.len()] == b'/').then(|| Some(&rest[tail.len() + 1..]))
 }
 
 /// The first level of `levels` and the rest (`None` when it was the last level).
@@ -361,31 +493,6 @@ impl<'a> Pending<'a> {
         }
         self.inline_len = self.inline_len.checked_sub(1)?;
         self.inline[self.inline_len].take()
-    }
-}
-
-/// A filter as trie levels, with a trailing `#` taken apart.
-struct FilterLevels<'a> {
-    filter: &'a str,
-    /// Levels before the trailing `#` (all of them when there is none).
-    count: usize,
-    /// Ends in `#`: the mask lives in the last node's `multi_mask`.
-    multi: bool,
-}
-
-impl<'a> FilterLevels<'a> {
-    fn new(filter: &'a str) -> FilterLevels<'a> {
-        let total = filter.split('/').count();
-        let multi = filter == "#" || filter.ends_with("/#");
-        FilterLevels {
-            filter,
-            count: if multi { total - 1 } else { total },
-            multi,
-        }
-    }
-
-    fn levels(&self) -> impl Iterator<Item = &'a str> {
-        self.filter.split('/').take(self.count)
     }
 }
 
@@ -632,6 +739,56 @@ mod tests {
         InterestIndex::new(65);
     }
 
+    /// The root's labels, sorted, and those one level below the label starting with `level`.
+    fn labels(node: &Node) -> Vec<String> {
+        let mut labels: Vec<String> = node
+            .children
+            .labeled()
+            .map(|(label, _)| String::from_utf8_lossy(label).into_owned())
+            .collect();
+        labels.sort();
+        labels
+    }
+
+    #[test]
+    fn literal_chains_are_one_label_split_and_merged_as_filters_come_and_go() {
+        let mut index = InterestIndex::new(4);
+        index.apply("a/b/c/d", 0, true);
+        assert_eq!(labels(&index.root), ["a/b/c/d"]);
+        index.apply("a/b/x", 1, true);
+        assert_eq!(labels(&index.root), ["a/b"]);
+        let ab = index.root.children.get("a").expect("a/b");
+        assert_eq!(labels(ab), ["c/d", "x"]);
+        index.apply("a/b/+/d", 2, true);
+        index.apply("a/b", 3, true);
+        assert_eq!(index.shards_for("a/b/c/d"), 0b0101);
+        assert_eq!(index.shards_for("a/b/c"), 0);
+        assert_eq!(index.shards_for("a/b/c/d/e"), 0);
+        assert_eq!(index.shards_for("a/b/x"), 0b0010);
+        assert_eq!(index.shards_for("a/b"), 0b1000);
+        assert_eq!(index.shards_for("a"), 0);
+        index.apply("a/b", 3, false);
+        index.apply("a/b/+/d", 2, false);
+        index.apply("a/b/x", 1, false);
+        assert_eq!(
+            labels(&index.root),
+            ["a/b/c/d"],
+            "merged back into one label"
+        );
+        // Empty levels are levels: `a/` and `a//` are different labels' worth of levels.
+        index.apply("a/", 1, true);
+        index.apply("a//", 2, true);
+        assert_eq!(index.shards_for("a/"), 0b010);
+        assert_eq!(index.shards_for("a//"), 0b100);
+        assert_eq!(index.shards_for("a"), 0);
+        assert_eq!(index.shards_for("a/b/c/d"), 0b001);
+        index.apply("a/b/c/d", 0, false);
+        index.apply("a/", 1, false);
+        assert_eq!(labels(&index.root), ["a//"]);
+        index.apply("a//", 2, false);
+        assert!(index.root.is_empty());
+    }
+
     #[test]
     fn wild_box_and_child_table_come_and_go() {
         use crate::topic::level_map::FEW_MAX;
@@ -770,14 +927,25 @@ mod tests {
         random_path(rng, &["a", "b", "$s", ""]).join("/")
     }
 
-    /// Nodes below `root`.
+    /// Levels below `root` (a label counts each of its levels), checking on the way that the
+    /// trie is fully path-compressed: no node reached through a label holds just one label.
     fn node_count(root: &Node) -> usize {
         let mut count = 0;
         let mut stack = vec![root];
         while let Some(node) = stack.pop() {
-            stack.extend(node.children.values());
-            stack.extend(node.plus());
-            count += node.edge_count();
+            for (label, child) in node.children.labeled() {
+                count += label.split(|&byte| byte == b'/').count();
+                assert!(
+                    child.exact_mask != 0 || child.wild.is_some() || child.children.len() != 1,
+                    "uncompressed chain at {:?}",
+                    String::from_utf8_lossy(label)
+                );
+                stack.push(child);
+            }
+            if let Some(plus) = node.plus() {
+                count += 1;
+                stack.push(plus);
+            }
         }
         count
     }

@@ -70,7 +70,10 @@ impl fmt::Debug for Level {
 }
 
 /// Level text -> child node: 16 bytes (the slice pointer's niche tags the table variant).
-pub(crate) struct LevelMap<N> {
+///
+/// With `LABELS`, a key may be a label of several literal levels (`client-17/in`, a path-
+/// compressed chain) and is found by its first level: at most one key per first level.
+pub(crate) struct LevelMap<N, const LABELS: bool = false> {
     repr: Repr<N>,
 }
 
@@ -91,13 +94,31 @@ impl<N> Many<N> {
     }
 }
 
-impl<N> Default for LevelMap<N> {
+impl<N, const LABELS: bool> Default for LevelMap<N, LABELS> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<N> LevelMap<N> {
+impl<N, const LABELS: bool> LevelMap<N, LABELS> {
+    /// What a key is found by: all of it, or with `LABELS` its first level.
+    #[inline]
+    fn head(key: &Level) -> &[u8] {
+        Self::head_of(key.as_bytes())
+    }
+
+    #[inline]
+    fn head_of(bytes: &[u8]) -> &[u8] {
+        if LABELS {
+            match bytes.iter().position(|&byte| byte == b'/') {
+                Some(end) => &bytes[..end],
+                None => bytes,
+            }
+        } else {
+            bytes
+        }
+    }
+
     pub(crate) fn new() -> Self {
         LevelMap {
             repr: Repr::Few(Box::default()),
@@ -121,11 +142,11 @@ impl<N> LevelMap<N> {
         match &self.repr {
             Repr::Few(few) => few
                 .iter()
-                .find(|(key, _)| key.as_bytes() == level)
+                .find(|(key, _)| Self::head(key) == level)
                 .map(|(_, node)| node),
             Repr::Many(many) => many
                 .table
-                .find(many.hash(level), |(key, _)| key.as_bytes() == level)
+                .find(many.hash(level), |(key, _)| Self::head(key) == level)
                 .map(|(_, node)| node),
         }
     }
@@ -135,28 +156,29 @@ impl<N> LevelMap<N> {
         match &mut self.repr {
             Repr::Few(few) => few
                 .iter_mut()
-                .find(|(key, _)| key.as_bytes() == level)
+                .find(|(key, _)| Self::head(key) == level)
                 .map(|(_, node)| node),
             Repr::Many(many) => {
                 let hash = many.hash(level);
                 many.table
-                    .find_mut(hash, |(key, _)| key.as_bytes() == level)
+                    .find_mut(hash, |(key, _)| Self::head(key) == level)
                     .map(|(_, node)| node)
             }
         }
     }
 
-    /// The child at `level`, made with `make` when there is none.
+    /// The child at `level`, made with `make` when there is none. In a `LABELS` map `level` may
+    /// be a label: the child is found by its first level, and a new one keyed by all of it.
     pub(crate) fn get_or_insert_with(&mut self, level: &str, make: impl FnOnce() -> N) -> &mut N {
-        let text = level.as_bytes();
+        let text = Self::head_of(level.as_bytes());
         if let Repr::Few(few) = &self.repr {
-            if few.len() >= FEW_MAX && !few.iter().any(|(key, _)| key.as_bytes() == text) {
+            if few.len() >= FEW_MAX && !few.iter().any(|(key, _)| Self::head(key) == text) {
                 self.promote();
             }
         }
         match &mut self.repr {
             Repr::Few(few) => {
-                let index = match few.iter().position(|(key, _)| key.as_bytes() == text) {
+                let index = match few.iter().position(|(key, _)| Self::head(key) == text) {
                     Some(index) => index,
                     None => {
                         // Exact size: a slot costs what it holds, and inserts are rare
@@ -174,8 +196,8 @@ impl<N> LevelMap<N> {
                 let Many { table, hasher } = &mut **many;
                 let entry = table.entry(
                     hasher.hash_one(text),
-                    |(key, _)| key.as_bytes() == text,
-                    |(key, _)| hasher.hash_one(key.as_bytes()),
+                    |(key, _)| Self::head(key) == text,
+                    |(key, _)| hasher.hash_one(Self::head(key)),
                 );
                 &mut entry
                     .or_insert_with(|| (Level::new(level), make()))
@@ -190,7 +212,7 @@ impl<N> LevelMap<N> {
         let text = level.as_bytes();
         match &mut self.repr {
             Repr::Few(few) => {
-                let index = few.iter().position(|(key, _)| key.as_bytes() == text)?;
+                let index = few.iter().position(|(key, _)| Self::head(key) == text)?;
                 let mut entries = std::mem::take(few).into_vec();
                 let (_, node) = entries.swap_remove(index);
                 // `into_boxed_slice` gives the spare slot back; an empty one allocates nothing.
@@ -200,14 +222,14 @@ impl<N> LevelMap<N> {
             Repr::Many(many) => {
                 let Many { table, hasher } = &mut **many;
                 let entry = table
-                    .find_entry(hasher.hash_one(text), |(key, _)| key.as_bytes() == text)
+                    .find_entry(hasher.hash_one(text), |(key, _)| Self::head(key) == text)
                     .ok()?;
                 let ((_, node), _) = entry.remove();
                 if table.len() <= FEW_MAX / 2 {
                     self.demote();
                 } else if table.len() * 4 < table.capacity() {
                     // A node that once had many children does not keep their table forever.
-                    table.shrink_to(table.len(), |(key, _)| hasher.hash_one(key.as_bytes()));
+                    table.shrink_to(table.len(), |(key, _)| hasher.hash_one(Self::head(key)));
                 }
                 Some(node)
             }
@@ -223,9 +245,56 @@ impl<N> LevelMap<N> {
         }
     }
 
-    /// Every child, in no particular order.
+    /// The label and child found by first level `level` (`LABELS` maps).
+    #[inline]
+    pub(crate) fn get_labeled(&self, level: &str) -> Option<(&[u8], &N)> {
+        let level = level.as_bytes();
+        let entry = match &self.repr {
+            Repr::Few(few) => few.iter().find(|(key, _)| Self::head(key) == level),
+            Repr::Many(many) => many
+                .table
+                .find(many.hash(level), |(key, _)| Self::head(key) == level),
+        };
+        entry.map(|(key, node)| (key.as_bytes(), node))
+    }
+
+    /// Replaces the label of the child found by first level `level`; `label` must start with
+    /// the same first level (the table is hashed by it).
+    pub(crate) fn relabel(&mut self, level: &str, label: &str) {
+        assert!(LABELS, "relabel is for label maps");
+        let text = level.as_bytes();
+        let key = match &mut self.repr {
+            Repr::Few(few) => few
+                .iter_mut()
+                .find(|(key, _)| Self::head(key) == text)
+                .map(|(key, _)| key),
+            Repr::Many(many) => {
+                let hash = many.hash(text);
+                many.table
+                    .find_mut(hash, |(key, _)| Self::head(key) == text)
+                    .map(|(key, _)| key)
+            }
+        };
+        let key = key.expect("relabel an existing child");
+        *key = Level::new(label);
+        assert_eq!(Self::head(key), text, "a label keeps its first level");
+    }
+
+    /// Takes out the only child with its label; `None` unless there is exactly one.
+    pub(crate) fn take_only(&mut self) -> Option<(String, N)> {
+        if self.len() != 1 {
+            return None;
+        }
+        let entry = match std::mem::take(&mut self.repr) {
+            Repr::Few(few) => few.into_vec().pop(),
+            Repr::Many(many) => many.table.into_iter().next(),
+        };
+        entry.map(|(key, node)| (String::from_utf8_lossy(key.as_bytes()).into_owned(), node))
+    }
+
+    /// Every key and child, in no particular order.
     #[cfg(test)]
-    pub(crate) fn values(&self) -> impl Iterator<Item = &N> {
+    pub(crate) fn labeled(&self) -> impl Iterator<Item = (&[u8], &N)> {
         let (few, many) = match &self.repr {
             Repr::Few(few) => (Some(few.iter()), None),
             Repr::Many(many) => (None, Some(many.table.iter())),
@@ -233,7 +302,7 @@ impl<N> LevelMap<N> {
         few.into_iter()
             .flatten()
             .chain(many.into_iter().flatten())
-            .map(|(_, node)| node)
+            .map(|(key, node)| (key.as_bytes(), node))
     }
 
     #[cfg(test)]
@@ -248,8 +317,8 @@ impl<N> LevelMap<N> {
         let hasher = RandomState::default();
         let mut table = HashTable::with_capacity(2 * FEW_MAX);
         for entry in few.into_vec() {
-            let hash = hasher.hash_one(entry.0.as_bytes());
-            table.insert_unique(hash, entry, |(key, _)| hasher.hash_one(key.as_bytes()));
+            let hash = hasher.hash_one(Self::head(&entry.0));
+            table.insert_unique(hash, entry, |(key, _)| hasher.hash_one(Self::head(key)));
         }
         self.repr = Repr::Many(Box::new(Many { table, hasher }));
     }
@@ -269,7 +338,7 @@ impl<N> Default for Repr<N> {
     }
 }
 
-impl<N: fmt::Debug> fmt::Debug for LevelMap<N> {
+impl<N: fmt::Debug, const LABELS: bool> fmt::Debug for LevelMap<N, LABELS> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let entries: Box<dyn Iterator<Item = &(Level, N)>> = match &self.repr {
             Repr::Few(few) => Box::new(few.iter()),
@@ -292,7 +361,7 @@ mod tests {
         }
         assert!(matches!(Level::new(&"y".repeat(22)), Level::Inline { .. }));
         assert!(matches!(Level::new(&"y".repeat(23)), Level::Heap(_)));
-        let mut map = LevelMap::new();
+        let mut map: LevelMap<u32> = LevelMap::new();
         let long = "l".repeat(100);
         *map.get_or_insert_with(&long, || 0u32) += 7;
         assert_eq!(map.get(&long), Some(&7));
