@@ -19,7 +19,7 @@
 //! must pick one shard per group, which needs per-group masks (to be added with shared-group
 //! routing). Such a filter is stored and matched literally.
 
-use crate::topic::level_map::LevelMap;
+use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
 pub const SHARDS_MAX: usize = 64;
@@ -384,14 +384,6 @@ impl InterestIndex {
     }
 }
 
-/// One step down the trie from a node: its `+` child, or the literal child whose label starts
-/// with this level.
-#[derive(Clone, Copy)]
-enum Step<'a> {
-    Plus,
-    Literal(&'a str),
-}
-
 /// A filter's levels before a trailing `#` (`None` for `#` itself), and whether it ends in `#`
 /// (the mask then lives in the last node's `multi_mask`).
 fn split_filter(filter: &str) -> (Option<&str>, bool) {
@@ -402,57 +394,6 @@ fn split_filter(filter: &str) -> (Option<&str>, bool) {
     } else {
         (Some(filter), false)
     }
-}
-
-/// The levels left after the first `len` bytes of `levels`, which end at a level boundary.
-fn after(levels: &str, len: usize) -> Option<&str> {
-    (len < levels.len()).then(|| &levels[len + 1..])
-}
-
-/// Bytes of the leading literal levels of `levels`, up to (not including) the first `+` level.
-fn literal_prefix_len(levels: &str) -> usize {
-    let mut len = 0;
-    for (index, level) in levels.split('/').enumerate() {
-        if level == "+" {
-            break;
-        }
-        len += level.len() + usize::from(index > 0);
-    }
-    len
-}
-
-/// Compares a label with a filter's `levels`, level by level: the bytes of `levels` matched (a
-/// level boundary) and whether the whole label matched.
-fn match_label(label: &[u8], levels: &str) -> (usize, bool) {
-    let mut matched = 0;
-    let mut filter_levels = levels.as_bytes().split(|&byte| byte == b'/');
-    for (index, label_level) in label.split(|&byte| byte == b'/').enumerate() {
-        if filter_levels.next() != Some(label_level) {
-            return (matched, false);
-        }
-        matched += label_level.len() + usize::from(index > 0);
-    }
-    (matched, true)
-}
-
-/// Follows a label whose first level (`head_len` bytes) the topic's level just matched: the
-/// topic's levels after the label (`Some(None)`: the topic ends there), or `None` when the
-/// topic does not continue with the label's other levels.
-#[inline]
-fn follow<'t>(label: &[u8], head_len: usize, rest: Option<&'t str>) -> Option<Option<&'t str>> {
-    if label.len() == head_len {
-        return Some(rest);
-    }
-    let tail = &label[head_len + 1..];
-    let rest = rest?;
-    let bytes = rest.as_bytes();
-    if !bytes.starts_with(tail) {
-        return None;
-    }
-    if bytes.len() == tail.len() {
-        return Some(None);
-    }
-    (bytes[tail.len()] == b'/').then(|| Some(&rest[tail.len() + 1..]))
 }
 
 /// The first level of `levels` and the rest (`None` when it was the last level).

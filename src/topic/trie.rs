@@ -7,7 +7,7 @@
 //! Shared subscriptions are the broker's business: it inserts the inner filter with its own `V`.
 
 use super::filter::split_level;
-use super::level_map::LevelMap;
+use super::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 use super::stack::SmallStack;
 
 /// Subscriptions keyed by filter and subscriber (the broker's session index), each with a `V`
@@ -23,7 +23,7 @@ pub struct Trie<V> {
 struct Node<V> {
     /// Literal next levels. A `#` that is not the last level (invalid, but not our call) is kept
     /// here as a literal, where no topic name can reach it.
-    children: LevelMap<Node<V>>,
+    children: LevelMap<Node<V>, true>,
     /// Subscribers of exactly this node's path.
     subscribers: Subscribers<V>,
     /// The `+` child and the `#` subscribers, boxed apart because few nodes have either;
@@ -160,27 +160,11 @@ impl<V> Node<V> {
         }
     }
 
-    fn child(&self, level: &str) -> Option<&Node<V>> {
-        if level == "+" {
-            self.plus()
-        } else {
-            self.children.get(level)
-        }
-    }
-
     fn child_mut(&mut self, level: &str) -> Option<&mut Node<V>> {
         if level == "+" {
             self.wild.as_deref_mut().and_then(|wild| wild.plus.as_mut())
         } else {
             self.children.get_mut(level)
-        }
-    }
-
-    fn child_or_insert(&mut self, level: &str) -> &mut Node<V> {
-        if level == "+" {
-            self.wild_mut().plus.get_or_insert_with(Node::new)
-        } else {
-            self.children.get_or_insert_with(level, Node::new)
         }
     }
 
@@ -237,10 +221,6 @@ fn split_filter(filter: &str) -> (Option<&str>, bool) {
     }
 }
 
-fn levels(path: Option<&str>) -> impl Iterator<Item = &str> {
-    path.into_iter().flat_map(|path| path.split('/'))
-}
-
 impl<V> Default for Trie<V> {
     fn default() -> Self {
         Self::new()
@@ -269,10 +249,7 @@ impl<V> Trie<V> {
     /// filter [MQTT-3.8.4-3: a repeated subscription replaces the existing one].
     pub fn insert(&mut self, filter: &str, subscriber: u32, value: V) -> Option<V> {
         let (path, is_hash) = split_filter(filter);
-        let mut node = &mut self.root;
-        for level in levels(path) {
-            node = node.child_or_insert(level);
-        }
+        let node = self.node_or_insert(path);
         let list = if is_hash {
             &mut node.wild_mut().hash
         } else {
@@ -285,14 +262,51 @@ impl<V> Trie<V> {
         replaced
     }
 
+    /// The node at the end of `path`, made on the way where missing. A run of literal levels
+    /// below a node becomes one label; a label the path leaves midway is split there.
+    fn node_or_insert(&mut self, path: Option<&str>) -> &mut Node<V> {
+        let mut node = &mut self.root;
+        let mut rest = path;
+        while let Some(levels) = rest {
+            let (level, next) = split_level(levels);
+            if level == "+" {
+                node = node.wild_mut().plus.get_or_insert_with(Node::new);
+                rest = next;
+                continue;
+            }
+            let Some((matched, whole)) = node
+                .children
+                .get_labeled(level)
+                .map(|(label, _)| match_label(label, levels))
+            else {
+                let len = literal_prefix_len(levels);
+                node = node.children.get_or_insert_with(&levels[..len], Node::new);
+                rest = after(levels, len);
+                continue;
+            };
+            if !whole {
+                let (label, _) = node.children.get_labeled(level).expect("found above");
+                let label = String::from_utf8_lossy(label).into_owned();
+                let child = node.children.get_mut(level).expect("found above");
+                let below = std::mem::replace(child, Node::new());
+                child
+                    .children
+                    .get_or_insert_with(&label[matched + 1..], || below);
+                node.children.relabel(level, &levels[..matched]);
+            }
+            node = node.children.get_mut(level).expect("found above");
+            rest = after(levels, matched);
+        }
+        node
+    }
+
     /// Unsubscribes `subscriber` from `filter`; `None` when it was not subscribed. Nodes left
-    /// without subscribers or children are freed.
+    /// without subscribers or children are freed, and a node left with one literal child only
+    /// merges with it.
     pub fn remove(&mut self, filter: &str, subscriber: u32) -> Option<V> {
         let (path, is_hash) = split_filter(filter);
-        let mut node = &mut self.root;
-        for level in levels(path) {
-            node = node.child_mut(level)?;
-        }
+        let (steps, keep) = self.find(path)?;
+        let node = self.node_mut(&steps);
         let value = if is_hash {
             let value = node.wild.as_deref_mut()?.hash.remove(subscriber)?;
             node.tidy_wild();
@@ -300,43 +314,81 @@ impl<V> Trie<V> {
         } else {
             node.subscribers.remove(subscriber)?
         };
+        let needed = node.is_needed(0);
         self.len -= 1;
-        self.prune(path);
+        if needed || steps.is_empty() {
+            self.merge_chain(&steps);
+        } else {
+            let parent = self.node_mut(&steps[..keep]);
+            match steps[keep] {
+                Step::Plus => parent.remove_child("+"),
+                Step::Literal(level) => parent.remove_child(level),
+            }
+            self.merge_chain(&steps[..keep]);
+        }
         Some(value)
     }
 
-    /// Frees the unneeded tail of `path` in two passes (find the deepest node that must stay,
-    /// then cut below it), so no recursion and no parent pointers.
-    fn prune(&mut self, path: Option<&str>) {
-        let mut keep_depth = 0;
-        let mut depth = 0;
+    /// The steps from the root to the node of `path`, and how many of them lead to the deepest
+    /// node that holds something besides this path (where an emptied path is cut). Iterative
+    /// and without parent pointers: filters may be 32,768 levels deep.
+    fn find<'p>(&self, path: Option<&'p str>) -> Option<(Vec<Step<'p>>, usize)> {
+        let mut steps = Vec::new();
+        let mut keep = 0;
         let mut node = &self.root;
-        let mut levels_iter = levels(path).peekable();
-        while let Some(level) = levels_iter.next() {
-            let Some(child) = node.child(level) else {
-                return;
-            };
-            node = child;
-            depth += 1;
-            let path_children = usize::from(levels_iter.peek().is_some());
-            if node.is_needed(path_children) {
-                keep_depth = depth;
+        let mut rest = path;
+        while let Some(levels) = rest {
+            if !steps.is_empty() && node.is_needed(1) {
+                keep = steps.len();
             }
+            let (level, next) = split_level(levels);
+            if level == "+" {
+                node = node.plus()?;
+                steps.push(Step::Plus);
+                rest = next;
+                continue;
+            }
+            let (label, child) = node.children.get_labeled(level)?;
+            let (matched, whole) = match_label(label, levels);
+            if !whole {
+                return None;
+            }
+            node = child;
+            steps.push(Step::Literal(level));
+            rest = after(levels, matched);
         }
-        if keep_depth == depth {
+        Some((steps, keep))
+    }
+
+    /// The node at the end of `steps`, which `find` just walked.
+    fn node_mut(&mut self, steps: &[Step<'_>]) -> &mut Node<V> {
+        let mut node = &mut self.root;
+        for step in steps {
+            node = match step {
+                Step::Plus => node.child_mut("+"),
+                Step::Literal(level) => node.children.get_mut(level),
+            }
+            .expect("the path exists");
+        }
+        node
+    }
+
+    /// Keeps the trie path-compressed: once the node at the end of `steps`, reached through a
+    /// label, holds nothing but one literal child, the two labels become one.
+    fn merge_chain(&mut self, steps: &[Step<'_>]) {
+        let Some((&Step::Literal(level), parent_steps)) = steps.split_last() else {
+            return;
+        };
+        let parent = self.node_mut(parent_steps);
+        let node = parent.children.get_mut(level).expect("the path exists");
+        if !node.subscribers.is_empty() || node.wild.is_some() || node.children.len() != 1 {
             return;
         }
-        let mut node = &mut self.root;
-        for (index, level) in levels(path).enumerate() {
-            if index == keep_depth {
-                node.remove_child(level);
-                return;
-            }
-            match node.child_mut(level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
+        let (child_label, child) = node.children.take_only().expect("one child");
+        *node = child;
+        let (label, _) = parent.children.get_labeled(level).expect("the path exists");
+        let label = format!("{}/{child_label}", String::from_utf8_lossy(label));
+        parent.children.relabel(level, &label);
     }
 
     /// Calls `f(subscriber, value)` once per subscription whose filter matches `topic` (a valid
@@ -355,8 +407,10 @@ impl<V> Trie<V> {
                 pending.push((plus, next));
             }
         }
-        if let Some(child) = root.children.get(level) {
-            pending.push((child, next));
+        if let Some((label, child)) = root.children.get_labeled(level) {
+            if let Some(rest) = follow(label, level.len(), next) {
+                pending.push((child, rest));
+            }
         }
         while let Some((mut node, mut rest)) = pending.pop() {
             // Follow one path down, leaving the `+` sides of forks on `pending`.
@@ -377,16 +431,26 @@ impl<V> Trie<V> {
                     break;
                 };
                 let (level, next) = split_level(levels);
-                match (node.children.get(level), plus) {
-                    (Some(exact), Some(plus)) => {
+                let exact = node
+                    .children
+                    .get_labeled(level)
+                    .and_then(|(label, child)| Some((child, follow(label, level.len(), next)?)));
+                match (exact, plus) {
+                    (Some((exact, exact_rest)), Some(plus)) => {
                         pending.push((plus, next));
                         node = exact;
+                        rest = exact_rest;
                     }
-                    (Some(exact), None) => node = exact,
-                    (None, Some(plus)) => node = plus,
+                    (Some((exact, exact_rest)), None) => {
+                        node = exact;
+                        rest = exact_rest;
+                    }
+                    (None, Some(plus)) => {
+                        node = plus;
+                        rest = next;
+                    }
                     (None, None) => break,
                 }
-                rest = next;
             }
         }
     }
@@ -495,6 +559,77 @@ pub(crate) mod tests {
         assert!(!trie.root.is_needed(0), "every node pruned");
     }
 
+    /// A node's labels, sorted.
+    fn labels<V>(node: &Node<V>) -> Vec<String> {
+        let mut labels: Vec<String> = node
+            .children
+            .labeled()
+            .map(|(label, _)| String::from_utf8_lossy(label).into_owned())
+            .collect();
+        labels.sort();
+        labels
+    }
+
+    /// Fails unless the trie is fully path-compressed: no node reached through a label holds
+    /// nothing but one label.
+    fn assert_compressed<V>(trie: &Trie<V>) {
+        let mut stack = vec![&trie.root];
+        while let Some(node) = stack.pop() {
+            for (label, child) in node.children.labeled() {
+                assert!(
+                    !child.subscribers.is_empty()
+                        || child.wild.is_some()
+                        || child.children.len() != 1,
+                    "uncompressed chain at {:?}",
+                    String::from_utf8_lossy(label)
+                );
+                stack.push(child);
+            }
+            stack.extend(node.plus());
+        }
+    }
+
+    #[test]
+    fn literal_chains_are_one_label_split_and_merged() {
+        let mut trie = Trie::new();
+        trie.insert("a/b/c/d", 0, 0u8);
+        assert_eq!(labels(&trie.root), ["a/b/c/d"]);
+        trie.insert("a/b/x", 1, 0);
+        assert_eq!(labels(&trie.root), ["a/b"]);
+        assert_eq!(labels(trie.root.children.get("a").unwrap()), ["c/d", "x"]);
+        trie.insert("a/b/+/d", 2, 0);
+        trie.insert("a/b", 3, 0);
+        trie.insert("a/b/c/d/#", 4, 0);
+        assert_eq!(matched(&trie, "a/b/c/d"), vec![(0, 0), (2, 0), (4, 0)]);
+        assert_eq!(matched(&trie, "a/b/c"), vec![]);
+        assert_eq!(matched(&trie, "a/b/c/d/e"), vec![(4, 0)]);
+        assert_eq!(matched(&trie, "a/b/x"), vec![(1, 0)]);
+        assert_eq!(matched(&trie, "a/b"), vec![(3, 0)]);
+        assert_eq!(matched(&trie, "a"), vec![]);
+        assert_eq!(trie.remove("a/b/c", 0), None, "ends inside a label");
+        assert_eq!(trie.remove("a/b/c/d/e", 0), None, "goes past a leaf");
+        for (filter, subscriber) in [("a/b", 3), ("a/b/+/d", 2), ("a/b/x", 1), ("a/b/c/d/#", 4)] {
+            assert_eq!(trie.remove(filter, subscriber), Some(0));
+            assert_compressed(&trie);
+        }
+        assert_eq!(
+            labels(&trie.root),
+            ["a/b/c/d"],
+            "merged back into one label"
+        );
+        // Empty levels are levels.
+        trie.insert("a/", 1, 0);
+        trie.insert("a//", 2, 0);
+        assert_eq!(matched(&trie, "a/"), vec![(1, 0)]);
+        assert_eq!(matched(&trie, "a//"), vec![(2, 0)]);
+        assert_eq!(matched(&trie, "a"), vec![]);
+        assert_eq!(trie.remove("a/b/c/d", 0), Some(0));
+        assert_eq!(trie.remove("a/", 1), Some(0));
+        assert_eq!(labels(&trie.root), ["a//"]);
+        assert_eq!(trie.remove("a//", 2), Some(0));
+        assert!(!trie.root.is_needed(0));
+    }
+
     #[test]
     fn prune_keeps_shared_prefixes() {
         let mut trie = Trie::new();
@@ -503,9 +638,9 @@ pub(crate) mod tests {
         trie.insert("+/+/#", 3, 0);
         trie.insert("#", 4, 0);
         assert_eq!(trie.remove("a/b/c/d", 1), Some(0));
-        let a = trie.root.children.get("a").expect("a kept");
-        let b = a.children.get("b").expect("b kept");
-        assert!(b.children.is_empty(), "c and d pruned, b kept");
+        assert_eq!(labels(&trie.root), ["a/b"], "c and d pruned, a/b kept");
+        let ab = trie.root.children.get("a").expect("a/b kept");
+        assert!(ab.children.is_empty());
         assert_eq!(trie.remove("a/b", 2), Some(0));
         assert!(trie.root.children.is_empty());
         assert_eq!(trie.remove("+/+/#", 3), Some(0));
@@ -755,6 +890,7 @@ pub(crate) mod tests {
                 assert_eq!(trie.remove(&filter, subscriber), Some(0));
             }
             assert_eq!(trie.len(), subscriptions.len());
+            assert_compressed(&trie);
             for _ in 0..50 {
                 let topic = rng.topic();
                 let mut got: Vec<u32> = Vec::new();
