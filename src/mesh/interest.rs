@@ -10,7 +10,8 @@
 //! and applies it to its own index. A thousand clients on one filter cost one broadcast.
 //!
 //! The index is a small trie with one node per filter level (`+` and `#` kept apart from the
-//! literal children), matched with MQTT's wildcard rules (spec 4.7): `+` is exactly one level,
+//! literal children; a run of literal levels with nothing else on it is one label, as in the
+//! subscription trie, since every shard holds every filter), matched with MQTT's wildcard rules (spec 4.7): `+` is exactly one level,
 //! `#` is the rest including none (`sport/#` matches `sport`), and a filter starting with a
 //! wildcard does not match a topic starting with `$` [MQTT-4.7.2-1]. Lookup walks borrowed
 //! slices of the topic and allocates nothing; only `apply` allocates, once per new level.
@@ -34,7 +35,7 @@ pub struct InterestIndex {
     filter_count: usize,
 }
 
-/// One filter level. Every shard holds one per distinct filter level in the whole broker, so it
+/// One filter level (or label). Every shard holds one per distinct filter in the broker, so it
 /// is kept to 32 bytes: literal children in a [`LevelMap`] (inline for a few, a foldhash table
 /// past that, seeded per process because filters come from clients), the `+` child and the `#`
 /// mask boxed apart because few nodes have either.
@@ -440,7 +441,7 @@ impl<'a> Pending<'a> {
 /// This shard's subscriber count per filter. It says when the shard's interest in a filter
 /// changes (0 -> 1 or 1 -> 0), which is the only time the shard broadcasts.
 ///
-/// Keyed by the whole filter in a [`LevelMap`]: a filter up to 22 bytes is stored inline in its
+/// Keyed by the whole filter in a `LevelMap`: a filter up to 22 bytes is stored inline in its
 /// 32-byte entry, with no allocation of its own, and the table hashes with foldhash.
 #[derive(Debug, Default)]
 pub struct LocalInterest {

@@ -1,6 +1,8 @@
 //! The literal children of a trie node, keyed by level text: shared by the subscription trie and
-//! the mesh's interest index, which hold one node per distinct filter level (the interest index
-//! on every shard), so what a child costs is paid per filter, times the shard count.
+//! the mesh's interest index, which hold a node per distinct filter (the interest index on every
+//! shard), so what a child costs is paid per filter, times the shard count. With `LABELS` a key
+//! is a path-compressed label of one or more literal levels, found by its first level; the
+//! helpers at the bottom walk such labels.
 //!
 //! Most nodes have one child or none (`bench/client-17/in`), so up to `FEW_MAX` children live in
 //! an exact-size boxed slice searched linearly: no hash, no spare capacity, no allocation when

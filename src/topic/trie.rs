@@ -1,6 +1,12 @@
 //! The subscription trie: one node per filter level, with `+` and `#` in dedicated slots so a
 //! publish walks the topic's levels once and visits only nodes that can match.
 //!
+//! It is path-compressed, because a million clients each on their own topic
+//! (`devices/{id}/in`) would otherwise cost a node per level per client: a run of literal levels
+//! under a node that holds nothing else is one label (`{id}/in`), found by its first level. An
+//! insert that leaves a label midway splits it; a removal that leaves a node holding one label
+//! only merges the two. Children and labels live in a `LevelMap`.
+//!
 //! A shard matches every PUBLISH against its trie, so `for_each_match` allocates nothing: it
 //! walks `&str` levels and keeps pending `+` branches on a small inline stack. Walks, pruning and
 //! drop are iterative because a 65,535-byte filter may have 32,768 levels, too deep to recurse.
@@ -18,8 +24,9 @@ pub struct Trie<V> {
     len: usize,
 }
 
-/// One filter level. Sized for the common node, one level of one client's filter: few literal
-/// children, one subscriber, no wildcard below it (40 bytes for a small `V`).
+/// One filter level, or the last of a label's levels. Sized for the common node, the end of one
+/// client's filter: few literal children, one subscriber, no wildcard below it (40 bytes for a
+/// small `V`).
 struct Node<V> {
     /// Literal next levels. A `#` that is not the last level (invalid, but not our call) is kept
     /// here as a literal, where no topic name can reach it.
