@@ -365,3 +365,27 @@ fn hand_offs_fill_the_home_shards_next_ring_when_the_first_is_full() {
     clients[23].publish(&topic, 0, false, 0, b"across rings");
     assert_eq!(clients[0].read_publish().payload, b"across rings");
 }
+
+#[test]
+fn a_sleeping_shard_is_woken_at_once() {
+    // Without a wake-up the subscriber's shard would only notice the forward on its next timer
+    // tick (a second): every delivery here, to an idle shard, must come well before that.
+    let broker = start();
+    let topic = unique_topic("wake");
+    let mut subscriber = client_on(&broker, 2, "wake-sub");
+    subscriber.subscribe(&topic, QoS::AtMostOnce);
+    let publisher = client_on(&broker, 0, "wake-pub");
+    for n in 0..10 {
+        thread::sleep(Duration::from_millis(30));
+        let sent = Instant::now();
+        publisher.publish(&topic, QoS::AtMostOnce, false, format!("{n}"));
+        let publish = subscriber.recv_publish();
+        assert_eq!(&publish.payload[..], format!("{n}").as_bytes());
+        let elapsed = sent.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(300),
+            "message {n} took {elapsed:?}"
+        );
+    }
+    broker.wait_counter("mesh_wakes", |s| s.mesh_wakes, 1);
+}

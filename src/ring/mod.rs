@@ -287,6 +287,17 @@ impl Ring {
         self.push(entry);
     }
 
+    /// Posts a completion carrying `token` on the ring `target_ring_fd` (IORING_OP_MSG_RING with
+    /// IORING_MSG_DATA): wakes the thread waiting on it. No syscall of its own: the entry goes
+    /// in with this ring's next submit. This ring gets a completion only if it failed.
+    pub fn wake_ring(&mut self, target_ring_fd: RawFd, token: Token) {
+        let entry = opcode::MsgRingData::new(types::Fd(target_ring_fd), 0, token.pack(), None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
     /// # Safety
     /// `buf` (8 bytes) must stay valid until the read completes.
     pub unsafe fn read_eventfd(&mut self, fd: RawFd, buf: *mut u64, token: Token) {

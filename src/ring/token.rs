@@ -36,6 +36,9 @@ pub enum Op {
     /// the fixed-file slot the kernel allocated here. `generation` holds the source shard and
     /// `slot` the source's hand-off sequence number: together the hand-off id.
     HandOffFd = 12,
+    /// A mesh wake-up: another shard's MSG_RING telling this sleeping shard that its inbound
+    /// rings have messages (or, on the sender, a wake-up that could not be delivered).
+    MeshWake = 13,
 }
 
 impl Op {
@@ -53,6 +56,7 @@ impl Op {
             10 => Op::AcceptCancel,
             11 => Op::HandOffSend,
             12 => Op::HandOffFd,
+            13 => Op::MeshWake,
             _ => return None,
         })
     }
@@ -129,6 +133,7 @@ mod tests {
             Op::AcceptCancel,
             Op::HandOffSend,
             Op::HandOffFd,
+            Op::MeshWake,
         ];
         for op in ops {
             for (slot, generation) in [(0, 0), (1, 1), (19_935, 77), (u32::MAX, GENERATION_MASK)] {

@@ -14,6 +14,7 @@ use bytestring::ByteString;
 
 use crate::mesh::{Forward, MeshMessage, SharedForward};
 use crate::protocol::QoS;
+use crate::ring::{Op, Token};
 use crate::session::Message;
 use crate::topic::filter::parse_shared;
 
@@ -71,12 +72,25 @@ impl Shard {
         }
         self.mesh_inbox = inbox;
         fence(Ordering::SeqCst);
-        let peers = &self.peers;
+        let mut backlogged = 0u64;
         for_each_bit(sources, |source| {
-            if peers.is_backlogged_sleeper(source) {
-                peers.wake_one(source);
+            if self.peers.is_backlogged_sleeper(source) {
+                backlogged |= 1u64 << source;
             }
         });
+        self.wake(backlogged);
+    }
+
+    /// Wakes each shard in `shards` with a MSG_RING on its primary ring: the entry rides with
+    /// this turn's submit, so a wake-up costs no syscall of its own here.
+    fn wake(&mut self, shards: u64) {
+        let peers = &self.peers;
+        let ring = &mut self.rings[0];
+        for_each_bit(shards, |shard| match peers.ring_fd(shard, 0) {
+            Some(fd) => ring.wake_ring(fd, Token::shard(Op::MeshWake)),
+            None => peers.wake_by_eventfd(shard),
+        });
+        self.stats.mesh_wakes += u64::from(shards.count_ones());
     }
 
     fn on_mesh(&mut self, message: MeshMessage) {
@@ -110,7 +124,8 @@ impl Shard {
         }
         // Pairs with the sleeper's fence between setting its flag and checking its rings.
         fence(Ordering::SeqCst);
-        self.stats.mesh_wakes += self.peers.wake(targets);
+        let sleepers = self.peers.sleepers(targets);
+        self.wake(sleepers);
     }
 
     /// Pushes to one shard; over `mesh_overflow_max` waiting for that shard, a QoS 0 publish is

@@ -461,6 +461,9 @@ impl Shard {
             Op::AcceptCancel => {}
             Op::HandOffSend => self.on_handoff_send(token, completion),
             Op::HandOffFd => self.on_handoff_fd(completion),
+            // Only ended the wait: the turn drains the mesh anyway. On the sender, a failed
+            // wake (the target is stopping) needs nothing either.
+            Op::MeshWake => {}
         }
     }
 

@@ -98,14 +98,14 @@ impl Peers {
         self.is_sleeping(shard) && self.backlogged[shard].load(Ordering::Relaxed)
     }
 
-    /// Wakes each shard in `targets` (bit per shard) that may be sleeping; returns how many.
-    pub fn wake(&self, targets: u64) -> u64 {
-        let to_wake = sleeping_targets(targets, |shard| self.is_sleeping(shard));
-        for_each_bit(to_wake, |shard| self.wakers[shard].wake());
-        u64::from(to_wake.count_ones())
+    /// The shards in `targets` (bit per shard) that may be sleeping: the ones to wake.
+    pub fn sleepers(&self, targets: u64) -> u64 {
+        sleeping_targets(targets, |shard| self.is_sleeping(shard))
     }
 
-    pub fn wake_one(&self, shard: usize) {
+    /// Wakes `shard` through its eventfd (a syscall; the ring message in `Shard::wake` is
+    /// preferred, this is for a shard whose ring is not known).
+    pub fn wake_by_eventfd(&self, shard: usize) {
         self.wakers[shard].wake();
     }
 }
@@ -210,17 +210,18 @@ mod tests {
     }
 
     #[test]
-    fn wake_writes_only_to_sleepers() {
+    fn only_sleepers_are_named_for_a_wake() {
         let wakers: Vec<_> = (0..3).map(|_| Waker::new().expect("eventfd")).collect();
         let peers = Peers::new(wakers, 2);
-        assert_eq!(peers.wake(0b111), 0, "nobody sleeps");
+        assert_eq!(peers.sleepers(0b111), 0, "nobody sleeps");
         peers.set_sleeping(2, true, false);
-        assert_eq!(peers.wake(0b110), 1);
+        assert_eq!(peers.sleepers(0b110), 0b100);
+        peers.wake_by_eventfd(2);
         assert!(!peers.is_backlogged_sleeper(2));
         peers.set_sleeping(2, true, true);
         assert!(peers.is_backlogged_sleeper(2));
         peers.set_sleeping(2, false, false);
-        assert_eq!(peers.wake(0b111), 0);
+        assert_eq!(peers.sleepers(0b111), 0);
         assert_eq!(peers.ring_fd(1, 1), None);
         assert!(peers.admit(2) && peers.admit(2));
         assert!(!peers.admit(2), "the third is over the limit");
