@@ -220,11 +220,20 @@ impl Shard {
         }
     }
 
-    /// Routing with several shards: local plain subscribers, then one shard per matching
+    /// Routing with several shards: one walk of the interest index says which shards want the
+    /// topic; local plain subscribers (when we are one of them), then one shard per matching
     /// `$share` group, then one forward per other shard that has interest or serves a group.
     pub(super) fn route_sharded(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
-        self.route_local(topic, payload, qos);
         let own = 1u64 << self.index;
+        let interested = self.interest.shards_for(topic);
+        if interested & own != 0 {
+            self.route_local(topic, payload, qos);
+        } else {
+            // Our own bit tracks our trie exactly (`note_subscribed`): no local subscriber, so
+            // the trie walk is skipped.
+            self.qos0_ready = [false; 2];
+            self.unpinned = None;
+        }
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -241,7 +250,7 @@ impl Shard {
                 group_targets |= 1u64 << shard;
             }
         }
-        let plain_targets = self.interest.shards_for(topic) & !own;
+        let plain_targets = interested & !own;
         for_each_bit(plain_targets | group_targets, |target| {
             let forward = Forward {
                 topic: topic.clone(),
