@@ -113,6 +113,7 @@ impl Broker {
             config.limits.mesh_ring_capacity.max(1) as usize,
         );
         let go = Arc::new(Barrier::new(shard_count));
+        let done = Arc::new(Barrier::new(shard_count));
         for ((index, listener), (mesh, waker)) in listeners
             .into_iter()
             .enumerate()
@@ -132,10 +133,10 @@ impl Broker {
             };
             let core = cores.get(index % cores.len().max(1)).copied();
             let ready = ready_tx.clone();
-            let go = go.clone();
+            let (go, done) = (go.clone(), done.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("ringmq-shard-{index}"))
-                .spawn(move || run_shard(params, core, ready, go))?;
+                .spawn(move || run_shard(params, core, ready, go, done))?;
             broker.shards.push(ShardHandle {
                 stats,
                 waker,
@@ -232,12 +233,16 @@ pub fn shard_count(config: &Config) -> usize {
 }
 
 /// The shard thread: pin, build the ring here (single issuer), publish its descriptor, report,
-/// wait until every shard is built (a hand-off needs its target's ring), run.
+/// wait until every shard is built (a hand-off needs its target's ring), run. On the way out
+/// the rings stay open until every shard has stopped: another shard may still send a MSG_RING
+/// to one of their descriptors, and a closed descriptor's number could meanwhile name someone
+/// else's ring.
 fn run_shard(
     params: ShardParams,
     core: Option<core_affinity::CoreId>,
     ready: mpsc::Sender<(usize, io::Result<()>)>,
     go: Arc<Barrier>,
+    done: Arc<Barrier>,
 ) -> ShardStats {
     let index = params.index;
     if let Some(core) = core {
@@ -249,6 +254,7 @@ fn run_shard(
         Err(e) => {
             let _ = ready.send((index, Err(e)));
             go.wait();
+            done.wait();
             return ShardStats::default();
         }
     };
@@ -261,6 +267,7 @@ fn run_shard(
     if let Err(e) = shard.run() {
         eprintln!("ringmq: shard {index} stopped on an error: {e}");
     }
+    done.wait();
     shard.stats().clone()
 }
 

@@ -89,7 +89,7 @@ pub struct Forward {
 /// read from it. The socket itself travels separately, as a direct descriptor sent with
 /// `MsgRingSendFd` after the accepting shard's multishot recv on it has finished (so no byte
 /// lands on the wrong shard). The home shard pairs the two by `handoff_id`, whichever arrives
-/// first. Placeholder until the ring driver's hand-off exists; fields may grow.
+/// first (see `shard::handoff`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandOff {
     /// The shard that accepted the socket and read its CONNECT.

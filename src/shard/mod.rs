@@ -61,8 +61,9 @@ const ACCEPT_ERROR_STREAK_MAX: u32 = 64;
 /// Completions taken from the ring per batch.
 const REAP_BATCH: usize = 4096;
 
-/// Wakes a shard from another thread: `Broker::stop` now, the mesh later. An eventfd the shard
-/// keeps a read armed on.
+/// Wakes a shard from another thread: `Broker::stop`, and the mesh when a shard's ring is not
+/// known (the mesh otherwise wakes with a MSG_RING, no syscall of its own). An eventfd the
+/// shard keeps a read armed on.
 pub struct Waker {
     fd: OwnedFd,
     stop: AtomicBool,
