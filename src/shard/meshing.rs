@@ -188,8 +188,14 @@ impl Shard {
         }
     }
 
-    /// A retained message (or its deletion) set on this shard: every other shard gets it, so
-    /// a subscription there is answered locally. `message` is the copy this shard stored.
+    /// A retained message (or its deletion) set on this shard: every other shard gets it at
+    /// once (before the PUBACK goes out), so a subscription anywhere after the PUBACK is
+    /// answered locally. `topic` and `payload` are the copy this shard stored, shared.
+    ///
+    /// Known limit: two clients on different shards writing one topic's retained message at the
+    /// same moment may leave shards disagreeing on which came last (each ring is FIFO, but there
+    /// is no order across rings). Ordering through a per-topic owner shard would fix it at the
+    /// cost of a hop, which would break the visibility-after-PUBACK above without versions.
     pub(super) fn replicate_retained(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
         if self.shard_count == 1 {
             return;
