@@ -326,19 +326,27 @@ rss_before, rss_after = int("$rss_before"), int("$rss_after")
 growth = (rss_after - rss_before) * 1024
 sb, sa = sockstat("$sock_before"), sockstat("$sock_after")
 
-# Where the growth went, per mapping. The provided-buffer pools (recv_buffer_count x
-# recv_buffer_size per ring, anonymous, adjacent pools merge into one mapping) fault in as
-# receives use them and stay resident: a fixed cost per ring, not per connection. A mapping is
-# counted as pool when it is anonymous, its size a multiple of one pool and at most all pools.
+# Where the growth went, per mapping. Each ring's provided-buffer pool (recv_buffer_count x
+# recv_buffer_size, anonymous) faults in as receives walk through it and then stays resident: a
+# fixed cost per ring that holds connections, not per connection. Its entry ring (16 B per
+# buffer) is a small anonymous mapping beside it, and the kernel merges adjacent anonymous
+# mappings, so a mapping is counted as buffer rings when it is anonymous, unnamed, and made of
+# 1..rings whole pools plus at most as many entry rings.
+pools = $shards * $rings
 pool_kb = $RECV_BUFFER_COUNT * $RECV_BUFFER_SIZE // 1024
-all_pools_kb = pool_kb * $shards * $rings
+entries_kb = -(-$RECV_BUFFER_COUNT * 16 // 4096) * 4
+all_pools_kb = pool_kb * pools
+def buffer_rings(name, size_kb):
+    whole, rest = divmod(size_kb, pool_kb)
+    return (name == "" and 1 <= whole <= pools and rest % entries_kb == 0
+            and rest // entries_kb <= whole)
 before, after = smaps(os.path.join(work, "smaps.before")), smaps(os.path.join(work, "smaps.after"))
 grown, pool_growth_kb = [], 0
 for key, m in after.items():
     delta = m["rss_kb"] - before.get(key, {"rss_kb": 0})["rss_kb"]
     if delta == 0:
         continue
-    is_pool = key[1] == "" and m["size_kb"] % pool_kb == 0 and m["size_kb"] <= all_pools_kb
+    is_pool = buffer_rings(key[1], m["size_kb"])
     if is_pool:
         pool_growth_kb += delta
     grown.append({"range": key[0], "name": key[1] or "[anon]", "size_kb": m["size_kb"],
@@ -393,7 +401,7 @@ run = {
     "broker_rss_growth_bytes": growth,
     "broker_rss_bytes_per_conn": per_conn,
     "buffer_pool": {"recv_buffer_count": $RECV_BUFFER_COUNT, "recv_buffer_size": $RECV_BUFFER_SIZE,
-                    "pools": $shards * $rings, "bytes_all_pools": all_pools_kb * 1024,
+                    "pools": pools, "bytes_all_pools": all_pools_kb * 1024,
                     "rss_growth_bytes": pool_growth_kb * 1024},
     "broker_rss_bytes_per_conn_excluding_buffer_pools": per_conn_no_pool,
     "goal_bytes_per_conn": 512,
@@ -427,7 +435,7 @@ lines = [
     f"| connect rate | {lg['connect_rate_per_sec']:,.0f} conn/s (asked {$rate:,}/s) |",
     f"| broker VmRSS before -> after | {rss_before:,} kB -> {rss_after:,} kB |",
     f"| **broker RSS growth per connection** | **{b(per_conn)}** ({verdict} the 512 B goal) |",
-    f"| of which provided-buffer pools ({$shards * $rings} x {pool_kb // 1024} MiB, fixed per ring) | "
+    f"| of which provided-buffer pools ({pools} rings x {pool_kb / 1024:g} MiB + entry ring, fixed per ring) | "
     f"{pool_growth_kb * 1024:,} B total, {b(pool_growth_kb * 1024 / established if established else None)} per connection |",
     f"| RSS growth per connection without the pools | {b(per_conn_no_pool)} |",
     f"| kernel TCP sockets in use before -> after (both ends) | {sb['tcp_inuse']:,} -> {sa['tcp_inuse']:,} |",
@@ -445,7 +453,7 @@ lines = [
     "",
     "Largest RSS growth by mapping:",
     "",
-    "| mapping | size | RSS before -> after | pool |",
+    "| mapping | size | RSS before -> after | buffer rings |",
     "|---|---|---|---|",
 ] + [f"| {g['range']} {g['name']} | {g['size_kb']:,} kB | {g['rss_kb_before']:,} -> {g['rss_kb_after']:,} kB | {'yes' if g['buffer_pool'] else ''} |"
      for g in grown[:6]] + [
