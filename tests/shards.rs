@@ -389,3 +389,69 @@ fn a_sleeping_shard_is_woken_at_once() {
     }
     broker.wait_counter("mesh_wakes", |s| s.mesh_wakes, 1);
 }
+
+#[test]
+fn bytes_after_the_connect_travel_with_the_hand_off() {
+    // CONNECT, SUBSCRIBE and PUBLISH in one write, and a CONNECT split over two writes: what
+    // the accepting shard read beyond (or before the end of) the CONNECT reaches the home
+    // shard in order. Several connections, so some are accepted away from home.
+    let broker = start();
+    for round in 0..8 {
+        let client_id = id_on(3, "pipelined");
+        let topic = unique_topic("pipelined");
+        let mut bytes = Connect::v311(&client_id).bytes();
+        bytes.extend(subscribe_bytes(1, &[(&topic, 0)]));
+        bytes.extend(publish_bytes(
+            topic.as_bytes(),
+            0,
+            false,
+            false,
+            0,
+            b"to myself",
+        ));
+        let mut client = RawClient::open(broker.addr());
+        if round % 2 == 0 {
+            client.send(&bytes);
+        } else {
+            client.send(&bytes[..5]);
+            thread::sleep(Duration::from_millis(20));
+            client.send(&bytes[5..]);
+        }
+        assert_eq!(client.read_packet().connack(), (false, 0), "round {round}");
+        assert_eq!(client.read_packet().suback(), (1, vec![0]), "round {round}");
+        assert_eq!(client.read_publish().payload, b"to myself", "round {round}");
+        client.disconnect();
+    }
+    broker.wait_counter("handoffs_in", |s| s.handoffs_in, 1);
+}
+
+#[test]
+fn a_hand_off_to_a_full_home_shard_closes_the_connection_and_is_counted() {
+    // 2 shards × 4 slots. Shard 1's table is filled by its own clients; a further client homed
+    // there is either accepted by shard 1 (the kernel refuses it: table full) or by shard 0,
+    // whose hand-off then fails with -ENFILE: closed, counted, and shard 0 keeps serving.
+    let broker = TestBroker::start(Config {
+        shards: 2,
+        ring_files_max: 4,
+        ..test_config()
+    });
+    let mut homed: Vec<RawClient> = (0..4)
+        .map(|_| RawClient::connect(broker.addr(), &id_on_of(1, 2, "full-home")))
+        .collect();
+    for client in &mut homed {
+        client.ping();
+    }
+    for _ in 0..10 {
+        let mut extra = RawClient::open(broker.addr());
+        extra.send_ignoring_errors(&Connect::v311(&id_on_of(1, 2, "full-extra")).bytes());
+        if let Some(packet) = extra.try_read_packet_or_close(Duration::from_millis(500)) {
+            panic!("a fifth client was served by a full home shard: {packet:?}");
+        }
+    }
+    broker.wait_counter("handoffs_failed", |s| s.handoffs_failed, 1);
+    for client in &mut homed {
+        client.ping();
+    }
+    let mut elsewhere = RawClient::connect(broker.addr(), &id_on_of(0, 2, "full-other"));
+    elsewhere.ping();
+}
