@@ -429,7 +429,7 @@ fn bytes_after_the_connect_travel_with_the_hand_off() {
 fn a_hand_off_to_a_full_home_shard_closes_the_connection_and_is_counted() {
     // 2 shards × 4 slots. Shard 1's table is filled by its own clients; a further client homed
     // there is either accepted by shard 1 (the kernel refuses it: table full) or by shard 0,
-    // whose hand-off then fails with -ENFILE: closed, counted, and shard 0 keeps serving.
+    // whose hand-off then fails with -ENFILE: closed and counted; the homed clients carry on.
     let broker = TestBroker::start(Config {
         shards: 2,
         ring_files_max: 4,
@@ -452,6 +452,6 @@ fn a_hand_off_to_a_full_home_shard_closes_the_connection_and_is_counted() {
     for client in &mut homed {
         client.ping();
     }
-    let mut elsewhere = RawClient::connect(broker.addr(), &id_on_of(0, 2, "full-other"));
-    elsewhere.ping();
+    // (A new client homed on shard 0 is not tried: SO_REUSEPORT may queue it on shard 1's
+    // listener, where accepting waits for a free slot; see load.rs for the full table.)
 }
