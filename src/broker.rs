@@ -174,7 +174,7 @@ impl Broker {
         eprintln!(
             "ringmq: capacity {} connections: {shard_count} shards × {} rings × {files} slots \
              (each ring's fixed-file table is capped by the open-file limit on its own; \
-             hand-offs land on a shard's primary ring)",
+             a hand-off tries the home shard's rings in order)",
             per_shard * shard_count as u64,
             config.rings_per_shard,
         );
