@@ -389,12 +389,11 @@ mod memory {
         client
     }
 
-    #[test]
-    #[ignore]
-    fn idle_heap_per_subscribed_connection() {
+    /// Heap per idle subscribed connection (each on a topic of its own) with `shards` shards.
+    fn idle_heap(shards: usize) -> usize {
         let config = Config {
             listen: "127.0.0.1:0".parse().expect("address"),
-            shards: 1,
+            shards,
             ring_files_max: 8192,
             ..Config::default()
         };
@@ -402,8 +401,8 @@ mod memory {
         let addr = broker.local_addr();
         let settle = |broker: &Broker, count: u64| {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while broker.stats()[0].connections != count {
-                assert!(Instant::now() < deadline, "shard never reached {count}");
+            while broker.stats().iter().map(|s| s.connections).sum::<u64>() != count {
+                assert!(Instant::now() < deadline, "shards never reached {count}");
                 std::thread::sleep(Duration::from_millis(20));
             }
         };
@@ -418,12 +417,30 @@ mod memory {
         let after = heap_in_use();
         // The clients' own heap (TcpStream is an fd, the Vec is 4 B each) is noise.
         let per_connection = (after.saturating_sub(before)) / count;
-        eprintln!("heap per idle subscribed connection: {per_connection} B");
+        eprintln!("heap per idle subscribed connection, {shards} shards: {per_connection} B");
+        drop((warm, clients));
+        broker.stop();
+        per_connection
+    }
+
+    #[test]
+    #[ignore]
+    fn idle_heap_per_subscribed_connection() {
+        let per_connection = idle_heap(1);
         assert!(
             per_connection < 2048,
             "{per_connection} B per idle connection"
         );
-        drop((warm, clients));
-        broker.stop();
+    }
+
+    /// With several shards every other shard also holds each filter in its interest index.
+    #[test]
+    #[ignore]
+    fn idle_heap_per_subscribed_connection_two_shards() {
+        let per_connection = idle_heap(2);
+        assert!(
+            per_connection < 4096,
+            "{per_connection} B per idle connection"
+        );
     }
 }

@@ -169,8 +169,13 @@ impl Shard {
         }
     }
 
+    /// Tells every other shard. Our own interest index keeps no plain filter of ours (our trie
+    /// has them; an entry per filter per shard is the index's whole memory cost), but it does
+    /// keep our `$share` groups: choosing the shard that serves a group needs every member.
     fn announce(&mut self, filter: &str, interested: bool) {
-        self.apply_interest(filter, self.index, interested);
+        if parse_shared(filter).is_some() {
+            self.apply_interest(filter, self.index, interested);
+        }
         self.mesh_broadcast(MeshMessage::Interest {
             filter: ByteString::from(filter),
             shard: self.index as u16,
@@ -226,20 +231,12 @@ impl Shard {
         }
     }
 
-    /// Routing with several shards: one walk of the interest index says which shards want the
-    /// topic; local plain subscribers (when we are one of them), then one shard per matching
-    /// `$share` group, then one forward per other shard that has interest or serves a group.
+    /// Routing with several shards: local plain subscribers, then one shard per matching
+    /// `$share` group, then one forward per other shard that has interest (the index) or
+    /// serves a group.
     pub(super) fn route_sharded(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
         let own = 1u64 << self.index;
-        let interested = self.interest.shards_for(topic);
-        if interested & own != 0 {
-            self.route_local(topic, payload, qos);
-        } else {
-            // Our own bit tracks our trie exactly (`note_subscribed`): no local subscriber, so
-            // the trie walk is skipped.
-            self.qos0_ready = [false; 2];
-            self.unpinned = None;
-        }
+        self.route_local(topic, payload, qos);
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -256,7 +253,7 @@ impl Shard {
                 group_targets |= 1u64 << shard;
             }
         }
-        let plain_targets = interested & !own;
+        let plain_targets = self.interest.shards_for(topic) & !own;
         for_each_bit(plain_targets | group_targets, |target| {
             let forward = Forward {
                 topic: topic.clone(),
