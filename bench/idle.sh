@@ -30,7 +30,7 @@
 #   --no-build            use the release binaries already built
 #   --no-sysctl           leave the sysctls alone (otherwise raises the few a big run needs)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RECV_BUFFER_COUNT and
-#   RECV_BUFFER_SIZE (the broker's provided-buffer pool per ring, default 4096 x 4096 B).
+#   RECV_BUFFER_SIZE (the broker's provided-buffer pool per ring, default 512 x 4096 B, as the broker).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -83,7 +83,7 @@ done
 [ -z "$port" ] || case "$port" in ''|*[!0-9]*) echo "idle.sh: --port needs a number" >&2; exit 2 ;; esac
 BROKER_CPUS="${BROKER_CPUS:-1}"
 LOAD_CPUS="${LOAD_CPUS:-0}"
-RECV_BUFFER_COUNT="${RECV_BUFFER_COUNT:-4096}"
+RECV_BUFFER_COUNT="${RECV_BUFFER_COUNT:-512}"
 RECV_BUFFER_SIZE="${RECV_BUFFER_SIZE:-4096}"
 # Below 10000: outside the ephemeral range even once it is widened to 10000-65535.
 [ -n "$port" ] || port=$((9100 + RANDOM % 500))
