@@ -46,16 +46,7 @@ impl SharedSubscriptions {
                     members: Vec::new(),
                     next: 0,
                 };
-                let id = match self.free.pop() {
-                    Some(id) => {
-                        self.groups[id as usize] = Some(group);
-                        id
-                    }
-                    None => {
-                        self.groups.push(Some(group));
-                        (self.groups.len() - 1) as u32
-                    }
-                };
+                let id = place_in_slot(&mut self.groups, &mut self.free, group);
                 self.by_name.insert(share_filter.into(), id);
                 self.trie.insert(filter, id, ());
                 id
@@ -188,16 +179,7 @@ impl SharedInterest {
                     mask: 0,
                     next: 0,
                 };
-                let id = match self.free.pop() {
-                    Some(id) => {
-                        self.groups[id as usize] = Some(group);
-                        id
-                    }
-                    None => {
-                        self.groups.push(Some(group));
-                        (self.groups.len() - 1) as u32
-                    }
-                };
+                let id = place_in_slot(&mut self.groups, &mut self.free, group);
                 self.by_name.insert(share_filter.into(), id);
                 self.trie.insert(filter, id, ());
                 id
@@ -272,6 +254,21 @@ pub fn next_shard_after(mask: u64, this: usize, shard_count: usize) -> Option<us
     (1..shard_count)
         .map(|k| (this + k) % shard_count)
         .find(|&shard| mask & (1u64 << shard) != 0)
+}
+
+/// Puts `value` in a freed slot of `slots` when there is one, else at the end; returns its index.
+/// Both group tables (local members, cross-shard interest) recycle their ids this way.
+fn place_in_slot<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u32 {
+    match free.pop() {
+        Some(id) => {
+            slots[id as usize] = Some(value);
+            id
+        }
+        None => {
+            slots.push(Some(value));
+            (slots.len() - 1) as u32
+        }
+    }
 }
 
 #[cfg(test)]
