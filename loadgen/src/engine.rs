@@ -354,7 +354,7 @@ impl Worker {
     ) -> Result<Worker, String> {
         let total = plans.len().max(1);
         // Headroom for the process's own descriptors (the ring fds, the eventfd, stdio).
-        let limit = crate::run::nofile_limit().saturating_sub(64).max(1) as usize;
+        let limit = ringmq::ring::nofile_limit().saturating_sub(64).max(1) as usize;
         let files_per_ring = match settings.ring_files_max as usize {
             0 => limit,
             n => n.min(limit),

@@ -181,19 +181,6 @@ fn cpu_secs() -> f64 {
     t(usage.ru_utime) + t(usage.ru_stime)
 }
 
-/// The open-file soft limit, which caps each ring's fixed-file table.
-pub fn nofile_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    limit.rlim_cur
-}
-
 /// Runs a scenario (anything but `plot`) and returns its figures. `argv` is recorded as the
 /// command line.
 pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
