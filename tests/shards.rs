@@ -455,3 +455,45 @@ fn a_hand_off_to_a_full_home_shard_closes_the_connection_and_is_counted() {
     // (A new client homed on shard 0 is not tried: SO_REUSEPORT may queue it on shard 1's
     // listener, where accepting waits for a free slot; see load.rs for the full table.)
 }
+
+/// Every ordered pair of the `shard_count` shards: a client homed on each shard connects (gets
+/// its CONNACK), and a QoS 1 publish from each shard reaches a subscriber on each shard.
+fn assert_every_shard_serves(broker: &TestBroker, shard_count: usize) {
+    for target in 0..shard_count {
+        let topic = unique_topic("every-shard");
+        let mut subscriber =
+            RawClient::connect(broker.addr(), &id_on_of(target, shard_count, "es-sub"));
+        assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
+        for source in 0..shard_count {
+            let mut publisher =
+                RawClient::connect(broker.addr(), &id_on_of(source, shard_count, "es-pub"));
+            let payload = format!("{source} -> {target}");
+            publisher.publish(&topic, 1, false, 1, payload.as_bytes());
+            let publish = subscriber.read_publish();
+            assert_eq!(publish.payload, payload.as_bytes());
+            subscriber.send(&puback_bytes(publish.packet_id.expect("QoS 1")));
+            publisher.disconnect();
+        }
+        subscriber.disconnect();
+    }
+}
+
+#[test]
+fn issue_7_the_last_root_wildcard_subscription_leaving_crashes_no_shard() {
+    // Issue 7: when the last `#` subscription went away, every other shard panicked clearing
+    // it from its interest index, and clients homed there got no CONNACK any more.
+    let broker = TestBroker::start(Config {
+        shards: 2,
+        ..test_config()
+    });
+    for home in 0..2 {
+        for filter in ["#", "+", "+/#", "/#"] {
+            let mut wildcard = RawClient::connect(broker.addr(), &id_on_of(home, 2, "root-wild"));
+            assert_eq!(wildcard.subscribe(1, &[(filter, 0)]), vec![0]);
+            wildcard.disconnect();
+            // A publish crossing from the home shard to the other one comes after the interest
+            // change on that pair's ring: the other shard has applied it.
+            assert_every_shard_serves(&broker, 2);
+        }
+    }
+}

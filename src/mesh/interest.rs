@@ -298,15 +298,23 @@ impl InterestIndex {
         if emptied {
             self.filter_count -= 1;
         }
-        if emptied && other_mask == 0 && node.edge_count() == 0 {
-            match steps[keep] {
-                Step::Plus => self.node_mut(&steps[..keep]).remove_child("+"),
-                Step::Literal(level) => self.node_mut(&steps[..keep]).remove_child(level),
+        let cut = emptied && other_mask == 0 && node.edge_count() == 0;
+        match steps.get(keep) {
+            // The filter's node holds nothing more: cut the path below the kept node.
+            Some(&step) if cut => {
+                let kept = self.node_mut(&steps[..keep]);
+                match step {
+                    Step::Plus => kept.remove_child("+"),
+                    Step::Literal(level) => kept.remove_child(level),
+                }
+                self.merge_chain(&steps[..keep]);
             }
-            self.merge_chain(&steps[..keep]);
-        } else {
-            self.node_mut(&steps).clear_bit(multi, bit);
-            self.merge_chain(&steps);
+            // Still needed, or the root (the node of `#`, which has no path and no step to
+            // cut): the root is never removed [issue 7].
+            _ => {
+                self.node_mut(&steps).clear_bit(multi, bit);
+                self.merge_chain(&steps);
+            }
         }
     }
 
@@ -892,6 +900,22 @@ mod tests {
         count
     }
 
+    /// Trie levels the filters need: every prefix of each filter's path (the levels before a
+    /// trailing `#`), counted once. `#` alone lives in the root and needs none.
+    fn path_count(filters: &[&str]) -> usize {
+        let mut paths: Vec<&str> = Vec::new();
+        for filter in filters {
+            let (Some(path), _) = split_filter(filter) else {
+                continue;
+            };
+            paths.extend(path.match_indices('/').map(|(at, _)| &path[..at]));
+            paths.push(path);
+        }
+        paths.sort_unstable();
+        paths.dedup();
+        paths.len()
+    }
+
     #[test]
     fn randomized_against_the_naive_matcher() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -914,22 +938,9 @@ mod tests {
             distinct.dedup();
             assert_eq!(index.filter_count(), distinct.len(), "step {step}");
             // Pruning: the trie holds exactly the paths of the filters in the model.
-            let mut paths: Vec<&str> = Vec::new();
-            for filter in &distinct {
-                let path = filter
-                    .strip_suffix("#")
-                    .map_or(*filter, |p| p.strip_suffix('/').unwrap_or(p));
-                let is_root = *filter == "#";
-                if !is_root {
-                    paths.extend(path.match_indices('/').map(|(at, _)| &path[..at]));
-                    paths.push(path);
-                }
-            }
-            paths.sort_unstable();
-            paths.dedup();
             assert_eq!(
                 node_count(&index.root),
-                paths.len(),
+                path_count(&distinct),
                 "step {step}: {distinct:?}"
             );
             for _ in 0..8 {
@@ -950,6 +961,94 @@ mod tests {
         }
         assert_eq!(index.filter_count(), 0);
         assert!(index.root.is_empty());
+    }
+
+    /// Every shape of filter a client can send, wildcards at the root included.
+    const FILTER_SHAPES: [&str; 22] = [
+        "#", "+", "+/#", "+/+", "+//#", "a/#", "a/+", "a/+/#", "a", "a/b", "a/b/c", "a/+/c", "/",
+        "/#", "//", "a//b", "", "a/", "$s/#", "$s/+", "$s", "+/b/#",
+    ];
+    const TOPICS: [&str; 16] = [
+        "a", "a/b", "a/b/c", "a/x/c", "a/", "a//b", "/", "//", "", "b", "b/b", "x/b/y", "$s",
+        "$s/a", "$s/a/b", "a/b/c/d",
+    ];
+
+    /// Checks `index` against `model`, the (filter, shard) pairs set: masks for every topic,
+    /// the filter count, and a trie holding exactly the filters' paths.
+    fn check_model(index: &InterestIndex, model: &[(&str, usize)], context: &str) {
+        let mut distinct: Vec<&str> = model.iter().map(|&(filter, _)| filter).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(index.filter_count(), distinct.len(), "{context}");
+        assert_eq!(node_count(&index.root), path_count(&distinct), "{context}");
+        for topic in TOPICS {
+            let expected = model
+                .iter()
+                .filter(|(filter, _)| naive_matches(filter, topic))
+                .fold(0u64, |mask, (_, shard)| mask | 1 << shard);
+            assert_eq!(
+                index.shards_for(topic),
+                expected,
+                "{context}: topic {topic:?}"
+            );
+        }
+    }
+
+    /// Issue 7: with 2+ shards, the last `#` subscription going away indexed an empty step
+    /// list (`#` has no path) and panicked the shard applying it.
+    #[test]
+    fn issue_7_clearing_the_last_root_multi_level_wildcard() {
+        let mut index = InterestIndex::new(2);
+        index.apply("#", 0, true);
+        index.apply("#", 1, true);
+        index.apply("#", 0, false);
+        assert_eq!(index.shards_for("a"), 0b10);
+        index.apply("#", 1, false);
+        assert_eq!(index.shards_for("a"), 0);
+        assert_eq!(index.filter_count(), 0);
+        assert!(index.root.is_empty());
+        // Again, with other filters around it.
+        index.apply("#", 1, true);
+        index.apply("+", 0, true);
+        index.apply("#", 1, false);
+        index.apply("+", 0, false);
+        assert!(index.root.is_empty());
+    }
+
+    /// Issue 7: every filter shape, set and cleared by random shards in random order on 2, 3
+    /// and 4 shards, checked against the naive matcher after every step; the index ends empty.
+    #[test]
+    fn issue_7_every_filter_shape_set_and_cleared_in_random_order() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for shard_count in 2..=4 {
+            for round in 0..50 {
+                let mut index = InterestIndex::new(shard_count);
+                let mut model: Vec<(&str, usize)> = Vec::new();
+                for step in 0..60 {
+                    let filter = FILTER_SHAPES[rng.below(FILTER_SHAPES.len())];
+                    let shard = rng.below(shard_count);
+                    let interested = rng.below(2) == 0;
+                    index.apply(filter, shard, interested);
+                    model.retain(|&pair| pair != (filter, shard));
+                    if interested {
+                        model.push((filter, shard));
+                    }
+                    let context = format!(
+                        "{shard_count} shards, round {round}, step {step}: \
+                         {filter:?} on {shard} {interested}, model {model:?}"
+                    );
+                    check_model(&index, &model, &context);
+                }
+                // Clear what is left in random order.
+                while !model.is_empty() {
+                    let (filter, shard) = model.swap_remove(rng.below(model.len()));
+                    index.apply(filter, shard, false);
+                    check_model(&index, &model, &format!("draining {filter:?} on {shard}"));
+                }
+                assert_eq!(index.filter_count(), 0);
+                assert!(index.root.is_empty(), "{:?}", index.root);
+            }
+        }
     }
 
     #[test]

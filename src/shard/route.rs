@@ -345,6 +345,103 @@ mod tests {
         interest.assign("a/x", &mut ids, |_, _| panic!("group gone"));
     }
 
+    /// Issue 7: `$share` groups over every inner filter shape (`#` at the root included), set
+    /// and cleared by random shards in random order on 2, 3 and 4 shards, checked against a
+    /// model after every step; the table ends empty.
+    #[test]
+    fn issue_7_shared_interest_every_filter_shape_in_random_order() {
+        use crate::topic::filter::{matches, parse_shared};
+        use crate::topic::trie::tests::Rng;
+        const GROUPS: [&str; 12] = [
+            "$share/g/#",
+            "$share/h/#",
+            "$share/g/+",
+            "$share/g/+/#",
+            "$share/g/a/#",
+            "$share/g/a/+",
+            "$share/g/a",
+            "$share/g//",
+            "$share/g//#",
+            "$share/g/a//b",
+            "$share/g/$s/#",
+            "$share/h/+/+",
+        ];
+        const TOPICS: [&str; 10] = ["a", "a/b", "a//b", "/", "//", "", "b/c", "$s", "$s/a", "a/"];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for shard_count in 2..=4 {
+            for round in 0..50 {
+                let mut interest = SharedInterest::default();
+                let mut model: HashMap<&str, u64> = HashMap::new();
+                let mut ids = Vec::new();
+                let mut check = |interest: &mut SharedInterest, model: &HashMap<&str, u64>| {
+                    let context = format!("{shard_count} shards, round {round}: {model:?}");
+                    assert_eq!(interest.is_empty(), model.is_empty(), "{context}");
+                    for name in GROUPS {
+                        let mask = model.get(name).copied().unwrap_or(0);
+                        assert_eq!(interest.mask_of(name), mask, "{context}: {name}");
+                    }
+                    for topic in TOPICS {
+                        let mut served: Vec<(String, usize)> = Vec::new();
+                        interest.assign(topic, &mut ids, |name, shard| {
+                            served.push((name.to_string(), shard))
+                        });
+                        let mut names: Vec<&str> = served.iter().map(|(n, _)| n.as_str()).collect();
+                        names.sort_unstable();
+                        let mut expected: Vec<&str> = model
+                            .keys()
+                            .copied()
+                            .filter(|name| matches(parse_shared(name).expect("shared").1, topic))
+                            .collect();
+                        expected.sort_unstable();
+                        assert_eq!(names, expected, "{context}: topic {topic:?}");
+                        for (name, shard) in &served {
+                            assert_ne!(model[name.as_str()] & 1 << shard, 0, "{context}: {name}");
+                        }
+                    }
+                };
+                for _ in 0..60 {
+                    let name = GROUPS[rng.below(GROUPS.len())];
+                    let inner = parse_shared(name).expect("shared").1;
+                    let shard = rng.below(shard_count);
+                    let interested = rng.below(2) == 0;
+                    interest.apply(name, inner, shard, interested);
+                    let mask = model.entry(name).or_default();
+                    if interested {
+                        *mask |= 1 << shard;
+                    } else {
+                        *mask &= !(1 << shard);
+                    }
+                    if *mask == 0 {
+                        model.remove(name);
+                    }
+                    check(&mut interest, &model);
+                }
+                let mut left: Vec<(&str, usize)> = model
+                    .iter()
+                    .flat_map(|(&name, &mask)| {
+                        (0..shard_count)
+                            .filter(move |shard| mask & 1 << shard != 0)
+                            .map(move |shard| (name, shard))
+                    })
+                    .collect();
+                left.sort_unstable();
+                while !left.is_empty() {
+                    let (name, shard) = left.swap_remove(rng.below(left.len()));
+                    interest.apply(name, parse_shared(name).expect("shared").1, shard, false);
+                    let mask = model.get_mut(name).expect("in the model");
+                    *mask &= !(1 << shard);
+                    if *mask == 0 {
+                        model.remove(name);
+                    }
+                    check(&mut interest, &model);
+                }
+                assert!(interest.is_empty());
+                assert!(interest.trie.is_empty(), "every group left the trie");
+                assert!(interest.groups.iter().all(Option::is_none));
+            }
+        }
+    }
+
     #[test]
     fn shard_choice_helpers() {
         assert_eq!(nth_shard(0, 3), None);
