@@ -8,6 +8,7 @@
 pub mod bufring;
 pub mod token;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -54,6 +55,10 @@ pub struct Ring {
     uring: IoUring,
     bufs: BufRing,
     files: u32,
+    /// Entries the kernel could not take yet, oldest first (see `push`). Empty, and without
+    /// an allocation, unless the submission queue stayed full.
+    backlog: VecDeque<squeue::Entry>,
+    backlog_logged: bool,
 }
 
 /// The open-file soft limit, which caps each ring's fixed-file table.
@@ -67,6 +72,13 @@ pub fn nofile_limit() -> u64 {
         return 1024;
     }
     limit.rlim_cur
+}
+
+/// Queues `entry` unless the submission queue is full.
+fn try_push(uring: &mut IoUring, entry: &squeue::Entry) -> bool {
+    // SAFETY: every buffer an entry points to is owned by the shard and kept alive until the
+    // entry's completion (see the callers of `Ring::push`).
+    unsafe { uring.submission().push(entry) }.is_ok()
 }
 
 fn explain_setup_error(e: io::Error) -> io::Error {
@@ -128,6 +140,8 @@ impl Ring {
             uring,
             bufs,
             files: sizes.files,
+            backlog: VecDeque::new(),
+            backlog_logged: false,
         })
     }
 
@@ -136,24 +150,50 @@ impl Ring {
         self.files
     }
 
-    /// Queues one submission; when the queue is full, submits what is there first.
+    /// Queues one submission; when the queue is full, submits what is there first. An entry
+    /// the kernel does not take even then (it is short of memory, or refuses this thread)
+    /// waits in `backlog` for the next `submit_and_wait` or `poll`, and so does every entry
+    /// after it: an operation is never dropped (the shard would wait for its completion
+    /// forever) and never overtaken by a later one (a close must not pass its shutdown).
     fn push(&mut self, entry: squeue::Entry) {
-        for _ in 0..1000 {
-            // SAFETY: every buffer an entry points to is owned by the shard and kept alive
-            // until the entry's completion (see the callers).
-            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
+        if self.backlog.is_empty() {
+            if try_push(&mut self.uring, &entry) {
                 return;
             }
-            // The queue is full. EBUSY / EINTR only delay the kernel taking the entries;
-            // completions beyond the CQ size wait in its overflow list (IORING_FEAT_NODROP).
+            // EBUSY / EINTR only delay the kernel taking the entries; completions beyond the
+            // CQ size wait in its overflow list (IORING_FEAT_NODROP).
             let _ = self.uring.submit();
+            if try_push(&mut self.uring, &entry) {
+                return;
+            }
+            if !self.backlog_logged {
+                self.backlog_logged = true;
+                eprintln!(
+                    "ringmq: io_uring submission queue full and the kernel took none; entries \
+                     wait in a local backlog until it does (logged once per ring)"
+                );
+            }
         }
-        // Unreachable with a working kernel; losing one entry beats killing the shard.
-        eprintln!("ringmq: io_uring submission queue stuck full; dropped an operation");
+        self.backlog.push_back(entry);
     }
 
-    /// Submits everything queued and waits for at least `want` completions.
+    /// Moves the backlog, in order, into the submission queue, submitting whenever it fills;
+    /// stops where the kernel takes nothing. True when the backlog is empty.
+    fn flush_backlog(&mut self) -> bool {
+        while let Some(entry) = self.backlog.front() {
+            if try_push(&mut self.uring, entry) {
+                self.backlog.pop_front();
+            } else if !matches!(self.uring.submit(), Ok(taken) if taken > 0) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Submits everything queued and waits for at least `want` completions; without waiting
+    /// while some entries are still in the backlog, so the next turn retries them.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        let want = if self.flush_backlog() { want } else { 0 };
         match self.uring.submit_and_wait(want) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
@@ -167,7 +207,7 @@ impl Ring {
     /// secondary ring costs no syscall per turn.
     pub fn poll(&mut self) -> io::Result<()> {
         let sq = self.uring.submission();
-        let needed = !sq.is_empty() || sq.taskrun() || sq.cq_overflow();
+        let needed = !sq.is_empty() || sq.taskrun() || sq.cq_overflow() || !self.backlog.is_empty();
         drop(sq);
         if needed {
             return self.submit_and_wait(0);
@@ -319,6 +359,7 @@ impl Ring {
     /// Cancels every operation still in flight and waits (up to a second) for them to end, so
     /// no kernel work refers to shard memory once the ring is dropped.
     pub fn cancel_all(&mut self) {
+        self.flush_backlog();
         let _ = self.uring.submit();
         let timeout = types::Timespec::new().sec(1);
         let _ = self
@@ -343,6 +384,37 @@ mod tests {
         }
         let message = explain_setup_error(io::Error::from_raw_os_error(libc::ENOMEM)).to_string();
         assert!(message.contains("RLIMIT_MEMLOCK"), "{message}");
+    }
+
+    /// Issue 7: `push` never drops an entry nor lets a later one overtake it, even while the
+    /// kernel takes none. Here the pushes come from a thread other than the ring's single
+    /// issuer, whose every enter the kernel refuses (EEXIST), so the 4-entry queue stays full
+    /// for most of 64 no-ops; 64 more follow from the owning thread. All 128 complete, in order.
+    #[test]
+    fn issue_7_push_keeps_every_entry_in_order_while_the_queue_is_full() {
+        use std::time::{Duration, Instant};
+        const COUNT: u64 = 64;
+        let mut ring = Ring::new(RingSizes {
+            entries: 4,
+            files: 4,
+            recv_buffer_count: 4,
+            recv_buffer_size: 64,
+        })
+        .expect("io_uring");
+        let nop = |n: u64| opcode::Nop::new().build().user_data(n);
+        std::thread::scope(|scope| {
+            scope.spawn(|| (0..COUNT).for_each(|n| ring.push(nop(n))));
+        });
+        (COUNT..2 * COUNT).for_each(|n| ring.push(nop(n)));
+        let mut seen = Vec::new();
+        let mut batch = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.len() < 2 * COUNT as usize && Instant::now() < deadline {
+            ring.submit_and_wait(0).expect("submit");
+            ring.reap(&mut batch, 8);
+            seen.extend(batch.iter().map(|c| c.user_data));
+        }
+        assert_eq!(seen, (0..2 * COUNT).collect::<Vec<_>>());
     }
 
     #[test]
