@@ -6,11 +6,21 @@
 //! and know each other's wakers and ring descriptors (`shard::peers`); no shard runs before
 //! every ring exists, so a hand-off always has a target. `start` returns once every shard
 //! reported that its ring is up, or with the first shard's startup error.
+//!
+//! A shard that panics (or whose loop fails) takes the whole broker down, fast: half a broker
+//! would keep accepting clients homed on the dead shard and never answer them. The shard logs
+//! its index and the panic, every shard is asked to stop, `failure()` reports it at once (main
+//! exits non-zero, and a supervisor restarts the process), and `stop()` returns it. Nothing a
+//! dead shard does (or fails to do) can block the others: they meet through `Lives`, a state
+//! that every thread updates on its way out, panicking or not, never through a barrier.
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -38,6 +48,144 @@ struct ShardHandle {
 pub struct Broker {
     local_addr: SocketAddr,
     shards: Vec<ShardHandle>,
+    lives: Arc<Lives>,
+}
+
+/// A shard that left its loop without being asked to: the broker is down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardFailure {
+    pub shard: usize,
+    /// True for a panic, false for an I/O error the loop returned.
+    pub panicked: bool,
+    /// The panic message, or the error.
+    pub message: String,
+}
+
+impl fmt::Display for ShardFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = if self.panicked {
+            "panicked"
+        } else {
+            "stopped on an error"
+        };
+        write!(f, "shard {} {how}: {}", self.shard, self.message)
+    }
+}
+
+impl std::error::Error for ShardFailure {}
+
+/// What the shard threads and the broker share about the shards' lives, in place of barriers
+/// (a thread that dies before its `wait` blocks a barrier forever).
+struct Lives {
+    state: Mutex<LivesState>,
+    changed: Condvar,
+    wakers: Vec<Arc<Waker>>,
+}
+
+struct LivesState {
+    /// `None` until `start` has heard from every shard: then `Some(true)` to run (every ring
+    /// exists, so a hand-off has a target) or `Some(false)` to give up.
+    go: Option<bool>,
+    /// Shard threads still in their loop (or before it). A shard keeps its rings open until
+    /// this is 0: see `run_shard`.
+    running: usize,
+    /// The first failure; later ones are logged only.
+    failure: Option<ShardFailure>,
+}
+
+impl Lives {
+    fn new(wakers: Vec<Arc<Waker>>) -> Lives {
+        Lives {
+            state: Mutex::new(LivesState {
+                go: None,
+                running: wakers.len(),
+                failure: None,
+            }),
+            changed: Condvar::new(),
+            wakers,
+        }
+    }
+
+    /// Nothing panics while holding the lock, but a poisoned state is still the state.
+    fn lock(&self) -> MutexGuard<'_, LivesState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_while(
+        &self,
+        blocked: impl FnMut(&mut LivesState) -> bool,
+    ) -> MutexGuard<'_, LivesState> {
+        self.changed
+            .wait_while(self.lock(), blocked)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets the shards run (`true`) or sends them home (`false`); only the first call counts.
+    fn decide(&self, go: bool) {
+        let mut state = self.lock();
+        state.go.get_or_insert(go);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Waits for `decide`; true to run.
+    fn wait_go(&self) -> bool {
+        self.wait_while(|state| state.go.is_none()).go == Some(true)
+    }
+
+    /// Logs `failure`, keeps it if it is the first, and asks every shard to stop.
+    fn fail(&self, failure: ShardFailure) {
+        eprintln!("ringmq: {failure}; stopping every shard");
+        self.lock().failure.get_or_insert(failure);
+        self.changed.notify_all();
+        for waker in &self.wakers {
+            waker.request_stop();
+        }
+    }
+
+    /// This shard thread left its loop (or never reached it).
+    fn leave(&self) {
+        self.lock().running -= 1;
+        self.changed.notify_all();
+    }
+
+    fn wait_all_left(&self) {
+        drop(self.wait_while(|state| state.running > 0));
+    }
+
+    fn failure(&self) -> Option<ShardFailure> {
+        self.lock().failure.clone()
+    }
+}
+
+/// The message a panic carried (`panic!` with a literal or with format arguments).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Test seam: a client connecting with this id makes its home shard panic, but only in a
+/// broker started with `RINGMQ_TEST_PANIC=1` in its environment (tests/cli.rs, and the tests
+/// of a shard failure). Checked once per CONNECT, never on the publish path.
+#[doc(hidden)]
+pub const TEST_PANIC_CLIENT_ID: &str = "ringmq-test-panic";
+
+/// Set by `Broker::start` from `RINGMQ_TEST_PANIC`, for the process (never cleared).
+static TEST_PANIC_ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Called at CONNECT: panics for `TEST_PANIC_CLIENT_ID` when the test seam is armed.
+#[doc(hidden)]
+#[inline]
+#[track_caller]
+pub fn panic_if_test_asks(client_id: &str) {
+    if TEST_PANIC_ARMED.load(Ordering::Relaxed) && client_id == TEST_PANIC_CLIENT_ID {
+        panic!("test panic: client id {client_id} connected with RINGMQ_TEST_PANIC=1");
+    }
 }
 
 fn invalid(message: String) -> io::Error {
@@ -77,6 +225,9 @@ impl Broker {
     /// Binds the listeners, starts the shard threads, and returns once they accept connections.
     pub fn start(config: Config) -> io::Result<Broker> {
         config.validate().map_err(invalid)?;
+        if std::env::var_os("RINGMQ_TEST_PANIC").is_some_and(|value| value == "1") {
+            TEST_PANIC_ARMED.store(true, Ordering::Relaxed);
+        }
         let shard_count = shard_count(&config);
         let auth = match &config.password_file {
             Some(path) => Some(Arc::new(crate::auth::load(path).map_err(invalid)?)),
@@ -99,21 +250,21 @@ impl Broker {
             listeners.push(bind_listener(local_addr, config.socket_send_buffer_bytes)?);
         }
 
-        let mut broker = Broker {
-            local_addr,
-            shards: Vec::with_capacity(shard_count),
-        };
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
         let wakers = (0..shard_count)
             .map(|_| Waker::new())
             .collect::<io::Result<Vec<_>>>()?;
+        let lives = Arc::new(Lives::new(wakers.clone()));
+        let mut broker = Broker {
+            local_addr,
+            shards: Vec::with_capacity(shard_count),
+            lives: lives.clone(),
+        };
         let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
             shard_count,
             config.limits.mesh_ring_capacity.max(1) as usize,
         );
-        let go = Arc::new(Barrier::new(shard_count));
-        let done = Arc::new(Barrier::new(shard_count));
         for ((index, listener), (mesh, waker)) in listeners
             .into_iter()
             .enumerate()
@@ -133,10 +284,21 @@ impl Broker {
             };
             let core = cores.get(index % cores.len().max(1)).copied();
             let ready = ready_tx.clone();
-            let (go, done) = (go.clone(), done.clone());
+            let shard_lives = lives.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringmq-shard-{index}"))
-                .spawn(move || run_shard(params, core, ready, go, done))?;
+                .spawn(move || run_shard(params, core, ready, shard_lives));
+            let thread = match thread {
+                Ok(thread) => thread,
+                Err(e) => {
+                    // The shards not started never count down `running`: do it for them.
+                    for _ in index..shard_count {
+                        lives.leave();
+                    }
+                    broker.shutdown();
+                    return Err(e);
+                }
+            };
             broker.shards.push(ShardHandle {
                 stats,
                 waker,
@@ -157,6 +319,7 @@ impl Broker {
                 }
             }
         }
+        lives.decide(true);
         let limit = nofile_limit();
         let headroom = if config.ring_files_max > 0 {
             "ring_files_max from the config".to_string()
@@ -195,12 +358,25 @@ impl Broker {
             .collect()
     }
 
-    /// Stops every shard and waits for its thread to end.
-    pub fn stop(mut self) {
+    /// The first shard that panicked or failed, as soon as it did (the other shards are then
+    /// stopping already). For a process waiting on signals: poll it, and exit non-zero.
+    pub fn failure(&self) -> Option<ShardFailure> {
+        self.lives.failure()
+    }
+
+    /// Stops every shard and waits for its thread to end. `Err` when a shard panicked or its
+    /// loop failed, at any time: tests and main must not mistake that for a clean stop.
+    pub fn stop(mut self) -> Result<(), ShardFailure> {
         self.shutdown();
+        match self.lives.failure() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     }
 
     fn shutdown(&mut self) {
+        // Shards still waiting to start are sent home (`start` failed).
+        self.lives.decide(false);
         for shard in &self.shards {
             shard.waker.request_stop();
         }
@@ -210,7 +386,12 @@ impl Broker {
             };
             match thread.join() {
                 Ok(stats) => eprintln!("ringmq: shard {index} stopped: {stats}"),
-                Err(_) => eprintln!("ringmq: shard {index} panicked"),
+                // A panic outside the loop's guard (dropping the shard): still a failure.
+                Err(payload) => self.lives.fail(ShardFailure {
+                    shard: index,
+                    panicked: true,
+                    message: panic_message(&*payload),
+                }),
             }
         }
     }
@@ -233,28 +414,42 @@ pub fn shard_count(config: &Config) -> usize {
 }
 
 /// The shard thread: pin, build the ring here (single issuer), publish its descriptor, report,
-/// wait until every shard is built (a hand-off needs its target's ring), run. On the way out
-/// the rings stay open until every shard has stopped: another shard may still send a MSG_RING
-/// to one of their descriptors, and a closed descriptor's number could meanwhile name someone
-/// else's ring.
+/// wait until `start` saw every shard built (a hand-off needs its target's ring), run. A panic
+/// or an error ends the loop and stops every shard (`Lives::fail`). On the way out the rings
+/// stay open until every shard has left its loop: another shard may still send a MSG_RING to
+/// one of their descriptors, and a closed descriptor's number could meanwhile name someone
+/// else's ring. A shard that panicked is dropped as it was left (its connections close with
+/// its rings).
 fn run_shard(
     params: ShardParams,
     core: Option<core_affinity::CoreId>,
     ready: mpsc::Sender<(usize, io::Result<()>)>,
-    go: Arc<Barrier>,
-    done: Arc<Barrier>,
+    lives: Arc<Lives>,
 ) -> ShardStats {
     let index = params.index;
-    if let Some(core) = core {
-        core_affinity::set_for_current(core);
-    }
     let peers = params.peers.clone();
-    let mut shard = match Shard::new(params) {
-        Ok(shard) => shard,
-        Err(e) => {
+    let built = panic::catch_unwind(AssertUnwindSafe(|| {
+        if let Some(core) = core {
+            core_affinity::set_for_current(core);
+        }
+        Shard::new(params)
+    }));
+    let mut shard = match built {
+        Ok(Ok(shard)) => shard,
+        Ok(Err(e)) => {
             let _ = ready.send((index, Err(e)));
-            go.wait();
-            done.wait();
+            lives.leave();
+            return ShardStats::default();
+        }
+        Err(payload) => {
+            let failure = ShardFailure {
+                shard: index,
+                panicked: true,
+                message: panic_message(&*payload),
+            };
+            let _ = ready.send((index, Err(io::Error::other(failure.to_string()))));
+            lives.fail(failure);
+            lives.leave();
             return ShardStats::default();
         }
     };
@@ -263,11 +458,22 @@ fn run_shard(
     }
     let _ = ready.send((index, Ok(())));
     drop(ready);
-    go.wait();
-    if let Err(e) = shard.run() {
-        eprintln!("ringmq: shard {index} stopped on an error: {e}");
+    if lives.wait_go() {
+        let failure = match panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some((false, e.to_string())),
+            Err(payload) => Some((true, panic_message(&*payload))),
+        };
+        if let Some((panicked, message)) = failure {
+            lives.fail(ShardFailure {
+                shard: index,
+                panicked,
+                message,
+            });
+        }
     }
-    done.wait();
+    lives.leave();
+    lives.wait_all_left();
     shard.stats().clone()
 }
 
@@ -314,7 +520,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(broker.stats()[0].connections_accepted, 1);
-        broker.stop();
+        broker.stop().expect("no shard failed");
         // The shard closed the connection on its way out.
         let mut rest = Vec::new();
         let _ = client.read_to_end(&mut rest);
@@ -329,12 +535,60 @@ mod tests {
         };
         let broker = Broker::start(config).expect("start");
         assert_eq!(broker.stats().len(), 3);
-        broker.stop();
+        broker.stop().expect("no shard failed");
         let auto = Config {
             shards: 0,
             ..test_config()
         };
         assert!(shard_count(&auto) >= 1);
+    }
+
+    /// Issue 7: a panicking shard stopped nobody: the other shards waited forever on a
+    /// barrier at stop, and nothing reported it. Now the panic stops every shard at once,
+    /// `failure()` names the shard and the message, and `stop()` returns it.
+    #[test]
+    fn issue_7_a_shard_panic_stops_the_broker_and_stop_reports_it() {
+        TEST_PANIC_ARMED.store(true, Ordering::Relaxed);
+        let broker = Broker::start(Config {
+            shards: 2,
+            ..test_config()
+        })
+        .expect("start");
+        let home = crate::mesh::home_shard(TEST_PANIC_CLIENT_ID.as_bytes(), 2);
+        let mut client = TcpStream::connect(broker.local_addr()).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let id = TEST_PANIC_CLIENT_ID.as_bytes();
+        let mut connect = vec![0x10, 12 + id.len() as u8, 0, 4];
+        connect.extend_from_slice(b"MQTT");
+        connect.extend_from_slice(&[4, 0x02, 0, 60, 0, id.len() as u8]);
+        connect.extend_from_slice(id);
+        client.write_all(&connect).expect("write");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let failure = loop {
+            if let Some(failure) = broker.failure() {
+                break failure;
+            }
+            assert!(Instant::now() < deadline, "no failure reported");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(failure.shard, home);
+        assert!(failure.panicked);
+        assert!(failure.message.contains("test panic"), "{failure}");
+        // Every shard stops on its own: the connection closes without a CONNACK.
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+        // Bounded: a stop that hangs fails the test instead of hanging it.
+        let (stopped, result) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = stopped.send(broker.stop());
+        });
+        let result = result
+            .recv_timeout(Duration::from_secs(5))
+            .expect("stop returned");
+        assert_eq!(result, Err(failure));
     }
 
     #[test]
@@ -419,7 +673,7 @@ mod memory {
         let per_connection = (after.saturating_sub(before)) / count;
         eprintln!("heap per idle subscribed connection, {shards} shards: {per_connection} B");
         drop((warm, clients));
-        broker.stop();
+        broker.stop().expect("no shard failed");
         per_connection
     }
 

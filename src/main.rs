@@ -1,8 +1,11 @@
-//! `ringmq`: clap args -> Config -> start shards -> wait for SIGINT/SIGTERM -> stop.
+//! `ringmq`: clap args -> Config -> start shards -> wait for SIGINT/SIGTERM or a failed shard
+//! -> stop. A failed shard (a panic) ends the process with a non-zero status within a fraction
+//! of a second, for a supervisor to restart it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -94,6 +97,29 @@ fn termination_signals() -> libc::sigset_t {
     }
 }
 
+/// How often the main thread looks at the shards while it waits for a signal: a failed shard
+/// ends the process within this (plus the other shards' stop).
+const FAILURE_POLL: Duration = Duration::from_millis(100);
+
+/// Waits for SIGINT or SIGTERM (returns its number) or for a shard failure (returns `None`).
+fn wait_for_signal_or_failure(signals: &libc::sigset_t, broker: &Broker) -> Option<libc::c_int> {
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: FAILURE_POLL.as_nanos() as libc::c_long,
+    };
+    loop {
+        // SAFETY: waits up to `timeout` for one of the blocked signals; reads only our structs.
+        let signal = unsafe { libc::sigtimedwait(signals, std::ptr::null_mut(), &timeout) };
+        if signal > 0 {
+            return Some(signal);
+        }
+        // -1: EAGAIN (the timeout) or EINTR; either way, look at the shards.
+        if broker.failure().is_some() {
+            return None;
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let config = match config_from(Args::parse()) {
         Ok(config) => config,
@@ -113,10 +139,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut signal: libc::c_int = 0;
-    // SAFETY: waits for one of the blocked signals; writes its number into `signal`.
-    unsafe { libc::sigwait(&signals, &mut signal) };
-    eprintln!("ringmq: signal {signal}: stopping");
-    broker.stop();
-    ExitCode::SUCCESS
+    if let Some(signal) = wait_for_signal_or_failure(&signals, &broker) {
+        eprintln!("ringmq: signal {signal}: stopping");
+    }
+    match broker.stop() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("ringmq: exiting after a failure: {failure}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -24,8 +24,18 @@ struct Ringmq {
 }
 
 impl Ringmq {
-    /// Starts the binary on a free loopback port with `args`; waits until it accepts.
+    /// Starts the binary on a free loopback port with `args` (one shard unless they say
+    /// otherwise); waits until it accepts.
     fn start(args: &[&str]) -> Ringmq {
+        Ringmq::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Ringmq {
+        let shards: &[&str] = if args.contains(&"--shards") {
+            &[]
+        } else {
+            &["--shards", "1"]
+        };
         // A port picked by binding :0 and releasing it could be taken in between: retry.
         let mut last_error = String::new();
         for _ in 0..3 {
@@ -36,8 +46,10 @@ impl Ringmq {
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let listen = addr.to_string();
             let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-                .args(["--listen", &listen, "--shards", "1"])
+                .args(["--listen", &listen])
+                .args(shards)
                 .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -146,6 +158,33 @@ fn binary_serves_pubsub_and_stops_on_sigterm() {
     let broker = Ringmq::start(&[]);
     assert_broker_still_serves(broker.addr);
     broker.stop();
+}
+
+#[test]
+fn issue_7_a_shard_panic_ends_the_process_non_zero_and_names_the_shard() {
+    // Issue 7: a panicking shard left a zombie process that SIGTERM could not stop. Now the
+    // process exits non-zero at once, for a supervisor to restart it.
+    let mut broker = Ringmq::start_with_env(&["--shards", "2"], &[("RINGMQ_TEST_PANIC", "1")]);
+    let id = ringmq::broker::TEST_PANIC_CLIENT_ID;
+    let home = ringmq::mesh::home_shard(id.as_bytes(), 2);
+    let mut client = RawClient::open(broker.addr);
+    client.send(&Connect::v311(id).bytes());
+    let sent_at = Instant::now();
+    let bound = Duration::from_secs(2);
+    let status = loop {
+        if let Some(status) = broker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent_at.elapsed() < bound,
+            "ringmq still runs {bound:?} after a shard panicked"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!status.success(), "exited with {status}");
+    let stderr = stderr_of(&mut broker.child);
+    let line = format!("shard {home} panicked: test panic: client id {id}");
+    assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
 }
 
 #[test]

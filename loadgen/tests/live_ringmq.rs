@@ -23,7 +23,7 @@ fn check_exact(args: &[&str], sent: u64, copies: u64) {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--port", &port, "--warmup", "0", "--drain", "2", "-q"]);
     let report = common::loadgen(&all);
-    broker.stop();
+    broker.stop().expect("no shard failed");
     let s = &report.summary;
     assert_eq!(s.connect_failed, 0, "{:?}", s.errors);
     assert_eq!(s.connected, s.connections_planned);
@@ -155,7 +155,7 @@ fn closed_loop_qos1_loses_nothing() {
         "2",
         "-q",
     ]);
-    broker.stop();
+    broker.stop().expect("no shard failed");
     let s = &report.summary;
     assert!(s.sent > 100, "closed loop made progress: {}", s.sent);
     assert_eq!(s.received, s.sent);

@@ -229,6 +229,7 @@ impl Shard {
         // Copied out of the receive arena: a session can live for days, and a slice would pin
         // the whole arena block it came in.
         let mut client_id: Box<str> = (*connect.client_id).into();
+        crate::broker::panic_if_test_asks(&client_id);
         if client_id.is_empty() {
             if !connect.clean_start {
                 // [MQTT-3.1.3-8] A zero-length client id needs clean session 1.

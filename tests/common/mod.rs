@@ -174,14 +174,17 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         if let Some(broker) = self.ringmq.take() {
-            // Bounded like every other wait: a broker that does not stop fails the test.
+            // Bounded like every other wait: a broker that does not stop fails the test, and
+            // so does one whose shard failed (panicked) during it.
             let (stopped, done) = mpsc::channel();
             thread::spawn(move || {
-                broker.stop();
-                let _ = stopped.send(());
+                let _ = stopped.send(broker.stop());
             });
-            if done.recv_timeout(WAIT).is_err() && !thread::panicking() {
-                panic!("Broker::stop did not return within {WAIT:?}");
+            match done.recv_timeout(WAIT) {
+                _ if thread::panicking() => {}
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => panic!("the broker failed: {failure}"),
+                Err(_) => panic!("Broker::stop did not return within {WAIT:?}"),
             }
         }
         if let Some((mut child, _dir)) = self.mosquitto.take() {
