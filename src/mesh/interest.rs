@@ -310,7 +310,7 @@ impl InterestIndex {
                 self.merge_chain(&steps[..keep]);
             }
             // Still needed, or the root (the node of `#`, which has no path and no step to
-            // cut): the root is never removed [issue 7].
+            // cut): the root is never removed (issue 7: indexing that step panicked).
             _ => {
                 self.node_mut(&steps).clear_bit(multi, bit);
                 self.merge_chain(&steps);
