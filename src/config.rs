@@ -20,9 +20,14 @@ pub struct Limits {
     /// Messages queued for one session (offline, or waiting for the in-flight window); over it
     /// new messages are dropped and counted.
     pub offline_queue_max: u32,
-    /// Bytes waiting to be sent to one connection; over it QoS 0 messages are dropped (counted)
-    /// and QoS 1/2 wait in the session queue.
+    /// Bytes waiting to be sent to one connection; over it QoS 0 messages are dropped (counted),
+    /// QoS 1/2 wait in the session queue, and the broker stops reading from the connection
+    /// (TCP back-pressure: a client flooding requests it never reads the answers to blocks in
+    /// its own send) until half of it is sent.
     pub outbox_bytes_max: u32,
+    /// Seconds a connection may stay over `outbox_bytes_max` without the kernel taking a byte of
+    /// its outbox (the client reads nothing) before it is disconnected. 0 = never.
+    pub outbox_stall_secs: u16,
     /// Keepalive granted at most (seconds). 0 = whatever the client asks. A 3.1.1 client asking
     /// for more (or for none) is held to this: silent for 1.5 × this, it is disconnected.
     pub keepalive_max_secs: u16,
@@ -48,6 +53,7 @@ impl Default for Limits {
             inflight_max: 64,
             offline_queue_max: 10_000,
             outbox_bytes_max: 4 << 20,
+            outbox_stall_secs: 30,
             keepalive_max_secs: 0,
             qos_max: 2,
             mesh_batch_max: 256,
@@ -131,6 +137,12 @@ impl Config {
             return Err(format!(
                 "limits.packet_size_max = {}: must be between 16 and 268435460 (the MQTT maximum)",
                 l.packet_size_max
+            ));
+        }
+        if l.outbox_bytes_max < 1024 {
+            return Err(format!(
+                "limits.outbox_bytes_max = {}: must be at least 1024 (one packet must fit)",
+                l.outbox_bytes_max
             ));
         }
         if l.inflight_max == 0 {
@@ -220,6 +232,8 @@ mod tests {
             inflight_max = 10
             keepalive_max_secs = 60
             connect_timeout_secs = 5
+            outbox_bytes_max = 65536
+            outbox_stall_secs = 3
             mesh_ring_capacity = 128
             mesh_overflow_max = 1000
             "#,
@@ -235,6 +249,8 @@ mod tests {
         assert_eq!(config.limits.inflight_max, 10);
         assert_eq!(config.limits.keepalive_max_secs, 60);
         assert_eq!(config.limits.connect_timeout_secs, 5);
+        assert_eq!(config.limits.outbox_bytes_max, 65536);
+        assert_eq!(config.limits.outbox_stall_secs, 3);
         assert_eq!(config.limits.mesh_ring_capacity, 128);
         assert_eq!(config.limits.mesh_overflow_max, 1000);
         assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
@@ -251,6 +267,7 @@ mod tests {
             ("ring_files_max = 16777217", "ring_files_max"),
             ("[limits]\ninflight_max = 0", "inflight_max"),
             ("[limits]\nqos_max = 3", "qos_max"),
+            ("[limits]\noutbox_bytes_max = 100", "outbox_bytes_max"),
             ("[limits]\nmesh_ring_capacity = 0", "mesh_ring_capacity"),
             ("shards = 65", "shards"),
             ("no_such_key = 1", "no_such_key"),

@@ -244,6 +244,8 @@ pub struct Shard {
     /// Receive arena: bytes are copied here from the provided buffer, then split off and
     /// frozen, so decoded payloads share it instead of being copied again.
     arena: BytesMut,
+    /// Where the arena's current block starts: a reserve that lands elsewhere allocated.
+    arena_block: usize,
     pools: Pools,
     /// Connections whose outbox filled this turn.
     dirty: Vec<(u32, u32)>,
@@ -340,6 +342,7 @@ impl Shard {
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::new(),
             arena: BytesMut::new(),
+            arena_block: 0,
             pools: Pools::default(),
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
@@ -636,8 +639,13 @@ impl Shard {
             } else {
                 if self.arena.capacity() - self.arena.len() < bytes.len() {
                     // Reclaims the current block in place once every payload cut from it is
-                    // gone; allocates a fresh one only while some are still queued.
+                    // gone; allocates a fresh one only while some are still held.
                     self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
+                    let block = self.arena.as_ptr() as usize;
+                    if block != self.arena_block {
+                        self.arena_block = block;
+                        self.stats.arena_blocks_allocated += 1;
+                    }
                 }
                 self.arena.extend_from_slice(bytes);
                 self.arena.split()

@@ -45,6 +45,16 @@ pub struct ShardStats {
     pub handoffs_failed: u64,
     /// Shared-group messages dropped after every shard with members had none left.
     pub dropped_no_group_member: u64,
+    /// Times reading from a connection paused because its outbox passed `outbox_bytes_max`.
+    pub recv_paused_count: u64,
+    /// Connections closed after `outbox_stall_secs` over `outbox_bytes_max` with nothing sent.
+    pub outbox_stall_disconnects: u64,
+    /// The most bytes seen waiting for one connection (outbox plus the send in flight), at the
+    /// end of a loop turn: how far past `outbox_bytes_max` an outbox gets.
+    pub outbox_bytes_high_water: u64,
+    /// Fresh receive-arena blocks allocated because bytes of the previous one were still held
+    /// (a message in flight, queued or being routed); 0 while every block is reused in place.
+    pub arena_blocks_allocated: u64,
 }
 
 impl fmt::Display for ShardStats {
@@ -55,7 +65,8 @@ impl fmt::Display for ShardStats {
              dropped: outbox full {}, queue full {}, offline QoS 0 {}; table full {}, \
              recv ENOBUFS {}, protocol errors {}, accept errors {}; mesh: pushed {} \
              (overflowed {}, QoS 0 dropped {}), received {}, wakes {}; hand-offs out {} in {} \
-             failed {}; shared group gone {}",
+             failed {}; shared group gone {}; reads paused {}, stalled outboxes closed {}, \
+             outbox high water {} B; arena blocks allocated {}",
             self.connections,
             self.connections_accepted,
             self.connections_refused,
@@ -78,6 +89,10 @@ impl fmt::Display for ShardStats {
             self.handoffs_in,
             self.handoffs_failed,
             self.dropped_no_group_member,
+            self.recv_paused_count,
+            self.outbox_stall_disconnects,
+            self.outbox_bytes_high_water,
+            self.arena_blocks_allocated,
         )
     }
 }
