@@ -39,6 +39,9 @@ pub struct ConnBuffers {
     pub outbox: BytesMut,
     /// Bytes handed to the kernel by the send in flight; must not move until it completes.
     pub sending: BytesMut,
+    /// While reads are paused (`Conn::recv_paused`): shard clock (ms) of the pause or of the
+    /// last send that moved bytes since, whichever is later (see `backpressure.rs`).
+    pub progress_ms: u64,
 }
 
 impl ConnBuffers {
@@ -82,6 +85,11 @@ pub struct Conn {
     pub buffers: Option<Box<ConnBuffers>>,
     pub will: Option<Box<LastWill>>,
     pub recv_armed: bool,
+    /// The outbox passed `outbox_bytes_max`: reading is paused until it drains to half, and
+    /// nothing re-arms the recv meanwhile (`backpressure.rs`).
+    pub recv_paused: bool,
+    /// A pause's cancel of the armed recv is in flight; cleared by the recv's last completion.
+    pub recv_cancelling: bool,
     pub send_in_flight: bool,
     /// Already on the shard's flush list this turn.
     pub dirty: bool,
@@ -110,6 +118,8 @@ impl Conn {
             buffers: None,
             will: None,
             recv_armed: false,
+            recv_paused: false,
+            recv_cancelling: false,
             send_in_flight: false,
             dirty: false,
             close_after_flush: false,

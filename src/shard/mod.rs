@@ -12,6 +12,7 @@
 //!
 //! MQTT handling lives in `handle.rs`; mesh routing in `meshing.rs`; this file is the I/O side.
 
+mod backpressure;
 pub mod conn;
 mod handle;
 mod handoff;
@@ -192,6 +193,9 @@ enum CloseReason {
     /// Malformed packet or protocol violation.
     Protocol,
     KeepaliveTimeout,
+    /// Over `outbox_bytes_max` for `outbox_stall_secs` with nothing sent: the client reads
+    /// nothing.
+    OutboxStalled,
     /// Another connection took over the client id [MQTT-3.1.4-2].
     TakenOver,
     /// CONNACK refused the client; nothing to publish.
@@ -209,6 +213,7 @@ impl CloseReason {
             CloseReason::Io
                 | CloseReason::Protocol
                 | CloseReason::KeepaliveTimeout
+                | CloseReason::OutboxStalled
                 | CloseReason::TakenOver
         )
     }
@@ -272,6 +277,8 @@ pub struct Shard {
     accept_error_streak: u32,
     accept_resume_on_tick: bool,
     accept_error_logged: bool,
+    recv_paused_logged: bool,
+    outbox_stall_logged: bool,
     timer_due: bool,
     stopping: bool,
     clock: Instant,
@@ -360,6 +367,8 @@ impl Shard {
             accept_error_streak: 0,
             accept_resume_on_tick: false,
             accept_error_logged: false,
+            recv_paused_logged: false,
+            outbox_stall_logged: false,
             timer_due: false,
             stopping: false,
             clock: Instant::now(),
@@ -616,6 +625,7 @@ impl Shard {
         }
         if !completion.more() {
             conn.recv_armed = false;
+            conn.recv_cancelling = false;
         }
         let result = completion.result;
         if result > 0 {
@@ -666,6 +676,12 @@ impl Shard {
             return;
         }
         if completion.more() {
+            return;
+        }
+        if result == -libc::ECANCELED && conn.state != ConnState::Closing {
+            // A pause's cancel landed (`backpressure.rs`); reading resumed meanwhile if the
+            // connection is no longer paused.
+            self.rearm_recv(token.slot, token.generation);
             return;
         }
         // End of stream (0), reset, cancel after our shutdown, or another error.
@@ -736,7 +752,10 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
-        if matches!(conn.state, ConnState::Closing | ConnState::HandingOff) || conn.recv_armed {
+        if matches!(conn.state, ConnState::Closing | ConnState::HandingOff)
+            || conn.recv_armed
+            || conn.recv_paused
+        {
             return;
         }
         conn.recv_armed = true;
@@ -810,6 +829,7 @@ impl Shard {
             self.maybe_release(token.slot, token.generation);
             return;
         }
+        let paused = conn.recv_paused;
         // A partial send continues, a refilled outbox goes out, and a closing connection
         // whose outbox has drained is shut down: all at the end of this turn.
         if !conn.dirty {
@@ -817,6 +837,9 @@ impl Shard {
             self.dirty.push((token.slot, token.generation));
         }
         let session = conn.session;
+        if paused && sent > 0 {
+            self.resume_recv_if_drained(token.slot, token.generation);
+        }
         if session != conn::NO_SESSION {
             self.pump(session);
         }
@@ -827,6 +850,7 @@ impl Shard {
     fn flush_outboxes(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for &(slot, generation) in &dirty {
+            self.pause_recv_if_full(slot, generation);
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
             };
@@ -976,6 +1000,7 @@ impl Shard {
         }
         let now_ms = self.now_ms;
         let connect_timeout_secs = self.config.limits.connect_timeout_secs;
+        let outbox_stall_secs = self.config.limits.outbox_stall_secs;
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         for slot in self.conn_ids() {
@@ -989,7 +1014,16 @@ impl Shard {
                     }
                 }
                 ConnState::Connected => {
-                    if timer::keepalive_expired(conn.last_packet_ms, conn.keepalive_secs, now_ms) {
+                    if conn.recv_paused {
+                        // Keepalive is suspended while we do not read (`backpressure.rs`).
+                        if backpressure::conn_stalled(conn, outbox_stall_secs, now_ms) {
+                            expired.push((slot, generation, CloseReason::OutboxStalled));
+                        }
+                    } else if timer::keepalive_expired(
+                        conn.last_packet_ms,
+                        conn.keepalive_secs,
+                        now_ms,
+                    ) {
                         expired.push((slot, generation, CloseReason::KeepaliveTimeout));
                     }
                     // QoS 1/2 state that went idle is freed here, not per ack.
@@ -1001,6 +1035,9 @@ impl Shard {
             }
         }
         for &(slot, generation, reason) in &expired {
+            if reason == CloseReason::OutboxStalled {
+                self.note_outbox_stall();
+            }
             self.close(slot, generation, reason);
         }
         self.expired = expired;
