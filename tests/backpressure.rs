@@ -315,29 +315,49 @@ fn issue_7_a_client_that_never_reads_is_disconnected_after_outbox_stall_secs() {
 /// Sends one QoS 1 message to `topic`, then about one arena block (64 KiB) of QoS 0 traffic to
 /// a topic without subscribers, so every QoS 1 message lands in a receive block of its own. Each
 /// packet goes alone (a round trip after it), so it is read whole into the arena rather than
-/// into a connection's partial-packet buffer.
-fn publish_through_blocks(publisher: &mut RawClient, topic: &str, count: u16) {
+/// into a connection's partial-packet buffer. After each QoS 1 message, a round trip with the
+/// subscriber: its shard has taken the message (from the mesh, when it came from another
+/// shard) before the traffic moves the publisher's arena on. Returns the PUBLISHes the
+/// subscriber got meanwhile.
+fn publish_through_blocks(
+    publisher: &mut RawClient,
+    subscriber: &mut RawClient,
+    topic: &str,
+    count: u16,
+) -> Vec<RawPublish> {
     let traffic = unique_topic("traffic");
     let mut filler = publish_bytes(traffic.as_bytes(), 0, false, false, 0, &[b'.'; 4000]);
     filler.extend_from_slice(&PINGREQ);
+    let mut received = Vec::new();
     for n in 0..count {
         publisher.publish(topic, 1, false, n + 1, &message_payload(n));
+        subscriber.send(&PINGREQ);
+        loop {
+            let packet = subscriber.read_packet();
+            if packet.first_byte == PINGRESP[0] {
+                break;
+            }
+            received.push(packet.publish());
+        }
         for _ in 0..16 {
             publisher.send(&filler);
             let pong = publisher.read_packet();
             assert_eq!((pong.first_byte, pong.body.len()), (0xD0, 0), "PINGRESP");
         }
     }
+    received
 }
 
 fn message_payload(n: u16) -> Vec<u8> {
     format!("message {n:05}").into_bytes()
 }
 
-/// The subscriber takes every message, in order, with its bytes intact.
-fn take_all(subscriber: &mut RawClient, topic: &str, count: u16) {
+/// The subscriber takes every message, in order, with its bytes intact (`received`: those it
+/// already got).
+fn take_all(subscriber: &mut RawClient, received: Vec<RawPublish>, topic: &str, count: u16) {
+    let mut received = received.into_iter();
     for n in 0..count {
-        let publish = subscriber.read_publish();
+        let publish = received.next().unwrap_or_else(|| subscriber.read_publish());
         assert_eq!(publish.topic, topic);
         assert_eq!(publish.payload, message_payload(n), "message {n}");
         subscriber.send(&puback_bytes(publish.packet_id.unwrap()));
@@ -355,7 +375,7 @@ fn issue_7_messages_queued_for_a_connected_client_do_not_pin_receive_blocks() {
     assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
     let mut publisher = RawClient::connect(broker.addr(), &unique_id("queued-pub"));
     let count = 100;
-    publish_through_blocks(&mut publisher, &topic, count);
+    let received = publish_through_blocks(&mut publisher, &mut subscriber, &topic, count);
 
     // Counters come once a second; this one is published with the last messages in.
     broker.wait_counter("messages_in", |s| s.messages_in, u64::from(count) * 17);
@@ -365,7 +385,7 @@ fn issue_7_messages_queued_for_a_connected_client_do_not_pin_receive_blocks() {
         allocated < u64::from(count) / 4,
         "{allocated} receive blocks allocated for {count} queued messages: each one pins its block"
     );
-    take_all(&mut subscriber, &topic, count);
+    take_all(&mut subscriber, received, &topic, count);
     subscriber.disconnect();
 }
 
@@ -387,7 +407,7 @@ fn issue_7_messages_forwarded_from_another_shard_do_not_pin_its_receive_blocks()
     assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
     let mut publisher = RawClient::connect(broker.addr(), &id_on(0, "forwarded-pub"));
     let count = 100;
-    publish_through_blocks(&mut publisher, &topic, count);
+    let received = publish_through_blocks(&mut publisher, &mut subscriber, &topic, count);
 
     broker.wait_counter("messages_in", |s| s.messages_in, u64::from(count) * 17);
     thread::sleep(Duration::from_millis(1100));
@@ -396,6 +416,6 @@ fn issue_7_messages_forwarded_from_another_shard_do_not_pin_its_receive_blocks()
         allocated < u64::from(count) / 4,
         "{allocated} receive blocks allocated for {count} messages queued on another shard"
     );
-    take_all(&mut subscriber, &topic, count);
+    take_all(&mut subscriber, received, &topic, count);
     subscriber.disconnect();
 }

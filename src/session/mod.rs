@@ -23,6 +23,31 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// A payload shorter than this came in whole with one read, cut out of a shared receive-arena
+/// block (64 KiB, `shard::ARENA_BLOCK`), and keeps the whole block alive while it is held: a
+/// message kept for a while (queued, or unacknowledged in flight) is copied out when its
+/// payload is this short, so it costs what it weighs. A longer payload arrived over several
+/// reads into a buffer of its own, about its size, and is kept as it is.
+pub const PINNING_PAYLOAD_MAX: usize = 64 << 10;
+
+/// Whether a payload of a message delivered live (not from the retained store, which keeps
+/// copies) shares a receive block it would pin.
+pub fn pins_a_block(payload: &[u8]) -> bool {
+    payload.len() < PINNING_PAYLOAD_MAX
+}
+
+impl Message {
+    /// The same message in allocations of its own, sharing no receive buffer.
+    pub fn unpinned(&self) -> Message {
+        Message {
+            topic: ByteString::from(&*self.topic),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+        }
+    }
+}
+
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InflightState {
@@ -38,6 +63,9 @@ pub enum InflightState {
 pub struct Inflight {
     pub packet_id: u16,
     pub state: InflightState,
+    /// The message still shares the receive block it came in (see `pins_a_block`): it went
+    /// straight into the window, and the client has not acknowledged it yet.
+    pub pinned: bool,
     pub message: Message,
 }
 
@@ -175,8 +203,9 @@ impl Session {
         self.flows.as_mut()?.queue.pop_front()
     }
 
-    /// Puts a QoS 1/2 message in flight and returns the packet id to send it with.
-    pub fn start_inflight(&mut self, message: Message) -> u16 {
+    /// Puts a QoS 1/2 message in flight and returns the packet id to send it with. `pinned`:
+    /// its bytes share a receive block (`unpin_inflight` copies them if it stays).
+    pub fn start_inflight(&mut self, message: Message, pinned: bool) -> u16 {
         debug_assert!(message.qos != QoS::AtMostOnce, "QoS 0 has no flow");
         let flows = self.flows();
         let packet_id = allocate_packet_id(flows);
@@ -187,9 +216,26 @@ impl Session {
         flows.inflight.push_back(Inflight {
             packet_id,
             state,
+            pinned,
             message,
         });
         packet_id
+    }
+
+    /// Copies the messages in flight that still share a receive block into allocations of
+    /// their own. The window holds a message until the client acknowledges it; a client that
+    /// acks promptly never gets here (no copy per message on the hot path), one that does not
+    /// would otherwise keep up to `inflight_max` whole blocks alive. Called by the shard's
+    /// timer sweep (so a message in flight across a tick is copied once) and when the client
+    /// goes away.
+    pub fn unpin_inflight(&mut self) {
+        let Some(flows) = self.flows.as_mut() else {
+            return;
+        };
+        for flight in flows.inflight.iter_mut().filter(|f| f.pinned) {
+            flight.message = flight.message.unpinned();
+            flight.pinned = false;
+        }
     }
 
     /// PUBACK for a QoS 1 message: its flow is complete. False for an unknown id.
@@ -207,7 +253,7 @@ impl Session {
     }
 
     /// PUBREC for a QoS 2 message: the client has it; PUBREL is owed (also when the PUBREC is
-    /// a repeat). The payload is released: only the packet id matters from here on.
+    /// a repeat). Topic and payload are released: only the packet id matters from here on.
     pub fn on_pubrec(&mut self, packet_id: u16) -> bool {
         let Some(flows) = self.flows.as_mut() else {
             return false;
@@ -215,7 +261,10 @@ impl Session {
         if let Some(index) = flows.position(packet_id, InflightState::AwaitPubRec) {
             let flight = &mut flows.inflight[index];
             flight.state = InflightState::AwaitPubComp;
+            // Only the packet id is needed from here on (a resend is a PUBREL).
             flight.message.payload = Bytes::new();
+            flight.message.topic = ByteString::new();
+            flight.pinned = false;
             return true;
         }
         flows
@@ -322,7 +371,7 @@ mod tests {
         }
         let mut sent = Vec::new();
         while let Some(m) = session.dequeue(2) {
-            sent.push(session.start_inflight(m));
+            sent.push(session.start_inflight(m, false));
         }
         assert_eq!(sent, vec![1, 2]);
         assert!(!session.window_open(2));
@@ -358,7 +407,7 @@ mod tests {
     #[test]
     fn qos2_flow_goes_rec_then_comp() {
         let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
-        let id = session.start_inflight(message(QoS::ExactlyOnce, 7));
+        let id = session.start_inflight(message(QoS::ExactlyOnce, 7), false);
         assert!(
             !session.on_puback(id),
             "PUBACK does not complete a QoS 2 flow"
@@ -385,12 +434,12 @@ mod tests {
     fn packet_ids_skip_those_in_flight_and_wrap() {
         let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
         session.flows().last_packet_id = u16::MAX - 1;
-        let a = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        let a = session.start_inflight(message(QoS::AtLeastOnce, 0), false);
         assert_eq!(a, u16::MAX);
-        let b = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        let b = session.start_inflight(message(QoS::AtLeastOnce, 0), false);
         assert_eq!(b, 1, "0 is never a packet id");
         session.flows().last_packet_id = u16::MAX - 1;
-        let c = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        let c = session.start_inflight(message(QoS::AtLeastOnce, 0), false);
         assert_eq!(c, 2, "ids in flight are skipped");
     }
 
@@ -401,7 +450,7 @@ mod tests {
             session.flows.is_none(),
             "a new session holds no QoS 1/2 state"
         );
-        let id = session.start_inflight(message(QoS::AtLeastOnce, 0));
+        let id = session.start_inflight(message(QoS::AtLeastOnce, 0), false);
         session.trim();
         assert!(session.flows.is_some(), "a message in flight keeps it");
         assert!(session.on_puback(id));
@@ -431,7 +480,7 @@ mod tests {
         };
         for _ in 0..300_000 {
             if session.inflight_len() < 300 {
-                let id = session.start_inflight(message(QoS::AtLeastOnce, 0));
+                let id = session.start_inflight(message(QoS::AtLeastOnce, 0), false);
                 assert_ne!(id, 0);
                 let uses = session.inflight().filter(|f| f.packet_id == id).count();
                 assert_eq!(uses, 1, "packet id {id} handed out twice");
@@ -446,6 +495,69 @@ mod tests {
                 assert!(session.on_puback(ids[index]));
             }
         }
+    }
+
+    /// True when `part` lies inside `block`'s bytes.
+    fn shares(part: &[u8], block: &[u8]) -> bool {
+        let range = block.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn issue_7_messages_kept_in_flight_stop_sharing_their_receive_block() {
+        // A receive block with one small message in it, as the shard's arena cuts them.
+        let block = Bytes::from(vec![b'x'; 64 << 10]);
+        let message = Message {
+            topic: ByteString::try_from(block.slice(0..3)).expect("UTF-8"),
+            payload: block.slice(100..116),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        assert!(pins_a_block(&message.payload));
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        session.start_inflight(message.clone(), true);
+        let qos2 = Message {
+            qos: QoS::ExactlyOnce,
+            ..message.clone()
+        };
+        let qos2_id = session.start_inflight(qos2, true);
+        let flight = session.inflight().next().expect("in flight");
+        assert!(
+            shares(&flight.message.payload, &block),
+            "shared until unpinned"
+        );
+        session.unpin_inflight();
+        for flight in session.inflight() {
+            assert!(!flight.pinned);
+            assert!(!shares(&flight.message.payload, &block));
+            assert!(!shares(flight.message.topic.as_bytes(), &block));
+            assert_eq!(flight.message.payload, message.payload, "same bytes");
+            assert_eq!(flight.message.topic, message.topic);
+        }
+        // PUBREC: the rest of the QoS 2 flow needs only the packet id.
+        let fresh = session.start_inflight(message, true);
+        assert!(session.on_pubrec(qos2_id));
+        assert!(session.on_puback(fresh));
+        let awaiting = session.inflight().find(|f| f.packet_id == qos2_id).unwrap();
+        assert!(awaiting.message.topic.is_empty() && awaiting.message.payload.is_empty());
+    }
+
+    #[test]
+    fn issue_7_a_queued_message_copy_shares_nothing() {
+        let block = Bytes::from(vec![b'y'; 64 << 10]);
+        let message = Message {
+            topic: ByteString::try_from(block.slice(0..5)).expect("UTF-8"),
+            payload: block.slice(10..20),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        };
+        let copy = message.unpinned();
+        assert_eq!(copy, message);
+        assert!(!shares(&copy.payload, &block) && !shares(copy.topic.as_bytes(), &block));
+        assert!(
+            !pins_a_block(&vec![0u8; PINNING_PAYLOAD_MAX]),
+            "large ones are kept as is"
+        );
     }
 
     #[test]
@@ -471,7 +583,7 @@ mod tests {
             generation: 9,
         });
         session.subscriptions.push(("a/#".into(), QoS::AtLeastOnce));
-        session.start_inflight(message(QoS::AtLeastOnce, 0));
+        session.start_inflight(message(QoS::AtLeastOnce, 0), false);
         session.enqueue(message(QoS::AtLeastOnce, 1), 10);
         session.reset(true, ProtocolVersion::V3_1);
         assert_eq!(&*session.client_id, "c");

@@ -10,7 +10,7 @@ use crate::protocol::{
     self, ConnAck, Connect, DecodeError, LastWill, Packet, ProtocolVersion, PubAck, Publish, QoS,
     ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::session::{ConnRef, Enqueued, InflightState, Message, Session};
+use crate::session::{self, ConnRef, Enqueued, InflightState, Message, Session};
 use crate::topic::filter::{parse_shared, validate_topic_filter};
 
 use super::conn::{ConnState, Conns, Pools};
@@ -581,13 +581,19 @@ impl Shard {
             }
             None => None,
         };
+        // A live message's small payload shares a receive-arena block; one from the retained
+        // store is already a copy of its own.
+        let pinned = !retain && session::pins_a_block(payload);
         let Some((c, _)) = send_now else {
-            let message = if live.is_some() {
-                // Waiting for the window of a connected client: short-lived, share the bytes.
+            // A message the full queue will drop is not worth a copy.
+            let message = if !pinned || s.queue_len() >= queue_max as usize {
                 message
             } else {
-                // Queued for an absent client, maybe for long: copy out of the receive arena
-                // (once per route, shared by every absent subscriber).
+                // Queued (the window is full, the outbox over its cap, or the client away), for
+                // as long as that lasts: a queue must cost what its messages weigh, not whole
+                // receive blocks, so the bytes are copied out of the arena (once per route,
+                // shared by every subscriber that queues the message; messages from other
+                // shards arrive with the origin's arena bytes and are copied here alike).
                 let (topic, payload) = match &self.unpinned {
                     Some(copy) if shared_encoding => copy.clone(),
                     _ => {
@@ -609,7 +615,10 @@ impl Shard {
             }
             return;
         };
-        let packet_id = s.start_inflight(message);
+        // Straight into the window, sharing the bytes: a client that acks promptly frees them
+        // within the turn or the next, and one that does not gets them copied by the timer
+        // sweep (`Session::unpin_inflight`): no copy per message on the hot path.
+        let packet_id = s.start_inflight(message, pinned);
         self.write_publish(c, topic, payload, qos, retain, packet_id);
     }
 
@@ -667,7 +676,8 @@ impl Shard {
             let Some(message) = s.dequeue(inflight_max) else {
                 return;
             };
-            let packet_id = s.start_inflight(message);
+            // Queued messages were copied out of the receive blocks already.
+            let packet_id = s.start_inflight(message, false);
             // Encoded straight from the copy the window keeps: no reference counts touched.
             let Some(flight) = s.newest_inflight() else {
                 return;
@@ -805,6 +815,8 @@ impl Shard {
             return;
         };
         s.conn = None;
+        // The window is kept for the client's return: it must not pin receive blocks meanwhile.
+        s.unpin_inflight();
         s.trim();
         if s.clean_session {
             self.clear_subscriptions(session);

@@ -266,7 +266,7 @@ pub struct Shard {
     qos0_encoded: [BytesMut; 2],
     qos0_ready: [bool; 2],
     /// A copy of the routed message's topic and payload outside the receive arena, made once
-    /// per route when a subscriber is absent and the message is queued.
+    /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
     no_properties: Properties,
     accept_armed: bool,
@@ -1026,8 +1026,10 @@ impl Shard {
                     ) {
                         expired.push((slot, generation, CloseReason::KeepaliveTimeout));
                     }
-                    // QoS 1/2 state that went idle is freed here, not per ack.
+                    // QoS 1/2 state that went idle is freed here, not per ack; a message in
+                    // flight across a tick stops pinning its receive block.
                     if let Some(session) = self.sessions.get_mut(conn.session) {
+                        session.unpin_inflight();
                         session.trim();
                     }
                 }
