@@ -20,10 +20,10 @@ pub struct Limits {
     /// Messages queued for one session (offline, or waiting for the in-flight window); over it
     /// new messages are dropped and counted.
     pub offline_queue_max: u32,
-    /// Bytes waiting to be sent to one connection; over it QoS 0 messages are dropped (counted),
-    /// QoS 1/2 wait in the session queue, and the broker stops reading from the connection
-    /// (TCP back-pressure: a client flooding requests it never reads the answers to blocks in
-    /// its own send) until half of it is sent.
+    /// Bytes waiting to be sent to one connection; over it the broker stops reading from the
+    /// connection (TCP back-pressure: a client flooding requests it never reads the answers to
+    /// blocks in its own send), QoS 0 messages for it are dropped (counted) and QoS 1/2 wait in
+    /// the session queue, until half of it is sent.
     pub outbox_bytes_max: u32,
     /// Seconds a connection may stay over `outbox_bytes_max` without the kernel taking a byte of
     /// its outbox (the client reads nothing) before it is disconnected. 0 = never.

@@ -419,3 +419,56 @@ fn issue_7_messages_forwarded_from_another_shard_do_not_pin_its_receive_blocks()
     take_all(&mut subscriber, received, &topic, count);
     subscriber.disconnect();
 }
+
+#[test]
+fn issue_7_a_slow_subscriber_fed_faster_than_it_reads_still_gets_its_pingresp() {
+    // Its outbox stays near the cap as long as the publisher outpaces it. Reading from it must
+    // still resume (the outbox drains to half while paused: it takes no new QoS 0 meanwhile),
+    // or its PINGREQ would never be answered and its client would give up on the connection.
+    let broker = TestBroker::start(flood_config(0));
+    let topic = unique_topic("slow-reader");
+    let mut slow = RawClient::open_with_recv_buffer(broker.addr(), 4096);
+    slow.send(&Connect::v311(&unique_id("slow-reader")).bytes());
+    assert_eq!(slow.read_packet().connack(), (false, 0));
+    assert_eq!(slow.subscribe(1, &[(&topic, 0)]), vec![0]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = {
+        let (stop, addr, topic) = (stop.clone(), broker.addr(), topic.clone());
+        thread::spawn(move || {
+            let mut publisher = RawClient::connect(addr, &unique_id("fast-pub"));
+            let burst: Vec<u8> = (0..64)
+                .flat_map(|_| publish_bytes(topic.as_bytes(), 0, false, false, 0, &[b'.'; 1000]))
+                .collect();
+            while !stop.load(Ordering::Relaxed) {
+                publisher.send(&burst);
+            }
+        })
+    };
+    // Slowly: a packet, then a pause, for a second before asking, then until the answer.
+    let read_slowly = |slow: &mut RawClient| -> bool {
+        let packet = slow.read_packet();
+        thread::sleep(Duration::from_micros(500));
+        packet.first_byte == PINGRESP[0]
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert!(!read_slowly(&mut slow));
+    }
+    broker.wait_counter("recv_paused_count", |s| s.recv_paused_count, 1);
+    slow.send(&PINGREQ);
+    let asked = Instant::now();
+    let mut answered = false;
+    while asked.elapsed() < Duration::from_secs(10) {
+        if read_slowly(&mut slow) {
+            answered = true;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publishing.join().expect("publisher");
+    assert!(
+        answered,
+        "no PINGRESP within 10 s for a subscriber that kept reading"
+    );
+}

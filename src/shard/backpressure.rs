@@ -17,6 +17,9 @@
 //!   multishot recv a bounded burst of buffers, so the outbox passes its cap by a bounded amount
 //!   (`outbox_bytes_high_water` shows how far). The recv's last completion (-ECANCELED, no
 //!   F_MORE) clears `recv_armed`; with reading resumed by then, it re-arms the recv.
+//! - While paused the connection takes no new QoS 0 message and no queued QoS 1/2 one
+//!   (`Conn::outbox_full`): the outbox drains to the low-water mark even while publishers
+//!   outpace the client, so a slow reader's PINGREQ still gets answered.
 //! - While paused nothing re-arms the recv: not the ENOBUFS re-arm list, not a final completion
 //!   carrying bytes (`rearm_recv` checks `recv_paused`).
 //! - Keepalive: the packets of a paused client wait unread in the kernel, so its silence cannot

@@ -145,6 +145,14 @@ impl Conn {
             .map_or(0, |b| b.outbox.len() + b.sending.len())
     }
 
+    /// No QoS 0 message or queued one goes out to this connection now: its outbox is at the
+    /// cap, or reading from it is paused. A paused connection takes nothing new until the
+    /// kernel has drained its outbox to half, so reading resumes even while publishers outpace
+    /// it (and its PINGREQ gets answered), see `backpressure.rs`.
+    pub fn outbox_full(&self, outbox_bytes_max: usize) -> bool {
+        self.recv_paused || self.pending_bytes() >= outbox_bytes_max
+    }
+
     /// Hands the buffers back once none holds a byte (the connection went idle).
     pub fn trim(&mut self, pools: &mut Pools) {
         if !self.buffers.as_ref().is_some_and(|b| b.is_idle()) {

@@ -489,9 +489,9 @@ impl Shard {
         self.matches = matches;
     }
 
-    /// One message to one session: QoS 0 into the outbox (dropped when the outbox is over its
-    /// cap or the client is away), QoS 1/2 into the in-flight window, or the session queue
-    /// when the window is full, the outbox is over its cap, or the client is away.
+    /// One message to one session: QoS 0 into the outbox (dropped when the outbox is full, see
+    /// `Conn::outbox_full`, or the client is away), QoS 1/2 into the in-flight window, or the
+    /// session queue when the window is full, the outbox is full, or the client is away.
     /// `shared_encoding`: the bytes may be encoded once for all subscribers of this route.
     pub(super) fn deliver(
         &mut self,
@@ -510,14 +510,15 @@ impl Shard {
         };
         let live = s.conn.and_then(|c| {
             let conn = self.conns.get(c.slot, c.generation)?;
-            (conn.state == ConnState::Connected).then_some((c, conn.version, conn.pending_bytes()))
+            let full = conn.outbox_full(outbox_bytes_max);
+            (conn.state == ConnState::Connected).then_some((c, conn.version, full))
         });
         if qos == QoS::AtMostOnce {
-            let Some((c, version, pending)) = live else {
+            let Some((c, version, full)) = live else {
                 self.stats.dropped_offline_qos0 += 1;
                 return;
             };
-            if pending >= outbox_bytes_max {
+            if full {
                 self.stats.dropped_outbox_full += 1;
                 return;
             }
@@ -575,9 +576,8 @@ impl Shard {
             retain,
         };
         let send_now = match live {
-            Some((c, version, pending)) => {
-                (s.queue_len() == 0 && s.window_open(inflight_max) && pending < outbox_bytes_max)
-                    .then_some((c, version))
+            Some((c, version, full)) => {
+                (s.queue_len() == 0 && s.window_open(inflight_max) && !full).then_some((c, version))
             }
             None => None,
         };
@@ -670,7 +670,7 @@ impl Shard {
             let Some(conn) = self.conns.get(c.slot, c.generation) else {
                 return;
             };
-            if conn.state != ConnState::Connected || conn.pending_bytes() >= outbox_bytes_max {
+            if conn.state != ConnState::Connected || conn.outbox_full(outbox_bytes_max) {
                 return;
             }
             let Some(message) = s.dequeue(inflight_max) else {

@@ -15,7 +15,8 @@ pub struct ShardStats {
     pub messages_in: u64,
     /// PUBLISH packets written to outboxes.
     pub messages_out: u64,
-    /// QoS 0 messages dropped because the subscriber's outbox was over `outbox_bytes_max`.
+    /// QoS 0 messages dropped because the subscriber's outbox was over `outbox_bytes_max` (or,
+    /// with reads from it paused, not yet drained to half of it).
     pub dropped_outbox_full: u64,
     /// QoS 1/2 messages dropped because a session queue was at `offline_queue_max`.
     pub dropped_queue_full: u64,
