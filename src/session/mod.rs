@@ -95,6 +95,9 @@ struct Flows {
     incoming_qos2: Vec<u16>,
     /// The last packet id handed out (0 before the first).
     last_packet_id: u16,
+    /// Messages in `inflight` with `pinned` set: all among the newest, since `unpin_inflight`
+    /// leaves none behind it.
+    pinned_count: u32,
 }
 
 impl Flows {
@@ -213,6 +216,7 @@ impl Session {
             QoS::ExactlyOnce => InflightState::AwaitPubRec,
             _ => InflightState::AwaitPubAck,
         };
+        flows.pinned_count += u32::from(pinned);
         flows.inflight.push_back(Inflight {
             packet_id,
             state,
@@ -232,10 +236,19 @@ impl Session {
         let Some(flows) = self.flows.as_mut() else {
             return;
         };
-        for flight in flows.inflight.iter_mut().filter(|f| f.pinned) {
-            flight.message = flight.message.unpinned();
-            flight.pinned = false;
+        // Newest first, and only as far as the pinned ones go: the work is bounded by the
+        // messages put in flight since the last call, not by the window.
+        for flight in flows.inflight.iter_mut().rev() {
+            if flows.pinned_count == 0 {
+                break;
+            }
+            if flight.pinned {
+                flight.message = flight.message.unpinned();
+                flight.pinned = false;
+                flows.pinned_count -= 1;
+            }
         }
+        debug_assert_eq!(flows.pinned_count, 0);
     }
 
     /// PUBACK for a QoS 1 message: its flow is complete. False for an unknown id.
@@ -245,7 +258,9 @@ impl Session {
         };
         match flows.position(packet_id, InflightState::AwaitPubAck) {
             Some(index) => {
-                flows.inflight.remove(index);
+                if flows.inflight.remove(index).is_some_and(|f| f.pinned) {
+                    flows.pinned_count -= 1;
+                }
                 true
             }
             None => false,
@@ -264,7 +279,10 @@ impl Session {
             // Only the packet id is needed from here on (a resend is a PUBREL).
             flight.message.payload = Bytes::new();
             flight.message.topic = ByteString::new();
-            flight.pinned = false;
+            if flight.pinned {
+                flight.pinned = false;
+                flows.pinned_count -= 1;
+            }
             return true;
         }
         flows
@@ -540,6 +558,45 @@ mod tests {
         assert!(session.on_puback(fresh));
         let awaiting = session.inflight().find(|f| f.packet_id == qos2_id).unwrap();
         assert!(awaiting.message.topic.is_empty() && awaiting.message.payload.is_empty());
+    }
+
+    #[test]
+    fn pinned_count_follows_acks_in_any_order() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for step in 0..20_000 {
+            match rand() % 8 {
+                0..=3 if session.inflight_len() < 50 => {
+                    let qos = if rand() % 2 == 0 {
+                        QoS::AtLeastOnce
+                    } else {
+                        QoS::ExactlyOnce
+                    };
+                    session.start_inflight(message(qos, 0), rand() % 2 == 0);
+                }
+                6 => session.unpin_inflight(),
+                _ => {
+                    let ids: Vec<(u16, InflightState)> =
+                        session.inflight().map(|f| (f.packet_id, f.state)).collect();
+                    if let Some(&(id, state)) = ids.get(rand() as usize % ids.len().max(1)) {
+                        match state {
+                            InflightState::AwaitPubAck => assert!(session.on_puback(id)),
+                            InflightState::AwaitPubRec => assert!(session.on_pubrec(id)),
+                            InflightState::AwaitPubComp => assert!(session.on_pubcomp(id)),
+                        }
+                    }
+                }
+            }
+            let pinned = session.inflight().filter(|f| f.pinned).count() as u32;
+            let counted = session.flows.as_ref().map_or(0, |f| f.pinned_count);
+            assert_eq!(counted, pinned, "step {step}");
+        }
     }
 
     #[test]
