@@ -223,6 +223,11 @@ impl Shard {
             return;
         }
         let slot = conn_id(ring, completion.result as u32);
+        // The kernel filled a slot behind the accept's back: count it, keep the margin.
+        self.accept.slot_taken(ring);
+        if ring == self.accept.ring {
+            self.move_accept_if_full();
+        }
         if let Some((slot, handoff)) = self.handoffs_in.slot_arrived(completion.user_data, slot) {
             self.adopt(slot, handoff);
         }
@@ -240,10 +245,6 @@ impl Shard {
         let ring = ring_of(slot);
         let generation = self.conns.insert(slot, self.now_ms);
         self.stats.handoffs_in += 1;
-        // Hand-offs take slots behind the accept's back: keep its margin.
-        if ring == self.accept_ring {
-            self.move_accept_if_full(ring);
-        }
         let bytes = &handoff.bytes_read;
         if self.arena.capacity() - self.arena.len() < bytes.len() {
             self.arena.reserve(ARENA_BLOCK.max(bytes.len()));

@@ -12,6 +12,7 @@
 //!
 //! MQTT handling lives in `handle.rs`; mesh routing in `meshing.rs`; this file is the I/O side.
 
+mod accept;
 mod backpressure;
 pub mod conn;
 mod handle;
@@ -40,7 +41,7 @@ use crate::auth::PasswordFile;
 use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
 use crate::protocol::{self, Packet, Properties, QoS};
-use crate::ring::{next_generation, Completion, Op, Ring, RingSizes, Token};
+use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::{Message, Session};
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
@@ -55,10 +56,6 @@ const OUTBOX_INITIAL: usize = 512;
 const ARENA_BLOCK: usize = 64 << 10;
 /// A partial packet's buffer is reserved up to this size at once, then grows as bytes come.
 const INBOX_RESERVE_MAX: usize = 64 << 10;
-/// Slots a ring keeps free for a burst of accepts before accepting moves to another ring.
-const ACCEPT_MARGIN_MAX: u32 = 1024;
-/// Accept errors in a row after which the retry waits for the next timer tick.
-const ACCEPT_ERROR_STREAK_MAX: u32 = 64;
 /// Completions taken from the ring per batch.
 const REAP_BATCH: usize = 4096;
 
@@ -227,10 +224,8 @@ pub struct Shard {
     rings: Vec<Ring>,
     /// Fixed-file slots per ring.
     files: u32,
-    /// The ring whose table takes new connections.
-    accept_ring: usize,
-    /// The token of the accept armed last (its slot field names the ring).
-    accept_token: Token,
+    /// The multishot accept and each ring's free slots (`accept.rs`).
+    accept: accept::Accept,
     /// Registered on every secondary ring; the primary keeps a read armed on it.
     ring_wake: Option<OwnedFd>,
     ring_wake_buf: Box<u64>,
@@ -269,14 +264,6 @@ pub struct Shard {
     /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
     no_properties: Properties,
-    accept_armed: bool,
-    /// The fixed-file table was full: accept waits until a slot is freed.
-    accept_paused: bool,
-    table_full_logged: bool,
-    /// Accept errors in a row; past `ACCEPT_ERROR_STREAK_MAX` accepting waits for the timer.
-    accept_error_streak: u32,
-    accept_resume_on_tick: bool,
-    accept_error_logged: bool,
     recv_paused_logged: bool,
     outbox_stall_logged: bool,
     timer_due: bool,
@@ -317,6 +304,7 @@ impl Shard {
         let rings = (0..config.rings_per_shard.max(1))
             .map(|_| Ring::new(sizes))
             .collect::<io::Result<Vec<Ring>>>()?;
+        let ring_count = rings.len();
         let ring_wake = if rings.len() > 1 {
             let waker = Waker::new()?;
             let waker = Arc::try_unwrap(waker).map_err(|_| io::Error::other("eventfd shared"))?;
@@ -332,8 +320,7 @@ impl Shard {
             config,
             rings,
             files: params.files,
-            accept_ring: 0,
-            accept_token: Token::shard(Op::Accept),
+            accept: accept::Accept::new(ring_count, params.files),
             ring_wake,
             ring_wake_buf: Box::new(0),
             listener: params.listener,
@@ -361,12 +348,6 @@ impl Shard {
             qos0_ready: [false; 2],
             unpinned: None,
             no_properties: Properties::default(),
-            accept_armed: false,
-            accept_paused: false,
-            table_full_logged: false,
-            accept_error_streak: 0,
-            accept_resume_on_tick: false,
-            accept_error_logged: false,
             recv_paused_logged: false,
             outbox_stall_logged: false,
             timer_due: false,
@@ -444,7 +425,9 @@ impl Shard {
                 self.expire_timers();
             }
             self.rearm_recvs();
-            if !self.accept_armed && !self.accept_paused {
+            // Never left disarmed (see accept.rs): a connection nobody accepts waits in the
+            // listen backlog, unanswered.
+            if self.accept.turn_ends() {
                 self.arm_accept();
             }
             self.wake_targets();
@@ -464,8 +447,8 @@ impl Shard {
             Op::Recv => self.on_recv(token, completion),
             Op::Send => self.on_send(token, completion),
             Op::Shutdown | Op::Cancel => self.on_control(token),
-            // The entry was freed before the close was submitted.
-            Op::Close => {}
+            // The entry was freed before the close was submitted; the slot is free now.
+            Op::Close => self.on_slot_closed(token),
             Op::Timer => self.on_timer(),
             Op::Wake => self.on_wake(),
             // The secondary rings are polled every turn; this read only woke the primary.
@@ -478,17 +461,6 @@ impl Shard {
             // wake (the target is stopping) needs nothing either.
             Op::MeshWake => {}
         }
-    }
-
-    /// Multishot accept on one ring at a time (`accept_ring`), so each new connection lands
-    /// in a table with room; the token's slot field names the ring.
-    fn arm_accept(&mut self) {
-        let ring = self.accept_ring;
-        // A fresh generation per arm tells this accept's completions from a cancelled one's.
-        let generation = next_generation(self.accept_token.generation);
-        self.accept_token = Token::new(Op::Accept, ring as u32, generation);
-        self.rings[ring].accept_multi(self.listener.as_raw_fd(), self.accept_token);
-        self.accept_armed = true;
     }
 
     /// Every id the slabs have room for, ring by ring (most are empty or live).
@@ -538,76 +510,6 @@ impl Shard {
     fn on_timer(&mut self) {
         self.timer_due = true;
         self.arm_timer();
-    }
-
-    fn on_accept(&mut self, token: Token, completion: Completion) {
-        let ring = token.slot as usize;
-        // Only the armed accept's end matters: one cancelled on a ring we moved away from
-        // ends later, with -ECANCELED, maybe after accepting was re-armed on that same ring.
-        let current = token == self.accept_token;
-        if !completion.more() && current {
-            self.accept_armed = false;
-        }
-        let result = completion.result;
-        if result >= 0 {
-            self.accept_error_streak = 0;
-            let slot = conn_id(ring, result as u32);
-            let generation = self.conns.insert(slot, self.now_ms);
-            self.stats.connections_accepted += 1;
-            self.rings[ring_of(slot)]
-                .recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
-            if let Some(conn) = self.conns.get_mut(slot, generation) {
-                conn.recv_armed = true;
-            }
-            if current {
-                self.move_accept_if_full(ring);
-            }
-            return;
-        }
-        if -result == libc::ECANCELED {
-            return;
-        }
-        if -result == libc::ENFILE {
-            // This ring's fixed-file table is full; the kernel closed the connection that hit
-            // it. Accept moves on to a ring with room, or waits for a slot to free up.
-            self.stats.table_full_count += 1;
-            let rings = self.rings.len();
-            let roomy = (1..=rings)
-                .map(|k| (ring + k) % rings)
-                .find(|&r| self.conns.ring_len(r) < self.files);
-            if roomy.is_none() && !self.table_full_logged {
-                self.table_full_logged = true;
-                eprintln!(
-                    "ringmq: shard {}: fixed-file tables full ({rings} ring × {} slots): \
-                     accepting resumes when a connection closes",
-                    self.index, self.files
-                );
-            }
-            if !completion.more() && current {
-                match roomy {
-                    Some(r) => self.accept_ring = r,
-                    None => self.accept_paused = true,
-                }
-            }
-            return;
-        }
-        // Another error (a client reset before accept, ...). A multishot accept ends on any
-        // error and is re-armed at the end of the turn; if the errors do not stop, the retry
-        // waits for the timer instead of spinning.
-        self.stats.accept_errors += 1;
-        self.accept_error_streak += 1;
-        if self.accept_error_streak > ACCEPT_ERROR_STREAK_MAX && !completion.more() && current {
-            self.accept_paused = true;
-            self.accept_resume_on_tick = true;
-            if !self.accept_error_logged {
-                self.accept_error_logged = true;
-                eprintln!(
-                    "ringmq: shard {}: accept keeps failing ({}): retrying once a second",
-                    self.index,
-                    io::Error::from_raw_os_error(-result)
-                );
-            }
-        }
     }
 
     fn on_recv(&mut self, token: Token, completion: Completion) {
@@ -769,28 +671,6 @@ impl Shard {
         }
         self.recv_rearm = pending;
         self.recv_rearm.clear();
-    }
-
-    /// This ring's table is nearly full: before a connection hits -ENFILE (and is closed by
-    /// the kernel), cancel its accept and accept on a ring with room. Nearly: a multishot
-    /// accept takes a whole burst from the backlog in one go, and the margin absorbs it. With
-    /// no other ring below the mark, this one keeps filling to the last slot.
-    fn move_accept_if_full(&mut self, ring: usize) {
-        let mark = self.files - (self.files / 8).min(ACCEPT_MARGIN_MAX);
-        if !self.accept_armed || self.conns.ring_len(ring) < mark {
-            return;
-        }
-        let rings = self.rings.len();
-        let Some(roomy) = (1..rings)
-            .map(|k| (ring + k) % rings)
-            .find(|&r| self.conns.ring_len(r) < mark)
-        else {
-            return;
-        };
-        let accept = self.accept_token;
-        self.rings[ring].cancel(accept, Token::new(Op::AcceptCancel, ring as u32, 0));
-        self.accept_ring = roomy;
-        self.arm_accept();
     }
 
     /// A shutdown or cancel completed; its effect shows up as the recv's and send's last
@@ -974,14 +854,6 @@ impl Shard {
         }
         self.stats.connections_closed += 1;
         self.rings[ring_of(slot)].close(slot_of(slot), Token::new(Op::Close, slot, generation));
-        if self.accept_paused {
-            // A slot is free again on this ring: accept there.
-            self.accept_ring = ring_of(slot);
-            self.accept_paused = false;
-            if !self.accept_armed {
-                self.arm_accept();
-            }
-        }
     }
 
     /// Copies the counters where other threads can read them.
@@ -993,11 +865,7 @@ impl Shard {
 
     fn expire_timers(&mut self) {
         self.publish_stats();
-        if self.accept_resume_on_tick {
-            self.accept_resume_on_tick = false;
-            self.accept_paused = false;
-            self.accept_error_streak = 0;
-        }
+        self.accept.on_tick();
         let now_ms = self.now_ms;
         let connect_timeout_secs = self.config.limits.connect_timeout_secs;
         let outbox_stall_secs = self.config.limits.outbox_stall_secs;

@@ -1,0 +1,317 @@
+//! Hostile clients (issue 7): connection storms, clients that trickle or flood bytes before
+//! their CONNECT. Every wait is bounded; the storms stay within the test process's open-file
+//! limit (RLIMIT_NOFILE 20,000: the clients' sockets are ours, the broker's connections are
+//! direct descriptors and not in our table).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The storms hold thousands of descriptors: one at a time in this process.
+static STORM: Mutex<()> = Mutex::new(());
+
+fn storm_lock() -> MutexGuard<'static, ()> {
+    STORM.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What each storm connection sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A valid CONNECT, then nothing: must get a CONNACK.
+    Connect,
+    /// Random bytes: must be closed (or, by chance a CONNECT, answered).
+    Garbage,
+    /// A valid CONNECT, then random bytes: must be answered or closed.
+    ConnectThenGarbage,
+}
+
+/// How the storm ended, connection by connection.
+#[derive(Debug, Default)]
+struct Outcome {
+    attempted: usize,
+    /// TCP connect failed or timed out.
+    refused: usize,
+    connacked: usize,
+    closed: usize,
+    /// Neither a CONNACK nor a close before the deadline: the broker lost it.
+    silent: usize,
+}
+
+/// A small xorshift: garbage that differs per connection, no crate needed.
+fn garbage(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Opens `total` connections from `threads` threads at once, each sending what `kind_of`
+/// says, then waits (up to `deadline`) for every answer: a CONNACK or a close. Returns the
+/// outcome and the sockets, still open.
+fn storm(
+    addr: SocketAddr,
+    total: usize,
+    threads: usize,
+    deadline: Duration,
+    kind_of: fn(usize) -> Kind,
+) -> (Outcome, Vec<TcpStream>) {
+    let start = Arc::new(Barrier::new(threads));
+    let opened = Arc::new(Barrier::new(threads));
+    let end = Instant::now() + deadline;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (start, opened) = (start.clone(), opened.clone());
+            thread::spawn(move || {
+                let mut outcome = Outcome::default();
+                let mut streams = Vec::new();
+                start.wait();
+                for n in (t..total).step_by(threads) {
+                    outcome.attempted += 1;
+                    let Ok(mut stream) = TcpStream::connect_timeout(&addr, deadline) else {
+                        outcome.refused += 1;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                    let kind = kind_of(n);
+                    let mut bytes = Vec::new();
+                    if kind != Kind::Garbage {
+                        bytes.extend(Connect::v311(&format!("storm-{n}")).bytes());
+                    }
+                    if kind != Kind::Connect {
+                        bytes.extend(garbage(n as u64, 64 + n % 64));
+                    }
+                    // The broker may close a garbage sender before it has written it all.
+                    let _ = stream.write_all(&bytes);
+                    streams.push((kind, stream));
+                }
+                opened.wait();
+                let mut kept = Vec::with_capacity(streams.len());
+                for (kind, mut stream) in streams {
+                    match read_answer(&mut stream, end) {
+                        Answer::ConnAck => outcome.connacked += 1,
+                        Answer::Closed => outcome.closed += 1,
+                        Answer::Nothing => outcome.silent += 1,
+                    }
+                    if kind == Kind::Connect {
+                        kept.push(stream);
+                    }
+                }
+                (outcome, kept)
+            })
+        })
+        .collect();
+    let mut outcome = Outcome::default();
+    let mut streams = Vec::new();
+    for worker in workers {
+        let (o, s) = worker.join().expect("storm thread");
+        outcome.attempted += o.attempted;
+        outcome.refused += o.refused;
+        outcome.connacked += o.connacked;
+        outcome.closed += o.closed;
+        outcome.silent += o.silent;
+        streams.extend(s);
+    }
+    (outcome, streams)
+}
+
+enum Answer {
+    ConnAck,
+    Closed,
+    Nothing,
+}
+
+/// The broker's first answer: a CONNACK (its 4 bytes), or a close (EOF or reset).
+fn read_answer(stream: &mut TcpStream, end: Instant) -> Answer {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        if got.len() >= 4 && got[0] == 0x20 {
+            return Answer::ConnAck;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Answer::Nothing;
+        }
+        let _ = stream.set_read_timeout(Some(end - now));
+        match stream.read(&mut chunk) {
+            Ok(0) => return Answer::Closed,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Answer::Nothing
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Answer::Closed,
+        }
+    }
+}
+
+/// Closes with a reset (SO_LINGER 0): the broker sees ECONNRESET, no FIN handshake.
+fn reset_all(streams: Vec<TcpStream>) {
+    for stream in streams {
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// A fresh client gets its CONNACK within `within`, at the first try.
+fn assert_fresh_client_served(addr: SocketAddr, within: Duration) {
+    let started = Instant::now();
+    let mut client = RawClient::open(addr);
+    client.send(&Connect::v311(&unique_id("after-storm")).bytes());
+    let packet = client
+        .try_read_packet_or_close(within)
+        .unwrap_or_else(|| panic!("no CONNACK within {within:?} after the storm"));
+    assert_eq!(packet.connack(), (false, 0));
+    eprintln!("fresh client served in {:?}", started.elapsed());
+    client.ping();
+}
+
+/// A fresh client gets its CONNACK within `within`, trying again after a close as any client
+/// does: right after a storm over capacity the broker may still be closing the storm's
+/// connections, and it refuses (closes) what it has no slot for.
+fn assert_fresh_client_served_retrying(addr: SocketAddr, within: Duration) {
+    let started = Instant::now();
+    let deadline = started + within;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut client = RawClient::open(addr);
+        client.send_ignoring_errors(&Connect::v311(&unique_id("after-storm")).bytes());
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(packet) = client.try_read_packet_or_close(left) {
+            assert_eq!(packet.connack(), (false, 0));
+            eprintln!(
+                "fresh client served in {:?} ({tries} tries)",
+                started.elapsed()
+            );
+            client.ping();
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CONNACK within {within:?} after the storm ({tries} tries)"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn storm_config(shards: usize) -> ringmq::config::Config {
+    let mut config = test_config();
+    config.shards = shards;
+    config.rings_per_shard = 1;
+    // Room for the whole storm on any one shard (hand-offs gather clients by home shard).
+    config.ring_files_max = 19_000;
+    // Garbage that happens to start like a CONNECT waits for the rest: not for long.
+    config.limits.connect_timeout_secs = 2;
+    config
+}
+
+fn connect_storm(shards: usize, total: usize) {
+    let _storm = storm_lock();
+    let broker = TestBroker::start(storm_config(shards));
+    let started = Instant::now();
+    let (outcome, streams) = storm(broker.addr(), total, 16, Duration::from_secs(30), |_| {
+        Kind::Connect
+    });
+    eprintln!(
+        "{shards} shard(s): {} / {} CONNACKed in {:?}: {outcome:?}",
+        outcome.connacked,
+        outcome.attempted,
+        started.elapsed()
+    );
+    assert_eq!(outcome.connacked, total, "{outcome:?}");
+    reset_all(streams);
+    assert_fresh_client_served(broker.addr(), Duration::from_secs(2));
+}
+
+fn garbage_storm(shards: usize, total: usize) {
+    let _storm = storm_lock();
+    let broker = TestBroker::start(storm_config(shards));
+    let started = Instant::now();
+    let (outcome, streams) = storm(broker.addr(), total, 16, Duration::from_secs(30), |n| {
+        if n % 2 == 0 {
+            Kind::Garbage
+        } else {
+            Kind::ConnectThenGarbage
+        }
+    });
+    eprintln!(
+        "{shards} shard(s): {} / {} answered in {:?}: {outcome:?}",
+        outcome.connacked + outcome.closed,
+        outcome.attempted,
+        started.elapsed()
+    );
+    assert_eq!(outcome.silent + outcome.refused, 0, "{outcome:?}");
+    reset_all(streams);
+    assert_fresh_client_served(broker.addr(), Duration::from_secs(2));
+}
+
+#[test]
+fn issue7_connect_storm_on_1_shard() {
+    connect_storm(1, 4000);
+}
+
+#[test]
+fn issue7_connect_storm_on_2_shards() {
+    connect_storm(2, 4000);
+}
+
+#[test]
+fn issue7_garbage_storm_on_1_shard() {
+    garbage_storm(1, 4000);
+}
+
+#[test]
+fn issue7_garbage_storm_on_2_shards() {
+    garbage_storm(2, 4000);
+}
+
+#[test]
+#[ignore = "15,000 connections: run with --ignored (bench/storm.sh)"]
+fn issue7_connect_storm_15000() {
+    let shards = std::env::var("RINGMQ_TEST_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    connect_storm(shards, 15_000);
+}
+
+/// More connections than the broker has slots for, all held open: each one is answered, with a
+/// CONNACK or a close, none left hanging in the listen backlog; once they are gone the broker
+/// serves a new client at once.
+fn over_capacity_storm(shards: usize) {
+    let _storm = storm_lock();
+    let mut config = storm_config(shards);
+    config.ring_files_max = 64;
+    let broker = TestBroker::start(config);
+    let total = 1000;
+    let (outcome, streams) = storm(broker.addr(), total, 8, Duration::from_secs(10), |_| {
+        Kind::Connect
+    });
+    eprintln!("{shards} shard(s), 64 slots per ring: {outcome:?}");
+    assert_eq!(outcome.silent + outcome.refused, 0, "{outcome:?}");
+    assert!(outcome.connacked > 0, "{outcome:?}");
+    reset_all(streams);
+    assert_fresh_client_served_retrying(broker.addr(), Duration::from_secs(3));
+}
+
+#[test]
+fn issue7_over_capacity_storm_is_answered_on_1_shard() {
+    over_capacity_storm(1);
+}
+
+#[test]
+fn issue7_over_capacity_storm_is_answered_on_2_shards() {
+    over_capacity_storm(2);
+}
