@@ -315,3 +315,69 @@ fn issue7_over_capacity_storm_is_answered_on_1_shard() {
 fn issue7_over_capacity_storm_is_answered_on_2_shards() {
     over_capacity_storm(2);
 }
+
+/// Issue 7 item 4: before CONNECT the deadline runs from the accept, whatever bytes trickle in.
+/// The client sends a CONNECT one byte every 250 ms (about 12 s for all but its last byte)
+/// and must be closed about `connect_timeout_secs` after it connected.
+#[test]
+fn issue7_connect_deadline_runs_from_the_accept_not_the_last_byte() {
+    let mut config = test_config();
+    config.limits.connect_timeout_secs = 2;
+    let broker = TestBroker::start(config);
+    let client_id = format!("{}-{}", unique_id("trickle"), "x".repeat(20));
+    let connect = Connect::v311(&client_id).bytes();
+    assert!(connect.len() > 40, "long enough to outlast the deadline");
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&broker.addr(), WAIT).expect("connect");
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let mut closed_after = None;
+    for byte in &connect[..connect.len() - 1] {
+        if stream.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 16];
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => panic!("the broker answered a partial CONNECT: {:02x?}", &buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let closed_after = closed_after.unwrap_or_else(|| {
+        panic!(
+            "still open after {:?} of trickling with connect_timeout_secs = 2",
+            started.elapsed()
+        )
+    });
+    eprintln!("closed after {closed_after:?}");
+    assert!(
+        closed_after >= Duration::from_millis(1500) && closed_after <= Duration::from_millis(4500),
+        "closed after {closed_after:?}, expected about 2 s (coarse 1 s timer)"
+    );
+}
+
+/// The other side of item 4: once the CONNECT is in, keepalive counts from the CONNECT, not
+/// from the accept. A client that waits 2.5 s before a CONNECT with keepalive 2 (held to 3 s)
+/// is still served 1 s later.
+#[test]
+fn issue7_keepalive_counts_from_the_connect_not_the_accept() {
+    let broker = start_broker();
+    let mut client = RawClient::open(broker.addr());
+    thread::sleep(Duration::from_millis(2500));
+    let mut connect = Connect::v311(&unique_id("late-connect"));
+    connect.keepalive_secs = 2;
+    client.send(&connect.bytes());
+    assert_eq!(client.read_packet().connack(), (false, 0));
+    thread::sleep(Duration::from_millis(1000));
+    client.ping();
+}

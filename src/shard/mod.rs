@@ -539,7 +539,11 @@ impl Shard {
                 self.maybe_release(token.slot, token.generation);
                 return;
             }
-            conn.last_packet_ms = self.now_ms;
+            // Before CONNECT the deadline runs from the accept: bytes trickling in must not
+            // keep a connection that never completes its CONNECT (issue 7).
+            if conn.state == ConnState::Connected {
+                conn.last_packet_ms = self.now_ms;
+            }
             let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);
             // The only copy: kernel's provided buffer -> the arena (or, behind a partial
             // packet, the connection's inbox). The buffer goes straight back to the kernel.
@@ -611,6 +615,10 @@ impl Shard {
                 .then(|| buf.clone());
             match protocol::decode(&mut buf, conn.version, packet_size_max) {
                 Ok(Some(packet)) => {
+                    if conn.state == ConnState::AwaitConnect {
+                        // The CONNECT is in: keepalive counts from here, not from the accept.
+                        conn.last_packet_ms = self.now_ms;
+                    }
                     if let (Some(snapshot), Packet::Connect(connect)) = (snapshot, &packet) {
                         if let Some(home) = self.foreign_home(&connect.client_id) {
                             self.begin_handoff(slot, generation, home, snapshot);
