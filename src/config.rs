@@ -41,8 +41,14 @@ pub struct Limits {
     /// Messages waiting for one full shard-to-shard ring; over it QoS 0 publishes for that
     /// shard are dropped (counted), while QoS 1/2, interest, retained and hand-offs still wait.
     pub mesh_overflow_max: u32,
-    /// Seconds a new connection may take to send its CONNECT before it is closed.
+    /// Seconds a new connection may take to send its CONNECT before it is closed, counted
+    /// from the accept (bytes trickling in do not extend it).
     pub connect_timeout_secs: u16,
+    /// Largest CONNECT accepted (bytes, capped by `packet_size_max`), checked from its fixed
+    /// header: before a client is known, this is all it can make the broker buffer. Over it
+    /// the connection is closed without a CONNACK (3.1.1 has no code for it). Room for a
+    /// token-sized password and a small will; raise it for big wills.
+    pub connect_packet_size_max: u32,
 }
 
 impl Default for Limits {
@@ -60,6 +66,7 @@ impl Default for Limits {
             mesh_ring_capacity: 1024,
             mesh_overflow_max: 65_536,
             connect_timeout_secs: 10,
+            connect_packet_size_max: 8 << 10,
         }
     }
 }
@@ -143,6 +150,12 @@ impl Config {
             return Err(format!(
                 "limits.outbox_bytes_max = {}: must be at least 1024 (one packet must fit)",
                 l.outbox_bytes_max
+            ));
+        }
+        if l.connect_packet_size_max < 128 || l.connect_packet_size_max > 268_435_460 {
+            return Err(format!(
+                "limits.connect_packet_size_max = {}: must be between 128 and 268435460",
+                l.connect_packet_size_max
             ));
         }
         if l.inflight_max == 0 {
@@ -234,6 +247,7 @@ mod tests {
             connect_timeout_secs = 5
             outbox_bytes_max = 65536
             outbox_stall_secs = 3
+            connect_packet_size_max = 16384
             mesh_ring_capacity = 128
             mesh_overflow_max = 1000
             "#,
@@ -251,6 +265,7 @@ mod tests {
         assert_eq!(config.limits.connect_timeout_secs, 5);
         assert_eq!(config.limits.outbox_bytes_max, 65536);
         assert_eq!(config.limits.outbox_stall_secs, 3);
+        assert_eq!(config.limits.connect_packet_size_max, 16384);
         assert_eq!(config.limits.mesh_ring_capacity, 128);
         assert_eq!(config.limits.mesh_overflow_max, 1000);
         assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
@@ -268,6 +283,10 @@ mod tests {
             ("[limits]\ninflight_max = 0", "inflight_max"),
             ("[limits]\nqos_max = 3", "qos_max"),
             ("[limits]\noutbox_bytes_max = 100", "outbox_bytes_max"),
+            (
+                "[limits]\nconnect_packet_size_max = 64",
+                "connect_packet_size_max",
+            ),
             ("[limits]\nmesh_ring_capacity = 0", "mesh_ring_capacity"),
             ("shards = 65", "shards"),
             ("no_such_key = 1", "no_such_key"),

@@ -381,3 +381,46 @@ fn issue7_keepalive_counts_from_the_connect_not_the_accept() {
     thread::sleep(Duration::from_millis(1000));
     client.ping();
 }
+
+/// Issue 7 item 5: a CONNECT announcing more than `connect_packet_size_max` (default 8 KiB) is
+/// closed at its fixed header, before the broker buffers its body; whatever the client floods
+/// in after it is not kept.
+#[test]
+fn issue7_a_connect_over_the_cap_is_closed_at_its_header() {
+    let mut config = test_config();
+    // Far away: only the cap can close this connection within WAIT.
+    config.limits.connect_timeout_secs = 120;
+    let broker = TestBroker::start(config);
+    let mut client = RawClient::open(broker.addr());
+    let mut header = vec![0x10];
+    put_remaining_length(64 << 10, &mut header);
+    client.send_ignoring_errors(&header);
+    client.send_ignoring_errors(&vec![0x41; 16 << 10]);
+    client.expect_closed_silently();
+    broker.wait_counter("connect_too_large_count", |s| s.connect_too_large_count, 1);
+    assert_broker_still_serves(broker.addr());
+}
+
+/// A CONNECT carrying a 6 KiB password (a token) fits the default cap; one of 9 KiB does not,
+/// until the cap is raised.
+#[test]
+fn issue7_connect_cap_fits_tokens_and_is_configurable() {
+    let mut token_6k = Connect::v311(&unique_id("token"));
+    token_6k.username = Some("user".into());
+    token_6k.password = Some(vec![b't'; 6 << 10]);
+    let mut token_9k = token_6k.clone();
+    token_9k.client_id = unique_id("token");
+    token_9k.password = Some(vec![b't'; 9 << 10]);
+
+    let broker = start_broker();
+    RawClient::connect_with(broker.addr(), &token_6k);
+    let mut refused = RawClient::open(broker.addr());
+    refused.send_ignoring_errors(&token_9k.bytes());
+    refused.expect_closed_silently();
+    drop(broker);
+
+    let mut config = test_config();
+    config.limits.connect_packet_size_max = 16 << 10;
+    let broker = TestBroker::start(config);
+    RawClient::connect_with(broker.addr(), &token_9k);
+}

@@ -12,6 +12,14 @@ use bytes::BytesMut;
 use crate::protocol::{LastWill, ProtocolVersion};
 use crate::ring::next_generation;
 
+/// A new buffer for the bytes of a partial packet: room for what arrived, not for what its
+/// header announces, or a client sending only headers would make the broker hold a large
+/// buffer per connection (issue 7: 64 KiB each). It grows with the bytes as they come
+/// (`extend_from_slice`, doubling), so a large packet costs a few copies of itself at most.
+pub fn partial_inbox(partial: &[u8]) -> BytesMut {
+    BytesMut::from(partial)
+}
+
 /// No session attached (before CONNECT, and once closing).
 pub const NO_SESSION: u32 = u32::MAX;
 
@@ -392,6 +400,25 @@ mod tests {
             (0, 1),
             "the spare is reused"
         );
+    }
+
+    #[test]
+    fn issue7_a_partial_packet_reserves_what_arrived_not_what_it_announces() {
+        // The fixed header of a PUBLISH announcing 1,000,000 bytes, and nothing more.
+        let header = [0x30, 0xc0, 0x84, 0x3d];
+        let mut inbox = partial_inbox(&header);
+        assert_eq!(&inbox[..], &header);
+        assert!(inbox.capacity() <= 64, "reserved {} B", inbox.capacity());
+        // Then it grows with the bytes, doubling: few reallocations, never far past them.
+        let chunk = [0u8; 1000];
+        let mut reallocations = 0;
+        while inbox.len() < 1_000_004 {
+            let capacity = inbox.capacity();
+            inbox.extend_from_slice(&chunk);
+            reallocations += usize::from(inbox.capacity() != capacity);
+            assert!(inbox.capacity() <= 2 * inbox.len() + chunk.len());
+        }
+        assert!(reallocations <= 20, "{reallocations} reallocations");
     }
 
     #[test]

@@ -40,7 +40,7 @@ use io_uring::types::Timespec;
 use crate::auth::PasswordFile;
 use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
-use crate::protocol::{self, Packet, Properties, QoS};
+use crate::protocol::{self, DecodeError, Packet, Properties, QoS};
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::{Message, Session};
 use crate::topic::retained::RetainedStore;
@@ -54,8 +54,6 @@ pub use stats::ShardStats;
 const OUTBOX_INITIAL: usize = 512;
 /// The receive arena grows in blocks of this size: one allocation holds many payloads.
 const ARENA_BLOCK: usize = 64 << 10;
-/// A partial packet's buffer is reserved up to this size at once, then grows as bytes come.
-const INBOX_RESERVE_MAX: usize = 64 << 10;
 /// Completions taken from the ring per batch.
 const REAP_BATCH: usize = 4096;
 
@@ -288,6 +286,7 @@ pub struct Shard {
     handoffs_in: peers::HandOffsIn,
     handoff_sequence: u32,
     handoff_error_logged: bool,
+    connect_too_large_logged: bool,
 }
 
 impl Shard {
@@ -369,6 +368,7 @@ impl Shard {
             handoffs_in: peers::HandOffsIn::default(),
             handoff_sequence: 0,
             handoff_error_logged: false,
+            connect_too_large_logged: false,
         })
     }
 
@@ -602,6 +602,11 @@ impl Shard {
     /// copied into a buffer of its own so the arena block is not pinned by it.
     fn on_bytes(&mut self, slot: u32, generation: u32, mut buf: BytesMut, from_inbox: bool) {
         let packet_size_max = self.config.limits.packet_size_max;
+        // Before its CONNECT a client is nobody: it may make the broker buffer one CONNECT's
+        // worth, no more (issue 7).
+        let connect_size_max = packet_size_max.min(self.config.limits.connect_packet_size_max);
+        // Whole packets were taken from the front of `buf` in this call.
+        let mut consumed = false;
         loop {
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 return;
@@ -611,10 +616,16 @@ impl Shard {
             }
             // Before its CONNECT is read, a connection may belong to another shard: keep the
             // bytes from the CONNECT on, to hand them over with the socket (once per connection).
-            let snapshot = (conn.state == ConnState::AwaitConnect && self.shard_count > 1)
-                .then(|| buf.clone());
-            match protocol::decode(&mut buf, conn.version, packet_size_max) {
+            let awaiting_connect = conn.state == ConnState::AwaitConnect;
+            let snapshot = (awaiting_connect && self.shard_count > 1).then(|| buf.clone());
+            let size_max = if awaiting_connect {
+                connect_size_max
+            } else {
+                packet_size_max
+            };
+            match protocol::decode(&mut buf, conn.version, size_max) {
                 Ok(Some(packet)) => {
+                    consumed = true;
                     if conn.state == ConnState::AwaitConnect {
                         // The CONNECT is in: keepalive counts from here, not from the accept.
                         conn.last_packet_ms = self.now_ms;
@@ -632,25 +643,31 @@ impl Shard {
                         conn.trim(&mut self.pools);
                         return;
                     }
-                    if from_inbox {
-                        // Already the connection's own buffer: keep growing it, no copy.
+                    if from_inbox && !consumed {
+                        // Still the one partial packet in the connection's own buffer: keep
+                        // growing it, no copy.
                         conn.buffers(&mut self.pools).inbox = buf;
                         return;
                     }
-                    // Reserve for the whole packet when its header says how long it is (up
-                    // to a bound, so a client sending only headers cannot make us reserve
-                    // packet_size_max per connection).
-                    let frame_len = protocol::frame_len(&buf, packet_size_max)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0);
-                    let capacity = frame_len.min(INBOX_RESERVE_MAX).max(buf.len());
-                    let inbox = &mut conn.buffers(&mut self.pools).inbox;
-                    *inbox = BytesMut::with_capacity(capacity);
-                    inbox.extend_from_slice(&buf);
+                    // A tail behind whole packets: into a buffer of its own, sized to what
+                    // arrived, so neither an arena block nor a large packet's buffer stays
+                    // pinned by a few bytes.
+                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&buf);
                     return;
                 }
                 Err(error) => {
+                    if awaiting_connect && matches!(error, DecodeError::PacketTooLarge { .. }) {
+                        self.stats.connect_too_large_count += 1;
+                        if !self.connect_too_large_logged {
+                            self.connect_too_large_logged = true;
+                            eprintln!(
+                                "ringmq: shard {}: a CONNECT over connect_packet_size_max \
+                                 ({connect_size_max} B): connection closed (counted; raise the \
+                                 limit for large wills or passwords)",
+                                self.index
+                            );
+                        }
+                    }
                     self.on_decode_error(slot, generation, error);
                     return;
                 }

@@ -29,6 +29,9 @@ pub struct ShardStats {
     /// Connections closed for a malformed packet or a protocol violation.
     pub protocol_errors: u64,
     pub accept_errors: u64,
+    /// Connections closed because their first packet (the CONNECT) announced more than
+    /// `limits.connect_packet_size_max`.
+    pub connect_too_large_count: u64,
     /// Messages pushed to other shards (publishes, interest, retained, hand-offs).
     pub mesh_pushes: u64,
     /// Pushes that found the target's ring full and waited in the overflow queue.
@@ -64,10 +67,10 @@ impl fmt::Display for ShardStats {
             f,
             "connections {} (accepted {}, refused {}, closed {}), messages in {} out {}, \
              dropped: outbox full {}, queue full {}, offline QoS 0 {}; table full {}, \
-             recv ENOBUFS {}, protocol errors {}, accept errors {}; mesh: pushed {} \
-             (overflowed {}, QoS 0 dropped {}), received {}, wakes {}; hand-offs out {} in {} \
-             failed {}; shared group gone {}; reads paused {}, stalled outboxes closed {}, \
-             outbox high water {} B; arena blocks allocated {}",
+             recv ENOBUFS {}, protocol errors {}, accept errors {}, CONNECT too large {}; \
+             mesh: pushed {} (overflowed {}, QoS 0 dropped {}), received {}, wakes {}; \
+             hand-offs out {} in {} failed {}; shared group gone {}; reads paused {}, stalled \
+             outboxes closed {}, outbox high water {} B; arena blocks allocated {}",
             self.connections,
             self.connections_accepted,
             self.connections_refused,
@@ -81,6 +84,7 @@ impl fmt::Display for ShardStats {
             self.recv_nobufs_count,
             self.protocol_errors,
             self.accept_errors,
+            self.connect_too_large_count,
             self.mesh_pushes,
             self.mesh_overflowed,
             self.mesh_dropped_qos0,
