@@ -13,6 +13,21 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Connections per storm: 15,000 client sockets leave this process ~4,900 of its 20,000
+/// descriptors for the harness and the broker (whose connections are direct descriptors, not
+/// in our table), and ~13,000 ephemeral ports of the 28,000 on loopback. Under a lower
+/// open-file limit the storm shrinks to fit, and says so.
+const STORM_CONNECTIONS: usize = 15_000;
+
+fn storm_connections() -> usize {
+    let limit = ringmq::ring::nofile_limit() as usize;
+    let fits = STORM_CONNECTIONS.min(limit.saturating_sub(2_000)).max(500);
+    if fits < STORM_CONNECTIONS {
+        eprintln!("RLIMIT_NOFILE {limit}: storms of {fits} connections, not {STORM_CONNECTIONS}");
+    }
+    fits
+}
+
 /// The storms hold thousands of descriptors: one at a time in this process.
 static STORM: Mutex<()> = Mutex::new(());
 
@@ -259,32 +274,22 @@ fn garbage_storm(shards: usize, total: usize) {
 
 #[test]
 fn issue7_connect_storm_on_1_shard() {
-    connect_storm(1, 4000);
+    connect_storm(1, storm_connections());
 }
 
 #[test]
 fn issue7_connect_storm_on_2_shards() {
-    connect_storm(2, 4000);
+    connect_storm(2, storm_connections());
 }
 
 #[test]
 fn issue7_garbage_storm_on_1_shard() {
-    garbage_storm(1, 4000);
+    garbage_storm(1, storm_connections());
 }
 
 #[test]
 fn issue7_garbage_storm_on_2_shards() {
-    garbage_storm(2, 4000);
-}
-
-#[test]
-#[ignore = "15,000 connections: run with --ignored (bench/storm.sh)"]
-fn issue7_connect_storm_15000() {
-    let shards = std::env::var("RINGMQ_TEST_SHARDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    connect_storm(shards, 15_000);
+    garbage_storm(2, storm_connections());
 }
 
 /// More connections than the broker has slots for, all held open: each one is answered, with a
