@@ -225,9 +225,7 @@ impl Shard {
         let slot = conn_id(ring, completion.result as u32);
         // The kernel filled a slot behind the accept's back: count it, keep the margin.
         self.accept.slot_taken(ring);
-        if ring == self.accept.ring {
-            self.move_accept_if_full();
-        }
+        self.accept_after_fill(ring);
         if let Some((slot, handoff)) = self.handoffs_in.slot_arrived(completion.user_data, slot) {
             self.adopt(slot, handoff);
         }

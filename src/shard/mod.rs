@@ -427,9 +427,8 @@ impl Shard {
             self.rearm_recvs();
             // Never left disarmed (see accept.rs): a connection nobody accepts waits in the
             // listen backlog, unanswered.
-            if self.accept.turn_ends() {
-                self.arm_accept();
-            }
+            let step = self.accept.turn_ends();
+            self.step_accept(step);
             self.wake_targets();
             self.flush_outboxes();
         }
