@@ -625,7 +625,7 @@ impl Shard {
             match protocol::decode(&mut buf, conn.version, size_max) {
                 Ok(Some(packet)) => {
                     consumed = true;
-                    if conn.state == ConnState::AwaitConnect {
+                    if awaiting_connect {
                         // The CONNECT is in: keepalive counts from here, not from the accept.
                         conn.last_packet_ms = self.now_ms;
                     }
