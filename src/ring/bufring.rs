@@ -192,6 +192,11 @@ impl BufRing {
         // completion that names it hands it to the shard.
         Some((bid, unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }))
     }
+
+    /// Buffers provided past the kernel's `head`.
+    pub fn kernel_available(&self, head: u16) -> u16 {
+        self.tail.wrapping_sub(head)
+    }
 }
 
 impl Drop for BufRing {

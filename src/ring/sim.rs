@@ -301,6 +301,12 @@ impl SimKernel {
         self.table.iter().filter(|slot| slot.is_some()).count()
     }
 
+    /// Buffers the shard has provided and the kernel not taken: all of them once every
+    /// completion's buffer was recycled.
+    pub fn buffers_provided(&self, bufs: &BufRing) -> u16 {
+        bufs.kernel_available(self.buf_head)
+    }
+
     /// A multishot recv's next completion: takes a provided buffer and copies as much of
     /// `bytes` as it holds. `None`: no buffer left (-ENOBUFS).
     pub fn recv_into_buffer(&mut self, bufs: &mut BufRing, bytes: &[u8]) -> Option<(u16, usize)> {
