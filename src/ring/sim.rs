@@ -264,6 +264,11 @@ impl SimKernel {
         });
     }
 
+    /// Completions posted and not reaped yet.
+    pub fn completions(&self) -> impl Iterator<Item = &Completion> {
+        self.completions.iter()
+    }
+
     pub fn has_completions(&self) -> bool {
         !self.completions.is_empty()
     }

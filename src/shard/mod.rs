@@ -832,6 +832,9 @@ impl Shard {
         if completion.result < 0 || (completion.result == 0 && !buffers.sending.is_empty()) {
             buffers.sending.clear();
             if conn.state == ConnState::Closing {
+                // A close waiting for this flush (a refusing CONNACK) has nothing left to
+                // wait for: shut down now, or the slot is never released.
+                self.shutdown(token.slot, token.generation);
                 self.maybe_release(token.slot, token.generation);
             } else {
                 self.close(token.slot, token.generation, CloseReason::Io);

