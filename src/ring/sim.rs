@@ -224,6 +224,10 @@ pub struct SimKernel {
     buf_head: u16,
 }
 
+// Like the kernel's own entries, the send pointers recorded here are read only by whoever
+// drives the ring, on the thread that owns it.
+unsafe impl Send for SimKernel {}
+
 impl SimKernel {
     pub fn new(fd: RawFd, files: u32) -> SimKernel {
         SimKernel {

@@ -34,8 +34,7 @@ const ACTIONS_MAX: usize = 256;
 const CLIENT_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
 const TOPICS: &[&str] = &["a", "a/b", "a/b/c", "b", "a//b", "/", "$SYS/x", "$share/g/a"];
 const FILTERS: &[&str] = &[
-    // "#": issue 7 item 1 (the last `#` subscription going away panics the other shard),
-    // fixed on its own branch; back in once that lands.
+    "#",
     "+",
     "+/#",
     "a/#",
