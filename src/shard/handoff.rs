@@ -193,6 +193,7 @@ impl Shard {
                 slot_of(token.slot),
                 Token::new(Op::Close, token.slot, token.generation),
             );
+            self.slot_freed(token.slot);
         }
         self.stats.handoffs_out += 1;
         let message = MeshMessage::Connection(HandOff {

@@ -995,8 +995,13 @@ impl Shard {
         }
         self.stats.connections_closed += 1;
         self.rings[ring_of(slot)].close(slot_of(slot), Token::new(Op::Close, slot, generation));
+        self.slot_freed(slot);
+    }
+
+    /// A slot of the ring `slot` names was closed (the connection ended or moved to its home
+    /// shard): an accept paused on full tables resumes there.
+    fn slot_freed(&mut self, slot: u32) {
         if self.accept_paused {
-            // A slot is free again on this ring: accept there.
             self.accept_ring = ring_of(slot);
             self.accept_paused = false;
             if !self.accept_armed {

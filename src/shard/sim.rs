@@ -892,6 +892,32 @@ mod tests {
         sim.finish();
     }
 
+    /// Issue 7 (found by the fuzzer): a shard whose table filled up paused accepting until a
+    /// slot was released, but slots freed by handing connections to their home shard did not
+    /// count, so once its clients had all moved home it never accepted again.
+    #[test]
+    fn issue_7_slots_freed_by_hand_offs_resume_a_paused_accept() {
+        let mut sim = SimBroker::new(Config {
+            ring_files_max: 2,
+            ..config(2)
+        })
+        .expect("sim");
+        let movers: Vec<SocketId> = (0..3).map(|_| sim.connect(1)).collect();
+        sim.run();
+        assert!(sim.is_closed(movers[2]), "the third found the table full");
+        for (n, &socket) in movers[..2].iter().enumerate() {
+            sim.write(socket, &connect(&homed_on(0, 2, &format!("mover{n}-"))));
+        }
+        sim.run();
+        assert_eq!(sim.stats()[1].handoffs_out, 2, "both went home to shard 0");
+        let newcomer = sim.connect(1);
+        sim.write(newcomer, &connect(&homed_on(1, 2, "stay")));
+        sim.run();
+        let got = packets(sim.received(newcomer));
+        assert!(matches!(got.first(), Some(Packet::ConnAck(_))), "{got:?}");
+        sim.finish();
+    }
+
     #[test]
     fn the_connect_timeout_closes_a_silent_connection() {
         let mut sim = SimBroker::new(config(1)).expect("sim");
