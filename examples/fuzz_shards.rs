@@ -63,6 +63,9 @@ impl Rng {
     }
 }
 
+/// Inputs kept for mutation at most.
+const POOL_MAX: usize = 4096;
+
 static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
 
 fn main() {
@@ -95,7 +98,8 @@ fn main() {
     let mut pool: Vec<Vec<u8>> = corpus().iter().filter_map(|p| std::fs::read(p).ok()).collect();
     let mut signatures = HashSet::new();
     let mut rng = Rng(seed | 1);
-    let (mut iterations, mut crashes, mut actions, mut connections) = (0u64, 0u64, 0u64, 0u64);
+    let (mut iterations, mut crashes) = (0u64, 0u64);
+    let mut total = play::Outcome::default();
     let mut seen_crashes = HashSet::new();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
@@ -113,10 +117,14 @@ fn main() {
         iterations += 1;
         match catch_unwind(AssertUnwindSafe(|| play::play_with_signature(&input))) {
             Ok((outcome, signature)) => {
-                actions += outcome.actions as u64;
-                connections += outcome.connections as u64;
+                total.add(&outcome);
                 if signatures.insert(signature) {
-                    pool.push(input);
+                    if pool.len() < POOL_MAX {
+                        pool.push(input);
+                    } else {
+                        let at = rng.below(pool.len());
+                        pool[at] = input;
+                    }
                 }
             }
             Err(_) => {
@@ -143,8 +151,8 @@ fn main() {
         }
     }
     println!(
-        "fuzz_shards: {iterations} inputs in {} s (seed {seed}): {actions} actions, \
-         {connections} connections, {} distinct behaviours, {crashes} crashes",
+        "fuzz_shards: {iterations} inputs in {} s (seed {seed}): {} distinct behaviours, \
+         {crashes} crashes; {total:?}",
         start.elapsed().as_secs(),
         signatures.len()
     );

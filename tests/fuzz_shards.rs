@@ -1,7 +1,7 @@
 //! Issue 7, fuzzing: sequences of packets from several clients across 2 shards, on the shards'
 //! real code with a simulated kernel (`tests/fuzz_shards/play.rs` says what is generated and
 //! checked). Stable Rust, bounded: the committed corpus (`fuzz/corpus/shards/`), then
-//! `RINGMQ_FUZZ_ITERATIONS` (default 2,000) inputs from a fixed seed (`RINGMQ_FUZZ_SEED`).
+//! `RINGMQ_FUZZ_ITERATIONS` (default 5,000) inputs from a fixed seed (`RINGMQ_FUZZ_SEED`).
 //! A failing input is written to `target/fuzz-shards/` and named in the failure; replay it
 //! with `cargo run --release --example fuzz_shards -- --replay FILE`. The timed run:
 //! `cargo run --release --example fuzz_shards -- --seconds 600`.
@@ -73,7 +73,7 @@ fn issue_7_fuzz_shards_corpus_and_seeded_inputs_keep_every_invariant() {
         play_or_save(&input, &format!("corpus {}", name.unwrap_or_default()));
     }
     let seed = env_u64("RINGMQ_FUZZ_SEED", 0x5eed_7007);
-    let iterations = env_u64("RINGMQ_FUZZ_ITERATIONS", 2_000);
+    let iterations = env_u64("RINGMQ_FUZZ_ITERATIONS", 5_000);
     let mut rng = Rng(seed | 1);
     for iteration in 0..iterations {
         let input = rng.input();

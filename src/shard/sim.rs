@@ -16,7 +16,7 @@
 //! `finish` closes every client and checks that every connection was released (slots, buffers,
 //! hand-offs, counters) and the shard still accepts.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::RawFd;
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::ring::sim::{SimKernel, SimOp, CQE_BUFFER_SHIFT, CQE_F_BUFFER, CQE_F_MORE};
 use crate::ring::{BufRing, Ring, RingSizes};
+use crate::topic::filter::parse_shared;
 
 use super::peers::Peers;
 use super::{Shard, ShardParams, ShardStats, Waker};
@@ -751,6 +752,51 @@ impl SimBroker {
                 self.flights[shard][0].timers.len(),
                 1,
                 "shard {shard}: the timer is not armed"
+            );
+            for session in s.sessions.slots.iter().flatten() {
+                assert!(
+                    !session.clean_session && session.conn.is_none(),
+                    "shard {shard}: session {:?} outlived its connection",
+                    session.client_id
+                );
+            }
+        }
+        self.check_interest();
+    }
+
+    /// Each shard announces the distinct filters its sessions hold (`$share` groups too), and
+    /// every other shard's interest index holds exactly the plain ones: nothing leaked,
+    /// nothing lost.
+    fn check_interest(&self) {
+        if self.shards.len() == 1 {
+            return;
+        }
+        let held: Vec<HashSet<&str>> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let sessions = shard.sessions.slots.iter().flatten();
+                sessions
+                    .flat_map(|session| session.subscriptions.iter().map(|(f, _)| &**f))
+                    .collect()
+            })
+            .collect();
+        for (index, shard) in self.shards.iter().enumerate() {
+            assert_eq!(
+                shard.local_interest.filter_count(),
+                held[index].len(),
+                "shard {index}: announced filters {:?}",
+                held[index]
+            );
+            let others: HashSet<&str> = (0..self.shards.len())
+                .filter(|&other| other != index)
+                .flat_map(|other| held[other].iter().copied())
+                .filter(|filter| parse_shared(filter).is_none())
+                .collect();
+            assert_eq!(
+                shard.interest.filter_count(),
+                others.len(),
+                "shard {index}: interest index against the other shards' filters {others:?}"
             );
         }
     }

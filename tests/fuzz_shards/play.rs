@@ -58,11 +58,37 @@ pub struct Outcome {
     pub actions: usize,
     pub connections: usize,
     pub turns: u64,
+    /// Both shards' counters, summed: what the inputs reached.
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub refused: u64,
+    pub protocol_errors: u64,
+    pub handoffs: u64,
+    pub mesh_overflowed: u64,
+    pub dropped: u64,
+}
+
+impl Outcome {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Outcome) {
+        self.actions += other.actions;
+        self.connections += other.connections;
+        self.turns += other.turns;
+        self.messages_in += other.messages_in;
+        self.messages_out += other.messages_out;
+        self.refused += other.refused;
+        self.protocol_errors += other.protocol_errors;
+        self.handoffs += other.handoffs;
+        self.mesh_overflowed += other.mesh_overflowed;
+        self.dropped += other.dropped;
+    }
 }
 
 struct Client {
     /// Its connections, newest last.
     sockets: Vec<SocketId>,
+    /// Its connections that were sent a CONNECT.
+    greeted: Vec<SocketId>,
     version: ProtocolVersion,
 }
 
@@ -83,6 +109,7 @@ pub fn play_with_signature(data: &[u8]) -> (Outcome, u128) {
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|_| Client {
             sockets: Vec::new(),
+            greeted: Vec::new(),
             version: ProtocolVersion::V3_1_1,
         })
         .collect();
@@ -107,13 +134,25 @@ pub fn play_with_signature(data: &[u8]) -> (Outcome, u128) {
         }
         outcome.connections += client.sockets.len();
     }
+    for stats in sim.stats() {
+        outcome.messages_in += stats.messages_in;
+        outcome.messages_out += stats.messages_out;
+        outcome.refused += stats.connections_refused;
+        outcome.protocol_errors += stats.protocol_errors;
+        outcome.handoffs += stats.handoffs_in;
+        outcome.mesh_overflowed += stats.mesh_overflowed;
+        outcome.dropped += stats.dropped_outbox_full
+            + stats.dropped_queue_full
+            + stats.dropped_offline_qos0
+            + stats.mesh_dropped_qos0;
+    }
     (outcome, signature(&sim))
 }
 
+/// Which counters of which shard moved: one bit each.
 fn signature(sim: &SimBroker) -> u128 {
     let mut signature = 0u128;
-    let mut bit = 0;
-    for stats in sim.stats() {
+    for (shard, stats) in sim.stats().iter().enumerate() {
         let counters = [
             stats.connections_accepted,
             stats.connections_refused,
@@ -136,15 +175,10 @@ fn signature(sim: &SimBroker) -> u128 {
             stats.handoffs_failed,
             stats.dropped_no_group_member,
         ];
-        for value in counters {
-            let bucket = match value {
-                0 => 0,
-                1 => 1,
-                2..=7 => 2,
-                _ => 3,
-            };
-            signature |= bucket << bit;
-            bit = (bit + 2) % 128;
+        for (n, value) in counters.into_iter().enumerate() {
+            if value > 0 {
+                signature |= 1 << (shard * counters.len() + n);
+            }
         }
     }
     signature
@@ -187,9 +221,18 @@ fn step(u: &mut Unstructured, sim: &mut SimBroker, clients: &mut [Client]) -> Re
             let socket = socket_of(u, sim, &mut clients[client])?;
             let mut stream = Vec::new();
             for _ in 0..u.int_in_range(1..=3)? {
-                let packet = packet(u, &mut clients[client])?;
+                // Mostly a CONNECT first, or the broker closes the connection at once.
+                let client = &mut clients[client];
+                let packet = if !client.greeted.contains(&socket) && u.ratio(7, 8)? {
+                    connect(u, client)?
+                } else {
+                    packet(u, client)?
+                };
+                if let Packet::Connect(_) = packet {
+                    client.greeted.push(socket);
+                }
                 let mut out = BytesMut::new();
-                if encode(&packet, clients[client].version, &mut out).is_err() {
+                if encode(&packet, client.version, &mut out).is_err() {
                     continue;
                 }
                 if u.ratio(1, 16)? {
@@ -284,39 +327,41 @@ fn payload(u: &mut Unstructured) -> Result<Bytes> {
     Ok(Bytes::copy_from_slice(&u.bytes(len.min(u.len()))?))
 }
 
+fn connect(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
+    let protocol = *u.choose(&[
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V3_1,
+        ProtocolVersion::V5,
+    ])?;
+    client.version = protocol;
+    let will = match u.ratio(1, 3)? {
+        true => Some(LastWill {
+            topic: topic(u)?.into(),
+            payload: payload(u)?,
+            qos: qos(u)?,
+            retain: u.arbitrary()?,
+            properties: Properties::default(),
+        }),
+        false => None,
+    };
+    Ok(Packet::Connect(Box::new(Connect {
+        protocol,
+        clean_start: u.ratio(2, 3)?,
+        keepalive_secs: *u.choose(&[0, 1, 2, 60])?,
+        client_id: u.choose(CLIENT_IDS)?.to_string().into(),
+        will,
+        username: u.ratio(1, 8)?.then(|| "user".into()),
+        password: None,
+        properties: Properties::default(),
+    })))
+}
+
 fn packet(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
     let ack = |u: &mut Unstructured| -> Result<PubAck> { Ok(PubAck::new(packet_id(u)?)) };
     Ok(match u.int_in_range(0..=12)? {
-        0..=1 => {
-            let protocol = *u.choose(&[
-                ProtocolVersion::V3_1_1,
-                ProtocolVersion::V3_1_1,
-                ProtocolVersion::V3_1_1,
-                ProtocolVersion::V3_1,
-                ProtocolVersion::V5,
-            ])?;
-            client.version = protocol;
-            let will = match u.ratio(1, 3)? {
-                true => Some(LastWill {
-                    topic: topic(u)?.into(),
-                    payload: payload(u)?,
-                    qos: qos(u)?,
-                    retain: u.arbitrary()?,
-                    properties: Properties::default(),
-                }),
-                false => None,
-            };
-            Packet::Connect(Box::new(Connect {
-                protocol,
-                clean_start: u.ratio(2, 3)?,
-                keepalive_secs: *u.choose(&[0, 1, 2, 60])?,
-                client_id: u.choose(CLIENT_IDS)?.to_string().into(),
-                will,
-                username: u.ratio(1, 8)?.then(|| "user".into()),
-                password: None,
-                properties: Properties::default(),
-            }))
-        }
+        0..=1 => connect(u, client)?,
         2..=3 => {
             let mut filters = Vec::new();
             for _ in 0..u.int_in_range(1..=3)? {
