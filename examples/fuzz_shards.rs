@@ -4,13 +4,16 @@
 //! ```sh
 //! cargo run --release --example fuzz_shards -- --seconds 600 [--seed N]
 //! cargo run --release --example fuzz_shards -- --replay FILE [--trace]
+//! cargo run --release --example fuzz_shards -- --minimize FILE   # writes FILE.min
+//! cargo run --release --example fuzz_shards -- --seconds 60 --corpus-out fuzz/corpus/shards
 //! ```
 //!
 //! A timed run plays random inputs and mutations of the inputs that reached new behaviour
 //! (a new set of non-zero shard counters, a cheap stand-in for coverage), starting from
 //! `fuzz/corpus/shards/`. An input that breaks an invariant is written to
 //! `target/fuzz-shards/crash-*` and the run goes on; the exit status is 1 if any did. The
-//! shards' own log lines go to /dev/null unless `--logs`.
+//! shards' own log lines go to /dev/null unless `--logs`. `--corpus-out DIR` writes the 16
+//! kept inputs that moved the most counters, as seeds.
 
 #[path = "../tests/fuzz_shards/play.rs"]
 mod play;
@@ -85,6 +88,11 @@ fn main() {
         println!("{file}: passed ({outcome:?})");
         return;
     }
+    if let Some(file) = value("--minimize") {
+        silence_stderr();
+        minimize(&file);
+        return;
+    }
     let seconds: u64 = value("--seconds").map_or(60, |s| s.parse().expect("--seconds N"));
     let seed: u64 = value("--seed").map_or(0x5eed_7007, |s| s.parse().expect("--seed N"));
     if !args.iter().any(|a| a == "--logs") {
@@ -95,7 +103,11 @@ fn main() {
         *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = format!("{info}\n{backtrace}");
     }));
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-shards");
-    let mut pool: Vec<Vec<u8>> = corpus().iter().filter_map(|p| std::fs::read(p).ok()).collect();
+    let mut pool: Vec<Vec<u8>> = corpus()
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    let mut richest: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut signatures = HashSet::new();
     let mut rng = Rng(seed | 1);
     let (mut iterations, mut crashes) = (0u64, 0u64);
@@ -119,6 +131,9 @@ fn main() {
             Ok((outcome, signature)) => {
                 total.add(&outcome);
                 if signatures.insert(signature) {
+                    richest.push((signature.count_ones(), input.clone()));
+                    richest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+                    richest.truncate(16);
                     if pool.len() < POOL_MAX {
                         pool.push(input);
                     } else {
@@ -156,6 +171,14 @@ fn main() {
         start.elapsed().as_secs(),
         signatures.len()
     );
+    if let Some(dir) = value("--corpus-out") {
+        let _ = std::fs::create_dir_all(&dir);
+        for (n, (_, input)) in richest.iter().enumerate() {
+            let path = Path::new(&dir).join(format!("seed-{n:02}"));
+            std::fs::write(&path, input).expect("a corpus file");
+        }
+        println!("{} seeds written to {dir}", richest.len());
+    }
     if crashes > 0 {
         std::process::exit(1);
     }
@@ -180,4 +203,42 @@ fn silence_stderr() {
             libc::close(null);
         }
     }
+}
+
+/// The panic message's first line of playing `input`, if it panics.
+fn failure(input: &[u8]) -> Option<String> {
+    let result = catch_unwind(AssertUnwindSafe(|| play::play(input)));
+    result.err()?;
+    let report = LAST_PANIC.lock().map(|s| s.clone()).unwrap_or_default();
+    Some(report.lines().nth(1).unwrap_or("").to_string())
+}
+
+/// Cuts chunks out of a failing input, halving the chunk size, while it still fails with the
+/// same message; writes the result beside it.
+fn minimize(file: &str) {
+    std::panic::set_hook(Box::new(|info| {
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = format!("{info}");
+    }));
+    let mut input = std::fs::read(file).expect("the input file");
+    let Some(message) = failure(&input) else {
+        println!("{file} does not fail");
+        return;
+    };
+    let mut chunk = input.len() / 2;
+    while chunk > 0 {
+        let mut at = 0;
+        while at < input.len() {
+            let mut shorter = input.clone();
+            shorter.drain(at..(at + chunk).min(input.len()));
+            if failure(&shorter).as_deref() == Some(message.as_str()) {
+                input = shorter;
+            } else {
+                at += chunk;
+            }
+        }
+        chunk /= 2;
+    }
+    let out = format!("{file}.min");
+    std::fs::write(&out, &input).expect("the minimized file");
+    println!("{out}: {} bytes, fails with: {message}", input.len());
 }

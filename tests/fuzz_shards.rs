@@ -49,7 +49,10 @@ fn play_or_save(input: &[u8], what: &str) -> play::Outcome {
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)");
-            panic!("issue 7: {what} broke an invariant: {message}; input saved to {}", path.display());
+            panic!(
+                "issue 7: {what} broke an invariant: {message}; input saved to {}",
+                path.display()
+            );
         }
     }
 }
@@ -65,8 +68,7 @@ fn corpus() -> Vec<PathBuf> {
 
 #[test]
 fn issue_7_fuzz_shards_corpus_and_seeded_inputs_keep_every_invariant() {
-    let mut actions = 0;
-    let mut connections = 0;
+    let mut total = play::Outcome::default();
     for path in corpus() {
         let input = std::fs::read(&path).expect("a corpus file");
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -77,10 +79,18 @@ fn issue_7_fuzz_shards_corpus_and_seeded_inputs_keep_every_invariant() {
     let mut rng = Rng(seed | 1);
     for iteration in 0..iterations {
         let input = rng.input();
-        let outcome = play_or_save(&input, &format!("seed {seed} input {iteration}"));
-        actions += outcome.actions;
-        connections += outcome.connections;
+        total.add(&play_or_save(
+            &input,
+            &format!("seed {seed} input {iteration}"),
+        ));
     }
-    eprintln!("{iterations} inputs: {actions} actions, {connections} connections");
-    assert!(actions > iterations as usize * 10, "the inputs drove the shards");
+    eprintln!("{iterations} inputs: {total:?}");
+    assert!(
+        total.actions > iterations as usize * 10,
+        "the inputs drove the shards"
+    );
+    assert!(
+        total.messages_out > 0 && total.handoffs > 0 && total.mesh_overflowed > 0,
+        "the inputs reached deliveries, hand-offs and full mesh rings: {total:?}"
+    );
 }

@@ -168,7 +168,9 @@ impl BufRing {
     /// it. `None`: the ring is empty (the kernel's -ENOBUFS).
     pub fn kernel_take(&mut self, head: &mut u16) -> Option<(u16, &mut [u8])> {
         // SAFETY: as in `publish`; an acquire load pairs with its release store.
-        let tail = unsafe { (*(BufRingEntry::tail(self.entries) as *const AtomicU16)).load(Ordering::Acquire) };
+        let tail = unsafe {
+            (*(BufRingEntry::tail(self.entries) as *const AtomicU16)).load(Ordering::Acquire)
+        };
         if *head == tail {
             return None;
         }
@@ -185,12 +187,16 @@ impl BufRing {
         let (bid, addr, len) = (entry.bid(), entry.addr(), entry.len() as usize);
         let start = self.buffers as u64;
         assert!(
-            bid < self.count && addr >= start && addr + len as u64 <= start + self.buffers_len as u64,
+            bid < self.count
+                && addr >= start
+                && addr + len as u64 <= start + self.buffers_len as u64,
             "provided buffer {bid} at {addr:#x} (+{len}) lies outside the pool"
         );
         // SAFETY: inside the buffer mapping (asserted); the buffer is the kernel's until the
         // completion that names it hands it to the shard.
-        Some((bid, unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }))
+        Some((bid, unsafe {
+            std::slice::from_raw_parts_mut(addr as *mut u8, len)
+        }))
     }
 
     /// Buffers provided past the kernel's `head`.

@@ -37,9 +37,14 @@ const _: () = assert!(std::mem::size_of::<squeue::Entry>() == SQE_SIZE);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimOp {
     /// Multishot accept into a slot the kernel allocates.
-    AcceptMulti { user_data: u64 },
+    AcceptMulti {
+        user_data: u64,
+    },
     /// Multishot recv into the provided-buffer ring.
-    RecvMulti { slot: u32, user_data: u64 },
+    RecvMulti {
+        slot: u32,
+        user_data: u64,
+    },
     /// `buf..buf + len` stays valid until the completion (the caller's promise to the kernel).
     Send {
         slot: u32,
@@ -47,13 +52,27 @@ pub enum SimOp {
         len: u32,
         user_data: u64,
     },
-    Shutdown { slot: u32, user_data: u64 },
+    Shutdown {
+        slot: u32,
+        user_data: u64,
+    },
     /// Cancels the operation submitted with `target` as its user data.
-    Cancel { target: u64, user_data: u64 },
-    Close { slot: u32, user_data: u64 },
-    Timeout { user_data: u64 },
+    Cancel {
+        target: u64,
+        user_data: u64,
+    },
+    Close {
+        slot: u32,
+        user_data: u64,
+    },
+    Timeout {
+        user_data: u64,
+    },
     /// A read on a plain descriptor (the shard's eventfds).
-    Read { fd: RawFd, user_data: u64 },
+    Read {
+        fd: RawFd,
+        user_data: u64,
+    },
     /// MSG_RING with IORING_MSG_SEND_FD: `slot` into a slot the target ring allocates, whose
     /// completion carries `target_user_data` and the slot.
     SendFd {
@@ -139,7 +158,10 @@ impl Sqe {
         let user_data = self.user_data();
         match self.opcode() {
             opcode::AcceptMulti::CODE => {
-                assert!(self.ioprio() & IORING_ACCEPT_MULTISHOT != 0, "accept is multishot");
+                assert!(
+                    self.ioprio() & IORING_ACCEPT_MULTISHOT != 0,
+                    "accept is multishot"
+                );
                 assert_eq!(
                     self.file_index(),
                     IORING_FILE_INDEX_ALLOC,
@@ -148,7 +170,10 @@ impl Sqe {
                 SimOp::AcceptMulti { user_data }
             }
             opcode::RecvMulti::CODE => {
-                assert!(self.ioprio() & IORING_RECV_MULTISHOT != 0, "recv is multishot");
+                assert!(
+                    self.ioprio() & IORING_RECV_MULTISHOT != 0,
+                    "recv is multishot"
+                );
                 assert!(
                     self.flags() & IOSQE_BUFFER_SELECT != 0,
                     "recv reads into provided buffers"
@@ -415,7 +440,11 @@ mod tests {
         assert_eq!(len, 8, "one buffer's worth");
         let (other, _) = sim.recv_into_buffer(bufs, b"x").expect("the second buffer");
         assert!(sim.recv_into_buffer(bufs, b"y").is_none(), "-ENOBUFS");
-        sim.post(5, len as i32, CQE_F_MORE | CQE_F_BUFFER | u32::from(bid) << CQE_BUFFER_SHIFT);
+        sim.post(
+            5,
+            len as i32,
+            CQE_F_MORE | CQE_F_BUFFER | u32::from(bid) << CQE_BUFFER_SHIFT,
+        );
         let mut out = Vec::new();
         ring.reap(&mut out, 16);
         assert_eq!(out.len(), 1);

@@ -192,7 +192,11 @@ impl SimBroker {
         }
         let mut sim = SimBroker {
             flights: (0..shard_count)
-                .map(|_| (0..rings_per_shard).map(|_| RingFlight::default()).collect())
+                .map(|_| {
+                    (0..rings_per_shard)
+                        .map(|_| RingFlight::default())
+                        .collect()
+                })
                 .collect(),
             shards,
             sockets: Vec::new(),
@@ -236,7 +240,10 @@ impl SimBroker {
     }
 
     pub fn stats(&self) -> Vec<ShardStats> {
-        self.shards.iter().map(|shard| shard.stats.clone()).collect()
+        self.shards
+            .iter()
+            .map(|shard| shard.stats.clone())
+            .collect()
     }
 
     /// A client connects to `shard`'s listener; accepted on the shard's next kernel step.
@@ -425,7 +432,10 @@ impl SimBroker {
             SimOp::RecvMulti { slot, user_data } => {
                 self.socket_in(shard, ring, slot, "recv");
                 let previous = self.flights[shard][ring].recvs.insert(slot, user_data);
-                assert!(previous.is_none(), "{here}: a second recv armed on slot {slot}");
+                assert!(
+                    previous.is_none(),
+                    "{here}: a second recv armed on slot {slot}"
+                );
             }
             SimOp::Send {
                 slot,
@@ -445,7 +455,10 @@ impl SimBroker {
                     bytes,
                 };
                 let previous = self.flights[shard][ring].sends.insert(slot, send);
-                assert!(previous.is_none(), "{here}: a second send in flight on slot {slot}");
+                assert!(
+                    previous.is_none(),
+                    "{here}: a second send in flight on slot {slot}"
+                );
             }
             SimOp::Shutdown { slot, user_data } => {
                 let socket = self.socket_in(shard, ring, slot, "shutdown");
@@ -524,8 +537,11 @@ impl SimBroker {
                 match self.kernel(target, target_ring).install(socket as u64) {
                     Some(target_slot) => {
                         self.sockets[socket].refs += 1;
-                        self.kernel(target, target_ring)
-                            .post(target_user_data, target_slot as i32, 0);
+                        self.kernel(target, target_ring).post(
+                            target_user_data,
+                            target_slot as i32,
+                            0,
+                        );
                         self.kernel(shard, ring).post(user_data, 0, 0);
                     }
                     None => self.kernel(shard, ring).post(user_data, -libc::ENFILE, 0),
@@ -561,7 +577,8 @@ impl SimBroker {
                 Some(slot) => {
                     let socket = &mut self.sockets[socket];
                     socket.refs = 1;
-                    self.kernel(shard, ring).post(user_data, slot as i32, CQE_F_MORE);
+                    self.kernel(shard, ring)
+                        .post(user_data, slot as i32, CQE_F_MORE);
                 }
                 None => {
                     // The kernel closes the connection that found the table full and ends
@@ -721,7 +738,10 @@ impl SimBroker {
         self.advance(wait_ms);
         self.run();
         for (id, socket) in self.sockets.iter().enumerate() {
-            assert!(socket.closed, "socket {id} still open after every client closed");
+            assert!(
+                socket.closed,
+                "socket {id} still open after every client closed"
+            );
         }
         for shard in 0..self.shards.len() {
             let mut accepts = 0;
@@ -731,22 +751,35 @@ impl SimBroker {
                 assert!(flight.recvs.is_empty(), "{here}: recvs still armed");
                 assert!(flight.sends.is_empty(), "{here}: sends still in flight");
                 accepts += usize::from(flight.accept.is_some());
-                let count = self.shards[shard].rings[ring].sim().map(|(kernel, bufs)| {
-                    (kernel.files_in_use(), kernel.buffers_provided(bufs))
-                });
+                let count = self.shards[shard].rings[ring]
+                    .sim()
+                    .map(|(kernel, bufs)| (kernel.files_in_use(), kernel.buffers_provided(bufs)));
                 let (files_in_use, provided) = count.expect("a simulated ring");
                 assert_eq!(files_in_use, 0, "{here}: slots still hold sockets");
                 assert_eq!(
-                    provided,
-                    self.shards[shard].config.recv_buffer_count,
+                    provided, self.shards[shard].config.recv_buffer_count,
                     "{here}: provided buffers not all recycled"
                 );
             }
             let s = &self.shards[shard];
-            assert_eq!(accepts, 1, "shard {shard}: {accepts} accepts armed, not one");
-            assert!(s.conns.is_empty(), "shard {shard}: {} connections left", s.conns.len());
-            assert!(s.handoffs_out.is_empty(), "shard {shard}: hand-offs out left");
-            assert_eq!(s.handoffs_in.pending(), 0, "shard {shard}: hand-offs in left");
+            assert_eq!(
+                accepts, 1,
+                "shard {shard}: {accepts} accepts armed, not one"
+            );
+            assert!(
+                s.conns.is_empty(),
+                "shard {shard}: {} connections left",
+                s.conns.len()
+            );
+            assert!(
+                s.handoffs_out.is_empty(),
+                "shard {shard}: hand-offs out left"
+            );
+            assert_eq!(
+                s.handoffs_in.pending(),
+                0,
+                "shard {shard}: hand-offs in left"
+            );
             assert_eq!(s.stats.connections, 0, "shard {shard}: connected count");
             assert_eq!(
                 self.flights[shard][0].timers.len(),
@@ -844,7 +877,8 @@ mod tests {
     fn packets(received: &[u8]) -> Vec<Packet> {
         let mut buf = BytesMut::from(received);
         let mut out = Vec::new();
-        while let Some(packet) = decode(&mut buf, ProtocolVersion::V3_1_1, u32::MAX).expect("valid") {
+        while let Some(packet) = decode(&mut buf, ProtocolVersion::V3_1_1, u32::MAX).expect("valid")
+        {
             out.push(packet);
         }
         assert!(buf.is_empty(), "a partial packet left");
@@ -912,7 +946,10 @@ mod tests {
         sim.write(client, &connect("slow"));
         sim.write(client, &[0xC0, 0x00]);
         sim.run();
-        assert!(sim.received(client).is_empty(), "nothing completes while it does not read");
+        assert!(
+            sim.received(client).is_empty(),
+            "nothing completes while it does not read"
+        );
         sim.set_reading(client, true);
         sim.set_send_cut(client, 1);
         sim.run();

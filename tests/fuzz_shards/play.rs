@@ -32,7 +32,16 @@ const ACTIONS_MAX: usize = 256;
 /// Few ids, so connections collide (take-over) and land away from home (hand-off). The empty
 /// id gets one assigned (or is refused without clean session).
 const CLIENT_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
-const TOPICS: &[&str] = &["a", "a/b", "a/b/c", "b", "a//b", "/", "$SYS/x", "$share/g/a"];
+const TOPICS: &[&str] = &[
+    "a",
+    "a/b",
+    "a/b/c",
+    "b",
+    "a//b",
+    "/",
+    "$SYS/x",
+    "$share/g/a",
+];
 const FILTERS: &[&str] = &[
     "#",
     "+",
@@ -324,7 +333,7 @@ fn topic(u: &mut Unstructured) -> Result<&'static str> {
 
 fn payload(u: &mut Unstructured) -> Result<Bytes> {
     let len = *u.choose(&[0, 1, 5, 20, 60, 200])?;
-    Ok(Bytes::copy_from_slice(&u.bytes(len.min(u.len()))?))
+    Ok(Bytes::copy_from_slice(u.bytes(len.min(u.len()))?))
 }
 
 fn connect(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
@@ -395,7 +404,11 @@ fn packet(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
                 qos,
                 retain: u.ratio(1, 3)?,
                 topic: topic(u)?.into(),
-                packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id(u)? },
+                packet_id: if qos == QoS::AtMostOnce {
+                    0
+                } else {
+                    packet_id(u)?
+                },
                 payload: payload(u)?,
                 properties: Properties::default(),
             })
@@ -428,7 +441,9 @@ fn check_output(received: &[u8], socket: SocketId) {
     };
     let packets = parses(ProtocolVersion::V3_1_1)
         .or_else(|| parses(ProtocolVersion::V5))
-        .unwrap_or_else(|| panic!("socket {socket}: the broker sent malformed bytes {received:02x?}"));
+        .unwrap_or_else(|| {
+            panic!("socket {socket}: the broker sent malformed bytes {received:02x?}")
+        });
     assert!(
         matches!(packets.first(), None | Some(Packet::ConnAck(_))),
         "socket {socket}: the first packet sent is {:?}, not a CONNACK",
