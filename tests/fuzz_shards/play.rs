@@ -208,13 +208,15 @@ fn config(u: &mut Unstructured) -> Result<Config> {
     limits.connections_max = u.int_in_range(2..=8)?;
     limits.inflight_max = u.int_in_range(1..=3)?;
     limits.offline_queue_max = u.int_in_range(0..=6)?;
-    limits.outbox_bytes_max = u.int_in_range(0..=1024)?;
+    limits.outbox_bytes_max = u.int_in_range(1024..=2048)?;
     limits.keepalive_max_secs = u.int_in_range(0..=4)?;
     limits.qos_max = u.int_in_range(0..=2)?;
     limits.mesh_batch_max = u.int_in_range(1..=4)?;
     limits.mesh_ring_capacity = u.int_in_range(1..=4)?;
     limits.mesh_overflow_max = u.int_in_range(0..=8)?;
     limits.connect_timeout_secs = u.int_in_range(1..=4)?;
+    // A client that stops reading is dropped within the session's few simulated seconds.
+    limits.outbox_stall_secs = limits.connect_timeout_secs;
     Ok(config)
 }
 
