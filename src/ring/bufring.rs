@@ -6,6 +6,10 @@
 //! Both the ring of entries and the buffers are anonymous mappings: the kernel wants the entry
 //! ring page-aligned, and the pages stay put for as long as the kernel may write into them
 //! (the owning `Ring` drops the io_uring before this).
+//!
+//! A simulated ring (`super::sim`) uses the same memory unregistered: the simulated kernel takes
+//! buffers from the entry ring exactly as the kernel does (`kernel_take`), so `recycle` is the
+//! code under test there too.
 
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -55,6 +59,22 @@ impl BufRing {
         count: u16,
         size: u32,
     ) -> io::Result<BufRing> {
+        let mut ring = BufRing::map(group, count, size)?;
+        // SAFETY: the entry ring is page-aligned, `count` entries long, and lives until drop,
+        // which happens after the io_uring that uses it is gone (field order in `Ring`).
+        unsafe { submitter.register_buf_ring_with_flags(ring.entries as u64, count, group, 0)? };
+        ring.provide_all();
+        Ok(ring)
+    }
+
+    /// The same pool for a simulated ring: mapped and provided, registered nowhere.
+    pub fn unregistered(group: u16, count: u16, size: u32) -> io::Result<BufRing> {
+        let mut ring = BufRing::map(group, count, size)?;
+        ring.provide_all();
+        Ok(ring)
+    }
+
+    fn map(group: u16, count: u16, size: u32) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count > 32768 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -72,7 +92,7 @@ impl BufRing {
                 return Err(e);
             }
         };
-        let mut ring = BufRing {
+        Ok(BufRing {
             entries,
             entries_len,
             buffers,
@@ -81,15 +101,15 @@ impl BufRing {
             size,
             tail: 0,
             group,
-        };
-        // SAFETY: the entry ring is page-aligned, `count` entries long, and lives until drop,
-        // which happens after the io_uring that uses it is gone (field order in `Ring`).
-        unsafe { submitter.register_buf_ring_with_flags(entries as u64, count, group, 0)? };
-        for bid in 0..count {
-            ring.push(bid);
+        })
+    }
+
+    /// Hands every buffer to the kernel.
+    fn provide_all(&mut self) {
+        for bid in 0..self.count {
+            self.push(bid);
         }
-        ring.publish();
-        Ok(ring)
+        self.publish();
     }
 
     pub fn group(&self) -> u16 {
@@ -139,6 +159,49 @@ impl BufRing {
             let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
         }
+    }
+}
+
+impl BufRing {
+    /// The kernel's side, for the simulated kernel: the next buffer provided after `head`
+    /// (the kernel's own head, which it keeps), read from the entry ring as the kernel reads
+    /// it. `None`: the ring is empty (the kernel's -ENOBUFS).
+    pub fn kernel_take(&mut self, head: &mut u16) -> Option<(u16, &mut [u8])> {
+        // SAFETY: as in `publish`; an acquire load pairs with its release store.
+        let tail = unsafe {
+            (*(BufRingEntry::tail(self.entries) as *const AtomicU16)).load(Ordering::Acquire)
+        };
+        if *head == tail {
+            return None;
+        }
+        // More buffers provided than exist: one was recycled twice (or never taken).
+        assert!(
+            tail.wrapping_sub(*head) <= self.count,
+            "buffer ring holds {} entries for {} buffers: a buffer was recycled twice",
+            tail.wrapping_sub(*head),
+            self.count
+        );
+        // SAFETY: the index is masked into the entry mapping.
+        let entry = unsafe { &*self.entries.add((*head & (self.count - 1)) as usize) };
+        *head = head.wrapping_add(1);
+        let (bid, addr, len) = (entry.bid(), entry.addr(), entry.len() as usize);
+        let start = self.buffers as u64;
+        assert!(
+            bid < self.count
+                && addr >= start
+                && addr + len as u64 <= start + self.buffers_len as u64,
+            "provided buffer {bid} at {addr:#x} (+{len}) lies outside the pool"
+        );
+        // SAFETY: inside the buffer mapping (asserted); the buffer is the kernel's until the
+        // completion that names it hands it to the shard.
+        Some((bid, unsafe {
+            std::slice::from_raw_parts_mut(addr as *mut u8, len)
+        }))
+    }
+
+    /// Buffers provided past the kernel's `head`.
+    pub fn kernel_available(&self, head: u16) -> u16 {
+        self.tail.wrapping_sub(head)
     }
 }
 

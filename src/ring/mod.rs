@@ -4,8 +4,14 @@
 //! ring (an idle connection owns no read buffer), and offers one method per operation the shard
 //! uses. Every submission carries a `Token`; completions are copied out in batches so handlers
 //! can submit while they run.
+//!
+//! A ring runs on the kernel or, for tests and fuzzing, on a simulated kernel (`sim`) that
+//! reads the same submission entries and lets a driver post the completions: the shard above
+//! cannot tell them apart. The choice is one predictable branch per submission.
 
 pub mod bufring;
+#[doc(hidden)]
+pub mod sim;
 pub mod token;
 
 use std::collections::VecDeque;
@@ -15,6 +21,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 pub use bufring::BufRing;
+use sim::SimKernel;
 pub use token::{next_generation, Op, Token};
 
 /// One completion, copied out of the completion queue.
@@ -52,13 +59,21 @@ pub struct RingSizes {
 pub struct Ring {
     // Field order matters: the io_uring is dropped (and its requests torn down) before the
     // buffer memory the kernel may still write into.
-    uring: IoUring,
+    backend: Backend,
     bufs: BufRing,
     files: u32,
     /// Entries the kernel could not take yet, oldest first (see `push`). Empty, and without
     /// an allocation, unless the submission queue stayed full.
     backlog: VecDeque<squeue::Entry>,
     backlog_logged: bool,
+}
+
+/// What executes the submissions: the kernel, or the simulated one (`sim`).
+// The kernel's variant is the one that runs: kept inline, not behind a pointer per submission.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Kernel(IoUring),
+    Sim(Box<SimKernel>),
 }
 
 /// The open-file soft limit, which caps each ring's fixed-file table.
@@ -137,12 +152,37 @@ impl Ring {
             io::Error::new(e.kind(), format!("registering the buffer ring failed: {e}"))
         })?;
         Ok(Ring {
-            uring,
+            backend: Backend::Kernel(uring),
             bufs,
             files: sizes.files,
             backlog: VecDeque::new(),
             backlog_logged: false,
         })
+    }
+
+    /// A ring on the simulated kernel (`sim`): no io_uring, no syscall. `fd` is the number
+    /// other rings' MSG_RING entries name it by (the simulation routes them; it is no real
+    /// descriptor).
+    #[doc(hidden)]
+    pub fn simulated(sizes: RingSizes, fd: RawFd) -> io::Result<Ring> {
+        let bufs = BufRing::unregistered(0, sizes.recv_buffer_count, sizes.recv_buffer_size)?;
+        Ok(Ring {
+            backend: Backend::Sim(Box::new(SimKernel::new(fd, sizes.files))),
+            bufs,
+            files: sizes.files,
+            backlog: VecDeque::new(),
+            backlog_logged: false,
+        })
+    }
+
+    /// The simulated kernel behind this ring, and the provided buffers it fills; `None` on
+    /// the real kernel.
+    #[doc(hidden)]
+    pub fn sim(&mut self) -> Option<(&mut SimKernel, &mut BufRing)> {
+        match &mut self.backend {
+            Backend::Sim(sim) => Some((sim, &mut self.bufs)),
+            Backend::Kernel(_) => None,
+        }
     }
 
     /// Fixed-file slots in this ring's table.
@@ -156,14 +196,18 @@ impl Ring {
     /// after it: an operation is never dropped (the shard would wait for its completion
     /// forever) and never overtaken by a later one (a close must not pass its shutdown).
     fn push(&mut self, entry: squeue::Entry) {
+        let uring = match &mut self.backend {
+            Backend::Kernel(uring) => uring,
+            Backend::Sim(sim) => return sim.submit(&entry),
+        };
         if self.backlog.is_empty() {
-            if try_push(&mut self.uring, &entry) {
+            if try_push(uring, &entry) {
                 return;
             }
             // EBUSY / EINTR only delay the kernel taking the entries; completions beyond the
             // CQ size wait in its overflow list (IORING_FEAT_NODROP).
-            let _ = self.uring.submit();
-            if try_push(&mut self.uring, &entry) {
+            let _ = uring.submit();
+            if try_push(uring, &entry) {
                 return;
             }
             if !self.backlog_logged {
@@ -180,10 +224,13 @@ impl Ring {
     /// Moves the backlog, in order, into the submission queue, submitting whenever it fills;
     /// stops where the kernel takes nothing. True when the backlog is empty.
     fn flush_backlog(&mut self) -> bool {
+        let Backend::Kernel(uring) = &mut self.backend else {
+            return true;
+        };
         while let Some(entry) = self.backlog.front() {
-            if try_push(&mut self.uring, entry) {
+            if try_push(uring, entry) {
                 self.backlog.pop_front();
-            } else if !matches!(self.uring.submit(), Ok(taken) if taken > 0) {
+            } else if !matches!(uring.submit(), Ok(taken) if taken > 0) {
                 return false;
             }
         }
@@ -194,7 +241,11 @@ impl Ring {
     /// while some entries are still in the backlog, so the next turn retries them.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
         let want = if self.flush_backlog() { want } else { 0 };
-        match self.uring.submit_and_wait(want) {
+        let Backend::Kernel(uring) = &mut self.backend else {
+            // The simulation's driver runs the kernel's side between turns: nothing to wait for.
+            return Ok(());
+        };
+        match uring.submit_and_wait(want) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
@@ -206,7 +257,10 @@ impl Ring {
     /// when there is something to submit or the kernel flagged pending work, so an idle
     /// secondary ring costs no syscall per turn.
     pub fn poll(&mut self) -> io::Result<()> {
-        let sq = self.uring.submission();
+        let Backend::Kernel(uring) = &mut self.backend else {
+            return Ok(());
+        };
+        let sq = uring.submission();
         let needed = !sq.is_empty() || sq.taskrun() || sq.cq_overflow() || !self.backlog.is_empty();
         drop(sq);
         if needed {
@@ -217,20 +271,31 @@ impl Ring {
 
     /// Completions are waiting to be reaped.
     pub fn has_completions(&mut self) -> bool {
-        !self.uring.completion().is_empty()
+        match &mut self.backend {
+            Backend::Kernel(uring) => !uring.completion().is_empty(),
+            Backend::Sim(sim) => sim.has_completions(),
+        }
     }
 
     /// The kernel signals `eventfd` whenever this ring has completion work queued (with
     /// DEFER_TASKRUN: before the completion is posted), so a thread waiting on another ring
     /// learns that this one needs a `poll`.
     pub fn register_eventfd(&self, eventfd: RawFd) -> io::Result<()> {
-        self.uring.submitter().register_eventfd(eventfd)
+        match &self.backend {
+            Backend::Kernel(uring) => uring.submitter().register_eventfd(eventfd),
+            // The simulation runs a turn whenever a ring has completions.
+            Backend::Sim(_) => Ok(()),
+        }
     }
 
     /// Copies up to `max` completions into `out` (cleared first).
     pub fn reap(&mut self, out: &mut Vec<Completion>, max: usize) {
         out.clear();
-        for cqe in self.uring.completion().take(max) {
+        let uring = match &mut self.backend {
+            Backend::Kernel(uring) => uring,
+            Backend::Sim(sim) => return sim.reap(out, max),
+        };
+        for cqe in uring.completion().take(max) {
             out.push(Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),
@@ -300,7 +365,10 @@ impl Ring {
 
     /// This ring's own descriptor: what another shard's `send_fixed_file` targets.
     pub fn raw_fd(&self) -> RawFd {
-        self.uring.as_raw_fd()
+        match &self.backend {
+            Backend::Kernel(uring) => uring.as_raw_fd(),
+            Backend::Sim(sim) => sim.fd(),
+        }
     }
 
     /// Moves fixed-file `slot` into a free slot of the ring `target_ring_fd` (IORING_OP_MSG_RING
@@ -360,10 +428,13 @@ impl Ring {
     /// no kernel work refers to shard memory once the ring is dropped.
     pub fn cancel_all(&mut self) {
         self.flush_backlog();
-        let _ = self.uring.submit();
+        let uring = match &mut self.backend {
+            Backend::Kernel(uring) => uring,
+            Backend::Sim(sim) => return sim.cancel_all(),
+        };
+        let _ = uring.submit();
         let timeout = types::Timespec::new().sec(1);
-        let _ = self
-            .uring
+        let _ = uring
             .submitter()
             .register_sync_cancel(Some(timeout), types::CancelBuilder::any());
     }
@@ -450,7 +521,10 @@ mod tests {
             0
         );
         let (ours, peer) = (fds[0], fds[1]);
-        ring.uring
+        let Backend::Kernel(uring) = &ring.backend else {
+            unreachable!("a kernel ring");
+        };
+        uring
             .submitter()
             .register_files_update(2, &[ours])
             .expect("slot 2");

@@ -20,6 +20,8 @@ mod handoff;
 mod meshing;
 pub mod peers;
 pub mod route;
+#[doc(hidden)]
+pub mod sim;
 pub mod stats;
 pub mod timer;
 
@@ -293,16 +295,21 @@ impl Shard {
     /// Builds the shard and its ring on the calling thread, which must be the thread that then
     /// calls `run` (the ring is single-issuer).
     pub fn new(params: ShardParams) -> io::Result<Shard> {
-        let config = params.config;
         let sizes = RingSizes {
-            entries: config.ring_entries,
+            entries: params.config.ring_entries,
             files: params.files,
-            recv_buffer_count: config.recv_buffer_count,
-            recv_buffer_size: config.recv_buffer_size,
+            recv_buffer_count: params.config.recv_buffer_count,
+            recv_buffer_size: params.config.recv_buffer_size,
         };
-        let rings = (0..config.rings_per_shard.max(1))
+        let rings = (0..params.config.rings_per_shard.max(1))
             .map(|_| Ring::new(sizes))
             .collect::<io::Result<Vec<Ring>>>()?;
+        Shard::with_rings(params, rings)
+    }
+
+    /// The shard on rings built by the caller: `new`'s, or simulated ones (`sim`).
+    fn with_rings(params: ShardParams, rings: Vec<Ring>) -> io::Result<Shard> {
+        let config = params.config;
         let ring_count = rings.len();
         let ring_wake = if rings.len() > 1 {
             let waker = Waker::new()?;
@@ -384,56 +391,67 @@ impl Shard {
     /// One turn after another until `Waker::request_stop`: reap completions, handle them,
     /// drain the mesh, run due timers, flush the outboxes.
     pub fn run(&mut self) -> io::Result<()> {
+        self.arm();
+        while !self.stopping {
+            self.turn()?;
+        }
+        self.stop_all();
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// Arms what the shard keeps in flight for its whole life: accept, wake-ups, timer.
+    fn arm(&mut self) {
         self.arm_accept();
         self.arm_wake();
         self.arm_ring_wake();
         self.arm_timer();
-        while !self.stopping {
-            // Secondary rings first: submit their sends, run their deferred work. The primary
-            // then waits, unless one of them already has completions; work arriving later
-            // signals `ring_wake`, which the primary has a read armed on.
-            let mut ready = false;
-            for ring in self.rings.iter_mut().skip(1) {
-                ring.poll()?;
-                ready |= ring.has_completions();
-            }
-            self.wait(ready)?;
-            for ring in self.rings.iter_mut().skip(1) {
-                ring.poll()?;
-            }
-            self.now_ms = self.clock.elapsed().as_millis() as u64;
-            for ring in 0..self.rings.len() {
-                loop {
-                    // Interest changes first: a publish in this batch may have been caused by
-                    // a SUBACK sent after the change was pushed.
-                    self.drain_mesh();
-                    let mut batch = std::mem::take(&mut self.completions);
-                    self.rings[ring].reap(&mut batch, REAP_BATCH);
-                    let reaped = batch.len();
-                    for completion in batch.iter() {
-                        self.complete(*completion);
-                    }
-                    self.completions = batch;
-                    if reaped < REAP_BATCH {
-                        break;
-                    }
+    }
+
+    /// One turn (`run` loops on it; `sim` drives it step by step).
+    fn turn(&mut self) -> io::Result<()> {
+        // Secondary rings first: submit their sends, run their deferred work. The primary
+        // then waits, unless one of them already has completions; work arriving later
+        // signals `ring_wake`, which the primary has a read armed on.
+        let mut ready = false;
+        for ring in self.rings.iter_mut().skip(1) {
+            ring.poll()?;
+            ready |= ring.has_completions();
+        }
+        self.wait(ready)?;
+        for ring in self.rings.iter_mut().skip(1) {
+            ring.poll()?;
+        }
+        self.now_ms = self.clock.elapsed().as_millis() as u64;
+        for ring in 0..self.rings.len() {
+            loop {
+                // Interest changes first: a publish in this batch may have been caused by
+                // a SUBACK sent after the change was pushed.
+                self.drain_mesh();
+                let mut batch = std::mem::take(&mut self.completions);
+                self.rings[ring].reap(&mut batch, REAP_BATCH);
+                let reaped = batch.len();
+                for completion in batch.iter() {
+                    self.complete(*completion);
+                }
+                self.completions = batch;
+                if reaped < REAP_BATCH {
+                    break;
                 }
             }
-            self.drain_mesh();
-            if self.timer_due {
-                self.timer_due = false;
-                self.expire_timers();
-            }
-            self.rearm_recvs();
-            // Never left disarmed (see accept.rs): a connection nobody accepts waits in the
-            // listen backlog, unanswered.
-            let step = self.accept.turn_ends();
-            self.step_accept(step);
-            self.wake_targets();
-            self.flush_outboxes();
         }
-        self.stop_all();
-        self.publish_stats();
+        self.drain_mesh();
+        if self.timer_due {
+            self.timer_due = false;
+            self.expire_timers();
+        }
+        self.rearm_recvs();
+        // Never left disarmed (see accept.rs): a connection nobody accepts waits in the
+        // listen backlog, unanswered.
+        let step = self.accept.turn_ends();
+        self.step_accept(step);
+        self.wake_targets();
+        self.flush_outboxes();
         Ok(())
     }
 
@@ -718,6 +736,9 @@ impl Shard {
         if completion.result < 0 || (completion.result == 0 && !buffers.sending.is_empty()) {
             buffers.sending.clear();
             if conn.state == ConnState::Closing {
+                // A close waiting for this flush (a refusing CONNACK) has nothing left to
+                // wait for: shut down now, or the slot is never released.
+                self.shutdown(token.slot, token.generation);
                 self.maybe_release(token.slot, token.generation);
             } else {
                 self.close(token.slot, token.generation, CloseReason::Io);

@@ -1,0 +1,178 @@
+//! The harness on its own: what the fuzzer relies on, and the regressions it found.
+
+use super::*;
+use crate::mesh::home_shard;
+use crate::protocol::{
+    decode, encode, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    SubscriptionOptions,
+};
+use bytes::{Bytes, BytesMut};
+
+fn config(shards: usize) -> Config {
+    Config {
+        shards,
+        ring_files_max: 8,
+        recv_buffer_count: 4,
+        recv_buffer_size: 64,
+        ..Config::default()
+    }
+}
+
+fn bytes(packet: Packet) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode(&packet, ProtocolVersion::V3_1_1, &mut out).expect("encodes");
+    out.to_vec()
+}
+
+fn connect(client_id: &str) -> Vec<u8> {
+    bytes(Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V3_1_1,
+        clean_start: true,
+        keepalive_secs: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })))
+}
+
+fn packets(received: &[u8]) -> Vec<Packet> {
+    let mut buf = BytesMut::from(received);
+    let mut out = Vec::new();
+    while let Some(packet) = decode(&mut buf, ProtocolVersion::V3_1_1, u32::MAX).expect("valid") {
+        out.push(packet);
+    }
+    assert!(buf.is_empty(), "a partial packet left");
+    out
+}
+
+/// A client id homed on `shard` of `shards`.
+fn homed_on(shard: usize, shards: usize, prefix: &str) -> String {
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .find(|id| home_shard(id.as_bytes(), shards) == shard)
+        .expect("some id hashes there")
+}
+
+#[test]
+fn a_publish_crosses_shards_and_clients_are_handed_home() {
+    let mut sim = SimBroker::new(config(2)).expect("sim");
+    // Both connect to shard 0; the subscriber lives on shard 1 (a hand-off).
+    let (sub_id, pub_id) = (homed_on(1, 2, "sub"), homed_on(0, 2, "pub"));
+    let subscriber = sim.connect(0);
+    let mut stream = connect(&sub_id);
+    stream.extend(bytes(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![("a/+".into(), SubscriptionOptions::default())],
+        properties: Properties::default(),
+    })));
+    // Cut in the middle of the SUBSCRIBE, and written in bits smaller than a buffer.
+    let cut = stream.len() - 3;
+    sim.write(subscriber, &stream[..cut]);
+    sim.write(subscriber, &stream[cut..]);
+    sim.run();
+    let publisher = sim.connect(0);
+    sim.write(publisher, &connect(&pub_id));
+    sim.write(
+        publisher,
+        &bytes(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "a/b".into(),
+            packet_id: 0,
+            payload: Bytes::from_static(b"hello"),
+            properties: Properties::default(),
+        })),
+    );
+    sim.run();
+    let got = packets(sim.received(subscriber));
+    assert!(matches!(got[0], Packet::ConnAck(_)), "{got:?}");
+    assert!(matches!(got[1], Packet::SubAck(_)), "{got:?}");
+    match &got[2] {
+        Packet::Publish(publish) => assert_eq!(&publish.payload[..], b"hello"),
+        other => panic!("{other:?}"),
+    }
+    let stats = sim.stats();
+    assert_eq!((stats[0].handoffs_out, stats[1].handoffs_in), (1, 1));
+    sim.check_bounds();
+    sim.finish();
+}
+
+#[test]
+fn a_client_that_does_not_read_holds_its_sends_until_it_goes() {
+    let mut sim = SimBroker::new(config(1)).expect("sim");
+    let client = sim.connect(0);
+    sim.set_reading(client, false);
+    sim.write(client, &connect("slow"));
+    sim.write(client, &[0xC0, 0x00]);
+    sim.run();
+    assert!(
+        sim.received(client).is_empty(),
+        "nothing completes while it does not read"
+    );
+    sim.set_reading(client, true);
+    sim.set_send_cut(client, 1);
+    sim.run();
+    assert_eq!(packets(sim.received(client)).len(), 2, "CONNACK, PINGRESP");
+    sim.finish();
+}
+
+/// Issue 7 (found by the fuzzer): a refused client whose CONNACK could not be sent (it
+/// reset before reading) kept its slot forever: the close waited for a flush that had
+/// failed, so the shutdown was never sent and the connection never released.
+#[test]
+fn issue_7_a_refused_client_that_resets_before_its_connack_is_released() {
+    let mut sim = SimBroker::new(config(1)).expect("sim");
+    let client = sim.connect(0);
+    sim.set_reading(client, false);
+    let mut refused = connect("");
+    refused[9] = 0; // connect flags: clean session 0 with an empty id [MQTT-3.1.3-8]
+    sim.write(client, &refused);
+    sim.run();
+    sim.reset(client);
+    sim.run();
+    assert!(sim.is_closed(client), "the slot is released");
+    sim.finish();
+}
+
+/// Issue 7 (found by the fuzzer): a shard whose table filled up paused accepting until a
+/// slot was released, but slots freed by handing connections to their home shard did not
+/// count, so once its clients had all moved home it never accepted again.
+#[test]
+fn issue_7_slots_freed_by_hand_offs_resume_a_paused_accept() {
+    let mut sim = SimBroker::new(Config {
+        ring_files_max: 2,
+        ..config(2)
+    })
+    .expect("sim");
+    let movers: Vec<SocketId> = (0..3).map(|_| sim.connect(1)).collect();
+    sim.run();
+    assert!(sim.is_closed(movers[2]), "the third found the table full");
+    for (n, &socket) in movers[..2].iter().enumerate() {
+        sim.write(socket, &connect(&homed_on(0, 2, &format!("mover{n}-"))));
+    }
+    sim.run();
+    assert_eq!(sim.stats()[1].handoffs_out, 2, "both went home to shard 0");
+    let newcomer = sim.connect(1);
+    sim.write(newcomer, &connect(&homed_on(1, 2, "stay")));
+    sim.run();
+    let got = packets(sim.received(newcomer));
+    assert!(matches!(got.first(), Some(Packet::ConnAck(_))), "{got:?}");
+    sim.finish();
+}
+
+#[test]
+fn the_connect_timeout_closes_a_silent_connection() {
+    let mut sim = SimBroker::new(config(1)).expect("sim");
+    let client = sim.connect(0);
+    sim.run();
+    sim.advance(5_000);
+    sim.run();
+    assert!(!sim.is_closed(client));
+    sim.advance(6_000);
+    sim.run();
+    assert!(sim.is_closed(client), "closed after connect_timeout_secs");
+    sim.finish();
+}
