@@ -49,6 +49,33 @@ pub struct Limits {
     /// the connection is closed without a CONNACK (3.1.1 has no code for it). Room for a
     /// token-sized password and a small will; raise it for big wills.
     pub connect_packet_size_max: u32,
+    /// Inbound QoS 1/2 messages one client may leave unacknowledged at once: QoS 2 ones until
+    /// their PUBREL, and those whose PUBACK/PUBREC the broker holds while another shard takes
+    /// what they sent it (past `mesh_overflow_max`). MQTT 3.1.1 has no way to say "too many"
+    /// (5.0's Receive Maximum will advertise this), so a client past it is disconnected
+    /// (counted). Clients keep a small window (mosquitto 20, rumqttc 100), well under it.
+    pub incoming_inflight_max: u16,
+    /// Filters one client may hold; past it a SUBSCRIBE gets 0x80 (failure) for each new
+    /// filter (counted), while filters it already holds are still replaced.
+    pub subscriptions_per_client_max: u32,
+    /// Retained messages the broker keeps (every shard holds a replica). Past it a retained
+    /// PUBLISH to a topic with none is delivered but not retained (counted); replacing or
+    /// deleting an existing one still works. Decided by the publisher's shard, which replicates
+    /// only what it accepted, so every shard holds the same set; shards deciding at the same
+    /// moment may together overshoot by the new topics in flight between them.
+    pub retained_max: u32,
+    /// Bytes (topic + payload) of retained messages the broker keeps, as `retained_max`.
+    pub retained_bytes_max: u64,
+    /// Persistent sessions (clean session 0) the whole broker holds, connected or not. A
+    /// CONNECT that would create one more is refused with "server unavailable" (3); resuming
+    /// an existing session always works.
+    pub sessions_max: u32,
+    /// A persistent session whose client stayed away this long is removed with its
+    /// subscriptions and queued messages (MQTT 3.1.1 sessions never end on their own; MQTT 5
+    /// clients will say how long). 0 = never, as mosquitto's default. The default, a week,
+    /// outlasts a weekend or a holiday away, while a client that never comes back stops
+    /// holding memory and a place under `sessions_max`.
+    pub persistent_session_expiry_secs: u32,
 }
 
 impl Default for Limits {
@@ -67,6 +94,12 @@ impl Default for Limits {
             mesh_overflow_max: 65_536,
             connect_timeout_secs: 10,
             connect_packet_size_max: 8 << 10,
+            incoming_inflight_max: 1024,
+            subscriptions_per_client_max: 100_000,
+            retained_max: 1_000_000,
+            retained_bytes_max: 1 << 30,
+            sessions_max: 1_000_000,
+            persistent_session_expiry_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -167,6 +200,12 @@ impl Config {
         if l.connections_max == 0 {
             return Err("limits.connections_max = 0: must be at least 1".into());
         }
+        if l.incoming_inflight_max == 0 {
+            return Err("limits.incoming_inflight_max = 0: must be at least 1".into());
+        }
+        if l.subscriptions_per_client_max == 0 {
+            return Err("limits.subscriptions_per_client_max = 0: must be at least 1".into());
+        }
         if l.mesh_batch_max == 0 {
             return Err("limits.mesh_batch_max = 0: must be at least 1".into());
         }
@@ -250,6 +289,12 @@ mod tests {
             connect_packet_size_max = 16384
             mesh_ring_capacity = 128
             mesh_overflow_max = 1000
+            incoming_inflight_max = 20
+            subscriptions_per_client_max = 50
+            retained_max = 7
+            retained_bytes_max = 4096
+            sessions_max = 9
+            persistent_session_expiry_secs = 3600
             "#,
         )
         .expect("valid");
@@ -268,6 +313,12 @@ mod tests {
         assert_eq!(config.limits.connect_packet_size_max, 16384);
         assert_eq!(config.limits.mesh_ring_capacity, 128);
         assert_eq!(config.limits.mesh_overflow_max, 1000);
+        assert_eq!(config.limits.incoming_inflight_max, 20);
+        assert_eq!(config.limits.subscriptions_per_client_max, 50);
+        assert_eq!(config.limits.retained_max, 7);
+        assert_eq!(config.limits.retained_bytes_max, 4096);
+        assert_eq!(config.limits.sessions_max, 9);
+        assert_eq!(config.limits.persistent_session_expiry_secs, 3600);
         assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
     }
 
@@ -288,6 +339,14 @@ mod tests {
                 "connect_packet_size_max",
             ),
             ("[limits]\nmesh_ring_capacity = 0", "mesh_ring_capacity"),
+            (
+                "[limits]\nincoming_inflight_max = 0",
+                "incoming_inflight_max",
+            ),
+            (
+                "[limits]\nsubscriptions_per_client_max = 0",
+                "subscriptions_per_client_max",
+            ),
             ("shards = 65", "shards"),
             ("no_such_key = 1", "no_such_key"),
         ];

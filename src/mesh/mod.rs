@@ -16,6 +16,12 @@
 //!   drained message on (a shared subscription whose members left), `split` the mesh into its
 //!   [`Sources`] and [`Targets`] halves and push from inside the callback.
 //!
+//! `push` returns the message's sequence number on its way to that target (0, 1, 2, ... per
+//! target, overflow included: nothing is dropped once pushed, and the overflow keeps order), and
+//! `taken(target, sequence)` says whether the target has taken it from the ring. A shard that
+//! must not acknowledge a packet before another shard has seen what it caused (a SUBACK after
+//! an interest change) waits for that.
+//!
 //! Memory: every ring slot holds one `MeshMessage` (88 bytes on x86-64), so the mesh takes
 //! about `N * (N - 1) * ring_capacity * 88` bytes: 21 MB for 16 shards at 1024 slots.
 //!
@@ -129,6 +135,7 @@ impl Mesh {
                     shard,
                     producers: (0..shard_count).map(|_| None).collect(),
                     overflow: (0..shard_count).map(|_| VecDeque::new()).collect(),
+                    pushed: vec![0; shard_count],
                     overflow_targets: 0,
                     wake_targets: 0,
                 },
@@ -173,8 +180,13 @@ impl ShardMesh {
     }
 
     /// See [`Targets::push`].
-    pub fn push(&mut self, target: usize, message: MeshMessage) {
-        self.targets.push(target, message);
+    pub fn push(&mut self, target: usize, message: MeshMessage) -> usize {
+        self.targets.push(target, message)
+    }
+
+    /// See [`Targets::taken`].
+    pub fn taken(&self, target: usize, sequence: usize) -> bool {
+        self.targets.taken(target, sequence)
     }
 
     /// See [`Targets::broadcast`].
@@ -256,6 +268,9 @@ pub struct Targets {
     producers: Vec<Option<spsc::Producer<MeshMessage>>>,
     /// Index = target shard: messages that found its ring full, oldest first.
     overflow: Vec<VecDeque<MeshMessage>>,
+    /// Index = target shard: messages pushed to it so far (wrapping), ring and overflow. The
+    /// ring gets them all in this order, so a message's sequence is its index in the ring.
+    pushed: Vec<usize>,
     /// Bit per target whose overflow queue is not empty.
     overflow_targets: u64,
     /// Bit per target that got messages since the last `take_wake_targets`.
@@ -264,17 +279,35 @@ pub struct Targets {
 
 impl Targets {
     /// Sends `message` to `target`; never blocks. When the target's ring is full (or messages
-    /// already wait for it) the message waits in the overflow queue, in order.
+    /// already wait for it) the message waits in the overflow queue, in order. Returns the
+    /// message's sequence number to `target` (see `taken`).
     ///
     /// Panics if `target` is this shard or out of range: a route is computed by the broker, and
     /// a shard delivers to itself directly.
-    pub fn push(&mut self, target: usize, message: MeshMessage) {
+    pub fn push(&mut self, target: usize, message: MeshMessage) -> usize {
         assert!(
             target != self.shard && target < self.producers.len(),
             "shard {} pushed to shard {target} (shard_count {})",
             self.shard,
             self.producers.len()
         );
+        let sequence = self.pushed[target];
+        self.pushed[target] = sequence.wrapping_add(1);
+        self.push_in_order(target, message);
+        sequence
+    }
+
+    /// Whether `target` has taken the message pushed to it with `sequence` out of its ring
+    /// (it handles what it takes before anything else, in the same turn).
+    pub fn taken(&self, target: usize, sequence: usize) -> bool {
+        let Some(producer) = self.producers.get(target).and_then(Option::as_ref) else {
+            return true;
+        };
+        // Sequences wrap: "taken passed sequence" within half the number space.
+        (producer.taken().wrapping_sub(sequence) as isize) > 0
+    }
+
+    fn push_in_order(&mut self, target: usize, message: MeshMessage) {
         let bit = 1u64 << target;
         self.wake_targets |= bit;
         if self.overflow_targets & bit != 0 {
@@ -496,6 +529,37 @@ mod tests {
         assert_eq!(received, (0..11).collect::<Vec<_>>());
         assert_eq!(sender.overflow_total(), 0);
         assert_eq!(sender.flush_overflow(), 0);
+    }
+
+    #[test]
+    fn a_message_is_taken_only_once_the_target_drained_past_it() {
+        // Issue 7 item 10: sequence numbers count the overflow too, so "taken" means taken by
+        // the target, not merely pushed into the ring.
+        let mut shards = Mesh::new(2, 2);
+        let sequences: Vec<usize> = (0..5)
+            .map(|n| shards[0].push(1, publish("t", n, 0)))
+            .collect();
+        assert_eq!(sequences, [0, 1, 2, 3, 4]);
+        assert!(
+            (0..5).all(|s| !shards[0].taken(1, s)),
+            "nothing drained yet"
+        );
+        assert_eq!(shards[0].overflow_len(1), 3);
+        let mut received = Vec::new();
+        let taken = shards[1].drain(1, |_, message| received.push(sequence_of(&message)));
+        assert_eq!(taken, 1);
+        assert!(shards[0].taken(1, 0) && !shards[0].taken(1, 1));
+        while received.len() < 5 {
+            shards[0].flush_overflow();
+            shards[1].drain(8, |_, message| received.push(sequence_of(&message)));
+        }
+        assert_eq!(received, [0, 1, 2, 3, 4]);
+        assert!((0..5).all(|s| shards[0].taken(1, s)));
+        assert!(
+            !shards[0].taken(1, 5),
+            "the next one is not taken before it is pushed"
+        );
+        assert_eq!(shards[0].push(1, publish("t", 5, 0)), 5);
     }
 
     #[test]

@@ -152,6 +152,14 @@ impl<T> Producer<T> {
     pub fn capacity(&self) -> usize {
         self.shared.capacity()
     }
+
+    /// Values the consumer has taken since the ring was made (wrapping), as published at the
+    /// end of its last batch: the value pushed as the n-th (from 0) is taken once this
+    /// passes n. A producer that must not act before the consumer has seen a value watches
+    /// this.
+    pub fn taken(&self) -> usize {
+        self.shared.head.load(Ordering::Acquire)
+    }
 }
 
 /// The reading half. `Send` when `T` is; not `Sync`, not `Clone`.

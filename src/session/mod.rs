@@ -5,6 +5,11 @@
 //!
 //! Plain data and small state transitions, no I/O: the shard encodes and sends, this decides
 //! what is owed to whom, so the window and queue rules are unit-tested without a socket.
+//!
+//! No packet costs work in proportion to what the session already holds (issue 7): the
+//! subscriptions are a map keyed by filter (a short exact-size list while a session holds a
+//! few, as most do, a hash table past that), and the inbound QoS 2 ids a sorted list searched
+//! by halves, bounded by `limits.incoming_inflight_max`.
 
 use std::collections::VecDeque;
 
@@ -12,6 +17,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::protocol::{ProtocolVersion, QoS};
+use crate::topic::level_map::LevelMap;
 
 /// One application message on its way to a subscriber. Topic and payload are reference counted:
 /// queueing a message for many sessions copies no bytes.
@@ -76,6 +82,17 @@ pub struct ConnRef {
     pub generation: u32,
 }
 
+/// What an inbound QoS 2 PUBLISH's packet id means for the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncomingQos2 {
+    /// A new message: deliver it, and remember the id until PUBREL.
+    New,
+    /// A re-send of one already delivered and not yet released: acknowledge, do not deliver.
+    Repeat,
+    /// The client already holds as many ids unreleased as it may: the id was not taken.
+    OverLimit,
+}
+
 /// What happened to a message offered to a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
@@ -90,8 +107,9 @@ pub enum Enqueued {
 struct Flows {
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Message>,
-    /// Inbound QoS 2 packet ids delivered but not yet released by PUBREL: a re-sent PUBLISH
-    /// with one of these ids is acknowledged again but not delivered again (exactly once).
+    /// Inbound QoS 2 packet ids delivered but not yet released by PUBREL, sorted: a re-sent
+    /// PUBLISH with one of these ids is acknowledged again but not delivered again (exactly
+    /// once). At most `incoming_inflight_max` of them, so an insert moves at most that many.
     incoming_qos2: Vec<u16>,
     /// The last packet id handed out (0 before the first).
     last_packet_id: u16,
@@ -121,11 +139,16 @@ pub struct Session {
     pub version: ProtocolVersion,
     pub conn: Option<ConnRef>,
     /// Every filter this session holds (shared ones in their `$share/group/filter` form) with
-    /// the QoS granted, so a clean-up removes exactly what was inserted into the tries.
-    pub subscriptions: Vec<(Box<str>, QoS)>,
+    /// the QoS granted, so a clean-up removes exactly what was inserted into the tries. Keyed
+    /// by filter: a SUBSCRIBE with many filters costs one lookup each, not a scan each. A
+    /// filter up to 22 bytes is stored inline, with no allocation of its own.
+    subscriptions: LevelMap<QoS>,
     flows: Option<Box<Flows>>,
     /// Messages dropped because the queue was full.
     pub dropped_count: u32,
+    /// Shard clock (seconds) when the connection went: a persistent session away for
+    /// `limits.persistent_session_expiry_secs` from then is removed.
+    pub detached_secs: u32,
     /// MQTT 5 room (not used under 3.1.1): session expiry, the client's receive maximum, and
     /// its topic alias maximum.
     pub session_expiry_secs: u32,
@@ -143,13 +166,52 @@ impl Session {
             clean_session,
             version,
             conn: None,
-            subscriptions: Vec::new(),
+            subscriptions: LevelMap::new(),
             flows: None,
             dropped_count: 0,
+            detached_secs: 0,
             session_expiry_secs: 0,
             receive_maximum: u16::MAX,
             topic_alias_max: 0,
         }
+    }
+
+    /// Adds or replaces [MQTT-3.8.4-3] the subscription to `filter`; true when it is new.
+    pub fn subscribe(&mut self, filter: &str, granted: QoS) -> bool {
+        let mut new = false;
+        let qos = self.subscriptions.get_or_insert_with(filter, || {
+            new = true;
+            granted
+        });
+        *qos = granted;
+        new
+    }
+
+    /// Removes the subscription to `filter`; true when there was one.
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        self.subscriptions.remove(filter).is_some()
+    }
+
+    pub fn has_subscription(&self, filter: &str) -> bool {
+        self.subscriptions.get(filter).is_some()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Every filter held, in no particular order.
+    pub fn subscription_filters(&self) -> impl Iterator<Item = &str> {
+        // Filters went in as `&str`: the bytes are UTF-8.
+        self.subscriptions
+            .labeled()
+            .map(|(filter, _)| std::str::from_utf8(filter).unwrap_or_default())
+    }
+
+    /// Takes every subscription out (their filters into `filters`), leaving none.
+    pub fn take_subscriptions(&mut self, filters: &mut Vec<Box<str>>) {
+        filters.extend(self.subscription_filters().map(Box::from));
+        self.subscriptions = LevelMap::new();
     }
 
     fn flows(&mut self) -> &mut Flows {
@@ -304,22 +366,32 @@ impl Session {
         }
     }
 
-    /// An inbound QoS 2 PUBLISH: true when it is new and must be delivered, false when it is a
-    /// re-send of one already delivered and not yet released [MQTT-4.3.3-2].
-    pub fn incoming_qos2_begin(&mut self, packet_id: u16) -> bool {
+    /// An inbound QoS 2 PUBLISH: new (deliver it), a re-send of one already delivered and not
+    /// yet released [MQTT-4.3.3-2], or one past `ids_max` ids held at once (`limits.incoming_inflight_max`).
+    pub fn incoming_qos2_begin(&mut self, packet_id: u16, ids_max: usize) -> IncomingQos2 {
         let flows = self.flows();
-        if flows.incoming_qos2.contains(&packet_id) {
-            return false;
+        match flows.incoming_qos2.binary_search(&packet_id) {
+            Ok(_) => IncomingQos2::Repeat,
+            Err(_) if flows.incoming_qos2.len() >= ids_max => IncomingQos2::OverLimit,
+            Err(index) => {
+                flows.incoming_qos2.insert(index, packet_id);
+                IncomingQos2::New
+            }
         }
-        flows.incoming_qos2.push(packet_id);
-        true
     }
 
     /// PUBREL: the client may reuse the id; forget it.
     pub fn incoming_qos2_release(&mut self, packet_id: u16) {
         if let Some(flows) = self.flows.as_mut() {
-            flows.incoming_qos2.retain(|&id| id != packet_id);
+            if let Ok(index) = flows.incoming_qos2.binary_search(&packet_id) {
+                flows.incoming_qos2.remove(index);
+            }
         }
+    }
+
+    /// Inbound QoS 2 ids awaiting PUBREL.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.flows.as_ref().map_or(0, |f| f.incoming_qos2.len())
     }
 
     /// Clean session 1 on reconnect: everything the old session held goes.
@@ -472,7 +544,7 @@ mod tests {
         session.trim();
         assert!(session.flows.is_some(), "a message in flight keeps it");
         assert!(session.on_puback(id));
-        assert!(session.incoming_qos2_begin(4));
+        assert_eq!(session.incoming_qos2_begin(4, 10), IncomingQos2::New);
         session.trim();
         assert!(session.flows.is_some(), "an id awaiting PUBREL keeps it");
         session.incoming_qos2_release(4);
@@ -620,16 +692,99 @@ mod tests {
     #[test]
     fn inbound_qos2_is_delivered_once_until_released() {
         let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
-        assert!(session.incoming_qos2_begin(10));
-        assert!(
-            !session.incoming_qos2_begin(10),
+        assert_eq!(session.incoming_qos2_begin(10, 10), IncomingQos2::New);
+        assert_eq!(
+            session.incoming_qos2_begin(10, 10),
+            IncomingQos2::Repeat,
             "re-sent PUBLISH before PUBREL"
         );
         session.incoming_qos2_release(10);
-        assert!(
-            session.incoming_qos2_begin(10),
+        assert_eq!(
+            session.incoming_qos2_begin(10, 10),
+            IncomingQos2::New,
             "the id is free again after PUBREL"
         );
+    }
+
+    #[test]
+    fn inbound_qos2_ids_are_bounded_and_found_in_any_order() {
+        // Issue 7 item 9: every id the space has, in a scrambled order, then released in
+        // another; a repeat is recognised however many are held, and the bound holds.
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        let scrambled = |n: u32| (n.wrapping_mul(40_507) % 65_535 + 1) as u16;
+        for n in 0..65_535 {
+            assert_eq!(
+                session.incoming_qos2_begin(scrambled(n), 65_535),
+                IncomingQos2::New
+            );
+        }
+        assert_eq!(session.incoming_qos2_len(), 65_535);
+        for n in (0..65_535).step_by(97) {
+            let id = scrambled(n);
+            assert_eq!(
+                session.incoming_qos2_begin(id, 65_535),
+                IncomingQos2::Repeat
+            );
+        }
+        for n in 0..65_535 {
+            session.incoming_qos2_release(scrambled(n * 7 % 65_535));
+        }
+        assert_eq!(session.incoming_qos2_len(), 0);
+        for id in 1..=3 {
+            assert_eq!(session.incoming_qos2_begin(id, 3), IncomingQos2::New);
+        }
+        assert_eq!(session.incoming_qos2_begin(2, 3), IncomingQos2::Repeat);
+        assert_eq!(
+            session.incoming_qos2_begin(4, 3),
+            IncomingQos2::OverLimit,
+            "a fourth id past incoming_inflight_max = 3"
+        );
+        assert_eq!(
+            session.incoming_qos2_len(),
+            3,
+            "the id over the bound is not kept"
+        );
+        session.incoming_qos2_release(1);
+        assert_eq!(session.incoming_qos2_begin(4, 3), IncomingQos2::New);
+    }
+
+    #[test]
+    fn subscriptions_are_a_map_keyed_by_filter() {
+        // Issue 7 item 9: 50,000 filters, each added, replaced and removed by a lookup.
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        let filter = |n: usize| match n % 3 {
+            0 => format!("sensors/{n}/temperature/+"),
+            1 => format!("s/{n}"),
+            _ => format!("$share/g/{n}/#"),
+        };
+        for n in 0..50_000 {
+            assert!(session.subscribe(&filter(n), QoS::AtMostOnce), "{n} is new");
+        }
+        for n in (0..50_000).step_by(7) {
+            assert!(
+                !session.subscribe(&filter(n), QoS::ExactlyOnce),
+                "{n} replaces"
+            );
+        }
+        assert_eq!(
+            session.subscription_count(),
+            50_000,
+            "a repeat replaces, never adds"
+        );
+        for n in (1..50_000).step_by(2) {
+            assert!(session.unsubscribe(&filter(n)));
+            assert!(!session.unsubscribe(&filter(n)), "removed once");
+        }
+        assert_eq!(session.subscription_count(), 25_000);
+        assert!(session.has_subscription(&filter(0)) && !session.has_subscription(&filter(1)));
+        let mut filters = Vec::new();
+        session.take_subscriptions(&mut filters);
+        filters.sort_unstable();
+        let mut expected: Vec<Box<str>> =
+            (0..50_000).step_by(2).map(|n| filter(n).into()).collect();
+        expected.sort_unstable();
+        assert_eq!(filters, expected);
+        assert_eq!(session.subscription_count(), 0);
     }
 
     #[test]
@@ -639,7 +794,7 @@ mod tests {
             slot: 3,
             generation: 9,
         });
-        session.subscriptions.push(("a/#".into(), QoS::AtLeastOnce));
+        session.subscribe("a/#", QoS::AtLeastOnce);
         session.start_inflight(message(QoS::AtLeastOnce, 0), false);
         session.enqueue(message(QoS::AtLeastOnce, 1), 10);
         session.reset(true, ProtocolVersion::V3_1);
@@ -651,7 +806,7 @@ mod tests {
                 generation: 9
             })
         );
-        assert!(session.subscriptions.is_empty());
+        assert_eq!(session.subscription_count(), 0);
         assert_eq!((session.inflight_len(), session.queue_len()), (0, 0));
         assert!(session.clean_session);
         assert_eq!(session.version, ProtocolVersion::V3_1);

@@ -8,12 +8,13 @@ use bytestring::ByteString;
 
 use crate::protocol::{
     self, ConnAck, Connect, DecodeError, LastWill, Packet, ProtocolVersion, PubAck, Publish, QoS,
-    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    ReasonCode,
 };
-use crate::session::{self, ConnRef, Enqueued, InflightState, Message, Session};
-use crate::topic::filter::{parse_shared, validate_topic_filter};
+use crate::session::{self, ConnRef, Enqueued, IncomingQos2, InflightState, Message, Session};
 
 use super::conn::{ConnState, Conns, Pools};
+use super::held::HeldPacket;
+use super::limits::LimitHit;
 use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
 
 /// The outbox of a connection that is not closing, taking a pooled buffer when it has none,
@@ -50,14 +51,6 @@ fn unpinned_string(text: &ByteString) -> ByteString {
     ByteString::from(&**text)
 }
 
-fn granted_code(qos: QoS) -> ReasonCode {
-    match qos {
-        QoS::AtMostOnce => ReasonCode::GRANTED_QOS0,
-        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
-        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
-    }
-}
-
 impl Shard {
     /// A `Packet` is large (its MQTT 5 properties are inline), so past this point it is
     /// handled by reference, never moved again.
@@ -72,6 +65,10 @@ impl Shard {
             }
             // [MQTT-3.1.0-1] The first packet must be CONNECT.
             (ConnState::AwaitConnect, _) => self.close(slot, generation, CloseReason::Protocol),
+            // A SUBSCRIBE of this connection is being handled in slices: later packets wait.
+            (ConnState::Connected, packet) if self.subscribe_jobs.busy(slot, generation) => {
+                self.defer_while_subscribing(slot, generation, packet)
+            }
             (ConnState::Connected, packet) => self.on_packet(slot, generation, &packet),
             (ConnState::Closing | ConnState::HandingOff, _) => {}
         }
@@ -82,6 +79,7 @@ impl Shard {
             return;
         };
         let session = conn.session;
+        self.held.begin();
         match packet {
             // [MQTT-3.1.0-2] A second CONNECT is a protocol violation.
             Packet::Connect(_) => self.close(slot, generation, CloseReason::Protocol),
@@ -108,11 +106,7 @@ impl Shard {
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.incoming_qos2_release(ack.packet_id);
                 }
-                self.write(
-                    slot,
-                    generation,
-                    &Packet::PubComp(PubAck::new(ack.packet_id)),
-                );
+                self.ack(slot, generation, HeldPacket::PubComp(ack.packet_id));
             }
             Packet::PubComp(ack) => {
                 if let Some(s) = self.sessions.get_mut(session) {
@@ -163,7 +157,7 @@ impl Shard {
     }
 
     /// Appends one packet to a connection's outbox.
-    fn write(&mut self, slot: u32, generation: u32, packet: &Packet) {
+    pub(super) fn write(&mut self, slot: u32, generation: u32, packet: &Packet) {
         let Some((outbox, version)) = outbox_in(
             &mut self.conns,
             &mut self.pools,
@@ -255,8 +249,25 @@ impl Shard {
             self.refuse(slot, generation, version, code);
             return;
         }
+        // sessions_max bounds persistent sessions, which outlive connections; resuming one
+        // creates nothing. (A clean session lives only as long as its connection, which
+        // connections_max bounds.)
+        let creates_persistent = !connect.clean_start
+            && !self
+                .sessions
+                .find(&client_id)
+                .and_then(|index| self.sessions.get(index))
+                .is_some_and(|s| !s.clean_session);
+        if creates_persistent && !self.peers.admit_session(self.config.limits.sessions_max) {
+            self.limit_hit(LimitHit::Sessions);
+            self.refuse(slot, generation, version, ReasonCode::ServerUnavailable);
+            return;
+        }
         // connections_max holds for the whole broker: the count is shared by the shards.
         if !self.peers.admit(self.config.limits.connections_max) {
+            if creates_persistent {
+                self.peers.release_session();
+            }
             self.refuse(slot, generation, version, ReasonCode::ServerUnavailable);
             return;
         }
@@ -280,6 +291,9 @@ impl Shard {
                 // [MQTT-3.1.2-6] Clean session 1 discards the previous session.
                 self.clear_subscriptions(index);
                 if let Some(s) = self.sessions.get_mut(index) {
+                    if !s.clean_session {
+                        self.peers.release_session();
+                    }
                     s.reset(true, version);
                 }
                 (index, false)
@@ -291,6 +305,7 @@ impl Shard {
         };
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             self.peers.release();
+            self.detach_session(session);
             return;
         };
         conn.state = ConnState::Connected;
@@ -376,26 +391,35 @@ impl Shard {
                 publish.retain,
             ),
             QoS::AtLeastOnce => {
+                if self.incoming_inflight(slot, generation, session) >= self.incoming_inflight_max()
+                {
+                    self.close_over_incoming_inflight(slot, generation);
+                    return;
+                }
                 self.publish(
                     &publish.topic,
                     &publish.payload,
                     QoS::AtLeastOnce,
                     publish.retain,
                 );
-                self.write(
-                    slot,
-                    generation,
-                    &Packet::PubAck(PubAck::new(publish.packet_id)),
-                );
+                self.ack(slot, generation, HeldPacket::PubAck(publish.packet_id));
             }
             QoS::ExactlyOnce => {
                 // [MQTT-4.3.3-2] Exactly once: a re-sent PUBLISH before PUBREL is acknowledged
                 // again but not delivered again.
-                let new = self
+                // Room for QoS 2 ids: the bound less the QoS 1 PUBACKs held for the client.
+                let ids_max = self
+                    .incoming_inflight_max()
+                    .saturating_sub(self.held.pubacks((slot, generation)) as usize);
+                let incoming = self
                     .sessions
                     .get_mut(session)
-                    .is_some_and(|s| s.incoming_qos2_begin(publish.packet_id));
-                if new {
+                    .map(|s| s.incoming_qos2_begin(publish.packet_id, ids_max));
+                if incoming == Some(IncomingQos2::OverLimit) {
+                    self.close_over_incoming_inflight(slot, generation);
+                    return;
+                }
+                if incoming == Some(IncomingQos2::New) {
                     self.publish(
                         &publish.topic,
                         &publish.payload,
@@ -403,13 +427,36 @@ impl Shard {
                         publish.retain,
                     );
                 }
-                self.write(
-                    slot,
-                    generation,
-                    &Packet::PubRec(PubAck::new(publish.packet_id)),
-                );
+                self.ack(slot, generation, HeldPacket::PubRec(publish.packet_id));
             }
         }
+    }
+
+    fn incoming_inflight_max(&self) -> usize {
+        usize::from(self.config.limits.incoming_inflight_max)
+    }
+
+    /// Inbound QoS 1/2 messages the client has not seen fully acknowledged: QoS 2 awaiting
+    /// PUBREL, and QoS 1 whose PUBACK is held behind the mesh (`held.rs`). MQTT 5's Receive
+    /// Maximum counts the same.
+    fn incoming_inflight(&self, slot: u32, generation: u32, session: u32) -> usize {
+        let pubacks = self.held.pubacks((slot, generation)) as usize;
+        if pubacks == 0 {
+            // Nothing held: a QoS 1 PUBLISH is acknowledged at once and counts nothing.
+            return 0;
+        }
+        pubacks
+            + self
+                .sessions
+                .get(session)
+                .map_or(0, |s| s.incoming_qos2_len())
+    }
+
+    /// The client has more QoS 1/2 messages unacknowledged than `incoming_inflight_max`: it
+    /// ignores any window, and MQTT 3.1.1 has no way to refuse one PUBLISH.
+    fn close_over_incoming_inflight(&mut self, slot: u32, generation: u32) {
+        self.limit_hit(LimitHit::IncomingInflight);
+        self.close(slot, generation, CloseReason::Protocol);
     }
 
     pub(super) fn publish_will(&mut self, will: LastWill) {
@@ -424,6 +471,10 @@ impl Shard {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
                 self.replicate_retained(topic, payload, qos);
+            } else if !self.retained.contains(topic) && !self.retained_has_room(topic, payload) {
+                // Over retained_max / retained_bytes_max: delivered below, not retained. Only
+                // what this shard accepts is replicated, so every shard holds the same set.
+                self.limit_hit(LimitHit::Retained);
             } else {
                 // [MQTT-3.3.1-5] Replaces the topic's retained message. Copied out of the
                 // receive arena so a long-lived message does not pin a whole arena block.
@@ -440,6 +491,14 @@ impl Shard {
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0.
         self.route(topic, payload, qos);
+    }
+
+    /// Room for one more retained topic of this size under `retained_max` and
+    /// `retained_bytes_max`, as this shard's replica counts them.
+    fn retained_has_room(&self, topic: &str, payload: &[u8]) -> bool {
+        let limits = &self.config.limits;
+        let bytes = (self.retained.bytes() + topic.len() + payload.len()) as u64;
+        self.retained.len() < limits.retained_max as usize && bytes <= limits.retained_bytes_max
     }
 
     fn route(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
@@ -708,106 +767,6 @@ impl Shard {
         }
     }
 
-    fn on_subscribe(&mut self, slot: u32, generation: u32, session: u32, subscribe: &Subscribe) {
-        let qos_max = QoS::from_u8(self.config.limits.qos_max).unwrap_or(QoS::ExactlyOnce);
-        let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut granted_filters = Vec::new();
-        for (filter, options) in &subscribe.filters {
-            if validate_topic_filter(filter).is_err() {
-                codes.push(ReasonCode::UnspecifiedError);
-                continue;
-            }
-            let granted = options.qos.min(qos_max);
-            let new = match parse_shared(filter) {
-                Some((_, inner)) => self.shared.insert(filter, inner, session, granted),
-                None => {
-                    // [MQTT-3.8.4-3] A repeated filter replaces the subscription.
-                    granted_filters.push((filter.clone(), granted));
-                    self.subscriptions
-                        .insert(filter, session, granted)
-                        .is_none()
-                }
-            };
-            if new {
-                // Every shard learns of it before the SUBACK below is written.
-                self.note_subscribed(filter);
-            }
-            if let Some(s) = self.sessions.get_mut(session) {
-                match s.subscriptions.iter_mut().find(|(f, _)| **f == **filter) {
-                    Some(entry) => entry.1 = granted,
-                    None => {
-                        // Most clients hold one or two filters: grow by one, not to four.
-                        if s.subscriptions.capacity() == 0 {
-                            s.subscriptions.reserve_exact(1);
-                        }
-                        s.subscriptions.push(((**filter).into(), granted));
-                    }
-                }
-            }
-            codes.push(granted_code(granted));
-        }
-        let ack = SubAck {
-            packet_id: subscribe.packet_id,
-            codes,
-            properties: Default::default(),
-        };
-        self.write(slot, generation, &Packet::SubAck(ack));
-        // [MQTT-3.3.1-6] Retained messages matching a new subscription, retain flag set.
-        let mut retained = Vec::new();
-        for (filter, granted) in granted_filters {
-            self.retained.for_each_match(&filter, |_, message| {
-                retained.push((message.clone(), granted));
-            });
-        }
-        for (message, granted) in retained {
-            let qos = message.qos.min(granted);
-            self.deliver(session, &message.topic, &message.payload, qos, true, false);
-        }
-    }
-
-    fn on_unsubscribe(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        session: u32,
-        unsubscribe: &Unsubscribe,
-    ) {
-        for filter in &unsubscribe.filters {
-            self.remove_subscription(session, filter);
-            if let Some(s) = self.sessions.get_mut(session) {
-                s.subscriptions.retain(|(f, _)| **f != **filter);
-            }
-        }
-        // [MQTT-3.10.4-4] UNSUBACK even when nothing matched. 3.1.1 carries no codes.
-        let ack = UnsubAck {
-            packet_id: unsubscribe.packet_id,
-            codes: Vec::new(),
-            properties: Default::default(),
-        };
-        self.write(slot, generation, &Packet::UnsubAck(ack));
-    }
-
-    fn remove_subscription(&mut self, session: u32, filter: &str) {
-        let removed = match parse_shared(filter) {
-            Some((_, inner)) => self.shared.remove(filter, inner, session),
-            None => self.subscriptions.remove(filter, session).is_some(),
-        };
-        if removed {
-            self.note_unsubscribed(filter);
-        }
-    }
-
-    /// Takes every subscription of a session out of the tries.
-    fn clear_subscriptions(&mut self, session: u32) {
-        let Some(s) = self.sessions.get_mut(session) else {
-            return;
-        };
-        let filters = std::mem::take(&mut s.subscriptions);
-        for (filter, _) in &filters {
-            self.remove_subscription(session, filter);
-        }
-    }
-
     /// The session's connection has gone: a clean session ends with it, a persistent one
     /// waits (and queues) for the client's return.
     pub(super) fn detach_session(&mut self, session: u32) {
@@ -821,21 +780,15 @@ impl Shard {
         if s.clean_session {
             self.clear_subscriptions(session);
             self.sessions.remove(session);
+        } else {
+            self.queue_expiry(session);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::shard::conn::NO_SESSION;
-
-    #[test]
-    fn granted_codes_are_the_qos_values() {
-        assert_eq!(granted_code(QoS::AtMostOnce) as u8, 0);
-        assert_eq!(granted_code(QoS::AtLeastOnce) as u8, 1);
-        assert_eq!(granted_code(QoS::ExactlyOnce) as u8, 2);
-    }
 
     #[test]
     fn no_session_sentinel_is_never_a_real_index() {

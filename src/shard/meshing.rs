@@ -26,15 +26,18 @@ impl Shard {
     /// Blocks in the kernel for the next completion (unless `ready`), telling the other shards
     /// we may be asleep; a message that arrived meanwhile keeps us awake.
     pub(super) fn wait(&mut self, ready: bool) -> io::Result<()> {
-        let mut want = usize::from(!ready);
+        // A SUBSCRIBE in slices goes on next turn: do not sleep.
+        let mut want = usize::from(!ready && !self.subscribe_jobs.has_runnable());
         if want == 1 && self.shard_count > 1 {
-            let backlogged = self.mesh.overflow_total() > 0;
+            // Messages waiting for room in a ring, or acks waiting for a target to take what
+            // they follow: either way a target that drains must wake us.
+            let backlogged = self.mesh.overflow_total() > 0 || !self.held.is_empty();
             self.peers.set_sleeping(self.index, true, backlogged);
             // Pairs with the producer's fence between its push and its read of the flag.
             fence(Ordering::SeqCst);
-            if backlogged {
-                // Room may have appeared in a ring since the turn's flush.
-                self.wake_targets();
+            if backlogged && self.wake_targets() {
+                // A held ack went out: flush it before sleeping.
+                want = 0;
             }
             if self.mesh.inbound_len() > 0 {
                 want = 0;
@@ -111,39 +114,57 @@ impl Shard {
         }
     }
 
-    /// After the turn: overflowed messages into rings with room, then one wake-up per target
-    /// that got messages and may be asleep.
-    pub(super) fn wake_targets(&mut self) {
+    /// After the turn: overflowed messages into rings with room, held acks whose messages
+    /// were taken (`held.rs`), then one wake-up per target that got messages and may be
+    /// asleep. Returns whether a held ack was written.
+    pub(super) fn wake_targets(&mut self) -> bool {
         if self.shard_count == 1 {
-            return;
+            return false;
         }
         self.mesh.flush_overflow();
+        let released = self.release_held();
         let targets = self.mesh.take_wake_targets();
         if targets == 0 {
-            return;
+            return released;
         }
         // Pairs with the sleeper's fence between setting its flag and checking its rings.
         fence(Ordering::SeqCst);
         let sleepers = self.peers.sleepers(targets);
         self.wake(sleepers);
+        released
     }
 
-    /// Pushes to one shard; over `mesh_overflow_max` waiting for that shard, a QoS 0 publish is
-    /// dropped (counted). Everything else waits: it carries state or an acknowledged message.
+    /// Pushes to one shard. Over `mesh_overflow_max` waiting for that shard, a QoS 0 publish
+    /// is dropped (counted), and a QoS 1/2 one waits with its publisher's ack held until the
+    /// target takes it (back-pressure through the client's window, `held.rs`). Interest,
+    /// retained and hand-off messages always wait: they carry state, and their number is
+    /// bounded by subscriptions, retained topics and connections. The ack of the packet being
+    /// handled waits for a new interest and a retained message too (their promise is that
+    /// every shard has them).
     pub(super) fn mesh_push(&mut self, target: usize, message: MeshMessage) {
         let waiting = self.mesh.overflow_len(target);
-        if waiting >= self.config.limits.mesh_overflow_max as usize {
-            if let MeshMessage::Publish(forward) = &message {
-                if forward.qos == QoS::AtMostOnce {
-                    self.stats.mesh_dropped_qos0 += 1;
-                    return;
-                }
+        let over = waiting >= self.config.limits.mesh_overflow_max as usize;
+        let ack_waits = match &message {
+            MeshMessage::Publish(forward) if over && forward.qos == QoS::AtMostOnce => {
+                self.stats.mesh_dropped_qos0 += 1;
+                return;
             }
+            MeshMessage::Publish(forward) => over && forward.qos != QoS::AtMostOnce,
+            MeshMessage::SharedPublish(shared) => over && shared.forward.qos != QoS::AtMostOnce,
+            MeshMessage::Interest { interested, .. } => *interested,
+            MeshMessage::Retained(_) => true,
+            MeshMessage::Connection(_) => false,
+        };
+        let sequence = self.mesh.push(target, message);
+        if ack_waits {
+            self.held.record(target, sequence);
         }
-        self.mesh.push(target, message);
         self.stats.mesh_pushes += 1;
-        if self.mesh.overflow_len(target) > waiting {
+        let overflow_len = self.mesh.overflow_len(target);
+        if overflow_len > waiting {
             self.stats.mesh_overflowed += 1;
+            self.stats.mesh_overflow_high_water =
+                self.stats.mesh_overflow_high_water.max(overflow_len as u64);
         }
     }
 
@@ -155,8 +176,8 @@ impl Shard {
     }
 
     /// A subscriber was added to `filter` (a plain filter or a `$share/..` group) on this
-    /// shard. Announced before the SUBACK is written, so a client that saw the SUBACK can rely
-    /// on every shard routing to it.
+    /// shard. Announced before the SUBACK, which waits until every shard took the change
+    /// (`held.rs`), so a client that saw the SUBACK can rely on every shard routing to it.
     pub(super) fn note_subscribed(&mut self, filter: &str) {
         if self.shard_count > 1 && self.local_interest.subscribe(filter) {
             self.announce(filter, true);
@@ -193,9 +214,10 @@ impl Shard {
         }
     }
 
-    /// A retained message (or its deletion) set on this shard: every other shard gets it at
-    /// once (before the PUBACK goes out), so a subscription anywhere after the PUBACK is
-    /// answered locally. `topic` and `payload` are the copy this shard stored, shared.
+    /// A retained message (or its deletion) set on this shard: every other shard gets it
+    /// before the PUBACK goes out (the ack waits until each took it, `held.rs`), so a
+    /// subscription anywhere after the PUBACK is answered locally. `topic` and `payload` are
+    /// the copy this shard stored, shared.
     ///
     /// Known limit: two clients on different shards writing one topic's retained message at the
     /// same moment may leave shards disagreeing on which came last (each ring is FIFO, but there

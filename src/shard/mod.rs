@@ -17,12 +17,15 @@ mod backpressure;
 pub mod conn;
 mod handle;
 mod handoff;
+mod held;
+mod limits;
 mod meshing;
 pub mod peers;
 pub mod route;
 #[doc(hidden)]
 pub mod sim;
 pub mod stats;
+mod subscribe;
 pub mod timer;
 
 use std::collections::hash_map::RandomState;
@@ -120,16 +123,30 @@ pub struct ShardParams {
 
 /// Sessions by index (the subscriber id in the tries), with a free list and a client id
 /// index. The index stores only session numbers and hashes the ids the sessions hold, so a
-/// client id is kept once, not again as a map key.
+/// client id is kept once, not again as a map key. Detached persistent sessions also wait in
+/// `expiry` (see `limits.rs`).
 #[derive(Default)]
 struct Sessions {
     slots: Vec<Option<Session>>,
     free: Vec<u32>,
     by_client_id: HashTable<u32>,
     hasher: RandomState,
+    expiry: limits::ExpiryQueue,
 }
 
 impl Sessions {
+    /// Sessions held.
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| Some((index as u32, s.as_ref()?)))
+    }
+
     fn get_mut(&mut self, index: u32) -> Option<&mut Session> {
         self.slots.get_mut(index as usize)?.as_mut()
     }
@@ -289,6 +306,14 @@ pub struct Shard {
     handoff_sequence: u32,
     handoff_error_logged: bool,
     connect_too_large_logged: bool,
+    /// Bit per `limits::LimitHit` already logged.
+    limits_logged: u32,
+    /// Acks waiting for other shards to take what their packets caused (`held.rs`).
+    held: held::HeldAcks,
+    /// SUBSCRIBEs handled a slice per turn (`subscribe.rs`), and scratch for their retained
+    /// messages.
+    subscribe_jobs: subscribe::SubscribeJobs,
+    retained_scratch: Vec<Message>,
 }
 
 impl Shard {
@@ -340,7 +365,7 @@ impl Shard {
             sessions: Sessions::default(),
             subscriptions: Trie::new(),
             shared: SharedSubscriptions::default(),
-            retained: RetainedStore::new(),
+            retained: RetainedStore::with_weigh(|message: &Message| message.payload.len()),
             arena: BytesMut::new(),
             arena_block: 0,
             pools: Pools::default(),
@@ -376,6 +401,10 @@ impl Shard {
             handoff_sequence: 0,
             handoff_error_logged: false,
             connect_too_large_logged: false,
+            limits_logged: 0,
+            held: held::HeldAcks::default(),
+            subscribe_jobs: subscribe::SubscribeJobs::default(),
+            retained_scratch: Vec::new(),
         })
     }
 
@@ -441,6 +470,7 @@ impl Shard {
             }
         }
         self.drain_mesh();
+        self.run_subscribe_jobs();
         if self.timer_due {
             self.timer_due = false;
             self.expire_timers();
@@ -956,6 +986,7 @@ impl Shard {
             self.close(slot, generation, reason);
         }
         self.expired = expired;
+        self.expire_sessions();
     }
 
     /// Stop: every connection is shut down without wills (the broker is going away, not the

@@ -30,6 +30,8 @@ pub struct Peers {
     rings_per_shard: usize,
     /// Connected clients in the whole broker, against `limits.connections_max`.
     connections: AtomicU64,
+    /// Persistent sessions in the whole broker, against `limits.sessions_max`.
+    sessions: AtomicU64,
 }
 
 impl Peers {
@@ -45,6 +47,7 @@ impl Peers {
                 .collect(),
             rings_per_shard,
             connections: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
         })
     }
 
@@ -61,6 +64,21 @@ impl Peers {
     /// A client admitted by `admit` is gone.
     pub fn release(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts one more persistent session unless the broker already holds `sessions_max`;
+    /// exact across shards, like `admit`.
+    pub fn admit_session(&self, sessions_max: u32) -> bool {
+        if self.sessions.fetch_add(1, Ordering::Relaxed) >= u64::from(sessions_max) {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A persistent session admitted by `admit_session` ended (expired, or made clean).
+    pub fn release_session(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn set_ring_fd(&self, shard: usize, ring: usize, fd: RawFd) {

@@ -499,7 +499,7 @@ impl SimBroker {
             .map(|shard| {
                 let sessions = shard.sessions.slots.iter().flatten();
                 sessions
-                    .flat_map(|session| session.subscriptions.iter().map(|(f, _)| &**f))
+                    .flat_map(|session| session.subscription_filters())
                     .collect()
             })
             .collect();

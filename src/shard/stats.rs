@@ -38,6 +38,8 @@ pub struct ShardStats {
     pub mesh_overflowed: u64,
     /// QoS 0 publishes dropped because the target's overflow was at `mesh_overflow_max`.
     pub mesh_dropped_qos0: u64,
+    /// The most messages seen waiting in one target's overflow.
+    pub mesh_overflow_high_water: u64,
     /// Messages taken from other shards' rings.
     pub mesh_received: u64,
     /// Wake-ups sent to sleeping shards (at most one per target per turn).
@@ -59,6 +61,21 @@ pub struct ShardStats {
     /// Fresh receive-arena blocks allocated because bytes of the previous one were still held
     /// (a message in flight, queued or being routed); 0 while every block is reused in place.
     pub arena_blocks_allocated: u64,
+    /// Connections closed for leaving more than `incoming_inflight_max` inbound QoS 1/2
+    /// messages unacknowledged (QoS 2 awaiting PUBREL, PUBACKs held behind the mesh).
+    pub incoming_inflight_exceeded: u64,
+    /// Filters refused (SUBACK 0x80) because the client held `subscriptions_per_client_max`.
+    pub subscriptions_refused: u64,
+    /// Retained PUBLISHes to a new topic not stored: `retained_max` or `retained_bytes_max`.
+    pub retained_refused: u64,
+    /// CONNECTs refused because the broker held `sessions_max` persistent sessions.
+    pub sessions_refused: u64,
+    /// Persistent sessions removed after `persistent_session_expiry_secs` away.
+    pub sessions_expired: u64,
+    /// Acknowledgements (SUBACK, PUBACK, PUBREC) held until the other shards took what the
+    /// packet they acknowledge sent them: interest changes, retained messages, and QoS 1/2
+    /// forwards waiting over `mesh_overflow_max`.
+    pub acks_held: u64,
 }
 
 impl fmt::Display for ShardStats {
@@ -68,9 +85,11 @@ impl fmt::Display for ShardStats {
             "connections {} (accepted {}, refused {}, closed {}), messages in {} out {}, \
              dropped: outbox full {}, queue full {}, offline QoS 0 {}; table full {}, \
              recv ENOBUFS {}, protocol errors {}, accept errors {}, CONNECT too large {}; \
-             mesh: pushed {} (overflowed {}, QoS 0 dropped {}), received {}, wakes {}; \
-             hand-offs out {} in {} failed {}; shared group gone {}; reads paused {}, stalled \
-             outboxes closed {}, outbox high water {} B; arena blocks allocated {}",
+             mesh: pushed {} (overflowed {}, most waiting {}, QoS 0 dropped {}), received {}, \
+             wakes {}; hand-offs out {} in {} failed {}; shared group gone {}; reads paused {}, \
+             stalled outboxes closed {}, outbox high water {} B; arena blocks allocated {}; \
+             limits: incoming in flight {}, subscriptions {}, retained {}, sessions {} \
+             (expired {}); acks held {}",
             self.connections,
             self.connections_accepted,
             self.connections_refused,
@@ -87,6 +106,7 @@ impl fmt::Display for ShardStats {
             self.connect_too_large_count,
             self.mesh_pushes,
             self.mesh_overflowed,
+            self.mesh_overflow_high_water,
             self.mesh_dropped_qos0,
             self.mesh_received,
             self.mesh_wakes,
@@ -98,6 +118,12 @@ impl fmt::Display for ShardStats {
             self.outbox_stall_disconnects,
             self.outbox_bytes_high_water,
             self.arena_blocks_allocated,
+            self.incoming_inflight_exceeded,
+            self.subscriptions_refused,
+            self.retained_refused,
+            self.sessions_refused,
+            self.sessions_expired,
+            self.acks_held,
         )
     }
 }

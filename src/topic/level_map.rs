@@ -295,7 +295,6 @@ impl<N, const LABELS: bool> LevelMap<N, LABELS> {
     }
 
     /// Every key and child, in no particular order.
-    #[cfg(test)]
     pub(crate) fn labeled(&self) -> impl Iterator<Item = (&[u8], &N)> {
         let (few, many) = match &self.repr {
             Repr::Few(few) => (Some(few.iter()), None),

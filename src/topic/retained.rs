@@ -5,9 +5,14 @@
 //! `#` the whole subtree. Cost grows with what matches, not with how many topics are retained.
 //! Each message keeps its topic name beside it so matches are reported without rebuilding names.
 //! What `T` is, and that an empty payload deletes (the broker calls `remove`), is the broker's.
+//!
+//! The store counts its messages and their bytes (topic name plus what `weigh` says a `T`
+//! weighs), so the broker can bound both (`limits.retained_max`, `retained_bytes_max`).
 
+use std::cell::Cell;
 use std::collections::hash_map;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use super::filter::split_level;
 use super::stack::SmallStack;
@@ -15,6 +20,9 @@ use super::stack::SmallStack;
 pub struct RetainedStore<T> {
     root: Node<T>,
     len: usize,
+    /// Topic names plus `weigh` of every message held.
+    bytes: usize,
+    weigh: fn(&T) -> usize,
 }
 
 struct Node<T> {
@@ -67,16 +75,33 @@ impl<T> Default for RetainedStore<T> {
 }
 
 impl<T> RetainedStore<T> {
+    /// A store whose messages weigh nothing but their topic names.
     pub fn new() -> Self {
+        RetainedStore::with_weigh(|_| 0)
+    }
+
+    /// A store that counts `weigh(message)` bytes per message, beside its topic name.
+    pub fn with_weigh(weigh: fn(&T) -> usize) -> Self {
         RetainedStore {
             root: Node::new(),
             len: 0,
+            bytes: 0,
+            weigh,
         }
     }
 
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes held: topic names plus what `weigh` says of each message.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.get(topic).is_some()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -97,11 +122,17 @@ impl<T> RetainedStore<T> {
                 .get_mut(level)
                 .expect("child was just inserted");
         }
+        let weigh = self.weigh;
+        self.bytes += weigh(&message);
         match &mut node.message {
-            Some((_, old)) => *old = message,
+            Some((_, old)) => {
+                self.bytes -= weigh(old);
+                *old = message;
+            }
             None => {
                 node.message = Some((topic.into(), message));
                 self.len += 1;
+                self.bytes += topic.len();
             }
         }
     }
@@ -122,6 +153,7 @@ impl<T> RetainedStore<T> {
         }
         let (_, message) = node.message.take()?;
         self.len -= 1;
+        self.bytes -= topic.len() + (self.weigh)(&message);
         self.prune(topic);
         Some(message)
     }
@@ -165,12 +197,36 @@ impl<T> RetainedStore<T> {
     /// starting with `$` [MQTT-4.7.2-1]. Allocates only when more than 16 levels of `+`/`#` are
     /// being walked at once.
     pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&str, &T)) {
+        self.walk_matches(filter, |topic, message| {
+            f(topic, message);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// As `for_each_match`, until `f` says `Break`. Returns the walk's cost: the nodes it
+    /// visited, matching or not, so a caller handing out work in slices can count it.
+    pub fn walk_matches(
+        &self,
+        filter: &str,
+        mut f: impl FnMut(&str, &T) -> ControlFlow<()>,
+    ) -> usize {
+        let stopped = Cell::new(false);
+        let mut visits = 0;
+        let mut report = |topic: &str, message: &T| {
+            if !stopped.get() {
+                stopped.set(f(topic, message).is_break());
+            }
+        };
         let mut stack: SmallStack<Frame<'_, T>, 16> = SmallStack::new();
-        descend(&self.root, Some(filter), true, &mut stack, &mut f);
+        visits += descend(&self.root, Some(filter), true, &mut stack, &mut report);
         loop {
             let Some(frame) = stack.last_mut() else {
-                return;
+                return visits;
             };
+            visits += 1;
+            if stopped.get() {
+                return visits;
+            }
             let (child, rest) = match frame {
                 Frame::Plus {
                     children,
@@ -202,11 +258,11 @@ impl<T> RetainedStore<T> {
             };
             match rest {
                 // A `+` child: match the rest of the filter below it.
-                Some(rest) => descend(child, rest, false, &mut stack, &mut f),
+                Some(rest) => visits += descend(child, rest, false, &mut stack, &mut report),
                 // A `#` child: report it and walk all of its subtree.
                 None => {
                     if let Some((topic, message)) = &child.message {
-                        f(topic, message);
+                        report(topic, message);
                     }
                     if !child.children.is_empty() {
                         stack.push(Frame::Subtree {
@@ -222,19 +278,21 @@ impl<T> RetainedStore<T> {
 
 /// Follows literal filter levels from `node` down; at a wildcard, leaves a frame on `stack` for
 /// the caller's loop. `rest` is the filter's remaining levels (`None`: the filter ended here).
+/// Returns the levels it followed.
 fn descend<'a, T>(
     mut node: &'a Node<T>,
     mut rest: Option<&'a str>,
     mut at_root: bool,
     stack: &mut SmallStack<Frame<'a, T>, 16>,
     f: &mut impl FnMut(&str, &T),
-) {
+) -> usize {
+    let mut visits = 1;
     loop {
         let Some(levels) = rest else {
             if let Some((topic, message)) = &node.message {
                 f(topic, message);
             }
-            return;
+            return visits;
         };
         let (level, next) = split_level(levels);
         match level {
@@ -249,7 +307,7 @@ fn descend<'a, T>(
                     children: node.children.iter(),
                     skip_dollar: at_root,
                 });
-                return;
+                return visits;
             }
             "+" => {
                 stack.push(Frame::Plus {
@@ -257,15 +315,16 @@ fn descend<'a, T>(
                     rest: next,
                     skip_dollar: at_root,
                 });
-                return;
+                return visits;
             }
             _ => match node.children.get(level) {
                 Some(child) => {
                     node = child;
                     rest = next;
                     at_root = false;
+                    visits += 1;
                 }
-                None => return,
+                None => return visits,
             },
         }
     }
@@ -288,6 +347,53 @@ mod tests {
 
     fn topics(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
         matched(store, filter).into_iter().map(|(t, _)| t).collect()
+    }
+
+    #[test]
+    fn a_walk_stops_when_told_and_counts_what_it_visited() {
+        let mut store = RetainedStore::new();
+        for n in 0..100 {
+            store.set(&format!("a/{n}"), n);
+        }
+        store.set("b", 100);
+        let mut seen = 0;
+        let visits = store.walk_matches("a/+", |_, _| {
+            seen += 1;
+            if seen == 10 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(seen, 10, "no match reported after the break");
+        assert!(visits < 40, "the walk ended soon after: {visits} visits");
+        let all = store.walk_matches("a/+", |_, _| ControlFlow::Continue(()));
+        assert!(all >= 100, "every child of a/ was visited: {all}");
+        assert_eq!(
+            store.walk_matches("c/d", |_, _| ControlFlow::Continue(())),
+            1
+        );
+    }
+
+    #[test]
+    fn bytes_follow_sets_replacements_and_removals() {
+        let mut store: RetainedStore<Vec<u8>> = RetainedStore::with_weigh(Vec::len);
+        store.set("a/b", vec![0; 10]);
+        assert_eq!((store.len(), store.bytes()), (1, 3 + 10));
+        store.set("a/b", vec![0; 4]);
+        assert_eq!(
+            (store.len(), store.bytes()),
+            (1, 3 + 4),
+            "a replacement reweighs"
+        );
+        store.set("c", vec![0; 100]);
+        assert_eq!(store.bytes(), 7 + 101);
+        assert!(store.contains("c") && !store.contains("a"));
+        assert_eq!(store.remove("a/b"), Some(vec![0; 4]));
+        assert_eq!(store.remove("a/b"), None);
+        assert_eq!((store.len(), store.bytes()), (1, 101));
+        store.remove("c");
+        assert_eq!((store.len(), store.bytes()), (0, 0));
     }
 
     #[test]

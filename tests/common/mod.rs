@@ -125,6 +125,12 @@ impl TestBroker {
         }
     }
 
+    /// Every shard's counters as last published (about once a second); empty against
+    /// mosquitto.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.ringmq.as_ref().map_or_else(Vec::new, Broker::stats)
+    }
+
     /// The reference broker with the same limits, where mosquitto has an equivalent.
     fn start_mosquitto(config: &Config) -> TestBroker {
         let port = TcpListener::bind("127.0.0.1:0")

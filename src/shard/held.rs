@@ -1,0 +1,226 @@
+//! Acknowledgements that must not overtake the mesh (issue 7 items 8 and 10).
+//!
+//! A SUBACK tells the client that publishes anywhere now reach it, so it must not go out
+//! before every other shard has applied the interest change the SUBSCRIBE caused; a PUBACK for
+//! a retained message tells it that a subscription anywhere now finds it. A full ring used to
+//! break both: the change waited in the local overflow while the ack was written at once, and
+//! even in the ring it could sit behind a backlog the target takes a batch per turn. So such
+//! an ack is held until the target has taken the message out of its ring (`ShardMesh::taken`:
+//! a shard handles what it drains before anything else), with the sequence numbers the mesh
+//! gave the messages, recorded as they were pushed.
+//!
+//! The same hold is the back-pressure for QoS 1/2 forwards waiting over `mesh_overflow_max`
+//! (item 8): their PUBACK/PUBREC waits for the forward to be taken, so the publisher's own
+//! in-flight window (every client keeps one) stops it while the target catches up, and the
+//! overflow grows by at most what those windows hold, not without bound. A client that ignores
+//! its window runs into `limits.incoming_inflight_max` and is disconnected. QoS 0 forwards
+//! past the limit are dropped (counted) instead. Interest, retained and hand-off messages are
+//! never dropped: they carry state, and they are bounded by subscriptions, retained topics and
+//! connections.
+//!
+//! Acks of one connection keep their order [MQTT-4.6.0-2, 4.6.0-3]: once one is held, later
+//! ones queue behind it, waiting or not. A PINGRESP is not an ack and is never held. Holds are
+//! looked at once per turn, and only while there are some; a shard going to sleep with holds
+//! asks to be woken when a target drains (`Peers::set_sleeping`, "backlogged").
+
+use std::collections::VecDeque;
+
+use foldhash::fast::RandomState;
+use hashbrown::{HashMap, HashSet};
+
+use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
+
+use super::Shard;
+
+/// An acknowledgement waiting for the mesh, small enough to hold many.
+#[derive(Debug)]
+pub(super) enum HeldPacket {
+    SubAck {
+        packet_id: u16,
+        codes: Vec<ReasonCode>,
+    },
+    UnsubAck(u16),
+    PubAck(u16),
+    PubRec(u16),
+    PubComp(u16),
+}
+
+impl HeldPacket {
+    fn into_packet(self) -> Packet {
+        match self {
+            HeldPacket::SubAck { packet_id, codes } => Packet::SubAck(SubAck {
+                packet_id,
+                codes,
+                properties: Default::default(),
+            }),
+            HeldPacket::UnsubAck(packet_id) => Packet::UnsubAck(UnsubAck {
+                packet_id,
+                codes: Vec::new(),
+                properties: Default::default(),
+            }),
+            HeldPacket::PubAck(packet_id) => Packet::PubAck(PubAck::new(packet_id)),
+            HeldPacket::PubRec(packet_id) => Packet::PubRec(PubAck::new(packet_id)),
+            HeldPacket::PubComp(packet_id) => Packet::PubComp(PubAck::new(packet_id)),
+        }
+    }
+}
+
+struct Hold {
+    conn: (u32, u32),
+    packet: HeldPacket,
+    /// (target shard, sequence) of the messages the ack waits for, the last one per target
+    /// (rings are FIFO). Empty: it only keeps its connection's order.
+    waits: Vec<(u16, usize)>,
+}
+
+/// Per connection: acks held, and how many of them are PUBACKs (QoS 1 publishes the client
+/// has not seen acknowledged, against `incoming_inflight_max`).
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    held: u32,
+    pubacks: u32,
+}
+
+#[derive(Default)]
+pub(super) struct HeldAcks {
+    /// Waits recorded by mesh pushes while the current packet is handled.
+    recording: Vec<(u16, usize)>,
+    /// In the order they were held.
+    holds: VecDeque<Hold>,
+    per_conn: HashMap<(u32, u32), Counts, RandomState>,
+    /// Scratch for a release pass: connections with a hold still waiting, and the holds kept.
+    blocked: HashSet<(u32, u32), RandomState>,
+    kept: VecDeque<Hold>,
+}
+
+impl HeldAcks {
+    pub(super) fn is_empty(&self) -> bool {
+        self.holds.is_empty()
+    }
+
+    /// A new packet is being handled: what earlier work pushed is not its concern.
+    pub(super) fn begin(&mut self) {
+        self.recording.clear();
+    }
+
+    /// The ack of the packet being handled must wait for this message.
+    pub(super) fn record(&mut self, target: usize, sequence: usize) {
+        let target = target as u16;
+        match self.recording.iter_mut().find(|(t, _)| *t == target) {
+            Some(wait) => wait.1 = sequence,
+            None => self.recording.push((target, sequence)),
+        }
+    }
+
+    /// Takes what was recorded so far (a packet handled in parts adds them up).
+    pub(super) fn take_recorded(&mut self, into: &mut Vec<(u16, usize)>) {
+        for &(target, sequence) in &self.recording {
+            match into.iter_mut().find(|(t, _)| *t == target) {
+                Some(wait) => wait.1 = sequence,
+                None => into.push((target, sequence)),
+            }
+        }
+        self.recording.clear();
+    }
+
+    /// PUBACKs held for this connection.
+    pub(super) fn pubacks(&self, conn: (u32, u32)) -> u32 {
+        self.per_conn.get(&conn).map_or(0, |c| c.pubacks)
+    }
+
+    fn hold(&mut self, conn: (u32, u32), packet: HeldPacket, waits: Vec<(u16, usize)>) {
+        let counts = self.per_conn.entry(conn).or_default();
+        counts.held += 1;
+        counts.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(_)));
+        self.holds.push_back(Hold {
+            conn,
+            packet,
+            waits,
+        });
+    }
+
+    fn released(&mut self, hold: &Hold) {
+        if let Some(counts) = self.per_conn.get_mut(&hold.conn) {
+            counts.held -= 1;
+            counts.pubacks -= u32::from(matches!(hold.packet, HeldPacket::PubAck(_)));
+            if counts.held == 0 {
+                self.per_conn.remove(&hold.conn);
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Writes the ack of the packet just handled, or holds it: when a message it pushed to
+    /// another shard must be taken first, or when an earlier ack of the connection is held.
+    pub(super) fn ack(&mut self, slot: u32, generation: u32, packet: HeldPacket) {
+        let mut waits = Vec::new();
+        self.held.take_recorded(&mut waits);
+        self.ack_after(slot, generation, packet, waits);
+    }
+
+    /// As `ack`, with the waits gathered by the caller. Returns whether it was written now.
+    pub(super) fn ack_after(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        packet: HeldPacket,
+        waits: Vec<(u16, usize)>,
+    ) -> bool {
+        let conn = (slot, generation);
+        let mesh = &self.mesh;
+        let waits: Vec<(u16, usize)> = waits
+            .into_iter()
+            .filter(|&(target, sequence)| !mesh.taken(usize::from(target), sequence))
+            .collect();
+        if waits.is_empty()
+            && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
+        {
+            self.write(slot, generation, &packet.into_packet());
+            return true;
+        }
+        if !waits.is_empty() {
+            self.stats.acks_held += 1;
+        }
+        self.held.hold(conn, packet, waits);
+        false
+    }
+
+    /// Writes every held ack whose messages were taken, in each connection's order. Returns
+    /// whether it wrote any.
+    pub(super) fn release_held(&mut self) -> bool {
+        if self.held.holds.is_empty() {
+            return false;
+        }
+        let mut holds = std::mem::take(&mut self.held.holds);
+        let mut kept = std::mem::take(&mut self.held.kept);
+        let mut blocked = std::mem::take(&mut self.held.blocked);
+        let mut released = false;
+        for hold in holds.drain(..) {
+            let waiting = blocked.contains(&hold.conn)
+                || hold
+                    .waits
+                    .iter()
+                    .any(|&(target, sequence)| !self.mesh.taken(usize::from(target), sequence));
+            if waiting {
+                blocked.insert(hold.conn);
+                kept.push_back(hold);
+                continue;
+            }
+            self.held.released(&hold);
+            let (slot, generation) = hold.conn;
+            let suback = matches!(hold.packet, HeldPacket::SubAck { .. });
+            self.write(slot, generation, &hold.packet.into_packet());
+            if suback {
+                // Its SUBSCRIBE's retained messages were waiting for it (`subscribe.rs`).
+                self.on_suback_released(hold.conn);
+            }
+            released = true;
+        }
+        blocked.clear();
+        self.held.blocked = blocked;
+        self.held.holds = kept;
+        self.held.kept = holds;
+        released
+    }
+}

@@ -1,0 +1,203 @@
+//! Bounds on what clients make a shard hold (issue 7), apart from the data path: the limits'
+//! counters and their one log line each, and the expiry of persistent sessions whose client
+//! stayed away.
+//!
+//! Expiry without a sweep of every session: a persistent session that loses its connection
+//! is queued with its deadline. Every session gets the same expiry after the same clock, so
+//! deadlines are queued in order and the timer only looks at the front, a bounded batch per
+//! tick. An entry is checked when it comes due (the client may have come back, or gone again
+//! later, which queued a newer entry), and the queue is rebuilt from the sessions if stale
+//! entries ever outnumber them (a client connecting and leaving in a loop).
+
+use std::collections::VecDeque;
+
+use super::{Sessions, Shard};
+
+/// Sessions expired per timer tick at most: a crowd leaving at once is removed over several
+/// ticks instead of stalling one turn.
+const EXPIRIES_PER_TICK_MAX: usize = 1024;
+/// Queue entries looked at per tick at most (most are stale when clients come back).
+const EXPIRY_ENTRIES_PER_TICK_MAX: usize = 16 * EXPIRIES_PER_TICK_MAX;
+
+/// A limit a client ran into: counted in `ShardStats`, logged once per shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LimitHit {
+    IncomingInflight,
+    SubscriptionsPerClient,
+    Retained,
+    Sessions,
+}
+
+impl LimitHit {
+    fn explain(self) -> &'static str {
+        match self {
+            LimitHit::IncomingInflight => {
+                "a client held limits.incoming_inflight_max QoS 2 messages unreleased: disconnected"
+            }
+            LimitHit::SubscriptionsPerClient => {
+                "a client held limits.subscriptions_per_client_max filters: SUBACK 0x80 for more"
+            }
+            LimitHit::Retained => {
+                "limits.retained_max or retained_bytes_max reached: new retained topics are \
+                 delivered but not retained"
+            }
+            LimitHit::Sessions => {
+                "limits.sessions_max persistent sessions: a CONNECT creating one more is refused"
+            }
+        }
+    }
+}
+
+/// Deadlines of detached persistent sessions, oldest first: (deadline in shard seconds,
+/// session index).
+#[derive(Default)]
+pub(super) struct ExpiryQueue {
+    entries: VecDeque<(u64, u32)>,
+}
+
+impl ExpiryQueue {
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn push(&mut self, deadline_secs: u64, session: u32) {
+        debug_assert!(self
+            .entries
+            .back()
+            .is_none_or(|&(last, _)| last <= deadline_secs));
+        self.entries.push_back((deadline_secs, session));
+    }
+
+    /// The front entry's session if it is due, taken off the queue.
+    fn pop_due(&mut self, now_secs: u64) -> Option<u32> {
+        let &(deadline_secs, session) = self.entries.front()?;
+        if deadline_secs > now_secs {
+            return None;
+        }
+        self.entries.pop_front();
+        Some(session)
+    }
+
+    /// One entry per detached persistent session, in deadline order.
+    fn rebuild(&mut self, sessions: &Sessions, expiry_secs: u64) {
+        self.entries.clear();
+        for (index, s) in sessions.iter() {
+            if !s.clean_session && s.conn.is_none() {
+                self.entries
+                    .push_back((u64::from(s.detached_secs) + expiry_secs, index));
+            }
+        }
+        self.entries.make_contiguous().sort_unstable();
+    }
+}
+
+impl Shard {
+    /// Counts a limit hit and logs it the first time on this shard.
+    pub(super) fn limit_hit(&mut self, hit: LimitHit) {
+        let stats = &mut self.stats;
+        match hit {
+            LimitHit::IncomingInflight => stats.incoming_inflight_exceeded += 1,
+            LimitHit::SubscriptionsPerClient => stats.subscriptions_refused += 1,
+            LimitHit::Retained => stats.retained_refused += 1,
+            LimitHit::Sessions => stats.sessions_refused += 1,
+        }
+        let bit = 1u32 << hit as u32;
+        if self.limits_logged & bit == 0 {
+            self.limits_logged |= bit;
+            eprintln!("ringmq: shard {}: {}", self.index, hit.explain());
+        }
+    }
+
+    pub(super) fn now_secs(&self) -> u64 {
+        self.now_ms / 1000
+    }
+
+    /// A persistent session lost its connection: its expiry starts now.
+    pub(super) fn queue_expiry(&mut self, session: u32) {
+        let expiry_secs = u64::from(self.config.limits.persistent_session_expiry_secs);
+        let now_secs = self.now_secs();
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        s.detached_secs = now_secs.min(u64::from(u32::MAX)) as u32;
+        let deadline_secs = u64::from(s.detached_secs) + expiry_secs;
+        if expiry_secs == 0 {
+            return;
+        }
+        self.sessions.expiry.push(deadline_secs, session);
+        if self.sessions.expiry.len() > 2 * self.sessions.len() + EXPIRIES_PER_TICK_MAX {
+            let mut queue = std::mem::take(&mut self.sessions.expiry);
+            queue.rebuild(&self.sessions, expiry_secs);
+            self.sessions.expiry = queue;
+        }
+    }
+
+    /// Removes persistent sessions whose client stayed away past the expiry: a bounded batch
+    /// from the front of the queue, on the timer tick.
+    pub(super) fn expire_sessions(&mut self) {
+        let expiry_secs = u64::from(self.config.limits.persistent_session_expiry_secs);
+        if expiry_secs == 0 {
+            return;
+        }
+        let now_secs = self.now_secs();
+        let mut expired = 0;
+        for _ in 0..EXPIRY_ENTRIES_PER_TICK_MAX {
+            if expired == EXPIRIES_PER_TICK_MAX {
+                break;
+            }
+            let Some(session) = self.sessions.expiry.pop_due(now_secs) else {
+                break;
+            };
+            let due = self.sessions.get(session).is_some_and(|s| {
+                !s.clean_session
+                    && s.conn.is_none()
+                    && u64::from(s.detached_secs) + expiry_secs <= now_secs
+            });
+            if due {
+                self.clear_subscriptions(session);
+                self.sessions.remove(session);
+                self.peers.release_session();
+                self.stats.sessions_expired += 1;
+                expired += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolVersion;
+    use crate::session::{ConnRef, Session};
+
+    #[test]
+    fn rebuild_keeps_one_entry_per_detached_persistent_session_in_deadline_order() {
+        let mut sessions = Sessions::default();
+        let mut add = |id: &str, clean: bool, connected: bool, detached_secs: u32| {
+            let mut s = Session::new(id.into(), clean, ProtocolVersion::V3_1_1);
+            s.detached_secs = detached_secs;
+            if connected {
+                s.conn = Some(ConnRef {
+                    slot: 1,
+                    generation: 0,
+                });
+            }
+            sessions.insert(s)
+        };
+        let late = add("late", false, false, 50);
+        add("clean", true, false, 0);
+        add("back", false, true, 0);
+        let early = add("early", false, false, 10);
+        let mut queue = ExpiryQueue::default();
+        for _ in 0..10 {
+            queue.push(0, late);
+        }
+        queue.rebuild(&sessions, 100);
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.pop_due(109), None, "nothing due before 110");
+        assert_eq!(queue.pop_due(110), Some(early));
+        assert_eq!(queue.pop_due(149), None);
+        assert_eq!(queue.pop_due(150), Some(late));
+        assert_eq!(queue.pop_due(u64::MAX), None);
+    }
+}
