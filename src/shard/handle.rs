@@ -253,11 +253,11 @@ impl Shard {
         // creates nothing. (A clean session lives only as long as its connection, which
         // connections_max bounds.)
         let creates_persistent = !connect.clean_start
-            && !self
+            && self
                 .sessions
                 .find(&client_id)
                 .and_then(|index| self.sessions.get(index))
-                .is_some_and(|s| !s.clean_session);
+                .is_none_or(|s| s.clean_session);
         if creates_persistent && !self.peers.admit_session(self.config.limits.sessions_max) {
             self.limit_hit(LimitHit::Sessions);
             self.refuse(slot, generation, version, ReasonCode::ServerUnavailable);
