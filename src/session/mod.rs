@@ -157,7 +157,7 @@ pub struct Session {
 }
 
 // The session's share of the 512 B budget per idle, subscribed connection (DESIGN.md).
-const _: () = assert!(std::mem::size_of::<Session>() <= 80);
+const _: () = assert!(std::mem::size_of::<Session>() <= 72);
 
 impl Session {
     pub fn new(client_id: Box<str>, clean_session: bool, version: ProtocolVersion) -> Session {
