@@ -19,9 +19,12 @@
 //! connections.
 //!
 //! Acks of one connection keep their order [MQTT-4.6.0-2, 4.6.0-3]: once one is held, later
-//! ones queue behind it, waiting or not. A PINGRESP is not an ack and is never held. Holds are
-//! looked at once per turn, and only while there are some; a shard going to sleep with holds
-//! asks to be woken when a target drains (`Peers::set_sleeping`, "backlogged").
+//! ones queue behind it, waiting or not. A PINGRESP is not an ack and is never held. Behind a
+//! held SUBACK the connection's later packets wait too (`subscribe.rs`), so its retained
+//! messages and its own publishes come after the SUBACK, as clients expect; behind a held
+//! PUBACK they do not (the window does the throttling). Holds are looked at once per turn,
+//! and only while there are some; a shard going to sleep with holds asks to be woken when a
+//! target drains (`Peers::set_sleeping`, "backlogged").
 
 use std::collections::VecDeque;
 
