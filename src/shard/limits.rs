@@ -26,6 +26,8 @@ pub(super) enum LimitHit {
     SubscriptionsPerClient,
     Retained,
     Sessions,
+    /// Counted where it happens (`mesh_dropped_qos0`, `acks_held`); logged here.
+    MeshOverflow,
 }
 
 impl LimitHit {
@@ -43,6 +45,10 @@ impl LimitHit {
             }
             LimitHit::Sessions => {
                 "limits.sessions_max persistent sessions: a CONNECT creating one more is refused"
+            }
+            LimitHit::MeshOverflow => {
+                "a ring to another shard backed up past limits.mesh_overflow_max: QoS 0 forwards \
+                 are dropped, QoS 1/2 publishers get their acks once the shard caught up"
             }
         }
     }
@@ -100,6 +106,7 @@ impl Shard {
             LimitHit::SubscriptionsPerClient => stats.subscriptions_refused += 1,
             LimitHit::Retained => stats.retained_refused += 1,
             LimitHit::Sessions => stats.sessions_refused += 1,
+            LimitHit::MeshOverflow => {}
         }
         let bit = 1u32 << hit as u32;
         if self.limits_logged & bit == 0 {

@@ -18,6 +18,7 @@ use crate::ring::{Op, Token};
 use crate::session::Message;
 use crate::topic::filter::parse_shared;
 
+use super::limits::LimitHit;
 use super::peers::for_each_bit;
 use super::route::next_shard_after;
 use super::Shard;
@@ -144,6 +145,9 @@ impl Shard {
     pub(super) fn mesh_push(&mut self, target: usize, message: MeshMessage) {
         let waiting = self.mesh.overflow_len(target);
         let over = waiting >= self.config.limits.mesh_overflow_max as usize;
+        if over && self.limits_logged & (1 << LimitHit::MeshOverflow as u32) == 0 {
+            self.limit_hit(LimitHit::MeshOverflow);
+        }
         let ack_waits = match &message {
             MeshMessage::Publish(forward) if over && forward.qos == QoS::AtMostOnce => {
                 self.stats.mesh_dropped_qos0 += 1;
