@@ -35,6 +35,9 @@ pub(super) struct HandOffOut {
     bytes: BytesMut,
     /// Set once the descriptor is sent: the id the home shard's completion carries.
     handoff_id: Option<u64>,
+    /// The connect deadline passed while the descriptor's send was in flight: the connection
+    /// is closing here, and a descriptor that lands anyway goes with no bytes (`abandon`).
+    abandoned: bool,
 }
 
 /// Outgoing hand-offs by connection id.
@@ -91,6 +94,7 @@ impl Shard {
                 target_ring: 0,
                 bytes,
                 handoff_id: None,
+                abandoned: false,
             },
         );
         if recv_armed {
@@ -144,6 +148,11 @@ impl Shard {
         self.handoff_sequence = self.handoff_sequence.wrapping_add(1);
         let id = handoff_id(self.index, out.target_ring, self.handoff_sequence);
         out.handoff_id = Some(id);
+        // The send holds the slot like any operation on it (`Conn::quiescent`): a connection
+        // abandoned meanwhile is not released before its descriptor has left.
+        if let Some(conn) = self.conns.get_mut(slot, generation) {
+            conn.control_in_flight += 1;
+        }
         self.rings[ring_of(slot)].send_fixed_file(
             slot_of(slot),
             target_ring_fd,
@@ -164,6 +173,13 @@ impl Shard {
         let Some(handoff_id) = out.handoff_id else {
             return;
         };
+        if let Some(conn) = self.conns.get_mut(token.slot, token.generation) {
+            conn.control_in_flight = conn.control_in_flight.saturating_sub(1);
+        }
+        if out.abandoned {
+            self.abandoned_send_done(token, completion, out.target, handoff_id);
+            return;
+        }
         if completion.result == -libc::ENFILE && out.target_ring + 1 < self.peers.rings_per_shard()
         {
             // That ring's table is full (the kernel posted nothing there): the next one.
@@ -202,6 +218,52 @@ impl Shard {
             bytes_read: out.bytes.freeze(),
         });
         self.mesh_push(out.target, message);
+    }
+
+    /// The connect deadline passed with the hand-off unfinished (`expire_timers`): the recv's
+    /// cancel has not ended it, or the descriptor's send has not completed. The connection is
+    /// closed like any other: the shutdown ends a recv the cancel could not, and the slot is
+    /// released once nothing of it is in flight, the descriptor's send included.
+    ///
+    /// A MSG_RING descriptor send completes once the home shard's thread runs its task work,
+    /// which it does whenever it waits in the kernel; a home shard that left its loop fails it
+    /// (-EOWNERDEAD). Only a home shard stuck in a turn would hold it, and then the broker is
+    /// stuck anyway.
+    pub(super) fn abandon_handoff(&mut self, slot: u32, generation: u32) {
+        let sending = match self.handoffs_out.get_mut(&slot) {
+            Some(out) if out.generation == generation => {
+                out.abandoned = true;
+                out.handoff_id.is_some()
+            }
+            _ => false,
+        };
+        if !sending {
+            self.handoffs_out.remove(&slot);
+        }
+        self.stats.handoffs_failed += 1;
+        self.close(slot, generation, CloseReason::HandOffFailed);
+    }
+
+    /// The descriptor send of an abandoned hand-off completed. When it landed, the home shard
+    /// holds the socket (shut down by our close) in a slot only its completion names: it gets
+    /// the hand-off's message with no bytes, adopts the socket, reads its end and releases it.
+    fn abandoned_send_done(
+        &mut self,
+        token: Token,
+        completion: Completion,
+        target: usize,
+        handoff_id: u64,
+    ) {
+        if completion.result >= 0 {
+            let message = MeshMessage::Connection(HandOff {
+                source_shard: self.index as u16,
+                handoff_id,
+                ring_slot_hint: None,
+                bytes_read: bytes::Bytes::new(),
+            });
+            self.mesh_push(target, message);
+        }
+        self.maybe_release(token.slot, token.generation);
     }
 
     fn fail_handoff(&mut self, slot: u32, generation: u32) {

@@ -976,12 +976,24 @@ impl Shard {
                         session.trim();
                     }
                 }
-                ConnState::Closing | ConnState::HandingOff => {}
+                // Its CONNECT is in, but the hand-off may never finish (`abandon_handoff`):
+                // bounded by the connect deadline too, from the CONNECT.
+                ConnState::HandingOff => {
+                    if timer::connect_expired(conn.last_packet_ms, connect_timeout_secs, now_ms) {
+                        expired.push((slot, generation, CloseReason::HandOffFailed));
+                    }
+                }
+                ConnState::Closing => {}
             }
         }
         for &(slot, generation, reason) in &expired {
-            if reason == CloseReason::OutboxStalled {
-                self.note_outbox_stall();
+            match reason {
+                CloseReason::OutboxStalled => self.note_outbox_stall(),
+                CloseReason::HandOffFailed => {
+                    self.abandon_handoff(slot, generation);
+                    continue;
+                }
+                _ => {}
             }
             self.close(slot, generation, reason);
         }

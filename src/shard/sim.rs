@@ -110,6 +110,25 @@ pub struct SimBroker {
     turns: u64,
     /// Print every operation and completion to stderr (`set_trace`), to read a failing input.
     trace: bool,
+    /// Kernel misbehaviours a test may ask for (`set_faults`).
+    faults: Faults,
+    /// MSG_RING descriptor sends held back while `faults.hold_handoffs` (shard, ring, op).
+    held_handoffs: Vec<(usize, usize, crate::ring::sim::SimOp)>,
+}
+
+/// What the simulated kernel may do that it normally does not, for the lifecycle tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// A cancel finds the recv it targets busy (-EALREADY): the recv stays armed until
+    /// something else (a shutdown, the peer) ends it.
+    pub stuck_cancels: bool,
+    /// MSG_RING descriptor sends wait until `release_handoffs` (a target slow to run its
+    /// task work).
+    pub hold_handoffs: bool,
+    /// A MSG_RING descriptor send installs the socket in the target's table but cannot post
+    /// the target's completion: the source reads -EOVERFLOW (the kernel's own case: "the
+    /// target still received the file descriptor but wasn't notified").
+    pub handoff_overflow: bool,
 }
 
 /// One real listening socket for every simulated shard of the process: a shard holds one,
@@ -191,6 +210,8 @@ impl SimBroker {
             recv_burst_max: 4,
             turns: 0,
             trace: false,
+            faults: Faults::default(),
+            held_handoffs: Vec::new(),
         };
         for shard in &mut sim.shards {
             shard.arm();
@@ -212,6 +233,20 @@ impl SimBroker {
     /// Prints every operation, completion and client action to stderr.
     pub fn set_trace(&mut self, trace: bool) {
         self.trace = trace;
+    }
+
+    /// Sets the kernel misbehaviours to simulate from now on.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    /// Runs the descriptor sends held by `Faults::hold_handoffs` (not `run`: the caller's).
+    pub fn release_handoffs(&mut self) {
+        let hold = std::mem::replace(&mut self.faults.hold_handoffs, false);
+        for (shard, ring, op) in std::mem::take(&mut self.held_handoffs) {
+            self.submitted(shard, ring, op);
+        }
+        self.faults.hold_handoffs = hold;
     }
 
     /// Shard turns run so far.

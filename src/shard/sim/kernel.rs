@@ -65,7 +65,7 @@ impl SimBroker {
         }
     }
 
-    fn submitted(&mut self, shard: usize, ring: usize, op: SimOp) {
+    pub(super) fn submitted(&mut self, shard: usize, ring: usize, op: SimOp) {
         let here = format!("shard {shard} ring {ring}");
         if self.trace {
             eprintln!("{here}: submitted {op:?} {}", describe(op));
@@ -119,6 +119,10 @@ impl SimBroker {
                     .iter()
                     .find(|(_, &armed)| armed == target)
                     .map(|(&slot, _)| slot);
+                if recv.is_some() && self.faults.stuck_cancels {
+                    self.kernel(shard, ring).post(user_data, -libc::EALREADY, 0);
+                    return;
+                }
                 let found = if let Some(slot) = recv {
                     flight.recvs.remove(&slot);
                     true
@@ -166,6 +170,9 @@ impl SimBroker {
                 flight.timers.push(user_data);
             }
             SimOp::Read { user_data, .. } => self.flights[shard][ring].reads.push(user_data),
+            SimOp::SendFd { .. } if self.faults.hold_handoffs => {
+                self.held_handoffs.push((shard, ring, op));
+            }
             SimOp::SendFd {
                 slot,
                 target_ring_fd,
@@ -182,6 +189,10 @@ impl SimBroker {
                     return;
                 };
                 match self.kernel(target, target_ring).install(socket as u64) {
+                    Some(_) if self.faults.handoff_overflow => {
+                        self.sockets[socket].refs += 1;
+                        self.kernel(shard, ring).post(user_data, -libc::EOVERFLOW, 0);
+                    }
                     Some(target_slot) => {
                         self.sockets[socket].refs += 1;
                         self.kernel(target, target_ring).post(

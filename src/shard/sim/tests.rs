@@ -1,6 +1,7 @@
 //! The harness on its own: what the fuzzer relies on, and the regressions it found.
 
 use super::*;
+use super::Faults;
 use crate::mesh::home_shard;
 use crate::protocol::{
     decode, encode, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
@@ -174,5 +175,63 @@ fn the_connect_timeout_closes_a_silent_connection() {
     sim.advance(6_000);
     sim.run();
     assert!(sim.is_closed(client), "closed after connect_timeout_secs");
+    sim.finish();
+}
+
+/// A client homed on shard 1 that connects to shard 0: its hand-off starts on the first run.
+fn handing_off(sim: &mut SimBroker) -> SocketId {
+    let client = sim.connect(0);
+    sim.write(client, &connect(&homed_on(1, 2, "mover")));
+    sim.run();
+    client
+}
+
+/// Issue 7: a connection whose hand-off never completed held its slot forever: `HandingOff`
+/// had no timer. Here the recv's cancel never ends it; the connect deadline closes it, the
+/// shutdown ends the recv, and the slot is released.
+#[test]
+fn issue_7_a_hand_off_whose_recv_cancel_never_ends_is_closed_at_the_connect_deadline() {
+    let mut sim = SimBroker::new(config(2)).expect("sim");
+    sim.set_faults(Faults {
+        stuck_cancels: true,
+        ..Faults::default()
+    });
+    let client = handing_off(&mut sim);
+    assert_eq!(sim.gauges().handoffs_pending, 1, "waiting for the recv's end");
+    sim.advance(5_000);
+    sim.run();
+    assert!(!sim.is_closed(client), "before the deadline");
+    sim.advance(6_000);
+    sim.run();
+    assert!(sim.is_closed(client), "closed at the connect deadline");
+    assert_eq!(sim.gauges().handoffs_pending, 0);
+    assert_eq!(sim.stats()[0].handoffs_failed, 1);
+    sim.set_faults(Faults::default());
+    sim.finish();
+}
+
+/// Issue 7: the same with the descriptor's MSG_RING still in flight at the deadline: the
+/// connection is shut down, but its slot waits for the send's completion; the send then lands
+/// on the home shard with no bytes, which closes the shut-down socket instead of serving a
+/// CONNECT that went stale.
+#[test]
+fn issue_7_a_hand_off_whose_descriptor_send_outlives_the_deadline_is_closed_on_both_sides() {
+    let mut sim = SimBroker::new(config(2)).expect("sim");
+    sim.set_faults(Faults {
+        hold_handoffs: true,
+        ..Faults::default()
+    });
+    let client = handing_off(&mut sim);
+    sim.advance(11_000);
+    sim.run();
+    assert!(!sim.is_closed(client), "the slot waits for the send");
+    sim.release_handoffs();
+    sim.run();
+    assert!(sim.is_closed(client), "closed on both shards");
+    assert!(sim.received(client).is_empty(), "no CONNACK after the deadline");
+    let stats = sim.stats();
+    assert_eq!((stats[0].handoffs_failed, stats[0].handoffs_out), (1, 0));
+    assert_eq!(sim.gauges().handoffs_pending, 0);
+    sim.set_faults(Faults::default());
     sim.finish();
 }
