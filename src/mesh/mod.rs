@@ -56,6 +56,9 @@ pub enum MeshMessage {
     Retained(Forward),
     /// A socket whose CONNECT names a client id homed on the target shard.
     Connection(HandOff),
+    /// A socket handed to the target's ring `ring` landed in a slot the kernel could not
+    /// announce (the sender's MSG_RING read -EOVERFLOW): the target counts the slot as taken.
+    HandOffLost { ring: u16 },
     /// A PUBLISH that the target also serves to some `$share` groups (boxed: rare, and it
     /// keeps every ring slot small).
     SharedPublish(Box<SharedForward>),

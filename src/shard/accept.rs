@@ -190,6 +190,11 @@ impl Accept {
         Step::Keep
     }
 
+    /// Slots of `ring` the kernel holds, as counted here.
+    pub fn used(&self, ring: usize) -> u32 {
+        self.slots_used.get(ring).copied().unwrap_or(0)
+    }
+
     pub fn free(&self, ring: usize) -> u32 {
         self.files
             .saturating_sub(self.slots_used.get(ring).copied().unwrap_or(self.files))

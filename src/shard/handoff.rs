@@ -176,6 +176,23 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(token.slot, token.generation) {
             conn.control_in_flight = conn.control_in_flight.saturating_sub(1);
         }
+        if completion.result == -libc::EOVERFLOW {
+            // The socket is in the home shard's table, but the completion naming its slot
+            // could not be posted there (the kernel's CQ overflow list could not grow): the
+            // slot is the home shard's to count, though it cannot be released before the
+            // shard stops (no one knows its number; closing slots to find it would race with
+            // accepts whose completions are not reaped yet). The close below shuts the socket
+            // down, which ends it for the client.
+            let ring = out.target_ring as u16;
+            self.mesh_push(out.target, MeshMessage::HandOffLost { ring });
+            if out.abandoned {
+                self.maybe_release(token.slot, token.generation);
+            } else {
+                self.note_handoff_error(out.target, completion.result);
+                self.fail_handoff(token.slot, token.generation);
+            }
+            return;
+        }
         if out.abandoned {
             self.abandoned_send_done(token, completion, out.target, handoff_id);
             return;
@@ -190,16 +207,7 @@ impl Shard {
             return;
         }
         if completion.result < 0 {
-            if !self.handoff_error_logged {
-                self.handoff_error_logged = true;
-                eprintln!(
-                    "ringmq: shard {}: handing a connection to shard {} failed ({}); such \
-                     connections are closed and counted",
-                    self.index,
-                    out.target,
-                    std::io::Error::from_raw_os_error(-completion.result)
-                );
-            }
+            self.note_handoff_error(out.target, completion.result);
             self.fail_handoff(token.slot, token.generation);
             return;
         }
@@ -266,6 +274,18 @@ impl Shard {
         self.maybe_release(token.slot, token.generation);
     }
 
+    fn note_handoff_error(&mut self, target: usize, result: i32) {
+        if !self.handoff_error_logged {
+            self.handoff_error_logged = true;
+            eprintln!(
+                "ringmq: shard {}: handing a connection to shard {target} failed ({}); such \
+                 connections are closed and counted",
+                self.index,
+                std::io::Error::from_raw_os_error(-result)
+            );
+        }
+    }
+
     fn fail_handoff(&mut self, slot: u32, generation: u32) {
         self.stats.handoffs_failed += 1;
         if let Some(conn) = self.conns.get_mut(slot, generation) {
@@ -275,13 +295,18 @@ impl Shard {
         self.close(slot, generation, CloseReason::HandOffFailed);
     }
 
-    /// A descriptor arrived from another shard (home shard side).
-    pub(super) fn on_handoff_fd(&mut self, completion: Completion) {
+    /// A descriptor arrived from another shard (home shard side), in a slot of `ring`, the
+    /// ring that reaped the completion: that is the table the kernel installed it in,
+    /// whatever the id says.
+    ///
+    /// Every descriptor the kernel installs here is accounted for: it is announced by this
+    /// completion (counted now, then adopted or waiting in `handoffs_in` for its bytes), or
+    /// its sender read -EOVERFLOW and says so (`on_handoff_lost`). A MSG_RING posts nothing
+    /// here when it fails (-ENFILE: nothing installed), so no completion carries an error.
+    pub(super) fn on_handoff_fd(&mut self, ring: usize, completion: Completion) {
+        debug_assert!(completion.result >= 0, "MSG_RING posts no failure to its target");
+        debug_assert_eq!(handoff_ring(completion.user_data), ring, "the ring the id names");
         if completion.result < 0 {
-            return;
-        }
-        let ring = handoff_ring(completion.user_data);
-        if ring >= self.rings.len() {
             return;
         }
         let slot = conn_id(ring, completion.result as u32);
@@ -291,6 +316,24 @@ impl Shard {
         if let Some((slot, handoff)) = self.handoffs_in.slot_arrived(completion.user_data, slot) {
             self.adopt(slot, handoff);
         }
+    }
+
+    /// A socket landed in a slot of `ring` with no completion to name it (see
+    /// `on_handoff_send`): counted as taken, so the accept's count stays the kernel's.
+    pub(super) fn on_handoff_lost(&mut self, ring: usize) {
+        if ring >= self.rings.len() {
+            return;
+        }
+        self.stats.handoff_slots_lost += 1;
+        if self.stats.handoff_slots_lost == 1 {
+            eprintln!(
+                "ringmq: shard {}: a socket handed over landed in a slot the kernel could not \
+                 name (CQ overflow): the slot stays taken until the shard stops (counted)",
+                self.index
+            );
+        }
+        self.accept.slot_taken(ring);
+        self.accept_after_fill(ring);
     }
 
     /// The bytes of a hand-off arrived through the mesh (home shard side).

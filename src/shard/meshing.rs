@@ -112,6 +112,7 @@ impl Shard {
                 self.store_retained(&forward.topic, &forward.payload, forward.qos);
             }
             MeshMessage::Connection(handoff) => self.on_handoff_message(handoff),
+            MeshMessage::HandOffLost { ring } => self.on_handoff_lost(usize::from(ring)),
         }
     }
 
@@ -157,7 +158,7 @@ impl Shard {
             MeshMessage::SharedPublish(shared) => over && shared.forward.qos != QoS::AtMostOnce,
             MeshMessage::Interest { interested, .. } => *interested,
             MeshMessage::Retained(_) => true,
-            MeshMessage::Connection(_) => false,
+            MeshMessage::Connection(_) | MeshMessage::HandOffLost { .. } => false,
         };
         let sequence = self.mesh.push(target, message);
         if ack_waits {

@@ -461,7 +461,7 @@ impl Shard {
                 self.rings[ring].reap(&mut batch, REAP_BATCH);
                 let reaped = batch.len();
                 for completion in batch.iter() {
-                    self.complete(*completion);
+                    self.complete(ring, *completion);
                 }
                 self.completions = batch;
                 if reaped < REAP_BATCH {
@@ -485,7 +485,8 @@ impl Shard {
         Ok(())
     }
 
-    fn complete(&mut self, completion: Completion) {
+    /// A completion reaped from ring `ring`.
+    fn complete(&mut self, ring: usize, completion: Completion) {
         let Some(token) = Token::unpack(completion.user_data) else {
             return;
         };
@@ -503,7 +504,7 @@ impl Shard {
             // The cancelled accept's own last completion says all there is to say.
             Op::AcceptCancel => {}
             Op::HandOffSend => self.on_handoff_send(token, completion),
-            Op::HandOffFd => self.on_handoff_fd(completion),
+            Op::HandOffFd => self.on_handoff_fd(ring, completion),
             // Only ended the wait: the turn drains the mesh anyway. On the sender, a failed
             // wake (the target is stopping) needs nothing either.
             Op::MeshWake => {}

@@ -49,6 +49,9 @@ pub struct ShardStats {
     pub handoffs_in: u64,
     /// Hand-offs that failed (the home shard's table was full, ...): the connection closed.
     pub handoffs_failed: u64,
+    /// Sockets handed to this shard that landed in a slot the kernel could not announce
+    /// (the sender read -EOVERFLOW): the slot stays taken until the shard stops.
+    pub handoff_slots_lost: u64,
     /// Shared-group messages dropped after every shard with members had none left.
     pub dropped_no_group_member: u64,
     /// Times reading from a connection paused because its outbox passed `outbox_bytes_max`.
@@ -86,7 +89,7 @@ impl fmt::Display for ShardStats {
              dropped: outbox full {}, queue full {}, offline QoS 0 {}; table full {}, \
              recv ENOBUFS {}, protocol errors {}, accept errors {}, CONNECT too large {}; \
              mesh: pushed {} (overflowed {}, most waiting {}, QoS 0 dropped {}), received {}, \
-             wakes {}; hand-offs out {} in {} failed {}; shared group gone {}; reads paused {}, \
+             wakes {}; hand-offs out {} in {} failed {} (slots lost {}); shared group gone {}; reads paused {}, \
              stalled outboxes closed {}, outbox high water {} B; arena blocks allocated {}; \
              limits: incoming in flight {}, subscriptions {}, retained {}, sessions {} \
              (expired {}); acks held {}",
@@ -113,6 +116,7 @@ impl fmt::Display for ShardStats {
             self.handoffs_out,
             self.handoffs_in,
             self.handoffs_failed,
+            self.handoff_slots_lost,
             self.dropped_no_group_member,
             self.recv_paused_count,
             self.outbox_stall_disconnects,

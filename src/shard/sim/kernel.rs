@@ -35,7 +35,7 @@ impl SimBroker {
             .0
     }
 
-    fn kernel_and_buffers(&mut self, shard: usize, ring: usize) -> (&mut SimKernel, &mut BufRing) {
+    pub(super) fn kernel_and_buffers(&mut self, shard: usize, ring: usize) -> (&mut SimKernel, &mut BufRing) {
         self.shards[shard].rings[ring]
             .sim()
             .expect("a simulated ring")

@@ -235,3 +235,31 @@ fn issue_7_a_hand_off_whose_descriptor_send_outlives_the_deadline_is_closed_on_b
     sim.set_faults(Faults::default());
     sim.finish();
 }
+
+/// Issue 7: a MSG_RING descriptor send that installs the socket on the home shard but cannot
+/// post its completion there reads -EOVERFLOW on the source: the home shard's table holds a
+/// socket in a slot nobody names, and its accept counted that slot as free. The source now
+/// tells it (`MeshMessage::HandOffLost`): the slot is counted as taken, and the socket, shut
+/// down by the source's close, ends for the client.
+#[test]
+fn issue_7_a_descriptor_that_lands_unannounced_is_counted_on_the_home_shard() {
+    let mut sim = SimBroker::new(config(2)).expect("sim");
+    sim.set_faults(Faults {
+        handoff_overflow: true,
+        ..Faults::default()
+    });
+    let client = handing_off(&mut sim);
+    sim.check_slots();
+    let stats = sim.stats();
+    assert_eq!((stats[0].handoffs_failed, stats[1].handoff_slots_lost), (1, 1));
+    assert!(sim.received(client).is_empty());
+    sim.set_faults(Faults::default());
+    // The home shard still serves its clients.
+    let other = sim.connect(1);
+    sim.write(other, &connect(&homed_on(1, 2, "stay")));
+    sim.run();
+    let got = packets(sim.received(other));
+    assert!(matches!(got.first(), Some(Packet::ConnAck(_))), "{got:?}");
+    sim.check_slots();
+    sim.finish();
+}
