@@ -107,6 +107,8 @@ pub struct SimBroker {
     now_ms: u64,
     /// Recv completions one armed recv gets per kernel step.
     recv_burst_max: usize,
+    /// The largest `recv_burst_max` so far (the outbox bound's slack depends on it).
+    recv_burst_seen_max: usize,
     turns: u64,
     /// Print every operation and completion to stderr (`set_trace`), to read a failing input.
     trace: bool,
@@ -208,6 +210,7 @@ impl SimBroker {
             limits: config.limits.clone(),
             now_ms: 0,
             recv_burst_max: 4,
+            recv_burst_seen_max: 4,
             turns: 0,
             trace: false,
             faults: Faults::default(),
@@ -228,6 +231,7 @@ impl SimBroker {
     /// shard see bytes trickle in over several turns, many exhaust the provided buffers.
     pub fn set_recv_burst_max(&mut self, burst: usize) {
         self.recv_burst_max = burst.max(1);
+        self.recv_burst_seen_max = self.recv_burst_seen_max.max(self.recv_burst_max);
     }
 
     /// Prints every operation, completion and client action to stderr.
@@ -437,6 +441,13 @@ impl SimBroker {
             gauges.inbox_bytes_max,
             limits.packet_size_max
         );
+        let slack = self.outbox_slack();
+        assert!(
+            gauges.pending_bytes_max <= limits.outbox_bytes_max as usize + slack,
+            "a connection has {} bytes waiting to go out (outbox_bytes_max {} + slack {slack})",
+            gauges.pending_bytes_max,
+            limits.outbox_bytes_max
+        );
         assert!(
             gauges.session_queue_max <= limits.offline_queue_max as usize,
             "a session queues {} messages (offline_queue_max {})",
@@ -466,6 +477,34 @@ impl SimBroker {
                 );
             }
         }
+    }
+
+    /// How far past `outbox_bytes_max` a connection's waiting bytes may get (`backpressure.rs`:
+    /// the cap is checked where bytes move, so it is passed by what moves at once):
+    /// - what the shard reads before its pause lands, each byte answered by at most one
+    ///   (PINGREQ → PINGRESP, PUBREL → PUBCOMP; every other answer is shorter than its
+    ///   request): one multishot burst per turn (here `recv_burst_max` buffers; on the
+    ///   kernel, what it hands one recv between two turns), twice for the turn that adopts a
+    ///   handed-off connection with the bytes read meanwhile, plus a partial packet that
+    ///   completes, or the packets that waited behind a held SUBACK, with it (≤
+    ///   `packet_size_max` each, `subscribe.rs`);
+    /// - one message past the cap: a delivery is refused only once the cap is reached
+    ///   (`Conn::outbox_full`), retained messages for a SUBSCRIBE included (`subscribe.rs`);
+    /// - the in-flight window resent at a session's resume, unchecked ([MQTT-4.4.0-1]);
+    /// - acks held behind the mesh and released at once (`held.rs`): at most
+    ///   `incoming_inflight_max` of them, 5 bytes each at most, and the held SUBACK (one byte
+    ///   per filter of a SUBSCRIBE of at most `packet_size_max`).
+    fn outbox_slack(&self) -> usize {
+        let limits = &self.limits;
+        let packet = limits.packet_size_max as usize;
+        // A forwarded PUBLISH re-encoded for another protocol version or QoS grows by a few
+        // bytes: property length, packet id, a longer length field.
+        let message = packet + 16;
+        let buffer = self.shards[0].config.recv_buffer_size as usize;
+        let read = 2 * self.recv_burst_seen_max * buffer + 2 * packet;
+        let resent = usize::from(limits.inflight_max) * message;
+        let held = usize::from(limits.incoming_inflight_max) * 5 + packet / 4 + 8;
+        read + message + resent + held
     }
 
     /// Every client closes (reading what is still sent), time passes beyond every timeout,

@@ -263,3 +263,29 @@ fn issue_7_a_descriptor_that_lands_unannounced_is_counted_on_the_home_shard() {
     sim.check_slots();
     sim.finish();
 }
+
+/// Issue 7 item 6 through the harness's bound (`check_bounds`, which the fuzzer runs): a
+/// client that floods PINGREQs and reads nothing has its reading paused, so what waits for
+/// it stays within `outbox_bytes_max` and the documented slack, however long it floods.
+#[test]
+fn issue_7_a_flood_from_a_client_that_never_reads_stays_within_the_outbox_bound() {
+    let mut sim = SimBroker::new(Config {
+        limits: crate::config::Limits {
+            outbox_bytes_max: 1024,
+            ..crate::config::Limits::default()
+        },
+        ..config(1)
+    })
+    .expect("sim");
+    let client = sim.connect(0);
+    sim.write(client, &connect("flood"));
+    sim.run();
+    sim.set_reading(client, false);
+    for _ in 0..200 {
+        sim.write(client, &[0xC0, 0x00].repeat(32));
+        sim.run();
+        sim.check_bounds();
+    }
+    assert!(sim.stats()[0].recv_paused_count >= 1);
+    sim.finish();
+}
