@@ -177,6 +177,16 @@ pub const TEST_PANIC_CLIENT_ID: &str = "ringmq-test-panic";
 
 /// Set by `Broker::start` from `RINGMQ_TEST_PANIC`, for the process (never cleared).
 static TEST_PANIC_ARMED: AtomicBool = AtomicBool::new(false);
+/// `RINGMQ_TEST_PANIC=2`: the failed shard's cleanup (`Shard::stop_after_failure`) panics too.
+static TEST_PANIC_CLEANUP: AtomicBool = AtomicBool::new(false);
+
+/// Called by the cleanup after a shard failure: panics when `RINGMQ_TEST_PANIC=2`.
+#[doc(hidden)]
+pub fn panic_in_cleanup_if_test_asks() {
+    if TEST_PANIC_CLEANUP.load(Ordering::Relaxed) {
+        panic!("test panic in the cleanup (RINGMQ_TEST_PANIC=2)");
+    }
+}
 
 /// Called at CONNECT: panics for `TEST_PANIC_CLIENT_ID` when the test seam is armed.
 #[doc(hidden)]
@@ -225,8 +235,13 @@ impl Broker {
     /// Binds the listeners, starts the shard threads, and returns once they accept connections.
     pub fn start(config: Config) -> io::Result<Broker> {
         config.validate().map_err(invalid)?;
-        if std::env::var_os("RINGMQ_TEST_PANIC").is_some_and(|value| value == "1") {
-            TEST_PANIC_ARMED.store(true, Ordering::Relaxed);
+        match std::env::var_os("RINGMQ_TEST_PANIC") {
+            Some(value) if value == "1" => TEST_PANIC_ARMED.store(true, Ordering::Relaxed),
+            Some(value) if value == "2" => {
+                TEST_PANIC_ARMED.store(true, Ordering::Relaxed);
+                TEST_PANIC_CLEANUP.store(true, Ordering::Relaxed);
+            }
+            _ => {}
         }
         let shard_count = shard_count(&config);
         let auth = match &config.password_file {
@@ -418,8 +433,11 @@ pub fn shard_count(config: &Config) -> usize {
 /// or an error ends the loop and stops every shard (`Lives::fail`). On the way out the rings
 /// stay open until every shard has left its loop: another shard may still send a MSG_RING to
 /// one of their descriptors, and a closed descriptor's number could meanwhile name someone
-/// else's ring. A shard that panicked is dropped as it was left (its connections close with
-/// its rings).
+/// else's ring. A shard that panicked or failed first stops like one asked to stop
+/// (`Shard::stop_after_failure`: its connections shut down, every operation cancelled and
+/// waited for), under a guard of its own: if that cannot confirm that the kernel holds
+/// nothing of the shard's memory, or panics too, the shard is leaked instead of dropped (the
+/// process is on its way out anyway), so the kernel never writes into freed memory.
 fn run_shard(
     params: ShardParams,
     core: Option<core_affinity::CoreId>,
@@ -458,6 +476,7 @@ fn run_shard(
     }
     let _ = ready.send((index, Ok(())));
     drop(ready);
+    let mut leak = false;
     if lives.wait_go() {
         let failure = match panic::catch_unwind(AssertUnwindSafe(|| shard.run())) {
             Ok(Ok(())) => None,
@@ -470,11 +489,41 @@ fn run_shard(
                 panicked,
                 message,
             });
+            leak = !clean_up_after_failure(index, &mut shard);
         }
     }
     lives.leave();
     lives.wait_all_left();
-    shard.stats().clone()
+    let stats = shard.stats().clone();
+    if leak {
+        std::mem::forget(shard);
+    }
+    stats
+}
+
+/// The failed shard's cleanup, guarded; true when the shard may be dropped.
+fn clean_up_after_failure(index: usize, shard: &mut Shard) -> bool {
+    match panic::catch_unwind(AssertUnwindSafe(|| shard.stop_after_failure())) {
+        Ok(true) => {
+            eprintln!("ringmq: shard {index}: in-flight operations cancelled after the failure");
+            true
+        }
+        Ok(false) => {
+            eprintln!(
+                "ringmq: shard {index}: in-flight operations not confirmed ended after the \
+                 failure: its memory is left to the process's end"
+            );
+            false
+        }
+        Err(payload) => {
+            eprintln!(
+                "ringmq: shard {index}: the cleanup after the failure panicked too ({}): its \
+                 memory is left to the process's end",
+                panic_message(&*payload)
+            );
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -160,11 +160,11 @@ fn binary_serves_pubsub_and_stops_on_sigterm() {
     broker.stop();
 }
 
-#[test]
-fn issue_7_a_shard_panic_ends_the_process_non_zero_and_names_the_shard() {
-    // Issue 7: a panicking shard left a zombie process that SIGTERM could not stop. Now the
-    // process exits non-zero at once, for a supervisor to restart it.
-    let mut broker = Ringmq::start_with_env(&["--shards", "2"], &[("RINGMQ_TEST_PANIC", "1")]);
+/// Starts the broker with `RINGMQ_TEST_PANIC=<mode>` on 2 shards, makes the test client's
+/// home shard panic, and returns (home shard, stderr) once the process exited non-zero
+/// within a bound.
+fn panic_the_home_shard(mode: &str) -> (usize, String) {
+    let mut broker = Ringmq::start_with_env(&["--shards", "2"], &[("RINGMQ_TEST_PANIC", mode)]);
     let id = ringmq::broker::TEST_PANIC_CLIENT_ID;
     let home = ringmq::mesh::home_shard(id.as_bytes(), 2);
     let mut client = RawClient::open(broker.addr);
@@ -181,9 +181,31 @@ fn issue_7_a_shard_panic_ends_the_process_non_zero_and_names_the_shard() {
         );
         thread::sleep(Duration::from_millis(10));
     };
-    assert!(!status.success(), "exited with {status}");
+    // Exited, not killed by a signal (an abort is SIGABRT).
+    assert_eq!(status.code(), Some(1), "exited with {status}");
     let stderr = stderr_of(&mut broker.child);
     let line = format!("shard {home} panicked: test panic: client id {id}");
+    assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
+    (home, stderr)
+}
+
+#[test]
+fn issue_7_a_shard_panic_ends_the_process_non_zero_and_names_the_shard() {
+    // Issue 7: a panicking shard left a zombie process that SIGTERM could not stop. Now the
+    // process exits non-zero at once, for a supervisor to restart it. And the dead shard's
+    // operations are cancelled and waited for before its memory is freed (they were left to
+    // the kernel's teardown of the ring, which may run after the memory is gone).
+    let (home, stderr) = panic_the_home_shard("1");
+    let line = format!("shard {home}: in-flight operations cancelled after the failure");
+    assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
+}
+
+#[test]
+fn issue_7_a_panic_in_the_failed_shards_cleanup_neither_hangs_nor_aborts() {
+    // RINGMQ_TEST_PANIC=2: the cleanup after the panic panics too. The process still exits
+    // non-zero in time, and the shard's memory is left to the process's end.
+    let (home, stderr) = panic_the_home_shard("2");
+    let line = format!("shard {home}: the cleanup after the failure panicked too");
     assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
 }
 

@@ -425,18 +425,25 @@ impl Ring {
     }
 
     /// Cancels every operation still in flight and waits (up to a second) for them to end, so
-    /// no kernel work refers to shard memory once the ring is dropped.
-    pub fn cancel_all(&mut self) {
+    /// no kernel work refers to shard memory once the ring is dropped. False when that could
+    /// not be confirmed (the wait timed out, or the kernel refused the cancel): the caller
+    /// must then keep the memory the operations point to. Entries still in the local backlog
+    /// never reached the kernel and refer to nothing.
+    pub fn cancel_all(&mut self) -> bool {
         self.flush_backlog();
         let uring = match &mut self.backend {
             Backend::Kernel(uring) => uring,
-            Backend::Sim(sim) => return sim.cancel_all(),
+            Backend::Sim(sim) => {
+                sim.cancel_all();
+                return true;
+            }
         };
         let _ = uring.submit();
         let timeout = types::Timespec::new().sec(1);
-        let _ = uring
+        uring
             .submitter()
-            .register_sync_cancel(Some(timeout), types::CancelBuilder::any());
+            .register_sync_cancel(Some(timeout), types::CancelBuilder::any())
+            .is_ok()
     }
 }
 

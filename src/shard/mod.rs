@@ -1004,16 +1004,32 @@ impl Shard {
 
     /// Stop: every connection is shut down without wills (the broker is going away, not the
     /// clients), in-flight operations are cancelled and waited for, then the ring is dropped.
-    fn stop_all(&mut self) {
+    /// True when every ring confirmed that nothing is in flight any more.
+    fn stop_all(&mut self) -> bool {
         for slot in self.conn_ids() {
             if let Some((generation, _)) = self.conns.at(slot) {
                 self.shutdown(slot, generation);
             }
         }
+        let mut ended = true;
         for ring in &mut self.rings {
             let _ = ring.submit_and_wait(0);
-            ring.cancel_all();
+            ended &= ring.cancel_all();
         }
+        ended
+    }
+
+    /// After `run` panicked or failed: what `run` does on its way out (`stop_all`, then the
+    /// counters published), from whatever state the failure left. Nothing here relies on more
+    /// than the slabs being walkable: shutting a connection down reads its flags and queues
+    /// entries. True when every operation ended; false, or a panic here, and the shard must
+    /// not be dropped (the kernel may still write into its buffers; see `broker.rs`).
+    pub fn stop_after_failure(&mut self) -> bool {
+        crate::broker::panic_in_cleanup_if_test_asks();
+        self.stopping = true;
+        let ended = self.stop_all();
+        self.publish_stats();
+        ended
     }
 }
 
