@@ -304,8 +304,15 @@ impl Shard {
     /// its sender read -EOVERFLOW and says so (`on_handoff_lost`). A MSG_RING posts nothing
     /// here when it fails (-ENFILE: nothing installed), so no completion carries an error.
     pub(super) fn on_handoff_fd(&mut self, ring: usize, completion: Completion) {
-        debug_assert!(completion.result >= 0, "MSG_RING posts no failure to its target");
-        debug_assert_eq!(handoff_ring(completion.user_data), ring, "the ring the id names");
+        debug_assert!(
+            completion.result >= 0,
+            "MSG_RING posts no failure to its target"
+        );
+        debug_assert_eq!(
+            handoff_ring(completion.user_data),
+            ring,
+            "the ring the id names"
+        );
         if completion.result < 0 {
             return;
         }

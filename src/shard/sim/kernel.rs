@@ -35,7 +35,11 @@ impl SimBroker {
             .0
     }
 
-    pub(super) fn kernel_and_buffers(&mut self, shard: usize, ring: usize) -> (&mut SimKernel, &mut BufRing) {
+    pub(super) fn kernel_and_buffers(
+        &mut self,
+        shard: usize,
+        ring: usize,
+    ) -> (&mut SimKernel, &mut BufRing) {
         self.shards[shard].rings[ring]
             .sim()
             .expect("a simulated ring")
@@ -191,7 +195,8 @@ impl SimBroker {
                 match self.kernel(target, target_ring).install(socket as u64) {
                     Some(_) if self.faults.handoff_overflow => {
                         self.sockets[socket].refs += 1;
-                        self.kernel(shard, ring).post(user_data, -libc::EOVERFLOW, 0);
+                        self.kernel(shard, ring)
+                            .post(user_data, -libc::EOVERFLOW, 0);
                     }
                     Some(target_slot) => {
                         self.sockets[socket].refs += 1;

@@ -1,7 +1,7 @@
 //! The harness on its own: what the fuzzer relies on, and the regressions it found.
 
-use super::*;
 use super::Faults;
+use super::*;
 use crate::mesh::home_shard;
 use crate::protocol::{
     decode, encode, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
@@ -197,7 +197,11 @@ fn issue_7_a_hand_off_whose_recv_cancel_never_ends_is_closed_at_the_connect_dead
         ..Faults::default()
     });
     let client = handing_off(&mut sim);
-    assert_eq!(sim.gauges().handoffs_pending, 1, "waiting for the recv's end");
+    assert_eq!(
+        sim.gauges().handoffs_pending,
+        1,
+        "waiting for the recv's end"
+    );
     sim.advance(5_000);
     sim.run();
     assert!(!sim.is_closed(client), "before the deadline");
@@ -228,7 +232,10 @@ fn issue_7_a_hand_off_whose_descriptor_send_outlives_the_deadline_is_closed_on_b
     sim.release_handoffs();
     sim.run();
     assert!(sim.is_closed(client), "closed on both shards");
-    assert!(sim.received(client).is_empty(), "no CONNACK after the deadline");
+    assert!(
+        sim.received(client).is_empty(),
+        "no CONNACK after the deadline"
+    );
     let stats = sim.stats();
     assert_eq!((stats[0].handoffs_failed, stats[0].handoffs_out), (1, 0));
     assert_eq!(sim.gauges().handoffs_pending, 0);
@@ -251,7 +258,10 @@ fn issue_7_a_descriptor_that_lands_unannounced_is_counted_on_the_home_shard() {
     let client = handing_off(&mut sim);
     sim.check_slots();
     let stats = sim.stats();
-    assert_eq!((stats[0].handoffs_failed, stats[1].handoff_slots_lost), (1, 1));
+    assert_eq!(
+        (stats[0].handoffs_failed, stats[1].handoff_slots_lost),
+        (1, 1)
+    );
     assert!(sim.received(client).is_empty());
     sim.set_faults(Faults::default());
     // The home shard still serves its clients.
