@@ -14,6 +14,7 @@
 
 mod accept;
 mod backpressure;
+mod close;
 pub mod conn;
 mod handle;
 mod handoff;
@@ -22,14 +23,13 @@ mod limits;
 mod meshing;
 pub mod peers;
 pub mod route;
+mod sessions;
 #[doc(hidden)]
 pub mod sim;
 pub mod stats;
 mod subscribe;
 pub mod timer;
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -39,7 +39,6 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
-use hashbrown::HashTable;
 use io_uring::types::Timespec;
 
 use crate::auth::PasswordFile;
@@ -47,12 +46,14 @@ use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
 use crate::protocol::{self, DecodeError, Packet, Properties, QoS};
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
-use crate::session::{Message, Session};
+use crate::session::Message;
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
 
+use close::CloseReason;
 use conn::{conn_id, ring_of, slot_of, ConnState, Conns, Pools};
 use route::{SharedInterest, SharedSubscriptions};
+use sessions::Sessions;
 pub use stats::ShardStats;
 
 /// A new outbox buffer's capacity (when the pool has none to reuse).
@@ -119,118 +120,6 @@ pub struct ShardParams {
     /// This shard's ends of the mesh (`Mesh::new(1, ..)` for a single shard: no rings).
     pub mesh: ShardMesh,
     pub peers: Arc<peers::Peers>,
-}
-
-/// Sessions by index (the subscriber id in the tries), with a free list and a client id
-/// index. The index stores only session numbers and hashes the ids the sessions hold, so a
-/// client id is kept once, not again as a map key. Detached persistent sessions also wait in
-/// `expiry` (see `limits.rs`).
-#[derive(Default)]
-struct Sessions {
-    slots: Vec<Option<Session>>,
-    free: Vec<u32>,
-    by_client_id: HashTable<u32>,
-    hasher: RandomState,
-    expiry: limits::ExpiryQueue,
-}
-
-impl Sessions {
-    /// Sessions held.
-    fn len(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, s)| Some((index as u32, s.as_ref()?)))
-    }
-
-    fn get_mut(&mut self, index: u32) -> Option<&mut Session> {
-        self.slots.get_mut(index as usize)?.as_mut()
-    }
-
-    fn get(&self, index: u32) -> Option<&Session> {
-        self.slots.get(index as usize)?.as_ref()
-    }
-
-    fn client_id_of(slots: &[Option<Session>], index: u32) -> &str {
-        slots[index as usize].as_ref().map_or("", |s| &s.client_id)
-    }
-
-    fn find(&self, client_id: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(client_id);
-        let slots = &self.slots;
-        self.by_client_id
-            .find(hash, |&index| Self::client_id_of(slots, index) == client_id)
-            .copied()
-    }
-
-    fn insert(&mut self, session: Session) -> u32 {
-        let hash = self.hasher.hash_one(&*session.client_id);
-        let index = match self.free.pop() {
-            Some(index) => {
-                self.slots[index as usize] = Some(session);
-                index
-            }
-            None => {
-                self.slots.push(Some(session));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_client_id.insert_unique(hash, index, |&other| {
-            hasher.hash_one(Self::client_id_of(slots, other))
-        });
-        index
-    }
-
-    fn remove(&mut self, index: u32) -> Option<Session> {
-        let session = self.slots.get_mut(index as usize)?.take()?;
-        let hash = self.hasher.hash_one(&*session.client_id);
-        if let Ok(entry) = self.by_client_id.find_entry(hash, |&other| other == index) {
-            entry.remove();
-        }
-        self.free.push(index);
-        Some(session)
-    }
-}
-
-/// Why a connection ends; decides whether its will is published.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CloseReason {
-    /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
-    Disconnect,
-    /// The peer closed, reset, or an I/O error.
-    Io,
-    /// Malformed packet or protocol violation.
-    Protocol,
-    KeepaliveTimeout,
-    /// Over `outbox_bytes_max` for `outbox_stall_secs` with nothing sent: the client reads
-    /// nothing.
-    OutboxStalled,
-    /// Another connection took over the client id [MQTT-3.1.4-2].
-    TakenOver,
-    /// CONNACK refused the client; nothing to publish.
-    Refused,
-    /// No CONNECT in time.
-    ConnectTimeout,
-    /// Moving the connection to its client's home shard failed.
-    HandOffFailed,
-}
-
-impl CloseReason {
-    fn publishes_will(self) -> bool {
-        matches!(
-            self,
-            CloseReason::Io
-                | CloseReason::Protocol
-                | CloseReason::KeepaliveTimeout
-                | CloseReason::OutboxStalled
-                | CloseReason::TakenOver
-        )
-    }
 }
 
 pub struct Shard {
@@ -746,16 +635,6 @@ impl Shard {
         self.recv_rearm.clear();
     }
 
-    /// A shutdown or cancel completed; its effect shows up as the recv's and send's last
-    /// completions, but the slot is held until it is done (see `Conn::control_in_flight`).
-    fn on_control(&mut self, token: Token) {
-        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
-            return;
-        };
-        conn.control_in_flight = conn.control_in_flight.saturating_sub(1);
-        self.maybe_release(token.slot, token.generation);
-    }
-
     fn on_send(&mut self, token: Token, completion: Completion) {
         let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             return;
@@ -842,94 +721,6 @@ impl Shard {
         }
         self.dirty = dirty;
         self.dirty.clear();
-    }
-
-    /// Starts closing a connection: detaches its session (destroyed if clean), publishes its
-    /// will when the reason calls for it, then shuts the socket down (after flushing, for a
-    /// refusing CONNACK). The slot is freed once the kernel holds nothing of it.
-    fn close(&mut self, slot: u32, generation: u32, reason: CloseReason) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        if conn.state == ConnState::Closing {
-            return;
-        }
-        if conn.state == ConnState::Connected {
-            self.stats.connections -= 1;
-            self.peers.release();
-        }
-        if reason == CloseReason::Protocol {
-            self.stats.protocol_errors += 1;
-        }
-        conn.state = ConnState::Closing;
-        if let Some(buffers) = conn.buffers.as_mut() {
-            buffers.inbox = BytesMut::new();
-        }
-        let will = conn.will.take();
-        let session = std::mem::replace(&mut conn.session, conn::NO_SESSION);
-        let flush_first = reason == CloseReason::Refused && conn.pending_bytes() > 0;
-        if flush_first {
-            conn.close_after_flush = true;
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push((slot, generation));
-            }
-        } else {
-            self.shutdown(slot, generation);
-        }
-        if session != conn::NO_SESSION {
-            self.detach_session(session);
-        }
-        if reason.publishes_will() {
-            if let Some(will) = will {
-                self.publish_will(*will);
-            }
-        }
-        self.maybe_release(slot, generation);
-    }
-
-    fn shutdown(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        if conn.shutdown_sent {
-            return;
-        }
-        conn.shutdown_sent = true;
-        if let Some(buffers) = conn.buffers.as_mut() {
-            buffers.outbox = BytesMut::new();
-        }
-        // Shutdown ends the multishot recv (and a send stuck on a full socket); the cancel
-        // covers a recv the shutdown does not wake. Closing the slot alone would not end it.
-        let ring = &mut self.rings[ring_of(slot)];
-        ring.shutdown(slot_of(slot), Token::new(Op::Shutdown, slot, generation));
-        conn.control_in_flight += 1;
-        if conn.recv_armed {
-            ring.cancel(
-                Token::new(Op::Recv, slot, generation),
-                Token::new(Op::Cancel, slot, generation),
-            );
-            conn.control_in_flight += 1;
-        }
-    }
-
-    /// Frees the slot once nothing of the connection is in flight: removes the entry (bumping
-    /// the generation) and closes the fixed-file slot, which the kernel may then reuse.
-    fn maybe_release(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        if !conn.quiescent() {
-            return;
-        }
-        if let Some(mut conn) = self.conns.remove(slot, generation) {
-            if let Some(buffers) = conn.buffers.as_mut() {
-                buffers.sending.clear();
-            }
-            conn.trim(&mut self.pools);
-        }
-        self.stats.connections_closed += 1;
-        self.rings[ring_of(slot)].close(slot_of(slot), Token::new(Op::Close, slot, generation));
     }
 
     /// Copies the counters where other threads can read them.
@@ -1030,36 +821,5 @@ impl Shard {
         let ended = self.stop_all();
         self.publish_stats();
         ended
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::ProtocolVersion;
-
-    fn session(client_id: &str) -> Session {
-        Session::new(client_id.into(), false, ProtocolVersion::V3_1_1)
-    }
-
-    #[test]
-    fn sessions_are_found_by_client_id_and_indexes_are_reused() {
-        let mut sessions = Sessions::default();
-        let ids: Vec<u32> = (0..100)
-            .map(|n| sessions.insert(session(&format!("client-{n}"))))
-            .collect();
-        for (n, &index) in ids.iter().enumerate() {
-            assert_eq!(sessions.find(&format!("client-{n}")), Some(index));
-        }
-        assert_eq!(sessions.find("client-100"), None);
-        let removed = sessions.remove(ids[42]).expect("present");
-        assert_eq!(&*removed.client_id, "client-42");
-        assert_eq!(sessions.find("client-42"), None);
-        assert!(sessions.remove(ids[42]).is_none(), "removed twice");
-        let again = sessions.insert(session("newcomer"));
-        assert_eq!(again, ids[42], "the freed index is reused");
-        assert_eq!(sessions.find("newcomer"), Some(again));
-        assert_eq!(sessions.find("client-41"), Some(ids[41]));
-        assert_eq!(sessions.find("client-43"), Some(ids[43]));
     }
 }
