@@ -10,7 +10,10 @@
 //! A client lives on its home shard (`mesh::home_shard`): a connection accepted elsewhere is
 //! handed over after its CONNECT, descriptor by MSG_RING and bytes by the mesh (`handoff.rs`).
 //!
-//! MQTT handling lives in `handle.rs`; mesh routing in `meshing.rs`; this file is the I/O side.
+//! This file is the loop: the shard's state, its turn and the completions' dispatch, the
+//! wake-ups and the timer's sweep, the stop. Reading is in `recv.rs`, writing in `send.rs`,
+//! closing in `close.rs`, accepting in `accept.rs`; MQTT handling in `handle.rs`, mesh
+//! routing in `meshing.rs`, the session table in `sessions.rs`.
 
 mod accept;
 mod backpressure;
@@ -22,7 +25,9 @@ mod held;
 mod limits;
 mod meshing;
 pub mod peers;
+mod recv;
 pub mod route;
+mod send;
 mod sessions;
 #[doc(hidden)]
 pub mod sim;
@@ -37,21 +42,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use bytestring::ByteString;
 use io_uring::types::Timespec;
 
 use crate::auth::PasswordFile;
 use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
-use crate::protocol::{self, DecodeError, Packet, Properties, QoS};
+use crate::protocol::{Properties, QoS};
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
 
 use close::CloseReason;
-use conn::{conn_id, ring_of, slot_of, ConnState, Conns, Pools};
+use conn::{conn_id, ConnState, Conns, Pools};
 use route::{SharedInterest, SharedSubscriptions};
 use sessions::Sessions;
 pub use stats::ShardStats;
@@ -447,280 +452,6 @@ impl Shard {
     fn on_timer(&mut self) {
         self.timer_due = true;
         self.arm_timer();
-    }
-
-    fn on_recv(&mut self, token: Token, completion: Completion) {
-        let buffer_id = completion.buffer_id();
-        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
-            // Cannot happen while the slot waits for the recv's last completion; be safe.
-            if let Some(bid) = buffer_id {
-                self.rings[ring_of(token.slot)].recycle(bid);
-            }
-            return;
-        };
-        if conn.state == ConnState::HandingOff {
-            self.on_recv_handing_off(token, completion);
-            return;
-        }
-        if !completion.more() {
-            conn.recv_armed = false;
-            conn.recv_cancelling = false;
-        }
-        let result = completion.result;
-        if result > 0 {
-            let Some(bid) = buffer_id else {
-                return;
-            };
-            if conn.state == ConnState::Closing {
-                self.rings[ring_of(token.slot)].recycle(bid);
-                self.maybe_release(token.slot, token.generation);
-                return;
-            }
-            // Before CONNECT the deadline runs from the accept: bytes trickling in must not
-            // keep a connection that never completes its CONNECT (issue 7).
-            if conn.state == ConnState::Connected {
-                conn.last_packet_ms = self.now_ms;
-            }
-            let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);
-            // The only copy: kernel's provided buffer -> the arena (or, behind a partial
-            // packet, the connection's inbox). The buffer goes straight back to the kernel.
-            let partial = conn.buffers.as_mut().filter(|b| !b.inbox.is_empty());
-            let from_inbox = partial.is_some();
-            let buf = if let Some(buffers) = partial {
-                buffers.inbox.extend_from_slice(bytes);
-                std::mem::take(&mut buffers.inbox)
-            } else {
-                if self.arena.capacity() - self.arena.len() < bytes.len() {
-                    // Reclaims the current block in place once every payload cut from it is
-                    // gone; allocates a fresh one only while some are still held.
-                    self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
-                    let block = self.arena.as_ptr() as usize;
-                    if block != self.arena_block {
-                        self.arena_block = block;
-                        self.stats.arena_blocks_allocated += 1;
-                    }
-                }
-                self.arena.extend_from_slice(bytes);
-                self.arena.split()
-            };
-            self.rings[ring_of(token.slot)].recycle(bid);
-            let rearm = !completion.more();
-            self.on_bytes(token.slot, token.generation, buf, from_inbox);
-            if rearm {
-                self.rearm_recv(token.slot, token.generation);
-            }
-            return;
-        }
-        if result == -libc::ENOBUFS && conn.state != ConnState::Closing {
-            // The buffer ring ran dry this turn; buffers come back as soon as the turn's bytes
-            // are copied out, so re-arm at the end of the turn.
-            self.stats.recv_nobufs_count += 1;
-            self.recv_rearm.push((token.slot, token.generation));
-            return;
-        }
-        if completion.more() {
-            return;
-        }
-        if result == -libc::ECANCELED && conn.state != ConnState::Closing {
-            // A pause's cancel landed (`backpressure.rs`); reading resumed meanwhile if the
-            // connection is no longer paused.
-            self.rearm_recv(token.slot, token.generation);
-            return;
-        }
-        // End of stream (0), reset, cancel after our shutdown, or another error.
-        if conn.state == ConnState::Closing {
-            self.maybe_release(token.slot, token.generation);
-        } else {
-            self.close(token.slot, token.generation, CloseReason::Io);
-        }
-    }
-
-    /// Decodes every whole packet in `buf` and handles it; keeps a partial tail in the inbox,
-    /// copied into a buffer of its own so the arena block is not pinned by it.
-    fn on_bytes(&mut self, slot: u32, generation: u32, mut buf: BytesMut, from_inbox: bool) {
-        let packet_size_max = self.config.limits.packet_size_max;
-        // Before its CONNECT a client is nobody: it may make the broker buffer one CONNECT's
-        // worth, no more (issue 7).
-        let connect_size_max = packet_size_max.min(self.config.limits.connect_packet_size_max);
-        // Whole packets were taken from the front of `buf` in this call.
-        let mut consumed = false;
-        loop {
-            let Some(conn) = self.conns.get_mut(slot, generation) else {
-                return;
-            };
-            if matches!(conn.state, ConnState::Closing | ConnState::HandingOff) {
-                return;
-            }
-            // Before its CONNECT is read, a connection may belong to another shard: keep the
-            // bytes from the CONNECT on, to hand them over with the socket (once per connection).
-            let awaiting_connect = conn.state == ConnState::AwaitConnect;
-            let snapshot = (awaiting_connect && self.shard_count > 1).then(|| buf.clone());
-            let size_max = if awaiting_connect {
-                connect_size_max
-            } else {
-                packet_size_max
-            };
-            match protocol::decode(&mut buf, conn.version, size_max) {
-                Ok(Some(packet)) => {
-                    consumed = true;
-                    if awaiting_connect {
-                        // The CONNECT is in: keepalive counts from here, not from the accept.
-                        conn.last_packet_ms = self.now_ms;
-                    }
-                    if let (Some(snapshot), Packet::Connect(connect)) = (snapshot, &packet) {
-                        if let Some(home) = self.foreign_home(&connect.client_id) {
-                            self.begin_handoff(slot, generation, home, snapshot);
-                            return;
-                        }
-                    }
-                    self.handle(slot, generation, packet)
-                }
-                Ok(None) => {
-                    if buf.is_empty() {
-                        conn.trim(&mut self.pools);
-                        return;
-                    }
-                    if from_inbox && !consumed {
-                        // Still the one partial packet in the connection's own buffer: keep
-                        // growing it, no copy.
-                        conn.buffers(&mut self.pools).inbox = buf;
-                        return;
-                    }
-                    // A tail behind whole packets: into a buffer of its own, sized to what
-                    // arrived, so neither an arena block nor a large packet's buffer stays
-                    // pinned by a few bytes.
-                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&buf);
-                    return;
-                }
-                Err(error) => {
-                    if awaiting_connect && matches!(error, DecodeError::PacketTooLarge { .. }) {
-                        self.stats.connect_too_large_count += 1;
-                        if !self.connect_too_large_logged {
-                            self.connect_too_large_logged = true;
-                            eprintln!(
-                                "ringmq: shard {}: a CONNECT over connect_packet_size_max \
-                                 ({connect_size_max} B): connection closed (counted; raise the \
-                                 limit for large wills or passwords)",
-                                self.index
-                            );
-                        }
-                    }
-                    self.on_decode_error(slot, generation, error);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn rearm_recv(&mut self, slot: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        if matches!(conn.state, ConnState::Closing | ConnState::HandingOff)
-            || conn.recv_armed
-            || conn.recv_paused
-        {
-            return;
-        }
-        conn.recv_armed = true;
-        self.rings[ring_of(slot)].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
-    }
-
-    fn rearm_recvs(&mut self) {
-        let pending = std::mem::take(&mut self.recv_rearm);
-        for &(slot, generation) in &pending {
-            self.rearm_recv(slot, generation);
-        }
-        self.recv_rearm = pending;
-        self.recv_rearm.clear();
-    }
-
-    fn on_send(&mut self, token: Token, completion: Completion) {
-        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
-            return;
-        };
-        conn.send_in_flight = false;
-        let buffers = conn.buffers(&mut self.pools);
-        // A send of a non-empty buffer that moved nothing would be retried forever: treat it
-        // as the error it is.
-        if completion.result < 0 || (completion.result == 0 && !buffers.sending.is_empty()) {
-            buffers.sending.clear();
-            if conn.state == ConnState::Closing {
-                // A close waiting for this flush (a refusing CONNACK) has nothing left to
-                // wait for: shut down now, or the slot is never released.
-                self.shutdown(token.slot, token.generation);
-                self.maybe_release(token.slot, token.generation);
-            } else {
-                self.close(token.slot, token.generation, CloseReason::Io);
-            }
-            return;
-        }
-        let sent = (completion.result as usize).min(buffers.sending.len());
-        buffers.sending.advance(sent);
-        if buffers.sending.is_empty() {
-            self.pools.put_outbox(std::mem::take(&mut buffers.sending));
-        }
-        if conn.state == ConnState::Closing && conn.shutdown_sent {
-            self.maybe_release(token.slot, token.generation);
-            return;
-        }
-        let paused = conn.recv_paused;
-        // A partial send continues, a refilled outbox goes out, and a closing connection
-        // whose outbox has drained is shut down: all at the end of this turn.
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push((token.slot, token.generation));
-        }
-        let session = conn.session;
-        if paused && sent > 0 {
-            self.resume_recv_if_drained(token.slot, token.generation);
-        }
-        if session != conn::NO_SESSION {
-            self.pump(session);
-        }
-    }
-
-    /// One send per connection per turn. A connection with a send in flight keeps
-    /// appending; its completion puts it back on the list.
-    fn flush_outboxes(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &(slot, generation) in &dirty {
-            self.pause_recv_if_full(slot, generation);
-            let Some(conn) = self.conns.get_mut(slot, generation) else {
-                continue;
-            };
-            conn.dirty = false;
-            if conn.send_in_flight || conn.shutdown_sent {
-                continue;
-            }
-            let buffers = conn.buffers(&mut self.pools);
-            if buffers.sending.is_empty() && !buffers.outbox.is_empty() {
-                std::mem::swap(&mut buffers.sending, &mut buffers.outbox);
-            }
-            if !buffers.sending.is_empty() {
-                let len = buffers.sending.len().min(u32::MAX as usize) as u32;
-                let ptr = buffers.sending.as_ptr();
-                conn.send_in_flight = true;
-                // SAFETY: `sending` is not touched until this send completes (`on_send`), and
-                // the connection is not freed while `send_in_flight` (`maybe_release`).
-                unsafe {
-                    self.rings[ring_of(slot)].send(
-                        slot_of(slot),
-                        ptr,
-                        len,
-                        Token::new(Op::Send, slot, generation),
-                    )
-                };
-            } else if conn.state == ConnState::Closing && conn.close_after_flush {
-                self.shutdown(slot, generation);
-                self.maybe_release(slot, generation);
-            } else {
-                // Nothing left to send: the connection went idle, its buffers go back.
-                conn.trim(&mut self.pools);
-            }
-        }
-        self.dirty = dirty;
-        self.dirty.clear();
     }
 
     /// Copies the counters where other threads can read them.

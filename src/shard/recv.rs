@@ -1,0 +1,207 @@
+//! Reading: a multishot recv per connection into the provided-buffer ring, its completions
+//! copied once into the receive arena (or behind a partial packet, the connection's inbox),
+//! decoded and handled; a recv that ended is re-armed unless the connection is closing,
+//! handing off or paused (`backpressure.rs`). Before its CONNECT a connection may buffer one
+//! CONNECT's worth, and a CONNECT naming a client homed elsewhere starts a hand-off.
+
+use bytes::BytesMut;
+
+use crate::protocol::{self, DecodeError, Packet};
+use crate::ring::{Completion, Op, Token};
+
+use super::conn::{self, ring_of, slot_of, ConnState};
+use super::{CloseReason, Shard, ARENA_BLOCK};
+
+impl Shard {
+    pub(super) fn on_recv(&mut self, token: Token, completion: Completion) {
+        let buffer_id = completion.buffer_id();
+        let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
+            // Cannot happen while the slot waits for the recv's last completion; be safe.
+            if let Some(bid) = buffer_id {
+                self.rings[ring_of(token.slot)].recycle(bid);
+            }
+            return;
+        };
+        if conn.state == ConnState::HandingOff {
+            self.on_recv_handing_off(token, completion);
+            return;
+        }
+        if !completion.more() {
+            conn.recv_armed = false;
+            conn.recv_cancelling = false;
+        }
+        let result = completion.result;
+        if result > 0 {
+            let Some(bid) = buffer_id else {
+                return;
+            };
+            if conn.state == ConnState::Closing {
+                self.rings[ring_of(token.slot)].recycle(bid);
+                self.maybe_release(token.slot, token.generation);
+                return;
+            }
+            // Before CONNECT the deadline runs from the accept: bytes trickling in must not
+            // keep a connection that never completes its CONNECT (issue 7).
+            if conn.state == ConnState::Connected {
+                conn.last_packet_ms = self.now_ms;
+            }
+            let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);
+            // The only copy: kernel's provided buffer -> the arena (or, behind a partial
+            // packet, the connection's inbox). The buffer goes straight back to the kernel.
+            let partial = conn.buffers.as_mut().filter(|b| !b.inbox.is_empty());
+            let from_inbox = partial.is_some();
+            let buf = if let Some(buffers) = partial {
+                buffers.inbox.extend_from_slice(bytes);
+                std::mem::take(&mut buffers.inbox)
+            } else {
+                if self.arena.capacity() - self.arena.len() < bytes.len() {
+                    // Reclaims the current block in place once every payload cut from it is
+                    // gone; allocates a fresh one only while some are still held.
+                    self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
+                    let block = self.arena.as_ptr() as usize;
+                    if block != self.arena_block {
+                        self.arena_block = block;
+                        self.stats.arena_blocks_allocated += 1;
+                    }
+                }
+                self.arena.extend_from_slice(bytes);
+                self.arena.split()
+            };
+            self.rings[ring_of(token.slot)].recycle(bid);
+            let rearm = !completion.more();
+            self.on_bytes(token.slot, token.generation, buf, from_inbox);
+            if rearm {
+                self.rearm_recv(token.slot, token.generation);
+            }
+            return;
+        }
+        if result == -libc::ENOBUFS && conn.state != ConnState::Closing {
+            // The buffer ring ran dry this turn; buffers come back as soon as the turn's bytes
+            // are copied out, so re-arm at the end of the turn.
+            self.stats.recv_nobufs_count += 1;
+            self.recv_rearm.push((token.slot, token.generation));
+            return;
+        }
+        if completion.more() {
+            return;
+        }
+        if result == -libc::ECANCELED && conn.state != ConnState::Closing {
+            // A pause's cancel landed (`backpressure.rs`); reading resumed meanwhile if the
+            // connection is no longer paused.
+            self.rearm_recv(token.slot, token.generation);
+            return;
+        }
+        // End of stream (0), reset, cancel after our shutdown, or another error.
+        if conn.state == ConnState::Closing {
+            self.maybe_release(token.slot, token.generation);
+        } else {
+            self.close(token.slot, token.generation, CloseReason::Io);
+        }
+    }
+
+    /// Decodes every whole packet in `buf` and handles it; keeps a partial tail in the inbox,
+    /// copied into a buffer of its own so the arena block is not pinned by it.
+    pub(super) fn on_bytes(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        mut buf: BytesMut,
+        from_inbox: bool,
+    ) {
+        let packet_size_max = self.config.limits.packet_size_max;
+        // Before its CONNECT a client is nobody: it may make the broker buffer one CONNECT's
+        // worth, no more (issue 7).
+        let connect_size_max = packet_size_max.min(self.config.limits.connect_packet_size_max);
+        // Whole packets were taken from the front of `buf` in this call.
+        let mut consumed = false;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                return;
+            };
+            if matches!(conn.state, ConnState::Closing | ConnState::HandingOff) {
+                return;
+            }
+            // Before its CONNECT is read, a connection may belong to another shard: keep the
+            // bytes from the CONNECT on, to hand them over with the socket (once per connection).
+            let awaiting_connect = conn.state == ConnState::AwaitConnect;
+            let snapshot = (awaiting_connect && self.shard_count > 1).then(|| buf.clone());
+            let size_max = if awaiting_connect {
+                connect_size_max
+            } else {
+                packet_size_max
+            };
+            match protocol::decode(&mut buf, conn.version, size_max) {
+                Ok(Some(packet)) => {
+                    consumed = true;
+                    if awaiting_connect {
+                        // The CONNECT is in: keepalive counts from here, not from the accept.
+                        conn.last_packet_ms = self.now_ms;
+                    }
+                    if let (Some(snapshot), Packet::Connect(connect)) = (snapshot, &packet) {
+                        if let Some(home) = self.foreign_home(&connect.client_id) {
+                            self.begin_handoff(slot, generation, home, snapshot);
+                            return;
+                        }
+                    }
+                    self.handle(slot, generation, packet)
+                }
+                Ok(None) => {
+                    if buf.is_empty() {
+                        conn.trim(&mut self.pools);
+                        return;
+                    }
+                    if from_inbox && !consumed {
+                        // Still the one partial packet in the connection's own buffer: keep
+                        // growing it, no copy.
+                        conn.buffers(&mut self.pools).inbox = buf;
+                        return;
+                    }
+                    // A tail behind whole packets: into a buffer of its own, sized to what
+                    // arrived, so neither an arena block nor a large packet's buffer stays
+                    // pinned by a few bytes.
+                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&buf);
+                    return;
+                }
+                Err(error) => {
+                    if awaiting_connect && matches!(error, DecodeError::PacketTooLarge { .. }) {
+                        self.stats.connect_too_large_count += 1;
+                        if !self.connect_too_large_logged {
+                            self.connect_too_large_logged = true;
+                            eprintln!(
+                                "ringmq: shard {}: a CONNECT over connect_packet_size_max \
+                                 ({connect_size_max} B): connection closed (counted; raise the \
+                                 limit for large wills or passwords)",
+                                self.index
+                            );
+                        }
+                    }
+                    self.on_decode_error(slot, generation, error);
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn rearm_recv(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if matches!(conn.state, ConnState::Closing | ConnState::HandingOff)
+            || conn.recv_armed
+            || conn.recv_paused
+        {
+            return;
+        }
+        conn.recv_armed = true;
+        self.rings[ring_of(slot)].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
+    }
+
+    pub(super) fn rearm_recvs(&mut self) {
+        let pending = std::mem::take(&mut self.recv_rearm);
+        for &(slot, generation) in &pending {
+            self.rearm_recv(slot, generation);
+        }
+        self.recv_rearm = pending;
+        self.recv_rearm.clear();
+    }
+}
