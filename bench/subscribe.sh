@@ -11,9 +11,8 @@
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), BENCH_DIR (default
 #   target/bench-subscribe: sources, a shared cargo target folder, one binary per revision).
 set -euo pipefail
-
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$root"
 
 filters=50000
