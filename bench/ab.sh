@@ -10,14 +10,16 @@
 # Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29400),
 #   LOADGEN (default target/release/ringmq-loadgen).
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ $# -ge 2 ] || { usage; exit 2; }
 old="$1"; new="$2"; rounds="${3:-3}"
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 loadgen="${LOADGEN:-$root/target/release/ringmq-loadgen}"
 broker_cpu="${BROKER_CPU:-1}"; load_cpu="${LOAD_CPU:-0}"; port="${PORT_BASE:-29400}"
-for bin in "$old" "$new" "$loadgen"; do [ -x "$bin" ] || { echo "ab.sh: $bin is missing" >&2; exit 1; }; done
-work="$(mktemp -d /tmp/ringmq-ab.XXXXXX)"; pid=""
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+for bin in "$old" "$new" "$loadgen"; do [ -x "$bin" ] || { log "$bin is missing"; exit 1; }; done
+need python3
+need taskset "taskset (util-linux)"
+make_work ab
 
 cases=("pairs -n 100 --qos 0 --max --inflight 100"
        "pairs -n 100 --qos 1 --max --inflight 100"
@@ -30,16 +32,15 @@ for case in "${cases[@]}"; do
             port=$((port + 1))
             printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
                 "$port" > "$work/ringmq.toml"
-            taskset -c "$broker_cpu" "$bin" --config "$work/ringmq.toml" > "$work/broker.log" 2>&1 &
-            pid=$!
-            for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+            start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
+            wait_port "$port"
             rm -rf "$work/out"
-            t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+            t0=$(cpu_ticks "$broker_pid")
             # shellcheck disable=SC2086
             taskset -c "$load_cpu" "$loadgen" $case --port "$port" --warmup 1 --duration 4 \
                 --drain 1 --out "$work/out" -q > /dev/null 2>&1
-            t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-            kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+            t1=$(cpu_ticks "$broker_pid")
+            stop_broker
             python3 - "$case" "$which" "$round" "$t0" "$t1" "$(getconf CLK_TCK)" "$work/out/summary.json" <<'PY'
 import json, sys
 case, which, round_, t0, t1, tck, path = sys.argv[1:]

@@ -18,12 +18,11 @@
 #                  older brokers do not know the key: it is left out unless given)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0).
 set -euo pipefail
-
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$root"
 
-broker=""
+binary=""
 secs=15
 kind=pingreq
 outbox=""
@@ -32,29 +31,24 @@ port=""
 build=1
 while [ $# -gt 0 ]; do
     case "$1" in
-        --broker) broker="$2"; shift ;;
+        --broker) binary="$2"; shift ;;
         --secs) secs="$2"; shift ;;
         --kind) kind="$2"; shift ;;
         --outbox-bytes-max) outbox="$2"; shift ;;
         --stall-secs) stall="$2"; shift ;;
         --port) port="$2"; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) echo "flood.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-if [ -z "$broker" ]; then
-    broker="$root/target/release/ringmq"
-    if [ "$build" = 1 ]; then
-        cargo build --release -p ringmq --bin ringmq >&2
-    fi
-fi
-[ -x "$broker" ] || { echo "flood.sh: no broker binary at $broker" >&2; exit 2; }
+need python3
+need taskset "taskset (util-linux)"
+broker_binary
 [ -n "$port" ] || port=$((20000 + RANDOM % 20000))
 
-work="$(mktemp -d /tmp/ringmq-flood.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+make_work flood
 {
     echo "listen = \"127.0.0.1:$port\""
     echo "shards = 1"
@@ -63,21 +57,15 @@ trap 'rm -rf "$work"' EXIT
     [ -z "$stall" ] || echo "outbox_stall_secs = $stall"
 } > "$work/broker.toml"
 
-taskset -c "${BROKER_CPUS:-1}" "$broker" --config "$work/broker.toml" > "$work/broker.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$work/broker.log" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { cat "$work/broker.log" >&2; exit 1; }
-    sleep 0.05
-done
+start_broker "$BROKER_CPUS" "$work/broker.log" "$binary" --config "$work/broker.toml"
+wait_listening "$work/broker.log"
 sleep 0.5
 
-taskset -c "${LOAD_CPUS:-0}" python3 "$here/flood.py" --port "$port" --pid "$pid" \
+taskset -c "$LOAD_CPUS" python3 "$here/flood.py" --port "$port" --pid "$broker_pid" \
     --secs "$secs" --kind "$kind" > "$work/flood.json"
-kill -INT "$pid"
-wait "$pid" || true
+stop_broker INT
 
-echo "broker: $broker (script at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "broker: $binary (script at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "config: $(tr '\n' ' ' < "$work/broker.toml")"
 python3 - "$work/flood.json" <<'EOF'
 import json, sys

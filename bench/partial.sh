@@ -21,9 +21,8 @@
 #                   /tmp/old/target/release/ringmq
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0).
 set -euo pipefail
-
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$root"
 
 mode=publish
@@ -40,7 +39,7 @@ while [ $# -gt 0 ]; do
         --binary) binary="$2"; build=0; shift ;;
         --port) port="$2"; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) echo "partial.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -49,29 +48,11 @@ case "$mode" in publish|connect) ;; *) echo "partial.sh: --mode publish|connect"
 for value in "$connections" "$announce"; do
     case "$value" in ''|*[!0-9]*|0) echo "partial.sh: counts are positive whole numbers" >&2; exit 2 ;; esac
 done
-BROKER_CPUS="${BROKER_CPUS:-1}"
-LOAD_CPUS="${LOAD_CPUS:-0}"
 [ -n "$port" ] || port=$((9600 + RANDOM % 300))
-log() { echo "partial.sh: $*" >&2; }
-command -v python3 >/dev/null || { log "needs python3"; exit 1; }
-command -v taskset >/dev/null || { log "needs taskset (util-linux)"; exit 1; }
-
-if [ -z "$binary" ]; then
-    if [ "$build" = 1 ]; then
-        log "building ringmq (release)"
-        cargo build --release -p ringmq >&2
-    fi
-    binary="$root/target/release/ringmq"
-fi
-[ -x "$binary" ] || { log "$binary is missing"; exit 1; }
-
-work="$(mktemp -d /tmp/ringmq-partial.XXXXXX)"
-broker_pid=""
-cleanup() {
-    if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+need python3
+need taskset "taskset (util-linux)"
+broker_binary
+make_work partial
 
 # Keys every version since the limits existed understands: the old build is measured too.
 cat > "$work/broker.toml" <<EOF
@@ -81,13 +62,8 @@ ring_files_max = $((connections + 1000))
 [limits]
 connect_timeout_secs = 120
 EOF
-taskset -c "$BROKER_CPUS" "$binary" --config "$work/broker.toml" > "$work/broker.log" 2>&1 &
-broker_pid=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$work/broker.log" && break
-    sleep 0.1
-done
-grep -q "listening on" "$work/broker.log" || { log "broker did not start:"; cat "$work/broker.log" >&2; exit 1; }
+start_broker "$BROKER_CPUS" "$work/broker.log" "$binary" --config "$work/broker.toml"
+wait_listening "$work/broker.log"
 
 taskset -c "$LOAD_CPUS" python3 - "$port" "$mode" "$connections" "$announce" "$broker_pid" <<'PY'
 import os, select, socket, sys, time

@@ -21,9 +21,8 @@
 # on 1 and 2 shards, and a storm over capacity); this script measures a release broker.
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0).
 set -euo pipefail
-
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$root"
 
 mode=connect
@@ -44,35 +43,17 @@ while [ $# -gt 0 ]; do
         --deadline) deadline="$2"; shift ;;
         --binary) binary="$2"; build=0; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) echo "storm.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 case "$mode" in connect|mixed) ;; *) echo "storm.sh: --mode connect|mixed" >&2; exit 2 ;; esac
-BROKER_CPUS="${BROKER_CPUS:-1}"
-LOAD_CPUS="${LOAD_CPUS:-0}"
 port=$((9900 + RANDOM % 90))
-log() { echo "storm.sh: $*" >&2; }
-command -v python3 >/dev/null || { log "needs python3"; exit 1; }
-command -v taskset >/dev/null || { log "needs taskset (util-linux)"; exit 1; }
-
-if [ -z "$binary" ]; then
-    if [ "$build" = 1 ]; then
-        log "building ringmq (release)"
-        cargo build --release -p ringmq >&2
-    fi
-    binary="$root/target/release/ringmq"
-fi
-[ -x "$binary" ] || { log "$binary is missing"; exit 1; }
-
-work="$(mktemp -d /tmp/ringmq-storm.XXXXXX)"
-broker_pid=""
-cleanup() {
-    if [ -n "$broker_pid" ]; then kill "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+need python3
+need taskset "taskset (util-linux)"
+broker_binary
+make_work storm
 
 cat > "$work/broker.toml" <<EOF
 listen = "127.0.0.1:$port"
@@ -80,14 +61,9 @@ shards = $shards
 ring_files_max = $ring_files
 EOF
 limit="${nofile:-$(ulimit -n)}"
-taskset -c "$BROKER_CPUS" bash -c "ulimit -n $limit && exec $binary --config $work/broker.toml" \
-    > "$work/broker.log" 2>&1 &
-broker_pid=$!
-for _ in $(seq 100); do
-    grep -q "listening on" "$work/broker.log" && break
-    sleep 0.1
-done
-grep -q "listening on" "$work/broker.log" || { log "broker did not start:"; cat "$work/broker.log" >&2; exit 1; }
+start_broker "$BROKER_CPUS" "$work/broker.log" \
+    bash -c "ulimit -n $limit && exec $binary --config $work/broker.toml"
+wait_listening "$work/broker.log"
 grep "capacity" "$work/broker.log" >&2 || true
 
 status=0
@@ -186,8 +162,6 @@ print(f"fresh client after the reset: {'CONNACK' if ok else 'NO CONNACK ' + repr
 sys.exit(0 if ok and c["silent"] == 0 else 3)
 PY
 sleep 1.5  # one more tick, so the stats line below is current
-kill -TERM "$broker_pid" 2>/dev/null || true
-wait "$broker_pid" 2>/dev/null || true
-broker_pid=""
+stop_broker
 grep -E "stopped|tables full|accept keeps" "$work/broker.log" | sed 's/^/broker: /' >&2 || true
 exit "$status"

@@ -11,9 +11,8 @@
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), BENCH_DIR (default
 #   target/bench-subscribe: sources, a shared cargo target folder, one binary per revision).
 set -euo pipefail
-
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$root"
 
 filters=50000
@@ -23,18 +22,15 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --filters) filters="$2"; shift ;;
         --rounds) rounds="$2"; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) revs+=("$1") ;;
     esac
     shift
 done
 [ ${#revs[@]} -gt 0 ] || revs=(main .)
-broker_cpus="${BROKER_CPUS:-1}"
-load_cpus="${LOAD_CPUS:-0}"
 bench_dir="${BENCH_DIR:-$root/target/bench-subscribe}"
 mkdir -p "$bench_dir/bin"
-log() { echo "subscribe.sh: $*" >&2; }
-command -v taskset >/dev/null || { log "needs taskset (util-linux)"; exit 1; }
+need taskset "taskset (util-linux)"
 
 # One ringmq binary per revision; `.` is built in place.
 binary_of() {
@@ -65,29 +61,15 @@ done
 log "building the client (tests/limits.rs)"
 cargo test --release --test limits --no-run >&2
 
-broker_pid=""
-stop_broker() {
-    if [ -n "$broker_pid" ]; then
-        kill "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-        broker_pid=""
-    fi
-}
-trap stop_broker EXIT
-
 for round in $(seq 1 "$rounds"); do
     for rev in "${revs[@]}"; do
         bin="$(binary_of "$rev")"
         port=$((20000 + RANDOM % 20000))
-        taskset -c "$broker_cpus" "$bin" --listen "127.0.0.1:$port" --shards 1 \
-            >"$bench_dir/broker.log" 2>&1 &
-        broker_pid=$!
-        for _ in $(seq 1 100); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-            sleep 0.05
-        done
+        start_broker "$BROKER_CPUS" "$bench_dir/broker.log" \
+            "$bin" --listen "127.0.0.1:$port" --shards 1
+        wait_port "$port"
         line="$(RINGMQ_BENCH_ADDR="127.0.0.1:$port" RINGMQ_BENCH_FILTERS="$filters" \
-            taskset -c "$load_cpus" cargo test -q --release --test limits -- --ignored \
+            taskset -c "$LOAD_CPUS" cargo test -q --release --test limits -- --ignored \
             --nocapture big_subscribe_time_and_ping_latency 2>&1 | grep '^SUBSCRIBE' || true)"
         stop_broker
         [ -n "$line" ] || { log "round $round, $rev: no figure (see $bench_dir/broker.log)"; exit 1; }

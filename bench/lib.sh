@@ -1,0 +1,94 @@
+# Shared pieces of the bench scripts (partial.sh, storm.sh, flood.sh, subscribe.sh, ab.sh).
+# Each sources it right after its own `set -euo pipefail`:
+#     . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# Sourcing sets `here` (bench/), `root` (the repository; nothing changes directory),
+# `bench_name` (the script's file name, the prefix of its messages), BROKER_CPUS (default 1)
+# and LOAD_CPUS (default 0), and an EXIT trap that stops the broker and removes the work folder;
+# the rest are functions. (bench/compare.sh and bench/idle.sh keep their own copies.)
+# shellcheck shell=bash
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+bench_name="$(basename "$0")"
+# Where the broker and the load run (taskset -c lists).
+BROKER_CPUS="${BROKER_CPUS:-1}"
+LOAD_CPUS="${LOAD_CPUS:-0}"
+broker_pid=""
+work=""
+
+# A message on stderr, prefixed with the script's name.
+log() { echo "$bench_name: $*" >&2; }
+
+# The script's header comment (from line 2 up to its `set` line), for --help.
+usage() { sed -n '2,/^set /{/^#/p}' "$0"; }
+
+# Exits 1 unless command $1 is on PATH; $2 is what the message says is needed (default $1).
+need() { command -v "$1" >/dev/null || { log "needs ${2:-$1}"; exit 1; }; }
+
+# Sets `binary` to the broker to run: as given (a --binary flag), else target/release/ringmq,
+# built first (cargo's output on stderr) when `build` is 1. Exits 1 unless it is executable.
+broker_binary() {
+    if [ -z "$binary" ]; then
+        if [ "$build" = 1 ]; then
+            log "building ringmq (release)"
+            cargo build --release -p ringmq >&2
+        fi
+        binary="$root/target/release/ringmq"
+    fi
+    [ -x "$binary" ] || { log "$binary is missing"; exit 1; }
+}
+
+# Sets `work` to a fresh folder /tmp/ringmq-$1.XXXXXX (removed on exit).
+make_work() { work="$(mktemp -d "/tmp/ringmq-$1.XXXXXX")"; }
+
+# Runs `taskset -c CPUS CMD...` in the background, stdout and stderr to LOG; sets broker_pid.
+# Usage: start_broker CPUS LOG CMD...
+start_broker() {
+    local cpus="$1" log_file="$2"
+    shift 2
+    taskset -c "$cpus" "$@" > "$log_file" 2>&1 &
+    broker_pid=$!
+}
+
+# Waits up to 10 s for ringmq's "listening on" line in LOG; exits 1 with the log on stderr if
+# the broker stops first or never says it.
+wait_listening() {
+    local log_file="$1"
+    for _ in $(seq 200); do
+        grep -q "listening on" "$log_file" 2>/dev/null && return 0
+        kill -0 "$broker_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    grep -q "listening on" "$log_file" 2>/dev/null && return 0
+    log "broker did not start:"
+    cat "$log_file" >&2
+    exit 1
+}
+
+# Waits up to 5 s until 127.0.0.1:PORT takes a connection (for brokers of any age, whatever
+# they log); returns quietly either way: what runs next fails if nothing listens.
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+}
+
+# Stops the broker start_broker started, if any: signal $1 (default TERM), then waits for it.
+stop_broker() {
+    if [ -n "$broker_pid" ]; then
+        kill "-${1:-TERM}" "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
+}
+
+# CPU time process $1 has used, user + system, in clock ticks (`getconf CLK_TCK` a second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# On exit: stop the broker, remove the work folder.
+bench_cleanup() {
+    stop_broker
+    if [ -n "$work" ]; then rm -rf "$work"; fi
+}
+trap bench_cleanup EXIT
