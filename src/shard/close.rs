@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 
+use crate::protocol::{Disconnect, Packet, Properties, ReasonCode};
 use crate::ring::{Op, Token};
 
 use super::conn::{self, ring_of, slot_of, ConnState};
@@ -14,6 +15,8 @@ use super::Shard;
 pub(super) enum CloseReason {
     /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
     Disconnect,
+    /// MQTT 5 DISCONNECT with reason 0x04: the will is published.
+    DisconnectWithWill,
     /// The peer closed, reset, or an I/O error.
     Io,
     /// Malformed packet or protocol violation.
@@ -33,10 +36,29 @@ pub(super) enum CloseReason {
 }
 
 impl CloseReason {
+    /// The reason an MQTT 5 client is told in the server's DISCONNECT before the close
+    /// (spec 3.14.2.1); `None`: no DISCONNECT (the client left, or never connected, or reads
+    /// nothing).
+    fn disconnect_code(self) -> Option<ReasonCode> {
+        match self {
+            CloseReason::Protocol => Some(ReasonCode::ProtocolError),
+            CloseReason::KeepaliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            CloseReason::TakenOver => Some(ReasonCode::SessionTakenOver),
+            CloseReason::Disconnect
+            | CloseReason::DisconnectWithWill
+            | CloseReason::Io
+            | CloseReason::OutboxStalled
+            | CloseReason::Refused
+            | CloseReason::ConnectTimeout
+            | CloseReason::HandOffFailed => None,
+        }
+    }
+
     pub(super) fn publishes_will(self) -> bool {
         matches!(
             self,
             CloseReason::Io
+                | CloseReason::DisconnectWithWill
                 | CloseReason::Protocol
                 | CloseReason::KeepaliveTimeout
                 | CloseReason::OutboxStalled
@@ -60,12 +82,40 @@ impl Shard {
     /// will when the reason calls for it, then shuts the socket down (after flushing, for a
     /// refusing CONNACK). The slot is freed once the kernel holds nothing of it.
     pub(super) fn close(&mut self, slot: u32, generation: u32, reason: CloseReason) {
+        self.close_with(slot, generation, reason, reason.disconnect_code());
+    }
+
+    /// `close`, telling an MQTT 5 client `code` in a DISCONNECT first [MQTT-4.13.1-1] (none
+    /// for `None` or a 3.1.x client, which has no server DISCONNECT).
+    pub(super) fn close_with(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        reason: CloseReason,
+        code: Option<ReasonCode>,
+    ) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
         if conn.state == ConnState::Closing {
             return;
         }
+        let tell = code.filter(|_| conn.state == ConnState::Connected && conn.version.is_v5());
+        if let Some(code) = tell {
+            // Only the DISCONNECT is still sent: what the outbox holds would only delay it.
+            if let Some(buffers) = conn.buffers.as_mut() {
+                buffers.outbox.clear();
+            }
+            let disconnect = Disconnect {
+                code,
+                properties: Properties::default(),
+            };
+            self.write(slot, generation, &Packet::Disconnect(disconnect));
+        }
+        let now_ms = self.now_ms;
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if conn.state == ConnState::Connected {
             self.stats.connections -= 1;
             self.peers.release();
@@ -79,8 +129,11 @@ impl Shard {
         }
         let will = conn.will.take();
         let session = std::mem::replace(&mut conn.session, conn::NO_SESSION);
-        let flush_first = reason == CloseReason::Refused && conn.pending_bytes() > 0;
+        let flush_first =
+            (reason == CloseReason::Refused || tell.is_some()) && conn.pending_bytes() > 0;
         if flush_first {
+            // The timer shuts it down if the flush takes longer (`close_overdue`).
+            conn.last_packet_ms = now_ms;
             conn.close_after_flush = true;
             if !conn.dirty {
                 conn.dirty = true;
@@ -98,6 +151,17 @@ impl Shard {
             }
         }
         self.maybe_release(slot, generation);
+    }
+
+    /// A connection closing after a flush whose flush has not finished in a tick or two (the
+    /// client reads nothing): shut down without it.
+    pub(super) fn close_overdue(&mut self, slot: u32, generation: u32) {
+        if let Some(conn) = self.conns.get(slot, generation) {
+            if conn.close_after_flush && !conn.shutdown_sent {
+                self.shutdown(slot, generation);
+                self.maybe_release(slot, generation);
+            }
+        }
     }
 
     pub(super) fn shutdown(&mut self, slot: u32, generation: u32) {

@@ -3,13 +3,17 @@
 //! stayed away.
 //!
 //! Expiry without a sweep of every session: a persistent session that loses its connection
-//! is queued with its deadline. Every session gets the same expiry after the same clock, so
-//! deadlines are queued in order and the timer only looks at the front, a bounded batch per
-//! tick. An entry is checked when it comes due (the client may have come back, or gone again
-//! later, which queued a newer entry), and the queue is rebuilt from the sessions if stale
-//! entries ever outnumber them (a client connecting and leaving in a loop).
+//! is queued with its deadline (its own `session_expiry_secs`: MQTT 5 clients each say how
+//! long, 3.1.1 ones get `persistent_session_expiry_secs`). The queue is a min-heap on the
+//! deadline, so the timer only looks at the earliest, a bounded batch per tick. An entry is
+//! checked when it comes due (the client may have come back, or gone again later, which
+//! queued a newer entry), and the queue is rebuilt from the sessions if stale entries ever
+//! outnumber them (a client connecting and leaving in a loop).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::session::Session;
 
 use super::{Sessions, Shard};
 
@@ -54,11 +58,20 @@ impl LimitHit {
     }
 }
 
-/// Deadlines of detached persistent sessions, oldest first: (deadline in shard seconds,
+/// Deadlines of detached persistent sessions, earliest first: (deadline in shard seconds,
 /// session index).
 #[derive(Default)]
 pub(super) struct ExpiryQueue {
-    entries: VecDeque<(u64, u32)>,
+    entries: BinaryHeap<Reverse<(u64, u32)>>,
+}
+
+/// When a detached session expires, in shard seconds; `None` for a session that never does
+/// (a connected or clean one, or one whose expiry is `u32::MAX`) [MQTT-3.1.2-22].
+fn deadline_secs(s: &Session) -> Option<u64> {
+    if s.clean_session || s.conn.is_some() || s.session_expiry_secs == u32::MAX {
+        return None;
+    }
+    Some(u64::from(s.detached_secs) + u64::from(s.session_expiry_secs))
 }
 
 impl ExpiryQueue {
@@ -67,33 +80,27 @@ impl ExpiryQueue {
     }
 
     pub(super) fn push(&mut self, deadline_secs: u64, session: u32) {
-        debug_assert!(self
-            .entries
-            .back()
-            .is_none_or(|&(last, _)| last <= deadline_secs));
-        self.entries.push_back((deadline_secs, session));
+        self.entries.push(Reverse((deadline_secs, session)));
     }
 
-    /// The front entry's session if it is due, taken off the queue.
+    /// The earliest entry's session if it is due, taken off the queue.
     fn pop_due(&mut self, now_secs: u64) -> Option<u32> {
-        let &(deadline_secs, session) = self.entries.front()?;
+        let &Reverse((deadline_secs, session)) = self.entries.peek()?;
         if deadline_secs > now_secs {
             return None;
         }
-        self.entries.pop_front();
+        self.entries.pop();
         Some(session)
     }
 
-    /// One entry per detached persistent session, in deadline order.
-    fn rebuild(&mut self, sessions: &Sessions, expiry_secs: u64) {
+    /// One entry per detached persistent session that can expire.
+    fn rebuild(&mut self, sessions: &Sessions) {
         self.entries.clear();
         for (index, s) in sessions.iter() {
-            if !s.clean_session && s.conn.is_none() {
-                self.entries
-                    .push_back((u64::from(s.detached_secs) + expiry_secs, index));
+            if let Some(deadline_secs) = deadline_secs(s) {
+                self.entries.push(Reverse((deadline_secs, index)));
             }
         }
-        self.entries.make_contiguous().sort_unstable();
     }
 }
 
@@ -121,20 +128,18 @@ impl Shard {
 
     /// A persistent session lost its connection: its expiry starts now.
     pub(super) fn queue_expiry(&mut self, session: u32) {
-        let expiry_secs = u64::from(self.config.limits.persistent_session_expiry_secs);
         let now_secs = self.now_secs();
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
         s.detached_secs = now_secs.min(u64::from(u32::MAX)) as u32;
-        let deadline_secs = u64::from(s.detached_secs) + expiry_secs;
-        if expiry_secs == 0 {
+        let Some(deadline_secs) = deadline_secs(s) else {
             return;
-        }
+        };
         self.sessions.expiry.push(deadline_secs, session);
         if self.sessions.expiry.len() > 2 * self.sessions.len() + EXPIRIES_PER_TICK_MAX {
             let mut queue = std::mem::take(&mut self.sessions.expiry);
-            queue.rebuild(&self.sessions, expiry_secs);
+            queue.rebuild(&self.sessions);
             self.sessions.expiry = queue;
         }
     }
@@ -142,10 +147,6 @@ impl Shard {
     /// Removes persistent sessions whose client stayed away past the expiry: a bounded batch
     /// from the front of the queue, on the timer tick.
     pub(super) fn expire_sessions(&mut self) {
-        let expiry_secs = u64::from(self.config.limits.persistent_session_expiry_secs);
-        if expiry_secs == 0 {
-            return;
-        }
         let now_secs = self.now_secs();
         let mut expired = 0;
         for _ in 0..EXPIRY_ENTRIES_PER_TICK_MAX {
@@ -155,11 +156,11 @@ impl Shard {
             let Some(session) = self.sessions.expiry.pop_due(now_secs) else {
                 break;
             };
-            let due = self.sessions.get(session).is_some_and(|s| {
-                !s.clean_session
-                    && s.conn.is_none()
-                    && u64::from(s.detached_secs) + expiry_secs <= now_secs
-            });
+            let due = self
+                .sessions
+                .get(session)
+                .and_then(deadline_secs)
+                .is_some_and(|deadline_secs| deadline_secs <= now_secs);
             if due {
                 self.clear_subscriptions(session);
                 self.sessions.remove(session);
@@ -183,6 +184,7 @@ mod tests {
         let mut add = |id: &str, clean: bool, connected: bool, detached_secs: u32| {
             let mut s = Session::new(id.into(), clean, ProtocolVersion::V3_1_1);
             s.detached_secs = detached_secs;
+            s.session_expiry_secs = if id == "never" { u32::MAX } else { 100 };
             if connected {
                 s.conn = Some(ConnRef {
                     slot: 1,
@@ -199,8 +201,19 @@ mod tests {
         for _ in 0..10 {
             queue.push(0, late);
         }
-        queue.rebuild(&sessions, 100);
-        assert_eq!(queue.len(), 2);
+        add("never", false, false, 0);
+        let soon = add("soon", false, false, 0);
+        if let Some(s) = sessions.get_mut(soon) {
+            s.session_expiry_secs = 5;
+        }
+        queue.rebuild(&sessions);
+        assert_eq!(queue.len(), 3, "one entry per session that can expire");
+        assert_eq!(queue.pop_due(4), None);
+        assert_eq!(
+            queue.pop_due(5),
+            Some(soon),
+            "its own expiry, shorter than the rest"
+        );
         assert_eq!(queue.pop_due(109), None, "nothing due before 110");
         assert_eq!(queue.pop_due(110), Some(early));
         assert_eq!(queue.pop_due(149), None);

@@ -506,7 +506,12 @@ impl Shard {
                         expired.push((slot, generation, CloseReason::HandOffFailed));
                     }
                 }
-                ConnState::Closing => {}
+                ConnState::Closing => {
+                    let overdue_ms = conn.last_packet_ms + 2 * timer::TICK_MS;
+                    if conn.close_after_flush && !conn.shutdown_sent && now_ms >= overdue_ms {
+                        expired.push((slot, generation, CloseReason::Refused));
+                    }
+                }
             }
         }
         for &(slot, generation, reason) in &expired {
@@ -517,6 +522,14 @@ impl Shard {
                     continue;
                 }
                 _ => {}
+            }
+            let closing = self
+                .conns
+                .get(slot, generation)
+                .is_some_and(|c| c.state == ConnState::Closing);
+            if closing {
+                self.close_overdue(slot, generation);
+                continue;
             }
             self.close(slot, generation, reason);
         }

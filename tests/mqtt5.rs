@@ -1,0 +1,559 @@
+//! MQTT 5.0 through the broker (issue 8): CONNECT/CONNACK with properties, session expiry,
+//! server DISCONNECT reasons, the will on DISCONNECT 0x04, publish properties end to end and
+//! 3.1.1 <-> 5.0 interop.
+//!
+//! Packets are built and read with rumqttc's own v5 codec (`rumqttc::v5::mqttbytes`), an
+//! implementation independent of ringmq's, or written byte by byte where no client would send
+//! them; the mosquitto clients (`-V 5`) check the same from outside.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use ringmq::config::Config;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode,
+    Filter, LastWill, Packet, Publish, Subscribe,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+/// One packet as it came off the wire: its first byte, its body, and rumqttc's reading of it.
+#[derive(Debug)]
+struct Frame {
+    first_byte: u8,
+    body: Vec<u8>,
+    packet: Option<Packet>,
+}
+
+impl Frame {
+    fn connack(&self) -> ConnAck {
+        match &self.packet {
+            Some(Packet::ConnAck(ack)) => ack.clone(),
+            other => panic!("expected CONNACK, got {other:?} ({self:?})"),
+        }
+    }
+
+    /// The reason code of a CONNACK or DISCONNECT, from the bytes.
+    fn reason_code(&self) -> u8 {
+        match self.first_byte >> 4 {
+            2 => self.body[1],
+            14 => self.body.first().copied().unwrap_or(0),
+            kind => panic!("no reason code on packet type {kind}: {self:?}"),
+        }
+    }
+}
+
+/// A TCP client speaking MQTT 5 through rumqttc's codec, with bounded reads.
+struct V5Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl V5Client {
+    fn open(addr: SocketAddr) -> V5Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        V5Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, None).expect("rumqttc encodes it");
+        self.send_bytes(&out);
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Connects with `connect`; returns the client and the CONNACK frame.
+    fn connect_with(
+        addr: SocketAddr,
+        connect: Connect,
+        will: Option<LastWill>,
+    ) -> (V5Client, Frame) {
+        let mut client = V5Client::open(addr);
+        client.send(Packet::Connect(connect, will, None));
+        let frame = client.read();
+        (client, frame)
+    }
+
+    /// Connects with clean start 1 and no properties, expecting success.
+    fn connect(addr: SocketAddr, client_id: &str) -> V5Client {
+        let (client, frame) = V5Client::connect_with(addr, connect(client_id, true, None), None);
+        assert_eq!(frame.reason_code(), 0, "CONNACK: {frame:?}");
+        client
+    }
+
+    /// The next packet within `within`, or `None` on timeout or when the broker closed.
+    fn try_read(&mut self, within: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Some(frame);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn read(&mut self) -> Frame {
+        self.try_read(WAIT)
+            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
+    }
+
+    /// The next packet that is not a PUBLISH ack or ping we do not care about.
+    fn read_publish(&mut self) -> Publish {
+        let frame = self.read();
+        match frame.packet {
+            Some(Packet::Publish(publish)) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    fn take_frame(&mut self) -> Option<Frame> {
+        let mut length = 0usize;
+        let mut shift = 0;
+        let mut index = 1;
+        loop {
+            let byte = *self.buffer.get(index)?;
+            length |= usize::from(byte & 0x7F) << shift;
+            index += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        if self.buffer.len() < index + length {
+            return None;
+        }
+        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
+        let packet = Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
+        Some(Frame {
+            first_byte: whole[0],
+            body: whole[index..].to_vec(),
+            packet,
+        })
+    }
+
+    /// True when the broker closes the connection within `WAIT` (packets before are skipped).
+    fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.try_read(WAIT).is_none() {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.send(Packet::Subscribe(Subscribe {
+            pkid: 1,
+            ..Subscribe::new(Filter::new(filter, qos), None)
+        }));
+        let frame = self.read();
+        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
+    }
+}
+
+fn connect(client_id: &str, clean_start: bool, properties: Option<ConnectProperties>) -> Connect {
+    Connect {
+        keep_alive: 60,
+        client_id: client_id.to_string(),
+        clean_start,
+        properties,
+    }
+}
+
+fn with_expiry(secs: u32) -> Option<ConnectProperties> {
+    Some(ConnectProperties {
+        session_expiry_interval: Some(secs),
+        ..ConnectProperties::new()
+    })
+}
+
+fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config();
+    adjust(&mut config);
+    TestBroker::start(config)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONNECT / CONNACK
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_v5_connect_is_accepted_and_connack_advertises_the_broker() {
+    let broker = broker_with(|c| {
+        c.limits.incoming_inflight_max = 33;
+        c.limits.packet_size_max = 70_000;
+    });
+    let id = unique_id("v5-connack");
+    let (_client, frame) = V5Client::connect_with(broker.addr(), connect(&id, true, None), None);
+    assert_eq!(frame.reason_code(), 0x00, "{frame:?}");
+    let ack = frame.connack();
+    assert!(!ack.session_present);
+    let p = ack.properties.expect("an MQTT 5 CONNACK has properties");
+    assert_eq!(
+        p.receive_max,
+        Some(33),
+        "Receive Maximum = incoming_inflight_max"
+    );
+    assert_eq!(
+        p.max_qos, None,
+        "QoS 2 is supported: no Maximum QoS [MQTT-3.2.2-9]"
+    );
+    assert_eq!(p.retain_available, Some(1));
+    assert_eq!(p.max_packet_size, Some(70_000));
+    assert_eq!(p.topic_alias_max, Some(0));
+    assert_eq!(p.wildcard_subscription_available, Some(1));
+    assert_eq!(p.subscription_identifiers_available, Some(0));
+    assert_eq!(p.shared_subscription_available, Some(1));
+    assert_eq!(
+        p.assigned_client_identifier, None,
+        "the client named itself"
+    );
+    assert_eq!(p.server_keep_alive, None, "the client's keep alive stands");
+    assert_eq!(p.session_expiry_interval, None, "nothing capped");
+}
+
+#[test]
+fn issue8_v5_empty_client_id_is_assigned_even_without_clean_start() {
+    // [MQTT-3.1.3-6] [MQTT-3.1.3-7] The server assigns an id and returns it in CONNACK.
+    let broker = broker_with(|c| {
+        c.limits.qos_max = 1;
+        c.limits.keepalive_max_secs = 30;
+    });
+    let (_client, frame) =
+        V5Client::connect_with(broker.addr(), connect("", false, with_expiry(60)), None);
+    assert_eq!(frame.reason_code(), 0x00, "{frame:?}");
+    let p = frame.connack().properties.expect("properties");
+    let assigned = p
+        .assigned_client_identifier
+        .expect("Assigned Client Identifier");
+    assert!(!assigned.is_empty());
+    assert_eq!(p.max_qos, Some(1), "qos_max 1 is advertised");
+    assert_eq!(
+        p.server_keep_alive,
+        Some(30),
+        "keep alive 60 capped by keepalive_max_secs [MQTT-3.2.2-21]"
+    );
+    // The assigned id names a real session: resuming it finds it present.
+    drop(_client);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_again, frame) = V5Client::connect_with(
+            broker.addr(),
+            connect(&assigned, false, with_expiry(60)),
+            None,
+        );
+        if frame.connack().session_present {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the assigned session never resumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn issue8_v5_refusals_carry_v5_reason_codes() {
+    let broker = broker_with(|c| c.allow_anonymous = false);
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-anon"), true, None),
+        None,
+    );
+    assert_eq!(frame.reason_code(), 0x87, "Not authorized: {frame:?}");
+    assert!(client.closed());
+
+    let broker = start_broker();
+    let properties = ConnectProperties {
+        authentication_method: Some("SCRAM-SHA-256".into()),
+        ..ConnectProperties::new()
+    };
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-auth"), true, Some(properties)),
+        None,
+    );
+    assert_eq!(
+        frame.reason_code(),
+        0x8C,
+        "Bad authentication method: {frame:?}"
+    );
+    assert!(client.closed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session expiry
+// ---------------------------------------------------------------------------------------------
+
+/// Connects `id` with clean start 0 and `expiry`, returning session present.
+fn resume(addr: SocketAddr, id: &str, expiry: Option<ConnectProperties>) -> (V5Client, bool) {
+    let (client, frame) = V5Client::connect_with(addr, connect(id, false, expiry), None);
+    assert_eq!(frame.reason_code(), 0x00, "{frame:?}");
+    (client, frame.connack().session_present)
+}
+
+/// Closes the connection with a DISCONNECT and waits until the broker has let it go.
+fn leave(mut client: V5Client, properties: Option<DisconnectProperties>) {
+    client.send(Packet::Disconnect(Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+        properties,
+    }));
+    assert!(client.closed(), "the broker closes after DISCONNECT");
+}
+
+#[test]
+fn issue8_session_expiry_zero_ends_the_session_at_disconnect() {
+    // [MQTT-3.1.2-23] Session Expiry Interval absent (0): the session ends with the connection.
+    let broker = start_broker();
+    let id = unique_id("v5-expiry0");
+    let (client, present) = resume(broker.addr(), &id, None);
+    assert!(!present);
+    leave(client, None);
+    let (_client, present) = resume(broker.addr(), &id, None);
+    assert!(!present, "no session was kept");
+}
+
+#[test]
+fn issue8_session_expiry_keeps_the_session_and_its_messages_then_expires() {
+    let broker = start_broker();
+    let id = unique_id("v5-expiry");
+    let topic = unique_topic("v5/expiry");
+    let (mut client, present) = resume(broker.addr(), &id, with_expiry(60));
+    assert!(!present);
+    client.subscribe(&topic, QoS::AtLeastOnce);
+    leave(client, None);
+
+    // Queued while away, delivered on resume.
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-pub"));
+    publisher.send(Packet::Publish(Publish {
+        pkid: 1,
+        ..Publish::new(&topic, QoS::AtLeastOnce, "kept", None)
+    }));
+    assert_eq!(publisher.read().first_byte, 0x40, "PUBACK");
+    let (mut client, present) = resume(broker.addr(), &id, with_expiry(1));
+    assert!(present, "[MQTT-3.2.2-2] the session was kept");
+    assert_eq!(&client.read_publish().payload[..], b"kept");
+    leave(client, None);
+
+    // This time 1 s: gone after the shard timer has seen it due.
+    std::thread::sleep(Duration::from_millis(3_000));
+    let (_client, present) = resume(broker.addr(), &id, with_expiry(60));
+    assert!(!present, "the session expired after 1 s");
+}
+
+#[test]
+fn issue8_disconnect_may_shorten_the_session_expiry_but_not_raise_it_from_zero() {
+    let broker = start_broker();
+    let id = unique_id("v5-disc-expiry");
+    // 60 s at CONNECT, 0 at DISCONNECT: the session ends now.
+    let (client, _) = resume(broker.addr(), &id, with_expiry(60));
+    leave(
+        client,
+        Some(DisconnectProperties {
+            session_expiry_interval: Some(0),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    );
+    let (client, present) = resume(broker.addr(), &id, None);
+    assert!(!present, "DISCONNECT set the expiry to 0");
+
+    // [MQTT-3.14.2-2] 0 at CONNECT, non-zero at DISCONNECT: protocol error, told by DISCONNECT.
+    let mut client = client;
+    client.send(Packet::Disconnect(Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+        properties: Some(DisconnectProperties {
+            session_expiry_interval: Some(60),
+            reason_string: None,
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    }));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x82, "Protocol Error");
+    assert!(client.closed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server DISCONNECT and the will
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_take_over_tells_the_old_connection_0x8e() {
+    let broker = start_broker();
+    let id = unique_id("v5-takeover");
+    let mut old = V5Client::connect(broker.addr(), &id);
+    let _new = V5Client::connect(broker.addr(), &id);
+    let frame = old.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x8E, "Session taken over");
+    assert!(old.closed());
+}
+
+#[test]
+fn issue8_malformed_packet_gets_disconnect_0x81() {
+    let broker = start_broker();
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-malformed"));
+    // PUBLISH with QoS 3 [MQTT-3.3.1-4]: malformed.
+    client.send_bytes(&[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x81, "Malformed Packet");
+    assert!(client.closed());
+}
+
+#[test]
+fn issue8_packet_too_large_gets_disconnect_0x95() {
+    let broker = broker_with(|c| c.limits.packet_size_max = 1024);
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-large"));
+    client.send(Packet::Publish(Publish::new(
+        "big",
+        QoS::AtMostOnce,
+        vec![0u8; 4096],
+        None,
+    )));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x95, "Packet too large");
+    assert!(client.closed());
+}
+
+#[test]
+fn issue8_keepalive_timeout_gets_disconnect_0x8d() {
+    let broker = start_broker();
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        Connect {
+            keep_alive: 1,
+            ..connect(&unique_id("v5-keepalive"), true, None)
+        },
+        None,
+    );
+    assert_eq!(frame.reason_code(), 0);
+    // Silent for 1.5 keep alive periods [MQTT-3.1.2-22]; the timer ticks each second.
+    let frame = client
+        .try_read(Duration::from_secs(5))
+        .expect("a DISCONNECT before the close");
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x8D, "Keep Alive timeout");
+    assert!(client.closed());
+}
+
+#[test]
+fn issue8_disconnect_with_will_message_publishes_the_will() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/will");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-will-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+    let will = LastWill::new(&topic, "gone", QoS::AtMostOnce, false, None);
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-will"), true, None),
+        Some(will.clone()),
+    );
+    assert_eq!(frame.reason_code(), 0);
+    client.send(Packet::Disconnect(Disconnect::new(
+        DisconnectReasonCode::DisconnectWithWillMessage,
+    )));
+    assert_eq!(&watcher.read_publish().payload[..], b"gone");
+
+    // A normal DISCONNECT still discards it [MQTT-3.14.4-3].
+    let (mut client, _) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-will"), true, None),
+        Some(will),
+    );
+    client.send(Packet::Disconnect(Disconnect::new(
+        DisconnectReasonCode::NormalDisconnection,
+    )));
+    assert!(client.closed());
+    assert!(
+        watcher.try_read(QUIET).is_none(),
+        "no will after a normal DISCONNECT"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// PUBLISH between 5.0 and 3.1.1 clients
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_v5_and_v311_clients_exchange_messages_both_ways() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/interop");
+    let mut v5 = V5Client::connect(broker.addr(), &unique_id("v5-interop"));
+    v5.subscribe(&topic, QoS::AtLeastOnce);
+    let mut v3 = RawClient::connect(broker.addr(), &unique_id("v311-interop"));
+    v3.send(&subscribe_bytes(1, &[(&topic, 1)]));
+    let _suback = v3.read_packet();
+
+    v3.send(&publish_bytes(
+        topic.as_bytes(),
+        1,
+        false,
+        false,
+        7,
+        b"from 3.1.1",
+    ));
+    let publish = v5.read_publish();
+    assert_eq!(&publish.payload[..], b"from 3.1.1");
+    // Its own PUBACK and its own message, in either order.
+    let (a, b) = (v3.read_packet(), v3.read_packet());
+    let (ack, own) = if a.kind() == 4 { (a, b) } else { (b, a) };
+    assert_eq!(ack.first_byte, 0x40, "PUBACK to the 3.1.1 publisher");
+    assert_eq!(own.publish().payload, b"from 3.1.1");
+
+    v5.send(Packet::Publish(Publish {
+        pkid: 9,
+        ..Publish::new(&topic, QoS::AtLeastOnce, "from 5.0", None)
+    }));
+    let publish = v3.read_publish();
+    assert_eq!(publish.payload, b"from 5.0");
+    assert_eq!(publish.qos, 1);
+}
+
+#[test]
+fn issue8_mosquitto_clients_speak_v5_through_the_broker() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/mosquitto");
+    let sub = mosquitto_sub(broker.port(), &topic, 1, 1, &["-V", "5"]);
+    let published = mosquitto_pub(
+        broker.port(),
+        &["-V", "5", "-t", &topic, "-q", "1", "-m", "hello v5"],
+    );
+    assert!(
+        published.status.success(),
+        "mosquitto_pub -V 5: {published:?}"
+    );
+    let finished = sub.finish();
+    assert_eq!(
+        sub_messages(&finished),
+        vec![(topic.clone(), 1, false, "hello v5".to_string())],
+        "{finished:?}"
+    );
+}
