@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use ringmq::config::Config;
+use ringmq::mesh::home_shard;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode,
-    Filter, LastWill, Packet, Publish, Subscribe,
+    Filter, LastWill, Packet, Publish, PublishProperties, Subscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -556,4 +557,192 @@ fn issue8_mosquitto_clients_speak_v5_through_the_broker() {
         vec![(topic.clone(), 1, false, "hello v5".to_string())],
         "{finished:?}"
     );
+}
+
+fn rich_properties() -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(3600),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x00corr\xff")),
+        user_properties: vec![
+            ("k1".into(), "v1".into()),
+            ("k2".into(), "v2".into()),
+            ("k1".into(), "again".into()),
+        ],
+        ..PublishProperties::default()
+    }
+}
+
+/// A client id homed on `shard` of `shards`.
+fn id_on_shard(prefix: &str, shard: usize, shards: usize) -> String {
+    loop {
+        let id = unique_id(prefix);
+        if home_shard(id.as_bytes(), shards) == shard {
+            return id;
+        }
+    }
+}
+
+/// Properties of a v5 PUBLISH reach v5 subscribers unchanged, user properties in order
+/// [MQTT-3.3.2-17] [MQTT-3.3.2-18], at QoS 0 and 1, on the publisher's shard and another;
+/// a 3.1.1 subscriber gets the message without them.
+fn check_properties_pass_through(shards: usize) {
+    let broker = broker_with(|c| c.shards = shards);
+    let topic = unique_topic("v5/props");
+    let mut subscribers = Vec::new();
+    for shard in [0, shards - 1] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let mut client =
+                V5Client::connect(broker.addr(), &id_on_shard("v5-sub", shard, shards));
+            client.subscribe(&topic, qos);
+            subscribers.push(client);
+        }
+    }
+    let mut v3 = RawClient::connect(broker.addr(), &id_on_shard("v311-sub", shards - 1, shards));
+    v3.send(&subscribe_bytes(1, &[(&topic, 1)]));
+    let _suback = v3.read_packet();
+    // Interest reaches the other shards through the mesh: publish until the last one hears.
+    let mut publisher = V5Client::connect(broker.addr(), &id_on_shard("v5-pub", 0, shards));
+    std::thread::sleep(Duration::from_millis(if shards > 1 { 300 } else { 0 }));
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        publisher.send(Packet::Publish(Publish {
+            pkid: if qos == QoS::AtLeastOnce { 5 } else { 0 },
+            ..Publish::new(&topic, qos, "with properties", Some(rich_properties()))
+        }));
+        for subscriber in &mut subscribers {
+            let publish = subscriber.read_publish();
+            assert_eq!(&publish.payload[..], b"with properties");
+            assert_eq!(
+                publish.properties,
+                Some(rich_properties()),
+                "every property, user properties in order"
+            );
+        }
+        let publish = v3.read_publish();
+        assert_eq!(publish.payload, b"with properties", "3.1.1 gets it plain");
+    }
+    // And a PUBLISH without properties arrives without any.
+    publisher.send(Packet::Publish(Publish::new(
+        &topic,
+        QoS::AtMostOnce,
+        "plain",
+        None,
+    )));
+    for subscriber in &mut subscribers {
+        let publish = subscriber.read_publish();
+        assert_eq!(&publish.payload[..], b"plain");
+        assert_eq!(publish.properties, None);
+    }
+}
+
+#[test]
+fn issue8_publish_properties_pass_through_one_shard() {
+    check_properties_pass_through(1);
+}
+
+#[test]
+fn issue8_publish_properties_pass_through_across_shards() {
+    check_properties_pass_through(4);
+}
+
+#[test]
+fn issue8_will_properties_are_passed_on() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/will-props");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-will-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+    let will = LastWill::new(
+        &topic,
+        "gone",
+        QoS::AtMostOnce,
+        false,
+        Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: Some(1),
+            message_expiry_interval: None,
+            content_type: Some("text/plain".into()),
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![("why".into(), "test".into())],
+        }),
+    );
+    let (mut client, _) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-will-props"), true, None),
+        Some(will),
+    );
+    client.send(Packet::Disconnect(Disconnect::new(
+        DisconnectReasonCode::DisconnectWithWillMessage,
+    )));
+    let publish = watcher.read_publish();
+    let p = publish.properties.expect("will properties");
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p.payload_format_indicator, Some(1));
+    assert_eq!(
+        p.user_properties,
+        vec![("why".to_string(), "test".to_string())]
+    );
+}
+
+#[test]
+fn issue8_mosquitto_v5_user_properties_reach_a_v5_subscriber() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/mosq-props");
+    let sub = mosquitto_sub(
+        broker.port(),
+        &topic,
+        0,
+        1,
+        &["-V", "5", "-F", "MSG|%t|%q|%r|%p|%P"],
+    );
+    let published = mosquitto_pub(
+        broker.port(),
+        &[
+            "-V",
+            "5",
+            "-t",
+            &topic,
+            "-m",
+            "hi",
+            "-D",
+            "publish",
+            "user-property",
+            "color",
+            "blue",
+            "-D",
+            "publish",
+            "content-type",
+            "text/x",
+        ],
+    );
+    assert!(published.status.success(), "{published:?}");
+    let finished = sub.finish();
+    let line = finished
+        .stdout
+        .iter()
+        .find(|l| l.starts_with(MESSAGE_MARK))
+        .unwrap_or_else(|| panic!("no message: {finished:?}"));
+    assert!(line.contains("color:blue"), "user property printed: {line}");
+}
+
+#[test]
+fn issue8_client_topic_alias_is_refused_with_0x94() {
+    // CONNACK advertised Topic Alias Maximum 0 [MQTT-3.2.2-17]: an alias is invalid.
+    let broker = start_broker();
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-alias"));
+    client.send(Packet::Publish(Publish::new(
+        "t",
+        QoS::AtMostOnce,
+        "x",
+        Some(PublishProperties {
+            topic_alias: Some(1),
+            ..PublishProperties::default()
+        }),
+    )));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x94, "Topic Alias invalid");
+    assert!(client.closed());
 }

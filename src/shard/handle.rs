@@ -518,12 +518,39 @@ impl Shard {
 
     fn on_publish(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
         self.stats.messages_in += 1;
+        // Properties travel only from an MQTT 5 publisher that set some; 3.1.1 and plain
+        // PUBLISHes route with none (no copy, no allocation).
+        let v5 = self
+            .conns
+            .get(slot, generation)
+            .is_some_and(|c| c.version.is_v5());
+        let properties = if v5 && !publish.properties.is_empty() {
+            if publish.properties.topic_alias.is_some() {
+                // CONNACK said Topic Alias Maximum 0 [MQTT-3.3.2-8].
+                self.close_with(
+                    slot,
+                    generation,
+                    CloseReason::Protocol,
+                    Some(ReasonCode::TopicAliasInvalid),
+                );
+                return;
+            }
+            if !publish.properties.subscription_identifiers.is_empty() {
+                // [MQTT-3.3.4-6] Only the server sends Subscription Identifiers.
+                self.close(slot, generation, CloseReason::Protocol);
+                return;
+            }
+            Some(&publish.properties)
+        } else {
+            None
+        };
         match publish.qos {
             QoS::AtMostOnce => self.publish(
                 &publish.topic,
                 &publish.payload,
                 QoS::AtMostOnce,
                 publish.retain,
+                properties,
             ),
             QoS::AtLeastOnce => {
                 if self.incoming_inflight(slot, generation, session) >= self.incoming_inflight_max()
@@ -536,6 +563,7 @@ impl Shard {
                     &publish.payload,
                     QoS::AtLeastOnce,
                     publish.retain,
+                    properties,
                 );
                 self.ack(slot, generation, HeldPacket::PubAck(publish.packet_id));
             }
@@ -560,6 +588,7 @@ impl Shard {
                         &publish.payload,
                         QoS::ExactlyOnce,
                         publish.retain,
+                        properties,
                     );
                 }
                 self.ack(slot, generation, HeldPacket::PubRec(publish.packet_id));
@@ -596,11 +625,30 @@ impl Shard {
 
     pub(super) fn publish_will(&mut self, will: LastWill) {
         self.stats.messages_in += 1;
-        self.publish(&will.topic, &will.payload, will.qos, will.retain);
+        // Will properties go on with the message, but Will Delay Interval is not one of a
+        // PUBLISH's.
+        let properties = (!will.properties.is_empty()).then(|| Properties {
+            will_delay_interval: None,
+            ..will.properties.clone()
+        });
+        self.publish(
+            &will.topic,
+            &will.payload,
+            will.qos,
+            will.retain,
+            properties.as_ref(),
+        );
     }
 
     /// An application message from a client (or a will): retained store, then subscribers.
-    fn publish(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS, retain: bool) {
+    fn publish(
+        &mut self,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<&Properties>,
+    ) {
         if retain {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
@@ -625,7 +673,7 @@ impl Shard {
             }
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0.
-        self.route(topic, payload, qos);
+        self.route(topic, payload, qos, properties);
     }
 
     /// Room for one more retained topic of this size under `retained_max` and
@@ -636,9 +684,15 @@ impl Shard {
         self.retained.len() < limits.retained_max as usize && bytes <= limits.retained_bytes_max
     }
 
-    fn route(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+    fn route(
+        &mut self,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        properties: Option<&Properties>,
+    ) {
         if self.shard_count > 1 {
-            self.route_sharded(topic, payload, qos);
+            self.route_sharded(topic, payload, qos, properties);
             return;
         }
         self.qos0_ready = [false; 2];
@@ -660,14 +714,28 @@ impl Shard {
         );
         self.group_ids = group_ids;
         for &(session, granted) in &matches {
-            self.deliver(session, topic, payload, qos.min(granted), false, true);
+            self.deliver(
+                session,
+                topic,
+                payload,
+                qos.min(granted),
+                false,
+                true,
+                properties,
+            );
         }
         self.matches = matches;
     }
 
     /// This shard's plain subscribers of `topic` (shared groups are served by the one shard
     /// the publishing shard names, see `route_sharded`).
-    pub(super) fn route_local(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+    pub(super) fn route_local(
+        &mut self,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        properties: Option<&Properties>,
+    ) {
         self.qos0_ready = [false; 2];
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
@@ -678,7 +746,15 @@ impl Shard {
             });
         route::dedupe_matches(&mut matches);
         for &(session, granted) in &matches {
-            self.deliver(session, topic, payload, qos.min(granted), false, true);
+            self.deliver(
+                session,
+                topic,
+                payload,
+                qos.min(granted),
+                false,
+                true,
+                properties,
+            );
         }
         self.matches = matches;
     }
@@ -695,6 +771,7 @@ impl Shard {
         qos: QoS,
         retain: bool,
         shared_encoding: bool,
+        properties: Option<&Properties>,
     ) {
         let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
         let inflight_max = self.config.limits.inflight_max;
@@ -740,7 +817,7 @@ impl Shard {
                         retain,
                         false,
                         0,
-                        &self.no_properties,
+                        properties.unwrap_or(&self.no_properties),
                     );
                     debug_assert!(encoded.is_ok());
                     self.qos0_ready[layout] = true;
@@ -756,7 +833,7 @@ impl Shard {
                     retain,
                     false,
                     0,
-                    &self.no_properties,
+                    properties.unwrap_or(&self.no_properties),
                 );
                 debug_assert!(encoded.is_ok());
             }
@@ -813,7 +890,7 @@ impl Shard {
         // within the turn or the next, and one that does not gets them copied by the timer
         // sweep (`Session::unpin_inflight`): no copy per message on the hot path.
         let packet_id = s.start_inflight(message, pinned);
-        self.write_publish(c, topic, payload, qos, retain, packet_id);
+        self.write_publish(c, topic, payload, qos, retain, packet_id, properties);
     }
 
     fn write_publish(
@@ -824,6 +901,7 @@ impl Shard {
         qos: QoS,
         retain: bool,
         packet_id: u16,
+        properties: Option<&Properties>,
     ) {
         let Some((outbox, version)) = outbox_in(
             &mut self.conns,
@@ -843,7 +921,7 @@ impl Shard {
             retain,
             false,
             packet_id,
-            &self.no_properties,
+            properties.unwrap_or(&self.no_properties),
         );
         debug_assert!(encoded.is_ok());
         self.stats.messages_out += 1;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::mesh::{Forward, MeshMessage, SharedForward};
-use crate::protocol::QoS;
+use crate::protocol::{Properties, QoS};
 use crate::ring::{Op, Token};
 use crate::session::Message;
 use crate::topic::filter::parse_shared;
@@ -100,7 +100,12 @@ impl Shard {
     fn on_mesh(&mut self, message: MeshMessage) {
         match message {
             MeshMessage::Publish(forward) => {
-                self.route_local(&forward.topic, &forward.payload, forward.qos);
+                self.route_local(
+                    &forward.topic,
+                    &forward.payload,
+                    forward.qos,
+                    forward.properties.as_deref(),
+                );
             }
             MeshMessage::SharedPublish(shared) => self.on_shared_forward(*shared),
             MeshMessage::Interest {
@@ -261,9 +266,15 @@ impl Shard {
     /// Routing with several shards: local plain subscribers, then one shard per matching
     /// `$share` group, then one forward per other shard that has interest (the index) or
     /// serves a group.
-    pub(super) fn route_sharded(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+    pub(super) fn route_sharded(
+        &mut self,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        properties: Option<&Properties>,
+    ) {
         let own = 1u64 << self.index;
-        self.route_local(topic, payload, qos);
+        self.route_local(topic, payload, qos, properties);
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -275,7 +286,7 @@ impl Shard {
         let mut group_targets = 0u64;
         for (name, shard) in &assigned {
             if *shard == self.index {
-                self.serve_group(name, topic, payload, qos, 0);
+                self.serve_group(name, topic, payload, qos, properties, 0);
             } else {
                 group_targets |= 1u64 << shard;
             }
@@ -287,7 +298,8 @@ impl Shard {
                 payload: payload.clone(),
                 qos,
                 retain: false,
-                properties: None,
+                // Boxed only for a message that has properties: a plain one allocates nothing.
+                properties: properties.map(|p| Box::new(p.clone())),
                 origin_shard: self.index as u16,
             };
             let message = if group_targets & (1u64 << target) != 0 {
@@ -313,13 +325,20 @@ impl Shard {
     fn on_shared_forward(&mut self, shared: SharedForward) {
         let f = &shared.forward;
         if shared.plain {
-            self.route_local(&f.topic, &f.payload, f.qos);
+            self.route_local(&f.topic, &f.payload, f.qos, f.properties.as_deref());
         } else {
             self.qos0_ready = [false; 2];
             self.unpinned = None;
         }
         for name in &shared.groups {
-            self.serve_group(name, &f.topic, &f.payload, f.qos, shared.hops);
+            self.serve_group(
+                name,
+                &f.topic,
+                &f.payload,
+                f.qos,
+                f.properties.as_deref(),
+                shared.hops,
+            );
         }
     }
 
@@ -331,6 +350,7 @@ impl Shard {
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
+        properties: Option<&Properties>,
         hops: u8,
     ) {
         let sessions = &self.sessions;
@@ -338,7 +358,8 @@ impl Shard {
             .shared
             .pick_in_group(name, |s| sessions.get(s).is_some_and(|s| s.conn.is_some()));
         if let Some((session, granted)) = picked {
-            self.deliver(session, topic, payload, qos.min(granted), false, true);
+            let qos = qos.min(granted);
+            self.deliver(session, topic, payload, qos, false, true, properties);
             return;
         }
         let mask = self.shared_interest.mask_of(name);
@@ -350,7 +371,7 @@ impl Shard {
                     payload: payload.clone(),
                     qos,
                     retain: false,
-                    properties: None,
+                    properties: properties.map(|p| Box::new(p.clone())),
                     origin_shard: self.index as u16,
                 };
                 let message = MeshMessage::SharedPublish(Box::new(SharedForward {

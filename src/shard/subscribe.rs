@@ -364,6 +364,7 @@ impl Shard {
                 qos,
                 true,
                 false,
+                None,
             );
         }
         // A scratch that once held a crowd does not keep its memory.
