@@ -763,6 +763,9 @@ impl Shard {
     /// `Conn::outbox_full`, or the client is away), QoS 1/2 into the in-flight window, or the
     /// session queue when the window is full, the outbox is full, or the client is away.
     /// `shared_encoding`: the bytes may be encoded once for all subscribers of this route.
+    // The message's parts go by reference, each as the caller has it: no struct is built per
+    // subscriber on the hot path.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver(
         &mut self,
         session: u32,
@@ -893,6 +896,7 @@ impl Shard {
         self.write_publish(c, topic, payload, qos, retain, packet_id, properties);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_publish(
         &mut self,
         c: ConnRef,
