@@ -18,7 +18,8 @@ use ringmq::config::Config;
 use ringmq::mesh::home_shard;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode,
-    Filter, LastWill, Packet, Publish, PublishProperties, Subscribe,
+    Filter, LastWill, Packet, Publish, PublishProperties, RetainForwardRule, Subscribe,
+    SubscribeProperties, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -164,6 +165,22 @@ impl V5Client {
         false
     }
 
+    /// SUBSCRIBE `filters` with `properties`; returns the SUBACK's reason codes, from the bytes
+    /// (packet id 2 bytes, property length, properties, then one code per filter).
+    fn subscribe_codes(
+        &mut self,
+        filters: Vec<Filter>,
+        properties: Option<SubscribeProperties>,
+    ) -> Vec<u8> {
+        self.send(Packet::Subscribe(Subscribe {
+            pkid: 3,
+            ..Subscribe::new_many(filters, properties)
+        }));
+        let frame = self.read();
+        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
+        codes_after_properties(&frame.body)
+    }
+
     fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.send(Packet::Subscribe(Subscribe {
             pkid: 1,
@@ -172,6 +189,14 @@ impl V5Client {
         let frame = self.read();
         assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
     }
+}
+
+/// The reason codes of a SUBACK or UNSUBACK body: after the packet id and the properties
+/// (their length is one byte here: the broker sends none).
+fn codes_after_properties(body: &[u8]) -> Vec<u8> {
+    let properties_len = usize::from(body[2]);
+    assert!(properties_len < 0x80, "short properties expected: {body:?}");
+    body[3 + properties_len..].to_vec()
 }
 
 fn connect(client_id: &str, clean_start: bool, properties: Option<ConnectProperties>) -> Connect {
@@ -745,4 +770,159 @@ fn issue8_client_topic_alias_is_refused_with_0x94() {
     assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
     assert_eq!(frame.reason_code(), 0x94, "Topic Alias invalid");
     assert!(client.closed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acks and subscription options
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_puback_and_pubrec_say_no_matching_subscribers() {
+    // 0x10: the message was accepted but nobody subscribed (spec 3.4.2.1).
+    let broker = start_broker();
+    let topic = unique_topic("v5/nobody");
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-nobody"));
+    client.send(Packet::Publish(Publish {
+        pkid: 1,
+        ..Publish::new(&topic, QoS::AtLeastOnce, "x", None)
+    }));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0x40, "PUBACK: {frame:?}");
+    assert_eq!(frame.body[2], 0x10, "No matching subscribers: {frame:?}");
+    client.send(Packet::Publish(Publish {
+        pkid: 2,
+        ..Publish::new(&topic, QoS::ExactlyOnce, "x", None)
+    }));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0x50, "PUBREC: {frame:?}");
+    assert_eq!(frame.body[2], 0x10, "No matching subscribers: {frame:?}");
+
+    // With a subscriber: success (a 2-byte PUBACK, code 0 implied, or an explicit 0).
+    client.subscribe(&topic, QoS::AtMostOnce);
+    client.send(Packet::Publish(Publish {
+        pkid: 3,
+        ..Publish::new(&topic, QoS::AtLeastOnce, "y", None)
+    }));
+    let mut saw_ack = false;
+    for _ in 0..2 {
+        let frame = client.read();
+        if frame.first_byte == 0x40 {
+            assert_eq!(frame.body.get(2).copied().unwrap_or(0), 0, "{frame:?}");
+            saw_ack = true;
+        }
+    }
+    assert!(saw_ack);
+}
+
+#[test]
+fn issue8_suback_codes() {
+    let broker = broker_with(|c| {
+        c.limits.qos_max = 1;
+        c.limits.subscriptions_per_client_max = 2;
+    });
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-suback"));
+    let codes = client.subscribe_codes(
+        vec![
+            Filter::new("a/b", QoS::ExactlyOnce),
+            Filter::new("a/#/c", QoS::AtMostOnce),
+            Filter::new("x/+", QoS::AtMostOnce),
+            Filter::new("one/too/many", QoS::AtMostOnce),
+        ],
+        None,
+    );
+    // Granted QoS 1 (capped by qos_max), Topic Filter invalid, Granted QoS 0, Quota exceeded.
+    assert_eq!(codes, vec![0x01, 0x8F, 0x00, 0x97]);
+
+    // CONNACK said Subscription Identifiers Available 0.
+    let codes = client.subscribe_codes(
+        vec![Filter::new("a/b", QoS::AtMostOnce)],
+        Some(SubscribeProperties {
+            id: Some(7),
+            user_properties: Vec::new(),
+        }),
+    );
+    assert_eq!(codes, vec![0xA1]);
+}
+
+#[test]
+fn issue8_no_local_on_a_shared_subscription_is_a_protocol_error() {
+    // [MQTT-3.8.3-4]
+    let broker = start_broker();
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-nolocal-shared"));
+    client.send(Packet::Subscribe(Subscribe {
+        pkid: 1,
+        ..Subscribe::new(
+            Filter {
+                nolocal: true,
+                ..Filter::new("$share/g/t", QoS::AtMostOnce)
+            },
+            None,
+        )
+    }));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x82);
+    assert!(client.closed());
+}
+
+#[test]
+fn issue8_unsuback_codes() {
+    // [MQTT-3.11.3-1] One code per filter: 0x00 removed, 0x11 No subscription existed.
+    let broker = start_broker();
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-unsuback"));
+    client.subscribe("held/one", QoS::AtMostOnce);
+    client.send(Packet::Unsubscribe(Unsubscribe {
+        pkid: 4,
+        filters: vec!["never/held".into(), "held/one".into()],
+        properties: None,
+    }));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xB0, "UNSUBACK: {frame:?}");
+    assert_eq!(codes_after_properties(&frame.body), vec![0x11, 0x00]);
+}
+
+#[test]
+fn issue8_retain_handling() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/rh");
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-rh-pub"));
+    publisher.send(Packet::Publish(Publish {
+        pkid: 1,
+        retain: true,
+        ..Publish::new(&topic, QoS::AtLeastOnce, "kept", None)
+    }));
+    assert_eq!(publisher.read().first_byte, 0x40);
+
+    let with_rule = |rule| Filter {
+        retain_forward_rule: rule,
+        ..Filter::new(&topic, QoS::AtMostOnce)
+    };
+    // 2: never; the SUBACK then nothing.
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-rh2"));
+    assert_eq!(
+        client.subscribe_codes(vec![with_rule(RetainForwardRule::Never)], None),
+        [0]
+    );
+    assert!(
+        client.try_read(QUIET).is_none(),
+        "Retain Handling 2 sends no retained"
+    );
+
+    // 1: only when the subscription is new.
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-rh1"));
+    let rule = || with_rule(RetainForwardRule::OnNewSubscribe);
+    assert_eq!(client.subscribe_codes(vec![rule()], None), [0]);
+    assert_eq!(&client.read_publish().payload[..], b"kept");
+    assert_eq!(client.subscribe_codes(vec![rule()], None), [0]);
+    assert!(
+        client.try_read(QUIET).is_none(),
+        "not again for an existing one"
+    );
+
+    // 0: on every subscribe.
+    let rule = with_rule(RetainForwardRule::OnEverySubscribe);
+    assert_eq!(client.subscribe_codes(vec![rule], None), [0]);
+    let publish = client.read_publish();
+    assert_eq!(&publish.payload[..], b"kept");
+    assert!(publish.retain);
 }

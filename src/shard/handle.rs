@@ -77,6 +77,16 @@ fn session_expiry(connect: &Connect, expiry_max_secs: u32) -> SessionExpiry {
     }
 }
 
+/// PUBACK/PUBREC's reason: MQTT 5 tells a publisher nobody subscribed (0x10, still a success
+/// [MQTT-3.4.2.1]); 3.1.1 has no code.
+fn publish_ack_code(v5: bool, matched: bool) -> ReasonCode {
+    if v5 && !matched {
+        ReasonCode::NoMatchingSubscribers
+    } else {
+        ReasonCode::Success
+    }
+}
+
 /// A copy of a string that shares no receive buffer, for state that outlives the turn.
 fn unpinned_string(text: &ByteString) -> ByteString {
     ByteString::from(&**text)
@@ -545,27 +555,34 @@ impl Shard {
             None
         };
         match publish.qos {
-            QoS::AtMostOnce => self.publish(
-                &publish.topic,
-                &publish.payload,
-                QoS::AtMostOnce,
-                publish.retain,
-                properties,
-            ),
+            QoS::AtMostOnce => {
+                self.publish(
+                    &publish.topic,
+                    &publish.payload,
+                    QoS::AtMostOnce,
+                    publish.retain,
+                    properties,
+                );
+            }
             QoS::AtLeastOnce => {
                 if self.incoming_inflight(slot, generation, session) >= self.incoming_inflight_max()
                 {
                     self.close_over_incoming_inflight(slot, generation);
                     return;
                 }
-                self.publish(
+                let matched = self.publish(
                     &publish.topic,
                     &publish.payload,
                     QoS::AtLeastOnce,
                     publish.retain,
                     properties,
                 );
-                self.ack(slot, generation, HeldPacket::PubAck(publish.packet_id));
+                let code = publish_ack_code(v5, matched);
+                self.ack(
+                    slot,
+                    generation,
+                    HeldPacket::PubAck(publish.packet_id, code),
+                );
             }
             QoS::ExactlyOnce => {
                 // [MQTT-4.3.3-2] Exactly once: a re-sent PUBLISH before PUBREL is acknowledged
@@ -582,16 +599,21 @@ impl Shard {
                     self.close_over_incoming_inflight(slot, generation);
                     return;
                 }
-                if incoming == Some(IncomingQos2::New) {
-                    self.publish(
+                // A repeat (not delivered again) is acknowledged as plain success.
+                let matched = incoming != Some(IncomingQos2::New)
+                    || self.publish(
                         &publish.topic,
                         &publish.payload,
                         QoS::ExactlyOnce,
                         publish.retain,
                         properties,
                     );
-                }
-                self.ack(slot, generation, HeldPacket::PubRec(publish.packet_id));
+                let code = publish_ack_code(v5, matched);
+                self.ack(
+                    slot,
+                    generation,
+                    HeldPacket::PubRec(publish.packet_id, code),
+                );
             }
         }
     }
@@ -641,6 +663,7 @@ impl Shard {
     }
 
     /// An application message from a client (or a will): retained store, then subscribers.
+    /// Returns whether any subscriber (here or on another shard) was found.
     fn publish(
         &mut self,
         topic: &ByteString,
@@ -648,7 +671,7 @@ impl Shard {
         qos: QoS,
         retain: bool,
         properties: Option<&Properties>,
-    ) {
+    ) -> bool {
         if retain {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
@@ -673,7 +696,7 @@ impl Shard {
             }
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0.
-        self.route(topic, payload, qos, properties);
+        self.route(topic, payload, qos, properties)
     }
 
     /// Room for one more retained topic of this size under `retained_max` and
@@ -690,10 +713,9 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         properties: Option<&Properties>,
-    ) {
+    ) -> bool {
         if self.shard_count > 1 {
-            self.route_sharded(topic, payload, qos, properties);
-            return;
+            return self.route_sharded(topic, payload, qos, properties);
         }
         self.qos0_ready = [false; 2];
         self.unpinned = None;
@@ -724,7 +746,9 @@ impl Shard {
                 properties,
             );
         }
+        let matched = !matches.is_empty();
         self.matches = matches;
+        matched
     }
 
     /// This shard's plain subscribers of `topic` (shared groups are served by the one shard
@@ -735,7 +759,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         properties: Option<&Properties>,
-    ) {
+    ) -> bool {
         self.qos0_ready = [false; 2];
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
@@ -756,7 +780,9 @@ impl Shard {
                 properties,
             );
         }
+        let matched = !matches.is_empty();
         self.matches = matches;
+        matched
     }
 
     /// One message to one session: QoS 0 into the outbox (dropped when the outbox is full, see

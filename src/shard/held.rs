@@ -42,9 +42,14 @@ pub(super) enum HeldPacket {
         packet_id: u16,
         codes: Vec<ReasonCode>,
     },
-    UnsubAck(u16),
-    PubAck(u16),
-    PubRec(u16),
+    /// MQTT 5: one code per filter; empty under 3.1.1 (not on the wire).
+    UnsubAck {
+        packet_id: u16,
+        codes: Vec<ReasonCode>,
+    },
+    /// With the MQTT 5 reason code (Success or No Matching Subscribers; 3.1.1 sends none).
+    PubAck(u16, ReasonCode),
+    PubRec(u16, ReasonCode),
     PubComp(u16),
 }
 
@@ -56,13 +61,19 @@ impl HeldPacket {
                 codes,
                 properties: Default::default(),
             }),
-            HeldPacket::UnsubAck(packet_id) => Packet::UnsubAck(UnsubAck {
+            HeldPacket::UnsubAck { packet_id, codes } => Packet::UnsubAck(UnsubAck {
                 packet_id,
-                codes: Vec::new(),
+                codes,
                 properties: Default::default(),
             }),
-            HeldPacket::PubAck(packet_id) => Packet::PubAck(PubAck::new(packet_id)),
-            HeldPacket::PubRec(packet_id) => Packet::PubRec(PubAck::new(packet_id)),
+            HeldPacket::PubAck(packet_id, code) => Packet::PubAck(PubAck {
+                code,
+                ..PubAck::new(packet_id)
+            }),
+            HeldPacket::PubRec(packet_id, code) => Packet::PubRec(PubAck {
+                code,
+                ..PubAck::new(packet_id)
+            }),
             HeldPacket::PubComp(packet_id) => Packet::PubComp(PubAck::new(packet_id)),
         }
     }
@@ -134,7 +145,7 @@ impl HeldAcks {
     fn hold(&mut self, conn: (u32, u32), packet: HeldPacket, waits: Vec<(u16, usize)>) {
         let counts = self.per_conn.entry(conn).or_default();
         counts.held += 1;
-        counts.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(_)));
+        counts.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(..)));
         self.holds.push_back(Hold {
             conn,
             packet,
@@ -145,7 +156,7 @@ impl HeldAcks {
     fn released(&mut self, hold: &Hold) {
         if let Some(counts) = self.per_conn.get_mut(&hold.conn) {
             counts.held -= 1;
-            counts.pubacks -= u32::from(matches!(hold.packet, HeldPacket::PubAck(_)));
+            counts.pubacks -= u32::from(matches!(hold.packet, HeldPacket::PubAck(..)));
             if counts.held == 0 {
                 self.per_conn.remove(&hold.conn);
             }

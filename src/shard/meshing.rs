@@ -272,9 +272,9 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         properties: Option<&Properties>,
-    ) {
+    ) -> bool {
         let own = 1u64 << self.index;
-        self.route_local(topic, payload, qos, properties);
+        let local = self.route_local(topic, payload, qos, properties);
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -319,7 +319,9 @@ impl Shard {
             };
             self.mesh_push(target, message);
         });
+        let matched = local || !assigned.is_empty() || plain_targets != 0;
         self.shared_assigned = assigned;
+        matched
     }
 
     fn on_shared_forward(&mut self, shared: SharedForward) {

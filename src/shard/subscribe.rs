@@ -36,7 +36,7 @@ use crate::topic::filter::{parse_shared, validate_topic_filter};
 use super::conn::ConnState;
 use super::held::HeldPacket;
 use super::limits::LimitHit;
-use super::Shard;
+use super::{CloseReason, Shard};
 
 /// Work per loop turn for all SUBSCRIBEs in progress: a filter is one unit, a retained message
 /// delivered or a node of the retained store visited one more. About 0.4 µs each measured
@@ -135,6 +135,32 @@ impl Shard {
         session: u32,
         subscribe: &Subscribe,
     ) {
+        let v5 = self
+            .conns
+            .get(slot, generation)
+            .is_some_and(|c| c.version.is_v5());
+        if v5 {
+            // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+            let no_local_shared = subscribe
+                .filters
+                .iter()
+                .any(|(filter, options)| options.no_local && parse_shared(filter).is_some());
+            if no_local_shared {
+                self.close(slot, generation, CloseReason::Protocol);
+                return;
+            }
+            if !subscribe.properties.subscription_identifiers.is_empty() {
+                // CONNACK said Subscription Identifiers Available 0: every filter refused.
+                let codes =
+                    vec![ReasonCode::SubscriptionIdentifiersNotSupported; subscribe.filters.len()];
+                let ack = HeldPacket::SubAck {
+                    packet_id: subscribe.packet_id,
+                    codes,
+                };
+                self.ack(slot, generation, ack);
+                return;
+            }
+        }
         let mut job = SubscribeJob {
             session,
             packet_id: subscribe.packet_id,
@@ -283,12 +309,24 @@ impl Shard {
             let (filter, options) = job.filters[job.next].clone();
             job.next += 1;
             work += 1;
-            let Some(granted) = self.subscribe_filter(job.session, &filter, options) else {
-                job.codes.push(ReasonCode::UnspecifiedError);
-                continue;
+            let (granted, new) = match self.subscribe_filter(job.session, &filter, options) {
+                Ok(granted) => granted,
+                Err(code) => {
+                    // 3.1.1 encodes every failure as 0x80.
+                    job.codes.push(code);
+                    continue;
+                }
             };
             job.codes.push(granted_code(granted));
-            if parse_shared(&filter).is_none() {
+            // [MQTT-3.3.1-9] [MQTT-3.3.1-10] Retain Handling 0: retained messages on every
+            // subscribe; 1: only for a new subscription; 2: never. A shared subscription gets
+            // none (spec 4.8.2). 3.1.1 clients always send 0.
+            let retained_owed = match options.retain_handling {
+                0 => true,
+                1 => new,
+                _ => false,
+            };
+            if retained_owed && parse_shared(&filter).is_none() {
                 job.granted.push((filter, granted));
             }
         }
@@ -296,27 +334,30 @@ impl Shard {
         work
     }
 
-    /// One filter into the session, the tries and the interest; the QoS granted, or `None`
-    /// for a failure (0x80).
+    /// One filter into the session, the tries and the interest: the QoS granted and whether
+    /// the subscription is new, or the failure's MQTT 5 code (3.1.1: all 0x80).
     fn subscribe_filter(
         &mut self,
         session: u32,
         filter: &ByteString,
         options: SubscriptionOptions,
-    ) -> Option<QoS> {
+    ) -> Result<(QoS, bool), ReasonCode> {
         if validate_topic_filter(filter).is_err() {
-            return None;
+            return Err(ReasonCode::TopicFilterInvalid);
         }
         let qos_max = QoS::from_u8(self.config.limits.qos_max).unwrap_or(QoS::ExactlyOnce);
         let subscriptions_max = self.config.limits.subscriptions_per_client_max as usize;
         let granted = options.qos.min(qos_max);
-        let s = self.sessions.get_mut(session)?;
+        let s = self
+            .sessions
+            .get_mut(session)
+            .ok_or(ReasonCode::UnspecifiedError)?;
         // [MQTT-3.8.4-3] A repeated filter replaces the subscription, also at the bound.
         if !s.has_subscription(filter) && s.subscription_count() >= subscriptions_max {
             self.limit_hit(LimitHit::SubscriptionsPerClient);
-            return None;
+            return Err(ReasonCode::QuotaExceeded);
         }
-        s.subscribe(filter, granted);
+        let new_to_session = s.subscribe(filter, granted);
         let new = match parse_shared(filter) {
             Some((_, inner)) => self.shared.insert(filter, inner, session, granted),
             None => self
@@ -328,7 +369,7 @@ impl Shard {
             // Every shard learns of it before the SUBACK is written (`held.rs`).
             self.note_subscribed(filter);
         }
-        Some(granted)
+        Ok((granted, new_to_session))
     }
 
     /// [MQTT-3.3.1-6] The retained messages `filter` matches go to the new subscription,
@@ -388,6 +429,11 @@ impl Shard {
         session: u32,
         unsubscribe: &Unsubscribe,
     ) {
+        let v5 = self
+            .conns
+            .get(slot, generation)
+            .is_some_and(|c| c.version.is_v5());
+        let mut codes = Vec::new();
         for filter in &unsubscribe.filters {
             let held = self
                 .sessions
@@ -396,13 +442,21 @@ impl Shard {
             if held {
                 self.remove_subscription(session, filter);
             }
+            if v5 {
+                // [MQTT-3.11.3-1] One code per filter, in order.
+                codes.push(if held {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                });
+            }
         }
         // [MQTT-3.10.4-4] UNSUBACK even when nothing matched. 3.1.1 carries no codes.
-        self.ack(
-            slot,
-            generation,
-            HeldPacket::UnsubAck(unsubscribe.packet_id),
-        );
+        let ack = HeldPacket::UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            codes,
+        };
+        self.ack(slot, generation, ack);
     }
 
     fn remove_subscription(&mut self, session: u32, filter: &str) {
