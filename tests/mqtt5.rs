@@ -926,3 +926,91 @@ fn issue8_retain_handling() {
     assert_eq!(&publish.payload[..], b"kept");
     assert!(publish.retain);
 }
+
+/// No Local [MQTT-3.8.3-3] and Retain As Published [MQTT-3.3.1-12], on one shard and across
+/// shards (the publisher's RETAIN flag travels with the forward).
+fn check_no_local_and_retain_as_published(shards: usize) {
+    let broker = broker_with(|c| c.shards = shards);
+    let topic = unique_topic("v5/options");
+    let mut me = V5Client::connect(broker.addr(), &id_on_shard("v5-me", 0, shards));
+    let codes = me.subscribe_codes(
+        vec![Filter {
+            nolocal: true,
+            ..Filter::new(&topic, QoS::AtMostOnce)
+        }],
+        None,
+    );
+    assert_eq!(codes, [0]);
+    let mut keeper = V5Client::connect(broker.addr(), &id_on_shard("v5-rap", shards - 1, shards));
+    let codes = keeper.subscribe_codes(
+        vec![Filter {
+            preserve_retain: true,
+            ..Filter::new(&topic, QoS::AtLeastOnce)
+        }],
+        None,
+    );
+    assert_eq!(codes, [1]);
+    let mut plain = V5Client::connect(broker.addr(), &id_on_shard("v5-plain", shards - 1, shards));
+    plain.subscribe(&topic, QoS::AtLeastOnce);
+    std::thread::sleep(Duration::from_millis(if shards > 1 { 300 } else { 0 }));
+
+    me.send(Packet::Publish(Publish {
+        retain: true,
+        ..Publish::new(&topic, QoS::AtMostOnce, "mine", None)
+    }));
+    let publish = keeper.read_publish();
+    assert_eq!(&publish.payload[..], b"mine");
+    assert!(
+        publish.retain,
+        "Retain As Published keeps RETAIN on a live message"
+    );
+    let publish = plain.read_publish();
+    assert_eq!(&publish.payload[..], b"mine");
+    assert!(
+        !publish.retain,
+        "[MQTT-3.3.1-9] live delivery clears RETAIN by default"
+    );
+    assert!(
+        me.try_read(QUIET).is_none(),
+        "No Local: not back to its publisher"
+    );
+
+    // Someone else's message does reach the No Local subscriber.
+    plain.send(Packet::Publish(Publish::new(
+        &topic,
+        QoS::AtMostOnce,
+        "theirs",
+        None,
+    )));
+    assert_eq!(&me.read_publish().payload[..], b"theirs");
+}
+
+#[test]
+fn issue8_no_local_and_retain_as_published_one_shard() {
+    check_no_local_and_retain_as_published(1);
+}
+
+#[test]
+fn issue8_no_local_and_retain_as_published_across_shards() {
+    check_no_local_and_retain_as_published(4);
+}
+
+#[test]
+fn issue8_over_receive_maximum_gets_disconnect_0x93() {
+    // CONNACK said Receive Maximum 2; a third QoS 2 PUBLISH unreleased is one too many.
+    let broker = broker_with(|c| c.limits.incoming_inflight_max = 2);
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-recvmax"));
+    for pkid in 1..=3 {
+        client.send(Packet::Publish(Publish {
+            pkid,
+            ..Publish::new("t/recvmax", QoS::ExactlyOnce, "x", None)
+        }));
+    }
+    let mut last = None;
+    while let Some(frame) = client.try_read(WAIT) {
+        last = Some(frame);
+    }
+    let frame = last.expect("packets before the close");
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT last: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x93, "Receive Maximum exceeded");
+}

@@ -12,9 +12,11 @@ use crate::protocol::{
 };
 use crate::session::{self, ConnRef, Enqueued, IncomingQos2, InflightState, Message, Session};
 
+use super::conn::NO_SESSION;
 use super::conn::{ConnState, Conns, Pools};
 use super::held::HeldPacket;
 use super::limits::LimitHit;
+use super::route::Grant;
 use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
 
 /// The outbox of a connection that is not closing, taking a pooled buffer when it has none,
@@ -527,6 +529,13 @@ impl Shard {
     }
 
     fn on_publish(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
+        // Routing skips this session for its No Local subscriptions.
+        self.publisher = session;
+        self.on_publish_from(slot, generation, session, publish);
+        self.publisher = NO_SESSION;
+    }
+
+    fn on_publish_from(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
         self.stats.messages_in += 1;
         // Properties travel only from an MQTT 5 publisher that set some; 3.1.1 and plain
         // PUBLISHes route with none (no copy, no allocation).
@@ -639,10 +648,16 @@ impl Shard {
     }
 
     /// The client has more QoS 1/2 messages unacknowledged than `incoming_inflight_max`: it
-    /// ignores any window, and MQTT 3.1.1 has no way to refuse one PUBLISH.
+    /// ignores any window, and MQTT 3.1.1 has no way to refuse one PUBLISH. An MQTT 5 client
+    /// was told the bound as Receive Maximum: DISCONNECT 0x93 [MQTT-3.3.4-9].
     fn close_over_incoming_inflight(&mut self, slot: u32, generation: u32) {
         self.limit_hit(LimitHit::IncomingInflight);
-        self.close(slot, generation, CloseReason::Protocol);
+        self.close_with(
+            slot,
+            generation,
+            CloseReason::Protocol,
+            Some(ReasonCode::ReceiveMaximumExceeded),
+        );
     }
 
     pub(super) fn publish_will(&mut self, will: LastWill) {
@@ -695,8 +710,9 @@ impl Shard {
                 self.replicate_retained(&copy_topic, &copy_payload, qos);
             }
         }
-        // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0.
-        self.route(topic, payload, qos, properties)
+        // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0 (unless
+        // they asked for Retain As Published).
+        self.route(topic, payload, qos, retain, properties)
     }
 
     /// Room for one more retained topic of this size under `retained_max` and
@@ -712,19 +728,19 @@ impl Shard {
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
+        retain: bool,
         properties: Option<&Properties>,
     ) -> bool {
         if self.shard_count > 1 {
-            return self.route_sharded(topic, payload, qos, properties);
+            return self.route_sharded(topic, payload, qos, retain, properties);
         }
-        self.qos0_ready = [false; 2];
+        self.qos0_ready = [false; 4];
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.subscriptions
-            .for_each_match(topic, |session, granted| {
-                matches.push((session, *granted));
-            });
+        self.subscriptions.for_each_match(topic, |session, grant| {
+            matches.push((session, *grant));
+        });
         route::dedupe_matches(&mut matches);
         let mut group_ids = std::mem::take(&mut self.group_ids);
         let sessions = &self.sessions;
@@ -732,20 +748,10 @@ impl Shard {
             topic,
             &mut group_ids,
             |s| sessions.get(s).is_some_and(|s| s.conn.is_some()),
-            |s, granted| matches.push((s, granted)),
+            |s, granted| matches.push((s, Grant::from(granted))),
         );
         self.group_ids = group_ids;
-        for &(session, granted) in &matches {
-            self.deliver(
-                session,
-                topic,
-                payload,
-                qos.min(granted),
-                false,
-                true,
-                properties,
-            );
-        }
+        self.deliver_matches(&matches, topic, payload, qos, retain, properties);
         let matched = !matches.is_empty();
         self.matches = matches;
         matched
@@ -758,31 +764,44 @@ impl Shard {
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
+        retain: bool,
         properties: Option<&Properties>,
     ) -> bool {
-        self.qos0_ready = [false; 2];
+        self.qos0_ready = [false; 4];
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.subscriptions
-            .for_each_match(topic, |session, granted| {
-                matches.push((session, *granted));
-            });
+        self.subscriptions.for_each_match(topic, |session, grant| {
+            matches.push((session, *grant));
+        });
         route::dedupe_matches(&mut matches);
-        for &(session, granted) in &matches {
-            self.deliver(
-                session,
-                topic,
-                payload,
-                qos.min(granted),
-                false,
-                true,
-                properties,
-            );
-        }
+        self.deliver_matches(&matches, topic, payload, qos, retain, properties);
         let matched = !matches.is_empty();
         self.matches = matches;
         matched
+    }
+
+    /// One live delivery per match, with its subscription's options: none back to the
+    /// publisher under No Local [MQTT-3.8.3-3], the RETAIN flag kept under Retain As Published
+    /// and cleared otherwise [MQTT-3.3.1-12].
+    fn deliver_matches(
+        &mut self,
+        matches: &[(u32, Grant)],
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<&Properties>,
+    ) {
+        let publisher = self.publisher;
+        for &(session, grant) in matches {
+            if session == publisher && grant.no_local() {
+                continue;
+            }
+            let retain = retain && grant.retain_as_published();
+            let qos = qos.min(grant.qos());
+            self.deliver(session, topic, payload, qos, retain, true, properties);
+        }
     }
 
     /// One message to one session: QoS 0 into the outbox (dropped when the outbox is full, see
@@ -832,8 +851,9 @@ impl Shard {
                 return;
             };
             if shared_encoding {
-                // Encode once per layout, copy into every outbox (3.1 and 3.1.1 share one).
-                let layout = usize::from(version.is_v5());
+                // Encode once per layout, copy into every outbox (3.1 and 3.1.1 share one; a
+                // RETAIN flag kept by Retain As Published is a layout of its own).
+                let layout = usize::from(version.is_v5()) | usize::from(retain) << 1;
                 if !self.qos0_ready[layout] {
                     let cache = &mut self.qos0_encoded[layout];
                     cache.clear();
@@ -882,8 +902,8 @@ impl Shard {
             None => None,
         };
         // A live message's small payload shares a receive-arena block; one from the retained
-        // store is already a copy of its own.
-        let pinned = !retain && session::pins_a_block(payload);
+        // store (the only deliveries not encoded once per route) is already a copy of its own.
+        let pinned = shared_encoding && session::pins_a_block(payload);
         let Some((c, _)) = send_now else {
             // A message the full queue will drop is not worth a copy.
             let message = if !pinned || s.queue_len() >= queue_max as usize {

@@ -104,6 +104,7 @@ impl Shard {
                     &forward.topic,
                     &forward.payload,
                     forward.qos,
+                    forward.retain,
                     forward.properties.as_deref(),
                 );
             }
@@ -271,10 +272,11 @@ impl Shard {
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
+        retain: bool,
         properties: Option<&Properties>,
     ) -> bool {
         let own = 1u64 << self.index;
-        let local = self.route_local(topic, payload, qos, properties);
+        let local = self.route_local(topic, payload, qos, retain, properties);
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -297,7 +299,8 @@ impl Shard {
                 topic: topic.clone(),
                 payload: payload.clone(),
                 qos,
-                retain: false,
+                // The publisher's flag, for subscribers asking Retain As Published.
+                retain,
                 // Boxed only for a message that has properties: a plain one allocates nothing.
                 properties: properties.map(|p| Box::new(p.clone())),
                 origin_shard: self.index as u16,
@@ -327,9 +330,15 @@ impl Shard {
     fn on_shared_forward(&mut self, shared: SharedForward) {
         let f = &shared.forward;
         if shared.plain {
-            self.route_local(&f.topic, &f.payload, f.qos, f.properties.as_deref());
+            self.route_local(
+                &f.topic,
+                &f.payload,
+                f.qos,
+                f.retain,
+                f.properties.as_deref(),
+            );
         } else {
-            self.qos0_ready = [false; 2];
+            self.qos0_ready = [false; 4];
             self.unpinned = None;
         }
         for name in &shared.groups {

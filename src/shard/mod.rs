@@ -49,7 +49,7 @@ use io_uring::types::Timespec;
 use crate::auth::PasswordFile;
 use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
-use crate::protocol::{Properties, QoS};
+use crate::protocol::Properties;
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
 use crate::topic::retained::RetainedStore;
@@ -149,7 +149,7 @@ pub struct Shard {
     auth: Option<Arc<PasswordFile>>,
     conns: Conns,
     sessions: Sessions,
-    subscriptions: Trie<QoS>,
+    subscriptions: Trie<route::Grant>,
     shared: SharedSubscriptions,
     retained: RetainedStore<Message>,
     /// Receive arena: bytes are copied here from the provided buffer, then split off and
@@ -164,13 +164,15 @@ pub struct Shard {
     recv_rearm: Vec<(u32, u32)>,
     completions: Vec<Completion>,
     /// Scratch for routing: (session, granted QoS) pairs, and shared group ids.
-    matches: Vec<(u32, QoS)>,
+    matches: Vec<(u32, route::Grant)>,
+    /// The session whose PUBLISH is being routed (`conn::NO_SESSION` otherwise), for No Local.
+    publisher: u32,
     group_ids: Vec<u32>,
     /// Scratch for the timer sweep.
     expired: Vec<(u32, u32, CloseReason)>,
     /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
-    qos0_encoded: [BytesMut; 2],
-    qos0_ready: [bool; 2],
+    qos0_encoded: [BytesMut; 4],
+    qos0_ready: [bool; 4],
     /// A copy of the routed message's topic and payload outside the receive arena, made once
     /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
@@ -267,10 +269,11 @@ impl Shard {
             recv_rearm: Vec::new(),
             completions: Vec::with_capacity(REAP_BATCH),
             matches: Vec::new(),
+            publisher: conn::NO_SESSION,
             group_ids: Vec::new(),
             expired: Vec::new(),
-            qos0_encoded: [BytesMut::new(), BytesMut::new()],
-            qos0_ready: [false; 2],
+            qos0_encoded: Default::default(),
+            qos0_ready: [false; 4],
             unpinned: None,
             no_properties: Properties::default(),
             recv_paused_logged: false,

@@ -1,6 +1,7 @@
 //! Who gets a publish: the pieces of routing that are plain data. The shard walks its trie, then
 //! `dedupe_matches` folds overlapping subscriptions of one session into one delivery at the
-//! highest granted QoS, and `SharedSubscriptions` picks one member per `$share` group, round
+//! highest granted QoS (`Grant` keeps a plain subscription's MQTT 5 options in the same byte
+//! as its QoS), and `SharedSubscriptions` picks one member per `$share` group, round
 //! robin, preferring members that are connected.
 
 use std::collections::HashMap;
@@ -10,11 +11,72 @@ use bytestring::ByteString;
 use crate::protocol::QoS;
 use crate::topic::trie::Trie;
 
-/// Sorts `(session, granted QoS)` pairs and keeps one per session, at its highest QoS: a client
+/// What a plain subscription was granted, as the trie keeps it: the QoS in bits 0-1, and the
+/// MQTT 5 options No Local and Retain As Published (spec 3.8.3.1), in one byte like the QoS
+/// alone, so the trie costs no more per subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Grant(u8);
+
+impl Grant {
+    const QOS_BITS: u8 = 0b11;
+    const NO_LOCAL: u8 = 1 << 2;
+    const RETAIN_AS_PUBLISHED: u8 = 1 << 3;
+
+    pub fn new(qos: QoS, no_local: bool, retain_as_published: bool) -> Grant {
+        Grant(
+            qos as u8
+                | if no_local { Grant::NO_LOCAL } else { 0 }
+                | if retain_as_published {
+                    Grant::RETAIN_AS_PUBLISHED
+                } else {
+                    0
+                },
+        )
+    }
+
+    pub fn qos(self) -> QoS {
+        QoS::from_u8(self.0 & Grant::QOS_BITS).unwrap_or(QoS::ExactlyOnce)
+    }
+
+    /// [MQTT-3.8.3-3] Not to the connection that published it.
+    pub fn no_local(self) -> bool {
+        self.0 & Grant::NO_LOCAL != 0
+    }
+
+    /// [MQTT-3.3.1-12] Live messages keep the publisher's RETAIN flag.
+    pub fn retain_as_published(self) -> bool {
+        self.0 & Grant::RETAIN_AS_PUBLISHED != 0
+    }
+
+    /// Two subscriptions of one session match one topic: one delivery, at the higher QoS,
+    /// skipped for the publisher only if both say No Local, keeping the RETAIN flag if either
+    /// says so.
+    fn merge(self, other: Grant) -> Grant {
+        Grant::new(
+            self.qos().max(other.qos()),
+            self.no_local() && other.no_local(),
+            self.retain_as_published() || other.retain_as_published(),
+        )
+    }
+}
+
+impl From<QoS> for Grant {
+    fn from(qos: QoS) -> Grant {
+        Grant::new(qos, false, false)
+    }
+}
+
+/// Sorts `(session, grant)` pairs and keeps one per session, merged (`Grant::merge`): a client
 /// with overlapping subscriptions receives a message once.
-pub fn dedupe_matches(matches: &mut Vec<(u32, QoS)>) {
-    matches.sort_unstable_by_key(|&(session, qos)| (session, std::cmp::Reverse(qos)));
-    matches.dedup_by_key(|&mut (session, _)| session);
+pub fn dedupe_matches(matches: &mut Vec<(u32, Grant)>) {
+    matches.sort_unstable_by_key(|&(session, _)| session);
+    matches.dedup_by(|later, kept| {
+        if later.0 != kept.0 {
+            return false;
+        }
+        kept.1 = kept.1.merge(later.1);
+        true
+    });
 }
 
 struct SharedGroup {
@@ -277,23 +339,54 @@ mod tests {
 
     #[test]
     fn overlapping_subscriptions_deliver_once_at_highest_qos() {
-        let mut matches = vec![
+        let mut matches: Vec<(u32, Grant)> = [
             (7, QoS::AtMostOnce),
             (3, QoS::AtLeastOnce),
             (7, QoS::ExactlyOnce),
             (3, QoS::AtMostOnce),
             (9, QoS::AtLeastOnce),
             (7, QoS::AtLeastOnce),
-        ];
+        ]
+        .into_iter()
+        .map(|(s, q)| (s, Grant::from(q)))
+        .collect();
         dedupe_matches(&mut matches);
+        let qos: Vec<(u32, QoS)> = matches.iter().map(|&(s, g)| (s, g.qos())).collect();
         assert_eq!(
-            matches,
+            qos,
             vec![
                 (3, QoS::AtLeastOnce),
                 (7, QoS::ExactlyOnce),
                 (9, QoS::AtLeastOnce)
             ]
         );
+    }
+
+    #[test]
+    fn overlapping_subscriptions_merge_their_options() {
+        // Issue 8: No Local only if every matching subscription says so, Retain As Published
+        // if any does.
+        let mut matches = vec![
+            (1, Grant::new(QoS::AtMostOnce, true, false)),
+            (1, Grant::new(QoS::AtLeastOnce, false, true)),
+            (2, Grant::new(QoS::AtMostOnce, true, false)),
+            (2, Grant::new(QoS::AtMostOnce, true, false)),
+        ];
+        dedupe_matches(&mut matches);
+        assert_eq!(
+            matches,
+            vec![
+                (1, Grant::new(QoS::AtLeastOnce, false, true)),
+                (2, Grant::new(QoS::AtMostOnce, true, false)),
+            ]
+        );
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let grant = Grant::new(qos, true, true);
+            assert_eq!(
+                (grant.qos(), grant.no_local(), grant.retain_as_published()),
+                (qos, true, true)
+            );
+        }
     }
 
     fn picks(shared: &mut SharedSubscriptions, topic: &str, online: &[u32], n: usize) -> Vec<u32> {

@@ -36,6 +36,7 @@ use crate::topic::filter::{parse_shared, validate_topic_filter};
 use super::conn::ConnState;
 use super::held::HeldPacket;
 use super::limits::LimitHit;
+use super::route::Grant;
 use super::{CloseReason, Shard};
 
 /// Work per loop turn for all SUBSCRIBEs in progress: a filter is one unit, a retained message
@@ -362,7 +363,11 @@ impl Shard {
             Some((_, inner)) => self.shared.insert(filter, inner, session, granted),
             None => self
                 .subscriptions
-                .insert(filter, session, granted)
+                .insert(
+                    filter,
+                    session,
+                    Grant::new(granted, options.no_local, options.retain_as_published),
+                )
                 .is_none(),
         };
         if new {
