@@ -1014,3 +1014,102 @@ fn issue8_over_receive_maximum_gets_disconnect_0x93() {
     assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT last: {frame:?}");
     assert_eq!(frame.reason_code(), 0x93, "Receive Maximum exceeded");
 }
+
+fn with_expiry_interval(secs: u32) -> PublishProperties {
+    PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..rich_properties()
+    }
+}
+
+#[test]
+fn issue8_queued_messages_keep_properties_and_expire() {
+    // [MQTT-3.3.2-5] An expired message is not delivered; [MQTT-3.3.2-6] a delivered one
+    // carries what is left of its interval.
+    let broker = start_broker();
+    let id = unique_id("v5-queued");
+    let topic = unique_topic("v5/queued");
+    let (mut client, _) = resume(broker.addr(), &id, with_expiry(60));
+    client.subscribe(&topic, QoS::AtLeastOnce);
+    leave(client, None);
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-queued-pub"));
+    for (pkid, (payload, interval)) in [("short", 1), ("long", 3600)].into_iter().enumerate() {
+        publisher.send(Packet::Publish(Publish {
+            pkid: pkid as u16 + 1,
+            ..Publish::new(
+                &topic,
+                QoS::AtLeastOnce,
+                payload,
+                Some(with_expiry_interval(interval)),
+            )
+        }));
+        assert_eq!(publisher.read().first_byte, 0x40, "PUBACK");
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (mut client, present) = resume(broker.addr(), &id, with_expiry(60));
+    assert!(present);
+    let publish = client.read_publish();
+    assert_eq!(&publish.payload[..], b"long", "the expired one was dropped");
+    let properties = publish
+        .properties
+        .expect("queued messages keep their properties");
+    let left = properties.message_expiry_interval.expect("expiry interval");
+    assert!(
+        (3590..3600).contains(&left),
+        "what is left of 3600 s: {left}"
+    );
+    assert_eq!(
+        PublishProperties {
+            message_expiry_interval: None,
+            ..properties
+        },
+        PublishProperties {
+            message_expiry_interval: None,
+            ..rich_properties()
+        }
+    );
+    assert!(client.try_read(QUIET).is_none(), "nothing else");
+}
+
+#[test]
+fn issue8_retained_messages_keep_properties_and_expire() {
+    let broker = start_broker();
+    let kept = unique_topic("v5/retained-kept");
+    let gone = unique_topic("v5/retained-gone");
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-ret-pub"));
+    for (pkid, (topic, interval)) in [(&kept, 3600), (&gone, 1)].into_iter().enumerate() {
+        publisher.send(Packet::Publish(Publish {
+            pkid: pkid as u16 + 1,
+            retain: true,
+            ..Publish::new(
+                topic,
+                QoS::AtLeastOnce,
+                "r",
+                Some(with_expiry_interval(interval)),
+            )
+        }));
+        assert_eq!(publisher.read().first_byte, 0x40, "PUBACK");
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-ret-sub"));
+    client.subscribe(&gone, QoS::AtLeastOnce);
+    assert!(
+        client.try_read(QUIET).is_none(),
+        "the expired retained message is not sent"
+    );
+    client.subscribe(&kept, QoS::AtLeastOnce);
+    let publish = client.read_publish();
+    assert!(publish.retain);
+    let properties = publish
+        .properties
+        .expect("retained messages keep their properties");
+    assert_eq!(
+        properties.user_properties,
+        rich_properties().user_properties
+    );
+    let left = properties.message_expiry_interval.expect("expiry interval");
+    assert!(
+        (3590..3600).contains(&left),
+        "what is left of 3600 s: {left}"
+    );
+}

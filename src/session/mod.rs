@@ -11,12 +11,13 @@
 //! few, as most do, a hash table past that), and the inbound QoS 2 ids a sorted list searched
 //! by halves, bounded by `limits.incoming_inflight_max`.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::protocol::{ProtocolVersion, QoS};
+use crate::protocol::{Properties, ProtocolVersion, QoS};
 use crate::topic::level_map::LevelMap;
 
 /// One application message on its way to a subscriber. Topic and payload are reference counted:
@@ -27,7 +28,16 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 properties that go out with it (boxed: `None` for a message without any, so
+    /// a plain message allocates nothing for them).
+    pub properties: Option<Box<Properties>>,
+    /// Shard clock second when its Message Expiry Interval runs out (`NEVER`: it has none);
+    /// a queued message past it is dropped [MQTT-3.3.2-5], a sent one carries the rest.
+    pub expires_secs: u32,
 }
+
+/// `Message::expires_secs` of a message without a Message Expiry Interval.
+pub const NEVER: u32 = u32::MAX;
 
 /// A payload shorter than this came in whole with one read, cut out of a shared receive-arena
 /// block (64 KiB, `shard::ARENA_BLOCK`), and keeps the whole block alive while it is held: a
@@ -50,7 +60,40 @@ impl Message {
             payload: Bytes::copy_from_slice(&self.payload),
             qos: self.qos,
             retain: self.retain,
+            properties: self.properties.clone(),
+            expires_secs: self.expires_secs,
         }
+    }
+
+    /// A message routed now with `properties`: kept with it, its expiry counted from now.
+    pub fn with_properties(mut self, properties: Option<&Properties>, now_secs: u64) -> Message {
+        if let Some(properties) = properties {
+            if let Some(interval_secs) = properties.message_expiry_interval {
+                let expires_secs = now_secs.saturating_add(u64::from(interval_secs));
+                self.expires_secs = expires_secs.min(u64::from(NEVER - 1)) as u32;
+            }
+            self.properties = Some(Box::new(properties.clone()));
+        }
+        self
+    }
+
+    /// Its Message Expiry Interval has run out at `now_secs`.
+    pub fn expired(&self, now_secs: u64) -> bool {
+        self.expires_secs != NEVER && now_secs >= u64::from(self.expires_secs)
+    }
+
+    /// The properties to send it with at `now_secs`: its own, with the Message Expiry
+    /// Interval lowered to what is left of it [MQTT-3.3.2-6]; `None` without properties.
+    pub fn properties_at(&self, now_secs: u64) -> Option<Cow<'_, Properties>> {
+        let properties = self.properties.as_deref()?;
+        if self.expires_secs == NEVER {
+            return Some(Cow::Borrowed(properties));
+        }
+        let left_secs = u64::from(self.expires_secs).saturating_sub(now_secs);
+        Some(Cow::Owned(Properties {
+            message_expiry_interval: Some(left_secs as u32),
+            ..properties.clone()
+        }))
     }
 }
 
@@ -447,6 +490,8 @@ mod tests {
             payload: Bytes::from(vec![n]),
             qos,
             retain: false,
+            properties: None,
+            expires_secs: NEVER,
         }
     }
 
@@ -602,6 +647,8 @@ mod tests {
             payload: block.slice(100..116),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: None,
+            expires_secs: NEVER,
         };
         assert!(pins_a_block(&message.payload));
         let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
@@ -679,6 +726,8 @@ mod tests {
             payload: block.slice(10..20),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: None,
+            expires_secs: NEVER,
         };
         let copy = message.unpinned();
         assert_eq!(copy, message);

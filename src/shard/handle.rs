@@ -502,8 +502,11 @@ impl Shard {
         ) else {
             return;
         };
+        let now_secs = self.now_ms / 1000;
         for flight in s.inflight() {
             let m = &flight.message;
+            // Delivery has begun: even an expired one completes, with what is left (0).
+            let properties = m.properties_at(now_secs);
             let encoded = match flight.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
                     protocol::encode_publish(
@@ -515,7 +518,7 @@ impl Shard {
                         m.retain,
                         true,
                         flight.packet_id,
-                        &self.no_properties,
+                        properties.as_deref().unwrap_or(&self.no_properties),
                     )
                 }
                 InflightState::AwaitPubComp => protocol::encode(
@@ -691,7 +694,7 @@ impl Shard {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
-                self.replicate_retained(topic, payload, qos);
+                self.replicate_retained(topic, payload, qos, None);
             } else if !self.retained.contains(topic) && !self.retained_has_room(topic, payload) {
                 // Over retained_max / retained_bytes_max: delivered below, not retained. Only
                 // what this shard accepts is replicated, so every shard holds the same set.
@@ -704,10 +707,13 @@ impl Shard {
                     payload: Bytes::copy_from_slice(payload),
                     qos,
                     retain: true,
-                };
+                    properties: None,
+                    expires_secs: session::NEVER,
+                }
+                .with_properties(properties, self.now_secs());
                 let (copy_topic, copy_payload) = (message.topic.clone(), message.payload.clone());
                 self.retained.set(topic, message);
-                self.replicate_retained(&copy_topic, &copy_payload, qos);
+                self.replicate_retained(&copy_topic, &copy_payload, qos, properties);
             }
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0 (unless
@@ -824,6 +830,7 @@ impl Shard {
         let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
         let inflight_max = self.config.limits.inflight_max;
         let queue_max = self.config.limits.offline_queue_max;
+        let now_secs = self.now_secs();
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
@@ -894,7 +901,10 @@ impl Shard {
             payload: payload.clone(),
             qos,
             retain,
-        };
+            properties: None,
+            expires_secs: session::NEVER,
+        }
+        .with_properties(properties, now_secs);
         let send_now = match live {
             Some((c, version, full)) => {
                 (s.queue_len() == 0 && s.window_open(inflight_max) && !full).then_some((c, version))
@@ -980,6 +990,7 @@ impl Shard {
     /// Moves queued messages into the window while it has room and the outbox is under its
     /// cap: after an ack, a send completion, or a resume.
     pub(super) fn pump(&mut self, session: u32) {
+        let now_secs = self.now_ms / 1000;
         let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
         let inflight_max = self.config.limits.inflight_max;
         loop {
@@ -998,6 +1009,11 @@ impl Shard {
             let Some(message) = s.dequeue(inflight_max) else {
                 return;
             };
+            if message.expired(now_secs) {
+                // [MQTT-3.3.2-5] Expired before its delivery began: deleted.
+                self.stats.dropped_expired += 1;
+                continue;
+            }
             // Queued messages were copied out of the receive blocks already.
             let packet_id = s.start_inflight(message, false);
             // Encoded straight from the copy the window keeps: no reference counts touched.
@@ -1014,6 +1030,7 @@ impl Shard {
                 return;
             };
             let m = &flight.message;
+            let properties = m.properties_at(now_secs);
             let encoded = protocol::encode_publish(
                 outbox,
                 version,
@@ -1023,7 +1040,7 @@ impl Shard {
                 m.retain,
                 false,
                 packet_id,
-                &self.no_properties,
+                properties.as_deref().unwrap_or(&self.no_properties),
             );
             debug_assert!(encoded.is_ok());
             self.stats.messages_out += 1;

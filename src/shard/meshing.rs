@@ -115,7 +115,7 @@ impl Shard {
                 interested,
             } => self.apply_interest(&filter, usize::from(shard), interested),
             MeshMessage::Retained(forward) => {
-                self.store_retained(&forward.topic, &forward.payload, forward.qos);
+                self.store_retained(&forward);
             }
             MeshMessage::Connection(handoff) => self.on_handoff_message(handoff),
             MeshMessage::HandOffLost { ring } => self.on_handoff_lost(usize::from(ring)),
@@ -234,7 +234,13 @@ impl Shard {
     /// same moment may leave shards disagreeing on which came last (each ring is FIFO, but there
     /// is no order across rings). Ordering through a per-topic owner shard would fix it at the
     /// cost of a hop, which would break the visibility-after-PUBACK above without versions.
-    pub(super) fn replicate_retained(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
+    pub(super) fn replicate_retained(
+        &mut self,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        properties: Option<&Properties>,
+    ) {
         if self.shard_count == 1 {
             return;
         }
@@ -243,23 +249,28 @@ impl Shard {
             payload: payload.clone(),
             qos,
             retain: true,
-            properties: None,
+            properties: properties.map(|p| Box::new(p.clone())),
             origin_shard: self.index as u16,
         };
         self.mesh_broadcast(MeshMessage::Retained(forward));
     }
 
     /// Stores a retained message replicated from another shard.
-    fn store_retained(&mut self, topic: &ByteString, payload: &Bytes, qos: QoS) {
-        if payload.is_empty() {
+    fn store_retained(&mut self, forward: &Forward) {
+        let topic = &forward.topic;
+        if forward.payload.is_empty() {
             self.retained.remove(topic);
         } else {
+            // Its expiry counted from its arrival here, a moment after the origin's.
             let message = Message {
                 topic: topic.clone(),
-                payload: payload.clone(),
-                qos,
+                payload: forward.payload.clone(),
+                qos: forward.qos,
                 retain: true,
-            };
+                properties: None,
+                expires_secs: crate::session::NEVER,
+            }
+            .with_properties(forward.properties.as_deref(), self.now_secs());
             self.retained.set(topic, message);
         }
     }

@@ -22,6 +22,8 @@ pub struct ShardStats {
     pub dropped_queue_full: u64,
     /// QoS 0 messages for a persistent session that was offline (not queued).
     pub dropped_offline_qos0: u64,
+    /// Queued messages dropped because their MQTT 5 Message Expiry Interval ran out first.
+    pub dropped_expired: u64,
     /// Times the fixed-file table was full on accept (-ENFILE).
     pub table_full_count: u64,
     /// Multishot recvs ended because the provided-buffer ring was empty (-ENOBUFS).
@@ -86,7 +88,7 @@ impl fmt::Display for ShardStats {
         write!(
             f,
             "connections {} (accepted {}, refused {}, closed {}), messages in {} out {}, \
-             dropped: outbox full {}, queue full {}, offline QoS 0 {}; table full {}, \
+             dropped: outbox full {}, queue full {}, offline QoS 0 {}, expired {}; table full {}, \
              recv ENOBUFS {}, protocol errors {}, accept errors {}, CONNECT too large {}; \
              mesh: pushed {} (overflowed {}, most waiting {}, QoS 0 dropped {}), received {}, \
              wakes {}; hand-offs out {} in {} failed {} (slots lost {}); shared group gone {}; reads paused {}, \
@@ -102,6 +104,7 @@ impl fmt::Display for ShardStats {
             self.dropped_outbox_full,
             self.dropped_queue_full,
             self.dropped_offline_qos0,
+            self.dropped_expired,
             self.table_full_count,
             self.recv_nobufs_count,
             self.protocol_errors,

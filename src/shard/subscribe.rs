@@ -401,8 +401,15 @@ impl Shard {
         });
         (job.retained_count, job.retained_bytes) = (count, bytes);
         let delivered = retained.len();
+        let now_secs = self.now_secs();
         for message in retained.drain(..) {
+            if message.expired(now_secs) {
+                // [MQTT-3.3.2-5] An expired retained message is no longer sent.
+                continue;
+            }
             let qos = message.qos.min(granted);
+            // With what is left of its Message Expiry Interval [MQTT-3.3.2-6].
+            let properties = message.properties_at(now_secs);
             self.deliver(
                 job.session,
                 &message.topic,
@@ -410,7 +417,7 @@ impl Shard {
                 qos,
                 true,
                 false,
-                None,
+                properties.as_deref(),
             );
         }
         // A scratch that once held a crowd does not keep its memory.
