@@ -1113,3 +1113,37 @@ fn issue8_retained_messages_keep_properties_and_expire() {
         "what is left of 3600 s: {left}"
     );
 }
+
+#[test]
+fn issue8_client_receive_maximum_bounds_our_unacknowledged_sends() {
+    // [MQTT-3.3.4-7] No more unacknowledged QoS 1/2 PUBLISHes than the client's Receive Maximum.
+    let broker = start_broker();
+    let topic = unique_topic("v5/recv-max");
+    let properties = ConnectProperties {
+        receive_maximum: Some(2),
+        ..ConnectProperties::new()
+    };
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-recv-max"), true, Some(properties)),
+        None,
+    );
+    assert_eq!(frame.reason_code(), 0);
+    client.subscribe(&topic, QoS::AtLeastOnce);
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-recv-max-pub"));
+    for pkid in 1..=5u16 {
+        publisher.send(Packet::Publish(Publish {
+            pkid,
+            ..Publish::new(&topic, QoS::AtLeastOnce, vec![pkid as u8], None)
+        }));
+    }
+    let first: Vec<Publish> = (0..2).map(|_| client.read_publish()).collect();
+    assert!(client.try_read(QUIET).is_none(), "a third waits for an ack");
+    client.send(Packet::PubAck(rumqttc::v5::mqttbytes::v5::PubAck::new(
+        first[0].pkid,
+        None,
+    )));
+    let third = client.read_publish();
+    assert_eq!(&third.payload[..], &[3]);
+    assert!(client.try_read(QUIET).is_none(), "still two unacknowledged");
+}
