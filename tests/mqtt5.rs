@@ -1147,3 +1147,46 @@ fn issue8_client_receive_maximum_bounds_our_unacknowledged_sends() {
     assert_eq!(&third.payload[..], &[3]);
     assert!(client.try_read(QUIET).is_none(), "still two unacknowledged");
 }
+
+#[test]
+fn issue8_payload_said_to_be_utf8_is_checked() {
+    // Payload Format Indicator 1 with bytes that are not UTF-8: PUBACK 0x99, not delivered;
+    // at QoS 0 (no ack) DISCONNECT 0x99.
+    let broker = start_broker();
+    let topic = unique_topic("v5/utf8");
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-utf8"));
+    client.subscribe(&topic, QoS::AtMostOnce);
+    let utf8 = || {
+        Some(PublishProperties {
+            payload_format_indicator: Some(1),
+            ..PublishProperties::default()
+        })
+    };
+    client.send(Packet::Publish(Publish {
+        pkid: 1,
+        ..Publish::new(&topic, QoS::AtLeastOnce, vec![0xFF, 0xFE], utf8())
+    }));
+    let frame = client.read();
+    assert_eq!(
+        frame.first_byte, 0x40,
+        "PUBACK, nothing delivered first: {frame:?}"
+    );
+    assert_eq!(frame.body[2], 0x99, "Payload format invalid");
+    client.send(Packet::Publish(Publish::new(
+        &topic,
+        QoS::AtMostOnce,
+        "fine ✓",
+        utf8(),
+    )));
+    assert_eq!(client.read_publish().payload, "fine ✓".as_bytes());
+    client.send(Packet::Publish(Publish::new(
+        &topic,
+        QoS::AtMostOnce,
+        vec![0xC0],
+        utf8(),
+    )));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x99);
+    assert!(client.closed());
+}

@@ -562,6 +562,29 @@ impl Shard {
                 self.close(slot, generation, CloseReason::Protocol);
                 return;
             }
+            if publish.properties.payload_format_indicator == Some(1)
+                && std::str::from_utf8(&publish.payload).is_err()
+            {
+                // Said to be UTF-8 and is not: refused with 0x99 (spec 3.3.2.3.2), by the
+                // ack where there is one, or else by DISCONNECT.
+                let code = ReasonCode::PayloadFormatInvalid;
+                match publish.qos {
+                    QoS::AtMostOnce => {
+                        self.close_with(slot, generation, CloseReason::Protocol, Some(code))
+                    }
+                    QoS::AtLeastOnce => self.ack(
+                        slot,
+                        generation,
+                        HeldPacket::PubAck(publish.packet_id, code),
+                    ),
+                    QoS::ExactlyOnce => self.ack(
+                        slot,
+                        generation,
+                        HeldPacket::PubRec(publish.packet_id, code),
+                    ),
+                }
+                return;
+            }
             Some(&publish.properties)
         } else {
             None
