@@ -1190,3 +1190,21 @@ fn issue8_payload_said_to_be_utf8_is_checked() {
     assert_eq!(frame.reason_code(), 0x99);
     assert!(client.closed());
 }
+
+#[test]
+fn issue8_connect_and_a_malformed_packet_in_one_write_get_connack_then_disconnect() {
+    // The CONNACK already in the outbox is not lost to the DISCONNECT (found by the fuzzer).
+    let broker = start_broker();
+    let mut client = V5Client::open(broker.addr());
+    let mut bytes = BytesMut::new();
+    Packet::Connect(connect(&unique_id("v5-one-write"), true, None), None, None)
+        .write(&mut bytes, None)
+        .expect("encodes");
+    bytes.extend_from_slice(&[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
+    client.send_bytes(&bytes);
+    assert_eq!(client.read().reason_code(), 0x00, "CONNACK first");
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "then DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x81);
+    assert!(client.closed());
+}

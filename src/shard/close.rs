@@ -102,10 +102,8 @@ impl Shard {
         }
         let tell = code.filter(|_| conn.state == ConnState::Connected && conn.version.is_v5());
         if let Some(code) = tell {
-            // Only the DISCONNECT is still sent: what the outbox holds would only delay it.
-            if let Some(buffers) = conn.buffers.as_mut() {
-                buffers.outbox.clear();
-            }
+            // After what the outbox holds (the CONNACK may still be in it: a CONNECT and a bad
+            // packet in one read); the flush is bounded by `close_overdue`.
             let disconnect = Disconnect {
                 code,
                 properties: Properties::default(),

@@ -227,12 +227,13 @@ impl Shard {
         }
         // Under 3.1.1 a bad packet just ends the connection; MQTT 5 first sends a DISCONNECT
         // with the reason (0x81 malformed, 0x82 protocol error, 0x95 too large) [MQTT-4.13.1-1].
-        self.close_with(
-            slot,
-            generation,
-            CloseReason::Protocol,
-            Some(error.reason_code()),
-        );
+        let code = match error.reason_code() {
+            // Not a DISCONNECT reason (spec 3.14.2.1): a second CONNECT with an unknown
+            // level is a protocol error.
+            ReasonCode::UnsupportedProtocolVersion => ReasonCode::ProtocolError,
+            code => code,
+        };
+        self.close_with(slot, generation, CloseReason::Protocol, Some(code));
     }
 
     /// Appends one packet to a connection's outbox.
