@@ -1208,3 +1208,87 @@ fn issue8_connect_and_a_malformed_packet_in_one_write_get_connack_then_disconnec
     assert_eq!(frame.reason_code(), 0x81);
     assert!(client.closed());
 }
+
+fn delayed_will(topic: &str, delay_secs: u32) -> LastWill {
+    LastWill::new(
+        topic,
+        "late",
+        QoS::AtMostOnce,
+        false,
+        Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
+            delay_interval: Some(delay_secs),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+#[test]
+fn issue8_will_delay_interval() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/will-delay");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-delay-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+
+    // Delay 2 s, session 60 s: the will waits out the delay (the timer ticks each second).
+    let id = unique_id("v5-delay");
+    let (client, _) = V5Client::connect_with(
+        broker.addr(),
+        connect(&id, true, with_expiry(60)),
+        Some(delayed_will(&topic, 2)),
+    );
+    let gone = Instant::now();
+    drop(client);
+    assert!(
+        watcher.try_read(Duration::from_millis(900)).is_none(),
+        "not before the delay"
+    );
+    let publish = watcher.read_publish();
+    assert_eq!(&publish.payload[..], b"late");
+    assert!(
+        gone.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        gone.elapsed()
+    );
+    assert_eq!(
+        publish.properties.and_then(|p| p.message_expiry_interval),
+        None,
+        "Will Delay Interval is not passed on"
+    );
+
+    // [MQTT-3.1.3-9] Back before the delay: no will.
+    let (client, _) = V5Client::connect_with(
+        broker.addr(),
+        connect(&id, false, with_expiry(60)),
+        Some(delayed_will(&topic, 2)),
+    );
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_back, frame) =
+        V5Client::connect_with(broker.addr(), connect(&id, false, with_expiry(60)), None);
+    assert!(frame.connack().session_present);
+    assert!(
+        watcher.try_read(Duration::from_secs(3)).is_none(),
+        "the will was cancelled"
+    );
+}
+
+#[test]
+fn issue8_will_goes_when_the_session_ends_before_its_delay() {
+    // Will Delay 60 s, Session Expiry 1 s: sent when the session ends.
+    let broker = start_broker();
+    let topic = unique_topic("v5/will-session");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-ws-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+    let (client, _) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-ws"), true, with_expiry(1)),
+        Some(delayed_will(&topic, 60)),
+    );
+    drop(client);
+    assert_eq!(&watcher.read_publish().payload[..], b"late");
+}

@@ -145,7 +145,7 @@ impl Shard {
         }
         if reason.publishes_will() {
             if let Some(will) = will {
-                self.publish_will(*will);
+                self.publish_or_delay_will(session, will);
             }
         }
         self.maybe_release(slot, generation);

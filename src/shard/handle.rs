@@ -374,6 +374,10 @@ impl Shard {
         {
             self.close(old.slot, old.generation, CloseReason::TakenOver);
         }
+        if let Some(index) = self.sessions.find(&client_id) {
+            // [MQTT-3.1.3-9] Back before its will's delay ran out: no will.
+            self.cancel_delayed_will(index);
+        }
         let (session, session_present) = match self.sessions.find(&client_id) {
             Some(index) if !connect.clean_start => {
                 // [MQTT-3.2.2-3] Resumed: session present. The new connection sets how long

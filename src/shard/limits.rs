@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::protocol::LastWill;
 use crate::session::Session;
 
 use super::{Sessions, Shard};
@@ -105,6 +106,58 @@ impl ExpiryQueue {
 }
 
 impl Shard {
+    /// A will whose connection ended: published now, or, with an MQTT 5 Will Delay Interval
+    /// and a session that outlives the connection, once the delay has passed (or the session
+    /// ended) unless the client came back first [MQTT-3.1.3-9].
+    pub(super) fn publish_or_delay_will(&mut self, session: u32, will: Box<LastWill>) {
+        let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
+        let persists = self.sessions.get(session).is_some();
+        if delay_secs == 0 || !persists {
+            self.publish_will(*will);
+            return;
+        }
+        let due_secs = self.now_secs() + u64::from(delay_secs);
+        self.delayed_wills.push((due_secs, session, will));
+    }
+
+    /// The client of `session` is back: its delayed will is not sent.
+    pub(super) fn cancel_delayed_will(&mut self, session: u32) {
+        if !self.delayed_wills.is_empty() {
+            self.delayed_wills.retain(|(_, s, _)| *s != session);
+        }
+    }
+
+    /// The session ends: its delayed will, if any, goes now.
+    fn publish_delayed_will(&mut self, session: u32) {
+        if let Some(at) = self
+            .delayed_wills
+            .iter()
+            .position(|(_, s, _)| *s == session)
+        {
+            let (_, _, will) = self.delayed_wills.swap_remove(at);
+            self.publish_will(*will);
+        }
+    }
+
+    /// Wills whose delay has passed, on the timer tick.
+    pub(super) fn publish_due_wills(&mut self) {
+        if self.delayed_wills.is_empty() {
+            return;
+        }
+        let now_secs = self.now_secs();
+        let mut wills = std::mem::take(&mut self.delayed_wills);
+        let mut index = 0;
+        while index < wills.len() {
+            if wills[index].0 <= now_secs {
+                let (_, _, will) = wills.swap_remove(index);
+                self.publish_will(*will);
+            } else {
+                index += 1;
+            }
+        }
+        self.delayed_wills.append(&mut wills);
+    }
+
     /// Counts a limit hit and logs it the first time on this shard.
     pub(super) fn limit_hit(&mut self, hit: LimitHit) {
         let stats = &mut self.stats;
@@ -162,6 +215,8 @@ impl Shard {
                 .and_then(deadline_secs)
                 .is_some_and(|deadline_secs| deadline_secs <= now_secs);
             if due {
+                // [MQTT-3.1.3-9] The session ends: a will still waiting goes now.
+                self.publish_delayed_will(session);
                 self.clear_subscriptions(session);
                 self.sessions.remove(session);
                 self.peers.release_session();

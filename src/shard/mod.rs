@@ -170,6 +170,9 @@ pub struct Shard {
     group_ids: Vec<u32>,
     /// Scratch for the timer sweep.
     expired: Vec<(u32, u32, CloseReason)>,
+    /// MQTT 5 wills waiting out their Will Delay Interval: (due second, session, will). Few
+    /// and short-lived, so a list scanned per tick (`limits.rs`).
+    delayed_wills: Vec<(u64, u32, Box<crate::protocol::LastWill>)>,
     /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
     qos0_encoded: [BytesMut; 4],
     qos0_ready: [bool; 4],
@@ -272,6 +275,7 @@ impl Shard {
             publisher: conn::NO_SESSION,
             group_ids: Vec::new(),
             expired: Vec::new(),
+            delayed_wills: Vec::new(),
             qos0_encoded: Default::default(),
             qos0_ready: [false; 4],
             unpinned: None,
@@ -538,6 +542,7 @@ impl Shard {
         }
         self.expired = expired;
         self.expire_sessions();
+        self.publish_due_wills();
     }
 
     /// Stop: every connection is shut down without wills (the broker is going away, not the
