@@ -1,16 +1,17 @@
-//! MQTT 3.1.1 (and 3.1) behaviour of a shard: one `match` on each decoded packet, then the
-//! leaves: CONNECT (auth, client id, take-over, session resume), PUBLISH in (QoS 0/1/2,
-//! retained, exactly once), routing out (dedupe, shared groups, encode once), acks, SUBSCRIBE
-//! and UNSUBSCRIBE, wills. Writes only to outboxes; the loop turn sends them.
+//! MQTT 3.1.1, 3.1 and 5.0 behaviour of a shard: one `match` on each decoded packet, then the
+//! leaves: PUBLISH in (QoS 0/1/2, retained, exactly once, MQTT 5 properties), routing out
+//! (dedupe, subscription options, shared groups, encode once), acks, wills. CONNECT and
+//! DISCONNECT are in `connect.rs`, SUBSCRIBE and UNSUBSCRIBE in `subscribe.rs`. Writes only to
+//! outboxes; the loop turn sends them.
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::protocol::{
-    self, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, Properties, ProtocolVersion,
-    PubAck, Publish, QoS, ReasonCode,
+    self, DecodeError, LastWill, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS,
+    ReasonCode,
 };
-use crate::session::{self, ConnRef, Enqueued, IncomingQos2, InflightState, Message, Session};
+use crate::session::{self, ConnRef, Enqueued, IncomingQos2, InflightState, Message};
 
 use super::conn::NO_SESSION;
 use super::conn::{ConnState, Conns, Pools};
@@ -48,37 +49,6 @@ fn outbox_in<'a>(
     Some((&mut buffers.outbox, version))
 }
 
-/// How long a session outlives its connection, in seconds (`u32::MAX`: for ever; 0: it ends
-/// with the connection), and whether the broker shortened what the client asked for.
-struct SessionExpiry {
-    secs: u32,
-    capped: bool,
-}
-
-/// 3.1.1: clean session 0 keeps the session for `persistent_session_expiry_secs` (0 there:
-/// for ever). MQTT 5: the client's Session Expiry Interval (absent: 0 [MQTT-3.1.2-11];
-/// 0xFFFFFFFF: never), capped by `persistent_session_expiry_secs` when that is set (the
-/// CONNACK then says so [MQTT-3.2.2-3]).
-fn session_expiry(connect: &Connect, expiry_max_secs: u32) -> SessionExpiry {
-    let max_secs = if expiry_max_secs == 0 {
-        u32::MAX
-    } else {
-        expiry_max_secs
-    };
-    if !connect.protocol.is_v5() {
-        let secs = if connect.clean_start { 0 } else { max_secs };
-        return SessionExpiry {
-            secs,
-            capped: false,
-        };
-    }
-    let asked_secs = connect.properties.session_expiry_interval.unwrap_or(0);
-    SessionExpiry {
-        secs: asked_secs.min(max_secs),
-        capped: asked_secs > max_secs,
-    }
-}
-
 /// PUBACK/PUBREC's reason: MQTT 5 tells a publisher nobody subscribed (0x10, still a success
 /// [MQTT-3.4.2.1]); 3.1.1 has no code.
 fn publish_ack_code(v5: bool, matched: bool) -> ReasonCode {
@@ -90,7 +60,7 @@ fn publish_ack_code(v5: bool, matched: bool) -> ReasonCode {
 }
 
 /// A copy of a string that shares no receive buffer, for state that outlives the turn.
-fn unpinned_string(text: &ByteString) -> ByteString {
+pub(super) fn unpinned_string(text: &ByteString) -> ByteString {
     ByteString::from(&**text)
 }
 
@@ -172,43 +142,6 @@ impl Shard {
         }
     }
 
-    /// The client leaves. MQTT 5: reason 0x04 keeps the will, and the Session Expiry
-    /// Interval may change, but not from 0 [MQTT-3.14.2-2].
-    fn on_disconnect(&mut self, slot: u32, generation: u32, disconnect: &Disconnect) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        let session = conn.session;
-        if let Some(expiry_secs) = disconnect.properties.session_expiry_interval {
-            let Some(s) = self.sessions.get_mut(session) else {
-                return;
-            };
-            if s.clean_session && expiry_secs != 0 {
-                self.close(slot, generation, CloseReason::Protocol);
-                return;
-            }
-            let max_secs = match self.config.limits.persistent_session_expiry_secs {
-                0 => u32::MAX,
-                max_secs => max_secs,
-            };
-            s.session_expiry_secs = expiry_secs.min(max_secs);
-            if expiry_secs == 0 && !s.clean_session {
-                // Ends with this connection now: no longer under sessions_max.
-                s.clean_session = true;
-                self.peers.release_session();
-            }
-        }
-        if disconnect.code == ReasonCode::DisconnectWithWillMessage {
-            self.close(slot, generation, CloseReason::DisconnectWithWill);
-            return;
-        }
-        // [MQTT-3.14.4-3] A normal DISCONNECT discards the will.
-        if let Some(conn) = self.conns.get_mut(slot, generation) {
-            conn.will = None;
-        }
-        self.close(slot, generation, CloseReason::Disconnect);
-    }
-
     pub(super) fn on_decode_error(&mut self, slot: u32, generation: u32, error: DecodeError) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
@@ -252,249 +185,9 @@ impl Shard {
         debug_assert!(encoded.is_ok(), "encoding {packet:?}: {encoded:?}");
     }
 
-    /// CONNACK with a failure code, then close once it is sent.
-    fn refuse(&mut self, slot: u32, generation: u32, version: ProtocolVersion, code: ReasonCode) {
-        if let Some(conn) = self.conns.get_mut(slot, generation) {
-            conn.version = version;
-        }
-        let ack = ConnAck {
-            session_present: false,
-            code,
-            properties: Default::default(),
-        };
-        self.write(slot, generation, &Packet::ConnAck(ack));
-        self.stats.connections_refused += 1;
-        self.close(slot, generation, CloseReason::Refused);
-    }
-
-    fn authenticate(&self, connect: &Connect) -> ReasonCode {
-        let allow_anonymous = self.config.allow_anonymous;
-        match (&connect.username, &self.auth) {
-            (Some(username), Some(auth)) => {
-                let password = connect.password.as_deref().unwrap_or(&[]);
-                if auth.check(username, password) {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::BadUserNameOrPassword
-                }
-            }
-            (Some(_), None) | (None, _) => {
-                if allow_anonymous {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::NotAuthorized
-                }
-            }
-        }
-    }
-
-    fn on_connect(&mut self, slot: u32, generation: u32, connect: Box<Connect>) {
-        let version = connect.protocol;
-        let v5 = version.is_v5();
-        // Copied out of the receive arena: a session can live for days, and a slice would pin
-        // the whole arena block it came in.
-        let mut client_id: Box<str> = (*connect.client_id).into();
-        crate::broker::panic_if_test_asks(&client_id);
-        let assigned = client_id.is_empty();
-        if assigned {
-            if !connect.clean_start && !v5 {
-                // [MQTT-3.1.3-8] Under 3.1.1 a zero-length client id needs clean session 1.
-                self.refuse(
-                    slot,
-                    generation,
-                    version,
-                    ReasonCode::ClientIdentifierNotValid,
-                );
-                return;
-            }
-            // [MQTT-3.1.3-6] Assign one, homed on this shard so the client stays here (MQTT 5
-            // returns it in CONNACK [MQTT-3.1.3-7]).
-            loop {
-                self.next_client_number += 1;
-                client_id = format!("ringmq-{}-{}", self.index, self.next_client_number).into();
-                if crate::mesh::home_shard(client_id.as_bytes(), self.shard_count) == self.index {
-                    break;
-                }
-            }
-        }
-        if connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is supported yet [MQTT-4.12.0-1].
-            self.refuse(
-                slot,
-                generation,
-                version,
-                ReasonCode::BadAuthenticationMethod,
-            );
-            return;
-        }
-        let code = self.authenticate(&connect);
-        if code != ReasonCode::Success {
-            self.refuse(slot, generation, version, code);
-            return;
-        }
-        let expiry = session_expiry(&connect, self.config.limits.persistent_session_expiry_secs);
-        // Whether the session outlives the connection: 3.1.1 clean session 0, or MQTT 5 with
-        // a Session Expiry Interval above 0 [MQTT-3.1.2-23].
-        let persistent = expiry.secs > 0;
-        // sessions_max bounds persistent sessions, which outlive connections; resuming one
-        // creates nothing. (A clean session lives only as long as its connection, which
-        // connections_max bounds.)
-        let creates_persistent = persistent
-            && self
-                .sessions
-                .find(&client_id)
-                .and_then(|index| self.sessions.get(index))
-                .is_none_or(|s| s.clean_session);
-        if creates_persistent && !self.peers.admit_session(self.config.limits.sessions_max) {
-            self.limit_hit(LimitHit::Sessions);
-            let code = if v5 {
-                ReasonCode::QuotaExceeded
-            } else {
-                ReasonCode::ServerUnavailable
-            };
-            self.refuse(slot, generation, version, code);
-            return;
-        }
-        // connections_max holds for the whole broker: the count is shared by the shards.
-        if !self.peers.admit(self.config.limits.connections_max) {
-            if creates_persistent {
-                self.peers.release_session();
-            }
-            // 3.1.1 encodes both as return code 3.
-            self.refuse(slot, generation, version, ReasonCode::ServerBusy);
-            return;
-        }
-        // [MQTT-3.1.4-2] Take-over: the connection holding this client id is closed (its will
-        // published; an MQTT 5 client first gets DISCONNECT 0x8E). Detaching destroys its
-        // session if that was clean.
-        if let Some(old) = self
-            .sessions
-            .find(&client_id)
-            .and_then(|s| self.sessions.get(s)?.conn)
-        {
-            self.close(old.slot, old.generation, CloseReason::TakenOver);
-        }
-        if let Some(index) = self.sessions.find(&client_id) {
-            // [MQTT-3.1.3-9] Back before its will's delay ran out: no will.
-            self.cancel_delayed_will(index);
-        }
-        let (session, session_present) = match self.sessions.find(&client_id) {
-            Some(index) if !connect.clean_start => {
-                // [MQTT-3.2.2-3] Resumed: session present. The new connection sets how long
-                // the session outlives it.
-                if let Some(s) = self.sessions.get_mut(index) {
-                    if !s.clean_session && !persistent {
-                        self.peers.release_session();
-                    }
-                    s.version = version;
-                    s.clean_session = !persistent;
-                    s.session_expiry_secs = expiry.secs;
-                }
-                (index, true)
-            }
-            Some(index) => {
-                // [MQTT-3.1.2-6] [MQTT-3.1.2-4] Clean session / clean start 1 discards the
-                // previous session.
-                self.clear_subscriptions(index);
-                if let Some(s) = self.sessions.get_mut(index) {
-                    if !s.clean_session && !persistent {
-                        self.peers.release_session();
-                    }
-                    s.reset(!persistent, version);
-                    s.session_expiry_secs = expiry.secs;
-                }
-                (index, false)
-            }
-            None => {
-                let mut session = Session::new(client_id.clone(), !persistent, version);
-                session.session_expiry_secs = expiry.secs;
-                (self.sessions.insert(session), false)
-            }
-        };
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            self.peers.release();
-            self.detach_session(session);
-            return;
-        };
-        conn.state = ConnState::Connected;
-        conn.session = session;
-        conn.version = version;
-        conn.keepalive_secs = super::timer::effective_keepalive_secs(
-            connect.keepalive_secs,
-            self.config.limits.keepalive_max_secs,
-        );
-        let keepalive_secs = conn.keepalive_secs;
-        conn.will = connect.will.as_ref().map(|will| {
-            Box::new(LastWill {
-                topic: unpinned_string(&will.topic),
-                payload: Bytes::copy_from_slice(&will.payload),
-                qos: will.qos,
-                retain: will.retain,
-                properties: will.properties.clone(),
-            })
-        });
-        if let Some(s) = self.sessions.get_mut(session) {
-            s.conn = Some(ConnRef { slot, generation });
-            // [MQTT-3.1.2-21] Absent: 65,535. It bounds our QoS 1/2 sends (`window_open`).
-            s.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-            s.topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
-        }
-        self.stats.connections += 1;
-        let properties = if v5 {
-            self.connack_properties(
-                &connect,
-                assigned.then_some(&*client_id),
-                keepalive_secs,
-                expiry.capped.then_some(expiry.secs),
-            )
-        } else {
-            Default::default()
-        };
-        let ack = ConnAck {
-            session_present,
-            code: ReasonCode::Success,
-            properties,
-        };
-        self.write(slot, generation, &Packet::ConnAck(ack));
-        if session_present {
-            self.resend_inflight(session, slot, generation);
-            self.pump(session);
-        }
-    }
-
-    /// What an MQTT 5 CONNACK tells the client about the broker (spec 3.2.2.3): the limits it
-    /// holds the client to, and the features it lacks.
-    fn connack_properties(
-        &self,
-        connect: &Connect,
-        assigned_client_id: Option<&str>,
-        keepalive_secs: u16,
-        session_expiry_secs: Option<u32>,
-    ) -> Properties {
-        let limits = &self.config.limits;
-        Properties {
-            session_expiry_interval: session_expiry_secs,
-            // Our bound on the client's unacknowledged QoS 1/2 PUBLISHes [MQTT-3.3.4-9].
-            receive_maximum: Some(limits.incoming_inflight_max.max(1)),
-            maximum_qos: (limits.qos_max < 2).then_some(limits.qos_max),
-            retain_available: Some(1),
-            maximum_packet_size: Some(limits.packet_size_max),
-            assigned_client_identifier: assigned_client_id.map(ByteString::from),
-            // Topic aliases are not supported yet: 0 tells the client to send none
-            // [MQTT-3.2.2-17].
-            topic_alias_maximum: Some(0),
-            wildcard_subscription_available: Some(1),
-            subscription_identifier_available: Some(0),
-            shared_subscription_available: Some(1),
-            // [MQTT-3.2.2-21] The client must use the server's keep alive when it is sent.
-            server_keep_alive: (keepalive_secs != connect.keepalive_secs).then_some(keepalive_secs),
-            ..Properties::default()
-        }
-    }
-
     /// On resume, messages still unacknowledged go out again, in order: PUBLISH with DUP=1,
     /// or PUBREL for those the client already received [MQTT-4.4.0-1].
-    fn resend_inflight(&mut self, session: u32, slot: u32, generation: u32) {
+    pub(super) fn resend_inflight(&mut self, session: u32, slot: u32, generation: u32) {
         let Some(s) = self.sessions.get(session) else {
             return;
         };

@@ -12,13 +12,15 @@
 //!
 //! This file is the loop: the shard's state, its turn and the completions' dispatch, the
 //! wake-ups and the timer's sweep, the stop. Reading is in `recv.rs`, writing in `send.rs`,
-//! closing in `close.rs`, accepting in `accept.rs`; MQTT handling in `handle.rs`, mesh
-//! routing in `meshing.rs`, the session table in `sessions.rs`.
+//! closing in `close.rs`, accepting in `accept.rs`; MQTT handling in `handle.rs` (CONNECT and
+//! DISCONNECT in `connect.rs`, SUBSCRIBE in `subscribe.rs`), mesh routing in `meshing.rs`, the
+//! session table in `sessions.rs`, session expiry and delayed wills in `limits.rs`.
 
 mod accept;
 mod backpressure;
 mod close;
 pub mod conn;
+mod connect;
 mod handle;
 mod handoff;
 mod held;
