@@ -1,6 +1,7 @@
 //! Bounds on what clients make a shard hold (issue 7), apart from the data path: the limits'
-//! counters and their one log line each, and the expiry of persistent sessions whose client
-//! stayed away.
+//! counters and their one log line each, the expiry of persistent sessions whose client
+//! stayed away, and MQTT 5 wills waiting out their Will Delay Interval (at most one per
+//! session: a return cancels it, the session's end sends it).
 //!
 //! Expiry without a sweep of every session: a persistent session that loses its connection
 //! is queued with its deadline (its own `session_expiry_secs`: MQTT 5 clients each say how
