@@ -220,6 +220,24 @@ fn bind_listener(addr: SocketAddr, send_buffer_bytes: u32) -> io::Result<TcpList
     Ok(socket.into())
 }
 
+/// Fails when another socket already listens on `addr`. The shards' listeners share their
+/// port through SO_REUSEPORT, which would also let them join a group another process (a
+/// second ringmq, same user) holds, silently splitting its clients; a socket without
+/// SO_REUSEPORT cannot bind there, so a brief bind of one tells.
+fn check_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e} (is another broker running there?)"),
+        )
+    })
+}
+
 /// Fixed-file slots per ring: the configured number, or the open-file limit minus a headroom.
 pub fn ring_files(config: &Config) -> u32 {
     if config.ring_files_max > 0 {
@@ -257,6 +275,7 @@ impl Broker {
             );
         }
 
+        check_port_free(config.listen)?;
         let first = bind_listener(config.listen, config.socket_send_buffer_bytes)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];

@@ -209,6 +209,23 @@ fn issue_7_a_panic_in_the_failed_shards_cleanup_neither_hangs_nor_aborts() {
     assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
 }
 
+/// Every shard's listener sets SO_REUSEPORT, which would let a second broker (same user) join
+/// the first one's port and silently take half its new clients: it must refuse to start.
+#[test]
+fn a_second_broker_on_the_same_port_refuses_to_start() {
+    let broker = Ringmq::start(&["--shards", "2"]);
+    let listen = broker.addr.to_string();
+    let (code, stderr) = refused_start(&["--listen", &listen, "--shards", "2"]);
+    assert_ne!(code, Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("another broker"), "stderr: {stderr}");
+    assert_eq!(
+        connack_code(broker.addr, None),
+        0,
+        "the first broker still serves"
+    );
+    broker.stop();
+}
+
 #[test]
 fn password_file_and_allow_anonymous_flags() {
     // The fixture was written by mosquitto_passwd (see src/auth.rs): alice / alice-secret.
