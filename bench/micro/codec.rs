@@ -55,7 +55,6 @@ fn main() {
         let name = format!("encode_publish {v} qos0");
         if selected(&name) {
             let mut out = BytesMut::with_capacity(256);
-            let none = Properties::default();
             report(&name, PACKET_COUNT * ROUNDS, || {
                 for _ in 0..PACKET_COUNT * ROUNDS {
                     out.clear();
@@ -69,7 +68,7 @@ fn main() {
                         false,
                         false,
                         0,
-                        &none,
+                        None,
                     )
                     .expect("encodes");
                     black_box(&out);
@@ -87,7 +86,7 @@ fn publish(qos: QoS, packet_id: u16, payload: &Bytes, properties: Properties) ->
         topic: ByteString::from("sensors/room-1/temperature"),
         packet_id,
         payload: payload.clone(),
-        properties,
+        properties: properties.into(),
     })
 }
 

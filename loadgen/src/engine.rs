@@ -20,8 +20,8 @@ use bytestring::ByteString;
 use hdrhistogram::Histogram;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use ringmq::protocol::{
-    decode, encode, encode_publish, Connect, Disconnect, Packet, Properties, PubAck, QoS,
-    Subscribe, SubscriptionOptions,
+    decode, encode, encode_publish, Connect, Disconnect, Packet, Props, PubAck, QoS, Subscribe,
+    SubscriptionOptions,
 };
 use ringmq::ring::BufRing;
 
@@ -243,7 +243,6 @@ pub struct Worker {
     shared: Arc<Shared>,
     me: usize,
     payload: Vec<u8>,
-    no_properties: Properties,
     next_to_open: usize,
     handshakes: u32,
     ramp: Schedule,
@@ -465,7 +464,6 @@ impl Worker {
             shared,
             me,
             payload,
-            no_properties: Properties::default(),
             next_to_open: 0,
             handshakes: 0,
             ramp: Schedule::new(now, ramp_rate, 1),
@@ -802,7 +800,7 @@ impl Worker {
         }
         let settings = Arc::clone(&self.settings);
         let conn = &mut self.conns[c];
-        let mut properties = Properties::default();
+        let mut properties = Props::NONE;
         if settings.version.is_v5() {
             // Receive Maximum 65535: a broker's default window must not throttle the run.
             properties.receive_maximum = Some(u16::MAX);
@@ -912,7 +910,7 @@ impl Worker {
                                 ..SubscriptionOptions::default()
                             },
                         )],
-                        properties: Properties::default(),
+                        properties: Props::NONE,
                     });
                     if let Err(e) = encode(&subscribe, version, &mut self.conns[c].outbox) {
                         self.connect_failed(c, format!("encoding SUBSCRIBE: {e:?}"));
@@ -1197,7 +1195,7 @@ impl Worker {
             false,
             false,
             packet_id,
-            &self.no_properties,
+            None,
         );
         if let Err(e) = result {
             self.count_error(format!("encoding PUBLISH: {e:?}"));

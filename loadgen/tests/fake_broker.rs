@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ringmq::protocol::{
-    decode, encode, encode_publish, ConnAck, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+    decode, encode, encode_publish, ConnAck, Packet, Props, ProtocolVersion, QoS, ReasonCode,
     SubAck,
 };
 use ringmq_loadgen::stamp::Stamp;
@@ -69,7 +69,7 @@ fn forward(subscribers: &Subscribers, topic: &str, payload: &[u8], copies: usize
             false,
             false,
             0,
-            &Properties::default(),
+            None,
         )
         .unwrap();
     }
@@ -114,7 +114,7 @@ fn serve(mut stream: TcpStream, subscribers: Subscribers, faults: Arc<Faults>, h
                         &Packet::ConnAck(ConnAck {
                             session_present: false,
                             code,
-                            properties: Properties::default(),
+                            properties: Props::NONE,
                         }),
                     );
                 }
@@ -129,7 +129,7 @@ fn serve(mut stream: TcpStream, subscribers: Subscribers, faults: Arc<Faults>, h
                         &Packet::SubAck(SubAck {
                             packet_id: s.packet_id,
                             codes: vec![ReasonCode::GRANTED_QOS0],
-                            properties: Properties::default(),
+                            properties: Props::NONE,
                         }),
                     );
                 }

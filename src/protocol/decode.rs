@@ -12,7 +12,7 @@ use super::packet::{
     Auth, ConnAck, Connect, Disconnect, LastWill, Packet, ProtocolVersion, PubAck, Publish, QoS,
     SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use super::properties::Properties;
+use super::properties::{Properties, Props};
 use super::reason::ReasonCode;
 
 /// Takes one whole packet off the front of `buf`, advancing it; `Ok(None)` when `buf` ends
@@ -179,7 +179,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     let properties = if v5 {
         decode_properties(r, ctx::CONNECT)?
     } else {
-        Properties::default()
+        Props::NONE
     };
     if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
         return Err(DecodeError::ProtocolError(
@@ -191,7 +191,7 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         let properties = if v5 {
             decode_properties(r, ctx::WILL)?
         } else {
-            Properties::default()
+            Props::NONE
         };
         let topic = r.topic_name()?;
         if topic.is_empty() {
@@ -256,7 +256,7 @@ fn decode_connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     let properties = if v5 {
         decode_properties(r, ctx::CONNACK)?
     } else {
-        Properties::default()
+        Props::NONE
     };
     Ok(ConnAck {
         session_present: ack_flags & 0x01 != 0,
@@ -276,7 +276,7 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
     let properties = if v5 {
         decode_properties(r, ctx::PUBLISH)?
     } else {
-        Properties::default()
+        Props::NONE
     };
     // [MQTT-4.7.3-1]; MQTT 5 3.3.2.1: empty only when a Topic Alias names the topic.
     if topic.is_empty() && properties.topic_alias.is_none() {
@@ -314,13 +314,13 @@ fn decode_reason_and_properties(
     r: &mut Reader,
     codes: &[u8],
     context: u16,
-) -> Result<(ReasonCode, Properties), DecodeError> {
+) -> Result<(ReasonCode, Props), DecodeError> {
     if r.is_empty() {
-        return Ok((ReasonCode::Success, Properties::default()));
+        return Ok((ReasonCode::Success, Props::NONE));
     }
     let code = reason_code(r.u8()?, codes)?;
     if r.is_empty() {
-        return Ok((code, Properties::default()));
+        return Ok((code, Props::NONE));
     }
     Ok((code, decode_properties(r, context)?))
 }
@@ -330,7 +330,7 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
     let properties = if v5 {
         decode_properties(r, ctx::SUBSCRIBE)?
     } else {
-        Properties::default()
+        Props::NONE
     };
     // [MQTT-3.8.3-3]
     if r.is_empty() {
@@ -375,7 +375,7 @@ fn decode_suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let (properties, allowed) = if v5 {
         (decode_properties(r, ctx::SUBACK)?, SUBACK_CODES)
     } else {
-        (Properties::default(), SUBACK_CODES_V3)
+        (Props::NONE, SUBACK_CODES_V3)
     };
     let codes = reason_codes(r, allowed)?;
     Ok(SubAck {
@@ -404,7 +404,7 @@ fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeErr
     let properties = if v5 {
         decode_properties(r, ctx::UNSUBSCRIBE)?
     } else {
-        Properties::default()
+        Props::NONE
     };
     // [MQTT-3.10.3-2]
     if r.is_empty() {
@@ -427,7 +427,7 @@ fn decode_unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
         return Ok(UnsubAck {
             packet_id,
             codes: Vec::new(),
-            properties: Properties::default(),
+            properties: Props::NONE,
         });
     }
     let properties = decode_properties(r, ctx::UNSUBACK)?;
@@ -491,11 +491,11 @@ pub(crate) mod ctx {
 /// Reads a property length and the properties it covers, refusing any property not allowed in
 /// `context`, any duplicate (but User Property, and Subscription Identifier on PUBLISH), and any
 /// value out of range.
-fn decode_properties(r: &mut Reader, context: u16) -> Result<Properties, DecodeError> {
+fn decode_properties(r: &mut Reader, context: u16) -> Result<Props, DecodeError> {
     let len = r.var_int()? as usize;
     let block = r.take(len)?;
     if block.is_empty() {
-        return Ok(Properties::default());
+        return Ok(Props::NONE);
     }
     let mut p = Reader {
         bytes: block,
@@ -571,7 +571,7 @@ fn decode_properties(r: &mut Reader, context: u16) -> Result<Properties, DecodeE
             _ => return Err(DecodeError::UnknownProperty(id)),
         }
     }
-    Ok(props)
+    Ok(Props::from(props))
 }
 
 fn set<T>(slot: &mut Option<T>, value: T, id: u8) -> Result<(), DecodeError> {

@@ -30,7 +30,7 @@ pub fn encode<B: BufMut>(
             p.retain,
             p.dup,
             p.packet_id,
-            &p.properties,
+            p.properties.get(),
         );
     }
     encode_frame(out, first_byte(packet), &PacketBody { packet, version })
@@ -49,7 +49,7 @@ pub fn encode_publish<B: BufMut>(
     retain: bool,
     dup: bool,
     packet_id: u16,
-    properties: &Properties,
+    properties: Option<&Properties>,
 ) -> Result<(), EncodeError> {
     // [MQTT-3.3.1-2]
     if dup && qos == QoS::AtMostOnce {
@@ -140,14 +140,17 @@ struct PublishBody<'a> {
     payload: &'a [u8],
     qos: QoS,
     packet_id: u16,
-    properties: &'a Properties,
+    /// `None`: no properties.
+    properties: Option<&'a Properties>,
 }
 
 impl Body for PublishBody<'_> {
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         let v5 = self.version.is_v5();
         // [MQTT-4.7.3-1]; MQTT 5 3.3.2.1: empty only when a Topic Alias names the topic.
-        if self.topic.is_empty() && !(v5 && self.properties.topic_alias.is_some()) {
+        if self.topic.is_empty()
+            && !(v5 && self.properties.is_some_and(|p| p.topic_alias.is_some()))
+        {
             return Err(EncodeError::Invalid(
                 "an empty topic name without a topic alias",
             ));
@@ -183,7 +186,7 @@ impl Body for PacketBody<'_> {
                     connack_return_code(ack.code)
                 });
                 if v5 {
-                    write_properties(s, &ack.properties)?;
+                    write_properties(s, ack.properties.get())?;
                 }
                 Ok(())
             }
@@ -193,7 +196,7 @@ impl Body for PacketBody<'_> {
                 payload: &p.payload,
                 qos: p.qos,
                 packet_id: p.packet_id,
-                properties: &p.properties,
+                properties: p.properties.get(),
             }
             .write(s),
             Packet::PubAck(ack)
@@ -203,7 +206,7 @@ impl Body for PacketBody<'_> {
             Packet::Subscribe(sub) => {
                 write_packet_id(s, sub.packet_id)?;
                 if v5 {
-                    write_properties(s, &sub.properties)?;
+                    write_properties(s, sub.properties.get())?;
                 }
                 // [MQTT-3.8.3-3]
                 if sub.filters.is_empty() {
@@ -218,7 +221,7 @@ impl Body for PacketBody<'_> {
             Packet::SubAck(ack) => {
                 write_packet_id(s, ack.packet_id)?;
                 if v5 {
-                    write_properties(s, &ack.properties)?;
+                    write_properties(s, ack.properties.get())?;
                 }
                 for &code in &ack.codes {
                     s.put_u8(if v5 {
@@ -232,7 +235,7 @@ impl Body for PacketBody<'_> {
             Packet::Unsubscribe(unsub) => {
                 write_packet_id(s, unsub.packet_id)?;
                 if v5 {
-                    write_properties(s, &unsub.properties)?;
+                    write_properties(s, unsub.properties.get())?;
                 }
                 // [MQTT-3.10.3-2]
                 if unsub.filters.is_empty() {
@@ -246,7 +249,7 @@ impl Body for PacketBody<'_> {
             Packet::UnsubAck(ack) => {
                 write_packet_id(s, ack.packet_id)?;
                 if v5 {
-                    write_properties(s, &ack.properties)?;
+                    write_properties(s, ack.properties.get())?;
                     for &code in &ack.codes {
                         s.put_u8(code as u8);
                     }
@@ -256,7 +259,7 @@ impl Body for PacketBody<'_> {
             Packet::PingReq | Packet::PingResp => Ok(()),
             Packet::Disconnect(disconnect) => {
                 if v5 {
-                    write_reason_and_properties(s, disconnect.code, &disconnect.properties)?;
+                    write_reason_and_properties(s, disconnect.code, disconnect.properties.get())?;
                 }
                 Ok(())
             }
@@ -264,7 +267,7 @@ impl Body for PacketBody<'_> {
                 if !v5 {
                     return Err(EncodeError::Invalid("AUTH exists only in MQTT 5"));
                 }
-                write_reason_and_properties(s, auth.code, &auth.properties)
+                write_reason_and_properties(s, auth.code, auth.properties.get())
             }
         }
     }
@@ -309,12 +312,12 @@ fn write_connect<S: Sink>(s: &mut S, connect: &Connect) -> Result<(), EncodeErro
     s.put_u8(flags);
     s.put_u16(connect.keepalive_secs);
     if v5 {
-        write_properties(s, &connect.properties)?;
+        write_properties(s, connect.properties.get())?;
     }
     write_string(s, &connect.client_id)?;
     if let Some(will) = &connect.will {
         if v5 {
-            write_properties(s, &will.properties)?;
+            write_properties(s, will.properties.get())?;
         }
         write_string(s, &will.topic)?;
         write_binary(s, &will.payload)?;
@@ -332,7 +335,7 @@ fn write_connect<S: Sink>(s: &mut S, connect: &Connect) -> Result<(), EncodeErro
 fn write_ack<S: Sink>(s: &mut S, ack: &PubAck, v5: bool) -> Result<(), EncodeError> {
     write_packet_id(s, ack.packet_id)?;
     if v5 {
-        write_reason_and_properties(s, ack.code, &ack.properties)?;
+        write_reason_and_properties(s, ack.code, ack.properties.get())?;
     }
     Ok(())
 }
@@ -342,11 +345,9 @@ fn write_ack<S: Sink>(s: &mut S, ack: &PubAck, v5: bool) -> Result<(), EncodeErr
 fn write_reason_and_properties<S: Sink>(
     s: &mut S,
     code: ReasonCode,
-    properties: &Properties,
+    properties: Option<&Properties>,
 ) -> Result<(), EncodeError> {
-    let mut count = Count(0);
-    write_property_list(&mut count, properties)?;
-    if count.0 == 0 {
+    if properties.is_none() {
         if code != ReasonCode::Success {
             s.put_u8(code as u8);
         }
@@ -430,8 +431,15 @@ fn write_string<S: Sink>(s: &mut S, string: &str) -> Result<(), EncodeError> {
     write_binary(s, string.as_bytes())
 }
 
-/// The property length, then the properties.
-fn write_properties<S: Sink>(s: &mut S, properties: &Properties) -> Result<(), EncodeError> {
+/// The property length, then the properties (a zero length for `None`, without looking at any).
+fn write_properties<S: Sink>(
+    s: &mut S,
+    properties: Option<&Properties>,
+) -> Result<(), EncodeError> {
+    let Some(properties) = properties else {
+        s.put_u8(0);
+        return Ok(());
+    };
     let mut count = Count(0);
     write_property_list(&mut count, properties)?;
     write_var_int(s, count.0)?;

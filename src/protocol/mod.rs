@@ -31,5 +31,5 @@ pub use encode::{encode, encode_publish, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use header::{frame_len, VAR_INT_MAX};
 pub use packet::*;
-pub use properties::Properties;
+pub use properties::{Properties, Props};
 pub use reason::ReasonCode;

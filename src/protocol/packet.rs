@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::properties::Properties;
+use super::properties::Props;
 use super::reason::ReasonCode;
 
 /// The protocol level byte of CONNECT.
@@ -118,7 +118,7 @@ pub struct Connect {
     pub will: Option<LastWill>,
     pub username: Option<ByteString>,
     pub password: Option<Bytes>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,7 +128,7 @@ pub struct LastWill {
     pub qos: QoS,
     pub retain: bool,
     /// MQTT 5 will properties (will delay, expiry, content type, ...).
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub struct ConnAck {
     /// Success 0, UnsupportedProtocolVersion 1, ClientIdentifierNotValid 2, ServerUnavailable 3,
     /// BadUserNameOrPassword 4, NotAuthorized 5 (other failures: 3). The decoder maps back.
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub struct Publish {
     /// 0 for QoS 0 (not on the wire); non-zero otherwise [MQTT-2.3.1-1].
     pub packet_id: u16,
     pub payload: Bytes,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.
@@ -159,7 +159,7 @@ pub struct Publish {
 pub struct PubAck {
     pub packet_id: u16,
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl PubAck {
@@ -167,7 +167,7 @@ impl PubAck {
         PubAck {
             packet_id,
             code: ReasonCode::Success,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }
     }
 }
@@ -187,7 +187,7 @@ pub struct Subscribe {
     pub packet_id: u16,
     /// At least one [MQTT-3.8.3-3].
     pub filters: Vec<(ByteString, SubscriptionOptions)>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,14 +195,14 @@ pub struct SubAck {
     pub packet_id: u16,
     /// One per filter: GrantedQoS0/1/2 or a failure (3.1.1 only has 0x80 = UnspecifiedError).
     pub codes: Vec<ReasonCode>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub packet_id: u16,
     pub filters: Vec<ByteString>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,21 +210,21 @@ pub struct UnsubAck {
     pub packet_id: u16,
     /// MQTT 5: one per filter. Empty under 3.1.1 (not on the wire).
     pub codes: Vec<ReasonCode>,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Disconnect {
     /// Always NormalDisconnection under 3.1.1 (no variable header).
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
 
 impl Default for Disconnect {
     fn default() -> Disconnect {
         Disconnect {
             code: ReasonCode::NORMAL_DISCONNECTION,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }
     }
 }
@@ -233,5 +233,10 @@ impl Default for Disconnect {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Auth {
     pub code: ReasonCode,
-    pub properties: Properties,
+    pub properties: Props,
 }
+
+// Every PUBLISH is decoded into a `Packet` and moved through the shard: with properties boxed
+// (`Props`), a packet is a few words, not the ~470 bytes it was with them inline (issue 12).
+const _: () = assert!(std::mem::size_of::<Publish>() <= 80);
+const _: () = assert!(std::mem::size_of::<Packet>() <= 88);

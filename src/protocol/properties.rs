@@ -101,6 +101,88 @@ impl Properties {
     }
 }
 
+/// The properties of one packet, boxed, and `None` when it has none: most packets carry none
+/// (every 3.1.1 packet, most MQTT 5 PUBLISHes and acks), and a packet then is a few words
+/// instead of ~400 bytes to decode, move and check. Reads go through `Deref` (an empty set when
+/// `None`); writes through `DerefMut` allocate the box on the first one.
+#[derive(Clone, Debug, Default)]
+pub struct Props(Option<Box<Properties>>);
+
+/// What `Props` derefs to when it holds none.
+static NO_PROPERTIES: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl Props {
+    /// No properties (no allocation).
+    pub const NONE: Props = Props(None);
+
+    /// No property set: one pointer test when none was ever set.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(Properties::is_empty)
+    }
+
+    /// The properties, `None` when no property is set.
+    pub fn get(&self) -> Option<&Properties> {
+        self.0.as_deref().filter(|p| !p.is_empty())
+    }
+}
+
+impl From<Properties> for Props {
+    /// Boxed only when some property is set.
+    fn from(properties: Properties) -> Props {
+        Props((!properties.is_empty()).then(|| Box::new(properties)))
+    }
+}
+
+impl std::ops::Deref for Props {
+    type Target = Properties;
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Props {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Props {
+    /// A box of no properties equals none.
+    fn eq(&self, other: &Props) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Props {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +210,18 @@ mod tests {
         ];
         for properties in one_each {
             assert!(!properties.is_empty(), "{properties:?}");
+            assert!(!Props::from(properties).is_empty());
         }
+    }
+
+    #[test]
+    fn props_box_only_what_is_set() {
+        assert!(Props::NONE.is_empty() && Props::NONE.get().is_none());
+        assert_eq!(Props::from(Properties::default()), Props::NONE);
+        let mut props = Props::NONE;
+        props.topic_alias = Some(3);
+        assert_eq!(props.get().and_then(|p| p.topic_alias), Some(3));
+        props.topic_alias = None;
+        assert!(props.is_empty() && props == Props::NONE);
     }
 }

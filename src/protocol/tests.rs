@@ -136,11 +136,11 @@ fn connect(protocol: ProtocolVersion, with_props: bool) -> Packet {
             payload: Bytes::from_static(b"gone\x00"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: props(ctx::WILL),
+            properties: props(ctx::WILL).into(),
         }),
         username: Some(s("user")),
         password: Some(Bytes::from_static(b"\x00secret\xff")),
-        properties: props(ctx::CONNECT),
+        properties: props(ctx::CONNECT).into(),
     }))
 }
 
@@ -152,7 +152,7 @@ fn publish(qos: QoS, packet_id: u16, properties: Properties) -> Packet {
         topic: s("sensors/\u{3c0}/temp"),
         packet_id,
         payload: Bytes::from_static(b"{\"t\":21.5}"),
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -169,7 +169,7 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
     let ack = |packet_id, code: ReasonCode| PubAck {
         packet_id,
         code: if v5 { code } else { ReasonCode::Success },
-        properties: props(ctx::PUBACK),
+        properties: props(ctx::PUBACK).into(),
     };
     let mut packets = vec![
         connect(if v5 { V5 } else { V3 }, v5),
@@ -182,17 +182,17 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties: Props::NONE,
         })),
         Packet::ConnAck(ConnAck {
             session_present: true,
             code: ReasonCode::Success,
-            properties: props(ctx::CONNACK),
+            properties: props(ctx::CONNACK).into(),
         }),
         Packet::ConnAck(ConnAck {
             session_present: false,
             code: ReasonCode::NotAuthorized,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }),
         publish(QoS::AtMostOnce, 0, props(ctx::PUBLISH)),
         publish(QoS::AtLeastOnce, 1, props(ctx::PUBLISH)),
@@ -223,7 +223,7 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
                     },
                 ),
             ],
-            properties: props(ctx::SUBSCRIBE),
+            properties: props(ctx::SUBSCRIBE).into(),
         }),
         Packet::SubAck(SubAck {
             packet_id: 9,
@@ -233,12 +233,12 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
                 ReasonCode::GrantedQoS2,
                 ReasonCode::UnspecifiedError,
             ],
-            properties: props(ctx::SUBACK),
+            properties: props(ctx::SUBACK).into(),
         }),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 10,
             filters: vec![s("a/+/c"), s("x")],
-            properties: props(ctx::UNSUBSCRIBE),
+            properties: props(ctx::UNSUBSCRIBE).into(),
         }),
         Packet::UnsubAck(UnsubAck {
             packet_id: 11,
@@ -247,7 +247,7 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
             } else {
                 Vec::new()
             },
-            properties: props(ctx::UNSUBACK),
+            properties: props(ctx::UNSUBACK).into(),
         }),
         Packet::PingReq,
         Packet::PingResp,
@@ -256,19 +256,19 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
     if v5 {
         packets.push(Packet::Disconnect(Disconnect {
             code: ReasonCode::DisconnectWithWillMessage,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }));
         packets.push(Packet::Disconnect(Disconnect {
             code: ReasonCode::ServerMoved,
-            properties: all_props(ctx::DISCONNECT),
+            properties: all_props(ctx::DISCONNECT).into(),
         }));
         packets.push(Packet::Auth(Auth {
             code: ReasonCode::ContinueAuthentication,
-            properties: all_props(ctx::AUTH),
+            properties: all_props(ctx::AUTH).into(),
         }));
         packets.push(Packet::Auth(Auth {
             code: ReasonCode::Success,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }));
         // An empty topic name stands for the topic alias.
         let aliased = Properties {
@@ -282,7 +282,7 @@ fn samples(version: ProtocolVersion) -> Vec<Packet> {
             topic: s(""),
             packet_id: 0,
             payload: Bytes::new(),
-            properties: aliased,
+            properties: aliased.into(),
         }));
     }
     packets
@@ -326,27 +326,27 @@ fn v3_leaves_out_v5_fields() {
     let Packet::Connect(mut expected) = packet else {
         unreachable!()
     };
-    expected.properties = Properties::default();
+    expected.properties = Props::NONE;
     if let Some(will) = expected.will.as_mut() {
-        will.properties = Properties::default();
+        will.properties = Props::NONE;
     }
     assert_eq!(dec_one(&bytes, V5), Packet::Connect(expected));
 
     let ack = Packet::PubAck(PubAck {
         packet_id: 1,
         code: ReasonCode::QuotaExceeded,
-        properties: all_props(ctx::PUBACK),
+        properties: all_props(ctx::PUBACK).into(),
     });
     assert_eq!(enc(&ack, V3), [0x40, 0x02, 0x00, 0x01]);
     let disconnect = Packet::Disconnect(Disconnect {
         code: ReasonCode::ServerMoved,
-        properties: all_props(ctx::DISCONNECT),
+        properties: all_props(ctx::DISCONNECT).into(),
     });
     assert_eq!(enc(&disconnect, V3), [0xE0, 0x00]);
     let mut out = Vec::new();
     let auth = Packet::Auth(Auth {
         code: ReasonCode::Success,
-        properties: Properties::default(),
+        properties: Props::NONE,
     });
     assert_eq!(
         encode(&auth, V3, &mut out),
@@ -369,7 +369,7 @@ fn v3_connack_return_codes_map_both_ways() {
         let packet = Packet::ConnAck(ConnAck {
             session_present: false,
             code,
-            properties: Properties::default(),
+            properties: Props::NONE,
         });
         assert_eq!(enc(&packet, V3), [0x20, 0x02, 0x00, byte]);
         assert_eq!(dec_one(&[0x20, 0x02, 0x00, byte], V3), packet);
@@ -378,7 +378,7 @@ fn v3_connack_return_codes_map_both_ways() {
     let banned = Packet::ConnAck(ConnAck {
         session_present: false,
         code: ReasonCode::Banned,
-        properties: Properties::default(),
+        properties: Props::NONE,
     });
     assert_eq!(enc(&banned, V3), [0x20, 0x02, 0x00, 0x03]);
     assert_eq!(enc(&banned, V5), [0x20, 0x03, 0x00, 0x8A, 0x00]);
@@ -389,7 +389,7 @@ fn v3_suback_failures_become_0x80() {
     let packet = Packet::SubAck(SubAck {
         packet_id: 1,
         codes: vec![ReasonCode::GrantedQoS1, ReasonCode::TopicFilterInvalid],
-        properties: Properties::default(),
+        properties: Props::NONE,
     });
     assert_eq!(enc(&packet, V3), [0x90, 0x04, 0x00, 0x01, 0x01, 0x80]);
 }
@@ -412,11 +412,11 @@ fn spec_3_1_1_connect_example() {
             payload: Bytes::from_static(b"bye"),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }),
         username: Some(s("u")),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties::default(),
+        properties: Props::NONE,
     }));
     assert_eq!(dec_one(&bytes, V3), expected);
     assert_eq!(enc(&expected, V3), bytes);
@@ -445,7 +445,7 @@ fn spec_5_connect_example() {
         will: None,
         username: Some(s("u")),
         password: Some(Bytes::from_static(b"p")),
-        properties,
+        properties: properties.into(),
     }));
     // Parsed by its own level even on a connection still assumed to be 3.1.1.
     assert_eq!(dec_one(&bytes, V3), expected);
@@ -466,7 +466,7 @@ fn spec_3_1_1_byte_vectors() {
             topic: s("a/b"),
             packet_id: 10,
             payload: Bytes::new(),
-            properties: Properties::default(),
+            properties: Props::NONE,
         })
     );
     let subscribe = [
@@ -491,7 +491,7 @@ fn spec_3_1_1_byte_vectors() {
                 },
             ),
         ],
-        properties: Properties::default(),
+        properties: Props::NONE,
     });
     assert_eq!(dec_one(&subscribe, V3), expected);
     assert_eq!(enc(&expected, V3), subscribe);
@@ -506,7 +506,7 @@ fn spec_3_1_1_byte_vectors() {
                 ReasonCode::GrantedQoS2,
                 ReasonCode::UnspecifiedError
             ],
-            properties: Properties::default(),
+            properties: Props::NONE,
         })
     );
     for version in [V3, V5] {
@@ -555,7 +555,7 @@ fn v5_short_forms() {
         Packet::PubRel(PubAck {
             packet_id: 1,
             code: ReasonCode::PacketIdentifierNotFound,
-            properties: Properties::default()
+            properties: Properties::default().into()
         })
     );
     assert_eq!(
@@ -566,14 +566,14 @@ fn v5_short_forms() {
         dec_one(&[0xE0, 0x01, 0x04], V5),
         Packet::Disconnect(Disconnect {
             code: ReasonCode::DisconnectWithWillMessage,
-            properties: Properties::default()
+            properties: Properties::default().into()
         })
     );
     assert_eq!(
         dec_one(&[0xF0, 0x00], V5),
         Packet::Auth(Auth {
             code: ReasonCode::Success,
-            properties: Properties::default()
+            properties: Properties::default().into()
         })
     );
 }
@@ -595,7 +595,7 @@ fn encode_publish_matches_encode() {
                 p.retain,
                 p.dup,
                 p.packet_id,
-                &p.properties,
+                p.properties.get(),
             )
             .unwrap();
             assert_eq!(out[..], enc(&packet, version)[..]);
@@ -605,7 +605,6 @@ fn encode_publish_matches_encode() {
 
 #[test]
 fn encode_refuses_what_the_wire_cannot_carry() {
-    let none = Properties::default();
     let mut out = Vec::new();
     // 268,435,455 is the largest remaining length; calloc'd zeros cost no memory until touched.
     let payload = vec![0u8; VAR_INT_MAX as usize];
@@ -619,7 +618,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             false,
             0,
-            &none
+            None
         ),
         Err(EncodeError::PacketTooLarge {
             remaining_length: VAR_INT_MAX as usize + 3
@@ -636,7 +635,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             false,
             0,
-            &none
+            None
         ),
         Err(EncodeError::FieldTooLong { len: 65_536 })
     );
@@ -650,7 +649,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             false,
             0,
-            &none
+            None
         ),
         Err(EncodeError::ZeroPacketId)
     );
@@ -664,7 +663,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             true,
             0,
-            &none
+            None
         ),
         Err(EncodeError::Invalid("DUP set on a QoS 0 PUBLISH"))
     );
@@ -678,7 +677,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             false,
             0,
-            &none
+            None
         ),
         Err(EncodeError::Invalid(
             "an empty topic name without a topic alias"
@@ -696,7 +695,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             false,
             0,
-            &ids
+            Some(&ids)
         ),
         Err(EncodeError::VarIntTooLarge(VAR_INT_MAX + 1))
     );
@@ -712,7 +711,7 @@ fn encode_refuses_what_the_wire_cannot_carry() {
             false,
             false,
             0,
-            &none
+            None
         ),
         Err(EncodeError::BufferTooSmall {
             needed: 7,
@@ -762,7 +761,7 @@ fn sample_stream(version: ProtocolVersion) -> (Vec<u8>, Vec<Packet>) {
                     ..Default::default()
                 },
             )],
-            properties: props(ctx::SUBSCRIBE),
+            properties: props(ctx::SUBSCRIBE).into(),
         }),
         publish(QoS::AtMostOnce, 0, props(ctx::PUBLISH)),
         publish(QoS::AtLeastOnce, 2, Properties::default()),
@@ -774,7 +773,7 @@ fn sample_stream(version: ProtocolVersion) -> (Vec<u8>, Vec<Packet>) {
             topic: s("a/b"),
             packet_id: 3,
             payload: Bytes::from(vec![0x5A; 300]),
-            properties: props(ctx::PUBLISH),
+            properties: props(ctx::PUBLISH).into(),
         }),
         Packet::PubRel(PubAck::new(3)),
         Packet::PingReq,
@@ -1454,21 +1453,21 @@ fn properties_outside_their_packets_are_refused() {
                 Packet::PubAck(PubAck {
                     packet_id: 1,
                     code: ReasonCode::Success,
-                    properties: props.clone(),
+                    properties: props.clone().into(),
                 }),
             ),
             (
                 ctx::DISCONNECT,
                 Packet::Disconnect(Disconnect {
                     code: ReasonCode::Success,
-                    properties: props.clone(),
+                    properties: props.clone().into(),
                 }),
             ),
             (
                 ctx::AUTH,
                 Packet::Auth(Auth {
                     code: ReasonCode::Success,
-                    properties: props.clone(),
+                    properties: props.clone().into(),
                 }),
             ),
             (
@@ -1476,7 +1475,7 @@ fn properties_outside_their_packets_are_refused() {
                 Packet::Unsubscribe(Unsubscribe {
                     packet_id: 1,
                     filters: vec![s("a")],
-                    properties: props.clone(),
+                    properties: props.clone().into(),
                 }),
             ),
             (
@@ -1484,7 +1483,7 @@ fn properties_outside_their_packets_are_refused() {
                 Packet::ConnAck(ConnAck {
                     session_present: false,
                     code: ReasonCode::Success,
-                    properties: props.clone(),
+                    properties: props.clone().into(),
                 }),
             ),
         ];

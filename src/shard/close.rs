@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{Disconnect, Packet, Properties, ReasonCode};
+use crate::protocol::{Disconnect, Packet, Props, ReasonCode};
 use crate::ring::{Op, Token};
 
 use super::conn::{self, ring_of, slot_of, ConnState};
@@ -106,7 +106,7 @@ impl Shard {
             // packet in one read); the flush is bounded by `close_overdue`.
             let disconnect = Disconnect {
                 code,
-                properties: Properties::default(),
+                properties: Props::NONE,
             };
             self.write(slot, generation, &Packet::Disconnect(disconnect));
         }

@@ -292,7 +292,7 @@ impl Shard {
         let ack = ConnAck {
             session_present,
             code: ReasonCode::Success,
-            properties,
+            properties: properties.into(),
         };
         self.write(slot, generation, &Packet::ConnAck(ack));
         if session_present {

@@ -216,7 +216,7 @@ impl Shard {
                         m.retain,
                         true,
                         flight.packet_id,
-                        properties.as_deref().unwrap_or(&self.no_properties),
+                        properties.as_deref(),
                     )
                 }
                 InflightState::AwaitPubComp => protocol::encode(
@@ -283,7 +283,7 @@ impl Shard {
                 }
                 return;
             }
-            Some(&publish.properties)
+            Some(&*publish.properties)
         } else {
             None
         };
@@ -390,7 +390,7 @@ impl Shard {
         // PUBLISH's.
         let properties = (!will.properties.is_empty()).then(|| Properties {
             will_delay_interval: None,
-            ..will.properties.clone()
+            ..(*will.properties).clone()
         });
         self.publish(
             &will.topic,
@@ -594,7 +594,7 @@ impl Shard {
                         retain,
                         false,
                         0,
-                        properties.unwrap_or(&self.no_properties),
+                        properties,
                     );
                     debug_assert!(encoded.is_ok());
                     self.qos0_ready[layout] = true;
@@ -610,7 +610,7 @@ impl Shard {
                     retain,
                     false,
                     0,
-                    properties.unwrap_or(&self.no_properties),
+                    properties,
                 );
                 debug_assert!(encoded.is_ok());
             }
@@ -694,15 +694,7 @@ impl Shard {
             return;
         };
         let encoded = protocol::encode_publish(
-            outbox,
-            version,
-            topic,
-            payload,
-            qos,
-            retain,
-            false,
-            packet_id,
-            properties.unwrap_or(&self.no_properties),
+            outbox, version, topic, payload, qos, retain, false, packet_id, properties,
         );
         debug_assert!(encoded.is_ok());
         self.stats.messages_out += 1;
@@ -761,7 +753,7 @@ impl Shard {
                 m.retain,
                 false,
                 packet_id,
-                properties.as_deref().unwrap_or(&self.no_properties),
+                properties.as_deref(),
             );
             debug_assert!(encoded.is_ok());
             self.stats.messages_out += 1;

@@ -51,7 +51,6 @@ use io_uring::types::Timespec;
 use crate::auth::PasswordFile;
 use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
-use crate::protocol::Properties;
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
 use crate::topic::retained::RetainedStore;
@@ -181,7 +180,6 @@ pub struct Shard {
     /// A copy of the routed message's topic and payload outside the receive arena, made once
     /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
-    no_properties: Properties,
     recv_paused_logged: bool,
     outbox_stall_logged: bool,
     timer_due: bool,
@@ -281,7 +279,6 @@ impl Shard {
             qos0_encoded: Default::default(),
             qos0_ready: [false; 4],
             unpinned: None,
-            no_properties: Properties::default(),
             recv_paused_logged: false,
             outbox_stall_logged: false,
             timer_due: false,

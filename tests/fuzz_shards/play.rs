@@ -19,8 +19,8 @@ use arbitrary::{Result, Unstructured};
 use bytes::{Bytes, BytesMut};
 use ringmq::config::Config;
 use ringmq::protocol::{
-    decode, encode, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, PubAck,
-    Publish, QoS, Subscribe, SubscriptionOptions, Unsubscribe,
+    decode, encode, Connect, Disconnect, LastWill, Packet, Props, ProtocolVersion, PubAck, Publish,
+    QoS, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use ringmq::shard::sim::{SimBroker, SocketId};
 
@@ -353,7 +353,7 @@ fn connect(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
             payload: payload(u)?,
             qos: qos(u)?,
             retain: u.arbitrary()?,
-            properties: Properties::default(),
+            properties: Props::NONE,
         }),
         false => None,
     };
@@ -365,7 +365,7 @@ fn connect(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
         will,
         username: u.ratio(1, 8)?.then(|| "user".into()),
         password: None,
-        properties: Properties::default(),
+        properties: Props::NONE,
     })))
 }
 
@@ -385,7 +385,7 @@ fn packet(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
             Packet::Subscribe(Subscribe {
                 packet_id: packet_id(u)?,
                 filters,
-                properties: Properties::default(),
+                properties: Props::NONE,
             })
         }
         4 => {
@@ -396,7 +396,7 @@ fn packet(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: packet_id(u)?,
                 filters,
-                properties: Properties::default(),
+                properties: Props::NONE,
             })
         }
         5..=7 => {
@@ -412,7 +412,7 @@ fn packet(u: &mut Unstructured, client: &mut Client) -> Result<Packet> {
                     packet_id(u)?
                 },
                 payload: payload(u)?,
-                properties: Properties::default(),
+                properties: Props::NONE,
             })
         }
         8 => Packet::PubAck(ack(u)?),

@@ -4,7 +4,7 @@ use super::Faults;
 use super::*;
 use crate::mesh::home_shard;
 use crate::protocol::{
-    decode, encode, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+    decode, encode, Connect, Packet, Props, ProtocolVersion, Publish, QoS, Subscribe,
     SubscriptionOptions,
 };
 use bytes::{Bytes, BytesMut};
@@ -34,7 +34,7 @@ fn connect(client_id: &str) -> Vec<u8> {
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Props::NONE,
     })))
 }
 
@@ -66,7 +66,7 @@ fn a_publish_crosses_shards_and_clients_are_handed_home() {
     stream.extend(bytes(Packet::Subscribe(Subscribe {
         packet_id: 1,
         filters: vec![("a/+".into(), SubscriptionOptions::default())],
-        properties: Properties::default(),
+        properties: Props::NONE,
     })));
     // Cut in the middle of the SUBSCRIBE, and written in bits smaller than a buffer.
     let cut = stream.len() - 3;
@@ -84,7 +84,7 @@ fn a_publish_crosses_shards_and_clients_are_handed_home() {
             topic: "a/b".into(),
             packet_id: 0,
             payload: Bytes::from_static(b"hello"),
-            properties: Properties::default(),
+            properties: Props::NONE,
         })),
     );
     sim.run();
