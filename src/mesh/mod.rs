@@ -31,6 +31,7 @@ pub mod interest;
 pub mod spsc;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -88,8 +89,9 @@ pub struct Forward {
     pub qos: QoS,
     pub retain: bool,
     /// MQTT 5 properties that travel with the message (user properties, content type, expiry,
-    /// ...). `None` in the common case, so a plain publish allocates nothing here.
-    pub properties: Option<Box<Properties>>,
+    /// ...). `None` in the common case, so a plain publish allocates nothing here; shared
+    /// with the messages queued from it.
+    pub properties: Option<Arc<Properties>>,
     /// The shard the publisher is on.
     pub origin_shard: u16,
 }

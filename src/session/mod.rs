@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -28,9 +29,10 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// MQTT 5 properties that go out with it (boxed: `None` for a message without any, so
-    /// a plain message allocates nothing for them).
-    pub properties: Option<Box<Properties>>,
+    /// MQTT 5 properties that go out with it: `None` for a message without any, so a plain
+    /// message allocates nothing for them; else one allocation per route, shared by every
+    /// subscriber's copy.
+    pub properties: Option<Arc<Properties>>,
     /// Shard clock second when its Message Expiry Interval runs out (`NEVER`: it has none);
     /// a queued message past it is dropped [MQTT-3.3.2-5], a sent one carries the rest.
     pub expires_secs: u32,
@@ -66,15 +68,27 @@ impl Message {
     }
 
     /// A message routed now with `properties`: kept with it, its expiry counted from now.
-    pub fn with_properties(mut self, properties: Option<&Properties>, now_secs: u64) -> Message {
+    pub fn with_properties(
+        mut self,
+        properties: Option<&Arc<Properties>>,
+        now_secs: u64,
+    ) -> Message {
         if let Some(properties) = properties {
             if let Some(interval_secs) = properties.message_expiry_interval {
                 let expires_secs = now_secs.saturating_add(u64::from(interval_secs));
                 self.expires_secs = expires_secs.min(u64::from(NEVER - 1)) as u32;
             }
-            self.properties = Some(Box::new(properties.clone()));
+            self.properties = Some(Arc::clone(properties));
         }
         self
+    }
+
+    /// `properties_at`, shared: the same allocation when there is no expiry to lower.
+    pub fn shared_properties_at(&self, now_secs: u64) -> Option<Arc<Properties>> {
+        match self.properties_at(now_secs)? {
+            Cow::Borrowed(_) => self.properties.clone(),
+            Cow::Owned(properties) => Some(Arc::new(properties)),
+        }
     }
 
     /// Its Message Expiry Interval has run out at `now_secs`.
@@ -493,6 +507,34 @@ mod tests {
             properties: None,
             expires_secs: NEVER,
         }
+    }
+
+    /// Issue 12: every subscriber's copy of a routed message shares one properties
+    /// allocation, and a retained one is re-sent with it unless its expiry must be lowered.
+    #[test]
+    fn messages_of_one_route_share_their_properties() {
+        let properties = Arc::new(Properties {
+            content_type: Some("text/plain".into()),
+            ..Properties::default()
+        });
+        let one = message(QoS::AtLeastOnce, 1).with_properties(Some(&properties), 10);
+        let two = message(QoS::AtLeastOnce, 2).with_properties(Some(&properties), 10);
+        assert!(Arc::ptr_eq(one.properties.as_ref().unwrap(), &properties));
+        assert!(Arc::ptr_eq(two.properties.as_ref().unwrap(), &properties));
+        let again = one.shared_properties_at(20).unwrap();
+        assert!(Arc::ptr_eq(&again, &properties));
+
+        let expiring = Arc::new(Properties {
+            message_expiry_interval: Some(30),
+            ..Properties::default()
+        });
+        let retained = message(QoS::AtMostOnce, 3).with_properties(Some(&expiring), 10);
+        let left = retained.shared_properties_at(25).unwrap();
+        assert_eq!(left.message_expiry_interval, Some(15));
+        assert_eq!(expiring.message_expiry_interval, Some(30));
+        assert!(message(QoS::AtMostOnce, 4)
+            .shared_properties_at(0)
+            .is_none());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! DISCONNECT are in `connect.rs`, SUBSCRIBE and UNSUBSCRIBE in `subscribe.rs`. Writes only to
 //! outboxes; the loop turn sends them.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
@@ -65,8 +67,7 @@ pub(super) fn unpinned_string(text: &ByteString) -> ByteString {
 }
 
 impl Shard {
-    /// A `Packet` is large (its MQTT 5 properties are inline), so past this point it is
-    /// handled by reference, never moved again.
+    /// Past this point a `Packet` is handled by reference, never moved again.
     #[inline]
     pub(super) fn handle(&mut self, slot: u32, generation: u32, packet: Packet) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
@@ -283,7 +284,8 @@ impl Shard {
                 }
                 return;
             }
-            Some(&*publish.properties)
+            // One allocation per route, shared by every message queued from it.
+            Some(Arc::new((*publish.properties).clone()))
         } else {
             None
         };
@@ -294,7 +296,7 @@ impl Shard {
                     &publish.payload,
                     QoS::AtMostOnce,
                     publish.retain,
-                    properties,
+                    properties.as_ref(),
                 );
             }
             QoS::AtLeastOnce => {
@@ -308,7 +310,7 @@ impl Shard {
                     &publish.payload,
                     QoS::AtLeastOnce,
                     publish.retain,
-                    properties,
+                    properties.as_ref(),
                 );
                 let code = publish_ack_code(v5, matched);
                 self.ack(
@@ -339,7 +341,7 @@ impl Shard {
                         &publish.payload,
                         QoS::ExactlyOnce,
                         publish.retain,
-                        properties,
+                        properties.as_ref(),
                     );
                 let code = publish_ack_code(v5, matched);
                 self.ack(
@@ -388,9 +390,11 @@ impl Shard {
         self.stats.messages_in += 1;
         // Will properties go on with the message, but Will Delay Interval is not one of a
         // PUBLISH's.
-        let properties = (!will.properties.is_empty()).then(|| Properties {
-            will_delay_interval: None,
-            ..(*will.properties).clone()
+        let properties = (!will.properties.is_empty()).then(|| {
+            Arc::new(Properties {
+                will_delay_interval: None,
+                ..(*will.properties).clone()
+            })
         });
         self.publish(
             &will.topic,
@@ -409,7 +413,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         retain: bool,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) -> bool {
         if retain {
             if payload.is_empty() {
@@ -456,7 +460,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         retain: bool,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) -> bool {
         if self.shard_count > 1 {
             return self.route_sharded(topic, payload, qos, retain, properties);
@@ -492,7 +496,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         retain: bool,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) -> bool {
         self.qos0_ready = [false; 4];
         self.unpinned = None;
@@ -518,7 +522,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         retain: bool,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) {
         let publisher = self.publisher;
         for &(session, grant) in matches {
@@ -546,7 +550,7 @@ impl Shard {
         qos: QoS,
         retain: bool,
         shared_encoding: bool,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) {
         let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
         let inflight_max = self.config.limits.inflight_max;
@@ -594,7 +598,7 @@ impl Shard {
                         retain,
                         false,
                         0,
-                        properties,
+                        properties.map(|p| &**p),
                     );
                     debug_assert!(encoded.is_ok());
                     self.qos0_ready[layout] = true;
@@ -610,7 +614,7 @@ impl Shard {
                     retain,
                     false,
                     0,
-                    properties,
+                    properties.map(|p| &**p),
                 );
                 debug_assert!(encoded.is_ok());
             }
@@ -670,7 +674,15 @@ impl Shard {
         // within the turn or the next, and one that does not gets them copied by the timer
         // sweep (`Session::unpin_inflight`): no copy per message on the hot path.
         let packet_id = s.start_inflight(message, pinned);
-        self.write_publish(c, topic, payload, qos, retain, packet_id, properties);
+        self.write_publish(
+            c,
+            topic,
+            payload,
+            qos,
+            retain,
+            packet_id,
+            properties.map(|p| &**p),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -105,7 +106,7 @@ impl Shard {
                     &forward.payload,
                     forward.qos,
                     forward.retain,
-                    forward.properties.as_deref(),
+                    forward.properties.as_ref(),
                 );
             }
             MeshMessage::SharedPublish(shared) => self.on_shared_forward(*shared),
@@ -239,7 +240,7 @@ impl Shard {
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) {
         if self.shard_count == 1 {
             return;
@@ -249,7 +250,7 @@ impl Shard {
             payload: payload.clone(),
             qos,
             retain: true,
-            properties: properties.map(|p| Box::new(p.clone())),
+            properties: properties.cloned(),
             origin_shard: self.index as u16,
         };
         self.mesh_broadcast(MeshMessage::Retained(forward));
@@ -270,7 +271,7 @@ impl Shard {
                 properties: None,
                 expires_secs: crate::session::NEVER,
             }
-            .with_properties(forward.properties.as_deref(), self.now_secs());
+            .with_properties(forward.properties.as_ref(), self.now_secs());
             self.retained.set(topic, message);
         }
     }
@@ -284,7 +285,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         retain: bool,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
     ) -> bool {
         let own = 1u64 << self.index;
         let local = self.route_local(topic, payload, qos, retain, properties);
@@ -313,7 +314,7 @@ impl Shard {
                 // The publisher's flag, for subscribers asking Retain As Published.
                 retain,
                 // Boxed only for a message that has properties: a plain one allocates nothing.
-                properties: properties.map(|p| Box::new(p.clone())),
+                properties: properties.cloned(),
                 origin_shard: self.index as u16,
             };
             let message = if group_targets & (1u64 << target) != 0 {
@@ -341,13 +342,7 @@ impl Shard {
     fn on_shared_forward(&mut self, shared: SharedForward) {
         let f = &shared.forward;
         if shared.plain {
-            self.route_local(
-                &f.topic,
-                &f.payload,
-                f.qos,
-                f.retain,
-                f.properties.as_deref(),
-            );
+            self.route_local(&f.topic, &f.payload, f.qos, f.retain, f.properties.as_ref());
         } else {
             self.qos0_ready = [false; 4];
             self.unpinned = None;
@@ -358,7 +353,7 @@ impl Shard {
                 &f.topic,
                 &f.payload,
                 f.qos,
-                f.properties.as_deref(),
+                f.properties.as_ref(),
                 shared.hops,
             );
         }
@@ -372,7 +367,7 @@ impl Shard {
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
-        properties: Option<&Properties>,
+        properties: Option<&Arc<Properties>>,
         hops: u8,
     ) {
         let sessions = &self.sessions;
@@ -393,7 +388,7 @@ impl Shard {
                     payload: payload.clone(),
                     qos,
                     retain: false,
-                    properties: properties.map(|p| Box::new(p.clone())),
+                    properties: properties.cloned(),
                     origin_shard: self.index as u16,
                 };
                 let message = MeshMessage::SharedPublish(Box::new(SharedForward {

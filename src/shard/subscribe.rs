@@ -409,7 +409,7 @@ impl Shard {
             }
             let qos = message.qos.min(granted);
             // With what is left of its Message Expiry Interval [MQTT-3.3.2-6].
-            let properties = message.properties_at(now_secs);
+            let properties = message.shared_properties_at(now_secs);
             self.deliver(
                 job.session,
                 &message.topic,
@@ -417,7 +417,7 @@ impl Shard {
                 qos,
                 true,
                 false,
-                properties.as_deref(),
+                properties.as_ref(),
             );
         }
         // A scratch that once held a crowd does not keep its memory.
