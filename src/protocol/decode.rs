@@ -38,7 +38,7 @@ pub fn decode(
     if buf.len() < size {
         return Ok(None);
     }
-    // Results are returned whole rather than re-wrapped: a `Packet` is ~470 bytes, and every
+    // Results are returned whole rather than re-wrapped: a `Packet` is 80 bytes, and every
     // re-wrapping is a copy on the hot path.
     let body = buf.get(header_len..size).unwrap_or_default();
     match decode_short(first, body) {
