@@ -24,25 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-struct Rng(u64);
+use play::Rng;
 
+/// The timed run's own moves on top of the shared generator.
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn input(&mut self) -> Vec<u8> {
-        let len = 16 + self.below(2048);
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-
     /// A few byte-level mutations: flips, overwrites, inserts, deletes, a splice.
     fn mutate(&mut self, input: &[u8], other: &[u8]) -> Vec<u8> {
         let mut out = input.to_vec();

@@ -12,22 +12,7 @@ mod play;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-/// xorshift64*: inputs reproducible from the seed alone.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn input(&mut self) -> Vec<u8> {
-        let len = 16 + (self.next() % 2048) as usize;
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
+use play::Rng;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

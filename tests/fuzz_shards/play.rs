@@ -452,3 +452,25 @@ fn check_output(received: &[u8], socket: SocketId) {
         packets.first()
     );
 }
+
+/// xorshift64*: random inputs reproducible from the seed alone, for the seeded test and the
+/// timed run alike.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn input(&mut self) -> Vec<u8> {
+        let len = 16 + self.below(2048);
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
