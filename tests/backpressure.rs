@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringmq::config::Config;
-use ringmq::mesh::home_shard;
 
 /// The outbox cap in these tests: small, so a flood passes it in a few milliseconds.
 const OUTBOX_MAX: u32 = 64 << 10;
@@ -392,20 +391,16 @@ fn issue_7_messages_queued_for_a_connected_client_do_not_pin_receive_blocks() {
 #[test]
 fn issue_7_messages_forwarded_from_another_shard_do_not_pin_its_receive_blocks() {
     let shards = 2;
-    let id_on = |shard: usize, prefix: &str| loop {
-        let id = unique_id(prefix);
-        if home_shard(id.as_bytes(), shards) == shard {
-            return id;
-        }
-    };
     let mut config = test_config();
     config.shards = shards;
     config.limits.inflight_max = 1;
     let broker = TestBroker::start(config);
     let topic = unique_topic("forwarded");
-    let mut subscriber = RawClient::connect(broker.addr(), &id_on(1, "forwarded-sub"));
+    let mut subscriber =
+        RawClient::connect(broker.addr(), &unique_id_on(1, shards, "forwarded-sub"));
     assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
-    let mut publisher = RawClient::connect(broker.addr(), &id_on(0, "forwarded-pub"));
+    let mut publisher =
+        RawClient::connect(broker.addr(), &unique_id_on(0, shards, "forwarded-pub"));
     let count = 100;
     let received = publish_through_blocks(&mut publisher, &mut subscriber, &topic, count);
 

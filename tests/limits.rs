@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringmq::config::{Config, Limits};
-use ringmq::mesh::home_shard;
 
 /// `count` distinct filters under `prefix`, short so 50,000 fit the default packet size (one
 /// in eight has a `+` level, so the wildcard part of the trie is exercised too).
@@ -112,16 +111,6 @@ fn big_subscribe_time_and_ping_latency() {
         percentile(1.0),
     );
     big.disconnect();
-}
-
-/// A unique client id whose home is `shard` of `shard_count`.
-fn id_on(shard: usize, shard_count: usize, prefix: &str) -> String {
-    loop {
-        let id = unique_id(prefix);
-        if home_shard(id.as_bytes(), shard_count) == shard {
-            return id;
-        }
-    }
 }
 
 fn broker_with(shards: usize, limits: Limits) -> TestBroker {
@@ -311,9 +300,9 @@ fn retained_topics_past_retained_max_are_delivered_not_kept_the_same_on_every_sh
     let addr = broker.addr();
     let prefix = unique_topic("retained-max");
     let topic = |n: usize| format!("{prefix}/{n}");
-    let mut live = RawClient::connect(addr, &id_on(1, 2, "live"));
+    let mut live = RawClient::connect(addr, &unique_id_on(1, 2, "live"));
     live.subscribe(1, &[(&format!("{prefix}/#"), 0)]);
-    let mut publisher = RawClient::connect(addr, &id_on(0, 2, "retainer"));
+    let mut publisher = RawClient::connect(addr, &unique_id_on(0, 2, "retainer"));
     publisher.publish(&topic(1), 1, true, 1, b"one");
     publisher.publish(&topic(2), 1, true, 2, b"two");
     publisher.publish(&topic(3), 1, true, 3, b"three");
@@ -334,7 +323,7 @@ fn retained_topics_past_retained_max_are_delivered_not_kept_the_same_on_every_sh
     };
     let filter = format!("{prefix}/#");
     for shard in 0..2 {
-        let id = id_on(shard, 2, "reader");
+        let id = unique_id_on(shard, 2, "reader");
         let seen = retained_seen(addr, &id, &filter);
         assert_eq!(seen, kept(&[("1", b"one"), ("2", b"two")]), "shard {shard}");
     }
@@ -343,7 +332,7 @@ fn retained_topics_past_retained_max_are_delivered_not_kept_the_same_on_every_sh
     publisher.publish(&topic(2), 1, true, 5, b"");
     publisher.publish(&topic(3), 1, true, 6, b"three again");
     for shard in 0..2 {
-        let id = id_on(shard, 2, "reader");
+        let id = unique_id_on(shard, 2, "reader");
         let seen = retained_seen(addr, &id, &filter);
         let expected = kept(&[("1", b"one again"), ("3", b"three again")]);
         assert_eq!(seen, expected, "shard {shard}");
@@ -385,11 +374,14 @@ fn a_new_persistent_session_past_sessions_max_is_refused_across_shards() {
         },
     );
     let addr = broker.addr();
-    let (a, b) = (id_on(0, 2, "persist-a"), id_on(1, 2, "persist-b"));
+    let (a, b) = (
+        unique_id_on(0, 2, "persist-a"),
+        unique_id_on(1, 2, "persist-b"),
+    );
     assert_eq!(connack_code(addr, &persistent(&a)), (false, 0));
     assert_eq!(connack_code(addr, &persistent(&b)), (false, 0));
     for shard in 0..2 {
-        let c = id_on(shard, 2, "persist-c");
+        let c = unique_id_on(shard, 2, "persist-c");
         assert_eq!(
             connack_code(addr, &persistent(&c)),
             (false, 3),
@@ -401,7 +393,7 @@ fn a_new_persistent_session_past_sessions_max_is_refused_across_shards() {
         (false, 0),
         "clean, and ends a"
     );
-    let c = id_on(1, 2, "persist-c");
+    let c = unique_id_on(1, 2, "persist-c");
     assert_eq!(
         connack_code(addr, &persistent(&c)),
         (false, 0),
@@ -454,7 +446,7 @@ fn flood(
     topic: String,
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<()> {
-    let mut flooder = RawClient::connect(addr, &id_on(shard, 2, "flooder"));
+    let mut flooder = RawClient::connect(addr, &unique_id_on(shard, 2, "flooder"));
     thread::spawn(move || {
         let mut batch = Vec::new();
         for _ in 0..200 {
@@ -488,15 +480,15 @@ fn suback_comes_after_the_other_shards_have_the_interest_even_behind_a_full_ring
     );
     let addr = broker.addr();
     let flood_topic = unique_topic("flood");
-    let mut sink = RawClient::connect(addr, &id_on(1, 2, "sink"));
+    let mut sink = RawClient::connect(addr, &unique_id_on(1, 2, "sink"));
     assert_eq!(sink.subscribe(1, &[(&flood_topic, 0)]), [0]);
     let stop = Arc::new(AtomicBool::new(false));
     let flooder = flood(addr, 0, flood_topic, stop.clone());
     broker.wait_counter("mesh_overflowed", |s| s.mesh_overflowed, 1);
     for round in 0..5 {
         let topic = unique_topic("after-suback");
-        let mut subscriber = RawClient::connect(addr, &id_on(0, 2, "late-sub"));
-        let mut publisher = RawClient::connect(addr, &id_on(1, 2, "late-pub"));
+        let mut subscriber = RawClient::connect(addr, &unique_id_on(0, 2, "late-sub"));
+        let mut publisher = RawClient::connect(addr, &unique_id_on(1, 2, "late-pub"));
         assert_eq!(
             subscriber.subscribe(1, &[(&topic, 1)]),
             [1],
@@ -542,7 +534,7 @@ fn qos1_forwards_over_mesh_overflow_max_hold_the_puback_and_a_windowless_publish
     );
     let addr = broker.addr();
     let topic = unique_topic("held");
-    let mut subscriber = RawClient::connect(addr, &id_on(1, 2, "held-sub"));
+    let mut subscriber = RawClient::connect(addr, &unique_id_on(1, 2, "held-sub"));
     assert_eq!(subscriber.subscribe(1, &[(&topic, 0)]), [0]);
     let count = 2000u16;
     let reader = thread::spawn(move || {
@@ -554,7 +546,7 @@ fn qos1_forwards_over_mesh_overflow_max_hold_the_puback_and_a_windowless_publish
         (payloads, subscriber)
     });
     // A client with a window of 20, as mosquitto_pub keeps.
-    let mut windowed = RawClient::connect(addr, &id_on(0, 2, "windowed"));
+    let mut windowed = RawClient::connect(addr, &unique_id_on(0, 2, "windowed"));
     let window = 20u16;
     let mut next = 1u16;
     let mut acked = 0u16;
@@ -584,7 +576,7 @@ fn qos1_forwards_over_mesh_overflow_max_hold_the_puback_and_a_windowless_publish
     broker.wait_counter("acks_held", |s| s.acks_held, 1);
 
     // A client that never waits for its PUBACKs: closed, and the overflow stays bounded.
-    let mut windowless = RawClient::connect(addr, &id_on(0, 2, "windowless"));
+    let mut windowless = RawClient::connect(addr, &unique_id_on(0, 2, "windowless"));
     let mut bytes = Vec::new();
     for packet_id in 1..=count {
         bytes.extend(publish_bytes(

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ringmq::config::Config;
-use ringmq::mesh::home_shard;
 use rumqttc::QoS;
 
 const SHARDS: usize = 4;
@@ -25,16 +24,7 @@ fn start() -> TestBroker {
 
 /// A unique client id whose home is `shard` (of `SHARDS`).
 fn id_on(shard: usize, prefix: &str) -> String {
-    id_on_of(shard, SHARDS, prefix)
-}
-
-fn id_on_of(shard: usize, shard_count: usize, prefix: &str) -> String {
-    loop {
-        let id = unique_id(prefix);
-        if home_shard(id.as_bytes(), shard_count) == shard {
-            return id;
-        }
-    }
+    unique_id_on(shard, SHARDS, prefix)
 }
 
 fn client_on(broker: &TestBroker, shard: usize, prefix: &str) -> MqttClient {
@@ -353,7 +343,7 @@ fn hand_offs_fill_the_home_shards_next_ring_when_the_first_is_full() {
         ..test_config()
     });
     let mut clients: Vec<RawClient> = (0..24)
-        .map(|_| RawClient::connect(broker.addr(), &id_on_of(1, 2, "rings")))
+        .map(|_| RawClient::connect(broker.addr(), &unique_id_on(1, 2, "rings")))
         .collect();
     for client in &mut clients {
         client.ping();
@@ -436,14 +426,14 @@ fn a_hand_off_to_a_full_home_shard_closes_the_connection_and_is_counted() {
         ..test_config()
     });
     let mut homed: Vec<RawClient> = (0..4)
-        .map(|_| RawClient::connect(broker.addr(), &id_on_of(1, 2, "full-home")))
+        .map(|_| RawClient::connect(broker.addr(), &unique_id_on(1, 2, "full-home")))
         .collect();
     for client in &mut homed {
         client.ping();
     }
     for _ in 0..10 {
         let mut extra = RawClient::open(broker.addr());
-        extra.send_ignoring_errors(&Connect::v311(&id_on_of(1, 2, "full-extra")).bytes());
+        extra.send_ignoring_errors(&Connect::v311(&unique_id_on(1, 2, "full-extra")).bytes());
         if let Some(packet) = extra.try_read_packet_or_close(Duration::from_millis(500)) {
             panic!("a fifth client was served by a full home shard: {packet:?}");
         }
@@ -462,11 +452,11 @@ fn assert_every_shard_serves(broker: &TestBroker, shard_count: usize) {
     for target in 0..shard_count {
         let topic = unique_topic("every-shard");
         let mut subscriber =
-            RawClient::connect(broker.addr(), &id_on_of(target, shard_count, "es-sub"));
+            RawClient::connect(broker.addr(), &unique_id_on(target, shard_count, "es-sub"));
         assert_eq!(subscriber.subscribe(1, &[(&topic, 1)]), vec![1]);
         for source in 0..shard_count {
             let mut publisher =
-                RawClient::connect(broker.addr(), &id_on_of(source, shard_count, "es-pub"));
+                RawClient::connect(broker.addr(), &unique_id_on(source, shard_count, "es-pub"));
             let payload = format!("{source} -> {target}");
             publisher.publish(&topic, 1, false, 1, payload.as_bytes());
             let publish = subscriber.read_publish();
@@ -488,7 +478,8 @@ fn issue_7_the_last_root_wildcard_subscription_leaving_crashes_no_shard() {
     });
     for home in 0..2 {
         for filter in ["#", "+", "+/#", "/#"] {
-            let mut wildcard = RawClient::connect(broker.addr(), &id_on_of(home, 2, "root-wild"));
+            let mut wildcard =
+                RawClient::connect(broker.addr(), &unique_id_on(home, 2, "root-wild"));
             assert_eq!(wildcard.subscribe(1, &[(filter, 0)]), vec![0]);
             wildcard.disconnect();
             // A publish crossing from the home shard to the other one comes after the interest

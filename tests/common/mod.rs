@@ -42,6 +42,16 @@ pub fn unique_id(prefix: &str) -> String {
     format!("{prefix}-{}-{n}", std::process::id())
 }
 
+/// A unique client id whose home is `shard` of `shard_count` (ids hash to their home shard).
+pub fn unique_id_on(shard: usize, shard_count: usize, prefix: &str) -> String {
+    loop {
+        let id = unique_id(prefix);
+        if ringmq::mesh::home_shard(id.as_bytes(), shard_count) == shard {
+            return id;
+        }
+    }
+}
+
 /// A topic unique to one test, so tests sharing nothing also share no topic by accident.
 pub fn unique_topic(prefix: &str) -> String {
     unique_id(prefix).replace('-', "/")
