@@ -3,12 +3,18 @@
 # /proc/PID/stat, steadier than rates on a shared machine), one shard pinned to BROKER_CPU,
 # ringmq-loadgen pinned to LOAD_CPU, interleaved A B A B over ROUNDS rounds.
 #
+# Prints every run, then the median per case and side, and new/old.
+#
 # Usage: bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #   e.g. git archive 9f48957 | tar -x -C /tmp/old && (cd /tmp/old && cargo build --release)
 #        cargo build --release -p ringmq -p ringmq-loadgen
 #        bench/ab.sh /tmp/old/target/release/ringmq target/release/ringmq 3
+#   MQTT 5.0 against 3.1.1 on one binary (issue 8: 5.0 at >= 0.9x of 3.1.1's rate is
+#   new/old <= 1.11 in CPU per message):
+#        MQTT_NEW=5 bench/ab.sh target/release/ringmq target/release/ringmq 5
 # Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29400),
-#   LOADGEN (default target/release/ringmq-loadgen).
+#   LOADGEN (default target/release/ringmq-loadgen), MQTT_OLD and MQTT_NEW (the protocol
+#   ringmq-loadgen speaks against each side: 3 for 3.1.1 (default) or 5).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,6 +22,7 @@ set -euo pipefail
 old="$1"; new="$2"; rounds="${3:-3}"
 loadgen="${LOADGEN:-$root/target/release/ringmq-loadgen}"
 broker_cpu="${BROKER_CPU:-1}"; load_cpu="${LOAD_CPU:-0}"; port="${PORT_BASE:-29400}"
+mqtt_old="${MQTT_OLD:-3}"; mqtt_new="${MQTT_NEW:-3}"
 for bin in "$old" "$new" "$loadgen"; do [ -x "$bin" ] || { log "$bin is missing"; exit 1; }; done
 need python3
 need taskset "taskset (util-linux)"
@@ -25,10 +32,12 @@ cases=("pairs -n 100 --qos 0 --max --inflight 100"
        "pairs -n 100 --qos 1 --max --inflight 100"
        "fanin --publishers 8 --subscribers 1 --qos 0 --max --inflight 100")
 echo "case | binary | round | received | broker CPU s | ns per message"
+: > "$work/runs.txt"
 for case in "${cases[@]}"; do
     for round in $(seq 1 "$rounds"); do
         for which in old new; do
-            bin="$old"; [ "$which" = new ] && bin="$new"
+            bin="$old"; mqtt="$mqtt_old"
+            [ "$which" = new ] && { bin="$new"; mqtt="$mqtt_new"; }
             port=$((port + 1))
             printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
                 "$port" > "$work/ringmq.toml"
@@ -37,7 +46,7 @@ for case in "${cases[@]}"; do
             rm -rf "$work/out"
             t0=$(cpu_ticks "$broker_pid")
             # shellcheck disable=SC2086
-            taskset -c "$load_cpu" "$loadgen" $case --port "$port" --warmup 1 --duration 4 \
+            taskset -c "$load_cpu" "$loadgen" $case --mqtt "$mqtt" --port "$port" --warmup 1 --duration 4 \
                 --drain 1 --out "$work/out" -q > /dev/null 2>&1
             t1=$(cpu_ticks "$broker_pid")
             stop_broker
@@ -50,4 +59,17 @@ print(f"{case} | {which} | {round_} | {received} | {cpu_s:.2f} | {cpu_s * 1e9 / 
 PY
         done
     done
-done
+done | tee "$work/runs.txt"
+echo
+echo "case | old ns/msg (median) | new ns/msg (median) | new/old"
+python3 - "$work/runs.txt" <<'PY'
+import statistics, sys
+ns = {}
+for line in open(sys.argv[1]):
+    parts = [p.strip() for p in line.split("|")]
+    if len(parts) == 6 and parts[1] in ("old", "new"):
+        ns.setdefault(parts[0], {}).setdefault(parts[1], []).append(float(parts[5]))
+for case, sides in ns.items():
+    old, new = (statistics.median(sides.get(k, [0])) for k in ("old", "new"))
+    print(f"{case} | {old:.1f} | {new:.1f} | {new / old if old else 0:.3f}")
+PY

@@ -17,6 +17,7 @@
 #   --quick    every case ~2 s, one round, small connection counts, output to a temp folder
 #              unless --out is given (the CI dry run; under a minute after the build)
 #   --cases    comma list of: fanin-qos0 pairs-qos0 pairs-qos1 fanout-qos0 latency-qos0 conn-idle
+#              fanin-qos0-v5 pairs-qos0-v5 pairs-qos1-v5 (the same loads over MQTT 5.0)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RINGMQ_SHARDS (default: number
 #   of BROKER_CPUS), PORT_BASE (default 28900), CONNECTIONS (conn-idle, default 19000).
 set -euo pipefail
@@ -28,7 +29,7 @@ cd "$root"
 quick=0
 rounds=3
 brokers="ringmq,mosquitto"
-cases="fanin-qos0,pairs-qos0,pairs-qos1,fanout-qos0,latency-qos0,conn-idle"
+cases="fanin-qos0,pairs-qos0,pairs-qos1,fanout-qos0,latency-qos0,conn-idle,fanin-qos0-v5,pairs-qos0-v5,pairs-qos1-v5"
 out_root=""
 build=1
 while [ $# -gt 0 ]; do
@@ -194,6 +195,7 @@ case_args() {
         fanout-qos0)  echo "fanout --publishers 1 --subscribers 100 --qos 0 --max --inflight 100" ;;
         latency-qos0) echo "pairs -n 100 --qos 0 --rate 20000" ;;
         conn-idle)    echo "conn -n $connections --subscribe --ramp 10000 --source 127.0.0.2-127.0.0.40" ;;
+        *-v5)         echo "$(case_args "${1%-v5}") --mqtt 5" ;;
         *) log "unknown case $1"; exit 2 ;;
     esac
 }

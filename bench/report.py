@@ -219,8 +219,9 @@ def main():
     versions = json.load(open(args.versions))
     mach = machine(args.broker_cpus, args.load_cpus)
     rows = ["| case | figure | ringmq | mosquitto | ratio | run |", "|---|---|---|---|---|---|"]
-    order = ["fanin-qos0", "pairs-qos0", "pairs-qos1", "fanout-qos0", "latency-qos0", "conn-idle"]
-    args.case_dirs.sort(key=lambda d: next((i for i, c in enumerate(order) if d.rstrip("/").endswith(c)), 99))
+    order = ["fanin-qos0", "pairs-qos0", "pairs-qos1", "fanout-qos0", "latency-qos0", "conn-idle",
+             "fanin-qos0-v5", "pairs-qos0-v5", "pairs-qos1-v5"]
+    args.case_dirs.sort(key=lambda d: next((i for i, c in enumerate(order) if d.rstrip("/").endswith("-" + c)), 99))
     for case_dir in args.case_dirs:
         done = process_case(case_dir, args, versions, mach)
         if not done:

@@ -116,7 +116,7 @@ pub struct Load {
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// MQTT version: 3 (3.1.1) or 5.
-    #[arg(long, value_enum, default_value = "3")]
+    #[arg(long, alias = "mqtt-version", value_enum, default_value = "3")]
     pub mqtt: MqttVersion,
     /// Broker host (an IPv4 address).
     #[arg(long, default_value = "127.0.0.1")]
@@ -335,6 +335,14 @@ mod tests {
                 assert_eq!(common.mqtt, MqttVersion::V5);
                 assert!(common.clean_session);
             }
+            other => panic!("parsed as {other:?}"),
+        }
+        // Issue 8 names the flag `--mqtt-version`: the same setting.
+        match parse(&["lg", "pairs", "--max", "--mqtt-version", "5"])
+            .unwrap()
+            .command
+        {
+            Command::Pairs { common, .. } => assert_eq!(common.mqtt, MqttVersion::V5),
             other => panic!("parsed as {other:?}"),
         }
     }
