@@ -323,7 +323,7 @@ impl Shard {
             // [MQTT-3.2.2-17].
             topic_alias_maximum: Some(0),
             wildcard_subscription_available: Some(1),
-            subscription_identifier_available: Some(0),
+            subscription_identifier_available: Some(1),
             shared_subscription_available: Some(1),
             // [MQTT-3.2.2-21] The client must use the server's keep alive when it is sent.
             server_keep_alive: (keepalive_secs != connect.keepalive_secs).then_some(keepalive_secs),

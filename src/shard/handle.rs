@@ -19,7 +19,7 @@ use super::conn::NO_SESSION;
 use super::conn::{ConnState, Conns, Pools};
 use super::held::HeldPacket;
 use super::limits::LimitHit;
-use super::route::Grant;
+use super::route::{Grant, Member};
 use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
 
 /// The outbox of a connection that is not closing, taking a pooled buffer when it has none,
@@ -474,17 +474,23 @@ impl Shard {
         });
         route::dedupe_matches(&mut matches);
         let mut group_ids = std::mem::take(&mut self.group_ids);
+        let mut picks = std::mem::take(&mut self.shared_picks);
+        picks.clear();
         let sessions = &self.sessions;
         self.shared.pick_for_each(
             topic,
             &mut group_ids,
             |s| sessions.get(s).is_some_and(|s| s.conn.is_some()),
-            |s, granted| matches.push((s, Grant::from(granted))),
+            |member| picks.push(member),
         );
         self.group_ids = group_ids;
         self.deliver_matches(&matches, topic, payload, qos, retain, properties);
-        let matched = !matches.is_empty();
+        for &member in &picks {
+            self.deliver_member(member, topic, payload, qos, retain, properties);
+        }
+        let matched = !matches.is_empty() || !picks.is_empty();
         self.matches = matches;
+        self.shared_picks = picks;
         matched
     }
 
@@ -514,7 +520,8 @@ impl Shard {
 
     /// One live delivery per match, with its subscription's options: none back to the
     /// publisher under No Local [MQTT-3.8.3-3], the RETAIN flag kept under Retain As Published
-    /// and cleared otherwise [MQTT-3.3.1-12].
+    /// and cleared otherwise [MQTT-3.3.1-12], every matching Subscription Identifier
+    /// [MQTT-3.3.4-3] [MQTT-3.3.4-4].
     fn deliver_matches(
         &mut self,
         matches: &[(u32, Grant)],
@@ -531,8 +538,33 @@ impl Shard {
             }
             let retain = retain && grant.retain_as_published();
             let qos = qos.min(grant.qos());
+            if grant.has_subscription_id() {
+                let with_ids = self.subscription_ids.for_match(topic, session, properties);
+                self.deliver(session, topic, payload, qos, retain, true, with_ids.as_ref());
+                continue;
+            }
             self.deliver(session, topic, payload, qos, retain, true, properties);
         }
+    }
+
+    /// The delivery to the member a `$share` group picked: its own options, and its own
+    /// Subscription Identifier only.
+    pub(super) fn deliver_member(
+        &mut self,
+        member: Member,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<&Arc<Properties>>,
+    ) {
+        let retain = retain && member.grant.retain_as_published();
+        let qos = qos.min(member.grant.qos());
+        let with_id = member
+            .subscription_id
+            .map(|id| self.subscription_ids.for_one(id, properties));
+        let properties = with_id.as_ref().or(properties);
+        self.deliver(member.session, topic, payload, qos, retain, true, properties);
     }
 
     /// One message to one session: QoS 0 into the outbox (dropped when the outbox is full, see
@@ -582,7 +614,9 @@ impl Shard {
             ) else {
                 return;
             };
-            if shared_encoding {
+            // Subscription Identifiers make the bytes this subscriber's own.
+            let own_properties = properties.is_some_and(|p| !p.subscription_identifiers.is_empty());
+            if shared_encoding && !own_properties {
                 // Encode once per layout, copy into every outbox (3.1 and 3.1.1 share one; a
                 // RETAIN flag kept by Retain As Published is a layout of its own).
                 let layout = usize::from(version.is_v5()) | usize::from(retain) << 1;

@@ -300,7 +300,7 @@ impl Shard {
         let mut group_targets = 0u64;
         for (name, shard) in &assigned {
             if *shard == self.index {
-                self.serve_group(name, topic, payload, qos, properties, 0);
+                self.serve_group(name, topic, payload, qos, retain, properties, 0);
             } else {
                 group_targets |= 1u64 << shard;
             }
@@ -353,6 +353,7 @@ impl Shard {
                 &f.topic,
                 &f.payload,
                 f.qos,
+                f.retain,
                 f.properties.as_ref(),
                 shared.hops,
             );
@@ -361,12 +362,15 @@ impl Shard {
 
     /// Delivers to one member of group `name` on this shard; with none left (it left after the
     /// publishing shard chose us), passes the message on to the next shard with members.
+    /// `retain`: the publisher's flag, for a member asking Retain As Published.
+    #[allow(clippy::too_many_arguments)]
     fn serve_group(
         &mut self,
         name: &ByteString,
         topic: &ByteString,
         payload: &Bytes,
         qos: QoS,
+        retain: bool,
         properties: Option<&Arc<Properties>>,
         hops: u8,
     ) {
@@ -374,9 +378,8 @@ impl Shard {
         let picked = self
             .shared
             .pick_in_group(name, |s| sessions.get(s).is_some_and(|s| s.conn.is_some()));
-        if let Some((session, granted)) = picked {
-            let qos = qos.min(granted);
-            self.deliver(session, topic, payload, qos, false, true, properties);
+        if let Some(member) = picked {
+            self.deliver_member(member, topic, payload, qos, retain, properties);
             return;
         }
         let mask = self.shared_interest.mask_of(name);
@@ -387,7 +390,7 @@ impl Shard {
                     topic: topic.clone(),
                     payload: payload.clone(),
                     qos,
-                    retain: false,
+                    retain,
                     properties: properties.cloned(),
                     origin_shard: self.index as u16,
                 };

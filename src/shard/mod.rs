@@ -35,6 +35,7 @@ mod sessions;
 pub mod sim;
 pub mod stats;
 mod subscribe;
+mod subscription_ids;
 pub mod timer;
 
 use std::io;
@@ -152,6 +153,8 @@ pub struct Shard {
     sessions: Sessions,
     subscriptions: Trie<route::Grant>,
     shared: SharedSubscriptions,
+    /// MQTT 5 Subscription Identifiers of the plain subscriptions that have one.
+    subscription_ids: subscription_ids::SubscriptionIds,
     retained: RetainedStore<Message>,
     /// Receive arena: bytes are copied here from the provided buffer, then split off and
     /// frozen, so decoded payloads share it instead of being copied again.
@@ -169,6 +172,8 @@ pub struct Shard {
     /// The session whose PUBLISH is being routed (`conn::NO_SESSION` otherwise), for No Local.
     publisher: u32,
     group_ids: Vec<u32>,
+    /// Scratch: the members `$share` groups picked for one route.
+    shared_picks: Vec<route::Member>,
     /// Scratch for the timer sweep.
     expired: Vec<(u32, u32, CloseReason)>,
     /// MQTT 5 wills waiting out their Will Delay Interval: (due second, session, will). Few
@@ -263,6 +268,7 @@ impl Shard {
             conns: Conns::default(),
             sessions: Sessions::default(),
             subscriptions: Trie::new(),
+            subscription_ids: Default::default(),
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::with_weigh(|message: &Message| message.payload.len()),
             arena: BytesMut::new(),
@@ -274,6 +280,7 @@ impl Shard {
             matches: Vec::new(),
             publisher: conn::NO_SESSION,
             group_ids: Vec::new(),
+            shared_picks: Vec::new(),
             expired: Vec::new(),
             delayed_wills: Vec::new(),
             qos0_encoded: Default::default(),

@@ -1,19 +1,21 @@
 //! Who gets a publish: the pieces of routing that are plain data. The shard walks its trie, then
 //! `dedupe_matches` folds overlapping subscriptions of one session into one delivery at the
-//! highest granted QoS (`Grant` keeps a plain subscription's MQTT 5 options in the same byte
-//! as its QoS), and `SharedSubscriptions` picks one member per `$share` group, round
-//! robin, preferring members that are connected.
+//! highest granted QoS (`Grant` keeps a subscription's MQTT 5 options in the same byte as its
+//! QoS), and `SharedSubscriptions` picks one member per `$share` group, round robin,
+//! preferring members that are connected.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 
 use bytestring::ByteString;
 
 use crate::protocol::QoS;
 use crate::topic::trie::Trie;
 
-/// What a plain subscription was granted, as the trie keeps it: the QoS in bits 0-1, and the
-/// MQTT 5 options No Local and Retain As Published (spec 3.8.3.1), in one byte like the QoS
-/// alone, so the trie costs no more per subscriber.
+/// What a subscription was granted, as the trie keeps it: the QoS in bits 0-1, the MQTT 5
+/// options No Local and Retain As Published (spec 3.8.3.1), and whether it has a Subscription
+/// Identifier (kept in `subscription_ids.rs`), in one byte like the QoS alone, so the trie
+/// costs no more per subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Grant(u8);
 
@@ -21,6 +23,7 @@ impl Grant {
     const QOS_BITS: u8 = 0b11;
     const NO_LOCAL: u8 = 1 << 2;
     const RETAIN_AS_PUBLISHED: u8 = 1 << 3;
+    const SUBSCRIPTION_ID: u8 = 1 << 4;
 
     pub fn new(qos: QoS, no_local: bool, retain_as_published: bool) -> Grant {
         Grant(
@@ -48,15 +51,26 @@ impl Grant {
         self.0 & Grant::RETAIN_AS_PUBLISHED != 0
     }
 
+    /// The same grant, saying whether the subscription has a Subscription Identifier.
+    pub fn with_subscription_id(self, has: bool) -> Grant {
+        Grant(self.0 & !Grant::SUBSCRIPTION_ID | if has { Grant::SUBSCRIPTION_ID } else { 0 })
+    }
+
+    /// [MQTT-3.3.4-3] Its identifier goes out with the messages it matches.
+    pub fn has_subscription_id(self) -> bool {
+        self.0 & Grant::SUBSCRIPTION_ID != 0
+    }
+
     /// Two subscriptions of one session match one topic: one delivery, at the higher QoS,
     /// skipped for the publisher only if both say No Local, keeping the RETAIN flag if either
-    /// says so.
+    /// says so, with the identifiers of both [MQTT-3.3.4-4].
     fn merge(self, other: Grant) -> Grant {
         Grant::new(
             self.qos().max(other.qos()),
             self.no_local() && other.no_local(),
             self.retain_as_published() || other.retain_as_published(),
         )
+        .with_subscription_id(self.has_subscription_id() || other.has_subscription_id())
     }
 }
 
@@ -79,8 +93,17 @@ pub fn dedupe_matches(matches: &mut Vec<(u32, Grant)>) {
     });
 }
 
+/// A session in a `$share` group, with its subscription's options and identifier: a message
+/// the group gives it carries that identifier only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub session: u32,
+    pub grant: Grant,
+    pub subscription_id: Option<NonZeroU32>,
+}
+
 struct SharedGroup {
-    members: Vec<(u32, QoS)>,
+    members: Vec<Member>,
     /// Round-robin cursor into `members`.
     next: usize,
 }
@@ -97,10 +120,10 @@ pub struct SharedSubscriptions {
 }
 
 impl SharedSubscriptions {
-    /// Adds (or updates the QoS of) `session` in the group `share_filter` =
+    /// Adds (or updates the options and identifier of) `member` in the group `share_filter` =
     /// `$share/{group}/{filter}`, whose inner filter is `filter`.
-    /// True when `session` was not a member yet.
-    pub fn insert(&mut self, share_filter: &str, filter: &str, session: u32, qos: QoS) -> bool {
+    /// True when its session was not a member yet.
+    pub fn insert(&mut self, share_filter: &str, filter: &str, member: Member) -> bool {
         let id = match self.by_name.get(share_filter) {
             Some(&id) => id,
             None => {
@@ -120,14 +143,14 @@ impl SharedSubscriptions {
         match group
             .members
             .iter_mut()
-            .find(|(member, _)| *member == session)
+            .find(|m| m.session == member.session)
         {
-            Some(member) => {
-                member.1 = qos;
+            Some(existing) => {
+                *existing = member;
                 false
             }
             None => {
-                group.members.push((session, qos));
+                group.members.push(member);
                 true
             }
         }
@@ -142,7 +165,7 @@ impl SharedSubscriptions {
             return false;
         };
         let before = group.members.len();
-        group.members.retain(|(member, _)| *member != session);
+        group.members.retain(|m| m.session != session);
         let removed = group.members.len() != before;
         if group.members.is_empty() {
             self.groups[id as usize] = None;
@@ -159,18 +182,18 @@ impl SharedSubscriptions {
         &mut self,
         share_filter: &str,
         connected: impl Fn(u32) -> bool,
-    ) -> Option<(u32, QoS)> {
+    ) -> Option<Member> {
         let &id = self.by_name.get(share_filter)?;
         let group = self.groups[id as usize].as_mut()?;
         Some(Self::pick(group, connected))
     }
 
-    fn pick(group: &mut SharedGroup, connected: impl Fn(u32) -> bool) -> (u32, QoS) {
+    fn pick(group: &mut SharedGroup, connected: impl Fn(u32) -> bool) -> Member {
         let count = group.members.len();
         let start = group.next % count;
         let chosen = (0..count)
             .map(|k| (start + k) % count)
-            .find(|&index| connected(group.members[index].0))
+            .find(|&index| connected(group.members[index].session))
             .unwrap_or(start);
         group.next = chosen + 1;
         group.members[chosen]
@@ -183,7 +206,7 @@ impl SharedSubscriptions {
         topic: &str,
         group_ids: &mut Vec<u32>,
         connected: impl Fn(u32) -> bool,
-        mut deliver: impl FnMut(u32, QoS),
+        mut deliver: impl FnMut(Member),
     ) {
         group_ids.clear();
         if self.by_name.is_empty() {
@@ -197,8 +220,7 @@ impl SharedSubscriptions {
             if group.members.is_empty() {
                 continue;
             }
-            let (session, qos) = Self::pick(group, &connected);
-            deliver(session, qos);
+            deliver(Self::pick(group, &connected));
         }
     }
 }
@@ -380,8 +402,20 @@ mod tests {
                 (2, Grant::new(QoS::AtMostOnce, true, false)),
             ]
         );
+        // Issue 8: one delivery carries the identifiers of every subscription that has one.
+        let mut matches = vec![
+            (4, Grant::from(QoS::AtMostOnce)),
+            (4, Grant::from(QoS::AtLeastOnce).with_subscription_id(true)),
+            (5, Grant::from(QoS::AtMostOnce)),
+        ];
+        dedupe_matches(&mut matches);
+        assert!(matches[0].1.has_subscription_id());
+        assert_eq!(matches[0].1.qos(), QoS::AtLeastOnce);
+        assert!(!matches[1].1.has_subscription_id());
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             let grant = Grant::new(qos, true, true);
+            assert!(grant.with_subscription_id(true).has_subscription_id());
+            assert_eq!(grant.with_subscription_id(true).with_subscription_id(false), grant);
             assert_eq!(
                 (grant.qos(), grant.no_local(), grant.retain_as_published()),
                 (qos, true, true)
@@ -389,11 +423,19 @@ mod tests {
         }
     }
 
+    fn member(session: u32, qos: QoS) -> Member {
+        Member {
+            session,
+            grant: Grant::from(qos),
+            subscription_id: None,
+        }
+    }
+
     fn picks(shared: &mut SharedSubscriptions, topic: &str, online: &[u32], n: usize) -> Vec<u32> {
         let mut ids = Vec::new();
         let mut out = Vec::new();
         for _ in 0..n {
-            shared.pick_for_each(topic, &mut ids, |s| online.contains(&s), |s, _| out.push(s));
+            shared.pick_for_each(topic, &mut ids, |s| online.contains(&s), |m| out.push(m.session));
         }
         out
     }
@@ -401,9 +443,9 @@ mod tests {
     #[test]
     fn shared_group_round_robins_over_connected_members() {
         let mut shared = SharedSubscriptions::default();
-        shared.insert("$share/g/a/+", "a/+", 1, QoS::AtMostOnce);
-        shared.insert("$share/g/a/+", "a/+", 2, QoS::AtLeastOnce);
-        shared.insert("$share/g/a/+", "a/+", 3, QoS::AtMostOnce);
+        shared.insert("$share/g/a/+", "a/+", member(1, QoS::AtMostOnce));
+        shared.insert("$share/g/a/+", "a/+", member(2, QoS::AtLeastOnce));
+        shared.insert("$share/g/a/+", "a/+", member(3, QoS::AtMostOnce));
         assert_eq!(
             picks(&mut shared, "a/x", &[1, 2, 3], 6),
             vec![1, 2, 3, 1, 2, 3]
@@ -549,15 +591,15 @@ mod tests {
     #[test]
     fn two_groups_each_get_one_copy_and_empty_groups_vanish() {
         let mut shared = SharedSubscriptions::default();
-        shared.insert("$share/g/t", "t", 1, QoS::AtMostOnce);
-        shared.insert("$share/h/t", "t", 2, QoS::AtMostOnce);
+        shared.insert("$share/g/t", "t", member(1, QoS::AtMostOnce));
+        shared.insert("$share/h/t", "t", member(2, QoS::AtMostOnce));
         let mut got = picks(&mut shared, "t", &[1, 2], 1);
         got.sort_unstable();
         assert_eq!(got, vec![1, 2]);
         assert!(shared.remove("$share/g/t", "t", 1));
         assert!(!shared.remove("$share/g/t", "t", 1));
         assert_eq!(picks(&mut shared, "t", &[1, 2], 1), vec![2]);
-        shared.insert("$share/g/t", "t", 5, QoS::AtMostOnce);
+        shared.insert("$share/g/t", "t", member(5, QoS::AtMostOnce));
         let mut got = picks(&mut shared, "t", &[5, 2], 1);
         got.sort_unstable();
         assert_eq!(got, vec![2, 5], "a freed group id is reused cleanly");

@@ -23,6 +23,7 @@
 //! whole store, bounded by `retained_max`).
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::ops::ControlFlow;
 
 use bytestring::ByteString;
@@ -36,7 +37,7 @@ use crate::topic::filter::{parse_shared, validate_topic_filter};
 use super::conn::ConnState;
 use super::held::HeldPacket;
 use super::limits::LimitHit;
-use super::route::Grant;
+use super::route::{Grant, Member};
 use super::{CloseReason, Shard};
 
 /// Work per loop turn for all SUBSCRIBEs in progress: a filter is one unit, a retained message
@@ -70,6 +71,8 @@ struct SubscribeJob {
     packet_id: u16,
     phase: Phase,
     filters: Vec<(ByteString, SubscriptionOptions)>,
+    /// The SUBSCRIBE's Subscription Identifier, given to each of its subscriptions.
+    subscription_id: Option<NonZeroU32>,
     /// Filters handled so far; `codes` has one per each.
     next: usize,
     codes: Vec<ReasonCode>,
@@ -150,23 +153,19 @@ impl Shard {
                 self.close(slot, generation, CloseReason::Protocol);
                 return;
             }
-            if !subscribe.properties.subscription_identifiers.is_empty() {
-                // CONNACK said Subscription Identifiers Available 0: every filter refused.
-                let codes =
-                    vec![ReasonCode::SubscriptionIdentifiersNotSupported; subscribe.filters.len()];
-                let ack = HeldPacket::SubAck {
-                    packet_id: subscribe.packet_id,
-                    codes,
-                };
-                self.ack(slot, generation, ack);
-                return;
-            }
         }
+        // At most one, never 0: the decoder refuses both (0x82).
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .and_then(|&id| NonZeroU32::new(id));
         let mut job = SubscribeJob {
             session,
             packet_id: subscribe.packet_id,
             phase: Phase::Filters,
             filters: subscribe.filters.clone(),
+            subscription_id,
             next: 0,
             codes: Vec::with_capacity(subscribe.filters.len()),
             waits: Vec::new(),
@@ -291,7 +290,8 @@ impl Shard {
                     while job.granted_next < job.granted.len() && work < budget {
                         let (filter, granted) = job.granted[job.granted_next].clone();
                         job.granted_next += 1;
-                        work += 1 + self.deliver_retained(job, &filter, granted);
+                        let id = job.subscription_id;
+                        work += 1 + self.deliver_retained(job, &filter, granted, id);
                     }
                     if job.granted_next < job.granted.len() {
                         return work;
@@ -310,7 +310,8 @@ impl Shard {
             let (filter, options) = job.filters[job.next].clone();
             job.next += 1;
             work += 1;
-            let (granted, new) = match self.subscribe_filter(job.session, &filter, options) {
+            let subscribed = self.subscribe_filter(job.session, &filter, options, job.subscription_id);
+            let (granted, new) = match subscribed {
                 Ok(granted) => granted,
                 Err(code) => {
                     // 3.1.1 encodes every failure as 0x80.
@@ -342,6 +343,7 @@ impl Shard {
         session: u32,
         filter: &ByteString,
         options: SubscriptionOptions,
+        subscription_id: Option<NonZeroU32>,
     ) -> Result<(QoS, bool), ReasonCode> {
         if validate_topic_filter(filter).is_err() {
             return Err(ReasonCode::TopicFilterInvalid);
@@ -359,16 +361,27 @@ impl Shard {
             return Err(ReasonCode::QuotaExceeded);
         }
         let new_to_session = s.subscribe(filter, granted);
+        let grant = Grant::new(granted, options.no_local, options.retain_as_published)
+            .with_subscription_id(subscription_id.is_some());
         let new = match parse_shared(filter) {
-            Some((_, inner)) => self.shared.insert(filter, inner, session, granted),
-            None => self
-                .subscriptions
-                .insert(
-                    filter,
+            Some((_, inner)) => {
+                let member = Member {
                     session,
-                    Grant::new(granted, options.no_local, options.retain_as_published),
-                )
-                .is_none(),
+                    grant,
+                    subscription_id,
+                };
+                self.shared.insert(filter, inner, member)
+            }
+            None => {
+                let replaced = self.subscriptions.insert(filter, session, grant);
+                // A repeated filter takes the new SUBSCRIBE's identifier, or none
+                // [MQTT-3.8.4-3]. A client that never sends one never gets here.
+                if subscription_id.is_some() || replaced.is_some_and(|g| g.has_subscription_id())
+                {
+                    self.subscription_ids.set(filter, session, subscription_id);
+                }
+                replaced.is_none()
+            }
         };
         if new {
             // Every shard learns of it before the SUBACK is written (`held.rs`).
@@ -378,8 +391,15 @@ impl Shard {
     }
 
     /// [MQTT-3.3.1-6] The retained messages `filter` matches go to the new subscription,
-    /// retain flag set, up to what the session can take. Returns the work it cost.
-    fn deliver_retained(&mut self, job: &mut SubscribeJob, filter: &str, granted: QoS) -> usize {
+    /// retain flag set, with its Subscription Identifier, up to what the session can take.
+    /// Returns the work it cost.
+    fn deliver_retained(
+        &mut self,
+        job: &mut SubscribeJob,
+        filter: &str,
+        granted: QoS,
+        subscription_id: Option<NonZeroU32>,
+    ) -> usize {
         let limits = &self.config.limits;
         let count_max = usize::from(limits.inflight_max) + limits.offline_queue_max as usize;
         let bytes_max = limits.outbox_bytes_max as usize;
@@ -409,7 +429,10 @@ impl Shard {
             }
             let qos = message.qos.min(granted);
             // With what is left of its Message Expiry Interval [MQTT-3.3.2-6].
-            let properties = message.shared_properties_at(now_secs);
+            let mut properties = message.shared_properties_at(now_secs);
+            if let Some(id) = subscription_id {
+                properties = Some(self.subscription_ids.for_one(id, properties.as_ref()));
+            }
             self.deliver(
                 job.session,
                 &message.topic,
@@ -474,7 +497,15 @@ impl Shard {
     fn remove_subscription(&mut self, session: u32, filter: &str) {
         let removed = match parse_shared(filter) {
             Some((_, inner)) => self.shared.remove(filter, inner, session),
-            None => self.subscriptions.remove(filter, session).is_some(),
+            None => match self.subscriptions.remove(filter, session) {
+                Some(grant) => {
+                    if grant.has_subscription_id() {
+                        self.subscription_ids.set(filter, session, None);
+                    }
+                    true
+                }
+                None => false,
+            },
         };
         if removed {
             self.note_unsubscribed(filter);
