@@ -540,7 +540,15 @@ impl Shard {
             let qos = qos.min(grant.qos());
             if grant.has_subscription_id() {
                 let with_ids = self.subscription_ids.for_match(topic, session, properties);
-                self.deliver(session, topic, payload, qos, retain, true, with_ids.as_ref());
+                self.deliver(
+                    session,
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    true,
+                    with_ids.as_ref(),
+                );
                 continue;
             }
             self.deliver(session, topic, payload, qos, retain, true, properties);
@@ -564,7 +572,15 @@ impl Shard {
             .subscription_id
             .map(|id| self.subscription_ids.for_one(id, properties));
         let properties = with_id.as_ref().or(properties);
-        self.deliver(member.session, topic, payload, qos, retain, true, properties);
+        self.deliver(
+            member.session,
+            topic,
+            payload,
+            qos,
+            retain,
+            true,
+            properties,
+        );
     }
 
     /// One message to one session: QoS 0 into the outbox (dropped when the outbox is full, see

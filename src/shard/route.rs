@@ -415,7 +415,10 @@ mod tests {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
             let grant = Grant::new(qos, true, true);
             assert!(grant.with_subscription_id(true).has_subscription_id());
-            assert_eq!(grant.with_subscription_id(true).with_subscription_id(false), grant);
+            assert_eq!(
+                grant.with_subscription_id(true).with_subscription_id(false),
+                grant
+            );
             assert_eq!(
                 (grant.qos(), grant.no_local(), grant.retain_as_published()),
                 (qos, true, true)
@@ -435,7 +438,12 @@ mod tests {
         let mut ids = Vec::new();
         let mut out = Vec::new();
         for _ in 0..n {
-            shared.pick_for_each(topic, &mut ids, |s| online.contains(&s), |m| out.push(m.session));
+            shared.pick_for_each(
+                topic,
+                &mut ids,
+                |s| online.contains(&s),
+                |m| out.push(m.session),
+            );
         }
         out
     }

@@ -310,7 +310,8 @@ impl Shard {
             let (filter, options) = job.filters[job.next].clone();
             job.next += 1;
             work += 1;
-            let subscribed = self.subscribe_filter(job.session, &filter, options, job.subscription_id);
+            let subscribed =
+                self.subscribe_filter(job.session, &filter, options, job.subscription_id);
             let (granted, new) = match subscribed {
                 Ok(granted) => granted,
                 Err(code) => {
@@ -376,8 +377,7 @@ impl Shard {
                 let replaced = self.subscriptions.insert(filter, session, grant);
                 // A repeated filter takes the new SUBSCRIBE's identifier, or none
                 // [MQTT-3.8.4-3]. A client that never sends one never gets here.
-                if subscription_id.is_some() || replaced.is_some_and(|g| g.has_subscription_id())
-                {
+                if subscription_id.is_some() || replaced.is_some_and(|g| g.has_subscription_id()) {
                     self.subscription_ids.set(filter, session, subscription_id);
                 }
                 replaced.is_none()

@@ -13,8 +13,6 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use bytestring::ByteString;
-
 use crate::protocol::Properties;
 use crate::topic::trie::Trie;
 
@@ -27,8 +25,10 @@ pub(super) struct SubscriptionIds {
     trie: Trie<NonZeroU32>,
     /// The entries of `trie` matching `matched_topic`, sorted by session (then identifier).
     matched: Vec<(u32, NonZeroU32)>,
-    /// `None` until a walk, and after any change to `trie`.
-    matched_topic: Option<ByteString>,
+    /// A copy (not a slice of the receive arena, which it would pin), reused.
+    matched_topic: String,
+    /// False until a walk, and after any change to `trie`.
+    matched_valid: bool,
     /// The identifiers of the subscriber at hand.
     ids: Vec<u32>,
     built: Option<Built>,
@@ -44,7 +44,7 @@ impl SubscriptionIds {
     /// Records `session`'s identifier for its subscription to the plain `filter`, replacing
     /// the one it had; `None` removes it (a SUBSCRIBE without one, an UNSUBSCRIBE).
     pub(super) fn set(&mut self, filter: &str, session: u32, id: Option<NonZeroU32>) {
-        self.matched_topic = None;
+        self.matched_valid = false;
         match id {
             Some(id) => {
                 self.trie.insert(filter, session, id);
@@ -59,22 +59,26 @@ impl SubscriptionIds {
     /// subscriptions has an identifier: `route`'s, with the identifiers of all of them.
     pub(super) fn for_match(
         &mut self,
-        topic: &ByteString,
+        topic: &str,
         session: u32,
         route: Option<&Arc<Properties>>,
     ) -> Option<Arc<Properties>> {
-        if self.matched_topic.as_ref() != Some(topic) {
+        if !self.matched_valid || self.matched_topic != topic {
             self.matched.clear();
             self.matched.shrink_to(MATCHED_KEPT_MAX);
             let matched = &mut self.matched;
             self.trie
                 .for_each_match(topic, |session, &id| matched.push((session, id)));
             self.matched.sort_unstable();
-            self.matched_topic = Some(topic.clone());
+            self.matched_topic.clear();
+            self.matched_topic.push_str(topic);
+            self.matched_valid = true;
         }
         let start = self.matched.partition_point(|&(s, _)| s < session);
         self.ids.clear();
-        let of_session = self.matched[start..].iter().take_while(|&&(s, _)| s == session);
+        let of_session = self.matched[start..]
+            .iter()
+            .take_while(|&&(s, _)| s == session);
         self.ids.extend(of_session.map(|&(_, id)| id.get()));
         if self.ids.is_empty() {
             // The grant said so, the table does not: not expected, and harmless.
@@ -130,9 +134,8 @@ mod tests {
     }
 
     fn ids_of(table: &mut SubscriptionIds, topic: &str, session: u32) -> Vec<u32> {
-        let topic = ByteString::from(topic);
         table
-            .for_match(&topic, session, None)
+            .for_match(topic, session, None)
             .map(|p| p.subscription_identifiers.clone())
             .unwrap_or_default()
     }
@@ -166,15 +169,15 @@ mod tests {
             content_type: Some("text/plain".into()),
             ..Properties::default()
         });
-        let topic = ByteString::from("t");
-        let first = table.for_match(&topic, 0, Some(&route)).expect("ids");
-        let second = table.for_match(&topic, 1, Some(&route)).expect("ids");
+        let topic = "t";
+        let first = table.for_match(topic, 0, Some(&route)).expect("ids");
+        let second = table.for_match(topic, 1, Some(&route)).expect("ids");
         assert!(Arc::ptr_eq(&first, &second), "same ids, same route: shared");
         assert_eq!(first.content_type.as_deref(), Some("text/plain"));
         assert_eq!(first.subscription_identifiers, vec![5]);
-        let other = table.for_match(&topic, 3, Some(&route)).expect("ids");
+        let other = table.for_match(topic, 3, Some(&route)).expect("ids");
         assert_eq!(other.subscription_identifiers, vec![6]);
-        let plain = table.for_match(&topic, 2, None).expect("ids");
+        let plain = table.for_match(topic, 2, None).expect("ids");
         assert_eq!(plain.content_type, None, "a route without properties");
         assert_eq!(*table.for_one(id(5), None), *plain);
     }
