@@ -250,7 +250,7 @@ fn issue8_v5_connect_is_accepted_and_connack_advertises_the_broker() {
     assert_eq!(p.max_packet_size, Some(70_000));
     assert_eq!(p.topic_alias_max, Some(0));
     assert_eq!(p.wildcard_subscription_available, Some(1));
-    assert_eq!(p.subscription_identifiers_available, Some(0));
+    assert_eq!(p.subscription_identifiers_available, Some(1));
     assert_eq!(p.shared_subscription_available, Some(1));
     assert_eq!(
         p.assigned_client_identifier, None,
@@ -833,7 +833,7 @@ fn issue8_suback_codes() {
     // Granted QoS 1 (capped by qos_max), Topic Filter invalid, Granted QoS 0, Quota exceeded.
     assert_eq!(codes, vec![0x01, 0x8F, 0x00, 0x97]);
 
-    // CONNACK said Subscription Identifiers Available 0.
+    // Subscription Identifiers are supported (tests/mqtt5_subid.rs): granted.
     let codes = client.subscribe_codes(
         vec![Filter::new("a/b", QoS::AtMostOnce)],
         Some(SubscribeProperties {
@@ -841,7 +841,7 @@ fn issue8_suback_codes() {
             user_properties: Vec::new(),
         }),
     );
-    assert_eq!(codes, vec![0xA1]);
+    assert_eq!(codes, vec![0x00]);
 }
 
 #[test]
