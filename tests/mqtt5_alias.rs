@@ -632,7 +632,7 @@ fn outbound_aliases_assigned_reused_and_bounded(shards: usize) {
     let mut client_side = ClientAliases::default();
     let mut by_alias_alone = 0;
     let qos_of = |n: usize| {
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
