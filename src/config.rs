@@ -76,6 +76,11 @@ pub struct Limits {
     /// outlasts a weekend or a holiday away, while a client that never comes back stops
     /// holding memory and a place under `sessions_max`.
     pub persistent_session_expiry_secs: u32,
+    /// MQTT 5 topic aliases per connection, each way (as mosquitto's `max_topic_alias`): the
+    /// Topic Alias Maximum the CONNACK gives (a client over it is disconnected with 0x94), and
+    /// at most this many the broker assigns for the topics it sends a client that allows
+    /// aliases. A connection holds the topics its aliases name. 0 = none.
+    pub topic_alias_max: u16,
 }
 
 impl Default for Limits {
@@ -100,6 +105,7 @@ impl Default for Limits {
             retained_bytes_max: 1 << 30,
             sessions_max: 1_000_000,
             persistent_session_expiry_secs: 7 * 24 * 3600,
+            topic_alias_max: 10,
         }
     }
 }

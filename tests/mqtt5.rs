@@ -248,7 +248,7 @@ fn issue8_v5_connect_is_accepted_and_connack_advertises_the_broker() {
     );
     assert_eq!(p.retain_available, Some(1));
     assert_eq!(p.max_packet_size, Some(70_000));
-    assert_eq!(p.topic_alias_max, Some(0));
+    assert_eq!(p.topic_alias_max, Some(10), "limits.topic_alias_max");
     assert_eq!(p.wildcard_subscription_available, Some(1));
     assert_eq!(p.subscription_identifiers_available, Some(1));
     assert_eq!(p.shared_subscription_available, Some(1));
@@ -754,8 +754,8 @@ fn issue8_mosquitto_v5_user_properties_reach_a_v5_subscriber() {
 
 #[test]
 fn issue8_client_topic_alias_is_refused_with_0x94() {
-    // CONNACK advertised Topic Alias Maximum 0 [MQTT-3.2.2-17]: an alias is invalid.
-    let broker = start_broker();
+    // CONNACK advertised no Topic Alias Maximum (0) [MQTT-3.2.2-17]: an alias is invalid.
+    let broker = broker_with(|c| c.limits.topic_alias_max = 0);
     let mut client = V5Client::connect(broker.addr(), &unique_id("v5-alias"));
     client.send(Packet::Publish(Publish::new(
         "t",

@@ -51,20 +51,66 @@ pub fn encode_publish<B: BufMut>(
     packet_id: u16,
     properties: Option<&Properties>,
 ) -> Result<(), EncodeError> {
-    // [MQTT-3.3.1-2]
-    if dup && qos == QoS::AtMostOnce {
-        return Err(EncodeError::Invalid("DUP set on a QoS 0 PUBLISH"));
-    }
-    let first = 0x30 | (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
-    let body = PublishBody {
-        version,
+    let parts = PublishParts {
         topic,
         payload,
         qos,
+        retain,
+        dup,
         packet_id,
         properties,
+        topic_alias: None,
     };
-    encode_frame(out, first, &body)
+    encode_publish_parts(out, version, &parts)
+}
+
+/// A PUBLISH as the broker sends it to one connection: borrowed parts, plus the MQTT 5 Topic
+/// Alias that connection gets for the topic (written after `properties`, which must not hold
+/// one: a message's properties are shared by every subscriber, an alias is one connection's).
+#[derive(Clone, Copy, Debug)]
+pub struct PublishParts<'a> {
+    /// Empty only when `topic_alias` names the topic (MQTT 5, 3.3.2.1).
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// Ignored for QoS 0; non-zero otherwise.
+    pub packet_id: u16,
+    pub properties: Option<&'a Properties>,
+    /// Left out under 3.1.x.
+    pub topic_alias: Option<u16>,
+}
+
+/// `encode_publish` with a Topic Alias of the connection's own.
+pub fn encode_publish_parts<B: BufMut>(
+    out: &mut B,
+    version: ProtocolVersion,
+    parts: &PublishParts<'_>,
+) -> Result<(), EncodeError> {
+    // [MQTT-3.3.1-2]
+    if parts.dup && parts.qos == QoS::AtMostOnce {
+        return Err(EncodeError::Invalid("DUP set on a QoS 0 PUBLISH"));
+    }
+    encode_frame(
+        out,
+        publish_first_byte(parts),
+        &PublishBody { version, parts },
+    )
+}
+
+/// Bytes `encode_publish_parts` would append (fixed header included): what a client's Maximum
+/// Packet Size is checked against before anything is written. Unspecified for a PUBLISH that
+/// `encode_publish_parts` refuses.
+pub fn publish_parts_len(version: ProtocolVersion, parts: &PublishParts<'_>) -> usize {
+    let mut count = Count(0);
+    let _ = PublishBody { version, parts }.write(&mut count);
+    let remaining_length = count.0;
+    1 + var_int_len(remaining_length) + remaining_length
+}
+
+fn publish_first_byte(parts: &PublishParts<'_>) -> u8 {
+    0x30 | (u8::from(parts.dup) << 3) | ((parts.qos as u8) << 1) | u8::from(parts.retain)
 }
 
 /// Bytes `encode` would append for `packet` (fixed header included). Unspecified for a packet
@@ -136,35 +182,62 @@ trait Body {
 
 struct PublishBody<'a> {
     version: ProtocolVersion,
-    topic: &'a str,
-    payload: &'a [u8],
-    qos: QoS,
-    packet_id: u16,
-    /// `None`: no properties.
-    properties: Option<&'a Properties>,
+    parts: &'a PublishParts<'a>,
 }
 
 impl Body for PublishBody<'_> {
     fn write<S: Sink>(&self, s: &mut S) -> Result<(), EncodeError> {
         let v5 = self.version.is_v5();
+        let p = self.parts;
+        let alias = p
+            .topic_alias
+            .or_else(|| p.properties.and_then(|p| p.topic_alias));
         // [MQTT-4.7.3-1]; MQTT 5 3.3.2.1: empty only when a Topic Alias names the topic.
-        if self.topic.is_empty()
-            && !(v5 && self.properties.is_some_and(|p| p.topic_alias.is_some()))
-        {
+        if p.topic.is_empty() && !(v5 && alias.is_some()) {
             return Err(EncodeError::Invalid(
                 "an empty topic name without a topic alias",
             ));
         }
-        write_string(s, self.topic)?;
-        if self.qos != QoS::AtMostOnce {
-            write_packet_id(s, self.packet_id)?;
+        write_string(s, p.topic)?;
+        if p.qos != QoS::AtMostOnce {
+            write_packet_id(s, p.packet_id)?;
         }
         if v5 {
-            write_properties(s, self.properties)?;
+            write_publish_properties(s, p.properties, p.topic_alias)?;
         }
-        s.put(self.payload);
+        s.put(p.payload);
         Ok(())
     }
+}
+
+/// A PUBLISH's properties and the connection's Topic Alias after them (any order is valid,
+/// spec 2.2.2.2): the shared properties are not copied to add it.
+fn write_publish_properties<S: Sink>(
+    s: &mut S,
+    properties: Option<&Properties>,
+    topic_alias: Option<u16>,
+) -> Result<(), EncodeError> {
+    let Some(alias) = topic_alias else {
+        return write_properties(s, properties);
+    };
+    // [MQTT-3.3.2-8] Never 0; and never twice.
+    if alias == 0 {
+        return Err(EncodeError::Invalid("topic alias 0"));
+    }
+    if properties.is_some_and(|p| p.topic_alias.is_some()) {
+        return Err(EncodeError::Invalid("a second topic alias"));
+    }
+    let mut count = Count(3);
+    if let Some(properties) = properties {
+        write_property_list(&mut count, properties)?;
+    }
+    write_var_int(s, count.0)?;
+    if let Some(properties) = properties {
+        write_property_list(s, properties)?;
+    }
+    s.put_u8(0x23);
+    s.put_u16(alias);
+    Ok(())
 }
 
 struct PacketBody<'a> {
@@ -192,11 +265,16 @@ impl Body for PacketBody<'_> {
             }
             Packet::Publish(p) => PublishBody {
                 version,
-                topic: &p.topic,
-                payload: &p.payload,
-                qos: p.qos,
-                packet_id: p.packet_id,
-                properties: p.properties.get(),
+                parts: &PublishParts {
+                    topic: &p.topic,
+                    payload: &p.payload,
+                    qos: p.qos,
+                    retain: p.retain,
+                    dup: p.dup,
+                    packet_id: p.packet_id,
+                    properties: p.properties.get(),
+                    topic_alias: None,
+                },
             }
             .write(s),
             Packet::PubAck(ack)

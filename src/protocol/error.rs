@@ -78,6 +78,8 @@ impl DecodeError {
                 ReasonCode::UnsupportedProtocolVersion
             }
             WildcardInTopicName => ReasonCode::TopicNameInvalid,
+            // [MQTT-3.3.2-8] Topic Alias 0: "Topic Alias invalid", as an alias over the maximum.
+            InvalidPropertyValue { id: 0x23 } => ReasonCode::TopicAliasInvalid,
             EmptyTopicName
             | ZeroPacketId
             | EmptySubscription

@@ -6,7 +6,8 @@
 //!   from the fixed header, before the body is buffered.
 //! - `encode(packet, version, out)` appends one packet's bytes to `out`; `encode_publish` does
 //!   the same for a PUBLISH from borrowed parts (encode once, copy into many outboxes), and
-//!   `encoded_len` tells the size beforehand.
+//!   `encoded_len` tells the size beforehand; `encode_publish_parts` and `publish_parts_len` add
+//!   one connection's Topic Alias to a message's shared properties.
 //! - `frame_len(buf, packet_size_max)` sizes the packet at the front of `buf` from its fixed
 //!   header alone.
 //! - A `DecodeError` maps to the reason code the spec prescribes (`reason_code()`).
@@ -27,7 +28,9 @@ pub mod reason;
 mod tests;
 
 pub use decode::decode;
-pub use encode::{encode, encode_publish, encoded_len};
+pub use encode::{
+    encode, encode_publish, encode_publish_parts, encoded_len, publish_parts_len, PublishParts,
+};
 pub use error::{DecodeError, EncodeError};
 pub use header::{frame_len, VAR_INT_MAX};
 pub use packet::*;

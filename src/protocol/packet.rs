@@ -105,6 +105,25 @@ impl Packet {
             Packet::Auth(_) => PacketType::Auth,
         }
     }
+
+    /// The packet's MQTT 5 properties; `None` for PINGREQ and PINGRESP, which have none.
+    pub fn properties_mut(&mut self) -> Option<&mut Props> {
+        match self {
+            Packet::Connect(p) => Some(&mut p.properties),
+            Packet::ConnAck(p) => Some(&mut p.properties),
+            Packet::Publish(p) => Some(&mut p.properties),
+            Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+                Some(&mut p.properties)
+            }
+            Packet::Subscribe(p) => Some(&mut p.properties),
+            Packet::SubAck(p) => Some(&mut p.properties),
+            Packet::Unsubscribe(p) => Some(&mut p.properties),
+            Packet::UnsubAck(p) => Some(&mut p.properties),
+            Packet::PingReq | Packet::PingResp => None,
+            Packet::Disconnect(p) => Some(&mut p.properties),
+            Packet::Auth(p) => Some(&mut p.properties),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -603,6 +603,78 @@ fn encode_publish_matches_encode() {
     }
 }
 
+/// Issue 8: one connection's Topic Alias goes next to a message's shared properties, and the
+/// size the Maximum Packet Size check sees is the size written.
+#[test]
+fn publish_parts_add_a_topic_alias_and_know_their_size() {
+    let shared = Properties {
+        content_type: Some("text/plain".into()),
+        ..Properties::default()
+    };
+    for (topic, properties) in [
+        ("a/b", None),
+        ("", None),
+        ("a/b", Some(&shared)),
+        ("", Some(&shared)),
+    ] {
+        let parts = PublishParts {
+            topic,
+            payload: b"hello",
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: true,
+            packet_id: 7,
+            properties,
+            topic_alias: Some(3),
+        };
+        let mut out = BytesMut::new();
+        encode_publish_parts(&mut out, V5, &parts).unwrap();
+        assert_eq!(out.len(), publish_parts_len(V5, &parts));
+        let Packet::Publish(p) = dec_one(&out, V5) else {
+            panic!("a PUBLISH");
+        };
+        assert_eq!((&*p.topic, p.properties.topic_alias), (topic, Some(3)));
+        assert_eq!(
+            p.properties.content_type,
+            properties.and_then(|p| p.content_type.clone())
+        );
+        assert_eq!(
+            (p.dup, p.packet_id, &p.payload[..]),
+            (true, 7, &b"hello"[..])
+        );
+        // 3.1.1 has no alias: the topic must be there, and goes out without one.
+        let mut v3 = BytesMut::new();
+        let encoded = encode_publish_parts(&mut v3, V3, &parts);
+        if topic.is_empty() {
+            assert!(encoded.is_err() && v3.is_empty());
+        } else {
+            assert_eq!(v3.len(), publish_parts_len(V3, &parts));
+            let mut plain = BytesMut::new();
+            let (qos, retain, dup) = (QoS::AtLeastOnce, false, true);
+            encode_publish(
+                &mut plain, V3, topic, b"hello", qos, retain, dup, 7, properties,
+            )
+            .unwrap();
+            assert_eq!(v3, plain);
+        }
+    }
+    let zero = PublishParts {
+        topic: "t",
+        payload: b"",
+        qos: QoS::AtMostOnce,
+        retain: false,
+        dup: false,
+        packet_id: 0,
+        properties: None,
+        topic_alias: Some(0),
+    };
+    assert!(encode_publish_parts(&mut BytesMut::new(), V5, &zero).is_err());
+    // [MQTT-3.3.2-8] A client's alias 0 is "Topic Alias invalid", not a plain protocol error.
+    let alias_zero = [0x30, 0x07, 0x00, 0x01, b't', 0x03, 0x23, 0x00, 0x00];
+    let error = dec(&alias_zero, V5).unwrap_err();
+    assert_eq!(error.reason_code(), ReasonCode::TopicAliasInvalid);
+}
+
 #[test]
 fn encode_refuses_what_the_wire_cannot_carry() {
     let mut out = Vec::new();
@@ -1312,7 +1384,8 @@ fn malformed_inputs_give_exact_errors() {
             V5,
             v5_publish(&[0x23, 0x00, 0x00]),
             InvalidPropertyValue { id: 0x23 },
-            R::ProtocolError,
+            // [MQTT-3.3.2-8] Issue 8: DISCONNECT 0x94, as for an alias over the maximum.
+            R::TopicAliasInvalid,
         ),
         (
             "response topic with a wildcard",

@@ -370,6 +370,23 @@ impl Session {
         debug_assert_eq!(flows.pinned_count, 0);
     }
 
+    /// The message in flight with `packet_id` is done with without an ack: it could not be
+    /// sent (over an MQTT 5 client's Maximum Packet Size), which counts as delivered.
+    pub fn discard_inflight(&mut self, packet_id: u16) {
+        let Some(flows) = self.flows.as_mut() else {
+            return;
+        };
+        if let Some(index) = flows
+            .inflight
+            .iter()
+            .rposition(|f| f.packet_id == packet_id)
+        {
+            if flows.inflight.remove(index).is_some_and(|f| f.pinned) {
+                flows.pinned_count -= 1;
+            }
+        }
+    }
+
     /// PUBACK for a QoS 1 message: its flow is complete. False for an unknown id.
     pub fn on_puback(&mut self, packet_id: u16) -> bool {
         let Some(flows) = self.flows.as_mut() else {

@@ -12,6 +12,8 @@ use bytes::BytesMut;
 use crate::protocol::{LastWill, ProtocolVersion};
 use crate::ring::next_generation;
 
+use super::conn_v5::ConnV5;
+
 /// A new buffer for the bytes of a partial packet: room for what arrived, not for what its
 /// header announces, or a client sending only headers would make the broker hold a large
 /// buffer per connection (issue 7: 64 KiB each). It grows with the bytes as they come
@@ -92,6 +94,9 @@ pub struct Conn {
     /// `None` while idle (see `ConnBuffers`).
     pub buffers: Option<Box<ConnBuffers>>,
     pub will: Option<Box<LastWill>>,
+    /// MQTT 5 state only some clients use (topic aliases, their Maximum Packet Size): `None`
+    /// for the others (`conn_v5.rs`).
+    pub v5: Option<Box<ConnV5>>,
     pub recv_armed: bool,
     /// The outbox passed `outbox_bytes_max`: reading is paused until it drains to half, and
     /// nothing re-arms the recv meanwhile (`backpressure.rs`).
@@ -125,6 +130,7 @@ impl Conn {
             last_packet_ms: now_ms,
             buffers: None,
             will: None,
+            v5: None,
             recv_armed: false,
             recv_paused: false,
             recv_cancelling: false,

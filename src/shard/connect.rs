@@ -12,6 +12,7 @@ use crate::protocol::{
 use crate::session::{ConnRef, Session};
 
 use super::conn::ConnState;
+use super::conn_v5::ConnV5;
 use super::handle::unpinned_string;
 use super::limits::LimitHit;
 use super::{CloseReason, Shard};
@@ -263,6 +264,14 @@ impl Shard {
             self.config.limits.keepalive_max_secs,
         );
         let keepalive_secs = conn.keepalive_secs;
+        // Aliases are the connection's, not the session's: a new one starts with none
+        // [MQTT-3.3.2-7]; with them, the client's Maximum Packet Size, which the CONNACK
+        // below already obeys.
+        conn.v5 = if v5 {
+            ConnV5::for_connect(&connect.properties, self.config.limits.topic_alias_max)
+        } else {
+            None
+        };
         conn.will = connect.will.as_ref().map(|will| {
             Box::new(LastWill {
                 topic: unpinned_string(&will.topic),
@@ -319,9 +328,8 @@ impl Shard {
             retain_available: Some(1),
             maximum_packet_size: Some(limits.packet_size_max),
             assigned_client_identifier: assigned_client_id.map(ByteString::from),
-            // Topic aliases are not supported yet: 0 tells the client to send none
-            // [MQTT-3.2.2-17].
-            topic_alias_maximum: Some(0),
+            // The aliases the client may use [MQTT-3.2.2-17]; absent: none (3.2.2.3.8).
+            topic_alias_maximum: (limits.topic_alias_max > 0).then_some(limits.topic_alias_max),
             wildcard_subscription_available: Some(1),
             subscription_identifier_available: Some(1),
             shared_subscription_available: Some(1),

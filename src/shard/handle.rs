@@ -6,50 +6,21 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::protocol::{
-    self, DecodeError, LastWill, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS,
+    DecodeError, LastWill, Packet, Properties, ProtocolVersion, PubAck, Publish, PublishParts, QoS,
     ReasonCode,
 };
 use crate::session::{self, ConnRef, Enqueued, IncomingQos2, InflightState, Message};
 
-use super::conn::NO_SESSION;
-use super::conn::{ConnState, Conns, Pools};
+use super::conn::{ConnState, NO_SESSION};
 use super::held::HeldPacket;
 use super::limits::LimitHit;
+use super::outgoing::{Outboxes, Written};
 use super::route::{Grant, Member};
-use super::{route, CloseReason, Shard, OUTBOX_INITIAL};
-
-/// The outbox of a connection that is not closing, taking a pooled buffer when it has none,
-/// and marked for this turn's flush. Takes the shard's fields apart so callers can keep
-/// borrowing the sessions meanwhile.
-fn outbox_in<'a>(
-    conns: &'a mut Conns,
-    pools: &mut Pools,
-    dirty: &mut Vec<(u32, u32)>,
-    slot: u32,
-    generation: u32,
-) -> Option<(&'a mut BytesMut, ProtocolVersion)> {
-    let conn = conns.get_mut(slot, generation)?;
-    if conn.state == ConnState::Closing {
-        return None;
-    }
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push((slot, generation));
-    }
-    let version = conn.version;
-    let buffers = conn.buffers(pools);
-    if buffers.outbox.capacity() == 0 {
-        buffers.outbox = pools
-            .outboxes
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(OUTBOX_INITIAL));
-    }
-    Some((&mut buffers.outbox, version))
-}
+use super::{route, CloseReason, Shard};
 
 /// PUBACK/PUBREC's reason: MQTT 5 tells a publisher nobody subscribed (0x10, still a success
 /// [MQTT-3.4.2.1]); 3.1.1 has no code.
@@ -170,63 +141,67 @@ impl Shard {
         self.close_with(slot, generation, CloseReason::Protocol, Some(code));
     }
 
-    /// Appends one packet to a connection's outbox.
+    /// Appends one packet (not a PUBLISH: `outgoing.rs`) to a connection's outbox.
     pub(super) fn write(&mut self, slot: u32, generation: u32, packet: &Packet) {
-        let Some((outbox, version)) = outbox_in(
-            &mut self.conns,
-            &mut self.pools,
-            &mut self.dirty,
-            slot,
-            generation,
-        ) else {
-            return;
-        };
-        // Packets the broker builds always encode; a failure would be a bug, not input.
-        let encoded = protocol::encode(packet, version, outbox);
-        debug_assert!(encoded.is_ok(), "encoding {packet:?}: {encoded:?}");
+        self.outboxes().packet(ConnRef { slot, generation }, packet);
+    }
+
+    /// The shard's outboxes, for a write that does not keep a session borrowed.
+    pub(super) fn outboxes(&mut self) -> Outboxes<'_> {
+        Outboxes {
+            conns: &mut self.conns,
+            pools: &mut self.pools,
+            dirty: &mut self.dirty,
+            stats: &mut self.stats,
+        }
     }
 
     /// On resume, messages still unacknowledged go out again, in order: PUBLISH with DUP=1,
-    /// or PUBREL for those the client already received [MQTT-4.4.0-1].
+    /// or PUBREL for those the client already received [MQTT-4.4.0-1]. On this new connection
+    /// their topics get aliases afresh. One now over the client's Maximum Packet Size is done
+    /// with, as if delivered.
     pub(super) fn resend_inflight(&mut self, session: u32, slot: u32, generation: u32) {
+        let now_secs = self.now_ms / 1000;
         let Some(s) = self.sessions.get(session) else {
             return;
         };
-        let Some((outbox, version)) = outbox_in(
-            &mut self.conns,
-            &mut self.pools,
-            &mut self.dirty,
-            slot,
-            generation,
-        ) else {
-            return;
+        let c = ConnRef { slot, generation };
+        let mut out = Outboxes {
+            conns: &mut self.conns,
+            pools: &mut self.pools,
+            dirty: &mut self.dirty,
+            stats: &mut self.stats,
         };
-        let now_secs = self.now_ms / 1000;
+        let mut too_large = Vec::new();
         for flight in s.inflight() {
             let m = &flight.message;
-            // Delivery has begun: even an expired one completes, with what is left (0).
-            let properties = m.properties_at(now_secs);
-            let encoded = match flight.state {
+            match flight.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
-                    protocol::encode_publish(
-                        outbox,
-                        version,
-                        &m.topic,
-                        &m.payload,
-                        m.qos,
-                        m.retain,
-                        true,
-                        flight.packet_id,
-                        properties.as_deref(),
-                    )
+                    // Delivery has begun: even an expired one completes, with what is left (0).
+                    let properties = m.properties_at(now_secs);
+                    let parts = PublishParts {
+                        topic: &m.topic,
+                        payload: &m.payload,
+                        qos: m.qos,
+                        retain: m.retain,
+                        dup: true,
+                        packet_id: flight.packet_id,
+                        properties: properties.as_deref(),
+                        topic_alias: None,
+                    };
+                    if out.publish(c, &parts, None) == Written::TooLarge {
+                        too_large.push(flight.packet_id);
+                    }
                 }
-                InflightState::AwaitPubComp => protocol::encode(
-                    &Packet::PubRel(PubAck::new(flight.packet_id)),
-                    version,
-                    outbox,
-                ),
-            };
-            debug_assert!(encoded.is_ok());
+                InflightState::AwaitPubComp => {
+                    out.packet(c, &Packet::PubRel(PubAck::new(flight.packet_id)))
+                }
+            }
+        }
+        if let Some(s) = self.sessions.get_mut(session) {
+            for packet_id in too_large {
+                s.discard_inflight(packet_id);
+            }
         }
     }
 
@@ -245,17 +220,19 @@ impl Shard {
             .conns
             .get(slot, generation)
             .is_some_and(|c| c.version.is_v5());
-        let properties = if v5 && !publish.properties.is_empty() {
-            if publish.properties.topic_alias.is_some() {
-                // CONNACK said Topic Alias Maximum 0 [MQTT-3.3.2-8].
-                self.close_with(
-                    slot,
-                    generation,
-                    CloseReason::Protocol,
-                    Some(ReasonCode::TopicAliasInvalid),
-                );
-                return;
+        let aliased;
+        let topic = match publish.properties.topic_alias {
+            Some(alias) if v5 => {
+                let Some(topic) = self.topic_by_alias(slot, generation, alias, &publish.topic)
+                else {
+                    return;
+                };
+                aliased = topic;
+                &aliased
             }
+            _ => &publish.topic,
+        };
+        let properties = if v5 && !publish.properties.is_empty() {
             if !publish.properties.subscription_identifiers.is_empty() {
                 // [MQTT-3.3.4-6] Only the server sends Subscription Identifiers.
                 self.close(slot, generation, CloseReason::Protocol);
@@ -284,15 +261,18 @@ impl Shard {
                 }
                 return;
             }
-            // One allocation per route, shared by every message queued from it.
-            Some(Arc::new((*publish.properties).clone()))
+            // One allocation per route, shared by every message queued from it. The alias was
+            // this hop's: each subscriber's connection has its own [MQTT-3.3.2-12].
+            let mut properties = (*publish.properties).clone();
+            properties.topic_alias = None;
+            (!properties.is_empty()).then(|| Arc::new(properties))
         } else {
             None
         };
         match publish.qos {
             QoS::AtMostOnce => {
                 self.publish(
-                    &publish.topic,
+                    topic,
                     &publish.payload,
                     QoS::AtMostOnce,
                     publish.retain,
@@ -306,7 +286,7 @@ impl Shard {
                     return;
                 }
                 let matched = self.publish(
-                    &publish.topic,
+                    topic,
                     &publish.payload,
                     QoS::AtLeastOnce,
                     publish.retain,
@@ -337,7 +317,7 @@ impl Shard {
                 // A repeat (not delivered again) is acknowledged as plain success.
                 let matched = incoming != Some(IncomingQos2::New)
                     || self.publish(
-                        &publish.topic,
+                        topic,
                         &publish.payload,
                         QoS::ExactlyOnce,
                         publish.retain,
@@ -349,6 +329,48 @@ impl Shard {
                     generation,
                     HeldPacket::PubRec(publish.packet_id, code),
                 );
+            }
+        }
+    }
+
+    /// The topic of a PUBLISH that carries Topic Alias `alias` (3.3.2.3.4): with a topic, the
+    /// alias names it from now on; without, the alias says which. `None` when the connection
+    /// is being closed: an alias of 0 or over our maximum is DISCONNECT 0x94 [MQTT-3.2.2-17]
+    /// [MQTT-3.3.2-9], one the client never set on this connection a protocol error.
+    fn topic_by_alias(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        alias: u16,
+        topic: &ByteString,
+    ) -> Option<ByteString> {
+        let alias_max = self.config.limits.topic_alias_max;
+        let conn = self.conns.get_mut(slot, generation)?;
+        if alias == 0 || alias > alias_max {
+            self.close_with(
+                slot,
+                generation,
+                CloseReason::Protocol,
+                Some(ReasonCode::TopicAliasInvalid),
+            );
+            return None;
+        }
+        // The connection's alias table, allocated on its first alias.
+        let aliases = &mut conn.v5.get_or_insert_with(Box::default).inbound;
+        if !topic.is_empty() {
+            aliases.set(alias, topic);
+            return Some(topic.clone());
+        }
+        match aliases.get(alias) {
+            Some(topic) => Some(topic.clone()),
+            None => {
+                self.close_with(
+                    slot,
+                    generation,
+                    CloseReason::Protocol,
+                    Some(ReasonCode::ProtocolError),
+                );
+                None
             }
         }
     }
@@ -465,7 +487,7 @@ impl Shard {
         if self.shard_count > 1 {
             return self.route_sharded(topic, payload, qos, retain, properties);
         }
-        self.qos0_ready = [false; 4];
+        self.qos0.reset();
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
@@ -504,7 +526,7 @@ impl Shard {
         retain: bool,
         properties: Option<&Arc<Properties>>,
     ) -> bool {
-        self.qos0_ready = [false; 4];
+        self.qos0.reset();
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
@@ -613,7 +635,7 @@ impl Shard {
             (conn.state == ConnState::Connected).then_some((c, conn.version, full))
         });
         if qos == QoS::AtMostOnce {
-            let Some((c, version, full)) = live else {
+            let Some((c, _, full)) = live else {
                 self.stats.dropped_offline_qos0 += 1;
                 return;
             };
@@ -621,54 +643,30 @@ impl Shard {
                 self.stats.dropped_outbox_full += 1;
                 return;
             }
-            let Some((outbox, _)) = outbox_in(
-                &mut self.conns,
-                &mut self.pools,
-                &mut self.dirty,
-                c.slot,
-                c.generation,
-            ) else {
-                return;
+            let parts = PublishParts {
+                topic,
+                payload,
+                qos: QoS::AtMostOnce,
+                retain,
+                dup: false,
+                packet_id: 0,
+                properties: properties.map(|p| &**p),
+                topic_alias: None,
+            };
+            // Encoded once per route and layout where it can be (`outgoing.rs`).
+            let mut out = Outboxes {
+                conns: &mut self.conns,
+                pools: &mut self.pools,
+                dirty: &mut self.dirty,
+                stats: &mut self.stats,
             };
             // Subscription Identifiers make the bytes this subscriber's own.
             let own_properties = properties.is_some_and(|p| !p.subscription_identifiers.is_empty());
-            if shared_encoding && !own_properties {
-                // Encode once per layout, copy into every outbox (3.1 and 3.1.1 share one; a
-                // RETAIN flag kept by Retain As Published is a layout of its own).
-                let layout = usize::from(version.is_v5()) | usize::from(retain) << 1;
-                if !self.qos0_ready[layout] {
-                    let cache = &mut self.qos0_encoded[layout];
-                    cache.clear();
-                    let encoded = protocol::encode_publish(
-                        cache,
-                        version,
-                        topic,
-                        payload,
-                        QoS::AtMostOnce,
-                        retain,
-                        false,
-                        0,
-                        properties.map(|p| &**p),
-                    );
-                    debug_assert!(encoded.is_ok());
-                    self.qos0_ready[layout] = true;
-                }
-                outbox.extend_from_slice(&self.qos0_encoded[layout]);
-            } else {
-                let encoded = protocol::encode_publish(
-                    outbox,
-                    version,
-                    topic,
-                    payload,
-                    QoS::AtMostOnce,
-                    retain,
-                    false,
-                    0,
-                    properties.map(|p| &**p),
-                );
-                debug_assert!(encoded.is_ok());
-            }
-            self.stats.messages_out += 1;
+            out.publish(
+                c,
+                &parts,
+                (shared_encoding && !own_properties).then_some(&mut self.qos0),
+            );
             return;
         }
         let message = Message {
@@ -724,42 +722,22 @@ impl Shard {
         // within the turn or the next, and one that does not gets them copied by the timer
         // sweep (`Session::unpin_inflight`): no copy per message on the hot path.
         let packet_id = s.start_inflight(message, pinned);
-        self.write_publish(
-            c,
+        let parts = PublishParts {
             topic,
             payload,
             qos,
             retain,
+            dup: false,
             packet_id,
-            properties.map(|p| &**p),
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write_publish(
-        &mut self,
-        c: ConnRef,
-        topic: &str,
-        payload: &[u8],
-        qos: QoS,
-        retain: bool,
-        packet_id: u16,
-        properties: Option<&Properties>,
-    ) {
-        let Some((outbox, version)) = outbox_in(
-            &mut self.conns,
-            &mut self.pools,
-            &mut self.dirty,
-            c.slot,
-            c.generation,
-        ) else {
-            return;
+            properties: properties.map(|p| &**p),
+            topic_alias: None,
         };
-        let encoded = protocol::encode_publish(
-            outbox, version, topic, payload, qos, retain, false, packet_id, properties,
-        );
-        debug_assert!(encoded.is_ok());
-        self.stats.messages_out += 1;
+        if self.outboxes().publish(c, &parts, None) == Written::TooLarge {
+            // [MQTT-3.1.2-24] Not sent, and done with: it must not hold a place in the window.
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.discard_inflight(packet_id);
+            }
+        }
     }
 
     /// Moves queued messages into the window while it has room and the outbox is under its
@@ -795,30 +773,32 @@ impl Shard {
             let Some(flight) = s.newest_inflight() else {
                 return;
             };
-            let Some((outbox, version)) = outbox_in(
-                &mut self.conns,
-                &mut self.pools,
-                &mut self.dirty,
-                c.slot,
-                c.generation,
-            ) else {
-                return;
-            };
             let m = &flight.message;
             let properties = m.properties_at(now_secs);
-            let encoded = protocol::encode_publish(
-                outbox,
-                version,
-                &m.topic,
-                &m.payload,
-                m.qos,
-                m.retain,
-                false,
+            let parts = PublishParts {
+                topic: &m.topic,
+                payload: &m.payload,
+                qos: m.qos,
+                retain: m.retain,
+                dup: false,
                 packet_id,
-                properties.as_deref(),
-            );
-            debug_assert!(encoded.is_ok());
-            self.stats.messages_out += 1;
+                properties: properties.as_deref(),
+                topic_alias: None,
+            };
+            let mut out = Outboxes {
+                conns: &mut self.conns,
+                pools: &mut self.pools,
+                dirty: &mut self.dirty,
+                stats: &mut self.stats,
+            };
+            match out.publish(c, &parts, None) {
+                Written::Sent => {}
+                // Over the client's Maximum Packet Size: done with, the next one goes.
+                Written::TooLarge => {
+                    s.discard_inflight(packet_id);
+                }
+                Written::NoConnection => return,
+            }
         }
     }
 

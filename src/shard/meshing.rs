@@ -344,7 +344,7 @@ impl Shard {
         if shared.plain {
             self.route_local(&f.topic, &f.payload, f.qos, f.retain, f.properties.as_ref());
         } else {
-            self.qos0_ready = [false; 4];
+            self.qos0.reset();
             self.unpinned = None;
         }
         for name in &shared.groups {

@@ -13,19 +13,23 @@
 //! This file is the loop: the shard's state, its turn and the completions' dispatch, the
 //! wake-ups and the timer's sweep, the stop. Reading is in `recv.rs`, writing in `send.rs`,
 //! closing in `close.rs`, accepting in `accept.rs`; MQTT handling in `handle.rs` (CONNECT and
-//! DISCONNECT in `connect.rs`, SUBSCRIBE in `subscribe.rs`), mesh routing in `meshing.rs`, the
+//! DISCONNECT in `connect.rs`, SUBSCRIBE in `subscribe.rs`), every PUBLISH encoded for a
+//! connection in `outgoing.rs` (with its MQTT 5 aliases and size limit, `conn_v5.rs`), mesh
+//! routing in `meshing.rs`, the
 //! session table in `sessions.rs`, session expiry and delayed wills in `limits.rs`.
 
 mod accept;
 mod backpressure;
 mod close;
 pub mod conn;
+mod conn_v5;
 mod connect;
 mod handle;
 mod handoff;
 mod held;
 mod limits;
 mod meshing;
+mod outgoing;
 pub mod peers;
 mod recv;
 pub mod route;
@@ -180,8 +184,7 @@ pub struct Shard {
     /// and short-lived, so a list scanned per tick (`limits.rs`).
     delayed_wills: Vec<(u64, u32, Box<crate::protocol::LastWill>)>,
     /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
-    qos0_encoded: [BytesMut; 4],
-    qos0_ready: [bool; 4],
+    qos0: outgoing::SharedEncoding,
     /// A copy of the routed message's topic and payload outside the receive arena, made once
     /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
@@ -283,8 +286,7 @@ impl Shard {
             shared_picks: Vec::new(),
             expired: Vec::new(),
             delayed_wills: Vec::new(),
-            qos0_encoded: Default::default(),
-            qos0_ready: [false; 4],
+            qos0: Default::default(),
             unpinned: None,
             recv_paused_logged: false,
             outbox_stall_logged: false,

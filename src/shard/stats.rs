@@ -24,6 +24,9 @@ pub struct ShardStats {
     pub dropped_offline_qos0: u64,
     /// Queued messages dropped because their MQTT 5 Message Expiry Interval ran out first.
     pub dropped_expired: u64,
+    /// Packets not sent because they were larger than the MQTT 5 client's Maximum Packet Size
+    /// [MQTT-3.1.2-24] (a QoS 1/2 message so dropped counts as delivered).
+    pub dropped_packet_too_large: u64,
     /// Times the fixed-file table was full on accept (-ENFILE).
     pub table_full_count: u64,
     /// Multishot recvs ended because the provided-buffer ring was empty (-ENOBUFS).
@@ -88,7 +91,7 @@ impl fmt::Display for ShardStats {
         write!(
             f,
             "connections {} (accepted {}, refused {}, closed {}), messages in {} out {}, \
-             dropped: outbox full {}, queue full {}, offline QoS 0 {}, expired {}; table full {}, \
+             dropped: outbox full {}, queue full {}, offline QoS 0 {}, expired {}, too large {}; table full {}, \
              recv ENOBUFS {}, protocol errors {}, accept errors {}, CONNECT too large {}; \
              mesh: pushed {} (overflowed {}, most waiting {}, QoS 0 dropped {}), received {}, \
              wakes {}; hand-offs out {} in {} failed {} (slots lost {}); shared group gone {}; reads paused {}, \
@@ -105,6 +108,7 @@ impl fmt::Display for ShardStats {
             self.dropped_queue_full,
             self.dropped_offline_qos0,
             self.dropped_expired,
+            self.dropped_packet_too_large,
             self.table_full_count,
             self.recv_nobufs_count,
             self.protocol_errors,

@@ -1,0 +1,214 @@
+//! The one place a PUBLISH is encoded for a connection: a live QoS 0 message (encoded once per
+//! route and layout where it can be), a QoS 1/2 message put in the window, one pumped from the
+//! queue, the window resent on resume, a retained message on subscribe. Here the connection's
+//! MQTT 5 state (`conn_v5.rs`) applies: its outbound topic aliases, and its Maximum Packet
+//! Size, for every packet the shard writes it. A connection without that state (every 3.1.1
+//! one, and a 5.0 one that asked for neither) takes the path it always took: the shared
+//! encoding copied into its outbox.
+
+use bytes::BytesMut;
+
+use crate::protocol::{
+    self, encode_publish_parts, publish_parts_len, Packet, ProtocolVersion, PublishParts,
+};
+use crate::session::ConnRef;
+
+use super::conn::{Conn, ConnState, Conns, Pools};
+use super::conn_v5::AliasUse;
+use super::stats::ShardStats;
+use super::OUTBOX_INITIAL;
+
+/// Encode once: one route's QoS 0 message, as bytes per layout (3.1.x or 5.0, RETAIN clear or
+/// set by Retain As Published), copied into the outbox of every subscriber that takes it as
+/// it is (no topic alias of its own).
+#[derive(Default)]
+pub(super) struct SharedEncoding {
+    encoded: [BytesMut; 4],
+    ready: [bool; 4],
+}
+
+impl SharedEncoding {
+    /// A new route: the bytes of the last one are stale.
+    pub fn reset(&mut self) {
+        self.ready = [false; 4];
+    }
+
+    fn bytes(&mut self, version: ProtocolVersion, parts: &PublishParts<'_>) -> &[u8] {
+        let layout = usize::from(version.is_v5()) | usize::from(parts.retain) << 1;
+        let cache = &mut self.encoded[layout];
+        if !self.ready[layout] {
+            cache.clear();
+            let encoded = encode_publish_parts(cache, version, parts);
+            debug_assert!(encoded.is_ok(), "{encoded:?}");
+            self.ready[layout] = true;
+        }
+        cache
+    }
+}
+
+/// What became of a PUBLISH written for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Written {
+    Sent,
+    /// Over the client's Maximum Packet Size: not sent [MQTT-3.1.2-24], counted. A QoS 1/2
+    /// message is then done with, as if delivered.
+    TooLarge,
+    /// The connection is gone or closing.
+    NoConnection,
+}
+
+/// The outbox of connection `(slot, generation)`, a pooled buffer when it had none, and the
+/// connection marked for this turn's flush.
+pub(super) fn outbox_of<'a>(
+    conn: &'a mut Conn,
+    pools: &mut Pools,
+    dirty: &mut Vec<(u32, u32)>,
+    slot: u32,
+    generation: u32,
+) -> &'a mut BytesMut {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push((slot, generation));
+    }
+    let buffers = conn.buffers(pools);
+    if buffers.outbox.capacity() == 0 {
+        buffers.outbox = pools
+            .outboxes
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(OUTBOX_INITIAL));
+    }
+    &mut buffers.outbox
+}
+
+/// The shard's fields a write touches, taken apart so a caller can keep borrowing the
+/// sessions (a window being resent, a message just put in flight).
+pub(super) struct Outboxes<'a> {
+    pub conns: &'a mut Conns,
+    pub pools: &'a mut Pools,
+    pub dirty: &'a mut Vec<(u32, u32)>,
+    pub stats: &'a mut ShardStats,
+}
+
+impl Outboxes<'_> {
+    /// Writes a PUBLISH (`parts.topic_alias` unset) to connection `c`: with the alias the
+    /// connection has or gets for the topic [MQTT-3.3.2-11], unless it is larger than the
+    /// client takes. `shared`: the same message goes to every subscriber of this route, so a
+    /// connection without aliases copies the bytes encoded once.
+    pub fn publish(
+        &mut self,
+        c: ConnRef,
+        parts: &PublishParts<'_>,
+        shared: Option<&mut SharedEncoding>,
+    ) -> Written {
+        debug_assert!(parts.topic_alias.is_none() && !parts.topic.is_empty());
+        let Outboxes {
+            conns,
+            pools,
+            dirty,
+            stats,
+        } = self;
+        let Some(conn) = conns.get_mut(c.slot, c.generation) else {
+            return Written::NoConnection;
+        };
+        if conn.state == ConnState::Closing {
+            return Written::NoConnection;
+        }
+        let version = conn.version;
+        let v5 = conn.v5.as_deref();
+        let size_max = v5
+            .and_then(|v5| v5.packet_size_max)
+            .map_or(usize::MAX, |m| m as usize);
+        let plan = v5
+            .and_then(|v5| v5.outbound.as_ref())
+            .map(|aliases| aliases.plan(parts.topic));
+        match (plan, shared) {
+            (None, Some(shared)) => {
+                let bytes = shared.bytes(version, parts);
+                if bytes.len() > size_max {
+                    stats.dropped_packet_too_large += 1;
+                    return Written::TooLarge;
+                }
+                outbox_of(conn, pools, dirty, c.slot, c.generation).extend_from_slice(bytes);
+            }
+            (None, None) => {
+                if too_large(version, parts, size_max) {
+                    stats.dropped_packet_too_large += 1;
+                    return Written::TooLarge;
+                }
+                let outbox = outbox_of(conn, pools, dirty, c.slot, c.generation);
+                let encoded = encode_publish_parts(outbox, version, parts);
+                debug_assert!(encoded.is_ok(), "{encoded:?}");
+            }
+            (Some((plan, hash)), _) => {
+                let aliased = match plan {
+                    AliasUse::Known(alias) => PublishParts {
+                        topic: "",
+                        topic_alias: Some(alias),
+                        ..*parts
+                    },
+                    AliasUse::New(alias) => PublishParts {
+                        topic_alias: Some(alias),
+                        ..*parts
+                    },
+                };
+                if too_large(version, &aliased, size_max) {
+                    stats.dropped_packet_too_large += 1;
+                    return Written::TooLarge;
+                }
+                let outbox = outbox_of(conn, pools, dirty, c.slot, c.generation);
+                let encoded = encode_publish_parts(outbox, version, &aliased);
+                debug_assert!(encoded.is_ok(), "{encoded:?}");
+                if let AliasUse::New(alias) = plan {
+                    if let Some(aliases) = conn.v5.as_mut().and_then(|v5| v5.outbound.as_mut()) {
+                        aliases.assign(alias, parts.topic, hash);
+                    }
+                }
+            }
+        }
+        stats.messages_out += 1;
+        Written::Sent
+    }
+
+    /// Writes a packet the broker builds (not a PUBLISH: `publish`) to connection `c`. Over
+    /// the client's Maximum Packet Size it goes without its Reason String and User Properties
+    /// [MQTT-3.1.2-25], and if that is still too large, not at all (counted).
+    pub fn packet(&mut self, c: ConnRef, packet: &Packet) {
+        let Some(conn) = self.conns.get_mut(c.slot, c.generation) else {
+            return;
+        };
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        let version = conn.version;
+        let size_max = conn.v5.as_ref().and_then(|v5| v5.packet_size_max);
+        let trimmed;
+        let packet = match size_max {
+            Some(size_max) if protocol::encoded_len(packet, version) > size_max as usize => {
+                let mut smaller = packet.clone();
+                if let Some(properties) = smaller.properties_mut() {
+                    if properties.reason_string.is_some() || !properties.user_properties.is_empty()
+                    {
+                        properties.reason_string = None;
+                        properties.user_properties = Vec::new();
+                    }
+                }
+                if protocol::encoded_len(&smaller, version) > size_max as usize {
+                    self.stats.dropped_packet_too_large += 1;
+                    return;
+                }
+                trimmed = smaller;
+                &trimmed
+            }
+            _ => packet,
+        };
+        let outbox = outbox_of(conn, self.pools, self.dirty, c.slot, c.generation);
+        // Packets the broker builds always encode; a failure would be a bug, not input.
+        let encoded = protocol::encode(packet, version, outbox);
+        debug_assert!(encoded.is_ok(), "encoding {packet:?}: {encoded:?}");
+    }
+}
+
+/// Over the client's Maximum Packet Size, which is looked at only when it set one.
+fn too_large(version: ProtocolVersion, parts: &PublishParts<'_>, size_max: usize) -> bool {
+    size_max != usize::MAX && publish_parts_len(version, parts) > size_max
+}
