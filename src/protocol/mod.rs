@@ -26,8 +26,8 @@ pub mod reason;
 #[cfg(test)]
 mod tests;
 
-pub use decode::decode;
-pub use encode::{encode, encode_publish, encoded_len};
+pub use decode::{connect_protocol_level, decode};
+pub use encode::{encode, encode_publish, encoded_len, properties_len};
 pub use error::{DecodeError, EncodeError};
 pub use header::{frame_len, VAR_INT_MAX};
 pub use packet::*;
