@@ -551,7 +551,7 @@ fn issue8_retained_properties_count_in_retained_bytes_max() {
         puback(&publisher.publish(light)).reason,
         PubAckReason::NoMatchingSubscribers
     );
-    assert_eq!(retained_seen(broker.addr(), 0, 1, &topic), [topic.clone()]);
+    assert_eq!(retained_seen(broker.addr(), 0, 1, &topic), [topic]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -741,7 +741,7 @@ fn issue8_mosquitto_response_topic_and_correlation_data() {
     let finished = sub.finish();
     let expected = format!("RR|{topic}|reply/to/me|334");
     assert!(
-        finished.stdout.iter().any(|line| *line == expected),
+        finished.stdout.contains(&expected),
         "{expected} in {finished:?}"
     );
 }
