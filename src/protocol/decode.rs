@@ -53,6 +53,38 @@ pub fn decode(
     decode_body(first, frame, version)
 }
 
+/// The protocol level of the CONNECT at the front of `buf`, read from its first bytes without
+/// the rest of the packet (an oversized CONNECT is never buffered, yet an MQTT 5 one is owed
+/// CONNACK 0x95). `Ok(None)`: more bytes are needed to tell; `Err(())`: not a CONNECT with the
+/// protocol name "MQTT" or "MQIsdp".
+#[allow(clippy::result_unit_err)]
+pub fn connect_protocol_level(buf: &[u8]) -> Result<Option<u8>, ()> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    if first != 0x10 {
+        return Err(());
+    }
+    // The remaining length: up to 4 bytes, the last without its high bit.
+    let Some(length_len) = buf[1..].iter().take(4).position(|b| b & 0x80 == 0) else {
+        return if buf.len() > 4 { Err(()) } else { Ok(None) };
+    };
+    let variable = &buf[2 + length_len..];
+    let name_len = match variable {
+        [0, 4, ..] => 4,
+        [0, 6, ..] => 6,
+        [_, _, ..] => return Err(()),
+        _ => return Ok(None),
+    };
+    let Some(&level) = variable.get(2 + name_len) else {
+        return Ok(None);
+    };
+    match &variable[2..2 + name_len] {
+        b"MQTT" | b"MQIsdp" => Ok(Some(level)),
+        _ => Err(()),
+    }
+}
+
 /// The most frequent small packets (acks without properties, pings, a bare DISCONNECT) hold
 /// nothing to share with the receive buffer: parsed from the slice, they skip the split and the
 /// reference counting a frozen frame costs. `Ok(None)`: not one of them, take the general path

@@ -123,6 +123,16 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
     1 + var_int_len(remaining_length) + remaining_length
 }
 
+/// Bytes the properties take on the wire, without their length prefix (what a retained
+/// message's properties weigh against `retained_bytes_max`). 0 for a set that cannot be encoded.
+pub fn properties_len(properties: &Properties) -> usize {
+    let mut count = Count(0);
+    match write_property_list(&mut count, properties) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    }
+}
+
 /// Counts the body, checks it fits the remaining length and `out`, then writes the packet.
 fn encode_frame<B: BufMut, T: Body>(out: &mut B, first: u8, body: &T) -> Result<(), EncodeError> {
     let mut count = Count(0);

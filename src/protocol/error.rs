@@ -86,7 +86,6 @@ impl DecodeError {
             | InvalidRetainHandling
             | DuplicateProperty(_)
             | InvalidPropertyValue { .. }
-            | InvalidReasonCode(_)
             | ProtocolError(_) => ReasonCode::ProtocolError,
             InvalidPacketType(_)
             | InvalidFlags { .. }
@@ -100,6 +99,9 @@ impl DecodeError {
             | InvalidSubscriptionOptions(_)
             | PropertyNotAllowed { .. }
             | UnknownProperty(_)
+            // A byte that is no reason code of its packet: the packet cannot be read as the
+            // spec defines it (e.g. a client DISCONNECT with reason 0x01, issue 8).
+            | InvalidReasonCode(_)
             | MalformedPacket(_) => ReasonCode::MalformedPacket,
         }
     }

@@ -27,9 +27,10 @@ pub mod reason;
 #[cfg(test)]
 mod tests;
 
-pub use decode::decode;
+pub use decode::{connect_protocol_level, decode};
 pub use encode::{
-    encode, encode_publish, encode_publish_parts, encoded_len, publish_parts_len, PublishParts,
+    encode, encode_publish, encode_publish_parts, encoded_len, properties_len, publish_parts_len,
+    PublishParts,
 };
 pub use error::{DecodeError, EncodeError};
 pub use header::{frame_len, VAR_INT_MAX};

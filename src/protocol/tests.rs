@@ -1448,42 +1448,42 @@ fn malformed_inputs_give_exact_errors() {
             V5,
             vec![0x40, 0x03, 0x00, 0x01, 0x05],
             InvalidReasonCode(0x05),
-            R::ProtocolError,
+            R::MalformedPacket,
         ),
         (
             "PUBREL reason 0x10",
             V5,
             vec![0x62, 0x03, 0x00, 0x01, 0x10],
             InvalidReasonCode(0x10),
-            R::ProtocolError,
+            R::MalformedPacket,
         ),
         (
             "DISCONNECT reason 0x01",
             V5,
             vec![0xE0, 0x01, 0x01],
             InvalidReasonCode(0x01),
-            R::ProtocolError,
+            R::MalformedPacket,
         ),
         (
             "AUTH reason 0x87",
             V5,
             vec![0xF0, 0x01, 0x87],
             InvalidReasonCode(0x87),
-            R::ProtocolError,
+            R::MalformedPacket,
         ),
         (
             "3.1.1 CONNACK return code 6",
             V3,
             vec![0x20, 0x02, 0x00, 0x06],
             InvalidReasonCode(0x06),
-            R::ProtocolError,
+            R::MalformedPacket,
         ),
         (
             "3.1.1 SUBACK return code 3",
             V3,
             vec![0x90, 0x03, 0x00, 0x01, 0x03],
             InvalidReasonCode(0x03),
-            R::ProtocolError,
+            R::MalformedPacket,
         ),
         // [MQTT-3.2.2-1]
         (
@@ -1730,4 +1730,38 @@ fn word_wide_scan_agrees_with_a_byte_loop() {
             );
         }
     }
+}
+
+/// Issue 8: an oversized CONNECT's level is read from its first bytes, wherever they stop.
+#[test]
+fn connect_protocol_level_from_the_first_bytes() {
+    use super::connect_protocol_level as level;
+    // CONNECT, remaining length 20,000 (3 bytes), "MQTT", level 5, then the rest.
+    let v5 = [
+        0x10, 0xA0, 0x9C, 0x01, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02,
+    ];
+    for cut in 0..11 {
+        assert_eq!(level(&v5[..cut]), Ok(None), "cut at {cut}");
+    }
+    assert_eq!(level(&v5[..11]), Ok(Some(5)));
+    assert_eq!(level(&v5), Ok(Some(5)));
+    let v3 = [
+        0x10, 0x7F, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03,
+    ];
+    assert_eq!(level(&v3), Ok(Some(3)));
+    assert_eq!(level(&[0x30, 0x7F, 0x00]), Err(()), "not a CONNECT");
+    assert_eq!(
+        level(&[0x10, 0x7F, 0x00, 0x04, b'M', b'Q', b'X', b'X', 5]),
+        Err(())
+    );
+    assert_eq!(
+        level(&[0x10, 0x7F, 0x00, 0x09]),
+        Err(()),
+        "no such name length"
+    );
+    assert_eq!(
+        level(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF]),
+        Err(()),
+        "5-byte length"
+    );
 }

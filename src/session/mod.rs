@@ -426,6 +426,23 @@ impl Session {
             .is_some()
     }
 
+    /// MQTT 5 PUBREC with a failure code (0x80 or above): the client refused the message, the
+    /// flow ends without PUBREL and the id is free again (spec 4.3.3). False for an unknown id.
+    pub fn on_pubrec_refused(&mut self, packet_id: u16) -> bool {
+        let Some(flows) = self.flows.as_mut() else {
+            return false;
+        };
+        match flows.position(packet_id, InflightState::AwaitPubRec) {
+            Some(index) => {
+                if flows.inflight.remove(index).is_some_and(|f| f.pinned) {
+                    flows.pinned_count -= 1;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// PUBCOMP: the QoS 2 flow is complete. False for an unknown id.
     pub fn on_pubcomp(&mut self, packet_id: u16) -> bool {
         let Some(flows) = self.flows.as_mut() else {
@@ -454,12 +471,18 @@ impl Session {
         }
     }
 
-    /// PUBREL: the client may reuse the id; forget it.
-    pub fn incoming_qos2_release(&mut self, packet_id: u16) {
-        if let Some(flows) = self.flows.as_mut() {
-            if let Ok(index) = flows.incoming_qos2.binary_search(&packet_id) {
+    /// PUBREL: the client may reuse the id; forget it. False when the id was not held (the
+    /// PUBREL of a flow already completed, or of none: MQTT 5 answers PUBCOMP 0x92).
+    pub fn incoming_qos2_release(&mut self, packet_id: u16) -> bool {
+        let Some(flows) = self.flows.as_mut() else {
+            return false;
+        };
+        match flows.incoming_qos2.binary_search(&packet_id) {
+            Ok(index) => {
                 flows.incoming_qos2.remove(index);
+                true
             }
+            Err(_) => false,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{Disconnect, Packet, Props, ReasonCode};
+use crate::protocol::{Disconnect, Packet, ReasonCode};
 use crate::ring::{Op, Token};
 
 use super::conn::{self, ring_of, slot_of, ConnState};
@@ -15,7 +15,8 @@ use super::Shard;
 pub(super) enum CloseReason {
     /// The client sent DISCONNECT: the will is discarded [MQTT-3.14.4-3].
     Disconnect,
-    /// MQTT 5 DISCONNECT with reason 0x04: the will is published.
+    /// MQTT 5 DISCONNECT with a reason other than 0x00 (0x04, or an error): the will is
+    /// published [MQTT-3.1.2-8].
     DisconnectWithWill,
     /// The peer closed, reset, or an I/O error.
     Io,
@@ -104,9 +105,11 @@ impl Shard {
         if let Some(code) = tell {
             // After what the outbox holds (the CONNACK may still be in it: a CONNECT and a bad
             // packet in one read); the flush is bounded by `close_overdue`.
+            // A DISCONNECT may carry its Reason String even to a client that asked for no
+            // problem information [MQTT-3.1.2-29].
             let disconnect = Disconnect {
                 code,
-                properties: Props::NONE,
+                properties: super::problem::reason_properties(code),
             };
             self.write(slot, generation, &Packet::Disconnect(disconnect));
         }
@@ -122,6 +125,9 @@ impl Shard {
             self.stats.protocol_errors += 1;
         }
         conn.state = ConnState::Closing;
+        if !self.conn_extras.is_empty() {
+            self.conn_extras.remove(&(slot, generation));
+        }
         if let Some(buffers) = conn.buffers.as_mut() {
             buffers.inbox = BytesMut::new();
         }

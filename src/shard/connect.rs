@@ -1,13 +1,15 @@
 //! CONNECT and DISCONNECT: a connection's session begins and ends here. Authentication, the
 //! client id (assigned when empty), take-over, session resume or clean start, MQTT 5's Session
 //! Expiry Interval and the CONNACK properties that tell a 5.0 client what the broker does, and
-//! the client's DISCONNECT (its will kept by reason 0x04, its session expiry changed).
+//! the client's DISCONNECT (its will kept by reason 0x04, its session expiry changed), and
+//! AUTH (enhanced authentication through `auth::EnhancedAuthMethods`).
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use crate::auth::AuthStep;
 use crate::protocol::{
-    ConnAck, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, ReasonCode,
+    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use crate::session::{ConnRef, Session};
 
@@ -15,7 +17,19 @@ use super::conn::ConnState;
 use super::conn_v5::ConnV5;
 use super::handle::unpinned_string;
 use super::limits::LimitHit;
+use super::problem::reason_properties;
 use super::{CloseReason, Shard};
+
+/// Response Information for a client that asks for it (Request Response Information 1): a
+/// topic prefix of its own, `response/<client id>`, under which it may take replies (spec
+/// 4.10). None for a client id that cannot be part of a topic name (a wildcard or U+0000 in
+/// it): the server may always leave it out (3.2.2.3.15).
+fn response_information(client_id: &str) -> Option<ByteString> {
+    if client_id.contains(['+', '#', '\0']) {
+        return None;
+    }
+    Some(ByteString::from(format!("response/{client_id}")))
+}
 
 /// How long a session outlives its connection, in seconds (`u32::MAX`: for ever; 0: it ends
 /// with the connection), and whether the broker shortened what the client asked for.
@@ -49,7 +63,7 @@ fn session_expiry(connect: &Connect, expiry_max_secs: u32) -> SessionExpiry {
 }
 
 impl Shard {
-    /// The client leaves. MQTT 5: reason 0x04 keeps the will, and the Session Expiry
+    /// The client leaves. MQTT 5: any reason but 0x00 keeps the will, and the Session Expiry
     /// Interval may change, but not from 0 [MQTT-3.14.2-2].
     pub(super) fn on_disconnect(&mut self, slot: u32, generation: u32, disconnect: &Disconnect) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
@@ -75,7 +89,9 @@ impl Shard {
                 self.peers.release_session();
             }
         }
-        if disconnect.code == ReasonCode::DisconnectWithWillMessage {
+        if disconnect.code != ReasonCode::NORMAL_DISCONNECTION {
+            // [MQTT-3.1.2-8] Only a normal disconnection (0x00) deletes the will: 0x04 asks
+            // for it, and so does any error a client gives as its reason (0x80 and up).
             self.close(slot, generation, CloseReason::DisconnectWithWill);
             return;
         }
@@ -97,10 +113,16 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(slot, generation) {
             conn.version = version;
         }
+        // A CONNACK may carry its Reason String whatever the client asked [MQTT-3.1.2-29].
+        let properties = if version.is_v5() {
+            reason_properties(code)
+        } else {
+            Default::default()
+        };
         let ack = ConnAck {
             session_present: false,
             code,
-            properties: Default::default(),
+            properties,
         };
         self.write(slot, generation, &Packet::ConnAck(ack));
         self.stats.connections_refused += 1;
@@ -157,17 +179,42 @@ impl Shard {
                 }
             }
         }
-        if connect.properties.authentication_method.is_some() {
-            // No enhanced authentication method is supported yet [MQTT-4.12.0-1].
-            self.refuse(
-                slot,
-                generation,
-                version,
-                ReasonCode::BadAuthenticationMethod,
-            );
+        let qos_max = self.config.limits.qos_max;
+        if v5 && connect.will.as_ref().is_some_and(|w| w.qos as u8 > qos_max) {
+            // [MQTT-3.2.2-12] A will above our Maximum QoS.
+            self.refuse(slot, generation, version, ReasonCode::QoSNotSupported);
             return;
         }
-        let code = self.authenticate(&connect);
+        // Enhanced authentication (MQTT 5 only: the decoder never sets a 3.1.x property).
+        let mut enhanced: Option<(Box<str>, Option<Bytes>)> = None;
+        if let Some(method) = connect.properties.authentication_method.as_deref() {
+            let data = connect.properties.authentication_data.as_deref();
+            match self.enhanced_auth.begin(method, &client_id, data) {
+                AuthStep::Success(data) => enhanced = Some((method.into(), data)),
+                // [MQTT-4.12.0-1] Unknown methods (all of them today) get 0x8C.
+                AuthStep::Fail(code) => {
+                    self.refuse(slot, generation, version, code);
+                    return;
+                }
+                // A multi-step exchange needs the connection to wait between CONNECT and
+                // CONNACK, a state it does not have yet: it comes with the first such method
+                // (SCRAM, the security issue).
+                AuthStep::Continue(_) => {
+                    self.refuse(
+                        slot,
+                        generation,
+                        version,
+                        ReasonCode::BadAuthenticationMethod,
+                    );
+                    return;
+                }
+            }
+        }
+        let code = if enhanced.is_some() {
+            ReasonCode::Success
+        } else {
+            self.authenticate(&connect)
+        };
         if code != ReasonCode::Success {
             self.refuse(slot, generation, version, code);
             return;
@@ -288,16 +335,28 @@ impl Shard {
             s.topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         }
         self.stats.connections += 1;
-        let properties = if v5 {
+        let no_problem_information = connect.properties.request_problem_information == Some(0);
+        let mut properties = if v5 {
             self.connack_properties(
                 &connect,
-                assigned.then_some(&*client_id),
+                &client_id,
+                assigned,
                 keepalive_secs,
                 expiry.capped.then_some(expiry.secs),
             )
         } else {
             Default::default()
         };
+        if let Some((method, data)) = enhanced {
+            // The CONNACK names the method the client authenticated with (3.2.2.3.17).
+            properties.authentication_method = Some(ByteString::from(&*method));
+            properties.authentication_data = data;
+            self.conn_extras_mut(slot, generation).auth_method = Some(method);
+        }
+        if no_problem_information {
+            self.conn_extras_mut(slot, generation)
+                .no_problem_information = true;
+        }
         let ack = ConnAck {
             session_present,
             code: ReasonCode::Success,
@@ -310,17 +369,64 @@ impl Shard {
         }
     }
 
+    /// AUTH from a connected client: re-authentication with the method it connected with
+    /// [MQTT-4.12.1-1], answered by that method. A client that did not authenticate with a
+    /// method at CONNECT may send none (spec 4.12), nor one naming another method: both are
+    /// protocol errors (DISCONNECT 0x82).
+    pub(super) fn on_auth(&mut self, slot: u32, generation: u32, auth: &Auth) {
+        let method: Option<Box<str>> = self
+            .conn_extras
+            .get(&(slot, generation))
+            .and_then(|extras| extras.auth_method.clone());
+        let Some(method) = method else {
+            self.close(slot, generation, CloseReason::Protocol);
+            return;
+        };
+        if auth.properties.authentication_method.as_deref() != Some(&*method) {
+            self.close(slot, generation, CloseReason::Protocol);
+            return;
+        }
+        let client_id: Box<str> = self
+            .conns
+            .get(slot, generation)
+            .and_then(|c| self.sessions.get(c.session))
+            .map(|s| s.client_id.clone())
+            .unwrap_or_default();
+        let data = auth.properties.authentication_data.as_deref();
+        let (code, data) = match self.enhanced_auth.begin(&method, &client_id, data) {
+            AuthStep::Success(data) => (ReasonCode::Success, data),
+            AuthStep::Continue(data) => (ReasonCode::ContinueAuthentication, Some(data)),
+            AuthStep::Fail(code) => {
+                self.close_with(slot, generation, CloseReason::Protocol, Some(code));
+                return;
+            }
+        };
+        let mut answer = Auth {
+            code,
+            properties: Default::default(),
+        };
+        answer.properties.authentication_method = Some(ByteString::from(&*method));
+        answer.properties.authentication_data = data;
+        self.write(slot, generation, &Packet::Auth(answer));
+    }
+
     /// What an MQTT 5 CONNACK tells the client about the broker (spec 3.2.2.3): the limits it
     /// holds the client to, and the features it lacks.
     fn connack_properties(
         &self,
         connect: &Connect,
-        assigned_client_id: Option<&str>,
+        client_id: &str,
+        assigned: bool,
         keepalive_secs: u16,
         session_expiry_secs: Option<u32>,
     ) -> Properties {
         let limits = &self.config.limits;
+        let assigned_client_id = assigned.then_some(client_id);
         Properties {
+            // Asked for with Request Response Information 1 (spec 3.1.2.11.7).
+            response_information: (connect.properties.request_response_information == Some(1))
+                .then(|| response_information(client_id))
+                .flatten(),
             session_expiry_interval: session_expiry_secs,
             // Our bound on the client's unacknowledged QoS 1/2 PUBLISHes [MQTT-3.3.4-9].
             receive_maximum: Some(limits.incoming_inflight_max.max(1)),

@@ -32,6 +32,10 @@ fn publish_ack_code(v5: bool, matched: bool) -> ReasonCode {
     }
 }
 
+/// Retained messages deleted per timer tick at most, so a crowd expiring in one second is
+/// spread over a few ticks instead of stalling one.
+const RETAINED_EXPIRIES_PER_TICK_MAX: usize = 10_000;
+
 /// A copy of a string that shares no receive buffer, for state that outlives the turn.
 pub(super) fn unpinned_string(text: &ByteString) -> ByteString {
     ByteString::from(&**text)
@@ -69,29 +73,29 @@ impl Shard {
             // [MQTT-3.1.0-2] A second CONNECT is a protocol violation.
             Packet::Connect(_) => self.close(slot, generation, CloseReason::Protocol),
             Packet::Publish(publish) => self.on_publish(slot, generation, session, publish),
+            // A PUBACK or PUBCOMP for an id not in flight (a repeat, or a client that lost its
+            // state) is ignored: there is nothing to complete (spec 4.3.2, 4.3.3).
             Packet::PubAck(ack) => {
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.on_puback(ack.packet_id);
                 }
                 self.pump(session);
             }
-            Packet::PubRec(ack) => {
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.on_pubrec(ack.packet_id);
-                }
-                // [MQTT-4.3.3-1] PUBREL answers PUBREC (also a repeated or unknown one, so a
-                // client that lost our state still completes its flow).
-                self.write(
-                    slot,
-                    generation,
-                    &Packet::PubRel(PubAck::new(ack.packet_id)),
-                );
-            }
+            Packet::PubRec(ack) => self.on_pubrec(slot, generation, session, ack),
             Packet::PubRel(ack) => {
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.incoming_qos2_release(ack.packet_id);
-                }
-                self.ack(slot, generation, HeldPacket::PubComp(ack.packet_id));
+                let held = self
+                    .sessions
+                    .get_mut(session)
+                    .is_some_and(|s| s.incoming_qos2_release(ack.packet_id));
+                // MQTT 5: a PUBREL for an id we hold no QoS 2 state for (its PUBCOMP was lost,
+                // or there never was a PUBLISH) still completes the flow, with 0x92 (spec
+                // 3.7.2.1); 3.1.1 answers a plain PUBCOMP.
+                let code = if held || !self.is_v5(slot, generation) {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.ack(slot, generation, HeldPacket::PubComp(ack.packet_id, code));
             }
             Packet::PubComp(ack) => {
                 if let Some(s) = self.sessions.get_mut(session) {
@@ -105,12 +109,12 @@ impl Shard {
             }
             Packet::PingReq => self.write(slot, generation, &Packet::PingResp),
             Packet::Disconnect(disconnect) => self.on_disconnect(slot, generation, disconnect),
-            // Server-to-client packets, and AUTH (refused by the decoder under 3.1.x).
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp
-            | Packet::Auth(_) => self.close(slot, generation, CloseReason::Protocol),
+            // AUTH is refused by the decoder under 3.1.x.
+            Packet::Auth(auth) => self.on_auth(slot, generation, auth),
+            // Server-to-client packets.
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.close(slot, generation, CloseReason::Protocol)
+            }
         }
     }
 
@@ -139,6 +143,44 @@ impl Shard {
             code => code,
         };
         self.close_with(slot, generation, CloseReason::Protocol, Some(code));
+    }
+
+    pub(super) fn is_v5(&self, slot: u32, generation: u32) -> bool {
+        self.conns
+            .get(slot, generation)
+            .is_some_and(|c| c.version.is_v5())
+    }
+
+    /// PUBREC for one of our QoS 2 sends. PUBREL answers it (spec 4.3.3), also a repeated
+    /// one (a client that lost our PUBREL completes its flow). MQTT 5: a PUBREC for an id not
+    /// in flight gets PUBREL 0x92, and one with a failure code (the client refused the
+    /// message) ends the flow with no PUBREL at all, freeing the id (spec 4.3.3).
+    fn on_pubrec(&mut self, slot: u32, generation: u32, session: u32, ack: &PubAck) {
+        if ack.code.is_failure() {
+            let ended = self
+                .sessions
+                .get_mut(session)
+                .is_some_and(|s| s.on_pubrec_refused(ack.packet_id));
+            if ended {
+                self.pump(session);
+            }
+            return;
+        }
+        let known = self
+            .sessions
+            .get_mut(session)
+            .is_some_and(|s| s.on_pubrec(ack.packet_id));
+        let code = if known || !self.is_v5(slot, generation) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        let pubrel = PubAck {
+            packet_id: ack.packet_id,
+            code,
+            properties: self.ack_properties(slot, generation, code),
+        };
+        self.write(slot, generation, &Packet::PubRel(pubrel));
     }
 
     /// Appends one packet (not a PUBLISH: `outgoing.rs`) to a connection's outbox.
@@ -216,10 +258,17 @@ impl Shard {
         self.stats.messages_in += 1;
         // Properties travel only from an MQTT 5 publisher that set some; 3.1.1 and plain
         // PUBLISHes route with none (no copy, no allocation).
-        let v5 = self
-            .conns
-            .get(slot, generation)
-            .is_some_and(|c| c.version.is_v5());
+        let v5 = self.is_v5(slot, generation);
+        if v5 && publish.qos as u8 > self.config.limits.qos_max {
+            // [MQTT-3.2.2-11] Above the Maximum QoS the CONNACK announced.
+            self.close_with(
+                slot,
+                generation,
+                CloseReason::Protocol,
+                Some(ReasonCode::QoSNotSupported),
+            );
+            return;
+        }
         let aliased;
         let topic = match publish.properties.topic_alias {
             Some(alias) if v5 => {
@@ -269,6 +318,18 @@ impl Shard {
         } else {
             None
         };
+        if v5 && publish.qos != QoS::AtMostOnce {
+            if let Some(code) = self.publish_refusal(publish, properties.as_ref()) {
+                // Refused, so nothing of it happens: not retained, not delivered, and a QoS 2
+                // id is not kept (a PUBREC of 0x80 or above ends the flow, spec 4.3.3).
+                let ack = match publish.qos {
+                    QoS::AtLeastOnce => HeldPacket::PubAck(publish.packet_id, code),
+                    _ => HeldPacket::PubRec(publish.packet_id, code),
+                };
+                self.ack(slot, generation, ack);
+                return;
+            }
+        }
         match publish.qos {
             QoS::AtMostOnce => {
                 self.publish(
@@ -442,7 +503,7 @@ impl Shard {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
                 self.replicate_retained(topic, payload, qos, None);
-            } else if !self.retained.contains(topic) && !self.retained_has_room(topic, payload) {
+            } else if !self.retained_has_room(topic, payload, properties) {
                 // Over retained_max / retained_bytes_max: delivered below, not retained. Only
                 // what this shard accepts is replicated, so every shard holds the same set.
                 self.limit_hit(LimitHit::Retained);
@@ -468,12 +529,62 @@ impl Shard {
         self.route(topic, payload, qos, retain, properties)
     }
 
-    /// Room for one more retained topic of this size under `retained_max` and
-    /// `retained_bytes_max`, as this shard's replica counts them.
-    fn retained_has_room(&self, topic: &str, payload: &[u8]) -> bool {
+    /// Why the broker refuses an MQTT 5 QoS 1/2 PUBLISH it could read, if it does: the one
+    /// place a per-message policy answers, with the PUBACK/PUBREC reason code (spec 3.4.2.1).
+    /// Today that is a retained message over `retained_max` / `retained_bytes_max` (0x97
+    /// Quota exceeded): refused whole, so a publisher told "failed" knows nothing was
+    /// delivered. An ACL (publish rights per topic) answers 0x87 Not authorized here. At QoS 0
+    /// and under 3.1.1 there is no ack to say it: such a retained message is delivered but not
+    /// stored (`publish`).
+    fn publish_refusal(
+        &mut self,
+        publish: &Publish,
+        properties: Option<&Arc<Properties>>,
+    ) -> Option<ReasonCode> {
+        let stores = publish.retain && !publish.payload.is_empty();
+        if stores && !self.retained_has_room(&publish.topic, &publish.payload, properties) {
+            self.limit_hit(LimitHit::Retained);
+            return Some(ReasonCode::QuotaExceeded);
+        }
+        None
+    }
+
+    /// Room to retain this message under `retained_max` and `retained_bytes_max`, as this
+    /// shard's replica counts them (expired messages deleted first): a new topic needs a place
+    /// and its bytes, a replacement only bytes beyond what it replaces. Properties weigh what
+    /// they take on the wire.
+    fn retained_has_room(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        properties: Option<&Arc<Properties>>,
+    ) -> bool {
+        self.expire_retained();
         let limits = &self.config.limits;
-        let bytes = (self.retained.bytes() + topic.len() + payload.len()) as u64;
-        self.retained.len() < limits.retained_max as usize && bytes <= limits.retained_bytes_max
+        let weight =
+            topic.len() + payload.len() + properties.map_or(0, |p| crate::protocol::properties_len(p));
+        let replaced = self
+            .retained
+            .get(topic)
+            .map(|old| topic.len() + super::retained_weight(old));
+        match replaced {
+            Some(old) if weight <= old => true,
+            Some(old) => (self.retained.bytes() - old + weight) as u64 <= limits.retained_bytes_max,
+            None => {
+                self.retained.len() < limits.retained_max as usize
+                    && (self.retained.bytes() + weight) as u64 <= limits.retained_bytes_max
+            }
+        }
+    }
+
+    /// [MQTT-3.3.2-5] Retained messages whose Message Expiry Interval ran out are deleted, so
+    /// they stop counting against the retained limits. Every shard deletes its own replica's by
+    /// its clock (each counted the interval from the message's arrival), so the replicas stay
+    /// the same set.
+    pub(super) fn expire_retained(&mut self) {
+        let now_secs = self.now_secs().min(u64::from(session::NEVER - 1)) as u32;
+        self.retained
+            .remove_expired(now_secs, RETAINED_EXPIRIES_PER_TICK_MAX);
     }
 
     fn route(

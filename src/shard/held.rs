@@ -47,10 +47,11 @@ pub(super) enum HeldPacket {
         packet_id: u16,
         codes: Vec<ReasonCode>,
     },
-    /// With the MQTT 5 reason code (Success or No Matching Subscribers; 3.1.1 sends none).
+    /// With the MQTT 5 reason code (3.1.1 sends none); a failure code gets its Reason String
+    /// when written (`problem.rs`).
     PubAck(u16, ReasonCode),
     PubRec(u16, ReasonCode),
-    PubComp(u16),
+    PubComp(u16, ReasonCode),
 }
 
 impl HeldPacket {
@@ -74,7 +75,10 @@ impl HeldPacket {
                 code,
                 ..PubAck::new(packet_id)
             }),
-            HeldPacket::PubComp(packet_id) => Packet::PubComp(PubAck::new(packet_id)),
+            HeldPacket::PubComp(packet_id, code) => Packet::PubComp(PubAck {
+                code,
+                ..PubAck::new(packet_id)
+            }),
         }
     }
 }
@@ -190,7 +194,7 @@ impl Shard {
         if waits.is_empty()
             && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
         {
-            self.write(slot, generation, &packet.into_packet());
+            self.write_held(slot, generation, packet);
             return true;
         }
         if !waits.is_empty() {
@@ -198,6 +202,15 @@ impl Shard {
         }
         self.held.hold(conn, packet, waits);
         false
+    }
+
+    /// Writes an ack, with its Reason String where it has one and the client takes them.
+    fn write_held(&mut self, slot: u32, generation: u32, packet: HeldPacket) {
+        let mut packet = packet.into_packet();
+        if let Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) = &mut packet {
+            ack.properties = self.ack_properties(slot, generation, ack.code);
+        }
+        self.write(slot, generation, &packet);
     }
 
     /// Writes every held ack whose messages were taken, in each connection's order. Returns
@@ -224,7 +237,7 @@ impl Shard {
             self.held.released(&hold);
             let (slot, generation) = hold.conn;
             let suback = matches!(hold.packet, HeldPacket::SubAck { .. });
-            self.write(slot, generation, &hold.packet.into_packet());
+            self.write_held(slot, generation, hold.packet);
             if suback {
                 // Its SUBSCRIBE's retained messages were waiting for it (`subscribe.rs`).
                 self.on_suback_released(hold.conn);

@@ -31,6 +31,7 @@ mod limits;
 mod meshing;
 mod outgoing;
 pub mod peers;
+mod problem;
 mod recv;
 pub mod route;
 mod send;
@@ -53,7 +54,7 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use io_uring::types::Timespec;
 
-use crate::auth::PasswordFile;
+use crate::auth::{EnhancedAuthMethods, PasswordFile};
 use crate::config::Config;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
@@ -69,6 +70,19 @@ pub use stats::ShardStats;
 
 /// A new outbox buffer's capacity (when the pool has none to reuse).
 const OUTBOX_INITIAL: usize = 512;
+
+/// What a retained message weighs against `retained_bytes_max` beside its topic: its payload
+/// and its MQTT 5 properties as they go on the wire.
+fn retained_weight(message: &Message) -> usize {
+    message.payload.len()
+        + message
+            .properties
+            .as_deref()
+            .map_or(0, crate::protocol::properties_len)
+}
+
+// A retained message without an expiry never comes up in the store's expiry heap.
+const _: () = assert!(crate::session::NEVER == crate::topic::retained::NO_DEADLINE);
 /// The receive arena grows in blocks of this size: one allocation holds many payloads.
 const ARENA_BLOCK: usize = 64 << 10;
 /// Completions taken from the ring per batch.
@@ -153,7 +167,11 @@ pub struct Shard {
     /// The timer's timespec; boxed for the same reason.
     tick: Box<Timespec>,
     auth: Option<Arc<PasswordFile>>,
+    /// MQTT 5 enhanced authentication methods (none registered yet: 0x8C for every method).
+    enhanced_auth: EnhancedAuthMethods,
     conns: Conns,
+    /// Per-connection MQTT 5 state few clients use (`problem.rs`), by (slot, generation).
+    conn_extras: hashbrown::HashMap<(u32, u32), problem::ConnExtras, foldhash::fast::RandomState>,
     sessions: Sessions,
     subscriptions: Trie<route::Grant>,
     shared: SharedSubscriptions,
@@ -268,12 +286,16 @@ impl Shard {
                 timer::TICK_MS,
             ))),
             auth: params.auth,
+            enhanced_auth: EnhancedAuthMethods::default(),
             conns: Conns::default(),
+            conn_extras: Default::default(),
             sessions: Sessions::default(),
             subscriptions: Trie::new(),
             subscription_ids: Default::default(),
             shared: SharedSubscriptions::default(),
-            retained: RetainedStore::with_weigh(|message: &Message| message.payload.len()),
+            retained: RetainedStore::with_weigh_and_deadline(retained_weight, |message| {
+                message.expires_secs
+            }),
             arena: BytesMut::new(),
             arena_block: 0,
             pools: Pools::default(),
@@ -550,6 +572,7 @@ impl Shard {
         }
         self.expired = expired;
         self.expire_sessions();
+        self.expire_retained();
         self.publish_due_wills();
     }
 

@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{self, DecodeError, Packet};
+use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
 use crate::ring::{Completion, Op, Token};
 
 use super::conn::{self, ring_of, slot_of, ConnState};
@@ -164,22 +164,66 @@ impl Shard {
                 }
                 Err(error) => {
                     if awaiting_connect && matches!(error, DecodeError::PacketTooLarge { .. }) {
-                        self.stats.connect_too_large_count += 1;
-                        if !self.connect_too_large_logged {
-                            self.connect_too_large_logged = true;
-                            eprintln!(
-                                "ringmq: shard {}: a CONNECT over connect_packet_size_max \
-                                 ({connect_size_max} B): connection closed (counted; raise the \
-                                 limit for large wills or passwords)",
-                                self.index
-                            );
-                        }
+                        self.on_connect_too_large(slot, generation, buf, connect_size_max);
+                        return;
                     }
                     self.on_decode_error(slot, generation, error);
                     return;
                 }
             }
         }
+    }
+
+    /// A CONNECT announcing more than `connect_packet_size_max` at its fixed header: never
+    /// buffered. An MQTT 5 client is told CONNACK 0x95 Packet too large before the close
+    /// (spec 3.2.2.2), once the first bytes show its protocol level (if they have not all
+    /// arrived, the few that did wait for the rest, still under the connect deadline); any
+    /// other closes as under 3.1.1, silently.
+    fn on_connect_too_large(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        buf: BytesMut,
+        connect_size_max: u32,
+    ) {
+        let level = match protocol::connect_protocol_level(&buf) {
+            Ok(None) => {
+                // Fewer than a dozen bytes (the fixed header and protocol name): keep them.
+                if let Some(conn) = self.conns.get_mut(slot, generation) {
+                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&buf);
+                }
+                return;
+            }
+            Ok(Some(level)) => level,
+            Err(()) => 0,
+        };
+        self.stats.connect_too_large_count += 1;
+        if !self.connect_too_large_logged {
+            self.connect_too_large_logged = true;
+            eprintln!(
+                "ringmq: shard {}: a CONNECT over connect_packet_size_max \
+                 ({connect_size_max} B): connection closed (counted; raise the \
+                 limit for large wills or passwords)",
+                self.index
+            );
+        }
+        if level == ProtocolVersion::V5 as u8 {
+            self.refuse(
+                slot,
+                generation,
+                ProtocolVersion::V5,
+                ReasonCode::PacketTooLarge,
+            );
+            return;
+        }
+        self.on_decode_error(
+            slot,
+            generation,
+            DecodeError::PacketTooLarge {
+                size: connect_size_max.saturating_add(1),
+                size_max: connect_size_max,
+            },
+        );
     }
 
     pub(super) fn rearm_recv(&mut self, slot: u32, generation: u32) {

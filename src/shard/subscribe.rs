@@ -424,7 +424,10 @@ impl Shard {
         let now_secs = self.now_secs();
         for message in retained.drain(..) {
             if message.expired(now_secs) {
-                // [MQTT-3.3.2-5] An expired retained message is no longer sent.
+                // [MQTT-3.3.2-5] An expired retained message is no longer sent, and goes from
+                // the store (every shard deletes its replica's on its own, `expire_retained`).
+                let now = now_secs.min(u64::from(crate::session::NEVER - 1)) as u32;
+                self.retained.remove_if_expired(&message.topic, now);
                 continue;
             }
             let qos = message.qos.min(granted);

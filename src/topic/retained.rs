@@ -8,10 +8,15 @@
 //!
 //! The store counts its messages and their bytes (topic name plus what `weigh` says a `T`
 //! weighs), so the broker can bound both (`limits.retained_max`, `retained_bytes_max`).
+//!
+//! A message may run out (MQTT 5's Message Expiry Interval): the store keeps those that do in
+//! a heap by deadline, and `remove_expired` deletes them when their time comes, so an expired
+//! message stops counting against the bounds whether or not a subscription ever finds it.
 
 use std::cell::Cell;
+use std::cmp::Reverse;
 use std::collections::hash_map;
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::ops::ControlFlow;
 
 use super::filter::split_level;
@@ -23,7 +28,19 @@ pub struct RetainedStore<T> {
     /// Topic names plus `weigh` of every message held.
     bytes: usize,
     weigh: fn(&T) -> usize,
+    /// When a message runs out (`NO_DEADLINE`: never), in the caller's clock.
+    deadline: fn(&T) -> u32,
+    /// (deadline, topic) of the messages set with a deadline, soonest first. An entry whose
+    /// topic holds another message by then is skipped when it comes up; stale entries are
+    /// bounded by rebuilding the heap once they outnumber the messages.
+    expiring: BinaryHeap<Reverse<(u32, Box<str>)>>,
 }
+
+/// `deadline` of a message that never runs out.
+pub const NO_DEADLINE: u32 = u32::MAX;
+
+/// Expiring entries beyond twice the messages held that trigger a rebuild of the heap.
+const EXPIRING_SLACK: usize = 1024;
 
 struct Node<T> {
     children: HashMap<Box<str>, Node<T>>,
@@ -82,12 +99,79 @@ impl<T> RetainedStore<T> {
 
     /// A store that counts `weigh(message)` bytes per message, beside its topic name.
     pub fn with_weigh(weigh: fn(&T) -> usize) -> Self {
+        RetainedStore::with_weigh_and_deadline(weigh, |_| NO_DEADLINE)
+    }
+
+    /// As `with_weigh`, for messages that run out at `deadline(message)` (see
+    /// `remove_expired`).
+    pub fn with_weigh_and_deadline(weigh: fn(&T) -> usize, deadline: fn(&T) -> u32) -> Self {
         RetainedStore {
             root: Node::new(),
             len: 0,
             bytes: 0,
             weigh,
+            deadline,
+            expiring: BinaryHeap::new(),
         }
+    }
+
+    /// Deletes up to `count_max` messages whose deadline is `now` or earlier, soonest first;
+    /// returns how many it deleted. Looks at nothing when none is due.
+    pub fn remove_expired(&mut self, now: u32, count_max: usize) -> usize {
+        let mut removed = 0;
+        while removed < count_max {
+            match self.expiring.peek() {
+                Some(Reverse((deadline, _))) if *deadline <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((_, topic))) = self.expiring.pop() else {
+                break;
+            };
+            // The topic may hold a newer message by now, with a later deadline or none.
+            let due = self
+                .get(&topic)
+                .is_some_and(|message| (self.deadline)(message) <= now);
+            if due {
+                self.remove(&topic);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Deletes the message of `topic` if its deadline is `now` or earlier (a subscription
+    /// found it expired); true when it did.
+    pub fn remove_if_expired(&mut self, topic: &str, now: u32) -> bool {
+        let due = self
+            .get(topic)
+            .is_some_and(|message| (self.deadline)(message) <= now);
+        if due {
+            self.remove(topic);
+        }
+        due
+    }
+
+    /// Entries waiting in the expiry heap (stale ones included).
+    pub fn expiring_len(&self) -> usize {
+        self.expiring.len()
+    }
+
+    /// The heap again from the messages held, dropping stale entries.
+    fn rebuild_expiring(&mut self) {
+        let deadline = self.deadline;
+        let mut expiring = std::mem::take(&mut self.expiring).into_vec();
+        expiring.clear();
+        let mut pending: Vec<&Node<T>> = vec![&self.root];
+        while let Some(node) = pending.pop() {
+            if let Some((topic, message)) = &node.message {
+                let at = deadline(message);
+                if at != NO_DEADLINE {
+                    expiring.push(Reverse((at, topic.clone())));
+                }
+            }
+            pending.extend(node.children.values());
+        }
+        self.expiring = BinaryHeap::from(expiring);
     }
 
     /// Number of retained messages.
@@ -124,6 +208,7 @@ impl<T> RetainedStore<T> {
         }
         let weigh = self.weigh;
         self.bytes += weigh(&message);
+        let deadline = (self.deadline)(&message);
         match &mut node.message {
             Some((_, old)) => {
                 self.bytes -= weigh(old);
@@ -133,6 +218,12 @@ impl<T> RetainedStore<T> {
                 node.message = Some((topic.into(), message));
                 self.len += 1;
                 self.bytes += topic.len();
+            }
+        }
+        if deadline != NO_DEADLINE {
+            self.expiring.push(Reverse((deadline, topic.into())));
+            if self.expiring.len() > 2 * self.len + EXPIRING_SLACK {
+                self.rebuild_expiring();
             }
         }
     }
@@ -394,6 +485,60 @@ mod tests {
         assert_eq!((store.len(), store.bytes()), (1, 101));
         store.remove("c");
         assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn expired_messages_are_deleted_and_stop_counting() {
+        // (payload length, deadline)
+        let mut store: RetainedStore<(usize, u32)> =
+            RetainedStore::with_weigh_and_deadline(|m| m.0, |m| m.1);
+        store.set("a", (10, 5));
+        store.set("b", (20, NO_DEADLINE));
+        store.set("c", (30, 7));
+        assert_eq!((store.len(), store.bytes()), (3, 63));
+        assert_eq!(store.remove_expired(4, 100), 0, "nothing due yet");
+        assert_eq!(store.remove_expired(5, 100), 1);
+        assert!(!store.contains("a") && store.contains("c"));
+        assert_eq!((store.len(), store.bytes()), (2, 52));
+        // Replaced before its time by a message that never runs out: kept.
+        store.set("c", (1, NO_DEADLINE));
+        assert_eq!(store.remove_expired(100, 100), 0);
+        assert_eq!((store.len(), store.bytes()), (2, 23));
+        assert!(!store.remove_if_expired("c", 100));
+        store.set("d", (4, 9));
+        assert!(!store.remove_if_expired("d", 8));
+        assert!(store.remove_if_expired("d", 9));
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn remove_expired_takes_at_most_what_it_is_told() {
+        let mut store: RetainedStore<(usize, u32)> =
+            RetainedStore::with_weigh_and_deadline(|m| m.0, |m| m.1);
+        for n in 0..10 {
+            store.set(&format!("t/{n}"), (1, 3));
+        }
+        assert_eq!(store.remove_expired(3, 4), 4);
+        assert_eq!(store.remove_expired(3, 100), 6);
+        assert!(store.is_empty() && store.bytes() == 0);
+    }
+
+    #[test]
+    fn stale_expiry_entries_stay_bounded() {
+        let mut store: RetainedStore<(usize, u32)> =
+            RetainedStore::with_weigh_and_deadline(|m| m.0, |m| m.1);
+        // One topic replaced again and again, each with a far deadline.
+        for n in 0..10_000u32 {
+            store.set("one/topic", (1, 1_000_000 + n));
+        }
+        assert_eq!(store.len(), 1);
+        assert!(
+            store.expiring_len() <= 2 + EXPIRING_SLACK + 1,
+            "{} entries",
+            store.expiring_len()
+        );
+        assert_eq!(store.remove_expired(2_000_000, 100_000), 1);
+        assert_eq!(store.expiring_len(), 0);
     }
 
     #[test]

@@ -1,0 +1,920 @@
+//! MQTT 5.0 reason codes and problem information through the broker (issue 8): Maximum QoS on
+//! the way in, PUBREL/PUBREC/PUBCOMP of unknown ids (0x92), a client's failed PUBREC, retained
+//! messages over their quota (0x97) and their expiry, an oversized CONNECT (0x95), Request
+//! Response Information, Reason Strings and Request Problem Information 0, AUTH, and the
+//! client's DISCONNECT reasons.
+//!
+//! Packets are built and read with rumqttc's own v5 codec (`rumqttc::v5::mqttbytes`), or
+//! written byte by byte where no client would send them; mosquitto_pub/sub -V 5 check the
+//! request/response flow from outside.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use ringmq::config::Config;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, LastWill,
+    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
+    PubRelReason, Publish, PublishProperties, Subscribe,
+};
+use rumqttc::v5::mqttbytes::QoS;
+
+/// One packet as it came off the wire: its first byte, its body, and rumqttc's reading of it.
+#[derive(Debug)]
+struct Frame {
+    first_byte: u8,
+    body: Vec<u8>,
+    packet: Option<Packet>,
+}
+
+impl Frame {
+    fn connack(&self) -> ConnAck {
+        match &self.packet {
+            Some(Packet::ConnAck(ack)) => ack.clone(),
+            other => panic!("expected CONNACK, got {other:?} ({self:?})"),
+        }
+    }
+
+    /// The reason code of a CONNACK or DISCONNECT, from the bytes.
+    fn reason_code(&self) -> u8 {
+        match self.first_byte >> 4 {
+            2 => self.body[1],
+            14 => self.body.first().copied().unwrap_or(0),
+            kind => panic!("no reason code on packet type {kind}: {self:?}"),
+        }
+    }
+
+    fn disconnect(&self) -> Disconnect {
+        match &self.packet {
+            Some(Packet::Disconnect(disconnect)) => disconnect.clone(),
+            other => panic!("expected DISCONNECT, got {other:?} ({self:?})"),
+        }
+    }
+
+    /// The Reason String of a DISCONNECT or CONNACK, if it has one.
+    fn reason_string(&self) -> Option<String> {
+        match &self.packet {
+            Some(Packet::Disconnect(d)) => d.properties.as_ref()?.reason_string.clone(),
+            Some(Packet::ConnAck(a)) => a.properties.as_ref()?.reason_string.clone(),
+            Some(Packet::PubAck(a)) => a.properties.as_ref()?.reason_string.clone(),
+            Some(Packet::PubRec(a)) => a.properties.as_ref()?.reason_string.clone(),
+            Some(Packet::PubRel(a)) => a.properties.as_ref()?.reason_string.clone(),
+            Some(Packet::PubComp(a)) => a.properties.as_ref()?.reason_string.clone(),
+            other => panic!("no reason string on {other:?}"),
+        }
+    }
+}
+
+/// A TCP client speaking MQTT 5 through rumqttc's codec, with bounded reads.
+struct V5Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl V5Client {
+    fn open(addr: SocketAddr) -> V5Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        V5Client {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, None).expect("rumqttc encodes it");
+        self.send_bytes(&out);
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    fn connect_with(
+        addr: SocketAddr,
+        connect: Connect,
+        will: Option<LastWill>,
+    ) -> (V5Client, Frame) {
+        let mut client = V5Client::open(addr);
+        client.send(Packet::Connect(connect, will, None));
+        let frame = client.read();
+        (client, frame)
+    }
+
+    fn connect_props(addr: SocketAddr, id: &str, properties: ConnectProperties) -> V5Client {
+        let (client, frame) = V5Client::connect_with(addr, connect(id, Some(properties)), None);
+        assert_eq!(frame.reason_code(), 0, "CONNACK: {frame:?}");
+        client
+    }
+
+    fn connect(addr: SocketAddr, id: &str) -> V5Client {
+        V5Client::connect_props(addr, id, ConnectProperties::new())
+    }
+
+    fn try_read(&mut self, within: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Some(frame);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn read(&mut self) -> Frame {
+        self.try_read(WAIT)
+            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
+    }
+
+    fn read_publish(&mut self) -> Publish {
+        match self.read().packet {
+            Some(Packet::Publish(publish)) => publish,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    fn take_frame(&mut self) -> Option<Frame> {
+        let mut length = 0usize;
+        let mut shift = 0;
+        let mut index = 1;
+        loop {
+            let byte = *self.buffer.get(index)?;
+            length |= usize::from(byte & 0x7F) << shift;
+            index += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        if self.buffer.len() < index + length {
+            return None;
+        }
+        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
+        let packet = Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
+        Some(Frame {
+            first_byte: whole[0],
+            body: whole[index..].to_vec(),
+            packet,
+        })
+    }
+
+    /// True when the broker closes the connection within `WAIT` (packets before are skipped).
+    fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.try_read(WAIT).is_none() {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.send(Packet::Subscribe(Subscribe {
+            pkid: 1,
+            ..Subscribe::new(Filter::new(filter, qos), None)
+        }));
+        let frame = self.read();
+        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
+    }
+
+    /// The connection still answers: PINGREQ gets PINGRESP.
+    fn assert_alive(&mut self) {
+        self.send_bytes(&PINGREQ);
+        let frame = self.read();
+        assert_eq!(frame.first_byte, 0xD0, "PINGRESP expected: {frame:?}");
+    }
+
+    fn publish(&mut self, publish: Publish) -> Frame {
+        self.send(Packet::Publish(publish));
+        self.read()
+    }
+}
+
+fn connect(client_id: &str, properties: Option<ConnectProperties>) -> Connect {
+    Connect {
+        keep_alive: 60,
+        client_id: client_id.to_string(),
+        clean_start: true,
+        properties,
+    }
+}
+
+fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config();
+    adjust(&mut config);
+    TestBroker::start(config)
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, retain: bool, payload: &str) -> Publish {
+    Publish {
+        pkid,
+        retain,
+        ..Publish::new(topic, qos, payload.to_string(), None)
+    }
+}
+
+fn puback(frame: &Frame) -> PubAck {
+    match &frame.packet {
+        Some(Packet::PubAck(ack)) => ack.clone(),
+        other => panic!("expected PUBACK, got {other:?} ({frame:?})"),
+    }
+}
+
+fn no_problem_information() -> ConnectProperties {
+    ConnectProperties {
+        request_problem_info: Some(0),
+        ..ConnectProperties::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maximum QoS
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_publish_above_maximum_qos_gets_disconnect_0x9b() {
+    // [MQTT-3.2.2-11] CONNACK said Maximum QoS 1: a QoS 2 PUBLISH is refused.
+    let broker = broker_with(|c| c.limits.qos_max = 1);
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-maxqos"));
+    client.send(Packet::Publish(publish(
+        "max/qos",
+        QoS::ExactlyOnce,
+        1,
+        false,
+        "x",
+    )));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x9B, "QoS not supported");
+    assert!(frame.reason_string().is_some(), "with a Reason String");
+    assert!(client.closed());
+
+    // QoS 1 is within it.
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-maxqos-ok"));
+    let ack = puback(&client.publish(publish("max/qos", QoS::AtLeastOnce, 1, false, "x")));
+    assert_eq!(ack.reason, PubAckReason::NoMatchingSubscribers);
+
+    // 3.1.1 keeps its behaviour: QoS 2 is acknowledged.
+    let mut v3 = RawClient::connect(broker.addr(), &unique_id("v3-maxqos"));
+    v3.publish("max/qos", 2, false, 7, b"x");
+    v3.ping();
+
+    // [MQTT-3.2.2-12] A will above it: CONNACK 0x9B.
+    let will = LastWill::new("max/will", "w", QoS::ExactlyOnce, false, None);
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-maxqos-will"), None),
+        Some(will),
+    );
+    assert_eq!(frame.reason_code(), 0x9B, "{frame:?}");
+    assert!(client.closed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acks of unknown packet ids
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_pubrel_and_pubrec_of_unknown_ids_get_0x92() {
+    let broker = start_broker();
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-unknown-ids"));
+    // PUBREL for an id never published: PUBCOMP 0x92 (spec 3.7.2.1).
+    client.send(Packet::PubRel(PubRel::new(41, None)));
+    let frame = client.read();
+    match &frame.packet {
+        Some(Packet::PubComp(ack)) => {
+            assert_eq!(ack.pkid, 41);
+            assert_eq!(ack.reason, PubCompReason::PacketIdentifierNotFound);
+        }
+        other => panic!("PUBCOMP expected: {other:?}"),
+    }
+    assert_eq!(
+        frame.reason_string().as_deref(),
+        Some("packet identifier not found")
+    );
+    // PUBREC for an id we never sent: PUBREL 0x92 (spec 3.6.2.1).
+    client.send(Packet::PubRec(PubRec::new(42, None)));
+    match client.read().packet {
+        Some(Packet::PubRel(ack)) => {
+            assert_eq!(ack.pkid, 42);
+            assert_eq!(ack.reason, PubRelReason::PacketIdentifierNotFound);
+        }
+        other => panic!("PUBREL expected: {other:?}"),
+    }
+    // PUBACK and PUBCOMP of unknown ids are ignored, and the connection lives on.
+    client.send(Packet::PubAck(PubAck::new(43, None)));
+    client.send(Packet::PubComp(PubComp::new(44, None)));
+    client.assert_alive();
+
+    // A PUBREL that completes a real flow gets PUBCOMP 0x00, a second one 0x92.
+    client.send(Packet::Publish(publish(
+        "unknown/ids",
+        QoS::ExactlyOnce,
+        5,
+        false,
+        "x",
+    )));
+    assert_eq!(client.read().first_byte, 0x50, "PUBREC");
+    for expected in [
+        PubCompReason::Success,
+        PubCompReason::PacketIdentifierNotFound,
+    ] {
+        client.send(Packet::PubRel(PubRel::new(5, None)));
+        match client.read().packet {
+            Some(Packet::PubComp(ack)) => assert_eq!(ack.reason, expected),
+            other => panic!("PUBCOMP expected: {other:?}"),
+        }
+    }
+
+    // 3.1.1: plain PUBCOMP / PUBREL, as before.
+    let mut v3 = RawClient::connect(broker.addr(), &unique_id("v3-unknown-ids"));
+    v3.send(&pubrel_bytes(41));
+    let ack = v3.read_packet();
+    assert_eq!((ack.kind(), ack.ack_id(PUBCOMP)), (PUBCOMP, 41));
+    v3.send(&pubrec_bytes(42));
+    let ack = v3.read_packet();
+    assert_eq!((ack.kind(), ack.ack_id(PUBREL)), (PUBREL, 42));
+    v3.ping();
+}
+
+#[test]
+fn issue8_a_failed_pubrec_ends_the_flow_without_pubrel() {
+    // Spec 4.3.3: PUBREL only answers a PUBREC under 0x80; one of 0x80 or above frees the id.
+    let broker = start_broker();
+    let topic = unique_topic("v5/pubrec-refused");
+    let properties = ConnectProperties {
+        receive_maximum: Some(1),
+        ..ConnectProperties::new()
+    };
+    let mut subscriber = V5Client::connect_props(broker.addr(), &unique_id("v5-rec"), properties);
+    subscriber.subscribe(&topic, QoS::ExactlyOnce);
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-rec-pub"));
+    let frame = publisher.publish(publish(&topic, QoS::ExactlyOnce, 1, false, "first"));
+    assert_eq!(frame.first_byte, 0x50, "PUBREC");
+    publisher.send(Packet::PubRel(PubRel::new(1, None)));
+    assert_eq!(publisher.read().first_byte, 0x70, "PUBCOMP");
+    let frame = publisher.publish(publish(&topic, QoS::AtLeastOnce, 2, false, "second"));
+    assert_eq!(frame.first_byte, 0x40, "PUBACK");
+    let first = subscriber.read_publish();
+    assert_eq!(first.payload, "first");
+    subscriber.send(Packet::PubRec(PubRec {
+        reason: PubRecReason::UnspecifiedError,
+        ..PubRec::new(first.pkid, None)
+    }));
+    // No PUBREL: the next message comes instead (Receive Maximum 1: the window opened).
+    let next = subscriber.read_publish();
+    assert_eq!(next.payload, "second", "the refused flow ended");
+    assert_eq!(next.qos, QoS::AtLeastOnce);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retained quota and expiry
+// ---------------------------------------------------------------------------------------------
+
+/// The retained messages a fresh subscription to `filter` gets, sorted, by a client homed on
+/// `shard`.
+fn retained_seen(addr: SocketAddr, shard: usize, shards: usize, filter: &str) -> Vec<String> {
+    let mut reader = V5Client::connect(addr, &unique_id_on(shard, shards, "reader"));
+    reader.subscribe(filter, QoS::AtMostOnce);
+    let mut seen = Vec::new();
+    while let Some(frame) = reader.try_read(QUIET) {
+        if let Some(Packet::Publish(p)) = frame.packet {
+            assert!(p.retain);
+            seen.push(String::from_utf8_lossy(&p.topic).into_owned());
+        }
+    }
+    seen.sort();
+    seen
+}
+
+/// [MQTT-3.3.1-5] A retained message over `retained_max` is refused with 0x97 at QoS 1 and 2,
+/// and nothing of it happens (not stored, not delivered); at QoS 0 it is delivered but not
+/// stored, as under 3.1.1. Every shard holds the same set.
+fn check_retained_quota(shards: usize) {
+    let broker = broker_with(|c| {
+        c.shards = shards;
+        c.limits.retained_max = 1;
+    });
+    let addr = broker.addr();
+    let prefix = unique_topic("v5/quota");
+    let topic = |n: usize| format!("{prefix}/{n}");
+    let mut live = V5Client::connect(addr, &unique_id_on(shards - 1, shards, "quota-live"));
+    live.subscribe(&format!("{prefix}/#"), QoS::AtLeastOnce);
+    let mut publisher = V5Client::connect(addr, &unique_id_on(0, shards, "quota-pub"));
+    let ack = puback(&publisher.publish(publish(&topic(1), QoS::AtLeastOnce, 1, true, "one")));
+    assert_eq!(ack.reason, PubAckReason::Success);
+    assert_eq!(live.read_publish().payload, "one");
+
+    let frame = publisher.publish(publish(&topic(2), QoS::AtLeastOnce, 2, true, "two"));
+    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded);
+    assert_eq!(frame.reason_string().as_deref(), Some("quota exceeded"));
+    match publisher
+        .publish(publish(&topic(3), QoS::ExactlyOnce, 3, true, "three"))
+        .packet
+    {
+        Some(Packet::PubRec(rec)) => assert_eq!(rec.reason, PubRecReason::QuotaExceeded),
+        other => panic!("PUBREC expected: {other:?}"),
+    }
+    // A refused QoS 2 id is not kept: the same id starts a new flow at once.
+    let frame = publisher.publish(publish(&topic(1), QoS::ExactlyOnce, 3, true, "one again"));
+    match frame.packet {
+        Some(Packet::PubRec(rec)) => assert_eq!(rec.reason, PubRecReason::Success),
+        other => panic!("PUBREC expected: {other:?}"),
+    }
+    publisher.send(Packet::PubRel(PubRel::new(3, None)));
+    assert_eq!(publisher.read().first_byte, 0x70, "PUBCOMP");
+    publisher.send(Packet::Publish(publish(
+        &topic(4),
+        QoS::AtMostOnce,
+        0,
+        true,
+        "four",
+    )));
+    // The refused ones never reached the subscriber; the replacement and QoS 0 did.
+    assert_eq!(live.read_publish().payload, "one again");
+    assert_eq!(live.read_publish().payload, "four", "QoS 0: delivered");
+    assert!(live.try_read(QUIET).is_none());
+    for shard in 0..shards {
+        assert_eq!(
+            retained_seen(addr, shard, shards, &format!("{prefix}/#")),
+            [topic(1)],
+            "shard {shard}"
+        );
+    }
+    broker.wait_counter("retained_refused", |s| s.retained_refused, 3);
+}
+
+#[test]
+fn issue8_retained_over_quota_gets_0x97_one_shard() {
+    check_retained_quota(1);
+}
+
+#[test]
+fn issue8_retained_over_quota_gets_0x97_across_shards() {
+    check_retained_quota(4);
+}
+
+fn with_expiry_interval(secs: u32) -> PublishProperties {
+    PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..PublishProperties::default()
+    }
+}
+
+/// [MQTT-3.3.2-5] An expired retained message is deleted, not just skipped: it no longer
+/// counts against `retained_max`, on any shard.
+fn check_expired_retained_stop_counting(shards: usize) {
+    let broker = broker_with(|c| {
+        c.shards = shards;
+        c.limits.retained_max = 1;
+    });
+    let addr = broker.addr();
+    let prefix = unique_topic("v5/expiring");
+    let topic = |n: usize| format!("{prefix}/{n}");
+    let mut publisher = V5Client::connect(addr, &unique_id_on(0, shards, "expiring-pub"));
+    let short = Publish {
+        properties: Some(with_expiry_interval(1)),
+        ..publish(&topic(1), QoS::AtLeastOnce, 1, true, "short")
+    };
+    assert_eq!(
+        puback(&publisher.publish(short)).reason,
+        PubAckReason::NoMatchingSubscribers
+    );
+    let frame = publisher.publish(publish(&topic(2), QoS::AtLeastOnce, 2, true, "two"));
+    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded, "full");
+    // Past its expiry (and a timer tick), the place is free again, no subscription needed.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let frame = publisher.publish(publish(&topic(2), QoS::AtLeastOnce, 3, true, "two"));
+    assert_eq!(
+        puback(&frame).reason,
+        PubAckReason::NoMatchingSubscribers,
+        "the expired message was deleted"
+    );
+    for shard in 0..shards {
+        assert_eq!(
+            retained_seen(addr, shard, shards, &format!("{prefix}/#")),
+            [topic(2)],
+            "shard {shard}"
+        );
+    }
+}
+
+#[test]
+fn issue8_expired_retained_messages_stop_counting_one_shard() {
+    check_expired_retained_stop_counting(1);
+}
+
+#[test]
+fn issue8_expired_retained_messages_stop_counting_across_shards() {
+    check_expired_retained_stop_counting(4);
+}
+
+#[test]
+fn issue8_retained_properties_count_in_retained_bytes_max() {
+    let prefix = unique_topic("v5/rbytes");
+    let topic = format!("{prefix}/1");
+    // Room for the topic and a 10-byte payload, and a little more: not for 100 bytes of
+    // user properties.
+    let room = topic.len() as u64 + 10 + 20;
+    let broker = broker_with(|c| c.limits.retained_bytes_max = room);
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-rbytes"));
+    let heavy = Publish {
+        properties: Some(PublishProperties {
+            user_properties: vec![("k".into(), "v".repeat(100))],
+            ..PublishProperties::default()
+        }),
+        ..publish(&topic, QoS::AtLeastOnce, 1, true, "0123456789")
+    };
+    assert_eq!(
+        puback(&publisher.publish(heavy)).reason,
+        PubAckReason::QuotaExceeded
+    );
+    let light = publish(&topic, QoS::AtLeastOnce, 2, true, "0123456789");
+    assert_eq!(
+        puback(&publisher.publish(light)).reason,
+        PubAckReason::NoMatchingSubscribers
+    );
+    assert_eq!(retained_seen(broker.addr(), 0, 1, &topic), [topic]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONNECT too large
+// ---------------------------------------------------------------------------------------------
+
+/// A v5 CONNECT with a client id of `id_len` bytes, in bytes.
+fn large_v5_connect(id_len: usize) -> Vec<u8> {
+    let connect = connect(&"c".repeat(id_len), None);
+    let mut out = BytesMut::new();
+    Packet::Connect(connect, None, None)
+        .write(&mut out, None)
+        .expect("rumqttc encodes it");
+    out.to_vec()
+}
+
+#[test]
+fn issue8_oversized_v5_connect_gets_connack_0x95() {
+    let broker = broker_with(|c| c.limits.connect_packet_size_max = 1024);
+    // All at once: the first read shows level 5.
+    let mut client = V5Client::open(broker.addr());
+    client.send_bytes(&large_v5_connect(4000));
+    let frame = client.read();
+    assert_eq!(frame.first_byte, 0x20, "CONNACK: {frame:?}");
+    assert_eq!(frame.reason_code(), 0x95, "Packet too large");
+    assert_eq!(frame.reason_string().as_deref(), Some("packet too large"));
+    assert!(client.closed());
+
+    // A few bytes first (fixed header only): the broker waits for the level, not the packet.
+    let bytes = large_v5_connect(4000);
+    let mut client = V5Client::open(broker.addr());
+    client.send_bytes(&bytes[..4]);
+    assert!(client.try_read(QUIET).is_none(), "nothing to say yet");
+    client.send_bytes(&bytes[4..40]);
+    let frame = client.read();
+    assert_eq!(frame.reason_code(), 0x95, "{frame:?}");
+    assert!(client.closed());
+
+    // 3.1.1 closes silently, as before.
+    let big = common::Connect::v311(&"c".repeat(4000));
+    let mut v3 = RawClient::open(broker.addr());
+    v3.send_ignoring_errors(&big.bytes());
+    v3.expect_closed_silently();
+    broker.wait_counter("connect_too_large", |s| s.connect_too_large_count, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request Response Information, and Paho's request/response flow
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_request_response_information() {
+    let broker = start_broker();
+    let id = unique_id("v5-rri");
+    let properties = ConnectProperties {
+        request_response_info: Some(1),
+        ..ConnectProperties::new()
+    };
+    let (_client, frame) =
+        V5Client::connect_with(broker.addr(), connect(&id, Some(properties)), None);
+    let p = frame.connack().properties.expect("properties");
+    assert_eq!(
+        p.response_information.as_deref(),
+        Some(format!("response/{id}").as_str()),
+        "spec 3.2.2.3.15"
+    );
+    // Not asked (absent, or 0): none.
+    for request in [None, Some(0)] {
+        let properties = ConnectProperties {
+            request_response_info: request,
+            ..ConnectProperties::new()
+        };
+        let (_client, frame) = V5Client::connect_with(
+            broker.addr(),
+            connect(&unique_id("v5-rri-no"), Some(properties)),
+            None,
+        );
+        let p = frame.connack().properties.expect("properties");
+        assert_eq!(p.response_information, None, "{request:?}");
+    }
+}
+
+/// Paho's `test_request_response` (interoperability/client_test5.py), on 1 and 4 shards: both
+/// clients subscribe with No Local; the requester's Response Topic and Correlation Data reach
+/// the responder, whose response, sent with the properties it received, reaches only the
+/// requester.
+fn check_request_response(shards: usize) {
+    let broker = broker_with(|c| c.shards = shards);
+    let addr = broker.addr();
+    let topic = unique_topic("v5/request");
+    let no_local = |filter: &str| Subscribe {
+        pkid: 1,
+        ..Subscribe::new(
+            Filter {
+                nolocal: true,
+                ..Filter::new(filter, QoS::ExactlyOnce)
+            },
+            None,
+        )
+    };
+    let mut requester = V5Client::connect(addr, &unique_id_on(0, shards, "requester"));
+    let mut responder = V5Client::connect(addr, &unique_id_on(shards - 1, shards, "responder"));
+    for client in [&mut requester, &mut responder] {
+        client.send(Packet::Subscribe(no_local(&topic)));
+        assert_eq!(client.read().first_byte, 0x90, "SUBACK");
+    }
+    let request = Publish {
+        properties: Some(PublishProperties {
+            response_topic: Some(topic.clone()),
+            correlation_data: Some(bytes::Bytes::from_static(b"334")),
+            ..PublishProperties::default()
+        }),
+        ..publish(&topic, QoS::AtLeastOnce, 1, false, "request")
+    };
+    assert_eq!(
+        puback(&requester.publish(request)).reason,
+        PubAckReason::Success
+    );
+    let received = responder.read_publish();
+    assert_eq!(received.payload, "request");
+    let properties = received.properties.expect("properties");
+    assert_eq!(properties.response_topic.as_deref(), Some(topic.as_str()));
+    assert_eq!(properties.correlation_data.as_deref(), Some(&b"334"[..]));
+    responder.send(Packet::PubAck(PubAck::new(received.pkid, None)));
+    let response = Publish {
+        properties: Some(properties.clone()),
+        ..publish(&topic, QoS::AtLeastOnce, 1, false, "response")
+    };
+    let frame = responder.publish(response);
+    assert_eq!(puback(&frame).reason, PubAckReason::Success);
+    let answer = requester.read_publish();
+    assert_eq!(answer.payload, "response");
+    assert_eq!(
+        answer
+            .properties
+            .and_then(|p| p.correlation_data)
+            .as_deref(),
+        Some(&b"334"[..])
+    );
+    assert!(responder.try_read(QUIET).is_none(), "No Local");
+}
+
+#[test]
+fn issue8_paho_request_response_one_shard() {
+    check_request_response(1);
+}
+
+#[test]
+fn issue8_paho_request_response_across_shards() {
+    check_request_response(4);
+}
+
+#[test]
+fn issue8_mosquitto_response_topic_and_correlation_data() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/mosq-request");
+    // The later -F replaces the harness's: topic, Response Topic, Correlation Data.
+    let sub = mosquitto_sub(
+        broker.port(),
+        &topic,
+        1,
+        1,
+        &["-V", "5", "-F", "RR|%t|%R|%D"],
+    );
+    let published = mosquitto_pub(
+        broker.port(),
+        &[
+            "-V",
+            "5",
+            "-t",
+            &topic,
+            "-q",
+            "1",
+            "-m",
+            "request",
+            "-D",
+            "publish",
+            "response-topic",
+            "reply/to/me",
+            "-D",
+            "publish",
+            "correlation-data",
+            "334",
+        ],
+    );
+    assert!(published.status.success(), "{published:?}");
+    let finished = sub.finish();
+    let expected = format!("RR|{topic}|reply/to/me|334");
+    assert!(
+        finished.stdout.contains(&expected),
+        "{expected} in {finished:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reason Strings and Request Problem Information
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_request_problem_information_zero_silences_ack_reason_strings() {
+    // [MQTT-3.1.2-29] With 0: no Reason String on anything but PUBLISH, CONNACK, DISCONNECT.
+    let broker = broker_with(|c| c.limits.retained_max = 0);
+    let topic = unique_topic("v5/problem");
+    let mut told = V5Client::connect(broker.addr(), &unique_id("v5-told"));
+    let frame = told.publish(publish(&topic, QoS::AtLeastOnce, 1, true, "r"));
+    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded);
+    assert_eq!(frame.reason_string().as_deref(), Some("quota exceeded"));
+
+    let mut quiet = V5Client::connect_props(
+        broker.addr(),
+        &unique_id("v5-quiet"),
+        no_problem_information(),
+    );
+    let frame = quiet.publish(publish(&topic, QoS::AtLeastOnce, 1, true, "r"));
+    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded);
+    assert_eq!(frame.reason_string(), None, "{frame:?}");
+    quiet.send(Packet::PubRel(PubRel::new(9, None)));
+    let frame = quiet.read();
+    assert_eq!(frame.first_byte, 0x70);
+    assert_eq!(frame.reason_string(), None, "PUBCOMP 0x92 without a string");
+    // A DISCONNECT still carries its Reason String.
+    quiet.send_bytes(&[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
+    let frame = quiet.read();
+    assert_eq!(frame.reason_code(), 0x81);
+    assert_eq!(frame.reason_string().as_deref(), Some("malformed packet"));
+}
+
+#[test]
+fn issue8_server_disconnects_carry_reason_strings() {
+    let broker = broker_with(|c| {
+        c.limits.packet_size_max = 1024;
+        c.limits.topic_alias_max = 4;
+    });
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-reason-large"));
+    client.send(Packet::Publish(Publish::new(
+        "big",
+        QoS::AtMostOnce,
+        vec![0u8; 4096],
+        None,
+    )));
+    let frame = client.read();
+    assert_eq!(frame.reason_code(), 0x95);
+    assert_eq!(frame.reason_string().as_deref(), Some("packet too large"));
+
+    let mut client = V5Client::connect(broker.addr(), &unique_id("v5-reason-alias"));
+    let aliased = Publish {
+        properties: Some(PublishProperties {
+            // Over the Topic Alias Maximum of 4 [MQTT-3.3.2-9].
+            topic_alias: Some(5),
+            ..PublishProperties::default()
+        }),
+        ..publish("alias", QoS::AtMostOnce, 0, false, "x")
+    };
+    client.send(Packet::Publish(aliased));
+    let frame = client.read();
+    assert_eq!(frame.reason_code(), 0x94);
+    assert_eq!(
+        frame.disconnect().reason_code,
+        DisconnectReasonCode::TopicAliasInvalid
+    );
+    assert_eq!(
+        frame.reason_string().as_deref(),
+        Some("topic alias out of range")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AUTH
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_enhanced_authentication() {
+    let broker = start_broker();
+    // [MQTT-4.12.0-1] No method is supported: 0x8C, with its Reason String.
+    let properties = ConnectProperties {
+        authentication_method: Some("SCRAM-SHA-256".into()),
+        authentication_data: Some(bytes::Bytes::from_static(b"n,,n=user,r=nonce")),
+        ..ConnectProperties::new()
+    };
+    let (mut client, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&unique_id("v5-scram"), Some(properties)),
+        None,
+    );
+    assert_eq!(frame.reason_code(), 0x8C, "{frame:?}");
+    assert_eq!(
+        frame.reason_string().as_deref(),
+        Some("authentication method not supported")
+    );
+    assert!(client.closed());
+
+    // Spec 4.12: AUTH from a client that did not authenticate with a method at CONNECT is a
+    // protocol error, whatever it names.
+    // (rumqttc's v5 module does not export its AUTH properties: the bytes by hand.)
+    let reauthenticate = |method: Option<&str>| -> Vec<u8> {
+        let mut properties = Vec::new();
+        if let Some(method) = method {
+            properties.push(0x15);
+            put_string(method.as_bytes(), &mut properties);
+        }
+        let mut body = vec![0x19, properties.len() as u8];
+        body.extend_from_slice(&properties);
+        packet(0xF0, &body)
+    };
+    for method in [None, Some("SCRAM-SHA-256")] {
+        let mut client = V5Client::connect(broker.addr(), &unique_id("v5-auth-stray"));
+        client.send_bytes(&reauthenticate(method));
+        let frame = client.read();
+        assert_eq!(frame.first_byte, 0xE0, "DISCONNECT: {frame:?}");
+        assert_eq!(frame.reason_code(), 0x82, "Protocol Error");
+        assert!(client.closed());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client DISCONNECT reasons
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn issue8_every_client_disconnect_reason_is_accepted() {
+    // Spec 3.14.2.1: the codes a client may send. The will goes unless the reason is 0x00
+    // [MQTT-3.1.2-8] [MQTT-3.14.4-3].
+    let broker = start_broker();
+    let topic = unique_topic("v5/disconnect-will");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-will-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+    let codes: [u8; 15] = [
+        0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x87,
+    ];
+    for code in codes {
+        let will = LastWill::new(&topic, format!("{code:#04x}"), QoS::AtMostOnce, false, None);
+        let (mut client, frame) = V5Client::connect_with(
+            broker.addr(),
+            connect(&unique_id("v5-disc"), None),
+            Some(will),
+        );
+        assert_eq!(frame.reason_code(), 0);
+        client.send_bytes(&[0xE0, 0x02, code, 0x00]);
+        assert!(
+            client.try_read(WAIT).is_none(),
+            "reason {code:#04x}: closed without a DISCONNECT back"
+        );
+        if code == 0x00 {
+            assert!(watcher.try_read(QUIET).is_none(), "0x00 discards the will");
+        } else {
+            assert_eq!(watcher.read_publish().payload, format!("{code:#04x}"));
+        }
+    }
+}
+
+#[test]
+fn issue8_disconnect_with_an_invalid_reason_is_malformed() {
+    let broker = start_broker();
+    for code in [0x01u8, 0x05, 0x8C, 0xFF] {
+        let mut client = V5Client::connect(broker.addr(), &unique_id("v5-disc-bad"));
+        client.send_bytes(&[0xE0, 0x01, code]);
+        let frame = client.read();
+        assert_eq!(frame.first_byte, 0xE0, "{frame:?}");
+        assert_eq!(
+            frame.reason_code(),
+            0x81,
+            "reason {code:#04x}: Malformed Packet"
+        );
+        assert!(client.closed());
+    }
+}
