@@ -524,6 +524,12 @@ pub(crate) mod ctx {
 /// `context`, any duplicate (but User Property, and Subscription Identifier on PUBLISH), and any
 /// value out of range.
 fn decode_properties(r: &mut Reader, context: u16) -> Result<Props, DecodeError> {
+    // Most packets carry none: a zero length is one byte, and no slice of the buffer is taken
+    // (a `Bytes` slice costs a reference count both ways).
+    if r.bytes.first() == Some(&0) {
+        r.bytes.advance(1);
+        return Ok(Props::NONE);
+    }
     let len = r.var_int()? as usize;
     let block = r.take(len)?;
     if block.is_empty() {

@@ -561,8 +561,9 @@ impl Shard {
     ) -> bool {
         self.expire_retained();
         let limits = &self.config.limits;
-        let weight =
-            topic.len() + payload.len() + properties.map_or(0, |p| crate::protocol::properties_len(p));
+        let weight = topic.len()
+            + payload.len()
+            + properties.map_or(0, |p| crate::protocol::properties_len(p));
         let replaced = self
             .retained
             .get(topic)
