@@ -206,11 +206,9 @@ pub struct Session {
     /// Shard clock (seconds) when the connection went: a persistent session away for
     /// `limits.persistent_session_expiry_secs` from then is removed.
     pub detached_secs: u32,
-    /// MQTT 5 room (not used under 3.1.1): session expiry, the client's receive maximum, and
-    /// its topic alias maximum.
+    /// MQTT 5 room (not used under 3.1.1): session expiry and the client's receive maximum.
     pub session_expiry_secs: u32,
     pub receive_maximum: u16,
-    pub topic_alias_max: u16,
 }
 
 // The session's share of the 512 B budget per idle, subscribed connection (DESIGN.md).
@@ -229,7 +227,6 @@ impl Session {
             detached_secs: 0,
             session_expiry_secs: 0,
             receive_maximum: u16::MAX,
-            topic_alias_max: 0,
         }
     }
 

@@ -125,9 +125,6 @@ impl Shard {
             self.stats.protocol_errors += 1;
         }
         conn.state = ConnState::Closing;
-        if !self.conn_extras.is_empty() {
-            self.conn_extras.remove(&(slot, generation));
-        }
         if let Some(buffers) = conn.buffers.as_mut() {
             buffers.inbox = BytesMut::new();
         }

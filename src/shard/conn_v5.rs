@@ -1,7 +1,8 @@
 //! The MQTT 5 state of one network connection that only some clients use: topic aliases both
-//! ways and the client's Maximum Packet Size. A side allocation (`Conn::v5`), made at CONNECT
-//! for a client that asks for aliases or a size limit, or on its first inbound alias; a 3.1.1
-//! client and a v5 client that uses none of this hold a `None`. Aliases belong to the network
+//! ways, the client's Maximum Packet Size, its Request Problem Information 0 and its enhanced
+//! authentication method. A side allocation (`Conn::v5`), made at CONNECT for a client that
+//! asks for any of these, or on its first inbound alias; a 3.1.1 client and a v5 client that
+//! uses none of this hold a `None`. Aliases belong to the network
 //! connection, not the session: a new connection starts with none [MQTT-3.3.2-7], so this goes
 //! with the `Conn`.
 
@@ -20,22 +21,32 @@ pub struct ConnV5 {
     pub outbound: Option<OutboundAliases>,
     /// The client's Maximum Packet Size (CONNECT property 0x27); `None`: only the protocol's.
     pub packet_size_max: Option<u32>,
+    /// The client sent Request Problem Information 0: no Reason String or User Property on
+    /// anything but PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
+    pub no_problem_information: bool,
+    /// The Authentication Method of its CONNECT, which re-authentication must repeat
+    /// [MQTT-4.12.1-1]. Only set once an enhanced method accepted the client.
+    pub auth_method: Option<Box<str>>,
 }
 
 impl ConnV5 {
     /// The state a CONNECT asks for: outbound aliases up to the client's Topic Alias Maximum
     /// (and at most `alias_max`, ours, so what a connection can make us hold is bounded both
-    /// ways), its Maximum Packet Size. `None` when it asks for neither.
+    /// ways), its Maximum Packet Size, no problem information. `None` when it asks for none
+    /// of these (the enhanced authentication method is added by the caller).
     pub fn for_connect(properties: &Properties, alias_max: u16) -> Option<Box<ConnV5>> {
         let outbound_max = properties.topic_alias_maximum.unwrap_or(0).min(alias_max);
         let packet_size_max = properties.maximum_packet_size;
-        if outbound_max == 0 && packet_size_max.is_none() {
+        let no_problem_information = properties.request_problem_information == Some(0);
+        if outbound_max == 0 && packet_size_max.is_none() && !no_problem_information {
             return None;
         }
         Some(Box::new(ConnV5 {
             inbound: InboundAliases::default(),
             outbound: (outbound_max > 0).then(|| OutboundAliases::new(outbound_max)),
             packet_size_max,
+            no_problem_information,
+            auth_method: None,
         }))
     }
 }

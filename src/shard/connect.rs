@@ -332,10 +332,8 @@ impl Shard {
             s.conn = Some(ConnRef { slot, generation });
             // [MQTT-3.1.2-21] Absent: 65,535. It bounds our QoS 1/2 sends (`window_open`).
             s.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
-            s.topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         }
         self.stats.connections += 1;
-        let no_problem_information = connect.properties.request_problem_information == Some(0);
         let mut properties = if v5 {
             self.connack_properties(
                 &connect,
@@ -351,11 +349,9 @@ impl Shard {
             // The CONNACK names the method the client authenticated with (3.2.2.3.17).
             properties.authentication_method = Some(ByteString::from(&*method));
             properties.authentication_data = data;
-            self.conn_extras_mut(slot, generation).auth_method = Some(method);
-        }
-        if no_problem_information {
-            self.conn_extras_mut(slot, generation)
-                .no_problem_information = true;
+            if let Some(conn) = self.conns.get_mut(slot, generation) {
+                conn.v5.get_or_insert_with(Box::default).auth_method = Some(method);
+            }
         }
         let ack = ConnAck {
             session_present,
@@ -375,9 +371,9 @@ impl Shard {
     /// protocol errors (DISCONNECT 0x82).
     pub(super) fn on_auth(&mut self, slot: u32, generation: u32, auth: &Auth) {
         let method: Option<Box<str>> = self
-            .conn_extras
-            .get(&(slot, generation))
-            .and_then(|extras| extras.auth_method.clone());
+            .conns
+            .get(slot, generation)
+            .and_then(|c| c.v5.as_ref()?.auth_method.clone());
         let Some(method) = method else {
             self.close(slot, generation, CloseReason::Protocol);
             return;

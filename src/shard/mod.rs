@@ -170,8 +170,6 @@ pub struct Shard {
     /// MQTT 5 enhanced authentication methods (none registered yet: 0x8C for every method).
     enhanced_auth: EnhancedAuthMethods,
     conns: Conns,
-    /// Per-connection MQTT 5 state few clients use (`problem.rs`), by (slot, generation).
-    conn_extras: hashbrown::HashMap<(u32, u32), problem::ConnExtras, foldhash::fast::RandomState>,
     sessions: Sessions,
     subscriptions: Trie<route::Grant>,
     shared: SharedSubscriptions,
@@ -288,7 +286,6 @@ impl Shard {
             auth: params.auth,
             enhanced_auth: EnhancedAuthMethods::default(),
             conns: Conns::default(),
-            conn_extras: Default::default(),
             sessions: Sessions::default(),
             subscriptions: Trie::new(),
             subscription_ids: Default::default(),

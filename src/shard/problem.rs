@@ -1,7 +1,5 @@
-//! MQTT 5 problem information: the Reason Strings the broker adds to its refusals, and the
-//! per-connection MQTT 5 state few clients use (Request Problem Information 0, an enhanced
-//! authentication method), kept in a map beside the connections rather than in `Conn`, which
-//! every idle connection pays for.
+//! MQTT 5 problem information: the Reason Strings the broker adds to its refusals, unless the
+//! client sent Request Problem Information 0 (kept in its `ConnV5`, `conn_v5.rs`).
 //!
 //! Reason Strings are static, one per reason code, chosen when the packet is written: the
 //! success codes have none, so an ordinary ack builds no properties and looks nothing up.
@@ -11,17 +9,6 @@ use bytestring::ByteString;
 use crate::protocol::{Props, ReasonCode};
 
 use super::Shard;
-
-/// What only some MQTT 5 connections need; a connection without an entry uses neither feature.
-#[derive(Debug, Default)]
-pub(super) struct ConnExtras {
-    /// The client sent Request Problem Information 0: no Reason String or User Property on
-    /// anything but PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
-    pub no_problem_information: bool,
-    /// The Authentication Method of its CONNECT, which re-authentication must repeat
-    /// [MQTT-4.12.1-1]. Only set once an enhanced method accepted the client.
-    pub auth_method: Option<Box<str>>,
-}
 
 /// The Reason String sent with a failure code (spec 3.x.2.2: human readable, for diagnostics).
 /// `None` for the success codes and for those that need no words.
@@ -71,13 +58,13 @@ pub(super) fn reason_properties(code: ReasonCode) -> Props {
 impl Shard {
     /// Whether this connection may be sent Reason Strings and User Properties on packets other
     /// than PUBLISH, CONNACK and DISCONNECT (its CONNECT did not say Request Problem
-    /// Information 0). One map probe, made only when there is a string to send.
+    /// Information 0). Looked up only when there is a string to send.
     pub(super) fn problem_information(&self, slot: u32, generation: u32) -> bool {
-        self.conn_extras.is_empty()
-            || !self
-                .conn_extras
-                .get(&(slot, generation))
-                .is_some_and(|e| e.no_problem_information)
+        !self
+            .conns
+            .get(slot, generation)
+            .and_then(|c| c.v5.as_ref())
+            .is_some_and(|v5| v5.no_problem_information)
     }
 
     /// `code`'s Reason String for an ack (PUBACK, PUBREC, PUBREL, PUBCOMP) to this connection,
@@ -87,11 +74,6 @@ impl Shard {
             return Props::NONE;
         }
         reason_properties(code)
-    }
-
-    /// The connection's extras, created on first use.
-    pub(super) fn conn_extras_mut(&mut self, slot: u32, generation: u32) -> &mut ConnExtras {
-        self.conn_extras.entry((slot, generation)).or_default()
     }
 }
 
