@@ -3,8 +3,13 @@
 //! pending at once) spills onto the heap. Walks are iterative rather than recursive because a
 //! 65,535-byte filter can have 32,768 levels, deep enough to overflow a thread's stack.
 
+use std::mem::MaybeUninit;
+
 pub(crate) struct SmallStack<T, const N: usize> {
-    inline: [Option<T>; N],
+    /// `inline[..inline_len]` are initialised. Left uninitialised rather than filled with
+    /// `None`: a walk runs once per publish, and zeroing 32 entries (768 bytes) cost more than
+    /// most walks (about 3 % of a fan-in message's instructions in callgrind).
+    inline: [MaybeUninit<T>; N],
     inline_len: usize,
     /// Used only once `inline` is full, so the top of the stack is always the spill's last entry
     /// when the spill is non-empty.
@@ -15,7 +20,7 @@ impl<T, const N: usize> SmallStack<T, N> {
     #[inline]
     pub(crate) fn new() -> Self {
         SmallStack {
-            inline: [const { None }; N],
+            inline: [const { MaybeUninit::uninit() }; N],
             inline_len: 0,
             spill: Vec::new(),
         }
@@ -24,7 +29,7 @@ impl<T, const N: usize> SmallStack<T, N> {
     #[inline]
     pub(crate) fn push(&mut self, item: T) {
         if self.inline_len < N {
-            self.inline[self.inline_len] = Some(item);
+            self.inline[self.inline_len].write(item);
             self.inline_len += 1;
         } else {
             self.spill.push(item);
@@ -40,7 +45,9 @@ impl<T, const N: usize> SmallStack<T, N> {
             return None;
         }
         self.inline_len -= 1;
-        self.inline[self.inline_len].take()
+        // SAFETY: entries below the old `inline_len` were written by `push`; lowering
+        // `inline_len` first means this one is read out exactly once.
+        Some(unsafe { self.inline[self.inline_len].assume_init_read() })
     }
 
     #[inline]
@@ -51,7 +58,17 @@ impl<T, const N: usize> SmallStack<T, N> {
         if self.inline_len == 0 {
             return None;
         }
-        self.inline[self.inline_len - 1].as_mut()
+        // SAFETY: below `inline_len`, so written by `push` and not yet popped.
+        Some(unsafe { self.inline[self.inline_len - 1].assume_init_mut() })
+    }
+}
+
+impl<T, const N: usize> Drop for SmallStack<T, N> {
+    fn drop(&mut self) {
+        for entry in &mut self.inline[..self.inline_len] {
+            // SAFETY: below `inline_len`, so initialised, and dropped once (the stack is going).
+            unsafe { entry.assume_init_drop() };
+        }
     }
 }
 
@@ -75,5 +92,20 @@ mod tests {
         stack.push(7);
         *stack.last_mut().unwrap() = 8;
         assert_eq!(stack.pop(), Some(8));
+    }
+
+    #[test]
+    fn entries_left_on_the_stack_are_dropped_once() {
+        use std::rc::Rc;
+        let counted = Rc::new(());
+        {
+            let mut stack: SmallStack<Rc<()>, 4> = SmallStack::new();
+            for _ in 0..6 {
+                stack.push(Rc::clone(&counted));
+            }
+            drop(stack.pop());
+            assert_eq!(Rc::strong_count(&counted), 6);
+        }
+        assert_eq!(Rc::strong_count(&counted), 1);
     }
 }
