@@ -337,6 +337,14 @@ impl Ring {
         self.push(entry);
     }
 
+    /// Ends the write side only (a FIN after what was sent); reads go on until the peer closes.
+    pub fn shutdown_write(&mut self, slot: u32, token: Token) {
+        let entry = opcode::Shutdown::new(types::Fixed(slot), libc::SHUT_WR)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
     /// Cancels the operation submitted with `target`.
     pub fn cancel(&mut self, target: Token, token: Token) {
         let entry = opcode::AsyncCancel::new(target.pack())

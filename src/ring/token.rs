@@ -15,7 +15,8 @@ pub enum Op {
     Recv = 2,
     /// One send of a connection's outbox.
     Send = 3,
-    /// `shutdown(SHUT_RDWR)` of a closing connection: ends its recv and any stuck send.
+    /// `shutdown` of a closing connection: `SHUT_RDWR` ends its recv and any stuck send;
+    /// `SHUT_WR` starts a linger after a server DISCONNECT (`close.rs`).
     Shutdown = 4,
     /// Cancel of a closing connection's multishot recv.
     Cancel = 5,

@@ -125,6 +125,7 @@ impl Shard {
             self.stats.protocol_errors += 1;
         }
         conn.state = ConnState::Closing;
+        conn.set_linger(tell.is_some());
         if let Some(buffers) = conn.buffers.as_mut() {
             buffers.inbox = BytesMut::new();
         }
@@ -156,16 +157,29 @@ impl Shard {
 
     /// A connection closing after a flush whose flush has not finished in a tick or two (the
     /// client reads nothing): shut down without it.
+    /// A lingering one whose client has not closed within `LINGER_MS`: ended too.
     pub(super) fn close_overdue(&mut self, slot: u32, generation: u32) {
-        if let Some(conn) = self.conns.get(slot, generation) {
-            if conn.close_after_flush && !conn.shutdown_sent {
-                self.shutdown(slot, generation);
-                self.maybe_release(slot, generation);
-            }
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.close_after_flush && !conn.shutdown_sent {
+            // It reads nothing: no linger either.
+            conn.set_linger(false);
+            self.shutdown(slot, generation);
+        } else {
+            self.end_linger(slot, generation);
         }
+        self.maybe_release(slot, generation);
     }
 
+    /// Shuts the socket down, ending the recv and any send. After a server DISCONNECT
+    /// (`ConnV5::linger`) only the write side: the client sees the DISCONNECT then the end of
+    /// the stream, and what it sent meanwhile (it may be mid-burst, like a client over Receive
+    /// Maximum) is read and dropped rather than answered with a reset, which would discard
+    /// the DISCONNECT unread in its receive queue [MQTT-4.13.1-1]. The linger ends when the
+    /// client closes, or at `LINGER_MS` (`close_overdue`).
     pub(super) fn shutdown(&mut self, slot: u32, generation: u32) {
+        let now_ms = self.now_ms;
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -176,6 +190,36 @@ impl Shard {
         if let Some(buffers) = conn.buffers.as_mut() {
             buffers.outbox = BytesMut::new();
         }
+        let token = Token::new(Op::Shutdown, slot, generation);
+        if conn.lingers() && conn.recv_armed && !conn.recv_cancelling {
+            // The linger's deadline runs from here.
+            conn.last_packet_ms = now_ms;
+            self.rings[ring_of(slot)].shutdown_write(slot_of(slot), token);
+            conn.control_in_flight += 1;
+            return;
+        }
+        conn.set_linger(false);
+        self.shutdown_reads(slot, generation);
+    }
+
+    /// Ends a linger: the reads stop too (a connection not shut down yet just will not linger).
+    pub(super) fn end_linger(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if !conn.lingers() {
+            return;
+        }
+        conn.set_linger(false);
+        if conn.shutdown_sent {
+            self.shutdown_reads(slot, generation);
+        }
+    }
+
+    fn shutdown_reads(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         // Shutdown ends the multishot recv (and a send stuck on a full socket); the cancel
         // covers a recv the shutdown does not wake. Closing the slot alone would not end it.
         let ring = &mut self.rings[ring_of(slot)];

@@ -148,6 +148,19 @@ impl Conn {
             .get_or_insert_with(|| pools.buffers.pop().unwrap_or_default())
     }
 
+    /// Closing after a server DISCONNECT (`ConnV5::linger`).
+    pub fn lingers(&self) -> bool {
+        self.v5.as_ref().is_some_and(|v5| v5.linger)
+    }
+
+    pub fn set_linger(&mut self, linger: bool) {
+        if linger {
+            self.v5.get_or_insert_with(Box::default).linger = true;
+        } else if let Some(v5) = self.v5.as_mut() {
+            v5.linger = false;
+        }
+    }
+
     pub fn inbox_len(&self) -> usize {
         self.buffers.as_ref().map_or(0, |b| b.inbox.len())
     }

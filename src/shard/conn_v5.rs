@@ -27,6 +27,11 @@ pub struct ConnV5 {
     /// The Authentication Method of its CONNECT, which re-authentication must repeat
     /// [MQTT-4.12.1-1]. Only set once an enhanced method accepted the client.
     pub auth_method: Option<Box<str>>,
+    /// Closing after a server DISCONNECT: once it is flushed only the write side is shut, and
+    /// what the client still sends is read and dropped until it closes (or `LINGER_MS`), so
+    /// that the close is not a reset that loses the DISCONNECT (`close.rs`). Here rather than
+    /// in `Conn`: only a v5 client is told a DISCONNECT.
+    pub linger: bool,
 }
 
 impl ConnV5 {
@@ -47,6 +52,7 @@ impl ConnV5 {
             packet_size_max,
             no_problem_information,
             auth_method: None,
+            linger: false,
         }))
     }
 }

@@ -196,7 +196,7 @@ pub struct Shard {
     shared_picks: Vec<route::Member>,
     /// Scratch for the timer sweep.
     expired: Vec<(u32, u32, CloseReason)>,
-    /// MQTT 5 wills waiting out their Will Delay Interval: (due second, session, will). Few
+    /// MQTT 5 wills waiting out their Will Delay Interval: (due shard ms, session, will). Few
     /// and short-lived, so a list scanned per tick (`limits.rs`).
     delayed_wills: Vec<(u64, u32, Box<crate::protocol::LastWill>)>,
     /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
@@ -542,7 +542,11 @@ impl Shard {
                 }
                 ConnState::Closing => {
                     let overdue_ms = conn.last_packet_ms + 2 * timer::TICK_MS;
-                    if conn.close_after_flush && !conn.shutdown_sent && now_ms >= overdue_ms {
+                    let flush_overdue = conn.close_after_flush && !conn.shutdown_sent;
+                    let linger_over = conn.lingers()
+                        && conn.shutdown_sent
+                        && now_ms >= conn.last_packet_ms + timer::LINGER_MS;
+                    if flush_overdue && now_ms >= overdue_ms || linger_over {
                         expired.push((slot, generation, CloseReason::Refused));
                     }
                 }
@@ -579,6 +583,7 @@ impl Shard {
     fn stop_all(&mut self) -> bool {
         for slot in self.conn_ids() {
             if let Some((generation, _)) = self.conns.at(slot) {
+                self.end_linger(slot, generation);
                 self.shutdown(slot, generation);
             }
         }

@@ -5,6 +5,10 @@
 /// How often the shard sweeps its connections.
 pub const TICK_MS: u64 = 1000;
 
+/// After a server DISCONNECT, how long the client's last bytes are read and dropped, waiting
+/// for it to close, before the connection is cut (`close.rs`).
+pub const LINGER_MS: u64 = 2 * TICK_MS;
+
 /// [MQTT-3.1.2-24] One and a half keepalive periods without a packet: disconnect. Keepalive 0
 /// turns the mechanism off.
 pub fn keepalive_expired(last_packet_ms: u64, keepalive_secs: u16, now_ms: u64) -> bool {
