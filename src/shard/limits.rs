@@ -117,8 +117,10 @@ impl Shard {
             self.publish_will(*will);
             return;
         }
-        let due_secs = self.now_secs() + u64::from(delay_secs);
-        self.delayed_wills.push((due_secs, session, will));
+        // From the clock read now, in milliseconds rounded up: the turn's `now_ms` (read
+        // before this turn's completions) or a due second rounded down would send it early.
+        let due_ms = self.clock_ms_rounded_up() + u64::from(delay_secs) * 1000;
+        self.delayed_wills.push((due_ms, session, will));
     }
 
     /// The client of `session` is back: its delayed will is not sent.
@@ -145,11 +147,11 @@ impl Shard {
         if self.delayed_wills.is_empty() {
             return;
         }
-        let now_secs = self.now_secs();
+        let now_ms = self.now_ms;
         let mut wills = std::mem::take(&mut self.delayed_wills);
         let mut index = 0;
         while index < wills.len() {
-            if wills[index].0 <= now_secs {
+            if wills[index].0 <= now_ms {
                 let (_, _, will) = wills.swap_remove(index);
                 self.publish_will(*will);
             } else {
@@ -176,13 +178,22 @@ impl Shard {
         }
     }
 
+    /// The shard clock read now (not at the turn's start, as `now_ms`), rounded up to the
+    /// next millisecond: for a deadline that must not come early.
+    fn clock_ms_rounded_up(&self) -> u64 {
+        (self.clock.elapsed().as_micros() as u64).div_ceil(1000)
+    }
+
     pub(super) fn now_secs(&self) -> u64 {
         self.now_ms / 1000
     }
 
     /// A persistent session lost its connection: its expiry starts now.
     pub(super) fn queue_expiry(&mut self, session: u32) {
-        let now_secs = self.now_secs();
+        // Rounded up, from the clock read now: the sweep compares whole seconds, and a second
+        // rounded down would end the session (and send its delayed will) up to a second
+        // before its interval passed.
+        let now_secs = self.clock_ms_rounded_up().div_ceil(1000);
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
