@@ -395,3 +395,162 @@ fn interop_session_expiry_is_never_cut_short_mqtt_3_1_2_23() {
 fn interop_session_expiry_is_never_cut_short_across_shards() {
     check_session_expiry_is_never_cut_short(4);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Offline queue across shards: properties kept, Message Expiry counted down
+// ---------------------------------------------------------------------------------------------
+
+/// The properties of a v5 PUBLISH, as (identifier, value bytes) in wire order.
+fn publish_properties(packet: &RawPacket) -> Vec<(u8, Vec<u8>)> {
+    let body = &packet.body;
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let mut at = 2 + topic_len;
+    if (packet.first_byte >> 1) & 3 > 0 {
+        at += 2;
+    }
+    let (len, used) = varint(&body[at..]);
+    at += used;
+    let end = at + len;
+    let mut properties = Vec::new();
+    while at < end {
+        let id = body[at];
+        at += 1;
+        let size = match id {
+            0x01 => 1,
+            0x02 => 4,
+            0x23 => 2,
+            0x0B => varint(&body[at..]).1,
+            0x03 | 0x08 | 0x09 => 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]])),
+            0x26 => {
+                let key = 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+                let value = &body[at + key..];
+                key + 2 + usize::from(u16::from_be_bytes([value[0], value[1]]))
+            }
+            other => panic!("unexpected PUBLISH property {other:#x}: {packet:?}"),
+        };
+        properties.push((id, body[at..at + size].to_vec()));
+        at += size;
+    }
+    properties
+}
+
+fn varint(bytes: &[u8]) -> (usize, usize) {
+    let mut value = 0usize;
+    for (i, byte) in bytes.iter().enumerate().take(4) {
+        value |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    panic!("bad variable byte integer {bytes:02x?}");
+}
+
+/// A v5 QoS 1 PUBLISH with properties (already encoded, under 128 bytes).
+fn publish_v5_with(topic: &str, packet_id: u16, properties: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_string(topic.as_bytes(), &mut body);
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    body.push(properties.len() as u8);
+    body.extend_from_slice(properties);
+    body.extend_from_slice(payload);
+    packet(0x32, &body)
+}
+
+/// [MQTT-3.3.2-5] [MQTT-3.3.2-6] A message queued for a session that is away is kept with its
+/// properties (in order, [MQTT-3.3.2-18]) and its Message Expiry Interval counts down while it
+/// waits: one that expires meanwhile is not delivered, one that does not arrives with what is
+/// left of its interval. With several shards the publisher and the subscriber are homed on
+/// different ones (the message is forwarded, then queued).
+fn check_offline_queue_keeps_properties_and_counts_expiry_down(shards: usize) {
+    let broker = broker_with(|c| c.shards = shards);
+    let topic = unique_topic("interop/queued");
+    let sub_id = unique_id_on(shards - 1, shards, "interop-queued-sub");
+    let mut properties = Vec::new();
+    u32_property(SESSION_EXPIRY_INTERVAL, 60, &mut properties);
+    let (mut sub, _) =
+        Client5::connect(broker.addr(), &connect_v5(&sub_id, true, &properties, None));
+    let mut subscribe = 1u16.to_be_bytes().to_vec();
+    subscribe.push(0);
+    put_string(topic.as_bytes(), &mut subscribe);
+    subscribe.push(1); // QoS 1
+    sub.send(&packet(0x82, &subscribe)).unwrap();
+    assert_eq!(sub.packet().first_byte, 0x90, "SUBACK");
+    sub.send(&packet(0xE0, &[])).unwrap();
+    assert_eq!(sub.read(WAIT), Read5::End);
+
+    let pub_id = unique_id_on(0, shards, "interop-queued-pub");
+    let (mut publisher, _) = Client5::connect(broker.addr(), &connect_v5(&pub_id, true, &[], None));
+    let mut kept = Vec::new();
+    u32_property(0x02, 30, &mut kept); // Message Expiry Interval
+    kept.push(0x03); // Content Type
+    put_string(b"text/plain", &mut kept);
+    kept.push(0x26); // User Property, twice, in this order
+    put_string(b"k", &mut kept);
+    put_string(b"2", &mut kept);
+    kept.push(0x26);
+    put_string(b"a", &mut kept);
+    put_string(b"1", &mut kept);
+    let mut expiring = Vec::new();
+    u32_property(0x02, 1, &mut expiring);
+    publisher
+        .send(&publish_v5_with(&topic, 1, &expiring, b"expires"))
+        .unwrap();
+    publisher
+        .send(&publish_v5_with(&topic, 2, &kept, b"kept"))
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(publisher.packet().first_byte, 0x40, "PUBACK");
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let (mut sub, present) = Client5::connect(
+        broker.addr(),
+        &connect_v5(&sub_id, false, &properties, None),
+    );
+    assert!(present, "the session waited");
+    let message = sub.packet();
+    assert_eq!(publish_topic(&message), topic);
+    assert!(
+        message.body.ends_with(b"kept"),
+        "only the unexpired message: {message:?}"
+    );
+    let properties = publish_properties(&message);
+    let left = properties
+        .iter()
+        .find(|(id, _)| *id == 0x02)
+        .map(|(_, v)| u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+        .expect("Message Expiry Interval forwarded");
+    assert!((26..=28).contains(&left), "{left} s left of 30 after 2.5 s");
+    let rest: Vec<(u8, Vec<u8>)> = properties
+        .into_iter()
+        .filter(|(id, _)| *id != 0x02)
+        .collect();
+    let mut expected_rest = Vec::new();
+    let mut content_type = Vec::new();
+    put_string(b"text/plain", &mut content_type);
+    expected_rest.push((0x03, content_type));
+    for (k, v) in [(b"k", b"2"), (b"a", b"1")] {
+        let mut pair = Vec::new();
+        put_string(k, &mut pair);
+        put_string(v, &mut pair);
+        expected_rest.push((0x26, pair));
+    }
+    assert_eq!(
+        rest, expected_rest,
+        "Content Type and User Properties in order"
+    );
+    match sub.read(Duration::from_millis(500)) {
+        Read5::TimedOut => {}
+        other => panic!("the expired message must not follow: {other:?}"),
+    }
+}
+
+#[test]
+fn interop_offline_queue_keeps_properties_and_counts_expiry_down_mqtt_3_3_2_6() {
+    check_offline_queue_keeps_properties_and_counts_expiry_down(1);
+}
+
+#[test]
+fn interop_offline_queue_keeps_properties_and_counts_expiry_down_across_shards() {
+    check_offline_queue_keeps_properties_and_counts_expiry_down(4);
+}
