@@ -6,8 +6,9 @@
 # One shard runs under callgrind (about 50x slower, so it, not the load, is the bottleneck and
 # batches are full for every build alike); ringmq-loadgen drives it at full rate for 6 s. The
 # counters are zeroed 1.5 s in and dumped 4 s later, so start-up and shutdown are left out; the
-# messages of that window are the load's received count x 4/6 (the broker runs at a steady
-# rate). Prints one line per binary and protocol, and writes the callgrind profile
+# PUBLISHes of that window are callgrind's own count of calls to `Shard::on_publish`, exact
+# whatever else the machine runs. Prints one line per binary and protocol (instructions per
+# PUBLISH received: one delivery each in pairs and fan-in), and writes the callgrind profile
 # (callgrind_annotate --inclusive=yes FILE shows where the instructions go) to OUT (default
 # /tmp/ringmq-instructions).
 #
@@ -44,7 +45,7 @@ for bin in "${binaries[@]}" "$loadgen"; do [ -x "$bin" ] || { log "$bin is missi
 make_work instructions
 mkdir -p "$out"
 
-echo "binary | mqtt | received | instructions in window | instructions per message"
+echo "binary | mqtt | PUBLISHes received in window | instructions in window | instructions per PUBLISH"
 n=0
 for bin in "${binaries[@]}"; do
     for mqtt in "${versions[@]}"; do
@@ -61,18 +62,23 @@ for bin in "${binaries[@]}"; do
         taskset -c "$LOAD_CPUS" "$loadgen" "${case_args[@]}" --mqtt "$mqtt" --port "$port" \
             --warmup 0.5 --duration 6 --drain 0.5 --out "$work/out" -q > /dev/null 2>&1 &
         load_pid=$!
-        sleep 1.5; callgrind_control -z "$broker_pid" > /dev/null 2>&1
-        sleep 4; callgrind_control -d "$broker_pid" > /dev/null 2>&1
+        sleep 1.5; timeout 10 callgrind_control -z "$broker_pid" > /dev/null 2>&1 || log "callgrind did not zero its counters"
+        sleep 4; timeout 10 callgrind_control -d "$broker_pid" > /dev/null 2>&1 || log "callgrind did not dump (no traffic?)"
         wait "$load_pid"
         # A broker under valgrind may not see SIGTERM while blocked in io_uring_enter.
         stop_broker KILL
-        python3 - "$bin" "$mqtt" "$work/out/summary.json" "$profile".1 <<'PY'
-import json, sys
-binary, mqtt, summary, profile = sys.argv[1:]
-received = json.load(open(summary))["received"]
-total = next(int(line.split()[1]) for line in open(profile)
-             if line.startswith(("summary:", "totals:")))
-print(f"{binary} | {mqtt} | {received} | {total} | {total / (received * 4 / 6):.0f}")
+        python3 - "$bin" "$mqtt" "$profile".1 <<'PY'
+import sys
+binary, mqtt, profile = sys.argv[1:]
+total, publishes, callee = 0, 0, ""
+for line in open(profile):
+    if line.startswith(("summary:", "totals:")):
+        total = max(total, int(line.split()[1]))
+    elif line.startswith("cfn="):
+        callee = line.strip()
+    elif line.startswith("calls=") and callee.endswith("Shard>::on_publish"):
+        publishes += int(line.split()[0][len("calls="):])
+print(f"{binary} | {mqtt} | {publishes} | {total} | {total / max(publishes, 1):.0f}")
 PY
     done
 done

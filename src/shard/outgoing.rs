@@ -10,6 +10,7 @@ use bytes::BytesMut;
 
 use crate::protocol::{
     self, encode_publish_parts, publish_parts_len, Packet, ProtocolVersion, PublishParts,
+    ReasonCode,
 };
 use crate::session::ConnRef;
 
@@ -181,6 +182,17 @@ impl Outboxes<'_> {
         }
         let version = conn.version;
         let size_max = conn.v5.as_ref().and_then(|v5| v5.packet_size_max);
+        if let Some(bytes) = plain_ack(packet) {
+            // The commonest packet the broker writes, in the four bytes both versions share
+            // (no reason code or properties after a success without any, MQTT 5 3.4.2.1), with
+            // no length pass and no generic encoder. No client limits packets below 4 bytes
+            // to honour, but one that says so gets the general path below.
+            if size_max.is_none_or(|max| max >= 4) {
+                outbox_of(conn, self.pools, self.dirty, c.slot, c.generation)
+                    .extend_from_slice(&bytes);
+                return;
+            }
+        }
         let trimmed;
         let packet = match size_max {
             Some(size_max) if protocol::encoded_len(packet, version) > size_max as usize => {
@@ -208,7 +220,69 @@ impl Outboxes<'_> {
     }
 }
 
+/// A PUBACK, PUBREC, PUBREL or PUBCOMP of Reason Code 0 without properties, as its four bytes
+/// (the same under 3.1.1 and 5.0); `None` for every other packet.
+fn plain_ack(packet: &Packet) -> Option<[u8; 4]> {
+    let (first, ack) = match packet {
+        Packet::PubAck(ack) => (0x40, ack),
+        Packet::PubRec(ack) => (0x50, ack),
+        // [MQTT-3.6.1-1] PUBREL's fixed header flags are 0010.
+        Packet::PubRel(ack) => (0x62, ack),
+        Packet::PubComp(ack) => (0x70, ack),
+        _ => return None,
+    };
+    if ack.code != ReasonCode::Success || !ack.properties.is_empty() {
+        return None;
+    }
+    let [high, low] = ack.packet_id.to_be_bytes();
+    Some([first, 2, high, low])
+}
+
 /// Over the client's Maximum Packet Size, which is looked at only when it set one.
 fn too_large(version: ProtocolVersion, parts: &PublishParts<'_>, size_max: usize) -> bool {
     size_max != usize::MAX && publish_parts_len(version, parts) > size_max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Props, PubAck};
+
+    #[test]
+    fn a_plain_ack_is_what_the_encoder_writes_under_both_versions() {
+        let ack = PubAck::new(0xBEEF);
+        let packets = [
+            Packet::PubAck(ack.clone()),
+            Packet::PubRec(ack.clone()),
+            Packet::PubRel(ack.clone()),
+            Packet::PubComp(ack),
+        ];
+        for packet in &packets {
+            let bytes = plain_ack(packet).expect("a plain ack");
+            for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+                let mut encoded = BytesMut::new();
+                protocol::encode(packet, version, &mut encoded).expect("encodes");
+                assert_eq!(&encoded[..], &bytes[..], "{packet:?} under {version:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_ack_with_a_reason_or_properties_takes_the_encoder() {
+        let refused = PubAck {
+            packet_id: 1,
+            code: ReasonCode::QuotaExceeded,
+            properties: Props::NONE,
+        };
+        assert!(plain_ack(&Packet::PubAck(refused)).is_none());
+        let mut properties = Props::NONE;
+        properties.reason_string = Some("why".into());
+        let explained = PubAck {
+            packet_id: 1,
+            code: ReasonCode::Success,
+            properties,
+        };
+        assert!(plain_ack(&Packet::PubAck(explained)).is_none());
+        assert!(plain_ack(&Packet::PingResp).is_none());
+    }
 }
