@@ -75,7 +75,10 @@ impl Message {
     ) -> Message {
         if let Some(properties) = properties {
             if let Some(interval_secs) = properties.message_expiry_interval {
-                let expires_secs = now_secs.saturating_add(u64::from(interval_secs));
+                // The shard clock is in whole seconds, rounded down: one more second so a
+                // message never expires before its interval (it may outlive it by under a
+                // second), [MQTT-3.3.2-5].
+                let expires_secs = now_secs.saturating_add(u64::from(interval_secs) + 1);
                 self.expires_secs = expires_secs.min(u64::from(NEVER - 1)) as u32;
             }
             self.properties = Some(Arc::clone(properties));
@@ -103,7 +106,9 @@ impl Message {
         if self.expires_secs == NEVER {
             return Some(Cow::Borrowed(properties));
         }
-        let left_secs = u64::from(self.expires_secs).saturating_sub(now_secs);
+        // Never more than it arrived with (the expiry was rounded up, see `with_properties`).
+        let interval_secs = u64::from(properties.message_expiry_interval.unwrap_or(u32::MAX));
+        let left_secs = (u64::from(self.expires_secs).saturating_sub(now_secs)).min(interval_secs);
         Some(Cow::Owned(Properties {
             message_expiry_interval: Some(left_secs as u32),
             ..properties.clone()
@@ -566,9 +571,22 @@ mod tests {
             ..Properties::default()
         });
         let retained = message(QoS::AtMostOnce, 3).with_properties(Some(&expiring), 10);
+        // Routed in second 10 (10.0 to 10.999): at second 25 it has waited 14 to 16 s, and
+        // the whole-second clock says at most 16 s left.
         let left = retained.shared_properties_at(25).unwrap();
-        assert_eq!(left.message_expiry_interval, Some(15));
+        assert_eq!(left.message_expiry_interval, Some(16));
         assert_eq!(expiring.message_expiry_interval, Some(30));
+        // Never more than it came with, never expired early [MQTT-3.3.2-5]: a 1 s message
+        // routed at 10.999 is still there in second 11 and gone from second 12.
+        let left = retained.shared_properties_at(10).unwrap();
+        assert_eq!(left.message_expiry_interval, Some(30));
+        let short = Arc::new(Properties {
+            message_expiry_interval: Some(1),
+            ..Properties::default()
+        });
+        let short = message(QoS::AtLeastOnce, 5).with_properties(Some(&short), 10);
+        assert!(!short.expired(11));
+        assert!(short.expired(12));
         assert!(message(QoS::AtMostOnce, 4)
             .shared_properties_at(0)
             .is_none());
