@@ -7,6 +7,115 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// What a listener speaks. Each is a transport under the same MQTT inbox/outbox path
+/// (`shard::transport`): plain bytes, or TLS records around them; WebSocket frames will be one
+/// more (issue 9 item 3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum ListenerProtocol {
+    #[default]
+    #[serde(rename = "mqtt")]
+    Mqtt,
+    #[serde(rename = "mqtt+tls")]
+    MqttTls,
+    #[serde(rename = "ws")]
+    Ws,
+    #[serde(rename = "wss")]
+    Wss,
+}
+
+/// One `[[listener]]`: an address every shard listens on (SO_REUSEPORT) and what it speaks.
+/// The TLS keys are named as mosquitto names them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// Connections open through this listener at once (the whole broker); over it a new one is
+    /// closed at accept. 0 = only `limits.connections_max` applies.
+    pub connections_max: u32,
+    /// PEM file of the CAs that client certificates must chain to (`require_certificate`).
+    pub cafile: Option<PathBuf>,
+    /// PEM certificate chain of the server, leaf first.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: Option<PathBuf>,
+    /// A client must present a certificate that chains to `cafile`.
+    pub require_certificate: bool,
+    /// The client certificate's Common Name is the username; no password is checked.
+    pub use_identity_as_username: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> ListenerConfig {
+        ListenerConfig {
+            bind: "0.0.0.0:1883".parse().expect("valid default address"),
+            protocol: ListenerProtocol::Mqtt,
+            connections_max: 0,
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener on `bind` (what `listen` means).
+    pub fn mqtt(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            ..ListenerConfig::default()
+        }
+    }
+
+    fn validate(&self, index: usize) -> Result<(), String> {
+        let name = format!("listener {} ({})", index + 1, self.bind);
+        match self.protocol {
+            ListenerProtocol::Ws | ListenerProtocol::Wss => return Err(format!(
+                "{name}: protocol \"ws\"/\"wss\" (WebSocket) is not supported yet; use \"mqtt\" \
+                     or \"mqtt+tls\""
+            )),
+            ListenerProtocol::Mqtt => {
+                let tls_keys = self.cafile.is_some()
+                    || self.certfile.is_some()
+                    || self.keyfile.is_some()
+                    || self.require_certificate
+                    || self.use_identity_as_username;
+                if tls_keys {
+                    return Err(format!(
+                        "{name}: cafile, certfile, keyfile, require_certificate and \
+                         use_identity_as_username need protocol = \"mqtt+tls\""
+                    ));
+                }
+            }
+            ListenerProtocol::MqttTls => {
+                if self.certfile.is_none() || self.keyfile.is_none() {
+                    return Err(format!(
+                        "{name}: protocol \"mqtt+tls\" needs certfile and keyfile (PEM)"
+                    ));
+                }
+                if self.require_certificate && self.cafile.is_none() {
+                    return Err(format!(
+                        "{name}: require_certificate needs cafile (the CAs client certificates \
+                         chain to)"
+                    ));
+                }
+                if self.use_identity_as_username && !self.require_certificate {
+                    return Err(format!(
+                        "{name}: use_identity_as_username needs require_certificate = true"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Listeners at most (a connection keeps its listener's index in a byte).
+pub const LISTENERS_MAX: usize = 64;
+
 /// Every queue, buffer and window has a named bound here.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,8 +222,15 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks an ephemeral port.
+    /// Address every shard listens on (SO_REUSEPORT) with plain MQTT: the quick form of one
+    /// `[[listener]]`. Port 0 picks an ephemeral port. With `[[listener]]` sections it is
+    /// listened on only when given explicitly (`listen_explicit`).
     pub listen: SocketAddr,
+    /// `listen` was set in the file or by `--listen` (not the default).
+    #[serde(skip)]
+    pub listen_explicit: bool,
+    /// `[[listener]]` sections, each listened on by every shard.
+    pub listener: Vec<ListenerConfig>,
     /// Shard threads; 0 = one per CPU available to the process.
     pub shards: usize,
     /// io_uring rings (each with its own fixed-file table) per shard.
@@ -148,6 +264,8 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: "0.0.0.0:1883".parse().expect("valid default address"),
+            listen_explicit: false,
+            listener: Vec::new(),
             shards: 0,
             rings_per_shard: 1,
             ring_files_max: 0,
@@ -171,13 +289,36 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        config.listen_explicit = table.contains_key("listen");
         config.validate()?;
         Ok(config)
     }
 
+    /// The listeners every shard opens, in order: `listen` (plain MQTT) unless `[[listener]]`
+    /// sections replace it, then those.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        let mut listeners = Vec::with_capacity(self.listener.len() + 1);
+        if self.listener.is_empty() || self.listen_explicit {
+            listeners.push(ListenerConfig::mqtt(self.listen));
+        }
+        listeners.extend(self.listener.iter().cloned());
+        listeners
+    }
+
     /// Checks values that parse but make no sense; the message says what to fix.
     pub fn validate(&self) -> Result<(), String> {
+        let listeners = self.listeners();
+        if listeners.len() > LISTENERS_MAX {
+            return Err(format!(
+                "{} listeners: at most {LISTENERS_MAX}",
+                listeners.len()
+            ));
+        }
+        for (index, listener) in self.listener.iter().enumerate() {
+            listener.validate(index)?;
+        }
         let l = &self.limits;
         if l.packet_size_max < 16 || l.packet_size_max > 268_435_460 {
             return Err(format!(

@@ -1335,3 +1335,19 @@ pub fn password_file(dir: &TempDir, users: &[(&str, &str)]) -> PathBuf {
 pub fn take_raw_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
     take_packet(buf)
 }
+
+// ---------------------------------------------------------------------------------------------
+// tls (issue 9): a broker started by the test itself (several listeners), stopped like others
+// ---------------------------------------------------------------------------------------------
+
+impl TestBroker {
+    /// Takes over a broker the test started with its own config (e.g. several listeners):
+    /// stopped, bounded, when dropped; `addr()` is its first listener's.
+    pub fn wrap(broker: Broker) -> TestBroker {
+        TestBroker {
+            addr: broker.local_addr(),
+            ringmq: Some(broker),
+            mosquitto: None,
+        }
+    }
+}
