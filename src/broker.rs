@@ -603,7 +603,7 @@ mod tests {
 
     fn test_config() -> Config {
         Config {
-            listen: "127.0.0.1:0".parse().expect("address"),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
             shards: 1,
             ring_files_max: 64,
             recv_buffer_count: 64,
@@ -763,7 +763,7 @@ mod memory {
     /// Heap per idle subscribed connection (each on a topic of its own) with `shards` shards.
     fn idle_heap(shards: usize) -> usize {
         let config = Config {
-            listen: "127.0.0.1:0".parse().expect("address"),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
             shards,
             ring_files_max: 8192,
             ..Config::default()

@@ -73,10 +73,12 @@ impl ListenerConfig {
     fn validate(&self, index: usize) -> Result<(), String> {
         let name = format!("listener {} ({})", index + 1, self.bind);
         match self.protocol {
-            ListenerProtocol::Ws | ListenerProtocol::Wss => return Err(format!(
+            ListenerProtocol::Ws | ListenerProtocol::Wss => {
+                return Err(format!(
                 "{name}: protocol \"ws\"/\"wss\" (WebSocket) is not supported yet; use \"mqtt\" \
                      or \"mqtt+tls\""
-            )),
+            ))
+            }
             ListenerProtocol::Mqtt => {
                 let tls_keys = self.cafile.is_some()
                     || self.certfile.is_some()
@@ -112,6 +114,9 @@ impl ListenerConfig {
         Ok(())
     }
 }
+
+/// Where the broker listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:1883";
 
 /// Listeners at most (a connection keeps its listener's index in a byte).
 pub const LISTENERS_MAX: usize = 64;
@@ -223,12 +228,9 @@ impl Default for Limits {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address every shard listens on (SO_REUSEPORT) with plain MQTT: the quick form of one
-    /// `[[listener]]`. Port 0 picks an ephemeral port. With `[[listener]]` sections it is
-    /// listened on only when given explicitly (`listen_explicit`).
-    pub listen: SocketAddr,
-    /// `listen` was set in the file or by `--listen` (not the default).
-    #[serde(skip)]
-    pub listen_explicit: bool,
+    /// `[[listener]]`. Port 0 picks an ephemeral port. Unset: `0.0.0.0:1883`, unless
+    /// `[[listener]]` sections say where to listen.
+    pub listen: Option<SocketAddr>,
     /// `[[listener]]` sections, each listened on by every shard.
     pub listener: Vec<ListenerConfig>,
     /// Shard threads; 0 = one per CPU available to the process.
@@ -263,8 +265,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listen: "0.0.0.0:1883".parse().expect("valid default address"),
-            listen_explicit: false,
+            listen: None,
             listener: Vec::new(),
             shards: 0,
             rings_per_shard: 1,
@@ -289,19 +290,21 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
-        config.listen_explicit = table.contains_key("listen");
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         config.validate()?;
         Ok(config)
     }
 
-    /// The listeners every shard opens, in order: `listen` (plain MQTT) unless `[[listener]]`
-    /// sections replace it, then those.
+    /// The listeners every shard opens, in order: `listen` (plain MQTT; `0.0.0.0:1883` when
+    /// neither it nor a `[[listener]]` is given), then the `[[listener]]` sections.
     pub fn listeners(&self) -> Vec<ListenerConfig> {
         let mut listeners = Vec::with_capacity(self.listener.len() + 1);
-        if self.listener.is_empty() || self.listen_explicit {
-            listeners.push(ListenerConfig::mqtt(self.listen));
+        match self.listen {
+            Some(listen) => listeners.push(ListenerConfig::mqtt(listen)),
+            None if self.listener.is_empty() => listeners.push(ListenerConfig::mqtt(
+                DEFAULT_LISTEN.parse().expect("valid default address"),
+            )),
+            None => {}
         }
         listeners.extend(self.listener.iter().cloned());
         listeners
@@ -445,7 +448,7 @@ mod tests {
             "#,
         )
         .expect("valid");
-        assert_eq!(config.listen, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(config.listen, Some("127.0.0.1:1884".parse().unwrap()));
         assert_eq!((config.rings_per_shard, config.ring_files_max), (2, 1000));
         assert_eq!((config.ring_entries, config.recv_buffer_count), (256, 512));
         assert_eq!(config.recv_buffer_size, 2048);
@@ -467,6 +470,44 @@ mod tests {
         assert_eq!(config.limits.sessions_max, 9);
         assert_eq!(config.limits.persistent_session_expiry_secs, 3600);
         assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn listen_is_the_quick_form_of_one_plain_listener() {
+        let default = Config::default().listeners();
+        assert_eq!(
+            default,
+            vec![ListenerConfig::mqtt(DEFAULT_LISTEN.parse().unwrap())]
+        );
+        let tls = r#"
+            [[listener]]
+            bind = "0.0.0.0:8883"
+            protocol = "mqtt+tls"
+            certfile = "server.pem"
+            keyfile = "server.key"
+            cafile = "ca.pem"
+            require_certificate = true
+            use_identity_as_username = true
+            connections_max = 100
+        "#;
+        let config = Config::from_toml(tls).expect("valid");
+        let listeners = config.listeners();
+        assert_eq!(
+            listeners.len(),
+            1,
+            "[[listener]] alone replaces the default"
+        );
+        assert_eq!(listeners[0].protocol, ListenerProtocol::MqttTls);
+        assert_eq!(listeners[0].connections_max, 100);
+        assert!(listeners[0].use_identity_as_username);
+        let both = Config::from_toml(&format!("listen = \"127.0.0.1:1883\"\n{tls}")).unwrap();
+        let listeners = both.listeners();
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(
+            listeners[0],
+            ListenerConfig::mqtt("127.0.0.1:1883".parse().unwrap())
+        );
+        assert_eq!(listeners[1].bind, "0.0.0.0:8883".parse().unwrap());
     }
 
     #[test]
@@ -495,6 +536,27 @@ mod tests {
                 "subscriptions_per_client_max",
             ),
             ("shards = 65", "shards"),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtt+tls\"",
+                "certfile and keyfile",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8883\"\ncertfile = \"a.pem\"",
+                "mqtt+tls",
+            ),
+            (
+                "[[listener]]\nprotocol = \"mqtt+tls\"\ncertfile = \"a\"\nkeyfile = \"b\"\n\
+                 require_certificate = true",
+                "cafile",
+            ),
+            (
+                "[[listener]]\nprotocol = \"mqtt+tls\"\ncertfile = \"a\"\nkeyfile = \"b\"\n\
+                 use_identity_as_username = true",
+                "require_certificate",
+            ),
+            ("[[listener]]\nprotocol = \"wss\"", "not supported yet"),
+            ("[[listener]]\nprotocol = \"quic\"", "quic"),
+            ("[[listener]]\nport = 1883", "port"),
             ("no_such_key = 1", "no_such_key"),
         ];
         for (text, key) in cases {

@@ -51,8 +51,7 @@ fn config_from(args: Args) -> Result<Config, String> {
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
-        config.listen = listen;
-        config.listen_explicit = true;
+        config.listen = Some(listen);
     }
     if let Some(shards) = args.shards {
         config.shards = shards;

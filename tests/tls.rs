@@ -118,7 +118,6 @@ struct Brokers {
 fn start(shards: usize, tls: ListenerConfig, tweak: impl FnOnce(&mut Config)) -> Brokers {
     let mut config = test_config();
     config.shards = shards;
-    config.listen_explicit = true;
     config.listener = vec![tls];
     tweak(&mut config);
     let broker = Broker::start(config).unwrap_or_else(|e| panic!("Broker::start: {e}"));

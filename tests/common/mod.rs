@@ -72,7 +72,7 @@ pub fn test_config() -> Config {
             .unwrap_or(default)
     };
     Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
         shards: from_env("RINGMQ_TEST_SHARDS", 1),
         rings_per_shard: from_env("RINGMQ_TEST_RINGS", 1),
         // A few hundred connections are plenty for any test; keep each ring's table small.
