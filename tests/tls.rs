@@ -541,3 +541,56 @@ fn websocket_listeners_are_refused_with_a_clear_error() {
         assert!(error.contains("not supported yet"), "{error}");
     }
 }
+
+#[test]
+fn reload_tls_swaps_the_certificate_for_new_connections_and_keeps_old_ones() {
+    let pki = Pki::new();
+    let b = start(2, pki.listener(), |_| {});
+    let broker = b.broker.ringmq().expect("ringmq");
+    let mut kept = rustls_client(&pki, b.tls, false);
+    assert_eq!(connack_code(&mut kept, &unique_id("kept"), None), Some(0));
+    // A new CA and server certificate replace the files in place.
+    let next = Pki::new();
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(next.path(name), pki.path(name)).expect("copy");
+    }
+    broker.reload_tls().expect("reload");
+    let topic = unique_topic("tls/reload");
+    let publish =
+        |ca: &str| mosquitto_pub(b.tls.port(), &["--cafile", ca, "-t", &topic, "-m", "x"]);
+    assert!(
+        publish(&next.path("ca.pem")).status.success(),
+        "the new chain"
+    );
+    assert!(
+        !publish(&pki.path("ca.pem")).status.success(),
+        "not the old one"
+    );
+    // The connection made before keeps its session.
+    kept.write_all(&PINGREQ).unwrap();
+    let mut pong = [0u8; 2];
+    kept.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, PINGRESP);
+    // A broken key file is refused by name, and the listener keeps what it had.
+    std::fs::write(pki.path("server.key"), "not a key").unwrap();
+    let error = broker.reload_tls().expect_err("a broken key");
+    assert!(error.contains("server.key"), "{error}");
+    assert!(
+        publish(&next.path("ca.pem")).status.success(),
+        "still the new chain"
+    );
+}
+
+#[test]
+fn a_refusing_connack_goes_out_sealed_before_the_close() {
+    // [MQTT-3.2.2-5] CONNACK 5 then the close, over TLS like in the clear.
+    let pki = Pki::new();
+    let b = start(1, pki.listener(), |config| config.allow_anonymous = false);
+    let mut tls = rustls_client(&pki, b.tls, false);
+    assert_eq!(connack_code(&mut tls, &unique_id("refused"), None), Some(5));
+    let mut rest = [0u8; 1];
+    assert!(
+        matches!(tls.read(&mut rest), Ok(0) | Err(_)),
+        "closed after the CONNACK"
+    );
+}

@@ -1351,3 +1351,10 @@ impl TestBroker {
         }
     }
 }
+
+impl TestBroker {
+    /// The ringmq broker itself (`None` against mosquitto), for its API (e.g. `reload_tls`).
+    pub fn ringmq(&self) -> Option<&Broker> {
+        self.ringmq.as_ref()
+    }
+}
