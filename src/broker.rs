@@ -25,7 +25,8 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, ListenerProtocol};
+use crate::listener::Listener;
 use crate::mesh::Mesh;
 use crate::ring::nofile_limit;
 use crate::shard::peers::Peers;
@@ -46,7 +47,8 @@ struct ShardHandle {
 
 /// A running broker: its shard threads, listening on `local_addr()`. Dropping it stops them.
 pub struct Broker {
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
+    listeners: Arc<Vec<Listener>>,
     shards: Vec<ShardHandle>,
     lives: Arc<Lives>,
 }
@@ -275,13 +277,26 @@ impl Broker {
             );
         }
 
-        check_port_free(config.listen)?;
-        let first = bind_listener(config.listen, config.socket_send_buffer_bytes)?;
-        let local_addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..shard_count {
-            // Port 0 picked a port for the first listener; the others join it.
-            listeners.push(bind_listener(local_addr, config.socket_send_buffer_bytes)?);
+        // Every listener on every shard: shard k gets socket k of each (SO_REUSEPORT).
+        let listener_configs = config.listeners();
+        let listeners = listener_configs
+            .iter()
+            .map(Listener::new)
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(invalid)?;
+        let listeners = Arc::new(listeners);
+        let mut local_addrs = Vec::with_capacity(listener_configs.len());
+        let mut sockets: Vec<Vec<TcpListener>> = (0..shard_count).map(|_| Vec::new()).collect();
+        for listener in &listener_configs {
+            check_port_free(listener.bind)?;
+            let first = bind_listener(listener.bind, config.socket_send_buffer_bytes)?;
+            let local_addr = first.local_addr()?;
+            local_addrs.push(local_addr);
+            sockets[0].push(first);
+            for shard_sockets in sockets.iter_mut().skip(1) {
+                // Port 0 picked a port for the first socket; the others join it.
+                shard_sockets.push(bind_listener(local_addr, config.socket_send_buffer_bytes)?);
+            }
         }
 
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
@@ -290,7 +305,8 @@ impl Broker {
             .collect::<io::Result<Vec<_>>>()?;
         let lives = Arc::new(Lives::new(wakers.clone()));
         let mut broker = Broker {
-            local_addr,
+            local_addrs: local_addrs.clone(),
+            listeners: listeners.clone(),
             shards: Vec::with_capacity(shard_count),
             lives: lives.clone(),
         };
@@ -299,7 +315,7 @@ impl Broker {
             shard_count,
             config.limits.mesh_ring_capacity.max(1) as usize,
         );
-        for ((index, listener), (mesh, waker)) in listeners
+        for ((index, sockets), (mesh, waker)) in sockets
             .into_iter()
             .enumerate()
             .zip(meshes.into_iter().zip(wakers))
@@ -308,7 +324,8 @@ impl Broker {
             let params = ShardParams {
                 index,
                 config: config.clone(),
-                listener,
+                sockets,
+                listeners: listeners.clone(),
                 waker: waker.clone(),
                 auth: auth.clone(),
                 files,
@@ -375,13 +392,45 @@ impl Broker {
             per_shard * shard_count as u64,
             config.rings_per_shard,
         );
-        eprintln!("ringmq: listening on {local_addr}");
+        for (listener, addr) in listener_configs.iter().zip(&local_addrs) {
+            let protocol = match listener.protocol {
+                ListenerProtocol::Mqtt => "mqtt",
+                ListenerProtocol::MqttTls => "mqtt+tls",
+                ListenerProtocol::Ws | ListenerProtocol::Wss => "websocket",
+            };
+            eprintln!("ringmq: listening on {addr} ({protocol})");
+        }
         Ok(broker)
     }
 
-    /// The address the broker listens on (the real port when the config asked for port 0).
+    /// The address the broker's first listener listens on (the real port when the config
+    /// asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// Every listener's address, in `Config::listeners` order.
+    pub fn listener_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Reads every TLS listener's certificate, key and CA files again (for SIGHUP): new
+    /// connections use them, connections already up keep theirs. On an error the listener
+    /// keeps its old files and the error names the file; the other listeners reload anyway.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for listener in self.listeners.iter() {
+            if let Some(tls) = &listener.tls {
+                if let Err(e) = tls.reload() {
+                    errors.push(format!("listener {}: {e}", listener.config.bind));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Each shard's counters as of its last timer tick (about once a second), in shard order.
@@ -554,7 +603,7 @@ mod tests {
 
     fn test_config() -> Config {
         Config {
-            listen: "127.0.0.1:0".parse().expect("address"),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
             shards: 1,
             ring_files_max: 64,
             recv_buffer_count: 64,
@@ -714,7 +763,7 @@ mod memory {
     /// Heap per idle subscribed connection (each on a topic of its own) with `shards` shards.
     fn idle_heap(shards: usize) -> usize {
         let config = Config {
-            listen: "127.0.0.1:0".parse().expect("address"),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
             shards,
             ring_files_max: 8192,
             ..Config::default()

@@ -7,6 +7,120 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// What a listener speaks. Each is a transport under the same MQTT inbox/outbox path
+/// (`shard::transport`): plain bytes, or TLS records around them; WebSocket frames will be one
+/// more (issue 9 item 3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum ListenerProtocol {
+    #[default]
+    #[serde(rename = "mqtt")]
+    Mqtt,
+    #[serde(rename = "mqtt+tls")]
+    MqttTls,
+    #[serde(rename = "ws")]
+    Ws,
+    #[serde(rename = "wss")]
+    Wss,
+}
+
+/// One `[[listener]]`: an address every shard listens on (SO_REUSEPORT) and what it speaks.
+/// The TLS keys are named as mosquitto names them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// Connections open through this listener at once (the whole broker); over it a new one is
+    /// closed at accept. 0 = only `limits.connections_max` applies.
+    pub connections_max: u32,
+    /// PEM file of the CAs that client certificates must chain to (`require_certificate`).
+    pub cafile: Option<PathBuf>,
+    /// PEM certificate chain of the server, leaf first.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: Option<PathBuf>,
+    /// A client must present a certificate that chains to `cafile`.
+    pub require_certificate: bool,
+    /// The client certificate's Common Name is the username; no password is checked.
+    pub use_identity_as_username: bool,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> ListenerConfig {
+        ListenerConfig {
+            bind: "0.0.0.0:1883".parse().expect("valid default address"),
+            protocol: ListenerProtocol::Mqtt,
+            connections_max: 0,
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener on `bind` (what `listen` means).
+    pub fn mqtt(bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            bind,
+            ..ListenerConfig::default()
+        }
+    }
+
+    fn validate(&self, index: usize) -> Result<(), String> {
+        let name = format!("listener {} ({})", index + 1, self.bind);
+        match self.protocol {
+            ListenerProtocol::Ws | ListenerProtocol::Wss => {
+                return Err(format!(
+                "{name}: protocol \"ws\"/\"wss\" (WebSocket) is not supported yet; use \"mqtt\" \
+                     or \"mqtt+tls\""
+            ))
+            }
+            ListenerProtocol::Mqtt => {
+                let tls_keys = self.cafile.is_some()
+                    || self.certfile.is_some()
+                    || self.keyfile.is_some()
+                    || self.require_certificate
+                    || self.use_identity_as_username;
+                if tls_keys {
+                    return Err(format!(
+                        "{name}: cafile, certfile, keyfile, require_certificate and \
+                         use_identity_as_username need protocol = \"mqtt+tls\""
+                    ));
+                }
+            }
+            ListenerProtocol::MqttTls => {
+                if self.certfile.is_none() || self.keyfile.is_none() {
+                    return Err(format!(
+                        "{name}: protocol \"mqtt+tls\" needs certfile and keyfile (PEM)"
+                    ));
+                }
+                if self.require_certificate && self.cafile.is_none() {
+                    return Err(format!(
+                        "{name}: require_certificate needs cafile (the CAs client certificates \
+                         chain to)"
+                    ));
+                }
+                if self.use_identity_as_username && !self.require_certificate {
+                    return Err(format!(
+                        "{name}: use_identity_as_username needs require_certificate = true"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the broker listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:1883";
+
+/// Listeners at most (a connection keeps its listener's index in a byte).
+pub const LISTENERS_MAX: usize = 64;
+
 /// Every queue, buffer and window has a named bound here.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,8 +227,12 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks an ephemeral port.
-    pub listen: SocketAddr,
+    /// Address every shard listens on (SO_REUSEPORT) with plain MQTT: the quick form of one
+    /// `[[listener]]`. Port 0 picks an ephemeral port. Unset: `0.0.0.0:1883`, unless
+    /// `[[listener]]` sections say where to listen.
+    pub listen: Option<SocketAddr>,
+    /// `[[listener]]` sections, each listened on by every shard.
+    pub listener: Vec<ListenerConfig>,
     /// Shard threads; 0 = one per CPU available to the process.
     pub shards: usize,
     /// io_uring rings (each with its own fixed-file table) per shard.
@@ -147,7 +265,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listen: "0.0.0.0:1883".parse().expect("valid default address"),
+            listen: None,
+            listener: Vec::new(),
             shards: 0,
             rings_per_shard: 1,
             ring_files_max: 0,
@@ -176,8 +295,33 @@ impl Config {
         Ok(config)
     }
 
+    /// The listeners every shard opens, in order: `listen` (plain MQTT; `0.0.0.0:1883` when
+    /// neither it nor a `[[listener]]` is given), then the `[[listener]]` sections.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        let mut listeners = Vec::with_capacity(self.listener.len() + 1);
+        match self.listen {
+            Some(listen) => listeners.push(ListenerConfig::mqtt(listen)),
+            None if self.listener.is_empty() => listeners.push(ListenerConfig::mqtt(
+                DEFAULT_LISTEN.parse().expect("valid default address"),
+            )),
+            None => {}
+        }
+        listeners.extend(self.listener.iter().cloned());
+        listeners
+    }
+
     /// Checks values that parse but make no sense; the message says what to fix.
     pub fn validate(&self) -> Result<(), String> {
+        let listeners = self.listeners();
+        if listeners.len() > LISTENERS_MAX {
+            return Err(format!(
+                "{} listeners: at most {LISTENERS_MAX}",
+                listeners.len()
+            ));
+        }
+        for (index, listener) in self.listener.iter().enumerate() {
+            listener.validate(index)?;
+        }
         let l = &self.limits;
         if l.packet_size_max < 16 || l.packet_size_max > 268_435_460 {
             return Err(format!(
@@ -304,7 +448,7 @@ mod tests {
             "#,
         )
         .expect("valid");
-        assert_eq!(config.listen, "127.0.0.1:1884".parse().unwrap());
+        assert_eq!(config.listen, Some("127.0.0.1:1884".parse().unwrap()));
         assert_eq!((config.rings_per_shard, config.ring_files_max), (2, 1000));
         assert_eq!((config.ring_entries, config.recv_buffer_count), (256, 512));
         assert_eq!(config.recv_buffer_size, 2048);
@@ -326,6 +470,44 @@ mod tests {
         assert_eq!(config.limits.sessions_max, 9);
         assert_eq!(config.limits.persistent_session_expiry_secs, 3600);
         assert_eq!(config.limits.qos_max, 2, "unset keys keep their defaults");
+    }
+
+    #[test]
+    fn listen_is_the_quick_form_of_one_plain_listener() {
+        let default = Config::default().listeners();
+        assert_eq!(
+            default,
+            vec![ListenerConfig::mqtt(DEFAULT_LISTEN.parse().unwrap())]
+        );
+        let tls = r#"
+            [[listener]]
+            bind = "0.0.0.0:8883"
+            protocol = "mqtt+tls"
+            certfile = "server.pem"
+            keyfile = "server.key"
+            cafile = "ca.pem"
+            require_certificate = true
+            use_identity_as_username = true
+            connections_max = 100
+        "#;
+        let config = Config::from_toml(tls).expect("valid");
+        let listeners = config.listeners();
+        assert_eq!(
+            listeners.len(),
+            1,
+            "[[listener]] alone replaces the default"
+        );
+        assert_eq!(listeners[0].protocol, ListenerProtocol::MqttTls);
+        assert_eq!(listeners[0].connections_max, 100);
+        assert!(listeners[0].use_identity_as_username);
+        let both = Config::from_toml(&format!("listen = \"127.0.0.1:1883\"\n{tls}")).unwrap();
+        let listeners = both.listeners();
+        assert_eq!(listeners.len(), 2);
+        assert_eq!(
+            listeners[0],
+            ListenerConfig::mqtt("127.0.0.1:1883".parse().unwrap())
+        );
+        assert_eq!(listeners[1].bind, "0.0.0.0:8883".parse().unwrap());
     }
 
     #[test]
@@ -354,6 +536,27 @@ mod tests {
                 "subscriptions_per_client_max",
             ),
             ("shards = 65", "shards"),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"mqtt+tls\"",
+                "certfile and keyfile",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8883\"\ncertfile = \"a.pem\"",
+                "mqtt+tls",
+            ),
+            (
+                "[[listener]]\nprotocol = \"mqtt+tls\"\ncertfile = \"a\"\nkeyfile = \"b\"\n\
+                 require_certificate = true",
+                "cafile",
+            ),
+            (
+                "[[listener]]\nprotocol = \"mqtt+tls\"\ncertfile = \"a\"\nkeyfile = \"b\"\n\
+                 use_identity_as_username = true",
+                "require_certificate",
+            ),
+            ("[[listener]]\nprotocol = \"wss\"", "not supported yet"),
+            ("[[listener]]\nprotocol = \"quic\"", "quic"),
+            ("[[listener]]\nport = 1883", "port"),
             ("no_such_key = 1", "no_such_key"),
         ];
         for (text, key) in cases {

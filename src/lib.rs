@@ -10,9 +10,11 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod listener;
 pub mod mesh;
 pub mod protocol;
 pub mod ring;
 pub mod session;
 pub mod shard;
+pub mod tls;
 pub mod topic;

@@ -19,10 +19,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "ringmq", version, about)]
 struct Args {
-    /// Address every shard listens on (SO_REUSEPORT) [default: 0.0.0.0:1883].
+    /// Address every shard listens on (SO_REUSEPORT) with plain MQTT; beside the config's
+    /// `[[listener]]` sections, if any [default: 0.0.0.0:1883].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// TOML config file: listen, shards, rings_per_shard, password_file, allow_anonymous,
+    /// TOML config file: listen, [[listener]], shards, rings_per_shard, password_file, allow_anonymous,
     /// ring_files_max, ring_entries, recv_buffer_count, recv_buffer_size,
     /// socket_send_buffer_bytes and [limits].
     #[arg(long)]
@@ -50,7 +51,7 @@ fn config_from(args: Args) -> Result<Config, String> {
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
-        config.listen = listen;
+        config.listen = Some(listen);
     }
     if let Some(shards) = args.shards {
         config.shards = shards;

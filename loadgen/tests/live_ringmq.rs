@@ -9,7 +9,7 @@ use ringmq::config::Config;
 
 fn start_broker() -> Broker {
     Broker::start(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
         shards: 1,
         ring_files_max: 1024,
         ..Default::default()

@@ -105,6 +105,11 @@ pub struct Forward {
 pub struct HandOff {
     /// The shard that accepted the socket and read its CONNECT.
     pub source_shard: u16,
+    /// The listener it came in through.
+    pub listener: u8,
+    /// Its TLS state, for a connection from an `mqtt+tls` listener: the handshake is done and
+    /// `bytes_read` is plaintext; records still in flight continue on the home shard.
+    pub tls: crate::tls::TlsHandOff,
     /// Equal to the `user_data` of the `MsgRingSendFd` that carries the descriptor.
     pub handoff_id: u64,
     /// The fixed-file slot the accepting shard asked for on the target ring, if it chose one;
@@ -642,6 +647,8 @@ mod tests {
         let bytes_read = Bytes::from(vec![0x10, 0x0c, 0x00, 0x04]);
         let hand_off = HandOff {
             source_shard: 0,
+            listener: 0,
+            tls: Default::default(),
             handoff_id: 42,
             ring_slot_hint: None,
             bytes_read: bytes_read.clone(),

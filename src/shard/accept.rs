@@ -1,5 +1,8 @@
-//! Accepting connections: one multishot accept, on one of the shard's rings at a time, into
-//! that ring's fixed-file table (DESIGN: "A full table").
+//! Accepting connections: one multishot accept per listener, all on one of the shard's rings
+//! at a time, into that ring's fixed-file table (DESIGN: "A full table"). The listeners share
+//! the slots, so they share this state: they move, pause and drain together, and only an
+//! accept that ended alone (no F_MORE) is re-armed alone. An accept's token names its ring
+//! and its listener (`accept_slot`).
 //!
 //! The rule this file keeps (issue 7): at the end of every turn the accept is armed, or it is
 //! re-armed at the next timer tick at the latest. A connection the kernel has completed waits
@@ -29,7 +32,7 @@ use std::os::fd::AsRawFd;
 use crate::ring::{next_generation, Completion, Op, Token};
 
 use super::conn::{conn_id, ring_of, slot_of};
-use super::Shard;
+use super::{CloseReason, Shard};
 
 /// Slots a ring keeps free for a burst of accepts before accepting moves to another ring.
 const ACCEPT_MARGIN_MAX: u32 = 1024;
@@ -37,16 +40,36 @@ const ACCEPT_MARGIN_MAX: u32 = 1024;
 /// timer tick instead of spinning.
 const ACCEPT_ERROR_STREAK_MAX: u32 = 64;
 
-/// The accept's state and each ring's slot count; no I/O, so the rule above is unit-tested.
+/// The token slot of an accept: its ring and its listener.
+fn accept_slot(ring: usize, listener: usize) -> u32 {
+    (listener as u32) << 8 | ring as u32
+}
+
+/// The ring an accept's token names.
+pub(super) fn accept_ring(token: Token) -> usize {
+    (token.slot & 0xff) as usize
+}
+
+/// The listener an accept's token names.
+pub(super) fn accept_listener(token: Token) -> usize {
+    (token.slot >> 8) as usize
+}
+
+// A ring index fits the 8 bits below the listener's in an accept's token.
+const _: () = assert!(super::conn::RINGS_MAX <= 256);
+
+/// The accepts' state and each ring's slot count; no I/O, so the rule above is unit-tested.
 #[derive(Debug)]
 pub(super) struct Accept {
     /// The ring whose table takes new connections.
     pub ring: usize,
-    /// The token of the accept armed last (its slot field names the ring).
-    pub token: Token,
-    /// The accept armed last is live: neither ended (no completion without F_MORE yet) nor
-    /// cancelled by a pause.
-    pub armed: bool,
+    /// Per listener, the token of the accept armed last (its slot names ring and listener).
+    pub tokens: Vec<Token>,
+    /// Per listener, the accept armed last is live: neither ended (no completion without
+    /// F_MORE yet) nor cancelled by a pause.
+    pub armed: Vec<bool>,
+    /// The last generation handed out: every arm gets a fresh one.
+    generation: u32,
     /// Errors in a row; past `ACCEPT_ERROR_STREAK_MAX` re-arming waits for the tick.
     error_streak: u32,
     wait: Wait,
@@ -99,11 +122,12 @@ pub(super) enum Failure {
 }
 
 impl Accept {
-    pub fn new(rings: usize, files: u32) -> Accept {
+    pub fn new(rings: usize, files: u32, listeners: usize) -> Accept {
         Accept {
             ring: 0,
-            token: Token::shard(Op::Accept),
-            armed: false,
+            tokens: vec![Token::shard(Op::Accept); listeners],
+            armed: vec![false; listeners],
+            generation: 0,
             error_streak: 0,
             wait: Wait::No,
             draining: false,
@@ -115,13 +139,34 @@ impl Accept {
         }
     }
 
-    /// The token for a new accept on `self.ring`: a fresh generation per arm tells this
-    /// accept's completions from those of one cancelled earlier.
-    pub fn arm(&mut self) -> Token {
-        let generation = next_generation(self.token.generation);
-        self.token = Token::new(Op::Accept, self.ring as u32, generation);
-        self.armed = true;
-        self.token
+    /// The token for a new accept of `listener` on `self.ring`: a fresh generation per arm
+    /// tells this accept's completions from those of one cancelled earlier.
+    pub fn arm(&mut self, listener: usize) -> Token {
+        self.generation = next_generation(self.generation);
+        let token = Token::new(
+            Op::Accept,
+            accept_slot(self.ring, listener),
+            self.generation,
+        );
+        self.tokens[listener] = token;
+        self.armed[listener] = true;
+        token
+    }
+
+    /// Some listener's accept is live.
+    fn any_armed(&self) -> bool {
+        self.armed.iter().any(|&armed| armed)
+    }
+
+    /// Every listener's accept is live.
+    fn all_armed(&self) -> bool {
+        self.armed.iter().all(|&armed| armed)
+    }
+
+    /// Marks every accept cancelled (a pause or a move). Cancelling one that already ended
+    /// finds nothing (its token's generation is its own).
+    fn disarm_all(&mut self) {
+        self.armed.iter_mut().for_each(|armed| *armed = false);
     }
 
     /// The turn ends. Draining ends once an armed accept saw a whole turn go by without
@@ -130,11 +175,11 @@ impl Accept {
     /// waiting (for a slot, or for the tick).
     pub fn turn_ends(&mut self) -> Step {
         let refused = std::mem::take(&mut self.refused_this_turn);
-        if self.draining && self.armed && !refused {
+        if self.draining && self.any_armed() && !refused {
             self.draining = false;
             return self.after_fill();
         }
-        if !self.armed && self.wait == Wait::No {
+        if !self.all_armed() && self.wait == Wait::No {
             Step::Arm
         } else {
             Step::Keep
@@ -154,9 +199,10 @@ impl Accept {
     /// A completion of accept `token`: whether it is the armed one (a cancelled one ends
     /// later, with -ECANCELED, maybe after accepting was re-armed).
     pub fn completed(&mut self, token: Token, more: bool) -> bool {
-        let current = token == self.token;
+        let listener = accept_listener(token);
+        let current = self.tokens.get(listener) == Some(&token);
         if current && !more {
-            self.armed = false;
+            self.armed[listener] = false;
         }
         current
     }
@@ -184,7 +230,8 @@ impl Accept {
             self.ring = ring;
             return Step::Keep; // armed at the end of the turn
         }
-        if self.armed && ring != self.ring && self.free(self.ring) == 0 && self.free(ring) > 0 {
+        if self.any_armed() && ring != self.ring && self.free(self.ring) == 0 && self.free(ring) > 0
+        {
             return Step::Move { to: ring };
         }
         Step::Keep
@@ -220,7 +267,7 @@ impl Accept {
     /// own to the last slot, then pauses (see the file doc), unless it is draining.
     pub fn after_fill(&mut self) -> Step {
         let margin = (self.files / 8).min(ACCEPT_MARGIN_MAX);
-        if !self.armed || self.free(self.ring) > margin {
+        if !self.any_armed() || self.free(self.ring) > margin {
             return Step::Keep;
         }
         let (free, target) = (self.free(self.ring), self.roomiest());
@@ -231,7 +278,7 @@ impl Accept {
         if free > 0 || self.draining {
             return Step::Keep;
         }
-        self.armed = false;
+        self.disarm_all();
         self.wait = Wait::Slot;
         Step::Pause
     }
@@ -268,19 +315,28 @@ impl Accept {
 }
 
 impl Shard {
-    /// Arms the multishot accept on `accept.ring`.
+    /// Arms the multishot accept of every listener that has none live, on `accept.ring`.
     pub(super) fn arm_accept(&mut self) {
-        let token = self.accept.arm();
-        self.rings[self.accept.ring].accept_multi(self.listener.as_raw_fd(), token);
+        for listener in 0..self.sockets.len() {
+            if self.accept.armed[listener] {
+                continue;
+            }
+            let token = self.accept.arm(listener);
+            let fd = self.sockets[listener].as_raw_fd();
+            self.rings[self.accept.ring].accept_multi(fd, token);
+        }
     }
 
-    /// Carries out what the accept's state asked for.
+    /// Carries out what the accepts' state asked for.
     pub(super) fn step_accept(&mut self, step: Step) {
-        let live = self.accept.token;
         let cancel = |shard: &mut Shard| {
-            let ring = live.slot as usize;
-            let token = Token::new(Op::AcceptCancel, ring as u32, 0);
-            shard.rings[ring].cancel(live, token);
+            shard.accept.disarm_all();
+            for index in 0..shard.accept.tokens.len() {
+                let token = shard.accept.tokens[index];
+                let ring = accept_ring(token);
+                let cancel_token = Token::new(Op::AcceptCancel, ring as u32, 0);
+                shard.rings[ring].cancel(token, cancel_token);
+            }
         };
         match step {
             Step::Keep => {}
@@ -309,14 +365,24 @@ impl Shard {
     }
 
     pub(super) fn on_accept(&mut self, token: Token, completion: Completion) {
-        let ring = token.slot as usize;
+        let ring = accept_ring(token);
+        let listener = accept_listener(token);
         let current = self.accept.completed(token, completion.more());
         let result = completion.result;
         if result >= 0 {
             self.accept.accepted(ring);
             let slot = conn_id(ring, result as u32);
-            let generation = self.conns.insert(slot, self.now_ms);
+            let generation = self.conns.insert(slot, self.now_ms, listener as u8);
             self.stats.connections_accepted += 1;
+            if !self.listeners[listener].admit() {
+                // Over the listener's `connections_max`: closed at once, as mosquitto does.
+                self.stats.listener_full_count += 1;
+                self.close(slot, generation, CloseReason::Refused);
+                if current {
+                    self.accept_after_fill(ring);
+                }
+                return;
+            }
             self.rings[ring].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
             if let Some(conn) = self.conns.get_mut(slot, generation) {
                 conn.recv_armed = true;
@@ -360,7 +426,7 @@ mod tests {
 
     /// A turn in which the armed accept ends with `errno`; whether it is re-armed at the end.
     fn turn_ending_with(accept: &mut Accept, errno: i32) -> (Failure, Step) {
-        let token = accept.token;
+        let token = accept.tokens[0];
         let current = accept.completed(token, false);
         let failure = accept.failed(errno, current, false);
         (failure, end_turn(accept))
@@ -370,7 +436,7 @@ mod tests {
     fn end_turn(accept: &mut Accept) -> Step {
         let step = accept.turn_ends();
         if step == Step::Arm {
-            accept.arm();
+            accept.arm(0);
         }
         step
     }
@@ -379,7 +445,7 @@ mod tests {
     fn accept_n(accept: &mut Accept, count: u32) -> Step {
         let mut step = Step::Keep;
         for _ in 0..count {
-            let (token, ring) = (accept.token, accept.ring);
+            let (token, ring) = (accept.tokens[0], accept.ring);
             assert!(accept.completed(token, true));
             accept.accepted(ring);
             step = accept.after_fill();
@@ -389,8 +455,8 @@ mod tests {
 
     #[test]
     fn issue7_a_full_table_pauses_until_a_slot_frees_or_one_tick_then_drains() {
-        let mut accept = Accept::new(1, 4);
-        accept.arm();
+        let mut accept = Accept::new(1, 4, 1);
+        accept.arm(0);
         assert_eq!(accept_n(&mut accept, 3), Step::Keep);
         assert_eq!(
             accept_n(&mut accept, 1),
@@ -430,8 +496,8 @@ mod tests {
     fn issue7_an_unexpected_full_table_waits_for_a_slot_too() {
         // The kernel's table can be full while our count is not yet (a race with a close):
         // -ENFILE ends the accept, which then waits like a pause.
-        let mut accept = Accept::new(1, 4);
-        accept.arm();
+        let mut accept = Accept::new(1, 4, 1);
+        accept.arm(0);
         let (failure, step) = turn_ending_with(&mut accept, libc::ENFILE);
         assert_eq!(
             (failure, step),
@@ -448,8 +514,8 @@ mod tests {
     fn issue7_a_slot_freed_by_a_hand_off_ends_the_wait() {
         // A hand-off frees its slot with a close of ours but not through `maybe_release`
         // (which alone lifted the old pause): the close's completion counts, whatever freed it.
-        let mut accept = Accept::new(1, 2);
-        accept.arm();
+        let mut accept = Accept::new(1, 2, 1);
+        accept.arm(0);
         assert_eq!(accept_n(&mut accept, 2), Step::Pause);
         assert_eq!(end_turn(&mut accept), Step::Keep);
         accept.slot_freed(0);
@@ -458,8 +524,8 @@ mod tests {
 
     #[test]
     fn issue7_errors_in_a_row_wait_for_one_tick_only() {
-        let mut accept = Accept::new(1, 4);
-        accept.arm();
+        let mut accept = Accept::new(1, 4, 1);
+        accept.arm(0);
         for n in 1..=ACCEPT_ERROR_STREAK_MAX + 1 {
             let (failure, step) = turn_ending_with(&mut accept, libc::ENOMEM);
             let backoff = n > ACCEPT_ERROR_STREAK_MAX;
@@ -477,41 +543,41 @@ mod tests {
 
     #[test]
     fn a_cancelled_accept_does_not_disarm_the_live_one() {
-        let mut accept = Accept::new(2, 4);
-        let old = accept.arm();
+        let mut accept = Accept::new(2, 4, 1);
+        let old = accept.arm(0);
         accept.ring = 1;
-        accept.arm();
+        accept.arm(0);
         assert!(!accept.completed(old, false));
         assert_eq!(
             accept.failed(libc::ECANCELED, false, false),
             Failure::Cancelled
         );
-        assert!(accept.armed);
+        assert!(accept.armed[0]);
         assert_eq!(end_turn(&mut accept), Step::Keep);
         // The live one ending (here: a completion without F_MORE after an accept, as when the
         // completion queue overflowed) is re-armed at the end of the turn.
-        let live = accept.token;
+        let live = accept.tokens[0];
         assert!(accept.completed(live, false));
         assert_eq!(end_turn(&mut accept), Step::Arm);
     }
 
     #[test]
     fn accepting_moves_to_the_roomiest_ring_before_pausing() {
-        let mut accept = Accept::new(3, 8);
-        accept.arm();
+        let mut accept = Accept::new(3, 8, 1);
+        accept.arm(0);
         accept.slot_taken(1);
         // Margin 1 (8 / 8): the 7th accept leaves one slot and moves to the emptiest ring.
         assert_eq!(accept_n(&mut accept, 6), Step::Keep);
         assert_eq!(accept_n(&mut accept, 1), Step::Move { to: 2 });
         accept.ring = 2;
-        accept.arm();
+        accept.arm(0);
         assert_eq!(
             accept_n(&mut accept, 7),
             Step::Move { to: 1 },
             "ring 1 has 7 free"
         );
         accept.ring = 1;
-        accept.arm();
+        accept.arm(0);
         assert_eq!(
             accept_n(&mut accept, 6),
             Step::Keep,
@@ -523,10 +589,10 @@ mod tests {
             "full: any room"
         );
         accept.ring = 2;
-        accept.arm();
+        accept.arm(0);
         assert_eq!(accept_n(&mut accept, 1), Step::Move { to: 0 });
         accept.ring = 0;
-        accept.arm();
+        accept.arm(0);
         assert_eq!(accept_n(&mut accept, 1), Step::Pause, "every table full");
         // A close on ring 1 ends the wait there.
         assert_eq!(accept.slot_freed(1), Step::Keep);
@@ -538,8 +604,8 @@ mod tests {
 
     #[test]
     fn a_close_elsewhere_moves_an_accept_stuck_on_a_full_ring() {
-        let mut accept = Accept::new(2, 2);
-        accept.arm();
+        let mut accept = Accept::new(2, 2, 1);
+        accept.arm(0);
         accept.slot_taken(0);
         accept.slot_taken(0);
         accept.slot_taken(1);

@@ -243,11 +243,16 @@ impl Shard {
         if !conn.quiescent() {
             return;
         }
+        let listener = self.conns.listener(slot);
         if let Some(mut conn) = self.conns.remove(slot, generation) {
             if let Some(buffers) = conn.buffers.as_mut() {
                 buffers.sending.clear();
             }
             conn.trim(&mut self.pools);
+            self.listeners[listener].release();
+            if !self.tls.is_empty() {
+                self.tls.remove(&(slot, generation));
+            }
         }
         self.stats.connections_closed += 1;
         self.rings[ring_of(slot)].close(slot_of(slot), Token::new(Op::Close, slot, generation));

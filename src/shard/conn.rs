@@ -209,6 +209,9 @@ impl Conn {
 
 struct Entry {
     generation: u32,
+    /// The listener the connection came in through (`Shard::listeners`): its transport and
+    /// its `connections_max`. In the entry's padding, so `Conn` stays at its 48 B.
+    listener: u8,
     conn: Option<Box<Conn>>,
 }
 
@@ -278,8 +281,8 @@ impl Conns {
             .get_mut(slot_of(id) as usize)
     }
 
-    /// A new connection `id`, returning its generation.
-    pub fn insert(&mut self, id: u32, now_ms: u64) -> u32 {
+    /// A new connection `id` from listener `listener`, returning its generation.
+    pub fn insert(&mut self, id: u32, now_ms: u64, listener: u8) -> u32 {
         let (ring, index) = (ring_of(id), slot_of(id) as usize);
         if ring >= self.rings.len() {
             self.rings.resize_with(ring + 1, Vec::new);
@@ -289,6 +292,7 @@ impl Conns {
         if index >= entries.len() {
             entries.resize_with(index + 1, || Entry {
                 generation: 0,
+                listener: 0,
                 conn: None,
             });
         }
@@ -300,6 +304,7 @@ impl Conns {
             "connection {id:#x} allocated while still in use"
         );
         entry.conn = Some(Box::new(Conn::new(now_ms)));
+        entry.listener = listener;
         self.ring_counts[ring] += 1;
         self.count += 1;
         entry.generation
@@ -319,6 +324,11 @@ impl Conns {
             return None;
         }
         entry.conn.as_deref()
+    }
+
+    /// The listener connection `id` came in through (0 for a free slot).
+    pub fn listener(&self, id: u32) -> usize {
+        self.entry(id).map_or(0, |entry| entry.listener as usize)
     }
 
     /// The current connection `id`, if any, with its generation.
@@ -350,11 +360,11 @@ mod tests {
     #[test]
     fn stale_generation_finds_nothing() {
         let mut conns = Conns::default();
-        let g0 = conns.insert(5, 0);
+        let g0 = conns.insert(5, 0, 0);
         assert!(conns.get_mut(5, g0).is_some());
         assert!(conns.remove(5, g0).is_some());
         assert!(conns.get_mut(5, g0).is_none(), "removed");
-        let g1 = conns.insert(5, 0);
+        let g1 = conns.insert(5, 0, 0);
         assert_ne!(g0, g1);
         assert!(
             conns.get_mut(5, g0).is_none(),
@@ -372,8 +382,8 @@ mod tests {
         let a = conn_id(0, 7);
         let b = conn_id(2, 7);
         assert_eq!((ring_of(b), slot_of(b)), (2, 7));
-        let ga = conns.insert(a, 0);
-        let gb = conns.insert(b, 0);
+        let ga = conns.insert(a, 0, 0);
+        let gb = conns.insert(b, 0, 0);
         assert!(conns.get(a, ga).is_some() && conns.get(b, gb).is_some());
         assert_eq!(
             (conns.ring_len(0), conns.ring_len(1), conns.ring_len(2)),

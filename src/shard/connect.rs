@@ -129,6 +129,20 @@ impl Shard {
         self.close(slot, generation, CloseReason::Refused);
     }
 
+    /// For a connection from a listener with `use_identity_as_username`: its client
+    /// certificate's Common Name (`None` inside when it has none). `None` for the others.
+    fn tls_identity(&self, slot: u32, generation: u32) -> Option<Option<String>> {
+        if !self.tls_listeners {
+            return None;
+        }
+        let listener = &self.listeners[self.conns.listener(slot)];
+        if !listener.config.use_identity_as_username {
+            return None;
+        }
+        let tls = self.tls.get(&(slot, generation));
+        Some(tls.and_then(|tls| tls.identity.as_deref().map(String::from)))
+    }
+
     fn authenticate(&self, connect: &Connect) -> ReasonCode {
         let allow_anonymous = self.config.allow_anonymous;
         match (&connect.username, &self.auth) {
@@ -210,8 +224,19 @@ impl Shard {
                 }
             }
         }
+        let mut connect = connect;
         let code = if enhanced.is_some() {
             ReasonCode::Success
+        } else if let Some(identity) = self.tls_identity(slot, generation) {
+            // `use_identity_as_username`: the verified certificate's Common Name is the
+            // username, and no password is checked (as mosquitto does).
+            match identity {
+                Some(name) => {
+                    connect.username = Some(ByteString::from(name));
+                    ReasonCode::Success
+                }
+                None => ReasonCode::NotAuthorized,
+            }
         } else {
             self.authenticate(&connect)
         };

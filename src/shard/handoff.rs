@@ -21,6 +21,7 @@ use bytes::BytesMut;
 
 use crate::mesh::{self, HandOff, MeshMessage};
 use crate::ring::{Completion, Op, Token};
+use crate::tls::TlsHandOff;
 
 use super::conn::{conn_id, ring_of, slot_of, ConnState};
 use super::{CloseReason, Shard, ARENA_BLOCK};
@@ -116,13 +117,21 @@ impl Shard {
     pub(super) fn on_recv_handing_off(&mut self, token: Token, completion: Completion) {
         let ring = ring_of(token.slot);
         if let Some(bid) = completion.buffer_id() {
-            if completion.result > 0 {
-                let bytes = self.rings[ring].buffer(bid, completion.result as usize);
+            if completion.result > 0 && self.is_tls(token.slot) {
+                let len = completion.result as usize;
+                self.handing_off_tls_plaintext(token.slot, token.generation, bid, len);
                 if let Some(out) = self.handoffs_out.get_mut(&token.slot) {
-                    out.bytes.extend_from_slice(bytes);
+                    out.bytes.extend_from_slice(&self.tls_plaintext);
                 }
+            } else {
+                if completion.result > 0 {
+                    let bytes = self.rings[ring].buffer(bid, completion.result as usize);
+                    if let Some(out) = self.handoffs_out.get_mut(&token.slot) {
+                        out.bytes.extend_from_slice(bytes);
+                    }
+                }
+                self.rings[ring].recycle(bid);
             }
-            self.rings[ring].recycle(bid);
         }
         if completion.more() {
             return;
@@ -133,11 +142,21 @@ impl Shard {
         self.send_handoff(token.slot, token.generation);
     }
 
-    fn send_handoff(&mut self, slot: u32, generation: u32) {
+    pub(super) fn send_handoff(&mut self, slot: u32, generation: u32) {
         let Some(out) = self.handoffs_out.get_mut(&slot) else {
             return;
         };
         if out.generation != generation || out.handoff_id.is_some() {
+            return;
+        }
+        if self
+            .conns
+            .get(slot, generation)
+            .is_some_and(|conn| conn.send_in_flight || conn.recv_armed)
+        {
+            // A TLS connection's handshake records may still be on their way out: the
+            // descriptor leaves after them (`on_send`), so nothing sent here can follow
+            // what the home shard sends.
             return;
         }
         let Some(target_ring_fd) = self.peers.ring_fd(out.target, out.target_ring) else {
@@ -211,7 +230,10 @@ impl Shard {
             self.fail_handoff(token.slot, token.generation);
             return;
         }
-        // The home shard holds the socket now: our slot goes without a shutdown.
+        // The home shard holds the socket now: our slot goes without a shutdown, and its
+        // TLS state (if any) goes with the bytes.
+        let listener = self.conns.listener(token.slot);
+        let tls = self.tls.remove(&(token.slot, token.generation));
         if self.conns.remove(token.slot, token.generation).is_some() {
             self.rings[ring_of(token.slot)].close(
                 slot_of(token.slot),
@@ -221,6 +243,8 @@ impl Shard {
         self.stats.handoffs_out += 1;
         let message = MeshMessage::Connection(HandOff {
             source_shard: self.index as u16,
+            listener: listener as u8,
+            tls: TlsHandOff::new(tls),
             handoff_id,
             ring_slot_hint: None,
             bytes_read: out.bytes.freeze(),
@@ -263,8 +287,11 @@ impl Shard {
         handoff_id: u64,
     ) {
         if completion.result >= 0 {
+            // No bytes and no TLS state: the home shard only reads the socket's end.
             let message = MeshMessage::Connection(HandOff {
                 source_shard: self.index as u16,
+                listener: self.conns.listener(token.slot) as u8,
+                tls: TlsHandOff::default(),
                 handoff_id,
                 ring_slot_hint: None,
                 bytes_read: bytes::Bytes::new(),
@@ -286,7 +313,7 @@ impl Shard {
         }
     }
 
-    fn fail_handoff(&mut self, slot: u32, generation: u32) {
+    pub(super) fn fail_handoff(&mut self, slot: u32, generation: u32) {
         self.stats.handoffs_failed += 1;
         if let Some(conn) = self.conns.get_mut(slot, generation) {
             // Back to a state `close` knows; the recv has ended.
@@ -353,8 +380,17 @@ impl Shard {
     /// Takes over connection `slot` (ring and slot): its bytes first, then its recv.
     fn adopt(&mut self, slot: u32, handoff: HandOff) {
         let ring = ring_of(slot);
-        let generation = self.conns.insert(slot, self.now_ms);
+        let listener = (handoff.listener as usize).min(self.listeners.len() - 1);
+        let generation = self.conns.insert(slot, self.now_ms, listener as u8);
         self.stats.handoffs_in += 1;
+        if handoff.bytes_read.is_empty() {
+            // An abandoned hand-off (`abandoned_send_done`): its source released the
+            // listener's count with its own slot; this slot's release counts it again.
+            self.listeners[listener].admit();
+        }
+        if let Some(tls) = handoff.tls.take() {
+            self.tls.insert((slot, generation), tls);
+        }
         let bytes = &handoff.bytes_read;
         if self.arena.capacity() - self.arena.len() < bytes.len() {
             self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
@@ -372,6 +408,8 @@ impl Shard {
         }
         conn.recv_armed = true;
         self.rings[ring].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
+        // Records the accepting shard owed (TLS 1.3 session tickets) go out now.
+        self.queue_tls_output(slot, generation);
     }
 }
 

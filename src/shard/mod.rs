@@ -12,7 +12,8 @@
 //!
 //! This file is the loop: the shard's state, its turn and the completions' dispatch, the
 //! wake-ups and the timer's sweep, the stop. Reading is in `recv.rs`, writing in `send.rs`,
-//! closing in `close.rs`, accepting in `accept.rs`; MQTT handling in `handle.rs` (CONNECT and
+//! closing in `close.rs`, accepting in `accept.rs` (one accept per listener), TLS records in
+//! and out in `transport.rs`; MQTT handling in `handle.rs` (CONNECT and
 //! DISCONNECT in `connect.rs`, SUBSCRIBE in `subscribe.rs`), every PUBLISH encoded for a
 //! connection in `outgoing.rs` (with its MQTT 5 aliases and size limit, `conn_v5.rs`), mesh
 //! routing in `meshing.rs`, the
@@ -42,6 +43,7 @@ pub mod stats;
 mod subscribe;
 mod subscription_ids;
 pub mod timer;
+mod transport;
 
 use std::io;
 use std::net::TcpListener;
@@ -56,9 +58,11 @@ use io_uring::types::Timespec;
 
 use crate::auth::{EnhancedAuthMethods, PasswordFile};
 use crate::config::Config;
+use crate::listener::Listener;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
+use crate::tls::TlsConn;
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
 
@@ -134,7 +138,9 @@ impl Waker {
 pub struct ShardParams {
     pub index: usize,
     pub config: Config,
-    pub listener: TcpListener,
+    /// This shard's socket of each listener, in `listeners` order.
+    pub sockets: Vec<TcpListener>,
+    pub listeners: Arc<Vec<Listener>>,
     pub waker: Arc<Waker>,
     pub auth: Option<Arc<PasswordFile>>,
     /// Fixed-file slots for the ring.
@@ -160,7 +166,15 @@ pub struct Shard {
     /// Registered on every secondary ring; the primary keeps a read armed on it.
     ring_wake: Option<OwnedFd>,
     ring_wake_buf: Box<u64>,
-    listener: TcpListener,
+    /// This shard's socket of each listener (`listeners[k]` is what socket k speaks).
+    sockets: Vec<TcpListener>,
+    listeners: Arc<Vec<Listener>>,
+    /// TLS state of the connections that have some (`transport.rs`), by (slot, generation).
+    tls: hashbrown::HashMap<(u32, u32), Box<TlsConn>, foldhash::fast::RandomState>,
+    /// Scratch: plaintext a TLS connection's records held, on its way to the inbox path.
+    tls_plaintext: Vec<u8>,
+    /// Some listener speaks TLS: only then does a connection's listener get looked at.
+    tls_listeners: bool,
     waker: Arc<Waker>,
     /// The eventfd read's 8-byte buffer; boxed so it stays put while the read is in flight.
     wake_buf: Box<u64>,
@@ -259,6 +273,7 @@ impl Shard {
     fn with_rings(params: ShardParams, rings: Vec<Ring>) -> io::Result<Shard> {
         let config = params.config;
         let ring_count = rings.len();
+        let tls_listeners = params.listeners.iter().any(|l| l.tls.is_some());
         let ring_wake = if rings.len() > 1 {
             let waker = Waker::new()?;
             let waker = Arc::try_unwrap(waker).map_err(|_| io::Error::other("eventfd shared"))?;
@@ -274,10 +289,14 @@ impl Shard {
             config,
             rings,
             files: params.files,
-            accept: accept::Accept::new(ring_count, params.files),
+            accept: accept::Accept::new(ring_count, params.files, params.sockets.len()),
             ring_wake,
             ring_wake_buf: Box::new(0),
-            listener: params.listener,
+            sockets: params.sockets,
+            listeners: params.listeners,
+            tls: Default::default(),
+            tls_plaintext: Vec::new(),
+            tls_listeners,
             waker: params.waker,
             wake_buf: Box::new(0),
             tick: Box::new(Timespec::from(std::time::Duration::from_millis(

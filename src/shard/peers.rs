@@ -195,6 +195,8 @@ mod tests {
     fn hand_off(id: u64) -> HandOff {
         HandOff {
             source_shard: 1,
+            listener: 0,
+            tls: Default::default(),
             handoff_id: id,
             ring_slot_hint: None,
             bytes_read: Bytes::from_static(b"\x10\x00"),

@@ -12,9 +12,38 @@ use crate::ring::{Completion, Op, Token};
 use super::conn::{self, ring_of, slot_of, ConnState};
 use super::{CloseReason, Shard, ARENA_BLOCK};
 
+/// The only copy: `bytes` (the kernel's provided buffer, or a TLS connection's plaintext) ->
+/// the arena (or, behind a partial packet, the connection's inbox); whether the buffer
+/// returned is the inbox.
+pub(super) fn into_inbox_path(
+    arena: &mut BytesMut,
+    arena_block: &mut usize,
+    stats: &mut super::ShardStats,
+    conn: &mut conn::Conn,
+    bytes: &[u8],
+) -> (BytesMut, bool) {
+    if let Some(buffers) = conn.buffers.as_mut().filter(|b| !b.inbox.is_empty()) {
+        buffers.inbox.extend_from_slice(bytes);
+        return (std::mem::take(&mut buffers.inbox), true);
+    }
+    if arena.capacity() - arena.len() < bytes.len() {
+        // Reclaims the current block in place once every payload cut from it is gone;
+        // allocates a fresh one only while some are still held.
+        arena.reserve(ARENA_BLOCK.max(bytes.len()));
+        let block = arena.as_ptr() as usize;
+        if block != *arena_block {
+            *arena_block = block;
+            stats.arena_blocks_allocated += 1;
+        }
+    }
+    arena.extend_from_slice(bytes);
+    (arena.split(), false)
+}
+
 impl Shard {
     pub(super) fn on_recv(&mut self, token: Token, completion: Completion) {
         let buffer_id = completion.buffer_id();
+        let tls = self.tls_listeners && self.is_tls(token.slot);
         let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             // Cannot happen while the slot waits for the recv's last completion; be safe.
             if let Some(bid) = buffer_id {
@@ -45,28 +74,18 @@ impl Shard {
             if conn.state == ConnState::Connected {
                 conn.last_packet_ms = self.now_ms;
             }
+            if tls {
+                self.on_recv_tls(token.slot, token.generation, completion, bid);
+                return;
+            }
             let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);
-            // The only copy: kernel's provided buffer -> the arena (or, behind a partial
-            // packet, the connection's inbox). The buffer goes straight back to the kernel.
-            let partial = conn.buffers.as_mut().filter(|b| !b.inbox.is_empty());
-            let from_inbox = partial.is_some();
-            let buf = if let Some(buffers) = partial {
-                buffers.inbox.extend_from_slice(bytes);
-                std::mem::take(&mut buffers.inbox)
-            } else {
-                if self.arena.capacity() - self.arena.len() < bytes.len() {
-                    // Reclaims the current block in place once every payload cut from it is
-                    // gone; allocates a fresh one only while some are still held.
-                    self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
-                    let block = self.arena.as_ptr() as usize;
-                    if block != self.arena_block {
-                        self.arena_block = block;
-                        self.stats.arena_blocks_allocated += 1;
-                    }
-                }
-                self.arena.extend_from_slice(bytes);
-                self.arena.split()
-            };
+            let (buf, from_inbox) = into_inbox_path(
+                &mut self.arena,
+                &mut self.arena_block,
+                &mut self.stats,
+                conn,
+                bytes,
+            );
             self.rings[ring_of(token.slot)].recycle(bid);
             let rearm = !completion.more();
             self.on_bytes(token.slot, token.generation, buf, from_inbox);

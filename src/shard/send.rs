@@ -21,7 +21,11 @@ impl Shard {
         // as the error it is.
         if completion.result < 0 || (completion.result == 0 && !buffers.sending.is_empty()) {
             buffers.sending.clear();
-            if conn.state == ConnState::Closing {
+            if conn.state == ConnState::HandingOff {
+                // A TLS connection's handshake records failed to go out: it goes nowhere.
+                self.handoffs_out.remove(&token.slot);
+                self.fail_handoff(token.slot, token.generation);
+            } else if conn.state == ConnState::Closing {
                 // A close waiting for this flush (a refusing CONNACK) has nothing left to
                 // wait for: shut down now, or the slot is never released.
                 self.shutdown(token.slot, token.generation);
@@ -48,6 +52,10 @@ impl Shard {
             self.dirty.push((token.slot, token.generation));
         }
         let session = conn.session;
+        if conn.state == ConnState::HandingOff {
+            // The descriptor waited for this send (`send_handoff`).
+            self.send_handoff(token.slot, token.generation);
+        }
         if paused && sent > 0 {
             self.resume_recv_if_drained(token.slot, token.generation);
         }
@@ -62,6 +70,7 @@ impl Shard {
         let dirty = std::mem::take(&mut self.dirty);
         for &(slot, generation) in &dirty {
             self.pause_recv_if_full(slot, generation);
+            let sealed = self.tls_listeners && self.is_tls(slot);
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
             };
@@ -69,7 +78,12 @@ impl Shard {
             if conn.send_in_flight || conn.shutdown_sent {
                 continue;
             }
+            let state = conn.state;
             let buffers = conn.buffers(&mut self.pools);
+            if sealed {
+                let tls = self.tls.get_mut(&(slot, generation)).map(|tls| &mut **tls);
+                Shard::seal_outbox(tls, state, buffers);
+            }
             if buffers.sending.is_empty() && !buffers.outbox.is_empty() {
                 std::mem::swap(&mut buffers.sending, &mut buffers.outbox);
             }

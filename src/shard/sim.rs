@@ -181,7 +181,11 @@ impl SimBroker {
             let params = ShardParams {
                 index,
                 config: config.clone(),
-                listener: listener()?,
+                sockets: vec![listener()?],
+                listeners: Arc::new(vec![crate::listener::Listener::new(
+                    &crate::config::ListenerConfig::mqtt("127.0.0.1:0".parse().expect("address")),
+                )
+                .map_err(io::Error::other)?]),
                 waker,
                 auth: None,
                 files,

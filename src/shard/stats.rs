@@ -29,6 +29,10 @@ pub struct ShardStats {
     pub dropped_packet_too_large: u64,
     /// Times the fixed-file table was full on accept (-ENFILE).
     pub table_full_count: u64,
+    /// Connections closed at accept because their listener was at its `connections_max`.
+    pub listener_full_count: u64,
+    /// TLS connections closed for a failed handshake or a bad record (issue 9).
+    pub tls_errors: u64,
     /// Multishot recvs ended because the provided-buffer ring was empty (-ENOBUFS).
     pub recv_nobufs_count: u64,
     /// Connections closed for a malformed packet or a protocol violation.

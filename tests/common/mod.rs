@@ -72,7 +72,7 @@ pub fn test_config() -> Config {
             .unwrap_or(default)
     };
     Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
         shards: from_env("RINGMQ_TEST_SHARDS", 1),
         rings_per_shard: from_env("RINGMQ_TEST_RINGS", 1),
         // A few hundred connections are plenty for any test; keep each ring's table small.
@@ -1334,4 +1334,27 @@ pub fn password_file(dir: &TempDir, users: &[(&str, &str)]) -> PathBuf {
 /// Splits one packet off the front of `buf` if it is complete, for a test's own reader.
 pub fn take_raw_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
     take_packet(buf)
+}
+
+// ---------------------------------------------------------------------------------------------
+// tls (issue 9): a broker started by the test itself (several listeners), stopped like others
+// ---------------------------------------------------------------------------------------------
+
+impl TestBroker {
+    /// Takes over a broker the test started with its own config (e.g. several listeners):
+    /// stopped, bounded, when dropped; `addr()` is its first listener's.
+    pub fn wrap(broker: Broker) -> TestBroker {
+        TestBroker {
+            addr: broker.local_addr(),
+            ringmq: Some(broker),
+            mosquitto: None,
+        }
+    }
+}
+
+impl TestBroker {
+    /// The ringmq broker itself (`None` against mosquitto), for its API (e.g. `reload_tls`).
+    pub fn ringmq(&self) -> Option<&Broker> {
+        self.ringmq.as_ref()
+    }
 }
