@@ -106,9 +106,12 @@ impl Message {
         if self.expires_secs == NEVER {
             return Some(Cow::Borrowed(properties));
         }
-        // Never more than it arrived with (the expiry was rounded up, see `with_properties`).
-        let interval_secs = u64::from(properties.message_expiry_interval.unwrap_or(u32::MAX));
-        let left_secs = (u64::from(self.expires_secs).saturating_sub(now_secs)).min(interval_secs);
+        // The expiry was rounded up a second (`with_properties`); what is left is told without
+        // that second, so never more than it came with, and at least 1 while it is deliverable
+        // (0 would tell the receiver it has run out).
+        let left_secs = u64::from(self.expires_secs)
+            .saturating_sub(now_secs + 1)
+            .max(1);
         Some(Cow::Owned(Properties {
             message_expiry_interval: Some(left_secs as u32),
             ..properties.clone()
@@ -571,13 +574,13 @@ mod tests {
             ..Properties::default()
         });
         let retained = message(QoS::AtMostOnce, 3).with_properties(Some(&expiring), 10);
-        // Routed in second 10 (10.0 to 10.999): at second 25 it has waited 14 to 16 s, and
-        // the whole-second clock says at most 16 s left.
+        // Routed in second 10 (10.0 to 10.999): in second 25 it has waited 14 to 16 s.
         let left = retained.shared_properties_at(25).unwrap();
-        assert_eq!(left.message_expiry_interval, Some(16));
+        assert_eq!(left.message_expiry_interval, Some(15));
         assert_eq!(expiring.message_expiry_interval, Some(30));
-        // Never more than it came with, never expired early [MQTT-3.3.2-5]: a 1 s message
-        // routed at 10.999 is still there in second 11 and gone from second 12.
+        // Never more than it came with [MQTT-3.3.2-6], never expired early [MQTT-3.3.2-5]: a
+        // 1 s message routed at 10.999 is still there in second 11 (told 1 s left) and gone
+        // from second 12.
         let left = retained.shared_properties_at(10).unwrap();
         assert_eq!(left.message_expiry_interval, Some(30));
         let short = Arc::new(Properties {
@@ -586,6 +589,8 @@ mod tests {
         });
         let short = message(QoS::AtLeastOnce, 5).with_properties(Some(&short), 10);
         assert!(!short.expired(11));
+        let told = short.shared_properties_at(11).unwrap();
+        assert_eq!(told.message_expiry_interval, Some(1));
         assert!(short.expired(12));
         assert!(message(QoS::AtMostOnce, 4)
             .shared_properties_at(0)
