@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::ring::nofile_limit;
+use crate::security::Security;
 use crate::shard::peers::Peers;
 use crate::shard::{Shard, ShardParams, ShardStats, Waker};
 
@@ -49,6 +50,8 @@ pub struct Broker {
     local_addr: SocketAddr,
     shards: Vec<ShardHandle>,
     lives: Arc<Lives>,
+    /// The password and ACL files, which `reload` reads again.
+    security: Arc<Security>,
 }
 
 /// A shard that left its loop without being asked to: the broker is down.
@@ -262,10 +265,7 @@ impl Broker {
             _ => {}
         }
         let shard_count = shard_count(&config);
-        let auth = match &config.password_file {
-            Some(path) => Some(Arc::new(crate::auth::load(path).map_err(invalid)?)),
-            None => None,
-        };
+        let security = Arc::new(Security::load(&config).map_err(invalid)?);
         let files = ring_files(&config);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         if shard_count > cores.len() && !cores.is_empty() {
@@ -293,6 +293,7 @@ impl Broker {
             local_addr,
             shards: Vec::with_capacity(shard_count),
             lives: lives.clone(),
+            security: security.clone(),
         };
         let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
@@ -310,7 +311,7 @@ impl Broker {
                 config: config.clone(),
                 listener,
                 waker: waker.clone(),
-                auth: auth.clone(),
+                security: security.clone(),
                 files,
                 published_stats: stats.clone(),
                 mesh,
@@ -377,6 +378,17 @@ impl Broker {
         );
         eprintln!("ringmq: listening on {local_addr}");
         Ok(broker)
+    }
+
+    /// Reads the password and ACL files again (SIGHUP) and wakes every shard, which takes them
+    /// at its next loop turn: connections stay, their next operations meet the new rules. On
+    /// an error (which names the file and line) the old files stay in force.
+    pub fn reload(&self) -> Result<String, String> {
+        let summary = self.security.reload()?;
+        for shard in &self.shards {
+            shard.waker.wake();
+        }
+        Ok(summary)
     }
 
     /// The address the broker listens on (the real port when the config asked for port 0).

@@ -183,7 +183,7 @@ impl SimBroker {
                 config: config.clone(),
                 listener: listener()?,
                 waker,
-                auth: None,
+                security: Default::default(),
                 files,
                 published_stats: Arc::new(Mutex::new(ShardStats::default())),
                 mesh,
