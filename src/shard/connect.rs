@@ -222,10 +222,10 @@ impl Shard {
         let username = connect.username.as_deref();
         let acl_rules = self.resolve_acl(username, &client_id);
         if let (Some(rules), Some(will)) = (&acl_rules, &connect.will) {
-            // A will the client may not publish is refused with the CONNECT, as mosquitto
-            // does (3.1.1: return code 5; 5.0: 0x87, which may refuse a CONNECT
-            // [MQTT-3.2.2-8]): accepted and then silently never published, it would fail
-            // only when it matters.
+            // A will the client may not publish refuses the CONNECT (3.1.1: return code 5;
+            // 5.0: 0x87, an authorization check failing [MQTT-3.1.4-3]). mosquitto 2.0
+            // accepts it and drops the will when the client goes: a failure that shows only
+            // when the will matters.
             if !rules.may_write(&will.topic) {
                 self.refuse(slot, generation, version, ReasonCode::NotAuthorized);
                 return;
