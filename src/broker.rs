@@ -29,6 +29,7 @@ use crate::config::{Config, ListenerProtocol};
 use crate::listener::Listener;
 use crate::mesh::Mesh;
 use crate::ring::nofile_limit;
+use crate::security::Security;
 use crate::shard::peers::Peers;
 use crate::shard::{Shard, ShardParams, ShardStats, Waker};
 
@@ -51,6 +52,8 @@ pub struct Broker {
     listeners: Arc<Vec<Listener>>,
     shards: Vec<ShardHandle>,
     lives: Arc<Lives>,
+    /// The password and ACL files, which `reload` reads again.
+    security: Arc<Security>,
 }
 
 /// A shard that left its loop without being asked to: the broker is down.
@@ -264,10 +267,7 @@ impl Broker {
             _ => {}
         }
         let shard_count = shard_count(&config);
-        let auth = match &config.password_file {
-            Some(path) => Some(Arc::new(crate::auth::load(path).map_err(invalid)?)),
-            None => None,
-        };
+        let security = Arc::new(Security::load(&config).map_err(invalid)?);
         let files = ring_files(&config);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         if shard_count > cores.len() && !cores.is_empty() {
@@ -309,6 +309,7 @@ impl Broker {
             listeners: listeners.clone(),
             shards: Vec::with_capacity(shard_count),
             lives: lives.clone(),
+            security: security.clone(),
         };
         let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
@@ -327,7 +328,7 @@ impl Broker {
                 sockets,
                 listeners: listeners.clone(),
                 waker: waker.clone(),
-                auth: auth.clone(),
+                security: security.clone(),
                 files,
                 published_stats: stats.clone(),
                 mesh,
@@ -401,6 +402,23 @@ impl Broker {
             eprintln!("ringmq: listening on {addr} ({protocol})");
         }
         Ok(broker)
+    }
+
+    /// Reads the password and ACL files again (SIGHUP) and wakes every shard, which takes them
+    /// at its next loop turn: connections stay, their next operations meet the new rules. On
+    /// an error (which names the file and line) the old files stay in force.
+    /// TLS listeners read their certificate, key and CA files again too (`reload_tls`); one
+    /// that fails keeps its old files, and the summary says so.
+    pub fn reload(&self) -> Result<String, String> {
+        let tls = self.reload_tls();
+        let summary = self.security.reload()?;
+        for shard in &self.shards {
+            shard.waker.wake();
+        }
+        Ok(match tls {
+            Ok(()) => summary,
+            Err(e) => format!("{summary}; TLS files kept: {e}"),
+        })
     }
 
     /// The address the broker's first listener listens on (the real port when the config

@@ -257,6 +257,9 @@ pub struct Config {
     pub socket_send_buffer_bytes: u32,
     /// A mosquitto_passwd file (`$7$` PBKDF2-SHA512 or `$6$` SHA-512 crypt entries).
     pub password_file: Option<PathBuf>,
+    /// A mosquitto-format ACL file (`user`, `topic`, `pattern` lines, `acl.rs`): with one,
+    /// what it does not grant is denied. Reloaded with the password file on SIGHUP.
+    pub acl_file: Option<PathBuf>,
     /// Let clients connect without a username when no password matches is required.
     pub allow_anonymous: bool,
     pub limits: Limits,
@@ -275,6 +278,7 @@ impl Default for Config {
             recv_buffer_size: 4096,
             socket_send_buffer_bytes: 0,
             password_file: None,
+            acl_file: None,
             allow_anonymous: true,
             limits: Limits::default(),
         }
@@ -429,6 +433,7 @@ mod tests {
             socket_send_buffer_bytes = 65536
             allow_anonymous = false
             password_file = "/etc/ringmq/passwd"
+            acl_file = "/etc/ringmq/acl"
             [limits]
             packet_size_max = 4096
             inflight_max = 10
@@ -454,6 +459,7 @@ mod tests {
         assert_eq!(config.recv_buffer_size, 2048);
         assert_eq!(config.socket_send_buffer_bytes, 65536);
         assert!(!config.allow_anonymous);
+        assert_eq!(config.acl_file, Some(PathBuf::from("/etc/ringmq/acl")));
         assert_eq!(config.limits.packet_size_max, 4096);
         assert_eq!(config.limits.inflight_max, 10);
         assert_eq!(config.limits.keepalive_max_secs, 60);

@@ -5,8 +5,10 @@
 //! - `ring`: the io_uring driver (typed tokens, multishot accept/recv, provided buffers).
 //! - `shard`: one pinned thread per core owning its clients, sessions and trie.
 //! - `session`: in-flight window, offline queue, will.
+//! - `auth`, `acl`, `security`: password and ACL files, reloaded on SIGHUP.
 //! - `broker`: starts the shards and stops them.
 
+pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod listener;
 pub mod mesh;
 pub mod protocol;
 pub mod ring;
+pub mod security;
 pub mod session;
 pub mod shard;
 pub mod tls;

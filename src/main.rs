@@ -1,5 +1,5 @@
 //! `ringmq`: clap args -> Config -> start shards -> wait for SIGINT/SIGTERM or a failed shard
-//! -> stop. A failed shard (a panic) ends the process with a non-zero status within a fraction
+//! -> stop; SIGHUP reloads the password and ACL files on the way. A failed shard (a panic) ends the process with a non-zero status within a fraction
 //! of a second, for a supervisor to restart it.
 
 use std::net::SocketAddr;
@@ -23,7 +23,8 @@ struct Args {
     /// `[[listener]]` sections, if any [default: 0.0.0.0:1883].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// TOML config file: listen, [[listener]], shards, rings_per_shard, password_file, allow_anonymous,
+    /// TOML config file: listen, [[listener]], shards, rings_per_shard, password_file,
+    /// acl_file, allow_anonymous,
     /// ring_files_max, ring_entries, recv_buffer_count, recv_buffer_size,
     /// socket_send_buffer_bytes and [limits].
     #[arg(long)]
@@ -40,6 +41,10 @@ struct Args {
     /// passwords against.
     #[arg(long)]
     password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file (user, topic and pattern lines): what it does not grant is
+    /// denied. SIGHUP reloads it and the password file.
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
     /// Accept clients that send no username (true|false) [default: true].
     #[arg(long)]
     allow_anonymous: Option<bool>,
@@ -61,6 +66,9 @@ fn config_from(args: Args) -> Result<Config, String> {
     }
     if let Some(path) = args.password_file {
         config.password_file = Some(path);
+    }
+    if let Some(path) = args.acl_file {
+        config.acl_file = Some(path);
     }
     if let Some(allow) = args.allow_anonymous {
         config.allow_anonymous = allow;
@@ -85,8 +93,8 @@ fn raise_nofile_limit() {
     }
 }
 
-/// SIGINT and SIGTERM, blocked in this thread before any shard starts (so every thread
-/// inherits the mask) and taken with `sigwait` instead of a handler.
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload), blocked in this thread before any shard
+/// starts (so every thread inherits the mask) and taken with `sigwait` instead of a handler.
 fn termination_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set we own.
     unsafe {
@@ -94,6 +102,7 @@ fn termination_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
@@ -102,7 +111,7 @@ fn termination_signals() -> libc::sigset_t {
 /// ends the process within this (plus the other shards' stop).
 const FAILURE_POLL: Duration = Duration::from_millis(100);
 
-/// Waits for SIGINT or SIGTERM (returns its number) or for a shard failure (returns `None`).
+/// Waits for a signal (returns its number) or for a shard failure (returns `None`).
 fn wait_for_signal_or_failure(signals: &libc::sigset_t, broker: &Broker) -> Option<libc::c_int> {
     let timeout = libc::timespec {
         tv_sec: 0,
@@ -140,8 +149,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(signal) = wait_for_signal_or_failure(&signals, &broker) {
-        eprintln!("ringmq: signal {signal}: stopping");
+    while let Some(signal) = wait_for_signal_or_failure(&signals, &broker) {
+        if signal != libc::SIGHUP {
+            eprintln!("ringmq: signal {signal}: stopping");
+            break;
+        }
+        // Connections stay; what fails to load leaves the old files in force.
+        match broker.reload() {
+            Ok(summary) => eprintln!("ringmq: SIGHUP: reloaded ({summary})"),
+            Err(e) => eprintln!("ringmq: SIGHUP: reload failed, keeping the old files: {e}"),
+        }
     }
     match broker.stop() {
         Ok(()) => ExitCode::SUCCESS,

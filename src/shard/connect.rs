@@ -244,6 +244,18 @@ impl Shard {
             self.refuse(slot, generation, version, code);
             return;
         }
+        let username = connect.username.as_deref();
+        let acl_rules = self.resolve_acl(username, &client_id);
+        if let (Some(rules), Some(will)) = (&acl_rules, &connect.will) {
+            // A will the client may not publish refuses the CONNECT (3.1.1: return code 5;
+            // 5.0: 0x87, an authorization check failing [MQTT-3.1.4-3]). mosquitto 2.0
+            // accepts it and drops the will when the client goes: a failure that shows only
+            // when the will matters.
+            if !rules.may_write(&will.topic) {
+                self.refuse(slot, generation, version, ReasonCode::NotAuthorized);
+                return;
+            }
+        }
         let expiry = session_expiry(&connect, self.config.limits.persistent_session_expiry_secs);
         // Whether the session outlives the connection: 3.1.1 clean session 0, or MQTT 5 with
         // a Session Expiry Interval above 0 [MQTT-3.1.2-23].
@@ -323,6 +335,9 @@ impl Shard {
                 (self.sessions.insert(session), false)
             }
         };
+        if let Some(rules) = acl_rules {
+            self.keep_client_acl(session, username, rules);
+        }
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             self.peers.release();
             self.detach_session(session);

@@ -318,6 +318,10 @@ impl Shard {
         } else {
             None
         };
+        if self.acl.is_some() && !self.acl_may_write(session, topic) {
+            self.refuse_unauthorized_publish(slot, generation, v5, publish);
+            return;
+        }
         if v5 && publish.qos != QoS::AtMostOnce {
             if let Some(code) = self.publish_refusal(publish, properties.as_ref()) {
                 // Refused, so nothing of it happens: not retained, not delivered, and a QoS 2
@@ -529,11 +533,42 @@ impl Shard {
         self.route(topic, payload, qos, retain, properties)
     }
 
+    /// A PUBLISH the ACL does not let the client write: not retained, not delivered. MQTT 5
+    /// says so with PUBACK/PUBREC 0x87 (at QoS 0 it is dropped); 3.1.1 has no code to say it,
+    /// so as mosquitto does the message is dropped and still acknowledged, which keeps the
+    /// client's flow going (its PUBREL then completes with a plain PUBCOMP).
+    fn refuse_unauthorized_publish(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        v5: bool,
+        publish: &Publish,
+    ) {
+        let code = if v5 {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::Success
+        };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(
+                slot,
+                generation,
+                HeldPacket::PubAck(publish.packet_id, code),
+            ),
+            QoS::ExactlyOnce => self.ack(
+                slot,
+                generation,
+                HeldPacket::PubRec(publish.packet_id, code),
+            ),
+        }
+    }
+
     /// Why the broker refuses an MQTT 5 QoS 1/2 PUBLISH it could read, if it does: the one
     /// place a per-message policy answers, with the PUBACK/PUBREC reason code (spec 3.4.2.1).
     /// Today that is a retained message over `retained_max` / `retained_bytes_max` (0x97
     /// Quota exceeded): refused whole, so a publisher told "failed" knows nothing was
-    /// delivered. An ACL (publish rights per topic) answers 0x87 Not authorized here. At QoS 0
+    /// delivered. (The ACL's 0x87 is answered before, `refuse_unauthorized_publish`.) At QoS 0
     /// and under 3.1.1 there is no ack to say it: such a retained message is delivered but not
     /// stored (`publish`).
     fn publish_refusal(
@@ -738,6 +773,11 @@ impl Shard {
         let inflight_max = self.config.limits.inflight_max;
         let queue_max = self.config.limits.offline_queue_max;
         let now_secs = self.now_secs();
+        // Read access is checked per delivery, as mosquitto does: a wildcard subscription (or
+        // a rule changed by a reload) can match a topic the client may not read.
+        if self.acl.is_some() && !self.acl_may_read(session, topic) {
+            return;
+        }
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
@@ -927,6 +967,7 @@ impl Shard {
         if s.clean_session {
             self.clear_subscriptions(session);
             self.sessions.remove(session);
+            self.forget_client_acl(session);
         } else {
             self.queue_expiry(session);
         }

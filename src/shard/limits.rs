@@ -231,6 +231,7 @@ impl Shard {
                 self.publish_delayed_will(session);
                 self.clear_subscriptions(session);
                 self.sessions.remove(session);
+                self.forget_client_acl(session);
                 self.peers.release_session();
                 self.stats.sessions_expired += 1;
                 expired += 1;

@@ -20,6 +20,7 @@
 //! session table in `sessions.rs`, session expiry and delayed wills in `limits.rs`.
 
 mod accept;
+mod access;
 mod backpressure;
 mod close;
 pub mod conn;
@@ -142,7 +143,8 @@ pub struct ShardParams {
     pub sockets: Vec<TcpListener>,
     pub listeners: Arc<Vec<Listener>>,
     pub waker: Arc<Waker>,
-    pub auth: Option<Arc<PasswordFile>>,
+    /// The password and ACL files, and the generation a reload bumps (`access.rs`).
+    pub security: Arc<crate::security::Security>,
     /// Fixed-file slots for the ring.
     pub files: u32,
     /// Where the shard publishes a copy of its counters once a second (and when it stops),
@@ -181,6 +183,12 @@ pub struct Shard {
     /// The timer's timespec; boxed for the same reason.
     tick: Box<Timespec>,
     auth: Option<Arc<PasswordFile>>,
+    /// The ACL, when there is one; with it, each session's rules (`access.rs`).
+    acl: Option<Arc<crate::acl::AclFile>>,
+    acl_clients: access::AclClients,
+    security: Arc<crate::security::Security>,
+    /// The `security` generation `auth` and `acl` come from.
+    security_generation: u64,
     /// MQTT 5 enhanced authentication methods (none registered yet: 0x8C for every method).
     enhanced_auth: EnhancedAuthMethods,
     conns: Conns,
@@ -272,6 +280,8 @@ impl Shard {
     /// The shard on rings built by the caller: `new`'s, or simulated ones (`sim`).
     fn with_rings(params: ShardParams, rings: Vec<Ring>) -> io::Result<Shard> {
         let config = params.config;
+        let security_generation = params.security.generation();
+        let files = params.security.files();
         let ring_count = rings.len();
         let tls_listeners = params.listeners.iter().any(|l| l.tls.is_some());
         let ring_wake = if rings.len() > 1 {
@@ -302,7 +312,11 @@ impl Shard {
             tick: Box::new(Timespec::from(std::time::Duration::from_millis(
                 timer::TICK_MS,
             ))),
-            auth: params.auth,
+            auth: files.auth,
+            acl: files.acl,
+            acl_clients: Default::default(),
+            security_generation,
+            security: params.security,
             enhanced_auth: EnhancedAuthMethods::default(),
             conns: Conns::default(),
             sessions: Sessions::default(),
@@ -399,6 +413,9 @@ impl Shard {
             ring.poll()?;
         }
         self.now_ms = self.clock.elapsed().as_millis() as u64;
+        if self.security.generation() != self.security_generation {
+            self.take_reloaded_security();
+        }
         for ring in 0..self.rings.len() {
             loop {
                 // Interest changes first: a publish in this batch may have been caused by

@@ -187,7 +187,7 @@ impl SimBroker {
                 )
                 .map_err(io::Error::other)?]),
                 waker,
-                auth: None,
+                security: Default::default(),
                 files,
                 published_stats: Arc::new(Mutex::new(ShardStats::default())),
                 mesh,

@@ -349,6 +349,10 @@ impl Shard {
         if validate_topic_filter(filter).is_err() {
             return Err(ReasonCode::TopicFilterInvalid);
         }
+        if self.acl.is_some() && !self.acl_may_subscribe(session, filter) {
+            // 3.1.1: 0x80, as every failure.
+            return Err(ReasonCode::NotAuthorized);
+        }
         let qos_max = QoS::from_u8(self.config.limits.qos_max).unwrap_or(QoS::ExactlyOnce);
         let subscriptions_max = self.config.limits.subscriptions_per_client_max as usize;
         let granted = options.qos.min(qos_max);
