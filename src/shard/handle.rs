@@ -323,7 +323,7 @@ impl Shard {
             return;
         }
         if v5 && publish.qos != QoS::AtMostOnce {
-            if let Some(code) = self.publish_refusal(publish, properties.as_ref()) {
+            if let Some(code) = self.publish_refusal(topic, publish, properties.as_ref()) {
                 // Refused, so nothing of it happens: not retained, not delivered, and a QoS 2
                 // id is not kept (a PUBREC of 0x80 or above ends the flow, spec 4.3.3).
                 let ack = match publish.qos {
@@ -571,13 +571,15 @@ impl Shard {
     /// delivered. (The ACL's 0x87 is answered before, `refuse_unauthorized_publish`.) At QoS 0
     /// and under 3.1.1 there is no ack to say it: such a retained message is delivered but not
     /// stored (`publish`).
+    /// `topic`: the PUBLISH's, or what its Topic Alias names (`publish.topic` is then empty).
     fn publish_refusal(
         &mut self,
+        topic: &str,
         publish: &Publish,
         properties: Option<&Arc<Properties>>,
     ) -> Option<ReasonCode> {
         let stores = publish.retain && !publish.payload.is_empty();
-        if stores && !self.retained_has_room(&publish.topic, &publish.payload, properties) {
+        if stores && !self.retained_has_room(topic, &publish.payload, properties) {
             self.limit_hit(LimitHit::Retained);
             return Some(ReasonCode::QuotaExceeded);
         }
