@@ -31,7 +31,8 @@ use crate::mesh::Mesh;
 use crate::ring::nofile_limit;
 use crate::security::Security;
 use crate::shard::peers::Peers;
-use crate::shard::{Shard, ShardParams, ShardStats, Waker};
+use crate::metrics::MetricsServer;
+use crate::shard::{Shard, ShardParams, ShardStats, StatsBoard, Waker};
 
 /// Descriptors left to the process (listeners, eventfds, ring fds, stdio, log files) when the
 /// fixed-file table is sized from RLIMIT_NOFILE.
@@ -42,7 +43,6 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 struct ShardHandle {
     waker: Arc<Waker>,
-    stats: Arc<Mutex<ShardStats>>,
     thread: Option<JoinHandle<ShardStats>>,
 }
 
@@ -54,6 +54,10 @@ pub struct Broker {
     lives: Arc<Lives>,
     /// The password and ACL files, which `reload` reads again.
     security: Arc<Security>,
+    /// Each shard's counters as of its last tick (`shard::stats`).
+    board: Arc<StatsBoard>,
+    /// The Prometheus endpoint, when `metrics_listen` is set.
+    metrics: Option<MetricsServer>,
 }
 
 /// A shard that left its loop without being asked to: the broker is down.
@@ -304,12 +308,15 @@ impl Broker {
             .map(|_| Waker::new())
             .collect::<io::Result<Vec<_>>>()?;
         let lives = Arc::new(Lives::new(wakers.clone()));
+        let board = Arc::new(StatsBoard::new(shard_count));
         let mut broker = Broker {
             local_addrs: local_addrs.clone(),
             listeners: listeners.clone(),
             shards: Vec::with_capacity(shard_count),
             lives: lives.clone(),
             security: security.clone(),
+            board: board.clone(),
+            metrics: None,
         };
         let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
@@ -321,7 +328,6 @@ impl Broker {
             .enumerate()
             .zip(meshes.into_iter().zip(wakers))
         {
-            let stats = Arc::new(Mutex::new(ShardStats::default()));
             let params = ShardParams {
                 index,
                 config: config.clone(),
@@ -330,7 +336,7 @@ impl Broker {
                 waker: waker.clone(),
                 security: security.clone(),
                 files,
-                published_stats: stats.clone(),
+                board: board.clone(),
                 mesh,
                 peers: peers.clone(),
             };
@@ -352,7 +358,6 @@ impl Broker {
                 }
             };
             broker.shards.push(ShardHandle {
-                stats,
                 waker,
                 thread: Some(thread),
             });
@@ -368,6 +373,18 @@ impl Broker {
                 Err(_) => {
                     broker.shutdown();
                     return Err(io::Error::other("a shard thread ended before it was ready"));
+                }
+            }
+        }
+        if let Some(addr) = config.metrics_listen {
+            match MetricsServer::start(addr, board, std::time::Instant::now()) {
+                Ok(server) => {
+                    eprintln!("ringmq: metrics on http://{}/metrics", server.local_addr());
+                    broker.metrics = Some(server);
+                }
+                Err(e) => {
+                    broker.shutdown();
+                    return Err(e);
                 }
             }
         }
@@ -453,10 +470,12 @@ impl Broker {
 
     /// Each shard's counters as of its last timer tick (about once a second), in shard order.
     pub fn stats(&self) -> Vec<ShardStats> {
-        self.shards
-            .iter()
-            .map(|shard| shard.stats.lock().map(|s| s.clone()).unwrap_or_default())
-            .collect()
+        self.board.read_all()
+    }
+
+    /// Where `GET /metrics` is served (the real port when `metrics_listen` asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// The first shard that panicked or failed, as soon as it did (the other shards are then
@@ -476,6 +495,9 @@ impl Broker {
     }
 
     fn shutdown(&mut self) {
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
+        }
         // Shards still waiting to start are sent home (`start` failed).
         self.lives.decide(false);
         for shard in &self.shards {

@@ -262,6 +262,12 @@ pub struct Config {
     pub acl_file: Option<PathBuf>,
     /// Let clients connect without a username when no password matches is required.
     pub allow_anonymous: bool,
+    /// Seconds between two publications of the `$SYS/broker/...` topics (retained, by shard
+    /// 0, as mosquitto's `sys_interval`); 0 = none.
+    pub sys_interval_secs: u32,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, one small thread off the
+    /// shards); none by default. Port 0 picks a free port (`Broker::metrics_addr`).
+    pub metrics_listen: Option<SocketAddr>,
     pub limits: Limits,
 }
 
@@ -280,6 +286,8 @@ impl Default for Config {
             password_file: None,
             acl_file: None,
             allow_anonymous: true,
+            sys_interval_secs: 10,
+            metrics_listen: None,
             limits: Limits::default(),
         }
     }

@@ -14,6 +14,7 @@ pub mod broker;
 pub mod config;
 pub mod listener;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod ring;
 pub mod security;

@@ -26,7 +26,7 @@ struct Args {
     /// TOML config file: listen, [[listener]], shards, rings_per_shard, password_file,
     /// acl_file, allow_anonymous,
     /// ring_files_max, ring_entries, recv_buffer_count, recv_buffer_size,
-    /// socket_send_buffer_bytes and [limits].
+    /// socket_send_buffer_bytes, sys_interval_secs, metrics_listen and [limits].
     #[arg(long)]
     config: Option<PathBuf>,
     /// Shard threads, each pinned to core k mod cores with its own io_uring and listener; a
@@ -48,6 +48,12 @@ struct Args {
     /// Accept clients that send no username (true|false) [default: true].
     #[arg(long)]
     allow_anonymous: Option<bool>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Seconds between publications of the $SYS topics; 0 = none [default: 10].
+    #[arg(long)]
+    sys_interval_secs: Option<u32>,
 }
 
 fn config_from(args: Args) -> Result<Config, String> {
@@ -72,6 +78,12 @@ fn config_from(args: Args) -> Result<Config, String> {
     }
     if let Some(allow) = args.allow_anonymous {
         config.allow_anonymous = allow;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
+    if let Some(secs) = args.sys_interval_secs {
+        config.sys_interval_secs = secs;
     }
     config.validate()?;
     Ok(config)

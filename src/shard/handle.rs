@@ -502,6 +502,24 @@ impl Shard {
         retain: bool,
         properties: Option<&Arc<Properties>>,
     ) -> bool {
+        // Spec 4.7.2: `$SYS/` is the server's. A client's message there is dropped (as
+        // mosquitto does), and acknowledged as one nobody matched.
+        if super::sys::is_sys_topic(topic) {
+            self.stats.dropped_sys_publish += 1;
+            return false;
+        }
+        self.publish_as_server(topic, payload, qos, retain, properties)
+    }
+
+    /// `publish` without the client's restrictions: the broker's own `$SYS` messages.
+    pub(super) fn publish_as_server(
+        &mut self,
+        topic: &ByteString,
+        payload: &Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Option<&Arc<Properties>>,
+    ) -> bool {
         if retain {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.

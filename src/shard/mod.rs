@@ -42,6 +42,7 @@ mod sessions;
 pub mod sim;
 pub mod stats;
 mod subscribe;
+pub mod sys;
 mod subscription_ids;
 pub mod timer;
 mod transport;
@@ -50,7 +51,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -71,7 +72,7 @@ use close::CloseReason;
 use conn::{conn_id, ConnState, Conns, Pools};
 use route::{SharedInterest, SharedSubscriptions};
 use sessions::Sessions;
-pub use stats::ShardStats;
+pub use stats::{ShardStats, StatsBoard};
 
 /// A new outbox buffer's capacity (when the pool has none to reuse).
 const OUTBOX_INITIAL: usize = 512;
@@ -148,8 +149,9 @@ pub struct ShardParams {
     /// Fixed-file slots for the ring.
     pub files: u32,
     /// Where the shard publishes a copy of its counters once a second (and when it stops),
-    /// for `Broker::stats` and a metrics endpoint: the hot path keeps plain integers.
-    pub published_stats: Arc<Mutex<ShardStats>>,
+    /// into its own slot, for `Broker::stats`, `$SYS` and the metrics endpoint: the hot path
+    /// keeps plain integers.
+    pub board: Arc<StatsBoard>,
     /// This shard's ends of the mesh (`Mesh::new(1, ..)` for a single shard: no rings).
     pub mesh: ShardMesh,
     pub peers: Arc<peers::Peers>,
@@ -234,7 +236,9 @@ pub struct Shard {
     now_ms: u64,
     next_client_number: u64,
     stats: ShardStats,
-    published_stats: Arc<Mutex<ShardStats>>,
+    board: Arc<StatsBoard>,
+    /// The `$SYS` publisher's state: shard 0 only, when `sys_interval_secs` is not 0.
+    sys: Option<Box<sys::SysTree>>,
     shard_count: usize,
     mesh: ShardMesh,
     peers: Arc<peers::Peers>,
@@ -282,6 +286,8 @@ impl Shard {
         let config = params.config;
         let security_generation = params.security.generation();
         let files = params.security.files();
+        let sys = (params.index == 0 && config.sys_interval_secs > 0)
+            .then(|| Box::new(sys::SysTree::new(config.sys_interval_secs)));
         let ring_count = rings.len();
         let tls_listeners = params.listeners.iter().any(|l| l.tls.is_some());
         let ring_wake = if rings.len() > 1 {
@@ -348,7 +354,8 @@ impl Shard {
             now_ms: 0,
             next_client_number: 0,
             stats: ShardStats::default(),
-            published_stats: params.published_stats,
+            sys,
+            board: params.board,
             shard_count: params.mesh.shard_count(),
             interest: InterestIndex::new(params.mesh.shard_count()),
             mesh: params.mesh,
@@ -524,11 +531,15 @@ impl Shard {
         self.arm_timer();
     }
 
-    /// Copies the counters where other threads can read them.
-    fn publish_stats(&self) {
-        if let Ok(mut published) = self.published_stats.lock() {
-            published.clone_from(&self.stats);
-        }
+    /// Copies the counters where other threads can read them, levels measured first.
+    fn publish_stats(&mut self) {
+        let stats = &mut self.stats;
+        stats.sessions = self.sessions.len() as u64;
+        stats.subscriptions = (self.subscriptions.len() + self.shared.len()) as u64;
+        stats.retained_messages = self.retained.len() as u64;
+        stats.ring_slots_used = self.conns.len() as u64;
+        stats.ring_slots = u64::from(self.files) * self.rings.len() as u64;
+        self.board.publish(self.index, &self.stats);
     }
 
     fn expire_timers(&mut self) {
@@ -611,6 +622,7 @@ impl Shard {
         self.expire_sessions();
         self.expire_retained();
         self.publish_due_wills();
+        self.publish_sys_tree();
     }
 
     /// Stop: every connection is shut down without wills (the broker is going away, not the

@@ -61,6 +61,7 @@ impl Shard {
         }
         let result = completion.result;
         if result > 0 {
+            self.stats.bytes_received += result as u64;
             let Some(bid) = buffer_id else {
                 return;
             };

@@ -120,6 +120,12 @@ pub struct SharedSubscriptions {
 }
 
 impl SharedSubscriptions {
+    /// Members over every group: the `$share` subscriptions held (walked once a second for
+    /// the counters, not per message).
+    pub fn len(&self) -> usize {
+        self.groups.iter().flatten().map(|g| g.members.len()).sum()
+    }
+
     /// Adds (or updates the options and identifier of) `member` in the group `share_filter` =
     /// `$share/{group}/{filter}`, whose inner filter is `filter`.
     /// True when its session was not a member yet.

@@ -36,6 +36,7 @@ impl Shard {
             return;
         }
         let sent = (completion.result as usize).min(buffers.sending.len());
+        self.stats.bytes_sent += sent as u64;
         buffers.sending.advance(sent);
         if buffers.sending.is_empty() {
             self.pools.put_outbox(std::mem::take(&mut buffers.sending));

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -29,7 +29,7 @@ use crate::ring::{Ring, RingSizes};
 use crate::topic::filter::parse_shared;
 
 use super::peers::Peers;
-use super::{Shard, ShardParams, ShardStats, Waker};
+use super::{Shard, ShardParams, ShardStats, StatsBoard, Waker};
 
 mod kernel;
 
@@ -174,6 +174,7 @@ impl SimBroker {
         let peers = Peers::new(wakers.clone(), rings_per_shard);
         let meshes = Mesh::new(shard_count, config.limits.mesh_ring_capacity as usize);
         let mut shards = Vec::with_capacity(shard_count);
+        let board = Arc::new(StatsBoard::new(shard_count));
         for (index, (mesh, waker)) in meshes.into_iter().zip(wakers).enumerate() {
             let rings = (0..rings_per_shard)
                 .map(|ring| Ring::simulated(sizes, ring_fd(index, ring, rings_per_shard)))
@@ -189,7 +190,7 @@ impl SimBroker {
                 waker,
                 security: Default::default(),
                 files,
-                published_stats: Arc::new(Mutex::new(ShardStats::default())),
+                board: board.clone(),
                 mesh,
                 peers: peers.clone(),
             };

@@ -1,93 +1,270 @@
-//! Per-shard counters: plain integers the shard bumps on its own thread, returned when the
-//! shard stops (and printed), and the struct a metrics endpoint will read.
+//! Per-shard counters: plain integers the shard bumps on its own thread, with no atomics and
+//! no locks on the hot path. Once a second (the timer's sweep) the shard copies them into its
+//! own slot of a `StatsBoard`, a seqlock of relaxed atomic stores only that shard writes, on a
+//! cache line of its own; readers (the `$SYS` publisher on shard 0 and the metrics endpoint)
+//! read every slot and sum them, retrying a slot caught mid-write. The list of counters is
+//! written once, in `shard_stats!`, so the struct, the board's slots and the metrics' names
+//! and help texts cannot drift apart.
 
 use std::fmt;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ShardStats {
+use crossbeam_utils::CachePadded;
+
+/// How a value adds up over shards, and what Prometheus calls it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatKind {
+    /// Only grows: summed over shards (a Prometheus counter).
+    Counter,
+    /// A level now: summed over shards (a gauge).
+    Gauge,
+    /// A high-water mark or a replicated level: the largest shard's (a gauge).
+    GaugeMax,
+}
+
+/// One counter's name (the `ShardStats` field), kind and help text (its doc comment).
+#[derive(Clone, Copy, Debug)]
+pub struct StatInfo {
+    pub name: &'static str,
+    pub kind: StatKind,
+    pub help: &'static str,
+}
+
+macro_rules! shard_stats {
+    ($($(#[doc = $doc:literal])* $kind:ident $name:ident,)*) => {
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct ShardStats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        /// Every counter of `ShardStats`, in field order.
+        pub const STATS: &[StatInfo] = &[
+            $(StatInfo {
+                name: stringify!($name),
+                kind: StatKind::$kind,
+                help: concat!($($doc,)* ""),
+            },)*
+        ];
+
+        /// The number of counters in `ShardStats`.
+        pub const STAT_COUNT: usize = [$(stringify!($name),)*].len();
+
+        impl ShardStats {
+            /// The counters in `STATS` order.
+            pub fn values(&self) -> [u64; STAT_COUNT] {
+                [$(self.$name,)*]
+            }
+
+            pub fn from_values(values: &[u64; STAT_COUNT]) -> ShardStats {
+                let mut values = values.iter().copied();
+                ShardStats {
+                    $($name: values.next().unwrap_or(0),)*
+                }
+            }
+        }
+    };
+}
+
+shard_stats! {
+
     /// Connections with an accepted CONNECT right now.
-    pub connections: u64,
-    pub connections_accepted: u64,
+    Gauge connections,
+    /// CONNECTs accepted (CONNACK 0).
+    Counter connections_accepted,
     /// CONNACKs with a non-zero return code.
-    pub connections_refused: u64,
-    pub connections_closed: u64,
+    Counter connections_refused,
+    /// Connections closed, for any reason.
+    Counter connections_closed,
     /// PUBLISH packets received from clients (wills included).
-    pub messages_in: u64,
+    Counter messages_in,
     /// PUBLISH packets written to outboxes.
-    pub messages_out: u64,
+    Counter messages_out,
     /// QoS 0 messages dropped because the subscriber's outbox was over `outbox_bytes_max` (or,
     /// with reads from it paused, not yet drained to half of it).
-    pub dropped_outbox_full: u64,
+    Counter dropped_outbox_full,
     /// QoS 1/2 messages dropped because a session queue was at `offline_queue_max`.
-    pub dropped_queue_full: u64,
+    Counter dropped_queue_full,
     /// QoS 0 messages for a persistent session that was offline (not queued).
-    pub dropped_offline_qos0: u64,
+    Counter dropped_offline_qos0,
     /// Queued messages dropped because their MQTT 5 Message Expiry Interval ran out first.
-    pub dropped_expired: u64,
+    Counter dropped_expired,
     /// Packets not sent because they were larger than the MQTT 5 client's Maximum Packet Size
     /// [MQTT-3.1.2-24] (a QoS 1/2 message so dropped counts as delivered).
-    pub dropped_packet_too_large: u64,
+    Counter dropped_packet_too_large,
     /// Times the fixed-file table was full on accept (-ENFILE).
-    pub table_full_count: u64,
+    Counter table_full_count,
     /// Connections closed at accept because their listener was at its `connections_max`.
-    pub listener_full_count: u64,
+    Counter listener_full_count,
     /// TLS connections closed for a failed handshake or a bad record (issue 9).
-    pub tls_errors: u64,
+    Counter tls_errors,
     /// Multishot recvs ended because the provided-buffer ring was empty (-ENOBUFS).
-    pub recv_nobufs_count: u64,
+    Counter recv_nobufs_count,
     /// Connections closed for a malformed packet or a protocol violation.
-    pub protocol_errors: u64,
-    pub accept_errors: u64,
+    Counter protocol_errors,
+    /// Accepts that failed (other than a full table).
+    Counter accept_errors,
     /// Connections closed because their first packet (the CONNECT) announced more than
     /// `limits.connect_packet_size_max`.
-    pub connect_too_large_count: u64,
+    Counter connect_too_large_count,
     /// Messages pushed to other shards (publishes, interest, retained, hand-offs).
-    pub mesh_pushes: u64,
+    Counter mesh_pushes,
     /// Pushes that found the target's ring full and waited in the overflow queue.
-    pub mesh_overflowed: u64,
+    Counter mesh_overflowed,
     /// QoS 0 publishes dropped because the target's overflow was at `mesh_overflow_max`.
-    pub mesh_dropped_qos0: u64,
+    Counter mesh_dropped_qos0,
     /// The most messages seen waiting in one target's overflow.
-    pub mesh_overflow_high_water: u64,
+    GaugeMax mesh_overflow_high_water,
     /// Messages taken from other shards' rings.
-    pub mesh_received: u64,
+    Counter mesh_received,
     /// Wake-ups sent to sleeping shards (at most one per target per turn).
-    pub mesh_wakes: u64,
+    Counter mesh_wakes,
     /// Connections handed to their client's home shard, and received from other shards.
-    pub handoffs_out: u64,
-    pub handoffs_in: u64,
+    Counter handoffs_out,
+    /// Connections received from other shards (their client's home is here).
+    Counter handoffs_in,
     /// Hand-offs that failed (the home shard's table was full, ...): the connection closed.
-    pub handoffs_failed: u64,
+    Counter handoffs_failed,
     /// Sockets handed to this shard that landed in a slot the kernel could not announce
     /// (the sender read -EOVERFLOW): the slot stays taken until the shard stops.
-    pub handoff_slots_lost: u64,
+    Counter handoff_slots_lost,
     /// Shared-group messages dropped after every shard with members had none left.
-    pub dropped_no_group_member: u64,
+    Counter dropped_no_group_member,
     /// Times reading from a connection paused because its outbox passed `outbox_bytes_max`.
-    pub recv_paused_count: u64,
+    Counter recv_paused_count,
     /// Connections closed after `outbox_stall_secs` over `outbox_bytes_max` with nothing sent.
-    pub outbox_stall_disconnects: u64,
+    Counter outbox_stall_disconnects,
     /// The most bytes seen waiting for one connection (outbox plus the send in flight), at the
     /// end of a loop turn: how far past `outbox_bytes_max` an outbox gets.
-    pub outbox_bytes_high_water: u64,
+    GaugeMax outbox_bytes_high_water,
     /// Fresh receive-arena blocks allocated because bytes of the previous one were still held
     /// (a message in flight, queued or being routed); 0 while every block is reused in place.
-    pub arena_blocks_allocated: u64,
+    Counter arena_blocks_allocated,
     /// Connections closed for leaving more than `incoming_inflight_max` inbound QoS 1/2
     /// messages unacknowledged (QoS 2 awaiting PUBREL, PUBACKs held behind the mesh).
-    pub incoming_inflight_exceeded: u64,
+    Counter incoming_inflight_exceeded,
     /// Filters refused (SUBACK 0x80) because the client held `subscriptions_per_client_max`.
-    pub subscriptions_refused: u64,
+    Counter subscriptions_refused,
     /// Retained PUBLISHes to a new topic not stored: `retained_max` or `retained_bytes_max`.
-    pub retained_refused: u64,
+    Counter retained_refused,
     /// CONNECTs refused because the broker held `sessions_max` persistent sessions.
-    pub sessions_refused: u64,
+    Counter sessions_refused,
     /// Persistent sessions removed after `persistent_session_expiry_secs` away.
-    pub sessions_expired: u64,
+    Counter sessions_expired,
     /// Acknowledgements (SUBACK, PUBACK, PUBREC) held until the other shards took what the
     /// packet they acknowledge sent them: interest changes, retained messages, and QoS 1/2
     /// forwards waiting over `mesh_overflow_max`.
-    pub acks_held: u64,
+    Counter acks_held,
+    /// Bytes read from clients' sockets.
+    Counter bytes_received,
+    /// Bytes the kernel took from outboxes (sent to clients).
+    Counter bytes_sent,
+    /// The most connections this shard held at once.
+    GaugeMax connections_high_water,
+    /// Sessions held, connected or not (a persistent one stays after its client leaves).
+    Gauge sessions,
+    /// Subscriptions (filter, client) held by this shard's clients, `$share` ones included.
+    Gauge subscriptions,
+    /// Retained messages in this shard's replica (every shard holds the same set).
+    GaugeMax retained_messages,
+    /// Connection slots in use in this shard's fixed-file tables (of `ring_slots`).
+    Gauge ring_slots_used,
+    /// Connection slots in this shard's fixed-file tables (rings x `ring_files_max`).
+    Gauge ring_slots,
+    /// PUBLISHes from clients to `$SYS/...` topics, dropped: those are the broker's.
+    Counter dropped_sys_publish,
+
+}
+
+/// Each shard's last published counters, one cache-line-padded slot per shard.
+pub struct StatsBoard {
+    slots: Box<[CachePadded<StatsSlot>]>,
+}
+
+/// A seqlock: `sequence` is odd while the one writer (the slot's shard) stores the values.
+struct StatsSlot {
+    sequence: AtomicU64,
+    values: [AtomicU64; STAT_COUNT],
+}
+
+/// Reads of one slot retried while its shard was writing it, before taking what was read (a
+/// write is a few hundred stores, once a second: a reader rarely needs one retry). Past
+/// `READ_SPINS` the reader yields, for a writer preempted mid-write.
+const READ_TRIES_MAX: usize = 10_000;
+const READ_SPINS: usize = 64;
+
+impl StatsBoard {
+    pub fn new(shard_count: usize) -> StatsBoard {
+        StatsBoard {
+            slots: (0..shard_count)
+                .map(|_| {
+                    CachePadded::new(StatsSlot {
+                        sequence: AtomicU64::new(0),
+                        values: std::array::from_fn(|_| AtomicU64::new(0)),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Shard `index` stores its counters. Only that shard calls this for its slot: the
+    /// sequence is bumped with plain stores, no read-modify-write.
+    pub fn publish(&self, index: usize, stats: &ShardStats) {
+        let slot = &self.slots[index];
+        let sequence = slot.sequence.load(Ordering::Relaxed);
+        slot.sequence.store(sequence + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (cell, value) in slot.values.iter().zip(stats.values()) {
+            cell.store(value, Ordering::Relaxed);
+        }
+        slot.sequence.store(sequence + 2, Ordering::Release);
+    }
+
+    /// Shard `index`'s counters as of its last `publish`.
+    pub fn read(&self, index: usize) -> ShardStats {
+        let slot = &self.slots[index];
+        let mut values = [0u64; STAT_COUNT];
+        for tries in 0..READ_TRIES_MAX {
+            let before = slot.sequence.load(Ordering::Acquire);
+            for (value, cell) in values.iter_mut().zip(&slot.values) {
+                *value = cell.load(Ordering::Relaxed);
+            }
+            fence(Ordering::Acquire);
+            let after = slot.sequence.load(Ordering::Relaxed);
+            if before == after && before % 2 == 0 {
+                break;
+            }
+            if tries < READ_SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        ShardStats::from_values(&values)
+    }
+
+    /// Every shard's counters, in shard order.
+    pub fn read_all(&self) -> Vec<ShardStats> {
+        (0..self.slots.len()).map(|index| self.read(index)).collect()
+    }
+}
+
+/// The broker's totals: counters and gauges summed over shards, high-water marks and
+/// replicated levels (`StatKind::GaugeMax`) the largest shard's.
+pub fn total(shards: &[ShardStats]) -> ShardStats {
+    let mut sum = [0u64; STAT_COUNT];
+    for shard in shards {
+        for ((total, value), info) in sum.iter_mut().zip(shard.values()).zip(STATS) {
+            *total = match info.kind {
+                StatKind::Counter | StatKind::Gauge => total.wrapping_add(value),
+                StatKind::GaugeMax => (*total).max(value),
+            };
+        }
+    }
+    ShardStats::from_values(&sum)
 }
 
 impl fmt::Display for ShardStats {
@@ -101,7 +278,7 @@ impl fmt::Display for ShardStats {
              wakes {}; hand-offs out {} in {} failed {} (slots lost {}); shared group gone {}; reads paused {}, \
              stalled outboxes closed {}, outbox high water {} B; arena blocks allocated {}; \
              limits: incoming in flight {}, subscriptions {}, retained {}, sessions {} \
-             (expired {}); acks held {}",
+             (expired {}); acks held {}; bytes in {} out {}; $SYS publishes dropped {}",
             self.connections,
             self.connections_accepted,
             self.connections_refused,
@@ -139,6 +316,75 @@ impl fmt::Display for ShardStats {
             self.sessions_refused,
             self.sessions_expired,
             self.acks_held,
+            self.bytes_received,
+            self.bytes_sent,
+            self.dropped_sys_publish,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_in_field_order() {
+        let stats = ShardStats {
+            connections: 3,
+            messages_in: 7,
+            dropped_sys_publish: 9,
+            ..ShardStats::default()
+        };
+        assert_eq!(ShardStats::from_values(&stats.values()), stats);
+        assert_eq!(STATS.len(), STAT_COUNT);
+        assert_eq!(STATS[0].name, "connections");
+        assert!(STATS.iter().all(|info| !info.help.is_empty()), "every counter has help");
+    }
+
+    #[test]
+    fn board_sums_counters_and_takes_the_largest_high_water() {
+        let board = StatsBoard::new(2);
+        let a = ShardStats {
+            messages_in: 5,
+            connections: 2,
+            retained_messages: 4,
+            outbox_bytes_high_water: 100,
+            ..ShardStats::default()
+        };
+        let b = ShardStats {
+            messages_in: 7,
+            connections: 1,
+            retained_messages: 4,
+            outbox_bytes_high_water: 300,
+            ..ShardStats::default()
+        };
+        board.publish(0, &a);
+        board.publish(1, &b);
+        board.publish(1, &b);
+        assert_eq!(board.read(0), a);
+        let sum = total(&board.read_all());
+        assert_eq!(sum.messages_in, 12);
+        assert_eq!(sum.connections, 3);
+        assert_eq!(sum.retained_messages, 4, "a replica is not counted per shard");
+        assert_eq!(sum.outbox_bytes_high_water, 300);
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_torn_slot() {
+        let board = std::sync::Arc::new(StatsBoard::new(1));
+        let writer = {
+            let board = board.clone();
+            std::thread::spawn(move || {
+                for n in 0..20_000u64 {
+                    let stats = ShardStats::from_values(&[n; STAT_COUNT]);
+                    board.publish(0, &stats);
+                }
+            })
+        };
+        while !writer.is_finished() {
+            let values = board.read(0).values();
+            assert!(values.iter().all(|&v| v == values[0]), "torn read");
+        }
+        writer.join().unwrap();
     }
 }
