@@ -28,10 +28,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::{Config, ListenerProtocol};
 use crate::listener::Listener;
 use crate::mesh::Mesh;
+use crate::metrics::MetricsServer;
 use crate::ring::nofile_limit;
 use crate::security::Security;
 use crate::shard::peers::Peers;
-use crate::metrics::MetricsServer;
 use crate::shard::{Shard, ShardParams, ShardStats, StatsBoard, Waker};
 
 /// Descriptors left to the process (listeners, eventfds, ring fds, stdio, log files) when the

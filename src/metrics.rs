@@ -146,7 +146,10 @@ pub fn metric_name(info: &StatInfo) -> String {
     };
     match info.kind {
         StatKind::Counter => {
-            format!("ringmq_{}_total", name.strip_suffix("_count").unwrap_or(name))
+            format!(
+                "ringmq_{}_total",
+                name.strip_suffix("_count").unwrap_or(name)
+            )
         }
         StatKind::Gauge | StatKind::GaugeMax => format!("ringmq_{name}"),
     }
@@ -187,7 +190,10 @@ pub fn render(shards: &[ShardStats], uptime_secs: u64, resident_bytes: u64) -> S
         ),
     ];
     for (name, help, value) in gauges {
-        let _ = writeln!(page, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            page,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     }
     let _ = writeln!(
         page,

@@ -374,8 +374,10 @@ impl Shard {
             s.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         }
         self.stats.connections += 1;
-        self.stats.connections_high_water =
-            self.stats.connections_high_water.max(self.stats.connections);
+        self.stats.connections_high_water = self
+            .stats
+            .connections_high_water
+            .max(self.stats.connections);
         let mut properties = if v5 {
             self.connack_properties(
                 &connect,

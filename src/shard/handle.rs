@@ -614,6 +614,10 @@ impl Shard {
         payload: &[u8],
         properties: Option<&Arc<Properties>>,
     ) -> bool {
+        if super::sys::is_sys_topic(topic) {
+            // The broker's own: not counted against the clients' limits.
+            return true;
+        }
         self.expire_retained();
         let limits = &self.config.limits;
         let weight = topic.len()
@@ -625,10 +629,12 @@ impl Shard {
             .map(|old| topic.len() + super::retained_weight(old));
         match replaced {
             Some(old) if weight <= old => true,
-            Some(old) => (self.retained.bytes() - old + weight) as u64 <= limits.retained_bytes_max,
+            Some(old) => {
+                (self.retained.clients_bytes() - old + weight) as u64 <= limits.retained_bytes_max
+            }
             None => {
-                self.retained.len() < limits.retained_max as usize
-                    && (self.retained.bytes() + weight) as u64 <= limits.retained_bytes_max
+                self.retained.clients_len() < limits.retained_max as usize
+                    && (self.retained.clients_bytes() + weight) as u64 <= limits.retained_bytes_max
             }
         }
     }

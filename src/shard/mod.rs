@@ -42,8 +42,8 @@ mod sessions;
 pub mod sim;
 pub mod stats;
 mod subscribe;
-pub mod sys;
 mod subscription_ids;
+pub mod sys;
 pub mod timer;
 mod transport;
 

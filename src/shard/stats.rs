@@ -248,7 +248,9 @@ impl StatsBoard {
 
     /// Every shard's counters, in shard order.
     pub fn read_all(&self) -> Vec<ShardStats> {
-        (0..self.slots.len()).map(|index| self.read(index)).collect()
+        (0..self.slots.len())
+            .map(|index| self.read(index))
+            .collect()
     }
 }
 
@@ -338,7 +340,10 @@ mod tests {
         assert_eq!(ShardStats::from_values(&stats.values()), stats);
         assert_eq!(STATS.len(), STAT_COUNT);
         assert_eq!(STATS[0].name, "connections");
-        assert!(STATS.iter().all(|info| !info.help.is_empty()), "every counter has help");
+        assert!(
+            STATS.iter().all(|info| !info.help.is_empty()),
+            "every counter has help"
+        );
     }
 
     #[test]
@@ -365,7 +370,10 @@ mod tests {
         let sum = total(&board.read_all());
         assert_eq!(sum.messages_in, 12);
         assert_eq!(sum.connections, 3);
-        assert_eq!(sum.retained_messages, 4, "a replica is not counted per shard");
+        assert_eq!(
+            sum.retained_messages, 4,
+            "a replica is not counted per shard"
+        );
         assert_eq!(sum.outbox_bytes_high_water, 300);
     }
 

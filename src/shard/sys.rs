@@ -100,8 +100,10 @@ impl SysTree {
             total.messages_in.saturating_sub(self.last_received),
             elapsed_secs,
         );
-        self.load_sent
-            .update(total.messages_out.saturating_sub(self.last_sent), elapsed_secs);
+        self.load_sent.update(
+            total.messages_out.saturating_sub(self.last_sent),
+            elapsed_secs,
+        );
         self.last_ms = now_ms;
         self.last_received = total.messages_in;
         self.last_sent = total.messages_out;
@@ -142,7 +144,10 @@ impl SysTree {
         add("bytes/received", total.bytes_received.to_string());
         add("bytes/sent", total.bytes_sent.to_string());
         add("subscriptions/count", total.subscriptions.to_string());
-        add("retained messages/count", total.retained_messages.to_string());
+        add(
+            "retained messages/count",
+            total.retained_messages.to_string(),
+        );
         add("heap/current", heap_bytes.to_string());
         for (direction, load) in [("received", self.load_received), ("sent", self.load_sent)] {
             for (window, value) in [
@@ -273,7 +278,9 @@ mod tests {
             },
         ];
         let mut sys = SysTree::new(10);
-        let topics = sys.sample(12_000, &shards, 4096).expect("due at the first tick");
+        let topics = sys
+            .sample(12_000, &shards, 4096)
+            .expect("due at the first tick");
         let value = |name: &str| {
             topics
                 .iter()

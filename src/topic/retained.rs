@@ -27,6 +27,10 @@ pub struct RetainedStore<T> {
     len: usize,
     /// Topic names plus `weigh` of every message held.
     bytes: usize,
+    /// Of `len` and `bytes`, the server's own (`$SYS/...`): the broker's `$SYS` topics must
+    /// not take the clients' room under the retained limits.
+    server_len: usize,
+    server_bytes: usize,
     weigh: fn(&T) -> usize,
     /// When a message runs out (`NO_DEADLINE`: never), in the caller's clock.
     deadline: fn(&T) -> u32,
@@ -34,6 +38,11 @@ pub struct RetainedStore<T> {
     /// topic holds another message by then is skipped when it comes up; stale entries are
     /// bounded by rebuilding the heap once they outnumber the messages.
     expiring: BinaryHeap<Reverse<(u32, Box<str>)>>,
+}
+
+/// The broker's own topics (`$SYS/...`), kept apart from the clients' in the counts.
+fn is_server_topic(topic: &str) -> bool {
+    topic.starts_with("$SYS/")
 }
 
 /// `deadline` of a message that never runs out.
@@ -109,6 +118,8 @@ impl<T> RetainedStore<T> {
             root: Node::new(),
             len: 0,
             bytes: 0,
+            server_len: 0,
+            server_bytes: 0,
             weigh,
             deadline,
             expiring: BinaryHeap::new(),
@@ -184,6 +195,16 @@ impl<T> RetainedStore<T> {
         self.bytes
     }
 
+    /// `len` less the server's own `$SYS/...` messages: what the retained limits count.
+    pub fn clients_len(&self) -> usize {
+        self.len - self.server_len
+    }
+
+    /// `bytes` less the server's own `$SYS/...` messages.
+    pub fn clients_bytes(&self) -> usize {
+        self.bytes - self.server_bytes
+    }
+
     pub fn contains(&self, topic: &str) -> bool {
         self.get(topic).is_some()
     }
@@ -207,6 +228,7 @@ impl<T> RetainedStore<T> {
                 .expect("child was just inserted");
         }
         let weigh = self.weigh;
+        let (len_before, bytes_before) = (self.len, self.bytes);
         self.bytes += weigh(&message);
         let deadline = (self.deadline)(&message);
         match &mut node.message {
@@ -219,6 +241,10 @@ impl<T> RetainedStore<T> {
                 self.len += 1;
                 self.bytes += topic.len();
             }
+        }
+        if is_server_topic(topic) {
+            self.server_len += self.len - len_before;
+            self.server_bytes = self.server_bytes + self.bytes - bytes_before;
         }
         if deadline != NO_DEADLINE {
             self.expiring.push(Reverse((deadline, topic.into())));
@@ -243,8 +269,13 @@ impl<T> RetainedStore<T> {
             node = node.children.get_mut(level)?;
         }
         let (_, message) = node.message.take()?;
+        let weight = topic.len() + (self.weigh)(&message);
         self.len -= 1;
-        self.bytes -= topic.len() + (self.weigh)(&message);
+        self.bytes -= weight;
+        if is_server_topic(topic) {
+            self.server_len -= 1;
+            self.server_bytes -= weight;
+        }
         self.prune(topic);
         Some(message)
     }
@@ -438,6 +469,22 @@ mod tests {
 
     fn topics(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
         matched(store, filter).into_iter().map(|(t, _)| t).collect()
+    }
+
+    #[test]
+    fn server_topics_are_counted_apart_from_the_clients() {
+        let mut store: RetainedStore<u32> = RetainedStore::with_weigh(|_| 10);
+        store.set("a/b", 1);
+        store.set("$SYS/broker/uptime", 2);
+        store.set("$SYS/broker/uptime", 3);
+        store.set("$SYSTEM/x", 4);
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.clients_len(), 2);
+        assert_eq!(store.clients_bytes(), 3 + 10 + 9 + 10);
+        assert_eq!(store.bytes(), store.clients_bytes() + 18 + 10);
+        store.remove("$SYS/broker/uptime");
+        assert_eq!((store.len(), store.clients_len()), (2, 2));
+        assert_eq!(store.bytes(), store.clients_bytes());
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub fn test_config() -> Config {
         // A few hundred connections are plenty for any test; keep each ring's table small.
         // RINGMQ_TEST_RING_FILES=8 with several rings spreads a test's clients over them.
         ring_files_max: from_env("RINGMQ_TEST_RING_FILES", 256) as u32,
+        // No `$SYS` traffic in tests of other things (tests/observability.rs turns it on).
+        sys_interval_secs: 0,
         ..Default::default()
     }
 }
@@ -1356,5 +1358,16 @@ impl TestBroker {
     /// The ringmq broker itself (`None` against mosquitto), for its API (e.g. `reload_tls`).
     pub fn ringmq(&self) -> Option<&Broker> {
         self.ringmq.as_ref()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// observability (issue 11): $SYS topics and the metrics endpoint
+// ---------------------------------------------------------------------------------------------
+
+impl TestBroker {
+    /// Where the broker serves `GET /metrics`; None without `metrics_listen` (or on mosquitto).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.ringmq.as_ref().and_then(Broker::metrics_addr)
     }
 }
