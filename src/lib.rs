@@ -7,6 +7,7 @@
 //! - `session`: in-flight window, offline queue, will.
 //! - `auth`, `acl`, `security`: password and ACL files, reloaded on SIGHUP.
 //! - `broker`: starts the shards and stops them.
+//! - `metrics`: Prometheus `/metrics` over the shards' published counters (`shard::stats`).
 
 pub mod acl;
 pub mod auth;

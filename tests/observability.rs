@@ -495,3 +495,75 @@ fn sys_topics_do_not_count_against_retained_max() {
         .iter()
         .all(|&count| count > 2.0));
 }
+
+/// Every `ringmq_...` metric the Grafana dashboard queries is on the page.
+#[test]
+fn grafana_dashboard_queries_metrics_that_exist() {
+    let broker = start(1);
+    let page = scrape(broker.metrics_addr().unwrap());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana/ringmq.json");
+    let dashboard = std::fs::read_to_string(path).expect("the dashboard");
+    let mut names: Vec<&str> = dashboard
+        .match_indices("ringmq_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            page.samples.iter().any(|s| s.metric == name),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
+}
+
+/// The binary with its defaults (`$SYS` every 10 s, the first at the first tick) and
+/// `--metrics-listen`: both answer.
+#[test]
+fn binary_serves_metrics_and_sys_with_default_interval() {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    };
+    let (mqtt_port, metrics_port) = (free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{mqtt_port}"),
+            "--shards",
+            "2",
+        ])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ringmq");
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(child);
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "no metrics listener");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let page = scrape(metrics);
+    assert_eq!(per_shard(&page, "ringmq_connections").len(), 2);
+    let messages = mosquitto_sub_until_count(mqtt_port, "$SYS/broker/uptime", 1);
+    assert!(messages[0].ends_with(" seconds"), "{messages:?}");
+}

@@ -535,7 +535,7 @@ impl Shard {
     fn publish_stats(&mut self) {
         let stats = &mut self.stats;
         stats.sessions = self.sessions.len() as u64;
-        stats.subscriptions = (self.subscriptions.len() + self.shared.len()) as u64;
+        stats.subscriptions = (self.subscriptions.len() + self.shared.member_count()) as u64;
         stats.retained_messages = self.retained.len() as u64;
         stats.ring_slots_used = self.conns.len() as u64;
         stats.ring_slots = u64::from(self.files) * self.rings.len() as u64;

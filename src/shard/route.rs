@@ -122,7 +122,7 @@ pub struct SharedSubscriptions {
 impl SharedSubscriptions {
     /// Members over every group: the `$share` subscriptions held (walked once a second for
     /// the counters, not per message).
-    pub fn len(&self) -> usize {
+    pub fn member_count(&self) -> usize {
         self.groups.iter().flatten().map(|g| g.members.len()).sum()
     }
 

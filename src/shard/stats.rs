@@ -234,7 +234,7 @@ impl StatsBoard {
             }
             fence(Ordering::Acquire);
             let after = slot.sequence.load(Ordering::Relaxed);
-            if before == after && before % 2 == 0 {
+            if before == after && before.is_multiple_of(2) {
                 break;
             }
             if tries < READ_SPINS {
