@@ -12,9 +12,16 @@
 #   MQTT 5.0 against 3.1.1 on one binary (issue 8: 5.0 at >= 0.9x of 3.1.1's rate is
 #   new/old <= 1.11 in CPU per message):
 #        MQTT_NEW=5 bench/ab.sh target/release/ringmq target/release/ringmq 5
+#   Observability on against off on one binary (issue 11: $SYS every second and the metrics
+#   endpoint, scraped every second, at >= 0.97x, i.e. new/old <= 1.03 in CPU per message):
+#        ARGS_OLD="--sys-interval-secs 0" ARGS_NEW="--sys-interval-secs 1 \
+#          --metrics-listen 127.0.0.1:29399" SCRAPE_NEW=127.0.0.1:29399 \
+#          bench/ab.sh target/release/ringmq target/release/ringmq 5
 # Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29400),
 #   LOADGEN (default target/release/ringmq-loadgen), MQTT_OLD and MQTT_NEW (the protocol
-#   ringmq-loadgen speaks against each side: 3 for 3.1.1 (default) or 5).
+#   ringmq-loadgen speaks against each side: 3 for 3.1.1 (default) or 5), ARGS_OLD and ARGS_NEW
+#   (extra broker flags for each side), SCRAPE_OLD and SCRAPE_NEW (a metrics address each side
+#   serves: scraped once a second during the run, as Prometheus would).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -23,6 +30,8 @@ old="$1"; new="$2"; rounds="${3:-3}"
 loadgen="${LOADGEN:-$root/target/release/ringmq-loadgen}"
 broker_cpu="${BROKER_CPU:-1}"; load_cpu="${LOAD_CPU:-0}"; port="${PORT_BASE:-29400}"
 mqtt_old="${MQTT_OLD:-3}"; mqtt_new="${MQTT_NEW:-3}"
+args_old="${ARGS_OLD:-}"; args_new="${ARGS_NEW:-}"
+scrape_old="${SCRAPE_OLD:-}"; scrape_new="${SCRAPE_NEW:-}"
 for bin in "$old" "$new" "$loadgen"; do [ -x "$bin" ] || { log "$bin is missing"; exit 1; }; done
 need python3
 need taskset "taskset (util-linux)"
@@ -36,19 +45,26 @@ echo "case | binary | round | received | broker CPU s | ns per message"
 for case in "${cases[@]}"; do
     for round in $(seq 1 "$rounds"); do
         for which in old new; do
-            bin="$old"; mqtt="$mqtt_old"
-            [ "$which" = new ] && { bin="$new"; mqtt="$mqtt_new"; }
+            bin="$old"; mqtt="$mqtt_old"; args="$args_old"; scrape="$scrape_old"
+            [ "$which" = new ] && { bin="$new"; mqtt="$mqtt_new"; args="$args_new"; scrape="$scrape_new"; }
             port=$((port + 1))
             printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
                 "$port" > "$work/ringmq.toml"
-            start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
+            # shellcheck disable=SC2086
+            start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
             wait_port "$port"
+            scraper=""
+            if [ -n "$scrape" ]; then
+                (while sleep 1; do curl -s "http://$scrape/metrics" > /dev/null || true; done) &
+                scraper=$!
+            fi
             rm -rf "$work/out"
             t0=$(cpu_ticks "$broker_pid")
             # shellcheck disable=SC2086
             taskset -c "$load_cpu" "$loadgen" $case --mqtt "$mqtt" --port "$port" --warmup 1 --duration 4 \
                 --drain 1 --out "$work/out" -q > /dev/null 2>&1
             t1=$(cpu_ticks "$broker_pid")
+            [ -n "$scraper" ] && kill "$scraper" 2>/dev/null
             stop_broker
             python3 - "$case" "$which" "$round" "$t0" "$t1" "$(getconf CLK_TCK)" "$work/out/summary.json" <<'PY'
 import json, sys
