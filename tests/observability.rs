@@ -196,6 +196,13 @@ fn sys_topics_match_known_traffic(shards: usize) {
             && number(seen, "$SYS/broker/messages/sent").unwrap_or(0.0) >= (n * m) as f64
             && number(seen, "$SYS/broker/retained messages/count").unwrap_or(0.0) >= 1.0
             && number(seen, "$SYS/broker/load/messages/received/1min").unwrap_or(0.0) > 0.0
+            // Each shard's slot is up to a second old when shard 0 sums them, and a new
+            // publication arrives topic by topic: wait for every value to catch up.
+            && number(seen, "$SYS/broker/subscriptions/count").unwrap_or(0.0) >= (n + 1) as f64
+            && number(seen, "$SYS/broker/clients/maximum").unwrap_or(0.0) >= connected as f64
+            && number(seen, "$SYS/broker/clients/total").unwrap_or(0.0) >= connected as f64
+            && number(seen, "$SYS/broker/clients/disconnected") == Some(0.0)
+            && number(seen, "$SYS/broker/bytes/sent").unwrap_or(0.0) > (n * m) as f64 * 4.0
             && (0..shards)
                 .all(|i| seen.contains_key(&format!("$SYS/broker/shards/{i}/mesh_pushes")))
     });
@@ -286,9 +293,14 @@ fn metrics_match_known_traffic(shards: usize) {
     let connected = (n + 1) as f64;
     let page = scrape_until(addr, "counts", |page| {
         let sum = |name| per_shard(page, name).iter().sum::<f64>();
+        // Each shard's values are up to a second old: wait for all of them.
         sum("ringmq_connections") == connected
             && sum("ringmq_messages_received_total") >= (m + 1) as f64
             && sum("ringmq_messages_sent_total") >= (n * m) as f64
+            && sum("ringmq_subscriptions") >= n as f64
+            && per_shard(page, "ringmq_retained_messages")
+                .iter()
+                .all(|&count| count >= 1.0)
     });
     // One sample per shard for every per-shard metric, HELP and TYPE for each.
     for name in [
