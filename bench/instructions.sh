@@ -16,8 +16,8 @@
 #   default case: fanin --publishers 8 --subscribers 1 --qos 0 --max --inflight 100
 #   e.g. bench/instructions.sh --mqtt 3 --mqtt 5
 #        bench/instructions.sh --binary /tmp/old/target/release/ringmq --binary target/release/ringmq
-# Environment: LOADGEN (default target/release/ringmq-loadgen), PORT_BASE (default 29700),
-#   LOAD_CPUS (default 0).
+# Environment: LOADGEN (default target/release/ringmq-loadgen), PORT_BASE,
+#   LOAD_CPUS (default 0). PORT_BASE default: random, so two runs at once do not collide.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -37,7 +37,7 @@ done
 [ ${#binaries[@]} -gt 0 ] || binaries=("$root/target/release/ringmq")
 [ ${#versions[@]} -gt 0 ] || versions=(3)
 loadgen="${LOADGEN:-$root/target/release/ringmq-loadgen}"
-port="${PORT_BASE:-29700}"
+port="${PORT_BASE:-$((20000 + RANDOM % 20000))}"
 need valgrind "valgrind (apt-get install valgrind)"
 need callgrind_control "valgrind's callgrind_control"
 need python3
