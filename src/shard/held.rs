@@ -207,8 +207,22 @@ impl Shard {
     /// Writes an ack, with its Reason String where it has one and the client takes them.
     fn write_held(&mut self, slot: u32, generation: u32, packet: HeldPacket) {
         let mut packet = packet.into_packet();
-        if let Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) = &mut packet {
-            ack.properties = self.ack_properties(slot, generation, ack.code);
+        match &mut packet {
+            Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) => {
+                ack.properties = self.ack_properties(slot, generation, ack.code);
+            }
+            // One Reason String a packet: the first refused filter's (3.1.1 writes none).
+            Packet::SubAck(SubAck {
+                codes, properties, ..
+            })
+            | Packet::UnsubAck(UnsubAck {
+                codes, properties, ..
+            }) => {
+                if let Some(&code) = codes.iter().find(|code| code.is_failure()) {
+                    *properties = self.ack_properties(slot, generation, code);
+                }
+            }
+            _ => {}
         }
         self.write(slot, generation, &packet);
     }
