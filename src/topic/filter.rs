@@ -150,7 +150,10 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 /// `"c"`, `("", Some(""))` for `"/"`. Shared by the trie and the retained store.
 #[inline]
 pub(crate) fn split_level(levels: &str) -> (&str, Option<&str>) {
-    match levels.find('/') {
+    // A plain byte scan: levels are short, where `str::find`'s searcher (memchr) costs more
+    // to set up than it saves (pairs QoS 0: 2180 -> 2050 instructions per PUBLISH,
+    // callgrind). `/` is ASCII, so both sides of it are `str` boundaries.
+    match levels.bytes().position(|b| b == b'/') {
         Some(i) => (&levels[..i], Some(&levels[i + 1..])),
         None => (levels, None),
     }
