@@ -144,7 +144,7 @@ impl Lives {
 
     /// Logs `failure`, keeps it if it is the first, and asks every shard to stop.
     fn fail(&self, failure: ShardFailure) {
-        eprintln!("ringmq: {failure}; stopping every shard");
+        log::error!("{failure}; stopping every shard");
         self.lock().failure.get_or_insert(failure);
         self.changed.notify_all();
         for waker in &self.wakers {
@@ -275,8 +275,8 @@ impl Broker {
         let files = ring_files(&config);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         if shard_count > cores.len() && !cores.is_empty() {
-            eprintln!(
-                "ringmq: warning: {shard_count} shards on {} cores: some shards share a core",
+            log::warn!(
+                "{shard_count} shards on {} cores: some shards share a core",
                 cores.len()
             );
         }
@@ -379,7 +379,7 @@ impl Broker {
         if let Some(addr) = config.metrics_listen {
             match MetricsServer::start(addr, board, std::time::Instant::now()) {
                 Ok(server) => {
-                    eprintln!("ringmq: metrics on http://{}/metrics", server.local_addr());
+                    log::info!("metrics on http://{}/metrics", server.local_addr());
                     broker.metrics = Some(server);
                 }
                 Err(e) => {
@@ -397,14 +397,14 @@ impl Broker {
         };
         let per_shard = files as u64 * config.rings_per_shard as u64;
         for index in 0..shard_count {
-            eprintln!(
-                "ringmq: shard {index}: {} ring × {files} slots = {per_shard} connections \
+            log::info!(
+                "shard {index}: {} ring × {files} slots = {per_shard} connections \
                  ({headroom})",
                 config.rings_per_shard,
             );
         }
-        eprintln!(
-            "ringmq: capacity {} connections: {shard_count} shards × {} rings × {files} slots \
+        log::info!(
+            "capacity {} connections: {shard_count} shards × {} rings × {files} slots \
              (each ring's fixed-file table is capped by the open-file limit on its own; \
              a hand-off tries the home shard's rings in order)",
             per_shard * shard_count as u64,
@@ -416,7 +416,7 @@ impl Broker {
                 ListenerProtocol::MqttTls => "mqtt+tls",
                 ListenerProtocol::Ws | ListenerProtocol::Wss => "websocket",
             };
-            eprintln!("ringmq: listening on {addr} ({protocol})");
+            log::info!("listening on {addr} ({protocol})");
         }
         Ok(broker)
     }
@@ -508,7 +508,7 @@ impl Broker {
                 continue;
             };
             match thread.join() {
-                Ok(stats) => eprintln!("ringmq: shard {index} stopped: {stats}"),
+                Ok(stats) => log::info!("shard {index} stopped: {stats}"),
                 // A panic outside the loop's guard (dropping the shard): still a failure.
                 Err(payload) => self.lives.fail(ShardFailure {
                     shard: index,
@@ -553,6 +553,7 @@ fn run_shard(
     lives: Arc<Lives>,
 ) -> ShardStats {
     let index = params.index;
+    crate::logger::set_shard(index);
     let peers = params.peers.clone();
     let built = panic::catch_unwind(AssertUnwindSafe(|| {
         if let Some(core) = core {
@@ -597,7 +598,7 @@ fn run_shard(
                 panicked,
                 message,
             });
-            leak = !clean_up_after_failure(index, &mut shard);
+            leak = !clean_up_after_failure(&mut shard);
         }
     }
     lives.leave();
@@ -609,23 +610,24 @@ fn run_shard(
     stats
 }
 
-/// The failed shard's cleanup, guarded; true when the shard may be dropped.
-fn clean_up_after_failure(index: usize, shard: &mut Shard) -> bool {
+/// The failed shard's cleanup, guarded (on its thread: its lines name it); true when the shard
+/// may be dropped.
+fn clean_up_after_failure(shard: &mut Shard) -> bool {
     match panic::catch_unwind(AssertUnwindSafe(|| shard.stop_after_failure())) {
         Ok(true) => {
-            eprintln!("ringmq: shard {index}: in-flight operations cancelled after the failure");
+            log::warn!("in-flight operations cancelled after the failure");
             true
         }
         Ok(false) => {
-            eprintln!(
-                "ringmq: shard {index}: in-flight operations not confirmed ended after the \
+            log::error!(
+                "in-flight operations not confirmed ended after the \
                  failure: its memory is left to the process's end"
             );
             false
         }
         Err(payload) => {
-            eprintln!(
-                "ringmq: shard {index}: the cleanup after the failure panicked too ({}): its \
+            log::error!(
+                "the cleanup after the failure panicked too ({}): its \
                  memory is left to the process's end",
                 panic_message(&*payload)
             );

@@ -115,6 +115,50 @@ impl ListenerConfig {
     }
 }
 
+/// How much the broker logs (`--log-level`, `log_level`): each level includes those above it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    /// Startup, connects and disconnects (rate-limited per shard), refusals.
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<LogLevel, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(format!(
+                    "log level {text:?}: expected error, warn, info, debug or trace"
+                ))
+            }
+        })
+    }
+}
+
 /// Where the broker listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:1883";
 
@@ -268,6 +312,8 @@ pub struct Config {
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP, one small thread off the
     /// shards); none by default. Port 0 picks a free port (`Broker::metrics_addr`).
     pub metrics_listen: Option<SocketAddr>,
+    /// error, warn, info (the default: connects and disconnects too), debug or trace.
+    pub log_level: LogLevel,
     pub limits: Limits,
 }
 
@@ -288,6 +334,7 @@ impl Default for Config {
             allow_anonymous: true,
             sys_interval_secs: 10,
             metrics_listen: None,
+            log_level: LogLevel::Info,
             limits: Limits::default(),
         }
     }

@@ -8,12 +8,15 @@
 //! - `auth`, `acl`, `security`: password and ACL files, reloaded on SIGHUP.
 //! - `broker`: starts the shards and stops them.
 //! - `metrics`: Prometheus `/metrics` over the shards' published counters (`shard::stats`).
+//! - `logger`: the `log` backend of the binary (timestamps, levels, a queue so no shard waits
+//!   on stderr).
 
 pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod listener;
+pub mod logger;
 pub mod mesh;
 pub mod metrics;
 pub mod protocol;

@@ -1,5 +1,6 @@
 //! `ringmq`: clap args -> Config -> start shards -> wait for SIGINT/SIGTERM or a failed shard
-//! -> stop; SIGHUP reloads the password and ACL files on the way. A failed shard (a panic) ends the process with a non-zero status within a fraction
+//! -> stop; SIGHUP reloads the password and ACL files on the way. Logs go through `log` to
+//! stderr (`ringmq::logger`), at `--log-level`. A failed shard (a panic) ends the process with a non-zero status within a fraction
 //! of a second, for a supervisor to restart it.
 
 use std::net::SocketAddr;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use ringmq::broker::Broker;
-use ringmq::config::Config;
+use ringmq::config::{Config, LogLevel};
+use ringmq::logger;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -54,6 +56,10 @@ struct Args {
     /// Seconds between publications of the $SYS topics; 0 = none [default: 10].
     #[arg(long)]
     sys_interval_secs: Option<u32>,
+    /// error, warn, info (connects and disconnects too, rate-limited), debug or trace; over
+    /// `RUST_LOG` (a plain level) and the file's `log_level` [default: info].
+    #[arg(long)]
+    log_level: Option<LogLevel>,
 }
 
 fn config_from(args: Args) -> Result<Config, String> {
@@ -84,6 +90,14 @@ fn config_from(args: Args) -> Result<Config, String> {
     }
     if let Some(secs) = args.sys_interval_secs {
         config.sys_interval_secs = secs;
+    }
+    match (args.log_level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => config.log_level = level,
+        (None, Ok(text)) if !text.is_empty() => match text.parse() {
+            Ok(level) => config.log_level = level,
+            Err(e) => log::warn!("RUST_LOG ignored (only a plain level is understood): {e}"),
+        },
+        (None, _) => {}
     }
     config.validate()?;
     Ok(config)
@@ -143,13 +157,22 @@ fn wait_for_signal_or_failure(signals: &libc::sigset_t, broker: &Broker) -> Opti
 }
 
 fn main() -> ExitCode {
+    logger::init(LogLevel::Info.filter());
+    let code = run();
+    // Lines still queued for stderr (a failure's) are written before the exit.
+    logger::flush();
+    code
+}
+
+fn run() -> ExitCode {
     let config = match config_from(Args::parse()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ringmq: {e}");
+            log::error!("{e}");
             return ExitCode::from(2);
         }
     };
+    logger::set_level(config.log_level.filter());
     raise_nofile_limit();
     let signals = termination_signals();
     // SAFETY: blocks the signals for this thread; threads spawned later inherit the mask.
@@ -157,25 +180,25 @@ fn main() -> ExitCode {
     let broker = match Broker::start(config) {
         Ok(broker) => broker,
         Err(e) => {
-            eprintln!("ringmq: {e}");
+            log::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
     while let Some(signal) = wait_for_signal_or_failure(&signals, &broker) {
         if signal != libc::SIGHUP {
-            eprintln!("ringmq: signal {signal}: stopping");
+            log::info!("signal {signal}: stopping");
             break;
         }
         // Connections stay; what fails to load leaves the old files in force.
         match broker.reload() {
-            Ok(summary) => eprintln!("ringmq: SIGHUP: reloaded ({summary})"),
-            Err(e) => eprintln!("ringmq: SIGHUP: reload failed, keeping the old files: {e}"),
+            Ok(summary) => log::info!("SIGHUP: reloaded ({summary})"),
+            Err(e) => log::error!("SIGHUP: reload failed, keeping the old files: {e}"),
         }
     }
     match broker.stop() {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("ringmq: exiting after a failure: {failure}");
+            log::error!("exiting after a failure: {failure}");
             ExitCode::FAILURE
         }
     }

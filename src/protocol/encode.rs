@@ -446,7 +446,7 @@ fn write_reason_and_properties<S: Sink>(
 }
 
 /// 3.1.x CONNACK return codes 0-5, as `ConnAck::code` documents.
-fn connack_return_code(code: ReasonCode) -> u8 {
+pub fn connack_return_code(code: ReasonCode) -> u8 {
     match code {
         ReasonCode::Success => 0,
         ReasonCode::UnsupportedProtocolVersion => 1,

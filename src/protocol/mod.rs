@@ -29,8 +29,8 @@ mod tests;
 
 pub use decode::{connect_protocol_level, decode};
 pub use encode::{
-    encode, encode_publish, encode_publish_parts, encoded_len, properties_len, publish_parts_len,
-    PublishParts,
+    connack_return_code, encode, encode_publish, encode_publish_parts, encoded_len, properties_len,
+    publish_parts_len, PublishParts,
 };
 pub use error::{DecodeError, EncodeError};
 pub use header::{frame_len, VAR_INT_MAX};

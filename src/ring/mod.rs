@@ -212,8 +212,8 @@ impl Ring {
             }
             if !self.backlog_logged {
                 self.backlog_logged = true;
-                eprintln!(
-                    "ringmq: io_uring submission queue full and the kernel took none; entries \
+                log::warn!(
+                    "io_uring submission queue full and the kernel took none; entries \
                      wait in a local backlog until it does (logged once per ring)"
                 );
             }

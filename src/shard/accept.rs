@@ -397,10 +397,10 @@ impl Shard {
             Failure::TableFull { first } => {
                 self.stats.table_full_count += 1;
                 if first {
-                    eprintln!(
-                        "ringmq: shard {}: fixed-file tables full ({} ring × {} slots): new \
-                         connections wait for a slot up to a second, then are closed (counted)",
-                        self.index,
+                    log::warn!(
+                        "fixed-file tables full ({} ring × {} slots; ring_files_max, or the \
+                         open-file limit): new connections wait for a slot up to a second, then \
+                         are closed (counted in table_full_count)",
                         self.rings.len(),
                         self.files
                     );
@@ -409,9 +409,8 @@ impl Shard {
             Failure::Error { backoff_begins } => {
                 self.stats.accept_errors += 1;
                 if backoff_begins {
-                    eprintln!(
-                        "ringmq: shard {}: accept keeps failing ({}): retrying once a second",
-                        self.index,
+                    log::error!(
+                        "accept keeps failing ({}): retrying once a second",
                         io::Error::from_raw_os_error(-result)
                     );
                 }

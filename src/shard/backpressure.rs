@@ -60,11 +60,10 @@ impl Shard {
         self.stats.recv_paused_count += 1;
         if !self.recv_paused_logged {
             self.recv_paused_logged = true;
-            eprintln!(
-                "ringmq: shard {}: a connection has {pending} B waiting to be sent, over \
+            log::warn!(
+                "a connection has {pending} B waiting to be sent, over \
                  limits.outbox_bytes_max ({outbox_bytes_max} B): reading from it pauses until \
-                 half is sent (logged once; counted in recv_paused_count)",
-                self.index
+                 half is sent (logged once; counted in recv_paused_count)"
             );
         }
         if conn.recv_armed && !conn.recv_cancelling {
@@ -106,11 +105,11 @@ impl Shard {
         self.stats.outbox_stall_disconnects += 1;
         if !self.outbox_stall_logged {
             self.outbox_stall_logged = true;
-            eprintln!(
-                "ringmq: shard {}: closed a connection that read nothing for \
+            log::warn!(
+                "closed a connection that read nothing for \
                  limits.outbox_stall_secs ({} s) with its outbox full (logged once; counted in \
                  outbox_stall_disconnects)",
-                self.index, self.config.limits.outbox_stall_secs
+                self.config.limits.outbox_stall_secs
             );
         }
     }

@@ -113,6 +113,7 @@ impl Shard {
             };
             self.write(slot, generation, &Packet::Disconnect(disconnect));
         }
+        self.log_close(slot, generation, reason, code);
         let now_ms = self.now_ms;
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;

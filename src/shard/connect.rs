@@ -126,6 +126,7 @@ impl Shard {
         };
         self.write(slot, generation, &Packet::ConnAck(ack));
         self.stats.connections_refused += 1;
+        self.log_refused(version, code);
         self.close(slot, generation, CloseReason::Refused);
     }
 
@@ -164,7 +165,14 @@ impl Shard {
         }
     }
 
+    /// A CONNECT: the client connects (a line says so), or is refused (`refuse` says why).
     pub(super) fn on_connect(&mut self, slot: u32, generation: u32, connect: Box<Connect>) {
+        self.connecting.begin(&connect.client_id);
+        self.connect_client(slot, generation, connect);
+        self.connecting.end();
+    }
+
+    fn connect_client(&mut self, slot: u32, generation: u32, connect: Box<Connect>) {
         let version = connect.protocol;
         let v5 = version.is_v5();
         // Copied out of the receive arena: a session can live for days, and a slice would pin
@@ -403,6 +411,14 @@ impl Shard {
             properties: properties.into(),
         };
         self.write(slot, generation, &Packet::ConnAck(ack));
+        self.log_connect(
+            slot,
+            generation,
+            &client_id,
+            connect.username.as_deref(),
+            connect.clean_start,
+            session_present,
+        );
         if session_present {
             self.resend_inflight(session, slot, generation);
             self.pump(session);

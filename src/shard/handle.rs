@@ -142,7 +142,10 @@ impl Shard {
             ReasonCode::UnsupportedProtocolVersion => ReasonCode::ProtocolError,
             code => code,
         };
+        // For the disconnect line; not left for another connection if this one was closing.
+        self.close_detail = Some(error);
         self.close_with(slot, generation, CloseReason::Protocol, Some(code));
+        self.close_detail = None;
     }
 
     pub(super) fn is_v5(&self, slot: u32, generation: u32) -> bool {

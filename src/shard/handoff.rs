@@ -304,10 +304,9 @@ impl Shard {
     fn note_handoff_error(&mut self, target: usize, result: i32) {
         if !self.handoff_error_logged {
             self.handoff_error_logged = true;
-            eprintln!(
-                "ringmq: shard {}: handing a connection to shard {target} failed ({}); such \
+            log::warn!(
+                "handing a connection to shard {target} failed ({}); such \
                  connections are closed and counted",
-                self.index,
                 std::io::Error::from_raw_os_error(-result)
             );
         }
@@ -360,10 +359,9 @@ impl Shard {
         }
         self.stats.handoff_slots_lost += 1;
         if self.stats.handoff_slots_lost == 1 {
-            eprintln!(
-                "ringmq: shard {}: a socket handed over landed in a slot the kernel could not \
-                 name (CQ overflow): the slot stays taken until the shard stops (counted)",
-                self.index
+            log::warn!(
+                "a socket handed over landed in a slot the kernel could not \
+                 name (CQ overflow): the slot stays taken until the shard stops (counted)"
             );
         }
         self.accept.slot_taken(ring);

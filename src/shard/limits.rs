@@ -174,7 +174,7 @@ impl Shard {
         let bit = 1u32 << hit as u32;
         if self.limits_logged & bit == 0 {
             self.limits_logged |= bit;
-            eprintln!("ringmq: shard {}: {}", self.index, hit.explain());
+            log::warn!("{}", hit.explain());
         }
     }
 

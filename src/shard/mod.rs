@@ -17,7 +17,8 @@
 //! DISCONNECT in `connect.rs`, SUBSCRIBE in `subscribe.rs`), every PUBLISH encoded for a
 //! connection in `outgoing.rs` (with its MQTT 5 aliases and size limit, `conn_v5.rs`), mesh
 //! routing in `meshing.rs`, the
-//! session table in `sessions.rs`, session expiry and delayed wills in `limits.rs`.
+//! session table in `sessions.rs`, session expiry and delayed wills in `limits.rs`, the
+//! connect/disconnect and limit lines in `log_lines.rs`.
 
 mod accept;
 mod access;
@@ -30,6 +31,7 @@ mod handle;
 mod handoff;
 mod held;
 mod limits;
+mod log_lines;
 mod meshing;
 mod outgoing;
 pub mod peers;
@@ -257,6 +259,12 @@ pub struct Shard {
     connect_too_large_logged: bool,
     /// Bit per `limits::LimitHit` already logged.
     limits_logged: u32,
+    /// Connect and disconnect lines, rate-limited; the limits' counters, told when they grow;
+    /// the client id a refusal names; why a protocol error closes (`log_lines.rs`).
+    conn_lines: log_lines::ConnLines,
+    limit_watch: log_lines::LimitWatch,
+    connecting: log_lines::Connecting,
+    close_detail: Option<crate::protocol::DecodeError>,
     /// Acks waiting for other shards to take what their packets caused (`held.rs`).
     held: held::HeldAcks,
     /// SUBSCRIBEs handled a slice per turn (`subscribe.rs`), and scratch for their retained
@@ -300,6 +308,7 @@ impl Shard {
         } else {
             None
         };
+        let conn_lines = log_lines::ConnLines::new(&params.sockets, &params.listeners);
         Ok(Shard {
             index: params.index,
             config,
@@ -370,6 +379,10 @@ impl Shard {
             handoff_error_logged: false,
             connect_too_large_logged: false,
             limits_logged: 0,
+            conn_lines,
+            limit_watch: Default::default(),
+            connecting: Default::default(),
+            close_detail: None,
             held: held::HeldAcks::default(),
             subscribe_jobs: subscribe::SubscribeJobs::default(),
             retained_scratch: Vec::new(),
@@ -623,6 +636,7 @@ impl Shard {
         self.expire_retained();
         self.publish_due_wills();
         self.publish_sys_tree();
+        self.log_tick();
     }
 
     /// Stop: every connection is shut down without wills (the broker is going away, not the

@@ -220,11 +220,10 @@ impl Shard {
         self.stats.connect_too_large_count += 1;
         if !self.connect_too_large_logged {
             self.connect_too_large_logged = true;
-            eprintln!(
-                "ringmq: shard {}: a CONNECT over connect_packet_size_max \
-                 ({connect_size_max} B): connection closed (counted; raise the \
-                 limit for large wills or passwords)",
-                self.index
+            log::warn!(
+                "a CONNECT over limits.connect_packet_size_max \
+                 ({connect_size_max} B): connection closed (counted in \
+                 connect_too_large_count; raise the limit for large wills or passwords)"
             );
         }
         if level == ProtocolVersion::V5 as u8 {

@@ -1,0 +1,457 @@
+//! The broker's log lines (issue 11), read from the `ringmq` binary's stderr as an operator
+//! sees them: the startup, a client's connect (client id, protocol), a refused CONNECT, a
+//! take-over, a keepalive expiry, a protocol error, a limit hit told once; `--log-level warn`
+//! hides connects; a burst of connections is rate-limited with a count of what was left out.
+//! Clients: mosquitto_pub for MQTT 5, raw bytes for 3.1.1 and for what clients never send.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits for a line that the broker's timer (a 1 s tick) produces: two ticks and room.
+const TICKS: Duration = Duration::from_secs(10);
+
+/// A `ringmq` process whose stderr lines arrive on a channel (read on a thread, so the
+/// broker never blocks on a full pipe); SIGKILLed if the test ends without stopping it.
+struct Ringmq {
+    child: Child,
+    addr: SocketAddr,
+    lines: Receiver<String>,
+    /// Every line received so far, in order.
+    seen: Vec<String>,
+}
+
+impl Ringmq {
+    /// Starts the binary on a free loopback port with `args` (one shard unless they say
+    /// otherwise); returns once it accepts connections.
+    fn start(args: &[&str]) -> Ringmq {
+        let shards: &[&str] = if args.contains(&"--shards") {
+            &[]
+        } else {
+            &["--shards", "1"]
+        };
+        // A port picked by binding :0 and releasing it could be taken in between: retry.
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+                .args(["--listen", &addr.to_string()])
+                .args(shards)
+                .args(args)
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ringmq");
+            let stderr = child.stderr.take().unwrap();
+            let (sender, lines) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    if sender.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut ringmq = Ringmq {
+                child,
+                addr,
+                lines,
+                seen: Vec::new(),
+            };
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return ringmq;
+                }
+                if ringmq.child.try_wait().unwrap().is_some() {
+                    ringmq.take_lines(Duration::from_millis(200));
+                    break; // the port was taken: next one
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "ringmq did not listen on {addr} within {WAIT:?}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("ringmq did not start");
+    }
+
+    /// Collects the lines that arrive within `within` (until the pipe closes, at most).
+    fn take_lines(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+    }
+
+    /// The first line (seen before, or arriving within `within`) containing every needle.
+    fn wait_line(&mut self, needles: &[&str], within: Duration) -> String {
+        let matches = |line: &String| needles.iter().all(|n| line.contains(n));
+        if let Some(line) = self.seen.iter().find(|l| matches(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with {needles:?} within {within:?}; lines:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Lines seen so far containing `needle`.
+    fn count(&self, needle: &str) -> usize {
+        self.seen.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// SIGTERM; waits (bounded) for a clean exit and for the rest of stderr.
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: sends a signal to our own child process.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "ringmq exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "ringmq ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+        // The pipe closes at the exit: the reader thread's channel ends.
+        self.take_lines(WAIT);
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Ringmq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `2026-12-04T06:19:40.123Z INFO  ...`: RFC 3339 UTC with milliseconds, then the level.
+fn assert_line_format(line: &str, level: &str) {
+    let bytes = line.as_bytes();
+    assert!(line.len() > 30, "{line:?}");
+    let digits = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22];
+    assert!(
+        digits.iter().all(|&i| bytes[i].is_ascii_digit()),
+        "timestamp of {line:?}"
+    );
+    for (at, c) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+        assert_eq!(bytes[at], c, "{line:?}");
+    }
+    assert_eq!(&line[19..20], ".", "milliseconds in {line:?}");
+    assert_eq!(&line[23..25], "Z ", "UTC in {line:?}");
+    assert_eq!(line[25..].split(' ').next(), Some(level), "{line:?}");
+}
+
+#[test]
+fn startup_and_a_v5_and_a_v311_connect_name_client_protocol_and_listener() {
+    let mut broker = Ringmq::start(&["--log-level", "info"]);
+    let listening = broker.wait_line(&["listening on", &broker.addr.to_string()], WAIT);
+    assert_line_format(&listening, "INFO");
+    assert!(listening.contains("(mqtt)"), "{listening}");
+
+    // MQTT 5.0 through mosquitto_pub.
+    let id = unique_id("log-v5");
+    let published = Proc::spawn(
+        "mosquitto_pub",
+        &[
+            "-V".into(),
+            "5".into(),
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            broker.addr.port().to_string(),
+            "-i".into(),
+            id.clone(),
+            "-k".into(),
+            "42".into(),
+            "-t".into(),
+            unique_topic("log"),
+            "-m".into(),
+            "x".into(),
+        ],
+    )
+    .finish();
+    assert!(published.status.success(), "{}", published.stderr);
+    let quoted = format!("client \"{id}\"");
+    let line = broker.wait_line(&["connect:", &quoted], WAIT);
+    assert_line_format(&line, "INFO");
+    assert!(line.contains("(MQTT 5.0)"), "{line}");
+    assert!(line.contains("keepalive 42 s"), "{line}");
+    assert!(line.contains("clean start 1"), "{line}");
+    assert!(
+        line.contains(&format!("listener {} (mqtt)", broker.addr)),
+        "{line}"
+    );
+    let line = broker.wait_line(&["disconnect:", &quoted], WAIT);
+    assert!(line.ends_with("client DISCONNECT"), "{line}");
+
+    // MQTT 3.1.1, clean session 0, a username.
+    let id = unique_id("log-v311");
+    let mut connect = Connect::v311(&id);
+    connect.clean_session = false;
+    connect.username = Some("carol".into());
+    let (client, _) = RawClient::connect_with(broker.addr, &connect);
+    let line = broker.wait_line(&["connect:", &format!("client \"{id}\"")], WAIT);
+    assert!(line.contains("(MQTT 3.1.1)"), "{line}");
+    assert!(line.contains("clean start 0"), "{line}");
+    assert!(line.contains("username \"carol\""), "{line}");
+    drop(client); // no DISCONNECT: the peer closes
+    let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
+    assert!(line.contains("closed by the client"), "{line}");
+    broker.stop();
+}
+
+#[test]
+fn a_client_homed_on_another_shard_is_logged_by_its_home_shard() {
+    let mut broker = Ringmq::start(&["--shards", "2"]);
+    for home in 0..2 {
+        let id = unique_id_on(home, 2, "log-home");
+        let client = RawClient::connect(broker.addr, &id);
+        let line = broker.wait_line(&["connect:", &format!("client \"{id}\"")], WAIT);
+        assert!(line.contains(&format!("shard {home}: connect:")), "{line}");
+        client.disconnect();
+        let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
+        assert!(
+            line.contains(&format!("shard {home}: disconnect:")),
+            "{line}"
+        );
+    }
+    broker.stop();
+}
+
+#[test]
+fn a_bad_password_is_logged_as_a_refused_connect_with_its_code() {
+    let mut broker = Ringmq::start(&[
+        "--password-file",
+        &fixture("passwd"),
+        "--allow-anonymous",
+        "false",
+    ]);
+    let id = unique_id("log-refused");
+    let mut connect = Connect::v311(&id);
+    connect.username = Some("alice".into());
+    connect.password = Some(b"wrong".to_vec());
+    let mut client = RawClient::open(broker.addr);
+    client.send(&connect.bytes());
+    assert_eq!(
+        client.read_packet().connack().1,
+        4,
+        "bad user name or password"
+    );
+    let line = broker.wait_line(&["refused CONNECT", &format!("client \"{id}\"")], WAIT);
+    assert_line_format(&line, "INFO");
+    assert!(line.contains("return code 4"), "{line}");
+    assert!(line.contains("bad user name or password"), "{line}");
+    // A refused client never connected: no disconnect line for it.
+    broker.take_lines(QUIET);
+    assert_eq!(broker.count("disconnect:"), 0, "{:?}", broker.seen);
+    broker.stop();
+}
+
+#[test]
+fn a_take_over_is_logged_on_the_old_connection() {
+    // [MQTT-3.1.4-2] The second connection with a client id closes the first.
+    let mut broker = Ringmq::start(&[]);
+    let id = unique_id("log-takeover");
+    let mut first = RawClient::connect(broker.addr, &id);
+    let _second = RawClient::connect(broker.addr, &id);
+    first.expect_closed();
+    let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
+    assert!(line.contains("taken over"), "{line}");
+    // Both connects are logged.
+    broker.wait_line(&["connect:", &format!("client \"{id}\"")], WAIT);
+    assert_eq!(broker.count(&format!("connect: client \"{id}\"")), 2);
+    broker.stop();
+}
+
+#[test]
+fn a_keepalive_expiry_is_logged_with_the_keepalive() {
+    // [MQTT-3.1.2-24] Silent for 1.5 x keepalive: disconnected.
+    let mut broker = Ringmq::start(&[]);
+    let id = unique_id("log-keepalive");
+    let mut connect = Connect::v311(&id);
+    connect.keepalive_secs = 1;
+    let (mut client, _) = RawClient::connect_with(broker.addr, &connect);
+    client.expect_closed_within(TICKS);
+    let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
+    assert!(line.contains("keepalive expired"), "{line}");
+    assert!(line.contains("1.5 x 1 s"), "{line}");
+    broker.stop();
+}
+
+#[test]
+fn a_protocol_error_is_logged_with_its_reason() {
+    let mut broker = Ringmq::start(&[]);
+    let id = unique_id("log-protocol");
+    let mut client = RawClient::connect(broker.addr, &id);
+    // [MQTT-3.8.1-1] SUBSCRIBE's fixed header flags must be 0010.
+    let mut bad = subscribe_bytes(1, &[("a/b", 0)]);
+    bad[0] = 0x80;
+    client.send(&bad);
+    client.expect_closed();
+    let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
+    assert!(line.contains("protocol error"), "{line}");
+    assert!(line.contains("flags"), "the decoder's reason: {line}");
+    broker.stop();
+}
+
+#[test]
+fn log_level_warn_hides_connects_and_startup_but_not_warnings() {
+    let dir = TempDir::new("log-warn");
+    let path = dir.path().join("ringmq.toml");
+    std::fs::write(&path, "[limits]\nsubscriptions_per_client_max = 1\n").unwrap();
+    let mut broker = Ringmq::start(&["--log-level", "warn", "--config", path.to_str().unwrap()]);
+    let id = unique_id("log-quiet");
+    let mut client = RawClient::connect(broker.addr, &id);
+    assert_eq!(
+        client.subscribe(1, &[("a/1", 0), ("a/2", 0)]),
+        vec![0, 0x80]
+    );
+    // The warning shows: the level filters, it does not silence everything.
+    broker.wait_line(&["WARN", "limits.subscriptions_per_client_max"], WAIT);
+    client.disconnect();
+    let lines = broker.stop();
+    assert!(
+        lines.iter().all(|l| !l.contains(" INFO ")),
+        "info lines at warn: {lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains(&id)), "{lines:?}");
+}
+
+#[test]
+fn log_level_in_the_config_file_and_a_bad_level() {
+    let dir = TempDir::new("log-config");
+    let path = dir.path().join("ringmq.toml");
+    std::fs::write(&path, "log_level = \"error\"\n").unwrap();
+    let broker = Ringmq::start(&["--config", path.to_str().unwrap()]);
+    RawClient::connect(broker.addr, &unique_id("log-file")).disconnect();
+    let lines = broker.stop();
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(" INFO ") && !l.contains(" WARN ")),
+        "{lines:?}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--log-level", "loud", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ringmq");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("loud"), "{stderr}");
+}
+
+#[test]
+fn a_burst_of_connections_is_rate_limited_and_the_rest_counted() {
+    const CONNECTIONS: usize = 600;
+    let mut broker = Ringmq::start(&[]);
+    let prefix = unique_id("log-burst");
+    for n in 0..CONNECTIONS {
+        RawClient::connect(broker.addr, &format!("{prefix}-{n}")).disconnect();
+    }
+    // Each connection makes two lines (connect, disconnect); what was written plus what the
+    // summaries count must be all of them, once the last second's summary is out.
+    let deadline = Instant::now() + TICKS;
+    let (written, suppressed) = loop {
+        broker.take_lines(Duration::from_millis(200));
+        let written = broker.count(&format!("client \"{prefix}-"));
+        let suppressed: usize = broker
+            .seen
+            .iter()
+            .filter(|l| l.contains("connection lines suppressed"))
+            .map(|l| {
+                let after = l.split(": ").last().unwrap();
+                after.split(' ').next().unwrap().parse::<usize>().unwrap()
+            })
+            .sum();
+        if written + suppressed >= 2 * CONNECTIONS || Instant::now() >= deadline {
+            break (written, suppressed);
+        }
+    };
+    assert!(
+        written < CONNECTIONS,
+        "{written} lines for {CONNECTIONS} connections: not rate-limited"
+    );
+    assert!(suppressed > 0, "no suppressed-lines summary");
+    assert_eq!(
+        written + suppressed,
+        2 * CONNECTIONS,
+        "every line written or counted"
+    );
+    broker.stop();
+}
+
+#[test]
+fn a_limit_hit_is_logged_once_naming_its_key_and_counted_always() {
+    let dir = TempDir::new("log-limit");
+    let path = dir.path().join("ringmq.toml");
+    std::fs::write(&path, "[limits]\nsubscriptions_per_client_max = 1\n").unwrap();
+    let mut broker = Ringmq::start(&["--config", path.to_str().unwrap()]);
+    let mut client = RawClient::connect(broker.addr, &unique_id("log-limit"));
+    assert_eq!(client.subscribe(1, &[("a/1", 0)]), vec![0]);
+    for packet_id in 2..6 {
+        let topic = format!("a/{packet_id}");
+        assert_eq!(client.subscribe(packet_id, &[(&topic, 0)]), vec![0x80]);
+    }
+    let line = broker.wait_line(&["limits.subscriptions_per_client_max"], WAIT);
+    assert_line_format(&line, "WARN");
+    // Two timer ticks later still one line: the next comes a minute after at the earliest.
+    broker.take_lines(Duration::from_millis(2500));
+    assert_eq!(
+        broker.count("subscriptions_per_client_max"),
+        1,
+        "{:?}",
+        broker.seen
+    );
+    client.disconnect();
+    let lines = broker.stop();
+    // Counted always: the stop line's counters say 4.
+    let stopped = lines
+        .iter()
+        .find(|l| l.contains("stopped:"))
+        .expect("a stop line");
+    assert!(stopped.contains("subscriptions 4"), "{stopped}");
+}
