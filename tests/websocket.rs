@@ -942,3 +942,84 @@ fn an_idle_client_is_only_the_frames_it_was_sent() {
     }
     drop(b.broker);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Eclipse Paho (Python) over its websockets transport
+// ---------------------------------------------------------------------------------------------
+
+/// A subscriber and a publisher from paho-mqtt (Debian's python3-paho-mqtt, tests/setup.sh)
+/// over `ws` or `wss`; prints `GOT <topic> <payload>`. Bounded by its own 4 s waits.
+const PAHO_SCRIPT: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+
+host, port, scheme, ca, version, topic = sys.argv[1:7]
+protocol = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+subscribed, got, result = threading.Event(), threading.Event(), {}
+
+def client(name):
+    c = mqtt.Client(client_id=name, protocol=protocol, transport="websockets")
+    c.ws_set_options(path="/mqtt")
+    if scheme == "wss":
+        c.tls_set(ca_certs=ca)
+    return c
+
+def on_connect(c, userdata, flags, rc, *rest):
+    c.subscribe(topic, qos=1)
+
+def on_message(c, userdata, message):
+    result["message"] = (message.topic, message.payload.decode())
+    got.set()
+
+sub = client("paho-sub-" + version + scheme)
+sub.on_connect = on_connect
+sub.on_subscribe = lambda *args: subscribed.set()
+sub.on_message = on_message
+sub.connect(host, int(port), keepalive=30)
+sub.loop_start()
+if not subscribed.wait(4):
+    print("no SUBACK"); sys.exit(2)
+pub = client("paho-pub-" + version + scheme)
+pub.connect(host, int(port), keepalive=30)
+pub.loop_start()
+pub.publish(topic, b"hello from paho", qos=1).wait_for_publish(4)
+if not got.wait(4):
+    print("no message"); sys.exit(3)
+print("GOT", *result["message"])
+for c in (pub, sub):
+    c.disconnect()
+    c.loop_stop()
+"#;
+
+#[test]
+fn paho_over_ws_and_wss_3_1_1_and_5_on_2_shards() {
+    let pki = Pki::new();
+    let b = start(2, Some(&pki), |_| {});
+    let script = pki.path("paho_ws.py");
+    std::fs::write(&script, PAHO_SCRIPT).unwrap();
+    for (scheme, addr) in [("ws", b.ws), ("wss", b.wss.unwrap())] {
+        for version in ["311", "5"] {
+            let topic = unique_topic("ws/paho");
+            let args = strings(&[
+                script.to_str().unwrap(),
+                "127.0.0.1",
+                &addr.port().to_string(),
+                scheme,
+                pki.path("ca.pem").to_str().unwrap(),
+                version,
+                &topic,
+            ]);
+            // Debian's interpreter, which the package installs into (PATH may name another).
+            let finished = Proc::spawn("/usr/bin/python3", &args).finish();
+            assert!(
+                finished.status.success(),
+                "paho {scheme} {version}: {:?} {}",
+                finished.stdout,
+                finished.stderr
+            );
+            let expected = format!("GOT {topic} hello from paho");
+            assert!(finished.stdout.contains(&expected), "{:?}", finished.stdout);
+        }
+    }
+    drop(b.broker);
+}
