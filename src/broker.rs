@@ -414,7 +414,8 @@ impl Broker {
             let protocol = match listener.protocol {
                 ListenerProtocol::Mqtt => "mqtt",
                 ListenerProtocol::MqttTls => "mqtt+tls",
-                ListenerProtocol::Ws | ListenerProtocol::Wss => "websocket",
+                ListenerProtocol::Ws => "ws",
+                ListenerProtocol::Wss => "wss",
             };
             log::info!("listening on {addr} ({protocol})");
         }

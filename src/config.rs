@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// What a listener speaks. Each is a transport under the same MQTT inbox/outbox path
-/// (`shard::transport`): plain bytes, or TLS records around them; WebSocket frames will be one
-/// more (issue 9 item 3).
+/// (`shard::transport`): plain bytes, TLS records around them, WebSocket frames around them,
+/// or both (`wss`: TLS, then WebSocket).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub enum ListenerProtocol {
     #[default]
@@ -32,8 +32,14 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub protocol: ListenerProtocol,
     /// Connections open through this listener at once (the whole broker); over it a new one is
-    /// closed at accept. 0 = only `limits.connections_max` applies.
+    /// closed at accept. 0 = only `limits.connections_max` applies. `max_connections`, as
+    /// mosquitto names it, is the same key.
+    #[serde(alias = "max_connections")]
     pub connections_max: u32,
+    /// The request path of a `ws`/`wss` listener's upgrade; another gets 404.
+    pub path: String,
+    /// This listener's own `allow_anonymous`; none: the top-level one.
+    pub allow_anonymous: Option<bool>,
     /// PEM file of the CAs that client certificates must chain to (`require_certificate`).
     pub cafile: Option<PathBuf>,
     /// PEM certificate chain of the server, leaf first.
@@ -52,6 +58,8 @@ impl Default for ListenerConfig {
             bind: "0.0.0.0:1883".parse().expect("valid default address"),
             protocol: ListenerProtocol::Mqtt,
             connections_max: 0,
+            path: DEFAULT_WS_PATH.into(),
+            allow_anonymous: None,
             cafile: None,
             certfile: None,
             keyfile: None,
@@ -72,14 +80,18 @@ impl ListenerConfig {
 
     fn validate(&self, index: usize) -> Result<(), String> {
         let name = format!("listener {} ({})", index + 1, self.bind);
+        let websocket = matches!(self.protocol, ListenerProtocol::Ws | ListenerProtocol::Wss);
+        if websocket && !self.path.starts_with('/') {
+            return Err(format!(
+                "{name}: path {:?} must start with '/' (the default is {DEFAULT_WS_PATH})",
+                self.path
+            ));
+        }
+        if !websocket && self.path != DEFAULT_WS_PATH {
+            return Err(format!("{name}: path needs protocol = \"ws\" or \"wss\""));
+        }
         match self.protocol {
-            ListenerProtocol::Ws | ListenerProtocol::Wss => {
-                return Err(format!(
-                "{name}: protocol \"ws\"/\"wss\" (WebSocket) is not supported yet; use \"mqtt\" \
-                     or \"mqtt+tls\""
-            ))
-            }
-            ListenerProtocol::Mqtt => {
+            ListenerProtocol::Mqtt | ListenerProtocol::Ws => {
                 let tls_keys = self.cafile.is_some()
                     || self.certfile.is_some()
                     || self.keyfile.is_some()
@@ -88,14 +100,14 @@ impl ListenerConfig {
                 if tls_keys {
                     return Err(format!(
                         "{name}: cafile, certfile, keyfile, require_certificate and \
-                         use_identity_as_username need protocol = \"mqtt+tls\""
+                         use_identity_as_username need protocol = \"mqtt+tls\" or \"wss\""
                     ));
                 }
             }
-            ListenerProtocol::MqttTls => {
+            ListenerProtocol::MqttTls | ListenerProtocol::Wss => {
                 if self.certfile.is_none() || self.keyfile.is_none() {
                     return Err(format!(
-                        "{name}: protocol \"mqtt+tls\" needs certfile and keyfile (PEM)"
+                        "{name}: protocol \"mqtt+tls\" or \"wss\" needs certfile and keyfile (PEM)"
                     ));
                 }
                 if self.require_certificate && self.cafile.is_none() {
@@ -158,6 +170,9 @@ impl std::str::FromStr for LogLevel {
         })
     }
 }
+
+/// The request path a WebSocket listener answers on unless its `path` says otherwise.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 /// Where the broker listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:1883";
@@ -572,6 +587,32 @@ mod tests {
     }
 
     #[test]
+    fn websocket_listeners_and_mosquitto_names() {
+        let text = r#"
+            [[listener]]
+            bind = "127.0.0.1:8080"
+            protocol = "ws"
+            max_connections = 7
+            allow_anonymous = false
+
+            [[listener]]
+            bind = "127.0.0.1:8081"
+            protocol = "wss"
+            path = "/"
+            certfile = "server.pem"
+            keyfile = "server.key"
+        "#;
+        let listeners = Config::from_toml(text).expect("valid").listeners();
+        assert_eq!(listeners[0].protocol, ListenerProtocol::Ws);
+        assert_eq!(listeners[0].path, "/mqtt");
+        assert_eq!(listeners[0].connections_max, 7);
+        assert_eq!(listeners[0].allow_anonymous, Some(false));
+        assert_eq!(listeners[1].protocol, ListenerProtocol::Wss);
+        assert_eq!(listeners[1].path, "/");
+        assert_eq!(listeners[1].allow_anonymous, None);
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let cases = [
             ("rings_per_shard = 0", "rings_per_shard"),
@@ -615,7 +656,13 @@ mod tests {
                  use_identity_as_username = true",
                 "require_certificate",
             ),
-            ("[[listener]]\nprotocol = \"wss\"", "not supported yet"),
+            ("[[listener]]\nprotocol = \"wss\"", "certfile and keyfile"),
+            ("[[listener]]\nprotocol = \"ws\"\npath = \"mqtt\"", "path"),
+            ("[[listener]]\npath = \"/ws\"", "path needs"),
+            (
+                "[[listener]]\nprotocol = \"ws\"\nmax_connections = 1\nconnections_max = 2",
+                "duplicate",
+            ),
             ("[[listener]]\nprotocol = \"quic\"", "quic"),
             ("[[listener]]\nport = 1883", "port"),
             ("no_such_key = 1", "no_such_key"),

@@ -6,6 +6,7 @@
 //! - `shard`: one pinned thread per core owning its clients, sessions and trie.
 //! - `session`: in-flight window, offline queue, will.
 //! - `auth`, `acl`, `security`: password and ACL files, reloaded on SIGHUP.
+//! - `tls`, `websocket`: the transports of `mqtt+tls`, `ws` and `wss` listeners (no I/O of their own).
 //! - `broker`: starts the shards and stops them.
 //! - `metrics`: Prometheus `/metrics` over the shards' published counters (`shard::stats`).
 //! - `logger`: the `log` backend of the binary (timestamps, levels, a queue so no shard waits
@@ -26,3 +27,4 @@ pub mod session;
 pub mod shard;
 pub mod tls;
 pub mod topic;
+pub mod websocket;

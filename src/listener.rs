@@ -2,7 +2,7 @@
 //! shard. Each shard has its own socket per listener (SO_REUSEPORT) and one multishot accept
 //! on each (`shard::accept`); a connection keeps its listener's index beside its slot
 //! (`shard::conn`), which says which transport reads and writes its bytes
-//! (`shard::transport`): plain, or TLS; WebSocket will be one more transport here.
+//! (`shard::transport`): plain, TLS, WebSocket, or WebSocket over TLS.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -11,8 +11,10 @@ use crate::tls::TlsListener;
 
 pub struct Listener {
     pub config: ListenerConfig,
-    /// `Some` for `mqtt+tls`.
+    /// `Some` for `mqtt+tls` and `wss`.
     pub tls: Option<TlsListener>,
+    /// `ws` and `wss`: MQTT bytes travel in WebSocket frames (`config.path` is the upgrade's).
+    pub websocket: bool,
     /// Connections open through this listener in the whole broker, for `connections_max`;
     /// counted from the accept to the slot's release, wherever the connection lives then.
     connections: AtomicU32,
@@ -22,20 +24,18 @@ impl Listener {
     /// Reads the listener's certificate files; an error names the file and what is wrong.
     pub fn new(config: &ListenerConfig) -> Result<Listener, String> {
         let tls = match config.protocol {
-            ListenerProtocol::MqttTls => Some(
+            ListenerProtocol::MqttTls | ListenerProtocol::Wss => Some(
                 TlsListener::new(config).map_err(|e| format!("listener {}: {e}", config.bind))?,
             ),
-            ListenerProtocol::Mqtt => None,
-            ListenerProtocol::Ws | ListenerProtocol::Wss => {
-                return Err(format!(
-                    "listener {}: WebSocket is not supported yet",
-                    config.bind
-                ))
-            }
+            ListenerProtocol::Mqtt | ListenerProtocol::Ws => None,
         };
         Ok(Listener {
             config: config.clone(),
             tls,
+            websocket: matches!(
+                config.protocol,
+                ListenerProtocol::Ws | ListenerProtocol::Wss
+            ),
             connections: AtomicU32::new(0),
         })
     }

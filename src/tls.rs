@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -26,6 +26,8 @@ use crate::config::ListenerConfig;
 
 /// ALPN protocol offered (a client that offers none is accepted too).
 pub const ALPN_MQTT: &[u8] = b"mqtt";
+/// ALPN protocol of `wss` listeners: the WebSocket upgrade is HTTP/1.1.
+pub const ALPN_HTTP: &[u8] = b"http/1.1";
 
 /// A listener's TLS settings: the rustls config new connections start from.
 pub struct TlsListener {
@@ -106,46 +108,8 @@ impl TlsConn {
 }
 
 /// A TLS connection's state on its way to the client's home shard inside the hand-off message
-/// (`mesh::HandOff`, which is `Clone` like every mesh message): the home shard takes it once.
-/// One lock per hand-off of a TLS connection, none on any other path.
-#[derive(Clone, Default)]
-pub struct TlsHandOff(Option<Arc<Mutex<Option<Box<TlsConn>>>>>);
-
-impl TlsHandOff {
-    pub fn new(tls: Option<Box<TlsConn>>) -> TlsHandOff {
-        TlsHandOff(tls.map(|tls| Arc::new(Mutex::new(Some(tls)))))
-    }
-
-    pub fn take(&self) -> Option<Box<TlsConn>> {
-        let carried = self.0.as_ref()?;
-        carried
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-    }
-}
-
-impl PartialEq for TlsHandOff {
-    fn eq(&self, other: &TlsHandOff) -> bool {
-        match (&self.0, &other.0) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
-impl Eq for TlsHandOff {}
-
-impl std::fmt::Debug for TlsHandOff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "TlsHandOff(Some)"
-        } else {
-            "TlsHandOff(None)"
-        })
-    }
-}
+/// (`mesh::HandOff`).
+pub type TlsHandOff = crate::mesh::Carried<TlsConn>;
 
 fn open(path: &Path, what: &str) -> Result<BufReader<File>, String> {
     File::open(path)
@@ -177,12 +141,12 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         })
 }
 
-/// The rustls config of an `mqtt+tls` listener: its chain and key, TLS 1.2 and 1.3, ALPN
-/// `mqtt`, and client certificates verified against `cafile` when `require_certificate`.
+/// The rustls config of an `mqtt+tls` (or `wss`) listener: its chain and key, TLS 1.2 and
+/// 1.3, ALPN `mqtt` (`http/1.1`), and client certificates verified against `cafile` when `require_certificate`.
 pub fn server_config(files: &ListenerConfig) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (Some(certfile), Some(keyfile)) = (&files.certfile, &files.keyfile) else {
-        return Err("an mqtt+tls listener needs certfile and keyfile".into());
+        return Err("an mqtt+tls or wss listener needs certfile and keyfile".into());
     };
     let chain = certificates(certfile, "certfile")?;
     let key = private_key(keyfile)?;
@@ -211,7 +175,13 @@ pub fn server_config(files: &ListenerConfig) -> Result<Arc<ServerConfig>, String
             keyfile.display()
         )
     })?;
-    config.alpn_protocols = vec![ALPN_MQTT.to_vec()];
+    // A browser's `wss` offers `http/1.1` (and h2, which an Upgrade cannot use), and
+    // rustls refuses a client whose every offer it lacks.
+    let alpn = match files.protocol {
+        crate::config::ListenerProtocol::Wss => ALPN_HTTP,
+        _ => ALPN_MQTT,
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need besides Rust: the mosquitto broker (a reference the
 # tests can be pointed at with RINGMQ_TEST_BROKER=mosquitto) and the mosquitto clients
-# (mosquitto_pub, mosquitto_sub, mosquitto_passwd). Idempotent: does nothing when they are there.
+# (mosquitto_pub, mosquitto_sub, mosquitto_passwd), and Eclipse Paho for Python
+# (python3-paho-mqtt: tests/websocket.rs runs it over its websockets transport with
+# /usr/bin/python3). Idempotent: does nothing when they are there.
 set -euo pipefail
 
 need=()
@@ -11,8 +13,11 @@ done
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     need+=(mosquitto)
 fi
+if ! /usr/bin/python3 -c "import paho.mqtt" >/dev/null 2>&1; then
+    need+=(python3-paho-mqtt)
+fi
 if [ ${#need[@]} -eq 0 ]; then
-    echo "tests/setup.sh: mosquitto and mosquitto-clients already installed"
+    echo "tests/setup.sh: mosquitto, mosquitto-clients and python3-paho-mqtt already installed"
     exit 0
 fi
 

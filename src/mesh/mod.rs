@@ -110,6 +110,10 @@ pub struct HandOff {
     /// Its TLS state, for a connection from an `mqtt+tls` listener: the handshake is done and
     /// `bytes_read` is plaintext; records still in flight continue on the home shard.
     pub tls: crate::tls::TlsHandOff,
+    /// Its WebSocket state, for a connection from a `ws` or `wss` listener: the upgrade is
+    /// done and `bytes_read` is the MQTT payload of its frames; what it owes (the 101, pongs)
+    /// is sent by the home shard.
+    pub ws: Carried<crate::websocket::WsConn>,
     /// Equal to the `user_data` of the `MsgRingSendFd` that carries the descriptor.
     pub handoff_id: u64,
     /// The fixed-file slot the accepting shard asked for on the target ring, if it chose one;
@@ -118,6 +122,59 @@ pub struct HandOff {
     /// Every byte read from the socket so far, starting with the CONNECT packet; the home shard
     /// decodes them as if it had read them itself.
     pub bytes_read: Bytes,
+}
+
+/// A connection's transport state (TLS, WebSocket) on its way to the client's home shard
+/// inside the hand-off message, which is `Clone` like every mesh message: the home shard takes
+/// it once. One lock per hand-off of such a connection, none on any other path.
+pub struct Carried<T>(Option<Arc<std::sync::Mutex<Option<Box<T>>>>>);
+
+impl<T> Carried<T> {
+    pub fn new(state: Option<Box<T>>) -> Carried<T> {
+        Carried(state.map(|state| Arc::new(std::sync::Mutex::new(Some(state)))))
+    }
+
+    pub fn take(&self) -> Option<Box<T>> {
+        let carried = self.0.as_ref()?;
+        carried
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+impl<T> Default for Carried<T> {
+    fn default() -> Carried<T> {
+        Carried(None)
+    }
+}
+
+impl<T> Clone for Carried<T> {
+    fn clone(&self) -> Carried<T> {
+        Carried(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for Carried<T> {
+    fn eq(&self, other: &Carried<T>) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl<T> Eq for Carried<T> {}
+
+impl<T> std::fmt::Debug for Carried<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Carried(Some)"
+        } else {
+            "Carried(None)"
+        })
+    }
 }
 
 /// Builds the mesh: one SPSC ring per ordered pair of shards.
@@ -649,6 +706,7 @@ mod tests {
             source_shard: 0,
             listener: 0,
             tls: Default::default(),
+            ws: Default::default(),
             handoff_id: 42,
             ring_slot_hint: None,
             bytes_read: bytes_read.clone(),

@@ -34,6 +34,9 @@ pub(super) enum CloseReason {
     ConnectTimeout,
     /// Moving the connection to its client's home shard failed.
     HandOffFailed,
+    /// A WebSocket close frame, a broken frame rule or a refused upgrade: the answer (close
+    /// frame or HTTP refusal) is flushed first. Without an MQTT DISCONNECT, so a will goes.
+    WebSocket,
 }
 
 impl CloseReason {
@@ -51,7 +54,8 @@ impl CloseReason {
             | CloseReason::OutboxStalled
             | CloseReason::Refused
             | CloseReason::ConnectTimeout
-            | CloseReason::HandOffFailed => None,
+            | CloseReason::HandOffFailed
+            | CloseReason::WebSocket => None,
         }
     }
 
@@ -64,6 +68,7 @@ impl CloseReason {
                 | CloseReason::KeepaliveTimeout
                 | CloseReason::OutboxStalled
                 | CloseReason::TakenOver
+                | CloseReason::WebSocket
         )
     }
 }
@@ -132,8 +137,9 @@ impl Shard {
         }
         let will = conn.will.take();
         let session = std::mem::replace(&mut conn.session, conn::NO_SESSION);
-        let flush_first =
-            (reason == CloseReason::Refused || tell.is_some()) && conn.pending_bytes() > 0;
+        // A WebSocket's answer is owed even when the outbox is empty (`transport.rs`).
+        let flush_first = reason == CloseReason::WebSocket
+            || ((reason == CloseReason::Refused || tell.is_some()) && conn.pending_bytes() > 0);
         if flush_first {
             // The timer shuts it down if the flush takes longer (`close_overdue`).
             conn.last_packet_ms = now_ms;
@@ -253,6 +259,9 @@ impl Shard {
             self.listeners[listener].release();
             if !self.tls.is_empty() {
                 self.tls.remove(&(slot, generation));
+            }
+            if !self.ws.is_empty() {
+                self.ws.remove(&(slot, generation));
             }
         }
         self.stats.connections_closed += 1;

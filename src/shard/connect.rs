@@ -144,8 +144,12 @@ impl Shard {
         Some(tls.and_then(|tls| tls.identity.as_deref().map(String::from)))
     }
 
-    fn authenticate(&self, connect: &Connect) -> ReasonCode {
-        let allow_anonymous = self.config.allow_anonymous;
+    fn authenticate(&self, slot: u32, connect: &Connect) -> ReasonCode {
+        // The listener's own `allow_anonymous` (mosquitto's per-listener setting) first.
+        let allow_anonymous = self.listeners[self.conns.listener(slot)]
+            .config
+            .allow_anonymous
+            .unwrap_or(self.config.allow_anonymous);
         match (&connect.username, &self.auth) {
             (Some(username), Some(auth)) => {
                 let password = connect.password.as_deref().unwrap_or(&[]);
@@ -246,7 +250,7 @@ impl Shard {
                 None => ReasonCode::NotAuthorized,
             }
         } else {
-            self.authenticate(&connect)
+            self.authenticate(slot, &connect)
         };
         if code != ReasonCode::Success {
             self.refuse(slot, generation, version, code);

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 
-use crate::mesh::{self, HandOff, MeshMessage};
+use crate::mesh::{self, Carried, HandOff, MeshMessage};
 use crate::ring::{Completion, Op, Token};
 use crate::tls::TlsHandOff;
 
@@ -33,7 +33,7 @@ pub(super) struct HandOffOut {
     /// The home shard's ring tried now: the primary first, the next one after -ENFILE.
     target_ring: usize,
     /// The CONNECT and every byte read after it.
-    bytes: BytesMut,
+    pub(super) bytes: BytesMut,
     /// Set once the descriptor is sent: the id the home shard's completion carries.
     handoff_id: Option<u64>,
     /// The connect deadline passed while the descriptor's send was in flight: the connection
@@ -117,19 +117,10 @@ impl Shard {
     pub(super) fn on_recv_handing_off(&mut self, token: Token, completion: Completion) {
         let ring = ring_of(token.slot);
         if let Some(bid) = completion.buffer_id() {
-            if completion.result > 0 && self.is_tls(token.slot) {
+            if completion.result > 0 {
                 let len = completion.result as usize;
-                self.handing_off_tls_plaintext(token.slot, token.generation, bid, len);
-                if let Some(out) = self.handoffs_out.get_mut(&token.slot) {
-                    out.bytes.extend_from_slice(&self.tls_plaintext);
-                }
+                self.handing_off_bytes(token.slot, token.generation, bid, len);
             } else {
-                if completion.result > 0 {
-                    let bytes = self.rings[ring].buffer(bid, completion.result as usize);
-                    if let Some(out) = self.handoffs_out.get_mut(&token.slot) {
-                        out.bytes.extend_from_slice(bytes);
-                    }
-                }
                 self.rings[ring].recycle(bid);
             }
         }
@@ -234,6 +225,7 @@ impl Shard {
         // TLS state (if any) goes with the bytes.
         let listener = self.conns.listener(token.slot);
         let tls = self.tls.remove(&(token.slot, token.generation));
+        let ws = self.ws.remove(&(token.slot, token.generation));
         if self.conns.remove(token.slot, token.generation).is_some() {
             self.rings[ring_of(token.slot)].close(
                 slot_of(token.slot),
@@ -245,6 +237,7 @@ impl Shard {
             source_shard: self.index as u16,
             listener: listener as u8,
             tls: TlsHandOff::new(tls),
+            ws: Carried::new(ws),
             handoff_id,
             ring_slot_hint: None,
             bytes_read: out.bytes.freeze(),
@@ -292,6 +285,7 @@ impl Shard {
                 source_shard: self.index as u16,
                 listener: self.conns.listener(token.slot) as u8,
                 tls: TlsHandOff::default(),
+                ws: Carried::default(),
                 handoff_id,
                 ring_slot_hint: None,
                 bytes_read: bytes::Bytes::new(),
@@ -389,6 +383,14 @@ impl Shard {
         if let Some(tls) = handoff.tls.take() {
             self.tls.insert((slot, generation), tls);
         }
+        let ws_closing = match handoff.ws.take() {
+            Some(ws) => {
+                let closing = ws.closing();
+                self.ws.insert((slot, generation), ws);
+                closing
+            }
+            None => false,
+        };
         let bytes = &handoff.bytes_read;
         if self.arena.capacity() - self.arena.len() < bytes.len() {
             self.arena.reserve(ARENA_BLOCK.max(bytes.len()));
@@ -406,8 +408,12 @@ impl Shard {
         }
         conn.recv_armed = true;
         self.rings[ring].recv_multi(slot_of(slot), Token::new(Op::Recv, slot, generation));
-        // Records the accepting shard owed (TLS 1.3 session tickets) go out now.
-        self.queue_tls_output(slot, generation);
+        // What the accepting shard owed (TLS 1.3 session tickets, the 101, pongs) goes out now.
+        self.queue_transport_output(slot, generation);
+        if ws_closing {
+            // The client closed its WebSocket (or broke a frame rule) while handed over.
+            self.close(slot, generation, CloseReason::WebSocket);
+        }
     }
 }
 

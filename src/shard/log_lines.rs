@@ -313,6 +313,10 @@ impl fmt::Display for Why {
                 write!(f, "no CONNECT within limits.connect_timeout_secs")
             }
             CloseReason::HandOffFailed => write!(f, "the hand-off to its home shard failed"),
+            CloseReason::WebSocket => write!(
+                f,
+                "WebSocket close (a close frame, a broken frame rule or a refused upgrade)"
+            ),
         }
     }
 }

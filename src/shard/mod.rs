@@ -69,6 +69,7 @@ use crate::session::Message;
 use crate::tls::TlsConn;
 use crate::topic::retained::RetainedStore;
 use crate::topic::trie::Trie;
+use crate::websocket::WsConn;
 
 use close::CloseReason;
 use conn::{conn_id, ConnState, Conns, Pools};
@@ -181,6 +182,12 @@ pub struct Shard {
     tls_plaintext: Vec<u8>,
     /// Some listener speaks TLS: only then does a connection's listener get looked at.
     tls_listeners: bool,
+    /// WebSocket state of the connections that have some (`transport.rs`), likewise.
+    ws: hashbrown::HashMap<(u32, u32), Box<WsConn>, foldhash::fast::RandomState>,
+    /// Scratch: the MQTT bytes a WebSocket connection's frames held.
+    ws_payload: Vec<u8>,
+    /// Some listener speaks WebSocket (`ws`, `wss`).
+    ws_listeners: bool,
     waker: Arc<Waker>,
     /// The eventfd read's 8-byte buffer; boxed so it stays put while the read is in flight.
     wake_buf: Box<u64>,
@@ -298,6 +305,7 @@ impl Shard {
             .then(|| Box::new(sys::SysTree::new(config.sys_interval_secs)));
         let ring_count = rings.len();
         let tls_listeners = params.listeners.iter().any(|l| l.tls.is_some());
+        let ws_listeners = params.listeners.iter().any(|l| l.websocket);
         let ring_wake = if rings.len() > 1 {
             let waker = Waker::new()?;
             let waker = Arc::try_unwrap(waker).map_err(|_| io::Error::other("eventfd shared"))?;
@@ -322,6 +330,9 @@ impl Shard {
             tls: Default::default(),
             tls_plaintext: Vec::new(),
             tls_listeners,
+            ws: Default::default(),
+            ws_payload: Vec::new(),
+            ws_listeners,
             waker: params.waker,
             wake_buf: Box::new(0),
             tick: Box::new(Timespec::from(std::time::Duration::from_millis(

@@ -197,6 +197,7 @@ mod tests {
             source_shard: 1,
             listener: 0,
             tls: Default::default(),
+            ws: Default::default(),
             handoff_id: id,
             ring_slot_hint: None,
             bytes_read: Bytes::from_static(b"\x10\x00"),

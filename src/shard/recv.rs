@@ -44,6 +44,7 @@ impl Shard {
     pub(super) fn on_recv(&mut self, token: Token, completion: Completion) {
         let buffer_id = completion.buffer_id();
         let tls = self.tls_listeners && self.is_tls(token.slot);
+        let ws = !tls && self.ws_listeners && self.is_ws(token.slot);
         let Some(conn) = self.conns.get_mut(token.slot, token.generation) else {
             // Cannot happen while the slot waits for the recv's last completion; be safe.
             if let Some(bid) = buffer_id {
@@ -77,6 +78,10 @@ impl Shard {
             }
             if tls {
                 self.on_recv_tls(token.slot, token.generation, completion, bid);
+                return;
+            }
+            if ws {
+                self.on_recv_ws(token.slot, token.generation, completion, bid);
                 return;
             }
             let bytes = self.rings[ring_of(token.slot)].buffer(bid, result as usize);

@@ -72,6 +72,7 @@ impl Shard {
         for &(slot, generation) in &dirty {
             self.pause_recv_if_full(slot, generation);
             let sealed = self.tls_listeners && self.is_tls(slot);
+            let framed = self.ws_listeners && self.is_ws(slot);
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
             };
@@ -81,9 +82,14 @@ impl Shard {
             }
             let state = conn.state;
             let buffers = conn.buffers(&mut self.pools);
+            let mut last_bytes = false;
+            if framed {
+                let ws = self.ws.get_mut(&(slot, generation)).map(|ws| &mut **ws);
+                last_bytes = Shard::frame_outbox(ws, state, buffers);
+            }
             if sealed {
                 let tls = self.tls.get_mut(&(slot, generation)).map(|tls| &mut **tls);
-                Shard::seal_outbox(tls, state, buffers);
+                Shard::seal_outbox(tls, state, buffers, last_bytes);
             }
             if buffers.sending.is_empty() && !buffers.outbox.is_empty() {
                 std::mem::swap(&mut buffers.sending, &mut buffers.outbox);
