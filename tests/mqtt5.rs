@@ -2,223 +2,32 @@
 //! server DISCONNECT reasons, the will on DISCONNECT 0x04, publish properties end to end and
 //! 3.1.1 <-> 5.0 interop.
 //!
-//! Packets are built and read with rumqttc's own v5 codec (`rumqttc::v5::mqttbytes`), an
-//! implementation independent of ringmq's, or written byte by byte where no client would send
-//! them; the mosquitto clients (`-V 5`) check the same from outside.
+//! Packets are built and read with rumqttc's own v5 codec (`rumqttc::v5::mqttbytes`, through
+//! the client in tests/common/v5.rs), an implementation independent of ringmq's, or written
+//! byte by byte where no client would send them; the mosquitto clients (`-V 5`) check the same
+//! from outside.
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use common::v5::{connect, V5Client};
 use common::*;
-use ringmq::config::Config;
 use ringmq::mesh::home_shard;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode,
-    Filter, LastWill, Packet, Publish, PublishProperties, RetainForwardRule, Subscribe,
+    Connect, ConnectProperties, Disconnect, DisconnectProperties, DisconnectReasonCode, Filter,
+    LastWill, Packet, Publish, PublishProperties, RetainForwardRule, Subscribe,
     SubscribeProperties, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
-
-/// One packet as it came off the wire: its first byte, its body, and rumqttc's reading of it.
-#[derive(Debug)]
-struct Frame {
-    first_byte: u8,
-    body: Vec<u8>,
-    packet: Option<Packet>,
-}
-
-impl Frame {
-    fn connack(&self) -> ConnAck {
-        match &self.packet {
-            Some(Packet::ConnAck(ack)) => ack.clone(),
-            other => panic!("expected CONNACK, got {other:?} ({self:?})"),
-        }
-    }
-
-    /// The reason code of a CONNACK or DISCONNECT, from the bytes.
-    fn reason_code(&self) -> u8 {
-        match self.first_byte >> 4 {
-            2 => self.body[1],
-            14 => self.body.first().copied().unwrap_or(0),
-            kind => panic!("no reason code on packet type {kind}: {self:?}"),
-        }
-    }
-}
-
-/// A TCP client speaking MQTT 5 through rumqttc's codec, with bounded reads.
-struct V5Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl V5Client {
-    fn open(addr: SocketAddr) -> V5Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        V5Client {
-            stream,
-            buffer: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("rumqttc encodes it");
-        self.send_bytes(&out);
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// Connects with `connect`; returns the client and the CONNACK frame.
-    fn connect_with(
-        addr: SocketAddr,
-        connect: Connect,
-        will: Option<LastWill>,
-    ) -> (V5Client, Frame) {
-        let mut client = V5Client::open(addr);
-        client.send(Packet::Connect(connect, will, None));
-        let frame = client.read();
-        (client, frame)
-    }
-
-    /// Connects with clean start 1 and no properties, expecting success.
-    fn connect(addr: SocketAddr, client_id: &str) -> V5Client {
-        let (client, frame) = V5Client::connect_with(addr, connect(client_id, true, None), None);
-        assert_eq!(frame.reason_code(), 0, "CONNACK: {frame:?}");
-        client
-    }
-
-    /// The next packet within `within`, or `None` on timeout or when the broker closed.
-    fn try_read(&mut self, within: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(frame);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("timeout");
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn read(&mut self) -> Frame {
-        self.try_read(WAIT)
-            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
-    }
-
-    /// The next packet that is not a PUBLISH ack or ping we do not care about.
-    fn read_publish(&mut self) -> Publish {
-        let frame = self.read();
-        match frame.packet {
-            Some(Packet::Publish(publish)) => publish,
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        let mut length = 0usize;
-        let mut shift = 0;
-        let mut index = 1;
-        loop {
-            let byte = *self.buffer.get(index)?;
-            length |= usize::from(byte & 0x7F) << shift;
-            index += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if self.buffer.len() < index + length {
-            return None;
-        }
-        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
-        let packet = Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
-        Some(Frame {
-            first_byte: whole[0],
-            body: whole[index..].to_vec(),
-            packet,
-        })
-    }
-
-    /// True when the broker closes the connection within `WAIT` (packets before are skipped).
-    fn closed(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.try_read(WAIT).is_none() {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// SUBSCRIBE `filters` with `properties`; returns the SUBACK's reason codes, from the bytes
-    /// (packet id 2 bytes, property length, properties, then one code per filter).
-    fn subscribe_codes(
-        &mut self,
-        filters: Vec<Filter>,
-        properties: Option<SubscribeProperties>,
-    ) -> Vec<u8> {
-        self.send(Packet::Subscribe(Subscribe {
-            pkid: 3,
-            ..Subscribe::new_many(filters, properties)
-        }));
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
-        codes_after_properties(&frame.body)
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(Packet::Subscribe(Subscribe {
-            pkid: 1,
-            ..Subscribe::new(Filter::new(filter, qos), None)
-        }));
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
-    }
-}
-
-/// The reason codes of a SUBACK or UNSUBACK body: after the packet id and the properties
-/// (their length is one byte here: the broker sends none).
-fn codes_after_properties(body: &[u8]) -> Vec<u8> {
-    let properties_len = usize::from(body[2]);
-    assert!(properties_len < 0x80, "short properties expected: {body:?}");
-    body[3 + properties_len..].to_vec()
-}
-
-fn connect(client_id: &str, clean_start: bool, properties: Option<ConnectProperties>) -> Connect {
-    Connect {
-        keep_alive: 60,
-        client_id: client_id.to_string(),
-        clean_start,
-        properties,
-    }
-}
 
 fn with_expiry(secs: u32) -> Option<ConnectProperties> {
     Some(ConnectProperties {
         session_expiry_interval: Some(secs),
         ..ConnectProperties::new()
     })
-}
-
-fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
-    let mut config = test_config();
-    adjust(&mut config);
-    TestBroker::start(config)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -878,7 +687,7 @@ fn issue8_unsuback_codes() {
     }));
     let frame = client.read();
     assert_eq!(frame.first_byte, 0xB0, "UNSUBACK: {frame:?}");
-    assert_eq!(codes_after_properties(&frame.body), vec![0x11, 0x00]);
+    assert_eq!(frame.reason_codes(), vec![0x11, 0x00]);
 }
 
 #[test]

@@ -10,230 +10,24 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::BytesMut;
+use common::v5::{connect, V5Client};
 use common::*;
-use ringmq::config::Config;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, LastWill,
-    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
-    PubRelReason, Publish, PublishProperties, Subscribe,
+    ConnectProperties, DisconnectReasonCode, Filter, LastWill, Packet, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties,
+    Subscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
-
-/// One packet as it came off the wire: its first byte, its body, and rumqttc's reading of it.
-#[derive(Debug)]
-struct Frame {
-    first_byte: u8,
-    body: Vec<u8>,
-    packet: Option<Packet>,
-}
-
-impl Frame {
-    fn connack(&self) -> ConnAck {
-        match &self.packet {
-            Some(Packet::ConnAck(ack)) => ack.clone(),
-            other => panic!("expected CONNACK, got {other:?} ({self:?})"),
-        }
-    }
-
-    /// The reason code of a CONNACK or DISCONNECT, from the bytes.
-    fn reason_code(&self) -> u8 {
-        match self.first_byte >> 4 {
-            2 => self.body[1],
-            14 => self.body.first().copied().unwrap_or(0),
-            kind => panic!("no reason code on packet type {kind}: {self:?}"),
-        }
-    }
-
-    fn disconnect(&self) -> Disconnect {
-        match &self.packet {
-            Some(Packet::Disconnect(disconnect)) => disconnect.clone(),
-            other => panic!("expected DISCONNECT, got {other:?} ({self:?})"),
-        }
-    }
-
-    /// The Reason String of a DISCONNECT or CONNACK, if it has one.
-    fn reason_string(&self) -> Option<String> {
-        match &self.packet {
-            Some(Packet::Disconnect(d)) => d.properties.as_ref()?.reason_string.clone(),
-            Some(Packet::ConnAck(a)) => a.properties.as_ref()?.reason_string.clone(),
-            Some(Packet::PubAck(a)) => a.properties.as_ref()?.reason_string.clone(),
-            Some(Packet::PubRec(a)) => a.properties.as_ref()?.reason_string.clone(),
-            Some(Packet::PubRel(a)) => a.properties.as_ref()?.reason_string.clone(),
-            Some(Packet::PubComp(a)) => a.properties.as_ref()?.reason_string.clone(),
-            other => panic!("no reason string on {other:?}"),
-        }
-    }
-}
-
-/// A TCP client speaking MQTT 5 through rumqttc's codec, with bounded reads.
-struct V5Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl V5Client {
-    fn open(addr: SocketAddr) -> V5Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        V5Client {
-            stream,
-            buffer: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("rumqttc encodes it");
-        self.send_bytes(&out);
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    fn connect_with(
-        addr: SocketAddr,
-        connect: Connect,
-        will: Option<LastWill>,
-    ) -> (V5Client, Frame) {
-        let mut client = V5Client::open(addr);
-        client.send(Packet::Connect(connect, will, None));
-        let frame = client.read();
-        (client, frame)
-    }
-
-    fn connect_props(addr: SocketAddr, id: &str, properties: ConnectProperties) -> V5Client {
-        let (client, frame) = V5Client::connect_with(addr, connect(id, Some(properties)), None);
-        assert_eq!(frame.reason_code(), 0, "CONNACK: {frame:?}");
-        client
-    }
-
-    fn connect(addr: SocketAddr, id: &str) -> V5Client {
-        V5Client::connect_props(addr, id, ConnectProperties::new())
-    }
-
-    fn try_read(&mut self, within: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(frame);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("timeout");
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn read(&mut self) -> Frame {
-        self.try_read(WAIT)
-            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
-    }
-
-    fn read_publish(&mut self) -> Publish {
-        match self.read().packet {
-            Some(Packet::Publish(publish)) => publish,
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        let mut length = 0usize;
-        let mut shift = 0;
-        let mut index = 1;
-        loop {
-            let byte = *self.buffer.get(index)?;
-            length |= usize::from(byte & 0x7F) << shift;
-            index += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if self.buffer.len() < index + length {
-            return None;
-        }
-        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
-        let packet = Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
-        Some(Frame {
-            first_byte: whole[0],
-            body: whole[index..].to_vec(),
-            packet,
-        })
-    }
-
-    /// True when the broker closes the connection within `WAIT` (packets before are skipped).
-    fn closed(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.try_read(WAIT).is_none() {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(Packet::Subscribe(Subscribe {
-            pkid: 1,
-            ..Subscribe::new(Filter::new(filter, qos), None)
-        }));
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
-    }
-
-    /// The connection still answers: PINGREQ gets PINGRESP.
-    fn assert_alive(&mut self) {
-        self.send_bytes(&PINGREQ);
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0xD0, "PINGRESP expected: {frame:?}");
-    }
-
-    fn publish(&mut self, publish: Publish) -> Frame {
-        self.send(Packet::Publish(publish));
-        self.read()
-    }
-}
-
-fn connect(client_id: &str, properties: Option<ConnectProperties>) -> Connect {
-    Connect {
-        keep_alive: 60,
-        client_id: client_id.to_string(),
-        clean_start: true,
-        properties,
-    }
-}
-
-fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
-    let mut config = test_config();
-    adjust(&mut config);
-    TestBroker::start(config)
-}
 
 fn publish(topic: &str, qos: QoS, pkid: u16, retain: bool, payload: &str) -> Publish {
     Publish {
         pkid,
         retain,
         ..Publish::new(topic, qos, payload.to_string(), None)
-    }
-}
-
-fn puback(frame: &Frame) -> PubAck {
-    match &frame.packet {
-        Some(Packet::PubAck(ack)) => ack.clone(),
-        other => panic!("expected PUBACK, got {other:?} ({frame:?})"),
     }
 }
 
@@ -268,7 +62,9 @@ fn issue8_publish_above_maximum_qos_gets_disconnect_0x9b() {
 
     // QoS 1 is within it.
     let mut client = V5Client::connect(broker.addr(), &unique_id("v5-maxqos-ok"));
-    let ack = puback(&client.publish(publish("max/qos", QoS::AtLeastOnce, 1, false, "x")));
+    let ack = client
+        .publish(publish("max/qos", QoS::AtLeastOnce, 1, false, "x"))
+        .puback();
     assert_eq!(ack.reason, PubAckReason::NoMatchingSubscribers);
 
     // 3.1.1 keeps its behaviour: QoS 2 is acknowledged.
@@ -280,7 +76,7 @@ fn issue8_publish_above_maximum_qos_gets_disconnect_0x9b() {
     let will = LastWill::new("max/will", "w", QoS::ExactlyOnce, false, None);
     let (mut client, frame) = V5Client::connect_with(
         broker.addr(),
-        connect(&unique_id("v5-maxqos-will"), None),
+        connect(&unique_id("v5-maxqos-will"), true, None),
         Some(will),
     );
     assert_eq!(frame.reason_code(), 0x9B, "{frame:?}");
@@ -363,7 +159,7 @@ fn issue8_a_failed_pubrec_ends_the_flow_without_pubrel() {
         receive_maximum: Some(1),
         ..ConnectProperties::new()
     };
-    let mut subscriber = V5Client::connect_props(broker.addr(), &unique_id("v5-rec"), properties);
+    let mut subscriber = V5Client::connect_props(broker.addr(), &unique_id("v5-rec"), properties).0;
     subscriber.subscribe(&topic, QoS::ExactlyOnce);
     let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-rec-pub"));
     let frame = publisher.publish(publish(&topic, QoS::ExactlyOnce, 1, false, "first"));
@@ -418,12 +214,14 @@ fn check_retained_quota(shards: usize) {
     let mut live = V5Client::connect(addr, &unique_id_on(shards - 1, shards, "quota-live"));
     live.subscribe(&format!("{prefix}/#"), QoS::AtLeastOnce);
     let mut publisher = V5Client::connect(addr, &unique_id_on(0, shards, "quota-pub"));
-    let ack = puback(&publisher.publish(publish(&topic(1), QoS::AtLeastOnce, 1, true, "one")));
+    let ack = publisher
+        .publish(publish(&topic(1), QoS::AtLeastOnce, 1, true, "one"))
+        .puback();
     assert_eq!(ack.reason, PubAckReason::Success);
     assert_eq!(live.read_publish().payload, "one");
 
     let frame = publisher.publish(publish(&topic(2), QoS::AtLeastOnce, 2, true, "two"));
-    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded);
+    assert_eq!(frame.puback().reason, PubAckReason::QuotaExceeded);
     assert_eq!(frame.reason_string().as_deref(), Some("quota exceeded"));
     match publisher
         .publish(publish(&topic(3), QoS::ExactlyOnce, 3, true, "three"))
@@ -494,16 +292,16 @@ fn check_expired_retained_stop_counting(shards: usize) {
         ..publish(&topic(1), QoS::AtLeastOnce, 1, true, "short")
     };
     assert_eq!(
-        puback(&publisher.publish(short)).reason,
+        publisher.publish(short).puback().reason,
         PubAckReason::NoMatchingSubscribers
     );
     let frame = publisher.publish(publish(&topic(2), QoS::AtLeastOnce, 2, true, "two"));
-    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded, "full");
+    assert_eq!(frame.puback().reason, PubAckReason::QuotaExceeded, "full");
     // Past its expiry (and a timer tick), the place is free again, no subscription needed.
     std::thread::sleep(Duration::from_millis(2_500));
     let frame = publisher.publish(publish(&topic(2), QoS::AtLeastOnce, 3, true, "two"));
     assert_eq!(
-        puback(&frame).reason,
+        frame.puback().reason,
         PubAckReason::NoMatchingSubscribers,
         "the expired message was deleted"
     );
@@ -543,12 +341,12 @@ fn issue8_retained_properties_count_in_retained_bytes_max() {
         ..publish(&topic, QoS::AtLeastOnce, 1, true, "0123456789")
     };
     assert_eq!(
-        puback(&publisher.publish(heavy)).reason,
+        publisher.publish(heavy).puback().reason,
         PubAckReason::QuotaExceeded
     );
     let light = publish(&topic, QoS::AtLeastOnce, 2, true, "0123456789");
     assert_eq!(
-        puback(&publisher.publish(light)).reason,
+        publisher.publish(light).puback().reason,
         PubAckReason::NoMatchingSubscribers
     );
     assert_eq!(retained_seen(broker.addr(), 0, 1, &topic), [topic]);
@@ -560,7 +358,7 @@ fn issue8_retained_properties_count_in_retained_bytes_max() {
 
 /// A v5 CONNECT with a client id of `id_len` bytes, in bytes.
 fn large_v5_connect(id_len: usize) -> Vec<u8> {
-    let connect = connect(&"c".repeat(id_len), None);
+    let connect = connect(&"c".repeat(id_len), true, None);
     let mut out = BytesMut::new();
     Packet::Connect(connect, None, None)
         .write(&mut out, None)
@@ -611,7 +409,7 @@ fn issue8_request_response_information() {
         ..ConnectProperties::new()
     };
     let (_client, frame) =
-        V5Client::connect_with(broker.addr(), connect(&id, Some(properties)), None);
+        V5Client::connect_with(broker.addr(), connect(&id, true, Some(properties)), None);
     let p = frame.connack().properties.expect("properties");
     assert_eq!(
         p.response_information.as_deref(),
@@ -626,7 +424,7 @@ fn issue8_request_response_information() {
         };
         let (_client, frame) = V5Client::connect_with(
             broker.addr(),
-            connect(&unique_id("v5-rri-no"), Some(properties)),
+            connect(&unique_id("v5-rri-no"), true, Some(properties)),
             None,
         );
         let p = frame.connack().properties.expect("properties");
@@ -667,7 +465,7 @@ fn check_request_response(shards: usize) {
         ..publish(&topic, QoS::AtLeastOnce, 1, false, "request")
     };
     assert_eq!(
-        puback(&requester.publish(request)).reason,
+        requester.publish(request).puback().reason,
         PubAckReason::Success
     );
     let received = responder.read_publish();
@@ -681,7 +479,7 @@ fn check_request_response(shards: usize) {
         ..publish(&topic, QoS::AtLeastOnce, 1, false, "response")
     };
     let frame = responder.publish(response);
-    assert_eq!(puback(&frame).reason, PubAckReason::Success);
+    assert_eq!(frame.puback().reason, PubAckReason::Success);
     let answer = requester.read_publish();
     assert_eq!(answer.payload, "response");
     assert_eq!(
@@ -757,16 +555,17 @@ fn issue8_request_problem_information_zero_silences_ack_reason_strings() {
     let topic = unique_topic("v5/problem");
     let mut told = V5Client::connect(broker.addr(), &unique_id("v5-told"));
     let frame = told.publish(publish(&topic, QoS::AtLeastOnce, 1, true, "r"));
-    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded);
+    assert_eq!(frame.puback().reason, PubAckReason::QuotaExceeded);
     assert_eq!(frame.reason_string().as_deref(), Some("quota exceeded"));
 
     let mut quiet = V5Client::connect_props(
         broker.addr(),
         &unique_id("v5-quiet"),
         no_problem_information(),
-    );
+    )
+    .0;
     let frame = quiet.publish(publish(&topic, QoS::AtLeastOnce, 1, true, "r"));
-    assert_eq!(puback(&frame).reason, PubAckReason::QuotaExceeded);
+    assert_eq!(frame.puback().reason, PubAckReason::QuotaExceeded);
     assert_eq!(frame.reason_string(), None, "{frame:?}");
     quiet.send(Packet::PubRel(PubRel::new(9, None)));
     let frame = quiet.read();
@@ -833,7 +632,7 @@ fn issue8_enhanced_authentication() {
     };
     let (mut client, frame) = V5Client::connect_with(
         broker.addr(),
-        connect(&unique_id("v5-scram"), Some(properties)),
+        connect(&unique_id("v5-scram"), true, Some(properties)),
         None,
     );
     assert_eq!(frame.reason_code(), 0x8C, "{frame:?}");
@@ -885,7 +684,7 @@ fn issue8_every_client_disconnect_reason_is_accepted() {
         let will = LastWill::new(&topic, format!("{code:#04x}"), QoS::AtMostOnce, false, None);
         let (mut client, frame) = V5Client::connect_with(
             broker.addr(),
-            connect(&unique_id("v5-disc"), None),
+            connect(&unique_id("v5-disc"), true, None),
             Some(will),
         );
         assert_eq!(frame.reason_code(), 0);

@@ -531,8 +531,8 @@ impl RawPacket {
     }
 }
 
-/// Splits one packet off the front of `buf` if it is complete.
-fn take_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
+/// The (fixed header, body) lengths of the packet at the front of `buf`, if it is complete.
+fn packet_extent(buf: &[u8]) -> Option<(usize, usize)> {
     let mut length = 0usize;
     let mut multiplier = 1usize;
     let mut at = 1;
@@ -549,9 +549,12 @@ fn take_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
             "broker sent a remaining length over 4 bytes: {buf:02x?}"
         );
     }
-    if buf.len() < at + length {
-        return None;
-    }
+    (buf.len() >= at + length).then_some((at, length))
+}
+
+/// Splits one packet off the front of `buf` if it is complete.
+fn take_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
+    let (at, length) = packet_extent(buf)?;
     let packet = RawPacket {
         first_byte: buf[0],
         body: buf[at..at + length].to_vec(),
@@ -1330,15 +1333,6 @@ pub fn password_file(dir: &TempDir, users: &[(&str, &str)]) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------------
-// interop (issue 8: Paho's MQTT 5 interoperability suite, tests/mqtt5_interop.rs)
-// ---------------------------------------------------------------------------------------------
-
-/// Splits one packet off the front of `buf` if it is complete, for a test's own reader.
-pub fn take_raw_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
-    take_packet(buf)
-}
-
-// ---------------------------------------------------------------------------------------------
 // tls (issue 9): a broker started by the test itself (several listeners), stopped like others
 // ---------------------------------------------------------------------------------------------
 
@@ -1370,4 +1364,17 @@ impl TestBroker {
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.ringmq.as_ref().and_then(Broker::metrics_addr)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dedupe: the MQTT 5 client the v5 tests share, and a broker with an adjusted test config
+// ---------------------------------------------------------------------------------------------
+
+pub mod v5;
+
+/// A broker with `test_config()` as `adjust` leaves it.
+pub fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
+    let mut config = test_config();
+    adjust(&mut config);
+    TestBroker::start(config)
 }
