@@ -6,24 +6,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use common::v5::{connect, V5Client};
 use common::*;
-use ringmq::config::Config;
-use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, PubComp,
-    PubRec, PubRel, Publish, PublishProperties, Subscribe,
-};
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, PubAck, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-
-fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
-    let mut config = test_config();
-    adjust(&mut config);
-    TestBroker::start(config)
-}
 
 fn connect_properties(
     topic_alias_max: Option<u16>,
@@ -48,201 +35,6 @@ fn publish(topic: &str, qos: QoS, payload: &[u8], alias: Option<u16>) -> Publish
         publish.pkid = 1;
     }
     publish
-}
-
-/// One packet as it came off the wire: its first byte, its body, and rumqttc's reading of it.
-#[derive(Debug)]
-struct Frame {
-    first_byte: u8,
-    body: Vec<u8>,
-    packet: Option<Packet>,
-}
-
-/// A TCP client speaking MQTT 5 through rumqttc's codec, with bounded reads. It answers the
-/// broker's QoS 1/2 PUBLISHes itself (unless told not to) and completes its own QoS 2 flows.
-struct V5Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-    acks: bool,
-}
-
-impl V5Client {
-    fn connect_with(
-        addr: SocketAddr,
-        client_id: &str,
-        clean_start: bool,
-        properties: ConnectProperties,
-    ) -> (V5Client, Frame) {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut client = V5Client {
-            stream,
-            buffer: Vec::new(),
-            acks: true,
-        };
-        let connect = Connect {
-            keep_alive: 60,
-            client_id: client_id.to_string(),
-            clean_start,
-            properties: Some(properties),
-        };
-        client.send(Packet::Connect(connect, None, None));
-        let frame = client.read();
-        assert_eq!(frame.first_byte, 0x20, "CONNACK expected: {frame:?}");
-        assert_eq!(frame.body[1], 0, "CONNACK refused: {frame:?}");
-        (client, frame)
-    }
-
-    fn connect(addr: SocketAddr, client_id: &str, properties: ConnectProperties) -> V5Client {
-        V5Client::connect_with(addr, client_id, true, properties).0
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("rumqttc encodes it");
-        self.stream.write_all(&out).expect("write");
-    }
-
-    fn try_read(&mut self, within: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(frame);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("timeout");
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn read(&mut self) -> Frame {
-        self.try_read(WAIT)
-            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        let (mut length, mut shift, mut index) = (0usize, 0, 1);
-        loop {
-            let byte = *self.buffer.get(index)?;
-            length |= usize::from(byte & 0x7F) << shift;
-            index += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if self.buffer.len() < index + length {
-            return None;
-        }
-        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
-        let packet = Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
-        Some(Frame {
-            first_byte: whole[0],
-            body: whole[index..].to_vec(),
-            packet,
-        })
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(Packet::Subscribe(Subscribe {
-            pkid: 1,
-            ..Subscribe::new(Filter::new(filter, qos), None)
-        }));
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
-    }
-
-    /// The next PUBLISH within `within`, answering acks on the way; `None` if none comes.
-    fn try_publish(&mut self, within: Duration) -> Option<Publish> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let frame = self.try_read(left)?;
-            match frame.packet {
-                Some(Packet::Publish(publish)) => {
-                    if self.acks {
-                        match publish.qos {
-                            QoS::AtMostOnce => {}
-                            QoS::AtLeastOnce => {
-                                self.send(Packet::PubAck(PubAck::new(publish.pkid, None)))
-                            }
-                            QoS::ExactlyOnce => {
-                                self.send(Packet::PubRec(PubRec::new(publish.pkid, None)))
-                            }
-                        }
-                    }
-                    return Some(publish);
-                }
-                // Our QoS 2 publish: PUBREL. The broker's: PUBCOMP.
-                Some(Packet::PubRec(rec)) => self.send(Packet::PubRel(PubRel::new(rec.pkid, None))),
-                Some(Packet::PubRel(rel)) => {
-                    self.send(Packet::PubComp(PubComp::new(rel.pkid, None)))
-                }
-                Some(Packet::PubAck(_) | Packet::PubComp(_)) => {}
-                other => panic!("unexpected {other:?} ({:02x})", frame.first_byte),
-            }
-        }
-    }
-
-    fn read_publish(&mut self) -> Publish {
-        self.try_publish(WAIT)
-            .unwrap_or_else(|| panic!("no PUBLISH within {WAIT:?}"))
-    }
-
-    fn expect_no_publish(&mut self) {
-        if let Some(publish) = self.try_publish(Duration::from_millis(500)) {
-            panic!("unexpected {publish:?}");
-        }
-    }
-
-    /// The server DISCONNECT's reason code, then the close.
-    fn expect_disconnect(&mut self) -> u8 {
-        loop {
-            let frame = self.read();
-            if frame.first_byte == 0xE0 {
-                assert!(self.try_read(WAIT).is_none(), "closed after DISCONNECT");
-                return frame.body.first().copied().unwrap_or(0);
-            }
-            assert_eq!(frame.first_byte >> 4, 4, "only acks before: {frame:?}");
-        }
-    }
-
-    /// Waits until the broker answers a PINGREQ: what was sent before is handled (QoS 2
-    /// flows of our own publishes completed on the way).
-    fn sync(&mut self) {
-        self.send(Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq));
-        loop {
-            let frame = self.read();
-            match frame.packet {
-                Some(Packet::PingResp(_)) => return,
-                Some(Packet::PubRec(rec)) => self.send(Packet::PubRel(PubRel::new(rec.pkid, None))),
-                Some(Packet::PubRel(rel)) => {
-                    self.send(Packet::PubComp(PubComp::new(rel.pkid, None)))
-                }
-                Some(Packet::PubAck(_) | Packet::PubComp(_)) => {}
-                other => panic!("only acks before PINGRESP: {other:?}"),
-            }
-        }
-    }
-
-    /// DISCONNECT, then waits for the broker to close: the session is detached by then.
-    fn disconnect(mut self) {
-        self.send(Packet::Disconnect(Disconnect::new(
-            DisconnectReasonCode::NormalDisconnection,
-        )));
-        let deadline = Instant::now() + WAIT;
-        while self.try_read(WAIT).is_some() {
-            assert!(Instant::now() < deadline, "the broker never closed");
-        }
-    }
 }
 
 fn alias_of(publish: &Publish) -> Option<u16> {
@@ -293,11 +85,9 @@ const SHARD_COUNTS: [usize; 2] = [1, 4];
 #[test]
 fn issue8_connack_topic_alias_maximum_is_the_limit_and_absent_at_0() {
     let broker = start_broker();
-    let (_client, frame) = V5Client::connect_with(
+    let (_client, frame) = V5Client::connect_accepted(
         broker.addr(),
-        &unique_id("alias-connack"),
-        true,
-        ConnectProperties::new(),
+        connect(&unique_id("alias-connack"), true, None),
     );
     let Some(Packet::ConnAck(ack)) = frame.packet else {
         panic!("{frame:?}");
@@ -308,11 +98,9 @@ fn issue8_connack_topic_alias_maximum_is_the_limit_and_absent_at_0() {
     );
 
     let broker = broker_with(|c| c.limits.topic_alias_max = 0);
-    let (_client, frame) = V5Client::connect_with(
+    let (_client, frame) = V5Client::connect_accepted(
         broker.addr(),
-        &unique_id("alias-connack"),
-        true,
-        ConnectProperties::new(),
+        connect(&unique_id("alias-connack"), true, None),
     );
     let Some(Packet::ConnAck(ack)) = frame.packet else {
         panic!("{frame:?}");
@@ -329,7 +117,7 @@ fn inbound_aliases_set_reuse_replace(shards: usize) {
     let topic_a = unique_topic("alias/a");
     let topic_b = unique_topic("alias/b");
     let filter = format!("{}/#", topic_a.split('/').next().expect("a level"));
-    let mut v5_sub = V5Client::connect(
+    let mut v5_sub = V5Client::connect_props(
         broker.addr(),
         &unique_id_on(shards - 1, shards, "alias-v5-sub"),
         ConnectProperties::new(),
@@ -340,7 +128,7 @@ fn inbound_aliases_set_reuse_replace(shards: usize) {
         &unique_id_on(shards / 2, shards, "alias-v3-sub"),
     );
     v3_sub.subscribe(1, &[(&filter, 1)]);
-    let mut publisher = V5Client::connect(
+    let mut publisher = V5Client::connect_props(
         broker.addr(),
         &unique_id_on(0, shards, "alias-pub"),
         ConnectProperties::new(),
@@ -364,7 +152,7 @@ fn inbound_aliases_set_reuse_replace(shards: usize) {
             payload.as_bytes(),
             alias,
         )));
-        let got = v5_sub.read_publish();
+        let got = v5_sub.receive();
         assert_eq!(
             (topic_of(&got), &got.payload[..], alias_of(&got)),
             (expected, payload.as_bytes(), None),
@@ -394,7 +182,7 @@ fn issue8_inbound_aliases_set_reuse_replace_on_1_and_4_shards() {
 fn issue8_inbound_alias_0_or_over_the_maximum_is_0x94() {
     let broker = broker_with(|c| c.limits.topic_alias_max = 5);
     // [MQTT-3.3.2-8] Alias 0 is not permitted; rumqttc writes what it is given.
-    let mut client = V5Client::connect(
+    let mut client = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-zero"),
         ConnectProperties::new(),
@@ -407,7 +195,7 @@ fn issue8_inbound_alias_0_or_over_the_maximum_is_0x94() {
     )));
     assert_eq!(client.expect_disconnect(), 0x94, "Topic Alias invalid");
     // [MQTT-3.3.2-9] Over the Topic Alias Maximum the CONNACK gave (5).
-    let mut client = V5Client::connect(
+    let mut client = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-over"),
         ConnectProperties::new(),
@@ -432,7 +220,7 @@ fn issue8_inbound_alias_0_or_over_the_maximum_is_0x94() {
 #[test]
 fn issue8_empty_topic_with_an_alias_never_set_is_a_protocol_error() {
     let broker = start_broker();
-    let mut client = V5Client::connect(
+    let mut client = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-unset"),
         ConnectProperties::new(),
@@ -462,7 +250,7 @@ fn issue8_inbound_aliases_do_not_survive_the_connection() {
     let id = unique_id("alias-reconnect");
     let topic = unique_topic("alias/reconnect");
     let expiry = connect_properties(None, None, Some(60));
-    let mut client = V5Client::connect_with(broker.addr(), &id, true, expiry.clone()).0;
+    let mut client = V5Client::connect_props(broker.addr(), &id, expiry.clone());
     client.subscribe(&topic, QoS::AtLeastOnce);
     client.send(Packet::Publish(publish(
         &topic,
@@ -477,10 +265,11 @@ fn issue8_inbound_aliases_do_not_survive_the_connection() {
         Some(1),
     )));
     for payload in [b"1", b"2"] {
-        assert_eq!(&client.read_publish().payload[..], payload);
+        assert_eq!(&client.receive().payload[..], payload);
     }
     client.disconnect();
-    let (mut client, frame) = V5Client::connect_with(broker.addr(), &id, false, expiry);
+    let (mut client, frame) =
+        V5Client::connect_accepted(broker.addr(), connect(&id, false, Some(expiry)));
     assert_eq!(frame.body[0], 1, "session present");
     client.send(Packet::Publish(publish(
         &topic,
@@ -489,7 +278,7 @@ fn issue8_inbound_aliases_do_not_survive_the_connection() {
         None,
     )));
     assert_eq!(
-        &client.read_publish().payload[..],
+        &client.receive().payload[..],
         b"3",
         "the subscription stayed"
     );
@@ -508,7 +297,7 @@ fn issue8_a_retained_message_published_by_alias_is_kept_under_its_topic() {
     // alias names (checked as a new, empty topic it was refused with 0x97).
     let broker = broker_with(|c| c.limits.retained_max = 1);
     let topic = unique_topic("alias/retained");
-    let mut publisher = V5Client::connect(
+    let mut publisher = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-ret-pub"),
         ConnectProperties::new(),
@@ -540,7 +329,7 @@ fn issue8_paho_server_topic_alias() {
     // alias, the next two an empty topic and the same alias [MQTT-3.3.2-11].
     let broker = start_broker();
     let topic = unique_topic("alias/paho");
-    let mut client = V5Client::connect(
+    let mut client = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-paho"),
         connect_properties(Some(1), None, None),
@@ -554,7 +343,7 @@ fn issue8_paho_server_topic_alias() {
             None,
         )));
     }
-    let got: Vec<Publish> = (0..3).map(|_| client.read_publish()).collect();
+    let got: Vec<Publish> = (0..3).map(|_| client.receive()).collect();
     let alias = alias_of(&got[0]).expect("the first one sets an alias");
     assert!(alias > 0);
     assert_eq!(topic_of(&got[0]), topic);
@@ -574,7 +363,7 @@ fn issue8_paho_server_topic_alias() {
 
     // Then without Topic Alias Maximum (and with 0): no alias at all.
     for alias_max in [None, Some(0)] {
-        let mut client = V5Client::connect(
+        let mut client = V5Client::connect_props(
             broker.addr(),
             &unique_id("alias-paho-none"),
             connect_properties(alias_max, None, None),
@@ -584,7 +373,7 @@ fn issue8_paho_server_topic_alias() {
             client.send(Packet::Publish(publish(&topic, qos, b"plain", None)));
         }
         for _ in 0..3 {
-            let publish = client.read_publish();
+            let publish = client.receive();
             assert_eq!(
                 (topic_of(&publish), alias_of(&publish)),
                 (topic.as_str(), None)
@@ -606,13 +395,13 @@ fn outbound_aliases_assigned_reused_and_bounded(shards: usize) {
         receive_maximum: Some(1),
         ..connect_properties(Some(2), None, None)
     };
-    let mut aliased = V5Client::connect(
+    let mut aliased = V5Client::connect_props(
         broker.addr(),
         &unique_id_on(shards - 1, shards, "alias-out-sub"),
         properties,
     );
     aliased.subscribe(&filter, QoS::AtLeastOnce);
-    let mut plain = V5Client::connect(
+    let mut plain = V5Client::connect_props(
         broker.addr(),
         &unique_id_on(shards - 1, shards, "alias-out-plain"),
         ConnectProperties::new(),
@@ -623,7 +412,7 @@ fn outbound_aliases_assigned_reused_and_bounded(shards: usize) {
         &unique_id_on(shards / 2, shards, "alias-out-v3"),
     );
     v3.subscribe(1, &[(&filter, 0)]);
-    let mut publisher = V5Client::connect(
+    let mut publisher = V5Client::connect_props(
         broker.addr(),
         &unique_id_on(0, shards, "alias-out-pub"),
         ConnectProperties::new(),
@@ -647,14 +436,14 @@ fn outbound_aliases_assigned_reused_and_bounded(shards: usize) {
             n.to_string().as_bytes(),
             None,
         )));
-        let got = aliased.read_publish();
+        let got = aliased.receive();
         assert_eq!(&got.payload[..], n.to_string().as_bytes());
         assert_eq!(&client_side.topic(&got, 2), topic, "message {n}");
         by_alias_alone += usize::from(topic_of(&got).is_empty());
         if n > 0 && topics[n - 1] == *topic {
             assert_eq!(topic_of(&got), "", "a repeat goes by alias alone ({n})");
         }
-        let got = plain.read_publish();
+        let got = plain.receive();
         assert_eq!((topic_of(&got), alias_of(&got)), (topic.as_str(), None));
         assert_eq!(v3.read_publish().topic, *topic);
     }
@@ -671,7 +460,7 @@ fn outbound_aliases_assigned_reused_and_bounded(shards: usize) {
         )));
     }
     for (n, topic) in topics.iter().enumerate() {
-        let got = aliased.read_publish();
+        let got = aliased.receive();
         assert_eq!(&got.payload[..], n.to_string().as_bytes(), "in order");
         assert_eq!(&client_side.topic(&got, 2), topic, "queued message {n}");
         aliased.send(Packet::PubAck(PubAck::new(got.pkid, None)));
@@ -694,9 +483,9 @@ fn issue8_outbound_aliases_start_afresh_on_a_new_connection() {
     let id = unique_id("alias-resend");
     let topic = unique_topic("alias/resend");
     let properties = connect_properties(Some(4), None, Some(60));
-    let mut client = V5Client::connect_with(broker.addr(), &id, true, properties.clone()).0;
+    let mut client = V5Client::connect_props(broker.addr(), &id, properties.clone());
     client.subscribe(&topic, QoS::AtLeastOnce);
-    let mut publisher = V5Client::connect(
+    let mut publisher = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-resend-pub"),
         ConnectProperties::new(),
@@ -707,7 +496,7 @@ fn issue8_outbound_aliases_start_afresh_on_a_new_connection() {
         b"1",
         None,
     )));
-    let first = client.read_publish();
+    let first = client.receive();
     assert_eq!(
         (topic_of(&first), alias_of(&first)),
         (topic.as_str(), Some(1))
@@ -719,15 +508,16 @@ fn issue8_outbound_aliases_start_afresh_on_a_new_connection() {
         b"2",
         None,
     )));
-    let second = client.read_publish();
+    let second = client.receive();
     assert_eq!(
         (topic_of(&second), alias_of(&second), second.dup),
         ("", Some(1), false)
     );
     drop(client);
-    let (mut client, frame) = V5Client::connect_with(broker.addr(), &id, false, properties);
+    let (mut client, frame) =
+        V5Client::connect_accepted(broker.addr(), connect(&id, false, Some(properties)));
     assert_eq!(frame.body[0], 1, "session present");
-    let again = client.read_publish();
+    let again = client.receive();
     assert_eq!(
         (
             topic_of(&again),
@@ -741,19 +531,19 @@ fn issue8_outbound_aliases_start_afresh_on_a_new_connection() {
     let mut retained = publish(&topic, QoS::AtLeastOnce, b"kept", None);
     retained.retain = true;
     publisher.send(Packet::Publish(retained));
-    let live = client.read_publish();
+    let live = client.receive();
     assert_eq!(
         (topic_of(&live), alias_of(&live)),
         ("", Some(1)),
         "live, by alias"
     );
-    let mut late = V5Client::connect(
+    let mut late = V5Client::connect_props(
         broker.addr(),
         &unique_id("alias-retained"),
         connect_properties(Some(4), None, None),
     );
     late.subscribe(&topic, QoS::AtLeastOnce);
-    let got = late.read_publish();
+    let got = late.receive();
     assert_eq!(
         (topic_of(&got), alias_of(&got), got.retain),
         (topic.as_str(), Some(1), true),
@@ -776,9 +566,9 @@ fn max_packet_size_drops(shards: usize) {
         receive_maximum: Some(1),
         ..connect_properties(None, Some(64), Some(60))
     };
-    let mut sub = V5Client::connect_with(broker.addr(), &id, true, properties.clone()).0;
+    let mut sub = V5Client::connect_props(broker.addr(), &id, properties.clone());
     sub.subscribe(&topic, QoS::AtLeastOnce);
-    let mut publisher = V5Client::connect(
+    let mut publisher = V5Client::connect_props(
         broker.addr(),
         &unique_id_on(0, shards, "size-pub"),
         ConnectProperties::new(),
@@ -799,11 +589,11 @@ fn max_packet_size_drops(shards: usize) {
     for (qos, payload) in sends {
         publisher.send(Packet::Publish(publish(&topic, qos, payload, None)));
         if payload == small {
-            let got = sub.read_publish();
+            let got = sub.receive();
             assert_eq!((got.qos, &got.payload[..]), (qos, payload));
         }
     }
-    sub.expect_no_publish();
+    sub.expect_no_publish("too large for the subscriber");
     // Queued while away: the large one is dropped when its turn comes, the small one follows.
     sub.disconnect();
     for payload in [&large[..], &small[..], &large[..], &small[..]] {
@@ -815,11 +605,12 @@ fn max_packet_size_drops(shards: usize) {
         )));
     }
     publisher.sync();
-    let (mut sub, _) = V5Client::connect_with(broker.addr(), &id, false, properties);
+    let (mut sub, _) =
+        V5Client::connect_accepted(broker.addr(), connect(&id, false, Some(properties)));
     for _ in 0..2 {
-        assert_eq!(&sub.read_publish().payload[..], &small[..]);
+        assert_eq!(&sub.receive().payload[..], &small[..]);
     }
-    sub.expect_no_publish();
+    sub.expect_no_publish("the large ones were dropped");
     broker.wait_counter(
         "dropped_packet_too_large",
         |s| s.dropped_packet_too_large,
@@ -840,13 +631,13 @@ fn issue8_max_packet_size_counts_the_alias_that_would_be_sent() {
     // the client never saw; the next one that fits carries the topic.
     let broker = start_broker();
     let topic = unique_topic("size/alias");
-    let mut sub = V5Client::connect(
+    let mut sub = V5Client::connect_props(
         broker.addr(),
         &unique_id("size-alias"),
         connect_properties(Some(3), Some(80), None),
     );
     sub.subscribe(&topic, QoS::AtMostOnce);
-    let mut publisher = V5Client::connect(
+    let mut publisher = V5Client::connect_props(
         broker.addr(),
         &unique_id("size-alias-pub"),
         ConnectProperties::new(),
@@ -863,7 +654,7 @@ fn issue8_max_packet_size_counts_the_alias_that_would_be_sent() {
         b"fits",
         None,
     )));
-    let got = sub.read_publish();
+    let got = sub.receive();
     assert_eq!(
         (topic_of(&got), alias_of(&got), &got.payload[..]),
         (topic.as_str(), Some(1), &b"fits"[..])
@@ -874,6 +665,6 @@ fn issue8_max_packet_size_counts_the_alias_that_would_be_sent() {
         b"again",
         None,
     )));
-    let got = sub.read_publish();
+    let got = sub.receive();
     assert_eq!((topic_of(&got), alias_of(&got)), ("", Some(1)));
 }

@@ -159,7 +159,7 @@ fn issue8_a_failed_pubrec_ends_the_flow_without_pubrel() {
         receive_maximum: Some(1),
         ..ConnectProperties::new()
     };
-    let mut subscriber = V5Client::connect_props(broker.addr(), &unique_id("v5-rec"), properties).0;
+    let mut subscriber = V5Client::connect_props(broker.addr(), &unique_id("v5-rec"), properties);
     subscriber.subscribe(&topic, QoS::ExactlyOnce);
     let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-rec-pub"));
     let frame = publisher.publish(publish(&topic, QoS::ExactlyOnce, 1, false, "first"));
@@ -562,8 +562,7 @@ fn issue8_request_problem_information_zero_silences_ack_reason_strings() {
         broker.addr(),
         &unique_id("v5-quiet"),
         no_problem_information(),
-    )
-    .0;
+    );
     let frame = quiet.publish(publish(&topic, QoS::AtLeastOnce, 1, true, "r"));
     assert_eq!(frame.puback().reason, PubAckReason::QuotaExceeded);
     assert_eq!(frame.reason_string(), None, "{frame:?}");

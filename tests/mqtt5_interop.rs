@@ -7,23 +7,16 @@
 //! - a Will Delay Interval and a Session Expiry Interval are never cut short (Paho's
 //!   `test_will_delay` saw a will 3 s early by up to a second).
 //!
-//! Packets are written byte by byte here (the reads must tell a reset from an orderly end,
-//! which the clients hide).
+//! Packets are written byte by byte here, through the v5 test client (tests/common/v5.rs)
+//! whose reads tell a reset from an orderly end, which the MQTT client libraries hide.
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::v5::{Frame, Received, V5Client};
 use common::*;
-use ringmq::config::Config;
-
-fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
-    let mut config = test_config();
-    adjust(&mut config);
-    TestBroker::start(config)
-}
 
 /// A Four Byte Integer property.
 fn u32_property(id: u8, value: u32, out: &mut Vec<u8>) {
@@ -84,81 +77,19 @@ fn subscribe_v5(packet_id: u16, filter: &str) -> Vec<u8> {
     packet(0x82, &body)
 }
 
-/// What a read ended with.
-#[derive(Debug, PartialEq, Eq)]
-enum Read5 {
-    Packet(RawPacket),
-    /// An orderly end of stream (FIN).
-    End,
-    /// A reset, or another error: the peer closed with bytes of ours unread.
-    Reset(ErrorKind),
-    TimedOut,
-}
-
-/// A raw MQTT 5 client whose reads tell an orderly close from a reset.
-struct Client5 {
-    stream: TcpStream,
-    inbox: Vec<u8>,
-}
-
-impl Client5 {
-    fn open(addr: SocketAddr) -> Client5 {
-        let stream = TcpStream::connect_timeout(&addr, WAIT).expect("TCP connect");
-        stream.set_nodelay(true).unwrap();
-        stream.set_write_timeout(Some(WAIT)).unwrap();
-        Client5 {
-            stream,
-            inbox: Vec::new(),
-        }
-    }
-
-    /// Connects with `connect` (bytes); returns the client and the session-present flag.
-    fn connect(addr: SocketAddr, connect: &[u8]) -> (Client5, bool) {
-        let mut client = Client5::open(addr);
-        client.send(connect).expect("CONNECT written");
-        let connack = client.packet();
-        assert_eq!(connack.first_byte, 0x20, "CONNACK expected: {connack:?}");
-        assert_eq!(connack.body[1], 0, "CONNACK refused: {connack:?}");
-        (client, connack.body[0] & 1 == 1)
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
-    }
-
-    fn read(&mut self, within: Duration) -> Read5 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(packet) = take_raw_packet(&mut self.inbox) {
-                return Read5::Packet(packet);
-            }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Read5::TimedOut;
-            };
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Read5::End,
-                Ok(n) => self.inbox.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Read5::Reset(e.kind()),
-            }
-        }
-    }
-
-    fn packet(&mut self) -> RawPacket {
-        match self.read(WAIT) {
-            Read5::Packet(packet) => packet,
-            other => panic!("a packet expected, got {other:?}"),
-        }
-    }
+/// Connects with `connect` (bytes), expecting success; returns the client and the
+/// session-present flag.
+fn connect5(addr: SocketAddr, connect: &[u8]) -> (V5Client, bool) {
+    let mut client = V5Client::open(addr);
+    client.send_bytes(connect);
+    let connack = client.read();
+    assert_eq!(connack.first_byte, 0x20, "CONNACK expected: {connack:?}");
+    assert_eq!(connack.body[1], 0, "CONNACK refused: {connack:?}");
+    (client, connack.body[0] & 1 == 1)
 }
 
 /// The topic of a v5 PUBLISH.
-fn publish_topic(packet: &RawPacket) -> String {
+fn publish_topic(packet: &Frame) -> String {
     assert_eq!(
         packet.first_byte & 0xF0,
         0x30,
@@ -186,25 +117,25 @@ fn check_disconnect_reaches_a_client_still_sending(shards: usize) {
         c.limits.incoming_inflight_max = receive_maximum;
     });
     let id = unique_id_on(shards - 1, shards, "interop-flow");
-    let (mut client, _) = Client5::connect(broker.addr(), &connect_v5(&id, true, &[], None));
+    let (mut client, _) = connect5(broker.addr(), &connect_v5(&id, true, &[], None));
     let mut burst = Vec::new();
     for packet_id in 1..=receive_maximum + 1 {
         burst.extend_from_slice(&publish_v5("interop/flow", 2, packet_id, b"m"));
     }
-    client.send(&burst).expect("the burst is written");
+    client.try_send_bytes(&burst).expect("the burst is written");
     let mut pubrecs = 0;
     loop {
-        match client.read(WAIT) {
-            Read5::Packet(p) if p.first_byte == 0x50 => {
+        match client.read_within(WAIT) {
+            Received::Frame(p) if p.first_byte == 0x50 => {
                 pubrecs += 1;
                 let packet_id = u16::from_be_bytes([p.body[0], p.body[1]]);
                 // Time for a reset to come back, as it would to a slower client.
                 std::thread::sleep(Duration::from_millis(20));
-                if let Err(e) = client.send(&pubrel_bytes(packet_id)) {
+                if let Err(e) = client.try_send_bytes(&pubrel_bytes(packet_id)) {
                     panic!("PUBREL {packet_id} refused ({e}) before the DISCONNECT was read");
                 }
             }
-            Read5::Packet(p) if p.first_byte == 0xE0 => {
+            Received::Frame(p) if p.first_byte == 0xE0 => {
                 assert_eq!(p.body.first(), Some(&0x93), "DISCONNECT reason: {p:?}");
                 break;
             }
@@ -217,7 +148,7 @@ fn check_disconnect_reaches_a_client_still_sending(shards: usize) {
         "one PUBREC per PUBLISH within the window"
     );
     // Then the orderly end: a FIN after the DISCONNECT, not a reset.
-    assert_eq!(client.read(WAIT), Read5::End);
+    assert_eq!(client.read_within(WAIT), Received::End);
     assert_broker_still_serves(broker.addr());
 }
 
@@ -237,21 +168,21 @@ fn interop_disconnect_0x93_reaches_a_client_still_sending_across_shards() {
 fn interop_a_client_that_never_closes_after_a_server_disconnect_is_cut() {
     let broker = broker_with(|c| c.limits.incoming_inflight_max = 1);
     let id = unique_id("interop-linger");
-    let (mut client, _) = Client5::connect(broker.addr(), &connect_v5(&id, true, &[], None));
+    let (mut client, _) = connect5(broker.addr(), &connect_v5(&id, true, &[], None));
     let mut burst = publish_v5("interop/linger", 2, 1, b"m");
     burst.extend_from_slice(&publish_v5("interop/linger", 2, 2, b"m"));
-    client.send(&burst).expect("the burst is written");
+    client.try_send_bytes(&burst).expect("the burst is written");
     let started = Instant::now();
     // It reads the PUBREC and the DISCONNECT, answers nothing and keeps the socket open.
     let mut packets = Vec::new();
     let end = loop {
-        match client.read(WAIT) {
-            Read5::Packet(p) => packets.push(p.first_byte),
+        match client.read_within(WAIT) {
+            Received::Frame(p) => packets.push(p.first_byte),
             other => break other,
         }
     };
     assert_eq!(packets, vec![0x50, 0xE0], "PUBREC then DISCONNECT");
-    assert_eq!(end, Read5::End);
+    assert_eq!(end, Received::End);
     broker.wait_counter("connection released", |s| s.connections_closed, 1);
     assert!(
         started.elapsed() < Duration::from_secs(6),
@@ -275,9 +206,9 @@ fn check_will_delay_is_never_cut_short(shards: usize) {
     let broker = broker_with(|c| c.shards = shards);
     let prefix = unique_topic("interop/will");
     let sub_id = unique_id_on(0, shards, "interop-will-sub");
-    let (mut sub, _) = Client5::connect(broker.addr(), &connect_v5(&sub_id, true, &[], None));
-    sub.send(&subscribe_v5(1, &format!("{prefix}/+"))).unwrap();
-    assert_eq!(sub.packet().first_byte, 0x90, "SUBACK");
+    let (mut sub, _) = connect5(broker.addr(), &connect_v5(&sub_id, true, &[], None));
+    sub.send_bytes(&subscribe_v5(1, &format!("{prefix}/+")));
+    assert_eq!(sub.read().first_byte, 0x90, "SUBACK");
     let mut properties = Vec::new();
     u32_property(SESSION_EXPIRY_INTERVAL, 60, &mut properties);
     let mut will_properties = Vec::new();
@@ -287,7 +218,7 @@ fn check_will_delay_is_never_cut_short(shards: usize) {
         let id = unique_id_on(shards - 1, shards, "interop-will");
         let topic = format!("{prefix}/{i}");
         let connect = connect_v5(&id, true, &properties, Some((&topic, &will_properties)));
-        clients.push((topic, Client5::connect(broker.addr(), &connect).0));
+        clients.push((topic, connect5(broker.addr(), &connect).0));
     }
     // Interest in the will topics reaches the clients' shard through the mesh.
     std::thread::sleep(Duration::from_millis(if shards > 1 { 300 } else { 0 }));
@@ -300,8 +231,8 @@ fn check_will_delay_is_never_cut_short(shards: usize) {
     }
     let mut seen = 0;
     while seen < dropped.len() {
-        let packet = match sub.read(Duration::from_secs(6)) {
-            Read5::Packet(p) => p,
+        let packet = match sub.read_within(Duration::from_secs(6)) {
+            Received::Frame(p) => p,
             other => panic!("{seen} of {} wills arrived, then {other:?}", dropped.len()),
         };
         let arrived = Instant::now();
@@ -347,15 +278,15 @@ fn check_session_expiry_is_never_cut_short(shards: usize) {
         ids.iter()
             .map(|id| {
                 let connect = connect_v5(id, clean_start, &properties, None);
-                let (mut client, present) = Client5::connect(broker.addr(), &connect);
+                let (mut client, present) = connect5(broker.addr(), &connect);
                 if clean_start {
                     assert!(!present, "{id}: clean start");
                 }
-                client.send(&packet(0xE0, &[])).unwrap();
+                client.send_bytes(&packet(0xE0, &[]));
                 let at = Instant::now();
                 assert_eq!(
-                    client.read(WAIT),
-                    Read5::End,
+                    client.read_within(WAIT),
+                    Received::End,
                     "{id}: closed after DISCONNECT"
                 );
                 std::thread::sleep(STAGGER);
@@ -371,8 +302,8 @@ fn check_session_expiry_is_never_cut_short(shards: usize) {
                     std::thread::sleep(wait);
                 }
                 let connect = connect_v5(id, false, &properties, None);
-                let (mut client, present) = Client5::connect(broker.addr(), &connect);
-                client.send(&packet(0xE0, &[])).unwrap();
+                let (mut client, present) = connect5(broker.addr(), &connect);
+                client.send_bytes(&packet(0xE0, &[]));
                 present
             })
             .collect()
@@ -401,7 +332,7 @@ fn interop_session_expiry_is_never_cut_short_across_shards() {
 // ---------------------------------------------------------------------------------------------
 
 /// The properties of a v5 PUBLISH, as (identifier, value bytes) in wire order.
-fn publish_properties(packet: &RawPacket) -> Vec<(u8, Vec<u8>)> {
+fn publish_properties(packet: &Frame) -> Vec<(u8, Vec<u8>)> {
     let body = &packet.body;
     let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
     let mut at = 2 + topic_len;
@@ -467,19 +398,18 @@ fn check_offline_queue_keeps_properties_and_counts_expiry_down(shards: usize) {
     let sub_id = unique_id_on(shards - 1, shards, "interop-queued-sub");
     let mut properties = Vec::new();
     u32_property(SESSION_EXPIRY_INTERVAL, 60, &mut properties);
-    let (mut sub, _) =
-        Client5::connect(broker.addr(), &connect_v5(&sub_id, true, &properties, None));
+    let (mut sub, _) = connect5(broker.addr(), &connect_v5(&sub_id, true, &properties, None));
     let mut subscribe = 1u16.to_be_bytes().to_vec();
     subscribe.push(0);
     put_string(topic.as_bytes(), &mut subscribe);
     subscribe.push(1); // QoS 1
-    sub.send(&packet(0x82, &subscribe)).unwrap();
-    assert_eq!(sub.packet().first_byte, 0x90, "SUBACK");
-    sub.send(&packet(0xE0, &[])).unwrap();
-    assert_eq!(sub.read(WAIT), Read5::End);
+    sub.send_bytes(&packet(0x82, &subscribe));
+    assert_eq!(sub.read().first_byte, 0x90, "SUBACK");
+    sub.send_bytes(&packet(0xE0, &[]));
+    assert_eq!(sub.read_within(WAIT), Received::End);
 
     let pub_id = unique_id_on(0, shards, "interop-queued-pub");
-    let (mut publisher, _) = Client5::connect(broker.addr(), &connect_v5(&pub_id, true, &[], None));
+    let (mut publisher, _) = connect5(broker.addr(), &connect_v5(&pub_id, true, &[], None));
     let mut kept = Vec::new();
     u32_property(0x02, 30, &mut kept); // Message Expiry Interval
     kept.push(0x03); // Content Type
@@ -492,23 +422,19 @@ fn check_offline_queue_keeps_properties_and_counts_expiry_down(shards: usize) {
     put_string(b"1", &mut kept);
     let mut expiring = Vec::new();
     u32_property(0x02, 1, &mut expiring);
-    publisher
-        .send(&publish_v5_with(&topic, 1, &expiring, b"expires"))
-        .unwrap();
-    publisher
-        .send(&publish_v5_with(&topic, 2, &kept, b"kept"))
-        .unwrap();
+    publisher.send_bytes(&publish_v5_with(&topic, 1, &expiring, b"expires"));
+    publisher.send_bytes(&publish_v5_with(&topic, 2, &kept, b"kept"));
     for _ in 0..2 {
-        assert_eq!(publisher.packet().first_byte, 0x40, "PUBACK");
+        assert_eq!(publisher.read().first_byte, 0x40, "PUBACK");
     }
     std::thread::sleep(Duration::from_millis(2500));
 
-    let (mut sub, present) = Client5::connect(
+    let (mut sub, present) = connect5(
         broker.addr(),
         &connect_v5(&sub_id, false, &properties, None),
     );
     assert!(present, "the session waited");
-    let message = sub.packet();
+    let message = sub.read();
     assert_eq!(publish_topic(&message), topic);
     assert!(
         message.body.ends_with(b"kept"),
@@ -539,8 +465,8 @@ fn check_offline_queue_keeps_properties_and_counts_expiry_down(shards: usize) {
         rest, expected_rest,
         "Content Type and User Properties in order"
     );
-    match sub.read(Duration::from_millis(500)) {
-        Read5::TimedOut => {}
+    match sub.read_within(Duration::from_millis(500)) {
+        Received::TimedOut => {}
         other => panic!("the expired message must not follow: {other:?}"),
     }
 }

@@ -10,176 +10,29 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
-
-use bytes::BytesMut;
+use common::v5::{connect, V5Client};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, Packet, PubAck, Publish,
-    PublishProperties, Subscribe, SubscribeProperties, Unsubscribe,
+    ConnectProperties, Filter, Packet, PubAck, Publish, PublishProperties, Subscribe,
+    SubscribeProperties, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
+use std::collections::BTreeSet;
 
-/// One packet as it came off the wire: its first byte, its body, and rumqttc's reading of it.
-#[derive(Debug)]
-struct Frame {
-    first_byte: u8,
-    body: Vec<u8>,
-    packet: Option<Packet>,
-}
-
-/// A TCP client speaking MQTT 5 through rumqttc's codec, with bounded reads.
-struct V5Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-    next_packet_id: u16,
-}
-
+/// This file's own helpers on the shared client: subscriptions with an identifier, and
+/// publishes with fresh packet ids.
 impl V5Client {
-    fn open(addr: SocketAddr) -> V5Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        V5Client {
-            stream,
-            buffer: Vec::new(),
-            next_packet_id: 1,
-        }
-    }
-
-    fn connect_with(addr: SocketAddr, connect: Connect) -> V5Client {
-        let mut client = V5Client::open(addr);
-        client.send(Packet::Connect(connect, None, None));
-        let frame = client.read();
-        assert_eq!(frame.first_byte, 0x20, "CONNACK expected: {frame:?}");
-        assert_eq!(frame.body[1], 0, "CONNACK refused: {frame:?}");
-        client
-    }
-
-    fn connect(addr: SocketAddr, client_id: &str) -> V5Client {
-        V5Client::connect_with(addr, connect(client_id, true, None))
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("rumqttc encodes it");
-        self.send_bytes(&out);
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    fn packet_id(&mut self) -> u16 {
-        let id = self.next_packet_id;
-        self.next_packet_id = self.next_packet_id % 60_000 + 1;
-        id
-    }
-
-    /// The next packet within `within`, or `None` on timeout or when the broker closed.
-    fn try_read(&mut self, within: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(frame);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("timeout");
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn read(&mut self) -> Frame {
-        self.try_read(WAIT)
-            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        let mut length = 0usize;
-        let mut shift = 0;
-        let mut index = 1;
-        loop {
-            let byte = *self.buffer.get(index)?;
-            length |= usize::from(byte & 0x7F) << shift;
-            index += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if self.buffer.len() < index + length {
-            return None;
-        }
-        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
-        let packet = Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
-        Some(Frame {
-            first_byte: whole[0],
-            body: whole[index..].to_vec(),
-            packet,
-        })
-    }
-
-    /// The next PUBLISH (acks of our own publishes skipped), not acknowledged.
-    fn read_publish(&mut self) -> Publish {
-        loop {
-            let frame = self.read();
-            match frame.packet {
-                Some(Packet::Publish(publish)) => return publish,
-                Some(Packet::PubAck(_)) => continue,
-                other => panic!("expected PUBLISH, got {other:?} ({:#x})", frame.first_byte),
-            }
-        }
-    }
-
-    /// The next PUBLISH, acknowledged when QoS 1.
-    fn receive(&mut self) -> Publish {
-        let publish = self.read_publish();
-        if publish.qos == QoS::AtLeastOnce {
-            self.send(Packet::PubAck(PubAck::new(publish.pkid, None)));
-        }
-        publish
-    }
-
-    /// No PUBLISH within `QUIET` (acks of our own publishes skipped).
-    fn expect_no_publish(&mut self, why: &str) {
-        let deadline = Instant::now() + QUIET;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.try_read(left) {
-                Some(frame) if frame.first_byte >> 4 == 3 => panic!("{why}: got {frame:?}"),
-                Some(_) => {}
-                None => return,
-            }
-        }
-    }
-
     /// SUBSCRIBE `filters` with Subscription Identifier `id`; returns the SUBACK's codes.
     fn subscribe_with(&mut self, filters: Vec<Filter>, id: Option<usize>) -> Vec<u8> {
         let properties = id.map(|id| SubscribeProperties {
             id: Some(id),
             user_properties: Vec::new(),
         });
-        let pkid = self.packet_id();
-        self.send(Packet::Subscribe(Subscribe {
-            pkid,
-            ..Subscribe::new_many(filters, properties)
-        }));
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0x90, "SUBACK expected: {frame:?}");
-        let properties_len = usize::from(frame.body[2]);
-        frame.body[3 + properties_len..].to_vec()
+        self.subscribe_codes(filters, properties)
     }
 
-    fn subscribe(&mut self, filter: &str, qos: QoS, id: Option<usize>) {
+    /// SUBSCRIBE one filter with Subscription Identifier `id`, granted as asked.
+    fn subscribe_id(&mut self, filter: &str, qos: QoS, id: Option<usize>) {
         let codes = self.subscribe_with(vec![Filter::new(filter, qos)], id);
         assert_eq!(codes, vec![qos as u8], "granted as asked");
     }
@@ -195,7 +48,8 @@ impl V5Client {
         assert_eq!(frame.first_byte, 0xB0, "UNSUBACK expected: {frame:?}");
     }
 
-    fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: &str) {
+    /// PUBLISH at QoS 0, or at QoS 1 waiting for its PUBACK.
+    fn publish_to(&mut self, topic: &str, qos: QoS, retain: bool, payload: &str) {
         self.publish_with(topic, qos, retain, payload, None);
     }
 
@@ -221,27 +75,6 @@ impl V5Client {
             let frame = self.read();
             assert_eq!(frame.first_byte, 0x40, "PUBACK expected: {frame:?}");
         }
-    }
-
-    /// DISCONNECT, then wait until the broker has closed.
-    fn leave(mut self) {
-        self.send(Packet::Disconnect(Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-            properties: None,
-        }));
-        let deadline = Instant::now() + WAIT;
-        while self.try_read(WAIT).is_some() {
-            assert!(Instant::now() < deadline, "the broker keeps the connection");
-        }
-    }
-}
-
-fn connect(client_id: &str, clean_start: bool, properties: Option<ConnectProperties>) -> Connect {
-    Connect {
-        keep_alive: 60,
-        client_id: client_id.to_string(),
-        clean_start,
-        properties,
     }
 }
 
@@ -330,7 +163,7 @@ fn issue8_largest_subscription_identifier_goes_out_as_it_came() {
     let frame = client.read();
     assert_eq!(frame.first_byte, 0x90, "SUBACK: {frame:?}");
     assert_eq!(frame.body[frame.body.len() - 1], 0x00, "granted: {frame:?}");
-    client.publish(&topic, QoS::AtMostOnce, false, "big id");
+    client.publish_to(&topic, QoS::AtMostOnce, false, "big id");
     assert_eq!(ids(&client.receive()), vec![268_435_455]);
 }
 
@@ -346,11 +179,11 @@ fn check_one_identifier(shards: usize) {
     let topic = unique_topic("subid/one");
     let addr = broker.addr();
     let mut plain_before = V5Client::connect(addr, &on(1, shards, "subid-plain-a"));
-    plain_before.subscribe(&topic, QoS::AtLeastOnce, None);
+    plain_before.subscribe_id(&topic, QoS::AtLeastOnce, None);
     let mut with_id = V5Client::connect(addr, &on(1, shards, "subid-one"));
-    with_id.subscribe(&topic, QoS::AtLeastOnce, Some(7));
+    with_id.subscribe_id(&topic, QoS::AtLeastOnce, Some(7));
     let mut plain_after = V5Client::connect(addr, &on(1, shards, "subid-plain-b"));
-    plain_after.subscribe(&topic, QoS::AtLeastOnce, None);
+    plain_after.subscribe_id(&topic, QoS::AtLeastOnce, None);
     let mut v3 = RawClient::connect(addr, &on(1, shards, "subid-v311"));
     v3.send(&subscribe_bytes(1, &[(&topic, 1)]));
     assert_eq!(v3.read_packet().suback(), (1, vec![1]));
@@ -409,7 +242,7 @@ fn check_overlapping_subscriptions(shards: usize) {
     let broker = broker(shards);
     let topic = unique_topic("subid/overlap");
     let mut a = V5Client::connect(broker.addr(), &on(1, shards, "subid-a"));
-    a.subscribe(&topic, QoS::ExactlyOnce, Some(456_789));
+    a.subscribe_id(&topic, QoS::ExactlyOnce, Some(456_789));
     let mut b = V5Client::connect(broker.addr(), &on(0, shards, "subid-b"));
     let subscribe = |pkid, filter: String, id| {
         Packet::Subscribe(Subscribe {
@@ -466,7 +299,7 @@ fn exchange(
     topic: &str,
     payload: &str,
 ) -> Publish {
-    publisher.publish(topic, QoS::AtMostOnce, false, payload);
+    publisher.publish_to(topic, QoS::AtMostOnce, false, payload);
     let got = client.receive();
     assert_eq!(got.payload, payload.as_bytes());
     got
@@ -480,20 +313,20 @@ fn issue8_resubscribe_replaces_or_removes_the_identifier_and_unsubscribe_drops_i
     let topic = unique_topic("subid/replace");
     let mut client = V5Client::connect(broker.addr(), &unique_id("subid-replace"));
     let mut publisher = V5Client::connect(broker.addr(), &unique_id("subid-replace-pub"));
-    client.subscribe(&topic, QoS::AtMostOnce, Some(5));
+    client.subscribe_id(&topic, QoS::AtMostOnce, Some(5));
     assert_eq!(
         ids(&exchange(&mut publisher, &mut client, &topic, "first")),
         vec![5]
     );
-    client.subscribe(&topic, QoS::AtMostOnce, Some(6));
+    client.subscribe_id(&topic, QoS::AtMostOnce, Some(6));
     assert_eq!(
         ids(&exchange(&mut publisher, &mut client, &topic, "replaced")),
         vec![6]
     );
-    client.subscribe(&topic, QoS::AtMostOnce, None);
+    client.subscribe_id(&topic, QoS::AtMostOnce, None);
     let got = exchange(&mut publisher, &mut client, &topic, "removed");
     assert_eq!(got.properties, None, "no identifier, no property at all");
-    client.subscribe(&topic, QoS::AtMostOnce, Some(8));
+    client.subscribe_id(&topic, QoS::AtMostOnce, Some(8));
     assert_eq!(
         ids(&exchange(&mut publisher, &mut client, &topic, "again")),
         vec![8]
@@ -501,9 +334,9 @@ fn issue8_resubscribe_replaces_or_removes_the_identifier_and_unsubscribe_drops_i
 
     // Gone with the subscription: a new one without an identifier gets none.
     client.unsubscribe(&topic);
-    publisher.publish(&topic, QoS::AtMostOnce, false, "unsubscribed");
+    publisher.publish_to(&topic, QoS::AtMostOnce, false, "unsubscribed");
     client.expect_no_publish("unsubscribed");
-    client.subscribe(&topic, QoS::AtMostOnce, None);
+    client.subscribe_id(&topic, QoS::AtMostOnce, None);
     assert_eq!(
         exchange(&mut publisher, &mut client, &topic, "fresh").properties,
         None
@@ -541,7 +374,7 @@ fn issue8_retained_message_on_subscribe_carries_that_subscriptions_identifier() 
     publisher.publish_with(&topic, QoS::AtLeastOnce, true, "retained", Some(properties));
 
     let mut client = V5Client::connect(broker.addr(), &unique_id("subid-ret"));
-    client.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce, Some(31));
+    client.subscribe_id(&format!("{topic}/#"), QoS::AtLeastOnce, Some(31));
     let got = client.receive();
     assert!(got.retain);
     assert_eq!(ids(&got), vec![31]);
@@ -550,13 +383,13 @@ fn issue8_retained_message_on_subscribe_carries_that_subscriptions_identifier() 
         Some("kept")
     );
     // A second subscription, with another identifier, gets it with its own.
-    client.subscribe(&topic, QoS::AtLeastOnce, Some(32));
+    client.subscribe_id(&topic, QoS::AtLeastOnce, Some(32));
     let got = client.receive();
     assert!(got.retain);
     assert_eq!(ids(&got), vec![32], "only the new subscription's");
     // Without an identifier: none.
     let mut plain = V5Client::connect(broker.addr(), &unique_id("subid-ret-plain"));
-    plain.subscribe(&topic, QoS::AtLeastOnce, None);
+    plain.subscribe_id(&topic, QoS::AtLeastOnce, None);
     let got = plain.receive();
     assert!(got.retain);
     assert_eq!(ids(&got), Vec::<usize>::new());
@@ -575,17 +408,17 @@ fn check_queued_messages_keep_identifiers(shards: usize) {
             ..ConnectProperties::new()
         })
     };
-    let mut client = V5Client::connect_with(broker.addr(), connect(&id, true, expiry()));
-    client.subscribe(&topic, QoS::AtLeastOnce, Some(41));
-    client.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce, Some(42));
-    client.leave();
+    let mut client = V5Client::connect_accepted(broker.addr(), connect(&id, true, expiry())).0;
+    client.subscribe_id(&topic, QoS::AtLeastOnce, Some(41));
+    client.subscribe_id(&format!("{topic}/#"), QoS::AtLeastOnce, Some(42));
+    client.disconnect();
 
     let mut publisher = V5Client::connect(broker.addr(), &on(0, shards, "subid-queued-pub"));
     for n in 0..3 {
-        publisher.publish(&topic, QoS::AtLeastOnce, false, &format!("queued {n}"));
+        publisher.publish_to(&topic, QoS::AtLeastOnce, false, &format!("queued {n}"));
     }
     // Receive Maximum 1: one in flight, the rest wait in the queue for each PUBACK.
-    let mut client = V5Client::connect_with(broker.addr(), connect(&id, false, expiry()));
+    let mut client = V5Client::connect_accepted(broker.addr(), connect(&id, false, expiry())).0;
     for n in 0..3 {
         let got = client.read_publish();
         assert_eq!(got.payload, format!("queued {n}").as_bytes());
@@ -596,11 +429,11 @@ fn check_queued_messages_keep_identifiers(shards: usize) {
 
     // Unacknowledged when the client goes: resent with DUP, with its identifiers (the old
     // connection may not be gone yet: a take-over resumes the session as well).
-    publisher.publish(&topic, QoS::AtLeastOnce, false, "in flight");
+    publisher.publish_to(&topic, QoS::AtLeastOnce, false, "in flight");
     let got = client.read_publish();
     assert_eq!(id_set(&got), BTreeSet::from([41, 42]));
     drop(client);
-    let mut client = V5Client::connect_with(broker.addr(), connect(&id, false, expiry()));
+    let mut client = V5Client::connect_accepted(broker.addr(), connect(&id, false, expiry())).0;
     let got = client.read_publish();
     assert_eq!(got.payload, &b"in flight"[..]);
     assert!(got.dup, "[MQTT-4.4.0-1] resent with DUP");
@@ -637,12 +470,12 @@ fn check_shared_subscriptions(shards: usize) {
         Some(21),
     );
     assert_eq!(codes, vec![1]);
-    member.subscribe(&topic, QoS::AtLeastOnce, Some(22));
+    member.subscribe_id(&topic, QoS::AtLeastOnce, Some(22));
     let mut plain_group = V5Client::connect(broker.addr(), &on(1, shards, "subid-plain-member"));
-    plain_group.subscribe(&format!("$share/h/{topic}"), QoS::AtLeastOnce, None);
+    plain_group.subscribe_id(&format!("$share/h/{topic}"), QoS::AtLeastOnce, None);
 
     let mut publisher = V5Client::connect(broker.addr(), &on(0, shards, "subid-shared-pub"));
-    publisher.publish(&topic, QoS::AtLeastOnce, true, "retained live");
+    publisher.publish_to(&topic, QoS::AtLeastOnce, true, "retained live");
     let first = member.receive();
     let second = member.receive();
     let mut seen: Vec<(Vec<usize>, bool)> =
@@ -660,9 +493,9 @@ fn check_shared_subscriptions(shards: usize) {
 
     // [MQTT-3.8.4-?] spec 4.8.2: no retained messages for a shared subscription.
     let mut late = V5Client::connect(broker.addr(), &on(1, shards, "subid-late"));
-    late.subscribe(&format!("$share/late/{topic}"), QoS::AtLeastOnce, Some(23));
+    late.subscribe_id(&format!("$share/late/{topic}"), QoS::AtLeastOnce, Some(23));
     late.expect_no_publish("a $share subscription gets no retained message");
-    late.subscribe(&topic, QoS::AtLeastOnce, Some(24));
+    late.subscribe_id(&topic, QoS::AtLeastOnce, Some(24));
     let got = late.receive();
     assert!(
         got.retain && ids(&got) == vec![24],

@@ -179,14 +179,13 @@ impl V5Client {
         (client, frame)
     }
 
-    /// Connects with clean start and `properties`, expecting success; returns the client and
-    /// the CONNACK.
+    /// Connects with clean start and `properties`, expecting success.
     pub fn connect_props(
         addr: SocketAddr,
         client_id: &str,
         properties: ConnectProperties,
-    ) -> (V5Client, Frame) {
-        V5Client::connect_accepted(addr, connect(client_id, true, Some(properties)))
+    ) -> V5Client {
+        V5Client::connect_accepted(addr, connect(client_id, true, Some(properties))).0
     }
 
     /// Connects with clean start and no properties, expecting success.
