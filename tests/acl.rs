@@ -12,19 +12,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use common::v5::{self, Frame, V5Client};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{
-    Connect as V5Connect, Filter, LastWill, Login, Packet as V5Packet, Publish as V5Publish,
-    Subscribe, SubscribeReasonCode as V5SubscribeReasonCode,
+    Filter, LastWill, Login, Packet as V5Packet, Publish as V5Publish,
+    SubscribeReasonCode as V5SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::QoS;
@@ -111,147 +111,44 @@ impl AclBroker {
 // MQTT 5 through rumqttc's v5 codec over a plain socket
 // ---------------------------------------------------------------------------------------------
 
-/// One packet off the wire: first byte, body, and rumqttc's reading of it.
-#[derive(Debug)]
-struct Frame {
-    first_byte: u8,
-    body: Vec<u8>,
-    packet: Option<V5Packet>,
-}
-
-impl Frame {
-    /// The reason code of a CONNACK, PUBACK or PUBREC (absent on an ack: 0x00).
-    fn reason_code(&self) -> u8 {
-        match self.first_byte >> 4 {
-            2 => self.body[1],
-            4 | 5 => self.body.get(2).copied().unwrap_or(0),
-            kind => panic!("no reason code read on packet type {kind}: {self:?}"),
-        }
-    }
-}
-
-struct V5Client {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
+/// This file's own helpers on the shared v5 client (tests/common/v5.rs): a user's connection,
+/// subscriptions at QoS 1, and publishes whose answer the test judges.
 impl V5Client {
     /// CONNECT as `id` (with a user and a will if given); returns the client and its CONNACK.
-    fn connect_with(
+    fn connect_as(
         addr: SocketAddr,
         id: &str,
         user: Option<(&str, &str)>,
         will: Option<LastWill>,
     ) -> (V5Client, Frame) {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_nodelay(true).unwrap();
-        let mut client = V5Client {
-            stream,
-            buffer: Vec::new(),
-        };
-        let connect = V5Connect {
-            keep_alive: 60,
-            client_id: id.to_string(),
-            clean_start: true,
-            properties: None,
-        };
         let login = user.map(|(username, password)| Login::new(username, password));
-        client.send(V5Packet::Connect(connect, will, login));
-        let frame = client.read();
-        (client, frame)
+        V5Client::connect_login(addr, v5::connect(id, true, None), will, login)
     }
 
-    fn connect(addr: SocketAddr, id: &str, user: Option<(&str, &str)>) -> V5Client {
-        let (client, connack) = V5Client::connect_with(addr, id, user, None);
+    fn connect_user(addr: SocketAddr, id: &str, user: Option<(&str, &str)>) -> V5Client {
+        let (client, connack) = V5Client::connect_as(addr, id, user, None);
         assert_eq!(connack.reason_code(), 0, "CONNACK: {connack:?}");
         client
     }
 
-    fn send(&mut self, packet: V5Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, None).expect("rumqttc encodes it");
-        self.stream.write_all(&out).expect("write");
-    }
-
-    fn try_read(&mut self, within: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(frame);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn read(&mut self) -> Frame {
-        self.try_read(WAIT)
-            .unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        let (mut length, mut shift, mut index) = (0usize, 0, 1);
-        loop {
-            let byte = *self.buffer.get(index)?;
-            length |= usize::from(byte & 0x7F) << shift;
-            index += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if self.buffer.len() < index + length {
-            return None;
-        }
-        let whole: Vec<u8> = self.buffer.drain(..index + length).collect();
-        let packet = V5Packet::read(&mut BytesMut::from(&whole[..]), None).ok();
-        Some(Frame {
-            first_byte: whole[0],
-            body: whole[index..].to_vec(),
-            packet,
-        })
-    }
-
     /// SUBSCRIBE to each filter at QoS 1; the SUBACK's reason codes, in order.
-    fn subscribe(&mut self, filters: &[&str]) -> Vec<V5SubscribeReasonCode> {
+    fn subscribe_qos1(&mut self, filters: &[&str]) -> Vec<V5SubscribeReasonCode> {
         let filters = filters.iter().map(|f| Filter::new(*f, V5QoS::AtLeastOnce));
-        self.send(V5Packet::Subscribe(Subscribe {
-            pkid: 7,
-            ..Subscribe::new_many(filters, None)
-        }));
-        match self.read().packet {
-            Some(V5Packet::SubAck(ack)) => ack.return_codes,
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
+        self.subscribe_frame(filters.collect(), None)
+            .suback()
+            .return_codes
     }
 
     /// PUBLISH at QoS 1 or 2; the PUBACK / PUBREC that answers it.
-    fn publish(&mut self, topic: &str, qos: V5QoS, payload: &str) -> Frame {
+    fn publish_answered(&mut self, topic: &str, qos: V5QoS, payload: &str) -> Frame {
         let mut publish = V5Publish::new(topic, qos, payload.to_string(), None);
         publish.pkid = 11;
-        self.send(V5Packet::Publish(publish));
-        self.read()
+        self.publish(publish)
     }
 
     fn publish_qos0(&mut self, topic: &str, payload: &str) {
         let publish = V5Publish::new(topic, V5QoS::AtMostOnce, payload.to_string(), None);
         self.send(V5Packet::Publish(publish));
-    }
-
-    /// The connection still answers: PINGREQ gets PINGRESP.
-    fn assert_alive(&mut self) {
-        self.stream.write_all(&PINGREQ).unwrap();
-        let frame = self.read();
-        assert_eq!(frame.first_byte, 0xD0, "PINGRESP expected: {frame:?}");
     }
 
     /// The next PUBLISH's (topic, payload).
@@ -332,8 +229,8 @@ fn check_subscribe(shards: usize) {
     assert_eq!(codes, [1, 0x80, 0x80, 1, 0x80, 0x80], "3.1.1 SUBACK bytes");
 
     // MQTT 5: 0x87 Not authorized, per filter.
-    let mut v5 = V5Client::connect(broker.addr(), &broker.id_first("v5"), Some(ALICE));
-    let codes = v5.subscribe(&["alice/+/x", "test/nosubscribe", "#", "shared/#"]);
+    let mut v5 = V5Client::connect_user(broker.addr(), &broker.id_first("v5"), Some(ALICE));
+    let codes = v5.subscribe_qos1(&["alice/+/x", "test/nosubscribe", "#", "shared/#"]);
     assert_eq!(
         codes,
         [
@@ -389,18 +286,18 @@ fn check_publish(shards: usize) {
     reader.expect_no_publish();
 
     // MQTT 5: PUBACK / PUBREC 0x87; QoS 0 dropped, the connection kept.
-    let mut bob5 = V5Client::connect(broker.addr(), &broker.id_last("bob5"), Some(BOB));
-    let ack = bob5.publish("public/news", V5QoS::AtLeastOnce, "bob5-1");
+    let mut bob5 = V5Client::connect_user(broker.addr(), &broker.id_last("bob5"), Some(BOB));
+    let ack = bob5.publish_answered("public/news", V5QoS::AtLeastOnce, "bob5-1");
     assert_eq!((ack.first_byte, ack.reason_code()), (0x40, 0x87), "{ack:?}");
-    let ack = bob5.publish("public/news", V5QoS::ExactlyOnce, "bob5-2");
+    let ack = bob5.publish_answered("public/news", V5QoS::ExactlyOnce, "bob5-2");
     assert_eq!((ack.first_byte, ack.reason_code()), (0x50, 0x87), "{ack:?}");
     bob5.publish_qos0("public/news", "bob5-0");
     bob5.assert_alive();
     // bob may write feeds/#: nobody reads it, which is 0x10, not a refusal.
-    let ack = bob5.publish("feeds/x", V5QoS::AtLeastOnce, "to-nobody");
+    let ack = bob5.publish_answered("feeds/x", V5QoS::AtLeastOnce, "to-nobody");
     assert_eq!(ack.reason_code(), 0x10, "{ack:?}");
-    let mut alice5 = V5Client::connect(broker.addr(), &broker.id_last("alice5"), Some(ALICE));
-    let ack = alice5.publish("public/news", V5QoS::AtLeastOnce, "alice5-1");
+    let mut alice5 = V5Client::connect_user(broker.addr(), &broker.id_last("alice5"), Some(ALICE));
+    let ack = alice5.publish_answered("public/news", V5QoS::AtLeastOnce, "alice5-1");
     assert_eq!(ack.reason_code(), 0x00, "{ack:?}");
     assert_eq!(payload_of(&reader.recv_publish()), "alice5-1");
     reader.expect_no_publish();
@@ -470,8 +367,8 @@ fn check_delivery(shards: usize) {
         ("public/news".into(), "retained-news".into())
     );
     reader.expect_no_publish();
-    let mut reader5 = V5Client::connect(broker.addr(), &broker.id_first("reader5"), None);
-    reader5.subscribe(&["public/+"]);
+    let mut reader5 = V5Client::connect_user(broker.addr(), &broker.id_first("reader5"), None);
+    reader5.subscribe_qos1(&["public/+"]);
     assert_eq!(
         reader5.try_read_publish(WAIT),
         Some(("public/news".into(), "retained-news".into()))
@@ -582,9 +479,9 @@ fn check_patterns(shards: usize) {
     let mut bob = broker.client(&broker.id_last("bob"), Some(BOB));
     bob.publish_acked("feeds/alice/news", QoS::AtLeastOnce, false, "for-alice");
     assert_eq!(payload_of(&alice.recv_publish()), "for-alice");
-    let mut bob5 = V5Client::connect(broker.addr(), &broker.id_last("bob5"), Some(BOB));
+    let mut bob5 = V5Client::connect_user(broker.addr(), &broker.id_last("bob5"), Some(BOB));
     assert_eq!(
-        bob5.subscribe(&["feeds/bob/#", "feeds/alice/#"]),
+        bob5.subscribe_qos1(&["feeds/bob/#", "feeds/alice/#"]),
         [
             V5SubscribeReasonCode::Success(V5QoS::AtLeastOnce),
             V5SubscribeReasonCode::NotAuthorized
@@ -637,7 +534,7 @@ fn check_will(shards: usize) {
     }
     // ... MQTT 5 CONNACK 0x87.
     let will = LastWill::new("alice/private/x", "gone", V5QoS::AtLeastOnce, false, None);
-    let (_, connack) = V5Client::connect_with(
+    let (_, connack) = V5Client::connect_as(
         broker.addr(),
         &broker.id_last("will5"),
         Some(ALICE),
@@ -660,7 +557,7 @@ fn check_will(shards: usize) {
         ("will/alice".into(), "gone".into())
     );
     let will = LastWill::new("will/alice", "gone5", V5QoS::AtLeastOnce, false, None);
-    let (alice5, connack) = V5Client::connect_with(
+    let (alice5, connack) = V5Client::connect_as(
         broker.addr(),
         &broker.id_last("will5"),
         Some(ALICE),

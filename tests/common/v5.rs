@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, LastWill,
+    ConnAck, Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, LastWill, Login,
     Packet, PingReq, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, Subscribe,
     SubscribeProperties,
 };
@@ -164,8 +164,18 @@ impl V5Client {
         connect: Connect,
         will: Option<LastWill>,
     ) -> (V5Client, Frame) {
+        V5Client::connect_login(addr, connect, will, None)
+    }
+
+    /// As `connect_with`, with a username and password.
+    pub fn connect_login(
+        addr: SocketAddr,
+        connect: Connect,
+        will: Option<LastWill>,
+        login: Option<Login>,
+    ) -> (V5Client, Frame) {
         let mut client = V5Client::open(addr);
-        client.send(Packet::Connect(connect, will, None));
+        client.send(Packet::Connect(connect, will, login));
         let frame = client.read();
         (client, frame)
     }
