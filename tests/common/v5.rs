@@ -124,7 +124,7 @@ impl Frame {
 /// What a bounded read ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Received {
-    Frame(Frame),
+    Frame(Box<Frame>),
     /// An orderly end of stream (FIN).
     End,
     /// A reset, or another error: the peer closed with bytes of ours unread.
@@ -232,7 +232,7 @@ impl V5Client {
         let deadline = Instant::now() + within;
         loop {
             if let Some(frame) = take_frame(&mut self.inbox) {
-                return Received::Frame(frame);
+                return Received::Frame(Box::new(frame));
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return Received::TimedOut;
@@ -254,7 +254,7 @@ impl V5Client {
     /// The next packet within `within`, or `None` on timeout or when the broker closed.
     pub fn try_read(&mut self, within: Duration) -> Option<Frame> {
         match self.read_within(within) {
-            Received::Frame(frame) => Some(frame),
+            Received::Frame(frame) => Some(*frame),
             Received::End | Received::Reset(_) | Received::TimedOut => None,
         }
     }
