@@ -1333,6 +1333,15 @@ pub fn password_file(dir: &TempDir, users: &[(&str, &str)]) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------------------------
+// interop (issue 8: Paho's MQTT 5 interoperability suite, tests/mqtt5_interop.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// Splits one packet off the front of `buf` if it is complete, for a test's own reader.
+pub fn take_raw_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
+    take_packet(buf)
+}
+
+// ---------------------------------------------------------------------------------------------
 // tls (issue 9): a broker started by the test itself (several listeners), stopped like others
 // ---------------------------------------------------------------------------------------------
 
