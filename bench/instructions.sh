@@ -57,6 +57,12 @@ for bin in "${binaries[@]}"; do
         start_broker "$BROKER_CPUS" "$work/broker.log" valgrind --tool=callgrind \
             --compress-strings=no --compress-pos=no --callgrind-out-file="$profile" \
             "$bin" --config "$work/ringmq.toml"
+        # Valgrind takes its time to start a 15 MB binary on a busy machine: up to 60 s.
+        for _ in $(seq 600); do
+            grep -q "listening on" "$work/broker.log" 2>/dev/null && break
+            kill -0 "$broker_pid" 2>/dev/null || break
+            sleep 0.1
+        done
         wait_listening "$work/broker.log"
         rm -rf "$work/out"
         taskset -c "$LOAD_CPUS" "$loadgen" "${case_args[@]}" --mqtt "$mqtt" --port "$port" \
