@@ -10,8 +10,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::protocol::{
-    DecodeError, LastWill, Packet, Properties, ProtocolVersion, PubAck, Publish, PublishParts, QoS,
-    ReasonCode,
+    DecodeError, LastWill, Packet, Properties, Props, ProtocolVersion, PubAck, Publish,
+    PublishParts, QoS, ReasonCode,
 };
 use crate::session::{self, ConnRef, Enqueued, IncomingQos2, InflightState, Message};
 
@@ -181,7 +181,8 @@ impl Shard {
         let pubrel = PubAck {
             packet_id: ack.packet_id,
             code,
-            properties: self.ack_properties(slot, generation, code),
+            // No Reason String on a publish ack (see `write_held`).
+            properties: Props::NONE,
         };
         self.write(slot, generation, &Packet::PubRel(pubrel));
     }

@@ -47,8 +47,7 @@ pub(super) enum HeldPacket {
         packet_id: u16,
         codes: Vec<ReasonCode>,
     },
-    /// With the MQTT 5 reason code (3.1.1 sends none); a failure code gets its Reason String
-    /// when written (`problem.rs`).
+    /// With the MQTT 5 reason code (3.1.1 sends none), and no Reason String (`write_held`).
     PubAck(u16, ReasonCode),
     PubRec(u16, ReasonCode),
     PubComp(u16, ReasonCode),
@@ -207,10 +206,10 @@ impl Shard {
     /// Writes an ack, with its Reason String where it has one and the client takes them.
     fn write_held(&mut self, slot: u32, generation: u32, packet: HeldPacket) {
         let mut packet = packet.into_packet();
+        // PUBACK, PUBREC and PUBCOMP go without a Reason String (a MAY): Eclipse Paho's
+        // reference client codec refuses a publish ack longer than 4 bytes, and the code says
+        // what went wrong. SUBACK and UNSUBACK carry one: that codec reads their properties.
         match &mut packet {
-            Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubComp(ack) => {
-                ack.properties = self.ack_properties(slot, generation, ack.code);
-            }
             // One Reason String a packet: the first refused filter's (3.1.1 writes none).
             Packet::SubAck(SubAck {
                 codes, properties, ..

@@ -67,8 +67,8 @@ impl Shard {
             .is_some_and(|v5| v5.no_problem_information)
     }
 
-    /// `code`'s Reason String for an ack (PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK)
-    /// to this connection, unless it asked for no problem information.
+    /// `code`'s Reason String for a SUBACK or UNSUBACK to this connection, unless it asked for
+    /// no problem information.
     pub(super) fn ack_properties(&self, slot: u32, generation: u32, code: ReasonCode) -> Props {
         if reason_string(code).is_none() || !self.problem_information(slot, generation) {
             return Props::NONE;

@@ -107,9 +107,12 @@ impl Frame {
         self.body[3 + properties_len..].to_vec()
     }
 
-    /// The Reason String of a CONNACK, DISCONNECT or publish ack, if it has one.
+    /// The Reason String of a CONNACK, DISCONNECT, publish ack, SUBACK or UNSUBACK, if it has
+    /// one.
     pub fn reason_string(&self) -> Option<String> {
         match &self.packet {
+            Some(Packet::SubAck(a)) => a.properties.as_ref()?.reason_string.clone(),
+            Some(Packet::UnsubAck(a)) => a.properties.as_ref()?.reason_string.clone(),
             Some(Packet::Disconnect(d)) => d.properties.as_ref()?.reason_string.clone(),
             Some(Packet::ConnAck(a)) => a.properties.as_ref()?.reason_string.clone(),
             Some(Packet::PubAck(a)) => a.properties.as_ref()?.reason_string.clone(),
