@@ -527,6 +527,7 @@ impl Shard {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
+                self.log_retained(topic, payload, qos, None);
                 self.replicate_retained(topic, payload, qos, None);
             } else if !self.retained_has_room(topic, payload, properties) {
                 // Over retained_max / retained_bytes_max: delivered below, not retained. Only
@@ -546,6 +547,7 @@ impl Shard {
                 .with_properties(properties, self.now_secs());
                 let (copy_topic, copy_payload) = (message.topic.clone(), message.payload.clone());
                 self.retained.set(topic, message);
+                self.log_retained(&copy_topic, &copy_payload, qos, properties);
                 self.replicate_retained(&copy_topic, &copy_payload, qos, properties);
             }
         }

@@ -25,12 +25,17 @@
 //! PUBACK they do not (the window does the throttling). Holds are looked at once per turn,
 //! and only while there are some; a shard going to sleep with holds asks to be woken when a
 //! target drains (`Peers::set_sleeping`, "backlogged").
+//!
+//! With persistence on and `sync = "ack"`, an ack may also wait for this shard's own log: the
+//! pseudo-target `durable::DISK` with a record's number, released when the log's fdatasync
+//! completes (`durable.rs`).
 
 use std::collections::VecDeque;
 
 use foldhash::fast::RandomState;
 use hashbrown::{HashMap, HashSet};
 
+use crate::mesh::ShardMesh;
 use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
 
 use super::Shard;
@@ -168,6 +173,15 @@ impl HeldAcks {
     }
 }
 
+/// Whether what an ack waits for happened: the target took the message from its ring, or,
+/// for `durable::DISK`, the log holds the record on disk.
+fn wait_over(mesh: &ShardMesh, durable_upto: u64, (target, sequence): (u16, usize)) -> bool {
+    if target == super::durable::DISK {
+        return durable_upto >= sequence as u64;
+    }
+    mesh.taken(usize::from(target), sequence)
+}
+
 impl Shard {
     /// Writes the ack of the packet just handled, or holds it: when a message it pushed to
     /// another shard must be taken first, or when an earlier ack of the connection is held.
@@ -187,9 +201,10 @@ impl Shard {
     ) -> bool {
         let conn = (slot, generation);
         let mesh = &self.mesh;
+        let durable = self.durable_upto();
         let waits: Vec<(u16, usize)> = waits
             .into_iter()
-            .filter(|&(target, sequence)| !mesh.taken(usize::from(target), sequence))
+            .filter(|&wait| !wait_over(mesh, durable, wait))
             .collect();
         if waits.is_empty()
             && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
@@ -237,12 +252,13 @@ impl Shard {
         let mut kept = std::mem::take(&mut self.held.kept);
         let mut blocked = std::mem::take(&mut self.held.blocked);
         let mut released = false;
+        let durable = self.durable_upto();
         for hold in holds.drain(..) {
             let waiting = blocked.contains(&hold.conn)
                 || hold
                     .waits
                     .iter()
-                    .any(|&(target, sequence)| !self.mesh.taken(usize::from(target), sequence));
+                    .any(|&wait| !wait_over(&self.mesh, durable, wait));
             if waiting {
                 blocked.insert(hold.conn);
                 kept.push_back(hold);
