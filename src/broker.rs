@@ -279,12 +279,20 @@ impl Broker {
         let (mut logs, restored, persistence_lock) = match config.persistence.dir() {
             Some(dir) => {
                 let opened = crate::persist::open(dir, shard_count).map_err(invalid)?;
+                let queued: usize = opened
+                    .restored
+                    .sessions
+                    .iter()
+                    .map(|s| s.messages.len())
+                    .sum();
                 eprintln!(
-                    "ringmq: persistence: {} restored {} retained messages",
+                    "ringmq: persistence: {} restored {} retained messages, {} sessions with \
+                     {queued} queued messages",
                     dir.display(),
-                    opened.retained.len()
+                    opened.restored.retained.len(),
+                    opened.restored.sessions.len(),
                 );
-                (opened.logs, Some(opened.retained), Some(opened.lock))
+                (opened.logs, Some(opened.restored), Some(opened.lock))
             }
             None => (Vec::new(), None, None),
         };

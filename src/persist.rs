@@ -20,8 +20,16 @@
 //! bad record with valid-looking data after it is corruption, not a crash: the start fails,
 //! naming the file and the offset, rather than silently dropping what follows.
 //!
-//! Recorded in this slice: retained messages (set and delete, with their MQTT 5 properties and
-//! Message Expiry). Sessions, their subscriptions and queues are the next slice.
+//! Recorded: retained messages (set and delete, with their MQTT 5 properties and Message
+//! Expiry); persistent sessions (client id, protocol version, Session Expiry Interval), their
+//! subscriptions (filter, options, Subscription Identifier) and the QoS 1/2 messages owed to
+//! them (queued or in flight), each removed by the client's PUBACK (QoS 1) or PUBREC (QoS 2).
+//! Not yet: the PUBREL owed after a PUBREC, inbound QoS 2 ids awaiting PUBREL, and wills.
+//!
+//! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
+//! payload): two pending messages of one session with the same topic and payload are
+//! interchangeable, so removing either is right. A restored session's expiry runs from the
+//! restart (the time it was away before it is not known).
 //!
 //! Retained messages replicate to every shard, but only the publisher's shard writes the
 //! record; replay orders records of one topic from different logs by their wall-clock time
@@ -57,15 +65,151 @@ pub enum Kind {
     /// Message Expiry as unix seconds (u64 LE, 0 = none), the message as an MQTT 5 PUBLISH
     /// with retain 1 (packet id 1 at QoS 1/2), its properties as received.
     Retained = 1,
+    /// A persistent session exists (created, resumed, or its expiry changed). Body: client
+    /// id, protocol level (u8), Session Expiry Interval (u32 LE).
+    Session = 2,
+    /// The session ended (expired, discarded by a clean start, or made clean). Body: client id.
+    SessionEnd = 3,
+    /// A subscription of a persistent session (replacing one on the same filter). Body:
+    /// client id, filter, options as the MQTT 5 options byte, Subscription Identifier (u32
+    /// LE, 0 = none).
+    Subscribe = 4,
+    /// Body: client id, filter.
+    Unsubscribe = 5,
+    /// A QoS 1/2 message owed to a persistent session. Body: client id, then a message as in
+    /// a retained record (with its own retain flag).
+    Message = 6,
+    /// The client acknowledged one: body client id, `message_id` (u32 LE).
+    Delivered = 7,
 }
 
 impl Kind {
     fn from_u8(value: u8) -> Option<Kind> {
-        match value {
-            1 => Some(Kind::Retained),
-            _ => None,
-        }
+        Some(match value {
+            1 => Kind::Retained,
+            2 => Kind::Session,
+            3 => Kind::SessionEnd,
+            4 => Kind::Subscribe,
+            5 => Kind::Unsubscribe,
+            6 => Kind::Message,
+            7 => Kind::Delivered,
+            _ => return None,
+        })
     }
+}
+
+/// What names a message owed to a session in its `Delivered` record.
+pub fn message_id(topic: &str, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(topic.as_bytes()), payload)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads what `put_str` wrote.
+fn take_str<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
+    let len = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
+    *body = &body[2 + len..];
+    Some(s)
+}
+
+fn take_u32(body: &mut &[u8]) -> Option<u32> {
+    let value = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
+    *body = &body[4..];
+    Some(value)
+}
+
+/// A message as retained and queued records keep it: wall-clock ns, Message Expiry as unix
+/// seconds (0: none), an MQTT 5 PUBLISH.
+fn put_message(
+    out: &mut Vec<u8>,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    properties: Option<&Properties>,
+) {
+    let now_ns = unix_ns();
+    let expiry_unix_secs = properties
+        .and_then(|p| p.message_expiry_interval)
+        .map_or(0, |interval| {
+            now_ns / 1_000_000_000 + u64::from(interval) + 1
+        });
+    out.extend_from_slice(&now_ns.to_le_bytes());
+    out.extend_from_slice(&expiry_unix_secs.to_le_bytes());
+    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 1 };
+    // Nothing the broker accepted fails to encode; a record that did would be refused by the
+    // replay (a bad PUBLISH), so nothing unreadable is ever taken for stored.
+    let _ = protocol::encode_publish(
+        out,
+        ProtocolVersion::V5,
+        topic,
+        payload,
+        qos,
+        retain,
+        false,
+        packet_id,
+        properties,
+    );
+}
+
+pub fn append_session(out: &mut Vec<u8>, client_id: &str, version: u8, expiry_secs: u32) {
+    append_record(out, Kind::Session, |body| {
+        put_str(body, client_id);
+        body.push(version);
+        body.extend_from_slice(&expiry_secs.to_le_bytes());
+    });
+}
+
+pub fn append_session_end(out: &mut Vec<u8>, client_id: &str) {
+    append_record(out, Kind::SessionEnd, |body| put_str(body, client_id));
+}
+
+pub fn append_subscribe(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    filter: &str,
+    options: u8,
+    subscription_id: u32,
+) {
+    append_record(out, Kind::Subscribe, |body| {
+        put_str(body, client_id);
+        put_str(body, filter);
+        body.push(options);
+        body.extend_from_slice(&subscription_id.to_le_bytes());
+    });
+}
+
+pub fn append_unsubscribe(out: &mut Vec<u8>, client_id: &str, filter: &str) {
+    append_record(out, Kind::Unsubscribe, |body| {
+        put_str(body, client_id);
+        put_str(body, filter);
+    });
+}
+
+pub fn append_message(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    properties: Option<&Properties>,
+) {
+    append_record(out, Kind::Message, |body| {
+        put_str(body, client_id);
+        put_message(body, topic, payload, qos, retain, properties);
+    });
+}
+
+pub fn append_delivered(out: &mut Vec<u8>, client_id: &str, message_id: u32) {
+    append_record(out, Kind::Delivered, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&message_id.to_le_bytes());
+    });
 }
 
 /// Appends one record to `out`; `body` writes the body after the header.
@@ -124,21 +268,42 @@ pub fn append_retained(
     });
 }
 
-/// A retained message restored at start, handed to every shard.
+/// A message restored at start: retained (handed to every shard) or owed to a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetainedMessage {
     pub topic: ByteString,
     pub payload: Bytes,
     pub qos: QoS,
+    pub retain: bool,
     /// With the Message Expiry Interval left, when it has one.
     pub properties: Option<Arc<Properties>>,
+}
+
+/// A persistent session restored at start; every shard gets them all and keeps its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredSession {
+    pub client_id: Box<str>,
+    /// The protocol level it last connected with.
+    pub version: u8,
+    pub expiry_secs: u32,
+    /// (filter, MQTT 5 options byte, Subscription Identifier or 0), by filter.
+    pub subscriptions: Vec<(ByteString, u8, u32)>,
+    /// Owed QoS 1/2 messages, oldest first.
+    pub messages: Vec<RetainedMessage>,
+}
+
+/// What the logs held, for the shards.
+#[derive(Default)]
+pub struct Restored {
+    pub retained: Vec<RetainedMessage>,
+    pub sessions: Vec<RestoredSession>,
 }
 
 /// What `open` hands the broker: shard K's log, and the restored state.
 pub struct Opened {
     /// Shard K's log, opened for writing at its end (`Log::offset`).
     pub logs: Vec<Log>,
-    pub retained: Arc<Vec<RetainedMessage>>,
+    pub restored: Arc<Restored>,
     /// Held for the broker's life: a second broker on the same dir is refused.
     pub lock: File,
 }
@@ -234,20 +399,95 @@ fn decode_retained(body: &[u8]) -> Option<(u64, u64, RetainedMessage)> {
         topic: publish.topic,
         payload: publish.payload,
         qos: publish.qos,
+        retain: publish.retain,
         properties: properties.map(Arc::new),
     };
     Some((time_ns, expiry_unix_secs, message))
+}
+
+/// A session while the logs are replayed.
+#[derive(Default)]
+struct SessionEntry {
+    version: u8,
+    expiry_secs: u32,
+    subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
+    /// (message id, record body after the client id, the message).
+    messages: std::collections::VecDeque<(u32, Vec<u8>, RetainedMessage)>,
 }
 
 /// Everything the live generation's logs describe.
 #[derive(Default)]
 struct State {
     retained: HashMap<ByteString, RetainedEntry>,
+    sessions: HashMap<String, SessionEntry>,
 }
 
 impl State {
     fn apply(&mut self, record: &Record<'_>, path: &Path) -> Result<(), String> {
+        let bad = || {
+            format!(
+                "persistence log {} is corrupt at offset {}: a {:?} record that does not \
+                 decode",
+                path.display(),
+                record.offset,
+                record.kind
+            )
+        };
+        let mut body = record.body;
         match record.kind {
+            Kind::Session => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let version = *body.first().ok_or_else(bad)?;
+                body = &body[1..];
+                let expiry_secs = take_u32(&mut body).ok_or_else(bad)?;
+                let entry = self.sessions.entry(client_id.to_string()).or_default();
+                entry.version = version;
+                entry.expiry_secs = expiry_secs;
+            }
+            Kind::SessionEnd => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                self.sessions.remove(client_id);
+            }
+            Kind::Subscribe => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let filter = take_str(&mut body).ok_or_else(bad)?;
+                let options = *body.first().ok_or_else(bad)?;
+                body = &body[1..];
+                let subscription_id = take_u32(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry
+                        .subscriptions
+                        .insert(filter.to_string(), (options, subscription_id));
+                }
+            }
+            Kind::Unsubscribe => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let filter = take_str(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry.subscriptions.remove(filter);
+                }
+            }
+            Kind::Message => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let (_, expiry_unix_secs, message) = decode_retained(body).ok_or_else(bad)?;
+                let expired =
+                    expiry_unix_secs != 0 && expiry_unix_secs <= unix_ns() / 1_000_000_000;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    if !expired {
+                        let id = message_id(&message.topic, &message.payload);
+                        entry.messages.push_back((id, body.to_vec(), message));
+                    }
+                }
+            }
+            Kind::Delivered => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let id = take_u32(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
+                        entry.messages.remove(index);
+                    }
+                }
+            }
             Kind::Retained => {
                 let Some((time_ns, expiry_unix_secs, message)) = decode_retained(record.body)
                 else {
@@ -374,6 +614,36 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
             retained.push(message.clone());
         }
     }
+    // Each session into the log of the shard its client id now homes on.
+    let mut sessions = Vec::with_capacity(state.sessions.len());
+    let mut client_ids: Vec<&String> = state.sessions.keys().collect();
+    client_ids.sort();
+    for client_id in client_ids {
+        let entry = &state.sessions[client_id];
+        let home = crate::mesh::home_shard(client_id.as_bytes(), snapshots.len());
+        let out = &mut snapshots[home];
+        append_session(out, client_id, entry.version, entry.expiry_secs);
+        for (filter, &(options, subscription_id)) in &entry.subscriptions {
+            append_subscribe(out, client_id, filter, options, subscription_id);
+        }
+        for (_, body, _) in &entry.messages {
+            append_record(out, Kind::Message, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
+        sessions.push(RestoredSession {
+            client_id: client_id.as_str().into(),
+            version: entry.version,
+            expiry_secs: entry.expiry_secs,
+            subscriptions: entry
+                .subscriptions
+                .iter()
+                .map(|(filter, &(options, id))| (ByteString::from(filter.as_str()), options, id))
+                .collect(),
+            messages: entry.messages.iter().map(|m| m.2.clone()).collect(),
+        });
+    }
     let mut logs = Vec::with_capacity(snapshots.len());
     for (shard, snapshot) in snapshots.iter().enumerate() {
         let path = next_dir.join(format!("shard-{shard}.log"));
@@ -408,7 +678,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     }
     Ok(Opened {
         logs,
-        retained: Arc::new(retained),
+        restored: Arc::new(Restored { retained, sessions }),
         lock,
     })
 }

@@ -436,3 +436,234 @@ fn sync_interval_acknowledges_at_once_and_keeps_what_a_sigterm_stop_held() {
     );
     broker.stop();
 }
+
+/// A 3.1.1 client with clean session 0 (rumqttc).
+fn persistent_client(addr: SocketAddr, client_id: &str) -> MqttClient {
+    let mut options = mqtt_options_with_id(addr, client_id);
+    options.set_clean_session(false);
+    MqttClient::connect(options)
+}
+
+/// mosquitto_sub -V 5 with a Session Expiry Interval of an hour as `client_id`: `args` say
+/// whether it subscribes and leaves (`-E`) or waits for messages (`-C n`).
+fn mosquitto_v5_session(port: u16, client_id: &str, topic: &str, args: &[&str]) -> Finished {
+    let mut all = strings(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-V",
+        "5",
+        "-c",
+        "-x",
+        "3600",
+        "-i",
+        client_id,
+        "-t",
+        topic,
+        "-q",
+        "1",
+        "-W",
+        "5",
+        "-F",
+        &format!("{MESSAGE_MARK}%t|%q|%r|%p"),
+    ]);
+    all.extend(strings(args));
+    Proc::spawn("mosquitto_sub", &all).finish()
+}
+
+/// Publishes `payloads` at QoS 1 through a client homed on `shard` and waits for every PUBACK.
+fn publish_acked_from(
+    addr: SocketAddr,
+    shard: usize,
+    shards: usize,
+    topic: &str,
+    payloads: &[String],
+) {
+    let id = unique_id_on(shard, shards, "persist-pub");
+    let mut publisher = MqttClient::connect(mqtt_options_with_id(addr, &id));
+    for payload in payloads {
+        publisher.publish(topic, QoS::AtLeastOnce, false, payload.clone());
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, payloads.len());
+}
+
+/// Persistent sessions (3.1.1 through rumqttc, 5.0 through mosquitto_sub) subscribe and go
+/// away; QoS 1 messages are published to them (PUBACKed); the broker stops (`kill`: SIGKILL)
+/// and starts again with `shards_after`. The sessions come back with their subscriptions and
+/// every queued message, in order; a clean session does not.
+fn sessions_survive_a_restart(shards_before: usize, shards_after: usize, kill: bool) {
+    let dir = TempDir::new("persist-sessions");
+    let topic = unique_topic("persist/sessions");
+    let broker = Ringmq::start(dir.path(), shards_before, &[]);
+    let v311_id = unique_id_on(1 % shards_before, shards_before, "persist-v311");
+    let v5_id = unique_id_on(shards_before - 1, shards_before, "persist-v5");
+    let clean_id = unique_id("persist-clean");
+    {
+        let mut client = persistent_client(broker.addr, &v311_id);
+        assert_eq!(
+            client.subscribe(&format!("{topic}/v311"), QoS::AtLeastOnce),
+            Some(QoS::AtLeastOnce)
+        );
+        let mut clean = MqttClient::connect(mqtt_options_with_id(broker.addr, &clean_id));
+        clean.subscribe(&format!("{topic}/v311"), QoS::AtLeastOnce);
+    }
+    let subscribed = mosquitto_v5_session(broker.port(), &v5_id, &format!("{topic}/v5"), &["-E"]);
+    assert!(subscribed.status.success(), "{}", subscribed.stderr);
+    let payloads: Vec<String> = (0..10).map(|n| format!("queued {n}")).collect();
+    // From shard 0: with several shards, the messages cross the mesh to the sessions' shards.
+    publish_acked_from(
+        broker.addr,
+        0,
+        shards_before,
+        &format!("{topic}/v311"),
+        &payloads,
+    );
+    publish_acked_from(
+        broker.addr,
+        0,
+        shards_before,
+        &format!("{topic}/v5"),
+        &payloads,
+    );
+    if kill {
+        broker.kill();
+    } else {
+        broker.stop();
+    }
+
+    let broker = Ringmq::start(dir.path(), shards_after, &[]);
+    let what = format!("{shards_before} -> {shards_after} shards, kill {kill}");
+    let mut client = persistent_client(broker.addr, &v311_id);
+    assert!(
+        client.connack.session_present,
+        "{what}: the 3.1.1 session is back"
+    );
+    for expected in &payloads {
+        let publish = client
+            .try_recv_publish(WAIT)
+            .unwrap_or_else(|| panic!("{what}: queued message {expected:?} not delivered"));
+        assert_eq!(publish.payload, expected.as_bytes(), "{what}: in order");
+    }
+    // Its subscription came back too: a new message reaches it without a new SUBSCRIBE, from
+    // a publisher on another shard.
+    let fresh = vec!["after the restart".to_string()];
+    publish_acked_from(
+        broker.addr,
+        0,
+        shards_after,
+        &format!("{topic}/v311"),
+        &fresh,
+    );
+    let publish = client
+        .try_recv_publish(WAIT)
+        .expect("live message to the restored session");
+    assert_eq!(publish.payload, fresh[0].as_bytes());
+    drop(client);
+
+    let got = mosquitto_v5_session(broker.port(), &v5_id, &format!("{topic}/v5"), &["-C", "10"]);
+    let got: Vec<String> = sub_messages(&got).into_iter().map(|m| m.3).collect();
+    assert_eq!(
+        got, payloads,
+        "{what}: the v5 session's queue is back, in order"
+    );
+
+    let mut options = mqtt_options_with_id(broker.addr, &clean_id);
+    options.set_clean_session(false);
+    let clean = MqttClient::connect(options);
+    assert!(
+        !clean.connack.session_present,
+        "{what}: a clean session is not restored"
+    );
+    drop(clean);
+    broker.stop();
+}
+
+#[test]
+fn persistent_sessions_survive_sigterm_on_1_and_4_shards() {
+    sessions_survive_a_restart(1, 1, false);
+    sessions_survive_a_restart(4, 4, false);
+}
+
+#[test]
+fn persistent_sessions_acknowledged_messages_survive_sigkill_on_1_and_4_shards() {
+    // sync = "ack": each PUBACK went out after the message was on disk on the subscriber's
+    // shard, so a kill -9 right after the last PUBACK loses none.
+    sessions_survive_a_restart(1, 1, true);
+    sessions_survive_a_restart(4, 4, true);
+}
+
+#[test]
+fn persistent_sessions_are_rehomed_when_the_shard_count_changes() {
+    sessions_survive_a_restart(4, 3, true);
+    sessions_survive_a_restart(3, 1, false);
+    sessions_survive_a_restart(1, 4, false);
+}
+
+#[test]
+fn acknowledged_messages_are_not_delivered_again_after_a_restart() {
+    let dir = TempDir::new("persist-acked");
+    let topic = unique_topic("persist/acked");
+    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let id = unique_id("persist-acked");
+    {
+        let mut client = persistent_client(broker.addr, &id);
+        client.subscribe(&topic, QoS::AtLeastOnce);
+    }
+    let payloads: Vec<String> = (0..5).map(|n| format!("m{n}")).collect();
+    publish_acked_from(broker.addr, 0, 2, &topic, &payloads);
+    {
+        // Back online: takes (and PUBACKs, rumqttc does it by itself) the five.
+        let mut client = persistent_client(broker.addr, &id);
+        for expected in &payloads {
+            let publish = client.try_recv_publish(WAIT).expect("queued message");
+            assert_eq!(publish.payload, expected.as_bytes());
+        }
+        client.ping();
+    }
+    broker.stop();
+    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let mut client = persistent_client(broker.addr, &id);
+    assert!(client.connack.session_present);
+    assert!(
+        client.try_recv_publish(QUIET).is_none(),
+        "messages the client acknowledged are not owed any more"
+    );
+    broker.stop();
+}
+
+#[test]
+fn an_unsubscribe_and_a_session_ended_by_clean_start_stay_so_after_a_restart() {
+    let dir = TempDir::new("persist-unsub");
+    let topic = unique_topic("persist/unsub");
+    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let kept = unique_id("persist-kept");
+    let ended = unique_id("persist-ended");
+    {
+        let mut client = persistent_client(broker.addr, &kept);
+        client.subscribe(&format!("{topic}/a"), QoS::AtLeastOnce);
+        client.subscribe(&format!("{topic}/b"), QoS::AtLeastOnce);
+        client.unsubscribe(&format!("{topic}/a"));
+        let mut gone = persistent_client(broker.addr, &ended);
+        gone.subscribe(&format!("{topic}/a"), QoS::AtLeastOnce);
+    }
+    // [MQTT-3.1.2-6] Clean session 1 discards the session.
+    drop(MqttClient::connect(mqtt_options_with_id(
+        broker.addr,
+        &ended,
+    )));
+    publish_acked_from(broker.addr, 0, 1, &format!("{topic}/a"), &["a".to_string()]);
+    publish_acked_from(broker.addr, 0, 1, &format!("{topic}/b"), &["b".to_string()]);
+    broker.kill();
+    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let mut client = persistent_client(broker.addr, &kept);
+    let publish = client.try_recv_publish(WAIT).expect("the message on b");
+    assert_eq!(publish.payload, &b"b"[..]);
+    assert!(client.try_recv_publish(QUIET).is_none(), "nothing on a");
+    let gone = persistent_client(broker.addr, &ended);
+    assert!(
+        !gone.connack.session_present,
+        "the ended session stays ended"
+    );
+    broker.stop();
+}

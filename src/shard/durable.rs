@@ -23,10 +23,17 @@ use std::path::PathBuf;
 
 use io_uring::types::Timespec;
 
+use std::num::NonZeroU32;
+
+use bytestring::ByteString;
+
 use crate::config::{Persistence, PersistenceSync};
-use crate::persist::{self, Log};
-use crate::protocol::{Properties, QoS};
+use crate::persist::{self, Log, RestoredSession};
+use crate::protocol::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::ring::{Op, Ring, Token};
+use crate::session::{InflightState, Message, Session};
+
+use super::Shard;
 
 /// The `held.rs` target that means "this shard's log": sequence = a record's number.
 pub(super) const DISK: u16 = u16::MAX;
@@ -66,6 +73,9 @@ pub(super) struct Durable {
     timer_armed: bool,
     interval: Box<Timespec>,
     failed: bool,
+    /// Per source shard: the mesh messages taken when the batch in flight was cut (or, when
+    /// nothing is in flight, taken so far): what its fdatasync makes durable.
+    batch_taken: Vec<usize>,
 }
 
 impl Durable {
@@ -90,6 +100,7 @@ impl Durable {
                 config.sync_interval_ms,
             )))),
             failed: false,
+            batch_taken: Vec::new(),
         }
     }
 
@@ -111,17 +122,23 @@ impl Durable {
         qos: QoS,
         properties: Option<&Properties>,
     ) -> u64 {
+        self.append(|out| persist::append_retained(out, topic, payload, qos, properties))
+    }
+
+    /// Appends the record `write` writes (with `persist::append_record`); returns its number.
+    pub(super) fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
         self.appended += 1;
         if !self.failed {
-            persist::append_retained(&mut self.pending, topic, payload, qos, properties);
+            write(&mut self.pending);
         }
         self.appended
     }
 
     /// At the end of a turn: the pending records' write, or an fdatasync that is due.
-    pub(super) fn turn_ends(&mut self, ring: &mut Ring) {
+    /// Returns whether a new batch was cut.
+    pub(super) fn turn_ends(&mut self, ring: &mut Ring) -> bool {
         if self.in_flight != InFlight::Idle || self.failed {
-            return;
+            return false;
         }
         if !self.pending.is_empty() {
             self.writing.clear();
@@ -129,9 +146,17 @@ impl Durable {
             self.written = 0;
             self.batch_upto = self.appended;
             self.submit_write(ring);
-        } else if self.sync_due && self.written_upto > self.durable {
+            return true;
+        }
+        if self.sync_due && self.written_upto > self.durable {
             self.submit_sync(ring, self.written_upto);
         }
+        false
+    }
+
+    /// Every record appended is durable, and nothing is in flight.
+    fn settled(&self) -> bool {
+        self.in_flight == InFlight::Idle && self.pending.is_empty() && !self.failed
     }
 
     fn submit_write(&mut self, ring: &mut Ring) {
@@ -250,5 +275,233 @@ impl Durable {
         self.offset += self.pending.len() as u64;
         self.pending.clear();
         self.in_flight = InFlight::Idle;
+    }
+}
+
+/// A subscription's options as the MQTT 5 options byte (how the log keeps them).
+fn options_byte(granted: QoS, options: SubscriptionOptions) -> u8 {
+    granted as u8
+        | u8::from(options.no_local) << 2
+        | u8::from(options.retain_as_published) << 3
+        | (options.retain_handling & 3) << 4
+}
+
+fn options_from_byte(byte: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(byte & 3).unwrap_or(QoS::AtMostOnce),
+        no_local: byte & 4 != 0,
+        retain_as_published: byte & 8 != 0,
+        retain_handling: (byte >> 4) & 3,
+    }
+}
+
+impl Shard {
+    /// The turn's end for the log: its batch goes out; with several shards and `sync =
+    /// "ack"`, what this shard took from each other shard's ring is published as durable once
+    /// the records it caused are (`Peers::durable_taken`): their publishers' acks wait for that
+    /// (`held.rs`), as a local publisher's wait for `DISK`.
+    pub(super) fn durable_turn_ends(&mut self) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let cut = durable.turn_ends(&mut self.rings[0]);
+        if self.shard_count == 1 || !durable.acks_wait() {
+            return;
+        }
+        if cut || durable.settled() {
+            let mesh = &self.mesh;
+            durable.batch_taken.clear();
+            durable
+                .batch_taken
+                .extend((0..self.shard_count).map(|source| mesh.taken_from(source)));
+        }
+        if !cut && durable.settled() {
+            // Nothing taken since the last batch caused a record: durable as it is.
+            self.publish_durable_taken();
+        }
+    }
+
+    /// The log's fdatasync completed: what was taken before its batch was cut is durable.
+    pub(super) fn on_durable_sync(&mut self) {
+        if self.shard_count > 1 && self.durable.as_deref().is_some_and(Durable::acks_wait) {
+            self.publish_durable_taken();
+        }
+    }
+
+    fn publish_durable_taken(&mut self) {
+        let Some(durable) = self.durable.as_deref() else {
+            return;
+        };
+        let mut moved = 0u64;
+        for (source, &taken) in durable.batch_taken.iter().enumerate() {
+            if source != self.index && self.peers.set_durable_taken(source, self.index, taken) {
+                moved |= 1 << source;
+            }
+        }
+        if moved == 0 {
+            return;
+        }
+        // Pairs with the sleeper's fence between setting its flag and checking its holds.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let mut sleepers = 0u64;
+        super::peers::for_each_bit(moved, |source| {
+            if self.peers.is_backlogged_sleeper(source) {
+                sleepers |= 1 << source;
+            }
+        });
+        self.wake(sleepers);
+    }
+
+    /// Whether what an ack waits for happened (`held.rs`): for `DISK`, the record is on disk;
+    /// for a shard, it took the message from its ring, and with persistence on and `sync =
+    /// "ack"` also made durable what the message caused there.
+    pub(super) fn wait_over(&self, (target, sequence): (u16, usize)) -> bool {
+        if target == DISK {
+            return self.durable_upto() >= sequence as u64;
+        }
+        let target = usize::from(target);
+        match self.durable.as_deref() {
+            Some(durable) if durable.acks_wait() => {
+                let taken = self.peers.durable_taken(self.index, target);
+                // Sequences wrap: "passed" within half the number space, as `mesh.taken`.
+                (taken.wrapping_sub(sequence) as isize) > 0
+            }
+            _ => self.mesh.taken(target, sequence),
+        }
+    }
+
+    /// Appends a record about `session` when it is persistent (a clean one is never
+    /// recorded); with `wait`, the ack of the packet being handled waits for it.
+    fn log_for_session(
+        &mut self,
+        session: u32,
+        wait: bool,
+        write: impl FnOnce(&mut Vec<u8>, &str),
+    ) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
+            return;
+        };
+        let record = durable.append(|out| write(out, &s.client_id));
+        if wait && durable.acks_wait() {
+            self.held.record(usize::from(DISK), record as usize);
+        }
+    }
+
+    /// A persistent session was made, resumed, or given a new expiry. The CONNACK does not
+    /// wait: whatever the client does next is recorded after it, in the same log.
+    pub(super) fn log_session(&mut self, session: u32, version: u8, expiry_secs: u32) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_session(out, client_id, version, expiry_secs)
+        });
+    }
+
+    /// A persistent session ends (before it is made clean or removed).
+    pub(super) fn log_session_end(&mut self, session: u32) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_session_end(out, client_id)
+        });
+    }
+
+    /// A persistent session's subscription: the SUBACK waits for it.
+    pub(super) fn log_subscribe(
+        &mut self,
+        session: u32,
+        filter: &str,
+        granted: QoS,
+        options: SubscriptionOptions,
+        subscription_id: Option<NonZeroU32>,
+    ) {
+        let options = options_byte(granted, options);
+        let id = subscription_id.map_or(0, NonZeroU32::get);
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_subscribe(out, client_id, filter, options, id)
+        });
+    }
+
+    /// The UNSUBACK waits for it.
+    pub(super) fn log_unsubscribe(&mut self, session: u32, filter: &str) {
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_unsubscribe(out, client_id, filter)
+        });
+    }
+
+    /// The client acknowledged the message in flight as `packet_id` (PUBACK, or PUBREC for
+    /// QoS 2): it is no longer owed. Nothing waits for this record: lost in a crash, the
+    /// message is sent again after the restart (QoS 1 allows the duplicate).
+    pub(super) fn log_delivered(&mut self, session: u32, packet_id: u16, state: InflightState) {
+        if self.durable.is_none() {
+            return;
+        }
+        let Some(id) = self
+            .sessions
+            .get(session)
+            .and_then(|s| s.inflight_message(packet_id, state))
+            .map(|m| persist::message_id(&m.topic, &m.payload))
+        else {
+            return;
+        };
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_delivered(out, client_id, id)
+        });
+    }
+
+    /// Sessions read back from the logs at start. Every shard gets them all: it keeps those
+    /// whose client ids home on it (whatever the shard count was when they were written), and
+    /// takes the others' subscriptions into its interest index at once, as their shards'
+    /// announcements would, so no publish right after the start misses them.
+    pub(super) fn restore_sessions(&mut self, sessions: &[RestoredSession]) {
+        let now_secs = self.now_secs();
+        let queue_max = self.config.limits.offline_queue_max;
+        for restored in sessions {
+            let home = crate::mesh::home_shard(restored.client_id.as_bytes(), self.shard_count);
+            if home != self.index {
+                for (filter, _, _) in &restored.subscriptions {
+                    self.apply_interest(filter, home, true);
+                }
+                continue;
+            }
+            let version = match restored.version {
+                3 => ProtocolVersion::V3_1,
+                5 => ProtocolVersion::V5,
+                _ => ProtocolVersion::V3_1_1,
+            };
+            let mut session = Session::new(restored.client_id.clone(), false, version);
+            session.session_expiry_secs = restored.expiry_secs;
+            let index = self.sessions.insert(session);
+            // Counted against sessions_max like any persistent session, never refused.
+            self.peers.admit_session(u32::MAX);
+            for (filter, options, id) in &restored.subscriptions {
+                let options = options_from_byte(*options);
+                if let Some(s) = self.sessions.get_mut(index) {
+                    s.subscribe(filter, options.qos);
+                }
+                let filter = ByteString::from(&**filter);
+                self.insert_subscription(
+                    index,
+                    &filter,
+                    options.qos,
+                    options,
+                    NonZeroU32::new(*id),
+                );
+            }
+            if let Some(s) = self.sessions.get_mut(index) {
+                for m in &restored.messages {
+                    let message = Message {
+                        topic: m.topic.clone(),
+                        payload: m.payload.clone(),
+                        qos: m.qos,
+                        retain: m.retain,
+                        properties: None,
+                        expires_secs: crate::session::NEVER,
+                    }
+                    .with_properties(m.properties.as_ref(), now_secs);
+                    s.enqueue(message, queue_max);
+                }
+            }
+            self.queue_expiry(index);
+        }
     }
 }

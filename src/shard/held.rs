@@ -35,7 +35,6 @@ use std::collections::VecDeque;
 use foldhash::fast::RandomState;
 use hashbrown::{HashMap, HashSet};
 
-use crate::mesh::ShardMesh;
 use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
 
 use super::Shard;
@@ -173,15 +172,6 @@ impl HeldAcks {
     }
 }
 
-/// Whether what an ack waits for happened: the target took the message from its ring, or,
-/// for `durable::DISK`, the log holds the record on disk.
-fn wait_over(mesh: &ShardMesh, durable_upto: u64, (target, sequence): (u16, usize)) -> bool {
-    if target == super::durable::DISK {
-        return durable_upto >= sequence as u64;
-    }
-    mesh.taken(usize::from(target), sequence)
-}
-
 impl Shard {
     /// Writes the ack of the packet just handled, or holds it: when a message it pushed to
     /// another shard must be taken first, or when an earlier ack of the connection is held.
@@ -200,11 +190,9 @@ impl Shard {
         waits: Vec<(u16, usize)>,
     ) -> bool {
         let conn = (slot, generation);
-        let mesh = &self.mesh;
-        let durable = self.durable_upto();
         let waits: Vec<(u16, usize)> = waits
             .into_iter()
-            .filter(|&wait| !wait_over(mesh, durable, wait))
+            .filter(|&wait| !self.wait_over(wait))
             .collect();
         if waits.is_empty()
             && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
@@ -252,13 +240,9 @@ impl Shard {
         let mut kept = std::mem::take(&mut self.held.kept);
         let mut blocked = std::mem::take(&mut self.held.blocked);
         let mut released = false;
-        let durable = self.durable_upto();
         for hold in holds.drain(..) {
             let waiting = blocked.contains(&hold.conn)
-                || hold
-                    .waits
-                    .iter()
-                    .any(|&wait| !wait_over(&self.mesh, durable, wait));
+                || hold.waits.iter().any(|&wait| !self.wait_over(wait));
             if waiting {
                 blocked.insert(hold.conn);
                 kept.push_back(hold);

@@ -160,12 +160,9 @@ pub struct ShardParams {
     /// This shard's ends of the mesh (`Mesh::new(1, ..)` for a single shard: no rings).
     pub mesh: ShardMesh,
     pub peers: Arc<peers::Peers>,
-    /// With persistence on: this shard's log, and the retained messages restored at start
-    /// (every shard gets them all, as replication would have given them).
-    pub persistence: Option<(
-        crate::persist::Log,
-        Arc<Vec<crate::persist::RetainedMessage>>,
-    )>,
+    /// With persistence on: this shard's log, and the state restored at start (every shard
+    /// gets all of it: each keeps the retained messages and its own sessions).
+    pub persistence: Option<(crate::persist::Log, Arc<crate::persist::Restored>)>,
 }
 
 pub struct Shard {
@@ -288,6 +285,9 @@ pub struct Shard {
     retained_scratch: Vec<Message>,
     /// The persistence log, when persistence is on (`durable.rs`).
     durable: Option<Box<durable::Durable>>,
+    /// Persistence on with `sync = "ack"`: acks wait for what their packets caused to be
+    /// durable, here and on the shards it was forwarded to.
+    durable_acks: bool,
 }
 
 impl Shard {
@@ -412,10 +412,12 @@ impl Shard {
             held: held::HeldAcks::default(),
             subscribe_jobs: subscribe::SubscribeJobs::default(),
             retained_scratch: Vec::new(),
+            durable_acks: durable.as_deref().is_some_and(durable::Durable::acks_wait),
             durable,
         };
-        if let Some(retained) = restored {
-            shard.restore_retained(&retained);
+        if let Some(restored) = restored {
+            shard.restore_retained(&restored.retained);
+            shard.restore_sessions(&restored.sessions);
         }
         Ok(shard)
     }
@@ -519,8 +521,8 @@ impl Shard {
         self.wake_targets();
         self.flush_outboxes();
         // Persistence off: this one predictable branch is all it costs.
-        if let Some(durable) = self.durable.as_deref_mut() {
-            durable.turn_ends(&mut self.rings[0]);
+        if self.durable.is_some() {
+            self.durable_turn_ends();
         }
         Ok(())
     }
@@ -566,6 +568,9 @@ impl Shard {
             }
         };
         if advanced {
+            if op == Op::LogSync {
+                self.on_durable_sync();
+            }
             self.release_held();
         }
     }
