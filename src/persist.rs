@@ -725,6 +725,49 @@ mod tests {
         assert!(error.contains(&format!("offset {second}")), "{error}");
     }
 
+    fn replay(log: &[u8]) -> State {
+        let path = Path::new("test.log");
+        let mut state = State::default();
+        for record in records(log, path).unwrap() {
+            state.apply(&record, path).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn a_session_keeps_its_subscriptions_and_the_messages_not_yet_delivered() {
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 4, 60);
+        append_subscribe(&mut log, "c1", "a/+", 1, 0);
+        append_subscribe(&mut log, "c1", "b/#", 2 | 4, 7);
+        append_unsubscribe(&mut log, "c1", "a/+");
+        for payload in ["m1", "m2", "m1"] {
+            append_message(
+                &mut log,
+                "c1",
+                "b/x",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                None,
+            );
+        }
+        // Either copy of two equal messages may be the one acknowledged.
+        append_delivered(&mut log, "c1", message_id("b/x", b"m1"));
+        // Records for a session the log never opened (or already ended) are ignored.
+        append_subscribe(&mut log, "c2", "z", 0, 0);
+        append_session(&mut log, "c3", 5, 10);
+        append_session_end(&mut log, "c3");
+        let state = replay(&log);
+        assert_eq!(state.sessions.len(), 1);
+        let c1 = &state.sessions["c1"];
+        assert_eq!((c1.version, c1.expiry_secs), (4, 60));
+        let subscriptions: Vec<_> = c1.subscriptions.iter().collect();
+        assert_eq!(subscriptions, [(&"b/#".to_string(), &(6, 7))]);
+        let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
+        assert_eq!(payloads, [&b"m2"[..], &b"m1"[..]]);
+    }
+
     #[test]
     fn the_latest_retained_record_of_a_topic_wins_and_a_delete_leaves_none() {
         let log = retained_log(&[("a", "1"), ("b", "2"), ("a", "3"), ("b", "")]);

@@ -76,7 +76,9 @@ impl Shard {
             // A PUBACK or PUBCOMP for an id not in flight (a repeat, or a client that lost its
             // state) is ignored: there is nothing to complete (spec 4.3.2, 4.3.3).
             Packet::PubAck(ack) => {
-                self.log_delivered(session, ack.packet_id, InflightState::AwaitPubAck);
+                if self.durable.is_some() {
+                    self.log_delivered(session, ack.packet_id, InflightState::AwaitPubAck);
+                }
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.on_puback(ack.packet_id);
                 }
@@ -160,7 +162,9 @@ impl Shard {
     /// in flight gets PUBREL 0x92, and one with a failure code (the client refused the
     /// message) ends the flow with no PUBREL at all, freeing the id (spec 4.3.3).
     fn on_pubrec(&mut self, slot: u32, generation: u32, session: u32, ack: &PubAck) {
-        self.log_delivered(session, ack.packet_id, InflightState::AwaitPubRec);
+        if self.durable.is_some() {
+            self.log_delivered(session, ack.packet_id, InflightState::AwaitPubRec);
+        }
         if ack.code.is_failure() {
             let ended = self
                 .sessions
@@ -869,9 +873,11 @@ impl Shard {
             }
             None => None,
         };
-        if !s.clean_session && (send_now.is_some() || s.queue_len() < queue_max as usize) {
-            // Owed to a persistent session: on disk before the publisher's ack (`durable.rs`).
-            if let Some(durable) = self.durable.as_deref_mut() {
+        // Persistence off: this one predictable branch per QoS 1/2 delivery is all it costs.
+        if let Some(durable) = self.durable.as_deref_mut() {
+            // Owed to a persistent session (unless the full queue drops it): on disk before
+            // the publisher's ack (`durable.rs`).
+            if !s.clean_session && (send_now.is_some() || s.queue_len() < queue_max as usize) {
                 let record = durable.append(|out| {
                     crate::persist::append_message(
                         out,
