@@ -216,7 +216,6 @@ impl std::str::FromStr for LogLevel {
                 ))
             }
         })
-
     }
 }
 

@@ -795,3 +795,20 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
     );
     broker.stop();
 }
+
+#[test]
+fn sys_topics_are_not_recorded() {
+    // The broker's own `$SYS` messages are published again after every start: a record of
+    // each every `sys_interval_secs` would make the log grow while nothing happens.
+    let dir = TempDir::new("persist-sys");
+    let config = dir.path().join("ringmq.toml");
+    std::fs::write(&config, "sys_interval_secs = 1\n").unwrap();
+    let data = dir.path().join("data");
+    let broker = Ringmq::start(&data, 1, &["--config", config.to_str().unwrap()]);
+    thread::sleep(Duration::from_millis(2500));
+    let sys = retained_on(broker.port(), "$SYS/#", 1);
+    assert!(!sys.is_empty(), "the broker publishes $SYS topics");
+    broker.kill();
+    let log = &live_logs(&data)[0];
+    assert_eq!(std::fs::read(log).unwrap().len(), 0, "nothing recorded");
+}

@@ -594,6 +594,11 @@ impl Shard {
         let Some(durable) = self.durable.as_deref_mut() else {
             return;
         };
+        if topic.starts_with("$SYS/") {
+            // The broker's own (`sys.rs`), published again after every start: not worth a
+            // record every `sys_interval_secs`, and stale once restored.
+            return;
+        }
         let record = durable.append_retained(topic, payload, qos, properties.map(|p| &**p));
         if durable.acks_wait() {
             self.held
