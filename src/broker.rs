@@ -285,9 +285,9 @@ impl Broker {
                     .iter()
                     .map(|s| s.messages.len())
                     .sum();
-                eprintln!(
-                    "ringmq: persistence: {} restored {} retained messages, {} sessions with \
-                     {queued} queued messages",
+                log::info!(
+                    "persistence: {} restored {} retained messages, {} sessions with {queued} \
+                     queued messages",
                     dir.display(),
                     opened.restored.retained.len(),
                     opened.restored.sessions.len(),

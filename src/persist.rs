@@ -655,6 +655,11 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
         file.write_all(snapshot)
             .and_then(|()| file.sync_all())
             .map_err(|e| io_error("write", &path, e))?;
+        if std::env::var_os("RINGMQ_TEST_LOG_WRITES_FAIL").is_some() {
+            // Tests: the shard's writes fail (EBADF on a read-only descriptor), as on a dead
+            // disk, so the refusal to acknowledge can be seen from outside.
+            file = File::open(&path).map_err(|e| io_error("open", &path, e))?;
+        }
         logs.push(Log {
             file,
             path,
@@ -673,7 +678,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     if let Some(generation) = current {
         let old = generation_dir(dir, generation);
         if let Err(e) = fs::remove_dir_all(&old) {
-            eprintln!("ringmq: persistence: cannot remove {}: {e}", old.display());
+            log::warn!("persistence: cannot remove {}: {e}", old.display());
         }
     }
     Ok(Opened {

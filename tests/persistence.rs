@@ -24,6 +24,10 @@ impl Ringmq {
     /// Starts the binary on a free loopback port with `--persistence-dir dir` and `shards`;
     /// waits until it accepts.
     fn start(dir: &Path, shards: usize, extra: &[&str]) -> Ringmq {
+        Ringmq::start_with_env(dir, shards, extra, &[])
+    }
+
+    fn start_with_env(dir: &Path, shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Ringmq {
         let mut last_error = String::new();
         for _ in 0..3 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -37,6 +41,7 @@ impl Ringmq {
                 .arg("--persistence-dir")
                 .arg(dir)
                 .args(extra)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -811,4 +816,51 @@ fn sys_topics_are_not_recorded() {
     broker.kill();
     let log = &live_logs(&data)[0];
     assert_eq!(std::fs::read(log).unwrap().len(), 0, "nothing recorded");
+}
+
+#[test]
+fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
+    // Issue 10: on a disk error nothing is acknowledged that is not stored. The test hook
+    // makes every write of the log fail, as a dead disk would.
+    let dir = TempDir::new("persist-fail");
+    let topic = unique_topic("persist/fail");
+    let broker =
+        Ringmq::start_with_env(dir.path(), 1, &[], &[("RINGMQ_TEST_LOG_WRITES_FAIL", "1")]);
+    let options = mqtt_options(broker.addr, "persist-fail");
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    // A plain QoS 1 message depends on no record: acknowledged as ever. A retained one does:
+    // its PUBACK never comes.
+    client
+        .publish(&topic, QoS::AtLeastOnce, false, "plain")
+        .unwrap();
+    client
+        .publish(&topic, QoS::AtLeastOnce, true, "retained")
+        .unwrap();
+    let mut pubacks = 0;
+    let deadline = Instant::now() + QUIET * 4;
+    while Instant::now() < deadline {
+        match connection.recv_timeout(QUIET) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => pubacks += 1,
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+        }
+    }
+    assert_eq!(
+        pubacks, 1,
+        "only the message that needs no record is acknowledged"
+    );
+    let mut stderr = String::new();
+    let deadline = Instant::now() + WAIT;
+    let mut child = broker;
+    child.signal(libc::SIGKILL);
+    let _ = child.child.wait();
+    if let Some(mut pipe) = child.child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert!(Instant::now() < deadline);
+    assert!(
+        stderr.contains("persistence log") && stderr.contains("write failed"),
+        "the failure is logged: {stderr}"
+    );
 }

@@ -185,9 +185,9 @@ impl Durable {
     }
 
     /// A write completed with `result`. Returns whether `durable` advanced.
-    pub(super) fn on_write(&mut self, ring: &mut Ring, result: i32, shard: usize) -> bool {
+    pub(super) fn on_write(&mut self, ring: &mut Ring, result: i32) -> bool {
         if result <= 0 {
-            self.fail(shard, "write", result);
+            self.fail("write", result);
             return false;
         }
         self.written += result as usize;
@@ -219,9 +219,9 @@ impl Durable {
     }
 
     /// An fdatasync completed with `result`. Returns whether `durable` advanced.
-    pub(super) fn on_sync(&mut self, result: i32, shard: usize) -> bool {
+    pub(super) fn on_sync(&mut self, result: i32) -> bool {
         if result < 0 {
-            self.fail(shard, "fdatasync", result);
+            self.fail("fdatasync", result);
             return false;
         }
         self.in_flight = InFlight::Idle;
@@ -236,13 +236,13 @@ impl Durable {
         self.sync_due = true;
     }
 
-    fn fail(&mut self, shard: usize, what: &str, result: i32) {
+    fn fail(&mut self, what: &str, result: i32) {
         self.failed = true;
         self.in_flight = InFlight::Idle;
         self.pending = Vec::new();
-        eprintln!(
-            "ringmq: shard {shard}: persistence log {}: {what} failed: {}; nothing more is \
-             written, and acks that depend on it are no longer sent",
+        log::error!(
+            "persistence log {}: {what} failed: {}; nothing more is written, and acks that \
+             depend on it are no longer sent",
             self.path.display(),
             std::io::Error::from_raw_os_error(-result)
         );
@@ -250,7 +250,7 @@ impl Durable {
 
     /// At stop, after the ring's operations ended: what is still in memory goes to disk
     /// (SIGTERM loses nothing that was handled, acked or not).
-    pub(super) fn stop(&mut self, shard: usize) {
+    pub(super) fn stop(&mut self) {
         if self.failed {
             return;
         }
@@ -267,8 +267,8 @@ impl Durable {
             .and_then(|()| self.file.write_all_at(&self.pending, self.offset))
             .and_then(|()| self.file.sync_data());
         if let Err(e) = result {
-            eprintln!(
-                "ringmq: shard {shard}: persistence log {}: final write failed: {e}",
+            log::error!(
+                "persistence log {}: final write failed: {e}",
                 self.path.display()
             );
         }

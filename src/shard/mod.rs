@@ -458,7 +458,7 @@ impl Shard {
         }
         self.stop_all();
         if let Some(durable) = self.durable.as_deref_mut() {
-            durable.stop(self.index);
+            durable.stop();
         }
         self.publish_stats();
         Ok(())
@@ -560,8 +560,8 @@ impl Shard {
             return;
         };
         let advanced = match op {
-            Op::LogWrite => durable.on_write(&mut self.rings[0], result, self.index),
-            Op::LogSync => durable.on_sync(result, self.index),
+            Op::LogWrite => durable.on_write(&mut self.rings[0], result),
+            Op::LogSync => durable.on_sync(result),
             _ => {
                 durable.on_timer();
                 false
