@@ -448,6 +448,32 @@ impl Shard {
         });
     }
 
+    /// A QoS 1/2 message owed to persistent session `session` (queued, or going into its
+    /// window): on disk before the publisher's ack (`sync = "ack"`). Out of line: `deliver`
+    /// pays only the branch that calls it when persistence is off.
+    #[inline(never)]
+    pub(super) fn log_owed(
+        &mut self,
+        session: u32,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        properties: Option<&std::sync::Arc<Properties>>,
+    ) {
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_message(
+                out,
+                client_id,
+                topic,
+                payload,
+                qos,
+                retain,
+                properties.map(|p| &**p),
+            )
+        });
+    }
+
     /// Sessions read back from the logs at start. Every shard gets them all: it keeps those
     /// whose client ids home on it (whatever the shard count was when they were written), and
     /// takes the others' subscriptions into its interest index at once, as their shards'

@@ -873,28 +873,21 @@ impl Shard {
             }
             None => None,
         };
-        // Persistence off: this one predictable branch per QoS 1/2 delivery is all it costs.
-        if let Some(durable) = self.durable.as_deref_mut() {
-            // Owed to a persistent session (unless the full queue drops it): on disk before
-            // the publisher's ack (`durable.rs`).
-            if !s.clean_session && (send_now.is_some() || s.queue_len() < queue_max as usize) {
-                let record = durable.append(|out| {
-                    crate::persist::append_message(
-                        out,
-                        &s.client_id,
-                        topic,
-                        payload,
-                        qos,
-                        retain,
-                        properties.map(|p| &**p),
-                    )
-                });
-                if durable.acks_wait() {
-                    self.held
-                        .record(usize::from(super::durable::DISK), record as usize);
-                }
+        // Persistence off: this one predictable branch per QoS 1/2 delivery is all it costs
+        // (the work is out of line, so this function's code stays as it was).
+        let s = if self.durable.is_some() {
+            let owed =
+                !s.clean_session && (send_now.is_some() || s.queue_len() < queue_max as usize);
+            if owed {
+                self.log_owed(session, topic, payload, qos, retain, properties);
             }
-        }
+            match self.sessions.get_mut(session) {
+                Some(s) => s,
+                None => return,
+            }
+        } else {
+            s
+        };
         // A live message's small payload shares a receive-arena block; one from the retained
         // store (the only deliveries not encoded once per route) is already a copy of its own.
         let pinned = shared_encoding && session::pins_a_block(payload);

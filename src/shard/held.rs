@@ -190,10 +190,12 @@ impl Shard {
         waits: Vec<(u16, usize)>,
     ) -> bool {
         let conn = (slot, generation);
-        let waits: Vec<(u16, usize)> = waits
-            .into_iter()
-            .filter(|&wait| !self.wait_over(wait))
-            .collect();
+        // Most acks wait for nothing: the filtering is out of line.
+        let waits = if waits.is_empty() {
+            waits
+        } else {
+            self.still_waiting(waits)
+        };
         if waits.is_empty()
             && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
         {
@@ -205,6 +207,15 @@ impl Shard {
         }
         self.held.hold(conn, packet, waits);
         false
+    }
+
+    /// The waits of `waits` that are not over yet.
+    #[inline(never)]
+    fn still_waiting(&self, waits: Vec<(u16, usize)>) -> Vec<(u16, usize)> {
+        waits
+            .into_iter()
+            .filter(|&wait| !self.wait_over(wait))
+            .collect()
     }
 
     /// Writes an ack, with its Reason String where it has one and the client takes them.
