@@ -58,6 +58,8 @@ pub struct Broker {
     board: Arc<StatsBoard>,
     /// The Prometheus endpoint, when `metrics_listen` is set.
     metrics: Option<MetricsServer>,
+    /// The persistence directory's lock, held while the broker lives.
+    _persistence_lock: Option<std::fs::File>,
 }
 
 /// A shard that left its loop without being asked to: the broker is down.
@@ -273,6 +275,28 @@ impl Broker {
         let shard_count = shard_count(&config);
         let security = Arc::new(Security::load(&config).map_err(invalid)?);
         let files = ring_files(&config);
+        // Replayed (and snapshotted as the next generation) before any shard accepts.
+        let (mut logs, restored, persistence_lock) = match config.persistence.dir() {
+            Some(dir) => {
+                let opened = crate::persist::open(dir, shard_count).map_err(invalid)?;
+                let queued: usize = opened
+                    .restored
+                    .sessions
+                    .iter()
+                    .map(|s| s.messages.len())
+                    .sum();
+                log::info!(
+                    "persistence: {} restored {} retained messages, {} sessions with {queued} \
+                     queued messages",
+                    dir.display(),
+                    opened.restored.retained.len(),
+                    opened.restored.sessions.len(),
+                );
+                (opened.logs, Some(opened.restored), Some(opened.lock))
+            }
+            None => (Vec::new(), None, None),
+        };
+        logs.reverse();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         if shard_count > cores.len() && !cores.is_empty() {
             log::warn!(
@@ -317,6 +341,7 @@ impl Broker {
             security: security.clone(),
             board: board.clone(),
             metrics: None,
+            _persistence_lock: persistence_lock,
         };
         let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
@@ -339,6 +364,9 @@ impl Broker {
                 board: board.clone(),
                 mesh,
                 peers: peers.clone(),
+                persistence: restored
+                    .as_ref()
+                    .and_then(|retained| Some((logs.pop()?, retained.clone()))),
             };
             let core = cores.get(index % cores.len().max(1)).copied();
             let ready = ready_tx.clone();

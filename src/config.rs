@@ -152,6 +152,54 @@ impl LogLevel {
     }
 }
 
+/// Whether what clients were acknowledged is written to disk (`persist.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum PersistenceMode {
+    /// Nothing is written; a restart starts empty (the benchmarks' setting).
+    #[default]
+    #[serde(rename = "off")]
+    Off,
+    #[serde(rename = "on")]
+    On,
+}
+
+/// When a record is made durable (`persist.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum PersistenceSync {
+    /// The ack that depends on a record goes out once the record is on disk: one write and
+    /// one fdatasync per loop turn for every record of that turn (group commit).
+    #[default]
+    #[serde(rename = "ack")]
+    Ack,
+    /// Acks go out at once; the records of a turn are written at its end and made durable at
+    /// most `sync_interval_ms` later: a crash of the machine loses at most that window.
+    #[serde(rename = "interval")]
+    Interval,
+}
+
+/// `[persistence]`: one append-only log per shard in `dir`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Persistence {
+    pub mode: PersistenceMode,
+    /// Where the logs live (created if missing); needed with `mode = "on"`.
+    pub dir: Option<PathBuf>,
+    pub sync: PersistenceSync,
+    /// With `sync = "interval"`: longest time a written record waits for its fdatasync.
+    pub sync_interval_ms: u32,
+}
+
+impl Default for Persistence {
+    fn default() -> Persistence {
+        Persistence {
+            mode: PersistenceMode::Off,
+            dir: None,
+            sync: PersistenceSync::Ack,
+            sync_interval_ms: 100,
+        }
+    }
+}
+
 impl std::str::FromStr for LogLevel {
     type Err = String;
 
@@ -168,6 +216,16 @@ impl std::str::FromStr for LogLevel {
                 ))
             }
         })
+    }
+}
+
+impl Persistence {
+    /// The directory, when persistence is on.
+    pub fn dir(&self) -> Option<&Path> {
+        match self.mode {
+            PersistenceMode::Off => None,
+            PersistenceMode::On => self.dir.as_deref(),
+        }
     }
 }
 
@@ -330,6 +388,7 @@ pub struct Config {
     /// error, warn, info (the default: connects and disconnects too), debug or trace.
     pub log_level: LogLevel,
     pub limits: Limits,
+    pub persistence: Persistence,
 }
 
 impl Default for Config {
@@ -351,6 +410,7 @@ impl Default for Config {
             metrics_listen: None,
             log_level: LogLevel::Info,
             limits: Limits::default(),
+            persistence: Persistence::default(),
         }
     }
 }
@@ -395,6 +455,16 @@ impl Config {
         }
         for (index, listener) in self.listener.iter().enumerate() {
             listener.validate(index)?;
+        }
+        let p = &self.persistence;
+        if p.mode == PersistenceMode::On && p.dir.is_none() {
+            return Err(
+                "persistence.mode = \"on\" needs persistence.dir (or --persistence-dir DIR)"
+                    .to_string(),
+            );
+        }
+        if p.sync == PersistenceSync::Interval && p.sync_interval_ms == 0 {
+            return Err("persistence.sync_interval_ms must be at least 1".to_string());
         }
         let l = &self.limits;
         if l.packet_size_max < 16 || l.packet_size_max > 268_435_460 {

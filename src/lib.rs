@@ -20,6 +20,7 @@ pub mod listener;
 pub mod logger;
 pub mod mesh;
 pub mod metrics;
+pub mod persist;
 pub mod protocol;
 pub mod ring;
 pub mod security;

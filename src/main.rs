@@ -28,7 +28,7 @@ struct Args {
     /// TOML config file: listen, [[listener]], shards, rings_per_shard, password_file,
     /// acl_file, allow_anonymous,
     /// ring_files_max, ring_entries, recv_buffer_count, recv_buffer_size,
-    /// socket_send_buffer_bytes, sys_interval_secs, metrics_listen and [limits].
+    /// socket_send_buffer_bytes, sys_interval_secs, metrics_listen, [limits] and [persistence].
     #[arg(long)]
     config: Option<PathBuf>,
     /// Shard threads, each pinned to core k mod cores with its own io_uring and listener; a
@@ -60,6 +60,10 @@ struct Args {
     /// `RUST_LOG` (a plain level) and the file's `log_level` [default: info].
     #[arg(long)]
     log_level: Option<LogLevel>,
+    /// Turns persistence on with its logs in DIR (created if missing): retained messages
+    /// survive a restart, even a kill -9 ([persistence] in the config file for the rest).
+    #[arg(long, value_name = "DIR")]
+    persistence_dir: Option<PathBuf>,
 }
 
 fn config_from(args: Args) -> Result<Config, String> {
@@ -98,6 +102,10 @@ fn config_from(args: Args) -> Result<Config, String> {
             Err(e) => log::warn!("RUST_LOG ignored (only a plain level is understood): {e}"),
         },
         (None, _) => {}
+    }
+    if let Some(dir) = args.persistence_dir {
+        config.persistence.dir = Some(dir);
+        config.persistence.mode = ringmq::config::PersistenceMode::On;
     }
     config.validate()?;
     Ok(config)

@@ -290,6 +290,11 @@ impl ShardMesh {
     pub fn inbound_len(&self) -> usize {
         self.sources.len()
     }
+
+    /// See [`Sources::taken_from`].
+    pub fn taken_from(&self, source: usize) -> usize {
+        self.sources.taken_from(source)
+    }
 }
 
 /// The consumers of one shard's inbound rings, one per other shard.
@@ -310,6 +315,15 @@ impl Sources {
             }
         }
         count
+    }
+
+    /// Messages taken so far from `source`'s ring (wrapping; 0 for this shard itself): the
+    /// message `source` pushed with sequence n has been taken once this passes n.
+    pub fn taken_from(&self, source: usize) -> usize {
+        self.consumers
+            .get(source)
+            .and_then(Option::as_ref)
+            .map_or(0, spsc::Consumer::taken_count)
     }
 
     /// Messages waiting in the inbound rings (a snapshot; producers may be adding).

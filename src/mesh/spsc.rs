@@ -174,6 +174,12 @@ pub struct Consumer<T> {
 }
 
 impl<T> Consumer<T> {
+    /// Values taken so far (wrapping), this consumer's own count: what it handled, even
+    /// before the end of its batch publishes it as `Producer::taken`.
+    pub fn taken_count(&self) -> usize {
+        self.head
+    }
+
     /// Takes the oldest value, or `None` when the ring is empty.
     pub fn pop(&mut self) -> Option<T> {
         let head = self.head;

@@ -371,6 +371,34 @@ impl Ring {
         self.push(entry);
     }
 
+    /// Writes `len` bytes at `buf` to the regular file `fd` at `offset`.
+    ///
+    /// # Safety
+    /// `buf..buf + len` must stay valid until the write completes.
+    pub unsafe fn write_file(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        offset: u64,
+        token: Token,
+    ) {
+        let entry = opcode::Write::new(types::Fd(fd), buf, len)
+            .offset(offset)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
+    /// fdatasync of the regular file `fd`: its data written so far is on disk when it completes.
+    pub fn datasync_file(&mut self, fd: RawFd, token: Token) {
+        let entry = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
     /// This ring's own descriptor: what another shard's `send_fixed_file` targets.
     pub fn raw_fd(&self) -> RawFd {
         match &self.backend {

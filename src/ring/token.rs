@@ -40,6 +40,12 @@ pub enum Op {
     /// A mesh wake-up: another shard's MSG_RING telling this sleeping shard that its inbound
     /// rings have messages (or, on the sender, a wake-up that could not be delivered).
     MeshWake = 13,
+    /// A write of the shard's persistence log (`shard/durable.rs`).
+    LogWrite = 14,
+    /// An fdatasync of the shard's persistence log.
+    LogSync = 15,
+    /// The timer of `sync = "interval"`: the log's written records are due for an fdatasync.
+    LogTimer = 16,
 }
 
 impl Op {
@@ -58,6 +64,9 @@ impl Op {
             11 => Op::HandOffSend,
             12 => Op::HandOffFd,
             13 => Op::MeshWake,
+            14 => Op::LogWrite,
+            15 => Op::LogSync,
+            16 => Op::LogTimer,
             _ => return None,
         })
     }
@@ -135,6 +144,9 @@ mod tests {
             Op::HandOffSend,
             Op::HandOffFd,
             Op::MeshWake,
+            Op::LogWrite,
+            Op::LogSync,
+            Op::LogTimer,
         ];
         for op in ops {
             for (slot, generation) in [(0, 0), (1, 1), (19_935, 77), (u32::MAX, GENERATION_MASK)] {

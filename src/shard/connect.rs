@@ -83,6 +83,16 @@ impl Shard {
                 max_secs => max_secs,
             };
             s.session_expiry_secs = expiry_secs.min(max_secs);
+            let (persistent, version) = (!s.clean_session, s.version as u8);
+            if persistent {
+                match s.session_expiry_secs {
+                    0 => self.log_session_end(session),
+                    expiry_secs => self.log_session(session, version, expiry_secs),
+                }
+            }
+            let Some(s) = self.sessions.get_mut(session) else {
+                return;
+            };
             if expiry_secs == 0 && !s.clean_session {
                 // Ends with this connection now: no longer under sessions_max.
                 s.clean_session = true;
@@ -314,6 +324,12 @@ impl Shard {
             // [MQTT-3.1.3-9] Back before its will's delay ran out: no will.
             self.cancel_delayed_will(index);
         }
+        if let Some(index) = self.sessions.find(&client_id) {
+            if connect.clean_start || !persistent {
+                // The persistent session it had ends here (a no-op for a clean one).
+                self.log_session_end(index);
+            }
+        }
         let (session, session_present) = match self.sessions.find(&client_id) {
             Some(index) if !connect.clean_start => {
                 // [MQTT-3.2.2-3] Resumed: session present. The new connection sets how long
@@ -349,6 +365,9 @@ impl Shard {
         };
         if let Some(rules) = acl_rules {
             self.keep_client_acl(session, username, rules);
+        }
+        if persistent {
+            self.log_session(session, version as u8, expiry.secs);
         }
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             self.peers.release();

@@ -76,6 +76,9 @@ impl Shard {
             // A PUBACK or PUBCOMP for an id not in flight (a repeat, or a client that lost its
             // state) is ignored: there is nothing to complete (spec 4.3.2, 4.3.3).
             Packet::PubAck(ack) => {
+                if self.durable.is_some() {
+                    self.log_delivered(session, ack.packet_id, InflightState::AwaitPubAck);
+                }
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.on_puback(ack.packet_id);
                 }
@@ -159,6 +162,9 @@ impl Shard {
     /// in flight gets PUBREL 0x92, and one with a failure code (the client refused the
     /// message) ends the flow with no PUBREL at all, freeing the id (spec 4.3.3).
     fn on_pubrec(&mut self, slot: u32, generation: u32, session: u32, ack: &PubAck) {
+        if self.durable.is_some() {
+            self.log_delivered(session, ack.packet_id, InflightState::AwaitPubRec);
+        }
         if ack.code.is_failure() {
             let ended = self
                 .sessions
@@ -528,6 +534,7 @@ impl Shard {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
+                self.log_retained(topic, payload, qos, None);
                 self.replicate_retained(topic, payload, qos, None);
             } else if !self.retained_has_room(topic, payload, properties) {
                 // Over retained_max / retained_bytes_max: delivered below, not retained. Only
@@ -547,6 +554,7 @@ impl Shard {
                 .with_properties(properties, self.now_secs());
                 let (copy_topic, copy_payload) = (message.topic.clone(), message.payload.clone());
                 self.retained.set(topic, message);
+                self.log_retained(&copy_topic, &copy_payload, qos, properties);
                 self.replicate_retained(&copy_topic, &copy_payload, qos, properties);
             }
         }
@@ -865,6 +873,21 @@ impl Shard {
                 (s.queue_len() == 0 && s.window_open(inflight_max) && !full).then_some((c, version))
             }
             None => None,
+        };
+        // Persistence off: this one predictable branch per QoS 1/2 delivery is all it costs
+        // (the work is out of line, so this function's code stays as it was).
+        let s = if self.durable.is_some() {
+            let owed =
+                !s.clean_session && (send_now.is_some() || s.queue_len() < queue_max as usize);
+            if owed {
+                self.log_owed(session, topic, payload, qos, retain, properties);
+            }
+            match self.sessions.get_mut(session) {
+                Some(s) => s,
+                None => return,
+            }
+        } else {
+            s
         };
         // A live message's small payload shares a receive-arena block; one from the retained
         // store (the only deliveries not encoded once per route) is already a copy of its own.

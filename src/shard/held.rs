@@ -25,6 +25,10 @@
 //! PUBACK they do not (the window does the throttling). Holds are looked at once per turn,
 //! and only while there are some; a shard going to sleep with holds asks to be woken when a
 //! target drains (`Peers::set_sleeping`, "backlogged").
+//!
+//! With persistence on and `sync = "ack"`, an ack may also wait for this shard's own log: the
+//! pseudo-target `durable::DISK` with a record's number, released when the log's fdatasync
+//! completes (`durable.rs`).
 
 use std::collections::VecDeque;
 
@@ -185,11 +189,12 @@ impl Shard {
         waits: Vec<(u16, usize)>,
     ) -> bool {
         let conn = (slot, generation);
-        let mesh = &self.mesh;
-        let waits: Vec<(u16, usize)> = waits
-            .into_iter()
-            .filter(|&(target, sequence)| !mesh.taken(usize::from(target), sequence))
-            .collect();
+        // Most acks wait for nothing: the filtering is out of line.
+        let waits = if waits.is_empty() {
+            waits
+        } else {
+            self.still_waiting(waits)
+        };
         if waits.is_empty()
             && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
         {
@@ -201,6 +206,15 @@ impl Shard {
         }
         self.held.hold(conn, packet, waits);
         false
+    }
+
+    /// The waits of `waits` that are not over yet.
+    #[inline(never)]
+    fn still_waiting(&self, waits: Vec<(u16, usize)>) -> Vec<(u16, usize)> {
+        waits
+            .into_iter()
+            .filter(|&wait| !self.wait_over(wait))
+            .collect()
     }
 
     /// Writes an ack, with its Reason String where it has one and the client takes them.
@@ -238,10 +252,7 @@ impl Shard {
         let mut released = false;
         for hold in holds.drain(..) {
             let waiting = blocked.contains(&hold.conn)
-                || hold
-                    .waits
-                    .iter()
-                    .any(|&(target, sequence)| !self.mesh.taken(usize::from(target), sequence));
+                || hold.waits.iter().any(|&wait| !self.wait_over(wait));
             if waiting {
                 blocked.insert(hold.conn);
                 kept.push_back(hold);

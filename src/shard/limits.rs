@@ -229,6 +229,7 @@ impl Shard {
             if due {
                 // [MQTT-3.1.3-9] The session ends: a will still waiting goes now.
                 self.publish_delayed_will(session);
+                self.log_session_end(session);
                 self.clear_subscriptions(session);
                 self.sessions.remove(session);
                 self.forget_client_acl(session);

@@ -88,7 +88,7 @@ impl Shard {
 
     /// Wakes each shard in `shards` with a MSG_RING on its primary ring: the entry rides with
     /// this turn's submit, so a wake-up costs no syscall of its own here.
-    fn wake(&mut self, shards: u64) {
+    pub(super) fn wake(&mut self, shards: u64) {
         let peers = &self.peers;
         let ring = &mut self.rings[0];
         for_each_bit(shards, |shard| match peers.ring_fd(shard, 0) {
@@ -161,8 +161,14 @@ impl Shard {
                 self.stats.mesh_dropped_qos0 += 1;
                 return;
             }
-            MeshMessage::Publish(forward) => over && forward.qos != QoS::AtMostOnce,
-            MeshMessage::SharedPublish(shared) => over && shared.forward.qos != QoS::AtMostOnce,
+            // With persistence on and `sync = "ack"`, a QoS 1/2 forward's ack waits for the
+            // target to make durable what it caused (a message owed to a persistent session).
+            MeshMessage::Publish(forward) => {
+                (over || self.durable_acks) && forward.qos != QoS::AtMostOnce
+            }
+            MeshMessage::SharedPublish(shared) => {
+                (over || self.durable_acks) && shared.forward.qos != QoS::AtMostOnce
+            }
             MeshMessage::Interest { interested, .. } => *interested,
             MeshMessage::Retained(_) => true,
             MeshMessage::Connection(_) | MeshMessage::HandOffLost { .. } => false,
@@ -216,7 +222,7 @@ impl Shard {
         });
     }
 
-    fn apply_interest(&mut self, filter: &str, shard: usize, interested: bool) {
+    pub(super) fn apply_interest(&mut self, filter: &str, shard: usize, interested: bool) {
         if shard >= self.shard_count {
             return;
         }

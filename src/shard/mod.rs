@@ -27,6 +27,7 @@ mod close;
 pub mod conn;
 mod conn_v5;
 mod connect;
+mod durable;
 mod handle;
 mod handoff;
 mod held;
@@ -64,6 +65,7 @@ use crate::auth::{EnhancedAuthMethods, PasswordFile};
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
+use crate::protocol::QoS;
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
 use crate::tls::TlsConn;
@@ -158,6 +160,9 @@ pub struct ShardParams {
     /// This shard's ends of the mesh (`Mesh::new(1, ..)` for a single shard: no rings).
     pub mesh: ShardMesh,
     pub peers: Arc<peers::Peers>,
+    /// With persistence on: this shard's log, and the state restored at start (every shard
+    /// gets all of it: each keeps the retained messages and its own sessions).
+    pub persistence: Option<(crate::persist::Log, Arc<crate::persist::Restored>)>,
 }
 
 pub struct Shard {
@@ -278,6 +283,11 @@ pub struct Shard {
     /// messages.
     subscribe_jobs: subscribe::SubscribeJobs,
     retained_scratch: Vec<Message>,
+    /// The persistence log, when persistence is on (`durable.rs`).
+    durable: Option<Box<durable::Durable>>,
+    /// Persistence on with `sync = "ack"`: acks wait for what their packets caused to be
+    /// durable, here and on the shards it was forwarded to.
+    durable_acks: bool,
 }
 
 impl Shard {
@@ -317,7 +327,12 @@ impl Shard {
             None
         };
         let conn_lines = log_lines::ConnLines::new(&params.sockets, &params.listeners);
-        Ok(Shard {
+        let mut restored = None;
+        let durable = params.persistence.map(|(log, retained)| {
+            restored = Some(retained);
+            Box::new(durable::Durable::new(log, &config.persistence))
+        });
+        let mut shard = Shard {
             index: params.index,
             config,
             rings,
@@ -397,7 +412,32 @@ impl Shard {
             held: held::HeldAcks::default(),
             subscribe_jobs: subscribe::SubscribeJobs::default(),
             retained_scratch: Vec::new(),
-        })
+            durable_acks: durable.as_deref().is_some_and(durable::Durable::acks_wait),
+            durable,
+        };
+        if let Some(restored) = restored {
+            shard.restore_retained(&restored.retained);
+            shard.restore_sessions(&restored.sessions);
+        }
+        Ok(shard)
+    }
+
+    /// Retained messages read back from the logs at start, each with its expiry counted from
+    /// now (what is left of it was worked out at the replay).
+    fn restore_retained(&mut self, retained: &[crate::persist::RetainedMessage]) {
+        let now_secs = self.now_secs();
+        for restored in retained {
+            let message = Message {
+                topic: restored.topic.clone(),
+                payload: restored.payload.clone(),
+                qos: restored.qos,
+                retain: true,
+                properties: None,
+                expires_secs: crate::session::NEVER,
+            }
+            .with_properties(restored.properties.as_ref(), now_secs);
+            self.retained.set(&restored.topic, message);
+        }
     }
 
     pub fn stats(&self) -> &ShardStats {
@@ -417,6 +457,9 @@ impl Shard {
             self.turn()?;
         }
         self.stop_all();
+        if let Some(durable) = self.durable.as_deref_mut() {
+            durable.stop();
+        }
         self.publish_stats();
         Ok(())
     }
@@ -477,6 +520,10 @@ impl Shard {
         self.step_accept(step);
         self.wake_targets();
         self.flush_outboxes();
+        // Persistence off: this one predictable branch is all it costs.
+        if self.durable.is_some() {
+            self.durable_turn_ends();
+        }
         Ok(())
     }
 
@@ -503,6 +550,59 @@ impl Shard {
             // Only ended the wait: the turn drains the mesh anyway. On the sender, a failed
             // wake (the target is stopping) needs nothing either.
             Op::MeshWake => {}
+            Op::LogWrite | Op::LogSync | Op::LogTimer => self.on_log(token.op, completion.result),
+        }
+    }
+
+    /// A completion of the persistence log: acks held for its records may go out now.
+    fn on_log(&mut self, op: Op, result: i32) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let advanced = match op {
+            Op::LogWrite => durable.on_write(&mut self.rings[0], result),
+            Op::LogSync => durable.on_sync(result),
+            _ => {
+                durable.on_timer();
+                false
+            }
+        };
+        if advanced {
+            if op == Op::LogSync {
+                self.on_durable_sync();
+            }
+            self.release_held();
+        }
+    }
+
+    /// Records on disk, for acks held on `durable::DISK`: all of them without persistence.
+    fn durable_upto(&self) -> u64 {
+        self.durable
+            .as_deref()
+            .map_or(u64::MAX, durable::Durable::durable)
+    }
+
+    /// Appends a retained message's record (set, or delete when `payload` is empty); the ack
+    /// of the packet being handled waits for it with `sync = "ack"`.
+    fn log_retained(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        properties: Option<&Arc<crate::protocol::Properties>>,
+    ) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        if topic.starts_with("$SYS/") {
+            // The broker's own (`sys.rs`), published again after every start: not worth a
+            // record every `sys_interval_secs`, and stale once restored.
+            return;
+        }
+        let record = durable.append_retained(topic, payload, qos, properties.map(|p| &**p));
+        if durable.acks_wait() {
+            self.held
+                .record(usize::from(durable::DISK), record as usize);
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::mesh::HandOff;
@@ -32,6 +32,11 @@ pub struct Peers {
     connections: AtomicU64,
     /// Persistent sessions in the whole broker, against `limits.sessions_max`.
     sessions: AtomicU64,
+    /// Index = source * shards + target: the messages from source that target has taken
+    /// and made durable (its log's fdatasync covered what they caused), with persistence on
+    /// and `sync = "ack"` (`durable.rs`).
+    durable_taken: Vec<AtomicUsize>,
+    shard_count: usize,
 }
 
 impl Peers {
@@ -48,7 +53,20 @@ impl Peers {
             rings_per_shard,
             connections: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            durable_taken: (0..count * count).map(|_| AtomicUsize::new(0)).collect(),
+            shard_count: count,
         })
+    }
+
+    /// Messages from `source` that `target` took and made durable (wrapping).
+    pub fn durable_taken(&self, source: usize, target: usize) -> usize {
+        self.durable_taken[source * self.shard_count + target].load(Ordering::Acquire)
+    }
+
+    /// `target` made durable what it took from `source` up to `taken`. True when it moved.
+    pub fn set_durable_taken(&self, source: usize, target: usize, taken: usize) -> bool {
+        let cell = &self.durable_taken[source * self.shard_count + target];
+        cell.swap(taken, Ordering::Release) != taken
     }
 
     /// Counts one more connected client unless the broker already holds `connections_max`.

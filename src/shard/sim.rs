@@ -193,6 +193,7 @@ impl SimBroker {
                 board: board.clone(),
                 mesh,
                 peers: peers.clone(),
+                persistence: None,
             };
             let shard = Shard::with_rings(params, rings)?;
             for (ring, fd) in shard.ring_fds().into_iter().enumerate() {

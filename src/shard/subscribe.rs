@@ -366,6 +366,22 @@ impl Shard {
             return Err(ReasonCode::QuotaExceeded);
         }
         let new_to_session = s.subscribe(filter, granted);
+        self.insert_subscription(session, filter, granted, options, subscription_id);
+        // A persistent session's subscription is on disk before its SUBACK (`durable.rs`).
+        self.log_subscribe(session, filter, granted, options, subscription_id);
+        Ok((granted, new_to_session))
+    }
+
+    /// A subscription granted `granted` into the tries and the interest (the session holds it
+    /// already): at a SUBSCRIBE, and for a session restored at start.
+    pub(super) fn insert_subscription(
+        &mut self,
+        session: u32,
+        filter: &ByteString,
+        granted: QoS,
+        options: SubscriptionOptions,
+        subscription_id: Option<NonZeroU32>,
+    ) {
         let grant = Grant::new(granted, options.no_local, options.retain_as_published)
             .with_subscription_id(subscription_id.is_some());
         let new = match parse_shared(filter) {
@@ -391,7 +407,6 @@ impl Shard {
             // Every shard learns of it before the SUBACK is written (`held.rs`).
             self.note_subscribed(filter);
         }
-        Ok((granted, new_to_session))
     }
 
     /// [MQTT-3.3.1-6] The retained messages `filter` matches go to the new subscription,
@@ -483,6 +498,7 @@ impl Shard {
                 .is_some_and(|s| s.unsubscribe(filter));
             if held {
                 self.remove_subscription(session, filter);
+                self.log_unsubscribe(session, filter);
             }
             if v5 {
                 // [MQTT-3.11.3-1] One code per filter, in order.

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Persistence cost (issue 10): pairs at QoS 1 on one shard with persistent sessions (clean
+# session 0, so every message is recorded for its subscriber and every PUBACK waits for that
+# record), persistence off vs sync = "ack" vs sync = "interval", interleaved over ROUNDS
+# rounds. One ringmq binary; the log directory is a fresh folder under WORK_DIR (default /tmp:
+# say where the disk under test is).
+#
+# Prints every run (messages received per second, broker CPU ns per message), then the median
+# per mode and its ratio to "off" (issue 10's goal: sync = "ack" at >= 0.5x of "off").
+#
+# Usage: bench/persistence.sh [BINARY] [ROUNDS]
+#   cargo build --release -p ringmq -p ringmq-loadgen && bench/persistence.sh
+# Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29600),
+#   LOADGEN (default target/release/ringmq-loadgen), PAIRS (default 100), WORK_DIR.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ "${1:-}" = "--help" ] && { usage; exit 0; }
+bin="${1:-$root/target/release/ringmq}"; rounds="${2:-3}"
+loadgen="${LOADGEN:-$root/target/release/ringmq-loadgen}"
+broker_cpu="${BROKER_CPU:-1}"; load_cpu="${LOAD_CPU:-0}"; port="${PORT_BASE:-29600}"
+pairs="${PAIRS:-100}"
+for b in "$bin" "$loadgen"; do [ -x "$b" ] || { log "$b is missing"; exit 1; }; done
+need python3
+need taskset "taskset (util-linux)"
+work="$(mktemp -d "${WORK_DIR:-/tmp}/ringmq-persistence.XXXXXX")"
+
+case="pairs -n $pairs --qos 1 --max --inflight 100 --clean-session false"
+echo "# $case; log dir under $work ($(df -T "$work" | awk 'NR==2 {print $2}'))"
+echo "mode | round | received | msgs/s | broker CPU s | ns per message"
+for round in $(seq 1 "$rounds"); do
+    for mode in off ack interval; do
+        port=$((port + 1))
+        printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
+            "$port" > "$work/ringmq.toml"
+        if [ "$mode" != off ]; then
+            rm -rf "$work/data"
+            printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "$mode" \
+                >> "$work/ringmq.toml"
+        fi
+        start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
+        wait_port "$port"
+        rm -rf "$work/out"
+        t0=$(cpu_ticks "$broker_pid")
+        # shellcheck disable=SC2086
+        taskset -c "$load_cpu" "$loadgen" $case --port "$port" --warmup 1 --duration 4 \
+            --drain 1 --out "$work/out" -q > /dev/null 2>&1
+        t1=$(cpu_ticks "$broker_pid")
+        stop_broker
+        python3 - "$mode" "$round" "$t0" "$t1" "$(getconf CLK_TCK)" "$work/out/summary.json" <<'PY'
+import json, sys
+mode, round_, t0, t1, tck, path = sys.argv[1:]
+summary = json.load(open(path))
+received = summary["received"]
+cpu_s = (int(t1) - int(t0)) / int(tck)
+print(f"{mode} | {round_} | {received} | {summary['msgs_in_per_sec']:.0f} | {cpu_s:.2f} | "
+      f"{cpu_s * 1e9 / max(received, 1):.0f}")
+PY
+    done
+done | tee "$work/runs.txt"
+echo
+echo "mode | msgs/s (median) | x off | ns/msg (median)"
+python3 - "$work/runs.txt" <<'PY'
+import statistics, sys
+rate, ns = {}, {}
+for line in open(sys.argv[1]):
+    parts = [p.strip() for p in line.split("|")]
+    if len(parts) == 6 and parts[0] in ("off", "ack", "interval"):
+        rate.setdefault(parts[0], []).append(float(parts[3]))
+        ns.setdefault(parts[0], []).append(float(parts[5]))
+off = statistics.median(rate.get("off", [0]))
+for mode in ("off", "ack", "interval"):
+    if mode in rate:
+        r = statistics.median(rate[mode])
+        print(f"{mode} | {r:.0f} | {r / off if off else 0:.2f} | {statistics.median(ns[mode]):.0f}")
+PY

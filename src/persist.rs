@@ -1,0 +1,791 @@
+//! Durability on disk (issue 10): one append-only log per shard, replayed at start.
+//!
+//! Layout of `[persistence] dir`: `CURRENT` names the live generation `N` (one line), and
+//! `gen-N/shard-K.log` is shard K's log. Shared-nothing on disk as in memory: a shard appends
+//! only to its own log, through its own io_uring (`shard/durable.rs`), one write (and, with
+//! `sync = "ack"`, one fdatasync) per loop turn for every record of that turn.
+//!
+//! A record: kind (1 byte), body length (u32 LE), CRC32C (u32 LE) of kind, length and body,
+//! then the body. At start every log of the live generation is read ([`open`]); the state they
+//! describe is written as generation N + 1 (a snapshot: one record per live item, so a start
+//! costs what the live state weighs, not what the history weighed), each file synced, and
+//! `CURRENT` is switched to it by an atomic rename; only then is generation N removed. A crash
+//! anywhere in between leaves `CURRENT` naming a complete generation. Because every log is
+//! read by one replay, state re-homes by itself when `--shards` changed: the snapshot writes
+//! each item into the log of the shard that now owns it.
+//!
+//! A torn tail (a crash in the middle of a write: a short record, or a bad CRC in the last
+//! record, or zeros to the end of the file) is where the log ends; nothing after it was ever
+//! acknowledged, because an ack that depends on a record waits for its write and fdatasync. A
+//! bad record with valid-looking data after it is corruption, not a crash: the start fails,
+//! naming the file and the offset, rather than silently dropping what follows.
+//!
+//! Recorded: retained messages (set and delete, with their MQTT 5 properties and Message
+//! Expiry); persistent sessions (client id, protocol version, Session Expiry Interval), their
+//! subscriptions (filter, options, Subscription Identifier) and the QoS 1/2 messages owed to
+//! them (queued or in flight), each removed by the client's PUBACK (QoS 1) or PUBREC (QoS 2).
+//! Not yet: the PUBREL owed after a PUBREC, inbound QoS 2 ids awaiting PUBREL, and wills.
+//!
+//! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
+//! payload): two pending messages of one session with the same topic and payload are
+//! interchangeable, so removing either is right. A restored session's expiry runs from the
+//! restart (the time it was away before it is not known).
+//!
+//! Retained messages replicate to every shard, but only the publisher's shard writes the
+//! record; replay orders records of one topic from different logs by their wall-clock time
+//! (a client's own publishes all come from its home shard's log, in order).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+
+use crate::protocol::{self, Packet, Properties, ProtocolVersion, QoS};
+
+/// Bytes before a record's body: kind, length, CRC32C.
+pub const RECORD_HEADER: usize = 9;
+
+/// The largest body a record may have: a PUBLISH of `packet_size_max`'s ceiling with room.
+const RECORD_BODY_MAX: usize = 300 << 20;
+
+/// A PUBLISH kept in a record is decoded with this size bound (the MQTT maximum).
+const PACKET_SIZE_MAX: u32 = 268_435_460;
+
+/// What a record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A retained message set (or deleted: empty payload). Body: wall-clock ns (u64 LE), the
+    /// Message Expiry as unix seconds (u64 LE, 0 = none), the message as an MQTT 5 PUBLISH
+    /// with retain 1 (packet id 1 at QoS 1/2), its properties as received.
+    Retained = 1,
+    /// A persistent session exists (created, resumed, or its expiry changed). Body: client
+    /// id, protocol level (u8), Session Expiry Interval (u32 LE).
+    Session = 2,
+    /// The session ended (expired, discarded by a clean start, or made clean). Body: client id.
+    SessionEnd = 3,
+    /// A subscription of a persistent session (replacing one on the same filter). Body:
+    /// client id, filter, options as the MQTT 5 options byte, Subscription Identifier (u32
+    /// LE, 0 = none).
+    Subscribe = 4,
+    /// Body: client id, filter.
+    Unsubscribe = 5,
+    /// A QoS 1/2 message owed to a persistent session. Body: client id, then a message as in
+    /// a retained record (with its own retain flag).
+    Message = 6,
+    /// The client acknowledged one: body client id, `message_id` (u32 LE).
+    Delivered = 7,
+}
+
+impl Kind {
+    fn from_u8(value: u8) -> Option<Kind> {
+        Some(match value {
+            1 => Kind::Retained,
+            2 => Kind::Session,
+            3 => Kind::SessionEnd,
+            4 => Kind::Subscribe,
+            5 => Kind::Unsubscribe,
+            6 => Kind::Message,
+            7 => Kind::Delivered,
+            _ => return None,
+        })
+    }
+}
+
+/// What names a message owed to a session in its `Delivered` record.
+pub fn message_id(topic: &str, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(topic.as_bytes()), payload)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads what `put_str` wrote.
+fn take_str<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
+    let len = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
+    *body = &body[2 + len..];
+    Some(s)
+}
+
+fn take_u32(body: &mut &[u8]) -> Option<u32> {
+    let value = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
+    *body = &body[4..];
+    Some(value)
+}
+
+/// A message as retained and queued records keep it: wall-clock ns, Message Expiry as unix
+/// seconds (0: none), an MQTT 5 PUBLISH.
+fn put_message(
+    out: &mut Vec<u8>,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    properties: Option<&Properties>,
+) {
+    let now_ns = unix_ns();
+    let expiry_unix_secs = properties
+        .and_then(|p| p.message_expiry_interval)
+        .map_or(0, |interval| {
+            now_ns / 1_000_000_000 + u64::from(interval) + 1
+        });
+    out.extend_from_slice(&now_ns.to_le_bytes());
+    out.extend_from_slice(&expiry_unix_secs.to_le_bytes());
+    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 1 };
+    // Nothing the broker accepted fails to encode; a record that did would be refused by the
+    // replay (a bad PUBLISH), so nothing unreadable is ever taken for stored.
+    let _ = protocol::encode_publish(
+        out,
+        ProtocolVersion::V5,
+        topic,
+        payload,
+        qos,
+        retain,
+        false,
+        packet_id,
+        properties,
+    );
+}
+
+pub fn append_session(out: &mut Vec<u8>, client_id: &str, version: u8, expiry_secs: u32) {
+    append_record(out, Kind::Session, |body| {
+        put_str(body, client_id);
+        body.push(version);
+        body.extend_from_slice(&expiry_secs.to_le_bytes());
+    });
+}
+
+pub fn append_session_end(out: &mut Vec<u8>, client_id: &str) {
+    append_record(out, Kind::SessionEnd, |body| put_str(body, client_id));
+}
+
+pub fn append_subscribe(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    filter: &str,
+    options: u8,
+    subscription_id: u32,
+) {
+    append_record(out, Kind::Subscribe, |body| {
+        put_str(body, client_id);
+        put_str(body, filter);
+        body.push(options);
+        body.extend_from_slice(&subscription_id.to_le_bytes());
+    });
+}
+
+pub fn append_unsubscribe(out: &mut Vec<u8>, client_id: &str, filter: &str) {
+    append_record(out, Kind::Unsubscribe, |body| {
+        put_str(body, client_id);
+        put_str(body, filter);
+    });
+}
+
+pub fn append_message(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+    properties: Option<&Properties>,
+) {
+    append_record(out, Kind::Message, |body| {
+        put_str(body, client_id);
+        put_message(body, topic, payload, qos, retain, properties);
+    });
+}
+
+pub fn append_delivered(out: &mut Vec<u8>, client_id: &str, message_id: u32) {
+    append_record(out, Kind::Delivered, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&message_id.to_le_bytes());
+    });
+}
+
+/// Appends one record to `out`; `body` writes the body after the header.
+pub fn append_record(out: &mut Vec<u8>, kind: Kind, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    body(out);
+    let len = (out.len() - start - RECORD_HEADER) as u32;
+    out[start] = kind as u8;
+    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&out[start..start + 5]),
+        &out[start + RECORD_HEADER..],
+    );
+    out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Wall-clock nanoseconds since the epoch (the order of retained records across logs).
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Appends a retained message's record: set, or delete when `payload` is empty.
+pub fn append_retained(
+    out: &mut Vec<u8>,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    properties: Option<&Properties>,
+) {
+    let now_ns = unix_ns();
+    let expiry_unix_secs = properties
+        .and_then(|p| p.message_expiry_interval)
+        .map_or(0, |interval| {
+            now_ns / 1_000_000_000 + u64::from(interval) + 1
+        });
+    append_record(out, Kind::Retained, |body| {
+        body.extend_from_slice(&now_ns.to_le_bytes());
+        body.extend_from_slice(&expiry_unix_secs.to_le_bytes());
+        let packet_id = if qos == QoS::AtMostOnce { 0 } else { 1 };
+        // Nothing the broker accepted fails to encode; a record that did would be refused by
+        // the replay (a bad PUBLISH), so the body is kept whole either way.
+        let _ = protocol::encode_publish(
+            body,
+            ProtocolVersion::V5,
+            topic,
+            payload,
+            qos,
+            true,
+            false,
+            packet_id,
+            properties,
+        );
+    });
+}
+
+/// A message restored at start: retained (handed to every shard) or owed to a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetainedMessage {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// With the Message Expiry Interval left, when it has one.
+    pub properties: Option<Arc<Properties>>,
+}
+
+/// A persistent session restored at start; every shard gets them all and keeps its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredSession {
+    pub client_id: Box<str>,
+    /// The protocol level it last connected with.
+    pub version: u8,
+    pub expiry_secs: u32,
+    /// (filter, MQTT 5 options byte, Subscription Identifier or 0), by filter.
+    pub subscriptions: Vec<(ByteString, u8, u32)>,
+    /// Owed QoS 1/2 messages, oldest first.
+    pub messages: Vec<RetainedMessage>,
+}
+
+/// What the logs held, for the shards.
+#[derive(Default)]
+pub struct Restored {
+    pub retained: Vec<RetainedMessage>,
+    pub sessions: Vec<RestoredSession>,
+}
+
+/// What `open` hands the broker: shard K's log, and the restored state.
+pub struct Opened {
+    /// Shard K's log, opened for writing at its end (`Log::offset`).
+    pub logs: Vec<Log>,
+    pub restored: Arc<Restored>,
+    /// Held for the broker's life: a second broker on the same dir is refused.
+    pub lock: File,
+}
+
+/// One shard's log file and where its next record goes.
+pub struct Log {
+    pub file: File,
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// A record read back: its kind, body, and where it starts in its file.
+struct Record<'a> {
+    kind: Kind,
+    body: &'a [u8],
+    offset: usize,
+}
+
+/// The records of one log up to its end or its torn tail; an error for corruption.
+fn records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Record<'a>>, String> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let corrupt = |what: &str| {
+            format!(
+                "persistence log {} is corrupt at offset {offset}: {what}; move the file \
+                 away (or truncate it at that offset) to start without what follows",
+                path.display()
+            )
+        };
+        let torn = rest.len() < RECORD_HEADER || rest.iter().all(|&b| b == 0);
+        if torn {
+            break;
+        }
+        let len = u32::from_le_bytes(rest[1..5].try_into().expect("4 bytes")) as usize;
+        if len > RECORD_BODY_MAX {
+            return Err(corrupt("record length out of range"));
+        }
+        let Some(record) = rest.get(..RECORD_HEADER + len) else {
+            break; // torn: the write stopped inside this record
+        };
+        let crc = u32::from_le_bytes(record[5..9].try_into().expect("4 bytes"));
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&record[..5]), &record[RECORD_HEADER..]);
+        if crc != actual {
+            if record.len() == rest.len() {
+                break; // torn: the last record, half written
+            }
+            return Err(corrupt("bad CRC32C, with records after it"));
+        }
+        let Some(kind) = Kind::from_u8(record[0]) else {
+            return Err(corrupt(&format!(
+                "unknown record kind {} (written by a newer ringmq?)",
+                record[0]
+            )));
+        };
+        records.push(Record {
+            kind,
+            body: &record[RECORD_HEADER..],
+            offset,
+        });
+        offset += record.len();
+    }
+    Ok(records)
+}
+
+/// A retained record's topic's latest state while the logs are replayed.
+struct RetainedEntry {
+    time_ns: u64,
+    /// The record's body, written again as is into the snapshot; `None`: deleted.
+    body: Option<Vec<u8>>,
+    message: Option<RetainedMessage>,
+}
+
+/// Decodes a retained record's body: (time, expiry, message).
+fn decode_retained(body: &[u8]) -> Option<(u64, u64, RetainedMessage)> {
+    let time_ns = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    let expiry_unix_secs = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    let mut frame = BytesMut::from(body.get(16..)?);
+    let Ok(Some(Packet::Publish(publish))) =
+        protocol::decode(&mut frame, ProtocolVersion::V5, PACKET_SIZE_MAX)
+    else {
+        return None;
+    };
+    let mut properties = publish.properties.get().cloned();
+    if expiry_unix_secs != 0 {
+        let left_secs = expiry_unix_secs.saturating_sub(unix_ns() / 1_000_000_000);
+        if let Some(p) = properties.as_mut() {
+            p.message_expiry_interval = Some(left_secs.min(u64::from(u32::MAX)) as u32);
+        }
+    }
+    let message = RetainedMessage {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: properties.map(Arc::new),
+    };
+    Some((time_ns, expiry_unix_secs, message))
+}
+
+/// A session while the logs are replayed.
+#[derive(Default)]
+struct SessionEntry {
+    version: u8,
+    expiry_secs: u32,
+    subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
+    /// (message id, record body after the client id, the message).
+    messages: std::collections::VecDeque<(u32, Vec<u8>, RetainedMessage)>,
+}
+
+/// Everything the live generation's logs describe.
+#[derive(Default)]
+struct State {
+    retained: HashMap<ByteString, RetainedEntry>,
+    sessions: HashMap<String, SessionEntry>,
+}
+
+impl State {
+    fn apply(&mut self, record: &Record<'_>, path: &Path) -> Result<(), String> {
+        let bad = || {
+            format!(
+                "persistence log {} is corrupt at offset {}: a {:?} record that does not \
+                 decode",
+                path.display(),
+                record.offset,
+                record.kind
+            )
+        };
+        let mut body = record.body;
+        match record.kind {
+            Kind::Session => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let version = *body.first().ok_or_else(bad)?;
+                body = &body[1..];
+                let expiry_secs = take_u32(&mut body).ok_or_else(bad)?;
+                let entry = self.sessions.entry(client_id.to_string()).or_default();
+                entry.version = version;
+                entry.expiry_secs = expiry_secs;
+            }
+            Kind::SessionEnd => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                self.sessions.remove(client_id);
+            }
+            Kind::Subscribe => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let filter = take_str(&mut body).ok_or_else(bad)?;
+                let options = *body.first().ok_or_else(bad)?;
+                body = &body[1..];
+                let subscription_id = take_u32(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry
+                        .subscriptions
+                        .insert(filter.to_string(), (options, subscription_id));
+                }
+            }
+            Kind::Unsubscribe => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let filter = take_str(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry.subscriptions.remove(filter);
+                }
+            }
+            Kind::Message => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let (_, expiry_unix_secs, message) = decode_retained(body).ok_or_else(bad)?;
+                let expired =
+                    expiry_unix_secs != 0 && expiry_unix_secs <= unix_ns() / 1_000_000_000;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    if !expired {
+                        let id = message_id(&message.topic, &message.payload);
+                        entry.messages.push_back((id, body.to_vec(), message));
+                    }
+                }
+            }
+            Kind::Delivered => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let id = take_u32(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
+                        entry.messages.remove(index);
+                    }
+                }
+            }
+            Kind::Retained => {
+                let Some((time_ns, expiry_unix_secs, message)) = decode_retained(record.body)
+                else {
+                    return Err(format!(
+                        "persistence log {} is corrupt at offset {}: a retained record whose \
+                         message does not decode",
+                        path.display(),
+                        record.offset
+                    ));
+                };
+                let newer = self
+                    .retained
+                    .get(&message.topic)
+                    .is_none_or(|old| old.time_ns <= time_ns);
+                if !newer {
+                    return Ok(());
+                }
+                let expired =
+                    expiry_unix_secs != 0 && expiry_unix_secs <= unix_ns() / 1_000_000_000;
+                let live = !message.payload.is_empty() && !expired;
+                let entry = RetainedEntry {
+                    time_ns,
+                    body: live.then(|| record.body.to_vec()),
+                    message: live.then(|| message.clone()),
+                };
+                self.retained.insert(message.topic, entry);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn io_error(what: &str, path: &Path, e: io::Error) -> String {
+    format!("persistence: cannot {what} {}: {e}", path.display())
+}
+
+fn sync_dir(path: &Path) -> Result<(), String> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io_error("sync directory", path, e))
+}
+
+/// The live generation `CURRENT` names, if any.
+fn current_generation(dir: &Path) -> Result<Option<u64>, String> {
+    let path = dir.join("CURRENT");
+    match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            format!(
+                "persistence: {} should hold a generation number, holds {:?}",
+                path.display(),
+                text.trim()
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("read", &path, e)),
+    }
+}
+
+fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("gen-{generation}"))
+}
+
+/// Takes an exclusive lock on `dir/LOCK`: two brokers appending to one log would corrupt it.
+fn lock(dir: &Path) -> Result<File, String> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("open", &path, e))?;
+    // SAFETY: flock on a descriptor we own.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        return Err(format!(
+            "persistence: {} is in use by another ringmq (it holds {})",
+            dir.display(),
+            path.display()
+        ));
+    }
+    Ok(file)
+}
+
+/// Replays the live generation of `dir`, writes its state as the next generation with one log
+/// per shard (`shard_count` of them), switches `CURRENT` to it and removes the old one.
+pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
+    fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    let lock = lock(dir)?;
+    let current = current_generation(dir)?;
+    let mut state = State::default();
+    if let Some(generation) = current {
+        let gen_dir = generation_dir(dir, generation);
+        let mut paths: Vec<PathBuf> = fs::read_dir(&gen_dir)
+            .map_err(|e| io_error("read directory", &gen_dir, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        paths.sort();
+        for path in &paths {
+            let bytes = fs::read(path).map_err(|e| io_error("read", path, e))?;
+            for record in records(&bytes, path)? {
+                state.apply(&record, path)?;
+            }
+        }
+    }
+
+    let next = current.map_or(1, |g| g + 1);
+    let next_dir = generation_dir(dir, next);
+    if next_dir.exists() {
+        // Left by a start that crashed before switching `CURRENT`: never live.
+        fs::remove_dir_all(&next_dir).map_err(|e| io_error("remove", &next_dir, e))?;
+    }
+    fs::create_dir(&next_dir).map_err(|e| io_error("create", &next_dir, e))?;
+    let mut snapshots: Vec<Vec<u8>> = vec![Vec::new(); shard_count.max(1)];
+    let mut retained = Vec::new();
+    let mut topics: Vec<&ByteString> = state.retained.keys().collect();
+    topics.sort();
+    for topic in topics {
+        let entry = &state.retained[topic];
+        if let (Some(body), Some(message)) = (&entry.body, &entry.message) {
+            append_record(&mut snapshots[0], Kind::Retained, |out| {
+                out.extend_from_slice(body)
+            });
+            retained.push(message.clone());
+        }
+    }
+    // Each session into the log of the shard its client id now homes on.
+    let mut sessions = Vec::with_capacity(state.sessions.len());
+    let mut client_ids: Vec<&String> = state.sessions.keys().collect();
+    client_ids.sort();
+    for client_id in client_ids {
+        let entry = &state.sessions[client_id];
+        let home = crate::mesh::home_shard(client_id.as_bytes(), snapshots.len());
+        let out = &mut snapshots[home];
+        append_session(out, client_id, entry.version, entry.expiry_secs);
+        for (filter, &(options, subscription_id)) in &entry.subscriptions {
+            append_subscribe(out, client_id, filter, options, subscription_id);
+        }
+        for (_, body, _) in &entry.messages {
+            append_record(out, Kind::Message, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
+        sessions.push(RestoredSession {
+            client_id: client_id.as_str().into(),
+            version: entry.version,
+            expiry_secs: entry.expiry_secs,
+            subscriptions: entry
+                .subscriptions
+                .iter()
+                .map(|(filter, &(options, id))| (ByteString::from(filter.as_str()), options, id))
+                .collect(),
+            messages: entry.messages.iter().map(|m| m.2.clone()).collect(),
+        });
+    }
+    let mut logs = Vec::with_capacity(snapshots.len());
+    for (shard, snapshot) in snapshots.iter().enumerate() {
+        let path = next_dir.join(format!("shard-{shard}.log"));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error("create", &path, e))?;
+        file.write_all(snapshot)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io_error("write", &path, e))?;
+        if std::env::var_os("RINGMQ_TEST_LOG_WRITES_FAIL").is_some() {
+            // Tests: the shard's writes fail (EBADF on a read-only descriptor), as on a dead
+            // disk, so the refusal to acknowledge can be seen from outside.
+            file = File::open(&path).map_err(|e| io_error("open", &path, e))?;
+        }
+        logs.push(Log {
+            file,
+            path,
+            offset: snapshot.len() as u64,
+        });
+    }
+    sync_dir(&next_dir)?;
+    let current_tmp = dir.join("CURRENT.tmp");
+    let current_path = dir.join("CURRENT");
+    let mut tmp = File::create(&current_tmp).map_err(|e| io_error("create", &current_tmp, e))?;
+    writeln!(tmp, "{next}")
+        .and_then(|()| tmp.sync_all())
+        .map_err(|e| io_error("write", &current_tmp, e))?;
+    fs::rename(&current_tmp, &current_path).map_err(|e| io_error("rename", &current_tmp, e))?;
+    sync_dir(dir)?;
+    if let Some(generation) = current {
+        let old = generation_dir(dir, generation);
+        if let Err(e) = fs::remove_dir_all(&old) {
+            log::warn!("persistence: cannot remove {}: {e}", old.display());
+        }
+    }
+    Ok(Opened {
+        logs,
+        restored: Arc::new(Restored { retained, sessions }),
+        lock,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retained_log(messages: &[(&str, &str)]) -> Vec<u8> {
+        let mut log = Vec::new();
+        for (topic, payload) in messages {
+            append_retained(&mut log, topic, payload.as_bytes(), QoS::AtLeastOnce, None);
+        }
+        log
+    }
+
+    #[test]
+    fn records_read_back_whole_and_a_torn_tail_ends_the_log() {
+        let log = retained_log(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let path = Path::new("test.log");
+        assert_eq!(records(&log, path).unwrap().len(), 3);
+        // Cut anywhere inside the last record: the first two are all there is.
+        let last = records(&log, path).unwrap()[2].offset;
+        for cut in last..log.len() {
+            assert_eq!(records(&log[..cut], path).unwrap().len(), 2, "cut at {cut}");
+        }
+        // The last record half overwritten (bad CRC), and zeros after a record: torn too.
+        let mut bad_last = log.clone();
+        *bad_last.last_mut().unwrap() ^= 0xFF;
+        assert_eq!(records(&bad_last, path).unwrap().len(), 2);
+        let mut zeros = log.clone();
+        zeros.extend_from_slice(&[0; 4096]);
+        assert_eq!(records(&zeros, path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_bad_record_in_the_middle_names_the_file_and_offset() {
+        let mut log = retained_log(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let path = Path::new("shard-0.log");
+        let second = records(&log, path).unwrap()[1].offset;
+        log[second + RECORD_HEADER + 3] ^= 0xFF;
+        let error = records(&log, path).err().expect("corruption is refused");
+        assert!(error.contains("shard-0.log"), "{error}");
+        assert!(error.contains(&format!("offset {second}")), "{error}");
+    }
+
+    fn replay(log: &[u8]) -> State {
+        let path = Path::new("test.log");
+        let mut state = State::default();
+        for record in records(log, path).unwrap() {
+            state.apply(&record, path).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn a_session_keeps_its_subscriptions_and_the_messages_not_yet_delivered() {
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 4, 60);
+        append_subscribe(&mut log, "c1", "a/+", 1, 0);
+        append_subscribe(&mut log, "c1", "b/#", 2 | 4, 7);
+        append_unsubscribe(&mut log, "c1", "a/+");
+        for payload in ["m1", "m2", "m1"] {
+            append_message(
+                &mut log,
+                "c1",
+                "b/x",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                None,
+            );
+        }
+        // Either copy of two equal messages may be the one acknowledged.
+        append_delivered(&mut log, "c1", message_id("b/x", b"m1"));
+        // Records for a session the log never opened (or already ended) are ignored.
+        append_subscribe(&mut log, "c2", "z", 0, 0);
+        append_session(&mut log, "c3", 5, 10);
+        append_session_end(&mut log, "c3");
+        let state = replay(&log);
+        assert_eq!(state.sessions.len(), 1);
+        let c1 = &state.sessions["c1"];
+        assert_eq!((c1.version, c1.expiry_secs), (4, 60));
+        let subscriptions: Vec<_> = c1.subscriptions.iter().collect();
+        assert_eq!(subscriptions, [(&"b/#".to_string(), &(6, 7))]);
+        let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
+        assert_eq!(payloads, [&b"m2"[..], &b"m1"[..]]);
+    }
+
+    #[test]
+    fn the_latest_retained_record_of_a_topic_wins_and_a_delete_leaves_none() {
+        let log = retained_log(&[("a", "1"), ("b", "2"), ("a", "3"), ("b", "")]);
+        let path = Path::new("test.log");
+        let mut state = State::default();
+        for record in records(&log, path).unwrap() {
+            state.apply(&record, path).unwrap();
+        }
+        let a = state.retained[&ByteString::from("a")]
+            .message
+            .as_ref()
+            .unwrap();
+        assert_eq!(&a.payload[..], b"3");
+        assert!(state.retained[&ByteString::from("b")].message.is_none());
+    }
+}

@@ -1,0 +1,533 @@
+//! The shard's persistence log (issue 10; the format and the replay are in `persist.rs`).
+//!
+//! Records appended while a turn handles packets wait in `pending`; at the turn's end they go
+//! out with one IORING_OP_WRITE through the shard's own ring (no thread, no syscall of their
+//! own), and with `sync = "ack"` one fdatasync follows the write. Records appended meanwhile
+//! form the next batch: the slower the disk, the larger each batch (group commit). One
+//! operation is in flight at a time, so the buffer the kernel reads never moves.
+//!
+//! An ack that depends on a record (a retained message's PUBACK/PUBREC) is held as the mesh
+//! holds acks (`held.rs`), on the pseudo-target [`DISK`] with the record's number: it goes
+//! out once `durable` has passed it. With `sync = "interval"` acks do not wait; written
+//! records get their fdatasync at most `sync_interval_ms` later.
+//!
+//! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
+//! once, nothing more is written, `durable` never advances again, so no ack that depends on a
+//! record goes out any more (the clients' windows fill: back-pressure), and nothing is ever
+//! acknowledged that is not stored.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use io_uring::types::Timespec;
+
+use std::num::NonZeroU32;
+
+use bytestring::ByteString;
+
+use crate::config::{Persistence, PersistenceSync};
+use crate::persist::{self, Log, RestoredSession};
+use crate::protocol::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::ring::{Op, Ring, Token};
+use crate::session::{InflightState, Message, Session};
+
+use super::Shard;
+
+/// The `held.rs` target that means "this shard's log": sequence = a record's number.
+pub(super) const DISK: u16 = u16::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InFlight {
+    Idle,
+    Writing,
+    Syncing,
+}
+
+pub(super) struct Durable {
+    file: File,
+    path: PathBuf,
+    sync: PersistenceSync,
+    /// Records appended this turn (and while the last batch was in flight).
+    pending: Vec<u8>,
+    /// The batch the kernel is writing; never touched while `in_flight` is `Writing`.
+    writing: Vec<u8>,
+    /// Bytes of `writing` already written (a short write goes on from there).
+    written: usize,
+    /// File offset of `writing[written..]`.
+    offset: u64,
+    /// Records appended so far: the number of the last one.
+    appended: u64,
+    /// Records in `pending`'s batches up to the one in flight (its last record's number).
+    batch_upto: u64,
+    /// Records written by completed writes (in the page cache, not yet synced).
+    written_upto: u64,
+    /// Records covered by the fdatasync in flight.
+    syncing_upto: u64,
+    /// Records on disk: what an ack may depend on.
+    durable: u64,
+    in_flight: InFlight,
+    /// `sync = "interval"`: written records wait for an fdatasync, due when the timer fires.
+    sync_due: bool,
+    timer_armed: bool,
+    interval: Box<Timespec>,
+    failed: bool,
+    /// Per source shard: the mesh messages taken when the batch in flight was cut (or, when
+    /// nothing is in flight, taken so far): what its fdatasync makes durable.
+    batch_taken: Vec<usize>,
+}
+
+impl Durable {
+    pub(super) fn new(log: Log, config: &Persistence) -> Durable {
+        Durable {
+            file: log.file,
+            path: log.path,
+            sync: config.sync,
+            pending: Vec::new(),
+            writing: Vec::new(),
+            written: 0,
+            offset: log.offset,
+            appended: 0,
+            batch_upto: 0,
+            written_upto: 0,
+            syncing_upto: 0,
+            durable: 0,
+            in_flight: InFlight::Idle,
+            sync_due: false,
+            timer_armed: false,
+            interval: Box::new(Timespec::from(std::time::Duration::from_millis(u64::from(
+                config.sync_interval_ms,
+            )))),
+            failed: false,
+            batch_taken: Vec::new(),
+        }
+    }
+
+    /// Records on disk (with `sync = "ack"`; written, with `"interval"`).
+    pub(super) fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// Whether acks wait for their records.
+    pub(super) fn acks_wait(&self) -> bool {
+        self.sync == PersistenceSync::Ack
+    }
+
+    /// Appends a retained message's record (an empty payload deletes); returns its number.
+    pub(super) fn append_retained(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        properties: Option<&Properties>,
+    ) -> u64 {
+        self.append(|out| persist::append_retained(out, topic, payload, qos, properties))
+    }
+
+    /// Appends the record `write` writes (with `persist::append_record`); returns its number.
+    pub(super) fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        self.appended += 1;
+        if !self.failed {
+            write(&mut self.pending);
+        }
+        self.appended
+    }
+
+    /// At the end of a turn: the pending records' write, or an fdatasync that is due.
+    /// Returns whether a new batch was cut.
+    pub(super) fn turn_ends(&mut self, ring: &mut Ring) -> bool {
+        if self.in_flight != InFlight::Idle || self.failed {
+            return false;
+        }
+        if !self.pending.is_empty() {
+            self.writing.clear();
+            std::mem::swap(&mut self.pending, &mut self.writing);
+            self.written = 0;
+            self.batch_upto = self.appended;
+            self.submit_write(ring);
+            return true;
+        }
+        if self.sync_due && self.written_upto > self.durable {
+            self.submit_sync(ring, self.written_upto);
+        }
+        false
+    }
+
+    /// Every record appended is durable, and nothing is in flight.
+    fn settled(&self) -> bool {
+        self.in_flight == InFlight::Idle && self.pending.is_empty() && !self.failed
+    }
+
+    fn submit_write(&mut self, ring: &mut Ring) {
+        let rest = &self.writing[self.written..];
+        let len = rest.len().min(u32::MAX as usize / 2) as u32;
+        self.in_flight = InFlight::Writing;
+        // SAFETY: `writing` is neither touched nor dropped while the write is in flight: it is
+        // swapped only when `in_flight` is `Idle`, and `stop` waits for the ring's operations
+        // (`cancel_all`) before the shard, which owns it, is dropped.
+        unsafe {
+            ring.write_file(
+                self.file.as_raw_fd(),
+                rest.as_ptr(),
+                len,
+                self.offset,
+                Token::shard(Op::LogWrite),
+            )
+        };
+    }
+
+    fn submit_sync(&mut self, ring: &mut Ring, upto: u64) {
+        self.in_flight = InFlight::Syncing;
+        self.syncing_upto = upto;
+        self.sync_due = false;
+        ring.datasync_file(self.file.as_raw_fd(), Token::shard(Op::LogSync));
+    }
+
+    /// A write completed with `result`. Returns whether `durable` advanced.
+    pub(super) fn on_write(&mut self, ring: &mut Ring, result: i32) -> bool {
+        if result <= 0 {
+            self.fail("write", result);
+            return false;
+        }
+        self.written += result as usize;
+        self.offset += result as u64;
+        if self.written < self.writing.len() {
+            self.submit_write(ring);
+            return false;
+        }
+        self.in_flight = InFlight::Idle;
+        self.written_upto = self.batch_upto;
+        match self.sync {
+            PersistenceSync::Ack => {
+                self.submit_sync(ring, self.written_upto);
+                false
+            }
+            PersistenceSync::Interval => {
+                // Acks did not wait; the records are in the page cache, safe from a crash of
+                // the process, and on disk once the timer's fdatasync completes.
+                self.durable = self.written_upto;
+                if !self.timer_armed {
+                    self.timer_armed = true;
+                    let interval: *const Timespec = &*self.interval;
+                    // SAFETY: the box lives as long as the shard (see `submit_write`).
+                    unsafe { ring.timeout(interval, Token::shard(Op::LogTimer)) };
+                }
+                true
+            }
+        }
+    }
+
+    /// An fdatasync completed with `result`. Returns whether `durable` advanced.
+    pub(super) fn on_sync(&mut self, result: i32) -> bool {
+        if result < 0 {
+            self.fail("fdatasync", result);
+            return false;
+        }
+        self.in_flight = InFlight::Idle;
+        let advanced = self.syncing_upto > self.durable;
+        self.durable = self.durable.max(self.syncing_upto);
+        advanced
+    }
+
+    /// The interval's timer fired: written records are due for their fdatasync.
+    pub(super) fn on_timer(&mut self) {
+        self.timer_armed = false;
+        self.sync_due = true;
+    }
+
+    fn fail(&mut self, what: &str, result: i32) {
+        self.failed = true;
+        self.in_flight = InFlight::Idle;
+        self.pending = Vec::new();
+        log::error!(
+            "persistence log {}: {what} failed: {}; nothing more is written, and acks that \
+             depend on it are no longer sent",
+            self.path.display(),
+            std::io::Error::from_raw_os_error(-result)
+        );
+    }
+
+    /// At stop, after the ring's operations ended: what is still in memory goes to disk
+    /// (SIGTERM loses nothing that was handled, acked or not).
+    pub(super) fn stop(&mut self) {
+        if self.failed {
+            return;
+        }
+        let mut result = Ok(());
+        if self.in_flight == InFlight::Writing {
+            // Its completion was never reaped: write it again (the same bytes at the same
+            // offset, whatever part the kernel already wrote).
+            result = self
+                .file
+                .write_all_at(&self.writing[self.written..], self.offset);
+            self.offset += (self.writing.len() - self.written) as u64;
+        }
+        let result = result
+            .and_then(|()| self.file.write_all_at(&self.pending, self.offset))
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = result {
+            log::error!(
+                "persistence log {}: final write failed: {e}",
+                self.path.display()
+            );
+        }
+        self.offset += self.pending.len() as u64;
+        self.pending.clear();
+        self.in_flight = InFlight::Idle;
+    }
+}
+
+/// A subscription's options as the MQTT 5 options byte (how the log keeps them).
+fn options_byte(granted: QoS, options: SubscriptionOptions) -> u8 {
+    granted as u8
+        | u8::from(options.no_local) << 2
+        | u8::from(options.retain_as_published) << 3
+        | (options.retain_handling & 3) << 4
+}
+
+fn options_from_byte(byte: u8) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: QoS::from_u8(byte & 3).unwrap_or(QoS::AtMostOnce),
+        no_local: byte & 4 != 0,
+        retain_as_published: byte & 8 != 0,
+        retain_handling: (byte >> 4) & 3,
+    }
+}
+
+impl Shard {
+    /// The turn's end for the log: its batch goes out; with several shards and `sync =
+    /// "ack"`, what this shard took from each other shard's ring is published as durable once
+    /// the records it caused are (`Peers::durable_taken`): their publishers' acks wait for that
+    /// (`held.rs`), as a local publisher's wait for `DISK`.
+    pub(super) fn durable_turn_ends(&mut self) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let cut = durable.turn_ends(&mut self.rings[0]);
+        if self.shard_count == 1 || !durable.acks_wait() {
+            return;
+        }
+        if cut || durable.settled() {
+            let mesh = &self.mesh;
+            durable.batch_taken.clear();
+            durable
+                .batch_taken
+                .extend((0..self.shard_count).map(|source| mesh.taken_from(source)));
+        }
+        if !cut && durable.settled() {
+            // Nothing taken since the last batch caused a record: durable as it is.
+            self.publish_durable_taken();
+        }
+    }
+
+    /// The log's fdatasync completed: what was taken before its batch was cut is durable.
+    pub(super) fn on_durable_sync(&mut self) {
+        if self.shard_count > 1 && self.durable.as_deref().is_some_and(Durable::acks_wait) {
+            self.publish_durable_taken();
+        }
+    }
+
+    fn publish_durable_taken(&mut self) {
+        let Some(durable) = self.durable.as_deref() else {
+            return;
+        };
+        let mut moved = 0u64;
+        for (source, &taken) in durable.batch_taken.iter().enumerate() {
+            if source != self.index && self.peers.set_durable_taken(source, self.index, taken) {
+                moved |= 1 << source;
+            }
+        }
+        if moved == 0 {
+            return;
+        }
+        // Pairs with the sleeper's fence between setting its flag and checking its holds.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let mut sleepers = 0u64;
+        super::peers::for_each_bit(moved, |source| {
+            if self.peers.is_backlogged_sleeper(source) {
+                sleepers |= 1 << source;
+            }
+        });
+        self.wake(sleepers);
+    }
+
+    /// Whether what an ack waits for happened (`held.rs`): for `DISK`, the record is on disk;
+    /// for a shard, it took the message from its ring, and with persistence on and `sync =
+    /// "ack"` also made durable what the message caused there.
+    pub(super) fn wait_over(&self, (target, sequence): (u16, usize)) -> bool {
+        if target == DISK {
+            return self.durable_upto() >= sequence as u64;
+        }
+        let target = usize::from(target);
+        match self.durable.as_deref() {
+            Some(durable) if durable.acks_wait() => {
+                let taken = self.peers.durable_taken(self.index, target);
+                // Sequences wrap: "passed" within half the number space, as `mesh.taken`.
+                (taken.wrapping_sub(sequence) as isize) > 0
+            }
+            _ => self.mesh.taken(target, sequence),
+        }
+    }
+
+    /// Appends a record about `session` when it is persistent (a clean one is never
+    /// recorded); with `wait`, the ack of the packet being handled waits for it.
+    fn log_for_session(
+        &mut self,
+        session: u32,
+        wait: bool,
+        write: impl FnOnce(&mut Vec<u8>, &str),
+    ) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
+            return;
+        };
+        let record = durable.append(|out| write(out, &s.client_id));
+        if wait && durable.acks_wait() {
+            self.held.record(usize::from(DISK), record as usize);
+        }
+    }
+
+    /// A persistent session was made, resumed, or given a new expiry. The CONNACK does not
+    /// wait: whatever the client does next is recorded after it, in the same log.
+    pub(super) fn log_session(&mut self, session: u32, version: u8, expiry_secs: u32) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_session(out, client_id, version, expiry_secs)
+        });
+    }
+
+    /// A persistent session ends (before it is made clean or removed).
+    pub(super) fn log_session_end(&mut self, session: u32) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_session_end(out, client_id)
+        });
+    }
+
+    /// A persistent session's subscription: the SUBACK waits for it.
+    pub(super) fn log_subscribe(
+        &mut self,
+        session: u32,
+        filter: &str,
+        granted: QoS,
+        options: SubscriptionOptions,
+        subscription_id: Option<NonZeroU32>,
+    ) {
+        let options = options_byte(granted, options);
+        let id = subscription_id.map_or(0, NonZeroU32::get);
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_subscribe(out, client_id, filter, options, id)
+        });
+    }
+
+    /// The UNSUBACK waits for it.
+    pub(super) fn log_unsubscribe(&mut self, session: u32, filter: &str) {
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_unsubscribe(out, client_id, filter)
+        });
+    }
+
+    /// The client acknowledged the message in flight as `packet_id` (PUBACK, or PUBREC for
+    /// QoS 2): it is no longer owed. Nothing waits for this record: lost in a crash, the
+    /// message is sent again after the restart (QoS 1 allows the duplicate).
+    pub(super) fn log_delivered(&mut self, session: u32, packet_id: u16, state: InflightState) {
+        if self.durable.is_none() {
+            return;
+        }
+        let Some(id) = self
+            .sessions
+            .get(session)
+            .and_then(|s| s.inflight_message(packet_id, state))
+            .map(|m| persist::message_id(&m.topic, &m.payload))
+        else {
+            return;
+        };
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_delivered(out, client_id, id)
+        });
+    }
+
+    /// A QoS 1/2 message owed to persistent session `session` (queued, or going into its
+    /// window): on disk before the publisher's ack (`sync = "ack"`). Out of line: `deliver`
+    /// pays only the branch that calls it when persistence is off.
+    #[inline(never)]
+    pub(super) fn log_owed(
+        &mut self,
+        session: u32,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        properties: Option<&std::sync::Arc<Properties>>,
+    ) {
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_message(
+                out,
+                client_id,
+                topic,
+                payload,
+                qos,
+                retain,
+                properties.map(|p| &**p),
+            )
+        });
+    }
+
+    /// Sessions read back from the logs at start. Every shard gets them all: it keeps those
+    /// whose client ids home on it (whatever the shard count was when they were written), and
+    /// takes the others' subscriptions into its interest index at once, as their shards'
+    /// announcements would, so no publish right after the start misses them.
+    pub(super) fn restore_sessions(&mut self, sessions: &[RestoredSession]) {
+        let now_secs = self.now_secs();
+        let queue_max = self.config.limits.offline_queue_max;
+        for restored in sessions {
+            let home = crate::mesh::home_shard(restored.client_id.as_bytes(), self.shard_count);
+            if home != self.index {
+                for (filter, _, _) in &restored.subscriptions {
+                    self.apply_interest(filter, home, true);
+                }
+                continue;
+            }
+            let version = match restored.version {
+                3 => ProtocolVersion::V3_1,
+                5 => ProtocolVersion::V5,
+                _ => ProtocolVersion::V3_1_1,
+            };
+            let mut session = Session::new(restored.client_id.clone(), false, version);
+            session.session_expiry_secs = restored.expiry_secs;
+            let index = self.sessions.insert(session);
+            // Counted against sessions_max like any persistent session, never refused.
+            self.peers.admit_session(u32::MAX);
+            for (filter, options, id) in &restored.subscriptions {
+                let options = options_from_byte(*options);
+                if let Some(s) = self.sessions.get_mut(index) {
+                    s.subscribe(filter, options.qos);
+                }
+                let filter = ByteString::from(&**filter);
+                self.insert_subscription(
+                    index,
+                    &filter,
+                    options.qos,
+                    options,
+                    NonZeroU32::new(*id),
+                );
+            }
+            if let Some(s) = self.sessions.get_mut(index) {
+                for m in &restored.messages {
+                    let message = Message {
+                        topic: m.topic.clone(),
+                        payload: m.payload.clone(),
+                        qos: m.qos,
+                        retain: m.retain,
+                        properties: None,
+                        expires_secs: crate::session::NEVER,
+                    }
+                    .with_properties(m.properties.as_ref(), now_secs);
+                    s.enqueue(message, queue_max);
+                }
+            }
+            self.queue_expiry(index);
+        }
+    }
+}
