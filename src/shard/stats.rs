@@ -383,9 +383,13 @@ mod tests {
         let writer = {
             let board = board.clone();
             std::thread::spawn(move || {
+                // Back to back, far faster than a shard's once a second, yet with room for a
+                // reader between two: a reader overlapping every one of 20,000 publishes in a
+                // row (a busy 2-core machine did it) runs out of tries by design.
                 for n in 0..20_000u64 {
                     let stats = ShardStats::from_values(&[n; STAT_COUNT]);
                     board.publish(0, &stats);
+                    std::thread::yield_now();
                 }
             })
         };
