@@ -13,12 +13,12 @@
 //! This file is the loop: the shard's state, its turn and the completions' dispatch, the
 //! wake-ups and the timer's sweep, the stop. Reading is in `recv.rs`, writing in `send.rs`,
 //! closing in `close.rs`, accepting in `accept.rs` (one accept per listener), TLS records in
-//! and out in `transport.rs`; MQTT handling in `handle.rs` (CONNECT and
-//! DISCONNECT in `connect.rs`, SUBSCRIBE in `subscribe.rs`), every PUBLISH encoded for a
-//! connection in `outgoing.rs` (with its MQTT 5 aliases and size limit, `conn_v5.rs`), mesh
-//! routing in `meshing.rs`, the
-//! session table in `sessions.rs`, session expiry and delayed wills in `limits.rs`, the
-//! connect/disconnect and limit lines in `log_lines.rs`.
+//! and out in `transport.rs`; MQTT handling in `handle.rs` (CONNECT and DISCONNECT in
+//! `connect.rs`, SUBSCRIBE in `subscribe.rs`), routing and delivery of a message in
+//! `deliver.rs`, every PUBLISH encoded for a connection in `outgoing.rs` (with its MQTT 5
+//! aliases and size limit, `conn_v5.rs`), mesh routing in `meshing.rs`, the session table in
+//! `sessions.rs`, session expiry and delayed wills in `limits.rs`, the connect/disconnect and
+//! limit lines in `log_lines.rs`.
 
 mod accept;
 mod access;
@@ -27,6 +27,7 @@ mod close;
 pub mod conn;
 mod conn_v5;
 mod connect;
+mod deliver;
 mod durable;
 mod handle;
 mod handoff;
