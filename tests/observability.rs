@@ -496,13 +496,28 @@ fn sys_topics_do_not_count_against_retained_max() {
     }
     late.subscribe(&topics[2], QoS::AtLeastOnce);
     late.expect_no_publish();
-    let page = scrape_until(broker.metrics_addr().unwrap(), "one refusal", |page| {
-        per_shard(page, "ringmq_retained_refused_total")
+    // Each replica holds the clients' 2 and the broker's own; every shard's slot lags its
+    // tick, so the wait covers both values (a refusal seen on one shard says nothing of the
+    // other's retained count).
+    let page = scrape_until(
+        broker.metrics_addr().unwrap(),
+        "one refusal, and every replica past 2",
+        |page| {
+            per_shard(page, "ringmq_retained_refused_total")
+                .iter()
+                .sum::<f64>()
+                == 1.0
+                && per_shard(page, "ringmq_retained_messages")
+                    .iter()
+                    .all(|&count| count > 2.0)
+        },
+    );
+    assert_eq!(
+        per_shard(&page, "ringmq_retained_refused_total")
             .iter()
-            .sum::<f64>()
-            == 1.0
-    });
-    // Each replica holds the clients' 2 and the broker's own.
+            .sum::<f64>(),
+        1.0
+    );
     assert!(per_shard(&page, "ringmq_retained_messages")
         .iter()
         .all(|&count| count > 2.0));
