@@ -160,41 +160,36 @@ impl Ringmq {
 
     /// The first line not received before that contains `needle`, within WAIT.
     pub fn next_line(&mut self, needle: &str) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Some(line);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
+        self.next_matching(WAIT, |line| line.contains(needle))
     }
 
     /// The first line (seen before, or arriving within `within`) containing every needle.
     pub fn wait_line(&mut self, needles: &[&str], within: Duration) -> String {
-        let matches = |line: &String| needles.iter().all(|n| line.contains(n));
+        let matches = |line: &str| needles.iter().all(|n| line.contains(n));
         if let Some(line) = self.seen.iter().find(|l| matches(l)) {
             return line.clone();
         }
+        self.next_matching(within, matches).unwrap_or_else(|| {
+            panic!(
+                "no stderr line with {needles:?} within {within:?}; lines:\n{}",
+                self.seen.join("\n")
+            )
+        })
+    }
+
+    /// The first line arriving within `within` that `matches`; every line is kept in `seen`.
+    fn next_matching(
+        &mut self,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no stderr line with {needles:?} within {within:?}; lines:\n{}",
-                    self.seen.join("\n")
-                ),
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.seen.push(line.clone());
+            if matches(&line) {
+                return Some(line);
             }
         }
     }
