@@ -12,14 +12,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::{run_to_exit, Ringmq};
 use common::v5::{self, Frame, V5Client};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{
@@ -582,85 +580,6 @@ fn acl_will_must_be_writable_four_shards() {
 // The binary: SIGHUP reload, malformed files
 // ---------------------------------------------------------------------------------------------
 
-/// A `ringmq` process whose stderr lines arrive on a channel; SIGKILLed when dropped.
-struct Ringmq {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Receiver<String>,
-}
-
-impl Ringmq {
-    fn start(args: &[&str]) -> Ringmq {
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-                .args(["--listen", &addr.to_string()])
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ringmq");
-            let stderr = child.stderr.take().unwrap();
-            let (sender, lines) = mpsc::channel();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    if sender.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut ringmq = Ringmq {
-                child,
-                addr,
-                stderr: lines,
-            };
-            if ringmq.wait_stderr("listening on").is_some() {
-                return ringmq;
-            }
-            let _ = ringmq.child.kill();
-        }
-        panic!("ringmq did not start");
-    }
-
-    /// The first stderr line containing `needle` within WAIT.
-    fn wait_stderr(&mut self, needle: &str) -> Option<String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Some(line),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: sends a signal to our own child process.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({signal})");
-    }
-
-    fn reload(&mut self) -> String {
-        self.signal(libc::SIGHUP);
-        self.wait_stderr("SIGHUP")
-            .unwrap_or_else(|| panic!("no SIGHUP line on stderr within {WAIT:?}"))
-    }
-}
-
-impl Drop for Ringmq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
@@ -760,7 +679,7 @@ fn sighup_reloads_password_and_acl_files_keeping_connections() {
 
     ringmq.signal(libc::SIGTERM);
     let deadline = Instant::now() + WAIT;
-    while ringmq.child.try_wait().unwrap().is_none() {
+    while ringmq.try_wait().is_none() {
         assert!(Instant::now() < deadline, "ringmq ignored SIGTERM");
         thread::sleep(Duration::from_millis(20));
     }
@@ -771,33 +690,14 @@ fn malformed_acl_file_is_refused_at_start_naming_the_line() {
     let dir = TempDir::new("acl-bad");
     let acl: PathBuf = dir.path().join("acl");
     write(&acl, "# fine\ntopic read a/#\nuser\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
-        .args(["--acl-file", acl.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringmq");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringmq started with a malformed ACL file");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--acl-file",
+        acl.to_str().unwrap(),
+    ]);
     assert!(!status.success());
     assert!(stderr.contains("line 3:"), "{stderr}");
     assert!(stderr.contains(acl.to_str().unwrap()), "{stderr}");

@@ -4,137 +4,17 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::{refused_start, Ringmq};
 use common::*;
 use ringmq::config::Config;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A `ringmq` process, SIGKILLed if the test ends without stopping it.
-struct Ringmq {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Ringmq {
-    /// Starts the binary on a free loopback port with `args` (one shard unless they say
-    /// otherwise); waits until it accepts.
-    fn start(args: &[&str]) -> Ringmq {
-        Ringmq::start_with_env(args, &[])
-    }
-
-    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Ringmq {
-        let shards: &[&str] = if args.contains(&"--shards") {
-            &[]
-        } else {
-            &["--shards", "1"]
-        };
-        // A port picked by binding :0 and releasing it could be taken in between: retry.
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let listen = addr.to_string();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-                .args(["--listen", &listen])
-                .args(shards)
-                .args(args)
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ringmq");
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Ringmq { child, addr };
-                }
-                if let Some(status) = child.try_wait().unwrap() {
-                    last_error = format!("ringmq exited with {status}: {}", stderr_of(&mut child));
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("ringmq did not listen on {addr} within {WAIT:?}");
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("ringmq did not start: {last_error}");
-    }
-
-    /// SIGTERM; the broker must exit with status 0 within WAIT.
-    fn stop(mut self) {
-        // SAFETY: sends a signal to our own child process.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM)");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "ringmq exited with {status} after SIGTERM"
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ringmq ignored SIGTERM for {WAIT:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Ringmq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut text);
-    }
-    text
-}
-
-/// Runs the binary expecting it to refuse to start; returns (exit code, stderr).
-fn refused_start(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringmq");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), stderr_of(&mut child));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringmq {args:?} kept running; it should have refused the configuration");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -172,7 +52,7 @@ fn panic_the_home_shard(mode: &str) -> (usize, String) {
     let sent_at = Instant::now();
     let bound = Duration::from_secs(2);
     let status = loop {
-        if let Some(status) = broker.child.try_wait().unwrap() {
+        if let Some(status) = broker.try_wait() {
             break status;
         }
         assert!(
@@ -183,7 +63,7 @@ fn panic_the_home_shard(mode: &str) -> (usize, String) {
     };
     // Exited, not killed by a signal (an abort is SIGABRT).
     assert_eq!(status.code(), Some(1), "exited with {status}");
-    let stderr = stderr_of(&mut broker.child);
+    let stderr = broker.stderr_after_exit();
     let line = format!("shard {home} panicked: test panic: client id {id}");
     assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
     (home, stderr)

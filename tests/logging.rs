@@ -6,156 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::{run_to_exit, Ringmq};
 use common::*;
 
 /// Waits for a line that the broker's timer (a 1 s tick) produces: two ticks and room.
 const TICKS: Duration = Duration::from_secs(10);
-
-/// A `ringmq` process whose stderr lines arrive on a channel (read on a thread, so the
-/// broker never blocks on a full pipe); SIGKILLed if the test ends without stopping it.
-struct Ringmq {
-    child: Child,
-    addr: SocketAddr,
-    lines: Receiver<String>,
-    /// Every line received so far, in order.
-    seen: Vec<String>,
-}
-
-impl Ringmq {
-    /// Starts the binary on a free loopback port with `args` (one shard unless they say
-    /// otherwise); returns once it accepts connections.
-    fn start(args: &[&str]) -> Ringmq {
-        let shards: &[&str] = if args.contains(&"--shards") {
-            &[]
-        } else {
-            &["--shards", "1"]
-        };
-        // A port picked by binding :0 and releasing it could be taken in between: retry.
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-                .args(["--listen", &addr.to_string()])
-                .args(shards)
-                .args(args)
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ringmq");
-            let stderr = child.stderr.take().unwrap();
-            let (sender, lines) = mpsc::channel();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    if sender.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut ringmq = Ringmq {
-                child,
-                addr,
-                lines,
-                seen: Vec::new(),
-            };
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return ringmq;
-                }
-                if ringmq.child.try_wait().unwrap().is_some() {
-                    ringmq.take_lines(Duration::from_millis(200));
-                    break; // the port was taken: next one
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "ringmq did not listen on {addr} within {WAIT:?}"
-                );
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("ringmq did not start");
-    }
-
-    /// Collects the lines that arrive within `within` (until the pipe closes, at most).
-    fn take_lines(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line);
-        }
-    }
-
-    /// The first line (seen before, or arriving within `within`) containing every needle.
-    fn wait_line(&mut self, needles: &[&str], within: Duration) -> String {
-        let matches = |line: &String| needles.iter().all(|n| line.contains(n));
-        if let Some(line) = self.seen.iter().find(|l| matches(l)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if matches(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no stderr line with {needles:?} within {within:?}; lines:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Lines seen so far containing `needle`.
-    fn count(&self, needle: &str) -> usize {
-        self.seen.iter().filter(|l| l.contains(needle)).count()
-    }
-
-    /// SIGTERM; waits (bounded) for a clean exit and for the rest of stderr.
-    fn stop(mut self) -> Vec<String> {
-        // SAFETY: sends a signal to our own child process.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM)");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "ringmq exited with {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "ringmq ignored SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        }
-        // The pipe closes at the exit: the reader thread's channel ends.
-        self.take_lines(WAIT);
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for Ringmq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -374,13 +232,8 @@ fn log_level_in_the_config_file_and_a_bad_level() {
         "{lines:?}"
     );
 
-    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["--log-level", "loud", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ringmq");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, stderr) = run_to_exit(&["--log-level", "loud", "--listen", "127.0.0.1:0"]);
+    assert!(!status.success());
     assert!(stderr.contains("loud"), "{stderr}");
 }
 

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::Ringmq;
 use common::*;
 use ringmq::config::Config;
 use rumqttc::QoS;
@@ -555,34 +556,13 @@ fn grafana_dashboard_queries_metrics_that_exist() {
 /// `--metrics-listen`: both answer.
 #[test]
 fn binary_serves_metrics_and_sys_with_default_interval() {
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port()
-    };
-    let (mqtt_port, metrics_port) = (free_port(), free_port());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{mqtt_port}"),
-            "--shards",
-            "2",
-        ])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn ringmq");
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Killed(child);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let broker = Ringmq::start(&["--shards", "2", "--metrics-listen", &metrics_listen]);
+    let mqtt_port = broker.port();
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
     let deadline = Instant::now() + WAIT;
     while TcpStream::connect_timeout(&metrics, Duration::from_millis(200)).is_err() {

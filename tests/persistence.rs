@@ -5,146 +5,42 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::binary::{self, Ringmq};
 use common::*;
 use rumqttc::QoS;
 
-/// A `ringmq` process on a persistence directory, SIGKILLed if the test ends without stopping it.
-struct Ringmq {
-    child: Child,
-    addr: SocketAddr,
+/// Starts `ringmq` with `--persistence-dir dir`, `shards` and `extra`; waits until it accepts.
+fn start_on(dir: &Path, shards: usize, extra: &[&str]) -> Ringmq {
+    start_on_with_env(dir, shards, extra, &[])
 }
 
-impl Ringmq {
-    /// Starts the binary on a free loopback port with `--persistence-dir dir` and `shards`;
-    /// waits until it accepts.
-    fn start(dir: &Path, shards: usize, extra: &[&str]) -> Ringmq {
-        Ringmq::start_with_env(dir, shards, extra, &[])
-    }
-
-    fn start_with_env(dir: &Path, shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Ringmq {
-        let mut last_error = String::new();
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-                .args(["--listen", &addr.to_string()])
-                .args(["--shards", &shards.to_string()])
-                .arg("--persistence-dir")
-                .arg(dir)
-                .args(extra)
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ringmq");
-            let deadline = Instant::now() + WAIT;
-            loop {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Ringmq { child, addr };
-                }
-                if let Some(status) = child.try_wait().unwrap() {
-                    last_error = format!("ringmq exited with {status}: {}", stderr_of(&mut child));
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("ringmq did not listen on {addr} within {WAIT:?}");
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("ringmq did not start: {last_error}");
-    }
-
-    fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// SIGTERM; the broker must exit with status 0 within WAIT.
-    fn stop(mut self) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "ringmq exited with {status} after SIGTERM"
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "ringmq ignored SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no chance to write anything more.
-    fn kill(mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    fn signal(&mut self, signal: libc::c_int) {
-        // SAFETY: sends a signal to our own child process.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({signal})");
-    }
-}
-
-impl Drop for Ringmq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut text);
-    }
-    text
+fn start_on_with_env(dir: &Path, shards: usize, extra: &[&str], env: &[(&str, &str)]) -> Ringmq {
+    let shards = shards.to_string();
+    let mut args = vec![
+        "--shards",
+        &shards,
+        "--persistence-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Ringmq::start_with_env(&args, env)
 }
 
 /// Runs the binary on `dir` expecting it to refuse to start; returns (exit code, stderr).
 fn refused_start(dir: &Path) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--persistence-dir",
-        ])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringmq");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), stderr_of(&mut child));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringmq started on a corrupt log instead of refusing");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    binary::refused_start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--persistence-dir",
+        dir.to_str().unwrap(),
+    ])
 }
 
 /// The live generation's logs (`CURRENT` names it), in shard order.
@@ -241,7 +137,7 @@ fn retained_messages_survive_a_sigterm_restart_on_1_and_4_shards() {
     for shards in [1, 4] {
         let dir = TempDir::new("persist-term");
         let topic = unique_topic("persist/term");
-        let broker = Ringmq::start(dir.path(), shards, &[]);
+        let broker = start_on(dir.path(), shards, &[]);
         publish_retained(broker.port(), &format!("{topic}/a"), "one", 1, false);
         publish_retained(broker.port(), &format!("{topic}/b"), "two", 2, true);
         publish_retained(broker.port(), &format!("{topic}/c"), "gone", 1, false);
@@ -251,7 +147,7 @@ fn retained_messages_survive_a_sigterm_restart_on_1_and_4_shards() {
         // A QoS 0 one was handled before the SIGTERM: the stop writes what it holds.
         broker.stop();
 
-        let broker = Ringmq::start(dir.path(), shards, &[]);
+        let broker = start_on(dir.path(), shards, &[]);
         let got = retained_on(broker.port(), &format!("{topic}/#"), 2);
         assert_eq!(
             got,
@@ -284,7 +180,7 @@ fn acknowledged_retained_messages_survive_sigkill() {
     // publisher saw acknowledged is there after a kill -9 at any moment after it.
     let dir = TempDir::new("persist-kill");
     let topic = unique_topic("persist/kill");
-    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let broker = start_on(dir.path(), 2, &[]);
     let mut client = MqttClient::connect(mqtt_options(broker.addr, "persist-kill"));
     let count = 200;
     for (qos, range) in [
@@ -299,7 +195,7 @@ fn acknowledged_retained_messages_survive_sigkill() {
     broker.kill();
     drop(client);
 
-    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let broker = start_on(dir.path(), 2, &[]);
     let got = retained_on(broker.port(), &format!("{topic}/#"), count);
     assert_eq!(
         got.len(),
@@ -317,7 +213,7 @@ fn acknowledged_retained_messages_survive_sigkill() {
 fn a_torn_tail_is_cut_and_what_came_before_it_is_kept() {
     let dir = TempDir::new("persist-torn");
     let topic = unique_topic("persist/torn");
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     for (name, payload) in [("a", "1"), ("b", "2"), ("c", "3")] {
         publish_retained(broker.port(), &format!("{topic}/{name}"), payload, 1, false);
     }
@@ -332,7 +228,7 @@ fn a_torn_tail_is_cut_and_what_came_before_it_is_kept() {
     );
     std::fs::write(log, &bytes[..bytes.len() - 3]).unwrap();
 
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     let got = retained_on(broker.port(), &format!("{topic}/#"), 3);
     let topics: Vec<&str> = got.iter().map(|m| m.0.as_str()).collect();
     assert_eq!(
@@ -343,7 +239,7 @@ fn a_torn_tail_is_cut_and_what_came_before_it_is_kept() {
     // And the broker goes on writing after the cut.
     publish_retained(broker.port(), &format!("{topic}/d"), "4", 1, false);
     broker.kill();
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     assert_eq!(
         retained_on(broker.port(), &format!("{topic}/#"), 3).len(),
         3
@@ -355,7 +251,7 @@ fn a_torn_tail_is_cut_and_what_came_before_it_is_kept() {
 fn a_corrupt_record_in_the_middle_refuses_the_start_naming_file_and_offset() {
     let dir = TempDir::new("persist-corrupt");
     let topic = unique_topic("persist/corrupt");
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     for (name, payload) in [("a", "1"), ("b", "2"), ("c", "3")] {
         publish_retained(broker.port(), &format!("{topic}/{name}"), payload, 1, false);
     }
@@ -384,7 +280,7 @@ fn a_corrupt_record_in_the_middle_refuses_the_start_naming_file_and_offset() {
 fn retained_messages_published_on_every_shard_survive_a_change_of_shard_count() {
     let dir = TempDir::new("persist-reshard");
     let topic = unique_topic("persist/reshard");
-    let broker = Ringmq::start(dir.path(), 4, &[]);
+    let broker = start_on(dir.path(), 4, &[]);
     for shard in 0..4 {
         // Each through a client homed on that shard, so every shard's log holds one.
         let id = unique_id_on(shard, 4, "persist-reshard");
@@ -398,7 +294,7 @@ fn retained_messages_published_on_every_shard_survive_a_change_of_shard_count() 
     }
     broker.kill();
     for shards in [1, 3] {
-        let broker = Ringmq::start(dir.path(), shards, &[]);
+        let broker = start_on(dir.path(), shards, &[]);
         let got = retained_on(broker.port(), &format!("{topic}/#"), 4);
         let payloads: Vec<&str> = got.iter().map(|m| m.2.as_str()).collect();
         assert_eq!(
@@ -413,7 +309,7 @@ fn retained_messages_published_on_every_shard_survive_a_change_of_shard_count() 
 #[test]
 fn a_second_broker_on_the_same_directory_is_refused() {
     let dir = TempDir::new("persist-lock");
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     let (code, stderr) = refused_start(dir.path());
     assert_ne!(code, Some(0));
     assert!(stderr.contains("in use"), "{stderr}");
@@ -431,10 +327,10 @@ fn sync_interval_acknowledges_at_once_and_keeps_what_a_sigterm_stop_held() {
     .unwrap();
     let data = dir.path().join("data");
     let topic = unique_topic("persist/interval");
-    let broker = Ringmq::start(&data, 1, &["--config", config.to_str().unwrap()]);
+    let broker = start_on(&data, 1, &["--config", config.to_str().unwrap()]);
     publish_retained(broker.port(), &format!("{topic}/a"), "1", 1, true);
     broker.stop();
-    let broker = Ringmq::start(&data, 1, &["--config", config.to_str().unwrap()]);
+    let broker = start_on(&data, 1, &["--config", config.to_str().unwrap()]);
     assert_eq!(
         retained_on(broker.port(), &format!("{topic}/#"), 1).len(),
         1
@@ -500,7 +396,7 @@ fn publish_acked_from(
 fn sessions_survive_a_restart(shards_before: usize, shards_after: usize, kill: bool) {
     let dir = TempDir::new("persist-sessions");
     let topic = unique_topic("persist/sessions");
-    let broker = Ringmq::start(dir.path(), shards_before, &[]);
+    let broker = start_on(dir.path(), shards_before, &[]);
     let v311_id = unique_id_on(1 % shards_before, shards_before, "persist-v311");
     let v5_id = unique_id_on(shards_before - 1, shards_before, "persist-v5");
     let clean_id = unique_id("persist-clean");
@@ -537,7 +433,7 @@ fn sessions_survive_a_restart(shards_before: usize, shards_after: usize, kill: b
         broker.stop();
     }
 
-    let broker = Ringmq::start(dir.path(), shards_after, &[]);
+    let broker = start_on(dir.path(), shards_after, &[]);
     let what = format!("{shards_before} -> {shards_after} shards, kill {kill}");
     let mut client = persistent_client(broker.addr, &v311_id);
     assert!(
@@ -609,7 +505,7 @@ fn persistent_sessions_are_rehomed_when_the_shard_count_changes() {
 fn acknowledged_messages_are_not_delivered_again_after_a_restart() {
     let dir = TempDir::new("persist-acked");
     let topic = unique_topic("persist/acked");
-    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let broker = start_on(dir.path(), 2, &[]);
     let id = unique_id("persist-acked");
     {
         let mut client = persistent_client(broker.addr, &id);
@@ -627,7 +523,7 @@ fn acknowledged_messages_are_not_delivered_again_after_a_restart() {
         client.ping();
     }
     broker.stop();
-    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let broker = start_on(dir.path(), 2, &[]);
     let mut client = persistent_client(broker.addr, &id);
     assert!(client.connack.session_present);
     assert!(
@@ -641,7 +537,7 @@ fn acknowledged_messages_are_not_delivered_again_after_a_restart() {
 fn an_unsubscribe_and_a_session_ended_by_clean_start_stay_so_after_a_restart() {
     let dir = TempDir::new("persist-unsub");
     let topic = unique_topic("persist/unsub");
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     let kept = unique_id("persist-kept");
     let ended = unique_id("persist-ended");
     {
@@ -660,7 +556,7 @@ fn an_unsubscribe_and_a_session_ended_by_clean_start_stay_so_after_a_restart() {
     publish_acked_from(broker.addr, 0, 1, &format!("{topic}/a"), &["a".to_string()]);
     publish_acked_from(broker.addr, 0, 1, &format!("{topic}/b"), &["b".to_string()]);
     broker.kill();
-    let broker = Ringmq::start(dir.path(), 1, &[]);
+    let broker = start_on(dir.path(), 1, &[]);
     let mut client = persistent_client(broker.addr, &kept);
     let publish = client.try_recv_publish(WAIT).expect("the message on b");
     assert_eq!(publish.payload, &b"b"[..]);
@@ -731,7 +627,7 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
     let dir = TempDir::new("persist-crash");
     let topic = unique_topic("persist/crash");
     let subscriber_id = unique_id_on(1, 2, "persist-crash-sub");
-    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let broker = start_on(dir.path(), 2, &[]);
     {
         let mut subscriber = persistent_client(broker.addr, &subscriber_id);
         subscriber.subscribe(&topic, QoS::AtLeastOnce);
@@ -742,7 +638,7 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
     for round in 0..5 {
         let running = broker
             .take()
-            .unwrap_or_else(|| Ringmq::start(dir.path(), 2, &[]));
+            .unwrap_or_else(|| start_on(dir.path(), 2, &[]));
         let addr = running.addr;
         let kill_after = Duration::from_millis(20 + next_random(&mut random) % 200);
         let publisher = {
@@ -771,7 +667,7 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
         "seed {seed}: the publisher got only {} PUBACKs in all",
         acked.len()
     );
-    let broker = Ringmq::start(dir.path(), 2, &[]);
+    let broker = start_on(dir.path(), 2, &[]);
     let mut subscriber = persistent_client(broker.addr, &subscriber_id);
     assert!(subscriber.connack.session_present, "seed {seed}");
     let mut received = std::collections::HashSet::new();
@@ -809,7 +705,7 @@ fn sys_topics_are_not_recorded() {
     let config = dir.path().join("ringmq.toml");
     std::fs::write(&config, "sys_interval_secs = 1\n").unwrap();
     let data = dir.path().join("data");
-    let broker = Ringmq::start(&data, 1, &["--config", config.to_str().unwrap()]);
+    let broker = start_on(&data, 1, &["--config", config.to_str().unwrap()]);
     thread::sleep(Duration::from_millis(2500));
     let sys = retained_on(broker.port(), "$SYS/#", 1);
     assert!(!sys.is_empty(), "the broker publishes $SYS topics");
@@ -824,8 +720,7 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
     // makes every write of the log fail, as a dead disk would.
     let dir = TempDir::new("persist-fail");
     let topic = unique_topic("persist/fail");
-    let broker =
-        Ringmq::start_with_env(dir.path(), 1, &[], &[("RINGMQ_TEST_LOG_WRITES_FAIL", "1")]);
+    let broker = start_on_with_env(dir.path(), 1, &[], &[("RINGMQ_TEST_LOG_WRITES_FAIL", "1")]);
     let options = mqtt_options(broker.addr, "persist-fail");
     let (client, mut connection) = rumqttc::Client::new(options, 10);
     // A plain QoS 1 message depends on no record: acknowledged as ever. A retained one does:
@@ -849,15 +744,10 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
         pubacks, 1,
         "only the message that needs no record is acknowledged"
     );
-    let mut stderr = String::new();
     let deadline = Instant::now() + WAIT;
     let mut child = broker;
     child.signal(libc::SIGKILL);
-    let _ = child.child.wait();
-    if let Some(mut pipe) = child.child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    let stderr = child.stderr_after_exit();
     assert!(Instant::now() < deadline);
     assert!(
         stderr.contains("persistence log") && stderr.contains("write failed"),

@@ -1387,3 +1387,4 @@ pub fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
     adjust(&mut config);
     TestBroker::start(config)
 }
+pub mod binary;
