@@ -214,14 +214,9 @@ impl Shard {
         if self.shard_count > 1 {
             return self.route_sharded(topic, payload, qos, retain, properties);
         }
-        self.qos0.reset();
-        self.unpinned = None;
-        let mut matches = std::mem::take(&mut self.matches);
-        matches.clear();
-        self.subscriptions.for_each_match(topic, |session, grant| {
-            matches.push((session, *grant));
-        });
-        route::dedupe_matches(&mut matches);
+        // Plain subscribers, then one member per matching `$share` group, sharing the route's
+        // encoding (`route_local` starts it).
+        let local = self.route_local(topic, payload, qos, retain, properties);
         let mut group_ids = std::mem::take(&mut self.group_ids);
         let mut picks = std::mem::take(&mut self.shared_picks);
         picks.clear();
@@ -233,12 +228,10 @@ impl Shard {
             |member| picks.push(member),
         );
         self.group_ids = group_ids;
-        self.deliver_matches(&matches, topic, payload, qos, retain, properties);
         for &member in &picks {
             self.deliver_member(member, topic, payload, qos, retain, properties);
         }
-        let matched = !matches.is_empty() || !picks.is_empty();
-        self.matches = matches;
+        let matched = local || !picks.is_empty();
         self.shared_picks = picks;
         matched
     }
