@@ -3,7 +3,9 @@
 # tests can be pointed at with RINGMQ_TEST_BROKER=mosquitto) and the mosquitto clients
 # (mosquitto_pub, mosquitto_sub, mosquitto_passwd), and Eclipse Paho for Python
 # (python3-paho-mqtt: tests/websocket.rs runs it over its websockets transport with
-# /usr/bin/python3). Idempotent: does nothing when they are there.
+# /usr/bin/python3), and headless Chromium (chromium-headless-shell: tests/browser.rs loads
+# MQTT.js into a web page that talks to the broker over WSS). Idempotent: does nothing when they
+# are there.
 set -euo pipefail
 
 need=()
@@ -16,8 +18,15 @@ fi
 if ! /usr/bin/python3 -c "import paho.mqtt" >/dev/null 2>&1; then
     need+=(python3-paho-mqtt)
 fi
+# Any of the names tests/browser.rs looks for will do; Debian ships the headless shell alone.
+if ! command -v chromium-headless-shell >/dev/null 2>&1 \
+    && ! command -v chromium >/dev/null 2>&1 \
+    && [ ! -x /usr/lib/chromium/chromium-headless-shell ] \
+    && [ ! -x /usr/lib/chromium/chromium ]; then
+    need+=(chromium-headless-shell)
+fi
 if [ ${#need[@]} -eq 0 ]; then
-    echo "tests/setup.sh: mosquitto, mosquitto-clients and python3-paho-mqtt already installed"
+    echo "tests/setup.sh: mosquitto, mosquitto-clients, python3-paho-mqtt and chromium already installed"
     exit 0
 fi
 
@@ -30,8 +39,8 @@ if [ "$(id -u)" -ne 0 ]; then
     sudo=(sudo)
 fi
 export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update
-"${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"
 # The broker package may start a system service on port 1883; the tests never use it (they start
 # their own brokers on ephemeral ports), so it is left alone.
 echo "tests/setup.sh: installed ${need[*]}"

@@ -14,10 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use common::pki::{make_ca, server_cert};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use ringmq::config::{Config, ListenerConfig, ListenerProtocol};
 
 /// A test PKI in a temp dir: a CA, a server certificate for 127.0.0.1 and localhost, a client
@@ -32,16 +30,7 @@ impl Pki {
         let dir = TempDir::new("tls");
         let client_cn = unique_id("sensor");
         let (ca, ca_key) = make_ca("ringmq test CA");
-        let server_key = KeyPair::generate().expect("key");
-        let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server params");
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server = server
-            .signed_by(&server_key, &ca, &ca_key)
-            .expect("server cert");
+        let (server, server_key) = server_cert(&ca, &ca_key);
         let client_key = KeyPair::generate().expect("key");
         let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
         client
@@ -92,20 +81,6 @@ impl Pki {
             ..self.listener()
         }
     }
-}
-
-fn make_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).expect("ca cert");
-    (cert, key)
 }
 
 /// A broker on `shards` shards with the plain `listen` listener first and `tls` second.

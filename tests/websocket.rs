@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use common::pki::{make_ca, server_cert};
 use ringmq::config::{Config, ListenerConfig, ListenerProtocol};
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 use tungstenite::client::IntoClientRequest;
@@ -34,21 +34,8 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = TempDir::new("ws");
-        let ca_key = KeyPair::generate().expect("key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "ws test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = ca.self_signed(&ca_key).expect("ca cert");
-        let server_key = KeyPair::generate().expect("key");
-        let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server params");
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let server = server
-            .signed_by(&server_key, &ca, &ca_key)
-            .expect("server cert");
+        let (ca, ca_key) = make_ca("ws test CA");
+        let (server, server_key) = server_cert(&ca, &ca_key);
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
         std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();

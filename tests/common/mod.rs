@@ -1388,3 +1388,6 @@ pub fn broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
     TestBroker::start(config)
 }
 pub mod binary;
+
+// Certificates made at test time (a CA, a server certificate signed by it).
+pub mod pki;
