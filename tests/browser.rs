@@ -61,13 +61,17 @@ fn chromium_binary() -> Option<PathBuf> {
         "google-chrome",
     ];
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = fixed.iter().map(PathBuf::from).find(|p| p.is_file()).or_else(|| {
-        names.iter().find_map(|name| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(name))
-                .find(|p| p.is_file())
-        })
-    });
+    let found = fixed
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| {
+            names.iter().find_map(|name| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
     if found.is_none() && std::env::var("RINGMQ_SKIP_BROWSER").as_deref() == Ok("1") {
         eprintln!("browser test skipped: no Chromium and RINGMQ_SKIP_BROWSER=1");
         return None;
@@ -108,7 +112,9 @@ impl Chromium {
                 "--v=0",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(format!("--ignore-certificate-errors-spki-list={trusted_spki}"))
+            .arg(format!(
+                "--ignore-certificate-errors-spki-list={trusted_spki}"
+            ))
             .arg(format!("file://{}", page.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use common::pki::{make_ca, server_cert};
+use common::*;
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use ringmq::config::{Config, ListenerConfig, ListenerProtocol};
 

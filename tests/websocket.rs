@@ -13,8 +13,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use common::pki::{make_ca, server_cert};
+use common::*;
 use ringmq::config::{Config, ListenerConfig, ListenerProtocol};
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 use tungstenite::client::IntoClientRequest;
