@@ -8,8 +8,11 @@
 //! One request per connection, each read and write bounded by a timeout.
 //!
 //! Every `ShardStats` counter is exposed per shard (label `shard`): a counter as
-//! `ringmq_<name>_total`, a level as `ringmq_<name>`. No latency histograms: timing each
-//! message from receive to send would put a clock read on the hot path of every message.
+//! `ringmq_<name>_total`, a level as `ringmq_<name>`. One histogram,
+//! `ringmq_receive_to_send_seconds` per shard: how long messages waited in the shard, from the
+//! loop turn that reaped them to their send's submission at its end. It costs one clock read
+//! per loop turn that wrote messages (`stats::Latency`), never one per message, and only while
+//! this endpoint is configured.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -19,7 +22,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::shard::stats::{StatInfo, StatKind, StatsBoard, STATS};
+use crate::shard::stats::{
+    latency_bound_ns, Latency, StatInfo, StatKind, StatsBoard, LATENCY_BUCKETS, STATS,
+};
 use crate::shard::sys::resident_bytes;
 use crate::shard::ShardStats;
 
@@ -115,6 +120,7 @@ fn answer(mut stream: TcpStream, board: &StatsBoard, started: Instant) -> io::Re
         (Some(b"GET"), Some(b"/metrics")) => {
             let body = render(
                 &board.read_all(),
+                &board.read_all_latency(),
                 started.elapsed().as_secs(),
                 resident_bytes(),
             );
@@ -155,8 +161,17 @@ pub fn metric_name(info: &StatInfo) -> String {
     }
 }
 
-/// The exposition page: every counter per shard, then the process's own gauges.
-pub fn render(shards: &[ShardStats], uptime_secs: u64, resident_bytes: u64) -> String {
+/// The histogram of receive-to-send waits (`stats::Latency`).
+pub const LATENCY_METRIC: &str = "ringmq_receive_to_send_seconds";
+
+/// The exposition page: every counter per shard, the latency histogram per shard, then the
+/// process's own gauges.
+pub fn render(
+    shards: &[ShardStats],
+    latencies: &[Latency],
+    uptime_secs: u64,
+    resident_bytes: u64,
+) -> String {
     let mut page = String::with_capacity(256 * STATS.len() + 64 * STATS.len() * shards.len());
     let values: Vec<_> = shards.iter().map(ShardStats::values).collect();
     for (index, info) in STATS.iter().enumerate() {
@@ -172,6 +187,7 @@ pub fn render(shards: &[ShardStats], uptime_secs: u64, resident_bytes: u64) -> S
             let _ = writeln!(page, "{name}{{shard=\"{shard}\"}} {}", values[index]);
         }
     }
+    render_latency(&mut page, latencies);
     let gauges = [
         (
             "ringmq_uptime_seconds",
@@ -202,6 +218,39 @@ pub fn render(shards: &[ShardStats], uptime_secs: u64, resident_bytes: u64) -> S
         env!("CARGO_PKG_VERSION")
     );
     page
+}
+
+/// A Prometheus histogram per shard: cumulative buckets up to `+Inf`, the sum in seconds and
+/// the count.
+fn render_latency(page: &mut String, latencies: &[Latency]) {
+    let name = LATENCY_METRIC;
+    let _ = writeln!(
+        page,
+        "# HELP {name} Time a message waited in its shard: from the loop turn that reaped \
+         its receive (from a client or another shard) to the submission of its send at the \
+         end of that turn.\n# TYPE {name} histogram"
+    );
+    for (shard, latency) in latencies.iter().enumerate() {
+        let mut cumulative = 0u64;
+        for (index, count) in latency.buckets.iter().enumerate() {
+            cumulative += count;
+            if index < LATENCY_BUCKETS {
+                let le = latency_bound_ns(index) as f64 / 1e9;
+                let _ = writeln!(
+                    page,
+                    "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}"
+                );
+            } else {
+                let _ = writeln!(
+                    page,
+                    "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {cumulative}"
+                );
+            }
+        }
+        let sum_secs = latency.sum_ns as f64 / 1e9;
+        let _ = writeln!(page, "{name}_sum{{shard=\"{shard}\"}} {sum_secs}");
+        let _ = writeln!(page, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+    }
 }
 
 #[cfg(test)]
@@ -238,11 +287,23 @@ mod tests {
                 ..ShardStats::default()
             },
         ];
-        let page = render(&shards, 5, 1024);
+        let mut latency = Latency::default();
+        latency.record(1500, 3);
+        latency.record(3_000_000, 1);
+        let page = render(&shards, &[latency, Latency::default()], 5, 1024);
         assert!(page.contains("# TYPE ringmq_messages_received_total counter\n"));
         assert!(page.contains("ringmq_messages_received_total{shard=\"0\"} 3\n"));
         assert!(page.contains("ringmq_messages_received_total{shard=\"1\"} 4\n"));
         assert!(page.contains("ringmq_uptime_seconds 5\n"));
         assert!(page.lines().all(|line| !line.is_empty()));
+        let name = LATENCY_METRIC;
+        assert!(page.contains(&format!("# TYPE {name} histogram\n")));
+        assert!(page.contains(&format!("{name}_bucket{{shard=\"0\",le=\"0.000001\"}} 0\n")));
+        assert!(page.contains(&format!("{name}_bucket{{shard=\"0\",le=\"0.000002\"}} 3\n")));
+        assert!(page.contains(&format!("{name}_bucket{{shard=\"0\",le=\"0.004096\"}} 4\n")));
+        assert!(page.contains(&format!("{name}_bucket{{shard=\"0\",le=\"+Inf\"}} 4\n")));
+        assert!(page.contains(&format!("{name}_count{{shard=\"0\"}} 4\n")));
+        assert!(page.contains(&format!("{name}_sum{{shard=\"0\"}} 0.0030045\n")));
+        assert!(page.contains(&format!("{name}_count{{shard=\"1\"}} 0\n")));
     }
 }

@@ -80,6 +80,27 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     (status, response)
 }
 
+/// Per shard, the receive-to-send histogram's (upper bound, cumulative count) pairs.
+fn latency_per_shard(scrape: &prometheus_parse::Scrape) -> Vec<Vec<(f64, f64)>> {
+    let mut shards: Vec<(usize, Vec<(f64, f64)>)> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ringmq_receive_to_send_seconds")
+        .map(|s| {
+            let shard = s.labels.get("shard").expect("shard label").parse().unwrap();
+            let prometheus_parse::Value::Histogram(buckets) = &s.value else {
+                panic!("not a histogram: {s:?}");
+            };
+            let mut buckets: Vec<(f64, f64)> =
+                buckets.iter().map(|b| (b.less_than, b.count)).collect();
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (shard, buckets)
+        })
+        .collect();
+    shards.sort_by_key(|(shard, _)| *shard);
+    shards.into_iter().map(|(_, buckets)| buckets).collect()
+}
+
 /// The page at /metrics, parsed by `prometheus-parse`.
 fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
     let (status, response) = http_get(addr, "/metrics");
@@ -302,7 +323,36 @@ fn metrics_match_known_traffic(shards: usize) {
             && per_shard(page, "ringmq_retained_messages")
                 .iter()
                 .all(|&count| count >= 1.0)
+            && latency_per_shard(page)
+                .iter()
+                .map(|h| h.last().unwrap().1)
+                .sum::<f64>()
+                >= (n * m) as f64
     });
+    // The receive-to-send histogram: one per shard, cumulative buckets ending at +Inf, a
+    // count and a sum beside them, and no more messages in it than the shard sent.
+    let histograms = latency_per_shard(&page);
+    assert_eq!(histograms.len(), shards);
+    let sent = per_shard(&page, "ringmq_messages_sent_total");
+    for (shard, buckets) in histograms.iter().enumerate() {
+        assert!(buckets.len() > 10, "{buckets:?}");
+        assert!(buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        let (le, count) = *buckets.last().unwrap();
+        assert!(le.is_infinite(), "{buckets:?}");
+        assert!(
+            count <= sent[shard],
+            "shard {shard}: {count} > {}",
+            sent[shard]
+        );
+        assert_eq!(
+            per_shard(&page, "ringmq_receive_to_send_seconds_count")[shard],
+            count
+        );
+        let sum_secs = per_shard(&page, "ringmq_receive_to_send_seconds_sum")[shard];
+        assert!(sum_secs >= 0.0 && sum_secs < count.max(1.0), "{sum_secs} s");
+    }
     // One sample per shard for every per-shard metric, HELP and TYPE for each.
     for name in [
         "ringmq_connections",
@@ -545,8 +595,12 @@ fn grafana_dashboard_queries_metrics_that_exist() {
     names.dedup();
     assert!(names.len() >= 10, "{names:?}");
     for name in names {
+        // The parser files a histogram's buckets under its family's name.
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
         assert!(
-            page.samples.iter().any(|s| s.metric == name),
+            page.samples
+                .iter()
+                .any(|s| s.metric == name || s.metric == family),
             "the dashboard queries {name}, which /metrics does not serve"
         );
     }

@@ -251,6 +251,12 @@ pub struct Shard {
     now_ms: u64,
     next_client_number: u64,
     stats: ShardStats,
+    /// Receive-to-send waits (`stats.rs`), kept only with the metrics endpoint on: the one
+    /// clock read per turn it costs is then the endpoint's price, not every broker's.
+    latency: Option<Box<stats::Latency>>,
+    /// The turn's start on the shard clock (ns) and `stats.messages_out` then.
+    turn_started_ns: u64,
+    turn_messages_out: u64,
     board: Arc<StatsBoard>,
     /// The `$SYS` publisher's state: shard 0 only, when `sys_interval_secs` is not 0.
     sys: Option<Box<sys::SysTree>>,
@@ -312,6 +318,10 @@ impl Shard {
         let config = params.config;
         let security_generation = params.security.generation();
         let files = params.security.files();
+        let latency = config
+            .metrics_listen
+            .is_some()
+            .then(|| Box::new(stats::Latency::default()));
         let sys = (params.index == 0 && config.sys_interval_secs > 0)
             .then(|| Box::new(sys::SysTree::new(config.sys_interval_secs)));
         let ring_count = rings.len();
@@ -390,6 +400,9 @@ impl Shard {
             now_ms: 0,
             next_client_number: 0,
             stats: ShardStats::default(),
+            latency,
+            turn_started_ns: 0,
+            turn_messages_out: 0,
             sys,
             board: params.board,
             shard_count: params.mesh.shard_count(),
@@ -487,7 +500,10 @@ impl Shard {
         for ring in self.rings.iter_mut().skip(1) {
             ring.poll()?;
         }
-        self.now_ms = self.clock.elapsed().as_millis() as u64;
+        let elapsed = self.clock.elapsed();
+        self.now_ms = elapsed.as_millis() as u64;
+        self.turn_started_ns = elapsed.as_nanos() as u64;
+        self.turn_messages_out = self.stats.messages_out;
         if self.security.generation() != self.security_generation {
             self.take_reloaded_security();
         }
@@ -521,11 +537,27 @@ impl Shard {
         self.step_accept(step);
         self.wake_targets();
         self.flush_outboxes();
+        self.record_latency();
         // Persistence off: this one predictable branch is all it costs.
         if self.durable.is_some() {
             self.durable_turn_ends();
         }
         Ok(())
+    }
+
+    /// The messages this turn wrote to outboxes waited from the turn's start (their recv, or
+    /// their take from the mesh, was reaped then) to now (their sends are submitted): one
+    /// clock read for all of them. A message behind a send still in flight goes out on a
+    /// later turn, so this is the shard's own share of the wait, not the socket's.
+    fn record_latency(&mut self) {
+        let Some(latency) = self.latency.as_deref_mut() else {
+            return;
+        };
+        let written = self.stats.messages_out - self.turn_messages_out;
+        if written > 0 {
+            let now_ns = self.clock.elapsed().as_nanos() as u64;
+            latency.record(now_ns.saturating_sub(self.turn_started_ns), written);
+        }
     }
 
     /// A completion reaped from ring `ring`.
@@ -664,7 +696,12 @@ impl Shard {
         stats.retained_messages = self.retained.len() as u64;
         stats.ring_slots_used = self.conns.len() as u64;
         stats.ring_slots = u64::from(self.files) * self.rings.len() as u64;
-        self.board.publish(self.index, &self.stats);
+        let latency = self.latency.as_deref();
+        self.board.publish(
+            self.index,
+            &self.stats,
+            latency.unwrap_or(&stats::Latency::default()),
+        );
     }
 
     fn expire_timers(&mut self) {

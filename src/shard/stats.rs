@@ -5,6 +5,11 @@
 //! read every slot and sum them, retrying a slot caught mid-write. The list of counters is
 //! written once, in `shard_stats!`, so the struct, the board's slots and the metrics' names
 //! and help texts cannot drift apart.
+//!
+//! Beside the counters, each slot carries the shard's `Latency` histogram (issue 11): how
+//! long a message waited in the shard, from the loop turn that reaped it to the end of the
+//! same turn's flush, where its send was submitted. One clock read per turn that wrote
+//! messages, never one per message; the bucket is a shift and a leading-zero count.
 
 use std::fmt;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -175,6 +180,50 @@ shard_stats! {
 
 }
 
+/// Buckets of the latency histogram: bucket `i` counts waits of at most `1 µs << i` (1 µs to
+/// about 0.5 s), and one more bucket takes everything longer.
+pub const LATENCY_BUCKETS: usize = 20;
+/// The upper bound of latency bucket `i`, in nanoseconds.
+pub const fn latency_bound_ns(i: usize) -> u64 {
+    1000 << i
+}
+
+/// A shard's receive-to-send waits: a log2 histogram with fixed buckets, plain integers the
+/// shard bumps on its own thread. `record` takes a count, so a whole turn's messages are one
+/// observation each for the price of one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Not cumulative: `buckets[i]` counts waits in (bound(i-1), bound(i)]; the last, longer.
+    pub buckets: [u64; LATENCY_BUCKETS + 1],
+    pub sum_ns: u64,
+}
+
+impl Latency {
+    /// `count` messages waited `wait_ns` each.
+    pub fn record(&mut self, wait_ns: u64, count: u64) {
+        // Whole microseconds started past the first: 0 for <= 1 µs, then ceil(log2).
+        let micros = wait_ns.saturating_sub(1) / 1000;
+        let index = (u64::BITS - micros.leading_zeros()) as usize;
+        self.buckets[index.min(LATENCY_BUCKETS)] += count;
+        self.sum_ns = self.sum_ns.wrapping_add(wait_ns.wrapping_mul(count));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds another shard's histogram (the broker's, summed).
+    pub fn add(&mut self, other: &Latency) {
+        for (total, value) in self.buckets.iter_mut().zip(other.buckets) {
+            *total = total.wrapping_add(value);
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+    }
+}
+
+/// The board's cells per slot: the counters, then the latency buckets and their sum.
+const SLOT_CELLS: usize = STAT_COUNT + LATENCY_BUCKETS + 2;
+
 /// Each shard's last published counters, one cache-line-padded slot per shard.
 pub struct StatsBoard {
     slots: Box<[CachePadded<StatsSlot>]>,
@@ -183,7 +232,7 @@ pub struct StatsBoard {
 /// A seqlock: `sequence` is odd while the one writer (the slot's shard) stores the values.
 struct StatsSlot {
     sequence: AtomicU64,
-    values: [AtomicU64; STAT_COUNT],
+    values: [AtomicU64; SLOT_CELLS],
 }
 
 /// Reads of one slot retried while its shard was writing it, before taking what was read (a
@@ -212,12 +261,17 @@ impl StatsBoard {
 
     /// Shard `index` stores its counters. Only that shard calls this for its slot: the
     /// sequence is bumped with plain stores, no read-modify-write.
-    pub fn publish(&self, index: usize, stats: &ShardStats) {
+    pub fn publish(&self, index: usize, stats: &ShardStats, latency: &Latency) {
         let slot = &self.slots[index];
         let sequence = slot.sequence.load(Ordering::Relaxed);
         slot.sequence.store(sequence + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        for (cell, value) in slot.values.iter().zip(stats.values()) {
+        let values = stats
+            .values()
+            .into_iter()
+            .chain(latency.buckets)
+            .chain([latency.sum_ns]);
+        for (cell, value) in slot.values.iter().zip(values) {
             cell.store(value, Ordering::Relaxed);
         }
         slot.sequence.store(sequence + 2, Ordering::Release);
@@ -225,8 +279,35 @@ impl StatsBoard {
 
     /// Shard `index`'s counters as of its last `publish`.
     pub fn read(&self, index: usize) -> ShardStats {
-        let slot = &self.slots[index];
+        let cells = self.read_cells(index);
         let mut values = [0u64; STAT_COUNT];
+        values.copy_from_slice(&cells[..STAT_COUNT]);
+        ShardStats::from_values(&values)
+    }
+
+    /// Shard `index`'s latency histogram as of its last `publish`.
+    pub fn read_latency(&self, index: usize) -> Latency {
+        let cells = self.read_cells(index);
+        let mut latency = Latency {
+            sum_ns: cells[SLOT_CELLS - 1],
+            ..Latency::default()
+        };
+        latency
+            .buckets
+            .copy_from_slice(&cells[STAT_COUNT..SLOT_CELLS - 1]);
+        latency
+    }
+
+    /// Every shard's latency histogram, in shard order.
+    pub fn read_all_latency(&self) -> Vec<Latency> {
+        (0..self.slots.len())
+            .map(|index| self.read_latency(index))
+            .collect()
+    }
+
+    fn read_cells(&self, index: usize) -> [u64; SLOT_CELLS] {
+        let slot = &self.slots[index];
+        let mut values = [0u64; SLOT_CELLS];
         for tries in 0..READ_TRIES_MAX {
             let before = slot.sequence.load(Ordering::Acquire);
             for (value, cell) in values.iter_mut().zip(&slot.values) {
@@ -243,7 +324,7 @@ impl StatsBoard {
                 std::thread::yield_now();
             }
         }
-        ShardStats::from_values(&values)
+        values
     }
 
     /// Every shard's counters, in shard order.
@@ -363,9 +444,9 @@ mod tests {
             outbox_bytes_high_water: 300,
             ..ShardStats::default()
         };
-        board.publish(0, &a);
-        board.publish(1, &b);
-        board.publish(1, &b);
+        board.publish(0, &a, &Latency::default());
+        board.publish(1, &b, &Latency::default());
+        board.publish(1, &b, &Latency::default());
         assert_eq!(board.read(0), a);
         let sum = total(&board.read_all());
         assert_eq!(sum.messages_in, 12);
@@ -375,6 +456,31 @@ mod tests {
             "a replica is not counted per shard"
         );
         assert_eq!(sum.outbox_bytes_high_water, 300);
+    }
+
+    #[test]
+    fn latency_buckets_are_log2_microseconds() {
+        let mut latency = Latency::default();
+        latency.record(0, 1);
+        latency.record(1000, 1);
+        latency.record(1001, 2);
+        latency.record(4000, 1);
+        latency.record(4001, 1);
+        latency.record(u64::MAX / 2, 1);
+        assert_eq!(&latency.buckets[..4], &[2, 2, 1, 1]);
+        assert_eq!(latency.buckets[LATENCY_BUCKETS], 1, "past the last bound");
+        assert_eq!(latency.count(), 7);
+        for i in 0..LATENCY_BUCKETS {
+            let mut one = Latency::default();
+            one.record(latency_bound_ns(i), 1);
+            assert_eq!(one.buckets[i], 1, "a bound falls in its own bucket");
+        }
+        let board = StatsBoard::new(1);
+        let mut small = Latency::default();
+        small.record(1500, 3);
+        board.publish(0, &ShardStats::default(), &small);
+        assert_eq!(board.read_latency(0), small);
+        assert_eq!(board.read_latency(0).sum_ns, 4500);
     }
 
     #[test]
@@ -388,7 +494,7 @@ mod tests {
                 // row (a busy 2-core machine did it) runs out of tries by design.
                 for n in 0..20_000u64 {
                     let stats = ShardStats::from_values(&[n; STAT_COUNT]);
-                    board.publish(0, &stats);
+                    board.publish(0, &stats, &Latency::default());
                     std::thread::yield_now();
                 }
             })
