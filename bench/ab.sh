@@ -55,7 +55,11 @@ for case in "${cases[@]}"; do
             wait_port "$port"
             scraper=""
             if [ -n "$scrape" ]; then
-                (while sleep 1; do curl -s "http://$scrape/metrics" > /dev/null || true; done) &
+                # Ends with its broker, and keeps no pipe open: a round that fails must not
+                # leave it holding the output (and so the bench lock) forever.
+                (while sleep 1 && kill -0 "$broker_pid" 2>/dev/null; do
+                    curl -s "http://$scrape/metrics" > /dev/null || true
+                done) > /dev/null 2>&1 &
                 scraper=$!
             fi
             rm -rf "$work/out"

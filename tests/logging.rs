@@ -1,6 +1,7 @@
 //! The broker's log lines (issue 11), read from the `ringmq` binary's stderr as an operator
-//! sees them: the startup, a client's connect (client id, protocol), a refused CONNECT, a
-//! take-over, a keepalive expiry, a protocol error, a limit hit told once; `--log-level warn`
+//! sees them: the startup, a client's connect (client id, protocol, address), a refused
+//! CONNECT, a take-over, a keepalive expiry, a protocol error (each with the client's
+//! address), a limit hit told once; `--log-level warn`
 //! hides connects; a burst of connections is rate-limited with a count of what was left out.
 //! Clients: mosquitto_pub for MQTT 5, raw bytes for 3.1.1 and for what clients never send.
 
@@ -90,13 +91,24 @@ fn startup_and_a_v5_and_a_v311_connect_name_client_protocol_and_listener() {
     connect.clean_session = false;
     connect.username = Some("carol".into());
     let (client, _) = RawClient::connect_with(broker.addr, &connect);
+    let from = format!("from {}", client.local_addr());
+    assert!(from.starts_with("from 127.0.0.1:"), "{from}");
     let line = broker.wait_line(&["connect:", &format!("client \"{id}\"")], WAIT);
     assert!(line.contains("(MQTT 3.1.1)"), "{line}");
+    assert!(
+        line.contains(&from),
+        "the client's address and port: {line}"
+    );
     assert!(line.contains("clean start 0"), "{line}");
     assert!(line.contains("username \"carol\""), "{line}");
     drop(client); // no DISCONNECT: the peer closes
     let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
     assert!(line.contains("closed by the client"), "{line}");
+    assert!(line.contains("(MQTT 3.1.1)"), "{line}");
+    assert!(
+        line.contains(&from),
+        "a reset socket still has its address: {line}"
+    );
     broker.stop();
 }
 
@@ -106,14 +118,18 @@ fn a_client_homed_on_another_shard_is_logged_by_its_home_shard() {
     for home in 0..2 {
         let id = unique_id_on(home, 2, "log-home");
         let client = RawClient::connect(broker.addr, &id);
+        // After a hand-off the address comes from the home shard's slot.
+        let from = format!("from {}", client.local_addr());
         let line = broker.wait_line(&["connect:", &format!("client \"{id}\"")], WAIT);
         assert!(line.contains(&format!("shard {home}: connect:")), "{line}");
+        assert!(line.contains(&from), "{line}");
         client.disconnect();
         let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
         assert!(
             line.contains(&format!("shard {home}: disconnect:")),
             "{line}"
         );
+        assert!(line.contains(&from), "{line}");
     }
     broker.stop();
 }
@@ -139,6 +155,10 @@ fn a_bad_password_is_logged_as_a_refused_connect_with_its_code() {
     );
     let line = broker.wait_line(&["refused CONNECT", &format!("client \"{id}\"")], WAIT);
     assert_line_format(&line, "INFO");
+    assert!(
+        line.contains(&format!("from {}", client.local_addr())),
+        "{line}"
+    );
     assert!(line.contains("return code 4"), "{line}");
     assert!(line.contains("bad user name or password"), "{line}");
     // A refused client never connected: no disconnect line for it.
@@ -153,13 +173,22 @@ fn a_take_over_is_logged_on_the_old_connection() {
     let mut broker = Ringmq::start(&[]);
     let id = unique_id("log-takeover");
     let mut first = RawClient::connect(broker.addr, &id);
-    let _second = RawClient::connect(broker.addr, &id);
+    let second = RawClient::connect(broker.addr, &id);
+    let first_from = format!("from {}", first.local_addr());
+    let second_from = format!("from {}", second.local_addr());
     first.expect_closed();
     let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
     assert!(line.contains("taken over"), "{line}");
-    // Both connects are logged.
+    assert!(
+        line.contains(&first_from),
+        "the old connection's address: {line}"
+    );
+    // Both connects are logged, each with its own address.
     broker.wait_line(&["connect:", &format!("client \"{id}\"")], WAIT);
-    assert_eq!(broker.count(&format!("connect: client \"{id}\"")), 2);
+    broker.wait_line(&["connect:", &second_from], WAIT);
+    // ": connect:", not the "disconnect:" line's tail.
+    assert_eq!(broker.count(&format!(": connect: client \"{id}\"")), 2);
+    assert_eq!(broker.count(&first_from), 2, "connect and disconnect");
     broker.stop();
 }
 
@@ -171,9 +200,11 @@ fn a_keepalive_expiry_is_logged_with_the_keepalive() {
     let mut connect = Connect::v311(&id);
     connect.keepalive_secs = 1;
     let (mut client, _) = RawClient::connect_with(broker.addr, &connect);
+    let from = format!("from {}", client.local_addr());
     client.expect_closed_within(TICKS);
     let line = broker.wait_line(&["disconnect:", &format!("client \"{id}\"")], WAIT);
     assert!(line.contains("keepalive expired"), "{line}");
+    assert!(line.contains(&from), "{line}");
     assert!(line.contains("1.5 x 1 s"), "{line}");
     broker.stop();
 }

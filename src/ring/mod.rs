@@ -16,6 +16,7 @@ pub mod token;
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -66,6 +67,9 @@ pub struct Ring {
     /// an allocation, unless the submission queue stayed full.
     backlog: VecDeque<squeue::Entry>,
     backlog_logged: bool,
+    /// Where `peer_addr` has the kernel write an address (a `sockaddr_in6` has room for
+    /// either family). Boxed: it must not move while the kernel may write to it.
+    peer_buf: Box<libc::sockaddr_in6>,
 }
 
 /// What executes the submissions: the kernel, or the simulated one (`sim`).
@@ -87,6 +91,37 @@ pub fn nofile_limit() -> u64 {
         return 1024;
     }
     limit.rlim_cur
+}
+
+fn empty_sockaddr() -> libc::sockaddr_in6 {
+    // SAFETY: a sockaddr_in6 is plain integers; all zeroes is a valid (AF_UNSPEC) value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// What the kernel wrote into a `sockaddr_in6`-sized buffer: an IPv4 or IPv6 address, or
+/// nothing (the family left at 0).
+fn socket_addr(raw: &libc::sockaddr_in6) -> Option<SocketAddr> {
+    match i32::from(raw.sin6_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (smaller, same alignment) at the start.
+            let v4 = unsafe { &*(raw as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            let ip = Ipv6Addr::from(raw.sin6_addr.s6_addr);
+            let port = u16::from_be(raw.sin6_port);
+            // An IPv4 client of a dual-stack listener: shown as the IPv4 address it is.
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, raw.sin6_scope_id)),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Queues `entry` unless the submission queue is full.
@@ -157,6 +192,7 @@ impl Ring {
             files: sizes.files,
             backlog: VecDeque::new(),
             backlog_logged: false,
+            peer_buf: Box::new(empty_sockaddr()),
         })
     }
 
@@ -172,6 +208,7 @@ impl Ring {
             files: sizes.files,
             backlog: VecDeque::new(),
             backlog_logged: false,
+            peer_buf: Box::new(empty_sockaddr()),
         })
     }
 
@@ -343,6 +380,60 @@ impl Ring {
             .build()
             .user_data(token.pack());
         self.push(entry);
+    }
+
+    /// The client address of the socket in fixed-file `slot`, for a log line. A direct
+    /// descriptor has no fd for getpeername(2), so this is getsockopt(SO_PEERNAME) as an
+    /// io_uring socket command (kernel 6.7), submitted at once: the kernel runs it inline,
+    /// so the address is in the buffer when the submit returns, and its completion
+    /// (`Op::PeerName`) is ignored. One syscall per call: for rate-limited lines, never per
+    /// message, and the connection keeps no address. `ipv6_first`: the socket's listener is
+    /// IPv6 (the kernel refuses a buffer longer than the address, so the length is guessed
+    /// from it, then the other one tried). `None` on the simulated kernel, while entries wait
+    /// in the backlog (a submit now would overtake them), or when the kernel had no address.
+    pub fn peer_addr(&mut self, slot: u32, ipv6_first: bool) -> Option<SocketAddr> {
+        const V4_LEN: u32 = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        const V6_LEN: u32 = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        let lengths = if ipv6_first {
+            [V6_LEN, V4_LEN]
+        } else {
+            [V4_LEN, V6_LEN]
+        };
+        for len in lengths {
+            let Backend::Kernel(uring) = &mut self.backend else {
+                return None;
+            };
+            if !self.backlog.is_empty() {
+                return None;
+            }
+            *self.peer_buf = empty_sockaddr();
+            let buf: *mut libc::sockaddr_in6 = &mut *self.peer_buf;
+            let entry = opcode::GetSockOpt::new(
+                types::Fixed(slot),
+                libc::SOL_SOCKET as u32,
+                libc::SO_PEERNAME as u32,
+                buf.cast(),
+                len,
+            )
+            .build()
+            .user_data(Token::shard(Op::PeerName).pack());
+            // A full queue is submitted first, as `push` does.
+            if !try_push(uring, &entry) && (uring.submit().is_err() || !try_push(uring, &entry)) {
+                return None;
+            }
+            if uring.submit().is_err() {
+                return None;
+            }
+            // SAFETY: the command ran inline during the submit, and the kernel writes the
+            // buffer no more; a volatile read all the same, as memory the kernel was handed.
+            let raw = unsafe { std::ptr::read_volatile(buf) };
+            // A buffer shorter than the address is filled with its start: not the address.
+            let whole = len == V6_LEN || i32::from(raw.sin6_family) == libc::AF_INET;
+            if let Some(addr) = socket_addr(&raw).filter(|_| whole) {
+                return Some(addr);
+            }
+        }
+        None
     }
 
     /// Cancels the operation submitted with `target`.

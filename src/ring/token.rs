@@ -46,6 +46,9 @@ pub enum Op {
     LogSync = 15,
     /// The timer of `sync = "interval"`: the log's written records are due for an fdatasync.
     LogTimer = 16,
+    /// A getsockopt(SO_PEERNAME) of a connection, for a log line (`Ring::peer_addr`): it
+    /// completed inline, its buffer was read then; the completion says nothing more.
+    PeerName = 17,
 }
 
 impl Op {
@@ -67,6 +70,7 @@ impl Op {
             14 => Op::LogWrite,
             15 => Op::LogSync,
             16 => Op::LogTimer,
+            17 => Op::PeerName,
             _ => return None,
         })
     }
@@ -147,6 +151,7 @@ mod tests {
             Op::LogWrite,
             Op::LogSync,
             Op::LogTimer,
+            Op::PeerName,
         ];
         for op in ops {
             for (slot, generation) in [(0, 0), (1, 1), (19_935, 77), (u32::MAX, GENERATION_MASK)] {

@@ -136,7 +136,7 @@ impl Shard {
         };
         self.write(slot, generation, &Packet::ConnAck(ack));
         self.stats.connections_refused += 1;
-        self.log_refused(version, code);
+        self.log_refused(slot, version, code);
         self.close(slot, generation, CloseReason::Refused);
     }
 

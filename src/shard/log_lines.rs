@@ -14,7 +14,7 @@
 //! and the config key to raise. The data path pays nothing for it: a counter bump, as before.
 
 use std::fmt;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 
 use log::Level;
 
@@ -23,7 +23,7 @@ use crate::listener::Listener;
 use crate::protocol::{DecodeError, ProtocolVersion, ReasonCode};
 
 use super::close::CloseReason;
-use super::conn::ConnState;
+use super::conn::{ring_of, slot_of, ConnState};
 use super::problem::reason_string;
 use super::{Shard, ShardStats};
 
@@ -41,10 +41,22 @@ pub(super) struct ConnLines {
     suppressed: u64,
     /// "127.0.0.1:1883 (mqtt)" per listener, in `listeners` order.
     listener_names: Vec<String>,
+    /// Per listener: it is IPv6, so its clients' addresses are too (`Ring::peer_addr`).
+    listener_ipv6: Vec<bool>,
 }
 
 impl ConnLines {
     pub(super) fn new(sockets: &[TcpListener], listeners: &[Listener]) -> ConnLines {
+        let listener_ipv6 = sockets
+            .iter()
+            .zip(listeners)
+            .map(|(socket, listener)| {
+                socket
+                    .local_addr()
+                    .unwrap_or(listener.config.bind)
+                    .is_ipv6()
+            })
+            .collect();
         let listener_names = sockets
             .iter()
             .zip(listeners)
@@ -64,6 +76,7 @@ impl ConnLines {
             lines: 0,
             suppressed: 0,
             listener_names,
+            listener_ipv6,
         }
     }
 
@@ -256,6 +269,18 @@ fn version_name(version: ProtocolVersion) -> &'static str {
     }
 }
 
+/// A client's address as a line shows it (`unknown` when the kernel had none to give).
+struct Peer(Option<SocketAddr>);
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => write!(f, "unknown"),
+        }
+    }
+}
+
 /// A reason code as a line shows it: `0x86 bad user name or password` (MQTT 5 numbering; the
 /// 3.1.x return code is `connack_code`'s).
 struct Code(ReasonCode);
@@ -344,6 +369,14 @@ impl Connecting {
 }
 
 impl Shard {
+    /// The client address of connection `slot`, for a line about to be written: one syscall
+    /// (`Ring::peer_addr`), so the connection keeps no address of its own.
+    fn peer(&mut self, slot: u32) -> Peer {
+        let listener = self.conns.listener(slot);
+        let ipv6 = self.conn_lines.listener_ipv6.get(listener) == Some(&true);
+        Peer(self.rings[ring_of(slot)].peer_addr(slot_of(slot), ipv6))
+    }
+
     /// A client connected: one info line, when the rate allows.
     pub(super) fn log_connect(
         &mut self,
@@ -357,6 +390,7 @@ impl Shard {
         if !log::log_enabled!(Level::Info) || !self.conn_lines.allow(self.now_ms) {
             return;
         }
+        let peer = self.peer(slot);
         let Some(conn) = self.conns.get(slot, generation) else {
             return;
         };
@@ -364,8 +398,8 @@ impl Shard {
         let user = username.map(Name);
         let user = user.as_ref().map_or(&"none" as &dyn fmt::Display, |u| u);
         log::info!(
-            "connect: client {} (MQTT {}), clean start {}, keepalive {} s, session present {}, \
-             username {user}, listener {listener}",
+            "connect: client {} (MQTT {}) from {peer}, clean start {}, keepalive {} s, session \
+             present {}, username {user}, listener {listener}",
             Name(client_id),
             version_name(conn.version),
             u8::from(clean_start),
@@ -374,11 +408,12 @@ impl Shard {
         );
     }
 
-    /// A CONNECT refused with `code` (CONNACK, then close).
-    pub(super) fn log_refused(&mut self, version: ProtocolVersion, code: ReasonCode) {
+    /// A CONNECT on connection `slot` refused with `code` (CONNACK, then close).
+    pub(super) fn log_refused(&mut self, slot: u32, version: ProtocolVersion, code: ReasonCode) {
         if !log::log_enabled!(Level::Info) || !self.conn_lines.allow(self.now_ms) {
             return;
         }
+        let peer = self.peer(slot);
         let client = if self.connecting.known {
             Name(&self.connecting.client_id).to_string()
         } else {
@@ -393,7 +428,7 @@ impl Shard {
             )
         };
         log::info!(
-            "refused CONNECT: client {client} (MQTT {}): {return_code}{}",
+            "refused CONNECT: client {client} (MQTT {}) from {peer}: {return_code}{}",
             version_name(version),
             Code(code)
         );
@@ -420,6 +455,10 @@ impl Shard {
         if !log::log_enabled!(level) || !self.conn_lines.allow(self.now_ms) {
             return;
         }
+        let peer = self.peer(slot);
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
         let why = Why {
             reason,
             code,
@@ -428,10 +467,15 @@ impl Shard {
             stall_secs: self.config.limits.outbox_stall_secs,
         };
         match self.sessions.get(conn.session) {
-            Some(session) if level == Level::Info => {
-                log::info!("disconnect: client {}: {why}", Name(&session.client_id))
-            }
-            _ => log::log!(level, "connection closed before its CONNECT: {why}"),
+            Some(session) if level == Level::Info => log::info!(
+                "disconnect: client {} (MQTT {}) from {peer}: {why}",
+                Name(&session.client_id),
+                version_name(conn.version)
+            ),
+            _ => log::log!(
+                level,
+                "connection from {peer} closed before its CONNECT: {why}"
+            ),
         }
     }
 
@@ -466,6 +510,7 @@ mod tests {
             lines: 0,
             suppressed: 0,
             listener_names: Vec::new(),
+            listener_ipv6: Vec::new(),
         };
         let allowed = (0..CONN_LINES_PER_SEC + 50)
             .filter(|_| lines.allow(500))

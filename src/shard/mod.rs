@@ -583,6 +583,8 @@ impl Shard {
             // Only ended the wait: the turn drains the mesh anyway. On the sender, a failed
             // wake (the target is stopping) needs nothing either.
             Op::MeshWake => {}
+            // Read when it was submitted (`Ring::peer_addr`).
+            Op::PeerName => {}
             Op::LogWrite | Op::LogSync | Op::LogTimer => self.on_log(token.op, completion.result),
         }
     }

@@ -620,6 +620,13 @@ impl RawClient {
         RawClient::connect_with(addr, &Connect::v311(client_id)).0
     }
 
+    /// The client's end of the connection: the address the broker's log lines name.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .expect("a connected socket has an address")
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream
             .write_all(bytes)
