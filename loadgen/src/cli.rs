@@ -175,6 +175,11 @@ pub struct Common {
     /// 0: the open-file limit minus a headroom (the kernel's cap).
     #[arg(long, default_value_t = 0)]
     pub ring_files_max: u32,
+    /// The broker's Prometheus endpoint, e.g. http://127.0.0.1:9100/metrics: read before and
+    /// after the run, and the broker's received, sent and dropped (by cause) counts printed
+    /// beside the client-side loss (and kept in summary.json).
+    #[arg(long, value_name = "URL")]
+    pub metrics_url: Option<String>,
     /// No progress lines.
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -7,6 +7,7 @@
 //! - `plan`: which connections each thread opens, their roles and topics.
 //! - `engine`: the per-thread io_uring event loop.
 //! - `run`: the main thread: start, progress, drain, stop, add up, write results.
+//! - `scrape`: the broker's counters from its metrics endpoint (`--metrics-url`).
 //! - `schedule`, `stamp`, `tracker`, `stats`, `svg`: pure pieces, each tested on its own.
 
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod plan;
 pub mod run;
 pub mod schedule;
+pub mod scrape;
 pub mod stamp;
 pub mod stats;
 pub mod svg;

@@ -81,6 +81,8 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     pub loadgen_cpu_secs: f64,
     pub wall_secs: f64,
+    /// With `--metrics-url`: what the broker counted over the run.
+    pub broker_metrics: Option<crate::scrape::BrokerDelta>,
 }
 
 pub struct Report {
@@ -183,6 +185,9 @@ fn cpu_secs() -> f64 {
 
 /// Runs a scenario (anything but `plot`) and returns its figures. `argv` is recorded as the
 /// command line.
+/// How long after the run the broker's page is read again: past its next counter tick.
+const BROKER_TICK_WAIT: Duration = Duration::from_millis(1200);
+
 pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     let scn = describe(command).ok_or("plot is not a load scenario")?;
     let common = scn.common;
@@ -214,6 +219,11 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     if common.ramp <= 0.0 || common.connect_timeout <= 0.0 {
         return Err("--ramp and --connect-timeout must be positive".into());
     }
+    // Before any load (and before any thread, so a failure stops nothing); the broker's counters are at most a tick (1 s) old.
+    let metrics_before = match &common.metrics_url {
+        Some(url) => Some(crate::scrape::parse(&crate::scrape::fetch(url)?)),
+        None => None,
+    };
     let run_id = format!("{:x}{:x}", std::process::id(), wall_start % 0xfff);
     let plans = plan(
         scn.scenario,
@@ -374,6 +384,16 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     if results.len() != threads {
         return Err("a load thread panicked".into());
     }
+    let broker_metrics = match (&common.metrics_url, metrics_before) {
+        (Some(url), Some(before)) => {
+            // ringmq publishes its counters once a second: wait for a tick past the last
+            // message (outside the figures; `wall_secs` includes it).
+            std::thread::sleep(BROKER_TICK_WAIT);
+            let after = crate::scrape::parse(&crate::scrape::fetch(url)?);
+            Some(crate::scrape::delta(url, &before, &after))
+        }
+        _ => None,
+    };
     let wall_secs = (monotonic_ns() - wall_start) as f64 / 1e9;
     let duration_ns = end_ns - measure_start_ns;
     let mut report = aggregate(&results, scn.publishers, settings.shared, duration_ns);
@@ -410,6 +430,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     s.duration_secs = common.duration;
     s.loadgen_cpu_secs = cpu_secs() - cpu_start;
     s.wall_secs = wall_secs;
+    s.broker_metrics = broker_metrics;
     Ok(report)
 }
 
@@ -487,6 +508,7 @@ pub fn aggregate(
         .sum();
     let connect_span = last_ready_ns.saturating_sub(first_connect_ns);
     let summary = Summary {
+        broker_metrics: None,
         label: String::new(),
         scenario: String::new(),
         command: String::new(),
@@ -670,6 +692,9 @@ pub fn human_summary(s: &Summary) -> String {
              unexpected {}\n",
             s.sent, s.received, s.expected, s.lost, s.duplicates, s.reordered, s.unexpected
         ));
+    }
+    if let Some(broker) = &s.broker_metrics {
+        out.push_str(&crate::scrape::summary_line(broker, s.lost));
     }
     for (text, count) in &s.errors {
         out.push_str(&format!("error x{count}: {text}\n"));

@@ -162,3 +162,81 @@ fn closed_loop_qos1_loses_nothing() {
     assert_eq!(s.acked, s.sent, "every QoS 1 publish acknowledged");
     assert_eq!((s.lost, s.duplicates, s.reordered), (0, 0, 0));
 }
+
+/// `--metrics-url`: the broker's own counts over the run, read from its Prometheus endpoint
+/// before and after, match what the client sent and got, and the summary prints them.
+#[test]
+fn metrics_url_puts_the_brokers_counts_beside_the_clients() {
+    let broker = Broker::start(Config {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: 1,
+        ring_files_max: 1024,
+        ..Default::default()
+    })
+    .expect("the broker starts");
+    let port = broker.local_addr().port().to_string();
+    let url = format!(
+        "http://{}/metrics",
+        broker.metrics_addr().expect("metrics_listen is set")
+    );
+    let report = common::loadgen(&[
+        "pairs",
+        "-n",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.5",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--drain",
+        "2",
+        "--metrics-url",
+        &url,
+        "-q",
+    ]);
+    broker.stop().expect("no shard failed");
+    let s = &report.summary;
+    assert_eq!(
+        (s.sent, s.received, s.lost),
+        (1000, 1000, 0),
+        "{:?}",
+        s.errors
+    );
+    let metrics = s.broker_metrics.as_ref().expect("the broker's counts");
+    assert_eq!(metrics.url, url);
+    assert_eq!(metrics.received, 1000, "{metrics:?}");
+    assert_eq!(metrics.sent, 1000, "{metrics:?}");
+    assert!(metrics.dropped.is_empty(), "{metrics:?}");
+    let text = ringmq_loadgen::run::human_summary(s);
+    assert!(
+        text.contains(&format!(
+            "broker ({url}): received 1000, sent 1000, dropped 0; client-side lost 0\n"
+        )),
+        "{text}"
+    );
+
+    // An endpoint that is not there fails the run before any load, saying so.
+    let argv = [
+        "ringmq-loadgen",
+        "pairs",
+        "--rate",
+        "10",
+        "--port",
+        &port,
+        "--metrics-url",
+        "http://127.0.0.1:1/metrics",
+    ];
+    let cli = <ringmq_loadgen::cli::Cli as clap::Parser>::try_parse_from(argv).unwrap();
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    let error = ringmq_loadgen::run::run(&cli.command, &argv)
+        .err()
+        .expect("no endpoint, no run");
+    assert!(
+        error.contains("cannot reach the metrics endpoint"),
+        "{error}"
+    );
+}
