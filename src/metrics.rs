@@ -8,11 +8,13 @@
 //! One request per connection, each read and write bounded by a timeout.
 //!
 //! Every `ShardStats` counter is exposed per shard (label `shard`): a counter as
-//! `ringmq_<name>_total`, a level as `ringmq_<name>`. One histogram,
-//! `ringmq_receive_to_send_seconds` per shard: how long messages waited in the shard, from the
-//! loop turn that reaped them to their send's submission at its end. It costs one clock read
-//! per loop turn that wrote messages (`stats::Latency`), never one per message, and only while
-//! this endpoint is configured.
+//! `ringmq_<name>_total`, a level as `ringmq_<name>`. Two histograms per shard:
+//! `ringmq_receive_to_send_seconds`, how long messages waited in the shard, from the loop turn
+//! that reaped them to their send's submission at its end; `ringmq_mesh_transit_seconds`, how
+//! long a PUBLISH forwarded from another shard took from the publisher's shard's turn to its
+//! take from the ring here. They cost one clock read per loop turn that wrote messages and
+//! one per mesh drain that took some (`stats::ShardLatency`), never one per message, and only
+//! while this endpoint is configured.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -23,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::shard::stats::{
-    latency_bound_ns, Latency, StatInfo, StatKind, StatsBoard, LATENCY_BUCKETS, STATS,
+    latency_bound_ns, Latency, ShardLatency, StatInfo, StatKind, StatsBoard, LATENCY_BUCKETS, STATS,
 };
 use crate::shard::sys::resident_bytes;
 use crate::shard::ShardStats;
@@ -161,14 +163,16 @@ pub fn metric_name(info: &StatInfo) -> String {
     }
 }
 
-/// The histogram of receive-to-send waits (`stats::Latency`).
+/// The histogram of receive-to-send waits (`ShardLatency::receive_to_send`).
 pub const LATENCY_METRIC: &str = "ringmq_receive_to_send_seconds";
+/// The histogram of forwards' transit between shards (`ShardLatency::mesh_transit`).
+pub const MESH_LATENCY_METRIC: &str = "ringmq_mesh_transit_seconds";
 
 /// The exposition page: every counter per shard, the latency histogram per shard, then the
 /// process's own gauges.
 pub fn render(
     shards: &[ShardStats],
-    latencies: &[Latency],
+    latencies: &[ShardLatency],
     uptime_secs: u64,
     resident_bytes: u64,
 ) -> String {
@@ -187,7 +191,21 @@ pub fn render(
             let _ = writeln!(page, "{name}{{shard=\"{shard}\"}} {}", values[index]);
         }
     }
-    render_latency(&mut page, latencies);
+    render_histogram(
+        &mut page,
+        LATENCY_METRIC,
+        "Time a message waited in its shard: from the loop turn that reaped its receive (from \
+         a client or another shard) to the submission of its send at the end of that turn.",
+        latencies.iter().map(|l| &l.receive_to_send),
+    );
+    render_histogram(
+        &mut page,
+        MESH_LATENCY_METRIC,
+        "Time a PUBLISH forwarded from another shard took: from the loop turn of the \
+         publisher's shard that received it to its take from the ring by this shard, once \
+         per local subscriber it went to.",
+        latencies.iter().map(|l| &l.mesh_transit),
+    );
     let gauges = [
         (
             "ringmq_uptime_seconds",
@@ -222,15 +240,14 @@ pub fn render(
 
 /// A Prometheus histogram per shard: cumulative buckets up to `+Inf`, the sum in seconds and
 /// the count.
-fn render_latency(page: &mut String, latencies: &[Latency]) {
-    let name = LATENCY_METRIC;
-    let _ = writeln!(
-        page,
-        "# HELP {name} Time a message waited in its shard: from the loop turn that reaped \
-         its receive (from a client or another shard) to the submission of its send at the \
-         end of that turn.\n# TYPE {name} histogram"
-    );
-    for (shard, latency) in latencies.iter().enumerate() {
+fn render_histogram<'a>(
+    page: &mut String,
+    name: &str,
+    help: &str,
+    latencies: impl Iterator<Item = &'a Latency>,
+) {
+    let _ = writeln!(page, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (shard, latency) in latencies.enumerate() {
         let mut cumulative = 0u64;
         for (index, count) in latency.buckets.iter().enumerate() {
             cumulative += count;
@@ -287,10 +304,11 @@ mod tests {
                 ..ShardStats::default()
             },
         ];
-        let mut latency = Latency::default();
-        latency.record(1500, 3);
-        latency.record(3_000_000, 1);
-        let page = render(&shards, &[latency, Latency::default()], 5, 1024);
+        let mut latency = ShardLatency::default();
+        latency.receive_to_send.record(1500, 3);
+        latency.receive_to_send.record(3_000_000, 1);
+        latency.mesh_transit.record(700, 5);
+        let page = render(&shards, &[latency, ShardLatency::default()], 5, 1024);
         assert!(page.contains("# TYPE ringmq_messages_received_total counter\n"));
         assert!(page.contains("ringmq_messages_received_total{shard=\"0\"} 3\n"));
         assert!(page.contains("ringmq_messages_received_total{shard=\"1\"} 4\n"));
@@ -305,5 +323,9 @@ mod tests {
         assert!(page.contains(&format!("{name}_count{{shard=\"0\"}} 4\n")));
         assert!(page.contains(&format!("{name}_sum{{shard=\"0\"}} 0.0030045\n")));
         assert!(page.contains(&format!("{name}_count{{shard=\"1\"}} 0\n")));
+        let name = MESH_LATENCY_METRIC;
+        assert!(page.contains(&format!("# TYPE {name} histogram\n")));
+        assert!(page.contains(&format!("{name}_bucket{{shard=\"0\",le=\"0.000001\"}} 5\n")));
+        assert!(page.contains(&format!("{name}_count{{shard=\"0\"}} 5\n")));
     }
 }

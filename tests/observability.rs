@@ -80,12 +80,23 @@ fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     (status, response)
 }
 
-/// Per shard, the receive-to-send histogram's (upper bound, cumulative count) pairs.
-fn latency_per_shard(scrape: &prometheus_parse::Scrape) -> Vec<Vec<(f64, f64)>> {
+const RECEIVE_TO_SEND: &str = "ringmq_receive_to_send_seconds";
+const MESH_TRANSIT: &str = "ringmq_mesh_transit_seconds";
+
+/// Histogram `name`'s observations, summed over shards.
+fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    histogram_per_shard(scrape, name)
+        .iter()
+        .map(|buckets| buckets.last().map_or(0.0, |b| b.1))
+        .sum()
+}
+
+/// Per shard, histogram `name`'s (upper bound, cumulative count) pairs.
+fn histogram_per_shard(scrape: &prometheus_parse::Scrape, name: &str) -> Vec<Vec<(f64, f64)>> {
     let mut shards: Vec<(usize, Vec<(f64, f64)>)> = scrape
         .samples
         .iter()
-        .filter(|s| s.metric == "ringmq_receive_to_send_seconds")
+        .filter(|s| s.metric == name)
         .map(|s| {
             let shard = s.labels.get("shard").expect("shard label").parse().unwrap();
             let prometheus_parse::Value::Histogram(buckets) = &s.value else {
@@ -99,6 +110,29 @@ fn latency_per_shard(scrape: &prometheus_parse::Scrape) -> Vec<Vec<(f64, f64)>> 
         .collect();
     shards.sort_by_key(|(shard, _)| *shard);
     shards.into_iter().map(|(_, buckets)| buckets).collect()
+}
+
+/// A histogram as Prometheus wants it, with no more observations than `sent`.
+fn check_histogram(
+    page: &prometheus_parse::Scrape,
+    name: &str,
+    shard: usize,
+    buckets: &[(f64, f64)],
+    sent: f64,
+) {
+    assert!(buckets.len() > 10, "{name}: {buckets:?}");
+    assert!(buckets
+        .windows(2)
+        .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+    let (le, count) = *buckets.last().unwrap();
+    assert!(le.is_infinite(), "{name}: {buckets:?}");
+    assert!(count <= sent, "{name} shard {shard}: {count} > {sent}");
+    assert_eq!(per_shard(page, &format!("{name}_count"))[shard], count);
+    let sum_secs = per_shard(page, &format!("{name}_sum"))[shard];
+    assert!(
+        sum_secs >= 0.0 && sum_secs < count.max(1.0),
+        "{name}: {sum_secs} s"
+    );
 }
 
 /// The page at /metrics, parsed by `prometheus-parse`.
@@ -313,6 +347,10 @@ fn metrics_match_known_traffic(shards: usize) {
     let traffic = known_traffic(&broker, shards);
     let (n, m) = (traffic.n, traffic.m);
     let connected = (n + 1) as f64;
+    let forwarded = (0..n)
+        .filter(|i| (*i as usize) % shards != shards - 1)
+        .count() as u64
+        * m;
     let page = scrape_until(addr, "counts", |page| {
         let sum = |name| per_shard(page, name).iter().sum::<f64>();
         // Each shard's values are up to a second old: wait for all of them.
@@ -323,35 +361,22 @@ fn metrics_match_known_traffic(shards: usize) {
             && per_shard(page, "ringmq_retained_messages")
                 .iter()
                 .all(|&count| count >= 1.0)
-            && latency_per_shard(page)
-                .iter()
-                .map(|h| h.last().unwrap().1)
-                .sum::<f64>()
-                >= (n * m) as f64
+            && histogram_count(page, RECEIVE_TO_SEND) >= (n * m) as f64
+            // Subscriber i is on shard i % shards; those off the publisher's get forwards.
+            && histogram_count(page, MESH_TRANSIT) >= forwarded as f64
     });
-    // The receive-to-send histogram: one per shard, cumulative buckets ending at +Inf, a
-    // count and a sum beside them, and no more messages in it than the shard sent.
-    let histograms = latency_per_shard(&page);
-    assert_eq!(histograms.len(), shards);
+    if shards == 1 {
+        assert_eq!(histogram_count(&page, MESH_TRANSIT), 0.0, "no other shard");
+    }
+    // The histograms: one per shard, cumulative buckets ending at +Inf, a count and a sum
+    // beside them, and no more messages in them than the shard sent.
     let sent = per_shard(&page, "ringmq_messages_sent_total");
-    for (shard, buckets) in histograms.iter().enumerate() {
-        assert!(buckets.len() > 10, "{buckets:?}");
-        assert!(buckets
-            .windows(2)
-            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
-        let (le, count) = *buckets.last().unwrap();
-        assert!(le.is_infinite(), "{buckets:?}");
-        assert!(
-            count <= sent[shard],
-            "shard {shard}: {count} > {}",
-            sent[shard]
-        );
-        assert_eq!(
-            per_shard(&page, "ringmq_receive_to_send_seconds_count")[shard],
-            count
-        );
-        let sum_secs = per_shard(&page, "ringmq_receive_to_send_seconds_sum")[shard];
-        assert!(sum_secs >= 0.0 && sum_secs < count.max(1.0), "{sum_secs} s");
+    for name in [RECEIVE_TO_SEND, MESH_TRANSIT] {
+        let histograms = histogram_per_shard(&page, name);
+        assert_eq!(histograms.len(), shards, "{name}");
+        for (shard, buckets) in histograms.iter().enumerate() {
+            check_histogram(&page, name, shard, buckets, sent[shard]);
+        }
     }
     // One sample per shard for every per-shard metric, HELP and TYPE for each.
     for name in [

@@ -108,6 +108,7 @@ fn sample_message() -> MeshMessage {
         retain: false,
         properties: None,
         origin_shard: 0,
+        turn_us: 0,
     })
 }
 

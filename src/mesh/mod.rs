@@ -94,6 +94,10 @@ pub struct Forward {
     pub properties: Option<Arc<Properties>>,
     /// The shard the publisher is on.
     pub origin_shard: u16,
+    /// When the publisher's shard received it: its loop turn's start in µs since
+    /// `shard::stats::epoch()` (wrapping; 0 while latency is not measured). In the padding
+    /// after `origin_shard`: the message grows by nothing.
+    pub turn_us: u32,
 }
 
 /// A connection moving to its client's home shard, with the bytes the accepting shard already
@@ -516,6 +520,7 @@ mod tests {
             retain: false,
             properties: None,
             origin_shard,
+            turn_us: 0,
         })
     }
 

@@ -72,6 +72,11 @@ impl Shard {
             return;
         }
         self.stats.mesh_received += inbox.len() as u64;
+        if self.latency.is_some() {
+            // One clock read per drain that took messages, for the forwards' transit.
+            let now_ns = self.clock.elapsed().as_nanos() as u64;
+            self.mesh_taken_us = self.epoch_us(now_ns);
+        }
         for message in inbox.drain(..) {
             self.on_mesh(message);
         }
@@ -101,6 +106,7 @@ impl Shard {
     fn on_mesh(&mut self, message: MeshMessage) {
         match message {
             MeshMessage::Publish(forward) => {
+                let out_before = self.stats.messages_out;
                 self.route_local(
                     &forward.topic,
                     &forward.payload,
@@ -108,6 +114,14 @@ impl Shard {
                     forward.retain,
                     forward.properties.as_ref(),
                 );
+                let delivered = self.stats.messages_out - out_before;
+                if let (Some(latency), true) = (self.latency.as_deref_mut(), delivered > 0) {
+                    // Stamped before it was pushed, read after it was taken: not negative
+                    // but for clock skew between cores, which counts as 0.
+                    let transit_us = self.mesh_taken_us.wrapping_sub(forward.turn_us) as i32;
+                    let transit_ns = u64::from(transit_us.max(0).unsigned_abs()) * 1000;
+                    latency.mesh_transit.record(transit_ns, delivered);
+                }
             }
             MeshMessage::SharedPublish(shared) => self.on_shared_forward(*shared),
             MeshMessage::Interest {
@@ -258,6 +272,7 @@ impl Shard {
             retain: true,
             properties: properties.cloned(),
             origin_shard: self.index as u16,
+            turn_us: self.turn_us,
         };
         self.mesh_broadcast(MeshMessage::Retained(forward));
     }
@@ -322,6 +337,7 @@ impl Shard {
                 // Boxed only for a message that has properties: a plain one allocates nothing.
                 properties: properties.cloned(),
                 origin_shard: self.index as u16,
+                turn_us: self.turn_us,
             };
             let message = if group_targets & (1u64 << target) != 0 {
                 let groups = assigned
@@ -399,6 +415,7 @@ impl Shard {
                     retain,
                     properties: properties.cloned(),
                     origin_shard: self.index as u16,
+                    turn_us: self.turn_us,
                 };
                 let message = MeshMessage::SharedPublish(Box::new(SharedForward {
                     forward,

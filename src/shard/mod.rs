@@ -251,12 +251,19 @@ pub struct Shard {
     now_ms: u64,
     next_client_number: u64,
     stats: ShardStats,
-    /// Receive-to-send waits (`stats.rs`), kept only with the metrics endpoint on: the one
-    /// clock read per turn it costs is then the endpoint's price, not every broker's.
-    latency: Option<Box<stats::Latency>>,
+    /// Receive-to-send and mesh transit waits (`stats.rs`), kept only with the metrics
+    /// endpoint on: the clock reads they cost (one per turn that wrote messages, one per mesh
+    /// drain that took some) are then the endpoint's price, not every broker's.
+    latency: Option<Box<stats::ShardLatency>>,
     /// The turn's start on the shard clock (ns) and `stats.messages_out` then.
     turn_started_ns: u64,
     turn_messages_out: u64,
+    /// The turn's start in µs since `stats::epoch()` (wrapping), stamped on forwards; 0 with
+    /// the histograms off. `clock` is this much after the epoch.
+    turn_us: u32,
+    clock_offset_ns: u64,
+    /// When the mesh messages being handled were taken, in µs since the epoch.
+    mesh_taken_us: u32,
     board: Arc<StatsBoard>,
     /// The `$SYS` publisher's state: shard 0 only, when `sys_interval_secs` is not 0.
     sys: Option<Box<sys::SysTree>>,
@@ -321,7 +328,9 @@ impl Shard {
         let latency = config
             .metrics_listen
             .is_some()
-            .then(|| Box::new(stats::Latency::default()));
+            .then(|| Box::new(stats::ShardLatency::default()));
+        let epoch = stats::epoch();
+        let clock = Instant::now();
         let sys = (params.index == 0 && config.sys_interval_secs > 0)
             .then(|| Box::new(sys::SysTree::new(config.sys_interval_secs)));
         let ring_count = rings.len();
@@ -396,13 +405,16 @@ impl Shard {
             outbox_stall_logged: false,
             timer_due: false,
             stopping: false,
-            clock: Instant::now(),
+            clock,
             now_ms: 0,
             next_client_number: 0,
             stats: ShardStats::default(),
             latency,
             turn_started_ns: 0,
             turn_messages_out: 0,
+            turn_us: 0,
+            clock_offset_ns: clock.duration_since(epoch).as_nanos() as u64,
+            mesh_taken_us: 0,
             sys,
             board: params.board,
             shard_count: params.mesh.shard_count(),
@@ -504,6 +516,9 @@ impl Shard {
         self.now_ms = elapsed.as_millis() as u64;
         self.turn_started_ns = elapsed.as_nanos() as u64;
         self.turn_messages_out = self.stats.messages_out;
+        if self.latency.is_some() {
+            self.turn_us = self.epoch_us(self.turn_started_ns);
+        }
         if self.security.generation() != self.security_generation {
             self.take_reloaded_security();
         }
@@ -556,8 +571,15 @@ impl Shard {
         let written = self.stats.messages_out - self.turn_messages_out;
         if written > 0 {
             let now_ns = self.clock.elapsed().as_nanos() as u64;
-            latency.record(now_ns.saturating_sub(self.turn_started_ns), written);
+            let wait_ns = now_ns.saturating_sub(self.turn_started_ns);
+            latency.receive_to_send.record(wait_ns, written);
         }
+    }
+
+    /// A time on the shard clock (ns) in µs since `stats::epoch()`, as forwards carry it: 32
+    /// bits wrap after 71 minutes, and a difference of two is taken wrapping.
+    fn epoch_us(&self, clock_ns: u64) -> u32 {
+        ((clock_ns + self.clock_offset_ns) / 1000) as u32
     }
 
     /// A completion reaped from ring `ring`.
@@ -702,7 +724,7 @@ impl Shard {
         self.board.publish(
             self.index,
             &self.stats,
-            latency.unwrap_or(&stats::Latency::default()),
+            latency.unwrap_or(&stats::ShardLatency::default()),
         );
     }
 

@@ -6,13 +6,18 @@
 //! written once, in `shard_stats!`, so the struct, the board's slots and the metrics' names
 //! and help texts cannot drift apart.
 //!
-//! Beside the counters, each slot carries the shard's `Latency` histogram (issue 11): how
-//! long a message waited in the shard, from the loop turn that reaped it to the end of the
-//! same turn's flush, where its send was submitted. One clock read per turn that wrote
-//! messages, never one per message; the bucket is a shift and a leading-zero count.
+//! Beside the counters, each slot carries the shard's two `Latency` histograms (issue 11):
+//! how long a message waited in the shard, from the loop turn that reaped it to the end of the
+//! same turn's flush, where its send was submitted (one clock read per turn that wrote
+//! messages); and how long a message forwarded from another shard took to get here, from the
+//! publishing shard's turn (stamped on the forward, no clock read of its own) to its take from
+//! the ring (one clock read per drain that took messages). Never a clock read per message;
+//! a bucket is a shift and a leading-zero count.
 
 use std::fmt;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
@@ -221,8 +226,45 @@ impl Latency {
     }
 }
 
-/// The board's cells per slot: the counters, then the latency buckets and their sum.
-const SLOT_CELLS: usize = STAT_COUNT + LATENCY_BUCKETS + 2;
+/// A shard's two histograms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardLatency {
+    /// From the loop turn that reaped a message (a client's recv, or the take from another
+    /// shard's ring) to the submission of its send at the end of that turn.
+    pub receive_to_send: Latency,
+    /// A forwarded PUBLISH: from the loop turn on the publisher's shard that received it to
+    /// its take from the mesh ring here, counted once per local subscriber it went to.
+    pub mesh_transit: Latency,
+}
+
+/// A histogram's cells on the board: its buckets, then its sum.
+const LATENCY_CELLS: usize = LATENCY_BUCKETS + 2;
+/// The board's cells per slot: the counters, then the two histograms.
+const SLOT_CELLS: usize = STAT_COUNT + 2 * LATENCY_CELLS;
+
+impl Latency {
+    fn cells(&self) -> impl Iterator<Item = u64> + '_ {
+        self.buckets.iter().copied().chain([self.sum_ns])
+    }
+
+    fn from_cells(cells: &[u64]) -> Latency {
+        let mut latency = Latency {
+            sum_ns: cells[LATENCY_BUCKETS + 1],
+            ..Latency::default()
+        };
+        latency
+            .buckets
+            .copy_from_slice(&cells[..LATENCY_BUCKETS + 1]);
+        latency
+    }
+}
+
+/// The process's clock origin, shared by the shards: a forward's stamp (`Forward::turn_us`)
+/// is read on another shard's clock.
+pub fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// Each shard's last published counters, one cache-line-padded slot per shard.
 pub struct StatsBoard {
@@ -261,7 +303,7 @@ impl StatsBoard {
 
     /// Shard `index` stores its counters. Only that shard calls this for its slot: the
     /// sequence is bumped with plain stores, no read-modify-write.
-    pub fn publish(&self, index: usize, stats: &ShardStats, latency: &Latency) {
+    pub fn publish(&self, index: usize, stats: &ShardStats, latency: &ShardLatency) {
         let slot = &self.slots[index];
         let sequence = slot.sequence.load(Ordering::Relaxed);
         slot.sequence.store(sequence + 1, Ordering::Relaxed);
@@ -269,8 +311,8 @@ impl StatsBoard {
         let values = stats
             .values()
             .into_iter()
-            .chain(latency.buckets)
-            .chain([latency.sum_ns]);
+            .chain(latency.receive_to_send.cells())
+            .chain(latency.mesh_transit.cells());
         for (cell, value) in slot.values.iter().zip(values) {
             cell.store(value, Ordering::Relaxed);
         }
@@ -285,21 +327,18 @@ impl StatsBoard {
         ShardStats::from_values(&values)
     }
 
-    /// Shard `index`'s latency histogram as of its last `publish`.
-    pub fn read_latency(&self, index: usize) -> Latency {
+    /// Shard `index`'s latency histograms as of its last `publish`.
+    pub fn read_latency(&self, index: usize) -> ShardLatency {
         let cells = self.read_cells(index);
-        let mut latency = Latency {
-            sum_ns: cells[SLOT_CELLS - 1],
-            ..Latency::default()
-        };
-        latency
-            .buckets
-            .copy_from_slice(&cells[STAT_COUNT..SLOT_CELLS - 1]);
-        latency
+        let (receive_to_send, mesh_transit) = cells[STAT_COUNT..].split_at(LATENCY_CELLS);
+        ShardLatency {
+            receive_to_send: Latency::from_cells(receive_to_send),
+            mesh_transit: Latency::from_cells(mesh_transit),
+        }
     }
 
-    /// Every shard's latency histogram, in shard order.
-    pub fn read_all_latency(&self) -> Vec<Latency> {
+    /// Every shard's latency histograms, in shard order.
+    pub fn read_all_latency(&self) -> Vec<ShardLatency> {
         (0..self.slots.len())
             .map(|index| self.read_latency(index))
             .collect()
@@ -444,9 +483,9 @@ mod tests {
             outbox_bytes_high_water: 300,
             ..ShardStats::default()
         };
-        board.publish(0, &a, &Latency::default());
-        board.publish(1, &b, &Latency::default());
-        board.publish(1, &b, &Latency::default());
+        board.publish(0, &a, &ShardLatency::default());
+        board.publish(1, &b, &ShardLatency::default());
+        board.publish(1, &b, &ShardLatency::default());
         assert_eq!(board.read(0), a);
         let sum = total(&board.read_all());
         assert_eq!(sum.messages_in, 12);
@@ -476,11 +515,17 @@ mod tests {
             assert_eq!(one.buckets[i], 1, "a bound falls in its own bucket");
         }
         let board = StatsBoard::new(1);
-        let mut small = Latency::default();
-        small.record(1500, 3);
-        board.publish(0, &ShardStats::default(), &small);
-        assert_eq!(board.read_latency(0), small);
-        assert_eq!(board.read_latency(0).sum_ns, 4500);
+        let mut both = ShardLatency::default();
+        both.receive_to_send.record(1500, 3);
+        both.mesh_transit.record(9_000_000, 2);
+        board.publish(0, &ShardStats::default(), &both);
+        assert_eq!(
+            board.read_latency(0),
+            both,
+            "each histogram in its own cells"
+        );
+        assert_eq!(board.read_latency(0).receive_to_send.sum_ns, 4500);
+        assert_eq!(board.read_latency(0).mesh_transit.buckets[14], 2);
     }
 
     #[test]
@@ -494,7 +539,7 @@ mod tests {
                 // row (a busy 2-core machine did it) runs out of tries by design.
                 for n in 0..20_000u64 {
                     let stats = ShardStats::from_values(&[n; STAT_COUNT]);
-                    board.publish(0, &stats, &Latency::default());
+                    board.publish(0, &stats, &ShardLatency::default());
                     std::thread::yield_now();
                 }
             })
