@@ -103,6 +103,19 @@ impl Shard {
         self.stats.mesh_wakes += u64::from(shards.count_ones());
     }
 
+    /// The messages written since `messages_out` was `out_before` came from a forward stamped
+    /// `turn_us` on its publisher's shard (or on the shard that passed a `$share` message on).
+    fn record_transit(&mut self, turn_us: u32, out_before: u64) {
+        let delivered = self.stats.messages_out - out_before;
+        if let (Some(latency), true) = (self.latency.as_deref_mut(), delivered > 0) {
+            // Stamped before it was pushed, read after it was taken: not negative but for
+            // clock skew between cores, which counts as 0.
+            let transit_us = self.mesh_taken_us.wrapping_sub(turn_us) as i32;
+            let transit_ns = u64::from(transit_us.max(0).unsigned_abs()) * 1000;
+            latency.mesh_transit.record(transit_ns, delivered);
+        }
+    }
+
     fn on_mesh(&mut self, message: MeshMessage) {
         match message {
             MeshMessage::Publish(forward) => {
@@ -114,16 +127,14 @@ impl Shard {
                     forward.retain,
                     forward.properties.as_ref(),
                 );
-                let delivered = self.stats.messages_out - out_before;
-                if let (Some(latency), true) = (self.latency.as_deref_mut(), delivered > 0) {
-                    // Stamped before it was pushed, read after it was taken: not negative
-                    // but for clock skew between cores, which counts as 0.
-                    let transit_us = self.mesh_taken_us.wrapping_sub(forward.turn_us) as i32;
-                    let transit_ns = u64::from(transit_us.max(0).unsigned_abs()) * 1000;
-                    latency.mesh_transit.record(transit_ns, delivered);
-                }
+                self.record_transit(forward.turn_us, out_before);
             }
-            MeshMessage::SharedPublish(shared) => self.on_shared_forward(*shared),
+            MeshMessage::SharedPublish(shared) => {
+                let out_before = self.stats.messages_out;
+                let turn_us = shared.forward.turn_us;
+                self.on_shared_forward(*shared);
+                self.record_transit(turn_us, out_before);
+            }
             MeshMessage::Interest {
                 filter,
                 shard,
