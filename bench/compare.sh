@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# ringmq against mosquitto, head to head, on one machine (see shared BENCHMARKING.md).
+# ringmq against mosquitto and its fastest peers (rumqttd, FlashMQ), head to head, on one machine
+# (see shared BENCHMARKING.md).
 #
 # One command on a fresh Debian/Ubuntu box: builds ringmq and ringmq-loadgen (release),
 # installs mosquitto with apt-get if it is missing, then for every case and round starts each
@@ -9,17 +10,33 @@
 # interleaved (A B A B ...) so drifting machine noise hits both alike; figures are medians.
 #
 # Writes results/<date>-<host>-<case>/ per case: run.json (commit, machine, exact commands,
-# broker versions, every figure, ratios ringmq/mosquitto), summary.md, per-run folders with
+# broker versions, every figure, ratios ringmq/mosquitto and ringmq/best peer), summary.md, per-run folders with
 # summary.json and .hgrm, and latency.svg comparing the brokers. Prints the head-to-head table.
 #
-# Usage: bench/compare.sh [--quick] [--rounds N] [--brokers ringmq,mosquitto] [--cases LIST]
-#                         [--out DIR] [--no-build]
+# Peers: rumqttd (`cargo install rumqttd --version 0.20.0`; found on PATH, in ~/.cargo/bin, or
+# as RUMQTTD_BIN=...) and FlashMQ (a binary you build: FLASHMQ_BIN=..., or `flashmq` on PATH).
+# A peer that is not installed is skipped with one line saying so; the run goes on without it.
+# Equivalent settings for every broker: anonymous, no persistence, in-flight and queue limits
+# raised, TCP_NODELAY where the broker lets it be set, and as many worker threads as
+# BROKER_CPUS has cores (FlashMQ thread_count, ringmq shards; mosquitto has one thread; rumqttd
+# has no thread setting -- its router thread and its one listener thread share the taskset).
+# Ratios: ringmq / mosquitto, and ringmq / the best peer of that case (highest rate, lowest
+# latency or memory).
+#
+# Usage: bench/compare.sh [--quick] [--rounds N] [--brokers ringmq,mosquitto,rumqttd,flashmq]
+#                         [--cases LIST] [--out DIR] [--no-build]
 #   --quick    every case ~2 s, one round, small connection counts, output to a temp folder
 #              unless --out is given (the CI dry run; under a minute after the build)
+#   --brokers  comma list (default all four; absent peers are skipped)
 #   --cases    comma list of: fanin-qos0 pairs-qos0 pairs-qos1 fanout-qos0 latency-qos0 conn-idle
-#              fanin-qos0-v5 pairs-qos0-v5 pairs-qos1-v5 (the same loads over MQTT 5.0)
+#              fanin-qos0-v5 pairs-qos0-v5 pairs-qos1-v5 (the same loads over MQTT 5.0),
+#              pairs-rate-R (latency-qos0 at R msgs/s), pairs-load-P (latency-qos0 at P % of
+#              each broker's own maximum, given as MAX_RATES=ringmq=R1,mosquitto=R2,...;
+#              bench/latency.sh measures it first)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RINGMQ_SHARDS (default: number
-#   of BROKER_CPUS), PORT_BASE (default 28900), CONNECTIONS (conn-idle, default 19000).
+#   of BROKER_CPUS), PORT_BASE (default 28900), CONNECTIONS (conn-idle, default 19000),
+#   RUMQTTD_BIN, FLASHMQ_BIN (the peers' binaries), PAIRS (pairs cases, default 100),
+#   FANIN_PUBLISHERS (fanin cases, default 8).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,7 +45,7 @@ cd "$root"
 
 quick=0
 rounds=3
-brokers="ringmq,mosquitto"
+brokers="ringmq,mosquitto,rumqttd,flashmq"
 cases="fanin-qos0,pairs-qos0,pairs-qos1,fanout-qos0,latency-qos0,conn-idle,fanin-qos0-v5,pairs-qos0-v5,pairs-qos1-v5"
 out_root=""
 build=1
@@ -40,7 +57,7 @@ while [ $# -gt 0 ]; do
         --cases) cases="$2"; shift ;;
         --out) out_root="$2"; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -69,6 +86,8 @@ for part in sys.argv[1].split(','):
 print(n)" "$1"; }
 RINGMQ_SHARDS="${RINGMQ_SHARDS:-$(count_cpus "$BROKER_CPUS")}"
 PORT_BASE="${PORT_BASE:-28900}"
+PAIRS="${PAIRS:-100}"
+FANIN_PUBLISHERS="${FANIN_PUBLISHERS:-8}"
 if [ "$quick" = 1 ]; then
     rounds=1
     warmup=0.3; duration=1.5; drain=0.5
@@ -107,6 +126,30 @@ if [[ ",$brokers," == *",mosquitto,"* ]] && ! command -v mosquitto >/dev/null \
     # The package starts a system broker on 1883; ours run on their own ports, so leave it.
 fi
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+# The peers are never installed by this script (rumqttd takes minutes to compile, FlashMQ is
+# built by hand): each one found is run, each one missing is dropped with a line saying so.
+RUMQTTD="${RUMQTTD_BIN:-$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")}"
+FLASHMQ="${FLASHMQ_BIN:-$(command -v flashmq || echo "")}"
+kept=()
+for b in $(echo "$brokers" | tr ',' ' '); do
+    case "$b" in
+        rumqttd)
+            if [ ! -x "$RUMQTTD" ]; then
+                log "skipping rumqttd: not installed (cargo install rumqttd --version 0.20.0, or RUMQTTD_BIN=/path/to/rumqttd)"
+                continue
+            fi ;;
+        flashmq)
+            if [ -z "$FLASHMQ" ] || [ ! -x "$FLASHMQ" ]; then
+                log "skipping flashmq: no binary (build FlashMQ and set FLASHMQ_BIN=/path/to/flashmq)"
+                continue
+            fi ;;
+        ringmq|mosquitto) ;;
+        *) log "unknown broker $b (ringmq, mosquitto, rumqttd or flashmq)"; exit 2 ;;
+    esac
+    kept+=("$b")
+done
+[ ${#kept[@]} -gt 0 ] || { log "no broker to run"; exit 2; }
+brokers="$(IFS=','; echo "${kept[*]}")"
 
 clk_tck="$(getconf CLK_TCK)"
 work="$(mktemp -d /tmp/ringmq-bench.XXXXXX)"
@@ -158,7 +201,59 @@ EOF
             broker_conf="$work/ringmq.toml"
             broker_cmd="taskset -c $BROKER_CPUS $RINGMQ --config $broker_conf"
             ;;
-        *) log "unknown broker $name (ringmq or mosquitto)"; exit 2 ;;
+        rumqttd)
+            # rumqttd 0.20 has no worker-thread setting: a router thread plus one thread per
+            # listener, all pinned to BROKER_CPUS by taskset. MQTT 5 is a separate listener
+            # section, so the -v5 cases get a [v5.1] listener instead of [v4.1]. It has no
+            # TCP_NODELAY setting and no persistence; accept throttling (next_connection_delay_ms)
+            # is off; in-flight and the router's per-connection batch are raised.
+            local section="v4"
+            [ "$mqtt5" = 1 ] && section="v5"
+            cat > "$work/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = $((connections * 2 + 1000))
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[$section.1]
+name = "$section-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+    [$section.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 65535
+    dynamic_filters = true
+EOF
+            broker_conf="$work/rumqttd.toml"
+            broker_cmd="taskset -c $BROKER_CPUS $RUMQTTD --quiet --config $broker_conf"
+            ;;
+        flashmq)
+            # No storage_dir: no persistence. FlashMQ has no TCP_NODELAY setting.
+            cat > "$work/flashmq.conf" <<EOF
+thread_count $RINGMQ_SHARDS
+allow_anonymous true
+quiet true
+log_file $work/flashmq.log
+max_qos_msg_pending_per_client 65535
+max_qos_bytes_pending_per_client 268435456
+client_max_write_buffer_size 268435456
+rlimit_nofile $(ulimit -Hn | sed 's/unlimited/1048576/')
+listen {
+  protocol mqtt
+  inet_protocol ip4
+  inet4_bind_address 127.0.0.1
+  port $port
+}
+EOF
+            broker_conf="$work/flashmq.conf"
+            broker_cmd="taskset -c $BROKER_CPUS $FLASHMQ --config-file $broker_conf"
+            ;;
+        *) log "unknown broker $name"; exit 2 ;;
     esac
     $broker_cmd > "$work/$name.log" 2>&1 &
     broker_pid=$!
@@ -187,27 +282,47 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 sockstat() { tr '\n' ';' < /proc/net/sockstat; }
 
 # --- the matrix ------------------------------------------------------------------------------
+# case_args CASE BROKER: the load generator's arguments for CASE run against BROKER.
 case_args() {
     case "$1" in
-        fanin-qos0)   echo "fanin --publishers 8 --subscribers 1 --qos 0 --max --inflight 100" ;;
-        pairs-qos0)   echo "pairs -n 100 --qos 0 --max --inflight 100" ;;
-        pairs-qos1)   echo "pairs -n 100 --qos 1 --max --inflight 100" ;;
+        fanin-qos0)   echo "fanin --publishers $FANIN_PUBLISHERS --subscribers 1 --qos 0 --max --inflight 100" ;;
+        pairs-qos0)   echo "pairs -n $PAIRS --qos 0 --max --inflight 100" ;;
+        pairs-qos1)   echo "pairs -n $PAIRS --qos 1 --max --inflight 100" ;;
         fanout-qos0)  echo "fanout --publishers 1 --subscribers 100 --qos 0 --max --inflight 100" ;;
         latency-qos0) echo "pairs -n 100 --qos 0 --rate 20000" ;;
         conn-idle)    echo "conn -n $connections --subscribe --ramp 10000 --source 127.0.0.2-127.0.0.40" ;;
-        *-v5)         echo "$(case_args "${1%-v5}") --mqtt 5" ;;
+        pairs-rate-*) echo "pairs -n $PAIRS --qos 0 --rate ${1#pairs-rate-}" ;;
+        pairs-load-*) echo "pairs -n $PAIRS --qos 0 --rate $(load_rate "${1#pairs-load-}" "${2:-}")" ;;
+        *-v5)         echo "$(case_args "${1%-v5}" "${2:-}") --mqtt 5" ;;
         *) log "unknown case $1"; exit 2 ;;
     esac
+}
+
+# load_rate PCT BROKER: PCT % of BROKER's maximum rate from MAX_RATES (at least 1 msg/s).
+load_rate() {
+    local max
+    max="$(echo ",${MAX_RATES:-}," | sed -n "s/.*,$2=\([0-9.]*\),.*/\1/p")"
+    if [ -z "$max" ]; then
+        log "pairs-load-$1 needs MAX_RATES=...,$2=MSGS_PER_SEC,... (bench/latency.sh sets it)"; exit 2
+    fi
+    python3 -c "print(max(1, int($max * $1 / 100)))"
 }
 
 date_tag="$(date -u +%Y-%m-%d-%H%M)"
 host="$(hostname -s 2>/dev/null || hostname)"
 IFS=',' read -r -a case_list <<< "$cases"
 IFS=',' read -r -a broker_list <<< "$brokers"
-for c in "${case_list[@]}"; do case_args "$c" > /dev/null; done
+for c in "${case_list[@]}"; do
+    for b in "${broker_list[@]}"; do
+        # load_rate runs in a subshell inside case_args: check it here, where exit stops us.
+        case "$c" in pairs-load-*) load_rate "${c#pairs-load-}" "$b" > /dev/null ;; esac
+        case_args "$c" "$b" > /dev/null
+    done
+done
 case_dirs=()
 
 for c in "${case_list[@]}"; do
+    mqtt5=0; [[ "$c" == *-v5 ]] && mqtt5=1
     dir="$out_root/$date_tag-$host-$c"
     mkdir -p "$dir"
     case_dirs+=("$dir")
@@ -221,7 +336,7 @@ for c in "${case_list[@]}"; do
             loadavg_before="$(cut -d' ' -f1-3 /proc/loadavg)"
             sock_before="$(sockstat)"
             # shellcheck disable=SC2046
-            lg_cmd="taskset -c $LOAD_CPUS $LOADGEN $(case_args "$c") --port $port \
+            lg_cmd="taskset -c $LOAD_CPUS $LOADGEN $(case_args "$c" "$b") --port $port \
 --warmup $warmup --duration $duration --drain $drain --cpus $LOAD_CPUS --label $b \
 --out $run_dir --ready-file $ready -q"
             lg_cmd="$(echo "$lg_cmd" | tr -s ' ')"
@@ -286,6 +401,8 @@ json.dump({
     "ringmq": out("$RINGMQ --version"),
     "mosquitto": out("$MOSQUITTO -h 2>&1 | head -1"),
     "loadgen": out("$LOADGEN --version"),
+    "rumqttd": out("$RUMQTTD --version") if "rumqttd" in "$brokers".split(",") else None,
+    "flashmq": out("$FLASHMQ --version 2>&1 | head -1") if "flashmq" in "$brokers".split(",") else None,
 }, open(sys.argv[1], "w"))
 EOF
 python3 "$here/report.py" --versions "$versions" --quick "$quick" \

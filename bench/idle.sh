@@ -20,7 +20,8 @@
 #                      [--no-build] [--no-sysctl]
 #   --shards S            broker shards (default 2)
 #   --rings-per-shard R   io_uring rings per shard, each its own fixed-file table of about the
-#                         open-file limit (default 3: 2 x 3 x 19,936 = 119,616 slots)
+#                         open-file limit (default 3: 2 x 3 x 19,936 = 119,616 slots); `auto`:
+#                         the fewest that hold --connections at this open-file limit
 #   --connections N       idle subscribed connections to open (default 100000)
 #   --rate C              connections opened per second (default 10000)
 #   --sources A-B         source addresses for the load generator (default 127.0.0.2-127.0.0.40)
@@ -74,6 +75,8 @@ if [ "$quick" = 1 ]; then
     [ -n "$out_root" ] || out_root="$(mktemp -d /tmp/ringmq-idle-quick.XXXXXX)"
 fi
 [ -n "$out_root" ] || out_root="$root/results"
+rings_auto=0
+if [ "$rings" = auto ]; then rings_auto=1; rings=1; fi
 for pair in "shards:$shards" "rings-per-shard:$rings" "connections:$connections" "rate:$rate" \
     "hold:$hold"; do
     case "${pair#*:}" in
@@ -128,6 +131,11 @@ fi
 # Each ring's fixed-file table holds the soft open-file limit minus the broker's headroom (64).
 nofile="$(ulimit -Sn)"
 [ "$nofile" = unlimited ] && nofile=1048576
+if [ "$rings_auto" = 1 ]; then
+    per_shard=$((shards * (nofile - 64)))
+    rings=$(((connections + per_shard - 1) / per_shard))
+    log "--rings-per-shard auto: $rings ring(s) per shard at an open-file limit of $nofile"
+fi
 slots=$((shards * rings * (nofile - 64)))
 if [ "$slots" -lt "$connections" ]; then
     log "$shards shards x $rings rings x $((nofile - 64)) slots = $slots < $connections connections:"

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns the run folders that compare.sh wrote into run.json, summary.md and a comparison plot
 per case, prints the head-to-head table, and (for real runs) rewrites the table between the
-markers in results/README.md. Medians over rounds; ratios are ringmq / mosquitto."""
+markers in results/README.md. Medians over rounds; ratios are ringmq / mosquitto and ringmq / the
+best peer of the case (mosquitto, rumqttd or FlashMQ: the highest rate, or the lowest latency or
+memory, whichever the case is judged by)."""
 
 import argparse
 import json
@@ -114,6 +116,35 @@ HEADLINE = {
     "rate": ["p50_us", "p99_us", "p99_9_us", "msgs_in_per_sec", "broker_cpu_pct", "send_lag_p99_us"],
     "max": ["msgs_in_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p99_us", "broker_cpu_pct", "loadgen_cpu_pct"],
 }
+# Broker columns, in this order when present.
+BROKER_ORDER = ["ringmq", "mosquitto", "rumqttd", "flashmq"]
+# Headline figures where lower is better (the best peer has the least).
+LOWER_IS_BETTER = ("_us", "per_conn")
+
+
+def lower_is_better(key):
+    return key.endswith(LOWER_IS_BETTER)
+
+
+def best_peer(medians, key):
+    """The broker other than ringmq with the best median of `key`, or None."""
+    peers = [(b, m.get(key)) for b, m in medians.items() if b != "ringmq" and m.get(key) is not None]
+    if not peers:
+        return None
+    pick = min if lower_is_better(key) else max
+    return pick(peers, key=lambda p: p[1])[0]
+
+
+def ratios_over(medians, other):
+    out = {}
+    if "ringmq" in medians and other in medians:
+        for k, v in medians["ringmq"].items():
+            m = medians[other].get(k)
+            if v is not None and m:
+                out[k] = v / m
+    return out
+
+
 TABLE_KEYS = ["msgs_in_per_sec", "msgs_out_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p90_us", "p99_us", "p99_9_us", "max_us",
               "send_lag_p99_us", "lost", "duplicates", "reordered", "connected", "connect_failed", "dropped", "connect_rate_per_sec",
               "broker_rss_bytes_per_conn", "sockstat_tcp_mem_bytes_per_conn_systemwide", "broker_cpu_pct",
@@ -140,15 +171,12 @@ def process_case(case_dir, args, versions, mach):
     for broker, broker_runs in per_broker.items():
         keys = broker_runs[0]["figures"].keys()
         medians[broker] = {k: median([r["figures"].get(k) for r in broker_runs]) for k in keys}
-    ratios = {}
-    if "ringmq" in medians and "mosquitto" in medians:
-        for k, v in medians["ringmq"].items():
-            m = medians["mosquitto"].get(k)
-            if v is not None and m:
-                ratios[k] = v / m
+    ratios = ratios_over(medians, "mosquitto")
+    headline = HEADLINE.get(kind, HEADLINE["max"])[0]
+    best = best_peer(medians, headline)
+    best_ratios = ratios_over(medians, best) if best else {}
     # The plot: for each broker the round whose headline figure is its median.
     plot_dirs = []
-    headline = HEADLINE.get(kind, HEADLINE["max"])[0]
     for broker, broker_runs in per_broker.items():
         ranked = sorted(broker_runs, key=lambda r: r["figures"].get(headline) or 0)
         plot_dirs.append(os.path.join(case_dir, ranked[len(ranked) // 2]["dir"]))
@@ -167,28 +195,34 @@ def process_case(case_dir, args, versions, mach):
                      for b, rs in per_broker.items()},
         "medians": medians,
         "ratio_ringmq_over_mosquitto": ratios,
+        "best_peer": best,
+        "best_peer_judged_by": headline,
+        "ratio_ringmq_over_best_peer": best_ratios,
         "runs": [{k: v for k, v in r.items() if k != "summary"} for r in runs],
     }
     with open(os.path.join(case_dir, "run.json"), "w") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
-    brokers = list(per_broker)
+    brokers = sorted(per_broker, key=lambda b: BROKER_ORDER.index(b) if b in BROKER_ORDER else 99)
+    ratio_cols = []
+    if ratios:
+        ratio_cols.append(("ringmq/mosquitto", ratios))
+    if best and best != "mosquitto":
+        ratio_cols.append((f"ringmq/{best} (best peer)", best_ratios))
     lines = [f"# {case}", "",
              f"{'Dry run (--quick): not a measurement. ' if args.quick else ''}"
              f"Medians of {args.rounds} round(s), brokers interleaved. Machine: {mach['cpu_model']}, "
              f"{mach['cpus_online']} CPUs, kernel {mach['kernel']}; broker on cores {mach['broker_cpus']}, "
              f"load on cores {mach['load_cpus']}; commit `{mach['commit'][:12]}`.", "",
-             "| figure | " + " | ".join(brokers) + (" | ratio ringmq/mosquitto |" if ratios else " |"),
-             "|---|" + "---|" * len(brokers) + ("---|" if ratios else "")]
+             f"Best peer by {headline}: {best or '-'}.", "",
+             "| figure | " + " | ".join(brokers + [name for name, _ in ratio_cols]) + " |",
+             "|---|" + "---|" * (len(brokers) + len(ratio_cols))]
     for k in TABLE_KEYS:
         if all(medians[b].get(k) is None for b in brokers):
             continue
-        row = f"| {k} | " + " | ".join(fmt(k, medians[b].get(k)) for b in brokers)
-        if ratios:
-            row += f" | {ratios[k]:.2f} |" if k in ratios else " | - |"
-        else:
-            row += " |"
-        lines.append(row)
+        cells = [fmt(k, medians[b].get(k)) for b in brokers]
+        cells += [f"{r[k]:.2f}" if k in r else "-" for _, r in ratio_cols]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "Commands:", ""]
     for b, c in record["commands"].items():
         lines += [f"- {b}: `{c['broker']}`", f"  load: `{c['loadgen']}`"]
@@ -218,25 +252,32 @@ def main():
     args = p.parse_args()
     versions = json.load(open(args.versions))
     mach = machine(args.broker_cpus, args.load_cpus)
-    rows = ["| case | figure | ringmq | mosquitto | ratio | run |", "|---|---|---|---|---|---|"]
     order = ["fanin-qos0", "pairs-qos0", "pairs-qos1", "fanout-qos0", "latency-qos0", "conn-idle",
              "fanin-qos0-v5", "pairs-qos0-v5", "pairs-qos1-v5"]
     args.case_dirs.sort(key=lambda d: next((i for i, c in enumerate(order) if d.rstrip("/").endswith("-" + c)), 99))
+    done_cases = []
     for case_dir in args.case_dirs:
         done = process_case(case_dir, args, versions, mach)
-        if not done:
-            continue
-        record, brokers, kind, mach = done
+        if done:
+            done_cases.append((case_dir, done))
+    seen = {b for _, (_, brokers, _, _) in done_cases for b in brokers}
+    columns = [b for b in BROKER_ORDER if b in seen] + sorted(seen - set(BROKER_ORDER))
+    rows = ["| case | figure | " + " | ".join(columns) + " | ringmq/mosquitto | best peer | ringmq/best peer | run |",
+            "|---|---|" + "---|" * len(columns) + "---|---|---|---|"]
+    for case_dir, (record, brokers, kind, mach) in done_cases:
         link = os.path.basename(case_dir.rstrip("/"))
         for k in HEADLINE.get(kind, HEADLINE["max"]):
-            vals = [fmt(k, record["medians"].get(b, {}).get(k)) for b in ("ringmq", "mosquitto")]
+            vals = [fmt(k, record["medians"].get(b, {}).get(k)) for b in columns]
             ratio = record["ratio_ringmq_over_mosquitto"].get(k)
-            rows.append(f"| {record['case']} | {k} | {vals[0]} | {vals[1]} | "
-                        f"{'-' if ratio is None else f'{ratio:.2f}'} | [{link}]({link}/summary.md) |")
+            best = record["best_peer"]
+            best_ratio = record["ratio_ringmq_over_best_peer"].get(k)
+            rows.append(f"| {record['case']} | {k} | " + " | ".join(vals) + " | "
+                        f"{'-' if ratio is None else f'{ratio:.2f}'} | {best or '-'} | "
+                        f"{'-' if best_ratio is None else f'{best_ratio:.2f}'} | [{link}]({link}/summary.md) |")
     header = (f"{'DRY RUN (--quick), not a measurement. ' if args.quick else ''}"
               f"{mach['cpu_model']}, {mach['cpus_online']} CPUs, kernel {mach['kernel']}, broker on cores "
               f"{mach['broker_cpus']}, load on {mach['load_cpus']}, commit `{mach['commit'][:12]}`, "
-              f"{versions.get('ringmq')} vs {versions.get('mosquitto')}, medians of {args.rounds} round(s).")
+              f"{', '.join(str(versions.get(b)) for b in columns if versions.get(b))}, medians of {args.rounds} round(s).")
     table = header + "\n\n" + "\n".join(rows) + "\n"
     print(table)
     if args.readme and os.path.exists(args.readme):
