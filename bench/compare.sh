@@ -280,6 +280,11 @@ stop_broker() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 sockstat() { tr '\n' ';' < /proc/net/sockstat; }
+# Nanoseconds the threads of process $1 have spent runnable but waiting for a CPU
+# (/proc/PID/task/*/schedstat, 2nd field): on a shared machine, the time other jobs took from it.
+runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {print s + 0}'; }
+# Clock ticks the hypervisor gave to other guests while this machine wanted its CPUs (steal).
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
 
 # --- the matrix ------------------------------------------------------------------------------
 # case_args CASE BROKER: the load generator's arguments for CASE run against BROKER.
@@ -347,13 +352,16 @@ for c in "${case_list[@]}"; do
             # when measuring starts, for --duration seconds), and its memory at that start:
             # for the conn case, every connection is up and held then.
             t0=""; t1=""; ticks0=0; ticks1=0; rss_held=0; sock_held=""
+            bq0=0; bq1=0; lq0=0; lq1=0; st0=0; st1=0
             while kill -0 "$lg_pid" 2>/dev/null; do
                 now_us="${EPOCHREALTIME/./}"
                 if [ -z "$t0" ] && [ -e "$ready" ]; then
                     t0="$now_us"; ticks0="$(cpu_ticks "$broker_pid")"
+                    bq0="$(runq_ns "$broker_pid")"; lq0="$(runq_ns "$lg_pid")"; st0="$(steal_ticks)"
                     rss_held="$(rss_kb "$broker_pid")"; sock_held="$(sockstat)"
                 elif [ -n "$t0" ] && [ -z "$t1" ] && [ $((now_us - t0)) -ge "$duration_us" ]; then
                     t1="$now_us"; ticks1="$(cpu_ticks "$broker_pid")"
+                    bq1="$(runq_ns "$broker_pid")"; lq1="$(runq_ns "$lg_pid")"; st1="$(steal_ticks)"
                 fi
                 sleep 0.05
             done
@@ -376,6 +384,9 @@ run = {
     "sample_secs": ($t1 - $t0) / 1e6,
     "loadavg_before": "$loadavg_before",
     "broker_cpu_secs": ($ticks1 - $ticks0) / $clk_tck,
+    "broker_runq_wait_secs": max(0, $bq1 - $bq0) / 1e9,
+    "loadgen_runq_wait_secs": max(0, $lq1 - $lq0) / 1e9,
+    "steal_secs_all_cpus": max(0, $st1 - $st0) / $clk_tck,
     "broker_rss_kb_before": int("$rss_before" or 0),
     "broker_rss_kb_held": int("$rss_held" or 0),
     "sockstat_before": "$sock_before", "sockstat_held": "$sock_held",

@@ -93,6 +93,9 @@ def us(v):
         return "-"
     return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
 
+def pct(v):
+    return "-" if v is None else f"{v:.0f} %"
+
 def rate(v):
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k"
 
@@ -110,7 +113,8 @@ for case in order:
         point = f"{case.rsplit('-', 1)[1]} % of max" if "load" in case else "20,000 msgs/s"
         rows.append(f"| {b} | {point} | {rate(int(target))} | {rate(m['msgs_in_per_sec'])} | {us(m['p50_us'])} | "
                     f"{us(m['p99_us'])} | {us(m['p99_9_us'])} | {us(m['max_us'])} | {us(m['send_lag_p99_us'])} | "
-                    f"{m['broker_cpu_pct']:.0f} % | {m['lost']:.0f} | [{link}]({link}/summary.md) |")
+                    f"{m['broker_cpu_pct']:.0f} % | {pct(m.get('broker_runq_wait_pct'))} / {pct(m.get('loadgen_runq_wait_pct'))} | "
+                    f"{m['lost']:.0f} | [{link}]({link}/summary.md) |")
 lines = ["# Latency under load", ""]
 if machine:
     lines += [f"Machine: {machine['cpu_model']}, {machine['cpus_online']} CPUs, kernel {machine['kernel']} "
@@ -122,8 +126,10 @@ lines += ["Maximum rate (pairs-qos0: 100 pairs, QoS 0, closed loop, window 100, 
           "Latency is publish -> delivery from the intended send time (HdrHistogram; a late send counts "
           "its lateness: no coordinated omission). send lag p99 is how late the load generator itself "
           "put messages out: when it is near the latency, the generator, not the broker, set the figure.", "",
-          "| broker | point | target rate | received | p50 | p99 | p99.9 | max | send lag p99 | broker CPU | lost | run |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"] + rows
+          "Run-queue waits: share of the window the broker's / the generator's threads were runnable but "
+          "had no CPU (other jobs on this shared machine).", "",
+          "| broker | point | target rate | received | p50 | p99 | p99.9 | max | send lag p99 | broker CPU | run-queue wait broker / generator | lost | run |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + rows
 lines += ["", f"Floor with no broker (`bench/floor.py --rate {floor['rate_per_sec']} --seconds {floor['seconds']}`, "
           f"client on cores {floor['client_cpus']}, echo on {floor['server_cpus']}, python: an upper bound):", "",
           "| probe | samples | p50 | p90 | p99 | p99.9 | max |", "|---|---|---|---|---|---|---|"]

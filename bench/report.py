@@ -56,6 +56,12 @@ def tcp_mem_pages(sockstat):
     return None
 
 
+def pct_of_window(run, key):
+    if run.get(key) is None or not run.get("sample_secs"):
+        return None
+    return 100 * run[key] / run["sample_secs"]
+
+
 def figures(run, summary):
     """The figures compared for one run."""
     f = {
@@ -76,6 +82,11 @@ def figures(run, summary):
         "dropped": summary["dropped"],
         "connect_rate_per_sec": summary["connect_rate_per_sec"],
         "broker_cpu_pct": run["broker_cpu_pct"],
+        # Share of the measured window the broker's / the load generator's threads sat runnable
+        # waiting for a CPU (schedstat): time the shared machine's other jobs took from them.
+        "broker_runq_wait_pct": pct_of_window(run, "broker_runq_wait_secs"),
+        "loadgen_runq_wait_pct": pct_of_window(run, "loadgen_runq_wait_secs"),
+        "steal_pct": pct_of_window(run, "steal_secs_all_cpus"),
         "loadgen_cpu_pct": 100 * summary["loadgen_cpu_secs"] / summary["wall_secs"] if summary["wall_secs"] else None,
     }
     cpu = f["broker_cpu_pct"]
@@ -148,7 +159,7 @@ def ratios_over(medians, other):
 TABLE_KEYS = ["msgs_in_per_sec", "msgs_out_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p90_us", "p99_us", "p99_9_us", "max_us",
               "send_lag_p99_us", "lost", "duplicates", "reordered", "connected", "connect_failed", "dropped", "connect_rate_per_sec",
               "broker_rss_bytes_per_conn", "sockstat_tcp_mem_bytes_per_conn_systemwide", "broker_cpu_pct",
-              "loadgen_cpu_pct"]
+              "loadgen_cpu_pct", "broker_runq_wait_pct", "loadgen_runq_wait_pct", "steal_pct"]
 
 
 def process_case(case_dir, args, versions, mach):
