@@ -10,12 +10,16 @@ bench/latency.sh.
          read - intended send time, so a late sender counts (no coordinated omission). This is
          one hop more than a broker's pairs case (client -> server -> client) without any MQTT.
 
+--spin keeps every core of --client-cpus and --server-cpus busy with a nice-19 spinning process
+for the run, so the vCPUs never go idle (halt): if the tails shrink with it, they came from
+waking an idle vCPU (the hypervisor), not from the work.
+
 Prints one JSON object: percentiles in microseconds (p50, p90, p99, p99.9, max) per probe, and
 the count of samples. Python's own cost (~10 us a message) is in the figures: they are an upper
 bound of the floor, not an exact one.
 
 Usage: bench/floor.py [--rate 20000] [--seconds 5] [--client-cpus 0] [--server-cpus 1]
-                      [--probes timer,echo]
+                      [--probes timer,echo] [--spin]
 """
 
 import argparse
@@ -136,11 +140,32 @@ def main():
     p.add_argument("--client-cpus", default=os.environ.get("LOAD_CPUS", "0"))
     p.add_argument("--server-cpus", default=os.environ.get("BROKER_CPUS", "1"))
     p.add_argument("--probes", default="timer,echo")
+    p.add_argument("--spin", action="store_true", help="a nice-19 spinner on each probed core")
     args = p.parse_args()
     if args.rate <= 0 or args.seconds <= 0:
         sys.exit("floor.py: --rate and --seconds must be positive")
-    out = {"rate_per_sec": args.rate, "seconds": args.seconds,
+    out = {"rate_per_sec": args.rate, "seconds": args.seconds, "spin": args.spin,
            "client_cpus": args.client_cpus, "server_cpus": args.server_cpus}
+    spinners = []
+    if args.spin:
+        for cpus in sorted({args.client_cpus, args.server_cpus}):
+            pid = os.fork()
+            if pid == 0:
+                pin(cpus)
+                os.nice(19)
+                while True:
+                    pass
+            spinners.append(pid)
+    try:
+        run_probes(args, out)
+    finally:
+        for pid in spinners:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    print(json.dumps(out))
+
+
+def run_probes(args, out):
     allowed = os.sched_getaffinity(0)
     for probe in args.probes.split(","):
         os.sched_setaffinity(0, allowed)
@@ -153,7 +178,6 @@ def main():
             out["tcp_echo"]["expected"] = args.rate * args.seconds
         else:
             sys.exit(f"floor.py: unknown probe {probe} (timer, echo)")
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":
