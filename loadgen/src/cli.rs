@@ -11,7 +11,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
     name = "ringmq-loadgen",
     version,
     about = "Open- and closed-loop MQTT 3.1.1 / 5.0 load generator on io_uring",
-    after_help = "Examples:\n  ringmq-loadgen pairs -n 100 --qos 1 --max --inflight 100 --duration 10\n  ringmq-loadgen fanin --publishers 8 --subscribers 1 --rate 50000 --out results/x\n  ringmq-loadgen conn -n 19000 --subscribe --ramp 5000 --duration 30\n  ringmq-loadgen plot --out cmp.svg results/a results/b"
+    after_help = "Examples:\n  ringmq-loadgen pairs -n 100 --qos 1 --max --inflight 100 --duration 10\n  ringmq-loadgen fanin --publishers 8 --subscribers 1 --rate 50000 --out results/x\n  ringmq-loadgen conn -n 19000 --subscribe --ramp 5000 --duration 30\n  ringmq-loadgen handshake -n 16 --port 8883 --tls-ca ca.pem --duration 10\n  ringmq-loadgen plot --out cmp.svg results/a results/b"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,6 +28,15 @@ pub enum Command {
         /// Each connection subscribes to a topic of its own once connected (idle subscribers).
         #[arg(long)]
         subscribe: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// N clients connect (with --tls-ca: TLS handshake, then CONNECT/CONNACK), disconnect and
+    /// connect again, over and over while measuring: handshakes per second.
+    Handshake {
+        /// Clients connecting at once (each reconnects as soon as it is through).
+        #[arg(short = 'n', long, default_value_t = 16)]
+        connections: u32,
         #[command(flatten)]
         common: Common,
     },
@@ -180,6 +189,15 @@ pub struct Common {
     /// beside the client-side loss (and kept in summary.json).
     #[arg(long, value_name = "URL")]
     pub metrics_url: Option<String>,
+    /// Speak TLS on every connection, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// ALPN protocol offered with --tls-ca ("" offers none).
+    #[arg(long, default_value = "mqtt", requires = "tls_ca")]
+    pub tls_alpn: String,
+    /// Name the broker's certificate must hold (default: --host, an IP address SAN).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
     /// No progress lines.
     #[arg(long, short = 'q')]
     pub quiet: bool,

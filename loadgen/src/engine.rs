@@ -10,6 +10,13 @@
 //! outboxes, flush outboxes, wait for completions (bounded by the next due send), handle them.
 //! Nothing is allocated per message: payloads are written into one scratch buffer, packets
 //! encoded straight into reused outboxes, and decoded packets borrow the connection's inbox.
+//! With `--tls-ca` the outbox stays plaintext and is sealed into records in the send buffer at
+//! the flush; received records are opened into the inbox (see `tls`; rustls's own record
+//! buffers do allocate, so a TLS run costs the generator more per message than a plain one).
+//!
+//! The `handshake` scenario (`Mode::Churn`): while measuring, a connection that is through
+//! sends DISCONNECT, closes once that is sent, and when its close (and every operation on the
+//! old socket) has completed, connects again in the same fixed-file slot.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,10 +32,13 @@ use ringmq::protocol::{
 };
 use ringmq::ring::BufRing;
 
+use rustls::ClientConnection;
+
 use crate::plan::{ConnPlan, Mode, Role, Settings};
 use crate::schedule::{share, Schedule};
 use crate::stamp::{monotonic_ns, Stamp};
 use crate::stats::new_histogram;
+use crate::tls;
 use crate::tracker::SeqTracker;
 
 /// State the main thread and the load threads share. Times are CLOCK_MONOTONIC ns; 0 = unset.
@@ -111,6 +121,10 @@ pub struct ThreadResult {
     pub errors: BTreeMap<String, u64>,
     pub first_connect_ns: u64,
     pub last_ready_ns: u64,
+    /// `handshake`: connections through inside the measured window.
+    pub handshakes_in_window: u64,
+    /// What the first TLS handshake agreed on (`tls::describe`).
+    pub tls_session: Option<String>,
 }
 
 const OP_SOCKET: u64 = 1;
@@ -188,6 +202,13 @@ struct Conn {
     dirty: bool,
     /// A step of the connect chain failed (and was counted).
     chain_failed: bool,
+    /// The TLS session (`--tls-ca` only), made when the socket connects.
+    tls: Option<Box<ClientConnection>>,
+    /// `handshake`: DISCONNECT is queued; the connection closes once it is sent, then
+    /// connects again.
+    leaving: bool,
+    /// Its close is submitted and has not completed: the slot is not free yet.
+    closing: bool,
     started_ns: u64,
     last_sent_ns: u64,
     packet_id_next: u16,
@@ -278,6 +299,10 @@ pub struct Worker {
     errors: BTreeMap<String, u64>,
     first_connect_ns: u64,
     last_ready_ns: u64,
+    /// `handshake`: reconnecting has begun (at the common start).
+    churn_started: bool,
+    handshakes_in_window: u64,
+    tls_session: Option<String>,
 }
 
 impl Drop for Worker {
@@ -431,6 +456,9 @@ impl Worker {
                 recv_armed: false,
                 dirty: false,
                 chain_failed: false,
+                tls: None,
+                leaving: false,
+                closing: false,
                 started_ns: 0,
                 last_sent_ns: 0,
                 packet_id_next: 0,
@@ -497,6 +525,9 @@ impl Worker {
             errors: BTreeMap::new(),
             first_connect_ns: 0,
             last_ready_ns: 0,
+            churn_started: false,
+            handshakes_in_window: 0,
+            tls_session: None,
         })
     }
 
@@ -660,7 +691,11 @@ impl Worker {
             OP_CONNECT => self.on_connect(c, res),
             OP_RECV => self.on_recv(c, res, flags),
             OP_SEND => self.on_send(c, res),
-            _ => {} // shutdown and close of a connection already counted as closed
+            OP_CLOSE => {
+                self.conns[c].closing = false;
+                self.maybe_reconnect(c);
+            }
+            _ => {} // shutdown of a connection already counted as closed
         }
     }
 
@@ -820,6 +855,15 @@ impl Worker {
             self.connect_failed(c, text);
             return;
         }
+        if let Some(client) = &settings.tls {
+            match client.connect() {
+                Ok(tls) => conn.tls = Some(tls),
+                Err(text) => {
+                    self.connect_failed(c, text);
+                    return;
+                }
+            }
+        }
         self.set_state(c, State::ConnAckWait);
         self.arm_recv(c);
         self.mark_dirty(c);
@@ -843,6 +887,7 @@ impl Worker {
                 let r = self.ring_of(c);
                 self.rings[r].bufs.recycle(bid);
             }
+            self.maybe_reconnect(c);
             return;
         }
         if res > 0 {
@@ -852,8 +897,24 @@ impl Worker {
             };
             let r = self.ring_of(c);
             let bytes = self.rings[r].bufs.get(bid, res as usize);
-            self.conns[c].inbox.extend_from_slice(bytes);
+            let conn = &mut self.conns[c];
+            let opened = match conn.tls.as_deref_mut() {
+                None => {
+                    conn.inbox.extend_from_slice(bytes);
+                    Ok(false)
+                }
+                Some(tls) => tls::open(tls, bytes, &mut conn.inbox).map(|()| tls.wants_write()),
+            };
             self.rings[r].bufs.recycle(bid);
+            match opened {
+                Ok(false) => {}
+                // Handshake records (or an alert) to answer.
+                Ok(true) => self.mark_dirty(c),
+                Err(text) => {
+                    self.lost(c, text);
+                    return;
+                }
+            }
             self.decode_inbox(c);
         } else if res == 0 {
             self.lost(c, "closed by the broker".into());
@@ -969,9 +1030,57 @@ impl Worker {
         if conn.subscriber != NONE {
             self.subs[conn.subscriber as usize].subscribed = true;
         }
+        if self.tls_session.is_none() {
+            self.tls_session = conn.tls.as_deref().map(tls::describe);
+        }
         self.set_state(c, State::Ready);
         self.connected += 1;
         self.last_ready_ns = now;
+        if self.settings.mode == Mode::Churn {
+            if now >= self.measure_start_ns && now < self.end_ns {
+                self.handshakes_in_window += 1;
+            }
+            if self.churn_started && now < self.end_ns && !self.stopping {
+                self.leave(c);
+            }
+        }
+    }
+
+    /// `handshake`: DISCONNECT, then close once it is sent (`on_send`), then connect again
+    /// (`maybe_reconnect`).
+    fn leave(&mut self, c: usize) {
+        self.conns[c].leaving = true;
+        self.reply(c, &Packet::Disconnect(Disconnect::default()));
+    }
+
+    /// `handshake`: a connection that left connects again in its slot once its close and every
+    /// other operation on the old socket have completed (so no late completion of the old
+    /// socket is taken for the new one).
+    fn maybe_reconnect(&mut self, c: usize) {
+        let conn = &self.conns[c];
+        if !conn.leaving
+            || conn.state != State::Closed
+            || conn.closing
+            || conn.recv_armed
+            || conn.send_pending
+            || self.stopping
+        {
+            return;
+        }
+        let now = monotonic_ns();
+        if now >= self.end_ns {
+            return;
+        }
+        let conn = &mut self.conns[c];
+        conn.leaving = false;
+        conn.chain_failed = false;
+        conn.tls = None;
+        conn.inbox.clear();
+        conn.outbox.clear();
+        conn.sending.clear();
+        conn.send_offset = 0;
+        conn.inflight = 0;
+        self.start_connect(c, now);
     }
 
     fn on_ack(&mut self, c: usize) {
@@ -1058,6 +1167,16 @@ impl Worker {
         let mut next_ns: Option<u64> = None;
         match self.settings.mode {
             Mode::Idle => {}
+            Mode::Churn => {
+                if !self.churn_started && now < self.end_ns {
+                    self.churn_started = true;
+                    for c in 0..self.conns.len() {
+                        if self.conns[c].state == State::Ready {
+                            self.leave(c);
+                        }
+                    }
+                }
+            }
             Mode::Rate(_) => {
                 let schedule = self.schedule?;
                 // Messages intended at or after the end are never sent; ones intended before
@@ -1220,7 +1339,6 @@ impl Worker {
             let conn = &mut self.conns[c];
             conn.dirty = false;
             if conn.send_pending
-                || conn.outbox.is_empty()
                 || matches!(
                     conn.state,
                     State::Closed | State::Waiting | State::Connecting
@@ -1228,7 +1346,16 @@ impl Worker {
             {
                 continue;
             }
-            std::mem::swap(&mut conn.outbox, &mut conn.sending);
+            match conn.tls.as_deref_mut() {
+                None if conn.outbox.is_empty() => continue,
+                None => std::mem::swap(&mut conn.outbox, &mut conn.sending),
+                Some(tls) => {
+                    tls::seal(tls, &mut conn.outbox, &mut conn.sending);
+                    if conn.sending.is_empty() {
+                        continue;
+                    }
+                }
+            }
             conn.send_offset = 0;
             conn.last_sent_ns = now;
             self.submit_send(c);
@@ -1251,6 +1378,7 @@ impl Worker {
         let conn = &mut self.conns[c];
         conn.send_pending = false;
         if conn.state == State::Closed {
+            self.maybe_reconnect(c);
             return;
         }
         if res < 0 {
@@ -1264,8 +1392,10 @@ impl Worker {
         }
         conn.sending.clear();
         conn.send_offset = 0;
-        if !conn.outbox.is_empty() {
+        if !conn.outbox.is_empty() || conn.tls.as_ref().is_some_and(|t| t.wants_write()) {
             self.mark_dirty(c);
+        } else if conn.leaving {
+            self.close(c);
         }
     }
 
@@ -1273,6 +1403,11 @@ impl Worker {
     fn lost(&mut self, c: usize, text: String) {
         let state = self.conns[c].state;
         if state == State::Closed {
+            return;
+        }
+        if self.conns[c].leaving {
+            // It said DISCONNECT; the broker closing first is the normal end.
+            self.close(c);
             return;
         }
         if state.in_handshake() {
@@ -1297,6 +1432,7 @@ impl Worker {
         if !had_socket {
             return;
         }
+        self.conns[c].closing = true;
         self.reserve_sq(c, 2);
         self.push(
             c,
@@ -1454,6 +1590,8 @@ impl Worker {
             errors: std::mem::take(&mut self.errors),
             first_connect_ns: self.first_connect_ns,
             last_ready_ns: self.last_ready_ns,
+            handshakes_in_window: self.handshakes_in_window,
+            tls_session: self.tls_session.take(),
         }
     }
 }

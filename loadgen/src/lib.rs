@@ -6,6 +6,8 @@
 //! - `cli`: the command line (scenarios named after the Open MQTT Benchmark Suite).
 //! - `plan`: which connections each thread opens, their roles and topics.
 //! - `engine`: the per-thread io_uring event loop.
+//! - `tls`: the TLS client side (`--tls-ca`), sealing and opening records around the engine's
+//!   buffers.
 //! - `run`: the main thread: start, progress, drain, stop, add up, write results.
 //! - `scrape`: the broker's counters from its metrics endpoint (`--metrics-url`).
 //! - `schedule`, `stamp`, `tracker`, `stats`, `svg`: pure pieces, each tested on its own.
@@ -19,4 +21,5 @@ pub mod scrape;
 pub mod stamp;
 pub mod stats;
 pub mod svg;
+pub mod tls;
 pub mod tracker;

@@ -14,6 +14,7 @@ fn main() {
             print!("{}", human_summary(&report.summary));
             let out = match command {
                 Command::Conn { common, .. }
+                | Command::Handshake { common, .. }
                 | Command::Pairs { common, .. }
                 | Command::Fanout { common, .. }
                 | Command::Fanin { common, .. } => common.out.as_ref(),

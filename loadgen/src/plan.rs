@@ -10,6 +10,8 @@ use ringmq::protocol::{ProtocolVersion, QoS};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     Conn,
+    /// Connect, disconnect, connect again: handshakes per second.
+    Handshake,
     Pairs,
     Fanout,
     Fanin,
@@ -19,6 +21,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Conn => "conn",
+            Scenario::Handshake => "handshake",
             Scenario::Pairs => "pairs",
             Scenario::Fanout => "fanout",
             Scenario::Fanin => "fanin",
@@ -34,6 +37,9 @@ pub enum Mode {
     Rate(u64),
     /// Closed loop: window per publisher.
     Max(u32),
+    /// No publishers; while measuring, every connection that is through disconnects and
+    /// connects again (the `handshake` scenario).
+    Churn,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +85,8 @@ pub struct Settings {
     pub shared: bool,
     /// Fixed-file slots per ring; 0 = the open-file limit minus a headroom.
     pub ring_files_max: u32,
+    /// TLS on every connection (`--tls-ca`).
+    pub tls: Option<crate::tls::TlsClient>,
 }
 
 /// Deals `count` items round-robin over `threads`: item i goes to thread i % threads.
@@ -104,7 +112,7 @@ pub fn plan(
     let mut pubs: Vec<Vec<ConnPlan>> = vec![Vec::new(); threads];
     let id = |kind: &str, i: u32| format!("lg{run_id}-{kind}{i}");
     match scenario {
-        Scenario::Conn => {
+        Scenario::Conn | Scenario::Handshake => {
             for i in 0..subscribers {
                 let filter = subscribe_idle.then(|| format!("{topic_prefix}/idle/{i}"));
                 subs[thread_of(i, threads)].push(ConnPlan {

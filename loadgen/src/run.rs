@@ -24,6 +24,7 @@ use crate::stats::{
     format_rate, format_us, new_histogram, percentile_distribution, rate_per_sec, LatencySummary,
 };
 use crate::svg::{percentile_plot, Series};
+use crate::tls::TlsClient;
 use crate::tracker::{lost, SeqTracker};
 
 /// Every figure of a run; written as summary.json.
@@ -55,6 +56,13 @@ pub struct Summary {
     pub dropped: u64,
     pub connect_rate_per_sec: f64,
     pub connect_latency: LatencySummary,
+    /// Every connection over TLS (`--tls-ca`).
+    pub tls: bool,
+    /// What the first TLS handshake agreed on: version, cipher suite, ALPN.
+    pub tls_session: Option<String>,
+    /// `handshake`: connections through (socket to CONNACK) inside the measured window.
+    pub handshakes_in_window: u64,
+    pub handshakes_per_sec: f64,
     pub sent: u64,
     pub sent_in_window: u64,
     pub received: u64,
@@ -113,6 +121,18 @@ fn describe(command: &Command) -> Option<Scn<'_>> {
             subscribers: *connections,
             shared_group: None,
             subscribe_idle: *subscribe,
+            load: None,
+            common,
+        },
+        Command::Handshake {
+            connections,
+            common,
+        } => Scn {
+            scenario: Scenario::Handshake,
+            publishers: 0,
+            subscribers: *connections,
+            shared_group: None,
+            subscribe_idle: false,
             load: None,
             common,
         },
@@ -203,6 +223,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         MqttVersion::V5 => ProtocolVersion::V5,
     };
     let (mode, qos, payload_len) = match scn.load {
+        None if scn.scenario == Scenario::Handshake => (Mode::Churn, QoS::AtMostOnce, 16),
         None => (Mode::Idle, QoS::AtMostOnce, 16),
         Some(load) => (
             match load.rate {
@@ -236,6 +257,16 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         &run_id,
     );
     let connections_planned: u64 = plans.iter().map(|p| p.len() as u64).sum();
+    let tls = match &common.tls_ca {
+        Some(ca) => {
+            let name = common
+                .tls_server_name
+                .clone()
+                .unwrap_or_else(|| common.host.to_string());
+            Some(TlsClient::new(ca, &common.tls_alpn, &name)?)
+        }
+        None => None,
+    };
     let settings = Arc::new(Settings {
         scenario: scn.scenario,
         version,
@@ -252,6 +283,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         publisher_count: scn.publishers,
         shared: scn.shared_group.is_some(),
         ring_files_max: common.ring_files_max,
+        tls,
     });
     let shared = Arc::new(Shared::new(threads, scn.publishers));
 
@@ -347,7 +379,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
     // Drain: messages still in flight get up to --drain seconds. Stop early only once every
     // expected copy has arrived (sent x subscribers per message, if all subscribed) and
     // nothing has moved for 200 ms; a slow or stalled broker gets the whole drain.
-    if scn.scenario != Scenario::Conn {
+    if !matches!(scn.scenario, Scenario::Conn | Scenario::Handshake) {
         let copies = match (scn.scenario, scn.shared_group) {
             (Scenario::Pairs, _) | (Scenario::Fanin, Some(_)) => 1,
             _ => u64::from(scn.subscribers),
@@ -418,7 +450,9 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         Mode::Idle => ("idle".into(), None, None),
         Mode::Rate(r) => ("rate".into(), Some(r), None),
         Mode::Max(w) => ("max".into(), None, Some(w)),
+        Mode::Churn => ("churn".into(), None, None),
     };
+    s.tls = settings.tls.is_some();
     s.publishers = scn.publishers;
     s.subscribers = scn.subscribers;
     s.shared_group = scn.shared_group.map(str::to_string);
@@ -466,6 +500,7 @@ pub fn aggregate(
     let window_stalls = sum(|r| r.window_stalls);
     let send_stalls = sum(|r| r.send_stalls);
     let recv_buffers_exhausted = sum(|r| r.recv_buffers_exhausted);
+    let handshakes_in_window = sum(|r| r.handshakes_in_window);
     for r in results {
         let _ = latency.add(&r.latency);
         let _ = send_lag.add(&r.send_lag);
@@ -538,6 +573,10 @@ pub fn aggregate(
             0.0
         },
         connect_latency: LatencySummary::of(&connect_latency),
+        tls: false,
+        tls_session: results.iter().find_map(|r| r.tls_session.clone()),
+        handshakes_in_window,
+        handshakes_per_sec: rate_per_sec(handshakes_in_window, duration_ns),
         sent: sent.iter().sum(),
         sent_in_window,
         received,
@@ -650,7 +689,17 @@ pub fn human_summary(s: &Summary) -> String {
         format_us(s.connect_latency.p50_us),
         format_us(s.connect_latency.p99_us),
     ));
-    if s.scenario != "conn" {
+    if let Some(session) = &s.tls_session {
+        out.push_str(&format!("TLS: {session}\n"));
+    }
+    if s.scenario == "handshake" {
+        out.push_str(&format!(
+            "handshakes: {} in {:.1} s measured, {} per second\n",
+            s.handshakes_in_window,
+            s.duration_secs,
+            format_rate(s.handshakes_per_sec)
+        ));
+    } else if s.scenario != "conn" {
         let mode = match (s.rate_target_per_sec, s.inflight_window) {
             (Some(r), _) => format!("open loop at {r} msgs/s"),
             (_, Some(w)) => format!("closed loop, window {w}"),
