@@ -32,11 +32,18 @@
 #              fanin-qos0-v5 pairs-qos0-v5 pairs-qos1-v5 (the same loads over MQTT 5.0),
 #              pairs-rate-R (latency-qos0 at R msgs/s), pairs-load-P (latency-qos0 at P % of
 #              each broker's own maximum, given as MAX_RATES=ringmq=R1,mosquitto=R2,...;
-#              bench/latency.sh measures it first)
+#              bench/latency.sh measures it first),
+#              pairs-qos0-tls pairs-qos1-tls (the same loads over TLS) handshake-tls handshake
+#              (clients connecting, CONNECT/CONNACK, disconnecting, again: handshakes per
+#              second and broker CPU per handshake, over TLS and plain TCP). Any case + -tls
+#              runs over TLS, ringmq and mosquitto only: both listen with one certificate made
+#              at run time with openssl (bench/tls.sh; TLS_KEY=rsa, RSA 2048, or ec, P-256), the
+#              load generator trusts its CA (--tls-ca). With a case and its -tls twin in one run
+#              the table ends with each broker's TLS / plain ratio.
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RINGMQ_SHARDS (default: number
 #   of BROKER_CPUS), PORT_BASE (default 28900), CONNECTIONS (conn-idle, default 19000),
 #   RUMQTTD_BIN, FLASHMQ_BIN (the peers' binaries), PAIRS (pairs cases, default 100),
-#   FANIN_PUBLISHERS (fanin cases, default 8).
+#   FANIN_PUBLISHERS (fanin cases, default 8), TLS_KEY (default rsa).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,7 +53,7 @@ cd "$root"
 quick=0
 rounds=3
 brokers="ringmq,mosquitto,rumqttd,flashmq"
-cases="fanin-qos0,pairs-qos0,pairs-qos1,fanout-qos0,latency-qos0,conn-idle,fanin-qos0-v5,pairs-qos0-v5,pairs-qos1-v5"
+cases="fanin-qos0,pairs-qos0,pairs-qos1,fanout-qos0,latency-qos0,conn-idle,fanin-qos0-v5,pairs-qos0-v5,pairs-qos1-v5,pairs-qos0-tls,pairs-qos1-tls,handshake-tls"
 out_root=""
 build=1
 while [ $# -gt 0 ]; do
@@ -68,6 +75,7 @@ case "$rounds" in ''|*[!0-9]*|0) echo "compare.sh: --rounds needs a positive num
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v taskset >/dev/null || need+=(util-linux)
+[[ ",$cases," != *"-tls,"* ]] || command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "compare.sh: installing ${need[*]} with apt-get" >&2
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
@@ -164,17 +172,33 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# The TLS cases' CA and server certificate, one for both brokers (made once, if needed).
+TLS_KEY="${TLS_KEY:-rsa}"
+pki="$work/pki"
+if [[ ",$cases," == *"-tls,"* ]]; then
+    . "$here/tls.sh"
+    make_test_certs "$pki" "$TLS_KEY"
+fi
+
 # --- brokers ---------------------------------------------------------------------------------
 port="$PORT_BASE"
-# start_broker NAME: a fresh broker on a fresh port, pinned to BROKER_CPUS; sets broker_pid,
-# broker_cmd and port.
+# start_broker NAME [tls]: a fresh broker on a fresh port, pinned to BROKER_CPUS; sets
+# broker_pid, broker_cmd and port. With tls, that port speaks TLS with the certificate in $pki.
 start_broker() {
-    local name="$1"
+    local name="$1" tls="${2:-}" mosquitto_tls="" ringmq_listener
     port=$((port + 1))
+    ringmq_listener="listen = \"127.0.0.1:$port\""
+    if [ -n "$tls" ]; then
+        mosquitto_tls="cafile $pki/ca.pem
+certfile $pki/server.pem
+keyfile $pki/server.key"
+        ringmq_listener=""
+    fi
     case "$name" in
         mosquitto)
             cat > "$work/mosquitto.conf" <<EOF
 listener $port 127.0.0.1
+$mosquitto_tls
 allow_anonymous true
 persistence false
 max_inflight_messages 0
@@ -188,7 +212,7 @@ EOF
             ;;
         ringmq)
             cat > "$work/ringmq.toml" <<EOF
-listen = "127.0.0.1:$port"
+$ringmq_listener
 shards = $RINGMQ_SHARDS
 allow_anonymous = true
 
@@ -198,6 +222,16 @@ inflight_max = 65535
 offline_queue_max = 1000000
 outbox_bytes_max = 268435456
 EOF
+            if [ -n "$tls" ]; then
+                cat >> "$work/ringmq.toml" <<EOF
+
+[[listener]]
+bind = "127.0.0.1:$port"
+protocol = "mqtt+tls"
+certfile = "$pki/server.pem"
+keyfile = "$pki/server.key"
+EOF
+            fi
             broker_conf="$work/ringmq.toml"
             broker_cmd="taskset -c $BROKER_CPUS $RINGMQ --config $broker_conf"
             ;;
@@ -298,7 +332,11 @@ case_args() {
         conn-idle)    echo "conn -n $connections --subscribe --ramp 10000 --source 127.0.0.2-127.0.0.40" ;;
         pairs-rate-*) echo "pairs -n $PAIRS --qos 0 --rate ${1#pairs-rate-}" ;;
         pairs-load-*) echo "pairs -n $PAIRS --qos 0 --rate $(load_rate "${1#pairs-load-}" "${2:-}")" ;;
+        # 16 clients reconnecting as fast as they get through; sources spread the ports that
+        # closed connections hold in TIME_WAIT.
+        handshake)    echo "handshake -n 16 --source 127.0.0.2-127.0.0.40" ;;
         *-v5)         echo "$(case_args "${1%-v5}" "${2:-}") --mqtt 5" ;;
+        *-tls)        echo "$(case_args "${1%-tls}" "${2:-}") --tls-ca $pki/ca.pem" ;;
         *) log "unknown case $1"; exit 2 ;;
     esac
 }
@@ -334,7 +372,12 @@ for c in "${case_list[@]}"; do
     : > "$dir/runs.jsonl"
     for round in $(seq 1 "$rounds"); do
         for b in "${broker_list[@]}"; do
-            start_broker "$b"
+            # TLS is set up for ringmq and mosquitto (bench/tls.sh's certificate) only.
+            if [[ "$c" == *-tls && "$b" != ringmq && "$b" != mosquitto ]]; then
+                [ "$round" != 1 ] || log "skipping $b in $c: its TLS listener is not set up here"
+                continue
+            fi
+            start_broker "$b" "$([[ "$c" != *-tls ]] || echo tls)"
             run_dir="$dir/$b-r$round"
             ready="$work/ready"; rm -f "$ready"
             rss_before="$(rss_kb "$broker_pid")"
@@ -379,6 +422,7 @@ import json, sys
 run = {
     "case": "$c", "broker": "$b", "round": $round, "dir": "$(basename "$run_dir")",
     "broker_command": "$broker_cmd", "loadgen_command": "$lg_cmd",
+    "tls_key": "$([[ "$c" != *-tls ]] || echo "$TLS_KEY")",
     "broker_config": open("$broker_conf").read(),
     "broker_alive_after": bool($alive),
     "sample_secs": ($t1 - $t0) / 1e6,

@@ -17,7 +17,7 @@
 #
 # Usage: bench/idle.sh [--shards S] [--rings-per-shard R] [--connections N] [--rate CONNS_PER_S]
 #                      [--sources A-B] [--hold SECS] [--port P] [--out DIR] [--quick]
-#                      [--no-build] [--no-sysctl]
+#                      [--tls | --transport plain|tls] [--no-build] [--no-sysctl]
 #   --shards S            broker shards (default 2)
 #   --rings-per-shard R   io_uring rings per shard, each its own fixed-file table of about the
 #                         open-file limit (default 3: 2 x 3 x 19,936 = 119,616 slots); `auto`:
@@ -28,6 +28,11 @@
 #   --hold SECS           seconds to hold every connection before sampling (default 3)
 #   --out DIR             results root (default results/; --quick: a temporary folder)
 #   --quick               5,000 connections, short hold, under 30 s after the build (CI)
+#   --transport tls       the connections speak TLS: the broker's only listener is mqtt+tls with a
+#                         certificate made at run time (bench/tls.sh, TLS_KEY=rsa|ec, default
+#                         rsa), the load generator trusts its CA; results in ...-idle-N-tls/
+#   --tls                 both, one after the other: plain, then TLS, same settings; the TLS
+#                         run's summary shows the plain figure beside its own (exit: the worse)
 #   --no-build            use the release binaries already built
 #   --no-sysctl           leave the sysctls alone (otherwise raises the few a big run needs)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RECV_BUFFER_COUNT and
@@ -49,7 +54,10 @@ out_root=""
 quick=0
 build=1
 sysctl_apply=1
+transport=plain
+both=0
 conn_set=0; rate_set=0; hold_set=0
+args=("$@")
 while [ $# -gt 0 ]; do
     case "$1" in
         --shards) shards="$2"; shift ;;
@@ -61,6 +69,8 @@ while [ $# -gt 0 ]; do
         --port) port="$2"; shift ;;
         --out) out_root="$2"; shift ;;
         --quick) quick=1 ;;
+        --tls) both=1 ;;
+        --transport) transport="$2"; shift ;;
         --no-build) build=0 ;;
         --no-sysctl) sysctl_apply=0 ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
@@ -68,6 +78,51 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+case "$transport" in plain|tls) ;; *) echo "idle.sh: --transport plain or tls" >&2; exit 2 ;; esac
+if [ "$both" = 1 ]; then
+    # Plain, then TLS, each a whole run of this script; then the TLS summary gets the plain
+    # figure beside its own.
+    rest=()
+    for a in "${args[@]}"; do [ "$a" = --tls ] || rest+=("$a"); done
+    runs=()
+    worst=0
+    for t in plain tls; do
+        rc=0
+        "$0" "${rest[@]}" --transport "$t" | tee "/tmp/ringmq-idle-$t.$$.out" || rc=$?
+        [ "$rc" -le "$worst" ] || worst=$rc
+        runs+=("$(sed -n 's/^   results in //p' "/tmp/ringmq-idle-$t.$$.out" | tail -1)")
+        rm -f "/tmp/ringmq-idle-$t.$$.out"
+        [ -n "${runs[-1]}" ] || { echo "idle.sh: the $t run wrote no results" >&2; exit "$((worst > 0 ? worst : 1))"; }
+        # Later runs reuse the build.
+        [[ " ${rest[*]} " == *" --no-build "* ]] || rest+=(--no-build)
+    done
+    python3 - "${runs[0]}" "${runs[1]}" <<'EOF'
+import json, os, sys
+plain_dir, tls_dir = sys.argv[1], sys.argv[2]
+plain, tls = (json.load(open(os.path.join(d, "run.json"))) for d in (plain_dir, tls_dir))
+def b(x):
+    return "-" if x is None else f"{x:,.0f} B"
+p, t = plain["broker_rss_bytes_per_conn"], tls["broker_rss_bytes_per_conn"]
+tls["plain_run"] = {"dir": os.path.basename(plain_dir), "broker_rss_bytes_per_conn": p,
+                    "broker_rss_bytes_per_conn_excluding_buffer_pools":
+                        plain["broker_rss_bytes_per_conn_excluding_buffer_pools"],
+                    "connections_established": plain["connections_established"]}
+json.dump(tls, open(os.path.join(tls_dir, "run.json"), "w"), indent=2)
+line = (f"Same invocation (`--tls`), plain TCP first: {b(p)} per connection "
+        f"([{os.path.basename(plain_dir)}](../{os.path.basename(plain_dir)}/summary.md)); over TLS {b(t)}"
+        + (f", so TLS adds {b(t - p)} per idle connection." if p is not None and t is not None else "."))
+text = open(os.path.join(tls_dir, "summary.md")).read().split("\n")
+text[1:1] = ["", line]
+open(os.path.join(tls_dir, "summary.md"), "w").write("\n".join(text))
+print(f"== idle, plain vs TLS: {b(p)} vs {b(t)} broker RSS per connection"
+      + (f" (TLS +{b(t - p)})" if p is not None and t is not None else ""))
+EOF
+    exit "$worst"
+fi
+if [ "$transport" = tls ] && [ "$rate_set" = 0 ]; then
+    # A full handshake costs the broker a signature: open them at a pace it keeps up with.
+    rate=2000
+fi
 if [ "$quick" = 1 ]; then
     [ "$conn_set" = 1 ] || connections=5000
     [ "$rate_set" = 1 ] || rate=5000
@@ -193,6 +248,7 @@ fi
 date_tag="$(date -u +%Y-%m-%d-%H%M)"
 host="$(hostname -s 2>/dev/null || hostname)"
 dir="$out_root/$date_tag-$host-idle-$connections"
+[ "$transport" = plain ] || dir="$dir-tls"
 # Two runs in one minute (say two layouts back to back) get -2, -3, ... rather than one
 # overwriting the other.
 if [ -e "$dir" ]; then
@@ -228,8 +284,25 @@ slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
 
 conns_max=1000000
 [ "$conns_max" -ge $((connections * 2)) ] || conns_max=$((connections * 2))
+listen_line="listen = \"127.0.0.1:$port\""
+tls_listener=""
+lg_tls=""
+if [ "$transport" = tls ]; then
+    command -v openssl >/dev/null || { log "needs openssl for --transport tls"; exit 1; }
+    . "$here/tls.sh"
+    pki="$work/pki"
+    make_test_certs "$pki" "${TLS_KEY:-rsa}"
+    listen_line=""
+    tls_listener="
+[[listener]]
+bind = \"127.0.0.1:$port\"
+protocol = \"mqtt+tls\"
+certfile = \"$pki/server.pem\"
+keyfile = \"$pki/server.key\""
+    lg_tls="--tls-ca $pki/ca.pem"
+fi
 cat > "$dir/broker.toml" <<EOF
-listen = "127.0.0.1:$port"
+$listen_line
 shards = $shards
 rings_per_shard = $rings
 allow_anonymous = true
@@ -238,6 +311,7 @@ recv_buffer_size = $RECV_BUFFER_SIZE
 
 [limits]
 connections_max = $conns_max
+$tls_listener
 EOF
 broker_cmd="taskset -c $BROKER_CPUS $RINGMQ --config $dir/broker.toml"
 log "starting: $broker_cmd"
@@ -265,7 +339,7 @@ ready="$work/ready"
 # N / rate + 10 s + 1 s, passed) plus 1 s of warm-up; the hold runs inside --duration.
 lg_cmd="taskset -c $LOAD_CPUS $LOADGEN conn -n $connections --subscribe --ramp $rate \
 --source $sources --port $port --warmup 1 --duration $((hold + 2)) --drain 0.5 --cpus $LOAD_CPUS \
---label ringmq --out $dir/loadgen --ready-file $ready -q"
+--label ringmq --out $dir/loadgen --ready-file $ready -q $lg_tls"
 log "load: $lg_cmd"
 t_start="${EPOCHREALTIME/./}"
 $lg_cmd > "$work/loadgen.out" 2> "$work/loadgen.err" &
@@ -370,6 +444,9 @@ t_start, t_ready = int("$t_start"), int("${t_ready:-0}")
 broker_log = open(os.path.join(d, "broker.log")).read().splitlines()
 run = {
     "kind": "idle",
+    "transport": "$transport",
+    "tls_key": "${TLS_KEY:-rsa}" if "$transport" == "tls" else None,
+    "tls_session": lg.get("tls_session"),
     "quick": bool($quick),
     "machine": {
         "commit": "$commit",
@@ -385,7 +462,7 @@ run = {
     },
     "versions": {"ringmq": out("$RINGMQ --version"), "loadgen": out("$LOADGEN --version")},
     "commands": {
-        "script": "bench/idle.sh --shards $shards --rings-per-shard $rings --connections $connections --rate $rate --sources $sources --hold $hold" + (" --quick" if $quick else ""),
+        "script": "bench/idle.sh --shards $shards --rings-per-shard $rings --connections $connections --rate $rate --sources $sources --hold $hold --transport $transport" + (" --quick" if $quick else ""),
         "broker": "$broker_cmd",
         "loadgen": "$lg_cmd",
         "broker_config": open(os.path.join(d, "broker.toml")).read(),
@@ -429,7 +506,7 @@ def b(x):
     return "-" if x is None else f"{x:,.0f} B"
 verdict = "-" if per_conn is None else ("within" if per_conn <= 512 else "over")
 lines = [
-    f"# idle: {established:,} idle subscribed connections",
+    f"# idle: {established:,} idle subscribed connections" + (" over TLS" if "$transport" == "tls" else ""),
     "",
     f"Fresh ringmq, {$shards} shard(s) x {$rings} ring(s) per shard ({$slots:,} fixed-file slots), "
     f"pinned to core(s) $BROKER_CPUS; load generator on core(s) $LOAD_CPUS. "
@@ -474,7 +551,7 @@ if lg["errors"]:
     lines[-1:-1] = ["", "Load generator errors: " + ", ".join(f"{v} x {k}" for k, v in lg["errors"].items())]
 open(os.path.join(d, "summary.md"), "w").write("\n".join(lines) + "\n")
 
-print(f"== idle: {established:,} of {$connections:,} connections up ({lg['connect_failed']:,} failed, "
+print(f"== idle ($transport): {established:,} of {$connections:,} connections up ({lg['connect_failed']:,} failed, "
       f"{lg['dropped']:,} dropped) at {lg['connect_rate_per_sec']:,.0f} conn/s")
 print(f"   broker {$shards} shard(s) x {$rings} ring(s) on core(s) $BROKER_CPUS; load on $LOAD_CPUS")
 print(f"   broker RSS {rss_before:,} kB -> {rss_after:,} kB: {b(per_conn)} per connection ({verdict} 512 B)")

@@ -93,6 +93,17 @@ def figures(run, summary):
     # Messages per second of broker CPU: on a shared machine where the broker does not get a
     # whole core, this is steadier than the rate itself.
     f["msgs_in_per_broker_cpu_sec"] = f["msgs_in_per_sec"] / (cpu / 100) if cpu else None
+    # The same, inverted: broker CPU time per message delivered.
+    f["broker_cpu_ns_per_msg_in"] = 1e9 / f["msgs_in_per_broker_cpu_sec"] if f["msgs_in_per_broker_cpu_sec"] else None
+    if summary["scenario"] == "handshake":
+        # Connect (TLS handshake when over TLS), CONNECT/CONNACK, DISCONNECT: once each.
+        f["handshakes_per_sec"] = summary["handshakes_per_sec"]
+        f["handshakes_per_broker_cpu_sec"] = summary["handshakes_per_sec"] / (cpu / 100) if cpu else None
+        f["broker_cpu_us_per_handshake"] = 1e6 / f["handshakes_per_broker_cpu_sec"] if f["handshakes_per_broker_cpu_sec"] else None
+        f["connect_p50_us"] = summary["connect_latency"]["p50_us"]
+        f["connect_p99_us"] = summary["connect_latency"]["p99_us"]
+        for k in ("msgs_in_per_sec", "msgs_out_per_sec", "msgs_in_per_broker_cpu_sec", "broker_cpu_ns_per_msg_in"):
+            f[k] = None
     if summary["scenario"] == "conn" and summary["connected"]:
         grown = run["broker_rss_kb_held"] - run["broker_rss_kb_before"]
         f["broker_rss_bytes_per_conn"] = grown * 1024 / summary["connected"]
@@ -118,19 +129,24 @@ def fmt(key, value):
         return f"{value / 1000:.1f}k" if value >= 10000 else f"{value:.0f}"
     if "per_conn" in key:
         return f"{value:.0f} B"
+    if key.startswith("broker_cpu_") and ("_per_msg" in key or "_per_handshake" in key):
+        return f"{value:.1f}" if value < 100 else f"{value:.0f}"
     return f"{value:.0f}" if isinstance(value, float) else str(value)
 
 
 # What each case is judged by, in the head-to-head table.
 HEADLINE = {
     "conn": ["broker_rss_bytes_per_conn", "connect_rate_per_sec", "connected"],
+    "handshake": ["handshakes_per_sec", "handshakes_per_broker_cpu_sec", "broker_cpu_us_per_handshake", "broker_cpu_pct",
+                  "connect_failed"],
     "rate": ["p50_us", "p99_us", "p99_9_us", "msgs_in_per_sec", "broker_cpu_pct", "send_lag_p99_us"],
-    "max": ["msgs_in_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p99_us", "broker_cpu_pct", "loadgen_cpu_pct"],
+    "max": ["msgs_in_per_sec", "msgs_in_per_broker_cpu_sec", "broker_cpu_ns_per_msg_in", "p50_us", "p99_us", "broker_cpu_pct",
+            "loadgen_cpu_pct"],
 }
 # Broker columns, in this order when present.
 BROKER_ORDER = ["ringmq", "mosquitto", "rumqttd", "flashmq"]
 # Headline figures where lower is better (the best peer has the least).
-LOWER_IS_BETTER = ("_us", "per_conn")
+LOWER_IS_BETTER = ("_us", "per_conn", "_per_msg_in", "_per_handshake")
 
 
 def lower_is_better(key):
@@ -156,7 +172,8 @@ def ratios_over(medians, other):
     return out
 
 
-TABLE_KEYS = ["msgs_in_per_sec", "msgs_out_per_sec", "msgs_in_per_broker_cpu_sec", "p50_us", "p90_us", "p99_us", "p99_9_us", "max_us",
+TABLE_KEYS = ["handshakes_per_sec", "handshakes_per_broker_cpu_sec", "broker_cpu_us_per_handshake", "connect_p50_us",
+              "connect_p99_us", "msgs_in_per_sec", "msgs_out_per_sec", "msgs_in_per_broker_cpu_sec", "broker_cpu_ns_per_msg_in", "p50_us", "p90_us", "p99_us", "p99_9_us", "max_us",
               "send_lag_p99_us", "lost", "duplicates", "reordered", "connected", "connect_failed", "dropped", "connect_rate_per_sec",
               "broker_rss_bytes_per_conn", "sockstat_tcp_mem_bytes_per_conn_systemwide", "broker_cpu_pct",
               "loadgen_cpu_pct", "broker_runq_wait_pct", "loadgen_runq_wait_pct", "steal_pct"]
@@ -177,7 +194,8 @@ def process_case(case_dir, args, versions, mach):
         run["figures"] = figures(run, summary)
         run["summary"] = summary
         per_broker.setdefault(run["broker"], []).append(run)
-    kind = runs[0]["summary"]["scenario"] if runs[0]["summary"]["scenario"] == "conn" else runs[0]["summary"]["mode"]
+    scenario = runs[0]["summary"]["scenario"]
+    kind = scenario if scenario in ("conn", "handshake") else runs[0]["summary"]["mode"]
     medians = {}
     for broker, broker_runs in per_broker.items():
         keys = broker_runs[0]["figures"].keys()
@@ -191,7 +209,7 @@ def process_case(case_dir, args, versions, mach):
     for broker, broker_runs in per_broker.items():
         ranked = sorted(broker_runs, key=lambda r: r["figures"].get(headline) or 0)
         plot_dirs.append(os.path.join(case_dir, ranked[len(ranked) // 2]["dir"]))
-    title = f"{case}: latency by percentile ({'connect' if kind == 'conn' else 'publish to delivery'})"
+    title = f"{case}: latency by percentile ({'connect' if kind in ('conn', 'handshake') else 'publish to delivery'})"
     subprocess.run([args.loadgen, "plot", "--title", title, "--out", os.path.join(case_dir, "latency.svg")] + plot_dirs,
                    check=False)
     record = {
@@ -264,7 +282,8 @@ def main():
     versions = json.load(open(args.versions))
     mach = machine(args.broker_cpus, args.load_cpus)
     order = ["fanin-qos0", "pairs-qos0", "pairs-qos1", "fanout-qos0", "latency-qos0", "conn-idle",
-             "fanin-qos0-v5", "pairs-qos0-v5", "pairs-qos1-v5"]
+             "fanin-qos0-v5", "pairs-qos0-v5", "pairs-qos1-v5", "pairs-qos0-tls", "pairs-qos1-tls",
+             "handshake", "handshake-tls"]
     args.case_dirs.sort(key=lambda d: next((i for i, c in enumerate(order) if d.rstrip("/").endswith("-" + c)), 99))
     done_cases = []
     for case_dir in args.case_dirs:
@@ -276,6 +295,7 @@ def main():
     rows = ["| case | figure | " + " | ".join(columns) + " | ringmq/mosquitto | best peer | ringmq/best peer | run |",
             "|---|---|" + "---|" * len(columns) + "---|---|---|---|"]
     for case_dir, (record, brokers, kind, mach) in done_cases:
+    records = {record["case"]: record for _, (record, _, _, _) in done_cases}
         link = os.path.basename(case_dir.rstrip("/"))
         for k in HEADLINE.get(kind, HEADLINE["max"]):
             vals = [fmt(k, record["medians"].get(b, {}).get(k)) for b in columns]
@@ -289,6 +309,23 @@ def main():
               f"{mach['cpu_model']}, {mach['cpus_online']} CPUs, kernel {mach['kernel']}, broker on cores "
               f"{mach['broker_cpus']}, load on {mach['load_cpus']}, commit `{mach['commit'][:12]}`, "
               f"{', '.join(str(versions.get(b)) for b in columns if versions.get(b))}, medians of {args.rounds} round(s).")
+    # A case and its -tls twin measured in this run: what TLS costs each broker.
+    tls_rows = []
+    for case, tls_record in records.items():
+        plain = records.get(case[:-len("-tls")]) if case.endswith("-tls") else None
+        if not plain:
+            continue
+        # The rate, and the rate per broker CPU second (steadier on a shared machine).
+        keys = HEADLINE.get(tls_record["kind"], HEADLINE["max"])[:2]
+        for key in keys:
+            for broker in ("ringmq", "mosquitto"):
+                over, under = tls_record["medians"].get(broker, {}).get(key), plain["medians"].get(broker, {}).get(key)
+                if over is not None and under:
+                    tls_rows.append(f"| {case} / {plain['case']} | {key} | {broker} | {fmt(key, over)} / {fmt(key, under)} | "
+                                    f"{over / under:.2f} |")
+    if tls_rows:
+        rows += ["", "TLS against plain TCP, same run (medians):", "",
+                 "| cases | figure | broker | TLS / plain | ratio |", "|---|---|---|---|---|"] + tls_rows
     table = header + "\n\n" + "\n".join(rows) + "\n"
     print(table)
     if args.readme and os.path.exists(args.readme):
