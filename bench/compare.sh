@@ -176,6 +176,7 @@ trap 'exit 130' INT TERM
 TLS_KEY="${TLS_KEY:-rsa}"
 pki="$work/pki"
 if [[ ",$cases," == *"-tls,"* ]]; then
+    chmod 755 "$work"   # mosquitto, as its own user, reads the certificate files in it
     . "$here/tls.sh"
     make_test_certs "$pki" "$TLS_KEY"
 fi

@@ -22,6 +22,8 @@ make_test_certs() {
     printf "subjectAltName=DNS:localhost,IP:127.0.0.1\n" > "$dir/san.ext"
     openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
         -CAcreateserial -days 2 -extfile "$dir/san.ext" -out "$dir/server.pem" 2>/dev/null
-    # mosquitto may run as another user: the key must be readable by it.
-    chmod 644 "$dir/server.key"
+    # mosquitto started as root drops to its own user, which must read these (and reach DIR:
+    # callers make its parent, a mktemp -d folder, 0755 too).
+    chmod 755 "$dir"
+    chmod 644 "$dir"/*.pem "$dir/server.key"
 }
