@@ -121,7 +121,7 @@ EOF
 fi
 if [ "$transport" = tls ] && [ "$rate_set" = 0 ]; then
     # A full handshake costs the broker a signature: open them at a pace it keeps up with.
-    rate=2000
+    rate=1000
 fi
 if [ "$quick" = 1 ]; then
     [ "$conn_set" = 1 ] || connections=5000
@@ -299,7 +299,8 @@ bind = \"127.0.0.1:$port\"
 protocol = \"mqtt+tls\"
 certfile = \"$pki/server.pem\"
 keyfile = \"$pki/server.key\""
-    lg_tls="--tls-ca $pki/ca.pem"
+    # Handshakes queue behind the broker's signatures: give each one time.
+    lg_tls="--tls-ca $pki/ca.pem --connect-timeout 30"
 fi
 cat > "$dir/broker.toml" <<EOF
 $listen_line
