@@ -186,6 +186,18 @@ port="$PORT_BASE"
 # start_broker NAME [tls]: a fresh broker on a fresh port, pinned to BROKER_CPUS; sets
 # broker_pid, broker_cmd and port. With tls, that port speaks TLS with the certificate in $pki.
 start_broker() {
+    local attempt
+    # A port may be taken by any socket bound to it, a client's included (the bench scripts
+    # widen the ephemeral range to 10000-65535): a broker that exits at once gets the next one.
+    for attempt in 1 2 3 4 5; do
+        start_broker_once "$@" && return 0
+        log "$1 exited at start on port $port (taken?); trying the next port"
+    done
+    log "$1 did not start:"; cat "$work/$1.log" >&2; exit 1
+}
+
+# One try of start_broker: returns 1 when the broker exited before it listened.
+start_broker_once() {
     local name="$1" tls="${2:-}" mosquitto_tls="" ringmq_listener
     port=$((port + 1))
     ringmq_listener="listen = \"127.0.0.1:$port\""
@@ -297,7 +309,8 @@ EOF
             return 0
         fi
         if ! kill -0 "$broker_pid" 2>/dev/null; then
-            log "$name did not start:"; cat "$work/$name.log" >&2; exit 1
+            wait "$broker_pid" 2>/dev/null || true
+            return 1
         fi
         sleep 0.05
     done
