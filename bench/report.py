@@ -294,8 +294,8 @@ def main():
     columns = [b for b in BROKER_ORDER if b in seen] + sorted(seen - set(BROKER_ORDER))
     rows = ["| case | figure | " + " | ".join(columns) + " | ringmq/mosquitto | best peer | ringmq/best peer | run |",
             "|---|---|" + "---|" * len(columns) + "---|---|---|---|"]
-    for case_dir, (record, brokers, kind, mach) in done_cases:
     records = {record["case"]: record for _, (record, _, _, _) in done_cases}
+    for case_dir, (record, brokers, kind, mach) in done_cases:
         link = os.path.basename(case_dir.rstrip("/"))
         for k in HEADLINE.get(kind, HEADLINE["max"]):
             vals = [fmt(k, record["medians"].get(b, {}).get(k)) for b in columns]
