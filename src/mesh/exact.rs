@@ -174,6 +174,10 @@ impl ExactCounts {
     pub fn len(&self) -> usize {
         self.counts.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.len() == 0
+    }
 }
 
 #[cfg(test)]
