@@ -488,3 +488,161 @@ fn issue_7_the_last_root_wildcard_subscription_leaving_crashes_no_shard() {
         }
     }
 }
+
+/// Issue 12: filters without wildcards are kept by hash in the interest index. Two shards,
+/// many clients each on its own topic (half homed on each shard), a topic shared by clients on
+/// both shards, a wildcard and a `$share` group over the same topics; then half unsubscribe and
+/// a quarter disconnect (clean sessions): deliveries follow exactly, and once interest is
+/// withdrawn a publish crosses to no shard.
+#[test]
+fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
+    const TWO: usize = 2;
+    let broker = TestBroker::start(Config {
+        shards: TWO,
+        ..test_config()
+    });
+    let run = unique_topic("exact");
+    let own = |i: usize| format!("{run}/client-{i}/in");
+    let common = format!("{run}/common");
+    let clients = 40;
+    let mut subscribers: Vec<Option<MqttClient>> = (0..clients)
+        .map(|i| {
+            let id = unique_id_on(i % TWO, TWO, "exact-sub");
+            let mut client = MqttClient::connect(mqtt_options_with_id(broker.addr(), &id));
+            let granted = client.subscribe_many(&[
+                (own(i).as_str(), QoS::AtLeastOnce),
+                (common.as_str(), QoS::AtLeastOnce),
+            ]);
+            assert_eq!(granted, [Some(QoS::AtLeastOnce), Some(QoS::AtLeastOnce)]);
+            Some(client)
+        })
+        .collect();
+    let mut wildcard = client_on_of(&broker, 0, TWO, "exact-wild");
+    wildcard.subscribe(&format!("{run}/+/in"), QoS::AtLeastOnce);
+    let group = format!("$share/g/{}", own(0));
+    let mut members = [
+        client_on_of(&broker, 0, TWO, "exact-share"),
+        client_on_of(&broker, 1, TWO, "exact-share"),
+    ];
+    for member in &mut members {
+        member.subscribe(&group, QoS::AtLeastOnce);
+    }
+    let mut publishers = [
+        client_on_of(&broker, 0, TWO, "exact-pub"),
+        client_on_of(&broker, 1, TWO, "exact-pub"),
+    ];
+
+    // Round 1: every client gets its own topic from both shards, and `common` once per shard.
+    for (p, publisher) in publishers.iter_mut().enumerate() {
+        for i in 0..clients {
+            publisher.publish(&own(i), QoS::AtLeastOnce, false, format!("{p}:{i}"));
+        }
+        publisher.publish(&common, QoS::AtLeastOnce, false, format!("{p}:common"));
+        publisher.wait_acks(QoS::AtLeastOnce, clients + 1);
+    }
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let subscriber = subscriber.as_mut().expect("connected");
+        let mut got: Vec<String> = (0..4)
+            .map(|_| String::from_utf8(subscriber.recv_publish().payload.to_vec()).unwrap())
+            .collect();
+        got.sort();
+        let mut want = [
+            "0:common".to_string(),
+            format!("0:{i}"),
+            "1:common".to_string(),
+            format!("1:{i}"),
+        ];
+        want.sort();
+        assert_eq!(got, want, "client {i}");
+    }
+    for _ in 0..2 * clients {
+        wildcard.recv_publish();
+    }
+    wildcard.expect_no_publish();
+    let group_got: usize = members
+        .iter_mut()
+        .map(|member| {
+            let mut n = 0;
+            while member
+                .try_recv_publish(Duration::from_millis(500))
+                .is_some()
+            {
+                n += 1;
+            }
+            n
+        })
+        .sum();
+    assert_eq!(group_got, 2, "the group gets each of the two messages once");
+
+    // Even clients unsubscribe from their own topic, every fourth (from 1) disconnects.
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            subscriber.as_mut().unwrap().unsubscribe(&own(i));
+        } else if i % 4 == 1 {
+            subscriber.take().unwrap().disconnect();
+        }
+    }
+    wildcard.unsubscribe(&format!("{run}/+/in"));
+    for member in &mut members {
+        member.unsubscribe(&group);
+    }
+    // Round 2: only odd clients still connected get their own topic; all still get `common`.
+    for (p, publisher) in publishers.iter_mut().enumerate() {
+        for i in 0..clients {
+            publisher.publish(&own(i), QoS::AtLeastOnce, false, format!("{p}:{i}"));
+        }
+        publisher.publish(&common, QoS::AtLeastOnce, false, format!("{p}:common"));
+        publisher.wait_acks(QoS::AtLeastOnce, clients + 1);
+    }
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let Some(subscriber) = subscriber.as_mut() else {
+            continue;
+        };
+        let count = if i % 2 == 0 { 2 } else { 4 };
+        let mut got: Vec<String> = (0..count)
+            .map(|_| String::from_utf8(subscriber.recv_publish().payload.to_vec()).unwrap())
+            .collect();
+        got.sort();
+        let mut want = vec!["0:common".to_string(), "1:common".to_string()];
+        if i % 2 == 1 {
+            want.extend([format!("0:{i}"), format!("1:{i}")]);
+        }
+        want.sort();
+        assert_eq!(got, want, "client {i}");
+    }
+    wildcard.expect_no_publish();
+    for member in &mut members {
+        member.expect_no_publish();
+    }
+
+    // A new client on the other shard takes over a withdrawn topic: it is routed again.
+    let mut late = client_on_of(&broker, 1, TWO, "exact-late");
+    late.subscribe(&own(0), QoS::AtLeastOnce);
+    publishers[0].publish_acked(&own(0), QoS::AtLeastOnce, false, "late");
+    assert_eq!(&late.recv_publish().payload[..], b"late");
+    late.unsubscribe(&own(0));
+
+    // Withdrawn everywhere: publishes to those topics cross to no shard. Counters are
+    // published about once a second, so wait for them to settle around the publishes.
+    let pushes =
+        |broker: &TestBroker| -> u64 { broker.stats().iter().map(|s| s.mesh_pushes).sum() };
+    thread::sleep(Duration::from_millis(2500));
+    let before = pushes(&broker);
+    for i in (0..clients).filter(|i| i % 2 == 0 || i % 4 == 1) {
+        publishers[0].publish(&own(i), QoS::AtLeastOnce, false, "nobody");
+        publishers[1].publish(&own(i), QoS::AtLeastOnce, false, "nobody");
+    }
+    publishers[0].wait_acks(QoS::AtLeastOnce, 30);
+    publishers[1].wait_acks(QoS::AtLeastOnce, 30);
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pushes(&broker), before, "no forward for withdrawn filters");
+    for subscriber in subscribers.iter_mut().flatten() {
+        subscriber.expect_no_publish();
+    }
+}
+
+/// A client homed on `shard` of `shard_count`.
+fn client_on_of(broker: &TestBroker, shard: usize, shard_count: usize, prefix: &str) -> MqttClient {
+    let id = unique_id_on(shard, shard_count, prefix);
+    MqttClient::connect(mqtt_options_with_id(broker.addr(), &id))
+}

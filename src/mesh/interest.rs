@@ -9,7 +9,12 @@
 //! [`LocalInterest`] reports; that shard then broadcasts `MeshMessage::Interest` to the others
 //! and applies it to its own index. A thousand clients on one filter cost one broadcast.
 //!
-//! The index is a small trie with one node per filter level (`+` and `#` kept apart from the
+//! A filter without wildcards (most of them: one per client, `devices/17/commands`) is kept as
+//! a 64-bit hash -> mask entry rather than in the trie (`exact.rs`): a lookup hashes the topic
+//! once. A hash collision can only add a shard to the mask (one forward that finds no
+//! subscriber there), never drop one.
+//!
+//! The other filters are in a small trie with one node per filter level (`+` and `#` kept apart from the
 //! literal children; a run of literal levels with nothing else on it is one label, as in the
 //! subscription trie, since every shard holds every filter), matched with MQTT's wildcard rules (spec 4.7): `+` is exactly one level,
 //! `#` is the rest including none (`sport/#` matches `sport`), and a filter starting with a
@@ -20,6 +25,7 @@
 //! must pick one shard per group, which needs per-group masks (to be added with shared-group
 //! routing). Such a filter is stored and matched literally.
 
+use super::exact::{hashed, ExactCounts, ExactMasks, FilterHasher};
 use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
@@ -30,8 +36,12 @@ const _: () = assert!(SHARDS_MAX <= u64::BITS as usize);
 #[derive(Debug)]
 pub struct InterestIndex {
     shard_count: usize,
+    /// Filters with a wildcard.
     root: Node,
-    /// Distinct filters with a non-zero mask.
+    /// Filters without one, by hash (`exact.rs`).
+    exact: ExactMasks,
+    hasher: FilterHasher,
+    /// Distinct filters in the trie with a non-zero mask.
     filter_count: usize,
 }
 
@@ -165,6 +175,8 @@ impl InterestIndex {
         InterestIndex {
             shard_count,
             root: Node::default(),
+            exact: ExactMasks::default(),
+            hasher: FilterHasher::process(),
             filter_count: 0,
         }
     }
@@ -173,9 +185,10 @@ impl InterestIndex {
         self.shard_count
     }
 
-    /// Distinct filters some shard is interested in.
+    /// Distinct filters some shard is interested in (filters without wildcards counted by
+    /// hash).
     pub fn filter_count(&self) -> usize {
-        self.filter_count
+        self.filter_count + self.exact.len()
     }
 
     /// Sets (`interested`) or clears `shard`'s bit on `filter`. A filter whose mask becomes 0
@@ -192,6 +205,17 @@ impl InterestIndex {
             "shard {shard} out of range (shard_count {})",
             self.shard_count
         );
+        if hashed(filter) {
+            let hash = self.hasher.hash(filter);
+            self.exact.apply(hash, 1u64 << shard, interested);
+        } else {
+            self.apply_trie(filter, shard, interested);
+        }
+    }
+
+    /// `apply` for a filter kept in the trie (tests put filters without wildcards there too,
+    /// to exercise the trie's labels on them).
+    fn apply_trie(&mut self, filter: &str, shard: usize, interested: bool) {
         let bit = 1u64 << shard;
         let (path, multi) = split_filter(filter);
         if interested {
@@ -353,7 +377,14 @@ impl InterestIndex {
     /// Allocates nothing unless the filters branch (`+`) more than `PENDING_INLINE` times on one
     /// path; never recurses.
     pub fn shards_for(&self, topic: &str) -> u64 {
-        let mut mask = 0;
+        let mut mask = if self.exact.is_empty() {
+            0
+        } else {
+            self.exact.mask(self.hasher.hash(topic))
+        };
+        if self.filter_count == 0 {
+            return mask;
+        }
         let mut pending = Pending::default();
         let (first, rest) = split_level(topic);
         // [MQTT-4.7.2-1] A filter starting with `+` or `#` does not match a topic starting with
@@ -451,9 +482,24 @@ impl<'a> Pending<'a> {
 ///
 /// Keyed by the whole filter in a `LevelMap`: a filter up to 22 bytes is stored inline in its
 /// 32-byte entry, with no allocation of its own, and the table hashes with foldhash.
-#[derive(Debug, Default)]
+///
+/// A filter without wildcards is counted by hash (`exact.rs`): the first and the last
+/// subscriber of any filter with that hash are what the other shards hear about.
+#[derive(Debug)]
 pub struct LocalInterest {
     counts: LevelMap<u32>,
+    exact: ExactCounts,
+    hasher: FilterHasher,
+}
+
+impl Default for LocalInterest {
+    fn default() -> LocalInterest {
+        LocalInterest {
+            counts: LevelMap::default(),
+            exact: ExactCounts::default(),
+            hasher: FilterHasher::process(),
+        }
+    }
 }
 
 impl LocalInterest {
@@ -463,6 +509,9 @@ impl LocalInterest {
 
     /// Counts one more subscriber on `filter`; true when it is the first (broadcast it).
     pub fn subscribe(&mut self, filter: &str) -> bool {
+        if hashed(filter) {
+            return self.exact.subscribe(self.hasher.hash(filter));
+        }
         let count = self.counts.get_or_insert_with(filter, || 0);
         // A u32 of subscribers on one shard cannot overflow before memory runs out.
         *count += 1;
@@ -472,6 +521,9 @@ impl LocalInterest {
     /// Counts one subscriber fewer on `filter`; true when it was the last (broadcast it).
     /// An unknown filter changes nothing and returns false.
     pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        if hashed(filter) {
+            return self.exact.unsubscribe(self.hasher.hash(filter));
+        }
         let Some(count) = self.counts.get_mut(filter) else {
             return false;
         };
@@ -485,12 +537,15 @@ impl LocalInterest {
 
     /// Subscribers this shard has on `filter`.
     pub fn count(&self, filter: &str) -> u32 {
+        if hashed(filter) {
+            return self.exact.count(self.hasher.hash(filter));
+        }
         self.counts.get(filter).copied().unwrap_or(0)
     }
 
     /// Distinct filters with at least one subscriber on this shard.
     pub fn filter_count(&self) -> usize {
-        self.counts.len()
+        self.counts.len() + self.exact.len()
     }
 }
 
@@ -703,39 +758,39 @@ mod tests {
     #[test]
     fn literal_chains_are_one_label_split_and_merged_as_filters_come_and_go() {
         let mut index = InterestIndex::new(4);
-        index.apply("a/b/c/d", 0, true);
+        index.apply_trie("a/b/c/d", 0, true);
         assert_eq!(labels(&index.root), ["a/b/c/d"]);
-        index.apply("a/b/x", 1, true);
+        index.apply_trie("a/b/x", 1, true);
         assert_eq!(labels(&index.root), ["a/b"]);
         let ab = index.root.children.get("a").expect("a/b");
         assert_eq!(labels(ab), ["c/d", "x"]);
-        index.apply("a/b/+/d", 2, true);
-        index.apply("a/b", 3, true);
+        index.apply_trie("a/b/+/d", 2, true);
+        index.apply_trie("a/b", 3, true);
         assert_eq!(index.shards_for("a/b/c/d"), 0b0101);
         assert_eq!(index.shards_for("a/b/c"), 0);
         assert_eq!(index.shards_for("a/b/c/d/e"), 0);
         assert_eq!(index.shards_for("a/b/x"), 0b0010);
         assert_eq!(index.shards_for("a/b"), 0b1000);
         assert_eq!(index.shards_for("a"), 0);
-        index.apply("a/b", 3, false);
-        index.apply("a/b/+/d", 2, false);
-        index.apply("a/b/x", 1, false);
+        index.apply_trie("a/b", 3, false);
+        index.apply_trie("a/b/+/d", 2, false);
+        index.apply_trie("a/b/x", 1, false);
         assert_eq!(
             labels(&index.root),
             ["a/b/c/d"],
             "merged back into one label"
         );
         // Empty levels are levels: `a/` and `a//` are different labels' worth of levels.
-        index.apply("a/", 1, true);
-        index.apply("a//", 2, true);
+        index.apply_trie("a/", 1, true);
+        index.apply_trie("a//", 2, true);
         assert_eq!(index.shards_for("a/"), 0b010);
         assert_eq!(index.shards_for("a//"), 0b100);
         assert_eq!(index.shards_for("a"), 0);
         assert_eq!(index.shards_for("a/b/c/d"), 0b001);
-        index.apply("a/b/c/d", 0, false);
-        index.apply("a/", 1, false);
+        index.apply_trie("a/b/c/d", 0, false);
+        index.apply_trie("a/", 1, false);
         assert_eq!(labels(&index.root), ["a//"]);
-        index.apply("a//", 2, false);
+        index.apply_trie("a//", 2, false);
         assert!(index.root.is_empty());
     }
 
@@ -743,28 +798,28 @@ mod tests {
     fn wild_box_and_child_table_come_and_go() {
         use crate::topic::level_map::FEW_MAX;
         let mut index = InterestIndex::new(4);
-        index.apply("w/+", 1, true);
-        index.apply("w/#", 2, true);
+        index.apply_trie("w/+", 1, true);
+        index.apply_trie("w/#", 2, true);
         let w = |index: &InterestIndex| index.root.children.get("w").map(|w| w.wild.is_some());
         assert_eq!(w(&index), Some(true));
-        index.apply("w/+", 1, false);
+        index.apply_trie("w/+", 1, false);
         assert_eq!(w(&index), Some(true), "the `#` mask still set");
-        index.apply("w/x", 3, true);
-        index.apply("w/#", 2, false);
+        index.apply_trie("w/x", 3, true);
+        index.apply_trie("w/#", 2, false);
         assert_eq!(w(&index), Some(false), "freed with its last entry");
         assert_eq!(index.shards_for("w/x"), 1 << 3);
-        index.apply("w/x", 3, false);
+        index.apply_trie("w/x", 3, false);
         assert!(index.root.is_empty());
         // Past FEW_MAX children under one node and back: lookups hold throughout.
         let count = FEW_MAX * 4;
         for i in 0..count {
-            index.apply(&format!("t/{i}"), i % 4, true);
+            index.apply_trie(&format!("t/{i}"), i % 4, true);
         }
         for i in 0..count {
             assert_eq!(index.shards_for(&format!("t/{i}")), 1 << (i % 4));
         }
         for i in 0..count - 1 {
-            index.apply(&format!("t/{i}"), i % 4, false);
+            index.apply_trie(&format!("t/{i}"), i % 4, false);
             assert_eq!(index.shards_for(&format!("t/{i}")), 0);
             let last = count - 1;
             assert_eq!(index.shards_for(&format!("t/{last}")), 1 << (last % 4));
@@ -904,7 +959,7 @@ mod tests {
     /// trailing `#`), counted once. `#` alone lives in the root and needs none.
     fn path_count(filters: &[&str]) -> usize {
         let mut paths: Vec<&str> = Vec::new();
-        for filter in filters {
+        for filter in filters.iter().filter(|filter| !hashed(filter)) {
             let (Some(path), _) = split_filter(filter) else {
                 continue;
             };

@@ -27,6 +27,7 @@
 //!
 //! [`home_shard`] places a client id on its home shard (DESIGN: "Client ids own a home shard").
 
+pub mod exact;
 pub mod interest;
 pub mod spsc;
 

@@ -75,6 +75,11 @@ pub(crate) mod alloc_count {
         ALLOCATIONS.with(Cell::get) - before
     }
 
+    /// Bytes requested and not yet freed on this thread, as (requested, glibc chunk) bytes.
+    pub(crate) fn live_bytes() -> (i64, i64) {
+        (LIVE_BYTES.with(Cell::get), LIVE_CHUNK_BYTES.with(Cell::get))
+    }
+
     /// Heap bytes `make` leaves allocated on this thread in what it returns, as
     /// (requested, glibc chunk) bytes. The value is dropped after the count.
     pub(crate) fn live_bytes_of<T>(make: impl FnOnce() -> T) -> (i64, i64) {

@@ -299,3 +299,63 @@ fn issue_7_a_flood_from_a_client_that_never_reads_stays_within_the_outbox_bound(
     assert!(sim.stats()[0].recv_paused_count >= 1);
     sim.finish();
 }
+
+/// Heap per idle subscribed connection, one shard against two (issue 12): what sharding adds
+/// per connection (the subscribing shard's interest counts, the other shard's interest index)
+/// stays small. Counted by the test allocator, so exact and repeatable; the simulated kernel's
+/// own bookkeeping is in both figures. `cargo test --lib heap_per_idle -- --nocapture`.
+#[test]
+fn heap_per_idle_subscribed_connection_one_shard_and_two() {
+    use crate::topic::alloc_count::live_bytes;
+    const N: usize = 4000;
+    let mut per_connection = Vec::new();
+    for shards in [1usize, 2] {
+        let mut sim = SimBroker::new(Config {
+            shards,
+            ring_files_max: 8192,
+            recv_buffer_count: 64,
+            recv_buffer_size: 4096,
+            ..Config::default()
+        })
+        .expect("sim");
+        let before = live_bytes().0;
+        let mut sockets = Vec::new();
+        for i in 0..N {
+            // Accepted by either shard, as SO_REUSEPORT spreads them: half are handed home.
+            let socket = sim.connect(i % shards);
+            let mut stream = connect(&format!("idle-{i}"));
+            stream.extend(bytes(Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters: vec![(
+                    format!("bench/client-{i}/in").into(),
+                    SubscriptionOptions::default(),
+                )],
+                properties: Props::NONE,
+            })));
+            sim.write(socket, &stream);
+            sockets.push(socket);
+            if i % 100 == 99 {
+                sim.run();
+            }
+        }
+        sim.run();
+        let bytes = (live_bytes().0 - before) / N as i64;
+        for &socket in &sockets {
+            assert!(!sim.is_closed(socket));
+            // CONNACK (4 bytes) and SUBACK (5 bytes).
+            assert_eq!(sim.received(socket).len(), 9, "socket {socket}");
+        }
+        let index: usize = sim.shards.iter().map(|s| s.interest.filter_count()).sum();
+        assert_eq!(
+            index,
+            if shards == 1 { 0 } else { N },
+            "each filter on one other shard"
+        );
+        eprintln!("{shards} shard(s): {bytes} B of heap per idle subscribed connection");
+        per_connection.push(bytes);
+    }
+    // Before issue 12 the second shard added 238 B here (a trie copy of every filter on the
+    // other shard and the counts keyed by filter text); with both kept by hash, 123 B.
+    let added = per_connection[1] - per_connection[0];
+    assert!(added <= 130, "a second shard adds {added} B per connection");
+}
