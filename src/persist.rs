@@ -24,7 +24,9 @@
 //! Expiry); persistent sessions (client id, protocol version, Session Expiry Interval), their
 //! subscriptions (filter, options, Subscription Identifier) and the QoS 1/2 messages owed to
 //! them (queued or in flight), each removed by the client's PUBACK (QoS 1) or PUBREC (QoS 2).
-//! Not yet: the PUBREL owed after a PUBREC, inbound QoS 2 ids awaiting PUBREL, and wills.
+//! QoS 2 in both directions: an outbound message's PUBREC replaces it by the PUBREL owed for
+//! its packet id (`Released`, removed by `Completed` at PUBCOMP), and an inbound QoS 2 id is
+//! kept from its PUBLISH to its PUBREL (`IncomingQos2`, `IncomingReleased`). Not yet: wills.
 //!
 //! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
 //! payload): two pending messages of one session with the same topic and payload are
@@ -81,6 +83,17 @@ pub enum Kind {
     Message = 6,
     /// The client acknowledged one: body client id, `message_id` (u32 LE).
     Delivered = 7,
+    /// The client sent PUBREC for an outbound QoS 2 message: it is no longer owed, a PUBREL
+    /// for `packet_id` is. Body: client id, packet id (u16 LE), then the message's
+    /// `message_id` (u32 LE; absent in a snapshot, where the message is already gone).
+    Released = 8,
+    /// PUBCOMP for an outbound QoS 2 flow: body client id, packet id (u16 LE).
+    Completed = 9,
+    /// An inbound QoS 2 PUBLISH was taken (delivered, PUBREC owed): a re-send with this id
+    /// before the PUBREL is not delivered again. Body: client id, packet id (u16 LE).
+    IncomingQos2 = 10,
+    /// PUBREL for an inbound QoS 2 id: the client may reuse it. Body as `IncomingQos2`.
+    IncomingReleased = 11,
 }
 
 impl Kind {
@@ -93,6 +106,10 @@ impl Kind {
             5 => Kind::Unsubscribe,
             6 => Kind::Message,
             7 => Kind::Delivered,
+            8 => Kind::Released,
+            9 => Kind::Completed,
+            10 => Kind::IncomingQos2,
+            11 => Kind::IncomingReleased,
             _ => return None,
         })
     }
@@ -114,6 +131,12 @@ fn take_str<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
     let s = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
     *body = &body[2 + len..];
     Some(s)
+}
+
+fn take_u16(body: &mut &[u8]) -> Option<u16> {
+    let value = u16::from_le_bytes(body.get(..2)?.try_into().ok()?);
+    *body = &body[2..];
+    Some(value)
 }
 
 fn take_u32(body: &mut &[u8]) -> Option<u32> {
@@ -212,6 +235,31 @@ pub fn append_delivered(out: &mut Vec<u8>, client_id: &str, message_id: u32) {
     });
 }
 
+/// PUBREC for an outbound QoS 2 message (`message_id: None` in a snapshot).
+pub fn append_released(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    packet_id: u16,
+    message_id: Option<u32>,
+) {
+    append_record(out, Kind::Released, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&packet_id.to_le_bytes());
+        if let Some(id) = message_id {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
+    });
+}
+
+/// A record whose body is a client id and a packet id: `Completed`, `IncomingQos2`,
+/// `IncomingReleased`.
+pub fn append_packet_id(out: &mut Vec<u8>, kind: Kind, client_id: &str, packet_id: u16) {
+    append_record(out, kind, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&packet_id.to_le_bytes());
+    });
+}
+
 /// Appends one record to `out`; `body` writes the body after the header.
 pub fn append_record(out: &mut Vec<u8>, kind: Kind, body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
@@ -290,6 +338,10 @@ pub struct RestoredSession {
     pub subscriptions: Vec<(ByteString, u8, u32)>,
     /// Owed QoS 1/2 messages, oldest first.
     pub messages: Vec<RetainedMessage>,
+    /// Outbound QoS 2 packet ids the client sent PUBREC for: PUBREL owed, PUBCOMP awaited.
+    pub released: Vec<u16>,
+    /// Inbound QoS 2 packet ids taken and not yet released by the client's PUBREL.
+    pub incoming_qos2: Vec<u16>,
 }
 
 /// What the logs held, for the shards.
@@ -413,6 +465,10 @@ struct SessionEntry {
     subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
     /// (message id, record body after the client id, the message).
     messages: std::collections::VecDeque<(u32, Vec<u8>, RetainedMessage)>,
+    /// Outbound QoS 2 ids awaiting PUBCOMP.
+    released: std::collections::BTreeSet<u16>,
+    /// Inbound QoS 2 ids awaiting PUBREL.
+    incoming_qos2: std::collections::BTreeSet<u16>,
 }
 
 /// Everything the live generation's logs describe.
@@ -486,6 +542,32 @@ impl State {
                     if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
                         entry.messages.remove(index);
                     }
+                }
+            }
+            Kind::Released => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let packet_id = take_u16(&mut body).ok_or_else(bad)?;
+                let message = (!body.is_empty())
+                    .then(|| take_u32(&mut body).ok_or_else(bad))
+                    .transpose()?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    if let Some(id) = message {
+                        if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
+                            entry.messages.remove(index);
+                        }
+                    }
+                    entry.released.insert(packet_id);
+                }
+            }
+            Kind::Completed | Kind::IncomingQos2 | Kind::IncomingReleased => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let packet_id = take_u16(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    match record.kind {
+                        Kind::Completed => entry.released.remove(&packet_id),
+                        Kind::IncomingQos2 => entry.incoming_qos2.insert(packet_id),
+                        _ => entry.incoming_qos2.remove(&packet_id),
+                    };
                 }
             }
             Kind::Retained => {
@@ -632,6 +714,12 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
                 out.extend_from_slice(body);
             });
         }
+        for &packet_id in &entry.released {
+            append_released(out, client_id, packet_id, None);
+        }
+        for &packet_id in &entry.incoming_qos2 {
+            append_packet_id(out, Kind::IncomingQos2, client_id, packet_id);
+        }
         sessions.push(RestoredSession {
             client_id: client_id.as_str().into(),
             version: entry.version,
@@ -642,6 +730,8 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
                 .map(|(filter, &(options, id))| (ByteString::from(filter.as_str()), options, id))
                 .collect(),
             messages: entry.messages.iter().map(|m| m.2.clone()).collect(),
+            released: entry.released.iter().copied().collect(),
+            incoming_qos2: entry.incoming_qos2.iter().copied().collect(),
         });
     }
     let mut logs = Vec::with_capacity(snapshots.len());
@@ -771,6 +861,27 @@ mod tests {
         assert_eq!(subscriptions, [(&"b/#".to_string(), &(6, 7))]);
         let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
         assert_eq!(payloads, [&b"m2"[..], &b"m1"[..]]);
+    }
+
+    #[test]
+    fn qos2_state_is_kept_until_its_flow_completes() {
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 4, 60);
+        append_message(&mut log, "c1", "t", b"m", QoS::ExactlyOnce, false, None);
+        append_message(&mut log, "c1", "t", b"n", QoS::ExactlyOnce, false, None);
+        // PUBREC for "m" as id 3: no longer owed, its PUBREL is; PUBCOMP for id 4.
+        append_released(&mut log, "c1", 3, Some(message_id("t", b"m")));
+        append_released(&mut log, "c1", 4, None);
+        append_packet_id(&mut log, Kind::Completed, "c1", 4);
+        append_packet_id(&mut log, Kind::IncomingQos2, "c1", 7);
+        append_packet_id(&mut log, Kind::IncomingQos2, "c1", 8);
+        append_packet_id(&mut log, Kind::IncomingReleased, "c1", 8);
+        let state = replay(&log);
+        let c1 = &state.sessions["c1"];
+        let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
+        assert_eq!(payloads, [&b"n"[..]]);
+        assert_eq!(c1.released.iter().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(c1.incoming_qos2.iter().copied().collect::<Vec<_>>(), [7]);
     }
 
     #[test]

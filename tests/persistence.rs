@@ -754,3 +754,130 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
         "the failure is logged: {stderr}"
     );
 }
+
+/// A raw 3.1.1 connection with clean session 0 as `client_id`; returns it and session present.
+fn raw_persistent(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
+    let connect = Connect {
+        clean_session: false,
+        ..Connect::v311(client_id)
+    };
+    RawClient::connect_with(addr, &connect)
+}
+
+/// SIGKILL in the middle of QoS 2 flows in both directions, on `shards` shards; after the
+/// restart both complete, and each message is delivered exactly once.
+///
+/// Inbound: a publisher (raw bytes) got PUBREC for id 7 and had not sent PUBREL yet. After the
+/// restart it sends the PUBLISH again (DUP), as a client that lost the PUBREC would: it is
+/// acknowledged, not delivered again; its PUBREL gets PUBCOMP; the id is then free for a new
+/// message. Outbound: a subscriber (raw bytes) got PUBREL for a message and had not sent
+/// PUBCOMP. After the restart the broker sends that PUBREL again, never the message. A
+/// persistent subscriber through rumqttc counts the deliveries.
+fn qos2_flows_complete_across_sigkill(shards: usize) {
+    let dir = TempDir::new("persist-qos2");
+    let topic = unique_topic("persist/qos2");
+    let (in_topic, out_topic) = (format!("{topic}/in"), format!("{topic}/out"));
+    let broker = start_on(dir.path(), shards, &[]);
+    // With several shards the three clients home on different ones: the deliveries cross the
+    // mesh, and the PUBREC waits for the subscriber's shard before the id is recorded.
+    let counter_id = unique_id_on(shards - 1, shards, "persist-qos2-count");
+    let publisher_id = unique_id_on(0, shards, "persist-qos2-pub");
+    let receiver_id = unique_id_on(1 % shards, shards, "persist-qos2-recv");
+    {
+        let mut counter = persistent_client(broker.addr, &counter_id);
+        assert_eq!(
+            counter.subscribe(&in_topic, QoS::ExactlyOnce),
+            Some(QoS::ExactlyOnce)
+        );
+    }
+    let (mut receiver, _) = raw_persistent(broker.addr, &receiver_id);
+    assert_eq!(receiver.subscribe(1, &[(&out_topic, 2)]), [2]);
+
+    // Outbound: published through rumqttc, taken by the receiver up to the PUBREL.
+    {
+        let mut publisher = MqttClient::connect(mqtt_options(broker.addr, "persist-qos2-out"));
+        publisher.publish(&out_topic, QoS::ExactlyOnce, false, "out-1");
+        publisher.wait_acks(QoS::ExactlyOnce, 1);
+    }
+    let publish = receiver.read_publish();
+    assert_eq!((publish.qos, &publish.payload[..]), (2, &b"out-1"[..]));
+    let out_id = publish.packet_id.unwrap();
+    receiver.send(&pubrec_bytes(out_id));
+    assert_eq!(receiver.read_packet().ack_id(PUBREL), out_id);
+
+    // Inbound: PUBLISH id 7, PUBREC, and no PUBREL before the kill.
+    let (mut publisher, _) = raw_persistent(broker.addr, &publisher_id);
+    publisher.send(&publish_bytes(
+        in_topic.as_bytes(),
+        2,
+        false,
+        false,
+        7,
+        b"in-1",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7);
+    broker.kill();
+    drop((publisher, receiver));
+
+    let broker = start_on(dir.path(), shards, &[]);
+    let what = format!("{shards} shards");
+    let (mut publisher, present) = raw_persistent(broker.addr, &publisher_id);
+    assert!(present, "{what}: the publisher's session is back");
+    publisher.send(&publish_bytes(
+        in_topic.as_bytes(),
+        2,
+        false,
+        true,
+        7,
+        b"in-1",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7, "{what}: re-sent");
+    publisher.send(&pubrel_bytes(7));
+    assert_eq!(
+        publisher.read_packet().ack_id(PUBCOMP),
+        7,
+        "{what}: released"
+    );
+    // Released: id 7 now names a new message.
+    publisher.publish(&in_topic, 2, false, 7, b"in-2");
+
+    let (mut receiver, present) = raw_persistent(broker.addr, &receiver_id);
+    assert!(present, "{what}: the receiver's session is back");
+    let packet = receiver.read_packet();
+    assert_eq!(
+        packet.ack_id(PUBREL),
+        out_id,
+        "{what}: the PUBREL owed is sent again, not the message"
+    );
+    receiver.send(&pubcomp_bytes(out_id));
+    receiver.expect_silence(QUIET);
+
+    let mut counter = persistent_client(broker.addr, &counter_id);
+    assert!(counter.connack.session_present, "{what}");
+    let mut got = Vec::new();
+    while let Some(publish) = counter.try_recv_publish(QUIET * 2) {
+        got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["in-1", "in-2"], "{what}: each delivered exactly once");
+    drop((counter, publisher, receiver));
+
+    // The completed flows stay completed across one more restart.
+    broker.kill();
+    let broker = start_on(dir.path(), shards, &[]);
+    let (mut receiver, present) = raw_persistent(broker.addr, &receiver_id);
+    assert!(present, "{what}");
+    receiver.expect_silence(QUIET);
+    let mut counter = persistent_client(broker.addr, &counter_id);
+    assert!(
+        counter.try_recv_publish(QUIET).is_none(),
+        "{what}: nothing owed after the flows completed"
+    );
+    drop((counter, receiver));
+    broker.stop();
+}
+
+#[test]
+fn qos2_flows_in_both_directions_complete_exactly_once_across_sigkill() {
+    qos2_flows_complete_across_sigkill(1);
+    qos2_flows_complete_across_sigkill(3);
+}

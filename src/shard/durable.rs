@@ -33,6 +33,7 @@ use crate::protocol::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::ring::{Op, Ring, Token};
 use crate::session::{InflightState, Message, Session};
 
+use super::held::HeldPacket;
 use super::Shard;
 
 /// The `held.rs` target that means "this shard's log": sequence = a record's number.
@@ -448,6 +449,71 @@ impl Shard {
         });
     }
 
+    /// PUBREC for an outbound QoS 2 message of `session`: the message is no longer owed, the
+    /// PUBREL for `packet_id` is. The PUBREL waits for the record (`on_pubrec`). A repeated
+    /// PUBREC (the flow already past it) records nothing.
+    pub(super) fn log_released(&mut self, session: u32, packet_id: u16) {
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        let message_id = match s.inflight_message(packet_id, InflightState::AwaitPubRec) {
+            Some(m) => persist::message_id(&m.topic, &m.payload),
+            None => return,
+        };
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_released(out, client_id, packet_id, Some(message_id))
+        });
+    }
+
+    /// PUBCOMP: the outbound QoS 2 flow is over. Nothing waits: lost in a crash, the PUBREL is
+    /// sent again after the restart and the client answers it again (spec 4.3.3).
+    pub(super) fn log_completed(&mut self, session: u32, packet_id: u16) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_packet_id(out, persist::Kind::Completed, client_id, packet_id)
+        });
+    }
+
+    /// The client's PUBREL released inbound QoS 2 id `packet_id` (`taken`: false); the
+    /// PUBCOMP waits for the record.
+    pub(super) fn log_incoming_qos2(&mut self, session: u32, packet_id: u16, taken: bool) {
+        let kind = if taken {
+            persist::Kind::IncomingQos2
+        } else {
+            persist::Kind::IncomingReleased
+        };
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_packet_id(out, kind, client_id, packet_id)
+        });
+    }
+
+    /// A held `PubRecLogged` whose waits are over: records its id for its session (when
+    /// persistent) and returns the plain PUBREC, with the wait for that record when acks wait
+    /// for the disk. The record comes after everything the PUBLISH caused in this log, and
+    /// after the other shards made theirs durable: a crash leaves either both or a repeat that
+    /// is delivered again, never the id without the messages.
+    pub(super) fn log_pubrec(&mut self, packet: HeldPacket) -> (HeldPacket, Option<(u16, usize)>) {
+        let HeldPacket::PubRecLogged {
+            packet_id,
+            code,
+            session,
+        } = packet
+        else {
+            return (packet, None);
+        };
+        let pubrec = HeldPacket::PubRec(packet_id, code);
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return (pubrec, None);
+        };
+        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
+            return (pubrec, None);
+        };
+        let record = durable.append(|out| {
+            persist::append_packet_id(out, persist::Kind::IncomingQos2, &s.client_id, packet_id)
+        });
+        let wait = durable.acks_wait().then_some((DISK, record as usize));
+        (pubrec, wait)
+    }
+
     /// A QoS 1/2 message owed to persistent session `session` (queued, or going into its
     /// window): on disk before the publisher's ack (`sync = "ack"`). Out of line: `deliver`
     /// pays only the branch that calls it when persistence is off.
@@ -525,6 +591,12 @@ impl Shard {
                     }
                     .with_properties(m.properties.as_ref(), now_secs);
                     s.enqueue(message, queue_max);
+                }
+            }
+            if let Some(s) = self.sessions.get_mut(index) {
+                s.restore_released(&restored.released);
+                for &packet_id in &restored.incoming_qos2 {
+                    s.incoming_qos2_begin(packet_id, usize::MAX);
                 }
             }
             self.queue_expiry(index);
