@@ -26,7 +26,9 @@
 //! them (queued or in flight), each removed by the client's PUBACK (QoS 1) or PUBREC (QoS 2).
 //! QoS 2 in both directions: an outbound message's PUBREC replaces it by the PUBREL owed for
 //! its packet id (`Released`, removed by `Completed` at PUBCOMP), and an inbound QoS 2 id is
-//! kept from its PUBLISH to its PUBREL (`IncomingQos2`, `IncomingReleased`). Not yet: wills.
+//! kept from its PUBLISH to its PUBREL (`IncomingQos2`, `IncomingReleased`). The will of a
+//! persistent session's connection is kept until it is published or discarded (`Will`,
+//! `WillEnd`); a restart ends the connection, so the will is due its delay after the start.
 //!
 //! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
 //! payload): two pending messages of one session with the same topic and payload are
@@ -94,6 +96,13 @@ pub enum Kind {
     IncomingQos2 = 10,
     /// PUBREL for an inbound QoS 2 id: the client may reuse it. Body as `IncomingQos2`.
     IncomingReleased = 11,
+    /// The will of a persistent session's connection (replacing any). Body: client id, Will
+    /// Delay Interval (u32 LE), the will as an MQTT 5 PUBLISH (packet id 1 at QoS 1/2) with
+    /// its other properties (a Message Expiry Interval runs from when it is published).
+    Will = 12,
+    /// The will is gone: published, or discarded by a normal DISCONNECT or a CONNECT without
+    /// one. Body: client id.
+    WillEnd = 13,
 }
 
 impl Kind {
@@ -110,6 +119,8 @@ impl Kind {
             9 => Kind::Completed,
             10 => Kind::IncomingQos2,
             11 => Kind::IncomingReleased,
+            12 => Kind::Will,
+            13 => Kind::WillEnd,
             _ => return None,
         })
     }
@@ -260,6 +271,55 @@ pub fn append_packet_id(out: &mut Vec<u8>, kind: Kind, client_id: &str, packet_i
     });
 }
 
+/// The will of persistent session `client_id`'s connection.
+pub fn append_will(out: &mut Vec<u8>, client_id: &str, will: &protocol::LastWill) {
+    let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
+    let properties = will.properties.get().map(|p| Properties {
+        will_delay_interval: None,
+        ..p.clone()
+    });
+    append_record(out, Kind::Will, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&delay_secs.to_le_bytes());
+        let packet_id = if will.qos == QoS::AtMostOnce { 0 } else { 1 };
+        // As in `put_message`: what the broker accepted encodes.
+        let _ = protocol::encode_publish(
+            body,
+            ProtocolVersion::V5,
+            &will.topic,
+            &will.payload,
+            will.qos,
+            will.retain,
+            false,
+            packet_id,
+            properties.as_ref().filter(|p| !p.is_empty()),
+        );
+    });
+}
+
+pub fn append_will_end(out: &mut Vec<u8>, client_id: &str) {
+    append_record(out, Kind::WillEnd, |body| put_str(body, client_id));
+}
+
+/// Decodes a will record's body after the client id: (Will Delay Interval, the will).
+fn decode_will(mut body: &[u8]) -> Option<(u32, RetainedMessage)> {
+    let delay_secs = take_u32(&mut body)?;
+    let mut frame = BytesMut::from(body);
+    let Ok(Some(Packet::Publish(publish))) =
+        protocol::decode(&mut frame, ProtocolVersion::V5, PACKET_SIZE_MAX)
+    else {
+        return None;
+    };
+    let message = RetainedMessage {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties.get().cloned().map(Arc::new),
+    };
+    Some((delay_secs, message))
+}
+
 /// Appends one record to `out`; `body` writes the body after the header.
 pub fn append_record(out: &mut Vec<u8>, kind: Kind, body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
@@ -342,6 +402,9 @@ pub struct RestoredSession {
     pub released: Vec<u16>,
     /// Inbound QoS 2 packet ids taken and not yet released by the client's PUBREL.
     pub incoming_qos2: Vec<u16>,
+    /// The will of its last connection, not yet published or discarded, with its Will Delay
+    /// Interval: the restart ended that connection, so it is due that long after the start.
+    pub will: Option<(u32, RetainedMessage)>,
 }
 
 /// What the logs held, for the shards.
@@ -469,6 +532,8 @@ struct SessionEntry {
     released: std::collections::BTreeSet<u16>,
     /// Inbound QoS 2 ids awaiting PUBREL.
     incoming_qos2: std::collections::BTreeSet<u16>,
+    /// The will record's body after the client id, and the will.
+    will: Option<(Vec<u8>, (u32, RetainedMessage))>,
 }
 
 /// Everything the live generation's logs describe.
@@ -557,6 +622,19 @@ impl State {
                         }
                     }
                     entry.released.insert(packet_id);
+                }
+            }
+            Kind::Will => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let will = decode_will(body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry.will = Some((body.to_vec(), will));
+                }
+            }
+            Kind::WillEnd => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry.will = None;
                 }
             }
             Kind::Completed | Kind::IncomingQos2 | Kind::IncomingReleased => {
@@ -720,6 +798,12 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
         for &packet_id in &entry.incoming_qos2 {
             append_packet_id(out, Kind::IncomingQos2, client_id, packet_id);
         }
+        if let Some((body, _)) = &entry.will {
+            append_record(out, Kind::Will, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
         sessions.push(RestoredSession {
             client_id: client_id.as_str().into(),
             version: entry.version,
@@ -732,6 +816,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
             messages: entry.messages.iter().map(|m| m.2.clone()).collect(),
             released: entry.released.iter().copied().collect(),
             incoming_qos2: entry.incoming_qos2.iter().copied().collect(),
+            will: entry.will.as_ref().map(|(_, will)| will.clone()),
         });
     }
     let mut logs = Vec::with_capacity(snapshots.len());
@@ -882,6 +967,40 @@ mod tests {
         assert_eq!(payloads, [&b"n"[..]]);
         assert_eq!(c1.released.iter().copied().collect::<Vec<_>>(), [3]);
         assert_eq!(c1.incoming_qos2.iter().copied().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
+    fn a_will_is_kept_until_it_ends_and_keeps_its_delay_and_properties() {
+        let properties = Properties {
+            will_delay_interval: Some(30),
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        let will = protocol::LastWill {
+            topic: "w/t".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: properties.into(),
+        };
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 5, 60);
+        append_will(&mut log, "c1", &will);
+        append_session(&mut log, "c2", 5, 60);
+        append_will(&mut log, "c2", &will);
+        append_will_end(&mut log, "c2");
+        let state = replay(&log);
+        assert!(state.sessions["c2"].will.is_none());
+        let (_, (delay, message)) = state.sessions["c1"].will.as_ref().unwrap();
+        assert_eq!(*delay, 30);
+        assert_eq!(
+            (&message.topic[..], &message.payload[..]),
+            ("w/t", &b"gone"[..])
+        );
+        assert_eq!((message.qos, message.retain), (QoS::AtLeastOnce, true));
+        let p = message.properties.as_deref().unwrap();
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.will_delay_interval, None, "not a PUBLISH property");
     }
 
     #[test]

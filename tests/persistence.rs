@@ -881,3 +881,133 @@ fn qos2_flows_in_both_directions_complete_exactly_once_across_sigkill() {
     qos2_flows_complete_across_sigkill(1);
     qos2_flows_complete_across_sigkill(3);
 }
+
+/// mosquitto_sub -V 5 as `client_id` with a Session Expiry Interval of an hour and a will with
+/// `delay_secs` of Will Delay Interval, connected (its SUBACK printed) until dropped.
+fn mosquitto_v5_with_will(port: u16, client_id: &str, will_topic: &str, delay_secs: u32) -> Proc {
+    let mut sub = Proc::spawn(
+        "mosquitto_sub",
+        &strings(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "5",
+            "-c",
+            "-x",
+            "3600",
+            "-i",
+            client_id,
+            "-t",
+            &format!("{will_topic}/unused"),
+            "-d",
+            "--will-topic",
+            will_topic,
+            "--will-payload",
+            client_id,
+            "--will-qos",
+            "1",
+            "-D",
+            "will",
+            "will-delay-interval",
+            &delay_secs.to_string(),
+        ]),
+    );
+    sub.wait_line("SUBACK");
+    sub
+}
+
+#[test]
+fn wills_of_persistent_sessions_are_published_after_a_sigkill_unless_the_client_is_back() {
+    let dir = TempDir::new("persist-wills");
+    let topic = unique_topic("persist/wills");
+    let broker = start_on(dir.path(), 2, &[]);
+    let watcher_id = unique_id("persist-will-watch");
+    {
+        let mut watcher = persistent_client(broker.addr, &watcher_id);
+        watcher.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce);
+    }
+    // 3.1.1 through rumqttc, no delay: due as soon as the broker is back.
+    let now_id = unique_id("persist-will-now");
+    let mut options = mqtt_options_with_id(broker.addr, &now_id);
+    options.set_clean_session(false);
+    options.set_last_will(rumqttc::LastWill::new(
+        format!("{topic}/now"),
+        "now",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let will_now = MqttClient::connect(options);
+    // MQTT 5 through mosquitto_sub: a will 2 s after, and one 3 s after whose client is back
+    // before (no will then).
+    let (late_id, back_id) = (
+        unique_id("persist-will-late"),
+        unique_id("persist-will-back"),
+    );
+    let late = mosquitto_v5_with_will(broker.port(), &late_id, &format!("{topic}/late"), 2);
+    let back = mosquitto_v5_with_will(broker.port(), &back_id, &format!("{topic}/back"), 3);
+    // A normal DISCONNECT discards the will (raw bytes: a 3.1.1 clean session 0 client).
+    let gone_id = unique_id("persist-will-gone");
+    let connect = Connect {
+        clean_session: false,
+        will: Some(Will {
+            topic: format!("{topic}/gone"),
+            payload: b"gone".to_vec(),
+            qos: 1,
+            retain: false,
+        }),
+        ..Connect::v311(&gone_id)
+    };
+    RawClient::connect_with(broker.addr, &connect)
+        .0
+        .disconnect();
+    // Nothing waits for the record of a discarded will (no ack answers a DISCONNECT): it is
+    // written at the end of the broker's turn, a moment after the connection closes.
+    thread::sleep(QUIET);
+    broker.kill();
+    drop((will_now, late, back));
+
+    let started = Instant::now();
+    let broker = start_on(dir.path(), 2, &[]);
+    let back_again = mosquitto_v5_session(broker.port(), &back_id, &format!("{topic}/x"), &["-E"]);
+    assert!(back_again.status.success(), "{}", back_again.stderr);
+    let mut watcher = persistent_client(broker.addr, &watcher_id);
+    let mut got = Vec::new();
+    while let Some(publish) = watcher.try_recv_publish(Duration::from_secs(5)) {
+        let payload = String::from_utf8(publish.payload.to_vec()).unwrap();
+        got.push((payload, started.elapsed()));
+        if got.len() == 2 {
+            break;
+        }
+    }
+    // And nothing more for the delay of the one that came back, and then some.
+    while let Some(publish) = watcher.try_recv_publish(Duration::from_secs(4)) {
+        got.push((
+            String::from_utf8(publish.payload.to_vec()).unwrap(),
+            started.elapsed(),
+        ));
+    }
+    let payloads: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        payloads,
+        ["now", late_id.as_str()],
+        "the wills due, once each, in order of their delay: {got:?}"
+    );
+    assert!(
+        got[1].1 >= Duration::from_secs(2),
+        "the delayed will waited its delay from the restart: {got:?}"
+    );
+    drop(watcher);
+
+    // Published wills are not published again by the next restart.
+    broker.kill();
+    let broker = start_on(dir.path(), 2, &[]);
+    let mut watcher = persistent_client(broker.addr, &watcher_id);
+    assert!(
+        watcher.try_recv_publish(Duration::from_secs(3)).is_none(),
+        "no will is published twice"
+    );
+    drop(watcher);
+    broker.stop();
+}

@@ -29,7 +29,7 @@ use bytestring::ByteString;
 
 use crate::config::{Persistence, PersistenceSync};
 use crate::persist::{self, Log, RestoredSession};
-use crate::protocol::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::protocol::{LastWill, Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::ring::{Op, Ring, Token};
 use crate::session::{InflightState, Message, Session};
 
@@ -399,6 +399,32 @@ impl Shard {
         });
     }
 
+    /// The will of persistent session `session`'s new connection `(slot, generation)`, or its
+    /// end when the CONNECT had none. The CONNACK does not wait, as for `log_session`.
+    pub(super) fn log_will(&mut self, session: u32, slot: u32, generation: u32) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
+            return;
+        };
+        let will = self
+            .conns
+            .get(slot, generation)
+            .and_then(|c| c.will.as_deref());
+        durable.append(|out| match will {
+            Some(will) => persist::append_will(out, &s.client_id, will),
+            None => persist::append_will_end(out, &s.client_id),
+        });
+    }
+
+    /// The will of persistent session `session` was published or discarded.
+    pub(super) fn log_will_end(&mut self, session: u32) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_will_end(out, client_id)
+        });
+    }
+
     /// A persistent session ends (before it is made clean or removed).
     pub(super) fn log_session_end(&mut self, session: u32) {
         self.log_for_session(session, false, |out, client_id| {
@@ -592,6 +618,21 @@ impl Shard {
                     .with_properties(m.properties.as_ref(), now_secs);
                     s.enqueue(message, queue_max);
                 }
+            }
+            if let Some((delay_secs, m)) = &restored.will {
+                // The restart ended its connection: due `delay_secs` from now, unless the
+                // client is back first (`publish_due_wills`, `cancel_delayed_will`).
+                let mut properties = m.properties.as_deref().cloned().unwrap_or_default();
+                properties.will_delay_interval = Some(*delay_secs);
+                let will = LastWill {
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    qos: m.qos,
+                    retain: m.retain,
+                    properties: properties.into(),
+                };
+                let due_ms = self.now_ms + u64::from(*delay_secs) * 1000;
+                self.delayed_wills.push((due_ms, index, Box::new(will)));
             }
             if let Some(s) = self.sessions.get_mut(index) {
                 s.restore_released(&restored.released);
