@@ -14,6 +14,11 @@
 //! read by one replay, state re-homes by itself when `--shards` changed: the snapshot writes
 //! each item into the log of the shard that now owns it.
 //!
+//! A running shard compacts its own log when it has grown past twice its live size
+//! ([`compact`], `shard/durable.rs`): `shard-K.compact` is written beside it and renamed over
+//! it once complete and synced; a start ignores (and removes with the old generation) one left
+//! by a crash before the rename.
+//!
 //! A torn tail (a crash in the middle of a write: a short record, or a bad CRC in the last
 //! record, or zeros to the end of the file) is where the log ends; nothing after it was ever
 //! acknowledged, because an ack that depends on a record waits for its write and fdatasync. A
@@ -488,8 +493,10 @@ fn records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Record<'a>>, String> 
 /// A retained record's topic's latest state while the logs are replayed.
 struct RetainedEntry {
     time_ns: u64,
-    /// The record's body, written again as is into the snapshot; `None`: deleted.
-    body: Option<Vec<u8>>,
+    /// The record's body, written again as is into a snapshot.
+    body: Vec<u8>,
+    /// `None`: deleted or expired (a start's snapshot drops it; a running shard's compaction
+    /// keeps it, as it must still win over older records of the topic in other logs).
     message: Option<RetainedMessage>,
 }
 
@@ -534,6 +541,59 @@ struct SessionEntry {
     incoming_qos2: std::collections::BTreeSet<u16>,
     /// The will record's body after the client id, and the will.
     will: Option<(Vec<u8>, (u32, RetainedMessage))>,
+}
+
+impl SessionEntry {
+    /// The records that make this session again, into a snapshot.
+    fn write(&self, out: &mut Vec<u8>, client_id: &str) {
+        append_session(out, client_id, self.version, self.expiry_secs);
+        for (filter, &(options, subscription_id)) in &self.subscriptions {
+            append_subscribe(out, client_id, filter, options, subscription_id);
+        }
+        for (_, body, _) in &self.messages {
+            append_record(out, Kind::Message, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
+        for &packet_id in &self.released {
+            append_released(out, client_id, packet_id, None);
+        }
+        for &packet_id in &self.incoming_qos2 {
+            append_packet_id(out, Kind::IncomingQos2, client_id, packet_id);
+        }
+        if let Some((body, _)) = &self.will {
+            append_record(out, Kind::Will, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
+    }
+}
+
+/// Compaction of a running shard's log (`shard/durable.rs`): `bytes`, the log's records up
+/// to some point, written again as the fewest records that say the same. Sessions are the
+/// shard's own (it writes only those); retained records are those this shard wrote, the
+/// latest per topic, deleted and expired ones kept (they must still win over older records of
+/// the topic in other shards' logs at the next start).
+pub fn compact(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
+    let mut state = State::default();
+    for record in records(bytes, path)? {
+        state.apply(&record, path)?;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4);
+    let mut topics: Vec<&ByteString> = state.retained.keys().collect();
+    topics.sort();
+    for topic in topics {
+        let body = &state.retained[topic].body;
+        append_record(&mut out, Kind::Retained, |out| out.extend_from_slice(body));
+    }
+    let mut client_ids: Vec<&String> = state.sessions.keys().collect();
+    client_ids.sort();
+    for client_id in client_ids {
+        state.sessions[client_id].write(&mut out, client_id);
+    }
+    Ok(out)
 }
 
 /// Everything the live generation's logs describe.
@@ -670,7 +730,7 @@ impl State {
                 let live = !message.payload.is_empty() && !expired;
                 let entry = RetainedEntry {
                     time_ns,
-                    body: live.then(|| record.body.to_vec()),
+                    body: record.body.to_vec(),
                     message: live.then(|| message.clone()),
                 };
                 self.retained.insert(message.topic, entry);
@@ -767,9 +827,9 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     topics.sort();
     for topic in topics {
         let entry = &state.retained[topic];
-        if let (Some(body), Some(message)) = (&entry.body, &entry.message) {
+        if let Some(message) = &entry.message {
             append_record(&mut snapshots[0], Kind::Retained, |out| {
-                out.extend_from_slice(body)
+                out.extend_from_slice(&entry.body)
             });
             retained.push(message.clone());
         }
@@ -781,29 +841,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     for client_id in client_ids {
         let entry = &state.sessions[client_id];
         let home = crate::mesh::home_shard(client_id.as_bytes(), snapshots.len());
-        let out = &mut snapshots[home];
-        append_session(out, client_id, entry.version, entry.expiry_secs);
-        for (filter, &(options, subscription_id)) in &entry.subscriptions {
-            append_subscribe(out, client_id, filter, options, subscription_id);
-        }
-        for (_, body, _) in &entry.messages {
-            append_record(out, Kind::Message, |out| {
-                put_str(out, client_id);
-                out.extend_from_slice(body);
-            });
-        }
-        for &packet_id in &entry.released {
-            append_released(out, client_id, packet_id, None);
-        }
-        for &packet_id in &entry.incoming_qos2 {
-            append_packet_id(out, Kind::IncomingQos2, client_id, packet_id);
-        }
-        if let Some((body, _)) = &entry.will {
-            append_record(out, Kind::Will, |out| {
-                put_str(out, client_id);
-                out.extend_from_slice(body);
-            });
-        }
+        entry.write(&mut snapshots[home], client_id);
         sessions.push(RestoredSession {
             client_id: client_id.as_str().into(),
             version: entry.version,
@@ -822,8 +860,10 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     let mut logs = Vec::with_capacity(snapshots.len());
     for (shard, snapshot) in snapshots.iter().enumerate() {
         let path = next_dir.join(format!("shard-{shard}.log"));
+        // Read too: compaction reads the log back while running.
         let mut file = OpenOptions::new()
             .create_new(true)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| io_error("create", &path, e))?;
@@ -1001,6 +1041,65 @@ mod tests {
         let p = message.properties.as_deref().unwrap();
         assert_eq!(p.content_type.as_deref(), Some("text/plain"));
         assert_eq!(p.will_delay_interval, None, "not a PUBLISH property");
+    }
+
+    #[test]
+    fn compaction_keeps_what_the_log_says_and_drops_the_history() {
+        let mut log = retained_log(&[("a", "1"), ("a", "2"), ("b", "x"), ("b", "")]);
+        append_session(&mut log, "c1", 4, 60);
+        append_subscribe(&mut log, "c1", "t/#", 1, 0);
+        for n in 0..100 {
+            let payload = format!("m{n}");
+            append_message(
+                &mut log,
+                "c1",
+                "t/x",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                None,
+            );
+            if n != 42 {
+                append_delivered(&mut log, "c1", message_id("t/x", payload.as_bytes()));
+            }
+        }
+        append_packet_id(&mut log, Kind::IncomingQos2, "c1", 9);
+        let compacted = compact(&log, Path::new("test.log")).unwrap();
+        assert!(
+            compacted.len() * 10 < log.len(),
+            "{} of {}",
+            compacted.len(),
+            log.len()
+        );
+        let (before, after) = (replay(&log), replay(&compacted));
+        let payloads: Vec<&[u8]> = after.sessions["c1"]
+            .messages
+            .iter()
+            .map(|m| &m.2.payload[..])
+            .collect();
+        assert_eq!(payloads, [&b"m42"[..]]);
+        assert_eq!(
+            after.sessions["c1"].subscriptions,
+            before.sessions["c1"].subscriptions
+        );
+        assert_eq!(
+            after.sessions["c1"].incoming_qos2,
+            before.sessions["c1"].incoming_qos2
+        );
+        let a = after.retained[&ByteString::from("a")]
+            .message
+            .as_ref()
+            .unwrap();
+        assert_eq!(&a.payload[..], b"2");
+        // The delete is kept, with its time: it still wins over older records elsewhere.
+        let b = &after.retained[&ByteString::from("b")];
+        assert!(b.message.is_none());
+        assert_eq!(b.time_ns, before.retained[&ByteString::from("b")].time_ns);
+        // Compacting again changes nothing.
+        assert_eq!(
+            compact(&compacted, Path::new("test.log")).unwrap(),
+            compacted
+        );
     }
 
     #[test]

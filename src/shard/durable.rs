@@ -39,6 +39,43 @@ use super::Shard;
 /// The `held.rs` target that means "this shard's log": sequence = a record's number.
 pub(super) const DISK: u16 = u16::MAX;
 
+/// Compaction while running: the log's first `from` bytes are read back through the ring,
+/// replayed into the fewest records that say the same (`persist::compact`), and written to a
+/// new file beside it, while the shard goes on appending to the old one; batches written
+/// meanwhile are kept (`tail`). Then, with the old log quiet (no write in flight, new batches
+/// held back for that moment), the tail follows the snapshot, the new file is synced and
+/// renamed over the old one (an atomic switch: a crash before it leaves the old log whole,
+/// after it the new one), and appending goes on there. Every byte goes through the ring; the
+/// new file's creation, the rename and the directory's fsync are plain calls, once each.
+enum Compaction {
+    Idle,
+    Reading {
+        buf: Vec<u8>,
+        done: usize,
+    },
+    /// The snapshot, then (`tail_at`: where the tail starts in `buf`) the tail.
+    Writing {
+        next: NewLog,
+        buf: Vec<u8>,
+        done: usize,
+        tail_at: Option<usize>,
+    },
+    Syncing {
+        next: NewLog,
+        tail_written: bool,
+    },
+    /// The snapshot is on disk: the tail goes once the old log is quiet.
+    Ready {
+        next: NewLog,
+    },
+}
+
+struct NewLog {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InFlight {
     Idle,
@@ -77,6 +114,12 @@ pub(super) struct Durable {
     /// Per source shard: the mesh messages taken when the batch in flight was cut (or, when
     /// nothing is in flight, taken so far): what its fdatasync makes durable.
     batch_taken: Vec<usize>,
+    compaction: Compaction,
+    /// Batches written to the old log since the compaction's read began.
+    tail: Vec<u8>,
+    /// The log's size after the last compaction (or at the start): a measure of live state.
+    live_bytes: u64,
+    compact_min_bytes: u64,
 }
 
 impl Durable {
@@ -102,6 +145,10 @@ impl Durable {
             )))),
             failed: false,
             batch_taken: Vec::new(),
+            compaction: Compaction::Idle,
+            tail: Vec::new(),
+            live_bytes: log.offset,
+            compact_min_bytes: config.compact_min_bytes,
         }
     }
 
@@ -140,6 +187,26 @@ impl Durable {
     pub(super) fn turn_ends(&mut self, ring: &mut Ring) -> bool {
         if self.in_flight != InFlight::Idle || self.failed {
             return false;
+        }
+        match self.compaction {
+            Compaction::Idle
+                if self.offset > self.compact_min_bytes && self.offset > 2 * self.live_bytes =>
+            {
+                self.start_compaction(ring);
+            }
+            Compaction::Ready { .. } => {
+                // The old log is quiet: the tail goes now, and new batches wait for the switch.
+                self.write_tail(ring);
+                return false;
+            }
+            // The tail is being written: the switch comes first.
+            Compaction::Writing {
+                tail_at: Some(_), ..
+            }
+            | Compaction::Syncing {
+                tail_written: true, ..
+            } => return false,
+            _ => {}
         }
         if !self.pending.is_empty() {
             self.writing.clear();
@@ -199,6 +266,9 @@ impl Durable {
         }
         self.in_flight = InFlight::Idle;
         self.written_upto = self.batch_upto;
+        if !matches!(self.compaction, Compaction::Idle) {
+            self.tail.extend_from_slice(&self.writing);
+        }
         match self.sync {
             PersistenceSync::Ack => {
                 self.submit_sync(ring, self.written_upto);
@@ -249,9 +319,242 @@ impl Durable {
         );
     }
 
+    fn start_compaction(&mut self, ring: &mut Ring) {
+        let len = self.offset as usize;
+        self.tail.clear();
+        self.compaction = Compaction::Reading {
+            buf: vec![0; len],
+            done: 0,
+        };
+        self.submit_compact_read(ring);
+    }
+
+    fn submit_compact_read(&mut self, ring: &mut Ring) {
+        let Compaction::Reading { buf, done } = &mut self.compaction else {
+            return;
+        };
+        let rest = &mut buf[*done..];
+        let len = rest.len().min(u32::MAX as usize / 2) as u32;
+        // SAFETY: the buffer is neither touched nor dropped while the read is in flight: the
+        // state changes only on its completion, and `stop` waits for the ring's operations.
+        unsafe {
+            ring.read_file(
+                self.file.as_raw_fd(),
+                rest.as_mut_ptr(),
+                len,
+                *done as u64,
+                Token::shard(Op::CompactRead),
+            )
+        };
+    }
+
+    fn submit_compact_write(&mut self, ring: &mut Ring) {
+        let Compaction::Writing {
+            next, buf, done, ..
+        } = &self.compaction
+        else {
+            return;
+        };
+        let rest = &buf[*done..];
+        let len = rest.len().min(u32::MAX as usize / 2) as u32;
+        let offset = next.len + *done as u64;
+        // SAFETY: as `submit_compact_read`.
+        unsafe {
+            ring.write_file(
+                next.file.as_raw_fd(),
+                rest.as_ptr(),
+                len,
+                offset,
+                Token::shard(Op::CompactWrite),
+            )
+        };
+    }
+
+    /// The old log is quiet and the snapshot on disk: the batches written since the read
+    /// began follow it in the new file.
+    fn write_tail(&mut self, ring: &mut Ring) {
+        let Compaction::Ready { next } = std::mem::replace(&mut self.compaction, Compaction::Idle)
+        else {
+            return;
+        };
+        let buf = std::mem::take(&mut self.tail);
+        if buf.is_empty() {
+            let fd = next.file.as_raw_fd();
+            self.compaction = Compaction::Syncing {
+                next,
+                tail_written: true,
+            };
+            ring.datasync_file(fd, Token::shard(Op::CompactSync));
+            return;
+        }
+        self.compaction = Compaction::Writing {
+            next,
+            buf,
+            done: 0,
+            tail_at: Some(0),
+        };
+        self.submit_compact_write(ring);
+    }
+
+    /// A completion of the compaction's read, writes or fdatasync.
+    pub(super) fn on_compact(&mut self, ring: &mut Ring, op: Op, result: i32) {
+        if result < 0 || (op != Op::CompactSync && result == 0) {
+            let what = match op {
+                Op::CompactRead => "read",
+                Op::CompactWrite => "write",
+                _ => "fdatasync",
+            };
+            self.abandon_compaction(&format!(
+                "{what} failed: {}",
+                std::io::Error::from_raw_os_error(-result.min(-1))
+            ));
+            return;
+        }
+        match op {
+            Op::CompactRead => self.on_compact_read(ring, result as usize),
+            Op::CompactWrite => {
+                let Compaction::Writing { buf, done, .. } = &mut self.compaction else {
+                    return;
+                };
+                *done += result as usize;
+                if *done < buf.len() {
+                    self.submit_compact_write(ring);
+                    return;
+                }
+                let Compaction::Writing {
+                    mut next,
+                    buf,
+                    tail_at,
+                    ..
+                } = std::mem::replace(&mut self.compaction, Compaction::Idle)
+                else {
+                    return;
+                };
+                next.len += buf.len() as u64;
+                let fd = next.file.as_raw_fd();
+                self.compaction = Compaction::Syncing {
+                    next,
+                    tail_written: tail_at.is_some(),
+                };
+                ring.datasync_file(fd, Token::shard(Op::CompactSync));
+            }
+            _ => {
+                let Compaction::Syncing { next, tail_written } =
+                    std::mem::replace(&mut self.compaction, Compaction::Idle)
+                else {
+                    return;
+                };
+                if tail_written {
+                    self.switch(next);
+                } else {
+                    self.compaction = Compaction::Ready { next };
+                }
+            }
+        }
+    }
+
+    fn on_compact_read(&mut self, ring: &mut Ring, read: usize) {
+        let Compaction::Reading { buf, done } = &mut self.compaction else {
+            return;
+        };
+        *done += read;
+        if *done < buf.len() {
+            self.submit_compact_read(ring);
+            return;
+        }
+        let snapshot = match crate::persist::compact(buf, &self.path) {
+            Ok(snapshot) => snapshot,
+            Err(e) => return self.abandon_compaction(&e),
+        };
+        let path = self.path.with_extension("compact");
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) => return self.abandon_compaction(&format!("create {}: {e}", path.display())),
+        };
+        self.compaction = Compaction::Writing {
+            next: NewLog { file, path, len: 0 },
+            buf: snapshot,
+            done: 0,
+            tail_at: None,
+        };
+        if let Compaction::Writing { buf, .. } = &self.compaction {
+            if buf.is_empty() {
+                // Nothing live: straight to the fdatasync (of an empty file).
+                let Compaction::Writing { next, .. } =
+                    std::mem::replace(&mut self.compaction, Compaction::Idle)
+                else {
+                    return;
+                };
+                let fd = next.file.as_raw_fd();
+                self.compaction = Compaction::Syncing {
+                    next,
+                    tail_written: false,
+                };
+                ring.datasync_file(fd, Token::shard(Op::CompactSync));
+                return;
+            }
+        }
+        self.submit_compact_write(ring);
+    }
+
+    /// The new log holds the snapshot and the tail, on disk: it replaces the old one.
+    fn switch(&mut self, next: NewLog) {
+        let renamed = std::fs::rename(&next.path, &self.path).and_then(|()| {
+            let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+            File::open(dir).and_then(|dir| dir.sync_all())
+        });
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&next.path);
+            return self.abandon_compaction(&format!("rename: {e}"));
+        }
+        let before = self.offset;
+        self.file = next.file;
+        self.offset = next.len;
+        self.live_bytes = next.len;
+        log::info!(
+            "persistence log {}: compacted, {before} -> {} bytes",
+            self.path.display(),
+            next.len
+        );
+    }
+
+    /// Compaction failed: the old log goes on as it was (it lacks nothing), and the next try
+    /// waits until it has doubled again.
+    fn abandon_compaction(&mut self, why: &str) {
+        let old = std::mem::replace(&mut self.compaction, Compaction::Idle);
+        let next = match old {
+            Compaction::Writing { next, .. }
+            | Compaction::Syncing { next, .. }
+            | Compaction::Ready { next } => Some(next),
+            _ => None,
+        };
+        if let Some(next) = next {
+            let _ = std::fs::remove_file(&next.path);
+        }
+        self.tail = Vec::new();
+        self.live_bytes = self.offset;
+        log::warn!(
+            "persistence log {}: compaction abandoned ({why}); the log goes on uncompacted",
+            self.path.display()
+        );
+    }
+
     /// At stop, after the ring's operations ended: what is still in memory goes to disk
     /// (SIGTERM loses nothing that was handled, acked or not).
     pub(super) fn stop(&mut self) {
+        if let Compaction::Writing { next, .. }
+        | Compaction::Syncing { next, .. }
+        | Compaction::Ready { next } = &self.compaction
+        {
+            // Never switched to: the old log is whole.
+            let _ = std::fs::remove_file(&next.path);
+        }
         if self.failed {
             return;
         }
