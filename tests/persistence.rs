@@ -744,6 +744,29 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
         pubacks, 1,
         "only the message that needs no record is acknowledged"
     );
+    // MQTT 5 says why: a QoS 1 PUBLISH now gets PUBACK 0x97 (Quota exceeded).
+    let refused = Proc::spawn(
+        "mosquitto_pub",
+        &strings(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-m",
+            "v5",
+        ]),
+    )
+    .finish();
+    assert!(
+        refused.stderr.contains("Quota exceeded"),
+        "PUBACK 0x97 once the log failed: {refused:?}"
+    );
     let deadline = Instant::now() + WAIT;
     let mut child = broker;
     child.signal(libc::SIGKILL);

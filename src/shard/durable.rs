@@ -14,7 +14,8 @@
 //! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
 //! once, nothing more is written, `durable` never advances again, so no ack that depends on a
 //! record goes out any more (the clients' windows fill: back-pressure), and nothing is ever
-//! acknowledged that is not stored.
+//! acknowledged that is not stored. MQTT 5 QoS 1/2 PUBLISHes are refused from then on with
+//! 0x97 (Quota exceeded, `publish_refusal`); both are counted (`persistence_refused`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -155,6 +156,11 @@ impl Durable {
     /// Records on disk (with `sync = "ack"`; written, with `"interval"`).
     pub(super) fn durable(&self) -> u64 {
         self.durable
+    }
+
+    /// The log failed (disk full, I/O error): nothing more is stored.
+    pub(super) fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Whether acks wait for their records.
@@ -690,6 +696,10 @@ impl Shard {
         };
         let record = durable.append(|out| write(out, &s.client_id));
         if wait && durable.acks_wait() {
+            if durable.failed() {
+                // Not stored: the ack never goes (back-pressure), counted every time.
+                self.stats.persistence_refused += 1;
+            }
             self.held.record(usize::from(DISK), record as usize);
         }
     }
