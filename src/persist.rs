@@ -527,6 +527,36 @@ fn decode_retained(body: &[u8]) -> Option<(u64, u64, RetainedMessage)> {
     Some((time_ns, expiry_unix_secs, message))
 }
 
+/// The `message_id` of a record's PUBLISH (MQTT 5, as `put_message` writes it), read in
+/// place: the replay of a running shard's log meets every message, and decoding each would
+/// cost as much as the log's writing did.
+fn publish_id(publish: &[u8]) -> Option<u32> {
+    let qos = (*publish.first()? >> 1) & 3;
+    let (remaining, mut at) = varint(publish, 1)?;
+    let packet = publish.get(..at.checked_add(remaining)?)?;
+    let topic_len = u16::from_be_bytes(packet.get(at..at + 2)?.try_into().ok()?) as usize;
+    at += 2;
+    let topic = packet.get(at..at + topic_len)?;
+    at += topic_len + if qos > 0 { 2 } else { 0 };
+    let (properties_len, after) = varint(packet, at)?;
+    let payload = packet.get(after.checked_add(properties_len)?..)?;
+    Some(crc32c::crc32c_append(crc32c::crc32c(topic), payload))
+}
+
+/// An MQTT variable byte integer at `at`: (value, offset after it).
+fn varint(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut value = 0;
+    for shift in 0..4 {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        value |= usize::from(byte & 0x7F) << (7 * shift);
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
+}
+
 /// A session while the logs are replayed.
 #[derive(Default)]
 struct SessionEntry {
@@ -534,7 +564,9 @@ struct SessionEntry {
     expiry_secs: u32,
     subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
     /// (message id, record body after the client id, the message).
-    messages: std::collections::VecDeque<(u32, Vec<u8>, RetainedMessage)>,
+    /// (message id, record body after the client id), decoded only for a start's sessions:
+    /// a running shard's compaction never needs the message itself.
+    messages: std::collections::VecDeque<(u32, Vec<u8>)>,
     /// Outbound QoS 2 ids awaiting PUBCOMP.
     released: std::collections::BTreeSet<u16>,
     /// Inbound QoS 2 ids awaiting PUBREL.
@@ -550,7 +582,7 @@ impl SessionEntry {
         for (filter, &(options, subscription_id)) in &self.subscriptions {
             append_subscribe(out, client_id, filter, options, subscription_id);
         }
-        for (_, body, _) in &self.messages {
+        for (_, body) in &self.messages {
             append_record(out, Kind::Message, |out| {
                 put_str(out, client_id);
                 out.extend_from_slice(body);
@@ -650,13 +682,14 @@ impl State {
             }
             Kind::Message => {
                 let client_id = take_str(&mut body).ok_or_else(bad)?;
-                let (_, expiry_unix_secs, message) = decode_retained(body).ok_or_else(bad)?;
+                let expiry_unix_secs =
+                    u64::from_le_bytes(body.get(8..16).ok_or_else(bad)?.try_into().expect("8"));
+                let id = body.get(16..).and_then(publish_id).ok_or_else(bad)?;
                 let expired =
                     expiry_unix_secs != 0 && expiry_unix_secs <= unix_ns() / 1_000_000_000;
                 if let Some(entry) = self.sessions.get_mut(client_id) {
                     if !expired {
-                        let id = message_id(&message.topic, &message.payload);
-                        entry.messages.push_back((id, body.to_vec(), message));
+                        entry.messages.push_back((id, body.to_vec()));
                     }
                 }
             }
@@ -851,7 +884,14 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
                 .iter()
                 .map(|(filter, &(options, id))| (ByteString::from(filter.as_str()), options, id))
                 .collect(),
-            messages: entry.messages.iter().map(|m| m.2.clone()).collect(),
+            messages: entry
+                .messages
+                .iter()
+                .map(|(_, body)| decode_retained(body).map(|(_, _, message)| message))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    format!("persistence: a message queued for {client_id:?} does not decode")
+                })?,
             released: entry.released.iter().copied().collect(),
             incoming_qos2: entry.incoming_qos2.iter().copied().collect(),
             will: entry.will.as_ref().map(|(_, will)| will.clone()),
@@ -984,7 +1024,11 @@ mod tests {
         assert_eq!((c1.version, c1.expiry_secs), (4, 60));
         let subscriptions: Vec<_> = c1.subscriptions.iter().collect();
         assert_eq!(subscriptions, [(&"b/#".to_string(), &(6, 7))]);
-        let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
+        let payloads: Vec<Vec<u8>> = c1
+            .messages
+            .iter()
+            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .collect();
         assert_eq!(payloads, [&b"m2"[..], &b"m1"[..]]);
     }
 
@@ -1003,7 +1047,11 @@ mod tests {
         append_packet_id(&mut log, Kind::IncomingReleased, "c1", 8);
         let state = replay(&log);
         let c1 = &state.sessions["c1"];
-        let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
+        let payloads: Vec<Vec<u8>> = c1
+            .messages
+            .iter()
+            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .collect();
         assert_eq!(payloads, [&b"n"[..]]);
         assert_eq!(c1.released.iter().copied().collect::<Vec<_>>(), [3]);
         assert_eq!(c1.incoming_qos2.iter().copied().collect::<Vec<_>>(), [7]);
@@ -1072,10 +1120,10 @@ mod tests {
             log.len()
         );
         let (before, after) = (replay(&log), replay(&compacted));
-        let payloads: Vec<&[u8]> = after.sessions["c1"]
+        let payloads: Vec<Vec<u8>> = after.sessions["c1"]
             .messages
             .iter()
-            .map(|m| &m.2.payload[..])
+            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
             .collect();
         assert_eq!(payloads, [&b"m42"[..]]);
         assert_eq!(
@@ -1100,6 +1148,26 @@ mod tests {
             compact(&compacted, Path::new("test.log")).unwrap(),
             compacted
         );
+    }
+
+    #[test]
+    fn a_message_id_is_read_in_place_as_decoding_would_give_it() {
+        let properties = Properties {
+            message_expiry_interval: Some(60),
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        for (qos, properties) in [
+            (QoS::AtMostOnce, None),
+            (QoS::AtLeastOnce, Some(&properties)),
+            (QoS::ExactlyOnce, None),
+        ] {
+            let payload = vec![7u8; 300]; // a two-byte remaining length
+            let mut log = Vec::new();
+            append_message(&mut log, "c", "a/b", &payload, qos, false, properties);
+            let body = &log[RECORD_HEADER + 2 + 1..];
+            assert_eq!(publish_id(&body[16..]), Some(message_id("a/b", &payload)));
+        }
     }
 
     #[test]
