@@ -2,8 +2,11 @@
 # Persistence cost (issue 10): pairs at QoS 1 on one shard with persistent sessions (clean
 # session 0, so every message is recorded for its subscriber and every PUBACK waits for that
 # record), persistence off vs sync = "ack" vs sync = "interval", interleaved over ROUNDS
-# rounds. One ringmq binary; the log directory is a fresh folder under WORK_DIR (default /tmp:
-# say where the disk under test is).
+# rounds, and mosquitto with `persistence true` in the same rounds (MOSQUITTO=none leaves it
+# out; its autosave_interval stays at the default, 1800 s: it writes its database then and at
+# exit, so its figure is that of a broker that keeps nothing a kill -9 would spare). One ringmq
+# binary; the log directory is a fresh folder under WORK_DIR (default /tmp: say where the
+# disk under test is).
 #
 # Prints every run (messages received per second, broker CPU ns per message), then the median
 # per mode and its ratio to "off" (issue 10's goal: sync = "ack" at >= 0.5x of "off").
@@ -11,7 +14,8 @@
 # Usage: bench/persistence.sh [BINARY] [ROUNDS]
 #   cargo build --release -p ringmq -p ringmq-loadgen && bench/persistence.sh
 # Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29600),
-#   LOADGEN (default target/release/ringmq-loadgen), PAIRS (default 100), WORK_DIR.
+#   LOADGEN (default target/release/ringmq-loadgen), PAIRS (default 100), WORK_DIR,
+#   MOSQUITTO (default: mosquitto on the PATH or /usr/sbin/mosquitto; "none": not run).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,21 +28,34 @@ for b in "$bin" "$loadgen"; do [ -x "$b" ] || { log "$b is missing"; exit 1; }; 
 need python3
 need taskset "taskset (util-linux)"
 work="$(mktemp -d "${WORK_DIR:-/tmp}/ringmq-persistence.XXXXXX")"
+mosquitto="${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
+modes="off ack interval"
+if [ "$mosquitto" != none ]; then
+    [ -x "$mosquitto" ] || { log "$mosquitto is missing (MOSQUITTO=none to leave it out)"; exit 1; }
+    modes="$modes mosquitto"
+fi
 
 case="pairs -n $pairs --qos 1 --max --inflight 100 --clean-session false"
 echo "# $case; log dir under $work ($(df -T "$work" | awk 'NR==2 {print $2}'))"
 echo "mode | round | received | msgs/s | broker CPU s | ns per message"
 for round in $(seq 1 "$rounds"); do
-    for mode in off ack interval; do
+    for mode in $modes; do
         port=$((port + 1))
-        printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
-            "$port" > "$work/ringmq.toml"
-        if [ "$mode" != off ]; then
-            rm -rf "$work/data"
-            printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "$mode" \
-                >> "$work/ringmq.toml"
+        if [ "$mode" = mosquitto ]; then
+            rm -rf "$work/mosq" && mkdir -p "$work/mosq"
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_inflight_messages 0\nmax_queued_messages 0\nset_tcp_nodelay true\nlog_dest none\n' \
+                "$port" "$work/mosq" > "$work/mosquitto.conf"
+            start_broker "$broker_cpu" "$work/broker.log" "$mosquitto" -c "$work/mosquitto.conf"
+        else
+            printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
+                "$port" > "$work/ringmq.toml"
+            if [ "$mode" != off ]; then
+                rm -rf "$work/data"
+                printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "$mode" \
+                    >> "$work/ringmq.toml"
+            fi
+            start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
         fi
-        start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
         wait_port "$port"
         rm -rf "$work/out"
         t0=$(cpu_ticks "$broker_pid")
@@ -65,11 +82,11 @@ import statistics, sys
 rate, ns = {}, {}
 for line in open(sys.argv[1]):
     parts = [p.strip() for p in line.split("|")]
-    if len(parts) == 6 and parts[0] in ("off", "ack", "interval"):
+    if len(parts) == 6 and parts[0] in ("off", "ack", "interval", "mosquitto"):
         rate.setdefault(parts[0], []).append(float(parts[3]))
         ns.setdefault(parts[0], []).append(float(parts[5]))
 off = statistics.median(rate.get("off", [0]))
-for mode in ("off", "ack", "interval"):
+for mode in ("off", "ack", "interval", "mosquitto"):
     if mode in rate:
         r = statistics.median(rate[mode])
         print(f"{mode} | {r:.0f} | {r / off if off else 0:.2f} | {statistics.median(ns[mode]):.0f}")

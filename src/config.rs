@@ -187,6 +187,9 @@ pub struct Persistence {
     pub sync: PersistenceSync,
     /// With `sync = "interval"`: longest time a written record waits for its fdatasync.
     pub sync_interval_ms: u32,
+    /// A shard's log is compacted while running once it is larger than this and than twice
+    /// its size after the last compaction (or the start).
+    pub compact_min_bytes: u64,
 }
 
 impl Default for Persistence {
@@ -196,6 +199,7 @@ impl Default for Persistence {
             dir: None,
             sync: PersistenceSync::Ack,
             sync_interval_ms: 100,
+            compact_min_bytes: 64 << 20,
         }
     }
 }

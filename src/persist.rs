@@ -14,6 +14,11 @@
 //! read by one replay, state re-homes by itself when `--shards` changed: the snapshot writes
 //! each item into the log of the shard that now owns it.
 //!
+//! A running shard compacts its own log when it has grown past twice its live size
+//! ([`compact`], `shard/durable.rs`): `shard-K.compact` is written beside it and renamed over
+//! it once complete and synced; a start ignores (and removes with the old generation) one left
+//! by a crash before the rename.
+//!
 //! A torn tail (a crash in the middle of a write: a short record, or a bad CRC in the last
 //! record, or zeros to the end of the file) is where the log ends; nothing after it was ever
 //! acknowledged, because an ack that depends on a record waits for its write and fdatasync. A
@@ -24,7 +29,11 @@
 //! Expiry); persistent sessions (client id, protocol version, Session Expiry Interval), their
 //! subscriptions (filter, options, Subscription Identifier) and the QoS 1/2 messages owed to
 //! them (queued or in flight), each removed by the client's PUBACK (QoS 1) or PUBREC (QoS 2).
-//! Not yet: the PUBREL owed after a PUBREC, inbound QoS 2 ids awaiting PUBREL, and wills.
+//! QoS 2 in both directions: an outbound message's PUBREC replaces it by the PUBREL owed for
+//! its packet id (`Released`, removed by `Completed` at PUBCOMP), and an inbound QoS 2 id is
+//! kept from its PUBLISH to its PUBREL (`IncomingQos2`, `IncomingReleased`). The will of a
+//! persistent session's connection is kept until it is published or discarded (`Will`,
+//! `WillEnd`); a restart ends the connection, so the will is due its delay after the start.
 //!
 //! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
 //! payload): two pending messages of one session with the same topic and payload are
@@ -81,6 +90,24 @@ pub enum Kind {
     Message = 6,
     /// The client acknowledged one: body client id, `message_id` (u32 LE).
     Delivered = 7,
+    /// The client sent PUBREC for an outbound QoS 2 message: it is no longer owed, a PUBREL
+    /// for `packet_id` is. Body: client id, packet id (u16 LE), then the message's
+    /// `message_id` (u32 LE; absent in a snapshot, where the message is already gone).
+    Released = 8,
+    /// PUBCOMP for an outbound QoS 2 flow: body client id, packet id (u16 LE).
+    Completed = 9,
+    /// An inbound QoS 2 PUBLISH was taken (delivered, PUBREC owed): a re-send with this id
+    /// before the PUBREL is not delivered again. Body: client id, packet id (u16 LE).
+    IncomingQos2 = 10,
+    /// PUBREL for an inbound QoS 2 id: the client may reuse it. Body as `IncomingQos2`.
+    IncomingReleased = 11,
+    /// The will of a persistent session's connection (replacing any). Body: client id, Will
+    /// Delay Interval (u32 LE), the will as an MQTT 5 PUBLISH (packet id 1 at QoS 1/2) with
+    /// its other properties (a Message Expiry Interval runs from when it is published).
+    Will = 12,
+    /// The will is gone: published, or discarded by a normal DISCONNECT or a CONNECT without
+    /// one. Body: client id.
+    WillEnd = 13,
 }
 
 impl Kind {
@@ -93,6 +120,12 @@ impl Kind {
             5 => Kind::Unsubscribe,
             6 => Kind::Message,
             7 => Kind::Delivered,
+            8 => Kind::Released,
+            9 => Kind::Completed,
+            10 => Kind::IncomingQos2,
+            11 => Kind::IncomingReleased,
+            12 => Kind::Will,
+            13 => Kind::WillEnd,
             _ => return None,
         })
     }
@@ -114,6 +147,12 @@ fn take_str<'a>(body: &mut &'a [u8]) -> Option<&'a str> {
     let s = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
     *body = &body[2 + len..];
     Some(s)
+}
+
+fn take_u16(body: &mut &[u8]) -> Option<u16> {
+    let value = u16::from_le_bytes(body.get(..2)?.try_into().ok()?);
+    *body = &body[2..];
+    Some(value)
 }
 
 fn take_u32(body: &mut &[u8]) -> Option<u32> {
@@ -212,6 +251,80 @@ pub fn append_delivered(out: &mut Vec<u8>, client_id: &str, message_id: u32) {
     });
 }
 
+/// PUBREC for an outbound QoS 2 message (`message_id: None` in a snapshot).
+pub fn append_released(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    packet_id: u16,
+    message_id: Option<u32>,
+) {
+    append_record(out, Kind::Released, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&packet_id.to_le_bytes());
+        if let Some(id) = message_id {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
+    });
+}
+
+/// A record whose body is a client id and a packet id: `Completed`, `IncomingQos2`,
+/// `IncomingReleased`.
+pub fn append_packet_id(out: &mut Vec<u8>, kind: Kind, client_id: &str, packet_id: u16) {
+    append_record(out, kind, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&packet_id.to_le_bytes());
+    });
+}
+
+/// The will of persistent session `client_id`'s connection.
+pub fn append_will(out: &mut Vec<u8>, client_id: &str, will: &protocol::LastWill) {
+    let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
+    let properties = will.properties.get().map(|p| Properties {
+        will_delay_interval: None,
+        ..p.clone()
+    });
+    append_record(out, Kind::Will, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&delay_secs.to_le_bytes());
+        let packet_id = if will.qos == QoS::AtMostOnce { 0 } else { 1 };
+        // As in `put_message`: what the broker accepted encodes.
+        let _ = protocol::encode_publish(
+            body,
+            ProtocolVersion::V5,
+            &will.topic,
+            &will.payload,
+            will.qos,
+            will.retain,
+            false,
+            packet_id,
+            properties.as_ref().filter(|p| !p.is_empty()),
+        );
+    });
+}
+
+pub fn append_will_end(out: &mut Vec<u8>, client_id: &str) {
+    append_record(out, Kind::WillEnd, |body| put_str(body, client_id));
+}
+
+/// Decodes a will record's body after the client id: (Will Delay Interval, the will).
+fn decode_will(mut body: &[u8]) -> Option<(u32, RetainedMessage)> {
+    let delay_secs = take_u32(&mut body)?;
+    let mut frame = BytesMut::from(body);
+    let Ok(Some(Packet::Publish(publish))) =
+        protocol::decode(&mut frame, ProtocolVersion::V5, PACKET_SIZE_MAX)
+    else {
+        return None;
+    };
+    let message = RetainedMessage {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties: publish.properties.get().cloned().map(Arc::new),
+    };
+    Some((delay_secs, message))
+}
+
 /// Appends one record to `out`; `body` writes the body after the header.
 pub fn append_record(out: &mut Vec<u8>, kind: Kind, body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
@@ -290,6 +403,13 @@ pub struct RestoredSession {
     pub subscriptions: Vec<(ByteString, u8, u32)>,
     /// Owed QoS 1/2 messages, oldest first.
     pub messages: Vec<RetainedMessage>,
+    /// Outbound QoS 2 packet ids the client sent PUBREC for: PUBREL owed, PUBCOMP awaited.
+    pub released: Vec<u16>,
+    /// Inbound QoS 2 packet ids taken and not yet released by the client's PUBREL.
+    pub incoming_qos2: Vec<u16>,
+    /// The will of its last connection, not yet published or discarded, with its Will Delay
+    /// Interval: the restart ended that connection, so it is due that long after the start.
+    pub will: Option<(u32, RetainedMessage)>,
 }
 
 /// What the logs held, for the shards.
@@ -373,8 +493,10 @@ fn records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Record<'a>>, String> 
 /// A retained record's topic's latest state while the logs are replayed.
 struct RetainedEntry {
     time_ns: u64,
-    /// The record's body, written again as is into the snapshot; `None`: deleted.
-    body: Option<Vec<u8>>,
+    /// The record's body, written again as is into a snapshot.
+    body: Vec<u8>,
+    /// `None`: deleted or expired (a start's snapshot drops it; a running shard's compaction
+    /// keeps it, as it must still win over older records of the topic in other logs).
     message: Option<RetainedMessage>,
 }
 
@@ -405,6 +527,36 @@ fn decode_retained(body: &[u8]) -> Option<(u64, u64, RetainedMessage)> {
     Some((time_ns, expiry_unix_secs, message))
 }
 
+/// The `message_id` of a record's PUBLISH (MQTT 5, as `put_message` writes it), read in
+/// place: the replay of a running shard's log meets every message, and decoding each would
+/// cost as much as the log's writing did.
+fn publish_id(publish: &[u8]) -> Option<u32> {
+    let qos = (*publish.first()? >> 1) & 3;
+    let (remaining, mut at) = varint(publish, 1)?;
+    let packet = publish.get(..at.checked_add(remaining)?)?;
+    let topic_len = u16::from_be_bytes(packet.get(at..at + 2)?.try_into().ok()?) as usize;
+    at += 2;
+    let topic = packet.get(at..at + topic_len)?;
+    at += topic_len + if qos > 0 { 2 } else { 0 };
+    let (properties_len, after) = varint(packet, at)?;
+    let payload = packet.get(after.checked_add(properties_len)?..)?;
+    Some(crc32c::crc32c_append(crc32c::crc32c(topic), payload))
+}
+
+/// An MQTT variable byte integer at `at`: (value, offset after it).
+fn varint(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut value = 0;
+    for shift in 0..4 {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        value |= usize::from(byte & 0x7F) << (7 * shift);
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
+}
+
 /// A session while the logs are replayed.
 #[derive(Default)]
 struct SessionEntry {
@@ -412,7 +564,68 @@ struct SessionEntry {
     expiry_secs: u32,
     subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
     /// (message id, record body after the client id, the message).
-    messages: std::collections::VecDeque<(u32, Vec<u8>, RetainedMessage)>,
+    /// (message id, record body after the client id), decoded only for a start's sessions:
+    /// a running shard's compaction never needs the message itself.
+    messages: std::collections::VecDeque<(u32, Vec<u8>)>,
+    /// Outbound QoS 2 ids awaiting PUBCOMP.
+    released: std::collections::BTreeSet<u16>,
+    /// Inbound QoS 2 ids awaiting PUBREL.
+    incoming_qos2: std::collections::BTreeSet<u16>,
+    /// The will record's body after the client id, and the will.
+    will: Option<(Vec<u8>, (u32, RetainedMessage))>,
+}
+
+impl SessionEntry {
+    /// The records that make this session again, into a snapshot.
+    fn write(&self, out: &mut Vec<u8>, client_id: &str) {
+        append_session(out, client_id, self.version, self.expiry_secs);
+        for (filter, &(options, subscription_id)) in &self.subscriptions {
+            append_subscribe(out, client_id, filter, options, subscription_id);
+        }
+        for (_, body) in &self.messages {
+            append_record(out, Kind::Message, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
+        for &packet_id in &self.released {
+            append_released(out, client_id, packet_id, None);
+        }
+        for &packet_id in &self.incoming_qos2 {
+            append_packet_id(out, Kind::IncomingQos2, client_id, packet_id);
+        }
+        if let Some((body, _)) = &self.will {
+            append_record(out, Kind::Will, |out| {
+                put_str(out, client_id);
+                out.extend_from_slice(body);
+            });
+        }
+    }
+}
+
+/// Compaction of a running shard's log (`shard/durable.rs`): `bytes`, the log's records up
+/// to some point, written again as the fewest records that say the same. Sessions are the
+/// shard's own (it writes only those); retained records are those this shard wrote, the
+/// latest per topic, deleted and expired ones kept (they must still win over older records of
+/// the topic in other shards' logs at the next start).
+pub fn compact(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
+    let mut state = State::default();
+    for record in records(bytes, path)? {
+        state.apply(&record, path)?;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4);
+    let mut topics: Vec<&ByteString> = state.retained.keys().collect();
+    topics.sort();
+    for topic in topics {
+        let body = &state.retained[topic].body;
+        append_record(&mut out, Kind::Retained, |out| out.extend_from_slice(body));
+    }
+    let mut client_ids: Vec<&String> = state.sessions.keys().collect();
+    client_ids.sort();
+    for client_id in client_ids {
+        state.sessions[client_id].write(&mut out, client_id);
+    }
+    Ok(out)
 }
 
 /// Everything the live generation's logs describe.
@@ -469,13 +682,14 @@ impl State {
             }
             Kind::Message => {
                 let client_id = take_str(&mut body).ok_or_else(bad)?;
-                let (_, expiry_unix_secs, message) = decode_retained(body).ok_or_else(bad)?;
+                let expiry_unix_secs =
+                    u64::from_le_bytes(body.get(8..16).ok_or_else(bad)?.try_into().expect("8"));
+                let id = body.get(16..).and_then(publish_id).ok_or_else(bad)?;
                 let expired =
                     expiry_unix_secs != 0 && expiry_unix_secs <= unix_ns() / 1_000_000_000;
                 if let Some(entry) = self.sessions.get_mut(client_id) {
                     if !expired {
-                        let id = message_id(&message.topic, &message.payload);
-                        entry.messages.push_back((id, body.to_vec(), message));
+                        entry.messages.push_back((id, body.to_vec()));
                     }
                 }
             }
@@ -486,6 +700,45 @@ impl State {
                     if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
                         entry.messages.remove(index);
                     }
+                }
+            }
+            Kind::Released => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let packet_id = take_u16(&mut body).ok_or_else(bad)?;
+                let message = (!body.is_empty())
+                    .then(|| take_u32(&mut body).ok_or_else(bad))
+                    .transpose()?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    if let Some(id) = message {
+                        if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
+                            entry.messages.remove(index);
+                        }
+                    }
+                    entry.released.insert(packet_id);
+                }
+            }
+            Kind::Will => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let will = decode_will(body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry.will = Some((body.to_vec(), will));
+                }
+            }
+            Kind::WillEnd => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    entry.will = None;
+                }
+            }
+            Kind::Completed | Kind::IncomingQos2 | Kind::IncomingReleased => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let packet_id = take_u16(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    match record.kind {
+                        Kind::Completed => entry.released.remove(&packet_id),
+                        Kind::IncomingQos2 => entry.incoming_qos2.insert(packet_id),
+                        _ => entry.incoming_qos2.remove(&packet_id),
+                    };
                 }
             }
             Kind::Retained => {
@@ -510,7 +763,7 @@ impl State {
                 let live = !message.payload.is_empty() && !expired;
                 let entry = RetainedEntry {
                     time_ns,
-                    body: live.then(|| record.body.to_vec()),
+                    body: record.body.to_vec(),
                     message: live.then(|| message.clone()),
                 };
                 self.retained.insert(message.topic, entry);
@@ -607,9 +860,9 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     topics.sort();
     for topic in topics {
         let entry = &state.retained[topic];
-        if let (Some(body), Some(message)) = (&entry.body, &entry.message) {
+        if let Some(message) = &entry.message {
             append_record(&mut snapshots[0], Kind::Retained, |out| {
-                out.extend_from_slice(body)
+                out.extend_from_slice(&entry.body)
             });
             retained.push(message.clone());
         }
@@ -621,17 +874,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     for client_id in client_ids {
         let entry = &state.sessions[client_id];
         let home = crate::mesh::home_shard(client_id.as_bytes(), snapshots.len());
-        let out = &mut snapshots[home];
-        append_session(out, client_id, entry.version, entry.expiry_secs);
-        for (filter, &(options, subscription_id)) in &entry.subscriptions {
-            append_subscribe(out, client_id, filter, options, subscription_id);
-        }
-        for (_, body, _) in &entry.messages {
-            append_record(out, Kind::Message, |out| {
-                put_str(out, client_id);
-                out.extend_from_slice(body);
-            });
-        }
+        entry.write(&mut snapshots[home], client_id);
         sessions.push(RestoredSession {
             client_id: client_id.as_str().into(),
             version: entry.version,
@@ -641,14 +884,26 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
                 .iter()
                 .map(|(filter, &(options, id))| (ByteString::from(filter.as_str()), options, id))
                 .collect(),
-            messages: entry.messages.iter().map(|m| m.2.clone()).collect(),
+            messages: entry
+                .messages
+                .iter()
+                .map(|(_, body)| decode_retained(body).map(|(_, _, message)| message))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    format!("persistence: a message queued for {client_id:?} does not decode")
+                })?,
+            released: entry.released.iter().copied().collect(),
+            incoming_qos2: entry.incoming_qos2.iter().copied().collect(),
+            will: entry.will.as_ref().map(|(_, will)| will.clone()),
         });
     }
     let mut logs = Vec::with_capacity(snapshots.len());
     for (shard, snapshot) in snapshots.iter().enumerate() {
         let path = next_dir.join(format!("shard-{shard}.log"));
+        // Read too: compaction reads the log back while running.
         let mut file = OpenOptions::new()
             .create_new(true)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| io_error("create", &path, e))?;
@@ -769,8 +1024,150 @@ mod tests {
         assert_eq!((c1.version, c1.expiry_secs), (4, 60));
         let subscriptions: Vec<_> = c1.subscriptions.iter().collect();
         assert_eq!(subscriptions, [(&"b/#".to_string(), &(6, 7))]);
-        let payloads: Vec<&[u8]> = c1.messages.iter().map(|m| &m.2.payload[..]).collect();
+        let payloads: Vec<Vec<u8>> = c1
+            .messages
+            .iter()
+            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .collect();
         assert_eq!(payloads, [&b"m2"[..], &b"m1"[..]]);
+    }
+
+    #[test]
+    fn qos2_state_is_kept_until_its_flow_completes() {
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 4, 60);
+        append_message(&mut log, "c1", "t", b"m", QoS::ExactlyOnce, false, None);
+        append_message(&mut log, "c1", "t", b"n", QoS::ExactlyOnce, false, None);
+        // PUBREC for "m" as id 3: no longer owed, its PUBREL is; PUBCOMP for id 4.
+        append_released(&mut log, "c1", 3, Some(message_id("t", b"m")));
+        append_released(&mut log, "c1", 4, None);
+        append_packet_id(&mut log, Kind::Completed, "c1", 4);
+        append_packet_id(&mut log, Kind::IncomingQos2, "c1", 7);
+        append_packet_id(&mut log, Kind::IncomingQos2, "c1", 8);
+        append_packet_id(&mut log, Kind::IncomingReleased, "c1", 8);
+        let state = replay(&log);
+        let c1 = &state.sessions["c1"];
+        let payloads: Vec<Vec<u8>> = c1
+            .messages
+            .iter()
+            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .collect();
+        assert_eq!(payloads, [&b"n"[..]]);
+        assert_eq!(c1.released.iter().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(c1.incoming_qos2.iter().copied().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
+    fn a_will_is_kept_until_it_ends_and_keeps_its_delay_and_properties() {
+        let properties = Properties {
+            will_delay_interval: Some(30),
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        let will = protocol::LastWill {
+            topic: "w/t".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: properties.into(),
+        };
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 5, 60);
+        append_will(&mut log, "c1", &will);
+        append_session(&mut log, "c2", 5, 60);
+        append_will(&mut log, "c2", &will);
+        append_will_end(&mut log, "c2");
+        let state = replay(&log);
+        assert!(state.sessions["c2"].will.is_none());
+        let (_, (delay, message)) = state.sessions["c1"].will.as_ref().unwrap();
+        assert_eq!(*delay, 30);
+        assert_eq!(
+            (&message.topic[..], &message.payload[..]),
+            ("w/t", &b"gone"[..])
+        );
+        assert_eq!((message.qos, message.retain), (QoS::AtLeastOnce, true));
+        let p = message.properties.as_deref().unwrap();
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.will_delay_interval, None, "not a PUBLISH property");
+    }
+
+    #[test]
+    fn compaction_keeps_what_the_log_says_and_drops_the_history() {
+        let mut log = retained_log(&[("a", "1"), ("a", "2"), ("b", "x"), ("b", "")]);
+        append_session(&mut log, "c1", 4, 60);
+        append_subscribe(&mut log, "c1", "t/#", 1, 0);
+        for n in 0..100 {
+            let payload = format!("m{n}");
+            append_message(
+                &mut log,
+                "c1",
+                "t/x",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                None,
+            );
+            if n != 42 {
+                append_delivered(&mut log, "c1", message_id("t/x", payload.as_bytes()));
+            }
+        }
+        append_packet_id(&mut log, Kind::IncomingQos2, "c1", 9);
+        let compacted = compact(&log, Path::new("test.log")).unwrap();
+        assert!(
+            compacted.len() * 10 < log.len(),
+            "{} of {}",
+            compacted.len(),
+            log.len()
+        );
+        let (before, after) = (replay(&log), replay(&compacted));
+        let payloads: Vec<Vec<u8>> = after.sessions["c1"]
+            .messages
+            .iter()
+            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .collect();
+        assert_eq!(payloads, [&b"m42"[..]]);
+        assert_eq!(
+            after.sessions["c1"].subscriptions,
+            before.sessions["c1"].subscriptions
+        );
+        assert_eq!(
+            after.sessions["c1"].incoming_qos2,
+            before.sessions["c1"].incoming_qos2
+        );
+        let a = after.retained[&ByteString::from("a")]
+            .message
+            .as_ref()
+            .unwrap();
+        assert_eq!(&a.payload[..], b"2");
+        // The delete is kept, with its time: it still wins over older records elsewhere.
+        let b = &after.retained[&ByteString::from("b")];
+        assert!(b.message.is_none());
+        assert_eq!(b.time_ns, before.retained[&ByteString::from("b")].time_ns);
+        // Compacting again changes nothing.
+        assert_eq!(
+            compact(&compacted, Path::new("test.log")).unwrap(),
+            compacted
+        );
+    }
+
+    #[test]
+    fn a_message_id_is_read_in_place_as_decoding_would_give_it() {
+        let properties = Properties {
+            message_expiry_interval: Some(60),
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        for (qos, properties) in [
+            (QoS::AtMostOnce, None),
+            (QoS::AtLeastOnce, Some(&properties)),
+            (QoS::ExactlyOnce, None),
+        ] {
+            let payload = vec![7u8; 300]; // a two-byte remaining length
+            let mut log = Vec::new();
+            append_message(&mut log, "c", "a/b", &payload, qos, false, properties);
+            let body = &log[RECORD_HEADER + 2 + 1..];
+            assert_eq!(publish_id(&body[16..]), Some(message_id("a/b", &payload)));
+        }
     }
 
     #[test]

@@ -744,6 +744,29 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
         pubacks, 1,
         "only the message that needs no record is acknowledged"
     );
+    // MQTT 5 says why: a QoS 1 PUBLISH now gets PUBACK 0x97 (Quota exceeded).
+    let refused = Proc::spawn(
+        "mosquitto_pub",
+        &strings(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port().to_string(),
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-m",
+            "v5",
+        ]),
+    )
+    .finish();
+    assert!(
+        refused.stderr.contains("Quota exceeded"),
+        "PUBACK 0x97 once the log failed: {refused:?}"
+    );
     let deadline = Instant::now() + WAIT;
     let mut child = broker;
     child.signal(libc::SIGKILL);
@@ -753,4 +776,483 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
         stderr.contains("persistence log") && stderr.contains("write failed"),
         "the failure is logged: {stderr}"
     );
+}
+
+/// A raw 3.1.1 connection with clean session 0 as `client_id`; returns it and session present.
+fn raw_persistent(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
+    let connect = Connect {
+        clean_session: false,
+        ..Connect::v311(client_id)
+    };
+    RawClient::connect_with(addr, &connect)
+}
+
+/// SIGKILL in the middle of QoS 2 flows in both directions, on `shards` shards; after the
+/// restart both complete, and each message is delivered exactly once.
+///
+/// Inbound: a publisher (raw bytes) got PUBREC for id 7 and had not sent PUBREL yet. After the
+/// restart it sends the PUBLISH again (DUP), as a client that lost the PUBREC would: it is
+/// acknowledged, not delivered again; its PUBREL gets PUBCOMP; the id is then free for a new
+/// message. Outbound: a subscriber (raw bytes) got PUBREL for a message and had not sent
+/// PUBCOMP. After the restart the broker sends that PUBREL again, never the message. A
+/// persistent subscriber through rumqttc counts the deliveries.
+fn qos2_flows_complete_across_sigkill(shards: usize) {
+    let dir = TempDir::new("persist-qos2");
+    let topic = unique_topic("persist/qos2");
+    let (in_topic, out_topic) = (format!("{topic}/in"), format!("{topic}/out"));
+    let broker = start_on(dir.path(), shards, &[]);
+    // With several shards the three clients home on different ones: the deliveries cross the
+    // mesh, and the PUBREC waits for the subscriber's shard before the id is recorded.
+    let counter_id = unique_id_on(shards - 1, shards, "persist-qos2-count");
+    let publisher_id = unique_id_on(0, shards, "persist-qos2-pub");
+    let receiver_id = unique_id_on(1 % shards, shards, "persist-qos2-recv");
+    {
+        let mut counter = persistent_client(broker.addr, &counter_id);
+        assert_eq!(
+            counter.subscribe(&in_topic, QoS::ExactlyOnce),
+            Some(QoS::ExactlyOnce)
+        );
+    }
+    let (mut receiver, _) = raw_persistent(broker.addr, &receiver_id);
+    assert_eq!(receiver.subscribe(1, &[(&out_topic, 2)]), [2]);
+
+    // Outbound: published through rumqttc, taken by the receiver up to the PUBREL.
+    {
+        let mut publisher = MqttClient::connect(mqtt_options(broker.addr, "persist-qos2-out"));
+        publisher.publish(&out_topic, QoS::ExactlyOnce, false, "out-1");
+        publisher.wait_acks(QoS::ExactlyOnce, 1);
+    }
+    let publish = receiver.read_publish();
+    assert_eq!((publish.qos, &publish.payload[..]), (2, &b"out-1"[..]));
+    let out_id = publish.packet_id.unwrap();
+    receiver.send(&pubrec_bytes(out_id));
+    assert_eq!(receiver.read_packet().ack_id(PUBREL), out_id);
+
+    // Inbound: PUBLISH id 7, PUBREC, and no PUBREL before the kill.
+    let (mut publisher, _) = raw_persistent(broker.addr, &publisher_id);
+    publisher.send(&publish_bytes(
+        in_topic.as_bytes(),
+        2,
+        false,
+        false,
+        7,
+        b"in-1",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7);
+    broker.kill();
+    drop((publisher, receiver));
+
+    let broker = start_on(dir.path(), shards, &[]);
+    let what = format!("{shards} shards");
+    let (mut publisher, present) = raw_persistent(broker.addr, &publisher_id);
+    assert!(present, "{what}: the publisher's session is back");
+    publisher.send(&publish_bytes(
+        in_topic.as_bytes(),
+        2,
+        false,
+        true,
+        7,
+        b"in-1",
+    ));
+    assert_eq!(publisher.read_packet().ack_id(PUBREC), 7, "{what}: re-sent");
+    publisher.send(&pubrel_bytes(7));
+    assert_eq!(
+        publisher.read_packet().ack_id(PUBCOMP),
+        7,
+        "{what}: released"
+    );
+    // Released: id 7 now names a new message.
+    publisher.publish(&in_topic, 2, false, 7, b"in-2");
+
+    let (mut receiver, present) = raw_persistent(broker.addr, &receiver_id);
+    assert!(present, "{what}: the receiver's session is back");
+    let packet = receiver.read_packet();
+    assert_eq!(
+        packet.ack_id(PUBREL),
+        out_id,
+        "{what}: the PUBREL owed is sent again, not the message"
+    );
+    receiver.send(&pubcomp_bytes(out_id));
+    receiver.expect_silence(QUIET);
+
+    let mut counter = persistent_client(broker.addr, &counter_id);
+    assert!(counter.connack.session_present, "{what}");
+    let mut got = Vec::new();
+    while let Some(publish) = counter.try_recv_publish(QUIET * 2) {
+        got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["in-1", "in-2"], "{what}: each delivered exactly once");
+    drop((counter, publisher, receiver));
+
+    // The completed flows stay completed across one more restart.
+    broker.kill();
+    let broker = start_on(dir.path(), shards, &[]);
+    let (mut receiver, present) = raw_persistent(broker.addr, &receiver_id);
+    assert!(present, "{what}");
+    receiver.expect_silence(QUIET);
+    let mut counter = persistent_client(broker.addr, &counter_id);
+    assert!(
+        counter.try_recv_publish(QUIET).is_none(),
+        "{what}: nothing owed after the flows completed"
+    );
+    drop((counter, receiver));
+    broker.stop();
+}
+
+#[test]
+fn qos2_flows_in_both_directions_complete_exactly_once_across_sigkill() {
+    qos2_flows_complete_across_sigkill(1);
+    qos2_flows_complete_across_sigkill(3);
+}
+
+/// mosquitto_sub -V 5 as `client_id` with a Session Expiry Interval of an hour and a will with
+/// `delay_secs` of Will Delay Interval, connected (its SUBACK printed) until dropped.
+fn mosquitto_v5_with_will(port: u16, client_id: &str, will_topic: &str, delay_secs: u32) -> Proc {
+    let mut sub = Proc::spawn(
+        "mosquitto_sub",
+        &strings(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "5",
+            "-c",
+            "-x",
+            "3600",
+            "-i",
+            client_id,
+            "-t",
+            &format!("{will_topic}/unused"),
+            "-d",
+            "--will-topic",
+            will_topic,
+            "--will-payload",
+            client_id,
+            "--will-qos",
+            "1",
+            "-D",
+            "will",
+            "will-delay-interval",
+            &delay_secs.to_string(),
+        ]),
+    );
+    sub.wait_line("SUBACK");
+    sub
+}
+
+#[test]
+fn wills_of_persistent_sessions_are_published_after_a_sigkill_unless_the_client_is_back() {
+    let dir = TempDir::new("persist-wills");
+    let topic = unique_topic("persist/wills");
+    let broker = start_on(dir.path(), 2, &[]);
+    let watcher_id = unique_id("persist-will-watch");
+    {
+        let mut watcher = persistent_client(broker.addr, &watcher_id);
+        watcher.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce);
+    }
+    // 3.1.1 through rumqttc, no delay: due as soon as the broker is back.
+    let now_id = unique_id("persist-will-now");
+    let mut options = mqtt_options_with_id(broker.addr, &now_id);
+    options.set_clean_session(false);
+    options.set_last_will(rumqttc::LastWill::new(
+        format!("{topic}/now"),
+        "now",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let will_now = MqttClient::connect(options);
+    // MQTT 5 through mosquitto_sub: a will 2 s after, and one 3 s after whose client is back
+    // before (no will then).
+    let (late_id, back_id) = (
+        unique_id("persist-will-late"),
+        unique_id("persist-will-back"),
+    );
+    let late = mosquitto_v5_with_will(broker.port(), &late_id, &format!("{topic}/late"), 2);
+    let back = mosquitto_v5_with_will(broker.port(), &back_id, &format!("{topic}/back"), 3);
+    // A normal DISCONNECT discards the will (raw bytes: a 3.1.1 clean session 0 client).
+    let gone_id = unique_id("persist-will-gone");
+    let connect = Connect {
+        clean_session: false,
+        will: Some(Will {
+            topic: format!("{topic}/gone"),
+            payload: b"gone".to_vec(),
+            qos: 1,
+            retain: false,
+        }),
+        ..Connect::v311(&gone_id)
+    };
+    RawClient::connect_with(broker.addr, &connect)
+        .0
+        .disconnect();
+    // Nothing waits for the record of a discarded will (no ack answers a DISCONNECT): it is
+    // written at the end of the broker's turn, a moment after the connection closes.
+    thread::sleep(QUIET);
+    broker.kill();
+    drop((will_now, late, back));
+
+    let started = Instant::now();
+    let broker = start_on(dir.path(), 2, &[]);
+    let back_again = mosquitto_v5_session(broker.port(), &back_id, &format!("{topic}/x"), &["-E"]);
+    assert!(back_again.status.success(), "{}", back_again.stderr);
+    let mut watcher = persistent_client(broker.addr, &watcher_id);
+    let mut got = Vec::new();
+    while let Some(publish) = watcher.try_recv_publish(Duration::from_secs(5)) {
+        let payload = String::from_utf8(publish.payload.to_vec()).unwrap();
+        got.push((payload, started.elapsed()));
+        if got.len() == 2 {
+            break;
+        }
+    }
+    // And nothing more for the delay of the one that came back, and then some.
+    while let Some(publish) = watcher.try_recv_publish(Duration::from_secs(4)) {
+        got.push((
+            String::from_utf8(publish.payload.to_vec()).unwrap(),
+            started.elapsed(),
+        ));
+    }
+    let payloads: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        payloads,
+        ["now", late_id.as_str()],
+        "the wills due, once each, in order of their delay: {got:?}"
+    );
+    assert!(
+        got[1].1 >= Duration::from_secs(2),
+        "the delayed will waited its delay from the restart: {got:?}"
+    );
+    drop(watcher);
+
+    // Published wills are not published again by the next restart.
+    broker.kill();
+    let broker = start_on(dir.path(), 2, &[]);
+    let mut watcher = persistent_client(broker.addr, &watcher_id);
+    assert!(
+        watcher.try_recv_publish(Duration::from_secs(3)).is_none(),
+        "no will is published twice"
+    );
+    drop(watcher);
+    broker.stop();
+}
+
+/// A config file in `dir` whose logs are compacted from `compact_min_bytes` on.
+fn compacting_config(dir: &Path, compact_min_bytes: u64) -> PathBuf {
+    let config = dir.join("ringmq.toml");
+    std::fs::write(
+        &config,
+        format!("[persistence]\ncompact_min_bytes = {compact_min_bytes}\n"),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn compaction_while_running_bounds_the_log_and_a_restart_restores_everything() {
+    let dir = TempDir::new("persist-compact");
+    let topic = unique_topic("persist/compact");
+    let config = compacting_config(dir.path(), 64 << 10);
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let mut broker = start_on(&data, 1, &args);
+    let churn_id = unique_id("persist-compact-churn");
+    let queue_id = unique_id("persist-compact-queue");
+    {
+        let mut queue = persistent_client(broker.addr, &queue_id);
+        queue.subscribe(&format!("{topic}/queue"), QoS::AtLeastOnce);
+    }
+    // Churn: a persistent subscriber online takes and acknowledges 2,000 messages of 512 B
+    // (a record each way), and retained topics are overwritten 1,000 times.
+    let mut churn = persistent_client(broker.addr, &churn_id);
+    churn.subscribe(&format!("{topic}/churn"), QoS::AtLeastOnce);
+    let mut publisher = MqttClient::connect(mqtt_options(broker.addr, "persist-compact-pub"));
+    let payload = vec![b'x'; 512];
+    for round in 0..20 {
+        for _ in 0..100 {
+            publisher.publish(
+                &format!("{topic}/churn"),
+                QoS::AtLeastOnce,
+                false,
+                payload.clone(),
+            );
+        }
+        for n in 0..50 {
+            let value = format!("{round}.{n}");
+            publisher.publish(
+                &format!("{topic}/r/{}", n % 5),
+                QoS::AtLeastOnce,
+                true,
+                value,
+            );
+        }
+        publisher.wait_acks(QoS::AtLeastOnce, 150);
+        for _ in 0..100 {
+            churn.try_recv_publish(WAIT).expect("churn message");
+        }
+    }
+    let queued: Vec<String> = (0..5).map(|n| format!("queued {n}")).collect();
+    for payload in &queued {
+        publisher.publish(
+            &format!("{topic}/queue"),
+            QoS::AtLeastOnce,
+            false,
+            payload.clone(),
+        );
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, queued.len());
+    churn.ping();
+    drop((churn, publisher));
+    broker.wait_line(&["compacted,"], WAIT);
+    // Records no ack waits for (the churn's deliveries) reach the disk at the turn's end.
+    thread::sleep(QUIET);
+    let log_bytes = std::fs::metadata(&live_logs(&data)[0]).unwrap().len();
+    assert!(
+        log_bytes < 256 << 10,
+        "the log stays near its live state: {log_bytes} bytes after ~1.2 MB of records"
+    );
+    broker.kill();
+
+    // What a kill between the snapshot and the switch leaves beside the log: ignored.
+    let log = live_logs(&data)[0].clone();
+    std::fs::write(log.with_extension("compact"), b"half a snapshot").unwrap();
+    for life in 0..2 {
+        let broker = start_on(&data, 1, &args);
+        let retained = retained_on(broker.port(), &format!("{topic}/r/#"), 5);
+        let mut values: Vec<(String, String)> = retained
+            .into_iter()
+            .map(|(topic, _, payload, _, _)| (topic, payload))
+            .collect();
+        values.sort();
+        let expected: Vec<(String, String)> = (45..50)
+            .map(|n| (format!("{topic}/r/{}", n % 5), format!("19.{n}")))
+            .collect();
+        assert_eq!(values, expected, "life {life}: the latest retained values");
+        let mut queue = persistent_client(broker.addr, &queue_id);
+        assert!(queue.connack.session_present, "life {life}");
+        if life == 0 {
+            for expected in &queued {
+                let publish = queue.try_recv_publish(WAIT).expect("queued message");
+                assert_eq!(publish.payload, expected.as_bytes(), "life {life}");
+            }
+            queue.ping();
+        }
+        assert!(
+            queue.try_recv_publish(QUIET).is_none(),
+            "life {life}: nothing else owed"
+        );
+        let mut churn = persistent_client(broker.addr, &churn_id);
+        assert!(churn.connack.session_present, "life {life}");
+        assert!(
+            churn.try_recv_publish(QUIET).is_none(),
+            "life {life}: the churn's acknowledged messages are not owed"
+        );
+        drop((queue, churn));
+        broker.stop();
+    }
+}
+
+#[test]
+fn kills_in_the_middle_of_compactions_lose_no_acknowledged_message() {
+    // Retained topics overwritten again and again keep the live state small and the log
+    // growing: with compaction from 8 KiB on, a SIGKILL at a random moment often lands in the
+    // middle of one. Messages queued for an offline persistent subscriber must all survive.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut random = seed;
+    let dir = TempDir::new("persist-compact-kill");
+    let topic = unique_topic("persist/compact-kill");
+    let config = compacting_config(dir.path(), 8 << 10);
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let subscriber_id = unique_id("persist-compact-kill-sub");
+    let mut broker = Some(start_on(&data, 1, &args));
+    {
+        let mut subscriber = persistent_client(broker.as_ref().unwrap().addr, &subscriber_id);
+        subscriber.subscribe(&format!("{topic}/keep"), QoS::AtLeastOnce);
+    }
+    let mut acked = Vec::new();
+    let mut next = 0u32;
+    for round in 0..4 {
+        let running = broker.take().unwrap_or_else(|| start_on(&data, 1, &args));
+        let addr = running.addr;
+        let kill_after = Duration::from_millis(100 + next_random(&mut random) % 300);
+        let publisher = {
+            let topic = topic.clone();
+            let first = next;
+            thread::spawn(move || {
+                let id = unique_id("persist-compact-kill-pub");
+                let options = mqtt_options_with_id(addr, &id);
+                let (client, mut connection) = rumqttc::Client::new(options, 10);
+                let mut acked = Vec::new();
+                let mut n = first;
+                let deadline = Instant::now() + WAIT;
+                while Instant::now() < deadline {
+                    // Three retained overwrites, then one message to keep; one at a time.
+                    let (to, retain) = if n % 4 == 3 {
+                        (format!("{topic}/keep"), false)
+                    } else {
+                        (format!("{topic}/r/{}", n % 3), true)
+                    };
+                    if client
+                        .publish(&to, QoS::AtLeastOnce, retain, format!("{n}:{:>190}", ""))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let acked_now = loop {
+                        match connection.recv_timeout(WAIT) {
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
+                                break true
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) | Err(_) => break false,
+                        }
+                    };
+                    if !acked_now {
+                        break;
+                    }
+                    if !retain {
+                        acked.push(n);
+                    }
+                    n += 1;
+                }
+                (n + 1, acked)
+            })
+        };
+        thread::sleep(kill_after);
+        running.kill();
+        let (next_here, acked_here) = publisher.join().expect("publisher thread");
+        assert!(next_here > next || round > 0 || acked_here.is_empty());
+        next = next_here;
+        acked.extend(acked_here);
+    }
+    assert!(!acked.is_empty(), "seed {seed}: nothing acknowledged");
+    let broker = start_on(&data, 1, &args);
+    let mut subscriber = persistent_client(broker.addr, &subscriber_id);
+    assert!(subscriber.connack.session_present, "seed {seed}");
+    let mut received = std::collections::HashSet::new();
+    while let Some(publish) = subscriber.try_recv_publish(Duration::from_secs(2)) {
+        let text = std::str::from_utf8(&publish.payload).unwrap();
+        received.insert(text.split(':').next().unwrap().parse::<u32>().unwrap());
+    }
+    let missing: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|n| !received.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: {} of {} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!(
+        "seed {seed}: {} kept messages acknowledged in 4 lives",
+        acked.len()
+    );
+    drop(subscriber);
+    broker.stop();
 }

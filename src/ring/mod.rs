@@ -481,6 +481,25 @@ impl Ring {
         self.push(entry);
     }
 
+    /// Reads `len` bytes of the regular file `fd` at `offset` into `buf`.
+    ///
+    /// # Safety
+    /// `buf` must stay valid and untouched until the completion is reaped.
+    pub unsafe fn read_file(
+        &mut self,
+        fd: RawFd,
+        buf: *mut u8,
+        len: u32,
+        offset: u64,
+        token: Token,
+    ) {
+        let entry = opcode::Read::new(types::Fd(fd), buf, len)
+            .offset(offset)
+            .build()
+            .user_data(token.pack());
+        self.push(entry);
+    }
+
     /// fdatasync of the regular file `fd`: its data written so far is on disk when it completes.
     pub fn datasync_file(&mut self, fd: RawFd, token: Token) {
         let entry = opcode::Fsync::new(types::Fd(fd))

@@ -49,6 +49,11 @@ pub enum Op {
     /// A getsockopt(SO_PEERNAME) of a connection, for a log line (`Ring::peer_addr`): it
     /// completed inline, its buffer was read then; the completion says nothing more.
     PeerName = 17,
+    /// Compaction of the shard's log: the read of the old log, the writes and the fdatasync
+    /// of the new one (`shard/durable.rs`).
+    CompactRead = 18,
+    CompactWrite = 19,
+    CompactSync = 20,
 }
 
 impl Op {
@@ -71,6 +76,9 @@ impl Op {
             15 => Op::LogSync,
             16 => Op::LogTimer,
             17 => Op::PeerName,
+            18 => Op::CompactRead,
+            19 => Op::CompactWrite,
+            20 => Op::CompactSync,
             _ => return None,
         })
     }
@@ -152,6 +160,9 @@ mod tests {
             Op::LogSync,
             Op::LogTimer,
             Op::PeerName,
+            Op::CompactRead,
+            Op::CompactWrite,
+            Op::CompactSync,
         ];
         for op in ops {
             for (slot, generation) in [(0, 0), (1, 1), (19_935, 77), (u32::MAX, GENERATION_MASK)] {

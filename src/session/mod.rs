@@ -495,6 +495,32 @@ impl Session {
         }
     }
 
+    /// Restored from the persistence log: outbound QoS 2 flows whose PUBREL is owed, in
+    /// ascending packet id order (a resume sends the PUBRELs, `resend_inflight`).
+    pub fn restore_released(&mut self, packet_ids: &[u16]) {
+        if packet_ids.is_empty() {
+            return;
+        }
+        let flows = self.flows();
+        for &packet_id in packet_ids {
+            flows.inflight.push_back(Inflight {
+                packet_id,
+                state: InflightState::AwaitPubComp,
+                pinned: false,
+                message: Message {
+                    topic: ByteString::new(),
+                    payload: Bytes::new(),
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    properties: None,
+                    expires_secs: NEVER,
+                },
+            });
+        }
+        // New ids go after them: `allocate_packet_id` counts on the window's ids rising.
+        flows.last_packet_id = packet_ids.iter().copied().max().unwrap_or(0);
+    }
+
     /// Inbound QoS 2 ids awaiting PUBREL.
     pub fn incoming_qos2_len(&self) -> usize {
         self.flows.as_ref().map_or(0, |f| f.incoming_qos2.len())

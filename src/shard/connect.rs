@@ -107,7 +107,9 @@ impl Shard {
         }
         // [MQTT-3.14.4-3] A normal DISCONNECT discards the will.
         if let Some(conn) = self.conns.get_mut(slot, generation) {
-            conn.will = None;
+            if conn.will.take().is_some() && self.durable.is_some() {
+                self.log_will_end(session);
+            }
         }
         self.close(slot, generation, CloseReason::Disconnect);
     }
@@ -403,6 +405,9 @@ impl Shard {
             s.conn = Some(ConnRef { slot, generation });
             // [MQTT-3.1.2-21] Absent: 65,535. It bounds our QoS 1/2 sends (`window_open`).
             s.receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        }
+        if persistent && self.durable.is_some() {
+            self.log_will(session, slot, generation);
         }
         self.stats.connections += 1;
         self.stats.connections_high_water = self

@@ -150,6 +150,11 @@ impl Shard {
         publish: &Publish,
         properties: Option<&Arc<Properties>>,
     ) -> Option<ReasonCode> {
+        if self.durable.as_deref().is_some_and(|d| d.failed()) {
+            // The log failed: nothing the message would cause can be stored (issue 10).
+            self.stats.persistence_refused += 1;
+            return Some(ReasonCode::QuotaExceeded);
+        }
         let stores = publish.retain && !publish.payload.is_empty();
         if stores && !self.retained_has_room(topic, &publish.payload, properties) {
             self.limit_hit(LimitHit::Retained);

@@ -14,7 +14,8 @@
 //! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
 //! once, nothing more is written, `durable` never advances again, so no ack that depends on a
 //! record goes out any more (the clients' windows fill: back-pressure), and nothing is ever
-//! acknowledged that is not stored.
+//! acknowledged that is not stored. MQTT 5 QoS 1/2 PUBLISHes are refused from then on with
+//! 0x97 (Quota exceeded, `publish_refusal`); both are counted (`persistence_refused`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -29,14 +30,52 @@ use bytestring::ByteString;
 
 use crate::config::{Persistence, PersistenceSync};
 use crate::persist::{self, Log, RestoredSession};
-use crate::protocol::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::protocol::{LastWill, Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::ring::{Op, Ring, Token};
 use crate::session::{InflightState, Message, Session};
 
+use super::held::HeldPacket;
 use super::Shard;
 
 /// The `held.rs` target that means "this shard's log": sequence = a record's number.
 pub(super) const DISK: u16 = u16::MAX;
+
+/// Compaction while running: the log's first `from` bytes are read back through the ring,
+/// replayed into the fewest records that say the same (`persist::compact`), and written to a
+/// new file beside it, while the shard goes on appending to the old one; batches written
+/// meanwhile are kept (`tail`). Then, with the old log quiet (no write in flight, new batches
+/// held back for that moment), the tail follows the snapshot, the new file is synced and
+/// renamed over the old one (an atomic switch: a crash before it leaves the old log whole,
+/// after it the new one), and appending goes on there. Every byte goes through the ring; the
+/// new file's creation, the rename and the directory's fsync are plain calls, once each.
+enum Compaction {
+    Idle,
+    Reading {
+        buf: Vec<u8>,
+        done: usize,
+    },
+    /// The snapshot, then (`tail_at`: where the tail starts in `buf`) the tail.
+    Writing {
+        next: NewLog,
+        buf: Vec<u8>,
+        done: usize,
+        tail_at: Option<usize>,
+    },
+    Syncing {
+        next: NewLog,
+        tail_written: bool,
+    },
+    /// The snapshot is on disk: the tail goes once the old log is quiet.
+    Ready {
+        next: NewLog,
+    },
+}
+
+struct NewLog {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InFlight {
@@ -76,6 +115,12 @@ pub(super) struct Durable {
     /// Per source shard: the mesh messages taken when the batch in flight was cut (or, when
     /// nothing is in flight, taken so far): what its fdatasync makes durable.
     batch_taken: Vec<usize>,
+    compaction: Compaction,
+    /// Batches written to the old log since the compaction's read began.
+    tail: Vec<u8>,
+    /// The log's size after the last compaction (or at the start): a measure of live state.
+    live_bytes: u64,
+    compact_min_bytes: u64,
 }
 
 impl Durable {
@@ -101,12 +146,21 @@ impl Durable {
             )))),
             failed: false,
             batch_taken: Vec::new(),
+            compaction: Compaction::Idle,
+            tail: Vec::new(),
+            live_bytes: log.offset,
+            compact_min_bytes: config.compact_min_bytes,
         }
     }
 
     /// Records on disk (with `sync = "ack"`; written, with `"interval"`).
     pub(super) fn durable(&self) -> u64 {
         self.durable
+    }
+
+    /// The log failed (disk full, I/O error): nothing more is stored.
+    pub(super) fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Whether acks wait for their records.
@@ -139,6 +193,26 @@ impl Durable {
     pub(super) fn turn_ends(&mut self, ring: &mut Ring) -> bool {
         if self.in_flight != InFlight::Idle || self.failed {
             return false;
+        }
+        match self.compaction {
+            Compaction::Idle
+                if self.offset > self.compact_min_bytes && self.offset > 2 * self.live_bytes =>
+            {
+                self.start_compaction(ring);
+            }
+            Compaction::Ready { .. } => {
+                // The old log is quiet: the tail goes now, and new batches wait for the switch.
+                self.write_tail(ring);
+                return false;
+            }
+            // The tail is being written: the switch comes first.
+            Compaction::Writing {
+                tail_at: Some(_), ..
+            }
+            | Compaction::Syncing {
+                tail_written: true, ..
+            } => return false,
+            _ => {}
         }
         if !self.pending.is_empty() {
             self.writing.clear();
@@ -198,6 +272,9 @@ impl Durable {
         }
         self.in_flight = InFlight::Idle;
         self.written_upto = self.batch_upto;
+        if !matches!(self.compaction, Compaction::Idle) {
+            self.tail.extend_from_slice(&self.writing);
+        }
         match self.sync {
             PersistenceSync::Ack => {
                 self.submit_sync(ring, self.written_upto);
@@ -248,9 +325,242 @@ impl Durable {
         );
     }
 
+    fn start_compaction(&mut self, ring: &mut Ring) {
+        let len = self.offset as usize;
+        self.tail.clear();
+        self.compaction = Compaction::Reading {
+            buf: vec![0; len],
+            done: 0,
+        };
+        self.submit_compact_read(ring);
+    }
+
+    fn submit_compact_read(&mut self, ring: &mut Ring) {
+        let Compaction::Reading { buf, done } = &mut self.compaction else {
+            return;
+        };
+        let rest = &mut buf[*done..];
+        let len = rest.len().min(u32::MAX as usize / 2) as u32;
+        // SAFETY: the buffer is neither touched nor dropped while the read is in flight: the
+        // state changes only on its completion, and `stop` waits for the ring's operations.
+        unsafe {
+            ring.read_file(
+                self.file.as_raw_fd(),
+                rest.as_mut_ptr(),
+                len,
+                *done as u64,
+                Token::shard(Op::CompactRead),
+            )
+        };
+    }
+
+    fn submit_compact_write(&mut self, ring: &mut Ring) {
+        let Compaction::Writing {
+            next, buf, done, ..
+        } = &self.compaction
+        else {
+            return;
+        };
+        let rest = &buf[*done..];
+        let len = rest.len().min(u32::MAX as usize / 2) as u32;
+        let offset = next.len + *done as u64;
+        // SAFETY: as `submit_compact_read`.
+        unsafe {
+            ring.write_file(
+                next.file.as_raw_fd(),
+                rest.as_ptr(),
+                len,
+                offset,
+                Token::shard(Op::CompactWrite),
+            )
+        };
+    }
+
+    /// The old log is quiet and the snapshot on disk: the batches written since the read
+    /// began follow it in the new file.
+    fn write_tail(&mut self, ring: &mut Ring) {
+        let Compaction::Ready { next } = std::mem::replace(&mut self.compaction, Compaction::Idle)
+        else {
+            return;
+        };
+        let buf = std::mem::take(&mut self.tail);
+        if buf.is_empty() {
+            let fd = next.file.as_raw_fd();
+            self.compaction = Compaction::Syncing {
+                next,
+                tail_written: true,
+            };
+            ring.datasync_file(fd, Token::shard(Op::CompactSync));
+            return;
+        }
+        self.compaction = Compaction::Writing {
+            next,
+            buf,
+            done: 0,
+            tail_at: Some(0),
+        };
+        self.submit_compact_write(ring);
+    }
+
+    /// A completion of the compaction's read, writes or fdatasync.
+    pub(super) fn on_compact(&mut self, ring: &mut Ring, op: Op, result: i32) {
+        if result < 0 || (op != Op::CompactSync && result == 0) {
+            let what = match op {
+                Op::CompactRead => "read",
+                Op::CompactWrite => "write",
+                _ => "fdatasync",
+            };
+            self.abandon_compaction(&format!(
+                "{what} failed: {}",
+                std::io::Error::from_raw_os_error(-result.min(-1))
+            ));
+            return;
+        }
+        match op {
+            Op::CompactRead => self.on_compact_read(ring, result as usize),
+            Op::CompactWrite => {
+                let Compaction::Writing { buf, done, .. } = &mut self.compaction else {
+                    return;
+                };
+                *done += result as usize;
+                if *done < buf.len() {
+                    self.submit_compact_write(ring);
+                    return;
+                }
+                let Compaction::Writing {
+                    mut next,
+                    buf,
+                    tail_at,
+                    ..
+                } = std::mem::replace(&mut self.compaction, Compaction::Idle)
+                else {
+                    return;
+                };
+                next.len += buf.len() as u64;
+                let fd = next.file.as_raw_fd();
+                self.compaction = Compaction::Syncing {
+                    next,
+                    tail_written: tail_at.is_some(),
+                };
+                ring.datasync_file(fd, Token::shard(Op::CompactSync));
+            }
+            _ => {
+                let Compaction::Syncing { next, tail_written } =
+                    std::mem::replace(&mut self.compaction, Compaction::Idle)
+                else {
+                    return;
+                };
+                if tail_written {
+                    self.switch(next);
+                } else {
+                    self.compaction = Compaction::Ready { next };
+                }
+            }
+        }
+    }
+
+    fn on_compact_read(&mut self, ring: &mut Ring, read: usize) {
+        let Compaction::Reading { buf, done } = &mut self.compaction else {
+            return;
+        };
+        *done += read;
+        if *done < buf.len() {
+            self.submit_compact_read(ring);
+            return;
+        }
+        let snapshot = match crate::persist::compact(buf, &self.path) {
+            Ok(snapshot) => snapshot,
+            Err(e) => return self.abandon_compaction(&e),
+        };
+        let path = self.path.with_extension("compact");
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) => return self.abandon_compaction(&format!("create {}: {e}", path.display())),
+        };
+        self.compaction = Compaction::Writing {
+            next: NewLog { file, path, len: 0 },
+            buf: snapshot,
+            done: 0,
+            tail_at: None,
+        };
+        if let Compaction::Writing { buf, .. } = &self.compaction {
+            if buf.is_empty() {
+                // Nothing live: straight to the fdatasync (of an empty file).
+                let Compaction::Writing { next, .. } =
+                    std::mem::replace(&mut self.compaction, Compaction::Idle)
+                else {
+                    return;
+                };
+                let fd = next.file.as_raw_fd();
+                self.compaction = Compaction::Syncing {
+                    next,
+                    tail_written: false,
+                };
+                ring.datasync_file(fd, Token::shard(Op::CompactSync));
+                return;
+            }
+        }
+        self.submit_compact_write(ring);
+    }
+
+    /// The new log holds the snapshot and the tail, on disk: it replaces the old one.
+    fn switch(&mut self, next: NewLog) {
+        let renamed = std::fs::rename(&next.path, &self.path).and_then(|()| {
+            let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+            File::open(dir).and_then(|dir| dir.sync_all())
+        });
+        if let Err(e) = renamed {
+            let _ = std::fs::remove_file(&next.path);
+            return self.abandon_compaction(&format!("rename: {e}"));
+        }
+        let before = self.offset;
+        self.file = next.file;
+        self.offset = next.len;
+        self.live_bytes = next.len;
+        log::info!(
+            "persistence log {}: compacted, {before} -> {} bytes",
+            self.path.display(),
+            next.len
+        );
+    }
+
+    /// Compaction failed: the old log goes on as it was (it lacks nothing), and the next try
+    /// waits until it has doubled again.
+    fn abandon_compaction(&mut self, why: &str) {
+        let old = std::mem::replace(&mut self.compaction, Compaction::Idle);
+        let next = match old {
+            Compaction::Writing { next, .. }
+            | Compaction::Syncing { next, .. }
+            | Compaction::Ready { next } => Some(next),
+            _ => None,
+        };
+        if let Some(next) = next {
+            let _ = std::fs::remove_file(&next.path);
+        }
+        self.tail = Vec::new();
+        self.live_bytes = self.offset;
+        log::warn!(
+            "persistence log {}: compaction abandoned ({why}); the log goes on uncompacted",
+            self.path.display()
+        );
+    }
+
     /// At stop, after the ring's operations ended: what is still in memory goes to disk
     /// (SIGTERM loses nothing that was handled, acked or not).
     pub(super) fn stop(&mut self) {
+        if let Compaction::Writing { next, .. }
+        | Compaction::Syncing { next, .. }
+        | Compaction::Ready { next } = &self.compaction
+        {
+            // Never switched to: the old log is whole.
+            let _ = std::fs::remove_file(&next.path);
+        }
         if self.failed {
             return;
         }
@@ -386,6 +696,10 @@ impl Shard {
         };
         let record = durable.append(|out| write(out, &s.client_id));
         if wait && durable.acks_wait() {
+            if durable.failed() {
+                // Not stored: the ack never goes (back-pressure), counted every time.
+                self.stats.persistence_refused += 1;
+            }
             self.held.record(usize::from(DISK), record as usize);
         }
     }
@@ -395,6 +709,32 @@ impl Shard {
     pub(super) fn log_session(&mut self, session: u32, version: u8, expiry_secs: u32) {
         self.log_for_session(session, false, |out, client_id| {
             persist::append_session(out, client_id, version, expiry_secs)
+        });
+    }
+
+    /// The will of persistent session `session`'s new connection `(slot, generation)`, or its
+    /// end when the CONNECT had none. The CONNACK does not wait, as for `log_session`.
+    pub(super) fn log_will(&mut self, session: u32, slot: u32, generation: u32) {
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
+            return;
+        };
+        let will = self
+            .conns
+            .get(slot, generation)
+            .and_then(|c| c.will.as_deref());
+        durable.append(|out| match will {
+            Some(will) => persist::append_will(out, &s.client_id, will),
+            None => persist::append_will_end(out, &s.client_id),
+        });
+    }
+
+    /// The will of persistent session `session` was published or discarded.
+    pub(super) fn log_will_end(&mut self, session: u32) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_will_end(out, client_id)
         });
     }
 
@@ -446,6 +786,71 @@ impl Shard {
         self.log_for_session(session, false, |out, client_id| {
             persist::append_delivered(out, client_id, id)
         });
+    }
+
+    /// PUBREC for an outbound QoS 2 message of `session`: the message is no longer owed, the
+    /// PUBREL for `packet_id` is. The PUBREL waits for the record (`on_pubrec`). A repeated
+    /// PUBREC (the flow already past it) records nothing.
+    pub(super) fn log_released(&mut self, session: u32, packet_id: u16) {
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        let message_id = match s.inflight_message(packet_id, InflightState::AwaitPubRec) {
+            Some(m) => persist::message_id(&m.topic, &m.payload),
+            None => return,
+        };
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_released(out, client_id, packet_id, Some(message_id))
+        });
+    }
+
+    /// PUBCOMP: the outbound QoS 2 flow is over. Nothing waits: lost in a crash, the PUBREL is
+    /// sent again after the restart and the client answers it again (spec 4.3.3).
+    pub(super) fn log_completed(&mut self, session: u32, packet_id: u16) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_packet_id(out, persist::Kind::Completed, client_id, packet_id)
+        });
+    }
+
+    /// The client's PUBREL released inbound QoS 2 id `packet_id` (`taken`: false); the
+    /// PUBCOMP waits for the record.
+    pub(super) fn log_incoming_qos2(&mut self, session: u32, packet_id: u16, taken: bool) {
+        let kind = if taken {
+            persist::Kind::IncomingQos2
+        } else {
+            persist::Kind::IncomingReleased
+        };
+        self.log_for_session(session, true, |out, client_id| {
+            persist::append_packet_id(out, kind, client_id, packet_id)
+        });
+    }
+
+    /// A held `PubRecLogged` whose waits are over: records its id for its session (when
+    /// persistent) and returns the plain PUBREC, with the wait for that record when acks wait
+    /// for the disk. The record comes after everything the PUBLISH caused in this log, and
+    /// after the other shards made theirs durable: a crash leaves either both or a repeat that
+    /// is delivered again, never the id without the messages.
+    pub(super) fn log_pubrec(&mut self, packet: HeldPacket) -> (HeldPacket, Option<(u16, usize)>) {
+        let HeldPacket::PubRecLogged {
+            packet_id,
+            code,
+            session,
+        } = packet
+        else {
+            return (packet, None);
+        };
+        let pubrec = HeldPacket::PubRec(packet_id, code);
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return (pubrec, None);
+        };
+        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
+            return (pubrec, None);
+        };
+        let record = durable.append(|out| {
+            persist::append_packet_id(out, persist::Kind::IncomingQos2, &s.client_id, packet_id)
+        });
+        let wait = durable.acks_wait().then_some((DISK, record as usize));
+        (pubrec, wait)
     }
 
     /// A QoS 1/2 message owed to persistent session `session` (queued, or going into its
@@ -525,6 +930,27 @@ impl Shard {
                     }
                     .with_properties(m.properties.as_ref(), now_secs);
                     s.enqueue(message, queue_max);
+                }
+            }
+            if let Some((delay_secs, m)) = &restored.will {
+                // The restart ended its connection: due `delay_secs` from now, unless the
+                // client is back first (`publish_due_wills`, `cancel_delayed_will`).
+                let mut properties = m.properties.as_deref().cloned().unwrap_or_default();
+                properties.will_delay_interval = Some(*delay_secs);
+                let will = LastWill {
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    qos: m.qos,
+                    retain: m.retain,
+                    properties: properties.into(),
+                };
+                let due_ms = self.now_ms + u64::from(*delay_secs) * 1000;
+                self.delayed_wills.push((due_ms, index, Box::new(will)));
+            }
+            if let Some(s) = self.sessions.get_mut(index) {
+                s.restore_released(&restored.released);
+                for &packet_id in &restored.incoming_qos2 {
+                    s.incoming_qos2_begin(packet_id, usize::MAX);
                 }
             }
             self.queue_expiry(index);

@@ -83,6 +83,11 @@ impl Shard {
                     .sessions
                     .get_mut(session)
                     .is_some_and(|s| s.incoming_qos2_release(ack.packet_id));
+                if held && self.durable.is_some() {
+                    // The PUBCOMP waits for the record: once the client has it, it may reuse
+                    // the id, which a restart must then not take for a repeat.
+                    self.log_incoming_qos2(session, ack.packet_id, false);
+                }
                 // MQTT 5: a PUBREL for an id we hold no QoS 2 state for (its PUBCOMP was lost,
                 // or there never was a PUBLISH) still completes the flow, with 0x92 (spec
                 // 3.7.2.1); 3.1.1 answers a plain PUBCOMP.
@@ -94,8 +99,12 @@ impl Shard {
                 self.ack(slot, generation, HeldPacket::PubComp(ack.packet_id, code));
             }
             Packet::PubComp(ack) => {
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.on_pubcomp(ack.packet_id);
+                let completed = self
+                    .sessions
+                    .get_mut(session)
+                    .is_some_and(|s| s.on_pubcomp(ack.packet_id));
+                if completed && self.durable.is_some() {
+                    self.log_completed(session, ack.packet_id);
                 }
                 self.pump(session);
             }
@@ -155,10 +164,10 @@ impl Shard {
     /// in flight gets PUBREL 0x92, and one with a failure code (the client refused the
     /// message) ends the flow with no PUBREL at all, freeing the id (spec 4.3.3).
     fn on_pubrec(&mut self, slot: u32, generation: u32, session: u32, ack: &PubAck) {
-        if self.durable.is_some() {
-            self.log_delivered(session, ack.packet_id, InflightState::AwaitPubRec);
-        }
         if ack.code.is_failure() {
+            if self.durable.is_some() {
+                self.log_delivered(session, ack.packet_id, InflightState::AwaitPubRec);
+            }
             let ended = self
                 .sessions
                 .get_mut(session)
@@ -167,6 +176,11 @@ impl Shard {
                 self.pump(session);
             }
             return;
+        }
+        if self.durable.is_some() {
+            // The message is no longer owed, its PUBREL is: the PUBREL waits for the record,
+            // so a client that got it never sees the message again after a crash.
+            self.log_released(session, ack.packet_id);
         }
         let known = self
             .sessions
@@ -177,6 +191,10 @@ impl Shard {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
+        if self.durable.is_some() {
+            self.ack(slot, generation, HeldPacket::PubRel(ack.packet_id, code));
+            return;
+        }
         let pubrel = PubAck {
             packet_id: ack.packet_id,
             code,
@@ -392,11 +410,17 @@ impl Shard {
                         properties.as_ref(),
                     );
                 let code = publish_ack_code(v5, matched);
-                self.ack(
-                    slot,
-                    generation,
-                    HeldPacket::PubRec(publish.packet_id, code),
-                );
+                let packet = if incoming == Some(IncomingQos2::New) && self.durable.is_some() {
+                    // Its id is recorded once what the PUBLISH caused is on disk (`held.rs`).
+                    HeldPacket::PubRecLogged {
+                        packet_id: publish.packet_id,
+                        code,
+                        session,
+                    }
+                } else {
+                    HeldPacket::PubRec(publish.packet_id, code)
+                };
+                self.ack(slot, generation, packet);
             }
         }
     }

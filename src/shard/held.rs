@@ -54,7 +54,20 @@ pub(super) enum HeldPacket {
     /// With the MQTT 5 reason code (3.1.1 sends none), and no Reason String (`write_held`).
     PubAck(u16, ReasonCode),
     PubRec(u16, ReasonCode),
+    /// The PUBREC of a new inbound QoS 2 PUBLISH with persistence on: the id is recorded for
+    /// `session` (`durable.rs`) right after the deliveries when they are all in this shard's
+    /// log, else once the other shards made theirs durable; the PUBREC then waits for that
+    /// record. So a crash never leaves the id recorded without the messages: a re-sent
+    /// PUBLISH after it is a repeat only if its deliveries were kept.
+    PubRecLogged {
+        packet_id: u16,
+        code: ReasonCode,
+        session: u32,
+    },
     PubComp(u16, ReasonCode),
+    /// Ours to the client's PUBREC; held with persistence on until the record of the PUBREC
+    /// is on disk.
+    PubRel(u16, ReasonCode),
 }
 
 impl HeldPacket {
@@ -74,7 +87,14 @@ impl HeldPacket {
                 code,
                 ..PubAck::new(packet_id)
             }),
-            HeldPacket::PubRec(packet_id, code) => Packet::PubRec(PubAck {
+            HeldPacket::PubRec(packet_id, code)
+            | HeldPacket::PubRecLogged {
+                packet_id, code, ..
+            } => Packet::PubRec(PubAck {
+                code,
+                ..PubAck::new(packet_id)
+            }),
+            HeldPacket::PubRel(packet_id, code) => Packet::PubRel(PubAck {
                 code,
                 ..PubAck::new(packet_id)
             }),
@@ -189,12 +209,33 @@ impl Shard {
         waits: Vec<(u16, usize)>,
     ) -> bool {
         let conn = (slot, generation);
+        let mut waits = waits;
+        let mut packet = packet;
+        if matches!(packet, HeldPacket::PubRecLogged { .. })
+            && waits
+                .iter()
+                .all(|&(target, _)| target == super::durable::DISK)
+        {
+            // Everything the PUBLISH caused is in this shard's log: the id's record goes in
+            // the same batch, after them, and the PUBREC waits for it alone.
+            let (pubrec, wait) = self.log_pubrec(packet);
+            packet = pubrec;
+            waits.clear();
+            waits.extend(wait);
+        }
         // Most acks wait for nothing: the filtering is out of line.
-        let waits = if waits.is_empty() {
+        let mut waits = if waits.is_empty() {
             waits
         } else {
             self.still_waiting(waits)
         };
+        if waits.is_empty() {
+            if let HeldPacket::PubRecLogged { .. } = packet {
+                let (pubrec, wait) = self.log_pubrec(packet);
+                packet = pubrec;
+                waits.extend(wait);
+            }
+        }
         if waits.is_empty()
             && (self.held.per_conn.is_empty() || !self.held.per_conn.contains_key(&conn))
         {
@@ -257,6 +298,17 @@ impl Shard {
                 blocked.insert(hold.conn);
                 kept.push_back(hold);
                 continue;
+            }
+            let mut hold = hold;
+            if let HeldPacket::PubRecLogged { .. } = hold.packet {
+                let (pubrec, wait) = self.log_pubrec(hold.packet);
+                hold.packet = pubrec;
+                if let Some(wait) = wait {
+                    hold.waits = vec![wait];
+                    blocked.insert(hold.conn);
+                    kept.push_back(hold);
+                    continue;
+                }
             }
             self.held.released(&hold);
             let (slot, generation) = hold.conn;

@@ -115,6 +115,7 @@ impl Shard {
         let persists = self.sessions.get(session).is_some();
         if delay_secs == 0 || !persists {
             self.publish_will(*will);
+            self.will_published(session);
             return;
         }
         // From the clock read now, in milliseconds rounded up: the turn's `now_ms` (read
@@ -139,6 +140,14 @@ impl Shard {
         {
             let (_, _, will) = self.delayed_wills.swap_remove(at);
             self.publish_will(*will);
+            self.will_published(session);
+        }
+    }
+
+    /// Its will was published: a persistent session's record of it ends.
+    fn will_published(&mut self, session: u32) {
+        if self.durable.is_some() {
+            self.log_will_end(session);
         }
     }
 
@@ -152,8 +161,9 @@ impl Shard {
         let mut index = 0;
         while index < wills.len() {
             if wills[index].0 <= now_ms {
-                let (_, _, will) = wills.swap_remove(index);
+                let (_, session, will) = wills.swap_remove(index);
                 self.publish_will(*will);
+                self.will_published(session);
             } else {
                 index += 1;
             }

@@ -608,6 +608,11 @@ impl Shard {
             // Read when it was submitted (`Ring::peer_addr`).
             Op::PeerName => {}
             Op::LogWrite | Op::LogSync | Op::LogTimer => self.on_log(token.op, completion.result),
+            Op::CompactRead | Op::CompactWrite | Op::CompactSync => {
+                if let Some(durable) = self.durable.as_deref_mut() {
+                    durable.on_compact(&mut self.rings[0], token.op, completion.result);
+                }
+            }
         }
     }
 

@@ -160,6 +160,9 @@ shard_stats! {
     Counter sessions_refused,
     /// Persistent sessions removed after `persistent_session_expiry_secs` away.
     Counter sessions_expired,
+    /// With the persistence log failed (disk full, I/O error): MQTT 5 QoS 1/2 PUBLISHes
+    /// refused with 0x97, and acks left unsent for good because their record is not stored.
+    Counter persistence_refused,
     /// Acknowledgements (SUBACK, PUBACK, PUBREC) held until the other shards took what the
     /// packet they acknowledge sent them: interest changes, retained messages, and QoS 1/2
     /// forwards waiting over `mesh_overflow_max`.
