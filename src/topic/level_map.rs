@@ -121,6 +121,20 @@ impl<N, const LABELS: bool> LevelMap<N, LABELS> {
         }
     }
 
+    /// `head(key) == level` for a `level` without `/`, comparing `level`'s bytes and the one
+    /// after them instead of first scanning the key for its `/`.
+    #[inline]
+    fn found_by(key: &Level, level: &[u8]) -> bool {
+        let key = key.as_bytes();
+        if !LABELS {
+            return key == level;
+        }
+        match key.get(level.len()) {
+            None => key == level,
+            Some(&next) => next == b'/' && key[..level.len()] == *level,
+        }
+    }
+
     pub(crate) fn new() -> Self {
         LevelMap {
             repr: Repr::Few(Box::default()),
@@ -247,15 +261,17 @@ impl<N, const LABELS: bool> LevelMap<N, LABELS> {
         }
     }
 
-    /// The label and child found by first level `level` (`LABELS` maps).
+    /// The label and child found by first level `level` (`LABELS` maps): one level, without a
+    /// `/` (every publish asks, once per topic level).
     #[inline]
     pub(crate) fn get_labeled(&self, level: &str) -> Option<(&[u8], &N)> {
         let level = level.as_bytes();
+        debug_assert!(!level.contains(&b'/'), "one level: {level:?}");
         let entry = match &self.repr {
-            Repr::Few(few) => few.iter().find(|(key, _)| Self::head(key) == level),
+            Repr::Few(few) => few.iter().find(|(key, _)| Self::found_by(key, level)),
             Repr::Many(many) => many
                 .table
-                .find(many.hash(level), |(key, _)| Self::head(key) == level),
+                .find(many.hash(level), |(key, _)| Self::found_by(key, level)),
         };
         entry.map(|(key, node)| (key.as_bytes(), node))
     }
