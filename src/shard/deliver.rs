@@ -20,6 +20,19 @@ use super::outgoing::{Outboxes, Written};
 use super::route::{Grant, Member};
 use super::{route, Shard};
 
+/// How one delivery of a message goes out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// One of a live route's deliveries: its QoS 0 bytes are encoded once per layout for every
+    /// subscriber that takes them as they are (`SharedEncoding`).
+    Shared,
+    /// A live route's only delivery: encoded straight into the outbox, with no copy through
+    /// the shared encoding.
+    Alone,
+    /// A message from the retained store, for one subscriber: already a copy of its own.
+    Retained,
+}
+
 /// Retained messages deleted per timer tick at most, so a crowd expiring in one second is
 /// spread over a few ticks instead of stalling one.
 const RETAINED_EXPIRIES_PER_TICK_MAX: usize = 10_000;
@@ -222,6 +235,9 @@ impl Shard {
         // Plain subscribers, then one member per matching `$share` group, sharing the route's
         // encoding (`route_local` starts it).
         let local = self.route_local(topic, payload, qos, retain, properties);
+        if self.shared.is_empty() {
+            return local;
+        }
         let mut group_ids = std::mem::take(&mut self.group_ids);
         let mut picks = std::mem::take(&mut self.shared_picks);
         picks.clear();
@@ -279,6 +295,12 @@ impl Shard {
         properties: Option<&Arc<Properties>>,
     ) {
         let publisher = self.publisher;
+        // Pairs and fan-in route each message to one subscriber: nothing to share.
+        let delivery = if matches.len() == 1 {
+            Delivery::Alone
+        } else {
+            Delivery::Shared
+        };
         for &(session, grant) in matches {
             if session == publisher && grant.no_local() {
                 continue;
@@ -293,12 +315,12 @@ impl Shard {
                     payload,
                     qos,
                     retain,
-                    true,
+                    delivery,
                     with_ids.as_ref(),
                 );
                 continue;
             }
-            self.deliver(session, topic, payload, qos, retain, true, properties);
+            self.deliver(session, topic, payload, qos, retain, delivery, properties);
         }
     }
 
@@ -325,7 +347,7 @@ impl Shard {
             payload,
             qos,
             retain,
-            true,
+            Delivery::Shared,
             properties,
         );
     }
@@ -333,7 +355,7 @@ impl Shard {
     /// One message to one session: QoS 0 into the outbox (dropped when the outbox is full, see
     /// `Conn::outbox_full`, or the client is away), QoS 1/2 into the in-flight window, or the
     /// session queue when the window is full, the outbox is full, or the client is away.
-    /// `shared_encoding`: the bytes may be encoded once for all subscribers of this route.
+    /// `delivery`: shared with the route's other subscribers, its only one, or from the store.
     // The message's parts go by reference, each as the caller has it: no struct is built per
     // subscriber on the hot path.
     #[allow(clippy::too_many_arguments)]
@@ -344,7 +366,7 @@ impl Shard {
         payload: &Bytes,
         qos: QoS,
         retain: bool,
-        shared_encoding: bool,
+        delivery: Delivery,
         properties: Option<&Arc<Properties>>,
     ) {
         let outbox_bytes_max = self.config.limits.outbox_bytes_max as usize;
@@ -395,7 +417,7 @@ impl Shard {
             out.publish(
                 c,
                 &parts,
-                (shared_encoding && !own_properties).then_some(&mut self.qos0),
+                (delivery == Delivery::Shared && !own_properties).then_some(&mut self.qos0),
             );
             return;
         }
@@ -431,7 +453,8 @@ impl Shard {
         };
         // A live message's small payload shares a receive-arena block; one from the retained
         // store (the only deliveries not encoded once per route) is already a copy of its own.
-        let pinned = shared_encoding && session::pins_a_block(payload);
+        let from_route = delivery != Delivery::Retained;
+        let pinned = from_route && session::pins_a_block(payload);
         let Some((c, _)) = send_now else {
             // A message the full queue will drop is not worth a copy.
             let message = if !pinned || s.queue_len() >= queue_max as usize {
@@ -443,10 +466,10 @@ impl Shard {
                 // shared by every subscriber that queues the message; messages from other
                 // shards arrive with the origin's arena bytes and are copied here alike).
                 let (topic, payload) = match &self.unpinned {
-                    Some(copy) if shared_encoding => copy.clone(),
+                    Some(copy) if from_route => copy.clone(),
                     _ => {
                         let copy = (unpinned_string(topic), Bytes::copy_from_slice(payload));
-                        if shared_encoding {
+                        if from_route {
                             self.unpinned = Some(copy.clone());
                         }
                         copy

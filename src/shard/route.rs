@@ -120,6 +120,11 @@ pub struct SharedSubscriptions {
 }
 
 impl SharedSubscriptions {
+    /// No `$share` group on this shard: a publish has none to look for.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
     /// Members over every group: the `$share` subscriptions held (walked once a second for
     /// the counters, not per message).
     pub fn member_count(&self) -> usize {

@@ -35,6 +35,7 @@ use crate::session::Message;
 use crate::topic::filter::{parse_shared, validate_topic_filter};
 
 use super::conn::ConnState;
+use super::deliver::Delivery;
 use super::held::HeldPacket;
 use super::limits::LimitHit;
 use super::route::{Grant, Member};
@@ -461,7 +462,7 @@ impl Shard {
                 &message.payload,
                 qos,
                 true,
-                false,
+                Delivery::Retained,
                 properties.as_ref(),
             );
         }
