@@ -403,7 +403,13 @@ impl Session {
         };
         match flows.position(packet_id, InflightState::AwaitPubAck) {
             Some(index) => {
-                if flows.inflight.remove(index).is_some_and(|f| f.pinned) {
+                // Acks mostly come in order: the oldest goes without `remove`'s shifting.
+                let done = if index == 0 {
+                    flows.inflight.pop_front()
+                } else {
+                    flows.inflight.remove(index)
+                };
+                if done.is_some_and(|f| f.pinned) {
                     flows.pinned_count -= 1;
                 }
                 true

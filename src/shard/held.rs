@@ -36,6 +36,7 @@ use foldhash::fast::RandomState;
 use hashbrown::{HashMap, HashSet};
 
 use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
+use crate::session::ConnRef;
 
 use super::Shard;
 
@@ -71,6 +72,18 @@ pub(super) enum HeldPacket {
 }
 
 impl HeldPacket {
+    /// A PUBACK, PUBREC or PUBCOMP of Reason Code 0 as its four bytes (`outgoing::plain_ack`).
+    fn plain_ack(&self) -> Option<[u8; 4]> {
+        let (first, packet_id, code) = match *self {
+            HeldPacket::PubAck(packet_id, code) => (0x40, packet_id, code),
+            HeldPacket::PubRec(packet_id, code) => (0x50, packet_id, code),
+            HeldPacket::PubComp(packet_id, code) => (0x70, packet_id, code),
+            _ => return None,
+        };
+        let [high, low] = packet_id.to_be_bytes();
+        (code == ReasonCode::Success).then_some([first, 2, high, low])
+    }
+
     fn into_packet(self) -> Packet {
         match self {
             HeldPacket::SubAck { packet_id, codes } => Packet::SubAck(SubAck {
@@ -260,6 +273,15 @@ impl Shard {
 
     /// Writes an ack, with its Reason String where it has one and the client takes them.
     fn write_held(&mut self, slot: u32, generation: u32, packet: HeldPacket) {
+        // Every QoS 1/2 PUBLISH gets one: its four bytes, no `Packet` built.
+        if let Some(bytes) = packet.plain_ack() {
+            if self
+                .outboxes()
+                .plain_ack(ConnRef { slot, generation }, bytes)
+            {
+                return;
+            }
+        }
         let mut packet = packet.into_packet();
         // PUBACK, PUBREC and PUBCOMP go without a Reason String (a MAY): Eclipse Paho's
         // reference client codec refuses a publish ack longer than 4 bytes, and the code says

@@ -170,10 +170,35 @@ impl Outboxes<'_> {
         Written::Sent
     }
 
+    /// Writes the four bytes of a plain ack (`plain_ack`): the commonest packet the broker
+    /// writes, the same under both versions (no reason code or properties after a success
+    /// without any, MQTT 5 3.4.2.1), with no `Packet` built, no length pass and no generic
+    /// encoder. False, with nothing written, for a client that takes no packet of 4 bytes (none
+    /// does, but one that says so gets `packet`'s general path).
+    pub fn plain_ack(&mut self, c: ConnRef, bytes: [u8; 4]) -> bool {
+        let Some(conn) = self.conns.get_mut(c.slot, c.generation) else {
+            return true;
+        };
+        if conn.state == ConnState::Closing {
+            return true;
+        }
+        let size_max = conn.v5.as_ref().and_then(|v5| v5.packet_size_max);
+        if size_max.is_some_and(|max| max < 4) {
+            return false;
+        }
+        outbox_of(conn, self.pools, self.dirty, c.slot, c.generation).extend_from_slice(&bytes);
+        true
+    }
+
     /// Writes a packet the broker builds (not a PUBLISH: `publish`) to connection `c`. Over
     /// the client's Maximum Packet Size it goes without its Reason String and User Properties
     /// [MQTT-3.1.2-25], and if that is still too large, not at all (counted).
     pub fn packet(&mut self, c: ConnRef, packet: &Packet) {
+        if let Some(bytes) = plain_ack(packet) {
+            if self.plain_ack(c, bytes) {
+                return;
+            }
+        }
         let Some(conn) = self.conns.get_mut(c.slot, c.generation) else {
             return;
         };
@@ -182,17 +207,6 @@ impl Outboxes<'_> {
         }
         let version = conn.version;
         let size_max = conn.v5.as_ref().and_then(|v5| v5.packet_size_max);
-        if let Some(bytes) = plain_ack(packet) {
-            // The commonest packet the broker writes, in the four bytes both versions share
-            // (no reason code or properties after a success without any, MQTT 5 3.4.2.1), with
-            // no length pass and no generic encoder. No client limits packets below 4 bytes
-            // to honour, but one that says so gets the general path below.
-            if size_max.is_none_or(|max| max >= 4) {
-                outbox_of(conn, self.pools, self.dirty, c.slot, c.generation)
-                    .extend_from_slice(&bytes);
-                return;
-            }
-        }
         let trimmed;
         let packet = match size_max {
             Some(size_max) if protocol::encoded_len(packet, version) > size_max as usize => {
