@@ -69,7 +69,11 @@ def timer_probe(rate, seconds):
 
 def echo_server(listener, cpus):
     pin(cpus)
+    # Bounded: a parent that died must not leave this child (and the bench lock it inherited)
+    # waiting for ever.
+    listener.settimeout(30)
     conn, _ = listener.accept()
+    conn.settimeout(60)
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while True:
         data = conn.recv(65536)
