@@ -17,7 +17,7 @@
 #        ARGS_OLD="--sys-interval-secs 0" ARGS_NEW="--sys-interval-secs 1 \
 #          --metrics-listen 127.0.0.1:29399" SCRAPE_NEW=127.0.0.1:29399 \
 #          bench/ab.sh target/release/ringmq target/release/ringmq 5
-# Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29400),
+# Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default: random, so two runs at once do not collide),
 #   LOADGEN (default target/release/ringmq-loadgen), MQTT_OLD and MQTT_NEW (the protocol
 #   ringmq-loadgen speaks against each side: 3 for 3.1.1 (default) or 5), ARGS_OLD and ARGS_NEW
 #   (extra broker flags for each side), SCRAPE_OLD and SCRAPE_NEW (a metrics address each side
@@ -28,7 +28,7 @@ set -euo pipefail
 [ $# -ge 2 ] || { usage; exit 2; }
 old="$1"; new="$2"; rounds="${3:-3}"
 loadgen="${LOADGEN:-$root/target/release/ringmq-loadgen}"
-broker_cpu="${BROKER_CPU:-1}"; load_cpu="${LOAD_CPU:-0}"; port="${PORT_BASE:-29400}"
+broker_cpu="${BROKER_CPU:-1}"; load_cpu="${LOAD_CPU:-0}"; port="${PORT_BASE:-$((20000 + RANDOM % 20000))}"
 mqtt_old="${MQTT_OLD:-3}"; mqtt_new="${MQTT_NEW:-3}"
 args_old="${ARGS_OLD:-}"; args_new="${ARGS_NEW:-}"
 scrape_old="${SCRAPE_OLD:-}"; scrape_new="${SCRAPE_NEW:-}"
