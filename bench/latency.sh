@@ -44,10 +44,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case "$rounds" in ''|*[!0-9]*|0) log "--rounds needs a positive number"; exit 2 ;; esac
-for p in ${points//,/ }; do
-    case "$p" in ''|*[!0-9]*|0) log "--points needs whole percentages, e.g. 10,50,90"; exit 2 ;; esac
-done
+positive_numbers --rounds "$rounds"
+positive_numbers --points "$points" "whole percentages, e.g. 10,50,90"
 need python3
 need taskset util-linux
 

@@ -25,6 +25,16 @@ usage() { sed -n '2,/^set /{/^#/p}' "$0"; }
 # Exits 1 unless command $1 is on PATH; $2 is what the message says is needed (default $1).
 need() { command -v "$1" >/dev/null || { log "needs ${2:-$1}"; exit 1; }; }
 
+# Exits 2 unless every comma-separated item of $2 is a positive whole number; $1 names the
+# option and $3 (optional) says what it wants, for the message.
+positive_numbers() {
+    local item
+    for item in ${2//,/ }; do
+        case "$item" in ''|*[!0-9]*|0) log "$1 needs ${3:-a positive whole number}"; exit 2 ;; esac
+    done
+    [ -n "$2" ] || { log "$1 needs ${3:-a positive whole number}"; exit 2; }
+}
+
 # Sets `binary` to the broker to run: as given (a --binary flag), else target/release/ringmq,
 # built first (cargo's output on stderr) when `build` is 1. Exits 1 unless it is executable.
 broker_binary() {

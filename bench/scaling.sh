@@ -40,10 +40,8 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-case "$rounds" in ''|*[!0-9]*|0) log "--rounds needs a positive number"; exit 2 ;; esac
-for s in ${shards_list//,/ }; do
-    case "$s" in ''|*[!0-9]*|0) log "--shards needs positive whole numbers, e.g. 1,2,4,8"; exit 2 ;; esac
-done
+positive_numbers --rounds "$rounds"
+positive_numbers --shards "$shards_list" "positive whole numbers, e.g. 1,2,4,8"
 need python3
 need taskset util-linux
 export PAIRS="${PAIRS:-256}" FANIN_PUBLISHERS="${FANIN_PUBLISHERS:-64}"
