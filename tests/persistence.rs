@@ -590,16 +590,22 @@ fn publish_numbered_until_killed(
             return;
         }
         // One message in flight at a time: a PUBACK is this message's.
-        loop {
-            match connection.recv_timeout(WAIT) {
-                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
-                    acked.push(*next);
-                    *next += 1;
-                    break;
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => return,
-            }
+        if !wait_puback(&mut connection) {
+            return;
+        }
+        acked.push(*next);
+        *next += 1;
+    }
+}
+
+/// Waits for the PUBACK of the one QoS 1 message in flight on `connection`; false when the
+/// connection failed or nothing came within `WAIT` (the broker was killed).
+fn wait_puback(connection: &mut rumqttc::Connection) -> bool {
+    loop {
+        match connection.recv_timeout(WAIT) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => return true,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return false,
         }
     }
 }
@@ -612,17 +618,63 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
+/// A seed for `next_random` from the clock (odd, so never 0).
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1
+}
+
+/// Runs `publish` on a thread of its own against `running`, kills the broker with SIGKILL
+/// after `kill_after` and returns what `publish` returned.
+fn publish_until_killed<T: Send + 'static>(
+    running: Ringmq,
+    kill_after: Duration,
+    publish: impl FnOnce(SocketAddr) -> T + Send + 'static,
+) -> T {
+    let addr = running.addr;
+    let publisher = thread::spawn(move || publish(addr));
+    thread::sleep(kill_after);
+    running.kill();
+    publisher.join().expect("publisher thread")
+}
+
+/// The numbers (payload text up to any ':') of the messages `subscriber` receives until it
+/// is quiet for 2 s.
+fn received_numbers(subscriber: &mut MqttClient) -> std::collections::HashSet<u32> {
+    let mut received = std::collections::HashSet::new();
+    while let Some(publish) = subscriber.try_recv_publish(Duration::from_secs(2)) {
+        let text = std::str::from_utf8(&publish.payload).unwrap();
+        received.insert(text.split(':').next().unwrap().parse::<u32>().unwrap());
+    }
+    received
+}
+
+/// Asserts that every number in `acked` is in `received`.
+fn assert_none_lost(seed: u64, acked: &[u32], received: &std::collections::HashSet<u32>) {
+    let missing: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|n| !received.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: {} of {} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
 #[test]
 fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
     // Issue 10: a publisher sends numbered QoS 1 messages and records every PUBACK; the broker
     // is killed with SIGKILL at random moments and restarted; the persistent subscriber
     // (homed on the other shard: every message crosses the mesh) must finally receive every
     // acknowledged message (duplicates are allowed at QoS 1).
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = clock_seed();
     let mut random = seed;
     let dir = TempDir::new("persist-crash");
     let topic = unique_topic("persist/crash");
@@ -639,20 +691,14 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
         let running = broker
             .take()
             .unwrap_or_else(|| start_on(dir.path(), 2, &[]));
-        let addr = running.addr;
         let kill_after = Duration::from_millis(20 + next_random(&mut random) % 200);
-        let publisher = {
-            let topic = topic.clone();
-            let mut next_here = next;
-            thread::spawn(move || {
-                let mut acked_here = Vec::new();
-                publish_numbered_until_killed(addr, &topic, &mut next_here, &mut acked_here, 1500);
-                (next_here, acked_here)
-            })
-        };
-        thread::sleep(kill_after);
-        running.kill();
-        let (next_here, acked_here) = publisher.join().expect("publisher thread");
+        let topic = topic.clone();
+        let mut next_here = next;
+        let (next_here, acked_here) = publish_until_killed(running, kill_after, move |addr| {
+            let mut acked_here = Vec::new();
+            publish_numbered_until_killed(addr, &topic, &mut next_here, &mut acked_here, 1500);
+            (next_here, acked_here)
+        });
         assert!(
             next_here >= next,
             "round {round}: the publisher went backwards"
@@ -670,30 +716,12 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
     let broker = start_on(dir.path(), 2, &[]);
     let mut subscriber = persistent_client(broker.addr, &subscriber_id);
     assert!(subscriber.connack.session_present, "seed {seed}");
-    let mut received = std::collections::HashSet::new();
     eprintln!(
         "seed {seed}: {} messages acknowledged in 5 lives",
         acked.len()
     );
-    while let Some(publish) = subscriber.try_recv_publish(Duration::from_secs(2)) {
-        let number: u32 = std::str::from_utf8(&publish.payload)
-            .unwrap()
-            .parse()
-            .unwrap();
-        received.insert(number);
-    }
-    let missing: Vec<u32> = acked
-        .iter()
-        .copied()
-        .filter(|n| !received.contains(n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "seed {seed}: {} of {} acknowledged messages lost, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(10)]
-    );
+    let received = received_numbers(&mut subscriber);
+    assert_none_lost(seed, &acked, &received);
     broker.stop();
 }
 
@@ -1155,11 +1183,7 @@ fn kills_in_the_middle_of_compactions_lose_no_acknowledged_message() {
     // Retained topics overwritten again and again keep the live state small and the log
     // growing: with compaction from 8 KiB on, a SIGKILL at a random moment often lands in the
     // middle of one. Messages queued for an offline persistent subscriber must all survive.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = clock_seed();
     let mut random = seed;
     let dir = TempDir::new("persist-compact-kill");
     let topic = unique_topic("persist/compact-kill");
@@ -1176,54 +1200,39 @@ fn kills_in_the_middle_of_compactions_lose_no_acknowledged_message() {
     let mut next = 0u32;
     for round in 0..4 {
         let running = broker.take().unwrap_or_else(|| start_on(&data, 1, &args));
-        let addr = running.addr;
         let kill_after = Duration::from_millis(100 + next_random(&mut random) % 300);
-        let publisher = {
-            let topic = topic.clone();
-            let first = next;
-            thread::spawn(move || {
-                let id = unique_id("persist-compact-kill-pub");
-                let options = mqtt_options_with_id(addr, &id);
-                let (client, mut connection) = rumqttc::Client::new(options, 10);
-                let mut acked = Vec::new();
-                let mut n = first;
-                let deadline = Instant::now() + WAIT;
-                while Instant::now() < deadline {
-                    // Three retained overwrites, then one message to keep; one at a time.
-                    let (to, retain) = if n % 4 == 3 {
-                        (format!("{topic}/keep"), false)
-                    } else {
-                        (format!("{topic}/r/{}", n % 3), true)
-                    };
-                    if client
-                        .publish(&to, QoS::AtLeastOnce, retain, format!("{n}:{:>190}", ""))
-                        .is_err()
-                    {
-                        break;
-                    }
-                    let acked_now = loop {
-                        match connection.recv_timeout(WAIT) {
-                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
-                                break true
-                            }
-                            Ok(Ok(_)) => {}
-                            Ok(Err(_)) | Err(_) => break false,
-                        }
-                    };
-                    if !acked_now {
-                        break;
-                    }
-                    if !retain {
-                        acked.push(n);
-                    }
-                    n += 1;
+        let topic = topic.clone();
+        let first = next;
+        let (next_here, acked_here) = publish_until_killed(running, kill_after, move |addr| {
+            let id = unique_id("persist-compact-kill-pub");
+            let options = mqtt_options_with_id(addr, &id);
+            let (client, mut connection) = rumqttc::Client::new(options, 10);
+            let mut acked = Vec::new();
+            let mut n = first;
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                // Three retained overwrites, then one message to keep; one at a time.
+                let (to, retain) = if n % 4 == 3 {
+                    (format!("{topic}/keep"), false)
+                } else {
+                    (format!("{topic}/r/{}", n % 3), true)
+                };
+                if client
+                    .publish(&to, QoS::AtLeastOnce, retain, format!("{n}:{:>190}", ""))
+                    .is_err()
+                {
+                    break;
                 }
-                (n + 1, acked)
-            })
-        };
-        thread::sleep(kill_after);
-        running.kill();
-        let (next_here, acked_here) = publisher.join().expect("publisher thread");
+                if !wait_puback(&mut connection) {
+                    break;
+                }
+                if !retain {
+                    acked.push(n);
+                }
+                n += 1;
+            }
+            (n + 1, acked)
+        });
         assert!(next_here > next || round > 0 || acked_here.is_empty());
         next = next_here;
         acked.extend(acked_here);
@@ -1232,23 +1241,8 @@ fn kills_in_the_middle_of_compactions_lose_no_acknowledged_message() {
     let broker = start_on(&data, 1, &args);
     let mut subscriber = persistent_client(broker.addr, &subscriber_id);
     assert!(subscriber.connack.session_present, "seed {seed}");
-    let mut received = std::collections::HashSet::new();
-    while let Some(publish) = subscriber.try_recv_publish(Duration::from_secs(2)) {
-        let text = std::str::from_utf8(&publish.payload).unwrap();
-        received.insert(text.split(':').next().unwrap().parse::<u32>().unwrap());
-    }
-    let missing: Vec<u32> = acked
-        .iter()
-        .copied()
-        .filter(|n| !received.contains(n))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "seed {seed}: {} of {} acknowledged messages lost, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(10)]
-    );
+    let received = received_numbers(&mut subscriber);
+    assert_none_lost(seed, &acked, &received);
     eprintln!(
         "seed {seed}: {} kept messages acknowledged in 4 lives",
         acked.len()
