@@ -531,21 +531,22 @@ fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
         client_on_of(&broker, 0, TWO, "exact-pub"),
         client_on_of(&broker, 1, TWO, "exact-pub"),
     ];
+    // Each publisher sends every client's own topic, then `common`; all acknowledged.
+    let publish_round = |publishers: &mut [MqttClient]| {
+        for (p, publisher) in publishers.iter_mut().enumerate() {
+            for i in 0..clients {
+                publisher.publish(&own(i), QoS::AtLeastOnce, false, format!("{p}:{i}"));
+            }
+            publisher.publish(&common, QoS::AtLeastOnce, false, format!("{p}:common"));
+            publisher.wait_acks(QoS::AtLeastOnce, clients + 1);
+        }
+    };
 
     // Round 1: every client gets its own topic from both shards, and `common` once per shard.
-    for (p, publisher) in publishers.iter_mut().enumerate() {
-        for i in 0..clients {
-            publisher.publish(&own(i), QoS::AtLeastOnce, false, format!("{p}:{i}"));
-        }
-        publisher.publish(&common, QoS::AtLeastOnce, false, format!("{p}:common"));
-        publisher.wait_acks(QoS::AtLeastOnce, clients + 1);
-    }
+    publish_round(&mut publishers);
     for (i, subscriber) in subscribers.iter_mut().enumerate() {
         let subscriber = subscriber.as_mut().expect("connected");
-        let mut got: Vec<String> = (0..4)
-            .map(|_| String::from_utf8(subscriber.recv_publish().payload.to_vec()).unwrap())
-            .collect();
-        got.sort();
+        let got = sorted_payloads(subscriber, 4);
         let mut want = [
             "0:common".to_string(),
             format!("0:{i}"),
@@ -587,22 +588,13 @@ fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
         member.unsubscribe(&group);
     }
     // Round 2: only odd clients still connected get their own topic; all still get `common`.
-    for (p, publisher) in publishers.iter_mut().enumerate() {
-        for i in 0..clients {
-            publisher.publish(&own(i), QoS::AtLeastOnce, false, format!("{p}:{i}"));
-        }
-        publisher.publish(&common, QoS::AtLeastOnce, false, format!("{p}:common"));
-        publisher.wait_acks(QoS::AtLeastOnce, clients + 1);
-    }
+    publish_round(&mut publishers);
     for (i, subscriber) in subscribers.iter_mut().enumerate() {
         let Some(subscriber) = subscriber.as_mut() else {
             continue;
         };
         let count = if i % 2 == 0 { 2 } else { 4 };
-        let mut got: Vec<String> = (0..count)
-            .map(|_| String::from_utf8(subscriber.recv_publish().payload.to_vec()).unwrap())
-            .collect();
-        got.sort();
+        let got = sorted_payloads(subscriber, count);
         let mut want = vec!["0:common".to_string(), "1:common".to_string()];
         if i % 2 == 1 {
             want.extend([format!("0:{i}"), format!("1:{i}")]);
@@ -639,6 +631,15 @@ fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
     for subscriber in subscribers.iter_mut().flatten() {
         subscriber.expect_no_publish();
     }
+}
+
+/// The payloads of the next `count` messages `client` receives, as text, sorted.
+fn sorted_payloads(client: &mut MqttClient, count: usize) -> Vec<String> {
+    let mut got: Vec<String> = (0..count)
+        .map(|_| String::from_utf8(client.recv_publish().payload.to_vec()).unwrap())
+        .collect();
+    got.sort();
+    got
 }
 
 /// A client homed on `shard` of `shard_count`.
