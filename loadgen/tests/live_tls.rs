@@ -1,14 +1,16 @@
 //! The load generator over TLS (`--tls-ca`) against the real ringmq broker with an `mqtt+tls`
 //! listener, started in this process on ephemeral loopback ports, and the `handshake`
 //! scenario over TLS and plain TCP. The CA and server certificate are made at test time with
-//! rcgen.
+//! rcgen (tests/common/pki.rs of the broker, shared by path).
 
 mod common;
+#[path = "../../tests/common/pki.rs"]
+mod pki;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use pki::{make_ca, server_cert};
 use ringmq::broker::Broker;
 use ringmq::config::{Config, ListenerConfig, ListenerProtocol};
 
@@ -23,19 +25,6 @@ impl Drop for Pki {
     }
 }
 
-fn make_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).expect("ca cert");
-    (cert, key)
-}
-
 impl Pki {
     /// ca.pem, server.pem / server.key (for 127.0.0.1 and localhost), other-ca.pem.
     fn new(tag: &str) -> Pki {
@@ -43,15 +32,7 @@ impl Pki {
             std::env::temp_dir().join(format!("ringmq-loadgen-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let (ca, ca_key) = make_ca("loadgen test CA");
-        let server_key = KeyPair::generate().expect("key");
-        let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server params");
-        server
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let server = server
-            .signed_by(&server_key, &ca, &ca_key)
-            .expect("server cert");
+        let (server, server_key) = server_cert(&ca, &ca_key);
         let (other_ca, _) = make_ca("some other CA");
         for (name, pem) in [
             ("ca.pem", ca.pem()),
