@@ -135,7 +135,7 @@ impl Shard {
         if let Some(buffers) = conn.buffers.as_mut() {
             buffers.inbox = BytesMut::new();
         }
-        let will = conn.will.take();
+        let will = conn.take_will();
         let session = std::mem::replace(&mut conn.session, conn::NO_SESSION);
         // A WebSocket's answer is owed even when the outbox is empty (`transport.rs`).
         let flush_first = reason == CloseReason::WebSocket

@@ -1,8 +1,9 @@
-//! The MQTT 5 state of one network connection that only some clients use: topic aliases both
-//! ways, the client's Maximum Packet Size, its Request Problem Information 0 and its enhanced
-//! authentication method. A side allocation (`Conn::v5`), made at CONNECT for a client that
-//! asks for any of these, or on its first inbound alias; a 3.1.1 client and a v5 client that
-//! uses none of this hold a `None`. Aliases belong to the network
+//! The state of one network connection that only some clients use: its will (either protocol
+//! version), and MQTT 5's topic aliases both ways, the client's Maximum Packet Size, its
+//! Request Problem Information 0 and its enhanced authentication method. A side allocation
+//! (`Conn::v5`), made at CONNECT for a client that has a will or asks for any of these, or on
+//! its first inbound alias; a client that uses none of this holds a `None`, which keeps an idle
+//! `Conn` at 40 B (issue 12). Aliases belong to the network
 //! connection, not the session: a new connection starts with none [MQTT-3.3.2-7], so this goes
 //! with the `Conn`.
 
@@ -11,7 +12,7 @@ use std::hash::BuildHasher;
 
 use bytestring::ByteString;
 
-use crate::protocol::Properties;
+use crate::protocol::{LastWill, Properties};
 
 #[derive(Debug, Default)]
 pub struct ConnV5 {
@@ -32,6 +33,9 @@ pub struct ConnV5 {
     /// that the close is not a reset that loses the DISCONNECT (`close.rs`). Here rather than
     /// in `Conn`: only a v5 client is told a DISCONNECT.
     pub linger: bool,
+    /// The will of its CONNECT, of either protocol version, until it is published (abnormal
+    /// close) or discarded (DISCONNECT 0x00) (`Conn::will`, `set_will`, `take_will`).
+    pub will: Option<Box<LastWill>>,
 }
 
 impl ConnV5 {
@@ -53,6 +57,7 @@ impl ConnV5 {
             no_problem_information,
             auth_method: None,
             linger: false,
+            will: None,
         }))
     }
 }

@@ -107,7 +107,7 @@ impl Shard {
         }
         // [MQTT-3.14.4-3] A normal DISCONNECT discards the will.
         if let Some(conn) = self.conns.get_mut(slot, generation) {
-            if conn.will.take().is_some() && self.durable.is_some() {
+            if conn.take_will().is_some() && self.durable.is_some() {
                 self.log_will_end(session);
             }
         }
@@ -392,7 +392,7 @@ impl Shard {
         } else {
             None
         };
-        conn.will = connect.will.as_ref().map(|will| {
+        conn.set_will(connect.will.as_ref().map(|will| {
             Box::new(LastWill {
                 topic: unpinned_string(&will.topic),
                 payload: Bytes::copy_from_slice(&will.payload),
@@ -400,7 +400,7 @@ impl Shard {
                 retain: will.retain,
                 properties: will.properties.clone(),
             })
-        });
+        }));
         if let Some(s) = self.sessions.get_mut(session) {
             s.conn = Some(ConnRef { slot, generation });
             // [MQTT-3.1.2-21] Absent: 65,535. It bounds our QoS 1/2 sends (`window_open`).

@@ -721,10 +721,7 @@ impl Shard {
         let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
             return;
         };
-        let will = self
-            .conns
-            .get(slot, generation)
-            .and_then(|c| c.will.as_deref());
+        let will = self.conns.get(slot, generation).and_then(|c| c.will());
         durable.append(|out| match will {
             Some(will) => persist::append_will(out, &s.client_id, will),
             None => persist::append_will_end(out, &s.client_id),

@@ -14,7 +14,7 @@
 //!
 //! The `TlsConn` is made at the connection's first byte (a connection that never speaks costs
 //! what a plain one does) and kept by (slot, generation) beside the connection: `Conn` stays
-//! at its 48 B. A hand-off carries it to the client's home shard (`handoff.rs`); a bad record
+//! at its 40 B. A hand-off carries it to the client's home shard (`handoff.rs`); a bad record
 //! or failed handshake closes only its connection (counted as `tls_errors`).
 //!
 //! WebSocket (`ws`, and `wss` on top of TLS) takes the same two hooks, with its `WsConn`
