@@ -37,8 +37,14 @@
 //!
 //! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
 //! payload): two pending messages of one session with the same topic and payload are
-//! interchangeable, so removing either is right. A restored session's expiry runs from the
-//! restart (the time it was away before it is not known).
+//! interchangeable, so removing either is right.
+//!
+//! A persistent session's expiry runs on the wall clock across a restart: its `Session` record
+//! is written again when its client leaves, with the time it left (unix ms). At start a
+//! session whose Session Expiry Interval ran out while the broker was down is not restored
+//! (its queued messages and will go with it); the others keep what is left of their interval
+//! (`RestoredSession::away_ms`). A session whose client was connected when the broker stopped
+//! was left at the start: the snapshot records the start as its leaving time.
 //!
 //! Retained messages replicate to every shard, but only the publisher's shard writes the
 //! record; replay orders records of one topic from different logs by their wall-clock time
@@ -74,8 +80,10 @@ pub enum Kind {
     /// Message Expiry as unix seconds (u64 LE, 0 = none), the message as an MQTT 5 PUBLISH
     /// with retain 1 (packet id 1 at QoS 1/2), its properties as received.
     Retained = 1,
-    /// A persistent session exists (created, resumed, or its expiry changed). Body: client
-    /// id, protocol level (u8), Session Expiry Interval (u32 LE).
+    /// A persistent session exists (created, resumed, its expiry changed, or its client
+    /// left). Body: client id, protocol level (u8), Session Expiry Interval (u32 LE), then when
+    /// its client left as unix ms (u64 LE; 0 while connected). Logs written before that field
+    /// end after the interval: read as 0 (the start is then the leaving time).
     Session = 2,
     /// The session ended (expired, discarded by a clean start, or made clean). Body: client id.
     SessionEnd = 3,
@@ -195,11 +203,19 @@ fn put_message(
     );
 }
 
-pub fn append_session(out: &mut Vec<u8>, client_id: &str, version: u8, expiry_secs: u32) {
+/// `left_unix_ms`: when the client left (0 while it is connected).
+pub fn append_session(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    version: u8,
+    expiry_secs: u32,
+    left_unix_ms: u64,
+) {
     append_record(out, Kind::Session, |body| {
         put_str(body, client_id);
         body.push(version);
         body.extend_from_slice(&expiry_secs.to_le_bytes());
+        body.extend_from_slice(&left_unix_ms.to_le_bytes());
     });
 }
 
@@ -399,6 +415,9 @@ pub struct RestoredSession {
     /// The protocol level it last connected with.
     pub version: u8,
     pub expiry_secs: u32,
+    /// How long its client had been away at the start (wall clock, ms): its expiry runs on
+    /// from there. 0 for one whose client was connected when the broker stopped.
+    pub away_ms: u64,
     /// (filter, MQTT 5 options byte, Subscription Identifier or 0), by filter.
     pub subscriptions: Vec<(ByteString, u8, u32)>,
     /// Owed QoS 1/2 messages, oldest first.
@@ -562,6 +581,8 @@ fn varint(bytes: &[u8], mut at: usize) -> Option<(usize, usize)> {
 struct SessionEntry {
     version: u8,
     expiry_secs: u32,
+    /// When its client left, unix ms; 0 while connected.
+    left_unix_ms: u64,
     subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
     /// (message id, record body after the client id, the message).
     /// (message id, record body after the client id), decoded only for a start's sessions:
@@ -578,7 +599,13 @@ struct SessionEntry {
 impl SessionEntry {
     /// The records that make this session again, into a snapshot.
     fn write(&self, out: &mut Vec<u8>, client_id: &str) {
-        append_session(out, client_id, self.version, self.expiry_secs);
+        append_session(
+            out,
+            client_id,
+            self.version,
+            self.expiry_secs,
+            self.left_unix_ms,
+        );
         for (filter, &(options, subscription_id)) in &self.subscriptions {
             append_subscribe(out, client_id, filter, options, subscription_id);
         }
@@ -653,9 +680,15 @@ impl State {
                 let version = *body.first().ok_or_else(bad)?;
                 body = &body[1..];
                 let expiry_secs = take_u32(&mut body).ok_or_else(bad)?;
+                // Absent in logs written before it was recorded.
+                let left_unix_ms = match body.get(..8) {
+                    Some(bytes) => u64::from_le_bytes(bytes.try_into().expect("8")),
+                    None => 0,
+                };
                 let entry = self.sessions.entry(client_id.to_string()).or_default();
                 entry.version = version;
                 entry.expiry_secs = expiry_secs;
+                entry.left_unix_ms = left_unix_ms;
             }
             Kind::SessionEnd => {
                 let client_id = take_str(&mut body).ok_or_else(bad)?;
@@ -867,6 +900,16 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
             retained.push(message.clone());
         }
     }
+    // A session whose expiry ran out while the broker was down ends here; the others were
+    // left (at the latest) now.
+    let now_ms = unix_ns() / 1_000_000;
+    state.sessions.retain(|_, entry| {
+        if entry.left_unix_ms == 0 {
+            entry.left_unix_ms = now_ms;
+        }
+        let away_ms = now_ms.saturating_sub(entry.left_unix_ms);
+        entry.expiry_secs == u32::MAX || away_ms < u64::from(entry.expiry_secs) * 1000
+    });
     // Each session into the log of the shard its client id now homes on.
     let mut sessions = Vec::with_capacity(state.sessions.len());
     let mut client_ids: Vec<&String> = state.sessions.keys().collect();
@@ -879,6 +922,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
             client_id: client_id.as_str().into(),
             version: entry.version,
             expiry_secs: entry.expiry_secs,
+            away_ms: now_ms.saturating_sub(entry.left_unix_ms),
             subscriptions: entry
                 .subscriptions
                 .iter()
@@ -997,7 +1041,7 @@ mod tests {
     #[test]
     fn a_session_keeps_its_subscriptions_and_the_messages_not_yet_delivered() {
         let mut log = Vec::new();
-        append_session(&mut log, "c1", 4, 60);
+        append_session(&mut log, "c1", 4, 60, 0);
         append_subscribe(&mut log, "c1", "a/+", 1, 0);
         append_subscribe(&mut log, "c1", "b/#", 2 | 4, 7);
         append_unsubscribe(&mut log, "c1", "a/+");
@@ -1016,7 +1060,7 @@ mod tests {
         append_delivered(&mut log, "c1", message_id("b/x", b"m1"));
         // Records for a session the log never opened (or already ended) are ignored.
         append_subscribe(&mut log, "c2", "z", 0, 0);
-        append_session(&mut log, "c3", 5, 10);
+        append_session(&mut log, "c3", 5, 10, 0);
         append_session_end(&mut log, "c3");
         let state = replay(&log);
         assert_eq!(state.sessions.len(), 1);
@@ -1035,7 +1079,7 @@ mod tests {
     #[test]
     fn qos2_state_is_kept_until_its_flow_completes() {
         let mut log = Vec::new();
-        append_session(&mut log, "c1", 4, 60);
+        append_session(&mut log, "c1", 4, 60, 0);
         append_message(&mut log, "c1", "t", b"m", QoS::ExactlyOnce, false, None);
         append_message(&mut log, "c1", "t", b"n", QoS::ExactlyOnce, false, None);
         // PUBREC for "m" as id 3: no longer owed, its PUBREL is; PUBCOMP for id 4.
@@ -1058,6 +1102,80 @@ mod tests {
     }
 
     #[test]
+    fn a_session_record_carries_when_its_client_left_and_older_ones_read_as_connected() {
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 5, 60, 1_700_000_000_123);
+        // As written before the leaving time was recorded: no field after the interval.
+        append_record(&mut log, Kind::Session, |body| {
+            put_str(body, "c2");
+            body.push(4);
+            body.extend_from_slice(&60u32.to_le_bytes());
+        });
+        let state = replay(&log);
+        assert_eq!(state.sessions["c1"].left_unix_ms, 1_700_000_000_123);
+        assert_eq!(
+            (
+                state.sessions["c2"].version,
+                state.sessions["c2"].expiry_secs
+            ),
+            (4, 60)
+        );
+        assert_eq!(state.sessions["c2"].left_unix_ms, 0);
+        // Compaction keeps it.
+        let compacted = compact(&log, Path::new("test.log")).unwrap();
+        assert_eq!(
+            replay(&compacted).sessions["c1"].left_unix_ms,
+            1_700_000_000_123
+        );
+    }
+
+    #[test]
+    fn a_start_drops_sessions_that_expired_while_down_and_tells_how_long_the_others_were_away() {
+        let dir = std::env::temp_dir().join(format!("ringmq-persist-away-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("gen-1")).unwrap();
+        fs::write(dir.join("CURRENT"), "1\n").unwrap();
+        let now_ms = unix_ns() / 1_000_000;
+        let mut log = Vec::new();
+        append_session(&mut log, "expired", 5, 5, now_ms - 10_000);
+        append_message(
+            &mut log,
+            "expired",
+            "t",
+            b"m",
+            QoS::AtLeastOnce,
+            false,
+            None,
+        );
+        append_session(&mut log, "away", 5, 60, now_ms - 10_000);
+        append_session(&mut log, "never", 5, u32::MAX, now_ms - 10_000_000);
+        append_session(&mut log, "connected", 4, 5, 0);
+        fs::write(dir.join("gen-1/shard-0.log"), &log).unwrap();
+        let opened = open(&dir, 1).unwrap();
+        let mut away: Vec<(&str, u64)> = opened
+            .restored
+            .sessions
+            .iter()
+            .map(|s| (&*s.client_id, s.away_ms))
+            .collect();
+        away.sort();
+        assert_eq!(away.len(), 3, "{away:?}");
+        assert_eq!(away[0], ("away", away[0].1));
+        assert!((10_000..20_000).contains(&away[0].1), "{away:?}");
+        // Connected when the broker stopped: left at this start.
+        assert_eq!(away[1].0, "connected");
+        assert!(away[1].1 < 5_000, "{away:?}");
+        assert_eq!(away[2].0, "never");
+        drop(opened);
+        // The snapshot says the same: the start is the connected one's leaving time.
+        let snapshot = fs::read(dir.join("gen-2/shard-0.log")).unwrap();
+        let state = replay(&snapshot);
+        assert!(!state.sessions.contains_key("expired"));
+        assert!(state.sessions["connected"].left_unix_ms >= now_ms);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_will_is_kept_until_it_ends_and_keeps_its_delay_and_properties() {
         let properties = Properties {
             will_delay_interval: Some(30),
@@ -1072,9 +1190,9 @@ mod tests {
             properties: properties.into(),
         };
         let mut log = Vec::new();
-        append_session(&mut log, "c1", 5, 60);
+        append_session(&mut log, "c1", 5, 60, 0);
         append_will(&mut log, "c1", &will);
-        append_session(&mut log, "c2", 5, 60);
+        append_session(&mut log, "c2", 5, 60, 0);
         append_will(&mut log, "c2", &will);
         append_will_end(&mut log, "c2");
         let state = replay(&log);
@@ -1094,7 +1212,7 @@ mod tests {
     #[test]
     fn compaction_keeps_what_the_log_says_and_drops_the_history() {
         let mut log = retained_log(&[("a", "1"), ("a", "2"), ("b", "x"), ("b", "")]);
-        append_session(&mut log, "c1", 4, 60);
+        append_session(&mut log, "c1", 4, 60, 0);
         append_subscribe(&mut log, "c1", "t/#", 1, 0);
         for n in 0..100 {
             let payload = format!("m{n}");

@@ -11,7 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::binary::{self, Ringmq};
+use common::v5::{self, V5Client};
 use common::*;
+use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::QoS;
 
 /// Starts `ringmq` with `--persistence-dir dir`, `shards` and `extra`; waits until it accepts.
@@ -343,6 +346,23 @@ fn persistent_client(addr: SocketAddr, client_id: &str) -> MqttClient {
     let mut options = mqtt_options_with_id(addr, client_id);
     options.set_clean_session(false);
     MqttClient::connect(options)
+}
+
+/// An MQTT 5 session (rumqttc's v5 codec) with Session Expiry Interval `expiry_secs`: the
+/// client and whether the CONNACK said session present.
+fn v5_session(
+    addr: SocketAddr,
+    client_id: &str,
+    clean_start: bool,
+    expiry_secs: u32,
+) -> (V5Client, bool) {
+    let properties = ConnectProperties {
+        session_expiry_interval: Some(expiry_secs),
+        ..ConnectProperties::new()
+    };
+    let connect = v5::connect(client_id, clean_start, Some(properties));
+    let (client, connack) = V5Client::connect_accepted(addr, connect);
+    (client, connack.connack().session_present)
 }
 
 /// mosquitto_sub -V 5 with a Session Expiry Interval of an hour as `client_id`: `args` say
@@ -967,6 +987,49 @@ fn mosquitto_v5_with_will(port: u16, client_id: &str, will_topic: &str, delay_se
     );
     sub.wait_line("SUBACK");
     sub
+}
+
+/// A session's expiry runs from its client's disconnect, on the wall clock, across a SIGKILL
+/// and a restart: one of 3 s is gone about 3 s after the disconnect (the expiry timer ticks
+/// every second), not 3 s after the restart; one of 60 s is still there with its message.
+#[test]
+fn a_restored_session_expires_when_it_would_have_without_the_restart() {
+    let dir = TempDir::new("persist-expiry");
+    let topic = unique_topic("persist/expiry");
+    let broker = start_on(dir.path(), 1, &[]);
+    let short = unique_id("persist-expiry-3s");
+    let long = unique_id("persist-expiry-60s");
+    for (id, secs) in [(&short, 3), (&long, 60)] {
+        let (mut client, present) = v5_session(broker.addr, id, true, secs);
+        assert!(!present);
+        client.subscribe(&topic, V5QoS::AtLeastOnce);
+        client.disconnect();
+    }
+    let left = Instant::now();
+    publish_acked_from(broker.addr, 0, 1, &topic, &["queued".to_string()]);
+    thread::sleep(Duration::from_secs(1).saturating_sub(left.elapsed()));
+    broker.kill();
+    let broker = start_on(dir.path(), 1, &[]);
+    let restarted = left.elapsed();
+    // Its deadline is rounded up to the second and the timer ticks every second: gone by 4 s
+    // after the disconnect. Counted from the restart it would last until 5 s at least.
+    thread::sleep(Duration::from_millis(4700).saturating_sub(left.elapsed()));
+    let reconnect = left.elapsed();
+    let (mut client, present) = v5_session(broker.addr, &short, false, 3);
+    assert!(
+        !present,
+        "expired 3 s after the disconnect (restarted after {restarted:?}, back after \
+         {reconnect:?})"
+    );
+    assert!(
+        client.try_receive(QUIET).is_none(),
+        "its queued message went with it"
+    );
+    let (mut client, present) = v5_session(broker.addr, &long, false, 60);
+    assert!(present, "60 s have not passed");
+    let publish = client.try_receive(WAIT).expect("its queued message");
+    assert_eq!(&publish.payload[..], b"queued");
+    broker.stop();
 }
 
 #[test]

@@ -708,7 +708,23 @@ impl Shard {
     /// wait: whatever the client does next is recorded after it, in the same log.
     pub(super) fn log_session(&mut self, session: u32, version: u8, expiry_secs: u32) {
         self.log_for_session(session, false, |out, client_id| {
-            persist::append_session(out, client_id, version, expiry_secs)
+            persist::append_session(out, client_id, version, expiry_secs, 0)
+        });
+    }
+
+    /// The client of persistent session `session` left: its record again, with when (wall
+    /// clock), so that a restart lets its expiry run on from there. Not waited for.
+    pub(super) fn log_session_left(&mut self, session: u32) {
+        if self.durable.is_none() {
+            return;
+        }
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        let (version, expiry_secs) = (s.version as u8, s.session_expiry_secs);
+        let left_unix_ms = persist::unix_ns() / 1_000_000;
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_session(out, client_id, version, expiry_secs, left_unix_ms)
         });
     }
 
@@ -950,7 +966,7 @@ impl Shard {
                     s.incoming_qos2_begin(packet_id, usize::MAX);
                 }
             }
-            self.queue_expiry(index);
+            self.queue_restored_expiry(index, restored.away_ms);
         }
     }
 }

@@ -515,6 +515,7 @@ impl Shard {
             self.sessions.remove(session);
             self.forget_client_acl(session);
         } else {
+            self.log_session_left(session);
             self.queue_expiry(session);
         }
     }

@@ -219,6 +219,22 @@ impl Shard {
         }
     }
 
+    /// A session restored at start whose client had been away `away_ms` (wall clock) before
+    /// it: what is left of its interval runs from now. Its `session_expiry_secs` is shortened
+    /// to that (a return sets it again from the CONNECT), the deadline rounded up to the second.
+    pub(super) fn queue_restored_expiry(&mut self, session: u32, away_ms: u64) {
+        let now_ms = self.clock_ms_rounded_up();
+        if let Some(s) = self.sessions.get_mut(session) {
+            if s.session_expiry_secs != u32::MAX {
+                let left_ms = (u64::from(s.session_expiry_secs) * 1000).saturating_sub(away_ms);
+                let deadline_secs = (now_ms + left_ms).div_ceil(1000);
+                let left_secs = deadline_secs - now_ms.div_ceil(1000);
+                s.session_expiry_secs = left_secs.min(u64::from(u32::MAX - 1)) as u32;
+            }
+        }
+        self.queue_expiry(session);
+    }
+
     /// Removes persistent sessions whose client stayed away past the expiry: a bounded batch
     /// from the front of the queue, on the timer tick.
     pub(super) fn expire_sessions(&mut self) {
