@@ -271,9 +271,16 @@ impl Shard {
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.subscriptions.for_each_match(topic, |session, grant| {
-            matches.push((session, *grant));
-        });
+        let sessions = &self.sessions;
+        self.subscriptions.for_each_match(
+            topic,
+            |session| {
+                sessions
+                    .get(session)
+                    .is_some_and(|s| s.has_subscription(topic))
+            },
+            |session, grant| matches.push((session, *grant)),
+        );
         route::dedupe_matches(&mut matches);
         self.deliver_matches(&matches, topic, payload, qos, retain, properties);
         let matched = !matches.is_empty();

@@ -71,7 +71,7 @@ use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
 use crate::tls::TlsConn;
 use crate::topic::retained::RetainedStore;
-use crate::topic::trie::Trie;
+use crate::topic::Subscriptions;
 use crate::websocket::WsConn;
 
 use close::CloseReason;
@@ -210,7 +210,7 @@ pub struct Shard {
     enhanced_auth: EnhancedAuthMethods,
     conns: Conns,
     sessions: Sessions,
-    subscriptions: Trie<route::Grant>,
+    subscriptions: Subscriptions<route::Grant>,
     shared: SharedSubscriptions,
     /// MQTT 5 Subscription Identifiers of the plain subscriptions that have one.
     subscription_ids: subscription_ids::SubscriptionIds,
@@ -381,7 +381,7 @@ impl Shard {
             enhanced_auth: EnhancedAuthMethods::default(),
             conns: Conns::default(),
             sessions: Sessions::default(),
-            subscriptions: Trie::new(),
+            subscriptions: Subscriptions::new(),
             subscription_ids: Default::default(),
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::with_weigh_and_deadline(retained_weight, |message| {

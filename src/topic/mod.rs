@@ -1,12 +1,14 @@
-//! Topic names and filters (`filter`), the subscription trie each shard matches publishes against
-//! (`trie`), and the retained-message store new subscriptions are answered from (`retained`).
+//! Topic names and filters (`filter`), the subscriptions each shard matches publishes against
+//! (`subscriptions`: exact filters by hash, wildcard ones in the `trie`), and the
+//! retained-message store new subscriptions are answered from (`retained`).
 //!
-//! All three split levels on `/` over borrowed `&str`s; matching allocates nothing.
+//! They split levels on `/` over borrowed `&str`s; matching allocates nothing.
 
 pub mod filter;
 pub(crate) mod level_map;
 pub mod retained;
 mod stack;
+pub mod subscriptions;
 pub mod trie;
 
 pub use filter::{
@@ -14,6 +16,7 @@ pub use filter::{
     TOPIC_BYTES_MAX,
 };
 pub use retained::RetainedStore;
+pub use subscriptions::Subscriptions;
 pub use trie::Trie;
 
 /// Counts heap allocations and live bytes per thread, so tests can assert that matching allocates

@@ -46,7 +46,7 @@ struct Wild<V> {
 }
 
 /// One node's subscribers: a single one inline (a client's own topic), a vector only for more.
-enum Subscribers<V> {
+pub(super) enum Subscribers<V> {
     Empty,
     One((u32, V)),
     // Boxed: a bare `Vec` would make this enum, in every node, 32 bytes instead of 16.
@@ -58,7 +58,7 @@ const _: () = assert!(std::mem::size_of::<Node<u8>>() == 40);
 
 impl<V> Subscribers<V> {
     #[inline]
-    fn as_slice(&self) -> &[(u32, V)] {
+    pub(super) fn as_slice(&self) -> &[(u32, V)] {
         match self {
             Subscribers::Empty => &[],
             Subscribers::One(entry) => std::slice::from_ref(entry),
@@ -66,12 +66,12 @@ impl<V> Subscribers<V> {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         matches!(self, Subscribers::Empty)
     }
 
     /// Adds `subscriber`, or replaces its value and returns the old one.
-    fn insert(&mut self, subscriber: u32, value: V) -> Option<V> {
+    pub(super) fn insert(&mut self, subscriber: u32, value: V) -> Option<V> {
         match self {
             Subscribers::Empty => {
                 *self = Subscribers::One((subscriber, value));
@@ -97,7 +97,7 @@ impl<V> Subscribers<V> {
         }
     }
 
-    fn remove(&mut self, subscriber: u32) -> Option<V> {
+    pub(super) fn remove(&mut self, subscriber: u32) -> Option<V> {
         match self {
             Subscribers::Empty => None,
             Subscribers::One((existing, _)) => {
