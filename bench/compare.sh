@@ -330,7 +330,9 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 sockstat() { tr '\n' ';' < /proc/net/sockstat; }
 # Nanoseconds the threads of process $1 have spent runnable but waiting for a CPU
 # (/proc/PID/task/*/schedstat, 2nd field): on a shared machine, the time other jobs took from it.
-runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {print s + 0}'; }
+# A process that has just exited has no task files: 0, not a failed pipe (set -e, pipefail would
+# end the whole run without a word; CI did, at the end of a conn-idle run).
+runq_ns() { { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{s += $2} END {print s + 0}'; }
 # Clock ticks the hypervisor gave to other guests while this machine wanted its CPUs (steal).
 steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
 
