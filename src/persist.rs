@@ -116,6 +116,11 @@ pub enum Kind {
     /// The will is gone: published, or discarded by a normal DISCONNECT or a CONNECT without
     /// one. Body: client id.
     WillEnd = 13,
+    /// A QoS 2 message owed to a persistent session went out under `packet_id`: after a
+    /// restart it is sent again under that id with DUP=1 [MQTT-4.4.0-1], so a receiver that
+    /// already has it does not deliver it twice. Body: client id, packet id (u16 LE), the
+    /// message's `message_id` (u32 LE).
+    Sent = 14,
 }
 
 impl Kind {
@@ -134,6 +139,7 @@ impl Kind {
             11 => Kind::IncomingReleased,
             12 => Kind::Will,
             13 => Kind::WillEnd,
+            14 => Kind::Sent,
             _ => return None,
         })
     }
@@ -283,6 +289,15 @@ pub fn append_released(
     });
 }
 
+/// An outbound QoS 2 message went out under `packet_id`.
+pub fn append_sent(out: &mut Vec<u8>, client_id: &str, packet_id: u16, message_id: u32) {
+    append_record(out, Kind::Sent, |body| {
+        put_str(body, client_id);
+        body.extend_from_slice(&packet_id.to_le_bytes());
+        body.extend_from_slice(&message_id.to_le_bytes());
+    });
+}
+
 /// A record whose body is a client id and a packet id: `Completed`, `IncomingQos2`,
 /// `IncomingReleased`.
 pub fn append_packet_id(out: &mut Vec<u8>, kind: Kind, client_id: &str, packet_id: u16) {
@@ -420,8 +435,11 @@ pub struct RestoredSession {
     pub away_ms: u64,
     /// (filter, MQTT 5 options byte, Subscription Identifier or 0), by filter.
     pub subscriptions: Vec<(ByteString, u8, u32)>,
-    /// Owed QoS 1/2 messages, oldest first.
+    /// Owed QoS 1/2 messages not yet sent under a recorded packet id, oldest first.
     pub messages: Vec<RetainedMessage>,
+    /// Outbound QoS 2 messages sent under a packet id and not yet PUBRECed: sent again
+    /// under it, with DUP=1, when the client resumes.
+    pub inflight: Vec<(u16, RetainedMessage)>,
     /// Outbound QoS 2 packet ids the client sent PUBREC for: PUBREL owed, PUBCOMP awaited.
     pub released: Vec<u16>,
     /// Inbound QoS 2 packet ids taken and not yet released by the client's PUBREL.
@@ -584,10 +602,10 @@ struct SessionEntry {
     /// When its client left, unix ms; 0 while connected.
     left_unix_ms: u64,
     subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
-    /// (message id, record body after the client id, the message).
-    /// (message id, record body after the client id), decoded only for a start's sessions:
-    /// a running shard's compaction never needs the message itself.
-    messages: std::collections::VecDeque<(u32, Vec<u8>)>,
+    /// (message id, the packet id it went out under when one was recorded (`Sent`), record
+    /// body after the client id), decoded only for a start's sessions: a running shard's
+    /// compaction never needs the message itself.
+    messages: std::collections::VecDeque<(u32, Option<u16>, Vec<u8>)>,
     /// Outbound QoS 2 ids awaiting PUBCOMP.
     released: std::collections::BTreeSet<u16>,
     /// Inbound QoS 2 ids awaiting PUBREL.
@@ -609,11 +627,14 @@ impl SessionEntry {
         for (filter, &(options, subscription_id)) in &self.subscriptions {
             append_subscribe(out, client_id, filter, options, subscription_id);
         }
-        for (_, body) in &self.messages {
+        for (message_id, packet_id, body) in &self.messages {
             append_record(out, Kind::Message, |out| {
                 put_str(out, client_id);
                 out.extend_from_slice(body);
             });
+            if let Some(packet_id) = *packet_id {
+                append_sent(out, client_id, packet_id, *message_id);
+            }
         }
         for &packet_id in &self.released {
             append_released(out, client_id, packet_id, None);
@@ -722,7 +743,7 @@ impl State {
                     expiry_unix_secs != 0 && expiry_unix_secs <= unix_ns() / 1_000_000_000;
                 if let Some(entry) = self.sessions.get_mut(client_id) {
                     if !expired {
-                        entry.messages.push_back((id, body.to_vec()));
+                        entry.messages.push_back((id, None, body.to_vec()));
                     }
                 }
             }
@@ -743,11 +764,38 @@ impl State {
                     .transpose()?;
                 if let Some(entry) = self.sessions.get_mut(client_id) {
                     if let Some(id) = message {
-                        if let Some(index) = entry.messages.iter().position(|m| m.0 == id) {
+                        // The copy sent under this id, or (a log without `Sent` records) one
+                        // never recorded as sent.
+                        let index = entry
+                            .messages
+                            .iter()
+                            .position(|m| m.0 == id && m.1 == Some(packet_id))
+                            .or_else(|| {
+                                entry
+                                    .messages
+                                    .iter()
+                                    .position(|m| m.0 == id && m.1.is_none())
+                            });
+                        if let Some(index) = index {
                             entry.messages.remove(index);
                         }
                     }
                     entry.released.insert(packet_id);
+                }
+            }
+            Kind::Sent => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let packet_id = take_u16(&mut body).ok_or_else(bad)?;
+                let id = take_u32(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    // Equal messages are interchangeable: the oldest not yet sent.
+                    if let Some(m) = entry
+                        .messages
+                        .iter_mut()
+                        .find(|m| m.0 == id && m.1.is_none())
+                    {
+                        m.1 = Some(packet_id);
+                    }
                 }
             }
             Kind::Will => {
@@ -931,10 +979,22 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
             messages: entry
                 .messages
                 .iter()
-                .map(|(_, body)| decode_retained(body).map(|(_, _, message)| message))
+                .filter(|m| m.1.is_none())
+                .map(|(_, _, body)| decode_retained(body).map(|(_, _, message)| message))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| {
                     format!("persistence: a message queued for {client_id:?} does not decode")
+                })?,
+            inflight: entry
+                .messages
+                .iter()
+                .filter_map(|(_, packet_id, body)| Some((packet_id.as_ref()?, body)))
+                .map(|(&packet_id, body)| {
+                    decode_retained(body).map(|(_, _, message)| (packet_id, message))
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    format!("persistence: a message in flight to {client_id:?} does not decode")
                 })?,
             released: entry.released.iter().copied().collect(),
             incoming_qos2: entry.incoming_qos2.iter().copied().collect(),
@@ -1071,7 +1131,7 @@ mod tests {
         let payloads: Vec<Vec<u8>> = c1
             .messages
             .iter()
-            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .map(|m| decode_retained(&m.2).unwrap().2.payload.to_vec())
             .collect();
         assert_eq!(payloads, [&b"m2"[..], &b"m1"[..]]);
     }
@@ -1094,11 +1154,46 @@ mod tests {
         let payloads: Vec<Vec<u8>> = c1
             .messages
             .iter()
-            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .map(|m| decode_retained(&m.2).unwrap().2.payload.to_vec())
             .collect();
         assert_eq!(payloads, [&b"n"[..]]);
         assert_eq!(c1.released.iter().copied().collect::<Vec<_>>(), [3]);
         assert_eq!(c1.incoming_qos2.iter().copied().collect::<Vec<_>>(), [7]);
+    }
+
+    #[test]
+    fn a_qos2_message_keeps_the_packet_id_it_went_out_under_until_its_pubrec() {
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 4, 60, 0);
+        // Two equal messages and a third: the first two went out as ids 9 and 10.
+        for payload in [&b"m"[..], b"m", b"n"] {
+            append_message(&mut log, "c1", "t", payload, QoS::ExactlyOnce, false, None);
+        }
+        append_sent(&mut log, "c1", 9, message_id("t", b"m"));
+        append_sent(&mut log, "c1", 10, message_id("t", b"m"));
+        // PUBREC for id 10: the copy sent under 10 goes, the one under 9 stays in flight.
+        append_released(&mut log, "c1", 10, Some(message_id("t", b"m")));
+        let ids = |state: &State| -> Vec<(Option<u16>, Vec<u8>)> {
+            state.sessions["c1"]
+                .messages
+                .iter()
+                .map(|m| (m.1, decode_retained(&m.2).unwrap().2.payload.to_vec()))
+                .collect()
+        };
+        let state = replay(&log);
+        let expected = [(Some(9), b"m".to_vec()), (None, b"n".to_vec())];
+        assert_eq!(ids(&state), expected);
+        // A compaction and a start's snapshot keep the id with its message.
+        let compacted = compact(&log, Path::new("test.log")).unwrap();
+        assert_eq!(ids(&replay(&compacted)), expected);
+        assert_eq!(
+            state.sessions["c1"]
+                .released
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [10]
+        );
     }
 
     #[test]
@@ -1241,7 +1336,7 @@ mod tests {
         let payloads: Vec<Vec<u8>> = after.sessions["c1"]
             .messages
             .iter()
-            .map(|m| decode_retained(&m.1).unwrap().2.payload.to_vec())
+            .map(|m| decode_retained(&m.2).unwrap().2.payload.to_vec())
             .collect();
         assert_eq!(payloads, [&b"m42"[..]]);
         assert_eq!(

@@ -842,8 +842,11 @@ fn raw_persistent(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
 /// restart it sends the PUBLISH again (DUP), as a client that lost the PUBREC would: it is
 /// acknowledged, not delivered again; its PUBREL gets PUBCOMP; the id is then free for a new
 /// message. Outbound: a subscriber (raw bytes) got PUBREL for a message and had not sent
-/// PUBCOMP. After the restart the broker sends that PUBREL again, never the message. A
-/// persistent subscriber through rumqttc counts the deliveries.
+/// PUBCOMP, and got a second message and had not sent PUBREC. After the restart the broker
+/// sends that PUBREL again, never the message, and the second message again under the same
+/// packet id with DUP=1 [MQTT-4.4.0-1] (a new id would make it a new message to the
+/// receiver); a message after them gets another id. A persistent subscriber through rumqttc
+/// counts the deliveries.
 fn qos2_flows_complete_across_sigkill(shards: usize) {
     let dir = TempDir::new("persist-qos2");
     let topic = unique_topic("persist/qos2");
@@ -875,6 +878,17 @@ fn qos2_flows_complete_across_sigkill(shards: usize) {
     let out_id = publish.packet_id.unwrap();
     receiver.send(&pubrec_bytes(out_id));
     assert_eq!(receiver.read_packet().ack_id(PUBREL), out_id);
+    // The second one is received and not PUBRECed before the kill.
+    {
+        let mut publisher = MqttClient::connect(mqtt_options(broker.addr, "persist-qos2-out"));
+        publisher.publish(&out_topic, QoS::ExactlyOnce, false, "out-2");
+        publisher.wait_acks(QoS::ExactlyOnce, 1);
+    }
+    let second = receiver.read_publish();
+    assert_eq!((second.qos, second.dup), (2, false));
+    assert_eq!(&second.payload[..], b"out-2");
+    let second_id = second.packet_id.unwrap();
+    assert_ne!(second_id, out_id);
 
     // Inbound: PUBLISH id 7, PUBREC, and no PUBREL before the kill.
     let (mut publisher, _) = raw_persistent(broker.addr, &publisher_id);
@@ -920,7 +934,35 @@ fn qos2_flows_complete_across_sigkill(shards: usize) {
         out_id,
         "{what}: the PUBREL owed is sent again, not the message"
     );
+    let again = receiver.read_publish();
+    assert_eq!(
+        (&again.payload[..], again.packet_id, again.dup),
+        (&b"out-2"[..], Some(second_id), true),
+        "{what}: the message awaiting PUBREC is sent again under its id, with DUP=1"
+    );
     receiver.send(&pubcomp_bytes(out_id));
+    receiver.send(&pubrec_bytes(second_id));
+    assert_eq!(receiver.read_packet().ack_id(PUBREL), second_id, "{what}");
+    receiver.send(&pubcomp_bytes(second_id));
+    receiver.expect_silence(QUIET);
+    // The restored ids are not handed out again while their flows are open.
+    {
+        let mut publisher = MqttClient::connect(mqtt_options(broker.addr, "persist-qos2-out"));
+        publisher.publish(&out_topic, QoS::ExactlyOnce, false, "out-3");
+        publisher.wait_acks(QoS::ExactlyOnce, 1);
+    }
+    let third = receiver.read_publish();
+    assert_eq!(&third.payload[..], b"out-3", "{what}");
+    assert!(
+        third.packet_id.unwrap() > second_id,
+        "{what}: new ids go after the restored ones"
+    );
+    receiver.send(&pubrec_bytes(third.packet_id.unwrap()));
+    assert_eq!(
+        receiver.read_packet().ack_id(PUBREL),
+        third.packet_id.unwrap()
+    );
+    receiver.send(&pubcomp_bytes(third.packet_id.unwrap()));
     receiver.expect_silence(QUIET);
 
     let mut counter = persistent_client(broker.addr, &counter_id);

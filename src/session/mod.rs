@@ -501,30 +501,43 @@ impl Session {
         }
     }
 
-    /// Restored from the persistence log: outbound QoS 2 flows whose PUBREL is owed, in
-    /// ascending packet id order (a resume sends the PUBRELs, `resend_inflight`).
-    pub fn restore_released(&mut self, packet_ids: &[u16]) {
-        if packet_ids.is_empty() {
+    /// Restored from the persistence log: outbound QoS 2 flows that had begun, each under
+    /// the packet id it went out with: `Some(message)` awaiting PUBREC (a resume sends it
+    /// again with DUP=1, `resend_inflight`), `None` awaiting PUBCOMP (its PUBREL is sent
+    /// again) [MQTT-4.4.0-1]. The window takes them in ascending packet id order, and new ids
+    /// go after the highest, so none is handed out again while its flow is open.
+    pub fn restore_window(&mut self, mut flights: Vec<(u16, Option<Message>)>) {
+        if flights.is_empty() {
             return;
         }
+        flights.sort_by_key(|&(packet_id, _)| packet_id);
+        // One flow per id: a log never holds two, but a repeat must not take two places.
+        flights.dedup_by_key(|&mut (packet_id, _)| packet_id);
         let flows = self.flows();
-        for &packet_id in packet_ids {
+        // `allocate_packet_id` counts on the window's ids rising from its oldest one.
+        flows.last_packet_id = flights.last().map_or(0, |&(packet_id, _)| packet_id);
+        for (packet_id, message) in flights {
+            let (state, message) = match message {
+                Some(message) => (InflightState::AwaitPubRec, message),
+                None => (
+                    InflightState::AwaitPubComp,
+                    Message {
+                        topic: ByteString::new(),
+                        payload: Bytes::new(),
+                        qos: QoS::ExactlyOnce,
+                        retain: false,
+                        properties: None,
+                        expires_secs: NEVER,
+                    },
+                ),
+            };
             flows.inflight.push_back(Inflight {
                 packet_id,
-                state: InflightState::AwaitPubComp,
+                state,
                 pinned: false,
-                message: Message {
-                    topic: ByteString::new(),
-                    payload: Bytes::new(),
-                    qos: QoS::ExactlyOnce,
-                    retain: false,
-                    properties: None,
-                    expires_secs: NEVER,
-                },
+                message,
             });
         }
-        // New ids go after them: `allocate_packet_id` counts on the window's ids rising.
-        flows.last_packet_id = packet_ids.iter().copied().max().unwrap_or(0);
     }
 
     /// Inbound QoS 2 ids awaiting PUBREL.

@@ -497,6 +497,12 @@ impl Shard {
         // within the turn or the next, and one that does not gets them copied by the timer
         // sweep (`Session::unpin_inflight`): no copy per message on the hot path.
         let packet_id = s.start_inflight(message, pinned);
+        if qos == QoS::ExactlyOnce && self.durable.is_some() {
+            if let Some(record) = self.log_sent(session, packet_id) {
+                self.hold_publish(c, session, packet_id, record);
+                return;
+            }
+        }
         let parts = PublishParts {
             topic,
             payload,
@@ -543,7 +549,17 @@ impl Shard {
                 continue;
             }
             // Queued messages were copied out of the receive blocks already.
+            let qos = message.qos;
             let packet_id = s.start_inflight(message, false);
+            if qos == QoS::ExactlyOnce && self.durable.is_some() {
+                if let Some(record) = self.log_sent(session, packet_id) {
+                    self.hold_publish(c, session, packet_id, record);
+                    continue;
+                }
+            }
+            let Some(s) = self.sessions.get_mut(session) else {
+                return;
+            };
             // Encoded straight from the copy the window keeps: no reference counts touched.
             let Some(flight) = s.newest_inflight() else {
                 return;

@@ -817,6 +817,26 @@ impl Shard {
         });
     }
 
+    /// The QoS 2 message `start_inflight` just put in persistent `session`'s window as
+    /// `packet_id` goes out: its id is recorded, so that after a restart it is sent again under
+    /// the same id [MQTT-4.4.0-1] and a receiver that has it does not deliver it twice. With
+    /// `sync = "ack"` returns the record's number: the PUBLISH waits for it (`hold_publish`),
+    /// as a receiver that got it before a crash took the record would get it again under
+    /// another id. Not called when persistence is off.
+    #[inline(never)]
+    pub(super) fn log_sent(&mut self, session: u32, packet_id: u16) -> Option<u64> {
+        let durable = self.durable.as_deref_mut()?;
+        let s = self.sessions.get(session).filter(|s| !s.clean_session)?;
+        let m = &s
+            .newest_inflight()
+            .filter(|f| f.packet_id == packet_id && f.state == InflightState::AwaitPubRec)?
+            .message;
+        let message_id = persist::message_id(&m.topic, &m.payload);
+        let record =
+            durable.append(|out| persist::append_sent(out, &s.client_id, packet_id, message_id));
+        (durable.acks_wait() && !durable.failed()).then_some(record)
+    }
+
     /// PUBCOMP: the outbound QoS 2 flow is over. Nothing waits: lost in a crash, the PUBREL is
     /// sent again after the restart and the client answers it again (spec 4.3.3).
     pub(super) fn log_completed(&mut self, session: u32, packet_id: u16) {
@@ -931,18 +951,34 @@ impl Shard {
                     NonZeroU32::new(*id),
                 );
             }
+            let restored_message = |m: &persist::RetainedMessage| {
+                Message {
+                    topic: m.topic.clone(),
+                    payload: m.payload.clone(),
+                    qos: m.qos,
+                    retain: m.retain,
+                    properties: None,
+                    expires_secs: crate::session::NEVER,
+                }
+                .with_properties(m.properties.as_ref(), now_secs)
+            };
             if let Some(s) = self.sessions.get_mut(index) {
+                // The flows that had begun keep their packet ids [MQTT-4.4.0-1]: the client
+                // may hold them (`Session::restore_window`).
+                let window = restored
+                    .released
+                    .iter()
+                    .map(|&packet_id| (packet_id, None))
+                    .chain(
+                        restored
+                            .inflight
+                            .iter()
+                            .map(|(packet_id, m)| (*packet_id, Some(restored_message(m)))),
+                    )
+                    .collect();
+                s.restore_window(window);
                 for m in &restored.messages {
-                    let message = Message {
-                        topic: m.topic.clone(),
-                        payload: m.payload.clone(),
-                        qos: m.qos,
-                        retain: m.retain,
-                        properties: None,
-                        expires_secs: crate::session::NEVER,
-                    }
-                    .with_properties(m.properties.as_ref(), now_secs);
-                    s.enqueue(message, queue_max);
+                    s.enqueue(restored_message(m), queue_max);
                 }
             }
             if let Some((delay_secs, m)) = &restored.will {
@@ -961,7 +997,6 @@ impl Shard {
                 self.delayed_wills.push((due_ms, index, Box::new(will)));
             }
             if let Some(s) = self.sessions.get_mut(index) {
-                s.restore_released(&restored.released);
                 for &packet_id in &restored.incoming_qos2 {
                     s.incoming_qos2_begin(packet_id, usize::MAX);
                 }

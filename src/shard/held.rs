@@ -35,9 +35,10 @@ use std::collections::VecDeque;
 use foldhash::fast::RandomState;
 use hashbrown::{HashMap, HashSet};
 
-use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
-use crate::session::ConnRef;
+use crate::protocol::{Packet, PubAck, PublishParts, ReasonCode, SubAck, UnsubAck};
+use crate::session::{ConnRef, InflightState};
 
+use super::outgoing::{Outboxes, Written};
 use super::Shard;
 
 /// An acknowledgement waiting for the mesh, small enough to hold many.
@@ -69,6 +70,13 @@ pub(super) enum HeldPacket {
     /// Ours to the client's PUBREC; held with persistence on until the record of the PUBREC
     /// is on disk.
     PubRel(u16, ReasonCode),
+    /// Not an ack: a QoS 2 PUBLISH to persistent `session`, in its window as `packet_id`,
+    /// held with `sync = "ack"` until the record of its packet id is on disk (`log_sent`),
+    /// then encoded from the window. The connection's acks keep their order around it.
+    Publish {
+        session: u32,
+        packet_id: u16,
+    },
 }
 
 impl HeldPacket {
@@ -84,8 +92,9 @@ impl HeldPacket {
         (code == ReasonCode::Success).then_some([first, 2, high, low])
     }
 
-    fn into_packet(self) -> Packet {
-        match self {
+    /// `None` for a `Publish` (`send_held_publish`).
+    fn into_packet(self) -> Option<Packet> {
+        Some(match self {
             HeldPacket::SubAck { packet_id, codes } => Packet::SubAck(SubAck {
                 packet_id,
                 codes,
@@ -115,7 +124,8 @@ impl HeldPacket {
                 code,
                 ..PubAck::new(packet_id)
             }),
-        }
+            HeldPacket::Publish { .. } => return None,
+        })
     }
 }
 
@@ -282,7 +292,12 @@ impl Shard {
                 return;
             }
         }
-        let mut packet = packet.into_packet();
+        if let HeldPacket::Publish { session, packet_id } = packet {
+            return self.send_held_publish(ConnRef { slot, generation }, session, packet_id);
+        }
+        let Some(mut packet) = packet.into_packet() else {
+            return;
+        };
         // PUBACK, PUBREC and PUBCOMP go without a Reason String (a MAY): Eclipse Paho's
         // reference client codec refuses a publish ack longer than 4 bytes, and the code says
         // what went wrong. SUBACK and UNSUBACK carry one: that codec reads their properties.
@@ -301,6 +316,60 @@ impl Shard {
             _ => {}
         }
         self.write(slot, generation, &packet);
+    }
+
+    /// Holds the QoS 2 PUBLISH `packet_id` of `session` to `conn` until record `record` of
+    /// this shard's log is on disk (`log_sent`).
+    pub(super) fn hold_publish(
+        &mut self,
+        conn: ConnRef,
+        session: u32,
+        packet_id: u16,
+        record: u64,
+    ) {
+        let packet = HeldPacket::Publish { session, packet_id };
+        self.held.hold(
+            (conn.slot, conn.generation),
+            packet,
+            vec![(super::durable::DISK, record as usize)],
+        );
+    }
+
+    /// A held QoS 2 PUBLISH goes out, encoded from the window, unless its client left
+    /// meanwhile (a resume sends the window again, `resend_inflight`) or its flow ended.
+    fn send_held_publish(&mut self, conn: ConnRef, session: u32, packet_id: u16) {
+        let now_secs = self.now_ms / 1000;
+        let Some(s) = self
+            .sessions
+            .get_mut(session)
+            .filter(|s| s.conn == Some(conn))
+        else {
+            return;
+        };
+        let Some(m) = s.inflight_message(packet_id, InflightState::AwaitPubRec) else {
+            return;
+        };
+        let properties = m.properties_at(now_secs);
+        let parts = PublishParts {
+            topic: &m.topic,
+            payload: &m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            dup: false,
+            packet_id,
+            properties: properties.as_deref(),
+            topic_alias: None,
+        };
+        let mut out = Outboxes {
+            conns: &mut self.conns,
+            pools: &mut self.pools,
+            dirty: &mut self.dirty,
+            stats: &mut self.stats,
+        };
+        if out.publish(conn, &parts, None) == Written::TooLarge {
+            // Over the client's Maximum Packet Size: done with, as in `pump`.
+            s.discard_inflight(packet_id);
+        }
     }
 
     /// Writes every held ack whose messages were taken, in each connection's order. Returns
