@@ -1204,8 +1204,13 @@ impl Proc {
     }
 
     /// Waits (bounded) for the process to exit by itself; kills it and panics after WAIT.
-    pub fn finish(mut self) -> Finished {
-        let deadline = Instant::now() + WAIT;
+    pub fn finish(self) -> Finished {
+        self.finish_within(WAIT)
+    }
+
+    /// As `finish`, for a process that runs for up to `within`.
+    pub fn finish_within(mut self, within: Duration) -> Finished {
+        let deadline = Instant::now() + within;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
@@ -1215,7 +1220,7 @@ impl Proc {
                 let _ = self.child.wait();
                 let rest: Vec<String> = self.lines.try_iter().collect();
                 panic!(
-                    "`{}` still running after {WAIT:?}; stdout: {rest:?}",
+                    "`{}` still running after {within:?}; stdout: {rest:?}",
                     self.name
                 );
             }
