@@ -21,17 +21,22 @@
 //!
 //! A torn tail (a crash in the middle of a write: a short record, or a bad CRC in the last
 //! record, or zeros to the end of the file) is where the log ends; nothing after it was ever
-//! acknowledged, because an ack that depends on a record waits for its write and fdatasync. A
-//! bad record with valid-looking data after it is corruption, not a crash: the start fails,
+//! acknowledged, because an ack that depends on a record waits for its write and fdatasync.
+//! Every batch (one write) ends with a `Commit` record, and the replay stops at the last one:
+//! a batch is kept whole or not at all, so the records one packet caused (a QoS 2 message
+//! for a subscriber, its packet id, the publisher's id) never come back in part. A bad
+//! record with valid-looking data after it is corruption, not a crash: the start fails,
 //! naming the file and the offset, rather than silently dropping what follows.
 //!
 //! Recorded: retained messages (set and delete, with their MQTT 5 properties and Message
 //! Expiry); persistent sessions (client id, protocol version, Session Expiry Interval), their
 //! subscriptions (filter, options, Subscription Identifier) and the QoS 1/2 messages owed to
 //! them (queued or in flight), each removed by the client's PUBACK (QoS 1) or PUBREC (QoS 2).
-//! QoS 2 in both directions: an outbound message's PUBREC replaces it by the PUBREL owed for
-//! its packet id (`Released`, removed by `Completed` at PUBCOMP), and an inbound QoS 2 id is
-//! kept from its PUBLISH to its PUBREL (`IncomingQos2`, `IncomingReleased`). The will of a
+//! QoS 2 in both directions: an outbound message that went out is given its packet id
+//! (`Sent`: a restart sends it again under that id, with DUP=1 [MQTT-4.4.0-1]), its PUBREC
+//! replaces it by the PUBREL owed for the id (`Released`, removed by `Completed` at
+//! PUBCOMP), and an inbound QoS 2 id is kept from its PUBLISH to its PUBREL (`IncomingQos2`,
+//! `IncomingReleased`). The will of a
 //! persistent session's connection is kept until it is published or discarded (`Will`,
 //! `WillEnd`); a restart ends the connection, so the will is due its delay after the start.
 //!
@@ -121,6 +126,11 @@ pub enum Kind {
     /// already has it does not deliver it twice. Body: client id, packet id (u16 LE), the
     /// message's `message_id` (u32 LE).
     Sent = 14,
+    /// The end of a batch (one write): a start keeps a log's records up to its last
+    /// `Commit`, so the records one packet caused are there all or none after a crash that
+    /// tore the batch. Empty body. A log without any (written before it existed) is kept
+    /// whole up to its torn tail.
+    Commit = 15,
 }
 
 impl Kind {
@@ -140,6 +150,7 @@ impl Kind {
             12 => Kind::Will,
             13 => Kind::WillEnd,
             14 => Kind::Sent,
+            15 => Kind::Commit,
             _ => return None,
         })
     }
@@ -287,6 +298,11 @@ pub fn append_released(
             body.extend_from_slice(&id.to_le_bytes());
         }
     });
+}
+
+/// Ends a batch (`Kind::Commit`).
+pub fn append_commit(out: &mut Vec<u8>) {
+    append_record(out, Kind::Commit, |_| {});
 }
 
 /// An outbound QoS 2 message went out under `packet_id`.
@@ -524,6 +540,10 @@ fn records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Record<'a>>, String> 
         });
         offset += record.len();
     }
+    // A batch is whole or not at all: what follows the last commit was torn off with it.
+    if let Some(last) = records.iter().rposition(|r| r.kind == Kind::Commit) {
+        records.truncate(last + 1);
+    }
     Ok(records)
 }
 
@@ -673,6 +693,7 @@ pub fn compact(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
     for client_id in client_ids {
         state.sessions[client_id].write(&mut out, client_id);
     }
+    append_commit(&mut out);
     Ok(out)
 }
 
@@ -696,6 +717,7 @@ impl State {
         };
         let mut body = record.body;
         match record.kind {
+            Kind::Commit => {}
             Kind::Session => {
                 let client_id = take_str(&mut body).ok_or_else(bad)?;
                 let version = *body.first().ok_or_else(bad)?;
@@ -1002,6 +1024,9 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
         });
     }
     let mut logs = Vec::with_capacity(snapshots.len());
+    for snapshot in &mut snapshots {
+        append_commit(snapshot);
+    }
     for (shard, snapshot) in snapshots.iter().enumerate() {
         let path = next_dir.join(format!("shard-{shard}.log"));
         // Read too: compaction reads the log back while running.
@@ -1076,6 +1101,30 @@ mod tests {
         let mut zeros = log.clone();
         zeros.extend_from_slice(&[0; 4096]);
         assert_eq!(records(&zeros, path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_batch_torn_before_its_commit_is_dropped_whole() {
+        let mut log = Vec::new();
+        append_retained(&mut log, "a", b"1", QoS::AtLeastOnce, None);
+        append_commit(&mut log);
+        let first_batch = log.len();
+        // One batch of two records: a crash may tear it anywhere, even in its commit.
+        append_retained(&mut log, "b", b"2", QoS::AtLeastOnce, None);
+        append_retained(&mut log, "c", b"3", QoS::AtLeastOnce, None);
+        append_commit(&mut log);
+        let path = Path::new("test.log");
+        let kept = |bytes: &[u8]| {
+            records(bytes, path)
+                .unwrap()
+                .iter()
+                .filter(|r| r.kind == Kind::Retained)
+                .count()
+        };
+        assert_eq!(kept(&log), 3);
+        for cut in first_batch..log.len() {
+            assert_eq!(kept(&log[..cut]), 1, "cut at {cut}");
+        }
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl Durable {
             _ => {}
         }
         if !self.pending.is_empty() {
+            persist::append_commit(&mut self.pending);
             self.writing.clear();
             std::mem::swap(&mut self.pending, &mut self.writing);
             self.written = 0;
@@ -572,6 +573,9 @@ impl Durable {
                 .file
                 .write_all_at(&self.writing[self.written..], self.offset);
             self.offset += (self.writing.len() - self.written) as u64;
+        }
+        if !self.pending.is_empty() {
+            persist::append_commit(&mut self.pending);
         }
         let result = result
             .and_then(|()| self.file.write_all_at(&self.pending, self.offset))
