@@ -470,6 +470,10 @@ pub struct RestoredSession {
 pub struct Restored {
     pub retained: Vec<RetainedMessage>,
     pub sessions: Vec<RestoredSession>,
+    /// (client id, will) of sessions that ended while the broker was down (their expiry ran
+    /// out) with a will not yet published: the session's end makes it due, whatever its Will
+    /// Delay Interval, so it is published at the start by the client id's home shard.
+    pub wills_due: Vec<(Box<str>, RetainedMessage)>,
 }
 
 /// What `open` hands the broker: shard K's log, and the restored state.
@@ -973,12 +977,21 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     // A session whose expiry ran out while the broker was down ends here; the others were
     // left (at the latest) now.
     let now_ms = unix_ns() / 1_000_000;
-    state.sessions.retain(|_, entry| {
+    let mut wills_due = Vec::new();
+    state.sessions.retain(|client_id, entry| {
         if entry.left_unix_ms == 0 {
             entry.left_unix_ms = now_ms;
         }
         let away_ms = now_ms.saturating_sub(entry.left_unix_ms);
-        entry.expiry_secs == u32::MAX || away_ms < u64::from(entry.expiry_secs) * 1000
+        let live = entry.expiry_secs == u32::MAX || away_ms < u64::from(entry.expiry_secs) * 1000;
+        if !live {
+            // [MQTT-3.1.3-9] The session ended: its will is due (at most once: the snapshot
+            // no longer holds it, so a crash before it is delivered loses it).
+            if let Some((_, (_, will))) = entry.will.take() {
+                wills_due.push((client_id.as_str().into(), will));
+            }
+        }
+        live
     });
     // Each session into the log of the shard its client id now homes on.
     let mut sessions = Vec::with_capacity(state.sessions.len());
@@ -1067,7 +1080,11 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
     }
     Ok(Opened {
         logs,
-        restored: Arc::new(Restored { retained, sessions }),
+        restored: Arc::new(Restored {
+            retained,
+            sessions,
+            wills_due,
+        }),
         lock,
     })
 }

@@ -1004,6 +1004,17 @@ fn qos2_flows_in_both_directions_complete_exactly_once_across_sigkill() {
 /// mosquitto_sub -V 5 as `client_id` with a Session Expiry Interval of an hour and a will with
 /// `delay_secs` of Will Delay Interval, connected (its SUBACK printed) until dropped.
 fn mosquitto_v5_with_will(port: u16, client_id: &str, will_topic: &str, delay_secs: u32) -> Proc {
+    mosquitto_v5_with_will_and_expiry(port, client_id, will_topic, delay_secs, 3600)
+}
+
+/// As `mosquitto_v5_with_will`, with a Session Expiry Interval of `expiry_secs`.
+fn mosquitto_v5_with_will_and_expiry(
+    port: u16,
+    client_id: &str,
+    will_topic: &str,
+    delay_secs: u32,
+    expiry_secs: u32,
+) -> Proc {
     let mut sub = Proc::spawn(
         "mosquitto_sub",
         &strings(&[
@@ -1015,7 +1026,7 @@ fn mosquitto_v5_with_will(port: u16, client_id: &str, will_topic: &str, delay_se
             "5",
             "-c",
             "-x",
-            "3600",
+            &expiry_secs.to_string(),
             "-i",
             client_id,
             "-t",
@@ -1564,5 +1575,70 @@ fn qos2_crash_loop(shards: usize) {
         twice.len(),
         &twice[..twice.len().min(10)]
     );
+    broker.stop();
+}
+
+#[test]
+fn the_will_of_a_session_that_expired_while_the_broker_was_down_is_published_at_the_start() {
+    // MQTT 5 3.1.3.2.2: the will goes when its Will Delay Interval has passed or the session
+    // ends, whichever comes first [MQTT-3.1.3-9]. A session that expired while the broker was
+    // down ended then: its will (a delay of an hour) is published at the start, once.
+    let dir = TempDir::new("persist-will-expired");
+    let topic = unique_topic("persist/willexp");
+    let broker = start_on(dir.path(), 2, &[]);
+    let watcher_id = unique_id("persist-willexp-watch");
+    {
+        let mut watcher = persistent_client(broker.addr, &watcher_id);
+        watcher.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce);
+    }
+    // Both clients go without DISCONNECT (the process is killed); one session expires 1 s
+    // later, the other in an hour.
+    let (ended_id, alive_id) = (
+        unique_id("persist-willexp-ended"),
+        unique_id("persist-willexp-alive"),
+    );
+    let ended = mosquitto_v5_with_will_and_expiry(
+        broker.port(),
+        &ended_id,
+        &format!("{topic}/ended"),
+        3600,
+        1,
+    );
+    let alive = mosquitto_v5_with_will_and_expiry(
+        broker.port(),
+        &alive_id,
+        &format!("{topic}/alive"),
+        3600,
+        3600,
+    );
+    drop((ended, alive));
+    // Their leaving is recorded at the end of the broker's turn; then it goes down before the
+    // 1 s session expires, and stays down past it.
+    thread::sleep(Duration::from_millis(200));
+    broker.kill();
+    thread::sleep(Duration::from_millis(1500));
+
+    let broker = start_on(dir.path(), 2, &[]);
+    let mut watcher = persistent_client(broker.addr, &watcher_id);
+    let mut got = Vec::new();
+    while let Some(publish) = watcher.try_recv_publish(Duration::from_secs(2)) {
+        got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    }
+    assert_eq!(
+        got,
+        [ended_id.clone()],
+        "only the ended session's will, once"
+    );
+    drop(watcher);
+    broker.kill();
+
+    // Published once: not again after another restart.
+    let broker = start_on(dir.path(), 2, &[]);
+    let mut watcher = persistent_client(broker.addr, &watcher_id);
+    assert!(
+        watcher.try_recv_publish(QUIET * 2).is_none(),
+        "the will is not published twice"
+    );
+    drop(watcher);
     broker.stop();
 }

@@ -916,6 +916,27 @@ impl Shard {
         });
     }
 
+    /// Wills of sessions that ended while the broker was down: the home shard of each client
+    /// id publishes them on its first timer tick (as a will whose delay has passed, under no
+    /// session: nothing of it is left to record).
+    pub(super) fn restore_wills_due(&mut self, wills: &[(Box<str>, persist::RetainedMessage)]) {
+        for (client_id, m) in wills {
+            if crate::mesh::home_shard(client_id.as_bytes(), self.shard_count) != self.index {
+                continue;
+            }
+            let will = LastWill {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                qos: m.qos,
+                retain: m.retain,
+                properties: m.properties.as_deref().cloned().unwrap_or_default().into(),
+            };
+            let no_session = super::conn::NO_SESSION;
+            self.delayed_wills
+                .push((self.now_ms, no_session, Box::new(will)));
+        }
+    }
+
     /// Sessions read back from the logs at start. Every shard gets them all: it keeps those
     /// whose client ids home on it (whatever the shard count was when they were written), and
     /// takes the others' subscriptions into its interest index at once, as their shards'

@@ -444,6 +444,7 @@ impl Shard {
         if let Some(restored) = restored {
             shard.restore_retained(&restored.retained);
             shard.restore_sessions(&restored.sessions);
+            shard.restore_wills_due(&restored.wills_due);
         }
         Ok(shard)
     }
