@@ -36,9 +36,9 @@
 //! (`Sent`: a restart sends it again under that id, with DUP=1 [MQTT-4.4.0-1]), its PUBREC
 //! replaces it by the PUBREL owed for the id (`Released`, removed by `Completed` at
 //! PUBCOMP), and an inbound QoS 2 id is kept from its PUBLISH to its PUBREL (`IncomingQos2`,
-//! `IncomingReleased`). The will of a
-//! persistent session's connection is kept until it is published or discarded (`Will`,
-//! `WillEnd`); a restart ends the connection, so the will is due its delay after the start.
+//! `IncomingReleased`). The will of a persistent session's connection is kept until it is
+//! published or discarded (`Will`, `WillEnd`); a restart ends the connection, so the will is
+//! due its delay after the start.
 //!
 //! A message owed to a session is named in its removal by `message_id` (CRC32C of topic and
 //! payload): two pending messages of one session with the same topic and payload are
@@ -47,7 +47,8 @@
 //! A persistent session's expiry runs on the wall clock across a restart: its `Session` record
 //! is written again when its client leaves, with the time it left (unix ms). At start a
 //! session whose Session Expiry Interval ran out while the broker was down is not restored
-//! (its queued messages and will go with it); the others keep what is left of their interval
+//! (its queued messages go with it; its will, due at the session's end, is published at the
+//! start: `Restored::wills_due`); the others keep what is left of their interval
 //! (`RestoredSession::away_ms`). A session whose client was connected when the broker stopped
 //! was left at the start: the snapshot records the start as its leaving time.
 //!

@@ -8,8 +8,10 @@
 //!
 //! An ack that depends on a record (a retained message's PUBACK/PUBREC) is held as the mesh
 //! holds acks (`held.rs`), on the pseudo-target [`DISK`] with the record's number: it goes
-//! out once `durable` has passed it. With `sync = "interval"` acks do not wait; written
-//! records get their fdatasync at most `sync_interval_ms` later.
+//! out once `durable` has passed it, and so does a QoS 2 PUBLISH to a persistent session, on
+//! the record of its packet id (`log_sent`). Every batch ends with a commit record: a start
+//! keeps a batch whole or drops it whole (`persist.rs`). With `sync = "interval"` acks do not
+//! wait; written records get their fdatasync at most `sync_interval_ms` later.
 //!
 //! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
 //! once, nothing more is written, `durable` never advances again, so no ack that depends on a

@@ -28,7 +28,9 @@
 //!
 //! With persistence on and `sync = "ack"`, an ack may also wait for this shard's own log: the
 //! pseudo-target `durable::DISK` with a record's number, released when the log's fdatasync
-//! completes (`durable.rs`).
+//! completes (`durable.rs`). So does one packet that is not an ack: a QoS 2 PUBLISH to a
+//! persistent session waits for the record of its packet id (`HeldPacket::Publish`), in its
+//! connection's order like the acks.
 
 use std::collections::VecDeque;
 
