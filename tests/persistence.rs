@@ -1626,7 +1626,7 @@ fn the_will_of_a_session_that_expired_while_the_broker_was_down_is_published_at_
     }
     assert_eq!(
         got,
-        [ended_id.clone()],
+        std::slice::from_ref(&ended_id),
         "only the ended session's will, once"
     );
     drop(watcher);
