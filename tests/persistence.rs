@@ -1471,11 +1471,14 @@ fn crash_loop_every_qos2_message_is_delivered_exactly_once() {
 }
 
 /// Known to fail (issue 10, left): with the publisher and the subscriber on different
-/// shards, a kill between the subscriber's shard's fdatasync (the PUBLISH went out, the
-/// receiver may have completed its flow) and the publisher's shard's (the record of the
-/// inbound id) lets the publisher's re-send be delivered again: a few messages twice per
-/// kill. Closing it needs the forward to carry the publisher's id (src/mesh) or the
-/// subscriber's shard to wait for the publisher's record. Run by hand: `--ignored`.
+/// shards, a kill between the subscriber's shard's fdatasync (the message recorded for the
+/// subscriber) and the publisher's shard's (the record of the inbound id) leaves the message
+/// restored on one shard and the id unknown on the other: the publisher's re-send is
+/// delivered too, a few messages twice per kill. Holding the subscriber's PUBLISH until the
+/// id is on disk does not help (tried): the restored message is delivered after the restart
+/// either way. Closing it needs the message's record to carry the publisher's client id and
+/// packet id (the forward carries neither today, src/mesh), so that the replay restores the
+/// id from either log. Run by hand: `--ignored`.
 #[test]
 #[ignore]
 fn crash_loop_qos2_across_shards() {
