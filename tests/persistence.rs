@@ -996,6 +996,49 @@ fn qos2_flows_complete_across_sigkill(shards: usize) {
 }
 
 #[test]
+fn a_queued_qos2_message_sent_on_resume_keeps_its_packet_id_across_sigkill() {
+    // The other way into the window: queued for an absent persistent subscriber, sent when
+    // it comes back (its id recorded then, the PUBLISH waiting for that record), not yet
+    // PUBRECed at the kill: after the restart the same id again, DUP=1 [MQTT-4.4.0-1].
+    let dir = TempDir::new("persist-qos2-queued");
+    let topic = unique_topic("persist/qos2q");
+    let broker = start_on(dir.path(), 2, &[]);
+    let receiver_id = unique_id_on(1, 2, "persist-qos2q-recv");
+    let (mut receiver, _) = raw_persistent(broker.addr, &receiver_id);
+    assert_eq!(receiver.subscribe(1, &[(&topic, 2)]), [2]);
+    receiver.disconnect();
+    {
+        let options = mqtt_options_with_id(broker.addr, &unique_id_on(0, 2, "persist-qos2q-pub"));
+        let mut publisher = MqttClient::connect(options);
+        publisher.publish(&topic, QoS::ExactlyOnce, false, "queued-1");
+        publisher.wait_acks(QoS::ExactlyOnce, 1);
+    }
+    let (mut receiver, present) = raw_persistent(broker.addr, &receiver_id);
+    assert!(present);
+    let first = receiver.read_publish();
+    assert_eq!((&first.payload[..], first.dup), (&b"queued-1"[..], false));
+    let packet_id = first.packet_id.unwrap();
+    broker.kill();
+    drop(receiver);
+
+    let broker = start_on(dir.path(), 2, &[]);
+    let (mut receiver, present) = raw_persistent(broker.addr, &receiver_id);
+    assert!(present, "the receiver's session is back");
+    let again = receiver.read_publish();
+    assert_eq!(
+        (&again.payload[..], again.packet_id, again.dup),
+        (&b"queued-1"[..], Some(packet_id), true),
+        "sent again under the id it went out with, DUP=1"
+    );
+    receiver.send(&pubrec_bytes(packet_id));
+    assert_eq!(receiver.read_packet().ack_id(PUBREL), packet_id);
+    receiver.send(&pubcomp_bytes(packet_id));
+    receiver.expect_silence(QUIET);
+    drop(receiver);
+    broker.stop();
+}
+
+#[test]
 fn qos2_flows_in_both_directions_complete_exactly_once_across_sigkill() {
     qos2_flows_complete_across_sigkill(1);
     qos2_flows_complete_across_sigkill(3);
