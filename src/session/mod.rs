@@ -716,6 +716,42 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_window_keeps_its_ids_and_new_ones_go_after_them() {
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        // As a restart hands them over: PUBRELs owed and messages awaiting PUBREC, any order.
+        session.restore_window(vec![
+            (9, Some(message(QoS::ExactlyOnce, 9))),
+            (4, None),
+            (7, Some(message(QoS::ExactlyOnce, 7))),
+        ]);
+        let window: Vec<(u16, InflightState)> =
+            session.inflight().map(|f| (f.packet_id, f.state)).collect();
+        assert_eq!(
+            window,
+            [
+                (4, InflightState::AwaitPubComp),
+                (7, InflightState::AwaitPubRec),
+                (9, InflightState::AwaitPubRec),
+            ]
+        );
+        assert_eq!(
+            session.inflight_message(7, InflightState::AwaitPubRec),
+            Some(&message(QoS::ExactlyOnce, 7))
+        );
+        let new = session.start_inflight(message(QoS::ExactlyOnce, 1), false);
+        assert_eq!(new, 10, "after the highest restored id");
+
+        // Ids that had wrapped: new ones go on from the highest and skip the restored ones
+        // still open when they come round.
+        let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
+        session.restore_window(vec![(2, None), (u16::MAX - 1, None)]);
+        let ids: Vec<u16> = (0..3)
+            .map(|n| session.start_inflight(message(QoS::AtLeastOnce, n), false))
+            .collect();
+        assert_eq!(ids, [u16::MAX, 1, 3]);
+    }
+
+    #[test]
     fn packet_ids_skip_those_in_flight_and_wrap() {
         let mut session = Session::new("c".into(), false, ProtocolVersion::V3_1_1);
         session.flows().last_packet_id = u16::MAX - 1;
