@@ -4,17 +4,18 @@
 //! one client (`devices/17/commands`), so there are about as many as there are connections, and
 //! the interest index of every other shard holds one entry for each. As trie nodes those entries
 //! cost about 74 B each on the other shards plus 43 B in the subscribing shard's counts; as
-//! `hash -> mask` and `hash -> count` table entries they cost 16 B each plus the table's control
-//! byte and spare room.
+//! `hash -> mask` entries they cost 16 B each plus the table's control byte and spare room, and
+//! the subscribing shard needs no count of its own (below).
 //!
 //! Nothing here needs the text, because a hash can only err one way. Two filters with one hash
-//! share one entry: the subscribing shard counts subscribers per hash (`ExactCounts`), so it
-//! announces a hash when its first filter with that hash gets a subscriber and withdraws it when
-//! the last one loses its last; the other shards keep the OR of the shards that announced it
-//! (`ExactMasks`). A publish to a topic whose hash collides with someone's filter is forwarded
-//! to that shard, which matches it against its own trie (the text) and delivers nothing: one
-//! wasted forward, never a lost message. The seed is random per process (shared by its shards,
-//! which must agree), so a client cannot choose colliding filters to cause those forwards.
+//! share one entry: the subscribing shard's subscriptions keep exact filters by this same hash
+//! with their subscribers (`topic::Subscriptions`), so the shard announces a hash when its
+//! first subscriber arrives and withdraws it when the last one leaves; the other shards keep
+//! the OR of the shards that announced it (`ExactMasks`). A publish to a topic whose hash
+//! collides with someone's filter is forwarded to that shard, which checks the subscriber's own
+//! copy of the filter text and delivers nothing: one wasted forward, never a lost message. The
+//! seed is random per process (shared by its shards, which must agree), so a client cannot
+//! choose colliding filters to cause those forwards.
 
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
@@ -33,20 +34,45 @@ pub fn hashed(filter: &str) -> bool {
 /// The process-wide filter and topic hash (each index keeps a copy, so a lookup reads no
 /// shared state).
 #[derive(Clone, Debug)]
-pub struct FilterHasher(FixedState);
+pub struct FilterHasher {
+    state: FixedState,
+    /// Tests only: the hash bits kept (`collide_on_this_thread`), to force collisions.
+    #[cfg(test)]
+    keep: u64,
+}
 
 impl FilterHasher {
     /// The hasher every shard of this process uses.
     pub fn process() -> FilterHasher {
         static SEED: OnceLock<u64> = OnceLock::new();
         let seed = *SEED.get_or_init(|| foldhash::fast::RandomState::default().hash_one(0u64));
-        FilterHasher(FixedState::with_seed(seed))
+        FilterHasher {
+            state: FixedState::with_seed(seed),
+            #[cfg(test)]
+            keep: TEST_KEEP.with(std::cell::Cell::get),
+        }
     }
 
     #[inline]
     pub fn hash(&self, text: &str) -> u64 {
-        self.0.hash_one(text.as_bytes())
+        let hash = self.state.hash_one(text.as_bytes());
+        #[cfg(test)]
+        let hash = hash & self.keep;
+        hash
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    static TEST_KEEP: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+}
+
+/// Tests only: hashers made after this on this thread keep only the bits of `keep` of each
+/// hash (0: every filter and topic has one hash), so collisions can be tested. Each test runs
+/// on its own thread, so this ends with the test.
+#[cfg(test)]
+pub fn collide_on_this_thread(keep: u64) {
+    TEST_KEEP.with(|cell| cell.set(keep));
 }
 
 /// Entries below this many table slots are never shrunk (a small table costs nothing much).
@@ -138,48 +164,6 @@ impl ExactMasks {
     }
 }
 
-/// This shard's subscriber count per hashed filter.
-#[derive(Debug, Default)]
-pub struct ExactCounts {
-    counts: HashedTable<u32>,
-}
-
-impl ExactCounts {
-    /// One more subscriber on `hash`; true when it is the first.
-    pub fn subscribe(&mut self, hash: u64) -> bool {
-        let count = self.counts.get_or_insert(hash, 0);
-        // A u32 of subscriptions on one shard cannot overflow before memory runs out.
-        *count += 1;
-        *count == 1
-    }
-
-    /// One subscriber fewer on `hash`; true when it was the last. An unknown hash changes
-    /// nothing and returns false.
-    pub fn unsubscribe(&mut self, hash: u64) -> bool {
-        let Some(count) = self.counts.get_mut(hash) else {
-            return false;
-        };
-        *count -= 1;
-        if *count > 0 {
-            return false;
-        }
-        self.counts.remove(hash);
-        true
-    }
-
-    pub fn count(&self, hash: u64) -> u32 {
-        self.counts.get(hash).copied().unwrap_or(0)
-    }
-
-    pub fn len(&self) -> usize {
-        self.counts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.counts.len() == 0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,18 +213,6 @@ mod tests {
     }
 
     #[test]
-    fn counts_report_the_first_and_the_last() {
-        let mut counts = ExactCounts::default();
-        assert!(counts.subscribe(3));
-        assert!(!counts.subscribe(3));
-        assert_eq!(counts.count(3), 2);
-        assert!(!counts.unsubscribe(3));
-        assert!(counts.unsubscribe(3));
-        assert!(!counts.unsubscribe(3), "already gone");
-        assert_eq!(counts.len(), 0);
-    }
-
-    #[test]
     fn tables_grow_and_shrink_back() {
         let mut masks = ExactMasks::default();
         for hash in 0..10_000u64 {
@@ -256,7 +228,7 @@ mod tests {
         }
     }
 
-    /// Heap per hashed filter: the other shards' mask entry and the subscribing shard's count.
+    /// Heap per hashed filter in the other shards' mask table.
     /// `cargo test --lib exact::tests::bytes -- --nocapture`.
     #[test]
     fn bytes_per_hashed_filter() {
@@ -273,15 +245,8 @@ mod tests {
             }
             masks
         });
-        let (counts, _) = live_bytes_of(|| {
-            let mut counts = ExactCounts::default();
-            for &hash in &hashes {
-                counts.subscribe(hash);
-            }
-            counts
-        });
-        let (masks, counts) = (masks / FILTER_COUNT as i64, counts / FILTER_COUNT as i64);
-        eprintln!("hashed filter: {masks} B per mask entry, {counts} B per count entry");
-        assert!(masks <= 40 && counts <= 40, "{masks} B, {counts} B");
+        let masks = masks / FILTER_COUNT as i64;
+        eprintln!("hashed filter: {masks} B per mask entry");
+        assert!(masks <= 40, "{masks} B");
     }
 }

@@ -25,7 +25,7 @@
 //! must pick one shard per group, which needs per-group masks (to be added with shared-group
 //! routing). Such a filter is stored and matched literally.
 
-use super::exact::{hashed, ExactCounts, ExactMasks, FilterHasher};
+use super::exact::{hashed, ExactMasks, FilterHasher};
 use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
@@ -477,29 +477,19 @@ impl<'a> Pending<'a> {
     }
 }
 
-/// This shard's subscriber count per filter. It says when the shard's interest in a filter
-/// changes (0 -> 1 or 1 -> 0), which is the only time the shard broadcasts.
+/// This shard's subscriber count per filter kept by text (filters with a wildcard, `$share`
+/// groups). It says when the shard's interest in a filter changes (0 -> 1 or 1 -> 0), which is
+/// the only time the shard broadcasts.
 ///
 /// Keyed by the whole filter in a `LevelMap`: a filter up to 22 bytes is stored inline in its
 /// 32-byte entry, with no allocation of its own, and the table hashes with foldhash.
 ///
-/// A filter without wildcards is counted by hash (`exact.rs`): the first and the last
-/// subscriber of any filter with that hash are what the other shards hear about.
-#[derive(Debug)]
+/// A filter without wildcards is not counted here: the shard's subscriptions keep those by
+/// hash with their subscribers (`topic::Subscriptions::hashed_subscribers`), which is already
+/// the count per hash the other shards hear about (`exact.rs`).
+#[derive(Debug, Default)]
 pub struct LocalInterest {
     counts: LevelMap<u32>,
-    exact: ExactCounts,
-    hasher: FilterHasher,
-}
-
-impl Default for LocalInterest {
-    fn default() -> LocalInterest {
-        LocalInterest {
-            counts: LevelMap::default(),
-            exact: ExactCounts::default(),
-            hasher: FilterHasher::process(),
-        }
-    }
 }
 
 impl LocalInterest {
@@ -509,9 +499,6 @@ impl LocalInterest {
 
     /// Counts one more subscriber on `filter`; true when it is the first (broadcast it).
     pub fn subscribe(&mut self, filter: &str) -> bool {
-        if hashed(filter) {
-            return self.exact.subscribe(self.hasher.hash(filter));
-        }
         let count = self.counts.get_or_insert_with(filter, || 0);
         // A u32 of subscribers on one shard cannot overflow before memory runs out.
         *count += 1;
@@ -521,9 +508,6 @@ impl LocalInterest {
     /// Counts one subscriber fewer on `filter`; true when it was the last (broadcast it).
     /// An unknown filter changes nothing and returns false.
     pub fn unsubscribe(&mut self, filter: &str) -> bool {
-        if hashed(filter) {
-            return self.exact.unsubscribe(self.hasher.hash(filter));
-        }
         let Some(count) = self.counts.get_mut(filter) else {
             return false;
         };
@@ -537,15 +521,12 @@ impl LocalInterest {
 
     /// Subscribers this shard has on `filter`.
     pub fn count(&self, filter: &str) -> u32 {
-        if hashed(filter) {
-            return self.exact.count(self.hasher.hash(filter));
-        }
         self.counts.get(filter).copied().unwrap_or(0)
     }
 
     /// Distinct filters with at least one subscriber on this shard.
     pub fn filter_count(&self) -> usize {
-        self.counts.len() + self.exact.len()
+        self.counts.len()
     }
 }
 

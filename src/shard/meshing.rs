@@ -222,14 +222,26 @@ impl Shard {
     /// shard. Announced before the SUBACK, which waits until every shard took the change
     /// (`held.rs`), so a client that saw the SUBACK can rely on every shard routing to it.
     pub(super) fn note_subscribed(&mut self, filter: &str) {
-        if self.shard_count > 1 && self.local_interest.subscribe(filter) {
+        if self.shard_count > 1 && self.interest_changed(filter, true) {
             self.announce(filter, true);
         }
     }
 
     pub(super) fn note_unsubscribed(&mut self, filter: &str) {
-        if self.shard_count > 1 && self.local_interest.unsubscribe(filter) {
+        if self.shard_count > 1 && self.interest_changed(filter, false) {
             self.announce(filter, false);
+        }
+    }
+
+    /// Whether the subscriber `filter` just gained (`subscribed`) or lost was its first or its
+    /// last on this shard: the moment to tell the other shards. A filter kept by hash is
+    /// counted by the local subscriptions' table itself (subscribers per hash, the unit the
+    /// mesh announces), so it needs no second table; the others by `local_interest`.
+    fn interest_changed(&mut self, filter: &str, subscribed: bool) -> bool {
+        match self.subscriptions.hashed_subscribers(filter) {
+            Some(count) => count == usize::from(subscribed),
+            None if subscribed => self.local_interest.subscribe(filter),
+            None => self.local_interest.unsubscribe(filter),
         }
     }
 

@@ -615,7 +615,7 @@ impl SimBroker {
             .collect();
         for (index, shard) in self.shards.iter().enumerate() {
             assert_eq!(
-                shard.local_interest.filter_count(),
+                shard.local_interest.filter_count() + shard.subscriptions.hashed_filter_count(),
                 held[index].len(),
                 "shard {index}: announced filters {:?}",
                 held[index]

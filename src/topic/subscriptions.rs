@@ -101,6 +101,27 @@ impl<V> Subscriptions<V> {
         Some(value)
     }
 
+    /// Subscribers on `filter`'s hash when it is kept by hash: every (exact filter, subscriber)
+    /// pair with that hash, which is what the mesh announces (`mesh::exact`: its first
+    /// subscriber and its last are when other shards hear of it). `None` for a filter kept in
+    /// the trie, whose interest the shard counts by text (`mesh::LocalInterest`).
+    pub fn hashed_subscribers(&self, filter: &str) -> Option<usize> {
+        if !hashed(filter) {
+            return None;
+        }
+        let hash = self.hasher.hash(filter);
+        let count = self
+            .exact
+            .find(hash, |&(key, _)| key == hash)
+            .map_or(0, |(_, subscribers)| subscribers.as_slice().len());
+        Some(count)
+    }
+
+    /// Distinct hashes of the filters kept by hash.
+    pub fn hashed_filter_count(&self) -> usize {
+        self.exact.len()
+    }
+
     /// Calls `f(subscriber, value)` once per subscription whose filter matches `topic` (a valid
     /// topic name), as `Trie::for_each_match`. An exact filter's subscriber is called only when
     /// `holds(subscriber)` says it has a filter equal to `topic`. Allocates nothing.
@@ -197,5 +218,34 @@ mod tests {
         assert!(subs.exact.capacity() < grown / 16);
         assert_eq!(subs.len(), 10);
         assert_eq!(matches(&subs, "d/3/in", |_| true), [3]);
+    }
+
+    /// What the shard announces to the other shards: subscribers per hash, so filters whose
+    /// hashes collide count together (first in, last out), and a topic with that hash still
+    /// reaches only the subscribers holding its text.
+    #[test]
+    fn subscribers_per_hash_count_colliding_filters_together() {
+        crate::mesh::exact::collide_on_this_thread(0);
+        let mut subs = Subscriptions::default();
+        assert_eq!(subs.hashed_subscribers("a/b"), Some(0));
+        assert_eq!(subs.hashed_subscribers("a/+"), None, "kept in the trie");
+        assert_eq!(subs.hashed_subscribers("$share/g/a"), None);
+        subs.insert("a/b", 1, 0);
+        assert_eq!(subs.hashed_subscribers("a/b"), Some(1));
+        subs.insert("c/d", 2, 0);
+        assert_eq!(subs.hashed_subscribers("a/b"), Some(2), "one hash");
+        assert_eq!(subs.hashed_subscribers("never/subscribed"), Some(2));
+        assert_eq!(subs.hashed_filter_count(), 1);
+        let holds_own = |topic: &'static str| {
+            move |subscriber: u32| (subscriber == 1) == (topic == "a/b")
+        };
+        assert_eq!(matches(&subs, "a/b", holds_own("a/b")), [1]);
+        assert_eq!(matches(&subs, "c/d", holds_own("c/d")), [2]);
+        assert_eq!(subs.remove("a/b", 1), Some(0));
+        assert_eq!(subs.hashed_subscribers("c/d"), Some(1), "c/d still there");
+        assert_eq!(matches(&subs, "c/d", holds_own("c/d")), [2]);
+        assert_eq!(subs.remove("c/d", 2), Some(0));
+        assert_eq!(subs.hashed_subscribers("c/d"), Some(0), "the last one left");
+        assert_eq!(subs.hashed_filter_count(), 0);
     }
 }
