@@ -78,42 +78,72 @@ pub fn collide_on_this_thread(keep: u64) {
 /// Entries below this many table slots are never shrunk (a small table costs nothing much).
 const SHRINK_MIN: usize = 64;
 
-/// A `hash -> value` table whose keys are already hashes, shrunk when a quarter full.
-#[derive(Debug, Default)]
-struct HashedTable<V> {
-    table: HashTable<(u64, V)>,
+/// An entry of a [`HashedTable`]: its key is already a hash.
+trait Keyed {
+    fn key(&self) -> u64;
 }
 
-impl<V> HashedTable<V> {
+impl Keyed for u64 {
     #[inline]
-    fn get(&self, hash: u64) -> Option<&V> {
-        self.table
-            .find(hash, |&(key, _)| key == hash)
-            .map(|(_, value)| value)
+    fn key(&self) -> u64 {
+        *self
     }
+}
 
-    fn get_mut(&mut self, hash: u64) -> Option<&mut V> {
-        self.table
-            .find_mut(hash, |&(key, _)| key == hash)
-            .map(|(_, value)| value)
+impl Keyed for (u64, u64) {
+    #[inline]
+    fn key(&self) -> u64 {
+        self.0
     }
+}
 
-    fn get_or_insert(&mut self, hash: u64, value: V) -> &mut V {
-        let entry = self
-            .table
-            .entry(hash, |&(key, _)| key == hash, |&(key, _)| key)
-            .or_insert((hash, value));
-        &mut entry.into_mut().1
-    }
+/// A table of entries keyed by a hash (a set of hashes, or `hash -> mask`), shrunk when a
+/// quarter full.
+#[derive(Debug)]
+struct HashedTable<E> {
+    table: HashTable<E>,
+}
 
-    fn remove(&mut self, hash: u64) {
-        if let Ok(entry) = self.table.find_entry(hash, |&(key, _)| key == hash) {
-            entry.remove();
+impl<E> Default for HashedTable<E> {
+    fn default() -> Self {
+        HashedTable {
+            table: HashTable::new(),
         }
+    }
+}
+
+impl<E: Keyed> HashedTable<E> {
+    #[inline]
+    fn get(&self, hash: u64) -> Option<&E> {
+        self.table.find(hash, |entry| entry.key() == hash)
+    }
+
+    fn get_mut(&mut self, hash: u64) -> Option<&mut E> {
+        self.table.find_mut(hash, |entry| entry.key() == hash)
+    }
+
+    /// The entry of `hash`, made by `make` when there is none; and whether it is new.
+    fn get_or_insert(&mut self, hash: u64, make: impl FnOnce() -> E) -> (&mut E, bool) {
+        match self
+            .table
+            .entry(hash, |entry| entry.key() == hash, Keyed::key)
+        {
+            hashbrown::hash_table::Entry::Occupied(entry) => (entry.into_mut(), false),
+            hashbrown::hash_table::Entry::Vacant(entry) => (entry.insert(make()).into_mut(), true),
+        }
+    }
+
+    /// Removes the entry of `hash`; true when there was one.
+    fn remove(&mut self, hash: u64) -> bool {
+        let Ok(entry) = self.table.find_entry(hash, |entry| entry.key() == hash) else {
+            return false;
+        };
+        entry.remove();
         let capacity = self.table.capacity();
         if capacity > SHRINK_MIN && self.table.len() * 4 < capacity {
-            self.table.shrink_to(self.table.len() * 2, |&(key, _)| key);
+            self.table.shrink_to(self.table.len() * 2, Keyed::key);
         }
+        true
     }
 
     fn len(&self) -> usize {
@@ -121,46 +151,118 @@ impl<V> HashedTable<V> {
     }
 }
 
-/// Other shards' interest in hashed filters: hash -> bitmask of the shards with a subscriber.
-#[derive(Debug, Default)]
+/// Up to this many shards, the other shards' interest is one set of hashes per shard; past it,
+/// one `hash -> mask` table.
+pub const SETS_SHARDS_MAX: usize = 4;
+
+/// Other shards' interest in hashed filters: which shards have a subscriber on a hash.
+///
+/// Almost every such filter is one client's, on one shard, so the entry that says so is most
+/// of the cost. With few shards it is the hash alone (8 B and a control byte) in the set of
+/// the shard that announced it, and a lookup probes each non-empty set: one probe with two
+/// shards, at most three with four. With more shards, one probe of a `hash -> mask` table (16
+/// B an entry) costs less than a probe per shard. Both answer the same masks.
+#[derive(Debug)]
 pub struct ExactMasks {
-    masks: HashedTable<u64>,
+    kind: Kind,
+    /// Entries in all: (hash, shard) pairs in the sets, hashes in the mask table.
+    entries: usize,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// Index = shard. This shard's own set stays empty: it announces only to the others.
+    Sets(Box<[HashedTable<u64>]>),
+    Masks(HashedTable<(u64, u64)>),
 }
 
 impl ExactMasks {
-    /// Sets or clears `bit` on `hash`; true when the hash gained or lost its entry.
-    pub fn apply(&mut self, hash: u64, bit: u64, interested: bool) -> bool {
-        if interested {
-            let mask = self.masks.get_or_insert(hash, 0);
-            let new = *mask == 0;
-            *mask |= bit;
-            return new;
-        }
-        let Some(mask) = self.masks.get_mut(hash) else {
-            return false;
+    /// For `shard_count` shards (1..=`SHARDS_MAX`).
+    pub fn new(shard_count: usize) -> ExactMasks {
+        let kind = if shard_count <= SETS_SHARDS_MAX {
+            Kind::Sets((0..shard_count).map(|_| HashedTable::default()).collect())
+        } else {
+            Kind::Masks(HashedTable::default())
         };
-        if *mask & bit == 0 {
-            return false;
+        ExactMasks { kind, entries: 0 }
+    }
+
+    /// Marks (`interested`) or clears `shard`'s interest in `hash`. Setting what is set, or
+    /// clearing what is not, changes nothing.
+    pub fn apply(&mut self, hash: u64, shard: usize, interested: bool) {
+        let bit = 1u64 << shard;
+        match &mut self.kind {
+            Kind::Sets(sets) => {
+                let Some(set) = sets.get_mut(shard) else {
+                    return;
+                };
+                if interested {
+                    let (_, new) = set.get_or_insert(hash, || hash);
+                    self.entries += usize::from(new);
+                } else if set.remove(hash) {
+                    self.entries -= 1;
+                }
+            }
+            Kind::Masks(masks) => {
+                if interested {
+                    let ((_, mask), new) = masks.get_or_insert(hash, || (hash, 0));
+                    *mask |= bit;
+                    self.entries += usize::from(new);
+                    return;
+                }
+                let Some((_, mask)) = masks.get_mut(hash) else {
+                    return;
+                };
+                *mask &= !bit;
+                if *mask == 0 && masks.remove(hash) {
+                    self.entries -= 1;
+                }
+            }
         }
-        *mask &= !bit;
-        if *mask != 0 {
-            return false;
+    }
+
+    /// The shards interested in `hash`.
+    #[inline]
+    pub fn mask(&self, hash: u64) -> u64 {
+        match &self.kind {
+            Kind::Sets(sets) => {
+                let mut mask = 0;
+                for (shard, set) in sets.iter().enumerate() {
+                    if set.len() > 0 && set.get(hash).is_some() {
+                        mask |= 1u64 << shard;
+                    }
+                }
+                mask
+            }
+            Kind::Masks(masks) => masks.get(hash).map_or(0, |&(_, mask)| mask),
         }
-        self.masks.remove(hash);
-        true
     }
 
     #[inline]
-    pub fn mask(&self, hash: u64) -> u64 {
-        self.masks.get(hash).copied().unwrap_or(0)
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.masks.len() == 0
+        self.entries == 0
     }
 
+    /// Distinct hashes some shard is interested in. With sets, a walk of them (for tests and
+    /// checks, not the hot path).
     pub fn len(&self) -> usize {
-        self.masks.len()
+        match &self.kind {
+            Kind::Sets(sets) => sets
+                .iter()
+                .enumerate()
+                .map(|(shard, set)| {
+                    set.table
+                        .iter()
+                        .filter(|&&hash| {
+                            sets[..shard]
+                                .iter()
+                                .all(|earlier| earlier.get(hash).is_none())
+                        })
+                        .count()
+                })
+                .sum(),
+            Kind::Masks(masks) => masks.len(),
+        }
     }
 }
 
@@ -196,40 +298,86 @@ mod tests {
         assert_ne!(one.hash(""), one.hash("/"));
     }
 
+    /// Both kinds, sets (up to `SETS_SHARDS_MAX` shards) and one mask table (past it).
+    const SHARD_COUNTS: [usize; 4] = [3, SETS_SHARDS_MAX, SETS_SHARDS_MAX + 1, 64];
+
     #[test]
     fn masks_keep_the_or_of_the_shards() {
-        let mut masks = ExactMasks::default();
-        assert!(masks.apply(7, 0b01, true));
-        assert!(!masks.apply(7, 0b10, true));
-        assert!(!masks.apply(7, 0b10, true), "idempotent");
-        assert_eq!(masks.mask(7), 0b11);
-        assert!(!masks.apply(7, 0b100, false), "never set: nothing changes");
-        assert!(!masks.apply(8, 0b1, false), "unknown hash");
-        assert!(!masks.apply(7, 0b01, false));
-        assert_eq!(masks.mask(7), 0b10);
-        assert!(masks.apply(7, 0b10, false));
-        assert_eq!(masks.mask(7), 0);
-        assert!(masks.is_empty());
+        for shard_count in SHARD_COUNTS {
+            let mut masks = ExactMasks::new(shard_count);
+            let last = shard_count - 1;
+            masks.apply(7, 0, true);
+            masks.apply(7, last, true);
+            masks.apply(7, last, true);
+            assert_eq!(masks.mask(7), 1 | 1 << last, "{shard_count}: idempotent");
+            assert_eq!(masks.len(), 1);
+            masks.apply(7, 1, false);
+            assert_eq!(masks.mask(7), 1 | 1 << last, "never set: nothing changes");
+            masks.apply(8, 0, false);
+            assert_eq!(masks.mask(8), 0, "unknown hash");
+            masks.apply(9, 1, true);
+            assert_eq!(masks.len(), 2);
+            masks.apply(7, 0, false);
+            assert_eq!(masks.mask(7), 1 << last);
+            masks.apply(7, 0, false);
+            assert_eq!(masks.mask(7), 1 << last, "cleared twice");
+            masks.apply(7, last, false);
+            assert_eq!(masks.mask(7), 0);
+            assert_eq!(masks.mask(9), 0b10);
+            masks.apply(9, 1, false);
+            assert!(masks.is_empty(), "{shard_count}");
+            assert_eq!(masks.len(), 0);
+        }
+    }
+
+    /// The kinds agree on every mask, through a random walk of sets and clears.
+    #[test]
+    fn sets_and_mask_table_answer_alike() {
+        let mut sets = ExactMasks::new(SETS_SHARDS_MAX);
+        let mut table = ExactMasks::new(SETS_SHARDS_MAX + 1);
+        assert!(matches!(sets.kind, Kind::Sets(_)) && matches!(table.kind, Kind::Masks(_)));
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let (hash, shard, on) = (
+                state % 64,
+                (state >> 8) as usize % SETS_SHARDS_MAX,
+                state >> 20 & 3 != 0,
+            );
+            sets.apply(hash, shard, on);
+            table.apply(hash, shard, on);
+            assert_eq!(sets.mask(hash), table.mask(hash), "step {step}");
+            assert_eq!(sets.is_empty(), table.is_empty(), "step {step}");
+        }
+        assert_eq!(sets.len(), table.len());
     }
 
     #[test]
     fn tables_grow_and_shrink_back() {
-        let mut masks = ExactMasks::default();
-        for hash in 0..10_000u64 {
-            masks.apply(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, true);
-        }
-        let grown = masks.masks.table.capacity();
-        for hash in 0..9_990u64 {
-            masks.apply(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, false);
-        }
-        assert!(masks.masks.table.capacity() < grown / 16);
-        for hash in 9_990..10_000u64 {
-            assert_eq!(masks.mask(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15)), 1);
+        for shard_count in SHARD_COUNTS {
+            let mut masks = ExactMasks::new(shard_count);
+            let capacity = |masks: &ExactMasks| match &masks.kind {
+                Kind::Sets(sets) => sets[1].table.capacity(),
+                Kind::Masks(table) => table.table.capacity(),
+            };
+            for hash in 0..10_000u64 {
+                masks.apply(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, true);
+            }
+            let grown = capacity(&masks);
+            for hash in 0..9_990u64 {
+                masks.apply(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, false);
+            }
+            assert!(capacity(&masks) < grown / 16, "{shard_count}");
+            for hash in 9_990..10_000u64 {
+                assert_eq!(masks.mask(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15)), 0b10);
+            }
         }
     }
 
-    /// Heap per hashed filter in the other shards' mask table.
-    /// `cargo test --lib exact::tests::bytes -- --nocapture`.
+    /// Heap per hashed filter in the other shards' table (each filter on one shard): sets with
+    /// two shards, the mask table with eight. `cargo test --lib exact::tests::bytes -- --nocapture`.
     #[test]
     fn bytes_per_hashed_filter() {
         use crate::topic::alloc_count::live_bytes_of;
@@ -238,15 +386,17 @@ mod tests {
         let hashes: Vec<u64> = (0..FILTER_COUNT)
             .map(|i| hasher.hash(&format!("bench/client-{i}/in")))
             .collect();
-        let (masks, _) = live_bytes_of(|| {
-            let mut masks = ExactMasks::default();
-            for (i, &hash) in hashes.iter().enumerate() {
-                masks.apply(hash, 1 << (i % 4), true);
-            }
-            masks
-        });
-        let masks = masks / FILTER_COUNT as i64;
-        eprintln!("hashed filter: {masks} B per mask entry");
-        assert!(masks <= 40, "{masks} B");
+        for (shard_count, most) in [(2, 24), (8, 40)] {
+            let (bytes, _) = live_bytes_of(|| {
+                let mut masks = ExactMasks::new(shard_count);
+                for (i, &hash) in hashes.iter().enumerate() {
+                    masks.apply(hash, 1 + i % (shard_count - 1), true);
+                }
+                masks
+            });
+            let bytes = bytes / FILTER_COUNT as i64;
+            eprintln!("hashed filter, {shard_count} shards: {bytes} B per entry");
+            assert!(bytes <= most, "{shard_count} shards: {bytes} B");
+        }
     }
 }

@@ -175,7 +175,7 @@ impl InterestIndex {
         InterestIndex {
             shard_count,
             root: Node::default(),
-            exact: ExactMasks::default(),
+            exact: ExactMasks::new(shard_count),
             hasher: FilterHasher::process(),
             filter_count: 0,
         }
@@ -207,7 +207,7 @@ impl InterestIndex {
         );
         if hashed(filter) {
             let hash = self.hasher.hash(filter);
-            self.exact.apply(hash, 1u64 << shard, interested);
+            self.exact.apply(hash, shard, interested);
         } else {
             self.apply_trie(filter, shard, interested);
         }

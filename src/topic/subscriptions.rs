@@ -236,9 +236,8 @@ mod tests {
         assert_eq!(subs.hashed_subscribers("a/b"), Some(2), "one hash");
         assert_eq!(subs.hashed_subscribers("never/subscribed"), Some(2));
         assert_eq!(subs.hashed_filter_count(), 1);
-        let holds_own = |topic: &'static str| {
-            move |subscriber: u32| (subscriber == 1) == (topic == "a/b")
-        };
+        let holds_own =
+            |topic: &'static str| move |subscriber: u32| (subscriber == 1) == (topic == "a/b");
         assert_eq!(matches(&subs, "a/b", holds_own("a/b")), [1]);
         assert_eq!(matches(&subs, "c/d", holds_own("c/d")), [2]);
         assert_eq!(subs.remove("a/b", 1), Some(0));
