@@ -4,8 +4,9 @@
 //! one client (`devices/17/commands`), so there are about as many as there are connections, and
 //! the interest index of every other shard holds one entry for each. As trie nodes those entries
 //! cost about 74 B each on the other shards plus 43 B in the subscribing shard's counts; as
-//! `hash -> mask` entries they cost 16 B each plus the table's control byte and spare room, and
-//! the subscribing shard needs no count of its own (below).
+//! hashes they cost 8 B each (up to 4 shards: a set per shard) or 16 B (`hash -> mask`) plus
+//! the table's control byte and spare room, and the subscribing shard needs no count of its
+//! own (below).
 //!
 //! Nothing here needs the text, because a hash can only err one way. Two filters with one hash
 //! share one entry: the subscribing shard's subscriptions keep exact filters by this same hash
@@ -167,6 +168,8 @@ pub struct ExactMasks {
     kind: Kind,
     /// Entries in all: (hash, shard) pairs in the sets, hashes in the mask table.
     entries: usize,
+    /// With sets: a bit per shard whose set is not empty, the only ones a lookup probes.
+    occupied: u64,
 }
 
 #[derive(Debug)]
@@ -184,7 +187,11 @@ impl ExactMasks {
         } else {
             Kind::Masks(HashedTable::default())
         };
-        ExactMasks { kind, entries: 0 }
+        ExactMasks {
+            kind,
+            entries: 0,
+            occupied: 0,
+        }
     }
 
     /// Marks (`interested`) or clears `shard`'s interest in `hash`. Setting what is set, or
@@ -199,8 +206,12 @@ impl ExactMasks {
                 if interested {
                     let (_, new) = set.get_or_insert(hash, || hash);
                     self.entries += usize::from(new);
+                    self.occupied |= bit;
                 } else if set.remove(hash) {
                     self.entries -= 1;
+                    if set.len() == 0 {
+                        self.occupied &= !bit;
+                    }
                 }
             }
             Kind::Masks(masks) => {
@@ -227,8 +238,11 @@ impl ExactMasks {
         match &self.kind {
             Kind::Sets(sets) => {
                 let mut mask = 0;
-                for (shard, set) in sets.iter().enumerate() {
-                    if set.len() > 0 && set.get(hash).is_some() {
+                let mut occupied = self.occupied;
+                while occupied != 0 {
+                    let shard = occupied.trailing_zeros() as usize;
+                    occupied &= occupied - 1;
+                    if sets[shard].get(hash).is_some() {
                         mask |= 1u64 << shard;
                     }
                 }
@@ -327,6 +341,7 @@ mod tests {
             masks.apply(9, 1, false);
             assert!(masks.is_empty(), "{shard_count}");
             assert_eq!(masks.len(), 0);
+            assert_eq!(masks.occupied, 0, "no set left to probe");
         }
     }
 

@@ -10,8 +10,8 @@
 //! and applies it to its own index. A thousand clients on one filter cost one broadcast.
 //!
 //! A filter without wildcards (most of them: one per client, `devices/17/commands`) is kept as
-//! a 64-bit hash -> mask entry rather than in the trie (`exact.rs`): a lookup hashes the topic
-//! once. A hash collision can only add a shard to the mask (one forward that finds no
+//! a 64-bit hash rather than in the trie (`exact.rs`: in a set per shard with up to 4 shards,
+//! else in a hash -> mask table): a lookup hashes the topic once. A hash collision can only add a shard to the mask (one forward that finds no
 //! subscriber there), never drop one.
 //!
 //! The other filters are in a small trie with one node per filter level (`+` and `#` kept apart from the
