@@ -87,6 +87,9 @@ pub struct Settings {
     pub ring_files_max: u32,
     /// TLS on every connection (`--tls-ca`).
     pub tls: Option<crate::tls::TlsClient>,
+    /// Keep the per-second latency histogram for the progress line (off with `-q`: one
+    /// histogram record per message less).
+    pub progress: bool,
 }
 
 /// Deals `count` items round-robin over `threads`: item i goes to thread i % threads.

@@ -284,6 +284,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         shared: scn.shared_group.is_some(),
         ring_files_max: common.ring_files_max,
         tls,
+        progress: !common.quiet,
     });
     let shared = Arc::new(Shared::new(threads, scn.publishers));
 
