@@ -16,8 +16,13 @@
 #     its log2 bucket),
 # beside the generator's p50/p99/p99.9 and send lag p99 (how late it put messages out).
 #
-# Usage: bench/sweep.sh [--brokers ringmq,mosquitto] [--rates 20000,100000,...] [--pairs N]
-#                       [--duration S] [--out DIR] [--loadgen-cpus LIST]
+# With --windows W1,W2,... the points are closed-loop runs instead (--max --inflight W: at most
+# W messages per publisher in flight): W = 1 is one message per segment, as an open-loop stream
+# that the system keeps up with; its rate is what such a stream can sustain at most, and the
+# CPU per message at each W shows what batching is worth, whatever else runs on the machine.
+#
+# Usage: bench/sweep.sh [--brokers ringmq,mosquitto] [--rates 20000,100000,...] [--windows 1,10]
+#                       [--pairs N] [--duration S] [--out DIR]
 #   --out DIR   writes DIR/sweep.jsonl (one line per point) and DIR/sweep.md (the table);
 #               default: a temp folder. Prints the table.
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0); binaries from target/release
@@ -30,11 +35,13 @@ brokers="ringmq,mosquitto"
 rates="20000,100000,200000,300000,500000,1000000,2500000"
 pairs=100
 duration=3
+windows=""
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --brokers) brokers="$2"; shift ;;
         --rates) rates="$2"; shift ;;
+        --windows) windows="$2"; shift ;;
         --pairs) pairs="$2"; shift ;;
         --duration) duration="$2"; shift ;;
         --out) out="$2"; shift ;;
@@ -44,6 +51,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 positive_numbers --rates "$rates"
+[ -z "$windows" ] || positive_numbers --windows "$windows"
 positive_numbers --pairs "$pairs"
 positive_numbers --duration "$duration"
 need python3
@@ -109,10 +117,15 @@ EOF
             wait_port "$port" ;;
         *) log "unknown broker $b (ringmq or mosquitto)"; exit 2 ;;
     esac
-    for rate in ${rates//,/ }; do
-        run="$out/$b-$rate"
+    if [ -n "$windows" ]; then points="$(echo "$windows" | sed 's/\([0-9][0-9]*\)/w\1/g')"; else points="$rates"; fi
+    for point in ${points//,/ }; do
+        run="$out/$b-$point"
         ready="$work/ready"; rm -f "$ready"
-        taskset -c "$LOAD_CPUS" "$loadgen" pairs -n "$pairs" --qos 0 --rate "$rate" --port "$port" \
+        case "$point" in
+            w*) load=(--max --inflight "${point#w}"); rate=0 ;;
+            *) load=(--rate "$point"); rate="$point" ;;
+        esac
+        taskset -c "$LOAD_CPUS" "$loadgen" pairs -n "$pairs" --qos 0 "${load[@]}" --port "$port" \
             --warmup 1 --duration "$duration" --drain 2 --cpus "$LOAD_CPUS" --label "$b" \
             --out "$run" --ready-file "$ready" -q > "$work/lg.out" 2> "$work/lg.err" &
         lg=$!
@@ -139,7 +152,7 @@ import json, os, sys
 s = json.load(open(sys.argv[2]))
 tck = os.sysconf("SC_CLK_TCK")
 secs = ($t1 - $t0) / 1e6
-msgs = s["msgs_in_per_sec"] * secs  # messages through the broker in the window
+msgs = max(1.0, s["msgs_in_per_sec"] * secs)  # messages through the broker in the window
 def buckets(path):
     out = {}
     for line in open(path):
@@ -154,7 +167,7 @@ if m1:
     if total > 0:
         p99_r2s = next(le for le, c in d if c >= 0.99 * total) * 1e6
 row = {
-    "broker": "$b", "rate": $rate, "pairs": $pairs, "secs": secs,
+    "broker": "$b", "rate": $rate, "window": s["inflight_window"], "pairs": $pairs, "secs": secs,
     "received_per_sec": s["msgs_in_per_sec"], "lost": s["lost"],
     "p50_us": s["latency"]["p50_us"], "p99_us": s["latency"]["p99_us"], "p99_9_us": s["latency"]["p99_9_us"],
     "send_lag_p99_us": s["send_lag"]["p99_us"],
@@ -172,7 +185,7 @@ row = {
 }
 open(sys.argv[1], "a").write(json.dumps(row) + "\n")
 EOF
-        log "$b at $rate msgs/s: $(tail -1 "$out/sweep.jsonl")"
+        log "$b at $point: $(tail -1 "$out/sweep.jsonl")"
     done
     stop_broker
 done
@@ -184,12 +197,13 @@ def us(v):
     if v is None:
         return "-"
     return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
-lines = ["| broker | target msgs/s | received | p50 | p99 | p99.9 | send lag p99 | broker CPU | broker ns/msg | "
+lines = ["| broker | load | received msgs/s | p50 | p99 | p99.9 | send lag p99 | broker CPU | broker ns/msg | "
          "broker sleeps/s | loadgen CPU | loadgen ns/msg | TCP segs/msg | broker receive-to-send p99 | "
          "run-queue wait broker / loadgen | load avg |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
-    lines.append(f"| {r['broker']} | {r['rate']} | {r['received_per_sec']:.0f} | {us(r['p50_us'])} | {us(r['p99_us'])} | "
+    load = f"closed loop, window {r['window']}" if r["window"] else f"open loop {r['rate']} msgs/s"
+    lines.append(f"| {r['broker']} | {load} | {r['received_per_sec']:.0f} | {us(r['p50_us'])} | {us(r['p99_us'])} | "
                  f"{us(r['p99_9_us'])} | {us(r['send_lag_p99_us'])} | {r['broker_cpu_pct']:.0f} % | "
                  f"{r['broker_cpu_ns_per_msg']:.0f} | {r['broker_sleeps_per_sec']:.0f} | {r['loadgen_cpu_pct']:.0f} % | "
                  f"{r['loadgen_cpu_ns_per_msg']:.0f} | {r['tcp_segs_per_msg']:.2f} | "

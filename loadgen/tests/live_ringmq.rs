@@ -52,6 +52,53 @@ fn pairs_qos0_counts_exactly() {
     );
 }
 
+/// Latency is read once per recv completion and send lag once per publisher batch, and with
+/// `-q` no per-second histogram is kept: every message is still in both histograms, each
+/// message's latency covers its send lag (so the largest latency is at least the largest lag),
+/// and no latency is a stale clock reading (under 1 µs through a broker on loopback).
+#[test]
+fn latency_and_send_lag_count_every_message_with_and_without_progress() {
+    for quiet in [false, true] {
+        let broker = start_broker();
+        let port = broker.local_addr().port().to_string();
+        let mut args = vec![
+            "pairs",
+            "-n",
+            "4",
+            "--rate",
+            "2000",
+            "--duration",
+            "0.5",
+            "--port",
+            &port,
+            "--warmup",
+            "0",
+            "--drain",
+            "2",
+        ];
+        if quiet {
+            args.push("-q");
+        }
+        let report = common::loadgen(&args);
+        broker.stop().expect("no shard failed");
+        let s = &report.summary;
+        assert_eq!((s.sent, s.received, s.lost), (1000, 1000, 0), "{:?}", s.errors);
+        assert_eq!(s.latency.count, 1000, "quiet {quiet}");
+        assert_eq!(s.send_lag.count, 1000, "quiet {quiet}");
+        assert!(
+            s.latency.min_us >= 1.0,
+            "quiet {quiet}: min {} µs",
+            s.latency.min_us
+        );
+        assert!(
+            s.latency.max_us >= s.send_lag.max_us,
+            "quiet {quiet}: latency max {} µs, send lag max {} µs",
+            s.latency.max_us,
+            s.send_lag.max_us
+        );
+    }
+}
+
 #[test]
 fn two_threads_split_the_rate_exactly() {
     // 3 pairs over 2 threads: 2/3 and 1/3 of 1000 msgs/s, 500 messages in all.
