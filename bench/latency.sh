@@ -33,7 +33,10 @@
 #                         [--rounds N] [--quick] [--out DIR] [--no-build]
 #                         [--ladder 1,2,3,5,7,10,15,20,30,50,70,90] [--keep-up-p99-ms 5]
 #                         [--search-rounds 2] [--basis sustainable|closed]
-#   --quick   short runs (compare.sh --quick), 1 round, 2 s floor, output to a temp folder
+#   --quick   short runs (compare.sh --quick), 1 round, 2 s floor, a short ladder (1,5,20,50)
+#             searched once, output to a temp folder
+#   A broker with no rung kept up (a busy machine) puts every broker's points on the
+#   closed-loop maximum (--basis closed), said in the log and the summary.
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RUMQTTD_BIN, FLASHMQ_BIN (as
 #   compare.sh; peers that are not installed are skipped).
 set -euo pipefail
@@ -45,9 +48,9 @@ rounds=2
 quick=0
 out=""
 build=1
-ladder="1,2,3,5,7,10,15,20,30,50,70,90"
+ladder=""
 keep_up_p99_ms=5
-search_rounds=2
+search_rounds=""
 basis=sustainable
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -68,6 +71,9 @@ while [ $# -gt 0 ]; do
 done
 positive_numbers --rounds "$rounds"
 positive_numbers --points "$points" "whole percentages, e.g. 10,50,90"
+# --quick (the CI dry run): a short ladder, one round.
+[ -n "$ladder" ] || { if [ "$quick" = 1 ]; then ladder="1,5,20,50"; else ladder="1,2,3,5,7,10,15,20,30,50,70,90"; fi; }
+[ -n "$search_rounds" ] || { if [ "$quick" = 1 ]; then search_rounds=1; else search_rounds=2; fi; }
 positive_numbers --ladder "$ladder" "whole percentages, e.g. 1,2,5,10,20,50"
 positive_numbers --keep-up-p99-ms "$keep_up_p99_ms"
 positive_numbers --search-rounds "$search_rounds"
@@ -145,8 +151,14 @@ print(",".join(f"{b}={r}" for b, r in best.items()))
 EOF
 )"
 log "sustainable open-loop maximum rates: ${sustained:-none kept up}"
+if [ "$basis" = sustainable ] && [ "$(echo "$sustained" | tr ',' '\n' | grep -c .)" != "$(echo "$max_rates" | tr ',' '\n' | grep -c .)" ]; then
+    # A busy machine (or too high a ladder) can leave a broker with no rung kept up: rather than
+    # a table without it, every broker's points come from the closed-loop maximum, and the
+    # summary says so.
+    log "not every broker kept up at some rung (${sustained:-none did}): points from the closed-loop maximum"
+    basis=closed
+fi
 if [ "$basis" = sustainable ]; then point_rates="$sustained"; else point_rates="$max_rates"; fi
-[ -n "$point_rates" ] || { log "no broker kept up at any rung of the ladder: lower --ladder"; exit 1; }
 
 cases="$(for p in ${points//,/ }; do printf 'pairs-load-%s,' "$p"; done)pairs-rate-20000"
 log "open loop: $cases of the $basis maximum, $rounds round(s)"
