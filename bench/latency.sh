@@ -199,7 +199,8 @@ for case in order:
         point = f"{case.rsplit('-', 1)[1]} % of {basis} max" if "load" in case else "20,000 msgs/s"
         rows.append(f"| {b} | {point} | {rate(int(target))} | {rate(m['msgs_in_per_sec'])} | {us(m['p50_us'])} | "
                     f"{us(m['p99_us'])} | {us(m['p99_9_us'])} | {us(m['max_us'])} | {us(m['send_lag_p99_us'])} | "
-                    f"{m['broker_cpu_pct']:.0f} % | {pct(m.get('broker_runq_wait_pct'))} / {pct(m.get('loadgen_runq_wait_pct'))} | "
+                    f"{m['broker_cpu_pct']:.0f} % | {m['broker_cpu_ns_per_msg_in']:.0f} | {m['loadgen_cpu_pct']:.0f} % | "
+                    f"{pct(m.get('broker_runq_wait_pct'))} / {pct(m.get('loadgen_runq_wait_pct'))} | "
                     f"{m['lost']:.0f} | [{link}]({link}/summary.md) |")
 lines = ["# Latency under load", ""]
 if machine:
@@ -218,8 +219,10 @@ lines += ["Closed-loop maximum (pairs-qos0: 100 pairs, QoS 0, closed loop, windo
           "put messages out: when it is near the latency, the generator, not the broker, set the figure.", "",
           "Run-queue waits: share of the window the broker's / the generator's threads were runnable but "
           "had no CPU (other jobs on this shared machine).", "",
-          "| broker | point | target rate | received | p50 | p99 | p99.9 | max | send lag p99 | broker CPU | run-queue wait broker / generator | lost | run |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + rows
+          "Broker ns/msg: the broker's CPU time per message (sampled over the window); load generator CPU: its "
+          "CPU time over its whole run (one core).", "",
+          "| broker | point | target rate | received | p50 | p99 | p99.9 | max | send lag p99 | broker CPU | broker ns/msg | load generator CPU | run-queue wait broker / generator | lost | run |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + rows
 ladder_path = os.path.join(out, "search", "ladder.json")
 ladder = json.load(open(ladder_path)) if os.path.exists(ladder_path) else []
 if ladder:
