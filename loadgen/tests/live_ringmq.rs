@@ -82,7 +82,12 @@ fn latency_and_send_lag_count_every_message_with_and_without_progress() {
         let report = common::loadgen(&args);
         broker.stop().expect("no shard failed");
         let s = &report.summary;
-        assert_eq!((s.sent, s.received, s.lost), (1000, 1000, 0), "{:?}", s.errors);
+        assert_eq!(
+            (s.sent, s.received, s.lost),
+            (1000, 1000, 0),
+            "{:?}",
+            s.errors
+        );
         assert_eq!(s.latency.count, 1000, "quiet {quiet}");
         assert_eq!(s.send_lag.count, 1000, "quiet {quiet}");
         assert!(
