@@ -14,8 +14,9 @@
 #   3. sustainable open-loop maximum: short open-loop runs (compare.sh --quick, 1.5 s each,
 #      cases pairs-load-P) up a ladder of --ladder percentages of the closed-loop maximum; the
 #      highest rung that kept up is the broker's sustainable maximum. Kept up = received at
-#      least 99 % of the target rate, the generator's send lag p99 <= 1 ms (it sent on time)
-#      and latency p99 <= --keep-up-p99-ms (default 5 ms, a few times the machine's floor), in
+#      least 99 % of the target rate, the generator's send lag p99 <= --keep-up-lag-ms (default
+#      2 ms: it sent on time; on the VM a timed wake-up alone is late by ms at p99.9) and
+#      latency p99 <= --keep-up-p99-ms (default 5 ms, a few times the machine's floor), in
 #      any of --search-rounds rounds (another job's stall on a shared machine can only fail a
 #      round, never pass one).
 #   4. open loop: bench/compare.sh cases pairs-load-P (100 pairs, QoS 0, P % of the broker's own
@@ -32,6 +33,7 @@
 # Usage: bench/latency.sh [--brokers ringmq,mosquitto,rumqttd,flashmq] [--points 10,50,90]
 #                         [--rounds N] [--quick] [--out DIR] [--no-build]
 #                         [--ladder 1,2,3,5,7,10,15,20,30,50,70,90] [--keep-up-p99-ms 5]
+#                         [--keep-up-lag-ms 2]
 #                         [--search-rounds 2] [--basis sustainable|closed]
 #   --quick   short runs (compare.sh --quick), 1 round, 2 s floor, a short ladder (1,5,20,50)
 #             searched once, output to a temp folder
@@ -50,6 +52,7 @@ out=""
 build=1
 ladder=""
 keep_up_p99_ms=5
+keep_up_lag_ms=2
 search_rounds=""
 basis=sustainable
 while [ $# -gt 0 ]; do
@@ -62,6 +65,7 @@ while [ $# -gt 0 ]; do
         --no-build) build=0 ;;
         --ladder) ladder="$2"; shift ;;
         --keep-up-p99-ms) keep_up_p99_ms="$2"; shift ;;
+        --keep-up-lag-ms) keep_up_lag_ms="$2"; shift ;;
         --basis) basis="$2"; shift ;;
         --search-rounds) search_rounds="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -76,6 +80,7 @@ positive_numbers --points "$points" "whole percentages, e.g. 10,50,90"
 [ -n "$search_rounds" ] || { if [ "$quick" = 1 ]; then search_rounds=1; else search_rounds=2; fi; }
 positive_numbers --ladder "$ladder" "whole percentages, e.g. 1,2,5,10,20,50"
 positive_numbers --keep-up-p99-ms "$keep_up_p99_ms"
+positive_numbers --keep-up-lag-ms "$keep_up_lag_ms"
 positive_numbers --search-rounds "$search_rounds"
 case "$basis" in sustainable|closed) ;; *) log "--basis is sustainable or closed"; exit 2 ;; esac
 need python3
@@ -116,9 +121,9 @@ MAX_RATES="$max_rates" "$here/compare.sh" --brokers "$brokers_run" --quick --no-
     > "$out/search.txt"
 # Judged per round (summary.json of each run): a rung is kept up if any round kept up. Noise
 # from other jobs on a shared machine can only make a round fail (a stall), never pass.
-sustained="$(python3 - "$out/search" "$keep_up_p99_ms" <<'EOF'
+sustained="$(python3 - "$out/search" "$keep_up_p99_ms" "$keep_up_lag_ms" <<'EOF'
 import glob, json, os, sys
-search, keep_up_ms = sys.argv[1], float(sys.argv[2])
+search, keep_up_ms, lag_ms = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 rows, best = [], {}
 for case_dir in glob.glob(os.path.join(search, "*-pairs-load-*")):
     pct = int(case_dir.rsplit("-", 1)[1])
@@ -127,7 +132,7 @@ for case_dir in glob.glob(os.path.join(search, "*-pairs-load-*")):
         r = json.loads(line)
         s = json.load(open(os.path.join(case_dir, r["dir"], "summary.json")))
         target = s["rate_target_per_sec"]
-        kept = (s["msgs_in_per_sec"] >= 0.99 * target and s["send_lag"]["p99_us"] <= 1000
+        kept = (s["msgs_in_per_sec"] >= 0.99 * target and s["send_lag"]["p99_us"] <= lag_ms * 1000
                 and s["latency"]["p99_us"] <= keep_up_ms * 1000)
         row = {"broker": r["broker"], "pct_of_closed_max": pct, "round": r["round"], "target": target,
                "received": s["msgs_in_per_sec"], "p50_us": s["latency"]["p50_us"],
@@ -166,10 +171,10 @@ log "open loop: $cases of the $basis maximum, $rounds round(s)"
 MAX_RATES="$point_rates" "${compare[@]}" --brokers "$(echo "$point_rates" | sed 's/=[0-9]*//g')" \
     --cases "$cases" --rounds "$rounds" --out "$out" > "$out/open.txt"
 
-python3 - "$out" "$max_rates" "$points" "$rounds" "$sustained" "$basis" "$keep_up_p99_ms" <<'EOF'
+python3 - "$out" "$max_rates" "$points" "$rounds" "$sustained" "$basis" "$keep_up_p99_ms" "$keep_up_lag_ms" <<'EOF'
 import glob, json, os, sys
 out, max_rates, points, rounds = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
-sustained, basis, keep_up_ms = sys.argv[5], sys.argv[6], sys.argv[7]
+sustained, basis, keep_up_ms, lag_ms = sys.argv[5], sys.argv[6], sys.argv[7], sys.argv[8]
 floor = json.load(open(os.path.join(out, "floor.json")))
 maxes = dict(kv.split("=") for kv in max_rates.split(","))
 sus = dict(kv.split("=") for kv in sustained.split(",")) if sustained else {}
@@ -210,7 +215,7 @@ if machine:
 lines += ["Closed-loop maximum (pairs-qos0: 100 pairs, QoS 0, closed loop, window 100, one round): "
           + ", ".join(f"{b} {rate(int(v))} msgs/s" for b, v in maxes.items()) + " ([max/](max/)).", "",
           "Sustainable open-loop maximum (the highest rung of the ladder below that kept up: received "
-          f">= 99 % of the target, send lag p99 <= 1 ms, p99 <= {keep_up_ms} ms): "
+          f">= 99 % of the target, send lag p99 <= {lag_ms} ms, p99 <= {keep_up_ms} ms, in any round): "
           + (", ".join(f"{b} {rate(int(v))} msgs/s ({100 * int(v) / int(maxes[b]):.0f} % of its closed-loop maximum)"
                        for b, v in sus.items()) or "none") + f". The points below are of the {basis} maximum.", "",
           f"Open loop, 100 pairs, QoS 0, 16-byte payloads, medians of {rounds} round(s), brokers interleaved. "
