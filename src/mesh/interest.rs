@@ -377,10 +377,28 @@ impl InterestIndex {
     /// Allocates nothing unless the filters branch (`+`) more than `PENDING_INLINE` times on one
     /// path; never recurses.
     pub fn shards_for(&self, topic: &str) -> u64 {
-        let mut mask = if self.exact.is_empty() {
-            0
-        } else {
-            self.exact.mask(self.hasher.hash(topic))
+        self.shards_for_hashed(topic, self.topic_hash(topic))
+    }
+
+    /// Whether any filter without a wildcard is held: only then does a publish need its
+    /// topic's hash (`shards_for_hashed`).
+    pub fn has_exact(&self) -> bool {
+        !self.exact.is_empty()
+    }
+
+    /// The hash `shards_for_hashed` takes; `None` when no filter needs it.
+    pub fn topic_hash(&self, topic: &str) -> Option<u64> {
+        self.has_exact().then(|| self.hasher.hash(topic))
+    }
+
+    /// `shards_for` with the topic's `FilterHasher` hash already computed (`Some` whenever
+    /// `has_exact` is true): the shard hashes a topic once for this index and its own
+    /// subscriptions.
+    pub fn shards_for_hashed(&self, topic: &str, topic_hash: Option<u64>) -> u64 {
+        debug_assert!(topic_hash.is_some() || !self.has_exact());
+        let mut mask = match topic_hash {
+            Some(hash) if self.has_exact() => self.exact.mask(hash),
+            _ => 0,
         };
         if self.filter_count == 0 {
             return mask;

@@ -221,6 +221,14 @@ impl Shard {
             .remove_expired(now_secs, RETAINED_EXPIRIES_PER_TICK_MAX);
     }
 
+    /// `topic`'s hash for the tables of filters without wildcards, computed once per publish
+    /// for the local subscriptions and (`with_interest`: several shards) the interest index;
+    /// `None` when none of them holds such a filter, so a wildcard-only broker hashes nothing.
+    pub(super) fn topic_hash(&self, topic: &str, with_interest: bool) -> Option<u64> {
+        let needed = self.subscriptions.has_exact() || with_interest && self.interest.has_exact();
+        needed.then(|| self.topic_hasher.hash(topic))
+    }
+
     pub(super) fn route(
         &mut self,
         topic: &ByteString,
@@ -234,7 +242,8 @@ impl Shard {
         }
         // Plain subscribers, then one member per matching `$share` group, sharing the route's
         // encoding (`route_local` starts it).
-        let local = self.route_local(topic, payload, qos, retain, properties);
+        let topic_hash = self.topic_hash(topic, false);
+        let local = self.route_local(topic, topic_hash, payload, qos, retain, properties);
         if self.shared.is_empty() {
             return local;
         }
@@ -258,10 +267,11 @@ impl Shard {
     }
 
     /// This shard's plain subscribers of `topic` (shared groups are served by the one shard
-    /// the publishing shard names, see `route_sharded`).
+    /// the publishing shard names, see `route_sharded`). `topic_hash`: from `topic_hash`.
     pub(super) fn route_local(
         &mut self,
         topic: &ByteString,
+        topic_hash: Option<u64>,
         payload: &Bytes,
         qos: QoS,
         retain: bool,
@@ -274,6 +284,7 @@ impl Shard {
         let sessions = &self.sessions;
         self.subscriptions.for_each_match(
             topic,
+            topic_hash,
             |session| {
                 sessions
                     .get(session)

@@ -120,8 +120,10 @@ impl Shard {
         match message {
             MeshMessage::Publish(forward) => {
                 let out_before = self.stats.messages_out;
+                let topic_hash = self.topic_hash(&forward.topic, false);
                 self.route_local(
                     &forward.topic,
+                    topic_hash,
                     &forward.payload,
                     forward.qos,
                     forward.retain,
@@ -332,7 +334,8 @@ impl Shard {
         properties: Option<&Arc<Properties>>,
     ) -> bool {
         let own = 1u64 << self.index;
-        let local = self.route_local(topic, payload, qos, retain, properties);
+        let topic_hash = self.topic_hash(topic, true);
+        let local = self.route_local(topic, topic_hash, payload, qos, retain, properties);
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -349,7 +352,7 @@ impl Shard {
                 group_targets |= 1u64 << shard;
             }
         }
-        let plain_targets = self.interest.shards_for(topic) & !own;
+        let plain_targets = self.interest.shards_for_hashed(topic, topic_hash) & !own;
         for_each_bit(plain_targets | group_targets, |target| {
             let forward = Forward {
                 topic: topic.clone(),
@@ -387,7 +390,15 @@ impl Shard {
     fn on_shared_forward(&mut self, shared: SharedForward) {
         let f = &shared.forward;
         if shared.plain {
-            self.route_local(&f.topic, &f.payload, f.qos, f.retain, f.properties.as_ref());
+            let topic_hash = self.topic_hash(&f.topic, false);
+            self.route_local(
+                &f.topic,
+                topic_hash,
+                &f.payload,
+                f.qos,
+                f.retain,
+                f.properties.as_ref(),
+            );
         } else {
             self.qos0.reset();
             self.unpinned = None;

@@ -65,6 +65,7 @@ use io_uring::types::Timespec;
 use crate::auth::{EnhancedAuthMethods, PasswordFile};
 use crate::config::Config;
 use crate::listener::Listener;
+use crate::mesh::exact::FilterHasher;
 use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
 use crate::protocol::QoS;
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
@@ -211,6 +212,8 @@ pub struct Shard {
     conns: Conns,
     sessions: Sessions,
     subscriptions: Subscriptions<route::Grant>,
+    /// Hashes a topic once per publish for `subscriptions` and `interest` (`topic_hash`).
+    topic_hasher: FilterHasher,
     shared: SharedSubscriptions,
     /// MQTT 5 Subscription Identifiers of the plain subscriptions that have one.
     subscription_ids: subscription_ids::SubscriptionIds,
@@ -382,6 +385,7 @@ impl Shard {
             conns: Conns::default(),
             sessions: Sessions::default(),
             subscriptions: Subscriptions::new(),
+            topic_hasher: FilterHasher::process(),
             subscription_ids: Default::default(),
             shared: SharedSubscriptions::default(),
             retained: RetainedStore::with_weigh_and_deadline(retained_weight, |message| {

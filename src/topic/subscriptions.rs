@@ -54,6 +54,18 @@ impl<V> Subscriptions<V> {
         self.len() == 0
     }
 
+    /// Whether any filter without a wildcard is held: only then does a publish need its
+    /// topic's hash (`for_each_match`).
+    pub fn has_exact(&self) -> bool {
+        self.exact_len > 0
+    }
+
+    /// The hash `for_each_match` takes, for callers without one of their own (the shard hashes
+    /// each topic once for this table and the interest index alike).
+    pub fn topic_hash(&self, topic: &str) -> Option<u64> {
+        self.has_exact().then(|| self.hasher.hash(topic))
+    }
+
     /// Subscribes `subscriber` to `filter` (a valid plain filter, not `$share/`). Returns the
     /// previous value when this subscriber already had this filter [MQTT-3.8.4-3]. The caller
     /// must already hold `filter` for `subscriber` (what `holds` answers from).
@@ -125,15 +137,20 @@ impl<V> Subscriptions<V> {
     /// Calls `f(subscriber, value)` once per subscription whose filter matches `topic` (a valid
     /// topic name), as `Trie::for_each_match`. An exact filter's subscriber is called only when
     /// `holds(subscriber)` says it has a filter equal to `topic`. Allocates nothing.
+    /// `topic_hash`: the topic's `FilterHasher` hash, `Some` whenever `has_exact` is true.
     #[inline]
     pub fn for_each_match(
         &self,
         topic: &str,
+        topic_hash: Option<u64>,
         holds: impl Fn(u32) -> bool,
         mut f: impl FnMut(u32, &V),
     ) {
-        if self.exact_len > 0 && hashed(topic) {
-            let hash = self.hasher.hash(topic);
+        debug_assert!(topic_hash.is_some() || !self.has_exact());
+        // No byte scan for wildcards first: a topic name holds none [MQTT-4.7.3-1] (the decoder
+        // refuses one), and a filter with one, or a `$share/` one, is never in this table, so
+        // such a topic could only meet a colliding hash, which `holds` turns away.
+        if let Some(hash) = topic_hash.filter(|_| self.has_exact()) {
             if let Some((_, subscribers)) = self.exact.find(hash, |&(key, _)| key == hash) {
                 for (subscriber, value) in subscribers.as_slice() {
                     if holds(*subscriber) {
@@ -154,7 +171,8 @@ mod tests {
 
     fn matches(subs: &Subscriptions<u8>, topic: &str, holds: impl Fn(u32) -> bool) -> Vec<u32> {
         let mut found = Vec::new();
-        subs.for_each_match(topic, holds, |subscriber, _| found.push(subscriber));
+        let hash = subs.topic_hash(topic);
+        subs.for_each_match(topic, hash, holds, |subscriber, _| found.push(subscriber));
         found.sort_unstable();
         found
     }
