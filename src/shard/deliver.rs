@@ -1,7 +1,7 @@
 //! An application message's way out of a shard: the retained store, routing (dedupe,
 //! subscription options, shared groups, Subscription Identifiers, the mesh for other shards),
-//! and delivery to each session (QoS 0 into the outbox, encoded once per route where it can be;
-//! QoS 1/2 into the window or the queue), then the queue pumped as acks free the window.
+//! and delivery to each session (QoS 0 into the outbox, QoS 1/2 into the window or the queue;
+//! encoded once per route where it can be), then the queue pumped as acks free the window.
 //! PUBLISH in is `handle.rs`; the encoding for one connection is `outgoing.rs`.
 
 use std::sync::Arc;
@@ -23,8 +23,9 @@ use super::{route, Shard};
 /// How one delivery of a message goes out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Delivery {
-    /// One of a live route's deliveries: its QoS 0 bytes are encoded once per layout for every
-    /// subscriber that takes them as they are (`SharedEncoding`).
+    /// One of a live route's deliveries: its bytes are encoded once per layout for every
+    /// subscriber that takes them as they are (`SharedEncoding`), at QoS 1 and 2 with each
+    /// one's packet id written in.
     Shared,
     /// A live route's only delivery: encoded straight into the outbox, with no copy through
     /// the shared encoding.
@@ -277,7 +278,7 @@ impl Shard {
         retain: bool,
         properties: Option<&Arc<Properties>>,
     ) -> bool {
-        self.qos0.reset();
+        self.encoding.reset();
         self.unpinned = None;
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
@@ -435,7 +436,7 @@ impl Shard {
             out.publish(
                 c,
                 &parts,
-                (delivery == Delivery::Shared && !own_properties).then_some(&mut self.qos0),
+                (delivery == Delivery::Shared && !own_properties).then_some(&mut self.encoding),
             );
             return;
         }
@@ -524,7 +525,17 @@ impl Shard {
             properties: properties.map(|p| &**p),
             topic_alias: None,
         };
-        if self.outboxes().publish(c, &parts, None) == Written::TooLarge {
+        // Encoded once per route and layout where it can be, as at QoS 0.
+        let own_properties = properties.is_some_and(|p| !p.subscription_identifiers.is_empty());
+        let shared =
+            (delivery == Delivery::Shared && !own_properties).then_some(&mut self.encoding);
+        let mut out = Outboxes {
+            conns: &mut self.conns,
+            pools: &mut self.pools,
+            dirty: &mut self.dirty,
+            stats: &mut self.stats,
+        };
+        if out.publish(c, &parts, shared) == Written::TooLarge {
             // [MQTT-3.1.2-24] Not sent, and done with: it must not hold a place in the window.
             if let Some(s) = self.sessions.get_mut(session) {
                 s.discard_inflight(packet_id);

@@ -400,7 +400,7 @@ impl Shard {
                 f.properties.as_ref(),
             );
         } else {
-            self.qos0.reset();
+            self.encoding.reset();
             self.unpinned = None;
         }
         for name in &shared.groups {

@@ -241,8 +241,8 @@ pub struct Shard {
     /// MQTT 5 wills waiting out their Will Delay Interval: (due shard ms, session, will). Few
     /// and short-lived, so a list scanned per tick (`limits.rs`).
     delayed_wills: Vec<(u64, u32, Box<crate::protocol::LastWill>)>,
-    /// Encode once: a QoS 0 message's bytes per layout (3.1.x, 5.0), valid for one route.
-    qos0: outgoing::SharedEncoding,
+    /// Encode once: a message's bytes per layout (version, RETAIN, QoS), valid for one route.
+    encoding: outgoing::SharedEncoding,
     /// A copy of the routed message's topic and payload outside the receive arena, made once
     /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
@@ -403,7 +403,7 @@ impl Shard {
             shared_picks: Vec::new(),
             expired: Vec::new(),
             delayed_wills: Vec::new(),
-            qos0: Default::default(),
+            encoding: Default::default(),
             unpinned: None,
             recv_paused_logged: false,
             outbox_stall_logged: false,

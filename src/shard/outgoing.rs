@@ -9,7 +9,7 @@
 use bytes::BytesMut;
 
 use crate::protocol::{
-    self, encode_publish_parts, publish_parts_len, Packet, ProtocolVersion, PublishParts,
+    self, encode_publish_parts, publish_parts_len, Packet, ProtocolVersion, PublishParts, QoS,
     ReasonCode,
 };
 use crate::session::ConnRef;
@@ -19,31 +19,44 @@ use super::conn_v5::AliasUse;
 use super::stats::ShardStats;
 use super::OUTBOX_INITIAL;
 
-/// Encode once: one route's QoS 0 message, as bytes per layout (3.1.x or 5.0, RETAIN clear or
-/// set by Retain As Published), copied into the outbox of every subscriber that takes it as
-/// it is (no topic alias of its own).
+/// Encode once: one route's message, as bytes per layout (3.1.x or 5.0, RETAIN clear or set
+/// by Retain As Published, QoS 0, 1 or 2), copied into the outbox of every subscriber that takes
+/// it as it is (no topic alias of its own). At QoS 1 and 2 each copy gets its subscriber's
+/// packet id written over the one the bytes were encoded with.
 #[derive(Default)]
 pub(super) struct SharedEncoding {
-    encoded: [BytesMut; 4],
-    ready: [bool; 4],
+    encoded: [BytesMut; LAYOUTS],
+    ready: [bool; LAYOUTS],
+    /// Where the packet id sits in each layout's bytes (QoS 1 and 2).
+    packet_id_at: [usize; LAYOUTS],
 }
+
+/// 2 versions x RETAIN clear or set x 3 QoS.
+const LAYOUTS: usize = 12;
 
 impl SharedEncoding {
     /// A new route: the bytes of the last one are stale.
     pub fn reset(&mut self) {
-        self.ready = [false; 4];
+        self.ready = [false; LAYOUTS];
     }
 
-    fn bytes(&mut self, version: ProtocolVersion, parts: &PublishParts<'_>) -> &[u8] {
-        let layout = usize::from(version.is_v5()) | usize::from(parts.retain) << 1;
+    /// The message's bytes for `parts`' layout, and where its packet id sits in them.
+    fn bytes(&mut self, version: ProtocolVersion, parts: &PublishParts<'_>) -> (&[u8], usize) {
+        let layout = usize::from(version.is_v5())
+            | usize::from(parts.retain) << 1
+            | (parts.qos as usize) << 2;
         let cache = &mut self.encoded[layout];
         if !self.ready[layout] {
             cache.clear();
             let encoded = encode_publish_parts(cache, version, parts);
             debug_assert!(encoded.is_ok(), "{encoded:?}");
+            // After the fixed header (its remaining length ends at the first byte without
+            // the high bit) and the topic: [MQTT-3.3.2-1] the packet id follows the topic name.
+            let length_len = cache[1..].iter().take_while(|&&b| b & 0x80 != 0).count() + 1;
+            self.packet_id_at[layout] = 1 + length_len + 2 + parts.topic.len();
             self.ready[layout] = true;
         }
-        cache
+        (cache, self.packet_id_at[layout])
     }
 }
 
@@ -94,7 +107,7 @@ impl Outboxes<'_> {
     /// Writes a PUBLISH (`parts.topic_alias` unset) to connection `c`: with the alias the
     /// connection has or gets for the topic [MQTT-3.3.2-11], unless it is larger than the
     /// client takes. `shared`: the same message goes to every subscriber of this route, so a
-    /// connection without aliases copies the bytes encoded once.
+    /// connection without aliases copies the bytes encoded once (with its own packet id).
     pub fn publish(
         &mut self,
         c: ConnRef,
@@ -124,12 +137,18 @@ impl Outboxes<'_> {
             .map(|aliases| aliases.plan(parts.topic));
         match (plan, shared) {
             (None, Some(shared)) => {
-                let bytes = shared.bytes(version, parts);
+                let (bytes, packet_id_at) = shared.bytes(version, parts);
                 if bytes.len() > size_max {
                     stats.dropped_packet_too_large += 1;
                     return Written::TooLarge;
                 }
-                outbox_of(conn, pools, dirty, c.slot, c.generation).extend_from_slice(bytes);
+                let outbox = outbox_of(conn, pools, dirty, c.slot, c.generation);
+                let start = outbox.len();
+                outbox.extend_from_slice(bytes);
+                if parts.qos != QoS::AtMostOnce {
+                    let at = start + packet_id_at;
+                    outbox[at..at + 2].copy_from_slice(&parts.packet_id.to_be_bytes());
+                }
             }
             (None, None) => {
                 if too_large(version, parts, size_max) {
@@ -277,6 +296,53 @@ mod tests {
                 let mut encoded = BytesMut::new();
                 protocol::encode(packet, version, &mut encoded).expect("encodes");
                 assert_eq!(&encoded[..], &bytes[..], "{packet:?} under {version:?}");
+            }
+        }
+    }
+
+    /// Issue 12: one encoding per layout serves every subscriber of a route, at QoS 1 and 2
+    /// with each one's packet id written in: the bytes are what encoding for it would give.
+    #[test]
+    fn a_shared_encoding_with_its_packet_id_is_the_subscribers_own_encoding() {
+        let with_expiry = crate::protocol::Properties {
+            message_expiry_interval: Some(60),
+            ..Default::default()
+        };
+        let payload = bytes::Bytes::from(vec![7u8; 200]);
+        let mut shared = SharedEncoding::default();
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            for properties in [None, Some(&with_expiry)] {
+                if properties.is_some() && !version.is_v5() {
+                    continue;
+                }
+                shared.reset();
+                for (qos, retain, packet_id) in [
+                    (QoS::AtLeastOnce, false, 1),
+                    (QoS::AtLeastOnce, false, 0xBEEF),
+                    (QoS::ExactlyOnce, true, 300),
+                    (QoS::ExactlyOnce, true, 2),
+                    (QoS::AtMostOnce, false, 0),
+                ] {
+                    let parts = PublishParts {
+                        topic: "a/b",
+                        payload: &payload,
+                        qos,
+                        retain,
+                        dup: false,
+                        packet_id,
+                        properties,
+                        topic_alias: None,
+                    };
+                    let (bytes, packet_id_at) = shared.bytes(version, &parts);
+                    let mut patched = bytes.to_vec();
+                    if qos != QoS::AtMostOnce {
+                        patched[packet_id_at..packet_id_at + 2]
+                            .copy_from_slice(&packet_id.to_be_bytes());
+                    }
+                    let mut own = BytesMut::new();
+                    encode_publish_parts(&mut own, version, &parts).expect("encodes");
+                    assert_eq!(patched, &own[..], "{version:?} {qos:?} {packet_id}");
+                }
             }
         }
     }
