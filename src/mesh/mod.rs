@@ -10,8 +10,9 @@
 //!   blocks: the message waits in a local per-target overflow queue, behind which later messages
 //!   for that target also wait, so order is kept.
 //! - `flush_overflow` to move waiting messages into rings that have room again.
-//! - `take_wake_targets` to learn which shards got messages this turn and wake each once (the
-//!   wake itself, MSG_RING or an eventfd, belongs to the ring driver).
+//! - `take_wake_targets` to publish this turn's messages (one store per ring, not per message)
+//!   and learn which shards got them, to wake each once (the wake itself, MSG_RING or an
+//!   eventfd, belongs to the ring driver). Until then a target does not see them.
 //! - `drain(mesh_batch_max, ..)` to take at most a batch from each inbound ring. To push a
 //!   drained message on (a shared subscription whose members left), `split` the mesh into its
 //!   [`Sources`] and [`Targets`] halves and push from inside the callback.
@@ -406,7 +407,7 @@ impl Targets {
         let producer = self.producers[target]
             .as_mut()
             .expect("every other shard has a ring");
-        if let Err(message) = producer.try_push(message) {
+        if let Err(message) = producer.try_write(message) {
             self.overflow[target].push_back(message);
             self.overflow_targets |= bit;
         }
@@ -442,7 +443,7 @@ impl Targets {
         let queue = &mut self.overflow[target];
         let mut moved = 0;
         while let Some(message) = queue.pop_front() {
-            if let Err(message) = producer.try_push(message) {
+            if let Err(message) = producer.try_write(message) {
                 queue.push_front(message);
                 break;
             }
@@ -471,8 +472,21 @@ impl Targets {
     /// The shards that got messages since the last call (bit per shard), and clears the set, so
     /// each is woken at most once per turn however many messages it got. A push that went to
     /// the overflow counts too: the target's ring is full, so it has work either way.
+    ///
+    /// Publishes those messages first: a push only writes its ring's slot, and this makes the
+    /// turn's writes to each target visible with one store of its ring's tail, before the
+    /// caller wakes it.
     pub fn take_wake_targets(&mut self) -> u64 {
-        std::mem::take(&mut self.wake_targets)
+        let targets = std::mem::take(&mut self.wake_targets);
+        let mut rest = targets;
+        while rest != 0 {
+            let target = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            if let Some(producer) = self.producers[target].as_mut() {
+                producer.publish();
+            }
+        }
+        targets
     }
 }
 
@@ -558,6 +572,7 @@ mod tests {
                 let sequence = (source * 10 + target) as u32;
                 mesh.push(target, publish("t", sequence, source as u16));
             }
+            mesh.take_wake_targets();
         }
         for (target, mesh) in shards.iter_mut().enumerate() {
             assert_eq!(mesh.inbound_len(), 3);
@@ -596,6 +611,7 @@ mod tests {
         assert_eq!(sender.flush_overflow(), 0, "the ring is still full");
 
         // The receiver takes two; a new push must queue behind the six, not jump ahead.
+        sender.take_wake_targets();
         let mut received = Vec::new();
         receiver.drain(2, |_, message| received.push(sequence_of(&message)));
         sender.push(1, publish("t", 10, 0));
@@ -607,6 +623,7 @@ mod tests {
 
         while received.len() < 11 {
             sender.flush_overflow();
+            sender.take_wake_targets();
             let taken = receiver.drain(3, |source, message| {
                 assert_eq!(source, 0);
                 received.push(sequence_of(&message));
@@ -627,6 +644,7 @@ mod tests {
             .map(|n| shards[0].push(1, publish("t", n, 0)))
             .collect();
         assert_eq!(sequences, [0, 1, 2, 3, 4]);
+        shards[0].take_wake_targets();
         assert!(
             (0..5).all(|s| !shards[0].taken(1, s)),
             "nothing drained yet"
@@ -638,6 +656,7 @@ mod tests {
         assert!(shards[0].taken(1, 0) && !shards[0].taken(1, 1));
         while received.len() < 5 {
             shards[0].flush_overflow();
+            shards[0].take_wake_targets();
             shards[1].drain(8, |_, message| received.push(sequence_of(&message)));
         }
         assert_eq!(received, [0, 1, 2, 3, 4]);
@@ -647,6 +666,23 @@ mod tests {
             "the next one is not taken before it is pushed"
         );
         assert_eq!(shards[0].push(1, publish("t", 5, 0)), 5);
+    }
+
+    /// Issue 12: a push writes the slot only; the turn's end publishes the ring's tail once
+    /// for all of them (the target does not see them before).
+    #[test]
+    fn pushes_are_seen_once_the_turn_publishes_them() {
+        let mut shards = Mesh::new(2, 8);
+        for sequence in 0..3 {
+            shards[0].push(1, publish("t", sequence, 0));
+        }
+        assert!(drain_all(&mut shards[1]).is_empty(), "not published yet");
+        assert_eq!(shards[0].take_wake_targets(), 0b10);
+        let received: Vec<u32> = drain_all(&mut shards[1])
+            .iter()
+            .map(|(_, message)| sequence_of(message))
+            .collect();
+        assert_eq!(received, [0, 1, 2]);
     }
 
     #[test]
@@ -701,6 +737,7 @@ mod tests {
         // Shared subscriptions pass a message on when the chosen shard has no member left.
         let mut shards = Mesh::new(3, 4);
         shards[0].push(1, publish("t", 7, 0));
+        shards[0].take_wake_targets();
         let (sources, targets) = shards[1].split();
         let taken = sources.drain(8, |source, message| {
             assert_eq!(source, 0);
@@ -732,6 +769,7 @@ mod tests {
             bytes_read: bytes_read.clone(),
         };
         shards[0].push(1, MeshMessage::Connection(hand_off.clone()));
+        shards[0].take_wake_targets();
         let received = drain_all(&mut shards[1]);
         let [(0, MeshMessage::Connection(arrived))] = &received[..] else {
             panic!("expected one hand-off from shard 0: {received:?}");
@@ -761,6 +799,8 @@ mod tests {
             shards[0].push(2, publish("t", sequence, 0));
             shards[1].push(2, publish("t", 100 + sequence, 1));
         }
+        shards[0].take_wake_targets();
+        shards[1].take_wake_targets();
         let mut received = Vec::new();
         let taken = shards[2].drain(2, |source, message| {
             received.push((source, sequence_of(&message)))
@@ -785,6 +825,7 @@ mod tests {
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
                     while received.len() < 1000 {
                         mesh.flush_overflow();
+                        mesh.take_wake_targets();
                         mesh.drain(32, |source, message| {
                             assert_eq!(source, target);
                             received.push(sequence_of(&message));
@@ -796,6 +837,7 @@ mod tests {
                     // Keep this end alive until the other side has drained what we sent.
                     while mesh.overflow_total() > 0 {
                         mesh.flush_overflow();
+                        mesh.take_wake_targets();
                         std::thread::yield_now();
                     }
                     mesh

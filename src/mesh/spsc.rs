@@ -7,7 +7,9 @@
 //! - Each half keeps a private copy of the other half's index and reloads it only when the copy
 //!   says the ring is full (producer) or empty (consumer): a batch of pushes touches the
 //!   consumer's line at most once, and the other way round.
-//! - `drain` takes a whole batch with one Acquire load of `tail` and one Release store of `head`.
+//! - `drain` takes a whole batch with one Acquire load of `tail` and one Release store of `head`;
+//!   `try_write` then `publish` gives one batch with one Release store of `tail`, so a shard
+//!   pushing many messages in a turn writes the line the consumer reads once per turn.
 //! - Indexes grow without bound (wrapping) and are masked into a power-of-two slot array, so
 //!   "full" (`tail - head == capacity`) and "empty" (`tail == head`) need no spare slot.
 //!
@@ -50,6 +52,7 @@ pub fn channel<T: Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let producer = Producer {
         shared: Arc::clone(&shared),
         tail: 0,
+        published: 0,
         head_cached: 0,
         _not_sync: PhantomData,
     };
@@ -110,8 +113,11 @@ impl<T> Drop for Shared<T> {
 /// The writing half. `Send` when `T` is; not `Sync`, not `Clone`.
 pub struct Producer<T> {
     shared: Arc<Shared<T>>,
-    /// Next index to write; the shared `tail` equals it between calls.
+    /// Next index to write; the shared `tail` equals it after `publish`.
     tail: usize,
+    /// The `tail` last published (our own copy: reading the shared one would touch the line
+    /// the consumer reads).
+    published: usize,
     /// Last `head` loaded from the consumer; the real one is at or past it.
     head_cached: usize,
     /// `Cell` is `Send` and `!Sync`: one thread at a time holds a producer.
@@ -119,8 +125,18 @@ pub struct Producer<T> {
 }
 
 impl<T> Producer<T> {
-    /// Appends `value`, or hands it back when the ring is full. Never blocks.
+    /// Appends `value` and publishes it (`try_write` then `publish`), or hands it back when
+    /// the ring is full. Never blocks.
     pub fn try_push(&mut self, value: T) -> Result<(), T> {
+        self.try_write(value)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Appends `value` without publishing it, or hands it back when the ring is full: the
+    /// consumer sees it after the next `publish`, so a batch of writes stores the shared
+    /// `tail` (the line the consumer reads) once, not once per value. Never blocks.
+    pub fn try_write(&mut self, value: T) -> Result<(), T> {
         let tail = self.tail;
         if tail.wrapping_sub(self.head_cached) == self.shared.capacity() {
             // Acquire: the consumer's reads out of the slots it freed happen before our writes.
@@ -130,12 +146,20 @@ impl<T> Producer<T> {
             }
         }
         // SAFETY: `tail - head < capacity`, so slot `tail` is outside `head..tail`: it is
-        // uninitialised and owned by the producer, and the consumer will not read it until the
-        // Release store below publishes it.
+        // uninitialised and owned by the producer, and the consumer will not read it until
+        // `publish`'s Release store makes it part of `head..tail`.
         unsafe { (*self.shared.slot(tail)).write(value) };
         self.tail = tail.wrapping_add(1);
-        self.shared.tail.store(self.tail, Ordering::Release);
         Ok(())
+    }
+
+    /// Makes every value written so far visible to the consumer: one Release store of `tail`,
+    /// skipped when there is nothing new.
+    pub fn publish(&mut self) {
+        if self.published != self.tail {
+            self.shared.tail.store(self.tail, Ordering::Release);
+            self.published = self.tail;
+        }
     }
 
     /// Values in the ring as the producer sees them: exact or an over-estimate by what the
@@ -239,6 +263,14 @@ impl<T> Consumer<T> {
 
     pub fn capacity(&self) -> usize {
         self.shared.capacity()
+    }
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        // Publish the private tail so `Shared::drop` drops the values written but never
+        // published.
+        self.publish();
     }
 }
 
@@ -383,6 +415,34 @@ mod tests {
         );
         drop(producer);
         assert_eq!(drops.load(Ordering::Relaxed), 11);
+    }
+
+    /// Issue 12: written values wait for `publish` (one store of `tail` per batch), and a
+    /// producer dropped before publishing still gets them dropped.
+    #[test]
+    fn written_values_are_seen_after_publish() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (mut producer, mut consumer) = channel::<Counted>(4);
+        for _ in 0..4 {
+            assert!(producer.try_write(Counted(drops.clone())).is_ok());
+        }
+        assert!(
+            producer.try_write(Counted(drops.clone())).is_err(),
+            "full counts the unpublished"
+        );
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "the refused value");
+        assert_eq!(consumer.pop().map(drop), None, "not published yet");
+        producer.publish();
+        assert_eq!(consumer.drain(2, drop), 2);
+        assert_eq!(drops.load(Ordering::Relaxed), 3);
+        assert!(producer.try_write(Counted(drops.clone())).is_ok());
+        drop(producer);
+        drop(consumer);
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            6,
+            "published and not, all dropped"
+        );
     }
 
     #[test]
