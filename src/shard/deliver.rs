@@ -553,6 +553,11 @@ impl Shard {
             let Some(s) = self.sessions.get_mut(session) else {
                 return;
             };
+            // Nothing queued (the common case: every ack and send completion asks): done
+            // before looking the connection up.
+            if s.queue_len() == 0 {
+                return;
+            }
             let Some(c) = s.conn else {
                 return;
             };
