@@ -686,20 +686,81 @@ pub fn compact(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
     for record in records(bytes, path)? {
         state.apply(&record, path)?;
     }
-    let mut out = Vec::with_capacity(bytes.len() / 4);
-    let mut topics: Vec<&ByteString> = state.retained.keys().collect();
-    topics.sort();
-    for topic in topics {
-        let body = &state.retained[topic].body;
-        append_record(&mut out, Kind::Retained, |out| out.extend_from_slice(body));
+    Ok(state.compacted())
+}
+
+/// [`compact`] fed a slice at a time, as a running shard reads its log back
+/// (`shard/durable.rs`): no copy of the whole log in memory, no list of all its records.
+/// Only whole batches are applied (each ends with its `Commit`); a log that is still being
+/// appended to ends at a batch's end, so anything else (a bad CRC, a record cut short at the
+/// end) is an error, and the compaction is abandoned, never a silent loss.
+pub struct Compactor {
+    state: State,
+    path: PathBuf,
+    /// Offset in the log of the next byte `feed` is given.
+    offset: usize,
+}
+
+impl Compactor {
+    pub fn new(path: &Path) -> Compactor {
+        Compactor {
+            state: State::default(),
+            path: path.to_path_buf(),
+            offset: 0,
+        }
     }
-    let mut client_ids: Vec<&String> = state.sessions.keys().collect();
-    client_ids.sort();
-    for client_id in client_ids {
-        state.sessions[client_id].write(&mut out, client_id);
+
+    /// Applies the whole batches at the start of `bytes` (the log from where the last call's
+    /// batches ended); returns how many bytes they took. The rest, a batch the slice cuts, is
+    /// given again with what follows it.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, String> {
+        let mut at = 0;
+        let mut batch_start = 0;
+        let mut batch = Vec::new();
+        while let Some(rest) = bytes.get(at..).filter(|rest| rest.len() >= RECORD_HEADER) {
+            let offset = self.offset + at;
+            let corrupt = |what: &str| {
+                format!(
+                    "persistence log {} is corrupt at offset {offset}: {what}",
+                    self.path.display()
+                )
+            };
+            let len = u32::from_le_bytes(rest[1..5].try_into().expect("4 bytes")) as usize;
+            if len > RECORD_BODY_MAX {
+                return Err(corrupt("record length out of range"));
+            }
+            let Some(record) = rest.get(..RECORD_HEADER + len) else {
+                break; // the slice ends inside it
+            };
+            let crc = u32::from_le_bytes(record[5..9].try_into().expect("4 bytes"));
+            let actual =
+                crc32c::crc32c_append(crc32c::crc32c(&record[..5]), &record[RECORD_HEADER..]);
+            if crc != actual {
+                return Err(corrupt("bad CRC32C"));
+            }
+            let kind = Kind::from_u8(record[0]).ok_or_else(|| corrupt("unknown record kind"))?;
+            at += record.len();
+            if kind == Kind::Commit {
+                for record in batch.drain(..) {
+                    self.state.apply(&record, &self.path)?;
+                }
+                batch_start = at;
+            } else {
+                batch.push(Record {
+                    kind,
+                    body: &record[RECORD_HEADER..],
+                    offset,
+                });
+            }
+        }
+        self.offset += batch_start;
+        Ok(batch_start)
     }
-    append_commit(&mut out);
-    Ok(out)
+
+    /// The snapshot of what the batches fed said, as [`compact`] writes it.
+    pub fn finish(self) -> Vec<u8> {
+        self.state.compacted()
+    }
 }
 
 /// Everything the live generation's logs describe.
@@ -710,6 +771,24 @@ struct State {
 }
 
 impl State {
+    /// The fewest records that say what this state holds (see [`compact`]).
+    fn compacted(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut topics: Vec<&ByteString> = self.retained.keys().collect();
+        topics.sort();
+        for topic in topics {
+            let body = &self.retained[topic].body;
+            append_record(&mut out, Kind::Retained, |out| out.extend_from_slice(body));
+        }
+        let mut client_ids: Vec<&String> = self.sessions.keys().collect();
+        client_ids.sort();
+        for client_id in client_ids {
+            self.sessions[client_id].write(&mut out, client_id);
+        }
+        append_commit(&mut out);
+        out
+    }
+
     fn apply(&mut self, record: &Record<'_>, path: &Path) -> Result<(), String> {
         let bad = || {
             format!(
@@ -1427,6 +1506,70 @@ mod tests {
         assert_eq!(
             compact(&compacted, Path::new("test.log")).unwrap(),
             compacted
+        );
+    }
+
+    #[test]
+    fn a_compactor_fed_in_slices_writes_what_compact_writes() {
+        let path = Path::new("test.log");
+        let mut log = Vec::new();
+        append_session(&mut log, "c1", 4, 60, 0);
+        append_subscribe(&mut log, "c1", "t/#", 1, 7);
+        append_commit(&mut log);
+        for n in 0..50 {
+            let payload = format!("message {n}");
+            append_message(
+                &mut log,
+                "c1",
+                "t/x",
+                payload.as_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                None,
+            );
+            if n % 3 != 0 {
+                append_delivered(&mut log, "c1", message_id("t/x", payload.as_bytes()));
+            }
+            append_retained(
+                &mut log,
+                &format!("r/{}", n % 7),
+                payload.as_bytes(),
+                QoS::AtMostOnce,
+                None,
+            );
+            append_commit(&mut log);
+        }
+        let expected = compact(&log, path).unwrap();
+        // Slices of every size from one byte up: batches cut anywhere, records too.
+        for slice in [1, 9, 10, 64, 100, 1000, log.len()] {
+            let mut compactor = Compactor::new(path);
+            let mut buf = Vec::new();
+            for chunk in log.chunks(slice) {
+                buf.extend_from_slice(chunk);
+                let used = compactor.feed(&buf).unwrap();
+                buf.drain(..used);
+            }
+            assert!(buf.is_empty(), "slice {slice}: {} bytes left", buf.len());
+            assert_eq!(compactor.finish(), expected, "slice {slice}");
+        }
+        // A batch left without its commit is not applied; corruption is an error, with its offset.
+        let mut compactor = Compactor::new(path);
+        let cut = log.len() - RECORD_HEADER - 1;
+        assert!(compactor.feed(&log[..cut]).unwrap() < cut);
+        let mut bad = log.clone();
+        let at = records(&log, path).unwrap()[20..]
+            .iter()
+            .find(|r| r.kind == Kind::Message)
+            .unwrap()
+            .offset;
+        bad[at + RECORD_HEADER] ^= 0xFF;
+        let error = Compactor::new(path)
+            .feed(&bad)
+            .err()
+            .expect("corruption is refused");
+        assert!(
+            error.contains(&format!("test.log is corrupt at offset {at}:")),
+            "{error}"
         );
     }
 

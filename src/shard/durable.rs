@@ -42,8 +42,12 @@ use super::Shard;
 /// The `held.rs` target that means "this shard's log": sequence = a record's number.
 pub(super) const DISK: u16 = u16::MAX;
 
-/// Compaction while running: the log's first `from` bytes are read back through the ring,
-/// replayed into the fewest records that say the same (`persist::compact`), and written to a
+/// Bytes a compaction reads back at a time (a larger batch makes the buffer grow to hold it).
+const COMPACT_READ: usize = 1 << 20;
+
+/// Compaction while running: the log's first `end` bytes are read back through the ring, a
+/// slice of [`COMPACT_READ`] bytes per read, each replayed as it comes (`persist::Compactor`:
+/// no copy of the whole log in memory), into the fewest records that say the same, written to a
 /// new file beside it, while the shard goes on appending to the old one; batches written
 /// meanwhile are kept (`tail`). Then, with the old log quiet (no write in flight, new batches
 /// held back for that moment), the tail follows the snapshot, the new file is synced and
@@ -53,8 +57,13 @@ pub(super) const DISK: u16 = u16::MAX;
 enum Compaction {
     Idle,
     Reading {
+        /// `buf[..filled]`: read, not yet replayed (a batch cut by the last read's end).
         buf: Vec<u8>,
-        done: usize,
+        filled: usize,
+        /// The log's offset of `buf[filled]`, and where the read stops.
+        at: u64,
+        end: u64,
+        compactor: Box<persist::Compactor>,
     },
     /// The snapshot, then (`tail_at`: where the tail starts in `buf`) the tail.
     Writing {
@@ -329,21 +338,30 @@ impl Durable {
     }
 
     fn start_compaction(&mut self, ring: &mut Ring) {
-        let len = self.offset as usize;
         self.tail.clear();
         self.compaction = Compaction::Reading {
-            buf: vec![0; len],
-            done: 0,
+            buf: vec![0; COMPACT_READ.min(self.offset as usize)],
+            filled: 0,
+            at: 0,
+            end: self.offset,
+            compactor: Box::new(persist::Compactor::new(&self.path)),
         };
         self.submit_compact_read(ring);
     }
 
     fn submit_compact_read(&mut self, ring: &mut Ring) {
-        let Compaction::Reading { buf, done } = &mut self.compaction else {
+        let Compaction::Reading {
+            buf,
+            filled,
+            at,
+            end,
+            ..
+        } = &mut self.compaction
+        else {
             return;
         };
-        let rest = &mut buf[*done..];
-        let len = rest.len().min(u32::MAX as usize / 2) as u32;
+        let rest = &mut buf[*filled..];
+        let len = (rest.len() as u64).min(*end - *at).min(u32::MAX as u64 / 2) as u32;
         // SAFETY: the buffer is neither touched nor dropped while the read is in flight: the
         // state changes only on its completion, and `stop` waits for the ring's operations.
         unsafe {
@@ -351,7 +369,7 @@ impl Durable {
                 self.file.as_raw_fd(),
                 rest.as_mut_ptr(),
                 len,
-                *done as u64,
+                *at,
                 Token::shard(Op::CompactRead),
             )
         };
@@ -463,18 +481,42 @@ impl Durable {
     }
 
     fn on_compact_read(&mut self, ring: &mut Ring, read: usize) {
-        let Compaction::Reading { buf, done } = &mut self.compaction else {
+        let Compaction::Reading {
+            buf,
+            filled,
+            at,
+            end,
+            compactor,
+        } = &mut self.compaction
+        else {
             return;
         };
-        *done += read;
-        if *done < buf.len() {
+        *filled += read;
+        *at += read as u64;
+        let used = match compactor.feed(&buf[..*filled]) {
+            Ok(used) => used,
+            Err(e) => return self.abandon_compaction(&e),
+        };
+        buf.copy_within(used..*filled, 0);
+        *filled -= used;
+        if *at < *end {
+            if *filled == buf.len() {
+                // One batch larger than the buffer.
+                buf.resize(2 * buf.len(), 0);
+            }
             self.submit_compact_read(ring);
             return;
         }
-        let snapshot = match crate::persist::compact(buf, &self.path) {
-            Ok(snapshot) => snapshot,
-            Err(e) => return self.abandon_compaction(&e),
+        if *filled != 0 {
+            // What is read back was written whole, batch by batch.
+            return self.abandon_compaction("the log read back ends inside a batch");
+        }
+        let Compaction::Reading { compactor, .. } =
+            std::mem::replace(&mut self.compaction, Compaction::Idle)
+        else {
+            return;
         };
+        let snapshot = compactor.finish();
         let path = self.path.with_extension("compact");
         let file = match std::fs::OpenOptions::new()
             .create(true)
