@@ -15,7 +15,8 @@
 //! each item into the log of the shard that now owns it.
 //!
 //! A running shard compacts its own log when it has grown past twice its live size
-//! ([`compact`], `shard/durable.rs`): `shard-K.compact` is written beside it and renamed over
+//! ([`Compactor`], `shard/durable.rs`: the log read back a slice at a time, each replayed as
+//! it comes): `shard-K.compact` is written beside it and renamed over
 //! it once complete and synced; a start ignores (and removes with the old generation) one left
 //! by a crash before the rename.
 //!
@@ -1565,8 +1566,7 @@ mod tests {
         bad[at + RECORD_HEADER] ^= 0xFF;
         let error = Compactor::new(path)
             .feed(&bad)
-            .err()
-            .expect("corruption is refused");
+            .expect_err("corruption is refused");
         assert!(
             error.contains(&format!("test.log is corrupt at offset {at}:")),
             "{error}"
