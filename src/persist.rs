@@ -764,11 +764,12 @@ impl Compactor {
     }
 }
 
-/// Everything the live generation's logs describe.
+/// Everything the live generation's logs describe (hashed with foldhash: a compaction looks a
+/// session up for every record of a running shard's log).
 #[derive(Default)]
 struct State {
-    retained: HashMap<ByteString, RetainedEntry>,
-    sessions: HashMap<String, SessionEntry>,
+    retained: HashMap<ByteString, RetainedEntry, foldhash::fast::RandomState>,
+    sessions: HashMap<String, SessionEntry, foldhash::fast::RandomState>,
 }
 
 impl State {
