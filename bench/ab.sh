@@ -41,26 +41,19 @@ cases=("pairs -n 100 --qos 0 --max --inflight 100"
        "pairs -n 100 --qos 1 --max --inflight 100"
        "fanin --publishers 8 --subscribers 1 --qos 0 --max --inflight 100")
 echo "case | binary | round | received | broker CPU s | ns per message"
+# The broker's config for $port (start_on_free_port calls it).
+ringmq_conf() {
+    printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
+        "$port" > "$work/ringmq.toml"
+}
 : > "$work/runs.txt"
 for case in "${cases[@]}"; do
     for round in $(seq 1 "$rounds"); do
         for which in old new; do
             bin="$old"; mqtt="$mqtt_old"; args="$args_old"; scrape="$scrape_old"
             [ "$which" = new ] && { bin="$new"; mqtt="$mqtt_new"; args="$args_new"; scrape="$scrape_new"; }
-            # A port may be held by any socket, a client's included (the bench widens the
-            # ephemeral range): a broker that exits at start gets the next port, up to 5 times.
-            for attempt in 1 2 3 4 5; do
-                port=$((port + 1))
-                printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
-                    "$port" > "$work/ringmq.toml"
-                # shellcheck disable=SC2086
-                start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
-                wait_port "$port"
-                kill -0 "$broker_pid" 2>/dev/null && break
-                log "the $which broker exited at start on port $port (attempt $attempt):"
-                tail -n 3 "$work/broker.log" >&2
-                [ "$attempt" -lt 5 ] || exit 1
-            done
+            # shellcheck disable=SC2086
+            start_on_free_port ringmq_conf "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
             scraper=""
             if [ -n "$scrape" ]; then
                 # Ends with its broker, and keeps no pipe open: a round that fails must not
@@ -75,11 +68,7 @@ for case in "${cases[@]}"; do
             # shellcheck disable=SC2086
             taskset -c "$load_cpu" "$loadgen" $case --mqtt "$mqtt" --port "$port" --warmup 1 --duration 4 \
                 --drain 1 --out "$work/out" -q > /dev/null 2>&1
-            if ! kill -0 "$broker_pid" 2>/dev/null; then
-                log "the $which broker ($bin) stopped during: $case; its log:"
-                cat "$work/broker.log" >&2
-                exit 1
-            fi
+            still_running "$work/broker.log" "$case ($which: $bin)"
             t1=$(cpu_ticks "$broker_pid")
             [ -n "$scraper" ] && kill "$scraper" 2>/dev/null
             stop_broker

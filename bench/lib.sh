@@ -60,6 +60,34 @@ start_broker() {
     broker_pid=$!
 }
 
+# start_on_free_port WRITE_CONF CPUS LOG CMD...: moves $port on by one, runs the function
+# WRITE_CONF (it writes the broker's config for $port), then start_broker CPUS LOG CMD... and
+# waits for the port. A port may be held by any socket, a client's included (the bench widens
+# the ephemeral range to 10000-65535): a broker that exits at start gets the next port, up to
+# 5 tries, each said with the last line of its log.
+start_on_free_port() {
+    local write_conf="$1" attempt
+    shift
+    for attempt in 1 2 3 4 5; do
+        port=$((port + 1))
+        "$write_conf"
+        start_broker "$@"
+        wait_port "$port"
+        kill -0 "$broker_pid" 2>/dev/null && return 0
+        log "the broker exited at start on port $port (try $attempt): $(tail -n 1 "$2" 2>/dev/null)"
+    done
+    exit 1
+}
+
+# still_running LOG WHAT: exits 1 with LOG on stderr when the broker stopped during WHAT (read
+# before its CPU time, which a gone process no longer has).
+still_running() {
+    kill -0 "$broker_pid" 2>/dev/null && return 0
+    log "the broker stopped during $2; its log:"
+    cat "$1" >&2
+    exit 1
+}
+
 # Waits up to 10 s for ringmq's "listening on" line in LOG; exits 1 with the log on stderr if
 # the broker stops first or never says it.
 wait_listening() {

@@ -38,30 +38,35 @@ fi
 case="pairs -n $pairs --qos 1 --max --inflight 100 --clean-session false"
 echo "# $case; log dir under $work ($(df -T "$work" | awk 'NR==2 {print $2}'))"
 echo "mode | round | received | msgs/s | broker CPU s | ns per message"
+# The config of $mode's broker for $port (start_on_free_port calls it).
+broker_conf() {
+    if [ "$mode" = mosquitto ]; then
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_inflight_messages 0\nmax_queued_messages 0\nset_tcp_nodelay true\nlog_dest none\n' \
+            "$port" "$work/mosq" > "$work/mosquitto.conf"
+        return
+    fi
+    printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
+        "$port" > "$work/ringmq.toml"
+    if [ "$mode" != off ]; then
+        printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "$mode" \
+            >> "$work/ringmq.toml"
+    fi
+}
 for round in $(seq 1 "$rounds"); do
     for mode in $modes; do
-        port=$((port + 1))
         if [ "$mode" = mosquitto ]; then
             rm -rf "$work/mosq" && mkdir -p "$work/mosq"
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_inflight_messages 0\nmax_queued_messages 0\nset_tcp_nodelay true\nlog_dest none\n' \
-                "$port" "$work/mosq" > "$work/mosquitto.conf"
-            start_broker "$broker_cpu" "$work/broker.log" "$mosquitto" -c "$work/mosquitto.conf"
+            start_on_free_port broker_conf "$broker_cpu" "$work/broker.log" "$mosquitto" -c "$work/mosquitto.conf"
         else
-            printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
-                "$port" > "$work/ringmq.toml"
-            if [ "$mode" != off ]; then
-                rm -rf "$work/data"
-                printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "$mode" \
-                    >> "$work/ringmq.toml"
-            fi
-            start_broker "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
+            [ "$mode" = off ] || rm -rf "$work/data"
+            start_on_free_port broker_conf "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml"
         fi
-        wait_port "$port"
         rm -rf "$work/out"
         t0=$(cpu_ticks "$broker_pid")
         # shellcheck disable=SC2086
         taskset -c "$load_cpu" "$loadgen" $case --port "$port" --warmup 1 --duration 4 \
             --drain 1 --out "$work/out" -q > /dev/null 2>&1
+        still_running "$work/broker.log" "round $round, $mode"
         t1=$(cpu_ticks "$broker_pid")
         stop_broker
         python3 - "$mode" "$round" "$t0" "$t1" "$(getconf CLK_TCK)" "$work/out/summary.json" <<'PY'
