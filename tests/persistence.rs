@@ -351,6 +351,13 @@ fn persistent_client(addr: SocketAddr, client_id: &str) -> MqttClient {
     MqttClient::connect(options)
 }
 
+/// Leaves a persistent session for `client_id` (`persistent_client`) subscribed to `filter`
+/// at QoS 1, its client gone: what is published there is queued for it.
+fn persistent_subscription(addr: SocketAddr, client_id: &str, filter: &str) {
+    let mut client = persistent_client(addr, client_id);
+    client.subscribe(filter, QoS::AtLeastOnce);
+}
+
 /// An MQTT 5 session (rumqttc's v5 codec) with Session Expiry Interval `expiry_secs`: the
 /// client and whether the CONNACK said session present.
 fn v5_session(
@@ -568,8 +575,7 @@ fn an_unsubscribe_and_a_session_ended_by_clean_start_stay_so_after_a_restart() {
         client.subscribe(&format!("{topic}/a"), QoS::AtLeastOnce);
         client.subscribe(&format!("{topic}/b"), QoS::AtLeastOnce);
         client.unsubscribe(&format!("{topic}/a"));
-        let mut gone = persistent_client(broker.addr, &ended);
-        gone.subscribe(&format!("{topic}/a"), QoS::AtLeastOnce);
+        persistent_subscription(broker.addr, &ended, &format!("{topic}/a"));
     }
     // [MQTT-3.1.2-6] Clean session 1 discards the session.
     drop(MqttClient::connect(mqtt_options_with_id(
@@ -675,6 +681,15 @@ fn received_numbers(subscriber: &mut MqttClient) -> std::collections::HashSet<u3
     received
 }
 
+/// Asserts that the persistent session of `subscriber_id` on `broker` (restarted) is there
+/// and that every number in `acked` reaches it (`received_numbers`).
+fn assert_none_lost_after_restart(broker: &Ringmq, subscriber_id: &str, seed: u64, acked: &[u32]) {
+    let mut subscriber = persistent_client(broker.addr, subscriber_id);
+    assert!(subscriber.connack.session_present, "seed {seed}");
+    let received = received_numbers(&mut subscriber);
+    assert_none_lost(seed, acked, &received);
+}
+
 /// Asserts that every number in `acked` is in `received`.
 fn assert_none_lost(seed: u64, acked: &[u32], received: &std::collections::HashSet<u32>) {
     let missing: Vec<u32> = acked
@@ -703,10 +718,7 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
     let topic = unique_topic("persist/crash");
     let subscriber_id = unique_id_on(1, 2, "persist-crash-sub");
     let broker = start_on(dir.path(), 2, &[]);
-    {
-        let mut subscriber = persistent_client(broker.addr, &subscriber_id);
-        subscriber.subscribe(&topic, QoS::AtLeastOnce);
-    }
+    persistent_subscription(broker.addr, &subscriber_id, &topic);
     let mut broker = Some(broker);
     let mut next = 0u32;
     let mut acked = Vec::new();
@@ -737,14 +749,11 @@ fn crash_loop_every_acknowledged_qos1_message_is_finally_delivered() {
         acked.len()
     );
     let broker = start_on(dir.path(), 2, &[]);
-    let mut subscriber = persistent_client(broker.addr, &subscriber_id);
-    assert!(subscriber.connack.session_present, "seed {seed}");
     eprintln!(
         "seed {seed}: {} messages acknowledged in 5 lives",
         acked.len()
     );
-    let received = received_numbers(&mut subscriber);
-    assert_none_lost(seed, &acked, &received);
+    assert_none_lost_after_restart(&broker, &subscriber_id, seed, &acked);
     broker.stop();
 }
 
@@ -1050,6 +1059,24 @@ fn mosquitto_v5_with_will(port: u16, client_id: &str, will_topic: &str, delay_se
     mosquitto_v5_with_will_and_expiry(port, client_id, will_topic, delay_secs, 3600)
 }
 
+/// Kills `broker`, starts it again on `dir` and asserts that the persistent session of
+/// `watcher_id` receives nothing within `quiet`: the wills published before are not
+/// published again. Stops the broker.
+fn assert_no_will_again_after_restart(
+    broker: Ringmq,
+    dir: &Path,
+    watcher_id: &str,
+    quiet: Duration,
+    what: &str,
+) {
+    broker.kill();
+    let broker = start_on(dir, 2, &[]);
+    let mut watcher = persistent_client(broker.addr, watcher_id);
+    assert!(watcher.try_recv_publish(quiet).is_none(), "{what}");
+    drop(watcher);
+    broker.stop();
+}
+
 /// As `mosquitto_v5_with_will`, with a Session Expiry Interval of `expiry_secs`.
 fn mosquitto_v5_with_will_and_expiry(
     port: u16,
@@ -1140,10 +1167,7 @@ fn wills_of_persistent_sessions_are_published_after_a_sigkill_unless_the_client_
     let topic = unique_topic("persist/wills");
     let broker = start_on(dir.path(), 2, &[]);
     let watcher_id = unique_id("persist-will-watch");
-    {
-        let mut watcher = persistent_client(broker.addr, &watcher_id);
-        watcher.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce);
-    }
+    persistent_subscription(broker.addr, &watcher_id, &format!("{topic}/#"));
     // 3.1.1 through rumqttc, no delay: due as soon as the broker is back.
     let now_id = unique_id("persist-will-now");
     let mut options = mqtt_options_with_id(broker.addr, &now_id);
@@ -1217,15 +1241,13 @@ fn wills_of_persistent_sessions_are_published_after_a_sigkill_unless_the_client_
     drop(watcher);
 
     // Published wills are not published again by the next restart.
-    broker.kill();
-    let broker = start_on(dir.path(), 2, &[]);
-    let mut watcher = persistent_client(broker.addr, &watcher_id);
-    assert!(
-        watcher.try_recv_publish(Duration::from_secs(3)).is_none(),
-        "no will is published twice"
+    assert_no_will_again_after_restart(
+        broker,
+        dir.path(),
+        &watcher_id,
+        Duration::from_secs(3),
+        "no will is published twice",
     );
-    drop(watcher);
-    broker.stop();
 }
 
 /// A config file in `dir` whose logs are compacted from `compact_min_bytes` on.
@@ -1357,10 +1379,11 @@ fn kills_in_the_middle_of_compactions_lose_no_acknowledged_message() {
     let args = ["--config", config.to_str().unwrap()];
     let subscriber_id = unique_id("persist-compact-kill-sub");
     let mut broker = Some(start_on(&data, 1, &args));
-    {
-        let mut subscriber = persistent_client(broker.as_ref().unwrap().addr, &subscriber_id);
-        subscriber.subscribe(&format!("{topic}/keep"), QoS::AtLeastOnce);
-    }
+    persistent_subscription(
+        broker.as_ref().unwrap().addr,
+        &subscriber_id,
+        &format!("{topic}/keep"),
+    );
     let mut acked = Vec::new();
     let mut next = 0u32;
     for round in 0..4 {
@@ -1404,15 +1427,11 @@ fn kills_in_the_middle_of_compactions_lose_no_acknowledged_message() {
     }
     assert!(!acked.is_empty(), "seed {seed}: nothing acknowledged");
     let broker = start_on(&data, 1, &args);
-    let mut subscriber = persistent_client(broker.addr, &subscriber_id);
-    assert!(subscriber.connack.session_present, "seed {seed}");
-    let received = received_numbers(&mut subscriber);
-    assert_none_lost(seed, &acked, &received);
+    assert_none_lost_after_restart(&broker, &subscriber_id, seed, &acked);
     eprintln!(
         "seed {seed}: {} kept messages acknowledged in 4 lives",
         acked.len()
     );
-    drop(subscriber);
     broker.stop();
 }
 
@@ -1591,22 +1610,19 @@ fn qos2_crash_loop(shards: usize) {
         announce(broker.addr.port());
     }
     let finished = paho.finish_within(Duration::from_secs(70));
-    eprintln!(
-        "seed {seed}: {:?}",
+    // The paho script's lines that start (or, `starts == false`, do not start) with `prefix`.
+    let lines = |prefix: &str, starts: bool| -> Vec<&String> {
         finished
             .stdout
             .iter()
-            .filter(|l| !l.starts_with("GOT"))
-            .collect::<Vec<_>>()
-    );
+            .filter(|l| l.starts_with(prefix) == starts)
+            .collect()
+    };
+    eprintln!("seed {seed}: {:?}", lines("GOT", false));
     assert!(
         finished.status.success(),
         "seed {seed}: not every flow completed: {:?} {}",
-        finished
-            .stdout
-            .iter()
-            .filter(|l| !l.starts_with("GOT"))
-            .collect::<Vec<_>>(),
+        lines("GOT", false),
         finished.stderr
     );
     // The kills fell in the middle of the stream, not before or after it.
@@ -1618,11 +1634,7 @@ fn qos2_crash_loop(shards: usize) {
     assert!(
         restarts_mid_stream >= 1,
         "seed {seed}: {:?}",
-        finished
-            .stdout
-            .iter()
-            .filter(|l| l.starts_with("RESTART"))
-            .collect::<Vec<_>>()
+        lines("RESTART", true)
     );
     let mut deliveries = vec![0u32; COUNT];
     for line in &finished.stdout {
@@ -1636,11 +1648,7 @@ fn qos2_crash_loop(shards: usize) {
     assert!(
         finished.stdout.iter().any(|l| l == "UNRELEASED 0"),
         "seed {seed}: the subscriber holds QoS 2 flows never released: {:?}",
-        finished
-            .stdout
-            .iter()
-            .filter(|l| l.starts_with("UNRELEASED"))
-            .collect::<Vec<_>>()
+        lines("UNRELEASED", true)
     );
     let lost: Vec<usize> = (0..COUNT).filter(|&n| deliveries[n] == 0).collect();
     let twice: Vec<usize> = (0..COUNT).filter(|&n| deliveries[n] > 1).collect();
@@ -1675,10 +1683,7 @@ fn the_will_of_a_session_that_expired_while_the_broker_was_down_is_published_at_
     let topic = unique_topic("persist/willexp");
     let broker = start_on(dir.path(), 2, &[]);
     let watcher_id = unique_id("persist-willexp-watch");
-    {
-        let mut watcher = persistent_client(broker.addr, &watcher_id);
-        watcher.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce);
-    }
+    persistent_subscription(broker.addr, &watcher_id, &format!("{topic}/#"));
     // Both clients go without DISCONNECT (the process is killed); one session expires 1 s
     // later, the other in an hour.
     let (ended_id, alive_id) = (
@@ -1718,15 +1723,13 @@ fn the_will_of_a_session_that_expired_while_the_broker_was_down_is_published_at_
         "only the ended session's will, once"
     );
     drop(watcher);
-    broker.kill();
 
     // Published once: not again after another restart.
-    let broker = start_on(dir.path(), 2, &[]);
-    let mut watcher = persistent_client(broker.addr, &watcher_id);
-    assert!(
-        watcher.try_recv_publish(QUIET * 2).is_none(),
-        "the will is not published twice"
+    assert_no_will_again_after_restart(
+        broker,
+        dir.path(),
+        &watcher_id,
+        QUIET * 2,
+        "the will is not published twice",
     );
-    drop(watcher);
-    broker.stop();
 }
