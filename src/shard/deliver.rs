@@ -591,25 +591,13 @@ impl Shard {
             let Some(flight) = s.newest_inflight() else {
                 return;
             };
-            let m = &flight.message;
-            let properties = m.properties_at(now_secs);
-            let parts = PublishParts {
-                topic: &m.topic,
-                payload: &m.payload,
-                qos: m.qos,
-                retain: m.retain,
-                dup: false,
-                packet_id,
-                properties: properties.as_deref(),
-                topic_alias: None,
-            };
             let mut out = Outboxes {
                 conns: &mut self.conns,
                 pools: &mut self.pools,
                 dirty: &mut self.dirty,
                 stats: &mut self.stats,
             };
-            match out.publish(c, &parts, None) {
+            match out.publish_stored(c, &flight.message, packet_id, false, now_secs) {
                 Written::Sent => {}
                 // Over the client's Maximum Packet Size: done with, the next one goes.
                 Written::TooLarge => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::protocol::{
-    DecodeError, Packet, Props, ProtocolVersion, PubAck, Publish, PublishParts, QoS, ReasonCode,
+    DecodeError, Packet, Props, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
 };
 use crate::session::{ConnRef, IncomingQos2, InflightState};
 
@@ -237,22 +237,13 @@ impl Shard {
         };
         let mut too_large = Vec::new();
         for flight in s.inflight() {
-            let m = &flight.message;
             match flight.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
                     // Delivery has begun: even an expired one completes, with what is left (0).
-                    let properties = m.properties_at(now_secs);
-                    let parts = PublishParts {
-                        topic: &m.topic,
-                        payload: &m.payload,
-                        qos: m.qos,
-                        retain: m.retain,
-                        dup: true,
-                        packet_id: flight.packet_id,
-                        properties: properties.as_deref(),
-                        topic_alias: None,
-                    };
-                    if out.publish(c, &parts, None) == Written::TooLarge {
+                    let m = &flight.message;
+                    if out.publish_stored(c, m, flight.packet_id, true, now_secs)
+                        == Written::TooLarge
+                    {
                         too_large.push(flight.packet_id);
                     }
                 }

@@ -37,7 +37,7 @@ use std::collections::VecDeque;
 use foldhash::fast::RandomState;
 use hashbrown::{HashMap, HashSet};
 
-use crate::protocol::{Packet, PubAck, PublishParts, ReasonCode, SubAck, UnsubAck};
+use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
 use crate::session::{ConnRef, InflightState};
 
 use super::outgoing::{Outboxes, Written};
@@ -351,24 +351,13 @@ impl Shard {
         let Some(m) = s.inflight_message(packet_id, InflightState::AwaitPubRec) else {
             return;
         };
-        let properties = m.properties_at(now_secs);
-        let parts = PublishParts {
-            topic: &m.topic,
-            payload: &m.payload,
-            qos: m.qos,
-            retain: m.retain,
-            dup: false,
-            packet_id,
-            properties: properties.as_deref(),
-            topic_alias: None,
-        };
         let mut out = Outboxes {
             conns: &mut self.conns,
             pools: &mut self.pools,
             dirty: &mut self.dirty,
             stats: &mut self.stats,
         };
-        if out.publish(conn, &parts, None) == Written::TooLarge {
+        if out.publish_stored(conn, m, packet_id, false, now_secs) == Written::TooLarge {
             // Over the client's Maximum Packet Size: done with, as in `pump`.
             s.discard_inflight(packet_id);
         }

@@ -12,7 +12,7 @@ use crate::protocol::{
     self, encode_publish_parts, publish_parts_len, Packet, ProtocolVersion, PublishParts, QoS,
     ReasonCode,
 };
-use crate::session::ConnRef;
+use crate::session::{ConnRef, Message};
 
 use super::conn::{Conn, ConnState, Conns, Pools};
 use super::conn_v5::AliasUse;
@@ -104,6 +104,32 @@ pub(super) struct Outboxes<'a> {
 }
 
 impl Outboxes<'_> {
+    /// Writes `m`, a message a session keeps (its window), to connection `c` as a PUBLISH
+    /// under `packet_id`, encoded straight from that copy (no reference counts touched), with
+    /// its properties as of `now_secs` (`Message::properties_at`).
+    #[inline]
+    pub fn publish_stored(
+        &mut self,
+        c: ConnRef,
+        m: &Message,
+        packet_id: u16,
+        dup: bool,
+        now_secs: u64,
+    ) -> Written {
+        let properties = m.properties_at(now_secs);
+        let parts = PublishParts {
+            topic: &m.topic,
+            payload: &m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            dup,
+            packet_id,
+            properties: properties.as_deref(),
+            topic_alias: None,
+        };
+        self.publish(c, &parts, None)
+    }
+
     /// Writes a PUBLISH (`parts.topic_alias` unset) to connection `c`: with the alias the
     /// connection has or gets for the topic [MQTT-3.3.2-11], unless it is larger than the
     /// client takes. `shared`: the same message goes to every subscriber of this route, so a
