@@ -1237,6 +1237,19 @@ mod tests {
         assert!(error.contains(&format!("offset {second}")), "{error}");
     }
 
+    /// Appends a QoS 1 message without properties for `client_id`, not retained.
+    fn append_qos1(log: &mut Vec<u8>, client_id: &str, topic: &str, payload: &[u8]) {
+        append_message(
+            log,
+            client_id,
+            topic,
+            payload,
+            QoS::AtLeastOnce,
+            false,
+            None,
+        );
+    }
+
     fn replay(log: &[u8]) -> State {
         let path = Path::new("test.log");
         let mut state = State::default();
@@ -1254,15 +1267,7 @@ mod tests {
         append_subscribe(&mut log, "c1", "b/#", 2 | 4, 7);
         append_unsubscribe(&mut log, "c1", "a/+");
         for payload in ["m1", "m2", "m1"] {
-            append_message(
-                &mut log,
-                "c1",
-                "b/x",
-                payload.as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-                None,
-            );
+            append_qos1(&mut log, "c1", "b/x", payload.as_bytes());
         }
         // Either copy of two equal messages may be the one acknowledged.
         append_delivered(&mut log, "c1", message_id("b/x", b"m1"));
@@ -1381,15 +1386,7 @@ mod tests {
         let now_ms = unix_ns() / 1_000_000;
         let mut log = Vec::new();
         append_session(&mut log, "expired", 5, 5, now_ms - 10_000);
-        append_message(
-            &mut log,
-            "expired",
-            "t",
-            b"m",
-            QoS::AtLeastOnce,
-            false,
-            None,
-        );
+        append_qos1(&mut log, "expired", "t", b"m");
         append_session(&mut log, "away", 5, 60, now_ms - 10_000);
         append_session(&mut log, "never", 5, u32::MAX, now_ms - 10_000_000);
         append_session(&mut log, "connected", 4, 5, 0);
@@ -1459,15 +1456,7 @@ mod tests {
         append_subscribe(&mut log, "c1", "t/#", 1, 0);
         for n in 0..100 {
             let payload = format!("m{n}");
-            append_message(
-                &mut log,
-                "c1",
-                "t/x",
-                payload.as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-                None,
-            );
+            append_qos1(&mut log, "c1", "t/x", payload.as_bytes());
             if n != 42 {
                 append_delivered(&mut log, "c1", message_id("t/x", payload.as_bytes()));
             }
@@ -1520,15 +1509,7 @@ mod tests {
         append_commit(&mut log);
         for n in 0..50 {
             let payload = format!("message {n}");
-            append_message(
-                &mut log,
-                "c1",
-                "t/x",
-                payload.as_bytes(),
-                QoS::AtLeastOnce,
-                false,
-                None,
-            );
+            append_qos1(&mut log, "c1", "t/x", payload.as_bytes());
             if n % 3 != 0 {
                 append_delivered(&mut log, "c1", message_id("t/x", payload.as_bytes()));
             }
