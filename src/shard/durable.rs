@@ -406,12 +406,7 @@ impl Durable {
         };
         let buf = std::mem::take(&mut self.tail);
         if buf.is_empty() {
-            let fd = next.file.as_raw_fd();
-            self.compaction = Compaction::Syncing {
-                next,
-                tail_written: true,
-            };
-            ring.datasync_file(fd, Token::shard(Op::CompactSync));
+            self.sync_new_log(ring, next, true);
             return;
         }
         self.compaction = Compaction::Writing {
@@ -458,12 +453,7 @@ impl Durable {
                     return;
                 };
                 next.len += buf.len() as u64;
-                let fd = next.file.as_raw_fd();
-                self.compaction = Compaction::Syncing {
-                    next,
-                    tail_written: tail_at.is_some(),
-                };
-                ring.datasync_file(fd, Token::shard(Op::CompactSync));
+                self.sync_new_log(ring, next, tail_at.is_some());
             }
             _ => {
                 let Compaction::Syncing { next, tail_written } =
@@ -528,30 +518,27 @@ impl Durable {
             Ok(file) => file,
             Err(e) => return self.abandon_compaction(&format!("create {}: {e}", path.display())),
         };
+        let next = NewLog { file, path, len: 0 };
+        if snapshot.is_empty() {
+            // Nothing live: straight to the fdatasync (of an empty file).
+            self.sync_new_log(ring, next, false);
+            return;
+        }
         self.compaction = Compaction::Writing {
-            next: NewLog { file, path, len: 0 },
+            next,
             buf: snapshot,
             done: 0,
             tail_at: None,
         };
-        if let Compaction::Writing { buf, .. } = &self.compaction {
-            if buf.is_empty() {
-                // Nothing live: straight to the fdatasync (of an empty file).
-                let Compaction::Writing { next, .. } =
-                    std::mem::replace(&mut self.compaction, Compaction::Idle)
-                else {
-                    return;
-                };
-                let fd = next.file.as_raw_fd();
-                self.compaction = Compaction::Syncing {
-                    next,
-                    tail_written: false,
-                };
-                ring.datasync_file(fd, Token::shard(Op::CompactSync));
-                return;
-            }
-        }
         self.submit_compact_write(ring);
+    }
+
+    /// What is written to the new log (`tail_written`: the tail too, not only the snapshot)
+    /// goes to disk: an fdatasync, then `Op::CompactSync`.
+    fn sync_new_log(&mut self, ring: &mut Ring, next: NewLog, tail_written: bool) {
+        let fd = next.file.as_raw_fd();
+        self.compaction = Compaction::Syncing { next, tail_written };
+        ring.datasync_file(fd, Token::shard(Op::CompactSync));
     }
 
     /// The new log holds the snapshot and the tail, on disk: it replaces the old one.
