@@ -6,15 +6,53 @@ mod common;
 
 use ringmq::broker::Broker;
 use ringmq::config::Config;
+use ringmq_loadgen::run::Report;
 
 fn start_broker() -> Broker {
+    start_broker_with(Config::default())
+}
+
+/// As `start_broker`, with the rest of `config`.
+fn start_broker_with(config: Config) -> Broker {
     Broker::start(Config {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         shards: 1,
         ring_files_max: 1024,
-        ..Default::default()
+        ..config
     })
     .expect("the broker starts")
+}
+
+/// 4 pairs at 2000 messages/s for 0.5 s through `broker`, with `extra` arguments: runs the
+/// load, stops the broker and asserts that the 1000 messages sent all came back.
+fn pairs_1000_through(broker: Broker, extra: &[&str]) -> Report {
+    let port = broker.local_addr().port().to_string();
+    let mut args = vec![
+        "pairs",
+        "-n",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.5",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--drain",
+        "2",
+    ];
+    args.extend(extra);
+    let report = common::loadgen(&args);
+    broker.stop().expect("no shard failed");
+    let s = &report.summary;
+    assert_eq!(
+        (s.sent, s.received, s.lost),
+        (1000, 1000, 0),
+        "{:?}",
+        s.errors
+    );
+    report
 }
 
 fn check_exact(args: &[&str], sent: u64, copies: u64) {
@@ -59,35 +97,9 @@ fn pairs_qos0_counts_exactly() {
 #[test]
 fn latency_and_send_lag_count_every_message_with_and_without_progress() {
     for quiet in [false, true] {
-        let broker = start_broker();
-        let port = broker.local_addr().port().to_string();
-        let mut args = vec![
-            "pairs",
-            "-n",
-            "4",
-            "--rate",
-            "2000",
-            "--duration",
-            "0.5",
-            "--port",
-            &port,
-            "--warmup",
-            "0",
-            "--drain",
-            "2",
-        ];
-        if quiet {
-            args.push("-q");
-        }
-        let report = common::loadgen(&args);
-        broker.stop().expect("no shard failed");
+        let extra: &[&str] = if quiet { &["-q"] } else { &[] };
+        let report = pairs_1000_through(start_broker(), extra);
         let s = &report.summary;
-        assert_eq!(
-            (s.sent, s.received, s.lost),
-            (1000, 1000, 0),
-            "{:?}",
-            s.errors
-        );
         assert_eq!(s.latency.count, 1000, "quiet {quiet}");
         assert_eq!(s.send_lag.count, 1000, "quiet {quiet}");
         assert!(
@@ -219,45 +231,17 @@ fn closed_loop_qos1_loses_nothing() {
 /// before and after, match what the client sent and got, and the summary prints them.
 #[test]
 fn metrics_url_puts_the_brokers_counts_beside_the_clients() {
-    let broker = Broker::start(Config {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
+    let broker = start_broker_with(Config {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        shards: 1,
-        ring_files_max: 1024,
         ..Default::default()
-    })
-    .expect("the broker starts");
+    });
     let port = broker.local_addr().port().to_string();
     let url = format!(
         "http://{}/metrics",
         broker.metrics_addr().expect("metrics_listen is set")
     );
-    let report = common::loadgen(&[
-        "pairs",
-        "-n",
-        "4",
-        "--rate",
-        "2000",
-        "--duration",
-        "0.5",
-        "--port",
-        &port,
-        "--warmup",
-        "0",
-        "--drain",
-        "2",
-        "--metrics-url",
-        &url,
-        "-q",
-    ]);
-    broker.stop().expect("no shard failed");
+    let report = pairs_1000_through(broker, &["--metrics-url", &url, "-q"]);
     let s = &report.summary;
-    assert_eq!(
-        (s.sent, s.received, s.lost),
-        (1000, 1000, 0),
-        "{:?}",
-        s.errors
-    );
     let metrics = s.broker_metrics.as_ref().expect("the broker's counts");
     assert_eq!(metrics.url, url);
     assert_eq!(metrics.received, 1000, "{metrics:?}");
