@@ -209,17 +209,7 @@ keyfile $pki/server.key"
     fi
     case "$name" in
         mosquitto)
-            cat > "$work/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-$mosquitto_tls
-allow_anonymous true
-persistence false
-max_inflight_messages 0
-max_queued_messages 0
-max_connections -1
-set_tcp_nodelay true
-log_dest none
-EOF
+            mosquitto_conf "$port" "$mosquitto_tls" > "$work/mosquitto.conf"
             broker_conf="$work/mosquitto.conf"
             broker_cmd="taskset -c $BROKER_CPUS $MOSQUITTO -c $broker_conf"
             ;;

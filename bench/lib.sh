@@ -51,6 +51,23 @@ broker_binary() {
 # Sets `work` to a fresh folder /tmp/ringmq-$1.XXXXXX (removed on exit).
 make_work() { work="$(mktemp -d "/tmp/ringmq-$1.XXXXXX")"; }
 
+# Prints the mosquitto.conf the benchmarks run mosquitto with: a listener on 127.0.0.1:PORT
+# (followed by the lines EXTRA, e.g. its TLS files), no persistence, no inflight, queue or
+# connection limit, TCP_NODELAY, no log. Usage: mosquitto_conf PORT [EXTRA] > FILE
+mosquitto_conf() {
+    printf 'listener %s 127.0.0.1\n' "$1"
+    [ -z "${2:-}" ] || printf '%s\n' "$2"
+    cat <<'EOF'
+allow_anonymous true
+persistence false
+max_inflight_messages 0
+max_queued_messages 0
+max_connections -1
+set_tcp_nodelay true
+log_dest none
+EOF
+}
+
 # Runs `taskset -c CPUS CMD...` in the background, stdout and stderr to LOG; sets broker_pid.
 # Usage: start_broker CPUS LOG CMD...
 start_broker() {

@@ -103,16 +103,7 @@ EOF
             wait_listening "$work/broker.log" ;;
         mosquitto)
             need mosquitto
-            cat > "$work/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-allow_anonymous true
-persistence false
-max_inflight_messages 0
-max_queued_messages 0
-max_connections -1
-set_tcp_nodelay true
-log_dest none
-EOF
+            mosquitto_conf "$port" > "$work/mosquitto.conf"
             start_broker "$BROKER_CPUS" "$work/broker.log" "$(command -v mosquitto)" -c "$work/mosquitto.conf"
             wait_port "$port" ;;
         *) log "unknown broker $b (ringmq or mosquitto)"; exit 2 ;;
