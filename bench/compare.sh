@@ -45,6 +45,10 @@
 #   RUMQTTD_BIN, FLASHMQ_BIN (the peers' binaries), PAIRS (pairs cases, default 100),
 #   FANIN_PUBLISHERS (fanin cases, default 8), TLS_KEY (default rsa).
 set -euo pipefail
+# For mosquitto_conf; this script keeps its own copies of the rest (defined below, they
+# replace lib.sh's, and so does its EXIT trap).
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"

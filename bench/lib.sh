@@ -4,7 +4,8 @@
 # Sourcing sets `here` (bench/), `root` (the repository; nothing changes directory),
 # `bench_name` (the script's file name, the prefix of its messages), BROKER_CPUS (default 1)
 # and LOAD_CPUS (default 0), and an EXIT trap that stops the broker and removes the work folder;
-# the rest are functions. (bench/compare.sh and bench/idle.sh keep their own copies.)
+# the rest are functions. (bench/compare.sh sources it for mosquitto_conf and keeps its own
+# copies of the rest; bench/idle.sh keeps its own.)
 # shellcheck shell=bash
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
