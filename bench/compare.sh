@@ -45,7 +45,7 @@
 #   RUMQTTD_BIN, FLASHMQ_BIN (the peers' binaries), PAIRS (pairs cases, default 100),
 #   FANIN_PUBLISHERS (fanin cases, default 8), TLS_KEY (default rsa).
 set -euo pipefail
-# For mosquitto_conf; this script keeps its own copies of the rest (defined below, they
+# For mosquitto_conf and ringmq_limits; this script keeps its own copies of the rest (defined below, they
 # replace lib.sh's, and so does its EXIT trap).
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -222,13 +222,8 @@ keyfile $pki/server.key"
 $ringmq_listener
 shards = $RINGMQ_SHARDS
 allow_anonymous = true
-
-[limits]
-connections_max = 1000000
-inflight_max = 65535
-offline_queue_max = 1000000
-outbox_bytes_max = 268435456
 EOF
+            ringmq_limits >> "$work/ringmq.toml"
             if [ -n "$tls" ]; then
                 cat >> "$work/ringmq.toml" <<EOF
 

@@ -4,7 +4,7 @@
 # Sourcing sets `here` (bench/), `root` (the repository; nothing changes directory),
 # `bench_name` (the script's file name, the prefix of its messages), BROKER_CPUS (default 1)
 # and LOAD_CPUS (default 0), and an EXIT trap that stops the broker and removes the work folder;
-# the rest are functions. (bench/compare.sh sources it for mosquitto_conf and keeps its own
+# the rest are functions. (bench/compare.sh sources it for mosquitto_conf and ringmq_limits and keeps its own
 # copies of the rest; bench/idle.sh keeps its own.)
 # shellcheck shell=bash
 
@@ -66,6 +66,19 @@ max_queued_messages 0
 max_connections -1
 set_tcp_nodelay true
 log_dest none
+EOF
+}
+
+# Prints the [limits] the comparisons run ringmq with (no limit a load reaches), to follow a
+# ringmq.toml's top-level keys. Usage: ringmq_limits >> FILE
+ringmq_limits() {
+    cat <<'EOF'
+
+[limits]
+connections_max = 1000000
+inflight_max = 65535
+offline_queue_max = 1000000
+outbox_bytes_max = 268435456
 EOF
 }
 

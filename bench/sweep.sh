@@ -92,13 +92,8 @@ listen = "127.0.0.1:$port"
 shards = 1
 allow_anonymous = true
 metrics_listen = "127.0.0.1:$metrics_port"
-
-[limits]
-connections_max = 1000000
-inflight_max = 65535
-offline_queue_max = 1000000
-outbox_bytes_max = 268435456
 EOF
+            ringmq_limits >> "$work/ringmq.toml"
             start_broker "$BROKER_CPUS" "$work/broker.log" "$ringmq" --config "$work/ringmq.toml"
             wait_listening "$work/broker.log" ;;
         mosquitto)
