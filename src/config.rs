@@ -152,7 +152,7 @@ impl LogLevel {
     }
 }
 
-/// Whether what clients were acknowledged is written to disk (`persist.rs`).
+/// Whether what clients were acknowledged is written to disk (`persist/`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub enum PersistenceMode {
     /// Nothing is written; a restart starts empty (the benchmarks' setting).
@@ -163,7 +163,7 @@ pub enum PersistenceMode {
     On,
 }
 
-/// When a record is made durable (`persist.rs`).
+/// When a record is made durable (`persist/`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub enum PersistenceSync {
     /// The ack that depends on a record goes out once the record is on disk: one write and

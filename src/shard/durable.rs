@@ -1,4 +1,4 @@
-//! The shard's persistence log (issue 10; the format and the replay are in `persist.rs`).
+//! The shard's persistence log (issue 10; the format and the replay are in `persist/`).
 //!
 //! Records appended while a turn handles packets wait in `pending`; at the turn's end they go
 //! out with one IORING_OP_WRITE through the shard's own ring (no thread, no syscall of their
@@ -10,7 +10,7 @@
 //! holds acks (`held.rs`), on the pseudo-target [`DISK`] with the record's number: it goes
 //! out once `durable` has passed it, and so does a QoS 2 PUBLISH to a persistent session, on
 //! the record of its packet id (`log_sent`). Every batch ends with a commit record: a start
-//! keeps a batch whole or drops it whole (`persist.rs`). With `sync = "interval"` acks do not
+//! keeps a batch whole or drops it whole (`persist/`). With `sync = "interval"` acks do not
 //! wait; written records get their fdatasync at most `sync_interval_ms` later.
 //!
 //! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
