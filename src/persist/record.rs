@@ -345,29 +345,8 @@ pub fn append_retained(
     qos: QoS,
     properties: Option<&Properties>,
 ) {
-    let now_ns = unix_ns();
-    let expiry_unix_secs = properties
-        .and_then(|p| p.message_expiry_interval)
-        .map_or(0, |interval| {
-            now_ns / 1_000_000_000 + u64::from(interval) + 1
-        });
     append_record(out, Kind::Retained, |body| {
-        body.extend_from_slice(&now_ns.to_le_bytes());
-        body.extend_from_slice(&expiry_unix_secs.to_le_bytes());
-        let packet_id = if qos == QoS::AtMostOnce { 0 } else { 1 };
-        // Nothing the broker accepted fails to encode; a record that did would be refused by
-        // the replay (a bad PUBLISH), so the body is kept whole either way.
-        let _ = protocol::encode_publish(
-            body,
-            ProtocolVersion::V5,
-            topic,
-            payload,
-            qos,
-            true,
-            false,
-            packet_id,
-            properties,
-        );
+        put_message(body, topic, payload, qos, true, properties)
     });
 }
 
