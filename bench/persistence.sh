@@ -15,7 +15,9 @@
 #   cargo build --release -p ringmq -p ringmq-loadgen && bench/persistence.sh
 # Environment: BROKER_CPU (default 1), LOAD_CPU (default 0), PORT_BASE (default 29600),
 #   LOADGEN (default target/release/ringmq-loadgen), PAIRS (default 100), WORK_DIR,
-#   MOSQUITTO (default: mosquitto on the PATH or /usr/sbin/mosquitto; "none": not run).
+#   MOSQUITTO (default: mosquitto on the PATH or /usr/sbin/mosquitto; "none": not run),
+#   MODES (default "off ack interval"; also "ack-nocompact": sync = "ack" with compaction never
+#   triggered, to see what compaction costs, e.g. MODES="ack ack-nocompact" MOSQUITTO=none).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -29,7 +31,7 @@ need python3
 need taskset "taskset (util-linux)"
 work="$(mktemp -d "${WORK_DIR:-/tmp}/ringmq-persistence.XXXXXX")"
 mosquitto="${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
-modes="off ack interval"
+modes="${MODES:-off ack interval}"
 if [ "$mosquitto" != none ]; then
     [ -x "$mosquitto" ] || { log "$mosquitto is missing (MOSQUITTO=none to leave it out)"; exit 1; }
     modes="$modes mosquitto"
@@ -48,8 +50,10 @@ broker_conf() {
     printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
         "$port" > "$work/ringmq.toml"
     if [ "$mode" != off ]; then
-        printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "$mode" \
+        printf '[persistence]\nmode = "on"\ndir = "%s"\nsync = "%s"\n' "$work/data" "${mode%-nocompact}" \
             >> "$work/ringmq.toml"
+        # Compaction starts past compact_min_bytes: 2^62 is never.
+        [ "$mode" = "${mode%-nocompact}" ] || echo 'compact_min_bytes = 4611686018427387904' >> "$work/ringmq.toml"
     fi
 }
 for round in $(seq 1 "$rounds"); do
@@ -87,12 +91,12 @@ import statistics, sys
 rate, ns = {}, {}
 for line in open(sys.argv[1]):
     parts = [p.strip() for p in line.split("|")]
-    if len(parts) == 6 and parts[0] in ("off", "ack", "interval", "mosquitto"):
+    if len(parts) == 6 and parts[1].isdigit():
         rate.setdefault(parts[0], []).append(float(parts[3]))
         ns.setdefault(parts[0], []).append(float(parts[5]))
-off = statistics.median(rate.get("off", [0]))
-for mode in ("off", "ack", "interval", "mosquitto"):
-    if mode in rate:
-        r = statistics.median(rate[mode])
-        print(f"{mode} | {r:.0f} | {r / off if off else 0:.2f} | {statistics.median(ns[mode]):.0f}")
+off = statistics.median(rate["off"]) if "off" in rate else 0
+for mode in rate:
+    r = statistics.median(rate[mode])
+    x_off = f"{r / off:.2f}" if off else "-"
+    print(f"{mode} | {r:.0f} | {x_off} | {statistics.median(ns[mode]):.0f}")
 PY
