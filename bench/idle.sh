@@ -36,7 +36,10 @@
 #   --no-build            use the release binaries already built
 #   --no-sysctl           leave the sysctls alone (otherwise raises the few a big run needs)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RECV_BUFFER_COUNT and
-#   RECV_BUFFER_SIZE (the broker's provided-buffer pool per ring, default 512 x 4096 B, as the broker).
+#   RECV_BUFFER_SIZE (the broker's provided-buffer pool per ring, default 512 x 4096 B, as the broker),
+#   CONNECT_TIMEOUT (seconds one connection may take to its SUBACK, and the slack past N / rate
+#   before measuring starts anyway; default 10, TLS 30), RINGMQ_COMMIT (the commit to report
+#   where the tree has no .git).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -143,6 +146,7 @@ BROKER_CPUS="${BROKER_CPUS:-1}"
 LOAD_CPUS="${LOAD_CPUS:-0}"
 RECV_BUFFER_COUNT="${RECV_BUFFER_COUNT:-512}"
 RECV_BUFFER_SIZE="${RECV_BUFFER_SIZE:-4096}"
+connect_timeout="${CONNECT_TIMEOUT:-10}"
 # Below 10000: outside the ephemeral range even once it is widened to 10000-65535.
 [ -n "$port" ] || port=$((9100 + RANDOM % 500))
 
@@ -169,6 +173,8 @@ done
 stamp="$target_dir/release/.idle-build-commit"
 tree_commit() {
     local c
+    # RINGMQ_COMMIT: where the tree travelled without its .git (bench/bigbox.sh).
+    [ -z "${RINGMQ_COMMIT:-}" ] || { echo "$RINGMQ_COMMIT"; return; }
     c="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
     git diff --quiet HEAD -- src loadgen Cargo.toml Cargo.lock 2>/dev/null || c="$c-dirty"
     echo "$c"
@@ -176,7 +182,9 @@ tree_commit() {
 if [ "$build" = 1 ]; then
     tree_commit > "$stamp"
 fi
-if [ -f "$stamp" ] && [ ! "$RINGMQ" -nt "$stamp" ] && [ ! "$LOADGEN" -nt "$stamp" ]; then
+if [ -n "${RINGMQ_COMMIT:-}" ]; then
+    commit="$RINGMQ_COMMIT"
+elif [ -f "$stamp" ] && [ ! "$RINGMQ" -nt "$stamp" ] && [ ! "$LOADGEN" -nt "$stamp" ]; then
     commit="$(cat "$stamp")"
 else
     commit="unknown (binaries built outside idle.sh; HEAD now $(tree_commit))"
@@ -185,7 +193,9 @@ fi
 # --- capacity checks --------------------------------------------------------------------------
 # Each ring's fixed-file table holds the soft open-file limit minus the broker's headroom (64).
 nofile="$(ulimit -Sn)"
+# Each ring's table holds at most the kernel's IORING_MAX_FIXED_FILES (1,048,576), whatever the limit.
 [ "$nofile" = unlimited ] && nofile=1048576
+[ "$nofile" -le 1048576 ] || nofile=1048576
 if [ "$rings_auto" = 1 ]; then
     per_shard=$((shards * (nofile - 64)))
     rings=$(((connections + per_shard - 1) / per_shard))
@@ -300,7 +310,8 @@ protocol = \"mqtt+tls\"
 certfile = \"$pki/server.pem\"
 keyfile = \"$pki/server.key\""
     # Handshakes queue behind the broker's signatures: give each one time.
-    lg_tls="--tls-ca $pki/ca.pem --connect-timeout 30"
+    lg_tls="--tls-ca $pki/ca.pem"
+    connect_timeout="${CONNECT_TIMEOUT:-30}"
 fi
 cat > "$dir/broker.toml" <<EOF
 $listen_line
@@ -337,10 +348,10 @@ slab_before="$(slab_kb)"
 
 ready="$work/ready"
 # Measuring starts once every connection has its CONNACK and SUBACK (or the connect deadline,
-# N / rate + 10 s + 1 s, passed) plus 1 s of warm-up; the hold runs inside --duration.
+# N / rate + CONNECT_TIMEOUT + 1 s, passed) plus 1 s of warm-up; the hold runs inside --duration.
 lg_cmd="taskset -c $LOAD_CPUS $LOADGEN conn -n $connections --subscribe --ramp $rate \
 --source $sources --port $port --warmup 1 --duration $((hold + 2)) --drain 0.5 --cpus $LOAD_CPUS \
---label ringmq --out $dir/loadgen --ready-file $ready -q $lg_tls"
+--label ringmq --out $dir/loadgen --ready-file $ready --connect-timeout $connect_timeout -q $lg_tls"
 log "load: $lg_cmd"
 t_start="${EPOCHREALTIME/./}"
 $lg_cmd > "$work/loadgen.out" 2> "$work/loadgen.err" &

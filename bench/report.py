@@ -33,10 +33,14 @@ def machine(broker_cpus, load_cpus):
                 break
     except OSError:
         pass
-    commit = sh("git rev-parse HEAD")
-    dirty = bool(sh("git status --porcelain --untracked-files=no"))
+    # RINGMQ_COMMIT: where the tree travelled without its .git (bench/bigbox.sh on another machine).
+    commit = os.environ.get("RINGMQ_COMMIT")
+    if not commit:
+        commit = sh("git rev-parse HEAD") or "unknown"
+        if sh("git status --porcelain --untracked-files=no"):
+            commit += "-dirty"
     return {
-        "commit": commit + ("-dirty" if dirty else ""),
+        "commit": commit,
         "host": platform.node(),
         "kernel": platform.release(),
         "cpu_model": model,

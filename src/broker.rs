@@ -29,7 +29,7 @@ use crate::config::{Config, ListenerProtocol};
 use crate::listener::Listener;
 use crate::mesh::Mesh;
 use crate::metrics::MetricsServer;
-use crate::ring::nofile_limit;
+use crate::ring::{nofile_limit, FIXED_FILES_MAX};
 use crate::security::Security;
 use crate::shard::peers::Peers;
 use crate::shard::{Shard, ShardParams, ShardStats, StatsBoard, Waker};
@@ -249,15 +249,15 @@ fn check_port_free(addr: SocketAddr) -> io::Result<()> {
     })
 }
 
-/// Fixed-file slots per ring: the configured number, or the open-file limit minus a headroom.
+/// Fixed-file slots per ring: the configured number, or the open-file limit minus a headroom,
+/// at most the kernel's cap per table (a hard limit above a million would fail registration).
 pub fn ring_files(config: &Config) -> u32 {
     if config.ring_files_max > 0 {
-        return config.ring_files_max;
+        return config.ring_files_max.min(FIXED_FILES_MAX as u32);
     }
-    let limit = nofile_limit();
-    limit
+    nofile_limit()
         .saturating_sub(FILES_HEADROOM)
-        .clamp(1, u32::MAX as u64) as u32
+        .clamp(1, FIXED_FILES_MAX) as u32
 }
 
 impl Broker {
@@ -787,7 +787,16 @@ mod tests {
             from_limit,
             nofile_limit()
                 .saturating_sub(FILES_HEADROOM)
-                .clamp(1, 1 << 24)
+                .clamp(1, 1 << 20)
+        );
+        let huge = Config {
+            ring_files_max: u32::MAX,
+            ..Config::default()
+        };
+        assert_eq!(
+            ring_files(&huge),
+            1 << 20,
+            "the kernel's IORING_MAX_FIXED_FILES"
         );
     }
 }

@@ -381,7 +381,9 @@ impl Worker {
     ) -> Result<Worker, String> {
         let total = plans.len().max(1);
         // Headroom for the process's own descriptors (the ring fds, the eventfd, stdio).
-        let limit = ringmq::ring::nofile_limit().saturating_sub(64).max(1) as usize;
+        let limit = ringmq::ring::nofile_limit()
+            .saturating_sub(64)
+            .clamp(1, ringmq::ring::FIXED_FILES_MAX) as usize;
         let files_per_ring = match settings.ring_files_max as usize {
             0 => limit,
             n => n.min(limit),

@@ -80,6 +80,10 @@ enum Backend {
     Sim(Box<SimKernel>),
 }
 
+/// The most slots one ring's fixed-file table may have (the kernel's IORING_MAX_FIXED_FILES),
+/// whatever the open-file limit.
+pub const FIXED_FILES_MAX: u64 = 1 << 20;
+
 /// The open-file soft limit, which caps each ring's fixed-file table.
 pub fn nofile_limit() -> u64 {
     let mut limit = libc::rlimit {
