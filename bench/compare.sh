@@ -42,7 +42,8 @@
 #              the table ends with each broker's TLS / plain ratio.
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RINGMQ_SHARDS (default: number
 #   of BROKER_CPUS), PORT_BASE (default 28900), CONNECTIONS (conn-idle, default 19000),
-#   RUMQTTD_BIN, FLASHMQ_BIN (the peers' binaries), PAIRS (pairs cases, default 100),
+#   RUMQTTD_BIN, FLASHMQ_BIN (the peers' binaries), RINGMQ_BIN and LOADGEN_BIN (ours, default
+#   target/release/ringmq and ringmq-loadgen: e.g. an older build, with --no-build), PAIRS (pairs cases, default 100),
 #   FANIN_PUBLISHERS (fanin cases, default 8), TLS_KEY (default rsa).
 set -euo pipefail
 # For mosquitto_conf and ringmq_limits; this script keeps its own copies of the rest (defined below, they
@@ -124,8 +125,8 @@ fi
 target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null \
     || echo "$root/target")"
-RINGMQ="$target_dir/release/ringmq"
-LOADGEN="$target_dir/release/ringmq-loadgen"
+RINGMQ="${RINGMQ_BIN:-$target_dir/release/ringmq}"
+LOADGEN="${LOADGEN_BIN:-$target_dir/release/ringmq-loadgen}"
 for bin in "$RINGMQ" "$LOADGEN"; do
     [ -x "$bin" ] || { log "$bin is missing: build with cargo build --release (or drop --no-build)"; exit 1; }
 done
@@ -422,6 +423,8 @@ for c in "${case_list[@]}"; do
                 log "load generator failed (exit $lg_rc):"; cat "$work/loadgen.err" >&2; exit 1
             fi
             cp "$work/loadgen.out" "$run_dir/summary.txt"
+            # The broker's last lines: ringmq's per-shard stop lines (mesh pushes, wakes, drops).
+            tail -n 40 "$work/$b.log" > "$run_dir/broker-tail.log" 2>/dev/null || true
             python3 - "$dir/runs.jsonl" <<EOF
 import json, sys
 run = {

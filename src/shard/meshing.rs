@@ -10,7 +10,7 @@ use std::io;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::mesh::{Forward, MeshMessage, SharedForward};
@@ -23,6 +23,13 @@ use super::limits::LimitHit;
 use super::peers::for_each_bit;
 use super::route::next_shard_after;
 use super::Shard;
+
+/// A forwarded message whose topic and payload together are at most this long is copied into
+/// the target's block (`mesh_copy`); a longer one shares the receive arena's bytes.
+const MESH_COPY_MAX: usize = 512;
+
+/// The per-target copy blocks grow by this much: one allocation per ~16 KiB forwarded.
+const MESH_BLOCK: usize = 16 << 10;
 
 impl Shard {
     /// Blocks in the kernel for the next completion (unless `ready`), telling the other shards
@@ -354,9 +361,10 @@ impl Shard {
         }
         let plain_targets = self.interest.shards_for_hashed(topic, topic_hash) & !own;
         for_each_bit(plain_targets | group_targets, |target| {
+            let (topic, payload) = self.mesh_copy(target, topic, payload);
             let forward = Forward {
-                topic: topic.clone(),
-                payload: payload.clone(),
+                topic,
+                payload,
                 qos,
                 // The publisher's flag, for subscribers asking Retain As Published.
                 retain,
@@ -385,6 +393,40 @@ impl Shard {
         let matched = local || !assigned.is_empty() || plain_targets != 0;
         self.shared_assigned = assigned;
         matched
+    }
+
+    /// The topic and payload a forward to `target` carries. A small message is copied into a
+    /// block of this shard's kept for that target alone: the reference count that the target's
+    /// drops decrement is then shared by two cores, touched in batches (this shard's pushes in
+    /// one turn, the target's drain in one of its turns). Sharing the receive arena's bytes
+    /// instead puts one count, that of the block every message of a read landed in, under the
+    /// drops of every shard the messages went to at once: measured on 16 cores, the per-message
+    /// cost of pairs QoS 0 rose from 391 ns on 1 and 2 shards to 541 ns on 8. A large message
+    /// is shared all the same: its copy would cost more than the count's cache line.
+    fn mesh_copy(
+        &mut self,
+        target: usize,
+        topic: &ByteString,
+        payload: &Bytes,
+    ) -> (ByteString, Bytes) {
+        if topic.len() + payload.len() > MESH_COPY_MAX {
+            return (topic.clone(), payload.clone());
+        }
+        if self.mesh_out.len() < self.shard_count {
+            self.mesh_out.resize_with(self.shard_count, BytesMut::new);
+        }
+        let block = &mut self.mesh_out[target];
+        if block.capacity() - block.len() < topic.len() + payload.len() {
+            // A new block while the target still holds bytes of the old one (else reused).
+            block.reserve(MESH_BLOCK);
+        }
+        block.extend_from_slice(topic.as_bytes());
+        let topic_bytes = block.split().freeze();
+        block.extend_from_slice(payload);
+        let payload = block.split().freeze();
+        // SAFETY: the bytes are a copy of `topic`, a valid UTF-8 string.
+        let topic = unsafe { ByteString::from_bytes_unchecked(topic_bytes) };
+        (topic, payload)
     }
 
     fn on_shared_forward(&mut self, shared: SharedForward) {

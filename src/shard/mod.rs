@@ -223,6 +223,9 @@ pub struct Shard {
     arena: BytesMut,
     /// Where the arena's current block starts: a reserve that lands elsewhere allocated.
     arena_block: usize,
+    /// Per target shard, the block small forwarded messages are copied into (`meshing.rs`,
+    /// `mesh_copy`); empty for this shard and with one shard.
+    mesh_out: Vec<BytesMut>,
     pools: Pools,
     /// Connections whose outbox filled this turn.
     dirty: Vec<(u32, u32)>,
@@ -393,6 +396,7 @@ impl Shard {
             }),
             arena: BytesMut::new(),
             arena_block: 0,
+            mesh_out: Vec::new(),
             pools: Pools::default(),
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
