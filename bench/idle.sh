@@ -36,10 +36,12 @@
 #   --no-build            use the release binaries already built
 #   --no-sysctl           leave the sysctls alone (otherwise raises the few a big run needs)
 # Environment: BROKER_CPUS (default 1), LOAD_CPUS (default 0), RECV_BUFFER_COUNT and
-#   RECV_BUFFER_SIZE (the broker's provided-buffer pool per ring, default 512 x 4096 B, as the broker),
+#   RECV_BUFFER_SIZE (the broker's provided buffers per shard, split over its rings, default
+#   512 x 4096 B, as the broker),
 #   CONNECT_TIMEOUT (seconds one connection may take to its SUBACK, and the slack past N / rate
 #   before measuring starts anyway; default 10, TLS 30), RINGMQ_COMMIT (the commit to report
-#   where the tree has no .git).
+#   where the tree has no .git), RINGMQ_BIN and LOADGEN_BIN (default target/release/ringmq and
+#   ringmq-loadgen).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -162,8 +164,8 @@ fi
 target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null \
     || echo "$root/target")"
-RINGMQ="$target_dir/release/ringmq"
-LOADGEN="$target_dir/release/ringmq-loadgen"
+RINGMQ="${RINGMQ_BIN:-$target_dir/release/ringmq}"
+LOADGEN="${LOADGEN_BIN:-$target_dir/release/ringmq-loadgen}"
 for bin in "$RINGMQ" "$LOADGEN"; do
     [ -x "$bin" ] || { log "$bin is missing: build with cargo build --release (or drop --no-build)"; exit 1; }
 done
@@ -420,15 +422,18 @@ rss_before, rss_after = int("$rss_before"), int("$rss_after")
 growth = (rss_after - rss_before) * 1024
 sb, sa = sockstat("$sock_before"), sockstat("$sock_after")
 
-# Where the growth went, per mapping. Each ring's provided-buffer pool (recv_buffer_count x
-# recv_buffer_size, anonymous) faults in as receives walk through it and then stays resident: a
+# Where the growth went, per mapping. Each ring's provided-buffer pool (the shard's
+# recv_buffer_count split over its rings, as Config::recv_buffers_per_ring, x recv_buffer_size,
+# anonymous) faults in as receives walk through it and then stays resident: a
 # fixed cost per ring that holds connections, not per connection. Its entry ring (16 B per
 # buffer) is a small anonymous mapping beside it, and the kernel merges adjacent anonymous
 # mappings, so a mapping is counted as buffer rings when it is anonymous, unnamed, and made of
 # 1..rings whole pools plus at most as many entry rings.
 pools = $shards * $rings
-pool_kb = $RECV_BUFFER_COUNT * $RECV_BUFFER_SIZE // 1024
-entries_kb = -(-$RECV_BUFFER_COUNT * 16 // 4096) * 4
+share = max(1, $RECV_BUFFER_COUNT // $rings)
+per_ring = max(1 << (share.bit_length() - 1), min($RECV_BUFFER_COUNT, 64))
+pool_kb = per_ring * $RECV_BUFFER_SIZE // 1024
+entries_kb = -(-per_ring * 16 // 4096) * 4
 all_pools_kb = pool_kb * pools
 def buffer_rings(name, size_kb):
     whole, rest = divmod(size_kb, pool_kb)
@@ -497,7 +502,8 @@ run = {
     "broker_rss_kb_after": rss_after,
     "broker_rss_growth_bytes": growth,
     "broker_rss_bytes_per_conn": per_conn,
-    "buffer_pool": {"recv_buffer_count": $RECV_BUFFER_COUNT, "recv_buffer_size": $RECV_BUFFER_SIZE,
+    "buffer_pool": {"recv_buffer_count": $RECV_BUFFER_COUNT, "buffers_per_ring": per_ring,
+                    "recv_buffer_size": $RECV_BUFFER_SIZE,
                     "pools": pools, "bytes_all_pools": all_pools_kb * 1024,
                     "rss_growth_bytes": pool_growth_kb * 1024},
     "broker_rss_bytes_per_conn_excluding_buffer_pools": per_conn_no_pool,
@@ -532,7 +538,7 @@ lines = [
     f"| connect rate | {lg['connect_rate_per_sec']:,.0f} conn/s (asked {$rate:,}/s) |",
     f"| broker VmRSS before -> after | {rss_before:,} kB -> {rss_after:,} kB |",
     f"| **broker RSS growth per connection** | **{b(per_conn)}** ({verdict} the 512 B goal) |",
-    f"| of which provided-buffer pools ({pools} rings x {pool_kb / 1024:g} MiB + entry ring, fixed per ring) | "
+    f"| of which provided-buffer pools ({pools} rings x {per_ring} x {$RECV_BUFFER_SIZE} B = {pool_kb / 1024:g} MiB + entry ring, fixed per ring) | "
     f"{pool_growth_kb * 1024:,} B total, {b(pool_growth_kb * 1024 / established if established else None)} per connection |",
     f"| RSS growth per connection without the pools | {b(per_conn_no_pool)} |",
     f"| kernel TCP sockets in use before -> after (both ends) | {sb['tcp_inuse']:,} -> {sa['tcp_inuse']:,} |",

@@ -363,11 +363,12 @@ pub struct Config {
     pub ring_files_max: u32,
     /// Submission queue entries per ring (the completion queue gets four times as many).
     pub ring_entries: u32,
-    /// Provided receive buffers per ring (a power of two, at most 32768): they cover the
-    /// receives of one loop turn, not the number of connections. The kernel hands them out in
-    /// ring order, so every buffer of the pool is touched and stays resident: 512 x 4 KiB is
-    /// 2 MiB per ring, ~105 B per connection on a full ring (4096 measured 1,007 B per idle
-    /// connection at 100,000; bench/idle.sh), with no throughput difference measured.
+    /// Provided receive buffers per shard (a power of two, at most 32768), split over its rings
+    /// (`recv_buffers_per_ring`): they cover the receives of one loop turn of the shard, not the
+    /// number of connections. The kernel hands them out in ring order, so every buffer of a
+    /// pool is touched and stays resident: 512 x 4 KiB is 2 MiB per shard (4096 per ring
+    /// measured 1,007 B per idle connection at 100,000; bench/idle.sh), with no throughput
+    /// difference measured.
     pub recv_buffer_count: u16,
     /// Bytes per provided receive buffer.
     pub recv_buffer_size: u32,
@@ -446,6 +447,19 @@ impl Config {
         }
         listeners.extend(self.listener.iter().cloned());
         listeners
+    }
+
+    /// Provided receive buffers in each ring's pool: the shard's `recv_buffer_count` split
+    /// evenly over its rings, rounded down to a power of two, but never under 64 (or the whole
+    /// count, if smaller). A shard with several rings (for more connections than one
+    /// fixed-file table holds) turns no faster, so its rings together need no more buffers
+    /// than one ring would: 8 shards x 7 rings of 512 held 112 MiB resident, 107 B of each of
+    /// a million idle connections' 561 B (bench/bigbox.sh on 16 cores); 64 each hold 14 MiB.
+    pub fn recv_buffers_per_ring(&self) -> u16 {
+        let count = usize::from(self.recv_buffer_count.max(1));
+        let share = (count / self.rings_per_shard.max(1)).max(1);
+        let share = 1usize << share.ilog2();
+        share.max(count.min(64)) as u16
     }
 
     /// Checks values that parse but make no sense; the message says what to fix.
@@ -561,6 +575,26 @@ mod tests {
     #[test]
     fn empty_file_is_the_default() {
         assert_eq!(Config::from_toml(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn receive_buffers_are_split_over_a_shards_rings() {
+        let per_ring = |count: u16, rings: usize| {
+            Config {
+                recv_buffer_count: count,
+                rings_per_shard: rings,
+                ..Config::default()
+            }
+            .recv_buffers_per_ring()
+        };
+        assert_eq!(per_ring(512, 1), 512);
+        assert_eq!(per_ring(512, 2), 256);
+        assert_eq!(per_ring(512, 3), 128, "170 rounded down to a power of two");
+        assert_eq!(per_ring(512, 7), 64);
+        assert_eq!(per_ring(512, 100), 64, "never under 64");
+        assert_eq!(per_ring(32, 4), 32, "nor above a count already under 64");
+        assert_eq!(per_ring(2, 1), 2);
+        assert_eq!(per_ring(32768, 1), 32768);
     }
 
     #[test]

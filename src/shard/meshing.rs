@@ -400,9 +400,10 @@ impl Shard {
     /// drops decrement is then shared by two cores, touched in batches (this shard's pushes in
     /// one turn, the target's drain in one of its turns). Sharing the receive arena's bytes
     /// instead puts one count, that of the block every message of a read landed in, under the
-    /// drops of every shard the messages went to at once: measured on 16 cores, the per-message
-    /// cost of pairs QoS 0 rose from 391 ns on 1 and 2 shards to 541 ns on 8. A large message
-    /// is shared all the same: its copy would cost more than the count's cache line.
+    /// drops of every shard the messages went to at once. (On 16 cores, before this copy, pairs
+    /// QoS 0 cost 391 ns of CPU per message on 1 and 2 shards and 541 ns on 8; that this count
+    /// is the cause is still to be measured there. On 2 cores the copy costs nothing visible.)
+    /// A large message is shared all the same: its copy would cost more than the cache line.
     fn mesh_copy(
         &mut self,
         target: usize,

@@ -317,7 +317,7 @@ impl Shard {
         let sizes = RingSizes {
             entries: params.config.ring_entries,
             files: params.files,
-            recv_buffer_count: params.config.recv_buffer_count,
+            recv_buffer_count: params.config.recv_buffers_per_ring(),
             recv_buffer_size: params.config.recv_buffer_size,
         };
         let rings = (0..params.config.rings_per_shard.max(1))
