@@ -20,7 +20,10 @@
 #   --rounds N        scaling.sh rounds per case (default 1: 8 runs of about 13 s)
 # Environment: BROKER_CPUS (default 0-7), LOAD_CPUS (default 8-15), SCALING_SHARDS (default
 #   1,2,4,8), IDLE_SHARDS (default 8), SCALING_LIMIT and IDLE_LIMIT (seconds each step may take,
-#   default 240 and 180), RINGMQ_COMMIT (the commit to report where the tree has no .git).
+#   default 240 and 180), RINGMQ_COMMIT (the commit to report where the tree has no .git),
+#   OLD_RINGMQ (another build of the broker: its pairs QoS 0 and fan-in on all of BROKER_CPUS
+#   too, right after the scaling step, in old/, for an A/B on the same machine; OLD_COMMIT
+#   names it).
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -79,6 +82,12 @@ export RINGMQ_COMMIT="${RINGMQ_COMMIT:-unknown}"
     echo "io_uring_disabled: $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo absent)"
     echo "broker cores: $BROKER_CPUS; load cores: $LOAD_CPUS"
     echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # Which cores share a physical core (hyperthreads) or a socket: whether the broker's cores
+    # and the load generator's compete below the OS.
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+        [ -r "$c/topology/thread_siblings_list" ] || continue
+        echo "${c##*/}: siblings $(cat "$c/topology/thread_siblings_list"), core $(cat "$c/topology/core_id" 2>/dev/null), socket $(cat "$c/topology/physical_package_id" 2>/dev/null)"
+    done
 } | tee "$out/machine.txt" >&2
 
 status=0
@@ -97,6 +106,12 @@ if [ "$scaling" = 1 ]; then
     step scaling "${SCALING_LIMIT:-240}" "$here/scaling.sh" --no-build --rounds "$rounds" \
         --shards "${SCALING_SHARDS:-1,2,4,8}" --cases pairs-qos0,fanin-qos0 --out "$out/scaling"
 fi
+if [ -n "${OLD_RINGMQ:-}" ]; then
+    RINGMQ_BIN="$OLD_RINGMQ" RINGMQ_COMMIT="${OLD_COMMIT:-unknown}" \
+        PAIRS="${PAIRS:-256}" FANIN_PUBLISHERS="${FANIN_PUBLISHERS:-64}" \
+        step old "${SCALING_LIMIT:-240}" "$here/compare.sh" --no-build --brokers ringmq \
+        --cases pairs-qos0,fanin-qos0 --rounds "$rounds" --out "$out/old"
+fi
 if [ "$idle" = 1 ]; then
     # A connection may wait for its SUBACK as long as the whole ramp takes: a slower ramp than
     # asked still ends with every connection counted.
@@ -114,6 +129,10 @@ fi
     echo
     sed 's/^/    /' "$out/steps.log" 2>/dev/null
     if [ -f "$out/scaling/summary.md" ]; then echo; sed 's/^# /## /' "$out/scaling/summary.md"; fi
+    if [ -f "$out/old.txt" ]; then
+        echo; echo "## The other build (OLD_RINGMQ, commit ${OLD_COMMIT:-unknown}) on cores $BROKER_CPUS"; echo
+        grep -E '^\| (fanin|pairs)-qos0 \| (msgs_in_per_sec|broker_cpu_pct|broker_cpu_ns_per_msg_in) ' "$out/old.txt"
+    fi
     if [ -f "$out/idle.txt" ]; then echo; echo "## Idle connections"; echo; grep -A8 '^== idle' "$out/idle.txt" | sed 's/^/    /'; fi
 } > "$out/summary.md"
 cat "$out/summary.md"
