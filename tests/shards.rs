@@ -69,6 +69,47 @@ fn publisher_and_subscriber_on_different_shards_qos_0_1_2() {
 }
 
 #[test]
+fn forwards_keep_every_byte_on_both_sides_of_the_copy_limit() {
+    // A forward of at most 512 bytes of topic and payload is copied into a block kept for its
+    // target shard, a larger one shares the receive block (`shard/meshing.rs`, `mesh_copy`):
+    // both must arrive byte for byte, in order, to subscribers on two other shards, with
+    // payloads that are not text and messages that come in one read together.
+    let broker = start();
+    let topic = unique_topic("copy-limit");
+    let mut subscribers = [
+        client_on(&broker, 1, "copy-sub"),
+        client_on(&broker, 3, "copy-sub"),
+    ];
+    for subscriber in &mut subscribers {
+        assert_eq!(
+            subscriber.subscribe(&topic, QoS::AtLeastOnce),
+            Some(QoS::AtLeastOnce)
+        );
+    }
+    let mut publisher = client_on(&broker, 2, "copy-pub");
+    let limit = 512 - topic.len();
+    let sizes = [0, 1, 15, limit - 1, limit, limit + 1, 4096, 70_000];
+    let payload =
+        |n: usize, size: usize| -> Vec<u8> { (0..size).map(|i| (i * 31 + n * 7) as u8).collect() };
+    for (n, &size) in sizes.iter().enumerate() {
+        publisher.publish(&topic, QoS::AtLeastOnce, false, payload(n, size));
+    }
+    publisher.wait_acks(QoS::AtLeastOnce, sizes.len());
+    for subscriber in &mut subscribers {
+        for (n, &size) in sizes.iter().enumerate() {
+            let publish = subscriber.recv_publish();
+            assert_eq!(publish.topic, topic);
+            assert_eq!(publish.payload.len(), size, "message {n}");
+            assert!(
+                publish.payload[..] == payload(n, size)[..],
+                "message {n} of {size} bytes"
+            );
+        }
+        subscriber.expect_no_publish();
+    }
+}
+
+#[test]
 fn take_over_from_connections_accepted_on_other_shards() {
     let broker = start();
     let client_id = id_on(3, "takeover");
