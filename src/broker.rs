@@ -253,6 +253,7 @@ fn check_port_free(addr: SocketAddr) -> io::Result<()> {
 /// at most the kernel's cap per table (a hard limit above a million would fail registration).
 pub fn ring_files(config: &Config) -> u32 {
     if config.ring_files_max > 0 {
+        // At most FIXED_FILES_MAX once validated; capped here too for a config built in code.
         return config.ring_files_max.min(FIXED_FILES_MAX as u32);
     }
     nofile_limit()

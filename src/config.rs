@@ -540,9 +540,11 @@ impl Config {
                 self.rings_per_shard
             ));
         }
-        if self.ring_files_max > 1 << 24 {
+        if u64::from(self.ring_files_max) > crate::ring::FIXED_FILES_MAX {
             return Err(format!(
-                "ring_files_max = {}: must be at most 16777216 (2^24 slots per ring)",
+                "ring_files_max = {}: must be at most 1048576 (the kernel's limit of fixed \
+                 files per ring, IORING_MAX_FIXED_FILES); more connections take more \
+                 rings_per_shard",
                 self.ring_files_max
             ));
         }
@@ -728,7 +730,7 @@ mod tests {
             ("recv_buffer_count = 1000", "recv_buffer_count"),
             ("recv_buffer_size = 16", "recv_buffer_size"),
             ("ring_entries = 4", "ring_entries"),
-            ("ring_files_max = 16777217", "ring_files_max"),
+            ("ring_files_max = 1048577", "ring_files_max"),
             ("[limits]\ninflight_max = 0", "inflight_max"),
             ("[limits]\nqos_max = 3", "qos_max"),
             ("[limits]\noutbox_bytes_max = 100", "outbox_bytes_max"),
