@@ -224,7 +224,7 @@ pub struct Shard {
     /// Where the arena's current block starts: a reserve that lands elsewhere allocated.
     arena_block: usize,
     /// Per target shard, the block small forwarded messages are copied into (`meshing.rs`,
-    /// `mesh_copy`); empty for this shard and with one shard.
+    /// `mesh_copy`); this shard's own stays empty.
     mesh_out: Vec<BytesMut>,
     pools: Pools,
     /// Connections whose outbox filled this turn.
@@ -396,7 +396,9 @@ impl Shard {
             }),
             arena: BytesMut::new(),
             arena_block: 0,
-            mesh_out: Vec::new(),
+            mesh_out: (0..params.mesh.shard_count())
+                .map(|_| BytesMut::new())
+                .collect(),
             pools: Pools::default(),
             dirty: Vec::new(),
             recv_rearm: Vec::new(),
