@@ -398,6 +398,40 @@ fn hand_offs_fill_the_home_shards_next_ring_when_the_first_is_full() {
 }
 
 #[test]
+fn a_client_on_a_shards_second_ring_is_served_at_once() {
+    // A shard blocks in the kernel on its first ring; what completes on its other rings must
+    // wake it (an eventfd, `Ring::secondary`), or their clients wait for the next event
+    // anywhere else: on an idle broker, the shard's one-second tick. (Under a connection
+    // storm a second ring built with DEFER_TASKRUN left connects waiting milliseconds; that is
+    // measured by a benchmark, results/2026-12-04-vm-second-ring, not timed here.)
+    let broker = TestBroker::start(Config {
+        shards: 1,
+        rings_per_shard: 2,
+        ring_files_max: 4,
+        ..test_config()
+    });
+    let mut first_ring: Vec<RawClient> = (0..4)
+        .map(|_| RawClient::connect(broker.addr(), &unique_id("ring-0")))
+        .collect();
+    for client in &mut first_ring {
+        client.ping();
+    }
+    let mut second_ring = RawClient::connect(broker.addr(), &unique_id("ring-1"));
+    broker.wait_counter("connections", |s| s.connections, 5);
+    for _ in 0..5 {
+        // Idle long enough for the shard to block on its first ring.
+        thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        second_ring.ping();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(500),
+            "PINGRESP after {waited:?}: the shard slept through its second ring"
+        );
+    }
+}
+
+#[test]
 fn a_sleeping_shard_is_woken_at_once() {
     // Without a wake-up the subscriber's shard would only notice the forward on its next timer
     // tick (a second): every delivery here, to an idle shard, must come well before that.

@@ -150,12 +150,30 @@ fn explain_setup_error(e: io::Error) -> io::Error {
 }
 
 impl Ring {
-    /// Builds the ring on the calling thread, which becomes its only submitter.
+    /// Builds the ring on the calling thread, which becomes its only submitter: the ring the
+    /// thread blocks on (its completion work is deferred until it waits: DEFER_TASKRUN).
     pub fn new(sizes: RingSizes) -> io::Result<Ring> {
+        Ring::build(sizes, true)
+    }
+
+    /// A ring the thread polls while it blocks on another (`new`'s), which must wake it:
+    /// through an eventfd registered here, signalled when a completion is posted. Built
+    /// without DEFER_TASKRUN, whose deferred work posts nothing (and signals nothing) until
+    /// this ring is entered: on kernel 6.18 the eventfd stayed quiet and connections on such
+    /// a ring waited for the other ring's next event (connect p50 4.7-8 ms against 0.2 ms on
+    /// the first ring, p99 ~45 ms; measured with `ringmq-loadgen conn` on 1 shard x 2 rings).
+    pub fn secondary(sizes: RingSizes) -> io::Result<Ring> {
+        Ring::build(sizes, false)
+    }
+
+    fn build(sizes: RingSizes, defer_taskrun: bool) -> io::Result<Ring> {
         let cq_entries = sizes.entries.saturating_mul(4);
-        let uring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
+        let mut builder = IoUring::builder();
+        builder.setup_single_issuer();
+        if defer_taskrun {
+            builder.setup_defer_taskrun();
+        }
+        let uring = builder
             .setup_coop_taskrun()
             // Lets `poll` see that deferred work is pending without entering the kernel.
             .setup_taskrun_flag()
@@ -318,9 +336,9 @@ impl Ring {
         }
     }
 
-    /// The kernel signals `eventfd` whenever this ring has completion work queued (with
-    /// DEFER_TASKRUN: before the completion is posted), so a thread waiting on another ring
-    /// learns that this one needs a `poll`.
+    /// The kernel signals `eventfd` whenever it posts a completion to this ring, so a thread
+    /// waiting on another ring learns that this one needs a `poll` (a `secondary` ring: with
+    /// DEFER_TASKRUN nothing is posted, nor signalled, until the ring itself is entered).
     pub fn register_eventfd(&self, eventfd: RawFd) -> io::Result<()> {
         match &self.backend {
             Backend::Kernel(uring) => uring.submitter().register_eventfd(eventfd),

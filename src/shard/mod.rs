@@ -321,7 +321,10 @@ impl Shard {
             recv_buffer_size: params.config.recv_buffer_size,
         };
         let rings = (0..params.config.rings_per_shard.max(1))
-            .map(|_| Ring::new(sizes))
+            .map(|ring| match ring {
+                0 => Ring::new(sizes),
+                _ => Ring::secondary(sizes),
+            })
             .collect::<io::Result<Vec<Ring>>>()?;
         Shard::with_rings(params, rings)
     }
