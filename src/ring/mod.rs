@@ -159,9 +159,10 @@ impl Ring {
     /// A ring the thread polls while it blocks on another (`new`'s), which must wake it:
     /// through an eventfd registered here, signalled when a completion is posted. Built
     /// without DEFER_TASKRUN, whose deferred work posts nothing (and signals nothing) until
-    /// this ring is entered: on kernel 6.18 the eventfd stayed quiet and connections on such
-    /// a ring waited for the other ring's next event (connect p50 4.7-8 ms against 0.2 ms on
-    /// the first ring, p99 ~45 ms; measured with `ringmq-loadgen conn` on 1 shard x 2 rings).
+    /// this ring is entered: on kernel 6.18, under a connection storm, the eventfd stayed
+    /// quiet and clients on such a ring waited for the other ring's next event (connects p50
+    /// 5-13 ms instead of 0.2 ms, open-loop messages p50 2 ms instead of 0.1 ms;
+    /// results/2026-12-04-vm-second-ring).
     pub fn secondary(sizes: RingSizes) -> io::Result<Ring> {
         Ring::build(sizes, false)
     }
