@@ -423,15 +423,16 @@ growth = (rss_after - rss_before) * 1024
 sb, sa = sockstat("$sock_before"), sockstat("$sock_after")
 
 # Where the growth went, per mapping. Each ring's provided-buffer pool (the shard's
-# recv_buffer_count split over its rings, as Config::recv_buffers_per_ring, x recv_buffer_size,
-# anonymous) faults in as receives walk through it and then stays resident: a
+# recv_buffer_count split over its rings: the broker's log says how many per ring, x
+# recv_buffer_size, anonymous) faults in as receives walk through it and then stays resident: a
 # fixed cost per ring that holds connections, not per connection. Its entry ring (16 B per
 # buffer) is a small anonymous mapping beside it, and the kernel merges adjacent anonymous
 # mappings, so a mapping is counted as buffer rings when it is anonymous, unnamed, and made of
 # 1..rings whole pools plus at most as many entry rings.
 pools = $shards * $rings
-share = max(1, $RECV_BUFFER_COUNT // $rings)
-per_ring = max(1 << (share.bit_length() - 1), min($RECV_BUFFER_COUNT, 64))
+said = re.search(r"(\d+) receive buffers per ring", open(os.path.join(work, "broker.log")).read())
+# A broker that does not log it: one pool of recv_buffer_count per ring (true before b2becd4).
+per_ring = int(said.group(1)) if said else $RECV_BUFFER_COUNT
 pool_kb = per_ring * $RECV_BUFFER_SIZE // 1024
 entries_kb = -(-per_ring * 16 // 4096) * 4
 all_pools_kb = pool_kb * pools

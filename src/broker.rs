@@ -428,8 +428,9 @@ impl Broker {
         for index in 0..shard_count {
             log::info!(
                 "shard {index}: {} ring × {files} slots = {per_shard} connections \
-                 ({headroom})",
+                 ({headroom}); {} receive buffers per ring",
                 config.rings_per_shard,
+                config.recv_buffers_per_ring(),
             );
         }
         log::info!(
