@@ -71,7 +71,12 @@ impl Ringmq {
             };
             let deadline = Instant::now() + WAIT;
             loop {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // Accepting there is not enough: another test's broker may have taken the port
+                // between our pick and our bind, and ours, still starting, would then be
+                // signalled before it blocks SIGTERM. The listening socket must be ours.
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    && listens_on(ringmq.child.id(), port)
+                {
                     return ringmq;
                 }
                 if let Some(status) = ringmq.try_wait() {
@@ -261,4 +266,37 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
 pub fn refused_start(args: &[&str]) -> (Option<i32>, String) {
     let (status, stderr) = run_to_exit(args);
     (status.code(), stderr)
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6): the inodes of
+/// the listening sockets in /proc/net/tcp{,6} against the process's descriptors.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex; state 0A is LISTEN; field 9 is the inode.
+            let listening = fields.get(3) == Some(&"0A");
+            let on_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                == Some(port);
+            if let (true, true, Some(inode)) = (listening, on_port, fields.get(9)) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.to_str() == Some(inode.as_str()))
+        })
 }
