@@ -62,9 +62,16 @@ pub enum MeshMessage {
     /// A socket handed to the target's ring `ring` landed in a slot the kernel could not
     /// announce (the sender's MSG_RING read -EOVERFLOW): the target counts the slot as taken.
     HandOffLost { ring: u16 },
-    /// A PUBLISH that the target also serves to some `$share` groups (boxed: rare, and it
-    /// keeps every ring slot small).
+    /// A PUBLISH that the target also serves to some `$share` groups, or one of a QoS 2 flow
+    /// whose deliveries are keyed (boxed: rare, and it keeps every ring slot small).
     SharedPublish(Box<SharedForward>),
+    /// The publisher `client_id` released its QoS 2 flow `packet_id` (PUBREL), or, with
+    /// `None`, its session ended: the target forgets those flows' keys
+    /// (`shard/exactly_once.rs`).
+    FlowReleased {
+        client_id: ByteString,
+        packet_id: Option<u16>,
+    },
 }
 
 /// A publish that the target delivers to one member of each of `groups` (and, when `plain`, to
@@ -80,6 +87,20 @@ pub struct SharedForward {
     /// Times the message was passed on because the chosen shard had no member left; it stops
     /// once every shard had its turn.
     pub hops: u8,
+    /// The key of the message's QoS 2 flow when its publisher's session is persistent and
+    /// persistence is on: the target records it with every delivery to a persistent session
+    /// and skips those sessions that already hold it when `dup` is set
+    /// (`shard/exactly_once.rs`).
+    pub flow: Option<FlowKey>,
+}
+
+/// Names a QoS 2 flow from a persistent session: its client id and the packet id, and
+/// whether this PUBLISH was a re-send (DUP=1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowKey {
+    pub client_id: ByteString,
+    pub packet_id: u16,
+    pub dup: bool,
 }
 
 /// A published message on its way to another shard. Cloning it shares the payload and topic

@@ -37,7 +37,9 @@
 //! (`Sent`: a restart sends it again under that id, with DUP=1 [MQTT-4.4.0-1]), its PUBREC
 //! replaces it by the PUBREL owed for the id (`Released`, removed by `Completed` at
 //! PUBCOMP), and an inbound QoS 2 id is kept from its PUBLISH to its PUBREL (`IncomingQos2`,
-//! `IncomingReleased`). The will of a persistent session's connection is kept until it is
+//! `IncomingReleased`), and with several shards the keys of the QoS 2 flows whose messages a
+//! persistent session was given, until their publishers' PUBREL (`Seen`, `Unseen`:
+//! `shard/exactly_once.rs`). The will of a persistent session's connection is kept until it is
 //! published or discarded (`Will`, `WillEnd`); a restart ends the connection, so the will is
 //! due its delay after the start.
 //!
@@ -74,10 +76,10 @@ use bytestring::ByteString;
 use crate::protocol::{Properties, QoS};
 
 pub use record::{
-    append_commit, append_delivered, append_message, append_packet_id, append_record,
-    append_released, append_retained, append_sent, append_session, append_session_end,
-    append_subscribe, append_unsubscribe, append_will, append_will_end, message_id, unix_ns, Kind,
-    RECORD_HEADER,
+    append_commit, append_delivered, append_flow_key, append_message, append_packet_id,
+    append_record, append_released, append_retained, append_sent, append_session,
+    append_session_end, append_subscribe, append_unsubscribe, append_will, append_will_end,
+    message_id, unix_ns, Kind, RECORD_HEADER,
 };
 use record::{decode_retained, records};
 use replay::State;
@@ -115,6 +117,9 @@ pub struct RestoredSession {
     pub released: Vec<u16>,
     /// Inbound QoS 2 packet ids taken and not yet released by the client's PUBREL.
     pub incoming_qos2: Vec<u16>,
+    /// Keys (publisher's client id, packet id) of the QoS 2 flows whose message the session
+    /// was given and whose publisher has not released them yet (`Kind::Seen`).
+    pub flow_keys: Vec<(Box<str>, u16)>,
     /// The will of its last connection, not yet published or discarded, with its Will Delay
     /// Interval: the restart ended that connection, so it is due that long after the start.
     pub will: Option<(u32, RetainedMessage)>,
@@ -300,6 +305,11 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
                 })?,
             released: entry.released.iter().copied().collect(),
             incoming_qos2: entry.incoming_qos2.iter().copied().collect(),
+            flow_keys: entry
+                .flow_keys
+                .iter()
+                .map(|(publisher, packet_id)| (publisher.as_str().into(), *packet_id))
+                .collect(),
             will: entry.will.as_ref().map(|(_, will)| will.clone()),
         });
     }

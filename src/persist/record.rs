@@ -74,6 +74,13 @@ pub enum Kind {
     /// tore the batch. Empty body. A log without any (written before it existed) is kept
     /// whole up to its torn tail.
     Commit = 15,
+    /// A QoS 2 message of the flow (publisher's client id, packet id) was queued for the
+    /// persistent session, in this batch: a re-send of the flow's PUBLISH (DUP=1) after a
+    /// crash is not delivered to the session again (`shard/exactly_once.rs`). Body: the
+    /// session's client id, the publisher's client id, the packet id (u16 LE).
+    Seen = 16,
+    /// The publisher released the flow (PUBREL): the key is gone. Body as `Seen`.
+    Unseen = 17,
 }
 
 impl Kind {
@@ -94,6 +101,8 @@ impl Kind {
             13 => Kind::WillEnd,
             14 => Kind::Sent,
             15 => Kind::Commit,
+            16 => Kind::Seen,
+            17 => Kind::Unseen,
             _ => return None,
         })
     }
@@ -262,6 +271,22 @@ pub fn append_sent(out: &mut Vec<u8>, client_id: &str, packet_id: u16, message_i
 pub fn append_packet_id(out: &mut Vec<u8>, kind: Kind, client_id: &str, packet_id: u16) {
     append_record(out, kind, |body| {
         put_str(body, client_id);
+        body.extend_from_slice(&packet_id.to_le_bytes());
+    });
+}
+
+/// `Seen` or `Unseen`: persistent session `client_id` holds (or no longer holds) the key of
+/// `publisher`'s QoS 2 flow `packet_id`.
+pub fn append_flow_key(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    client_id: &str,
+    publisher: &str,
+    packet_id: u16,
+) {
+    append_record(out, kind, |body| {
+        put_str(body, client_id);
+        put_str(body, publisher);
         body.extend_from_slice(&packet_id.to_le_bytes());
     });
 }

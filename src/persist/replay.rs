@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use bytestring::ByteString;
 
 use super::record::{
-    append_commit, append_packet_id, append_record, append_released, append_sent, append_session,
-    append_subscribe, decode_retained, decode_will, publish_id, put_str, records, take_str,
-    take_u16, take_u32, unix_ns, Kind, Record, RECORD_BODY_MAX, RECORD_HEADER,
+    append_commit, append_flow_key, append_packet_id, append_record, append_released, append_sent,
+    append_session, append_subscribe, decode_retained, decode_will, publish_id, put_str, records,
+    take_str, take_u16, take_u32, unix_ns, Kind, Record, RECORD_BODY_MAX, RECORD_HEADER,
 };
 use super::RetainedMessage;
 
@@ -39,6 +39,9 @@ pub(super) struct SessionEntry {
     pub(super) released: std::collections::BTreeSet<u16>,
     /// Inbound QoS 2 ids awaiting PUBREL.
     pub(super) incoming_qos2: std::collections::BTreeSet<u16>,
+    /// (publisher's client id, packet id) of QoS 2 flows the session was given a message of
+    /// and that were not released yet (`Kind::Seen`).
+    pub(super) flow_keys: std::collections::BTreeSet<(String, u16)>,
     /// The will record's body after the client id, and the will.
     pub(super) will: Option<(Vec<u8>, (u32, RetainedMessage))>,
 }
@@ -70,6 +73,9 @@ impl SessionEntry {
         }
         for &packet_id in &self.incoming_qos2 {
             append_packet_id(out, Kind::IncomingQos2, client_id, packet_id);
+        }
+        for (publisher, packet_id) in &self.flow_keys {
+            append_flow_key(out, Kind::Seen, client_id, publisher, *packet_id);
         }
         if let Some((body, _)) = &self.will {
             append_record(out, Kind::Will, |out| {
@@ -331,6 +337,19 @@ impl State {
                         Kind::IncomingQos2 => entry.incoming_qos2.insert(packet_id),
                         _ => entry.incoming_qos2.remove(&packet_id),
                     };
+                }
+            }
+            Kind::Seen | Kind::Unseen => {
+                let client_id = take_str(&mut body).ok_or_else(bad)?;
+                let publisher = take_str(&mut body).ok_or_else(bad)?;
+                let packet_id = take_u16(&mut body).ok_or_else(bad)?;
+                if let Some(entry) = self.sessions.get_mut(client_id) {
+                    let key = (publisher.to_string(), packet_id);
+                    if record.kind == Kind::Seen {
+                        entry.flow_keys.insert(key);
+                    } else {
+                        entry.flow_keys.remove(&key);
+                    }
                 }
             }
             Kind::Retained => {

@@ -142,6 +142,36 @@ fn qos2_state_is_kept_until_its_flow_completes() {
 }
 
 #[test]
+fn flow_keys_are_kept_until_released_and_outlive_the_message() {
+    let mut log = Vec::new();
+    append_session(&mut log, "sub", 4, 60, 0);
+    append_message(&mut log, "sub", "t", b"m", QoS::ExactlyOnce, false, None);
+    append_flow_key(&mut log, Kind::Seen, "sub", "pub", 7);
+    append_flow_key(&mut log, Kind::Seen, "sub", "pub", 8);
+    append_flow_key(&mut log, Kind::Seen, "sub", "other", 7);
+    // The message was delivered and acknowledged: its key stays until the PUBREL.
+    append_delivered(&mut log, "sub", message_id("t", b"m"));
+    append_flow_key(&mut log, Kind::Unseen, "sub", "pub", 8);
+    // A key for a session the log does not hold is nobody's.
+    append_flow_key(&mut log, Kind::Seen, "gone", "pub", 9);
+    let state = replay(&log);
+    let keys: Vec<_> = state.sessions["sub"].flow_keys.iter().cloned().collect();
+    assert_eq!(keys, [("other".to_string(), 7), ("pub".to_string(), 7)]);
+    assert!(state.sessions["sub"].messages.is_empty());
+    assert!(!state.sessions.contains_key("gone"));
+    // A snapshot says the same.
+    let compacted = compact(&log, Path::new("test.log")).unwrap();
+    assert_eq!(
+        replay(&compacted).sessions["sub"].flow_keys,
+        state.sessions["sub"].flow_keys
+    );
+    // The session's end takes its keys.
+    append_session_end(&mut log, "sub");
+    append_session(&mut log, "sub", 4, 60, 0);
+    assert!(replay(&log).sessions["sub"].flow_keys.is_empty());
+}
+
+#[test]
 fn a_qos2_message_keeps_the_packet_id_it_went_out_under_until_its_pubrec() {
     let mut log = Vec::new();
     append_session(&mut log, "c1", 4, 60, 0);

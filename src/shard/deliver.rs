@@ -397,6 +397,12 @@ impl Shard {
         if self.acl.is_some() && !self.acl_may_read(session, topic) {
             return;
         }
+        // A re-sent QoS 2 message a persistent session was given before a crash
+        // (`exactly_once.rs`): not again.
+        if self.flow_key.is_some() && qos != QoS::AtMostOnce && self.holds_flow_key(session) {
+            self.stats.qos2_repeats_skipped += 1;
+            return;
+        }
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };

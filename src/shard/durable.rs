@@ -132,6 +132,8 @@ pub(super) struct Durable {
     /// The log's size after the last compaction (or at the start): a measure of live state.
     live_bytes: u64,
     compact_min_bytes: u64,
+    /// QoS 2 flow keys of this shard's persistent sessions (`exactly_once.rs`).
+    pub(super) keys: super::exactly_once::FlowKeys,
 }
 
 impl Durable {
@@ -161,6 +163,7 @@ impl Durable {
             tail: Vec::new(),
             live_bytes: log.offset,
             compact_min_bytes: config.compact_min_bytes,
+            keys: Default::default(),
         }
     }
 
@@ -791,6 +794,9 @@ impl Shard {
         self.log_for_session(session, false, |out, client_id| {
             persist::append_session_end(out, client_id)
         });
+        if self.sessions.get(session).is_some_and(|s| !s.clean_session) {
+            self.end_flow_keys(session);
+        }
     }
 
     /// A persistent session's subscription: the SUBACK waits for it.
@@ -945,6 +951,9 @@ impl Shard {
                 properties.map(|p| &**p),
             )
         });
+        if self.flow_key.is_some() {
+            self.log_flow_key(session);
+        }
     }
 
     /// Wills of sessions that ended while the broker was down: the home shard of each client
@@ -1057,6 +1066,12 @@ impl Shard {
                     s.incoming_qos2_begin(packet_id, usize::MAX);
                 }
             }
+            self.restore_flow_keys(
+                index,
+                &restored.client_id,
+                &restored.flow_keys,
+                &restored.incoming_qos2,
+            );
             self.queue_restored_expiry(index, restored.away_ms);
         }
     }

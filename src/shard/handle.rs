@@ -83,10 +83,14 @@ impl Shard {
                     .sessions
                     .get_mut(session)
                     .is_some_and(|s| s.incoming_qos2_release(ack.packet_id));
-                if held && self.durable.is_some() {
-                    // The PUBCOMP waits for the record: once the client has it, it may reuse
-                    // the id, which a restart must then not take for a repeat.
-                    self.log_incoming_qos2(session, ack.packet_id, false);
+                if self.durable.is_some() {
+                    if held {
+                        // The PUBCOMP waits for the record: once the client has it, it may
+                        // reuse the id, which a restart must then not take for a repeat.
+                        self.log_incoming_qos2(session, ack.packet_id, false);
+                    }
+                    // And for the flow's keys to be gone (`exactly_once.rs`).
+                    self.release_flow(session, ack.packet_id, held);
                 }
                 // MQTT 5: a PUBREL for an id we hold no QoS 2 state for (its PUBCOMP was lost,
                 // or there never was a PUBLISH) still completes the flow, with 0x92 (spec
@@ -391,8 +395,12 @@ impl Shard {
                     self.close_over_incoming_inflight(slot, generation);
                     return;
                 }
+                let new = incoming == Some(IncomingQos2::New);
+                if new && self.durable.is_some() {
+                    self.begin_keyed_flow(session, publish.packet_id, publish.dup);
+                }
                 // A repeat (not delivered again) is acknowledged as plain success.
-                let matched = incoming != Some(IncomingQos2::New)
+                let matched = !new
                     || self.publish(
                         topic,
                         &publish.payload,
@@ -400,6 +408,7 @@ impl Shard {
                         publish.retain,
                         properties.as_ref(),
                     );
+                self.end_keyed_flow();
                 let code = publish_ack_code(v5, matched);
                 let packet = if incoming == Some(IncomingQos2::New) && self.durable.is_some() {
                     // Its id is recorded once what the PUBLISH caused is on disk (`held.rs`).

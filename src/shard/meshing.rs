@@ -154,6 +154,12 @@ impl Shard {
             }
             MeshMessage::Connection(handoff) => self.on_handoff_message(handoff),
             MeshMessage::HandOffLost { ring } => self.on_handoff_lost(usize::from(ring)),
+            MeshMessage::FlowReleased {
+                client_id,
+                packet_id,
+            } => {
+                self.forget_flow_keys(&client_id, packet_id);
+            }
         }
     }
 
@@ -205,6 +211,8 @@ impl Shard {
             }
             MeshMessage::Interest { interested, .. } => *interested,
             MeshMessage::Retained(_) => true,
+            // A PUBCOMP waits until the flow's keys are gone on every shard that had them.
+            MeshMessage::FlowReleased { packet_id, .. } => packet_id.is_some(),
             MeshMessage::Connection(_) | MeshMessage::HandOffLost { .. } => false,
         };
         let sequence = self.mesh.push(target, message);
@@ -360,6 +368,9 @@ impl Shard {
             }
         }
         let plain_targets = self.interest.shards_for_hashed(topic, topic_hash) & !own;
+        if self.flow_key.is_some() {
+            self.note_flow_forwarded(plain_targets | group_targets);
+        }
         for_each_bit(plain_targets | group_targets, |target| {
             let (topic, payload) = self.mesh_copy(target, topic, payload);
             let forward = Forward {
@@ -373,7 +384,7 @@ impl Shard {
                 origin_shard: self.index as u16,
                 turn_us: self.turn_us,
             };
-            let message = if group_targets & (1u64 << target) != 0 {
+            let message = if group_targets & (1u64 << target) != 0 || self.flow_key.is_some() {
                 let groups = assigned
                     .iter()
                     .filter(|(_, shard)| *shard == target)
@@ -384,6 +395,7 @@ impl Shard {
                     plain: plain_targets & (1u64 << target) != 0,
                     groups,
                     hops: 0,
+                    flow: self.flow_key.clone(),
                 }))
             } else {
                 MeshMessage::Publish(forward)
@@ -427,7 +439,9 @@ impl Shard {
         (topic, payload)
     }
 
-    fn on_shared_forward(&mut self, shared: SharedForward) {
+    fn on_shared_forward(&mut self, mut shared: SharedForward) {
+        // Its deliveries to persistent sessions are keyed (`exactly_once.rs`).
+        self.flow_key = shared.flow.take();
         let f = &shared.forward;
         if shared.plain {
             let topic_hash = self.topic_hash(&f.topic, false);
@@ -454,6 +468,7 @@ impl Shard {
                 shared.hops,
             );
         }
+        self.flow_key = None;
     }
 
     /// Delivers to one member of group `name` on this shard; with none left (it left after the
@@ -496,6 +511,10 @@ impl Shard {
                     plain: false,
                     groups: vec![name.clone()],
                     hops: hops + 1,
+                    // Unkeyed: the publisher's shard releases the keys only on the shards it
+                    // forwarded to, and a key never released could take a later flow's re-send
+                    // for a repeat (a loss); without one, a crash may cost a duplicate instead.
+                    flow: None,
                 }));
                 self.mesh_push(target, message);
             }

@@ -29,6 +29,7 @@ mod conn_v5;
 mod connect;
 mod deliver;
 mod durable;
+mod exactly_once;
 mod handle;
 mod handoff;
 mod held;
@@ -236,6 +237,9 @@ pub struct Shard {
     matches: Vec<(u32, route::Grant)>,
     /// The session whose PUBLISH is being routed (`conn::NO_SESSION` otherwise), for No Local.
     publisher: u32,
+    /// The QoS 2 flow of the message being routed, when its deliveries are keyed
+    /// (`exactly_once.rs`); `None` otherwise.
+    flow_key: Option<crate::mesh::FlowKey>,
     group_ids: Vec<u32>,
     /// Scratch: the members `$share` groups picked for one route.
     shared_picks: Vec<route::Member>,
@@ -408,6 +412,7 @@ impl Shard {
             completions: Vec::with_capacity(REAP_BATCH),
             matches: Vec::new(),
             publisher: conn::NO_SESSION,
+            flow_key: None,
             group_ids: Vec::new(),
             shared_picks: Vec::new(),
             expired: Vec::new(),

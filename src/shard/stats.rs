@@ -163,6 +163,9 @@ shard_stats! {
     /// With the persistence log failed (disk full, I/O error): MQTT 5 QoS 1/2 PUBLISHes
     /// refused with 0x97, and acks left unsent for good because their record is not stored.
     Counter persistence_refused,
+    /// Deliveries of a re-sent QoS 2 message (DUP=1) skipped for persistent sessions that
+    /// already had it from before a crash (its flow's key, `exactly_once.rs`).
+    Counter qos2_repeats_skipped,
     /// Acknowledgements (SUBACK, PUBACK, PUBREC) held until the other shards took what the
     /// packet they acknowledge sent them: interest changes, retained messages, and QoS 1/2
     /// forwards waiting over `mesh_overflow_max`.
