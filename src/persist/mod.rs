@@ -59,6 +59,7 @@
 //! record; replay orders records of one topic from different logs by their wall-clock time
 //! (a client's own publishes all come from its home shard's log, in order).
 
+mod crc;
 mod record;
 mod replay;
 #[cfg(test)]

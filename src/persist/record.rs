@@ -110,7 +110,7 @@ impl Kind {
 
 /// What names a message owed to a session in its `Delivered` record.
 pub fn message_id(topic: &str, payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(topic.as_bytes()), payload)
+    super::crc::crc32c_append(super::crc::crc32c(topic.as_bytes()), payload)
 }
 
 pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -348,8 +348,8 @@ pub fn append_record(out: &mut Vec<u8>, kind: Kind, body: impl FnOnce(&mut Vec<u
     let len = (out.len() - start - RECORD_HEADER) as u32;
     out[start] = kind as u8;
     out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start..start + 5]),
+    let crc = super::crc::crc32c_append(
+        super::crc::crc32c(&out[start..start + 5]),
         &out[start + RECORD_HEADER..],
     );
     out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
@@ -407,7 +407,8 @@ pub(super) fn records<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Record<'a>
             break; // torn: the write stopped inside this record
         };
         let crc = u32::from_le_bytes(record[5..9].try_into().expect("4 bytes"));
-        let actual = crc32c::crc32c_append(crc32c::crc32c(&record[..5]), &record[RECORD_HEADER..]);
+        let actual =
+            super::crc::crc32c_append(super::crc::crc32c(&record[..5]), &record[RECORD_HEADER..]);
         if crc != actual {
             if record.len() == rest.len() {
                 break; // torn: the last record, half written
@@ -474,7 +475,10 @@ pub(super) fn publish_id(publish: &[u8]) -> Option<u32> {
     at += topic_len + if qos > 0 { 2 } else { 0 };
     let (properties_len, after) = varint(packet, at)?;
     let payload = packet.get(after.checked_add(properties_len)?..)?;
-    Some(crc32c::crc32c_append(crc32c::crc32c(topic), payload))
+    Some(super::crc::crc32c_append(
+        super::crc::crc32c(topic),
+        payload,
+    ))
 }
 
 /// An MQTT variable byte integer at `at`: (value, offset after it).

@@ -143,8 +143,10 @@ impl Compactor {
                 break; // the slice ends inside it
             };
             let crc = u32::from_le_bytes(record[5..9].try_into().expect("4 bytes"));
-            let actual =
-                crc32c::crc32c_append(crc32c::crc32c(&record[..5]), &record[RECORD_HEADER..]);
+            let actual = super::crc::crc32c_append(
+                super::crc::crc32c(&record[..5]),
+                &record[RECORD_HEADER..],
+            );
             if crc != actual {
                 return Err(corrupt("bad CRC32C"));
             }

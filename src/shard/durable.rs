@@ -13,6 +13,13 @@
 //! keeps a batch whole or drops it whole (`persist/`). With `sync = "interval"` acks do not
 //! wait; written records get their fdatasync at most `sync_interval_ms` later.
 //!
+//! A QoS 1 message's record and its PUBACK often meet before the batch is cut (with `sync =
+//! "ack"` the batch waits for the fdatasync in flight, and the subscriber acknowledges within
+//! microseconds): the PUBACK then voids the record in `pending` instead of appending a
+//! `Delivered` (`void_unwritten`), and the cut squeezes voided records out, so neither is ever
+//! written, read back by a compaction, or replayed. Record numbers stay as handed out (acks
+//! wait on them); a batch that was all voided is durable at once.
+//!
 //! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
 //! once, nothing more is written, `durable` never advances again, so no ack that depends on a
 //! record goes out any more (the clients' windows fill: back-pressure), and nothing is ever
@@ -134,7 +141,16 @@ pub(super) struct Durable {
     compact_min_bytes: u64,
     /// QoS 2 flow keys of this shard's persistent sessions (`exactly_once.rs`).
     pub(super) keys: super::exactly_once::FlowKeys,
+    /// QoS 1 messages whose records are in `pending` (not yet cut into a batch): (session,
+    /// `message_id`) -> the record's offset there. A PUBACK before the cut voids the record
+    /// (`void_unwritten`) instead of adding a `Delivered` one: neither is ever written.
+    unwritten: hashbrown::HashMap<(u32, u32), usize, foldhash::fast::RandomState>,
+    /// Records of `pending` voided, squeezed out when the batch is cut.
+    voided: usize,
 }
+
+/// The kind byte of a voided record in `pending` (no record kind is 0); never written.
+const VOID: u8 = 0;
 
 impl Durable {
     pub(super) fn new(log: Log, config: &Persistence) -> Durable {
@@ -164,6 +180,8 @@ impl Durable {
             live_bytes: log.offset,
             compact_min_bytes: config.compact_min_bytes,
             keys: Default::default(),
+            unwritten: Default::default(),
+            voided: 0,
         }
     }
 
@@ -202,11 +220,61 @@ impl Durable {
         self.appended
     }
 
-    /// At the end of a turn: the pending records' write, or an fdatasync that is due.
-    /// Returns whether a new batch was cut.
-    pub(super) fn turn_ends(&mut self, ring: &mut Ring) -> bool {
-        if self.in_flight != InFlight::Idle || self.failed {
+    /// Appends the record of a QoS 1 message owed to `session`, known by `message_id` until
+    /// the batch is cut; returns its number.
+    pub(super) fn append_unwritten(
+        &mut self,
+        session: u32,
+        message_id: u32,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> u64 {
+        let at = self.pending.len();
+        let record = self.append(write);
+        if !self.failed {
+            // Two equal messages are interchangeable: the older one is voided first.
+            self.unwritten.entry((session, message_id)).or_insert(at);
+        }
+        record
+    }
+
+    /// `session` acknowledged QoS 1 message `message_id`: when its record is still in
+    /// `pending`, it is voided (and no `Delivered` is needed). Returns whether it was.
+    pub(super) fn void_unwritten(&mut self, session: u32, message_id: u32) -> bool {
+        let Some(at) = self.unwritten.remove(&(session, message_id)) else {
             return false;
+        };
+        self.pending[at] = VOID;
+        self.voided += 1;
+        true
+    }
+
+    /// Removes the voided records from `pending`, moving the others down, once per batch.
+    fn squeeze_pending(&mut self) {
+        self.unwritten.clear();
+        if self.voided == 0 {
+            return;
+        }
+        self.voided = 0;
+        let pending = &mut self.pending;
+        let (mut at, mut kept) = (0, 0);
+        while at < pending.len() {
+            let body = u32::from_le_bytes(pending[at + 1..at + 5].try_into().expect("4 bytes"));
+            let len = persist::RECORD_HEADER + body as usize;
+            if pending[at] != VOID {
+                pending.copy_within(at..at + len, kept);
+                kept += len;
+            }
+            at += len;
+        }
+        pending.truncate(kept);
+    }
+
+    /// At the end of a turn: the pending records' write, or an fdatasync that is due.
+    /// Returns whether a new batch was cut, and whether `durable` advanced without one (every
+    /// record appended since the last batch was voided: nothing to store).
+    pub(super) fn turn_ends(&mut self, ring: &mut Ring) -> (bool, bool) {
+        if self.in_flight != InFlight::Idle || self.failed {
+            return (false, false);
         }
         match self.compaction {
             Compaction::Idle
@@ -217,7 +285,7 @@ impl Durable {
             Compaction::Ready { .. } => {
                 // The old log is quiet: the tail goes now, and new batches wait for the switch.
                 self.write_tail(ring);
-                return false;
+                return (false, false);
             }
             // The tail is being written: the switch comes first.
             Compaction::Writing {
@@ -225,9 +293,10 @@ impl Durable {
             }
             | Compaction::Syncing {
                 tail_written: true, ..
-            } => return false,
+            } => return (false, false),
             _ => {}
         }
+        self.squeeze_pending();
         if !self.pending.is_empty() {
             persist::append_commit(&mut self.pending);
             self.writing.clear();
@@ -235,12 +304,19 @@ impl Durable {
             self.written = 0;
             self.batch_upto = self.appended;
             self.submit_write(ring);
-            return true;
+            return (true, false);
+        }
+        if self.appended > self.batch_upto && self.written_upto == self.durable {
+            // Records were appended and all voided; everything before them is durable.
+            self.batch_upto = self.appended;
+            self.written_upto = self.appended;
+            self.durable = self.appended;
+            return (false, true);
         }
         if self.sync_due && self.written_upto > self.durable {
             self.submit_sync(ring, self.written_upto);
         }
-        false
+        (false, false)
     }
 
     /// Every record appended is durable, and nothing is in flight.
@@ -332,6 +408,8 @@ impl Durable {
         self.failed = true;
         self.in_flight = InFlight::Idle;
         self.pending = Vec::new();
+        self.unwritten.clear();
+        self.voided = 0;
         log::error!(
             "persistence log {}: {what} failed: {}; nothing more is written, and acks that \
              depend on it are no longer sent",
@@ -608,6 +686,7 @@ impl Durable {
                 .write_all_at(&self.writing[self.written..], self.offset);
             self.offset += (self.writing.len() - self.written) as u64;
         }
+        self.squeeze_pending();
         if !self.pending.is_empty() {
             persist::append_commit(&mut self.pending);
         }
@@ -652,7 +731,13 @@ impl Shard {
         let Some(durable) = self.durable.as_deref_mut() else {
             return;
         };
-        let cut = durable.turn_ends(&mut self.rings[0]);
+        let (cut, advanced) = durable.turn_ends(&mut self.rings[0]);
+        if advanced {
+            self.release_held();
+        }
+        let Some(durable) = self.durable.as_deref_mut() else {
+            return;
+        };
         if self.shard_count == 1 || !durable.acks_wait() {
             return;
         }
@@ -726,13 +811,28 @@ impl Shard {
         wait: bool,
         write: impl FnOnce(&mut Vec<u8>, &str),
     ) {
+        self.log_for_session_as(session, wait, None, write);
+    }
+
+    /// `log_for_session`; with `unwritten`, the record is a QoS 1 message's of that
+    /// `message_id`, which its PUBACK may void before it is written (`append_unwritten`).
+    fn log_for_session_as(
+        &mut self,
+        session: u32,
+        wait: bool,
+        unwritten: Option<u32>,
+        write: impl FnOnce(&mut Vec<u8>, &str),
+    ) {
         let Some(durable) = self.durable.as_deref_mut() else {
             return;
         };
         let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
             return;
         };
-        let record = durable.append(|out| write(out, &s.client_id));
+        let record = match unwritten {
+            Some(id) => durable.append_unwritten(session, id, |out| write(out, &s.client_id)),
+            None => durable.append(|out| write(out, &s.client_id)),
+        };
         if wait && durable.acks_wait() {
             if durable.failed() {
                 // Not stored: the ack never goes (back-pressure), counted every time.
@@ -837,6 +937,15 @@ impl Shard {
         else {
             return;
         };
+        let voided = state == InflightState::AwaitPubAck
+            && self
+                .durable
+                .as_deref_mut()
+                .is_some_and(|d| d.void_unwritten(session, id));
+        if voided {
+            // Its record was not written yet: now it never is (`void_unwritten`).
+            return;
+        }
         self.log_for_session(session, false, |out, client_id| {
             persist::append_delivered(out, client_id, id)
         });
@@ -940,7 +1049,8 @@ impl Shard {
         retain: bool,
         properties: Option<&std::sync::Arc<Properties>>,
     ) {
-        self.log_for_session(session, true, |out, client_id| {
+        let unwritten = (qos == QoS::AtLeastOnce).then(|| persist::message_id(topic, payload));
+        self.log_for_session_as(session, true, unwritten, |out, client_id| {
             persist::append_message(
                 out,
                 client_id,
@@ -1074,5 +1184,73 @@ impl Shard {
             );
             self.queue_restored_expiry(index, restored.away_ms);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (kind, client id) of each record in `bytes`.
+    fn kinds(bytes: &[u8]) -> Vec<(u8, String)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+            let body = &bytes[at + persist::RECORD_HEADER..at + persist::RECORD_HEADER + len];
+            let id_len = u16::from_le_bytes(body[..2].try_into().unwrap()) as usize;
+            out.push((
+                bytes[at],
+                String::from_utf8(body[2..2 + id_len].to_vec()).unwrap(),
+            ));
+            at += persist::RECORD_HEADER + len;
+        }
+        out
+    }
+
+    #[test]
+    fn a_qos1_message_acknowledged_before_its_batch_is_cut_is_never_written() {
+        let path = std::env::temp_dir().join(format!("ringmq-void-{}.log", std::process::id()));
+        let file = File::create(&path).unwrap();
+        let log = Log {
+            file,
+            path: path.clone(),
+            offset: 0,
+        };
+        let mut durable = Durable::new(log, &Persistence::default());
+        let message = |client: &str, payload: &[u8]| {
+            let client = client.to_string();
+            let payload = payload.to_vec();
+            move |out: &mut Vec<u8>| {
+                persist::append_message(out, &client, "t", &payload, QoS::AtLeastOnce, false, None)
+            }
+        };
+        durable.append(|out| persist::append_session(out, "a", 4, 0, 0));
+        let id = persist::message_id("t", b"1");
+        let first = durable.append_unwritten(1, id, message("a", b"1"));
+        // An equal message for the same session, and the same one for another session.
+        durable.append_unwritten(1, id, message("a", b"1"));
+        durable.append_unwritten(2, id, message("b", b"1"));
+        durable.append(|out| persist::append_subscribe(out, "a", "t/#", 1, 0));
+        assert!(durable.void_unwritten(1, id));
+        // The second equal one was never entered: its PUBACK writes a `Delivered`.
+        assert!(!durable.void_unwritten(1, id));
+        assert!(!durable.void_unwritten(1, persist::message_id("t", b"2")));
+        durable.squeeze_pending();
+        let kind = |k: persist::Kind, c: &str| (k as u8, c.to_string());
+        assert_eq!(
+            kinds(&durable.pending),
+            [
+                kind(persist::Kind::Session, "a"),
+                kind(persist::Kind::Message, "a"),
+                kind(persist::Kind::Message, "b"),
+                kind(persist::Kind::Subscribe, "a"),
+            ]
+        );
+        // The numbers handed out stay as they were: acks wait on them.
+        assert_eq!((first, durable.appended), (2, 5));
+        // After the cut nothing in the new batch is known any more.
+        assert!(!durable.void_unwritten(2, id));
+        let _ = std::fs::remove_file(&path);
     }
 }
