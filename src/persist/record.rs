@@ -42,7 +42,8 @@ pub enum Kind {
     /// Body: client id, filter.
     Unsubscribe = 5,
     /// A QoS 1/2 message owed to a persistent session. Body: client id, then a message as in
-    /// a retained record (with its own retain flag).
+    /// a retained record (with its own retain flag), whose time is 0 unless it has a Message
+    /// Expiry (nothing reads it: a clock read per message saved).
     Message = 6,
     /// The client acknowledged one: body client id, `message_id` (u32 LE).
     Delivered = 7,
@@ -138,8 +139,9 @@ pub(super) fn take_u32(body: &mut &[u8]) -> Option<u32> {
     Some(value)
 }
 
-/// A message as retained and queued records keep it: wall-clock ns, Message Expiry as unix
-/// seconds (0: none), an MQTT 5 PUBLISH.
+/// A message as retained and queued records keep it: wall-clock ns (with `stamped`, else only
+/// when it has a Message Expiry; 0 otherwise), Message Expiry as unix seconds (0: none), an
+/// MQTT 5 PUBLISH.
 fn put_message(
     out: &mut Vec<u8>,
     topic: &str,
@@ -147,13 +149,17 @@ fn put_message(
     qos: QoS,
     retain: bool,
     properties: Option<&Properties>,
+    stamped: bool,
 ) {
-    let now_ns = unix_ns();
-    let expiry_unix_secs = properties
-        .and_then(|p| p.message_expiry_interval)
-        .map_or(0, |interval| {
-            now_ns / 1_000_000_000 + u64::from(interval) + 1
-        });
+    let interval = properties.and_then(|p| p.message_expiry_interval);
+    let now_ns = if stamped || interval.is_some() {
+        unix_ns()
+    } else {
+        0
+    };
+    let expiry_unix_secs = interval.map_or(0, |interval| {
+        now_ns / 1_000_000_000 + u64::from(interval) + 1
+    });
     out.extend_from_slice(&now_ns.to_le_bytes());
     out.extend_from_slice(&expiry_unix_secs.to_le_bytes());
     let packet_id = if qos == QoS::AtMostOnce { 0 } else { 1 };
@@ -225,7 +231,7 @@ pub fn append_message(
 ) {
     append_record(out, Kind::Message, |body| {
         put_str(body, client_id);
-        put_message(body, topic, payload, qos, retain, properties);
+        put_message(body, topic, payload, qos, retain, properties, false);
     });
 }
 
@@ -371,7 +377,7 @@ pub fn append_retained(
     properties: Option<&Properties>,
 ) {
     append_record(out, Kind::Retained, |body| {
-        put_message(body, topic, payload, qos, true, properties)
+        put_message(body, topic, payload, qos, true, properties, true)
     });
 }
 

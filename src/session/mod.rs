@@ -137,8 +137,14 @@ pub struct Inflight {
     /// The message still shares the receive block it came in (see `pins_a_block`): it went
     /// straight into the window, and the client has not acknowledged it yet.
     pub pinned: bool,
+    /// With persistence on, the low 32 bits of the number of the message's log record while
+    /// its PUBACK may still void it (`shard/durable.rs`, `void_unwritten`); 0: none. In the
+    /// struct's padding: the window grows by nothing.
+    pub log_tag: u32,
     pub message: Message,
 }
+
+const _: () = assert!(std::mem::size_of::<Inflight>() <= 88);
 
 /// Which connection a session is attached to: the slot and its generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,9 +348,25 @@ impl Session {
             packet_id,
             state,
             pinned,
+            log_tag: 0,
             message,
         });
         packet_id
+    }
+
+    /// Tags the message `start_inflight` just put in the window with its log record
+    /// (`Inflight::log_tag`).
+    pub fn tag_newest_inflight(&mut self, log_tag: u32) {
+        if let Some(flight) = self.flows.as_mut().and_then(|f| f.inflight.back_mut()) {
+            flight.log_tag = log_tag;
+        }
+    }
+
+    /// The window's entry for `packet_id` in `state`.
+    pub fn inflight_entry(&self, packet_id: u16, state: InflightState) -> Option<&Inflight> {
+        let flows = self.flows.as_deref()?;
+        let index = flows.position(packet_id, state)?;
+        Some(&flows.inflight[index])
     }
 
     /// Copies the messages in flight that still share a receive block into allocations of
@@ -535,6 +557,7 @@ impl Session {
                 packet_id,
                 state,
                 pinned: false,
+                log_tag: 0,
                 message,
             });
         }

@@ -463,11 +463,12 @@ impl Shard {
         };
         // Persistence off: this one predictable branch per QoS 1/2 delivery is all it costs
         // (the work is out of line, so this function's code stays as it was).
+        let mut log_tag = 0;
         let s = if self.durable.is_some() {
             let owed =
                 !s.clean_session && (send_now.is_some() || s.queue_len() < queue_max as usize);
             if owed {
-                self.log_owed(session, topic, payload, qos, retain, properties);
+                log_tag = self.log_owed(session, topic, payload, qos, retain, properties);
             }
             match self.sessions.get_mut(session) {
                 Some(s) => s,
@@ -515,6 +516,9 @@ impl Shard {
         // within the turn or the next, and one that does not gets them copied by the timer
         // sweep (`Session::unpin_inflight`): no copy per message on the hot path.
         let packet_id = s.start_inflight(message, pinned);
+        if log_tag != 0 {
+            s.tag_newest_inflight(log_tag);
+        }
         if qos == QoS::ExactlyOnce && self.durable.is_some() {
             if let Some(record) = self.log_sent(session, packet_id) {
                 self.hold_publish(c, session, packet_id, record);

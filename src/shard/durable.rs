@@ -141,13 +141,23 @@ pub(super) struct Durable {
     compact_min_bytes: u64,
     /// QoS 2 flow keys of this shard's persistent sessions (`exactly_once.rs`).
     pub(super) keys: super::exactly_once::FlowKeys,
-    /// QoS 1 messages whose records are in `pending` (not yet cut into a batch): (session,
-    /// `message_id`) -> the record's offset there. A PUBACK before the cut voids the record
+    /// Every record in `pending` (not yet cut into a batch), by number from the first: a QoS
+    /// 1 message's names its session and message. A PUBACK before the cut voids the record
     /// (`void_unwritten`) instead of adding a `Delivered` one: neither is ever written.
-    unwritten: hashbrown::HashMap<(u32, u32), usize, foldhash::fast::RandomState>,
+    unwritten: Vec<Unwritten>,
     /// Records of `pending` voided, squeezed out when the batch is cut.
     voided: usize,
 }
+
+/// A record in `pending`: where it starts, and for a QoS 1 message's, its session and
+/// `message_id` (`NOT_VOIDABLE` for any other).
+struct Unwritten {
+    offset: usize,
+    session: u32,
+    message_id: u32,
+}
+
+const NOT_VOIDABLE: u32 = u32::MAX;
 
 /// The kind byte of a voided record in `pending` (no record kind is 0); never written.
 const VOID: u8 = 0;
@@ -215,35 +225,54 @@ impl Durable {
     pub(super) fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
         self.appended += 1;
         if !self.failed {
+            self.unwritten.push(Unwritten {
+                offset: self.pending.len(),
+                session: NOT_VOIDABLE,
+                message_id: 0,
+            });
             write(&mut self.pending);
         }
         self.appended
     }
 
     /// Appends the record of a QoS 1 message owed to `session`, known by `message_id` until
-    /// the batch is cut; returns its number.
+    /// the batch is cut; returns its number (its low 32 bits are the message's `log_tag`).
     pub(super) fn append_unwritten(
         &mut self,
         session: u32,
         message_id: u32,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> u64 {
-        let at = self.pending.len();
         let record = self.append(write);
-        if !self.failed {
-            // Two equal messages are interchangeable: the older one is voided first.
-            self.unwritten.entry((session, message_id)).or_insert(at);
+        if let Some(last) = self.unwritten.last_mut().filter(|_| !self.failed) {
+            last.session = session;
+            last.message_id = message_id;
         }
         record
     }
 
-    /// `session` acknowledged QoS 1 message `message_id`: when its record is still in
-    /// `pending`, it is voided (and no `Delivered` is needed). Returns whether it was.
-    pub(super) fn void_unwritten(&mut self, session: u32, message_id: u32) -> bool {
-        let Some(at) = self.unwritten.remove(&(session, message_id)) else {
+    /// `session` acknowledged QoS 1 message `message_id`, whose window entry says `log_tag`:
+    /// when its record is still in `pending`, it is voided (and no `Delivered` is needed).
+    /// Returns whether it was. The tag finds the record; the session and the message id
+    /// confirm it (a tag from 2^32 records ago names another; one of the same session and
+    /// message is as good, equal messages being interchangeable).
+    pub(super) fn void_unwritten(&mut self, session: u32, message_id: u32, log_tag: u32) -> bool {
+        let first = self.batch_upto + 1;
+        let back = u64::from(log_tag.wrapping_sub(first as u32));
+        if log_tag == 0 || back >= self.appended - self.batch_upto {
+            return false;
+        }
+        let Some(unwritten) = self.unwritten.get(back as usize) else {
             return false;
         };
-        self.pending[at] = VOID;
+        let offset = unwritten.offset;
+        let same = unwritten.session == session
+            && unwritten.message_id == message_id
+            && session != NOT_VOIDABLE;
+        if !same || self.pending[offset] == VOID {
+            return false;
+        }
+        self.pending[offset] = VOID;
         self.voided += 1;
         true
     }
@@ -822,13 +851,9 @@ impl Shard {
         wait: bool,
         unwritten: Option<u32>,
         write: impl FnOnce(&mut Vec<u8>, &str),
-    ) {
-        let Some(durable) = self.durable.as_deref_mut() else {
-            return;
-        };
-        let Some(s) = self.sessions.get(session).filter(|s| !s.clean_session) else {
-            return;
-        };
+    ) -> Option<u64> {
+        let durable = self.durable.as_deref_mut()?;
+        let s = self.sessions.get(session).filter(|s| !s.clean_session)?;
         let record = match unwritten {
             Some(id) => durable.append_unwritten(session, id, |out| write(out, &s.client_id)),
             None => durable.append(|out| write(out, &s.client_id)),
@@ -840,6 +865,7 @@ impl Shard {
             }
             self.held.record(usize::from(DISK), record as usize);
         }
+        Some(record)
     }
 
     /// A persistent session was made, resumed, or given a new expiry. The CONNACK does not
@@ -929,11 +955,14 @@ impl Shard {
         if self.durable.is_none() {
             return;
         }
-        let Some(id) = self
+        let Some((id, log_tag)) = self
             .sessions
             .get(session)
-            .and_then(|s| s.inflight_message(packet_id, state))
-            .map(|m| persist::message_id(&m.topic, &m.payload))
+            .and_then(|s| s.inflight_entry(packet_id, state))
+            .map(|f| {
+                let m = &f.message;
+                (persist::message_id(&m.topic, &m.payload), f.log_tag)
+            })
         else {
             return;
         };
@@ -941,7 +970,7 @@ impl Shard {
             && self
                 .durable
                 .as_deref_mut()
-                .is_some_and(|d| d.void_unwritten(session, id));
+                .is_some_and(|d| d.void_unwritten(session, id, log_tag));
         if voided {
             // Its record was not written yet: now it never is (`void_unwritten`).
             return;
@@ -1038,7 +1067,8 @@ impl Shard {
 
     /// A QoS 1/2 message owed to persistent session `session` (queued, or going into its
     /// window): on disk before the publisher's ack (`sync = "ack"`). Out of line: `deliver`
-    /// pays only the branch that calls it when persistence is off.
+    /// pays only the branch that calls it when persistence is off. Returns the `log_tag` of a
+    /// QoS 1 message's record, for its window entry (0: none).
     #[inline(never)]
     pub(super) fn log_owed(
         &mut self,
@@ -1048,9 +1078,9 @@ impl Shard {
         qos: QoS,
         retain: bool,
         properties: Option<&std::sync::Arc<Properties>>,
-    ) {
+    ) -> u32 {
         let unwritten = (qos == QoS::AtLeastOnce).then(|| persist::message_id(topic, payload));
-        self.log_for_session_as(session, true, unwritten, |out, client_id| {
+        let record = self.log_for_session_as(session, true, unwritten, |out, client_id| {
             persist::append_message(
                 out,
                 client_id,
@@ -1063,6 +1093,10 @@ impl Shard {
         });
         if self.flow_key.is_some() {
             self.log_flow_key(session);
+        }
+        match (unwritten, record) {
+            (Some(_), Some(record)) => record as u32,
+            _ => 0,
         }
     }
 
@@ -1227,30 +1261,33 @@ mod tests {
         };
         durable.append(|out| persist::append_session(out, "a", 4, 0, 0));
         let id = persist::message_id("t", b"1");
-        let first = durable.append_unwritten(1, id, message("a", b"1"));
+        let first = durable.append_unwritten(1, id, message("a", b"1")) as u32;
         // An equal message for the same session, and the same one for another session.
-        durable.append_unwritten(1, id, message("a", b"1"));
-        durable.append_unwritten(2, id, message("b", b"1"));
+        let second = durable.append_unwritten(1, id, message("a", b"1")) as u32;
+        let other = durable.append_unwritten(2, id, message("b", b"1")) as u32;
         durable.append(|out| persist::append_subscribe(out, "a", "t/#", 1, 0));
-        assert!(durable.void_unwritten(1, id));
-        // The second equal one was never entered: its PUBACK writes a `Delivered`.
-        assert!(!durable.void_unwritten(1, id));
-        assert!(!durable.void_unwritten(1, persist::message_id("t", b"2")));
+        assert!(durable.void_unwritten(1, id, first));
+        // Once only; and a tag must name the session's message.
+        assert!(!durable.void_unwritten(1, id, first));
+        assert!(!durable.void_unwritten(1, id, other));
+        assert!(!durable.void_unwritten(1, persist::message_id("t", b"2"), second));
+        assert!(!durable.void_unwritten(1, id, 0));
+        assert!(!durable.void_unwritten(1, id, 99));
+        assert!(durable.void_unwritten(1, id, second));
         durable.squeeze_pending();
         let kind = |k: persist::Kind, c: &str| (k as u8, c.to_string());
         assert_eq!(
             kinds(&durable.pending),
             [
                 kind(persist::Kind::Session, "a"),
-                kind(persist::Kind::Message, "a"),
                 kind(persist::Kind::Message, "b"),
                 kind(persist::Kind::Subscribe, "a"),
             ]
         );
         // The numbers handed out stay as they were: acks wait on them.
         assert_eq!((first, durable.appended), (2, 5));
-        // After the cut nothing in the new batch is known any more.
-        assert!(!durable.void_unwritten(2, id));
+        // After the cut (here: the squeeze alone) nothing of the old batch is known.
+        assert!(!durable.void_unwritten(2, id, other));
         let _ = std::fs::remove_file(&path);
     }
 }

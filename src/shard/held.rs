@@ -35,6 +35,7 @@
 use std::collections::VecDeque;
 
 use foldhash::fast::RandomState;
+use smallvec::{smallvec, SmallVec};
 use hashbrown::{HashMap, HashSet};
 
 use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
@@ -42,6 +43,11 @@ use crate::session::{ConnRef, InflightState};
 
 use super::outgoing::{Outboxes, Written};
 use super::Shard;
+
+/// (target shard or `durable::DISK`, sequence) of the messages or record an ack waits for,
+/// the last one per target. Mostly one (the log, or one shard): inline, no allocation per
+/// held ack.
+pub(super) type Waits = SmallVec<[(u16, usize); 2]>;
 
 /// An acknowledgement waiting for the mesh, small enough to hold many.
 #[derive(Debug)]
@@ -136,7 +142,7 @@ struct Hold {
     packet: HeldPacket,
     /// (target shard, sequence) of the messages the ack waits for, the last one per target
     /// (rings are FIFO). Empty: it only keeps its connection's order.
-    waits: Vec<(u16, usize)>,
+    waits: Waits,
 }
 
 /// Per connection: acks held, and how many of them are PUBACKs (QoS 1 publishes the client
@@ -150,7 +156,7 @@ struct Counts {
 #[derive(Default)]
 pub(super) struct HeldAcks {
     /// Waits recorded by mesh pushes while the current packet is handled.
-    recording: Vec<(u16, usize)>,
+    recording: Waits,
     /// In the order they were held.
     holds: VecDeque<Hold>,
     per_conn: HashMap<(u32, u32), Counts, RandomState>,
@@ -179,7 +185,7 @@ impl HeldAcks {
     }
 
     /// Takes what was recorded so far (a packet handled in parts adds them up).
-    pub(super) fn take_recorded(&mut self, into: &mut Vec<(u16, usize)>) {
+    pub(super) fn take_recorded(&mut self, into: &mut Waits) {
         for &(target, sequence) in &self.recording {
             match into.iter_mut().find(|(t, _)| *t == target) {
                 Some(wait) => wait.1 = sequence,
@@ -194,7 +200,7 @@ impl HeldAcks {
         self.per_conn.get(&conn).map_or(0, |c| c.pubacks)
     }
 
-    fn hold(&mut self, conn: (u32, u32), packet: HeldPacket, waits: Vec<(u16, usize)>) {
+    fn hold(&mut self, conn: (u32, u32), packet: HeldPacket, waits: Waits) {
         let counts = self.per_conn.entry(conn).or_default();
         counts.held += 1;
         counts.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(..)));
@@ -220,7 +226,7 @@ impl Shard {
     /// Writes the ack of the packet just handled, or holds it: when a message it pushed to
     /// another shard must be taken first, or when an earlier ack of the connection is held.
     pub(super) fn ack(&mut self, slot: u32, generation: u32, packet: HeldPacket) {
-        let mut waits = Vec::new();
+        let mut waits = Waits::new();
         self.held.take_recorded(&mut waits);
         self.ack_after(slot, generation, packet, waits);
     }
@@ -231,7 +237,7 @@ impl Shard {
         slot: u32,
         generation: u32,
         packet: HeldPacket,
-        waits: Vec<(u16, usize)>,
+        waits: Waits,
     ) -> bool {
         let conn = (slot, generation);
         let mut waits = waits;
@@ -276,11 +282,9 @@ impl Shard {
 
     /// The waits of `waits` that are not over yet.
     #[inline(never)]
-    fn still_waiting(&self, waits: Vec<(u16, usize)>) -> Vec<(u16, usize)> {
+    fn still_waiting(&self, mut waits: Waits) -> Waits {
+        waits.retain(|wait| !self.wait_over(*wait));
         waits
-            .into_iter()
-            .filter(|&wait| !self.wait_over(wait))
-            .collect()
     }
 
     /// Writes an ack, with its Reason String where it has one and the client takes them.
@@ -333,7 +337,7 @@ impl Shard {
         self.held.hold(
             (conn.slot, conn.generation),
             packet,
-            vec![(super::durable::DISK, record as usize)],
+            smallvec![(super::durable::DISK, record as usize)],
         );
     }
 
@@ -374,7 +378,7 @@ impl Shard {
         let mut blocked = std::mem::take(&mut self.held.blocked);
         let mut released = false;
         for hold in holds.drain(..) {
-            let waiting = blocked.contains(&hold.conn)
+            let waiting = (!blocked.is_empty() && blocked.contains(&hold.conn))
                 || hold.waits.iter().any(|&wait| !self.wait_over(wait));
             if waiting {
                 blocked.insert(hold.conn);
@@ -386,7 +390,7 @@ impl Shard {
                 let (pubrec, wait) = self.log_pubrec(hold.packet);
                 hold.packet = pubrec;
                 if let Some(wait) = wait {
-                    hold.waits = vec![wait];
+                    hold.waits = smallvec![wait];
                     blocked.insert(hold.conn);
                     kept.push_back(hold);
                     continue;

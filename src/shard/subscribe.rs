@@ -78,7 +78,7 @@ struct SubscribeJob {
     next: usize,
     codes: Vec<ReasonCode>,
     /// The mesh messages the SUBACK waits for (`held.rs`).
-    waits: Vec<(u16, usize)>,
+    waits: super::held::Waits,
     /// The plain filters granted, whose retained messages are owed, and how many were walked.
     granted: Vec<(ByteString, QoS)>,
     granted_next: usize,
@@ -169,7 +169,7 @@ impl Shard {
             subscription_id,
             next: 0,
             codes: Vec::with_capacity(subscribe.filters.len()),
-            waits: Vec::new(),
+            waits: Default::default(),
             granted: Vec::new(),
             granted_next: 0,
             retained_count: 0,
