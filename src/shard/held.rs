@@ -35,8 +35,8 @@
 use std::collections::VecDeque;
 
 use foldhash::fast::RandomState;
-use smallvec::{smallvec, SmallVec};
 use hashbrown::{HashMap, HashSet};
+use smallvec::{smallvec, SmallVec};
 
 use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
 use crate::session::{ConnRef, InflightState};
