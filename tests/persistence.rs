@@ -841,6 +841,97 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
     );
 }
 
+#[test]
+fn a_log_that_cannot_grow_stops_the_acks_and_loses_nothing_acknowledged() {
+    // Issue 10, a real write error rather than the test hook: the broker runs with a file
+    // size limit (RLIMIT_FSIZE, SIGXFSZ ignored), so once its log reaches it the kernel
+    // refuses the write (EFBIG), as a full disk refuses one (ENOSPC); the write that crosses
+    // it is cut short first, leaving a torn batch. Retained messages (each acknowledged only
+    // once its record is on disk) go one at a time until a PUBACK does not come; after a
+    // restart without the limit every acknowledged one is there.
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 64 << 10;
+    let dir = TempDir::new("persist-efbig");
+    let topic = unique_topic("persist/efbig");
+    let args = [
+        "--shards",
+        "1",
+        "--persistence-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let mut broker = Ringmq::start_configured(&args, &[], |command| {
+        // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs here.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let options = mqtt_options(broker.addr, "persist-efbig");
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    let payload = "x".repeat(4000);
+    let mut acked = Vec::new();
+    for n in 0..40 {
+        client
+            .publish(
+                format!("{topic}/{n}"),
+                QoS::AtLeastOnce,
+                true,
+                payload.clone(),
+            )
+            .unwrap();
+        let mut got = false;
+        let deadline = Instant::now() + QUIET * 2;
+        while !got && Instant::now() < deadline {
+            if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) =
+                connection.recv_timeout(QUIET)
+            {
+                got = true;
+            }
+        }
+        if !got {
+            break;
+        }
+        acked.push(n);
+    }
+    // 64 KiB hold about 15 such records: some went through, then the acks stopped.
+    assert!(
+        (5..40).contains(&acked.len()),
+        "acknowledged {} retained messages under a {LIMIT} B limit",
+        acked.len()
+    );
+    drop((client, connection));
+    broker.signal(libc::SIGKILL);
+    let stderr = broker.stderr_after_exit();
+    assert!(
+        stderr.contains("persistence log")
+            && stderr.contains("write failed")
+            && stderr.contains("File too large"),
+        "the kernel's refusal is logged: {stderr}"
+    );
+    // The torn batch is cut at the start; the message whose PUBACK never came may or may not
+    // be back (its record may have been whole), every acknowledged one must.
+    let broker = start_on(dir.path(), 1, &[]);
+    let retained = retained_on(broker.port(), &format!("{topic}/#"), acked.len() + 1);
+    let topics: Vec<String> = retained.into_iter().map(|r| r.0).collect();
+    let missing: Vec<usize> = acked
+        .iter()
+        .copied()
+        .filter(|n| !topics.contains(&format!("{topic}/{n}")))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged and lost: {missing:?}");
+    assert!(topics.len() <= acked.len() + 1, "{topics:?}");
+    broker.stop();
+}
+
 /// A raw 3.1.1 connection with clean session 0 as `client_id`; returns it and session present.
 fn raw_persistent(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
     let connect = Connect {

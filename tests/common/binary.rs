@@ -38,6 +38,16 @@ impl Ringmq {
     /// As `start`, with these environment variables set (and `RUST_LOG` removed, so the log
     /// level is the one the flags or the config file give).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Ringmq {
+        Ringmq::start_configured(args, env, |_| {})
+    }
+
+    /// As `start_with_env`, with `configure` applied to the command before each spawn (e.g.
+    /// a `pre_exec` that sets a resource limit).
+    pub fn start_configured(
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl Fn(&mut Command),
+    ) -> Ringmq {
         let shards: &[&str] = if args.contains(&"--shards") {
             &[]
         } else {
@@ -51,7 +61,8 @@ impl Ringmq {
                 .unwrap()
                 .port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut child = ringmq_command()
+            let mut command = ringmq_command();
+            command
                 .args(["--listen", &addr.to_string()])
                 .args(shards)
                 .args(args)
@@ -59,9 +70,9 @@ impl Ringmq {
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn ringmq");
+                .stderr(Stdio::piped());
+            configure(&mut command);
+            let mut child = command.spawn().expect("spawn ringmq");
             let lines = read_lines_on_a_thread(&mut child);
             let mut ringmq = Ringmq {
                 child,
