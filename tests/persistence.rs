@@ -1595,6 +1595,7 @@ import sys, threading, time
 import paho.mqtt.client as mqtt
 
 port_file, topic, sub_ids, pub_id, count, deadline_secs = sys.argv[1:7]
+qos = int(sys.argv[7]) if len(sys.argv) > 7 else 2
 sub_ids = sub_ids.split(",")
 count, window = int(count), 10
 deadline = time.monotonic() + float(deadline_secs)
@@ -1630,7 +1631,7 @@ def client(name):
 
 def on_sub_connect(c, userdata, flags, rc):
     if rc == 0 and not flags.get("session present"):
-        c.subscribe(topic, qos=2)
+        c.subscribe(topic, qos=qos)
 
 def on_message(c, userdata, message):
     with lock:
@@ -1663,7 +1664,7 @@ while time.monotonic() < deadline:
     with lock:
         open_flows = published - len(completed)
     while published < count and open_flows < window:
-        pub.publish(topic, str(published), qos=2)
+        pub.publish(topic, str(published), qos=qos)
         published, open_flows = published + 1, open_flows + 1
     new_port = read_port()
     if new_port and new_port != port:
@@ -1700,7 +1701,7 @@ sys.exit(0 if len(completed) == count else 3)
 
 #[test]
 fn crash_loop_every_qos2_message_is_delivered_exactly_once() {
-    qos2_crash_loop(1, &[0]);
+    paho_crash_loop(1, &[0], 2);
 }
 
 /// The publisher and the subscriber on different shards: a kill between the subscriber's
@@ -1711,7 +1712,7 @@ fn crash_loop_every_qos2_message_is_delivered_exactly_once() {
 /// (src/shard/exactly_once.rs).
 #[test]
 fn crash_loop_qos2_across_shards_is_exactly_once() {
-    qos2_crash_loop(2, &[0]);
+    paho_crash_loop(2, &[0], 2);
 }
 
 /// Two subscribers on two shards other than the publisher's: a kill may leave the message
@@ -1719,13 +1720,24 @@ fn crash_loop_qos2_across_shards_is_exactly_once() {
 /// lacks it; the PUBREL must clear the keys on both.
 #[test]
 fn crash_loop_qos2_to_two_shards_is_exactly_once() {
-    qos2_crash_loop(3, &[0, 1]);
+    paho_crash_loop(3, &[0, 1], 2);
 }
 
 /// `subscriber_shards`: the shard of each subscriber's client id; the publisher's is the last.
-fn qos2_crash_loop(shards: usize, subscriber_shards: &[usize]) {
-    // Issue 10: a persistent publisher sends numbered QoS 2 messages to a persistent
-    // subscriber, both connected throughout, while the broker is killed with SIGKILL at
+/// One shard and QoS 1, the subscriber connected throughout: most of its PUBACKs void the
+/// message's record before it is written, and the publisher's PUBACK then goes without waiting
+/// for the disk (src/shard/durable.rs, `VOIDABLE`); the others wait for their record. Every
+/// acknowledged message must still be delivered at least once through the kills.
+#[test]
+fn crash_loop_qos1_to_a_connected_subscriber_loses_nothing_acknowledged() {
+    paho_crash_loop(1, &[0], 1);
+}
+
+/// `subscriber_shards`: the shard of each subscriber's client id; the publisher's is the last.
+/// At QoS 1 duplicates are allowed, losses never.
+fn paho_crash_loop(shards: usize, subscriber_shards: &[usize], qos: u8) {
+    // Issue 10: a persistent publisher sends numbered QoS 2 (or 1) messages to persistent
+    // subscribers, all connected throughout, while the broker is killed with SIGKILL at
     // random moments and restarted. The ack point is the PUBCOMP: a QoS 2 publisher with a
     // session sends again every message without PUBREC (and the PUBREL of every one without
     // PUBCOMP), so in the end every message is acknowledged, and each must be delivered
@@ -1760,6 +1772,7 @@ fn qos2_crash_loop(shards: usize, subscriber_shards: &[usize]) {
         &unique_id_on(shards - 1, shards, "persist-crash2-pub"),
         &COUNT.to_string(),
         "60",
+        &qos.to_string(),
     ]);
     // Debian's interpreter, which the package installs into (PATH may name another).
     let mut paho = Proc::spawn("/usr/bin/python3", &args);
@@ -1825,7 +1838,7 @@ fn qos2_crash_loop(shards: usize, subscriber_shards: &[usize]) {
         .take(20)
         .collect();
     assert!(
-        lost.is_empty() && twice.is_empty(),
+        lost.is_empty() && (twice.is_empty() || qos < 2),
         "seed {seed}: {} of {COUNT} x {subscribers} deliveries lost (e.g. (subscriber, message) {:?}), {} more than once (e.g. {:?}: {twice_lines:?})",
         lost.len(),
         &lost[..lost.len().min(10)],

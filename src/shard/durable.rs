@@ -18,7 +18,11 @@
 //! microseconds): the PUBACK then voids the record in `pending` instead of appending a
 //! `Delivered` (`void_unwritten`), and the cut squeezes voided records out, so neither is ever
 //! written, read back by a compaction, or replayed. Record numbers stay as handed out (acks
-//! wait on them); a batch that was all voided is durable at once.
+//! wait on them); a batch that was all voided is durable at once. The publisher's ack waits
+//! for such a record on [`VOIDABLE`]: once it is voided the message is delivered and
+//! acknowledged, nothing of it needs storing, and the ack goes at the end of that turn
+//! (`release_voided`) instead of after the next batch's fdatasync: the acks of messages to
+//! connected subscribers no longer wait for the disk's write-and-sync cycle.
 //!
 //! A failed write or fdatasync (disk full, I/O error) stops the log for good: it is logged
 //! once, nothing more is written, `durable` never advances again, so no ack that depends on a
@@ -48,6 +52,11 @@ use super::Shard;
 
 /// The `held.rs` target that means "this shard's log": sequence = a record's number.
 pub(super) const DISK: u16 = u16::MAX;
+
+/// The `held.rs` target for a QoS 1 message's record that its subscriber's PUBACK may void:
+/// the wait is over once the record is on disk or voided (the message is then delivered and
+/// acknowledged, nothing of it needs storing). Sequence = the record's number.
+pub(super) const VOIDABLE: u16 = u16::MAX - 1;
 
 /// Bytes a compaction reads back at a time (a larger batch makes the buffer grow to hold it).
 const COMPACT_READ: usize = 1 << 20;
@@ -147,6 +156,8 @@ pub(super) struct Durable {
     unwritten: Vec<Unwritten>,
     /// Records of `pending` voided, squeezed out when the batch is cut.
     voided: usize,
+    /// A record was voided since the last look: acks waiting on `VOIDABLE` may go.
+    voided_since_look: bool,
 }
 
 /// A record in `pending`: where it starts, and for a QoS 1 message's, its session and
@@ -192,6 +203,7 @@ impl Durable {
             keys: Default::default(),
             unwritten: Default::default(),
             voided: 0,
+            voided_since_look: false,
         }
     }
 
@@ -274,7 +286,24 @@ impl Durable {
         }
         self.pending[offset] = VOID;
         self.voided += 1;
+        self.voided_since_look = true;
         true
+    }
+
+    /// Whether record `record` was voided (while its batch is not cut: after the cut, its
+    /// wait ends with the batch's fdatasync).
+    pub(super) fn is_voided(&self, record: u64) -> bool {
+        let Some(back) = record.checked_sub(self.batch_upto + 1) else {
+            return false;
+        };
+        self.unwritten
+            .get(back as usize)
+            .is_some_and(|u| self.pending.get(u.offset) == Some(&VOID))
+    }
+
+    /// Whether a record was voided since the last call.
+    pub(super) fn take_voided(&mut self) -> bool {
+        std::mem::take(&mut self.voided_since_look)
     }
 
     /// Removes the voided records from `pending`, moving the others down, once per batch.
@@ -752,6 +781,18 @@ fn options_from_byte(byte: u8) -> SubscriptionOptions {
 }
 
 impl Shard {
+    /// Before the turn's outboxes go: acks that waited only for records their subscribers'
+    /// PUBACKs voided this turn go too (before the cut, which forgets what was voided).
+    pub(super) fn release_voided(&mut self) {
+        if self
+            .durable
+            .as_deref_mut()
+            .is_some_and(Durable::take_voided)
+        {
+            self.release_held();
+        }
+    }
+
     /// The turn's end for the log: its batch goes out; with several shards and `sync =
     /// "ack"`, what this shard took from each other shard's ring is published as durable once
     /// the records it caused are (`Peers::durable_taken`): their publishers' acks wait for that
@@ -821,6 +862,13 @@ impl Shard {
         if target == DISK {
             return self.durable_upto() >= sequence as u64;
         }
+        if target == VOIDABLE {
+            return self.durable_upto() >= sequence as u64
+                || self
+                    .durable
+                    .as_deref()
+                    .is_some_and(|d| d.is_voided(sequence as u64));
+        }
         let target = usize::from(target);
         match self.durable.as_deref() {
             Some(durable) if durable.acks_wait() => {
@@ -862,8 +910,12 @@ impl Shard {
             if durable.failed() {
                 // Not stored: the ack never goes (back-pressure), counted every time.
                 self.stats.persistence_refused += 1;
+                self.held.record(usize::from(DISK), record as usize);
+            } else if unwritten.is_some() {
+                self.held.record_voidable(record as usize);
+            } else {
+                self.held.record(usize::from(DISK), record as usize);
             }
-            self.held.record(usize::from(DISK), record as usize);
         }
         Some(record)
     }

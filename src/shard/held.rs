@@ -184,6 +184,18 @@ impl HeldAcks {
         }
     }
 
+    /// The ack of the packet being handled must wait for record `record` of this shard's
+    /// log to be on disk or voided (`durable::VOIDABLE`). One such wait per ack: a second
+    /// record (a message owed to two sessions) waits to be on disk, as other records do.
+    pub(super) fn record_voidable(&mut self, record: usize) {
+        let voidable = super::durable::VOIDABLE;
+        if self.recording.iter().any(|&(target, _)| target == voidable) {
+            self.record(usize::from(super::durable::DISK), record);
+        } else {
+            self.recording.push((voidable, record));
+        }
+    }
+
     /// Takes what was recorded so far (a packet handled in parts adds them up).
     pub(super) fn take_recorded(&mut self, into: &mut Waits) {
         for &(target, sequence) in &self.recording {

@@ -569,6 +569,9 @@ impl Shard {
         // listen backlog, unanswered.
         let step = self.accept.turn_ends();
         self.step_accept(step);
+        if self.durable.is_some() {
+            self.release_voided();
+        }
         self.wake_targets();
         self.flush_outboxes();
         self.record_latency();
