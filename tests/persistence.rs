@@ -1726,7 +1726,7 @@ fn crash_loop_qos2_to_two_shards_is_exactly_once() {
 /// `subscriber_shards`: the shard of each subscriber's client id; the publisher's is the last.
 /// One shard and QoS 1, the subscriber connected throughout: most of its PUBACKs void the
 /// message's record before it is written, and the publisher's PUBACK then goes without waiting
-/// for the disk (src/shard/durable.rs, `VOIDABLE`); the others wait for their record. Every
+/// for the disk (src/shard/durable/, `VOIDABLE`); the others wait for their record. Every
 /// acknowledged message must still be delivered at least once through the kills.
 #[test]
 fn crash_loop_qos1_to_a_connected_subscriber_loses_nothing_acknowledged() {

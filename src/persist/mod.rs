@@ -2,7 +2,7 @@
 //!
 //! Layout of `[persistence] dir`: `CURRENT` names the live generation `N` (one line), and
 //! `gen-N/shard-K.log` is shard K's log. Shared-nothing on disk as in memory: a shard appends
-//! only to its own log, through its own io_uring (`shard/durable.rs`), one write (and, with
+//! only to its own log, through its own io_uring (`shard/durable/`), one write (and, with
 //! `sync = "ack"`, one fdatasync) per loop turn for every record of that turn.
 //!
 //! A record: kind (1 byte), body length (u32 LE), CRC32C (u32 LE) of kind, length and body,
@@ -15,7 +15,7 @@
 //! each item into the log of the shard that now owns it.
 //!
 //! A running shard compacts its own log when it has grown past twice its live size
-//! ([`Compactor`], `shard/durable.rs`: the log read back a slice at a time, each replayed as
+//! ([`Compactor`], `shard/durable/compaction.rs`: the log read back a slice at a time, each replayed as
 //! it comes): `shard-K.compact` is written beside it and renamed over
 //! it once complete and synced; a start ignores (and removes with the old generation) one left
 //! by a crash before the rename.

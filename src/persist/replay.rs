@@ -86,7 +86,7 @@ impl SessionEntry {
     }
 }
 
-/// Compaction of a running shard's log (`shard/durable.rs`): `bytes`, the log's records up
+/// Compaction of a running shard's log (`shard/durable/compaction.rs`): `bytes`, the log's records up
 /// to some point, written again as the fewest records that say the same. Sessions are the
 /// shard's own (it writes only those); retained records are those this shard wrote, the
 /// latest per topic, deleted and expired ones kept (they must still win over older records of
@@ -100,7 +100,7 @@ pub fn compact(bytes: &[u8], path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// [`compact`] fed a slice at a time, as a running shard reads its log back
-/// (`shard/durable.rs`): no copy of the whole log in memory, no list of all its records.
+/// (`shard/durable/compaction.rs`): no copy of the whole log in memory, no list of all its records.
 /// Only whole batches are applied (each ends with its `Commit`); a log that is still being
 /// appended to ends at a batch's end, so anything else (a bad CRC, a record cut short at the
 /// end) is an error, and the compaction is abandoned, never a silent loss.

@@ -40,7 +40,7 @@ pub enum Op {
     /// A mesh wake-up: another shard's MSG_RING telling this sleeping shard that its inbound
     /// rings have messages (or, on the sender, a wake-up that could not be delivered).
     MeshWake = 13,
-    /// A write of the shard's persistence log (`shard/durable.rs`).
+    /// A write of the shard's persistence log (`shard/durable/`).
     LogWrite = 14,
     /// An fdatasync of the shard's persistence log.
     LogSync = 15,
@@ -50,7 +50,7 @@ pub enum Op {
     /// completed inline, its buffer was read then; the completion says nothing more.
     PeerName = 17,
     /// Compaction of the shard's log: the read of the old log, the writes and the fdatasync
-    /// of the new one (`shard/durable.rs`).
+    /// of the new one (`shard/durable/`).
     CompactRead = 18,
     CompactWrite = 19,
     CompactSync = 20,

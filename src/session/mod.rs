@@ -138,7 +138,7 @@ pub struct Inflight {
     /// straight into the window, and the client has not acknowledged it yet.
     pub pinned: bool,
     /// With persistence on, the low 32 bits of the number of the message's log record while
-    /// its PUBACK may still void it (`shard/durable.rs`, `void_unwritten`); 0: none. In the
+    /// its PUBACK may still void it (`shard/durable/`, `void_unwritten`); 0: none. In the
     /// struct's padding: the window grows by nothing.
     pub log_tag: u32,
     pub message: Message,

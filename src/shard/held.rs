@@ -28,7 +28,7 @@
 //!
 //! With persistence on and `sync = "ack"`, an ack may also wait for this shard's own log: the
 //! pseudo-target `durable::DISK` with a record's number, released when the log's fdatasync
-//! completes (`durable.rs`). So does one packet that is not an ack: a QoS 2 PUBLISH to a
+//! completes (`durable/`). So does one packet that is not an ack: a QoS 2 PUBLISH to a
 //! persistent session waits for the record of its packet id (`HeldPacket::Publish`), in its
 //! connection's order like the acks.
 
@@ -65,7 +65,7 @@ pub(super) enum HeldPacket {
     PubAck(u16, ReasonCode),
     PubRec(u16, ReasonCode),
     /// The PUBREC of a new inbound QoS 2 PUBLISH with persistence on: the id is recorded for
-    /// `session` (`durable.rs`) right after the deliveries when they are all in this shard's
+    /// `session` (`durable/`) right after the deliveries when they are all in this shard's
     /// log, else once the other shards made theirs durable; the PUBREC then waits for that
     /// record. So a crash never leaves the id recorded without the messages: a re-sent
     /// PUBLISH after it is a repeat only if its deliveries were kept.

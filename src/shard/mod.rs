@@ -307,7 +307,7 @@ pub struct Shard {
     /// messages.
     subscribe_jobs: subscribe::SubscribeJobs,
     retained_scratch: Vec<Message>,
-    /// The persistence log, when persistence is on (`durable.rs`).
+    /// The persistence log, when persistence is on (`durable/`).
     durable: Option<Box<durable::Durable>>,
     /// Persistence on with `sync = "ack"`: acks wait for what their packets caused to be
     /// durable, here and on the shards it was forwarded to.

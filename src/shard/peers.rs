@@ -34,7 +34,7 @@ pub struct Peers {
     sessions: AtomicU64,
     /// Index = source * shards + target: the messages from source that target has taken
     /// and made durable (its log's fdatasync covered what they caused), with persistence on
-    /// and `sync = "ack"` (`durable.rs`).
+    /// and `sync = "ack"` (`durable/`).
     durable_taken: Vec<AtomicUsize>,
     shard_count: usize,
 }

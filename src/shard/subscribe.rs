@@ -368,7 +368,7 @@ impl Shard {
         }
         let new_to_session = s.subscribe(filter, granted);
         self.insert_subscription(session, filter, granted, options, subscription_id);
-        // A persistent session's subscription is on disk before its SUBACK (`durable.rs`).
+        // A persistent session's subscription is on disk before its SUBACK (`durable/records.rs`).
         self.log_subscribe(session, filter, granted, options, subscription_id);
         Ok((granted, new_to_session))
     }
