@@ -842,6 +842,70 @@ fn a_failed_log_write_stops_the_acks_that_depend_on_it() {
 }
 
 #[test]
+fn with_an_acl_a_restored_session_is_owed_what_it_may_read_before_its_client_is_back() {
+    // An ACL's rules are resolved at CONNECT (username, client id); a session restored at
+    // start has had no CONNECT yet, so its rules come from the username its record keeps. A
+    // message published after the restart, while its client is away, is queued for it.
+    let dir = TempDir::new("persist-acl");
+    let topic = unique_topic("feeds/acl");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic write feeds/#\nuser alice\ntopic read feeds/#\n",
+    )
+    .unwrap();
+    let passwd = password_file(&dir, &[("alice", "alice-pw")]);
+    let config = dir.path().join("ringmq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "password_file = {:?}\nacl_file = {:?}\n",
+            passwd.to_str().unwrap(),
+            acl.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let alice = |addr| {
+        let mut options = mqtt_options_with_id(addr, "persist-acl-alice");
+        options.set_clean_session(false);
+        options.set_credentials("alice", "alice-pw");
+        MqttClient::connect(options)
+    };
+    let broker = start_on(&data, 1, &args);
+    {
+        let mut client = alice(broker.addr);
+        assert_eq!(
+            client.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce),
+            Some(QoS::AtLeastOnce)
+        );
+    }
+    // Queued before the restart (alice is away): restored with the session.
+    thread::sleep(QUIET);
+    publish_and_wait(broker.addr, &format!("{topic}/before"), "before");
+    broker.kill();
+    let broker = start_on(&data, 1, &args);
+    publish_and_wait(broker.addr, &format!("{topic}/after"), "after");
+    let mut client = alice(broker.addr);
+    assert!(client.connack.session_present);
+    let mut got = Vec::new();
+    while let Some(publish) = client.try_recv_publish(QUIET * 2) {
+        got.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["before", "after"]);
+    drop(client);
+    broker.stop();
+}
+
+/// One QoS 1 message from an anonymous client, its PUBACK awaited.
+fn publish_and_wait(addr: SocketAddr, topic: &str, payload: &str) {
+    let mut publisher = MqttClient::connect(mqtt_options(addr, "persist-acl-pub"));
+    publisher.publish(topic, QoS::AtLeastOnce, false, payload);
+    publisher.wait_acks(QoS::AtLeastOnce, 1);
+}
+
+#[test]
 fn a_log_that_cannot_grow_stops_the_acks_and_loses_nothing_acknowledged() {
     // Issue 10, a real write error rather than the test hook: the broker runs with a file
     // size limit (RLIMIT_FSIZE, SIGXFSZ ignored), so once its log reaches it the kernel

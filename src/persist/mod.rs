@@ -79,8 +79,8 @@ use crate::protocol::{Properties, QoS};
 pub use record::{
     append_commit, append_delivered, append_flow_key, append_message, append_packet_id,
     append_record, append_released, append_retained, append_sent, append_session,
-    append_session_end, append_subscribe, append_unsubscribe, append_will, append_will_end,
-    message_id, unix_ns, Kind, RECORD_HEADER,
+    append_session_as, append_session_end, append_subscribe, append_unsubscribe, append_will,
+    append_will_end, message_id, unix_ns, Kind, RECORD_HEADER,
 };
 use record::{decode_retained, records};
 use replay::State;
@@ -103,6 +103,8 @@ pub struct RestoredSession {
     pub client_id: Box<str>,
     /// The protocol level it last connected with.
     pub version: u8,
+    /// The username it last connected with (the ACL's rules are resolved with it).
+    pub username: Option<Box<str>>,
     pub expiry_secs: u32,
     /// How long its client had been away at the start (wall clock, ms): its expiry runs on
     /// from there. 0 for one whose client was connected when the broker stopped.
@@ -277,6 +279,7 @@ pub fn open(dir: &Path, shard_count: usize) -> Result<Opened, String> {
         sessions.push(RestoredSession {
             client_id: client_id.as_str().into(),
             version: entry.version,
+            username: entry.username.as_deref().map(Into::into),
             expiry_secs: entry.expiry_secs,
             away_ms: now_ms.saturating_sub(entry.left_unix_ms),
             subscriptions: entry

@@ -31,7 +31,10 @@ pub enum Kind {
     /// A persistent session exists (created, resumed, its expiry changed, or its client
     /// left). Body: client id, protocol level (u8), Session Expiry Interval (u32 LE), then when
     /// its client left as unix ms (u64 LE; 0 while connected). Logs written before that field
-    /// end after the interval: read as 0 (the start is then the leaving time).
+    /// end after the interval: read as 0 (the start is then the leaving time). Then, when the
+    /// record knows it (a CONNECT's, a snapshot's), the username its client connected with: 0
+    /// (none) or 1 and the username; absent, the last one said holds (the ACL's rules of a
+    /// restored session are resolved with it).
     Session = 2,
     /// The session ended (expired, discarded by a clean start, or made clean). Body: client id.
     SessionEnd = 3,
@@ -187,11 +190,36 @@ pub fn append_session(
     left_unix_ms: u64,
 ) {
     append_record(out, Kind::Session, |body| {
-        put_str(body, client_id);
-        body.push(version);
-        body.extend_from_slice(&expiry_secs.to_le_bytes());
-        body.extend_from_slice(&left_unix_ms.to_le_bytes());
+        put_session(body, client_id, version, expiry_secs, left_unix_ms)
     });
+}
+
+/// `append_session` that also says the username the client connected with.
+pub fn append_session_as(
+    out: &mut Vec<u8>,
+    client_id: &str,
+    version: u8,
+    expiry_secs: u32,
+    left_unix_ms: u64,
+    username: Option<&str>,
+) {
+    append_record(out, Kind::Session, |body| {
+        put_session(body, client_id, version, expiry_secs, left_unix_ms);
+        match username {
+            Some(username) => {
+                body.push(1);
+                put_str(body, username);
+            }
+            None => body.push(0),
+        }
+    });
+}
+
+fn put_session(body: &mut Vec<u8>, client_id: &str, version: u8, expiry: u32, left_ms: u64) {
+    put_str(body, client_id);
+    body.push(version);
+    body.extend_from_slice(&expiry.to_le_bytes());
+    body.extend_from_slice(&left_ms.to_le_bytes());
 }
 
 pub fn append_session_end(out: &mut Vec<u8>, client_id: &str) {

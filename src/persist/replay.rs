@@ -8,8 +8,8 @@ use bytestring::ByteString;
 
 use super::record::{
     append_commit, append_flow_key, append_packet_id, append_record, append_released, append_sent,
-    append_session, append_subscribe, decode_retained, decode_will, publish_id, put_str, records,
-    take_str, take_u16, take_u32, unix_ns, Kind, Record, RECORD_BODY_MAX, RECORD_HEADER,
+    append_session_as, append_subscribe, decode_retained, decode_will, publish_id, put_str,
+    records, take_str, take_u16, take_u32, unix_ns, Kind, Record, RECORD_BODY_MAX, RECORD_HEADER,
 };
 use super::RetainedMessage;
 
@@ -30,6 +30,8 @@ pub(super) struct SessionEntry {
     pub(super) expiry_secs: u32,
     /// When its client left, unix ms; 0 while connected.
     pub(super) left_unix_ms: u64,
+    /// The username its client last connected with.
+    pub(super) username: Option<String>,
     pub(super) subscriptions: std::collections::BTreeMap<String, (u8, u32)>,
     /// (message id, the packet id it went out under when one was recorded (`Sent`), record
     /// body after the client id), decoded only for a start's sessions: a running shard's
@@ -49,12 +51,13 @@ pub(super) struct SessionEntry {
 impl SessionEntry {
     /// The records that make this session again, into a snapshot.
     pub(super) fn write(&self, out: &mut Vec<u8>, client_id: &str) {
-        append_session(
+        append_session_as(
             out,
             client_id,
             self.version,
             self.expiry_secs,
             self.left_unix_ms,
+            self.username.as_deref(),
         );
         for (filter, &(options, subscription_id)) in &self.subscriptions {
             append_subscribe(out, client_id, filter, options, subscription_id);
@@ -225,10 +228,22 @@ impl State {
                     Some(bytes) => u64::from_le_bytes(bytes.try_into().expect("8")),
                     None => 0,
                 };
+                let mut username = None;
+                if let Some(rest) = body.get(8..).filter(|rest| !rest.is_empty()) {
+                    let mut rest = &rest[1..];
+                    username = Some(match body[8] {
+                        0 => None,
+                        1 => Some(take_str(&mut rest).ok_or_else(bad)?.to_string()),
+                        _ => return Err(bad()),
+                    });
+                }
                 let entry = self.sessions.entry(client_id.to_string()).or_default();
                 entry.version = version;
                 entry.expiry_secs = expiry_secs;
                 entry.left_unix_ms = left_unix_ms;
+                if let Some(username) = username {
+                    entry.username = username;
+                }
             }
             Kind::SessionEnd => {
                 let client_id = take_str(&mut body).ok_or_else(bad)?;

@@ -553,3 +553,22 @@ fn fix_crcs(log: &mut [u8]) {
         at = end;
     }
 }
+
+#[test]
+fn a_session_keeps_the_username_its_client_last_connected_with() {
+    let mut log = Vec::new();
+    append_session_as(&mut log, "c1", 4, 60, 0, Some("alice"));
+    // Its client left: the record does not say the username, which holds.
+    append_session(&mut log, "c1", 4, 60, 1_700_000_000_000);
+    append_session_as(&mut log, "c2", 4, 60, 0, Some("bob"));
+    append_session_as(&mut log, "c2", 4, 60, 0, None);
+    let state = replay(&log);
+    assert_eq!(state.sessions["c1"].username.as_deref(), Some("alice"));
+    assert_eq!(state.sessions["c2"].username, None);
+    // A snapshot says it again.
+    let compacted = compact(&log, Path::new("test.log")).unwrap();
+    assert_eq!(
+        replay(&compacted).sessions["c1"].username.as_deref(),
+        Some("alice")
+    );
+}

@@ -369,7 +369,7 @@ impl Shard {
             self.keep_client_acl(session, username, rules);
         }
         if persistent {
-            self.log_session(session, version as u8, expiry.secs);
+            self.log_session_connected(session, version as u8, expiry.secs, username);
         }
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             self.peers.release();

@@ -79,6 +79,21 @@ impl Shard {
         });
     }
 
+    /// `log_session` at a CONNECT, with the username the client connected with: after a
+    /// restart the ACL's rules for the session are resolved with it, so the messages it is
+    /// owed while away are queued as they were before.
+    pub(in crate::shard) fn log_session_connected(
+        &mut self,
+        session: u32,
+        version: u8,
+        expiry_secs: u32,
+        username: Option<&str>,
+    ) {
+        self.log_for_session(session, false, |out, client_id| {
+            persist::append_session_as(out, client_id, version, expiry_secs, 0, username)
+        });
+    }
+
     /// The client of persistent session `session` left: its record again, with when (wall
     /// clock), so that a restart lets its expiry run on from there. Not waited for.
     pub(in crate::shard) fn log_session_left(&mut self, session: u32) {
@@ -363,6 +378,12 @@ impl Shard {
             let mut session = Session::new(restored.client_id.clone(), false, version);
             session.session_expiry_secs = restored.expiry_secs;
             let index = self.sessions.insert(session);
+            // With an ACL: its rules, as its client's CONNECT resolved them, so what it may
+            // read is queued for it before it is back.
+            let username = restored.username.as_deref();
+            if let Some(rules) = self.resolve_acl(username, &restored.client_id) {
+                self.keep_client_acl(index, username, rules);
+            }
             // Counted against sessions_max like any persistent session, never refused.
             self.peers.admit_session(u32::MAX);
             for (filter, options, id) in &restored.subscriptions {
