@@ -413,9 +413,7 @@ impl Session {
 
     /// The message in flight with `packet_id` awaiting `state`, if there is one.
     pub fn inflight_message(&self, packet_id: u16, state: InflightState) -> Option<&Message> {
-        let flows = self.flows.as_deref()?;
-        let index = flows.position(packet_id, state)?;
-        Some(&flows.inflight[index].message)
+        self.inflight_entry(packet_id, state).map(|f| &f.message)
     }
 
     /// PUBACK for a QoS 1 message: its flow is complete. False for an unknown id.
