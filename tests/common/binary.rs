@@ -106,6 +106,10 @@ impl Ringmq {
         panic!("ringmq did not start: {last_error}");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
