@@ -564,16 +564,26 @@ fn issue_7_the_last_root_wildcard_subscription_leaving_crashes_no_shard() {
     }
 }
 
-/// Issue 12: filters without wildcards are kept by hash in the interest index. Two shards,
-/// many clients each on its own topic (half homed on each shard), a topic shared by clients on
-/// both shards, a wildcard and a `$share` group over the same topics; then half unsubscribe and
+/// Issue 12: filters without wildcards are kept by hash in the interest index. Two shards (or
+/// six), many clients each on its own topic (homed on every shard in turn), a topic shared by
+/// clients on every shard, a wildcard and a `$share` group over the same topics; then half unsubscribe and
 /// a quarter disconnect (clean sessions): deliveries follow exactly, and once interest is
 /// withdrawn a publish crosses to no shard.
 #[test]
 fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
-    const TWO: usize = 2;
+    check_exact_filters_by_hash(2);
+}
+
+/// Past 4 shards the exact filters live in one table that every shard shares
+/// (`mesh/shared_masks.rs`) and nobody announces them: the same deliveries.
+#[test]
+fn exact_filters_in_the_table_all_shards_share() {
+    check_exact_filters_by_hash(6);
+}
+
+fn check_exact_filters_by_hash(shards: usize) {
     let broker = TestBroker::start(Config {
-        shards: TWO,
+        shards,
         ..test_config()
     });
     let run = unique_topic("exact");
@@ -582,7 +592,7 @@ fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
     let clients = 40;
     let mut subscribers: Vec<Option<MqttClient>> = (0..clients)
         .map(|i| {
-            let id = unique_id_on(i % TWO, TWO, "exact-sub");
+            let id = unique_id_on(i % shards, shards, "exact-sub");
             let mut client = MqttClient::connect(mqtt_options_with_id(broker.addr(), &id));
             let granted = client.subscribe_many(&[
                 (own(i).as_str(), QoS::AtLeastOnce),
@@ -592,19 +602,19 @@ fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
             Some(client)
         })
         .collect();
-    let mut wildcard = client_on_of(&broker, 0, TWO, "exact-wild");
+    let mut wildcard = client_on_of(&broker, 0, shards, "exact-wild");
     wildcard.subscribe(&format!("{run}/+/in"), QoS::AtLeastOnce);
     let group = format!("$share/g/{}", own(0));
     let mut members = [
-        client_on_of(&broker, 0, TWO, "exact-share"),
-        client_on_of(&broker, 1, TWO, "exact-share"),
+        client_on_of(&broker, 0, shards, "exact-share"),
+        client_on_of(&broker, 1, shards, "exact-share"),
     ];
     for member in &mut members {
         member.subscribe(&group, QoS::AtLeastOnce);
     }
     let mut publishers = [
-        client_on_of(&broker, 0, TWO, "exact-pub"),
-        client_on_of(&broker, 1, TWO, "exact-pub"),
+        client_on_of(&broker, 0, shards, "exact-pub"),
+        client_on_of(&broker, 1, shards, "exact-pub"),
     ];
     // Each publisher sends every client's own topic, then `common`; all acknowledged.
     let publish_round = |publishers: &mut [MqttClient]| {
@@ -683,7 +693,7 @@ fn exact_filters_by_hash_with_wildcards_shares_unsubscribes_and_disconnects() {
     }
 
     // A new client on the other shard takes over a withdrawn topic: it is routed again.
-    let mut late = client_on_of(&broker, 1, TWO, "exact-late");
+    let mut late = client_on_of(&broker, 1, shards, "exact-late");
     late.subscribe(&own(0), QoS::AtLeastOnce);
     publishers[0].publish_acked(&own(0), QoS::AtLeastOnce, false, "late");
     assert_eq!(&late.recv_publish().payload[..], b"late");

@@ -19,10 +19,12 @@
 //! choose colliding filters to cause those forwards.
 
 use std::hash::BuildHasher;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
+
+use super::shared_masks::SharedMasks;
 
 /// Whether `filter` is kept by hash: no wildcard character anywhere (an invalid filter mixing
 /// one into a level also stays in the trie, as literal text) and not a `$share/` group, which
@@ -91,13 +93,6 @@ impl Keyed for u64 {
     }
 }
 
-impl Keyed for (u64, u64) {
-    #[inline]
-    fn key(&self) -> u64 {
-        self.0
-    }
-}
-
 /// A table of entries keyed by a hash (a set of hashes, or `hash -> mask`), shrunk when a
 /// quarter full.
 #[derive(Debug)]
@@ -117,10 +112,6 @@ impl<E: Keyed> HashedTable<E> {
     #[inline]
     fn get(&self, hash: u64) -> Option<&E> {
         self.table.find(hash, |entry| entry.key() == hash)
-    }
-
-    fn get_mut(&mut self, hash: u64) -> Option<&mut E> {
-        self.table.find_mut(hash, |entry| entry.key() == hash)
     }
 
     /// The entry of `hash`, made by `make` when there is none; and whether it is new.
@@ -160,13 +151,14 @@ pub const SETS_SHARDS_MAX: usize = 4;
 ///
 /// Almost every such filter is one client's, on one shard, so the entry that says so is most
 /// of the cost. With few shards it is the hash alone (8 B and a control byte) in the set of
-/// the shard that announced it, and a lookup probes each non-empty set: one probe with two
-/// shards, at most three with four. With more shards, one probe of a `hash -> mask` table (16
-/// B an entry) costs less than a probe per shard. Both answer the same masks.
+/// the shard that announced it, kept by each other shard, and a lookup probes each non-empty
+/// set: one probe with two shards, at most three with four. With more shards, copies in every
+/// shard would cost more than one table for the process (16 B a slot, `shared_masks.rs`),
+/// which all of them read and each writes its own bits to. Both answer the same masks.
 #[derive(Debug)]
 pub struct ExactMasks {
     kind: Kind,
-    /// Entries in all: (hash, shard) pairs in the sets, hashes in the mask table.
+    /// With sets: (hash, shard) pairs in all.
     entries: usize,
     /// With sets: a bit per shard whose set is not empty, the only ones a lookup probes.
     occupied: u64,
@@ -176,21 +168,55 @@ pub struct ExactMasks {
 enum Kind {
     /// Index = shard. This shard's own set stays empty: it announces only to the others.
     Sets(Box<[HashedTable<u64>]>),
-    Masks(HashedTable<(u64, u64)>),
+    /// One table for every shard of the process (`shared_masks.rs`): each shard writes its
+    /// own bits, its own filters included, instead of announcing them.
+    Shared(Arc<SharedMasks>),
 }
 
 impl ExactMasks {
-    /// For `shard_count` shards (1..=`SHARDS_MAX`).
+    /// For `shard_count` shards (1..=`SHARDS_MAX`), with a table of its own past
+    /// `SETS_SHARDS_MAX` (one index answering for several shards, as in tests).
     pub fn new(shard_count: usize) -> ExactMasks {
-        let kind = if shard_count <= SETS_SHARDS_MAX {
-            Kind::Sets((0..shard_count).map(|_| HashedTable::default()).collect())
-        } else {
-            Kind::Masks(HashedTable::default())
+        ExactMasks::sharing(shard_count, ExactMasks::shared_for(shard_count))
+    }
+
+    /// The table every shard's index shares: `Some` past `SETS_SHARDS_MAX` shards.
+    pub fn shared_for(shard_count: usize) -> Option<Arc<SharedMasks>> {
+        (shard_count > SETS_SHARDS_MAX).then(|| Arc::new(SharedMasks::new(shard_count)))
+    }
+
+    /// For `shard_count` shards, on `shared` (from `shared_for`) when there is one.
+    pub fn sharing(shard_count: usize, shared: Option<Arc<SharedMasks>>) -> ExactMasks {
+        let kind = match shared {
+            Some(shared) => Kind::Shared(shared),
+            None => Kind::Sets((0..shard_count).map(|_| HashedTable::default()).collect()),
         };
         ExactMasks {
             kind,
             entries: 0,
             occupied: 0,
+        }
+    }
+
+    /// Whether the shards share one table: then a shard applies its own changes here (visible
+    /// to every shard at once) rather than announcing them through the mesh.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.kind, Kind::Shared(_))
+    }
+
+    /// A shard's loop turn starts (`shared_masks.rs`: when a replaced table may be freed).
+    #[inline]
+    pub fn quiescent(&self, shard: usize) {
+        if let Kind::Shared(shared) = &self.kind {
+            shared.quiescent(shard);
+        }
+    }
+
+    /// A shard is about to sleep in the kernel, or stops.
+    #[inline]
+    pub fn offline(&self, shard: usize) {
+        if let Kind::Shared(shared) = &self.kind {
+            shared.offline(shard);
         }
     }
 
@@ -214,21 +240,7 @@ impl ExactMasks {
                     }
                 }
             }
-            Kind::Masks(masks) => {
-                if interested {
-                    let ((_, mask), new) = masks.get_or_insert(hash, || (hash, 0));
-                    *mask |= bit;
-                    self.entries += usize::from(new);
-                    return;
-                }
-                let Some((_, mask)) = masks.get_mut(hash) else {
-                    return;
-                };
-                *mask &= !bit;
-                if *mask == 0 && masks.remove(hash) {
-                    self.entries -= 1;
-                }
-            }
+            Kind::Shared(shared) => shared.apply(hash, shard, interested),
         }
     }
 
@@ -248,13 +260,16 @@ impl ExactMasks {
                 }
                 mask
             }
-            Kind::Masks(masks) => masks.get(hash).map_or(0, |&(_, mask)| mask),
+            Kind::Shared(shared) => shared.mask(hash),
         }
     }
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        match &self.kind {
+            Kind::Sets(_) => self.entries == 0,
+            Kind::Shared(shared) => shared.is_empty(),
+        }
     }
 
     /// Distinct hashes some shard is interested in. With sets, a walk of them (for tests and
@@ -275,7 +290,7 @@ impl ExactMasks {
                         .count()
                 })
                 .sum(),
-            Kind::Masks(masks) => masks.len(),
+            Kind::Shared(shared) => shared.len(),
         }
     }
 }
@@ -350,14 +365,15 @@ mod tests {
     fn sets_and_mask_table_answer_alike() {
         let mut sets = ExactMasks::new(SETS_SHARDS_MAX);
         let mut table = ExactMasks::new(SETS_SHARDS_MAX + 1);
-        assert!(matches!(sets.kind, Kind::Sets(_)) && matches!(table.kind, Kind::Masks(_)));
+        assert!(matches!(sets.kind, Kind::Sets(_)) && matches!(table.kind, Kind::Shared(_)));
         let mut state = 0x2545_f491_4f6c_dd1du64;
         for step in 0..20_000 {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             let (hash, shard, on) = (
-                state % 64,
+                // Not 0: the shared table keeps hash 0 as 1, a collision the sets do not have.
+                1 + state % 64,
                 (state >> 8) as usize % SETS_SHARDS_MAX,
                 state >> 20 & 3 != 0,
             );
@@ -369,13 +385,14 @@ mod tests {
         assert_eq!(sets.len(), table.len());
     }
 
+    /// The sets (the shared table has its own test, `shared_masks.rs`).
     #[test]
-    fn tables_grow_and_shrink_back() {
-        for shard_count in SHARD_COUNTS {
+    fn sets_grow_and_shrink_back() {
+        for shard_count in [3, SETS_SHARDS_MAX] {
             let mut masks = ExactMasks::new(shard_count);
             let capacity = |masks: &ExactMasks| match &masks.kind {
                 Kind::Sets(sets) => sets[1].table.capacity(),
-                Kind::Masks(table) => table.table.capacity(),
+                Kind::Shared(_) => unreachable!(),
             };
             for hash in 0..10_000u64 {
                 masks.apply(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, true);
@@ -391,8 +408,9 @@ mod tests {
         }
     }
 
-    /// Heap per hashed filter in the other shards' table (each filter on one shard): sets with
-    /// two shards, the mask table with eight. `cargo test --lib exact::tests::bytes -- --nocapture`.
+    /// Heap per hashed filter (each on one shard): in the other shard's set with two shards,
+    /// in the process's one table with eight (all shards together: before it, each of the
+    /// seven other shards kept 17-34 B). `cargo test --lib exact::tests::bytes -- --nocapture`.
     #[test]
     fn bytes_per_hashed_filter() {
         use crate::topic::alloc_count::live_bytes_of;
@@ -401,7 +419,7 @@ mod tests {
         let hashes: Vec<u64> = (0..FILTER_COUNT)
             .map(|i| hasher.hash(&format!("bench/client-{i}/in")))
             .collect();
-        for (shard_count, most) in [(2, 24), (8, 40)] {
+        for (shard_count, most) in [(2, 24), (8, 48)] {
             let (bytes, _) = live_bytes_of(|| {
                 let mut masks = ExactMasks::new(shard_count);
                 for (i, &hash) in hashes.iter().enumerate() {

@@ -11,7 +11,9 @@
 //!
 //! A filter without wildcards (most of them: one per client, `devices/17/commands`) is kept as
 //! a 64-bit hash rather than in the trie (`exact.rs`: in a set per shard with up to 4 shards,
-//! else in a hash -> mask table): a lookup hashes the topic once. A hash collision can only add a shard to the mask (one forward that finds no
+//! else in one hash -> mask table that every shard reads and each writes its own bits to,
+//! `shared_masks.rs`, so such a filter is neither replicated nor announced): a lookup hashes
+//! the topic once. A hash collision can only add a shard to the mask (one forward that finds no
 //! subscriber there), never drop one.
 //!
 //! The other filters are in a small trie with one node per filter level (`+` and `#` kept apart from the
@@ -25,7 +27,10 @@
 //! must pick one shard per group, which needs per-group masks (to be added with shared-group
 //! routing). Such a filter is stored and matched literally.
 
+use std::sync::Arc;
+
 use super::exact::{hashed, ExactMasks, FilterHasher};
+use super::shared_masks::SharedMasks;
 use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
@@ -168,6 +173,11 @@ impl Drop for Node {
 impl InterestIndex {
     /// Panics unless `1 <= shard_count <= SHARDS_MAX` (a configuration error).
     pub fn new(shard_count: usize) -> InterestIndex {
+        InterestIndex::sharing(shard_count, ExactMasks::shared_for(shard_count))
+    }
+
+    /// As `new`, on the exact-interest table every shard shares (`ShardMesh::exact_masks`).
+    pub fn sharing(shard_count: usize, shared: Option<Arc<SharedMasks>>) -> InterestIndex {
         assert!(
             (1..=SHARDS_MAX).contains(&shard_count),
             "shard_count {shard_count} must be in 1..={SHARDS_MAX}"
@@ -175,10 +185,28 @@ impl InterestIndex {
         InterestIndex {
             shard_count,
             root: Node::default(),
-            exact: ExactMasks::new(shard_count),
+            exact: ExactMasks::sharing(shard_count, shared),
             hasher: FilterHasher::process(),
             filter_count: 0,
         }
+    }
+
+    /// Whether filters without wildcards are kept in one table for every shard: then the
+    /// subscribing shard applies its own changes to them, and nobody announces them.
+    pub fn exact_is_shared(&self) -> bool {
+        self.exact.is_shared()
+    }
+
+    /// `shard`'s loop turn starts (see `shared_masks.rs`).
+    #[inline]
+    pub fn quiescent(&self, shard: usize) {
+        self.exact.quiescent(shard);
+    }
+
+    /// `shard` is about to sleep in the kernel, or stops.
+    #[inline]
+    pub fn offline(&self, shard: usize) {
+        self.exact.offline(shard);
     }
 
     pub fn shard_count(&self) -> usize {

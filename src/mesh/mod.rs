@@ -30,6 +30,7 @@
 
 pub mod exact;
 pub mod interest;
+pub mod shared_masks;
 pub mod spsc;
 
 use std::collections::VecDeque;
@@ -220,8 +221,10 @@ impl Mesh {
             (1..=SHARDS_MAX).contains(&shard_count),
             "shard_count {shard_count} must be in 1..={SHARDS_MAX}"
         );
+        let exact = exact::ExactMasks::shared_for(shard_count);
         let mut shards: Vec<ShardMesh> = (0..shard_count)
             .map(|shard| ShardMesh {
+                exact: exact.clone(),
                 sources: Sources {
                     consumers: (0..shard_count).map(|_| None).collect(),
                 },
@@ -254,11 +257,19 @@ impl Mesh {
 /// here forward to the two halves; [`ShardMesh::split`] hands out both at once, so a message
 /// taken in `drain` can be pushed on in the same callback.
 pub struct ShardMesh {
+    /// The interest in filters without wildcards that every shard shares, past
+    /// `exact::SETS_SHARDS_MAX` shards (`shared_masks.rs`).
+    exact: Option<Arc<shared_masks::SharedMasks>>,
     sources: Sources,
     targets: Targets,
 }
 
 impl ShardMesh {
+    /// The shared exact-interest table, for this shard's `InterestIndex`.
+    pub fn exact_masks(&self) -> Option<Arc<shared_masks::SharedMasks>> {
+        self.exact.clone()
+    }
+
     /// This shard's index.
     pub fn shard(&self) -> usize {
         self.targets.shard

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use crate::mesh::exact::hashed;
 use crate::mesh::{Forward, MeshMessage, SharedForward};
 use crate::protocol::{Properties, QoS};
 use crate::ring::{Op, Token};
@@ -52,9 +53,14 @@ impl Shard {
                 want = 0;
             }
         }
+        // Asleep, the shard reads no shared interest table: one it replaced may be freed.
+        if self.shard_count > 1 {
+            self.interest.offline(self.index);
+        }
         let result = self.rings[0].submit_and_wait(want);
         if self.shard_count > 1 {
             self.peers.set_sleeping(self.index, false, false);
+            self.interest.quiescent(self.index);
         }
         result
     }
@@ -265,7 +271,15 @@ impl Shard {
     /// Tells every other shard. Our own interest index keeps no plain filter of ours (our trie
     /// has them; an entry per filter per shard is the index's whole memory cost), but it does
     /// keep our `$share` groups: choosing the shard that serves a group needs every member.
+    ///
+    /// Past `SETS_SHARDS_MAX` shards a filter without wildcards is not announced: the shard
+    /// writes its own bit into the table every shard reads (`shared_masks.rs`), visible to all
+    /// at once, so its SUBACK waits for nobody.
     fn announce(&mut self, filter: &str, interested: bool) {
+        if self.interest.exact_is_shared() && hashed(filter) {
+            self.apply_interest(filter, self.index, interested);
+            return;
+        }
         if parse_shared(filter).is_some() {
             self.apply_interest(filter, self.index, interested);
         }

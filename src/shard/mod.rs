@@ -436,7 +436,7 @@ impl Shard {
             sys,
             board: params.board,
             shard_count: params.mesh.shard_count(),
-            interest: InterestIndex::new(params.mesh.shard_count()),
+            interest: InterestIndex::sharing(params.mesh.shard_count(), params.mesh.exact_masks()),
             mesh: params.mesh,
             peers: params.peers,
             local_interest: LocalInterest::new(),
@@ -459,6 +459,8 @@ impl Shard {
             durable_acks: durable.as_deref().is_some_and(durable::Durable::acks_wait),
             durable,
         };
+        // From here the shard may read the shared interest table (restored wills are routed).
+        shard.interest.quiescent(shard.index);
         if let Some(restored) = restored {
             shard.restore_retained(&restored.retained);
             shard.restore_sessions(&restored.sessions);
@@ -499,13 +501,18 @@ impl Shard {
     pub fn run(&mut self) -> io::Result<()> {
         self.arm();
         while !self.stopping {
-            self.turn()?;
+            if let Err(e) = self.turn() {
+                self.interest.offline(self.index);
+                return Err(e);
+            }
         }
         self.stop_all();
         if let Some(durable) = self.durable.as_deref_mut() {
             durable.stop();
         }
         self.publish_stats();
+        // Reads no shared interest table again (`shared_masks.rs`).
+        self.interest.offline(self.index);
         Ok(())
     }
 
