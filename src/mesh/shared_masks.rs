@@ -188,7 +188,6 @@ impl SharedMasks {
             before & !bit
         };
         if before == after {
-            drop(writer);
             return;
         }
         if found {
