@@ -365,10 +365,11 @@ pub struct Config {
     pub ring_entries: u32,
     /// Provided receive buffers per shard (a power of two, at most 32768), split over its rings
     /// (`recv_buffers_per_ring`): they cover the receives of one loop turn of the shard, not the
-    /// number of connections. The kernel hands them out in ring order, so every buffer of a
-    /// pool is touched and stays resident: 512 x 4 KiB is 2 MiB per shard (4096 per ring
-    /// measured 1,007 B per idle connection at 100,000; bench/idle.sh), with no throughput
-    /// difference measured.
+    /// number of connections. The kernel hands them out in ring order, so every buffer it is
+    /// given is soon touched and stays resident: a ring starts with 64 in circulation and
+    /// doubles them each time a turn runs out (ENOBUFS), up to its share of this count (512 x
+    /// 4 KiB is 2 MiB per shard; 4096 per ring measured 1,007 B per idle connection at
+    /// 100,000, bench/idle.sh, with no throughput difference measured).
     pub recv_buffer_count: u16,
     /// Bytes per provided receive buffer.
     pub recv_buffer_size: u32,

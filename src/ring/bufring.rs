@@ -3,6 +3,12 @@
 //! shard copies the bytes out and hands the buffer straight back (`recycle`), so the pool only
 //! has to cover the receives of one loop turn, not the number of connections.
 //!
+//! A pool starts with `PROVIDED_START` of its buffers in circulation and doubles them each
+//! time a receive finds none left (-ENOBUFS, `grow`), up to its `count`: the kernel takes
+//! buffers in ring order, so every buffer handed to it is soon touched and resident, and a
+//! shard whose turns never need many (idle connections) keeps 256 KiB of 4 KiB buffers per
+//! ring instead of the whole pool.
+//!
 //! Both the ring of entries and the buffers are anonymous mappings: the kernel wants the entry
 //! ring page-aligned, and the pages stay put for as long as the kernel may write into them
 //! (the owning `Ring` drops the io_uring before this).
@@ -17,12 +23,18 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
+/// Buffers a pool hands the kernel at first (or all of them, if fewer).
+pub const PROVIDED_START: u16 = 64;
+
 pub struct BufRing {
     entries: *mut BufRingEntry,
     entries_len: usize,
     buffers: *mut u8,
     buffers_len: usize,
+    /// Entries in the ring, and the most buffers it may circulate.
     count: u16,
+    /// Buffers in circulation (ids `0..provided`): a power of two, at most `count`.
+    provided: u16,
     size: u32,
     /// Our copy of the tail; published to the kernel with a release store after each change.
     tail: u16,
@@ -98,18 +110,39 @@ impl BufRing {
             buffers,
             buffers_len,
             count,
+            provided: count.min(PROVIDED_START),
             size,
             tail: 0,
             group,
         })
     }
 
-    /// Hands every buffer to the kernel.
+    /// Hands the first `provided` buffers to the kernel.
     fn provide_all(&mut self) {
-        for bid in 0..self.count {
+        for bid in 0..self.provided {
             self.push(bid);
         }
         self.publish();
+    }
+
+    /// Doubles the buffers in circulation (a receive found none left), up to `count`.
+    /// Returns whether it did.
+    pub fn grow(&mut self) -> bool {
+        if self.provided == self.count {
+            return false;
+        }
+        let grown = self.provided * 2;
+        for bid in self.provided..grown {
+            self.push(bid);
+        }
+        self.publish();
+        self.provided = grown;
+        true
+    }
+
+    /// Buffers in circulation.
+    pub fn provided(&self) -> u16 {
+        self.provided
     }
 
     pub fn group(&self) -> u16 {
@@ -122,7 +155,7 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as the kernel filled them.
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(bid < self.count, "buffer id {bid} out of range");
+        assert!(bid < self.provided, "buffer id {bid} out of range");
         assert!(
             len <= self.size as usize,
             "recv length {len} over the buffer size"
@@ -136,7 +169,7 @@ impl BufRing {
 
     /// Hands buffer `bid` back to the kernel as soon as its bytes have been copied out.
     pub fn recycle(&mut self, bid: u16) {
-        assert!(bid < self.count, "buffer id {bid} out of range");
+        assert!(bid < self.provided, "buffer id {bid} out of range");
         self.push(bid);
         self.publish();
     }
@@ -176,10 +209,10 @@ impl BufRing {
         }
         // More buffers provided than exist: one was recycled twice (or never taken).
         assert!(
-            tail.wrapping_sub(*head) <= self.count,
+            tail.wrapping_sub(*head) <= self.provided,
             "buffer ring holds {} entries for {} buffers: a buffer was recycled twice",
             tail.wrapping_sub(*head),
-            self.count
+            self.provided
         );
         // SAFETY: the index is masked into the entry mapping.
         let entry = unsafe { &*self.entries.add((*head & (self.count - 1)) as usize) };
@@ -187,7 +220,7 @@ impl BufRing {
         let (bid, addr, len) = (entry.bid(), entry.addr(), entry.len() as usize);
         let start = self.buffers as u64;
         assert!(
-            bid < self.count
+            bid < self.provided
                 && addr >= start
                 && addr + len as u64 <= start + self.buffers_len as u64,
             "provided buffer {bid} at {addr:#x} (+{len}) lies outside the pool"

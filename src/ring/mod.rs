@@ -593,6 +593,11 @@ impl Ring {
         self.bufs.recycle(bid);
     }
 
+    /// More receive buffers in circulation (`BufRing::grow`); false at the pool's size.
+    pub fn grow_buffers(&mut self) -> bool {
+        self.bufs.grow()
+    }
+
     /// Cancels every operation still in flight and waits (up to a second) for them to end, so
     /// no kernel work refers to shard memory once the ring is dropped. False when that could
     /// not be confirmed (the wait timed out, or the kernel refused the cancel): the caller

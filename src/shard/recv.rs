@@ -104,6 +104,8 @@ impl Shard {
             // The buffer ring ran dry this turn; buffers come back as soon as the turn's bytes
             // are copied out, so re-arm at the end of the turn.
             self.stats.recv_nobufs_count += 1;
+            // Turns like this one need more: double the buffers in circulation (`bufring.rs`).
+            self.rings[ring_of(token.slot)].grow_buffers();
             self.recv_rearm.push((token.slot, token.generation));
             return;
         }

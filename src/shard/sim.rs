@@ -543,15 +543,24 @@ impl SimBroker {
                 assert!(flight.recvs.is_empty(), "{here}: recvs still armed");
                 assert!(flight.sends.is_empty(), "{here}: sends still in flight");
                 accepts += usize::from(flight.accept.is_some());
-                let count = self.shards[shard].rings[ring]
-                    .sim()
-                    .map(|(kernel, bufs)| (kernel.files_in_use(), kernel.buffers_provided(bufs)));
-                let (files_in_use, provided) = count.expect("a simulated ring");
+                let count = self.shards[shard].rings[ring].sim().map(|(kernel, bufs)| {
+                    let circulating = bufs.provided();
+                    (
+                        kernel.files_in_use(),
+                        kernel.buffers_provided(bufs),
+                        circulating,
+                    )
+                });
+                let (files_in_use, provided, circulating) = count.expect("a simulated ring");
                 let lost = self.shards[shard].accept.used(ring) as usize;
                 assert_eq!(files_in_use, lost, "{here}: slots still hold sockets");
                 assert_eq!(
-                    provided, self.shards[shard].config.recv_buffer_count,
+                    provided, circulating,
                     "{here}: provided buffers not all recycled"
+                );
+                assert!(
+                    circulating <= self.shards[shard].config.recv_buffer_count,
+                    "{here}: more buffers than the pool holds"
                 );
             }
             let s = &self.shards[shard];

@@ -466,3 +466,37 @@ fn heap_per_idle_subscribed_connection_on_one_two_and_eight_shards() {
     let added = per_connection[2] - per_connection[0];
     assert!(added <= 200, "eight shards add {added} B per connection");
 }
+
+/// A pool starts with 64 buffers in circulation (`bufring.rs`) and doubles them when a turn's
+/// receives find none left: 200 clients whose CONNECTs arrive in one turn need more, get them,
+/// and are all answered; the pool never passes its size.
+#[test]
+fn receive_buffers_grow_when_a_turn_runs_out() {
+    let mut sim = SimBroker::new(Config {
+        ring_files_max: 256,
+        recv_buffer_count: 512,
+        recv_buffer_size: 4096,
+        ..config(1)
+    })
+    .expect("sim");
+    let provided =
+        |sim: &mut SimBroker| sim.shards[0].rings[0].sim().expect("sim ring").1.provided();
+    assert_eq!(provided(&mut sim), crate::ring::bufring::PROVIDED_START);
+    let sockets: Vec<_> = (0..200)
+        .map(|i| {
+            let socket = sim.connect(0);
+            sim.write(socket, &connect(&format!("grow-{i}")));
+            socket
+        })
+        .collect();
+    sim.run();
+    for &socket in &sockets {
+        assert_eq!(sim.received(socket).len(), 4, "CONNACK for socket {socket}");
+    }
+    assert!(sim.shards[0].stats.recv_nobufs_count > 0, "a turn ran out");
+    let grown = provided(&mut sim);
+    assert!(
+        (128..=512).contains(&grown),
+        "{grown} buffers in circulation"
+    );
+}
