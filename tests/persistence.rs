@@ -529,6 +529,10 @@ fn persistent_sessions_are_rehomed_when_the_shard_count_changes() {
     sessions_survive_a_restart(4, 3, true);
     sessions_survive_a_restart(3, 1, false);
     sessions_survive_a_restart(1, 4, false);
+    // Past 4 shards the restored interest goes into the table every shard shares
+    // (`mesh/shared_masks.rs`).
+    sessions_survive_a_restart(4, 6, true);
+    sessions_survive_a_restart(6, 6, false);
 }
 
 #[test]
