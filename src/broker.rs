@@ -567,44 +567,6 @@ pub fn shard_count(config: &Config) -> usize {
     }
 }
 
-/// Asks for a scheduler time slice of `micros` for the calling thread (`Config::sched_slice_us`),
-/// keeping its nice value; 0 leaves the kernel's. A thread under another policy than the
-/// normal one (e.g. started with `chrt`) is left as it is. Kernels before 6.12 accept the call
-/// and ignore the slice.
-fn set_sched_slice(micros: u32) -> io::Result<()> {
-    // SAFETY: plain syscalls on the calling thread (tid 0), with a valid `sched_attr`.
-    unsafe {
-        if micros == 0 || libc::sched_getscheduler(0) != libc::SCHED_OTHER {
-            return Ok(());
-        }
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if nice == -1 && *libc::__errno_location() != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let attr = libc::sched_attr {
-            size: std::mem::size_of::<libc::sched_attr>() as u32,
-            sched_policy: libc::SCHED_OTHER as u32,
-            sched_flags: 0,
-            sched_nice: nice,
-            sched_priority: 0,
-            sched_runtime: u64::from(micros) * 1000,
-            sched_deadline: 0,
-            sched_period: 0,
-        };
-        if libc::syscall(
-            libc::SYS_sched_setattr,
-            0,
-            &attr as *const libc::sched_attr,
-            0,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// The shard thread: pin, build the ring here (single issuer), publish its descriptor, report,
 /// wait until `start` saw every shard built (a hand-off needs its target's ring), run. A panic
 /// or an error ends the loop and stops every shard (`Lives::fail`). On the way out the rings
@@ -628,7 +590,7 @@ fn run_shard(
         if let Some(core) = core {
             core_affinity::set_for_current(core);
         }
-        match set_sched_slice(params.config.sched_slice_us) {
+        match crate::sched::set_slice(params.config.sched_slice_us) {
             // Said once: every shard would say the same.
             Err(e) if index == 0 => log::warn!(
                 "sched_slice_us = {} not applied: {e}; shards keep the kernel's time slice",

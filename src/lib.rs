@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod ring;
+pub mod sched;
 pub mod security;
 pub mod session;
 pub mod shard;
