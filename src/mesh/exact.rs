@@ -81,59 +81,41 @@ pub fn collide_on_this_thread(keep: u64) {
 /// Entries below this many table slots are never shrunk (a small table costs nothing much).
 const SHRINK_MIN: usize = 64;
 
-/// An entry of a [`HashedTable`]: its key is already a hash.
-trait Keyed {
-    fn key(&self) -> u64;
+/// A set of hashes (a hash is its own key), shrunk when a quarter full.
+#[derive(Debug, Default)]
+struct HashSet {
+    table: HashTable<u64>,
 }
 
-impl Keyed for u64 {
+impl HashSet {
     #[inline]
-    fn key(&self) -> u64 {
-        *self
-    }
-}
-
-/// A table of entries keyed by a hash (a set of hashes, or `hash -> mask`), shrunk when a
-/// quarter full.
-#[derive(Debug)]
-struct HashedTable<E> {
-    table: HashTable<E>,
-}
-
-impl<E> Default for HashedTable<E> {
-    fn default() -> Self {
-        HashedTable {
-            table: HashTable::new(),
-        }
-    }
-}
-
-impl<E: Keyed> HashedTable<E> {
-    #[inline]
-    fn get(&self, hash: u64) -> Option<&E> {
-        self.table.find(hash, |entry| entry.key() == hash)
+    fn contains(&self, hash: u64) -> bool {
+        self.table.find(hash, |&entry| entry == hash).is_some()
     }
 
-    /// The entry of `hash`, made by `make` when there is none; and whether it is new.
-    fn get_or_insert(&mut self, hash: u64, make: impl FnOnce() -> E) -> (&mut E, bool) {
+    /// Adds `hash`; true when it was not there.
+    fn insert(&mut self, hash: u64) -> bool {
         match self
             .table
-            .entry(hash, |entry| entry.key() == hash, Keyed::key)
+            .entry(hash, |&entry| entry == hash, |&entry| entry)
         {
-            hashbrown::hash_table::Entry::Occupied(entry) => (entry.into_mut(), false),
-            hashbrown::hash_table::Entry::Vacant(entry) => (entry.insert(make()).into_mut(), true),
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                entry.insert(hash);
+                true
+            }
         }
     }
 
-    /// Removes the entry of `hash`; true when there was one.
+    /// Removes `hash`; true when it was there.
     fn remove(&mut self, hash: u64) -> bool {
-        let Ok(entry) = self.table.find_entry(hash, |entry| entry.key() == hash) else {
+        let Ok(entry) = self.table.find_entry(hash, |&entry| entry == hash) else {
             return false;
         };
         entry.remove();
         let capacity = self.table.capacity();
         if capacity > SHRINK_MIN && self.table.len() * 4 < capacity {
-            self.table.shrink_to(self.table.len() * 2, Keyed::key);
+            self.table.shrink_to(self.table.len() * 2, |&entry| entry);
         }
         true
     }
@@ -144,7 +126,7 @@ impl<E: Keyed> HashedTable<E> {
 }
 
 /// Up to this many shards, the other shards' interest is one set of hashes per shard; past it,
-/// one `hash -> mask` table.
+/// one `hash -> mask` table for every shard (`shared_masks.rs`).
 pub const SETS_SHARDS_MAX: usize = 4;
 
 /// Other shards' interest in hashed filters: which shards have a subscriber on a hash.
@@ -167,7 +149,7 @@ pub struct ExactMasks {
 #[derive(Debug)]
 enum Kind {
     /// Index = shard. This shard's own set stays empty: it announces only to the others.
-    Sets(Box<[HashedTable<u64>]>),
+    Sets(Box<[HashSet]>),
     /// One table for every shard of the process (`shared_masks.rs`): each shard writes its
     /// own bits, its own filters included, instead of announcing them.
     Shared(Arc<SharedMasks>),
@@ -189,7 +171,7 @@ impl ExactMasks {
     pub fn sharing(shard_count: usize, shared: Option<Arc<SharedMasks>>) -> ExactMasks {
         let kind = match shared {
             Some(shared) => Kind::Shared(shared),
-            None => Kind::Sets((0..shard_count).map(|_| HashedTable::default()).collect()),
+            None => Kind::Sets((0..shard_count).map(|_| HashSet::default()).collect()),
         };
         ExactMasks {
             kind,
@@ -230,7 +212,7 @@ impl ExactMasks {
                     return;
                 };
                 if interested {
-                    let (_, new) = set.get_or_insert(hash, || hash);
+                    let new = set.insert(hash);
                     self.entries += usize::from(new);
                     self.occupied |= bit;
                 } else if set.remove(hash) {
@@ -254,7 +236,7 @@ impl ExactMasks {
                 while occupied != 0 {
                     let shard = occupied.trailing_zeros() as usize;
                     occupied &= occupied - 1;
-                    if sets[shard].get(hash).is_some() {
+                    if sets[shard].contains(hash) {
                         mask |= 1u64 << shard;
                     }
                 }
@@ -283,9 +265,7 @@ impl ExactMasks {
                     set.table
                         .iter()
                         .filter(|&&hash| {
-                            sets[..shard]
-                                .iter()
-                                .all(|earlier| earlier.get(hash).is_none())
+                            sets[..shard].iter().all(|earlier| !earlier.contains(hash))
                         })
                         .count()
                 })

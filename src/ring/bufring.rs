@@ -119,25 +119,21 @@ impl BufRing {
 
     /// Hands the first `provided` buffers to the kernel.
     fn provide_all(&mut self) {
-        for bid in 0..self.provided {
-            self.push(bid);
-        }
-        self.publish();
+        self.provide(0..self.provided);
     }
 
     /// Doubles the buffers in circulation (a receive found none left), up to `count`.
-    /// Returns whether it did.
-    pub fn grow(&mut self) -> bool {
-        if self.provided == self.count {
-            return false;
-        }
-        let grown = self.provided * 2;
-        for bid in self.provided..grown {
+    pub fn grow(&mut self) {
+        let grown = (self.provided * 2).min(self.count);
+        self.provide(self.provided..grown);
+        self.provided = grown;
+    }
+
+    fn provide(&mut self, bids: std::ops::Range<u16>) {
+        for bid in bids {
             self.push(bid);
         }
         self.publish();
-        self.provided = grown;
-        true
     }
 
     /// Buffers in circulation.

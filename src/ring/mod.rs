@@ -593,9 +593,9 @@ impl Ring {
         self.bufs.recycle(bid);
     }
 
-    /// More receive buffers in circulation (`BufRing::grow`); false at the pool's size.
-    pub fn grow_buffers(&mut self) -> bool {
-        self.bufs.grow()
+    /// More receive buffers in circulation (`BufRing::grow`), up to the pool's size.
+    pub fn grow_buffers(&mut self) {
+        self.bufs.grow();
     }
 
     /// Cancels every operation still in flight and waits (up to a second) for them to end, so
