@@ -55,12 +55,13 @@ fn issue8_v5_connect_is_accepted_and_connack_advertises_the_broker() {
         p.max_qos, None,
         "QoS 2 is supported: no Maximum QoS [MQTT-3.2.2-9]"
     );
-    assert_eq!(p.retain_available, Some(1));
     assert_eq!(p.max_packet_size, Some(70_000));
     assert_eq!(p.topic_alias_max, Some(10), "limits.topic_alias_max");
-    assert_eq!(p.wildcard_subscription_available, Some(1));
-    assert_eq!(p.subscription_identifiers_available, Some(1));
-    assert_eq!(p.shared_subscription_available, Some(1));
+    // Absent: available (3.2.2.3.5, 3.2.2.3.11, 3.2.2.3.12, 3.2.2.3.13).
+    assert_eq!(p.retain_available, None);
+    assert_eq!(p.wildcard_subscription_available, None);
+    assert_eq!(p.subscription_identifiers_available, None);
+    assert_eq!(p.shared_subscription_available, None);
     assert_eq!(
         p.assigned_client_identifier, None,
         "the client named itself"
@@ -248,6 +249,112 @@ fn issue8_take_over_tells_the_old_connection_0x8e() {
     assert_eq!(frame.first_byte, 0xE0, "server DISCONNECT: {frame:?}");
     assert_eq!(frame.reason_code(), 0x8E, "Session taken over");
     assert!(old.closed());
+}
+
+/// A persistent client with a will, taken over by a second connection with its id, clean or
+/// not; returns whether the watcher saw the will.
+fn will_after_take_over(broker: &TestBroker, second_clean_start: bool) -> bool {
+    let topic = unique_topic("v5/takeover-will");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-takeover-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+    let id = unique_id("v5-takeover-will");
+    let will = LastWill::new(&topic, "gone", QoS::AtMostOnce, false, None);
+    let (mut old, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&id, true, with_expiry(60)),
+        Some(will),
+    );
+    assert_eq!(frame.reason_code(), 0);
+    let (_new, frame) = V5Client::connect_with(
+        broker.addr(),
+        connect(&id, second_clean_start, with_expiry(60)),
+        None,
+    );
+    assert_eq!(frame.reason_code(), 0);
+    assert_eq!(frame.connack().session_present, !second_clean_start);
+    assert_eq!(old.read().reason_code(), 0x8E, "Session taken over");
+    match watcher.try_read(Duration::from_millis(500)) {
+        Some(frame) => {
+            assert_eq!(frame.publish().payload, "gone", "{frame:?}");
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn take_over_of_a_session_that_goes_on_sends_no_will_one_that_ends_does() {
+    // [MQTT-3.1.4-3] The old connection's will is published as 3.1.2.5 says: after the close,
+    // once its delay passes or its session ends, unless a new connection to the session came
+    // before [MQTT-3.1.3-9]. The taking connection came first: the will goes only when it
+    // starts clean, ending the session (mosquitto's 07-will-takeover agrees).
+    let broker = start_broker();
+    assert!(
+        !will_after_take_over(&broker, false),
+        "the session goes on: no will"
+    );
+    assert!(
+        will_after_take_over(&broker, true),
+        "clean start ends the session: the will"
+    );
+}
+
+#[test]
+fn connack_keeps_within_a_small_client_maximum_packet_size() {
+    // [MQTT-3.1.2-24] Nothing over the client's Maximum Packet Size, the CONNACK included; a
+    // client left without one would wait for ever. 20 bytes fit what the CONNACK must say.
+    let broker = start_broker();
+    for (size_max, request_response_information) in [(20, None), (20, Some(1)), (16, Some(1))] {
+        let properties = ConnectProperties {
+            max_packet_size: Some(size_max),
+            request_response_info: request_response_information,
+            ..ConnectProperties::new()
+        };
+        let (mut client, frame) = V5Client::connect_with(
+            broker.addr(),
+            connect(&unique_id("v5-small-max"), true, Some(properties)),
+            None,
+        );
+        assert_eq!(frame.reason_code(), 0, "{frame:?}");
+        let size = 1 + var_int_len(frame.body.len()) + frame.body.len();
+        assert!(
+            size <= size_max as usize,
+            "CONNACK of {size} bytes > {size_max}"
+        );
+        let p = frame.connack().properties.expect("properties");
+        assert_eq!(
+            p.receive_max,
+            Some(1024),
+            "the limits the client must keep stay"
+        );
+        assert_eq!(p.max_packet_size, Some(1_048_576));
+        assert_eq!(p.response_information, None, "dropped to fit");
+        client.subscribe("small/max", QoS::AtMostOnce);
+    }
+    // 2 bytes: not even a CONNACK fits; the client cannot be told, only closed.
+    let properties = ConnectProperties {
+        max_packet_size: Some(2),
+        ..ConnectProperties::new()
+    };
+    let mut client = V5Client::open(broker.addr());
+    client.send(Packet::Connect(
+        connect(&unique_id("v5-tiny-max"), true, Some(properties)),
+        None,
+        None,
+    ));
+    match client.read_within(Duration::from_secs(5)) {
+        common::v5::Received::End | common::v5::Received::Reset(_) => {}
+        other => panic!("expected the close without a CONNACK, got {other:?}"),
+    }
+    assert_broker_still_serves(broker.addr());
+}
+
+fn var_int_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        _ => 3,
+    }
 }
 
 #[test]

@@ -245,6 +245,84 @@ fn mqtt31_connect_and_pubsub_work() {
 }
 
 #[test]
+fn mqtt31_connack_has_no_session_present_flag_though_the_session_resumes() {
+    // MQTT 3.1's CONNACK byte 1 is reserved (0): it has no Session Present flag. The session
+    // itself is kept all the same (found by mosquitto's 03-publish-c2b-disconnect-qos2).
+    let broker = start_broker();
+    let topic = unique_topic("v31-resume");
+    let id = unique_id("v31-resume");
+    let persistent = Connect {
+        clean_session: false,
+        ..Connect::v31(&id)
+    };
+    let (mut client, present) = RawClient::connect_with(broker.addr(), &persistent);
+    assert!(!present);
+    client.subscribe(1, &[(&topic, 1)]);
+    client.disconnect();
+    let mut publisher = RawClient::connect(broker.addr(), &unique_id("v31-resume-pub"));
+    publisher.publish(&topic, 1, false, 7, b"while away");
+    let (mut client, present) = RawClient::connect_with(broker.addr(), &persistent);
+    assert!(!present, "3.1 CONNACK flags byte must be 0");
+    assert_eq!(
+        client.read_publish().payload,
+        b"while away",
+        "the session resumed"
+    );
+    // The same session under 3.1.1 says so [MQTT-3.2.2-2].
+    drop(client);
+    let (_client, present) = RawClient::connect_with(
+        broker.addr(),
+        &Connect {
+            clean_session: false,
+            ..Connect::v311(&id)
+        },
+    );
+    assert!(present);
+}
+
+#[test]
+fn mqtt31_empty_client_id_gets_connack_2() {
+    // MQTT 3.1 (section 3.1, Client Identifier): 1 to 23 characters; a zero-length one is
+    // "identifier rejected", clean session or not (3.1.1 would assign one [MQTT-3.1.3-6]).
+    let broker = start_broker();
+    connack_refused(&broker, &Connect::v31("").bytes(), 2);
+    assert_broker_still_serves(broker.addr());
+}
+
+#[test]
+fn mqtt31_dup_on_a_pubrel_or_subscribe_sent_again_is_accepted() {
+    // MQTT 3.1 sets DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE it sends again (its section
+    // 2.1); 3.1.1 allows only 0010 there [MQTT-3.6.1-1], which `reserved_flags_*` checks.
+    let broker = start_broker();
+    let topic = unique_topic("v31-dup");
+    let (mut client, _) =
+        RawClient::connect_with(broker.addr(), &Connect::v31(&unique_id("v31-dup")));
+    let with_dup = |mut bytes: Vec<u8>| {
+        bytes[0] |= 0b1000;
+        bytes
+    };
+    client.send(&with_dup(subscribe_bytes(3, &[(&topic, 2)])));
+    assert_eq!(client.read_packet().suback(), (3, vec![2]));
+    client.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        false,
+        9,
+        b"once",
+    ));
+    let mut pubrec_and_publish = [client.read_packet(), client.read_packet()];
+    pubrec_and_publish.sort_by_key(|p| p.first_byte);
+    assert_eq!(pubrec_and_publish[0].publish().payload, b"once");
+    assert_eq!(pubrec_and_publish[1].ack_id(PUBREC), 9);
+    client.send(&with_dup(pubrel_bytes(9)));
+    assert_eq!(client.read_packet().ack_id(PUBCOMP), 9);
+    client.send(&with_dup(unsubscribe_bytes(4, &[&topic])));
+    assert_eq!(client.read_packet().ack_id(UNSUBACK), 4);
+    client.ping();
+}
+
+#[test]
 fn empty_client_id_with_persistent_session_gets_connack_2() {
     // [MQTT-3.1.3-8] Zero-length client id with clean session 0: CONNACK 0x02, then close.
     let broker = start_broker();

@@ -333,7 +333,9 @@ impl Body for PacketBody<'_> {
         match self.packet {
             Packet::Connect(connect) => write_connect(s, connect),
             Packet::ConnAck(ack) => {
-                s.put_u8(u8::from(ack.session_present));
+                // MQTT 3.1 has no Session Present flag: the byte is reserved, 0.
+                let present = ack.session_present && version != ProtocolVersion::V3_1;
+                s.put_u8(u8::from(present));
                 s.put_u8(if v5 {
                     ack.code as u8
                 } else {

@@ -70,7 +70,9 @@ pub(crate) fn check_first_byte(first: u8, version: ProtocolVersion) -> Result<()
         6 | 8 | 10 => 0b0010,
         _ => 0,
     };
-    if flags != expected {
+    // MQTT 3.1 sets DUP on a PUBREL, SUBSCRIBE or UNSUBSCRIBE sent again (its section 2.1).
+    let dup_allowed = version == ProtocolVersion::V3_1 && expected == 0b0010;
+    if flags != expected && !(dup_allowed && flags == expected | 0b1000) {
         return Err(DecodeError::InvalidFlags { packet_type, flags });
     }
     Ok(())
@@ -193,5 +195,26 @@ mod tests {
             Err(DecodeError::InvalidPacketType(15))
         );
         assert_eq!(check_first_byte(0xF0, ProtocolVersion::V5), Ok(()));
+    }
+
+    #[test]
+    fn mqtt_3_1_may_set_dup_on_a_pubrel_subscribe_or_unsubscribe_sent_again() {
+        let dup = |first: u8| first | 0b1000;
+        for first in [0x62, 0x82, 0xA2] {
+            assert_eq!(check_first_byte(dup(first), ProtocolVersion::V3_1), Ok(()));
+            for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+                assert_eq!(
+                    check_first_byte(dup(first), version),
+                    Err(DecodeError::InvalidFlags {
+                        packet_type: first >> 4,
+                        flags: 0b1010
+                    }),
+                    "[MQTT-3.6.1-1] [MQTT-3.8.1-1] [MQTT-3.10.1-1] under {version:?}"
+                );
+            }
+        }
+        // Still only DUP: the other reserved bits stay refused.
+        assert!(check_first_byte(0x6B, ProtocolVersion::V3_1).is_err());
+        assert!(check_first_byte(0x66, ProtocolVersion::V3_1).is_err());
     }
 }

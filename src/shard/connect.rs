@@ -197,8 +197,9 @@ impl Shard {
         crate::broker::panic_if_test_asks(&client_id);
         let assigned = client_id.is_empty();
         if assigned {
-            if !connect.clean_start && !v5 {
-                // [MQTT-3.1.3-8] Under 3.1.1 a zero-length client id needs clean session 1.
+            // [MQTT-3.1.3-8] Under 3.1.1 a zero-length client id needs clean session 1; MQTT
+            // 3.1 wants 1 to 23 characters (its section 3.1, "Client Identifier").
+            if (!connect.clean_start && !v5) || version == ProtocolVersion::V3_1 {
                 self.refuse(
                     slot,
                     generation,
@@ -315,11 +316,19 @@ impl Shard {
         // [MQTT-3.1.4-2] Take-over: the connection holding this client id is closed (its will
         // published; an MQTT 5 client first gets DISCONNECT 0x8E). Detaching destroys its
         // session if that was clean.
-        if let Some(old) = self
-            .sessions
-            .find(&client_id)
-            .and_then(|s| self.sessions.get(s)?.conn)
-        {
+        if let Some((old, continues)) = self.sessions.find(&client_id).and_then(|s| {
+            let s = self.sessions.get(s)?;
+            Some((s.conn?, !s.clean_session && !connect.clean_start))
+        }) {
+            if let Some(conn) = self.conns.get_mut(old.slot, old.generation) {
+                // [MQTT-3.1.3-9] An MQTT 5 will goes after the connection closes and its delay
+                // passes or its session ends; a new connection to a session that continues
+                // came first, so it does not go (mosquitto agrees). 3.1.1 says only that it
+                // goes unless a DISCONNECT deleted it [MQTT-3.1.2-8].
+                if continues && conn.version.is_v5() {
+                    conn.take_will();
+                }
+            }
             self.close(old.slot, old.generation, CloseReason::TakenOver);
         }
         if let Some(index) = self.sessions.find(&client_id) {
@@ -433,12 +442,20 @@ impl Shard {
                 conn.v5.get_or_insert_with(Box::default).auth_method = Some(method);
             }
         }
-        let ack = ConnAck {
+        let mut ack = Packet::ConnAck(ConnAck {
             session_present,
             code: ReasonCode::Success,
             properties: properties.into(),
-        };
-        self.write(slot, generation, &Packet::ConnAck(ack));
+        });
+        if let Some(size_max) = connect.properties.maximum_packet_size {
+            if !fit_connack(&mut ack, version, size_max as usize) {
+                // [MQTT-3.1.2-24] Not even a CONNACK fits what the client takes: it cannot be
+                // told, only closed.
+                self.close_with(slot, generation, CloseReason::Protocol, None);
+                return;
+            }
+        }
+        self.write(slot, generation, &ack);
         self.log_connect(
             slot,
             generation,
@@ -515,17 +532,41 @@ impl Shard {
             // Our bound on the client's unacknowledged QoS 1/2 PUBLISHes [MQTT-3.3.4-9].
             receive_maximum: Some(limits.incoming_inflight_max.max(1)),
             maximum_qos: (limits.qos_max < 2).then_some(limits.qos_max),
-            retain_available: Some(1),
             maximum_packet_size: Some(limits.packet_size_max),
             assigned_client_identifier: assigned_client_id.map(ByteString::from),
             // The aliases the client may use [MQTT-3.2.2-17]; absent: none (3.2.2.3.8).
             topic_alias_maximum: (limits.topic_alias_max > 0).then_some(limits.topic_alias_max),
-            wildcard_subscription_available: Some(1),
-            subscription_identifier_available: Some(1),
-            shared_subscription_available: Some(1),
+            // Retained messages, wildcards, subscription identifiers and shared subscriptions
+            // are all available, which their properties' absence says (3.2.2.3.5, 3.2.2.3.11-13):
+            // four properties fewer keep the CONNACK within a small Maximum Packet Size.
             // [MQTT-3.2.2-21] The client must use the server's keep alive when it is sent.
             server_keep_alive: (keepalive_secs != connect.keepalive_secs).then_some(keepalive_secs),
             ..Properties::default()
         }
     }
+}
+
+/// Shrinks a CONNACK over the client's Maximum Packet Size by what the client can do without,
+/// in turn: Reason String and User Properties [MQTT-3.2.2-19] [MQTT-3.2.2-20], Response
+/// Information, then the Topic Alias Maximum (the client then takes it to be 0 and sends no
+/// aliases). False when it is still too large: the limits it keeps tell the client how to
+/// behave, so the connection cannot go on without them.
+fn fit_connack(ack: &mut Packet, version: ProtocolVersion, size_max: usize) -> bool {
+    let trims: [fn(&mut Properties); 3] = [
+        |p| {
+            p.reason_string = None;
+            p.user_properties = Vec::new();
+        },
+        |p| p.response_information = None,
+        |p| p.topic_alias_maximum = None,
+    ];
+    for trim in trims {
+        if crate::protocol::encoded_len(ack, version) <= size_max {
+            return true;
+        }
+        if let Some(properties) = ack.properties_mut() {
+            trim(properties);
+        }
+    }
+    crate::protocol::encoded_len(ack, version) <= size_max
 }
