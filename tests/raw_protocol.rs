@@ -245,6 +245,42 @@ fn mqtt31_connect_and_pubsub_work() {
 }
 
 #[test]
+fn a_publisher_subscribed_to_its_own_topic_gets_its_ack_before_its_copy() {
+    // A client reading packet by packet sends PUBLISH and reads its PUBACK or PUBREC; the copy
+    // it is owed as a subscriber comes after (found by mosquitto's 02-subpub-qos2).
+    let broker = start_broker();
+    let topic = unique_topic("own-copy");
+    let mut client = RawClient::connect(broker.addr(), &unique_id("own-copy"));
+    assert_eq!(client.subscribe(1, &[(&topic, 2)]), vec![2]);
+    client.send(&publish_bytes(
+        topic.as_bytes(),
+        1,
+        false,
+        false,
+        11,
+        b"one",
+    ));
+    assert_eq!(client.read_packet().ack_id(PUBACK), 11, "PUBACK first");
+    let copy = client.read_publish();
+    assert_eq!((copy.qos, copy.payload.as_slice()), (1, &b"one"[..]));
+    client.send(&puback_bytes(copy.packet_id.unwrap()));
+    client.send(&publish_bytes(
+        topic.as_bytes(),
+        2,
+        false,
+        false,
+        12,
+        b"two",
+    ));
+    assert_eq!(client.read_packet().ack_id(PUBREC), 12, "PUBREC first");
+    let copy = client.read_publish();
+    assert_eq!((copy.qos, copy.payload.as_slice()), (2, &b"two"[..]));
+    client.send(&pubrel_bytes(12));
+    assert_eq!(client.read_packet().ack_id(PUBCOMP), 12);
+    client.ping();
+}
+
+#[test]
 fn mqtt31_connack_has_no_session_present_flag_though_the_session_resumes() {
     // MQTT 3.1's CONNACK byte 1 is reserved (0): it has no Session Present flag. The session
     // itself is kept all the same (found by mosquitto's 03-publish-c2b-disconnect-qos2).

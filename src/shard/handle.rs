@@ -366,6 +366,7 @@ impl Shard {
                     self.close_over_incoming_inflight(slot, generation);
                     return;
                 }
+                let before_publish = self.outbox_len(slot, generation);
                 let matched = self.publish(
                     topic,
                     &publish.payload,
@@ -374,11 +375,13 @@ impl Shard {
                     properties.as_ref(),
                 );
                 let code = publish_ack_code(v5, matched);
+                let before_ack = self.outbox_len(slot, generation);
                 self.ack(
                     slot,
                     generation,
                     HeldPacket::PubAck(publish.packet_id, code),
                 );
+                self.ack_first(slot, generation, before_publish, before_ack);
             }
             QoS::ExactlyOnce => {
                 // [MQTT-4.3.3-2] Exactly once: a re-sent PUBLISH before PUBREL is acknowledged
@@ -400,6 +403,7 @@ impl Shard {
                     self.begin_keyed_flow(session, publish.packet_id, publish.dup);
                 }
                 // A repeat (not delivered again) is acknowledged as plain success.
+                let before_publish = self.outbox_len(slot, generation);
                 let matched = !new
                     || self.publish(
                         topic,
@@ -420,8 +424,47 @@ impl Shard {
                 } else {
                     HeldPacket::PubRec(publish.packet_id, code)
                 };
+                let before_ack = self.outbox_len(slot, generation);
                 self.ack(slot, generation, packet);
+                self.ack_first(slot, generation, before_publish, before_ack);
             }
+        }
+    }
+
+    /// The length of the connection's outbox (`None` without one).
+    fn outbox_len(&self, slot: u32, generation: u32) -> Option<usize> {
+        let conn = self.conns.get(slot, generation)?;
+        Some(conn.buffers.as_ref().map_or(0, |b| b.outbox.len()))
+    }
+
+    /// A publisher subscribed to its own topic got its copy in the outbox before the PUBACK or
+    /// PUBREC written after it (the ack's code says whether anyone matched): puts the ack first,
+    /// where a client reading packet by packet looks for it. `before_publish` and
+    /// `before_ack` are the outbox's lengths before each; an ack held for later, or no copy,
+    /// moves nothing.
+    fn ack_first(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        before_publish: Option<usize>,
+        before_ack: Option<usize>,
+    ) {
+        let (Some(start), Some(ack_at)) = (before_publish, before_ack) else {
+            return;
+        };
+        let Some(outbox) = self
+            .conns
+            .get_mut(slot, generation)
+            .and_then(|c| c.buffers.as_mut())
+            .map(|b| &mut b.outbox)
+        else {
+            return;
+        };
+        // Only bytes this packet's handling appended: the outbox goes to the kernel at the end
+        // of the turn, so nothing here is in flight.
+        if start < ack_at && ack_at < outbox.len() {
+            let ack_len = outbox.len() - ack_at;
+            outbox[start..].rotate_right(ack_len);
         }
     }
 

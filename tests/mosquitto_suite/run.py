@@ -59,8 +59,6 @@ KNOWN = {
     '02-subpub-qos2-bad-puback-1.py': 'as 02-subpub-qos1-bad-pubcomp',
     '02-subpub-qos2-bad-puback-2.py': 'as 02-subpub-qos1-bad-pubcomp',
     '02-subpub-qos2-bad-pubcomp.py': 'as 02-subpub-qos1-bad-pubcomp',
-    '02-subpub-qos2.py':
-        'the PUBREC follows the copy delivered to the publisher itself (its code says whether anyone matched); the test wants it first',
     '02-subpub-qos2-1322.py':
         'MQTT 5 PUBREC 0x10 No matching subscribers (MAY, 3.4.2.1) where mosquitto sends 0x00',
     '03-publish-qos2.py': 'as 02-subpub-qos2-1322',
