@@ -177,6 +177,44 @@ fn issue8_a_failed_pubrec_ends_the_flow_without_pubrel() {
     assert_eq!(next.qos, QoS::AtLeastOnce);
 }
 
+#[test]
+fn a_publish_to_sys_topics_gets_0x87_and_reaches_nobody() {
+    // Spec 4.7.2: `$SYS/` belongs to the server; a client's message there is dropped, and an
+    // MQTT 5 publisher is told it was not authorized (mosquitto's 03-publish-dollar-v5), by
+    // PUBACK or by a PUBREC that ends the flow (spec 4.3.3).
+    let broker = start_broker();
+    let topic = format!("$SYS/{}", unique_topic("client"));
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-sys-watch"));
+    watcher.subscribe(&topic, QoS::AtLeastOnce);
+    let mut publisher = V5Client::connect(broker.addr(), &unique_id("v5-sys-pub"));
+    let frame = publisher.publish(publish(&topic, QoS::AtLeastOnce, 1, true, "forged"));
+    assert_eq!(
+        (frame.first_byte, frame.reason_code()),
+        (0x40, 0x87),
+        "{frame:?}"
+    );
+    let frame = publisher.publish(publish(&topic, QoS::ExactlyOnce, 2, false, "forged"));
+    assert_eq!(
+        (frame.first_byte, frame.reason_code()),
+        (0x50, 0x87),
+        "{frame:?}"
+    );
+    publisher.send(Packet::Publish(publish(
+        &topic,
+        QoS::AtMostOnce,
+        0,
+        false,
+        "forged",
+    )));
+    let frame = publisher.publish(publish("v5/sys/after", QoS::AtLeastOnce, 3, false, "ok"));
+    assert_eq!(frame.first_byte, 0x40, "still connected: {frame:?}");
+    assert!(
+        watcher.try_read(Duration::from_millis(300)).is_none(),
+        "nothing reached the $SYS subscriber"
+    );
+    broker.wait_counter("dropped_sys_publish", |s| s.dropped_sys_publish, 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retained quota and expiry
 // ---------------------------------------------------------------------------------------------

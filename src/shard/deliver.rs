@@ -69,7 +69,8 @@ impl Shard {
         properties: Option<&Arc<Properties>>,
     ) -> bool {
         // Spec 4.7.2: `$SYS/` is the server's. A client's message there is dropped (as
-        // mosquitto does), and acknowledged as one nobody matched.
+        // mosquitto does): an MQTT 5 QoS 1/2 one is refused with 0x87 before it gets here
+        // (`publish_refusal`), a 3.1.1 one acknowledged as one nobody matched.
         if super::sys::is_sys_topic(topic) {
             self.stats.dropped_sys_publish += 1;
             return false;
@@ -164,6 +165,11 @@ impl Shard {
         publish: &Publish,
         properties: Option<&Arc<Properties>>,
     ) -> Option<ReasonCode> {
+        if super::sys::is_sys_topic(topic) {
+            // Spec 4.7.2: `$SYS/` is the server's; dropped as `publish` drops it, and said so.
+            self.stats.dropped_sys_publish += 1;
+            return Some(ReasonCode::NotAuthorized);
+        }
         if self.durable.as_deref().is_some_and(|d| d.failed()) {
             // The log failed: nothing the message would cause can be stored (issue 10).
             self.stats.persistence_refused += 1;
