@@ -292,6 +292,71 @@ fn issue8_overlapping_subscriptions_carry_every_identifier_across_shards() {
     check_overlapping_subscriptions(4);
 }
 
+/// A client's own publish on a topic two of its subscriptions match, one saying No Local: that
+/// one does not match its message at all [MQTT-3.8.3-3], so the copy it gets is the other
+/// subscription's alone: its QoS (0, not the No Local one's 2), its Retain As Published (off:
+/// RETAIN 0 [MQTT-3.3.1-12]) and its identifier only. Another client with the same two
+/// subscriptions gets both merged. (Found by tests/differential/run.py: the No Local
+/// subscription's options and identifier were merged into the publisher's copy.)
+fn check_no_local_subscription_lends_nothing_to_an_overlapping_one(shards: usize) {
+    let broker = broker(shards);
+    let topic = unique_topic("subid/nolocal");
+    let subscribe_both = |client: &mut V5Client| {
+        let no_local = Filter {
+            nolocal: true,
+            preserve_retain: true,
+            ..Filter::new(format!("{topic}/#"), QoS::ExactlyOnce)
+        };
+        client.subscribe_with(vec![no_local], Some(1));
+        let plain = Filter::new(topic.clone(), QoS::AtMostOnce);
+        assert_eq!(client.subscribe_with(vec![plain], Some(2)), vec![0]);
+    };
+    let mut other = V5Client::connect(broker.addr(), &on(1, shards, "subid-nl-other"));
+    subscribe_both(&mut other);
+    let mut own = V5Client::connect(broker.addr(), &on(0, shards, "subid-nl-own"));
+    subscribe_both(&mut own);
+    // Its PUBACK may come after its copy: across shards it waits for the other shard to
+    // take the message (nothing orders the two).
+    let pkid = own.packet_id();
+    own.send(Packet::Publish(Publish {
+        pkid,
+        retain: true,
+        ..Publish::new(&topic, QoS::AtLeastOnce, "own", None)
+    }));
+    let (mut acked, mut copy) = (false, None);
+    while !acked || copy.is_none() {
+        match own.read().packet {
+            Some(Packet::PubAck(ack)) if ack.pkid == pkid && !acked => acked = true,
+            Some(Packet::Publish(publish)) if copy.is_none() => copy = Some(publish),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let got = copy.expect("its copy");
+    assert_eq!(got.payload, &b"own"[..]);
+    assert_eq!(got.qos, QoS::AtMostOnce, "the plain subscription's QoS");
+    assert!(!got.retain, "the plain subscription does not keep RETAIN");
+    assert_eq!(ids(&got), vec![2], "the No Local subscription's identifier left out");
+    own.expect_no_publish("one copy");
+    let got = other.receive();
+    assert_eq!(got.qos, QoS::AtLeastOnce, "both subscriptions: the higher QoS");
+    assert!(got.retain, "Retain As Published of the first subscription");
+    assert_eq!(id_set(&got), BTreeSet::from([1, 2]));
+    if got.qos == QoS::AtLeastOnce {
+        other.send(Packet::PubAck(PubAck::new(got.pkid, None)));
+    }
+    other.expect_no_publish("one copy");
+}
+
+#[test]
+fn no_local_subscription_lends_nothing_to_an_overlapping_one_one_shard() {
+    check_no_local_subscription_lends_nothing_to_an_overlapping_one(1);
+}
+
+#[test]
+fn no_local_subscription_lends_nothing_to_an_overlapping_one_across_shards() {
+    check_no_local_subscription_lends_nothing_to_an_overlapping_one(4);
+}
+
 /// `payload` from `publisher` on `topic`, as `client` receives it.
 fn exchange(
     publisher: &mut V5Client,

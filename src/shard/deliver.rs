@@ -289,6 +289,7 @@ impl Shard {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let sessions = &self.sessions;
+        let publisher = self.publisher;
         self.subscriptions.for_each_match(
             topic,
             topic_hash,
@@ -297,7 +298,14 @@ impl Shard {
                     .get(session)
                     .is_some_and(|s| s.has_subscription(topic))
             },
-            |session, grant| matches.push((session, *grant)),
+            |session, grant| {
+                // The publisher's No Local subscriptions do not match its own message
+                // [MQTT-3.8.3-3]: they lend an overlapping one neither QoS, Retain As
+                // Published nor identifier.
+                if !(session == publisher && grant.no_local()) {
+                    matches.push((session, *grant));
+                }
+            },
         );
         route::dedupe_matches(&mut matches);
         self.deliver_matches(&matches, topic, payload, qos, retain, properties);
@@ -306,10 +314,10 @@ impl Shard {
         matched
     }
 
-    /// One live delivery per match, with its subscription's options: none back to the
-    /// publisher under No Local [MQTT-3.8.3-3], the RETAIN flag kept under Retain As Published
-    /// and cleared otherwise [MQTT-3.3.1-12], every matching Subscription Identifier
-    /// [MQTT-3.3.4-3] [MQTT-3.3.4-4].
+    /// One live delivery per match (the publisher's No Local subscriptions already left out,
+    /// [MQTT-3.8.3-3]), with its subscription's options: the RETAIN flag kept under Retain As
+    /// Published and cleared otherwise [MQTT-3.3.1-12], every matching Subscription
+    /// Identifier [MQTT-3.3.4-3] [MQTT-3.3.4-4].
     pub(super) fn deliver_matches(
         &mut self,
         matches: &[(u32, Grant)],
@@ -327,13 +335,15 @@ impl Shard {
             Delivery::Shared
         };
         for &(session, grant) in matches {
-            if session == publisher && grant.no_local() {
-                continue;
-            }
             let retain = retain && grant.retain_as_published();
             let qos = qos.min(grant.qos());
             if grant.has_subscription_id() {
-                let with_ids = self.subscription_ids.for_match(topic, session, properties);
+                let with_ids = self.subscription_ids.for_match(
+                    topic,
+                    session,
+                    session == publisher,
+                    properties,
+                );
                 self.deliver(
                     session,
                     topic,

@@ -62,8 +62,9 @@ impl Grant {
     }
 
     /// Two subscriptions of one session match one topic: one delivery, at the higher QoS,
-    /// skipped for the publisher only if both say No Local, keeping the RETAIN flag if either
-    /// says so, with the identifiers of both [MQTT-3.3.4-4].
+    /// keeping the RETAIN flag if either says so, with the identifiers of both
+    /// [MQTT-3.3.4-4]. (The publisher's own No Local subscriptions never get here: they do
+    /// not match its message, `route_local`.)
     fn merge(self, other: Grant) -> Grant {
         Grant::new(
             self.qos().max(other.qos()),

@@ -399,7 +399,8 @@ impl Shard {
                 // A repeated filter takes the new SUBSCRIBE's identifier, or none
                 // [MQTT-3.8.4-3]. A client that never sends one never gets here.
                 if subscription_id.is_some() || replaced.is_some_and(|g| g.has_subscription_id()) {
-                    self.subscription_ids.set(filter, session, subscription_id);
+                    self.subscription_ids
+                        .set(filter, session, subscription_id, grant.no_local());
                 }
                 replaced.is_none()
             }
@@ -524,7 +525,7 @@ impl Shard {
             None => match self.subscriptions.remove(filter, session) {
                 Some(grant) => {
                     if grant.has_subscription_id() {
-                        self.subscription_ids.set(filter, session, None);
+                        self.subscription_ids.set(filter, session, None, false);
                     }
                     true
                 }

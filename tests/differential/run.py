@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""Differential test: one random scenario played against ringmq and against mosquitto, through
+an independent client library (Eclipse Paho's Python client), and what each client saw compared.
+
+A scenario is a seeded sequence of operations by a few clients with fixed ids, each connection
+MQTT 3.1.1 or 5.0 at random: connect (clean or resumed session, a will or not), subscribe
+(wildcards, QoS, and under 5.0 No Local, Retain As Published, Retain Handling), unsubscribe,
+publish (QoS 0/1/2, retained or not, empty payloads that clear a retained message), disconnect
+(cleanly, or by dropping the socket so the will goes). The operations run one at a time; after
+each, the runner waits until no client has received anything for a while. What every client
+received after each operation (topic, payload, QoS, RETAIN flag, in arrival order per client),
+its CONNACK's Session Present and reason code, and its SUBACK/UNSUBACK codes make the
+transcript; the two transcripts must be equal, except for the differences listed in KNOWN,
+each a choice the specifications leave to the server (normalised away, with why).
+
+mosquitto is the reference because it is the most used broker; where they differ, the spec
+decides, and a ringmq bug gets a test of its own in the Rust suites.
+
+Usage: tests/differential/run.py [--seeds N] [--first-seed S] [--ops N] [--shards N]
+Needs: mosquitto (the broker) and paho-mqtt >= 2 (pip install paho-mqtt); --if-available
+skips with a line when either is missing. Environment: RINGMQ_BIN (default
+target/release/ringmq; built if missing).
+"""
+import argparse
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CLIENTS = 4
+TOPICS = ['a', 'a/b', 'a/c', 'a/b/c', 'b', 'b/a', '/a', 'a/', 'x/y/z']
+FILTERS = TOPICS + ['#', 'a/#', 'a/+', '+/+', '+', 'a/+/c', '+/b', '/+', 'a/b/#', '+/#',
+                    'x/+/z', 'a/+/#']
+QUIET_S = 0.08
+SETTLE_MAX_S = 2.0
+
+# Choices the specifications leave open, where ringmq and mosquitto choose differently.
+# Each entry normalises both transcripts the same way, so what is left must be equal.
+KNOWN = {
+    'overlap':
+        'a client whose subscriptions overlap on a topic: MQTT 3.1.1 3.3.5 and 5.0 3.3.4 let the '
+        'server deliver once or once per subscription, and mosquitto 2.0.11 delivers once at '
+        'the QoS of one of the subscriptions, not the highest [MQTT-3.3.5-1]: for these the '
+        'runner checks ringmq against its own model (one delivery, the highest QoS, RETAIN kept '
+        'if any subscription says Retain As Published) and mosquitto\'s copies are left out',
+    'no local replaced':
+        'a subscription replaced by one with another No Local: mosquitto 2.0.11 keeps the old '
+        'No Local (3.8.4: the new subscription replaces the old, options included); judged by '
+        'the model as above',
+    'take-over':
+        'the connection a take-over closes: mosquitto 2.0.11 closes an MQTT 5 one without '
+        'DISCONNECT 0x8E Session taken over (3.1.4, 4.13) and does not publish a 3.1.1 one\'s '
+        'will ([MQTT-3.1.2-8]: published when the connection closes unless a DISCONNECT deleted '
+        'it): judged by the model',
+    'retained order':
+        'the retained messages a subscription brings arrive in no order the specs name: '
+        'compared sorted',
+}
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+class Unavailable(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Brokers
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, process, what):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f'{what} exited with {process.returncode}')
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f'{what} did not listen on {port}')
+
+
+def start_ringmq(work, shards):
+    binary = os.environ.get('RINGMQ_BIN', os.path.join(ROOT, 'target', 'release', 'ringmq'))
+    if not os.access(binary, os.X_OK):
+        subprocess.run(['cargo', 'build', '--release', '-p', 'ringmq'], cwd=ROOT, check=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, '--listen', f'127.0.0.1:{port}', '--shards', str(shards),
+         '--sys-interval-secs', '0', '--log-level', 'warn'],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, 'ringmq.log'), 'w'))
+    wait_listening(port, process, 'ringmq')
+    return process, port
+
+
+def start_mosquitto(work):
+    binary = shutil.which('mosquitto') or '/usr/sbin/mosquitto'
+    port = free_port()
+    conf = os.path.join(work, 'mosquitto.conf')
+    with open(conf, 'w') as f:
+        f.write(f'listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n'
+                'max_queued_messages 10000\nmax_inflight_messages 0\n')
+    process = subprocess.Popen([binary, '-c', conf], stdout=subprocess.DEVNULL,
+                               stderr=open(os.path.join(work, 'mosquitto.log'), 'w'))
+    wait_listening(port, process, 'mosquitto')
+    return process, port
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def scenario(seed, ops):
+    """The operations (tuples) of one seed, and the model's verdicts on what KNOWN leaves to
+    it: {('live', op index, client, topic, payload): (qos, retain) or None (not delivered)}
+    for a client connected when the message is published (it gets it during that operation),
+    ('queued', client, topic, payload) for one offline, and ('closed', op index): what the
+    connection a take-over closes hears."""
+    rng = random.Random(seed)
+    connected = [False] * CLIENTS
+    version = [5] * CLIENTS
+    # The model: each client's subscriptions (filter -> [qos, no_local, rap, replaced]) and
+    # whether its session outlives the connection.
+    subs = [{} for _ in range(CLIENTS)]
+    lasting = [False] * CLIENTS
+    wills = [None] * CLIENTS
+    judged = {}
+    plan = []
+
+    def published(c, topic, payload, qos, retain, judge_all=False):
+        for s in range(CLIENTS):
+            if not (connected[s] or lasting[s]):
+                continue
+            every = [o for f, o in subs[s].items() if matches(f, topic)]
+            hits = [o for o in every if not (o[1] and s == c)]
+            if judge_all or len(hits) > 1 or any(o[3] for o in every):
+                verdict = None
+                if hits and (connected[s] or min(qos, max(o[0] for o in hits)) > 0):
+                    verdict = (min(qos, max(o[0] for o in hits)),
+                               int(retain and any(o[2] for o in hits)))
+                # A connected client gets it during this operation, an offline one when it
+                # comes back.
+                key = ('live', len(plan) - 1) if connected[s] else ('queued',)
+                judged[key + (s, topic, payload)] = verdict
+
+    for step in range(ops):
+        c = rng.randrange(CLIENTS)
+        takeover = connected[c] and rng.random() < 0.04
+        if not connected[c] or takeover:
+            v = rng.choice([4, 5])
+            clean = rng.random() < 0.4
+            expiry = rng.choice([0, 300]) if v == 5 else None
+            will = None
+            if rng.random() < 0.4:
+                will = (rng.choice(TOPICS), f'will{step}', rng.randrange(3), rng.random() < 0.2)
+            plan.append(('connect', c, v, clean, expiry, will))
+            if takeover:
+                # The old connection's close: MQTT 5 DISCONNECT 0x8E Session taken over; under
+                # 3.1.1 a bare close (Paho says 128), and its will goes ([MQTT-3.1.2-8]).
+                judged[('closed', len(plan) - 1)] = 142 if version[c] == 5 else 128
+                if version[c] == 4 and wills[c]:
+                    connected[c] = False
+                    published(c, *wills[c], judge_all=True)
+            if clean or not lasting[c]:
+                subs[c] = {}
+            lasting[c] = (not clean) if v == 4 else bool(expiry)
+            connected[c], version[c], wills[c] = True, v, will
+            continue
+        kind = rng.choices(['subscribe', 'unsubscribe', 'publish', 'disconnect', 'drop'],
+                           weights=[4, 1, 8, 1, 1])[0]
+        if kind == 'subscribe':
+            options = None
+            if version[c] == 5:
+                options = (rng.random() < 0.2, rng.random() < 0.3, rng.choice([0, 0, 1, 2]),
+                           rng.choice([None, None, 1, 7, 300]))
+            topic_filter, qos = rng.choice(FILTERS), rng.randrange(3)
+            plan.append(('subscribe', c, topic_filter, qos, options))
+            no_local, rap = (options or (False, False))[:2]
+            old = subs[c].get(topic_filter)
+            replaced = old is not None and (old[3] or old[1] != no_local)
+            subs[c][topic_filter] = (qos, no_local, rap, replaced)
+        elif kind == 'unsubscribe':
+            topic_filter = rng.choice(FILTERS)
+            plan.append(('unsubscribe', c, topic_filter))
+            subs[c].pop(topic_filter, None)
+        elif kind == 'publish':
+            payload = '' if rng.random() < 0.1 else f'p{step}'
+            topic, qos, retain = rng.choice(TOPICS), rng.randrange(3), rng.random() < 0.3
+            props = None
+            if version[c] == 5 and rng.random() < 0.4:
+                props = {'UserProperty': [('k', f'u{step}'), ('k', 'again')]}
+                if rng.random() < 0.5:
+                    props['ContentType'] = 'text/plain'
+                    props['PayloadFormatIndicator'] = 1
+                if rng.random() < 0.5:
+                    props['ResponseTopic'] = 'reply/here'
+                    props['CorrelationData'] = f'c{step}'.encode()
+                if rng.random() < 0.3:
+                    props['MessageExpiryInterval'] = 3600
+            plan.append(('publish', c, topic, payload, qos, retain, props))
+            published(c, topic, payload, qos, retain)
+        else:
+            plan.append((kind, c))
+            connected[c] = False
+            if kind == 'drop' and wills[c]:
+                published(c, *wills[c])
+            if not lasting[c]:
+                subs[c] = {}
+    for c in range(CLIENTS):
+        if connected[c]:
+            plan.append(('disconnect', c))
+    return plan, judged
+
+
+def matches(topic_filter, topic):
+    """MQTT topic matching (no $-topics here)."""
+    f, t = topic_filter.split('/'), topic.split('/')
+    for i, level in enumerate(f):
+        if level == '#':
+            return True
+        if i >= len(t) or (level != '+' and level != t[i]):
+            return False
+    return len(f) == len(t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Playing a scenario
+
+
+class Player:
+    def __init__(self, port, mqtt):
+        self.port, self.mqtt = port, mqtt
+        self.lock = threading.Lock()
+        self.events = []        # (client, event) since the last take()
+        self.last_event = time.time()
+        self.clients = [None] * CLIENTS
+
+    def record(self, c, event):
+        with self.lock:
+            self.events.append((c, event))
+            self.last_event = time.time()
+
+    def take(self):
+        """Waits until nothing arrived for QUIET_S (at most SETTLE_MAX_S), then returns what
+        arrived since the last take, per client, in arrival order."""
+        start = time.time()
+        with self.lock:
+            self.last_event = max(self.last_event, start)
+        while time.time() - start < SETTLE_MAX_S:
+            with self.lock:
+                quiet = time.time() - self.last_event
+            if quiet >= QUIET_S:
+                break
+            time.sleep(0.01)
+        with self.lock:
+            events, self.events = self.events, []
+        per_client = {}
+        for c, event in events:
+            per_client.setdefault(c, []).append(event)
+        return per_client
+
+    def wait(self, flag, what):
+        if not flag.wait(5):
+            raise RuntimeError(f'no answer to {what}')
+
+    def play(self, op):
+        mqtt = self.mqtt
+        kind, c = op[0], op[1]
+        if kind == 'connect':
+            _, _, v, clean, expiry, will = op
+            protocol = mqtt.MQTTv5 if v == 5 else mqtt.MQTTv311
+            kwargs = {} if v == 5 else {'clean_session': clean}
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f'diff{c}',
+                                 protocol=protocol, **kwargs)
+            client.reconnect_delay_set(60, 120)
+            connected = threading.Event()
+
+            def on_connect(client, userdata, flags, reason_code, properties, c=c):
+                self.record(c, ('connack', int(flags.session_present), reason_code.value))
+                connected.set()
+
+            def on_message(client, userdata, message, c=c):
+                self.record(c, ('msg', message.topic, message.payload.decode(), message.qos,
+                                int(message.retain), carried(message)))
+
+            client.on_connect, client.on_message = on_connect, on_message
+            if will:
+                client.will_set(will[0], will[1], will[2], will[3])
+            if v == 5:
+                from paho.mqtt.properties import Properties
+                from paho.mqtt.packettypes import PacketTypes
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = expiry
+                client.connect('127.0.0.1', self.port, 60, clean_start=clean, properties=props)
+            else:
+                client.connect('127.0.0.1', self.port, 60)
+            old = self.clients[c]
+            if old is not None:
+                # A take-over: the old connection is closed by the broker; what it says then
+                # (an MQTT 5 DISCONNECT's reason code) goes in the transcript.
+                def on_disconnect(client, userdata, flags, reason_code, properties, c=c):
+                    self.record(c, ('old connection closed', reason_code.value))
+                old.on_disconnect = on_disconnect
+            client.loop_start()
+            self.wait(connected, op)
+            if old is not None:
+                deadline = time.time() + 2
+                while old.is_connected() and time.time() < deadline:
+                    time.sleep(0.01)
+                old.loop_stop()
+            self.clients[c] = client
+        elif kind == 'subscribe':
+            _, _, topic_filter, qos, options = op
+            done = threading.Event()
+            client = self.clients[c]
+
+            def on_subscribe(client, userdata, mid, codes, properties, c=c):
+                self.record(c, ('suback', [code.value for code in codes]))
+                done.set()
+
+            client.on_subscribe = on_subscribe
+            if options is None:
+                client.subscribe(topic_filter, qos)
+            else:
+                no_local, rap, handling, identifier = options
+                properties = None
+                if identifier:
+                    from paho.mqtt.properties import Properties
+                    from paho.mqtt.packettypes import PacketTypes
+                    properties = Properties(PacketTypes.SUBSCRIBE)
+                    properties.SubscriptionIdentifier = identifier
+                client.subscribe((topic_filter, self.mqtt.SubscribeOptions(
+                    qos=qos, noLocal=no_local, retainAsPublished=rap, retainHandling=handling)),
+                    properties=properties)
+            self.wait(done, op)
+        elif kind == 'unsubscribe':
+            done = threading.Event()
+            client = self.clients[c]
+
+            def on_unsubscribe(client, userdata, mid, codes, properties, c=c):
+                self.record(c, ('unsuback', [code.value for code in codes]))
+                done.set()
+
+            client.on_unsubscribe = on_unsubscribe
+            client.unsubscribe(op[2])
+            self.wait(done, op)
+        elif kind == 'publish':
+            _, _, topic, payload, qos, retain, props = op
+            properties = None
+            if props:
+                from paho.mqtt.properties import Properties
+                from paho.mqtt.packettypes import PacketTypes
+                properties = Properties(PacketTypes.PUBLISH)
+                for name, value in props.items():
+                    setattr(properties, name, value)
+            info = self.clients[c].publish(topic, payload, qos, retain, properties)
+            info.wait_for_publish(5)
+            if not info.is_published():
+                raise RuntimeError(f'{op} not acknowledged')
+        elif kind == 'disconnect':
+            client = self.clients[c]
+            client.disconnect()
+            client.loop_stop()
+            self.clients[c] = None
+        elif kind == 'drop':
+            client = self.clients[c]
+            client.loop_stop()
+            client.socket().close()
+            self.clients[c] = None
+
+    def close(self):
+        for client in self.clients:
+            if client is not None:
+                client.loop_stop()
+                try:
+                    client.socket().close()
+                except Exception:
+                    pass
+
+
+PROPERTIES = ('UserProperty', 'ContentType', 'PayloadFormatIndicator', 'ResponseTopic',
+              'CorrelationData', 'SubscriptionIdentifier')
+
+
+def carried(message):
+    """The MQTT 5 properties a message arrived with (Message Expiry: whether it is there)."""
+    props = getattr(message, 'properties', None)
+    if props is None:
+        return ()
+    out = []
+    for name in PROPERTIES:
+        value = getattr(props, name, None)
+        if value is not None:
+            if name == 'SubscriptionIdentifier':
+                value = sorted(value) if isinstance(value, list) else [value]
+            out.append((name, value))
+    if getattr(props, 'MessageExpiryInterval', None) is not None:
+        out.append(('MessageExpiryInterval', 'present'))
+    return tuple(out)
+
+
+def transcript(port, plan, mqtt):
+    player = Player(port, mqtt)
+    lines = []
+    try:
+        for i, op in enumerate(plan):
+            player.play(op)
+            lines.append((i, op, player.take()))
+    finally:
+        player.close()
+    return lines
+
+
+def normalise(i, op, per_client, judged, ours):
+    """Applies KNOWN to one operation's events. A delivery the model judges is taken out of
+    both transcripts when ringmq's first copy is what the model says; anything else of
+    ringmq's stays, to differ (a wrong QoS or RETAIN, a second copy, a missing one)."""
+    out = {}
+    for c, events in per_client.items():
+        kept, seen = [], set()
+        for event in events:
+            if event[0] == 'old connection closed':
+                expected = judged[('closed', i)]
+                if ours and event[1] != expected:
+                    kept.append(event + ('expected', expected))
+                continue
+            if event[0] == 'msg' and op[0] != 'subscribe':
+                key = ('live', i, c, event[1], event[2])
+                if key not in judged and op[0] == 'connect':
+                    key = ('queued', c, event[1], event[2])
+                if key in judged:
+                    verdict = judged[key]
+                    if not ours or (key not in seen and (event[3], event[4]) == verdict):
+                        seen.add(key)
+                        continue
+            kept.append(event)
+        if op[0] == 'subscribe':
+            kept.sort(key=repr)
+        out[c] = kept
+    if ours:
+        for key, verdict in judged.items():
+            if key[:2] != ('live', i) or verdict is None:
+                continue
+            c, topic, payload = key[2:]
+            got = any(e[0] == 'msg' and e[1:3] == (topic, payload) for e in per_client.get(c, []))
+            if not got:
+                out.setdefault(c, []).append(('missing', topic, payload) + verdict)
+    return {c: events for c, events in out.items() if events}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--seeds', type=int, default=5)
+    parser.add_argument('--first-seed', type=int, default=1)
+    parser.add_argument('--ops', type=int, default=120)
+    parser.add_argument('--shards', type=int, default=1)
+    parser.add_argument('--if-available', action='store_true')
+    options = parser.parse_args()
+    try:
+        import paho.mqtt.client as mqtt
+        if not hasattr(mqtt, 'CallbackAPIVersion'):
+            raise Unavailable('paho-mqtt is older than 2.0')
+        if not (shutil.which('mosquitto') or os.path.exists('/usr/sbin/mosquitto')):
+            raise Unavailable('no mosquitto broker installed')
+    except (ImportError, Unavailable) as why:
+        print(f'differential: skipped: {why}')
+        sys.exit(0 if options.if_available else 1)
+
+    failures = 0
+    for seed in range(options.first_seed, options.first_seed + options.seeds):
+        plan, judged = scenario(seed, options.ops)
+        work = tempfile.mkdtemp(prefix='ringmq-differential-')
+        results = {}
+        for name in ('mosquitto', 'ringmq'):
+            process, port = (start_mosquitto(work) if name == 'mosquitto'
+                             else start_ringmq(work, options.shards))
+            try:
+                results[name] = transcript(port, plan, mqtt)
+            finally:
+                process.terminate()
+                process.wait(10)
+        differences = 0
+        for (i, op, theirs), (_, _, ours) in zip(results['mosquitto'], results['ringmq']):
+            theirs = normalise(i, op, theirs, judged, False)
+            ours = normalise(i, op, ours, judged, True)
+            if theirs != ours:
+                differences += 1
+                if differences <= 5:
+                    log(f'seed {seed} op {i} {op}:\n  mosquitto {theirs}\n  ringmq    {ours}')
+        log(f'seed {seed}: {len(plan)} operations, {differences} differing')
+        if differences:
+            failures += 1
+            with open(os.path.join(work, 'plan.txt'), 'w') as f:
+                f.write('\n'.join(f'{i} {op}' for i, op in enumerate(plan)))
+            log(f'  (plan and broker logs in {work})')
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    log(f'differential: {options.seeds - failures} of {options.seeds} scenarios alike')
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == '__main__':
+    main()
