@@ -905,6 +905,53 @@ fn issue8_no_local_and_retain_as_published_across_shards() {
     check_no_local_and_retain_as_published(4);
 }
 
+/// A will is its client's message: the client's own No Local subscription does not take it
+/// [MQTT-3.8.3-3], not even queued in its session while it is away; an overlapping plain one
+/// does, and another client's No Local one does. (Found by tests/differential/run.py: the
+/// will came back to its own session as if published by nobody.)
+#[test]
+fn no_local_keeps_a_clients_own_will_from_its_session() {
+    let broker = start_broker();
+    let topic = unique_topic("v5/will-nolocal");
+    let id = unique_id("v5-will-nolocal");
+    let lasting = || with_expiry(300);
+    let no_local = |filter: &str| Filter {
+        nolocal: true,
+        ..Filter::new(filter, QoS::AtLeastOnce)
+    };
+    let mut other = V5Client::connect(broker.addr(), &unique_id("v5-will-other"));
+    assert_eq!(other.subscribe_codes(vec![no_local(&topic)], None), [1]);
+    let will = LastWill::new(&topic, "gone", QoS::AtLeastOnce, false, None);
+    let (mut client, frame) =
+        V5Client::connect_with(broker.addr(), connect(&id, true, lasting()), Some(will));
+    assert_eq!(frame.reason_code(), 0);
+    assert_eq!(client.subscribe_codes(vec![no_local(&topic)], None), [1]);
+    drop(client); // no DISCONNECT: the will goes at once (no delay)
+    let publish = other.receive();
+    assert_eq!(
+        &publish.payload[..],
+        b"gone",
+        "another client's No Local takes it"
+    );
+
+    let (mut client, frame) =
+        V5Client::connect_accepted(broker.addr(), connect(&id, false, lasting()));
+    assert_eq!(frame.body[0] & 1, 1, "session present");
+    client.expect_no_publish("its own will, through its own No Local subscription");
+
+    // With a plain subscription beside the No Local one, the will comes back once.
+    let will = LastWill::new(&topic, "gone again", QoS::AtLeastOnce, false, None);
+    drop(client);
+    let (mut client, _) =
+        V5Client::connect_with(broker.addr(), connect(&id, false, lasting()), Some(will));
+    client.subscribe("#", QoS::AtLeastOnce);
+    drop(client);
+    assert_eq!(&other.receive().payload[..], b"gone again");
+    let (mut client, _) = V5Client::connect_accepted(broker.addr(), connect(&id, false, lasting()));
+    assert_eq!(&client.receive().payload[..], b"gone again");
+    client.expect_no_publish("one copy");
+}
+
 #[test]
 fn issue8_over_receive_maximum_gets_disconnect_0x93() {
     // CONNACK said Receive Maximum 2; a third QoS 2 PUBLISH unreleased is one too many.

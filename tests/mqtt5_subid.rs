@@ -335,10 +335,18 @@ fn check_no_local_subscription_lends_nothing_to_an_overlapping_one(shards: usize
     assert_eq!(got.payload, &b"own"[..]);
     assert_eq!(got.qos, QoS::AtMostOnce, "the plain subscription's QoS");
     assert!(!got.retain, "the plain subscription does not keep RETAIN");
-    assert_eq!(ids(&got), vec![2], "the No Local subscription's identifier left out");
+    assert_eq!(
+        ids(&got),
+        vec![2],
+        "the No Local subscription's identifier left out"
+    );
     own.expect_no_publish("one copy");
     let got = other.receive();
-    assert_eq!(got.qos, QoS::AtLeastOnce, "both subscriptions: the higher QoS");
+    assert_eq!(
+        got.qos,
+        QoS::AtLeastOnce,
+        "both subscriptions: the higher QoS"
+    );
     assert!(got.retain, "Retain As Published of the first subscription");
     assert_eq!(id_set(&got), BTreeSet::from([1, 2]));
     if got.qos == QoS::AtLeastOnce {

@@ -39,7 +39,18 @@ pub(super) enum Delivery {
 const RETAINED_EXPIRIES_PER_TICK_MAX: usize = 10_000;
 
 impl Shard {
-    pub(super) fn publish_will(&mut self, will: LastWill) {
+    /// Publishes the will of `session`'s client. It is that client's message: its session,
+    /// while it lasts, is the publisher its No Local subscriptions skip [MQTT-3.8.3-3].
+    pub(super) fn publish_will(&mut self, session: u32, will: LastWill) {
+        let before = self.publisher;
+        if self.sessions.get(session).is_some() {
+            self.publisher = session;
+        }
+        self.publish_will_from(will);
+        self.publisher = before;
+    }
+
+    fn publish_will_from(&mut self, will: LastWill) {
         self.stats.messages_in += 1;
         // Will properties go on with the message, but Will Delay Interval is not one of a
         // PUBLISH's.

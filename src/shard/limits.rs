@@ -114,7 +114,7 @@ impl Shard {
         let delay_secs = will.properties.will_delay_interval.unwrap_or(0);
         let persists = self.sessions.get(session).is_some();
         if delay_secs == 0 || !persists {
-            self.publish_will(*will);
+            self.publish_will(session, *will);
             self.will_published(session);
             return;
         }
@@ -139,7 +139,7 @@ impl Shard {
             .position(|(_, s, _)| *s == session)
         {
             let (_, _, will) = self.delayed_wills.swap_remove(at);
-            self.publish_will(*will);
+            self.publish_will(session, *will);
             self.will_published(session);
         }
     }
@@ -162,7 +162,7 @@ impl Shard {
         while index < wills.len() {
             if wills[index].0 <= now_ms {
                 let (_, session, will) = wills.swap_remove(index);
-                self.publish_will(*will);
+                self.publish_will(session, *will);
                 self.will_published(session);
             } else {
                 index += 1;
