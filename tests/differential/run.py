@@ -182,6 +182,10 @@ def scenario(seed, ops):
     for step in range(ops):
         c = rng.randrange(CLIENTS)
         takeover = connected[c] and rng.random() < 0.04
+        if takeover and version[c] == 4 and wills[c] and wills[c][3]:
+            # ringmq publishes a 3.1.1 will on a take-over, mosquitto does not (KNOWN): a
+            # retained one would leave the two retained stores apart for the rest of the run.
+            takeover = False
         if not connected[c] or takeover:
             v = rng.choice([4, 5])
             clean = rng.random() < 0.4
