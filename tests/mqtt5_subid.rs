@@ -13,7 +13,7 @@ mod common;
 use common::v5::{connect, V5Client};
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, Filter, Packet, PubAck, Publish, PublishProperties, Subscribe,
+    ConnectProperties, Filter, Packet, PubAck, PubAckReason, Publish, PublishProperties, Subscribe,
     SubscribeProperties, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
@@ -353,6 +353,29 @@ fn check_no_local_subscription_lends_nothing_to_an_overlapping_one(shards: usize
         other.send(Packet::PubAck(PubAck::new(got.pkid, None)));
     }
     other.expect_no_publish("one copy");
+}
+
+/// A publish whose only subscriber is its publisher's own No Local subscription goes to nobody,
+/// yet its PUBACK says Success, not 0x10 No matching subscribers: a subscription was there
+/// (mosquitto's 02-subpub-qos1-nolocal expects this).
+#[test]
+fn a_publish_only_its_own_no_local_subscription_matches_is_acked_success() {
+    let broker = broker(1);
+    let topic = unique_topic("subid/nolocal-ack");
+    let mut own = V5Client::connect(broker.addr(), &unique_id("subid-nl-ack"));
+    let no_local = Filter {
+        nolocal: true,
+        ..Filter::new(topic.clone(), QoS::AtLeastOnce)
+    };
+    assert_eq!(own.subscribe_with(vec![no_local], None), vec![1]);
+    let ack = own
+        .publish(Publish {
+            pkid: 9,
+            ..Publish::new(&topic, QoS::AtLeastOnce, "own", None)
+        })
+        .puback();
+    assert_eq!(ack.reason, PubAckReason::Success);
+    own.expect_no_publish("No Local");
 }
 
 #[test]

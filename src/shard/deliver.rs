@@ -301,6 +301,7 @@ impl Shard {
         matches.clear();
         let sessions = &self.sessions;
         let publisher = self.publisher;
+        let mut own_no_local = false;
         self.subscriptions.for_each_match(
             topic,
             topic_hash,
@@ -310,17 +311,21 @@ impl Shard {
                     .is_some_and(|s| s.has_subscription(topic))
             },
             |session, grant| {
-                // The publisher's No Local subscriptions do not match its own message
+                // The publisher's No Local subscriptions do not take its own message
                 // [MQTT-3.8.3-3]: they lend an overlapping one neither QoS, Retain As
                 // Published nor identifier.
-                if !(session == publisher && grant.no_local()) {
+                if session == publisher && grant.no_local() {
+                    own_no_local = true;
+                } else {
                     matches.push((session, *grant));
                 }
             },
         );
         route::dedupe_matches(&mut matches);
         self.deliver_matches(&matches, topic, payload, qos, retain, properties);
-        let matched = !matches.is_empty();
+        // A subscriber was there, though it is the publisher's own No Local one: the MQTT 5
+        // ack says Success, not 0x10 No matching subscribers (as mosquitto answers).
+        let matched = !matches.is_empty() || own_no_local;
         self.matches = matches;
         matched
     }
