@@ -330,35 +330,52 @@ def scenario(seed, ops):
             if version[c] == 5:
                 judged[('unsuback', len(plan) - 1)] = codes
         elif kind == 'publish':
-            topic, qos, retain = rng.choice(TOPICS), rng.randrange(3), rng.random() < 0.3
-            reuse = version[c] == 5 and aliases[c] and rng.random() < 0.3
-            if reuse:
-                topic = rng.choice(sorted(aliases[c].values()))
-            # The copies of a message shared subscriptions spread are told apart by payload.
-            payload = '' if rng.random() < 0.1 and not unsure(topic) else f'p{step}'
-            props = None
-            if version[c] == 5 and rng.random() < 0.4:
-                props = {'UserProperty': [('k', f'u{step}'), ('k', 'again')]}
-                if rng.random() < 0.5:
-                    props['ContentType'] = 'text/plain'
-                    props['PayloadFormatIndicator'] = 1
-                if rng.random() < 0.5:
-                    props['ResponseTopic'] = 'reply/here'
-                    props['CorrelationData'] = f'c{step}'.encode()
-                if rng.random() < 0.3:
-                    props['MessageExpiryInterval'] = 3600
-            # A Topic Alias (3.3.2.3.4): set with the topic, then used alone (empty topic)
-            # or set again to another topic, for this connection only.
-            alias, by_alias = None, False
-            if reuse or (version[c] == 5 and rng.random() < 0.3):
-                known = [a for a, t in aliases[c].items() if t == topic]
-                if known and rng.random() < 0.8:
-                    alias, by_alias = known[0], True
-                else:
-                    alias = rng.randrange(1, 4)
-                    aliases[c][alias] = topic
-            plan.append(('publish', c, topic, payload, qos, retain, props, alias, by_alias))
-            published(c, topic, payload, qos, retain, props)
+            # Most often one message; now and then two to four sent without waiting, which
+            # must come in order per topic and QoS [MQTT-4.6.0-6] (see in_order).
+            count = 1 if rng.random() < 0.85 else rng.randrange(2, 5)
+            burst_topic = rng.choice(TOPICS)
+            # One QoS for the whole burst, or retained messages in none: a QoS 2 message may
+            # be taken on its PUBLISH or its PUBREL (4.3.3: methods A and B), so retained
+            # messages of mixed QoS on one topic may end either way.
+            burst_qos = rng.randrange(3) if rng.random() < 0.5 else None
+            messages = []
+            for k in range(count):
+                tag = f'{step}' if count == 1 else f'{step}.{k}'
+                topic = rng.choice(TOPICS) if count == 1 or rng.random() < 0.4 else burst_topic
+                qos = rng.randrange(3) if burst_qos is None else burst_qos
+                retain = rng.random() < 0.3 and (count == 1 or burst_qos is not None)
+                reuse = version[c] == 5 and aliases[c] and rng.random() < 0.3
+                if reuse:
+                    topic = rng.choice(sorted(aliases[c].values()))
+                # Copies are told apart by payload: a message shared subscriptions spread, or
+                # one of a burst, has its own.
+                empty = count == 1 and rng.random() < 0.1 and not unsure(topic)
+                payload = '' if empty else f'p{tag}'
+                props = None
+                if version[c] == 5 and rng.random() < 0.4:
+                    props = {'UserProperty': [('k', f'u{tag}'), ('k', 'again')]}
+                    if rng.random() < 0.5:
+                        props['ContentType'] = 'text/plain'
+                        props['PayloadFormatIndicator'] = 1
+                    if rng.random() < 0.5:
+                        props['ResponseTopic'] = 'reply/here'
+                        props['CorrelationData'] = f'c{tag}'.encode()
+                    if rng.random() < 0.3:
+                        props['MessageExpiryInterval'] = 3600
+                # A Topic Alias (3.3.2.3.4): set with the topic, then used alone (empty
+                # topic) or set again to another topic, for this connection only.
+                alias, by_alias = None, False
+                if reuse or (version[c] == 5 and rng.random() < 0.3):
+                    known = [a for a, t in aliases[c].items() if t == topic]
+                    if known and rng.random() < 0.8:
+                        alias, by_alias = known[0], True
+                    else:
+                        alias = rng.randrange(1, 4)
+                        aliases[c][alias] = topic
+                messages.append((topic, payload, qos, retain, props, alias, by_alias))
+            plan.append(('publish', c, messages))
+            for topic, payload, qos, retain, props, _, _ in messages:
+                published(c, topic, payload, qos, retain, props)
         else:
             # An MQTT 5 DISCONNECT may ask for the will: reason 0x04 (3.14.2.1).
             with_will = kind == 'disconnect' and version[c] == 5 and rng.random() < 0.3
@@ -545,21 +562,23 @@ class Player:
             client.unsubscribe(list(op[2]))
             self.wait(done, op)
         elif kind == 'publish':
-            _, _, topic, payload, qos, retain, props, alias, by_alias = op
-            properties = None
-            if props or alias:
-                from paho.mqtt.properties import Properties
-                from paho.mqtt.packettypes import PacketTypes
-                properties = Properties(PacketTypes.PUBLISH)
-                for name, value in (props or {}).items():
-                    setattr(properties, name, value)
-                if alias:
-                    properties.TopicAlias = alias
-            info = self.clients[c].publish('' if by_alias else topic, payload, qos, retain,
-                                           properties)
-            info.wait_for_publish(5)
-            if not info.is_published():
-                raise RuntimeError(f'{op} not acknowledged')
+            sent = []
+            for topic, payload, qos, retain, props, alias, by_alias in op[2]:
+                properties = None
+                if props or alias:
+                    from paho.mqtt.properties import Properties
+                    from paho.mqtt.packettypes import PacketTypes
+                    properties = Properties(PacketTypes.PUBLISH)
+                    for name, value in (props or {}).items():
+                        setattr(properties, name, value)
+                    if alias:
+                        properties.TopicAlias = alias
+                sent.append(self.clients[c].publish('' if by_alias else topic, payload, qos,
+                                                    retain, properties))
+            for info in sent:
+                info.wait_for_publish(5)
+                if not info.is_published():
+                    raise RuntimeError(f'{op} not acknowledged')
         elif kind == 'disconnect':
             client = self.clients[c]
             if len(op) > 2:
@@ -694,6 +713,8 @@ def normalise(i, op, per_client, judged, ours, limits):
                 # (3.3.1.3: only a new non-shared one gets them; fixed in later mosquittos).
                 # A shared filter comes alone in its SUBSCRIBE.
                 kept = [event for event in kept if event[0] != 'msg']
+        if op[0] == 'publish' and len(op[2]) > 1:
+            kept += in_order(op[2], events)
         if op[0] != 'connect':
             # One message (or the retained ones a subscription brings): its copies, through
             # shared and plain subscriptions, come in no order the specs name.
@@ -711,6 +732,20 @@ def normalise(i, op, per_client, judged, ours, limits):
             if not got:
                 out.setdefault(c, []).append(('missing', topic, payload, verdict))
     return {c: events for c, events in out.items() if events}
+
+
+def in_order(messages, events):
+    """[MQTT-4.6.0-6]: a client's copies of the messages one client sent in a row, for each
+    topic and QoS they were sent with, in the order they were sent (several copies of one
+    message may come together). What came out of order, as an event (none if all is well)."""
+    sent = {payload: (k, qos) for k, (_, payload, qos, *_) in enumerate(messages)}
+    order = {}
+    for event in events:
+        if event[0] == 'msg' and event[2] in sent:
+            k, qos = sent[event[2]]
+            order.setdefault((event[1], qos), []).append(k)
+    return [('out of order', topic, qos, seen) for (topic, qos), seen in sorted(order.items())
+            if seen != sorted(seen)]
 
 
 def spread_ok(verdict, got):
