@@ -49,6 +49,10 @@ FILTERS = TOPICS + ['#', 'a/#', 'a/+', '+/+', '+', 'a/+/c', '+/b', '/+', 'a/b/#'
 # to is the server's choice, judged by the model (spread_ok).
 SHARED = ['$share/g/a/+', '$share/h/a/+', '$share/g/#', '$share/g/b', '$share/h/+/+']
 QUIET_S = 0.1
+# A short Message Expiry Interval, and a pause that outlasts it (brokers may count whole
+# seconds: expired within two).
+SHORT_EXPIRY_S = 1
+SLEEP_S = 2.1
 SETTLE_MAX_S = 2.0
 
 # Choices the specifications leave open, where ringmq and mosquitto choose differently.
@@ -181,6 +185,10 @@ def scenario(seed, ops):
     wills = [None] * CLIENTS
     mps = [None] * CLIENTS
     aliases = [{} for _ in range(CLIENTS)]
+    # Pauses so far (see 'sleep'), and which clients' sessions may hold unacknowledged
+    # messages (a connection that held its acks, until the next connection).
+    epoch = 0
+    holding = [False] * CLIENTS
     judged = {}
     plan = []
 
@@ -298,12 +306,19 @@ def scenario(seed, ops):
                 subs[c] = {}
             lasting[c] = (not clean) if v == 4 else bool(expiry)
             connected[c], version[c], wills[c], mps[c] = True, v, will, limits[1]
+            holding[c] = hold
             aliases[c] = {}
             judged[('limits', len(plan) - 1)] = tuple(mps)
             continue
-        kind = rng.choices(['subscribe', 'unsubscribe', 'publish', 'disconnect', 'drop'],
-                           weights=[4, 1, 8, 1, 1])[0]
-        if kind == 'subscribe':
+        kind = rng.choices(['subscribe', 'unsubscribe', 'publish', 'disconnect', 'drop', 'sleep'],
+                           weights=[4, 1, 8, 1, 1, 0.4])[0]
+        if kind == 'sleep':
+            # Longer than a short Message Expiry Interval: what was published with one before
+            # has expired after ([MQTT-3.3.2-5]; see normalise).
+            plan.append(('sleep', c))
+            epoch += 1
+            judged[('epoch', len(plan) - 1)] = epoch
+        elif kind == 'subscribe':
             # One to three filters in one SUBSCRIBE: handled as that many SUBSCRIBEs in turn
             # (3.8.4), an identifier for all of them.
             identifier = None
@@ -373,6 +388,12 @@ def scenario(seed, ops):
                         props['CorrelationData'] = f'c{tag}'.encode()
                     if rng.random() < 0.3:
                         props['MessageExpiryInterval'] = 3600
+                if version[c] == 5 and payload and rng.random() < 0.15:
+                    # A short Message Expiry Interval (see 'sleep'), retained more often than
+                    # not, so that later subscriptions ask for it.
+                    props = dict(props or {}, MessageExpiryInterval=SHORT_EXPIRY_S)
+                    judged[('expires', payload)] = epoch
+                    retain = retain or (rng.random() < 0.5 and (count == 1 or burst_qos is not None))
                 # A Topic Alias (3.3.2.3.4): set with the topic, then used alone (empty
                 # topic) or set again to another topic, for this connection only.
                 alias, by_alias = None, False
@@ -615,6 +636,8 @@ class Player:
                 client.disconnect()
             # Its network loop ends by itself once the DISCONNECT is out.
             self.clients[c] = None
+        elif kind == 'sleep':
+            time.sleep(SLEEP_S)
         elif kind == 'drop':
             client = self.clients[c]
             # Closed under paho's network loop, which sees the connection lost and, as told,
@@ -679,11 +702,11 @@ def transcript(port, plan, mqtt):
     return lines
 
 
-def normalise(i, op, per_client, judged, ours, limits):
+def normalise(i, op, per_client, judged, ours, limits, epoch):
     """Applies KNOWN to one operation's events. The copies of a message the model judges are
     taken out of both transcripts when ringmq's are what the model says (as many, with those
     QoS and RETAIN flags); else ringmq's stay, with what was expected, to differ. `limits`:
-    each client's Maximum Packet Size at this operation."""
+    each client's Maximum Packet Size at this operation; `epoch`: the pauses before it."""
     out = {}
     spread = {}  # ('spread', ...) -> {client: [(qos, retain)]}: what ringmq's clients got
     for c, events in per_client.items():
@@ -708,6 +731,13 @@ def normalise(i, op, per_client, judged, ours, limits):
                     elif event[-1] > limit + 1:  # mosquitto 2.0.11 sends one byte more: KNOWN
                         kept.append(event)
                     continue
+                expires = judged.get(('expires', event[2]))
+                if expires is not None and op[0] != 'publish':
+                    # A message with a short expiry, from an offline queue or the retained
+                    # store: maybe expired when published in this epoch, surely in a later.
+                    if expires < epoch:
+                        kept.append(event + ('expired', ) if ours else event)
+                    continue
                 if op[0] != 'subscribe':
                     if ('undetermined', event[1], event[2]) in judged:
                         continue
@@ -730,6 +760,8 @@ def normalise(i, op, per_client, judged, ours, limits):
                 if key[0] == 'queued':
                     # What fits the new connection, under its version.
                     at = 2 if op[2] == 5 else 3
+                    if judged.get(('expires', key[3]), epoch) < epoch:
+                        expected = []
                     expected = sorted(x[:2] for x in expected
                                       if limits[c] is None or x[at] <= limits[c])
                 if ours and sorted(e[3:5] for e in copies[key]) != expected:
@@ -882,11 +914,12 @@ def play_seed(seed, plan, judged, work, shards, mqtt):
             process.terminate()
             process.wait(10)
     differing = []
-    limits = (None,) * CLIENTS
+    limits, epoch = (None,) * CLIENTS, 0
     for (i, op, theirs), (_, _, ours) in zip(results['mosquitto'], results['ringmq']):
         limits = judged.get(('limits', i), limits)
-        theirs = normalise(i, op, theirs, judged, False, limits)
-        ours = normalise(i, op, ours, judged, True, limits)
+        epoch = judged.get(('epoch', i), epoch)
+        theirs = normalise(i, op, theirs, judged, False, limits, epoch)
+        ours = normalise(i, op, ours, judged, True, limits, epoch)
         if theirs != ours:
             differing.append(f'seed {seed} op {i} {op}:\n  mosquitto {theirs}\n  ringmq    {ours}')
     return differing
