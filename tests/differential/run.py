@@ -742,7 +742,11 @@ def normalise(i, op, per_client, judged, ours, limits, epoch):
                     if ('undetermined', event[1], event[2]) in judged:
                         continue
                     key = ('spread', i, event[1], event[2])
-                    if key in judged:
+                    # (Not the copy a take-over's own will leaves in its session: the new
+                    # connection gets that one as queued.)
+                    mine = op[0] == 'connect' and c == op[1] \
+                        and ('queued', c, event[1], event[2]) in judged
+                    if key in judged and not mine:
                         spread.setdefault(key, {}).setdefault(c, []).append(event[3:5])
                         continue
             if event[0] == 'unsuback' and ('unsuback', i) in judged:
