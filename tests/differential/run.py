@@ -535,7 +535,8 @@ class Player:
                                 int(message.retain), carried(message), int(message.dup),
                                 size(message)))
                 if hold and message.qos == 1:
-                    held.append((message.topic, message.payload.decode(), message.qos))
+                    held.append((message.topic, message.payload.decode(), message.qos,
+                                 size(message), v))
 
             client.on_connect, client.on_message = on_connect, on_message
             if hold:
@@ -712,7 +713,7 @@ def normalise(i, op, per_client, judged, ours, limits, epoch):
     for c, events in per_client.items():
         resends = []
         if op[0] == 'connect':
-            events, resends = resent(events)
+            events, resends = resent(events, op[2], op[6][1])
         copies = {}
         for event in events:
             if event[0] == 'msg' and op[0] != 'subscribe':
@@ -799,20 +800,33 @@ def normalise(i, op, per_client, judged, ours, limits, epoch):
     return {c: events for c, events in out.items() if events}
 
 
-def resent(events):
+def resent(events, version, packet_max):
     """[MQTT-4.4.0-1], [MQTT-3.3.1-1]: on a connection that goes on with a session, the QoS 1
     messages the last connection got and never acknowledged come again first, in their order,
-    DUP set; with no session, none does. Returns the events without those, and what differs
-    from that rule (as events)."""
+    DUP set; with no session, none does. Those larger than the new connection's Maximum
+    Packet Size are dropped instead ([MQTT-3.1.2-25]); a few bytes under it either way (the
+    size was that of the last connection; mosquitto sends one byte over: KNOWN), and any if
+    the last connection spoke another MQTT version (properties come or go). Returns the events without those, and what differs from that rule (as
+    events)."""
     unacknowledged = next((e[1] for e in events if e[0] == 'unacknowledged'), ())
     present = next((e[1] for e in events if e[0] == 'connack'), 0)
     dup = [e for e in events if e[0] == 'msg' and e[6]]
     rest = [e for e in events if e[0] != 'unacknowledged' and not (e[0] == 'msg' and e[6])]
-    expected = list(unacknowledged) if present else []
     got = [e[1:4] for e in dup]
+    # Each held message: 'must' come again, 'may', or must not.
+    held = [(m[:3], 'must' if packet_max is None or m[3] <= packet_max - 8 and m[4] == version
+             else 'may' if m[3] <= packet_max + 1 or m[4] != version else 'not')
+            for m in unacknowledged if present]
+    left = list(got)
+    for message, verdict in held:
+        if left and left[0] == message and verdict != 'not':
+            left.pop(0)
+        elif verdict == 'must':
+            left.append(('missing', message))
     # What came before the first message that is not sent again.
     first = [e[1:4] for e in events if e[0] == 'msg'][:len(dup)]
-    if got != expected or first != got:
+    if left or first != got:
+        expected = [m for m, verdict in held if verdict != 'not']
         return rest, [('resent', got, 'expected', expected)]
     return rest, []
 
