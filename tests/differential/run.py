@@ -311,7 +311,7 @@ def scenario(seed, ops):
             judged[('limits', len(plan) - 1)] = tuple(mps)
             continue
         kind = rng.choices(['subscribe', 'unsubscribe', 'publish', 'disconnect', 'drop', 'sleep'],
-                           weights=[4, 1, 8, 1, 1, 0.4])[0]
+                           weights=[4, 1, 8, 1, 1, 0.25])[0]
         if kind == 'sleep':
             # Longer than a short Message Expiry Interval: what was published with one before
             # has expired after ([MQTT-3.3.2-5]; see normalise).
