@@ -173,7 +173,10 @@ def scenario(seed, ops):
     subscriptions with several members take (see spread_ok), ('undetermined', topic,
     payload) for one where a member of such a group is offline (the server may queue it for
     that member or give it to another: 4.8.2), ('closed', op index): what the connection a
-    take-over closes hears, and ('limits', op index): each client's Maximum Packet Size."""
+    take-over closes hears, ('limits', op index): each client's Maximum Packet Size from
+    then on, ('epoch', op index): the pauses so far, ('expires', payload): the epoch a message
+    with a short expiry was published in, and ('unordered', op index): a burst whose order
+    is not checked."""
     rng = random.Random(seed)
     connected = [False] * CLIENTS
     version = [5] * CLIENTS
@@ -185,10 +188,8 @@ def scenario(seed, ops):
     wills = [None] * CLIENTS
     mps = [None] * CLIENTS
     aliases = [{} for _ in range(CLIENTS)]
-    # Pauses so far (see 'sleep'), and which clients' sessions may hold unacknowledged
-    # messages (a connection that held its acks, until the next connection).
+    # Pauses so far (see 'sleep').
     epoch = 0
-    holding = [False] * CLIENTS
     judged = {}
     plan = []
 
@@ -306,7 +307,6 @@ def scenario(seed, ops):
                 subs[c] = {}
             lasting[c] = (not clean) if v == 4 else bool(expiry)
             connected[c], version[c], wills[c], mps[c] = True, v, will, limits[1]
-            holding[c] = hold
             aliases[c] = {}
             judged[('limits', len(plan) - 1)] = tuple(mps)
             continue
