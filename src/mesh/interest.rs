@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use super::exact::{hashed, ExactMasks, FilterHasher};
 use super::shared_masks::SharedMasks;
+use crate::topic::filter::split_level;
 use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
@@ -479,14 +480,6 @@ fn split_filter(filter: &str) -> (Option<&str>, bool) {
         (Some(path), true)
     } else {
         (Some(filter), false)
-    }
-}
-
-/// The first level of `levels` and the rest (`None` when it was the last level).
-fn split_level(levels: &str) -> (&str, Option<&str>) {
-    match levels.split_once('/') {
-        Some((level, rest)) => (level, Some(rest)),
-        None => (levels, None),
     }
 }
 
