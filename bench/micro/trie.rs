@@ -103,4 +103,21 @@ fn main() {
         })
         .collect();
     report("interest shards_for", runs, matched);
+
+    // The load generator's fan-in: one wildcard filter, short topics that all match it.
+    let mut index = InterestIndex::new(8);
+    index.apply("b/fanin/+", 1, true);
+    let topics: Vec<String> = (0..TOPIC_COUNT).map(|i| format!("b/fanin/{}", i % 64)).collect();
+    let mut matched = 0;
+    let runs = (0..RUN_COUNT)
+        .map(|_| {
+            matched = 0;
+            let start = Instant::now();
+            for topic in &topics {
+                matched += u64::from(index.shards_for(black_box(topic)) != 0);
+            }
+            start.elapsed()
+        })
+        .collect();
+    report("interest fan-in topic", runs, matched);
 }

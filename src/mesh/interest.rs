@@ -32,6 +32,7 @@ use std::sync::Arc;
 use super::exact::{hashed, ExactMasks, FilterHasher};
 use super::shared_masks::SharedMasks;
 use crate::topic::filter::split_level;
+use crate::topic::stack::SmallStack;
 use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
@@ -432,7 +433,7 @@ impl InterestIndex {
         if self.filter_count == 0 {
             return mask;
         }
-        let mut pending = Pending::default();
+        let mut pending: SmallStack<Branch<'_>, PENDING_INLINE> = SmallStack::new();
         let (first, rest) = split_level(topic);
         // [MQTT-4.7.2-1] A filter starting with `+` or `#` does not match a topic starting with
         // `$` (e.g. `$SYS/...`): such topics are only reached by filters naming them literally.
@@ -447,23 +448,36 @@ impl InterestIndex {
                 pending.push((child, rest));
             }
         }
-        while let Some((node, rest)) = pending.pop() {
-            let Some(rest) = rest else {
-                // The topic ends at this node: the filter ending here matches, and so does
-                // `<path>/#`, because `#` also matches the parent level [MQTT-4.7.1-2].
-                mask |= node.exact_mask | node.multi_mask();
-                continue;
-            };
-            let (level, rest) = split_level(rest);
-            if let Some(wild) = node.wild.as_deref() {
-                mask |= wild.multi_mask;
-                if let Some(plus) = &wild.plus {
-                    pending.push((plus, rest));
-                }
-            }
-            if let Some((label, child)) = node.children.get_labeled(level) {
-                if let Some(rest) = follow(label, level.len(), rest) {
-                    pending.push((child, rest));
+        while let Some((mut node, mut rest)) = pending.pop() {
+            // Follow one path down, leaving the `+` sides of forks on `pending` (as
+            // `Trie::for_each_match` does): a topic that meets no `+` pushes nothing.
+            loop {
+                let Some(levels) = rest else {
+                    // The topic ends at this node: the filter ending here matches, and so does
+                    // `<path>/#`, because `#` also matches the parent level [MQTT-4.7.1-2].
+                    mask |= node.exact_mask | node.multi_mask();
+                    break;
+                };
+                let (level, next) = split_level(levels);
+                let plus = match node.wild.as_deref() {
+                    Some(wild) => {
+                        mask |= wild.multi_mask;
+                        wild.plus.as_ref()
+                    }
+                    None => None,
+                };
+                let exact = node
+                    .children
+                    .get_labeled(level)
+                    .and_then(|(label, child)| Some((child, follow(label, level.len(), next)?)));
+                match (exact, plus) {
+                    (Some((exact, exact_rest)), Some(plus)) => {
+                        pending.push((plus, next));
+                        (node, rest) = (exact, exact_rest);
+                    }
+                    (Some((exact, exact_rest)), None) => (node, rest) = (exact, exact_rest),
+                    (None, Some(plus)) => (node, rest) = (plus, next),
+                    (None, None) => break,
                 }
             }
         }
@@ -486,35 +500,9 @@ fn split_filter(filter: &str) -> (Option<&str>, bool) {
 /// A trie node still to visit in `shards_for`, with the topic levels left to match there.
 type Branch<'a> = (&'a Node, Option<&'a str>);
 
-/// Branches still to visit, on the stack up to `PENDING_INLINE` (about one per `+` on the
-/// path, so real filters fit; kept small because every lookup initialises it), then on the heap.
-#[derive(Default)]
-struct Pending<'a> {
-    inline: [Option<Branch<'a>>; PENDING_INLINE],
-    inline_len: usize,
-    spill: Vec<Branch<'a>>,
-}
-
+/// Branches kept on the stack in `shards_for` before it spills to the heap: about one per `+`
+/// on the path, so real filters fit.
 const PENDING_INLINE: usize = 16;
-
-impl<'a> Pending<'a> {
-    fn push(&mut self, branch: Branch<'a>) {
-        if self.inline_len < PENDING_INLINE {
-            self.inline[self.inline_len] = Some(branch);
-            self.inline_len += 1;
-        } else {
-            self.spill.push(branch);
-        }
-    }
-
-    fn pop(&mut self) -> Option<Branch<'a>> {
-        if let Some(branch) = self.spill.pop() {
-            return Some(branch);
-        }
-        self.inline_len = self.inline_len.checked_sub(1)?;
-        self.inline[self.inline_len].take()
-    }
-}
 
 /// This shard's subscriber count per filter kept by text (filters with a wildcard, `$share`
 /// groups). It says when the shard's interest in a filter changes (0 -> 1 or 1 -> 0), which is

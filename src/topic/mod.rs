@@ -7,7 +7,7 @@
 pub mod filter;
 pub(crate) mod level_map;
 pub mod retained;
-mod stack;
+pub(crate) mod stack;
 pub mod subscriptions;
 pub mod trie;
 
