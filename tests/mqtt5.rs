@@ -1234,6 +1234,62 @@ fn issue8_will_delay_interval() {
     );
 }
 
+/// 3.1.2.5: a delayed will goes when its delay passes or its session ends, whichever comes
+/// first. A CONNECT with Clean Start 1 for the client id ends the session it had
+/// [MQTT-3.1.2-4] (it is not a connection to that session, which [MQTT-3.1.3-9] spares), so
+/// the will goes then, whether the old connection was already gone or is taken over; Clean
+/// Start 0 continues the session, and the will never goes.
+fn check_clean_start_ends_a_delayed_will(shards: usize) {
+    let broker = broker_with(|c| c.shards = shards);
+    let topic = unique_topic("v5/will-clean-start");
+    let mut watcher = V5Client::connect(broker.addr(), &unique_id("v5-wcs-watch"));
+    watcher.subscribe(&topic, QoS::AtMostOnce);
+    for take_over in [false, true] {
+        for clean_start in [true, false] {
+            let id = unique_id("v5-wcs");
+            let (old, _) = V5Client::connect_with(
+                broker.addr(),
+                connect(&id, true, with_expiry(300)),
+                Some(delayed_will(&topic, 60)),
+            );
+            let old = if take_over {
+                Some(old)
+            } else {
+                drop(old);
+                std::thread::sleep(Duration::from_millis(300));
+                None
+            };
+            let (_new, frame) = V5Client::connect_with(
+                broker.addr(),
+                connect(&id, clean_start, with_expiry(300)),
+                None,
+            );
+            assert_eq!(frame.connack().session_present, !clean_start);
+            let case = format!("take-over {take_over}, clean start {clean_start}");
+            if clean_start {
+                let publish = watcher.read_publish();
+                assert_eq!(&publish.payload[..], b"late", "{case}");
+            } else {
+                assert!(
+                    watcher.try_read(Duration::from_secs(2)).is_none(),
+                    "{case}: the will was cancelled"
+                );
+            }
+            drop(old);
+        }
+    }
+}
+
+#[test]
+fn delayed_will_goes_when_clean_start_ends_its_session_one_shard() {
+    check_clean_start_ends_a_delayed_will(1);
+}
+
+#[test]
+fn delayed_will_goes_when_clean_start_ends_its_session_two_shards() {
+    check_clean_start_ends_a_delayed_will(2);
+}
+
 #[test]
 fn issue8_will_goes_when_the_session_ends_before_its_delay() {
     // Will Delay 60 s, Session Expiry 1 s: sent when the session ends.
