@@ -107,7 +107,9 @@ fn main() {
     // The load generator's fan-in: one wildcard filter, short topics that all match it.
     let mut index = InterestIndex::new(8);
     index.apply("b/fanin/+", 1, true);
-    let topics: Vec<String> = (0..TOPIC_COUNT).map(|i| format!("b/fanin/{}", i % 64)).collect();
+    let topics: Vec<String> = (0..TOPIC_COUNT)
+        .map(|i| format!("b/fanin/{}", i % 64))
+        .collect();
     let mut matched = 0;
     let runs = (0..RUN_COUNT)
         .map(|_| {

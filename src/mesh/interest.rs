@@ -32,8 +32,8 @@ use std::sync::Arc;
 use super::exact::{hashed, ExactMasks, FilterHasher};
 use super::shared_masks::SharedMasks;
 use crate::topic::filter::split_level;
-use crate::topic::stack::SmallStack;
 use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
+use crate::topic::stack::SmallStack;
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
 pub const SHARDS_MAX: usize = 64;
