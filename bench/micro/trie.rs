@@ -91,18 +91,7 @@ fn main() {
     for (i, filter) in filters.iter().enumerate() {
         index.apply(filter, i % 8, true);
     }
-    let mut matched = 0;
-    let runs = (0..RUN_COUNT)
-        .map(|_| {
-            matched = 0;
-            let start = Instant::now();
-            for topic in &topics {
-                matched += u64::from(index.shards_for(black_box(topic)) != 0);
-            }
-            start.elapsed()
-        })
-        .collect();
-    report("interest shards_for", runs, matched);
+    time_shards_for("interest shards_for", &index, &topics);
 
     // The load generator's fan-in: one wildcard filter, short topics that all match it.
     let mut index = InterestIndex::new(8);
@@ -110,16 +99,21 @@ fn main() {
     let topics: Vec<String> = (0..TOPIC_COUNT)
         .map(|i| format!("b/fanin/{}", i % 64))
         .collect();
+    time_shards_for("interest fan-in topic", &index, &topics);
+}
+
+/// `InterestIndex::shards_for` over `topics`, `RUN_COUNT` times, reported as `name`.
+fn time_shards_for(name: &str, index: &InterestIndex, topics: &[String]) {
     let mut matched = 0;
     let runs = (0..RUN_COUNT)
         .map(|_| {
             matched = 0;
             let start = Instant::now();
-            for topic in &topics {
+            for topic in topics {
                 matched += u64::from(index.shards_for(black_box(topic)) != 0);
             }
             start.elapsed()
         })
         .collect();
-    report("interest fan-in topic", runs, matched);
+    report(name, runs, matched);
 }

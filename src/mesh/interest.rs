@@ -32,7 +32,7 @@ use std::sync::Arc;
 use super::exact::{hashed, ExactMasks, FilterHasher};
 use super::shared_masks::SharedMasks;
 use crate::topic::filter::split_level;
-use crate::topic::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
+use crate::topic::level_map::{after, literal_prefix_len, match_label, LevelMap, Step};
 use crate::topic::stack::SmallStack;
 
 /// The most shards a broker can run: interest masks are one `u64`, one bit per shard.
@@ -443,10 +443,8 @@ impl InterestIndex {
                 pending.push((plus, rest));
             }
         }
-        if let Some((label, child)) = self.root.children.get_labeled(first) {
-            if let Some(rest) = follow(label, first.len(), rest) {
-                pending.push((child, rest));
-            }
+        if let Some(step) = self.root.children.step(first, rest) {
+            pending.push(step);
         }
         while let Some((mut node, mut rest)) = pending.pop() {
             // Follow one path down, leaving the `+` sides of forks on `pending` (as
@@ -466,11 +464,7 @@ impl InterestIndex {
                     }
                     None => None,
                 };
-                let exact = node
-                    .children
-                    .get_labeled(level)
-                    .and_then(|(label, child)| Some((child, follow(label, level.len(), next)?)));
-                match (exact, plus) {
+                match (node.children.step(level, next), plus) {
                     (Some((exact, exact_rest)), Some(plus)) => {
                         pending.push((plus, next));
                         (node, rest) = (exact, exact_rest);

@@ -276,6 +276,19 @@ impl<N, const LABELS: bool> LevelMap<N, LABELS> {
         entry.map(|(key, node)| (key.as_bytes(), node))
     }
 
+    /// Where a topic goes from here: the child its level `level` (followed by the levels
+    /// `next`) reaches through that child's label, with the topic's levels left after the
+    /// label (`follow`); `None` when no label matches.
+    #[inline]
+    pub(crate) fn step<'t>(
+        &self,
+        level: &str,
+        next: Option<&'t str>,
+    ) -> Option<(&N, Option<&'t str>)> {
+        let (label, child) = self.get_labeled(level)?;
+        Some((child, follow(label, level.len(), next)?))
+    }
+
     /// Replaces the label of the child found by first level `level`; `label` must start with
     /// the same first level (the table is hashed by it).
     pub(crate) fn relabel(&mut self, level: &str, label: &str) {

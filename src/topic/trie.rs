@@ -13,7 +13,7 @@
 //! Shared subscriptions are the broker's business: it inserts the inner filter with its own `V`.
 
 use super::filter::split_level;
-use super::level_map::{after, follow, literal_prefix_len, match_label, LevelMap, Step};
+use super::level_map::{after, literal_prefix_len, match_label, LevelMap, Step};
 use super::stack::SmallStack;
 
 /// Subscriptions keyed by filter and subscriber (the broker's session index), each with a `V`
@@ -414,10 +414,8 @@ impl<V> Trie<V> {
                 pending.push((plus, next));
             }
         }
-        if let Some((label, child)) = root.children.get_labeled(level) {
-            if let Some(rest) = follow(label, level.len(), next) {
-                pending.push((child, rest));
-            }
+        if let Some(step) = root.children.step(level, next) {
+            pending.push(step);
         }
         while let Some((mut node, mut rest)) = pending.pop() {
             // Follow one path down, leaving the `+` sides of forks on `pending`.
@@ -438,11 +436,7 @@ impl<V> Trie<V> {
                     break;
                 };
                 let (level, next) = split_level(levels);
-                let exact = node
-                    .children
-                    .get_labeled(level)
-                    .and_then(|(label, child)| Some((child, follow(label, level.len(), next)?)));
-                match (exact, plus) {
+                match (node.children.step(level, next), plus) {
                     (Some((exact, exact_rest)), Some(plus)) => {
                         pending.push((plus, next));
                         node = exact;
