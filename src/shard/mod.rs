@@ -579,7 +579,15 @@ impl Shard {
         if self.durable.is_some() {
             self.release_voided();
         }
-        self.wake_targets();
+        if self.wake_targets() {
+            // A SUBACK released just now (`held.rs`): its retained messages go out in the same
+            // flush, before any live message that a publisher sends once it sees the SUBACK
+            // could overtake them ([MQTT-3.3.1-6]; clients expect them right after it). Their
+            // connection's packets that waited behind the SUBSCRIBE may push to the mesh:
+            // wake for those too.
+            self.run_subscribe_jobs();
+            self.wake_targets();
+        }
         self.flush_outboxes();
         self.record_latency();
         // Persistence off: this one predictable branch is all it costs.
