@@ -332,14 +332,10 @@ impl Shard {
             self.close(old.slot, old.generation, CloseReason::TakenOver);
         }
         if let Some(index) = self.sessions.find(&client_id) {
-            if connect.clean_start {
-                // 3.1.2.5: a delayed will goes when its delay passes or its session ends,
-                // whichever comes first; Clean Start ends the session now [MQTT-3.1.2-4].
-                self.publish_delayed_will(index);
-            } else {
-                // [MQTT-3.1.3-9] Back to the session before its will's delay ran out: no will.
-                self.cancel_delayed_will(index);
-            }
+            // [MQTT-3.1.2-8] A new connection for the client id before its will's delay ran
+            // out: no will, with Clean Start 1 too (though that ends the session, which
+            // under 3.1.3.2.2 would send it; mosquitto's 07-will-delay-recover agrees).
+            self.cancel_delayed_will(index);
         }
         if let Some(index) = self.sessions.find(&client_id) {
             if connect.clean_start || !persistent {

@@ -132,7 +132,7 @@ impl Shard {
     }
 
     /// The session ends: its delayed will, if any, goes now.
-    pub(super) fn publish_delayed_will(&mut self, session: u32) {
+    fn publish_delayed_will(&mut self, session: u32) {
         if let Some(at) = self
             .delayed_wills
             .iter()
