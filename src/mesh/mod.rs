@@ -324,6 +324,20 @@ impl ShardMesh {
         self.sources.drain(max_per_ring, f)
     }
 
+    /// Lends out the inbound half, so its owner can drain it while handling each message with
+    /// full access to itself (pushing on goes through this mesh's [`Targets`]). Until
+    /// [`ShardMesh::restore_sources`], this mesh sees no inbound ring: `inbound_len` and
+    /// `taken_from` say 0.
+    pub fn take_sources(&mut self) -> Sources {
+        std::mem::take(&mut self.sources)
+    }
+
+    /// Puts back what [`ShardMesh::take_sources`] lent.
+    pub fn restore_sources(&mut self, sources: Sources) {
+        debug_assert!(self.sources.consumers.is_empty(), "sources restored twice");
+        self.sources = sources;
+    }
+
     /// See [`Sources::len`].
     pub fn inbound_len(&self) -> usize {
         self.sources.len()
@@ -335,7 +349,9 @@ impl ShardMesh {
     }
 }
 
-/// The consumers of one shard's inbound rings, one per other shard.
+/// The consumers of one shard's inbound rings, one per other shard (none by default: the
+/// place left while they are lent out).
+#[derive(Default)]
 pub struct Sources {
     /// Index = source shard; `None` at this shard's own index.
     consumers: Vec<Option<spsc::Consumer<MeshMessage>>>,

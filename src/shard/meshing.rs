@@ -65,35 +65,34 @@ impl Shard {
         result
     }
 
-    /// Takes at most `mesh_batch_max` messages from each inbound ring and handles them; wakes
-    /// a source that sleeps with messages waiting for room in its ring to us.
+    /// Takes at most `mesh_batch_max` messages from each inbound ring and handles each as it
+    /// leaves its ring; wakes a source that sleeps with messages waiting for room in its ring
+    /// to us.
     pub(super) fn drain_mesh(&mut self) {
         if self.shard_count == 1 {
             return;
         }
-        let mut inbox = std::mem::take(&mut self.mesh_inbox);
+        // Lent out of the mesh while they drain: a message goes from its ring slot straight to
+        // its handler, which may push to other shards through the mesh's other half.
+        let mut inbound = self.mesh.take_sources();
         let mut sources = 0u64;
-        self.mesh.drain(
+        let taken = inbound.drain(
             self.config.limits.mesh_batch_max as usize,
             |source, message| {
+                if sources == 0 && self.latency.is_some() {
+                    // One clock read per drain that takes messages, for the forwards' transit.
+                    let now_ns = self.clock.elapsed().as_nanos() as u64;
+                    self.mesh_taken_us = self.epoch_us(now_ns);
+                }
                 sources |= 1u64 << source;
-                inbox.push(message);
+                self.on_mesh(message);
             },
         );
-        if sources == 0 {
-            self.mesh_inbox = inbox;
+        self.mesh.restore_sources(inbound);
+        if taken == 0 {
             return;
         }
-        self.stats.mesh_received += inbox.len() as u64;
-        if self.latency.is_some() {
-            // One clock read per drain that took messages, for the forwards' transit.
-            let now_ns = self.clock.elapsed().as_nanos() as u64;
-            self.mesh_taken_us = self.epoch_us(now_ns);
-        }
-        for message in inbox.drain(..) {
-            self.on_mesh(message);
-        }
-        self.mesh_inbox = inbox;
+        self.stats.mesh_received += taken as u64;
         fence(Ordering::SeqCst);
         let mut backlogged = 0u64;
         for_each_bit(sources, |source| {

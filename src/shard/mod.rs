@@ -67,7 +67,7 @@ use crate::auth::{EnhancedAuthMethods, PasswordFile};
 use crate::config::Config;
 use crate::listener::Listener;
 use crate::mesh::exact::FilterHasher;
-use crate::mesh::{InterestIndex, LocalInterest, MeshMessage, ShardMesh};
+use crate::mesh::{InterestIndex, LocalInterest, ShardMesh};
 use crate::protocol::QoS;
 use crate::ring::{Completion, Op, Ring, RingSizes, Token};
 use crate::session::Message;
@@ -285,8 +285,7 @@ pub struct Shard {
     local_interest: LocalInterest,
     /// `$share` group -> shards with members (replicated).
     shared_interest: SharedInterest,
-    /// Scratch: messages taken from the mesh this batch; (group, shard) picks of one route.
-    mesh_inbox: Vec<MeshMessage>,
+    /// Scratch: (group, shard) picks of one route.
     shared_assigned: Vec<(ByteString, usize)>,
     handoffs_out: handoff::HandOffsOut,
     handoffs_in: peers::HandOffsIn,
@@ -441,7 +440,6 @@ impl Shard {
             peers: params.peers,
             local_interest: LocalInterest::new(),
             shared_interest: SharedInterest::default(),
-            mesh_inbox: Vec::new(),
             shared_assigned: Vec::new(),
             handoffs_out: handoff::HandOffsOut::default(),
             handoffs_in: peers::HandOffsIn::default(),
