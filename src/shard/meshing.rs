@@ -386,7 +386,7 @@ impl Shard {
         }
         for_each_bit(plain_targets | group_targets, |target| {
             let (topic, payload) = self.mesh_copy(target, topic, payload);
-            let forward = Forward {
+            let forward = |topic, payload| Forward {
                 topic,
                 payload,
                 qos,
@@ -397,21 +397,22 @@ impl Shard {
                 origin_shard: self.index as u16,
                 turn_us: self.turn_us,
             };
-            let message = if group_targets & (1u64 << target) != 0 || self.flow_key.is_some() {
+            // Each variant built in one expression, so the common one is written in place.
+            let message = if group_targets & (1u64 << target) == 0 && self.flow_key.is_none() {
+                MeshMessage::Publish(forward(topic, payload))
+            } else {
                 let groups = assigned
                     .iter()
                     .filter(|(_, shard)| *shard == target)
                     .map(|(name, _)| name.clone())
                     .collect();
                 MeshMessage::SharedPublish(Box::new(SharedForward {
-                    forward,
+                    forward: forward(topic, payload),
                     plain: plain_targets & (1u64 << target) != 0,
                     groups,
                     hops: 0,
                     flow: self.flow_key.clone(),
                 }))
-            } else {
-                MeshMessage::Publish(forward)
             };
             self.mesh_push(target, message);
         });
