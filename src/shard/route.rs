@@ -84,6 +84,10 @@ impl From<QoS> for Grant {
 /// Sorts `(session, grant)` pairs and keeps one per session, merged (`Grant::merge`): a client
 /// with overlapping subscriptions receives a message once.
 pub fn dedupe_matches(matches: &mut Vec<(u32, Grant)>) {
+    if matches.len() < 2 {
+        // Pairs and fan-in: one subscriber, nothing to merge.
+        return;
+    }
     matches.sort_unstable_by_key(|&(session, _)| session);
     matches.dedup_by(|later, kept| {
         if later.0 != kept.0 {
