@@ -757,14 +757,19 @@ fn checked_string(bytes: Bytes, topic_name: bool) -> Result<ByteString, DecodeEr
 pub(crate) fn has_byte_below_0x2c(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
+    let has_below = |chunk: &[u8]| {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
-        if x.wrapping_sub(ONES * 0x2C) & !x & HIGHS != 0 {
-            return true;
-        }
+        x.wrapping_sub(ONES * 0x2C) & !x & HIGHS != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    if (&mut chunks).any(has_below) {
+        return true;
     }
-    chunks.remainder().iter().any(|&b| b < 0x2C)
+    match bytes.len() {
+        0..8 => bytes.iter().any(|&b| b < 0x2C),
+        // The last eight bytes, overlapping the words already read: no byte-by-byte tail.
+        len => !chunks.remainder().is_empty() && has_below(&bytes[len - 8..]),
+    }
 }

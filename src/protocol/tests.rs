@@ -1719,15 +1719,18 @@ fn word_wide_scan_agrees_with_a_byte_loop() {
             "{bytes:02x?}"
         );
     }
-    for b in 0..=255u8 {
-        for at in 0..16 {
-            let mut bytes = vec![b'a'; 16];
-            bytes[at] = b;
-            assert_eq!(
-                super::decode::has_byte_below_0x2c(&bytes),
-                b < 0x2C,
-                "{b:#04x} at {at}"
-            );
+    // Whole words, and tails read as the last word overlapping the one before.
+    for len in [7, 8, 9, 13, 16, 23] {
+        for b in 0..=255u8 {
+            for at in 0..len {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = b;
+                assert_eq!(
+                    super::decode::has_byte_below_0x2c(&bytes),
+                    b < 0x2C,
+                    "{b:#04x} at {at} of {len}"
+                );
+            }
         }
     }
 }
