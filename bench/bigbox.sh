@@ -2,7 +2,9 @@
 # The figures only a 16-core machine can give, in one command: what the machine is, per-core
 # scaling (bench/scaling.sh: 1, 2, 4, 8 shards on BROKER_CPUS, the load generator on LOAD_CPUS,
 # pairs QoS 0 and fan-in QoS 0) and idle connections toward a million in one broker process
-# (bench/idle.sh: 8 shards, rings per shard sized to the open-file limit). Each step runs under
+# (bench/idle.sh: 8 shards, rings per shard sized to the open-file limit), and where perf is on
+# PATH (bench/perf-bundle.sh packs one to carry), where the CPU goes on 1 shard against 8, function
+# by function (bench/profile.sh, pairs QoS 0: what grows with the shards). Each step runs under
 # its own time limit and the next one runs whatever the last one did, so one failure still leaves
 # the other figures.
 #
@@ -11,16 +13,17 @@
 # installed: it needs bash, python3 and taskset.
 #
 # Writes DIR/ (default results/<date>-<time>-<host>-bigbox/): machine.txt, scaling/ (scaling.sh's
-# folder), idle/ (idle.sh's), steps.log and summary.md (the scaling table and the idle summary).
+# folder), profile/ (profile.sh's table and perf.data files), idle/ (idle.sh's), steps.log and
+# summary.md (the scaling table, the profile's table and the idle summary).
 #
 # Usage: bench/bigbox.sh [--out DIR] [--connections N] [--rate C] [--rounds N] [--no-build]
-#                        [--skip-scaling] [--skip-idle]
+#                        [--skip-scaling] [--skip-profile] [--skip-idle]
 #   --connections N   idle connections (default 1000000)
 #   --rate C          connections opened per second (default 50000)
 #   --rounds N        scaling.sh rounds per case (default 1: 8 runs of about 13 s)
 # Environment: BROKER_CPUS (default 0-7), LOAD_CPUS (default 8-15), SCALING_SHARDS (default
-#   1,2,4,8), IDLE_SHARDS (default 8), SCALING_LIMIT and IDLE_LIMIT (seconds each step may take,
-#   default 240 and 180), RINGMQ_COMMIT (the commit to report where the tree has no .git),
+#   1,2,4,8), IDLE_SHARDS (default 8), PROFILE_SHARDS (default 8), SCALING_LIMIT, PROFILE_LIMIT
+#   and IDLE_LIMIT (seconds each step may take, default 240, 90 and 180), RINGMQ_COMMIT (the commit to report where the tree has no .git),
 #   OLD_RINGMQ (another build of the broker: its pairs QoS 0 and fan-in on all of BROKER_CPUS
 #   too, right after the scaling step, in old/, for an A/B on the same machine; OLD_COMMIT
 #   names it).
@@ -36,6 +39,7 @@ rate=50000
 rounds=1
 build=1
 scaling=1
+profile=1
 idle=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
         --rounds) rounds="$2"; shift ;;
         --no-build) build=0 ;;
         --skip-scaling) scaling=0 ;;
+        --skip-profile) profile=0 ;;
         --skip-idle) idle=0 ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
         *) echo "bigbox.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -106,6 +111,16 @@ if [ "$scaling" = 1 ]; then
     step scaling "${SCALING_LIMIT:-240}" "$here/scaling.sh" --no-build --rounds "$rounds" \
         --shards "${SCALING_SHARDS:-1,2,4,8}" --cases pairs-qos0,fanin-qos0 --out "$out/scaling"
 fi
+if [ "$profile" = 1 ] && command -v perf >/dev/null; then
+    # One round: 1 shard, then PROFILE_SHARDS, 6 s each, the load as scaling.sh's pairs.
+    BROKER_CPU="$BROKER_CPUS" LOAD_CPU="$LOAD_CPUS" ARGS_OLD="--shards 1" \
+        ARGS_NEW="--shards ${PROFILE_SHARDS:-8}" OUT="$out/profile" TOP=40 \
+        step profile "${PROFILE_LIMIT:-90}" "$here/profile.sh" target/release/ringmq \
+        target/release/ringmq 1 -- pairs -n "${PAIRS:-256}" --qos 0 --max --inflight 100 \
+        --cpus "$LOAD_CPUS"
+elif [ "$profile" = 1 ]; then
+    log "no perf on PATH: profile step skipped (bench/perf-bundle.sh packs one to carry)"
+fi
 if [ -n "${OLD_RINGMQ:-}" ]; then
     RINGMQ_BIN="$OLD_RINGMQ" RINGMQ_COMMIT="${OLD_COMMIT:-unknown}" \
         PAIRS="${PAIRS:-256}" FANIN_PUBLISHERS="${FANIN_PUBLISHERS:-64}" \
@@ -129,6 +144,10 @@ fi
     echo
     sed 's/^/    /' "$out/steps.log" 2>/dev/null
     if [ -f "$out/scaling/summary.md" ]; then echo; sed 's/^# /## /' "$out/scaling/summary.md"; fi
+    if [ -f "$out/profile/table.md" ]; then
+        echo; echo "## Where the CPU goes: 1 shard (old) against ${PROFILE_SHARDS:-8} (new), pairs QoS 0"; echo
+        cat "$out/profile/table.md"
+    fi
     if [ -f "$out/old.txt" ]; then
         echo; echo "## The other build (OLD_RINGMQ, commit ${OLD_COMMIT:-unknown}) on cores $BROKER_CPUS"; echo
         grep -E '^\| (fanin|pairs)-qos0 \| (msgs_in_per_sec|broker_cpu_pct|broker_cpu_ns_per_msg_in) ' "$out/old.txt"
