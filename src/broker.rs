@@ -347,7 +347,7 @@ impl Broker {
         let peers = Peers::new(wakers.clone(), config.rings_per_shard);
         let meshes = Mesh::new(
             shard_count,
-            config.limits.mesh_ring_capacity.max(1) as usize,
+            config.limits.mesh_ring_capacity_for(shard_count),
         );
         for ((index, sockets), (mesh, waker)) in sockets
             .into_iter()

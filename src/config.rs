@@ -271,7 +271,9 @@ pub struct Limits {
     /// Messages taken from one inbound mesh ring per loop turn.
     pub mesh_batch_max: u32,
     /// Messages one shard-to-shard ring holds (rounded up to a power of two). The mesh takes
-    /// shards x (shards - 1) x this x 88 B once every slot has been used (16 shards: 21 MB).
+    /// shards x (shards - 1) x this x 88 B once every slot has been used (16 shards at 1024:
+    /// 21 MB). 0 (the default): [`Limits::mesh_ring_capacity_for`] picks it from the shard
+    /// count, so a shard's inbound rings hold about 4,096 messages in all.
     pub mesh_ring_capacity: u32,
     /// Messages waiting for one full shard-to-shard ring; over it QoS 0 publishes for that
     /// shard are dropped (counted), while QoS 1/2, interest, retained and hand-offs still wait.
@@ -318,6 +320,27 @@ pub struct Limits {
     pub topic_alias_max: u16,
 }
 
+/// Messages a shard's inbound rings hold in all when `mesh_ring_capacity` is 0.
+const MESH_INBOUND_SLOTS: usize = 4096;
+
+impl Limits {
+    /// The capacity of each shard-to-shard ring with `shards` shards: `mesh_ring_capacity` if
+    /// set, else 4,096 / (shards - 1) rounded down to a power of two, between 64 and 1,024
+    /// (1,024 up to 5 shards, 512 at 8, 256 at 16, 64 from 34). Every ring slot is touched
+    /// once messages have gone round it (hand-offs of connecting clients do that), so the
+    /// mesh's memory is what the slots add up to: with a fixed 1,024, 21 MB at 16 shards and
+    /// 363 MB at 64, against 5.4 MB and 23 MB so. Each ring still holds a full
+    /// `mesh_batch_max` batch up to 16 shards; a busier pair waits in the overflow queue.
+    pub fn mesh_ring_capacity_for(&self, shards: usize) -> usize {
+        if self.mesh_ring_capacity > 0 {
+            return self.mesh_ring_capacity as usize;
+        }
+        let share = MESH_INBOUND_SLOTS / shards.saturating_sub(1).max(1);
+        let floor_pow2 = 1usize << share.ilog2();
+        floor_pow2.clamp(64, 1024)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
@@ -330,7 +353,7 @@ impl Default for Limits {
             keepalive_max_secs: 0,
             qos_max: 2,
             mesh_batch_max: 256,
-            mesh_ring_capacity: 1024,
+            mesh_ring_capacity: 0,
             mesh_overflow_max: 65_536,
             connect_timeout_secs: 10,
             connect_packet_size_max: 8 << 10,
@@ -533,9 +556,9 @@ impl Config {
         if l.mesh_batch_max == 0 {
             return Err("limits.mesh_batch_max = 0: must be at least 1".into());
         }
-        if l.mesh_ring_capacity == 0 || l.mesh_ring_capacity > 1 << 20 {
+        if l.mesh_ring_capacity > 1 << 20 {
             return Err(format!(
-                "limits.mesh_ring_capacity = {}: must be between 1 and 1048576",
+                "limits.mesh_ring_capacity = {}: must be at most 1048576 (0 = from the shard count)",
                 l.mesh_ring_capacity
             ));
         }
@@ -616,6 +639,35 @@ mod tests {
         assert_eq!(per_ring(32, 4), 32, "nor above a count already under 64");
         assert_eq!(per_ring(2, 1), 2);
         assert_eq!(per_ring(32768, 1), 32768);
+    }
+
+    #[test]
+    fn mesh_rings_shrink_as_shards_grow_unless_set() {
+        let auto = Limits::default();
+        let capacities: Vec<usize> = [1, 2, 4, 5, 6, 8, 9, 16, 17, 32, 33, 64]
+            .iter()
+            .map(|&shards| auto.mesh_ring_capacity_for(shards))
+            .collect();
+        assert_eq!(
+            capacities,
+            [1024, 1024, 1024, 1024, 512, 512, 512, 256, 256, 128, 128, 64]
+        );
+        for shards in 2..=64 {
+            let inbound = (shards - 1) * auto.mesh_ring_capacity_for(shards);
+            assert!(
+                (1024..=4096).contains(&inbound) || shards > 16,
+                "{shards} shards: {inbound} inbound slots"
+            );
+        }
+        let set = Limits {
+            mesh_ring_capacity: 100,
+            ..Limits::default()
+        };
+        assert_eq!(
+            set.mesh_ring_capacity_for(16),
+            100,
+            "as set (Mesh rounds it up)"
+        );
     }
 
     #[test]
@@ -761,7 +813,10 @@ mod tests {
                 "[limits]\nconnect_packet_size_max = 64",
                 "connect_packet_size_max",
             ),
-            ("[limits]\nmesh_ring_capacity = 0", "mesh_ring_capacity"),
+            (
+                "[limits]\nmesh_ring_capacity = 2000000",
+                "mesh_ring_capacity",
+            ),
             (
                 "[limits]\nincoming_inflight_max = 0",
                 "incoming_inflight_max",

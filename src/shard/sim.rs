@@ -172,7 +172,10 @@ impl SimBroker {
             .map(|_| Waker::new())
             .collect::<io::Result<Vec<_>>>()?;
         let peers = Peers::new(wakers.clone(), rings_per_shard);
-        let meshes = Mesh::new(shard_count, config.limits.mesh_ring_capacity as usize);
+        let meshes = Mesh::new(
+            shard_count,
+            config.limits.mesh_ring_capacity_for(shard_count),
+        );
         let mut shards = Vec::with_capacity(shard_count);
         let board = Arc::new(StatsBoard::new(shard_count));
         for (index, (mesh, waker)) in meshes.into_iter().zip(wakers).enumerate() {
