@@ -307,6 +307,20 @@ fn sys_topics_match_known_traffic(shards: usize) {
         line.contains("$SYS/broker/version|0|1|ringmq version"),
         "retained, from mosquitto_sub: {line}"
     );
+    // Every shard's own counters go out live each interval, not retained (shards x shards
+    // replicas otherwise): a new subscriber gets the next publication, retain flag 0.
+    let last_shard = shards - 1;
+    let topic = format!("$SYS/broker/shards/{last_shard}/connections");
+    let mut sub = Proc::spawn(
+        "mosquitto_sub",
+        &mosquitto_sub_args(broker.port(), &topic, 0, 1, &[]),
+    );
+    let lines = sub.wait_line(MESSAGE_MARK);
+    let line = lines.last().unwrap();
+    assert!(
+        line.contains(&format!("{topic}|0|0|")),
+        "live, not retained, from mosquitto_sub: {line}"
+    );
     let finished = mosquitto_sub_until_count(broker.port(), "$SYS/#", 5);
     assert!(finished
         .iter()
