@@ -207,6 +207,9 @@ impl<T> std::fmt::Debug for Carried<T> {
     }
 }
 
+/// Slots an emptied overflow queue keeps (88 B each); a burst's larger queue is shrunk to it.
+const OVERFLOW_KEPT: usize = 256;
+
 /// Builds the mesh: one SPSC ring per ordered pair of shards.
 pub struct Mesh;
 
@@ -501,6 +504,11 @@ impl Targets {
         }
         if queue.is_empty() {
             self.overflow_targets &= !(1u64 << target);
+            // A burst (a retained or subscription storm, a slow target) must not keep its
+            // queue's memory for good: past a ring's worth, give the rest back once drained.
+            if queue.capacity() > OVERFLOW_KEPT {
+                queue.shrink_to(OVERFLOW_KEPT);
+            }
         }
         if moved > 0 {
             self.wake_targets |= 1u64 << target;
@@ -683,6 +691,29 @@ mod tests {
         assert_eq!(received, (0..11).collect::<Vec<_>>());
         assert_eq!(sender.overflow_total(), 0);
         assert_eq!(sender.flush_overflow(), 0);
+    }
+
+    #[test]
+    fn an_emptied_overflow_gives_a_bursts_memory_back() {
+        let mut shards = Mesh::new(2, 4);
+        let burst = 10 * OVERFLOW_KEPT;
+        for sequence in 0..burst {
+            shards[0].push(1, publish("t", sequence as u32, 0));
+        }
+        let grown = shards[0].targets.overflow[1].capacity();
+        assert!(grown >= burst - 4, "{grown}");
+        let mut received = 0;
+        while received < burst {
+            shards[0].flush_overflow();
+            shards[0].take_wake_targets();
+            received += shards[1].drain(usize::MAX, |_, _| {});
+        }
+        assert_eq!(shards[0].overflow_total(), 0);
+        let kept = shards[0].targets.overflow[1].capacity();
+        assert!(
+            (1..=OVERFLOW_KEPT).contains(&kept),
+            "kept {kept} slots after the burst"
+        );
     }
 
     #[test]
