@@ -764,7 +764,7 @@ pub(crate) fn has_byte_below_0x2c(bytes: &[u8]) -> bool {
         x.wrapping_sub(ONES * 0x2C) & !x & HIGHS != 0
     };
     let mut chunks = bytes.chunks_exact(8);
-    if (&mut chunks).any(has_below) {
+    if chunks.any(has_below) {
         return true;
     }
     match bytes.len() {
