@@ -41,11 +41,6 @@ cases=("pairs -n 100 --qos 0 --max --inflight 100"
        "pairs -n 100 --qos 1 --max --inflight 100"
        "fanin --publishers 8 --subscribers 1 --qos 0 --max --inflight 100")
 echo "case | binary | round | received | broker CPU s | ns per message"
-# The broker's config for $port (start_on_free_port calls it).
-ringmq_conf() {
-    printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
-        "$port" > "$work/ringmq.toml"
-}
 : > "$work/runs.txt"
 for case in "${cases[@]}"; do
     for round in $(seq 1 "$rounds"); do
@@ -53,7 +48,7 @@ for case in "${cases[@]}"; do
             bin="$old"; mqtt="$mqtt_old"; args="$args_old"; scrape="$scrape_old"
             [ "$which" = new ] && { bin="$new"; mqtt="$mqtt_new"; args="$args_new"; scrape="$scrape_new"; }
             # shellcheck disable=SC2086
-            start_on_free_port ringmq_conf "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
+            start_on_free_port one_shard_conf "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
             scraper=""
             if [ -n "$scrape" ]; then
                 # Ends with its broker, and keeps no pipe open: a round that fails must not

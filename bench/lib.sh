@@ -1,4 +1,5 @@
-# Shared pieces of the bench scripts (partial.sh, storm.sh, flood.sh, subscribe.sh, ab.sh).
+# Shared pieces of the bench scripts (partial.sh, storm.sh, flood.sh, subscribe.sh, ab.sh,
+# profile.sh).
 # Each sources it right after its own `set -euo pipefail`:
 #     . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # Sourcing sets `here` (bench/), `root` (the repository; nothing changes directory),
@@ -67,6 +68,14 @@ max_connections -1
 set_tcp_nodelay true
 log_dest none
 EOF
+}
+
+# Writes $work/ringmq.toml for $port: one shard (flags may ask for more), no inflight, queue or
+# outbox limit a closed loop reaches. The A/B scripts' config (ab.sh, profile.sh), for
+# start_on_free_port.
+one_shard_conf() {
+    printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
+        "$port" > "$work/ringmq.toml"
 }
 
 # Prints the [limits] the comparisons run ringmq with (no limit a load reaches), to follow a

@@ -45,19 +45,15 @@ need taskset "taskset (util-linux)"
 need perf "perf (Debian: linux-perf)"
 make_work profile
 mkdir -p "$out"
-rm -f "$out"/*.data "$out"/runs.txt
+rm -f "$out"/*.data "$out"/*.msgs "$out"/table.md
 
-ringmq_conf() {
-    printf 'listen = "127.0.0.1:%s"\nshards = 1\n[limits]\ninflight_max = 65535\noffline_queue_max = 1000000\noutbox_bytes_max = 268435456\n' \
-        "$port" > "$work/ringmq.toml"
-}
 log "case: ${case_args[*]}; broker on CPU $broker_cpu, load on CPU $load_cpu, $rounds round(s)"
 for round in $(seq 1 "$rounds"); do
     for which in old new; do
         bin="$old"; args="$args_old"
         [ "$which" = new ] && { bin="$new"; args="$args_new"; }
         # shellcheck disable=SC2086
-        start_on_free_port ringmq_conf "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
+        start_on_free_port one_shard_conf "$broker_cpu" "$work/broker.log" "$bin" --config "$work/ringmq.toml" $args
         rm -rf "$work/out"
         taskset -c "$load_cpu" "$loadgen" "${case_args[@]}" --port "$port" --warmup 1 --duration 5 \
             --drain 1 --out "$work/out" -q > /dev/null 2>&1 &

@@ -335,10 +335,15 @@ impl Limits {
         if self.mesh_ring_capacity > 0 {
             return self.mesh_ring_capacity as usize;
         }
-        let share = MESH_INBOUND_SLOTS / shards.saturating_sub(1).max(1);
-        let floor_pow2 = 1usize << share.ilog2();
-        floor_pow2.clamp(64, 1024)
+        power_of_two_share(MESH_INBOUND_SLOTS, shards.saturating_sub(1)).clamp(64, 1024)
     }
+}
+
+/// `total / parts` (parts at least 1), rounded down to a power of two, at least 1: a budget
+/// split into power-of-two rings.
+fn power_of_two_share(total: usize, parts: usize) -> usize {
+    let share = (total / parts.max(1)).max(1);
+    1 << share.ilog2()
 }
 
 impl Default for Limits {
@@ -492,9 +497,7 @@ impl Config {
     /// a million idle connections' 561 B (bench/bigbox.sh on 16 cores); 64 each hold 14 MiB.
     pub fn recv_buffers_per_ring(&self) -> u16 {
         let count = usize::from(self.recv_buffer_count.max(1));
-        let share = (count / self.rings_per_shard.max(1)).max(1);
-        let share = 1usize << share.ilog2();
-        share.max(count.min(64)) as u16
+        power_of_two_share(count, self.rings_per_shard).max(count.min(64)) as u16
     }
 
     /// Checks values that parse but make no sense; the message says what to fix.

@@ -13,9 +13,9 @@
 //! - `take_wake_targets` to publish this turn's messages (one store per ring, not per message)
 //!   and learn which shards got them, to wake each once (the wake itself, MSG_RING or an
 //!   eventfd, belongs to the ring driver). Until then a target does not see them.
-//! - `drain(mesh_batch_max, ..)` to take at most a batch from each inbound ring. To push a
-//!   drained message on (a shared subscription whose members left), `split` the mesh into its
-//!   [`Sources`] and [`Targets`] halves and push from inside the callback.
+//! - `drain(mesh_batch_max, ..)` to take at most a batch from each inbound ring. To handle
+//!   each message with full access to its owner (which may push it on: a shared subscription
+//!   whose members left), `take_sources`, drain those, and `restore_sources`.
 //!
 //! `push` returns the message's sequence number on its way to that target (0, 1, 2, ... per
 //! target, overflow included: nothing is dropped once pushed, and the overflow keeps order), and
@@ -259,8 +259,8 @@ impl Mesh {
 
 /// One shard's ends of the mesh: consumers from every other shard ([`Sources`]) and producers
 /// to every other shard with the overflow for rings that were full ([`Targets`]). The methods
-/// here forward to the two halves; [`ShardMesh::split`] hands out both at once, so a message
-/// taken in `drain` can be pushed on in the same callback.
+/// here forward to the two halves; [`ShardMesh::take_sources`] lends the inbound half out, so
+/// a message taken from it can be handled, and pushed on, with the mesh still at hand.
 pub struct ShardMesh {
     /// The interest in filters without wildcards that every shard shares, past
     /// `exact::SETS_SHARDS_MAX` shards (`shared_masks.rs`).
@@ -282,11 +282,6 @@ impl ShardMesh {
 
     pub fn shard_count(&self) -> usize {
         self.targets.producers.len()
-    }
-
-    /// Both halves, borrowed separately: `sources.drain(.., |source, message| targets.push(..))`.
-    pub fn split(&mut self) -> (&mut Sources, &mut Targets) {
-        (&mut self.sources, &mut self.targets)
     }
 
     /// See [`Targets::push`].
@@ -819,14 +814,15 @@ mod tests {
         let mut shards = Mesh::new(3, 4);
         shards[0].push(1, publish("t", 7, 0));
         shards[0].take_wake_targets();
-        let (sources, targets) = shards[1].split();
+        let mut sources = shards[1].take_sources();
         let taken = sources.drain(8, |source, message| {
             assert_eq!(source, 0);
-            targets.push(2, message);
+            shards[1].push(2, message);
         });
+        shards[1].restore_sources(sources);
         assert_eq!(taken, 1);
-        assert!(sources.is_empty());
-        assert_eq!(targets.take_wake_targets(), 0b100);
+        assert_eq!(shards[1].inbound_len(), 0);
+        assert_eq!(shards[1].take_wake_targets(), 0b100);
         let received = drain_all(&mut shards[2]);
         assert_eq!(received.len(), 1);
         assert_eq!(
