@@ -14,6 +14,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
+
 use crate::mesh::HandOff;
 
 use super::Waker;
@@ -21,10 +23,10 @@ use super::Waker;
 /// Shared by all shards of a broker, built before they start.
 pub struct Peers {
     wakers: Vec<Arc<Waker>>,
-    sleeping: Vec<AtomicBool>,
-    /// The shard has messages waiting in its overflow for a full ring: a consumer that drains
-    /// from it wakes it so it can push them on.
-    backlogged: Vec<AtomicBool>,
+    /// Per shard, on a cache line of its own: a shard writes its flags twice per sleep, and
+    /// with every shard's flags on one line each of those writes would take the line from
+    /// every other shard that reads a flag on its turn.
+    flags: Box<[CachePadded<SleepFlags>]>,
     /// Index = shard * rings_per_shard + ring.
     ring_fds: Vec<AtomicI32>,
     rings_per_shard: usize,
@@ -39,14 +41,21 @@ pub struct Peers {
     shard_count: usize,
 }
 
+#[derive(Default)]
+struct SleepFlags {
+    sleeping: AtomicBool,
+    /// The shard has messages waiting in its overflow for a full ring: a consumer that drains
+    /// from it wakes it so it can push them on.
+    backlogged: AtomicBool,
+}
+
 impl Peers {
     pub fn new(wakers: Vec<Arc<Waker>>, rings_per_shard: usize) -> Arc<Peers> {
         let rings_per_shard = rings_per_shard.max(1);
         let count = wakers.len();
         Arc::new(Peers {
             wakers,
-            sleeping: (0..count).map(|_| AtomicBool::new(false)).collect(),
-            backlogged: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            flags: (0..count).map(|_| CachePadded::default()).collect(),
             ring_fds: (0..count * rings_per_shard)
                 .map(|_| AtomicI32::new(-1))
                 .collect(),
@@ -121,17 +130,18 @@ impl Peers {
 
     /// Set before blocking in the kernel (then check the inbound rings once more), cleared after.
     pub fn set_sleeping(&self, shard: usize, sleeping: bool, backlogged: bool) {
-        self.backlogged[shard].store(backlogged, Ordering::Relaxed);
-        self.sleeping[shard].store(sleeping, Ordering::SeqCst);
+        let flags = &self.flags[shard];
+        flags.backlogged.store(backlogged, Ordering::Relaxed);
+        flags.sleeping.store(sleeping, Ordering::SeqCst);
     }
 
     pub fn is_sleeping(&self, shard: usize) -> bool {
-        self.sleeping[shard].load(Ordering::SeqCst)
+        self.flags[shard].sleeping.load(Ordering::SeqCst)
     }
 
     /// Asleep with messages waiting for room in our rings.
     pub fn is_backlogged_sleeper(&self, shard: usize) -> bool {
-        self.is_sleeping(shard) && self.backlogged[shard].load(Ordering::Relaxed)
+        self.is_sleeping(shard) && self.flags[shard].backlogged.load(Ordering::Relaxed)
     }
 
     /// The shards in `targets` (bit per shard) that may be sleeping: the ones to wake.
