@@ -430,7 +430,7 @@ impl Shard {
         }
         let mut retained: Vec<Message> = std::mem::take(&mut self.retained_scratch);
         let (mut count, mut bytes) = (job.retained_count, job.retained_bytes);
-        let visits = self.retained.walk_matches(filter, |_, message| {
+        let visits = self.retained.walk_matches(filter, |message| {
             retained.push(message.clone());
             count += 1;
             bytes += message.topic.len() + message.payload.len();

@@ -324,15 +324,11 @@ impl<N, const LABELS: bool> LevelMap<N, LABELS> {
     }
 
     /// Every key and child, in no particular order.
-    pub(crate) fn labeled(&self) -> impl Iterator<Item = (&[u8], &N)> {
-        let (few, many) = match &self.repr {
-            Repr::Few(few) => (Some(few.iter()), None),
-            Repr::Many(many) => (None, Some(many.table.iter())),
-        };
-        few.into_iter()
-            .flatten()
-            .chain(many.into_iter().flatten())
-            .map(|(key, node)| (key.as_bytes(), node))
+    pub(crate) fn labeled(&self) -> Children<'_, N> {
+        match &self.repr {
+            Repr::Few(few) => Children(ChildIter::Few(few.iter())),
+            Repr::Many(many) => Children(ChildIter::Many(many.table.iter())),
+        }
     }
 
     #[cfg(test)]
@@ -359,6 +355,27 @@ impl<N, const LABELS: bool> LevelMap<N, LABELS> {
         };
         let entries: Vec<(Level, N)> = many.table.into_iter().collect();
         self.repr = Repr::Few(entries.into_boxed_slice());
+    }
+}
+
+/// `LevelMap::labeled`'s iterator: a type with a name, so a walk can keep one on its stack.
+pub(crate) struct Children<'a, N>(ChildIter<'a, N>);
+
+enum ChildIter<'a, N> {
+    Few(std::slice::Iter<'a, (Level, N)>),
+    Many(hashbrown::hash_table::Iter<'a, (Level, N)>),
+}
+
+impl<'a, N> Iterator for Children<'a, N> {
+    type Item = (&'a [u8], &'a N);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, node) = match &mut self.0 {
+            ChildIter::Few(few) => few.next()?,
+            ChildIter::Many(many) => many.next()?,
+        };
+        Some((key.as_bytes(), node))
     }
 }
 

@@ -3,8 +3,12 @@
 //! A new subscription must find every retained message its filter matches [MQTT-3.3.1-6], so the
 //! store is walked by the filter's levels: a literal level follows one child, `+` each child,
 //! `#` the whole subtree. Cost grows with what matches, not with how many topics are retained.
-//! Each message keeps its topic name beside it so matches are reported without rebuilding names.
-//! What `T` is, and that an empty payload deletes (the broker calls `remove`), is the broker's.
+//! What `T` is (the broker's carries its own topic name, so the store keeps none beside it), and
+//! that an empty payload deletes (the broker calls `remove`), is the broker's.
+//!
+//! Every shard holds a replica of the store, so what a message costs here is paid once per
+//! shard: a node's children live in a `LevelMap` (16 bytes, short levels inline, no spare
+//! slots below 9 children), the one map the subscription trie uses for the same reason.
 //!
 //! The store counts its messages and their bytes (topic name plus what `weigh` says a `T`
 //! weighs), so the broker can bound both (`limits.retained_max`, `retained_bytes_max`).
@@ -15,11 +19,11 @@
 
 use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::hash_map;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::ops::ControlFlow;
 
 use super::filter::split_level;
+use super::level_map::{Children, LevelMap};
 use super::stack::SmallStack;
 
 pub struct RetainedStore<T> {
@@ -52,15 +56,15 @@ pub const NO_DEADLINE: u32 = u32::MAX;
 const EXPIRING_SLACK: usize = 1024;
 
 struct Node<T> {
-    children: HashMap<Box<str>, Node<T>>,
-    /// The retained message whose topic name ends at this node, with that name.
-    message: Option<(Box<str>, T)>,
+    children: LevelMap<Node<T>>,
+    /// The retained message whose topic name ends at this node.
+    message: Option<T>,
 }
 
 impl<T> Node<T> {
     fn new() -> Self {
         Node {
-            children: HashMap::new(),
+            children: LevelMap::new(),
             message: None,
         }
     }
@@ -72,9 +76,10 @@ impl<T> Drop for Node<T> {
         if self.children.is_empty() {
             return;
         }
-        let mut pending: Vec<Node<T>> = self.children.drain().map(|(_, c)| c).collect();
+        let mut pending: Vec<Node<T>> = Vec::new();
+        self.children.take_all(&mut pending);
         while let Some(mut node) = pending.pop() {
-            pending.extend(node.children.drain().map(|(_, c)| c));
+            node.children.take_all(&mut pending);
         }
     }
 }
@@ -83,13 +88,13 @@ impl<T> Drop for Node<T> {
 enum Frame<'a, T> {
     /// The filter had `+` here: try each child against the levels after the `+`.
     Plus {
-        children: hash_map::Iter<'a, Box<str>, Node<T>>,
+        children: Children<'a, Node<T>>,
         rest: Option<&'a str>,
         skip_dollar: bool,
     },
     /// The filter had `#` here: every message in each child's subtree matches.
     Subtree {
-        children: hash_map::Iter<'a, Box<str>, Node<T>>,
+        children: Children<'a, Node<T>>,
         skip_dollar: bool,
     },
 }
@@ -167,21 +172,16 @@ impl<T> RetainedStore<T> {
         self.expiring.len()
     }
 
-    /// The heap again from the messages held, dropping stale entries.
+    /// The heap again without its stale entries: those whose topic holds no message by now,
+    /// or one with another deadline, and repeats.
     fn rebuild_expiring(&mut self) {
-        let deadline = self.deadline;
         let mut expiring = std::mem::take(&mut self.expiring).into_vec();
-        expiring.clear();
-        let mut pending: Vec<&Node<T>> = vec![&self.root];
-        while let Some(node) = pending.pop() {
-            if let Some((topic, message)) = &node.message {
-                let at = deadline(message);
-                if at != NO_DEADLINE {
-                    expiring.push(Reverse((at, topic.clone())));
-                }
-            }
-            pending.extend(node.children.values());
-        }
+        expiring.sort_unstable();
+        expiring.dedup();
+        expiring.retain(|Reverse((at, topic))| {
+            self.get(topic)
+                .is_some_and(|message| (self.deadline)(message) == *at)
+        });
         self.expiring = BinaryHeap::from(expiring);
     }
 
@@ -218,26 +218,19 @@ impl<T> RetainedStore<T> {
     pub fn set(&mut self, topic: &str, message: T) {
         let mut node = &mut self.root;
         for level in topic.split('/') {
-            // Look up first so an existing level costs no `Box<str>` allocation.
-            if !node.children.contains_key(level) {
-                node.children.insert(level.into(), Node::new());
-            }
-            node = node
-                .children
-                .get_mut(level)
-                .expect("child was just inserted");
+            node = node.children.get_or_insert_with(level, Node::new);
         }
         let weigh = self.weigh;
         let (len_before, bytes_before) = (self.len, self.bytes);
         self.bytes += weigh(&message);
         let deadline = (self.deadline)(&message);
         match &mut node.message {
-            Some((_, old)) => {
+            Some(old) => {
                 self.bytes -= weigh(old);
                 *old = message;
             }
             None => {
-                node.message = Some((topic.into(), message));
+                node.message = Some(message);
                 self.len += 1;
                 self.bytes += topic.len();
             }
@@ -259,7 +252,7 @@ impl<T> RetainedStore<T> {
         for level in topic.split('/') {
             node = node.children.get(level)?;
         }
-        node.message.as_ref().map(|(_, message)| message)
+        node.message.as_ref()
     }
 
     /// Removes and returns the message retained for `topic`, freeing levels left empty.
@@ -268,7 +261,7 @@ impl<T> RetainedStore<T> {
         for level in topic.split('/') {
             node = node.children.get_mut(level)?;
         }
-        let (_, message) = node.message.take()?;
+        let message = node.message.take()?;
         let weight = topic.len() + (self.weigh)(&message);
         self.len -= 1;
         self.bytes -= weight;
@@ -314,13 +307,13 @@ impl<T> RetainedStore<T> {
         }
     }
 
-    /// Calls `f(topic_name, message)` for every retained message whose topic matches `filter`
-    /// (a valid plain filter), with the `$` rule: a filter starting with `+` or `#` skips topics
+    /// Calls `f(message)` for every retained message whose topic matches `filter` (a valid
+    /// plain filter), with the `$` rule: a filter starting with `+` or `#` skips topics
     /// starting with `$` [MQTT-4.7.2-1]. Allocates only when more than 16 levels of `+`/`#` are
     /// being walked at once.
-    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&str, &T)) {
-        self.walk_matches(filter, |topic, message| {
-            f(topic, message);
+    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&T)) {
+        self.walk_matches(filter, |message| {
+            f(message);
             ControlFlow::Continue(())
         });
     }
@@ -330,13 +323,13 @@ impl<T> RetainedStore<T> {
     pub fn walk_matches(
         &self,
         filter: &str,
-        mut f: impl FnMut(&str, &T) -> ControlFlow<()>,
+        mut f: impl FnMut(&T) -> ControlFlow<()>,
     ) -> usize {
         let stopped = Cell::new(false);
         let mut visits = 0;
-        let mut report = |topic: &str, message: &T| {
+        let mut report = |message: &T| {
             if !stopped.get() {
-                stopped.set(f(topic, message).is_break());
+                stopped.set(f(message).is_break());
             }
         };
         let mut stack: SmallStack<Frame<'_, T>, 16> = SmallStack::new();
@@ -355,7 +348,7 @@ impl<T> RetainedStore<T> {
                     rest,
                     skip_dollar,
                 } => match children.next() {
-                    Some((level, child)) if !(*skip_dollar && level.starts_with('$')) => {
+                    Some((level, child)) if !(*skip_dollar && level.starts_with(b"$")) => {
                         (child, Some(*rest))
                     }
                     Some(_) => continue,
@@ -368,7 +361,7 @@ impl<T> RetainedStore<T> {
                     children,
                     skip_dollar,
                 } => match children.next() {
-                    Some((level, child)) if !(*skip_dollar && level.starts_with('$')) => {
+                    Some((level, child)) if !(*skip_dollar && level.starts_with(b"$")) => {
                         (child, None)
                     }
                     Some(_) => continue,
@@ -383,12 +376,12 @@ impl<T> RetainedStore<T> {
                 Some(rest) => visits += descend(child, rest, false, &mut stack, &mut report),
                 // A `#` child: report it and walk all of its subtree.
                 None => {
-                    if let Some((topic, message)) = &child.message {
-                        report(topic, message);
+                    if let Some(message) = &child.message {
+                        report(message);
                     }
                     if !child.children.is_empty() {
                         stack.push(Frame::Subtree {
-                            children: child.children.iter(),
+                            children: child.children.labeled(),
                             skip_dollar: false,
                         });
                     }
@@ -406,13 +399,13 @@ fn descend<'a, T>(
     mut rest: Option<&'a str>,
     mut at_root: bool,
     stack: &mut SmallStack<Frame<'a, T>, 16>,
-    f: &mut impl FnMut(&str, &T),
+    f: &mut impl FnMut(&T),
 ) -> usize {
     let mut visits = 1;
     loop {
         let Some(levels) = rest else {
-            if let Some((topic, message)) = &node.message {
-                f(topic, message);
+            if let Some(message) = &node.message {
+                f(message);
             }
             return visits;
         };
@@ -421,19 +414,19 @@ fn descend<'a, T>(
             "#" => {
                 // `a/#` matches `a` itself [MQTT-4.7.1-2]; the root holds no topic of its own.
                 if !at_root {
-                    if let Some((topic, message)) = &node.message {
-                        f(topic, message);
+                    if let Some(message) = &node.message {
+                        f(message);
                     }
                 }
                 stack.push(Frame::Subtree {
-                    children: node.children.iter(),
+                    children: node.children.labeled(),
                     skip_dollar: at_root,
                 });
                 return visits;
             }
             "+" => {
                 stack.push(Frame::Plus {
-                    children: node.children.iter(),
+                    children: node.children.labeled(),
                     rest: next,
                     skip_dollar: at_root,
                 });
@@ -458,16 +451,21 @@ mod tests {
     use crate::topic::filter::matches;
     use crate::topic::trie::tests::Rng;
 
-    fn matched(store: &RetainedStore<u32>, filter: &str) -> Vec<(String, u32)> {
+    /// A store whose messages carry their topic names, as the broker's do.
+    type Named = RetainedStore<(String, u32)>;
+
+    fn put(store: &mut Named, topic: &str, value: u32) {
+        store.set(topic, (topic.to_string(), value));
+    }
+
+    fn matched(store: &Named, filter: &str) -> Vec<(String, u32)> {
         let mut out = Vec::new();
-        store.for_each_match(filter, |topic, message| {
-            out.push((topic.to_string(), *message))
-        });
+        store.for_each_match(filter, |message| out.push(message.clone()));
         out.sort();
         out
     }
 
-    fn topics(store: &RetainedStore<u32>, filter: &str) -> Vec<String> {
+    fn topics(store: &Named, filter: &str) -> Vec<String> {
         matched(store, filter).into_iter().map(|(t, _)| t).collect()
     }
 
@@ -495,7 +493,7 @@ mod tests {
         }
         store.set("b", 100);
         let mut seen = 0;
-        let visits = store.walk_matches("a/+", |_, _| {
+        let visits = store.walk_matches("a/+", |_| {
             seen += 1;
             if seen == 10 {
                 ControlFlow::Break(())
@@ -505,10 +503,10 @@ mod tests {
         });
         assert_eq!(seen, 10, "no match reported after the break");
         assert!(visits < 40, "the walk ended soon after: {visits} visits");
-        let all = store.walk_matches("a/+", |_, _| ControlFlow::Continue(()));
+        let all = store.walk_matches("a/+", |_| ControlFlow::Continue(()));
         assert!(all >= 100, "every child of a/ was visited: {all}");
         assert_eq!(
-            store.walk_matches("c/d", |_, _| ControlFlow::Continue(())),
+            store.walk_matches("c/d", |_| ControlFlow::Continue(())),
             1
         );
     }
@@ -620,16 +618,16 @@ mod tests {
         store.set("a/b/c/d", 1);
         store.set("a/x", 2);
         assert_eq!(store.remove("a/b/c/d"), Some(1));
-        let a = &store.root.children["a"];
+        let a = store.root.children.get("a").expect("a kept");
         assert_eq!(a.children.len(), 1);
-        assert!(a.children.contains_key("x"));
+        assert!(a.children.get("x").is_some());
         assert_eq!(store.remove("a/x"), Some(2));
         assert!(store.root.children.is_empty());
     }
 
     #[test]
     fn wildcards_and_edge_cases() {
-        let mut store = RetainedStore::new();
+        let mut store = Named::new();
         for (i, topic) in [
             "a",
             "a/b",
@@ -649,7 +647,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            store.set(topic, i as u32);
+            put(&mut store, topic, i as u32);
         }
         let cases: &[(&str, &[&str])] = &[
             ("a", &["a"]),
@@ -700,7 +698,7 @@ mod tests {
         let mut count = 0;
         let allocations = allocations_during(|| {
             for filter in ["#", "a/+/c", "+/+/+", "a/#", "$SYS/#", "b/c/d/e", "+/c/#"] {
-                store.for_each_match(filter, |_, _| count += 1);
+                store.for_each_match(filter, |_| count += 1);
             }
         });
         assert_eq!(allocations, 0);
@@ -710,18 +708,18 @@ mod tests {
     #[test]
     fn deep_topics_do_not_overflow_the_stack() {
         let deep = vec!["a"; 32_768].join("/");
-        let mut store = RetainedStore::new();
-        store.set(&deep, 7);
-        store.set("a", 1);
-        assert_eq!(store.get(&deep), Some(&7));
+        let mut store = Named::new();
+        put(&mut store, &deep, 7);
+        put(&mut store, "a", 1);
+        assert_eq!(store.get(&deep).map(|m| m.1), Some(7));
         assert_eq!(topics(&store, "a/#").len(), 2);
         assert_eq!(topics(&store, "#").len(), 2);
         let plus = vec!["+"; 32_768].join("/");
         assert_eq!(matched(&store, &plus), vec![(deep.clone(), 7)]);
-        assert_eq!(store.remove(&deep), Some(7));
+        assert_eq!(store.remove(&deep).map(|m| m.1), Some(7));
         assert_eq!(store.len(), 1);
-        assert!(store.root.children["a"].children.is_empty());
-        store.set(&deep, 8);
+        assert!(store.root.children.get("a").unwrap().children.is_empty());
+        put(&mut store, &deep, 8);
         drop(store); // Iterative drop of the 32,768-level chain.
     }
 
@@ -729,11 +727,11 @@ mod tests {
     fn randomized_against_reference_matcher() {
         let mut rng = Rng(0xD1B5_4A32_D192_ED03);
         for round in 0..200 {
-            let mut store = RetainedStore::new();
+            let mut store = Named::new();
             let mut retained: Vec<String> = Vec::new();
             for i in 0..rng.below(30) {
                 let topic = rng.topic();
-                store.set(&topic, i as u32);
+                put(&mut store, &topic, i as u32);
                 if !retained.contains(&topic) {
                     retained.push(topic);
                 }
