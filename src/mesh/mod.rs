@@ -42,6 +42,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::protocol::{Properties, QoS};
+use crate::session::Message;
 
 pub use interest::{InterestIndex, LocalInterest, SHARDS_MAX};
 
@@ -57,9 +58,11 @@ pub enum MeshMessage {
         shard: u16,
         interested: bool,
     },
-    /// A retained message (an empty payload clears the topic's), replicated to every shard so a
-    /// new subscription is answered locally.
-    Retained(Forward),
+    /// A retained message, replicated to every shard so a new subscription is answered
+    /// locally: one allocation, the publisher's shard's, shared by every shard's replica.
+    Retained(Arc<Message>),
+    /// A topic's retained message was cleared.
+    RetainedCleared(ByteString),
     /// A socket whose CONNECT names a client id homed on the target shard.
     Connection(HandOff),
     /// A socket handed to the target's ring `ring` landed in a slot the kernel could not

@@ -41,6 +41,17 @@ pub struct Message {
 /// `Message::expires_secs` of a message without a Message Expiry Interval.
 pub const NEVER: u32 = u32::MAX;
 
+/// `Message::expires_secs` of a message with `properties` that arrives at `now_secs`.
+pub fn expires_secs(properties: &Properties, now_secs: u64) -> u32 {
+    let Some(interval_secs) = properties.message_expiry_interval else {
+        return NEVER;
+    };
+    // The shard clock is in whole seconds, rounded down: one more second so a message never
+    // expires before its interval (it may outlive it by under a second), [MQTT-3.3.2-5].
+    let expires_secs = now_secs.saturating_add(u64::from(interval_secs) + 1);
+    expires_secs.min(u64::from(NEVER - 1)) as u32
+}
+
 /// A payload shorter than this came in whole with one read, cut out of a shared receive-arena
 /// block (64 KiB, `shard::ARENA_BLOCK`), and keeps the whole block alive while it is held: a
 /// message kept for a while (queued, or unacknowledged in flight) is copied out when its
@@ -74,13 +85,7 @@ impl Message {
         now_secs: u64,
     ) -> Message {
         if let Some(properties) = properties {
-            if let Some(interval_secs) = properties.message_expiry_interval {
-                // The shard clock is in whole seconds, rounded down: one more second so a
-                // message never expires before its interval (it may outlive it by under a
-                // second), [MQTT-3.3.2-5].
-                let expires_secs = now_secs.saturating_add(u64::from(interval_secs) + 1);
-                self.expires_secs = expires_secs.min(u64::from(NEVER - 1)) as u32;
-            }
+            self.expires_secs = expires_secs(properties, now_secs);
             self.properties = Some(Arc::clone(properties));
         }
         self

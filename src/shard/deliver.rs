@@ -34,6 +34,47 @@ pub(super) enum Delivery {
     Retained,
 }
 
+/// A shard's replica of a retained message: 16 bytes, since every shard holds one per retained
+/// topic. The message is one allocation, made by the shard it was published on and shared by
+/// every replica (replaced or cleared, never changed); only the expiry is the replica's own,
+/// counted by this shard's clock from the message's arrival here.
+pub(super) struct Retained {
+    message: Arc<Message>,
+    expires_secs: u32,
+}
+
+impl Retained {
+    /// A replica of `message` stored at `now_secs`.
+    pub(super) fn new(message: Arc<Message>, now_secs: u64) -> Retained {
+        let expires_secs = match message.properties.as_deref() {
+            Some(properties) => session::expires_secs(properties, now_secs),
+            None => session::NEVER,
+        };
+        Retained {
+            message,
+            expires_secs,
+        }
+    }
+
+    /// The message as published: its `expires_secs` is `NEVER`, the replica's is the one that
+    /// counts.
+    pub(super) fn message(&self) -> &Message {
+        &self.message
+    }
+
+    pub(super) fn expires_secs(&self) -> u32 {
+        self.expires_secs
+    }
+
+    /// The message as this shard delivers it: with this replica's expiry.
+    pub(super) fn to_message(&self) -> Message {
+        Message {
+            expires_secs: self.expires_secs,
+            ..Message::clone(&self.message)
+        }
+    }
+}
+
 /// Retained messages deleted per timer tick at most, so a crowd expiring in one second is
 /// spread over a few ticks instead of stalling one.
 const RETAINED_EXPIRIES_PER_TICK_MAX: usize = 10_000;
@@ -103,7 +144,7 @@ impl Shard {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
                 self.retained.remove(topic);
                 self.log_retained(topic, payload, qos, None);
-                self.replicate_retained(topic, payload, qos, None);
+                self.replicate_retained_clear(topic);
             } else if !self.retained_has_room(topic, payload, properties) {
                 // Over retained_max / retained_bytes_max: delivered below, not retained. Only
                 // what this shard accepts is replicated, so every shard holds the same set.
@@ -111,19 +152,18 @@ impl Shard {
             } else {
                 // [MQTT-3.3.1-5] Replaces the topic's retained message. Copied out of the
                 // receive arena so a long-lived message does not pin a whole arena block.
-                let message = Message {
+                let message = Arc::new(Message {
                     topic: ByteString::from(&**topic),
                     payload: Bytes::copy_from_slice(payload),
                     qos,
                     retain: true,
-                    properties: None,
+                    properties: properties.cloned(),
                     expires_secs: session::NEVER,
-                }
-                .with_properties(properties, self.now_secs());
-                let (copy_topic, copy_payload) = (message.topic.clone(), message.payload.clone());
-                self.retained.set(topic, message);
-                self.log_retained(&copy_topic, &copy_payload, qos, properties);
-                self.replicate_retained(&copy_topic, &copy_payload, qos, properties);
+                });
+                self.log_retained(topic, payload, qos, properties);
+                self.replicate_retained(&message);
+                let replica = Retained::new(message, self.now_secs());
+                self.retained.set(topic, replica);
             }
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0 (unless
@@ -216,7 +256,7 @@ impl Shard {
         let replaced = self
             .retained
             .get(topic)
-            .map(|old| topic.len() + super::retained_weight(old));
+            .map(|old| topic.len() + super::retained_weight(old.message()));
         match replaced {
             Some(old) if weight <= old => true,
             Some(old) => {
@@ -648,5 +688,40 @@ impl Shard {
                 Written::NoConnection => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(properties: Option<Properties>) -> Arc<Message> {
+        Arc::new(Message {
+            topic: ByteString::from_static("a/b"),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: properties.map(Arc::new),
+            expires_secs: session::NEVER,
+        })
+    }
+
+    #[test]
+    fn a_replica_counts_its_expiry_from_its_own_arrival_and_shares_the_message() {
+        let expiring = message(Some(Properties {
+            message_expiry_interval: Some(10),
+            ..Properties::default()
+        }));
+        let early = Retained::new(Arc::clone(&expiring), 100);
+        let late = Retained::new(Arc::clone(&expiring), 103);
+        // Rounded up a second: never expired before its interval [MQTT-3.3.2-5].
+        assert_eq!((early.expires_secs(), late.expires_secs()), (111, 114));
+        assert_eq!(late.to_message().expires_secs, 114);
+        assert!(std::ptr::eq(early.message(), late.message()), "one allocation");
+        assert_eq!(Arc::strong_count(&expiring), 3);
+        let plain = Retained::new(message(None), 100);
+        assert_eq!(plain.expires_secs(), session::NEVER);
+        assert_eq!(plain.to_message(), Message::clone(plain.message()));
+        assert_eq!(std::mem::size_of::<Retained>(), 16);
     }
 }

@@ -23,6 +23,7 @@ use crate::topic::filter::parse_shared;
 use super::limits::LimitHit;
 use super::peers::for_each_bit;
 use super::route::next_shard_after;
+use super::deliver::Retained;
 use super::Shard;
 
 /// A forwarded message whose topic and payload together are at most this long is copied into
@@ -154,8 +155,12 @@ impl Shard {
                 shard,
                 interested,
             } => self.apply_interest(&filter, usize::from(shard), interested),
-            MeshMessage::Retained(forward) => {
-                self.store_retained(&forward);
+            MeshMessage::Retained(message) => {
+                let replica = Retained::new(Arc::clone(&message), self.now_secs());
+                self.retained.set(&message.topic, replica);
+            }
+            MeshMessage::RetainedCleared(topic) => {
+                self.retained.remove(&topic);
             }
             MeshMessage::Connection(handoff) => self.on_handoff_message(handoff),
             MeshMessage::HandOffLost { ring } => self.on_handoff_lost(usize::from(ring)),
@@ -215,7 +220,7 @@ impl Shard {
                 (over || self.durable_acks) && shared.forward.qos != QoS::AtMostOnce
             }
             MeshMessage::Interest { interested, .. } => *interested,
-            MeshMessage::Retained(_) => true,
+            MeshMessage::Retained(_) | MeshMessage::RetainedCleared(_) => true,
             // A PUBCOMP waits until the flow's keys are gone on every shard that had them.
             MeshMessage::FlowReleased { packet_id, .. } => packet_id.is_some(),
             MeshMessage::Connection(_) | MeshMessage::HandOffLost { .. } => false,
@@ -299,54 +304,25 @@ impl Shard {
         }
     }
 
-    /// A retained message (or its deletion) set on this shard: every other shard gets it
-    /// before the PUBACK goes out (the ack waits until each took it, `held.rs`), so a
-    /// subscription anywhere after the PUBACK is answered locally. `topic` and `payload` are
-    /// the copy this shard stored, shared.
+    /// A retained message set on this shard: every other shard gets it before the PUBACK goes
+    /// out (the ack waits until each took it, `held.rs`), so a subscription anywhere after the
+    /// PUBACK is answered locally. Each stores the same allocation (`deliver::Retained`), with
+    /// its expiry counted from the message's arrival there, a moment after ours.
     ///
     /// Known limit: two clients on different shards writing one topic's retained message at the
     /// same moment may leave shards disagreeing on which came last (each ring is FIFO, but there
     /// is no order across rings). Ordering through a per-topic owner shard would fix it at the
     /// cost of a hop, which would break the visibility-after-PUBACK above without versions.
-    pub(super) fn replicate_retained(
-        &mut self,
-        topic: &ByteString,
-        payload: &Bytes,
-        qos: QoS,
-        properties: Option<&Arc<Properties>>,
-    ) {
-        if self.shard_count == 1 {
-            return;
+    pub(super) fn replicate_retained(&mut self, message: &Arc<Message>) {
+        if self.shard_count > 1 {
+            self.mesh_broadcast(MeshMessage::Retained(Arc::clone(message)));
         }
-        let forward = Forward {
-            topic: topic.clone(),
-            payload: payload.clone(),
-            qos,
-            retain: true,
-            properties: properties.cloned(),
-            origin_shard: self.index as u16,
-            turn_us: self.turn_us,
-        };
-        self.mesh_broadcast(MeshMessage::Retained(forward));
     }
 
-    /// Stores a retained message replicated from another shard.
-    fn store_retained(&mut self, forward: &Forward) {
-        let topic = &forward.topic;
-        if forward.payload.is_empty() {
-            self.retained.remove(topic);
-        } else {
-            // Its expiry counted from its arrival here, a moment after the origin's.
-            let message = Message {
-                topic: topic.clone(),
-                payload: forward.payload.clone(),
-                qos: forward.qos,
-                retain: true,
-                properties: None,
-                expires_secs: crate::session::NEVER,
-            }
-            .with_properties(forward.properties.as_ref(), self.now_secs());
-            self.retained.set(topic, message);
+    /// `replicate_retained` for a cleared topic.
+    pub(super) fn replicate_retained_clear(&mut self, topic: &ByteString) {
+        if self.shard_count > 1 {
+            self.mesh_broadcast(MeshMessage::RetainedCleared(topic.clone()));
         }
     }
 

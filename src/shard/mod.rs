@@ -218,7 +218,7 @@ pub struct Shard {
     shared: SharedSubscriptions,
     /// MQTT 5 Subscription Identifiers of the plain subscriptions that have one.
     subscription_ids: subscription_ids::SubscriptionIds,
-    retained: RetainedStore<Message>,
+    retained: RetainedStore<deliver::Retained>,
     /// Receive arena: bytes are copied here from the provided buffer, then split off and
     /// frozen, so decoded payloads share it instead of being copied again.
     arena: BytesMut,
@@ -397,9 +397,10 @@ impl Shard {
             topic_hasher: FilterHasher::process(),
             subscription_ids: Default::default(),
             shared: SharedSubscriptions::default(),
-            retained: RetainedStore::with_weigh_and_deadline(retained_weight, |message| {
-                message.expires_secs
-            }),
+            retained: RetainedStore::with_weigh_and_deadline(
+                |replica| retained_weight(replica.message()),
+                deliver::Retained::expires_secs,
+            ),
             arena: BytesMut::new(),
             arena_block: 0,
             mesh_out: (0..params.mesh.shard_count())
@@ -472,16 +473,16 @@ impl Shard {
     fn restore_retained(&mut self, retained: &[crate::persist::RetainedMessage]) {
         let now_secs = self.now_secs();
         for restored in retained {
-            let message = Message {
+            let message = Arc::new(Message {
                 topic: restored.topic.clone(),
                 payload: restored.payload.clone(),
                 qos: restored.qos,
                 retain: true,
-                properties: None,
+                properties: restored.properties.clone(),
                 expires_secs: crate::session::NEVER,
-            }
-            .with_properties(restored.properties.as_ref(), now_secs);
-            self.retained.set(&restored.topic, message);
+            });
+            let replica = deliver::Retained::new(message, now_secs);
+            self.retained.set(&restored.topic, replica);
         }
     }
 

@@ -430,10 +430,11 @@ impl Shard {
         }
         let mut retained: Vec<Message> = std::mem::take(&mut self.retained_scratch);
         let (mut count, mut bytes) = (job.retained_count, job.retained_bytes);
-        let visits = self.retained.walk_matches(filter, |message| {
-            retained.push(message.clone());
+        let visits = self.retained.walk_matches(filter, |replica| {
+            let message = replica.to_message();
             count += 1;
             bytes += message.topic.len() + message.payload.len();
+            retained.push(message);
             if full(count, bytes) {
                 ControlFlow::Break(())
             } else {
