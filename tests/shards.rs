@@ -129,7 +129,14 @@ fn take_over_from_connections_accepted_on_other_shards() {
         let mut publisher = RawClient::connect(broker.addr(), &id_on(round % SHARDS, "tk-pub"));
         // Completes the QoS 1 handshake (reads the PUBACK).
         publisher.publish(&topic, 1, false, 1, format!("{round}").as_bytes());
-        let publish = new.read_publish();
+        let mut publish = new.read_publish();
+        if round > 0 && publish.payload == format!("{}", round - 1).as_bytes() {
+            // The last round's PUBACK lost the race with this take-over: its message is still
+            // unacknowledged in the session and comes again first, marked DUP [MQTT-4.4.0-1].
+            assert!(publish.dup, "round {round}: a resent message carries DUP");
+            new.send(&puback_bytes(publish.packet_id.expect("QoS 1")));
+            publish = new.read_publish();
+        }
         assert_eq!(publish.payload, format!("{round}").as_bytes());
         new.send(&puback_bytes(publish.packet_id.expect("QoS 1")));
         publisher.disconnect();
