@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Broker memory per retained message: starts a fresh broker (ringmq with --shards S, or
-mosquitto), samples its VmRSS, publishes N retained messages (QoS 0, 16-byte payloads, topics
-bench/retained/<i>) from one Paho client, ends with a QoS 1 one whose PUBACK follows them all,
-waits 2 s, samples again and prints the RSS growth per message. ringmq keeps a replica of every
-retained message on every shard (a new subscription is answered by its own shard), so the
-figure grows with the shards.
+mosquitto), samples its VmRSS, publishes N retained messages (QoS 0 as fast as Paho sends them,
+or with --qos 1 about 20 in flight; 16-byte payloads, topics bench/retained/<i>) from one Paho
+client, ends with a QoS 1 one whose PUBACK follows them all, waits 2 s, samples again and prints
+the RSS growth per message. ringmq keeps a replica of every retained message on every shard (a
+new subscription is answered by its own shard; the message itself is one allocation they
+share), so the figure grows with the shards.
 
-Usage: bench/retained.py [--broker ringmq|mosquitto] [--shards S] [--messages N] [--port P]
+Usage: bench/retained.py [--broker ringmq|mosquitto] [--shards S] [--messages N] [--qos 0|1]
+                         [--port P]
 Environment: RINGMQ_BIN (default target/release/ringmq), BROKER_CPUS (default 1).
 Needs python3-paho-mqtt (tests/setup.sh installs it) and, for --broker mosquitto, mosquitto.
 """
@@ -57,6 +59,8 @@ def main():
     parser.add_argument("--broker", choices=["ringmq", "mosquitto"], default="ringmq")
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=0,
+                        help="1: at most Paho's 20 in flight, so the broker never holds a burst")
     parser.add_argument("--port", type=int, default=20_000 + os.getpid() % 20_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ringmq-retained.") as work:
@@ -68,13 +72,15 @@ def main():
             client.loop_start()
             payload = b"x" * 16
             for i in range(args.messages):
-                client.publish(f"bench/retained/{i}", payload, qos=0, retain=True)
-                if i % 1000 == 999:
+                sent = client.publish(f"bench/retained/{i}", payload, qos=args.qos, retain=True)
+                if args.qos == 1 and i % 20 == 19:
+                    sent.wait_for_publish(60)  # about 20 in flight at most
+                elif i % 1000 == 999:
                     time.sleep(0.01)  # Paho's queue, not the broker, would hold the rest
             last = client.publish("bench/retained/last", payload, qos=1, retain=True)
-            last.wait_for_publish(60)
+            last.wait_for_publish(120)
             if not last.is_published():
-                sys.exit("retained.py: the last PUBLISH got no PUBACK in 60 s")
+                sys.exit("retained.py: the last PUBLISH got no PUBACK in 120 s")
             time.sleep(2.0)
             after = rss_bytes(broker.pid)
             client.loop_stop()
@@ -83,7 +89,7 @@ def main():
             broker.terminate()
             broker.wait()
     label = args.broker if args.broker == "mosquitto" else f"ringmq {args.shards} shard(s)"
-    print(f"{label}: {args.messages} retained messages, RSS {before // 1024} -> "
+    print(f"{label}: {args.messages} retained messages at QoS {args.qos}, RSS {before // 1024} -> "
           f"{after // 1024} kB: {(after - before) / args.messages:.0f} B per message")
     print(f"  broker: {' '.join(cmd)}")
 
