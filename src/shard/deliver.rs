@@ -717,7 +717,10 @@ mod tests {
         // Rounded up a second: never expired before its interval [MQTT-3.3.2-5].
         assert_eq!((early.expires_secs(), late.expires_secs()), (111, 114));
         assert_eq!(late.to_message().expires_secs, 114);
-        assert!(std::ptr::eq(early.message(), late.message()), "one allocation");
+        assert!(
+            std::ptr::eq(early.message(), late.message()),
+            "one allocation"
+        );
         assert_eq!(Arc::strong_count(&expiring), 3);
         let plain = Retained::new(message(None), 100);
         assert_eq!(plain.expires_secs(), session::NEVER);

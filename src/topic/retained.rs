@@ -320,11 +320,7 @@ impl<T> RetainedStore<T> {
 
     /// As `for_each_match`, until `f` says `Break`. Returns the walk's cost: the nodes it
     /// visited, matching or not, so a caller handing out work in slices can count it.
-    pub fn walk_matches(
-        &self,
-        filter: &str,
-        mut f: impl FnMut(&T) -> ControlFlow<()>,
-    ) -> usize {
+    pub fn walk_matches(&self, filter: &str, mut f: impl FnMut(&T) -> ControlFlow<()>) -> usize {
         let stopped = Cell::new(false);
         let mut visits = 0;
         let mut report = |message: &T| {
@@ -505,10 +501,7 @@ mod tests {
         assert!(visits < 40, "the walk ended soon after: {visits} visits");
         let all = store.walk_matches("a/+", |_| ControlFlow::Continue(()));
         assert!(all >= 100, "every child of a/ was visited: {all}");
-        assert_eq!(
-            store.walk_matches("c/d", |_| ControlFlow::Continue(())),
-            1
-        );
+        assert_eq!(store.walk_matches("c/d", |_| ControlFlow::Continue(())), 1);
     }
 
     #[test]
