@@ -276,7 +276,9 @@ pub struct Limits {
     /// count, so a shard's inbound rings hold about 4,096 messages in all.
     pub mesh_ring_capacity: u32,
     /// Messages waiting for one full shard-to-shard ring; over it QoS 0 publishes for that
-    /// shard are dropped (counted), while QoS 1/2, interest, retained and hand-offs still wait.
+    /// shard are dropped (counted), while QoS 1/2, interest, retained and hand-offs still wait
+    /// (a client whose QoS 0 retained PUBLISH finds it over stops being read until every
+    /// target is back under half of it).
     pub mesh_overflow_max: u32,
     /// Seconds a new connection may take to send its CONNECT before it is closed, counted
     /// from the accept (bytes trickling in do not extend it).

@@ -517,6 +517,69 @@ fn overflow_high_water(broker: &TestBroker) -> u64 {
 }
 
 #[test]
+fn qos0_retained_over_mesh_overflow_max_pause_their_publisher_instead_of_growing_the_overflow() {
+    // Replicas of retained messages are never dropped (every shard must hold the same set), and
+    // a QoS 0 publisher keeps no window that a held ack would close: a client publishing QoS 0
+    // retained messages as fast as it could grew the overflow for the other shard without
+    // bound (gigabytes in seconds under `ringmq-loadgen pairs --retain`). Now past
+    // mesh_overflow_max its reads pause until the overflow is under half; it loses nothing and
+    // every shard ends with its last message.
+    let overflow_max = 64u32;
+    let broker = broker_with(
+        2,
+        Limits {
+            mesh_ring_capacity: 64,
+            mesh_overflow_max: overflow_max,
+            ..Limits::default()
+        },
+    );
+    let addr = broker.addr();
+    let topic = unique_topic("retained-flood");
+    let count = 200_000u32;
+    let mut flood = Vec::new();
+    for n in 0..count {
+        let payload = format!("{n}");
+        flood.extend(publish_bytes(
+            topic.as_bytes(),
+            0,
+            true,
+            false,
+            0,
+            payload.as_bytes(),
+        ));
+    }
+    let mut publisher = RawClient::connect(addr, &unique_id_on(0, 2, "retained-flood"));
+    publisher.send(&flood);
+    // Answered after every PUBLISH before it was handled: the publisher was resumed each time.
+    publisher.ping();
+    // The shards' counters as they were after the flood (they publish them about once a second).
+    broker.wait_counter("messages_in", |s| s.messages_in, u64::from(count));
+    broker.wait_counter("mesh_paused_count", |s| s.mesh_paused_count, 1);
+    let high_water = overflow_high_water(&broker);
+    assert!(
+        high_water < u64::from(count) / 4,
+        "{high_water} replicas waited for one shard ({count} published)"
+    );
+    let last = format!("{}", count - 1);
+    for shard in 0..2 {
+        let mut subscriber = RawClient::connect(addr, &unique_id_on(shard, 2, "rflood-sub"));
+        assert_eq!(subscriber.subscribe(1, &[(&topic, 0)]), [0]);
+        let publish = subscriber.read_publish();
+        assert!(
+            publish.retain,
+            "shard {shard}: sent as retained [MQTT-3.3.1-8]"
+        );
+        assert_eq!(
+            publish.payload,
+            last.as_bytes(),
+            "shard {shard}: the last one"
+        );
+        subscriber.disconnect();
+    }
+    publisher.disconnect();
+}
+
+#[test]
 fn qos1_forwards_over_mesh_overflow_max_hold_the_puback_and_a_windowless_publisher_is_closed() {
     // Issue 7 item 8. QoS 1 forwards for a shard that cannot keep up used to wait without
     // bound. Now past mesh_overflow_max their PUBACK waits until the target took them: a

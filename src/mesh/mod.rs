@@ -317,6 +317,11 @@ impl ShardMesh {
         self.targets.overflow_total()
     }
 
+    /// See [`Targets::overflow_deepest`].
+    pub fn overflow_deepest(&self) -> usize {
+        self.targets.overflow_deepest()
+    }
+
     /// See [`Targets::take_wake_targets`].
     pub fn take_wake_targets(&mut self) -> u64 {
         self.targets.take_wake_targets()
@@ -523,6 +528,18 @@ impl Targets {
     /// against its own limit and sheds QoS 0 or stops reading when a peer falls behind.
     pub fn overflow_total(&self) -> usize {
         self.overflow.iter().map(VecDeque::len).sum()
+    }
+
+    /// Messages waiting for the target furthest behind.
+    pub fn overflow_deepest(&self) -> usize {
+        let mut deepest = 0;
+        let mut targets = self.overflow_targets;
+        while targets != 0 {
+            let target = targets.trailing_zeros() as usize;
+            targets &= targets - 1;
+            deepest = deepest.max(self.overflow[target].len());
+        }
+        deepest
     }
 
     /// The shards that got messages since the last call (bit per shard), and clears the set, so

@@ -28,10 +28,21 @@
 //!   outbox, and the kernel's queues, are bounded anyway).
 //! - A slow consumer that does read keeps its connection: each send that moves bytes restarts
 //!   the stall clock, and its outbox drains below the low-water mark in time.
+//!
+//! The same pause stops a publisher of QoS 0 retained messages that outruns another shard.
+//! Every shard keeps a replica of each retained message, so replicas wait in the mesh's
+//! overflow instead of being dropped like QoS 0 forwards, and a QoS 0 publisher has no window
+//! that a held ack would close (QoS 1/2 ones do, `held.rs`): left alone, one client publishing
+//! QoS 0 retained messages as fast as it can grew the overflow by gigabytes in seconds. So a
+//! QoS 0 retained PUBLISH that finds some target's overflow at `mesh_overflow_max` pauses its
+//! connection's reads (`Pause::MESH`, apart from the outbox's pause: the connection still gets
+//! its messages), and at the end of each turn that moves overflow into the rings,
+//! every such connection reads again once all overflows are under half the limit. A shard
+//! that sleeps with overflow asks the targets to wake it as they drain (`held.rs`).
 
 use crate::ring::{Op, Token};
 
-use super::conn::{ring_of, Conn, ConnState};
+use super::conn::{ring_of, Conn, ConnState, Pause};
 use super::Shard;
 
 /// A paused connection whose kernel took none of its bytes for `stall_secs` since
@@ -49,10 +60,13 @@ impl Shard {
         };
         let pending = conn.pending_bytes();
         self.stats.outbox_bytes_high_water = self.stats.outbox_bytes_high_water.max(pending as u64);
-        if pending < outbox_bytes_max || conn.recv_paused || conn.state != ConnState::Connected {
+        if pending < outbox_bytes_max
+            || conn.recv_paused.has(Pause::OUTBOX)
+            || conn.state != ConnState::Connected
+        {
             return;
         }
-        conn.recv_paused = true;
+        conn.recv_paused.set(Pause::OUTBOX, true);
         let now_ms = self.now_ms;
         if let Some(buffers) = conn.buffers.as_mut() {
             buffers.progress_ms = now_ms;
@@ -66,6 +80,14 @@ impl Shard {
                  half is sent (logged once; counted in recv_paused_count)"
             );
         }
+        self.cancel_recv(slot, generation);
+    }
+
+    /// Stops the connection's armed recv (its last completion clears `recv_armed`).
+    fn cancel_recv(&mut self, slot: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if conn.recv_armed && !conn.recv_cancelling {
             conn.recv_cancelling = true;
             conn.control_in_flight += 1;
@@ -76,6 +98,56 @@ impl Shard {
         }
     }
 
+    /// After a QoS 0 retained PUBLISH: with some shard's overflow at `mesh_overflow_max`,
+    /// stop reading from its connection.
+    pub(super) fn pause_recv_if_mesh_behind(&mut self, slot: u32, generation: u32) {
+        let overflow_max = self.config.limits.mesh_overflow_max as usize;
+        if self.shard_count == 1 || self.mesh.overflow_deepest() < overflow_max {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if conn.recv_paused.has(Pause::MESH) || conn.state != ConnState::Connected {
+            return;
+        }
+        conn.recv_paused.set(Pause::MESH, true);
+        self.mesh_paused.push((slot, generation));
+        self.stats.mesh_paused_count += 1;
+        if !self.mesh_paused_logged {
+            self.mesh_paused_logged = true;
+            log::warn!(
+                "a client's QoS 0 retained messages outpace another shard: {} wait for it, \
+                 limits.mesh_overflow_max ({overflow_max}): reading from the client pauses \
+                 until they are under half (logged once; counted in mesh_paused_count)",
+                self.mesh.overflow_deepest()
+            );
+        }
+        self.cancel_recv(slot, generation);
+    }
+
+    /// At the end of a turn that moved overflow into the rings: every overflow under half of
+    /// `mesh_overflow_max`, the connections paused for it read again.
+    pub(super) fn resume_mesh_paused(&mut self) {
+        let low_water = self.config.limits.mesh_overflow_max as usize / 2;
+        if self.mesh_paused.is_empty() || self.mesh.overflow_deepest() > low_water {
+            return;
+        }
+        let now_ms = self.now_ms;
+        let paused = std::mem::take(&mut self.mesh_paused);
+        for &(slot, generation) in &paused {
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
+            conn.recv_paused.set(Pause::MESH, false);
+            // Keepalive restarts: whatever the client sent meanwhile is still to be read.
+            conn.last_packet_ms = now_ms;
+            self.rearm_recv(slot, generation);
+        }
+        self.mesh_paused = paused;
+        self.mesh_paused.clear();
+    }
+
     /// After a send that moved bytes: a paused connection whose outbox is down to half the cap
     /// reads again.
     pub(super) fn resume_recv_if_drained(&mut self, slot: u32, generation: u32) {
@@ -84,7 +156,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
-        if !conn.recv_paused {
+        if !conn.recv_paused.has(Pause::OUTBOX) {
             return;
         }
         if let Some(buffers) = conn.buffers.as_mut() {
@@ -93,7 +165,7 @@ impl Shard {
         if conn.pending_bytes() > low_water {
             return;
         }
-        conn.recv_paused = false;
+        conn.recv_paused.set(Pause::OUTBOX, false);
         // Keepalive restarts: whatever the client sent while paused is still to be read.
         conn.last_packet_ms = now_ms;
         // With the pause's cancel still in flight, the recv's last completion re-arms instead.
@@ -118,7 +190,7 @@ impl Shard {
 /// From the timer sweep: a paused connection whose kernel took nothing of its outbox for
 /// `stall_secs`.
 pub fn conn_stalled(conn: &Conn, stall_secs: u16, now_ms: u64) -> bool {
-    conn.recv_paused
+    conn.recv_paused.has(Pause::OUTBOX)
         && conn
             .buffers
             .as_ref()

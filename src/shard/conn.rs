@@ -49,7 +49,7 @@ pub struct ConnBuffers {
     pub outbox: BytesMut,
     /// Bytes handed to the kernel by the send in flight; must not move until it completes.
     pub sending: BytesMut,
-    /// While reads are paused (`Conn::recv_paused`): shard clock (ms) of the pause or of the
+    /// While the outbox pauses reads (`Pause::OUTBOX`): shard clock (ms) of the pause or of the
     /// last send that moved bytes since, whichever is later (see `backpressure.rs`).
     pub progress_ms: u64,
 }
@@ -83,6 +83,36 @@ impl Pools {
     }
 }
 
+/// Why reading from a connection is paused (`backpressure.rs`): a set of reasons, each lifted
+/// on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pause(u8);
+
+impl Pause {
+    pub const NONE: Pause = Pause(0);
+    /// The outbox passed `outbox_bytes_max`; lifted when it drains to half.
+    pub const OUTBOX: Pause = Pause(1);
+    /// A QoS 0 retained PUBLISH found a shard-to-shard overflow at `mesh_overflow_max`;
+    /// lifted when every overflow is under half of it.
+    pub const MESH: Pause = Pause(2);
+
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    pub fn has(self, reason: Pause) -> bool {
+        self.0 & reason.0 != 0
+    }
+
+    pub fn set(&mut self, reason: Pause, on: bool) {
+        if on {
+            self.0 |= reason.0;
+        } else {
+            self.0 &= !reason.0;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Conn {
     pub state: ConnState,
@@ -97,9 +127,8 @@ pub struct Conn {
     /// `None` for the others (`conn_v5.rs`; the will through `will`, `set_will`, `take_will`).
     pub v5: Option<Box<ConnV5>>,
     pub recv_armed: bool,
-    /// The outbox passed `outbox_bytes_max`: reading is paused until it drains to half, and
-    /// nothing re-arms the recv meanwhile (`backpressure.rs`).
-    pub recv_paused: bool,
+    /// Why reading is paused, if it is: nothing re-arms the recv meanwhile (`backpressure.rs`).
+    pub recv_paused: Pause,
     /// A pause's cancel of the armed recv is in flight; cleared by the recv's last completion.
     pub recv_cancelling: bool,
     pub send_in_flight: bool,
@@ -131,7 +160,7 @@ impl Conn {
             buffers: None,
             v5: None,
             recv_armed: false,
-            recv_paused: false,
+            recv_paused: Pause::NONE,
             recv_cancelling: false,
             send_in_flight: false,
             dirty: false,
@@ -193,7 +222,7 @@ impl Conn {
     /// kernel has drained its outbox to half, so reading resumes even while publishers outpace
     /// it (and its PINGREQ gets answered), see `backpressure.rs`.
     pub fn outbox_full(&self, outbox_bytes_max: usize) -> bool {
-        self.recv_paused || self.pending_bytes() >= outbox_bytes_max
+        self.recv_paused.has(Pause::OUTBOX) || self.pending_bytes() >= outbox_bytes_max
     }
 
     /// Hands the buffers back once none holds a byte (the connection went idle).

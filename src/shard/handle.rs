@@ -359,6 +359,10 @@ impl Shard {
                     publish.retain,
                     properties.as_ref(),
                 );
+                if publish.retain {
+                    // Replicas are never dropped, and no ack holds this publisher back.
+                    self.pause_recv_if_mesh_behind(slot, generation);
+                }
             }
             QoS::AtLeastOnce => {
                 if self.incoming_inflight(slot, generation, session) >= self.incoming_inflight_max()

@@ -15,8 +15,9 @@
 //! overflow grows by at most what those windows hold, not without bound. A client that ignores
 //! its window runs into `limits.incoming_inflight_max` and is disconnected. QoS 0 forwards
 //! past the limit are dropped (counted) instead. Interest, retained and hand-off messages are
-//! never dropped: they carry state, and they are bounded by subscriptions, retained topics and
-//! connections.
+//! never dropped: they carry state. Interest and hand-offs are bounded by subscriptions and
+//! connections; retained messages by their publishers' windows at QoS 1/2 (the PUBACK waits
+//! for every shard), and at QoS 0 by pausing the publisher's reads (`backpressure.rs`).
 //!
 //! Acks of one connection keep their order [MQTT-4.6.0-2, 4.6.0-3]: once one is held, later
 //! ones queue behind it, waiting or not. A PINGRESP is not an ack and is never held. Behind a

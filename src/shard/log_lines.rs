@@ -121,7 +121,7 @@ struct Watched {
     logged_at_hit: bool,
 }
 
-const WATCHED: [Watched; 13] = [
+const WATCHED: [Watched; 14] = [
     Watched {
         count: |s| s.dropped_outbox_full,
         counter: "dropped_outbox_full",
@@ -134,6 +134,13 @@ const WATCHED: [Watched; 13] = [
         counter: "recv_paused_count",
         key: "limits.outbox_bytes_max",
         what: "reads paused: the connection's outbox was full",
+        logged_at_hit: true,
+    },
+    Watched {
+        count: |s| s.mesh_paused_count,
+        counter: "mesh_paused_count",
+        key: "limits.mesh_overflow_max",
+        what: "reads paused: QoS 0 retained messages outpaced another shard",
         logged_at_hit: true,
     },
     Watched {

@@ -20,10 +20,10 @@ use crate::ring::{Op, Token};
 use crate::session::Message;
 use crate::topic::filter::parse_shared;
 
+use super::deliver::Retained;
 use super::limits::LimitHit;
 use super::peers::for_each_bit;
 use super::route::next_shard_after;
-use super::deliver::Retained;
 use super::Shard;
 
 /// A forwarded message whose topic and payload together are at most this long is copied into
@@ -181,6 +181,7 @@ impl Shard {
             return false;
         }
         self.mesh.flush_overflow();
+        self.resume_mesh_paused();
         let released = self.release_held();
         let targets = self.mesh.take_wake_targets();
         if targets == 0 {
@@ -196,8 +197,8 @@ impl Shard {
     /// Pushes to one shard. Over `mesh_overflow_max` waiting for that shard, a QoS 0 publish
     /// is dropped (counted), and a QoS 1/2 one waits with its publisher's ack held until the
     /// target takes it (back-pressure through the client's window, `held.rs`). Interest,
-    /// retained and hand-off messages always wait: they carry state, and their number is
-    /// bounded by subscriptions, retained topics and connections. The ack of the packet being
+    /// retained and hand-off messages always wait: they carry state (`held.rs` says what
+    /// bounds them; a QoS 0 retained publisher is paused, `backpressure.rs`). The ack of the packet being
     /// handled waits for a new interest and a retained message too (their promise is that
     /// every shard has them).
     pub(super) fn mesh_push(&mut self, target: usize, message: MeshMessage) {

@@ -254,6 +254,9 @@ pub struct Shard {
     /// per route when a subscriber queues the message.
     unpinned: Option<(ByteString, bytes::Bytes)>,
     recv_paused_logged: bool,
+    /// Connections whose reads wait for the mesh's overflow to drain (`backpressure.rs`).
+    mesh_paused: Vec<(u32, u32)>,
+    mesh_paused_logged: bool,
     outbox_stall_logged: bool,
     timer_due: bool,
     stopping: bool,
@@ -420,6 +423,8 @@ impl Shard {
             encoding: Default::default(),
             unpinned: None,
             recv_paused_logged: false,
+            mesh_paused: Vec::new(),
+            mesh_paused_logged: false,
             outbox_stall_logged: false,
             timer_due: false,
             stopping: false,
@@ -788,7 +793,7 @@ impl Shard {
                     }
                 }
                 ConnState::Connected => {
-                    if conn.recv_paused {
+                    if conn.recv_paused.any() {
                         // Keepalive is suspended while we do not read (`backpressure.rs`).
                         if backpressure::conn_stalled(conn, outbox_stall_secs, now_ms) {
                             expired.push((slot, generation, CloseReason::OutboxStalled));

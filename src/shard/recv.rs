@@ -258,7 +258,7 @@ impl Shard {
         };
         if matches!(conn.state, ConnState::Closing | ConnState::HandingOff)
             || conn.recv_armed
-            || conn.recv_paused
+            || conn.recv_paused.any()
         {
             return;
         }

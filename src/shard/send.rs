@@ -7,7 +7,7 @@ use bytes::Buf;
 
 use crate::ring::{Completion, Op, Token};
 
-use super::conn::{self, ring_of, slot_of, ConnState};
+use super::conn::{self, ring_of, slot_of, ConnState, Pause};
 use super::{CloseReason, Shard};
 
 impl Shard {
@@ -45,7 +45,7 @@ impl Shard {
             self.maybe_release(token.slot, token.generation);
             return;
         }
-        let paused = conn.recv_paused;
+        let paused = conn.recv_paused.has(Pause::OUTBOX);
         // A partial send continues, a refilled outbox goes out, and a closing connection
         // whose outbox has drained is shut down: all at the end of this turn.
         if !conn.dirty {

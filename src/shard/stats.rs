@@ -141,6 +141,9 @@ shard_stats! {
     Counter dropped_no_group_member,
     /// Times reading from a connection paused because its outbox passed `outbox_bytes_max`.
     Counter recv_paused_count,
+    /// Times reading from a connection paused because its QoS 0 retained PUBLISH found a
+    /// shard-to-shard overflow past `mesh_overflow_max`.
+    Counter mesh_paused_count,
     /// Connections closed after `outbox_stall_secs` over `outbox_bytes_max` with nothing sent.
     Counter outbox_stall_disconnects,
     /// The most bytes seen waiting for one connection (outbox plus the send in flight), at the
@@ -403,7 +406,7 @@ impl fmt::Display for ShardStats {
              dropped: outbox full {}, queue full {}, offline QoS 0 {}, expired {}, too large {}; table full {}, \
              recv ENOBUFS {}, protocol errors {}, accept errors {}, CONNECT too large {}; \
              mesh: pushed {} (overflowed {}, most waiting {}, QoS 0 dropped {}), received {}, \
-             wakes {}; hand-offs out {} in {} failed {} (slots lost {}); shared group gone {}; reads paused {}, \
+             wakes {}; hand-offs out {} in {} failed {} (slots lost {}); shared group gone {}; reads paused {} (mesh {}), \
              stalled outboxes closed {}, outbox high water {} B; arena blocks allocated {}; \
              limits: incoming in flight {}, subscriptions {}, retained {}, sessions {} \
              (expired {}); acks held {}; bytes in {} out {}; $SYS publishes dropped {}",
@@ -435,6 +438,7 @@ impl fmt::Display for ShardStats {
             self.handoff_slots_lost,
             self.dropped_no_group_member,
             self.recv_paused_count,
+            self.mesh_paused_count,
             self.outbox_stall_disconnects,
             self.outbox_bytes_high_water,
             self.arena_blocks_allocated,
