@@ -21,7 +21,8 @@
 #   LOADGEN (default target/release/ringmq-loadgen), MQTT_OLD and MQTT_NEW (the protocol
 #   ringmq-loadgen speaks against each side: 3 for 3.1.1 (default) or 5), ARGS_OLD and ARGS_NEW
 #   (extra broker flags for each side), SCRAPE_OLD and SCRAPE_NEW (a metrics address each side
-#   serves: scraped once a second during the run, as Prometheus would).
+#   serves: scraped once a second during the run, as Prometheus would), CASES (load generator
+#   arguments of the cases to run, separated by ';'; default: pairs QoS 0, pairs QoS 1, fan-in).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -40,6 +41,7 @@ make_work ab
 cases=("pairs -n 100 --qos 0 --max --inflight 100"
        "pairs -n 100 --qos 1 --max --inflight 100"
        "fanin --publishers 8 --subscribers 1 --qos 0 --max --inflight 100")
+[ -n "${CASES:-}" ] && IFS=';' read -ra cases <<< "$CASES"
 echo "case | binary | round | received | broker CPU s | ns per message"
 : > "$work/runs.txt"
 for case in "${cases[@]}"; do

@@ -108,6 +108,10 @@ pub struct Load {
     /// Payload bytes per message; the first 16 are the stamp.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub payload: u32,
+    /// Every publish retained: each topic's message replaces the last one the broker keeps
+    /// (a "last known value per device" load; subscribers get retain 0 on live delivery).
+    #[arg(long)]
+    pub retain: bool,
     /// Open loop: messages per second over all publishers, each sent at its intended time;
     /// latency counts from that time (no coordinated omission).
     #[arg(long, value_name = "MSGS_PER_SEC", required_unless_present = "max", conflicts_with = "max",

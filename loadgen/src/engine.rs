@@ -1330,7 +1330,7 @@ impl Worker {
             &pb.topic,
             &self.payload,
             settings.qos,
-            false,
+            settings.retain,
             false,
             packet_id,
             None,

@@ -69,6 +69,8 @@ pub struct Settings {
     pub scenario: Scenario,
     pub version: ProtocolVersion,
     pub qos: QoS,
+    /// Publishes carry the retain flag (`--retain`).
+    pub retain: bool,
     pub payload_len: usize,
     pub keepalive_secs: u16,
     pub clean_start: bool,

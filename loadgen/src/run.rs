@@ -36,6 +36,8 @@ pub struct Summary {
     pub command: String,
     pub mqtt: String,
     pub qos: u8,
+    /// Every publish retained (`--retain`).
+    pub retain: bool,
     pub payload_bytes: usize,
     pub mode: String,
     pub rate_target_per_sec: Option<u64>,
@@ -222,6 +224,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         MqttVersion::V3 => ProtocolVersion::V3_1_1,
         MqttVersion::V5 => ProtocolVersion::V5,
     };
+    let retain = scn.load.as_ref().is_some_and(|load| load.retain);
     let (mode, qos, payload_len) = match scn.load {
         None if scn.scenario == Scenario::Handshake => (Mode::Churn, QoS::AtMostOnce, 16),
         None => (Mode::Idle, QoS::AtMostOnce, 16),
@@ -271,6 +274,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         scenario: scn.scenario,
         version,
         qos,
+        retain,
         payload_len,
         keepalive_secs: common.keepalive,
         clean_start: common.clean_session,
@@ -446,6 +450,7 @@ pub fn run(command: &Command, argv: &[String]) -> Result<Report, String> {
         MqttVersion::V5 => "5.0".into(),
     };
     s.qos = qos as u8;
+    s.retain = retain;
     s.payload_bytes = payload_len;
     (s.mode, s.rate_target_per_sec, s.inflight_window) = match mode {
         Mode::Idle => ("idle".into(), None, None),
@@ -550,6 +555,7 @@ pub fn aggregate(
         command: String::new(),
         mqtt: String::new(),
         qos: 0,
+        retain: false,
         payload_bytes: 0,
         mode: String::new(),
         rate_target_per_sec: None,
@@ -674,8 +680,14 @@ pub fn human_summary(s: &Summary) -> String {
     let mut out = String::new();
     let l = &s.latency;
     out.push_str(&format!(
-        "== {} ({}, MQTT {}, QoS {}, {} B payload, {} threads)\n",
-        s.label, s.scenario, s.mqtt, s.qos, s.payload_bytes, s.threads
+        "== {} ({}, MQTT {}, QoS {}{}, {} B payload, {} threads)\n",
+        s.label,
+        s.scenario,
+        s.mqtt,
+        s.qos,
+        if s.retain { ", retained" } else { "" },
+        s.payload_bytes,
+        s.threads
     ));
     out.push_str(&format!(
         "connections: {} of {} up, {} failed ({} refused, {} subscribe refused), {} dropped; \

@@ -156,7 +156,6 @@ fn pairs_qos1_counts_exactly() {
 }
 
 #[test]
-#[ignore = "the ringmq broker speaks only MQTT 3.1.1 so far (CONNACK UnsupportedProtocolVersion)"]
 fn pairs_qos2_mqtt5_counts_exactly() {
     check_exact(
         &[
@@ -175,6 +174,58 @@ fn pairs_qos2_mqtt5_counts_exactly() {
         500,
         1,
     );
+}
+
+#[test]
+fn retained_pairs_count_exactly_and_leave_one_message_per_topic_on_every_shard() {
+    let broker = Broker::start(Config {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: 2,
+        ring_files_max: 1024,
+        sys_interval_secs: 0,
+        ..Config::default()
+    })
+    .expect("the broker starts");
+    let port = broker.local_addr().port().to_string();
+    let args = [
+        "pairs",
+        "-n",
+        "4",
+        "--rate",
+        "2000",
+        "--duration",
+        "0.5",
+        "--retain",
+        "--port",
+        &port,
+        "--warmup",
+        "0",
+        "--drain",
+        "2",
+        "-q",
+    ];
+    let report = common::loadgen(&args);
+    let s = &report.summary;
+    assert!(s.retain);
+    assert_eq!(
+        (s.sent, s.received, s.lost),
+        (1000, 1000, 0),
+        "{:?}",
+        s.errors
+    );
+    // Each pair's topic holds its last message, replicated on both shards (their counters are
+    // published about once a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut retained = Vec::new();
+    while std::time::Instant::now() < deadline {
+        retained = broker.stats().iter().map(|s| s.retained_messages).collect();
+        if retained == [4, 4] {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(retained, [4, 4], "retained messages per shard");
+    broker.stop().expect("no shard failed");
 }
 
 #[test]
