@@ -36,7 +36,7 @@
 use std::collections::VecDeque;
 
 use foldhash::fast::RandomState;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use smallvec::{smallvec, SmallVec};
 
 use crate::protocol::{Packet, PubAck, ReasonCode, SubAck, UnsubAck};
@@ -139,18 +139,17 @@ impl HeldPacket {
 }
 
 struct Hold {
-    conn: (u32, u32),
     packet: HeldPacket,
     /// (target shard, sequence) of the messages the ack waits for, the last one per target
     /// (rings are FIFO). Empty: it only keeps its connection's order.
     waits: Waits,
 }
 
-/// Per connection: acks held, and how many of them are PUBACKs (QoS 1 publishes the client
-/// has not seen acknowledged, against `incoming_inflight_max`).
-#[derive(Clone, Copy, Default)]
-struct Counts {
-    held: u32,
+/// One connection's held acks, in order, and how many of them are PUBACKs (QoS 1 publishes
+/// the client has not seen acknowledged, against `incoming_inflight_max`).
+#[derive(Default)]
+struct ConnHolds {
+    holds: VecDeque<Hold>,
     pubacks: u32,
 }
 
@@ -158,17 +157,18 @@ struct Counts {
 pub(super) struct HeldAcks {
     /// Waits recorded by mesh pushes while the current packet is handled.
     recording: Waits,
-    /// In the order they were held.
-    holds: VecDeque<Hold>,
-    per_conn: HashMap<(u32, u32), Counts, RandomState>,
-    /// Scratch for a release pass: connections with a hold still waiting, and the holds kept.
-    blocked: HashSet<(u32, u32), RandomState>,
-    kept: VecDeque<Hold>,
+    /// Per connection with acks held. Only a connection's first hold can be due, so a release
+    /// pass looks at one hold per connection and at those it releases, never at the rest: a
+    /// single queue of every hold, looked through whole each turn, cost a busy 2-shard broker
+    /// 1.3 µs per retained QoS 1 message with 10,000 PUBACKs held.
+    per_conn: HashMap<(u32, u32), ConnHolds, RandomState>,
+    /// Scratch for a release pass: the acks found due, in each connection's order.
+    due: Vec<((u32, u32), HeldPacket)>,
 }
 
 impl HeldAcks {
     pub(super) fn is_empty(&self) -> bool {
-        self.holds.is_empty()
+        self.per_conn.is_empty()
     }
 
     /// A new packet is being handled: what earlier work pushed is not its concern.
@@ -214,24 +214,17 @@ impl HeldAcks {
     }
 
     fn hold(&mut self, conn: (u32, u32), packet: HeldPacket, waits: Waits) {
-        let counts = self.per_conn.entry(conn).or_default();
-        counts.held += 1;
-        counts.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(..)));
-        self.holds.push_back(Hold {
-            conn,
-            packet,
-            waits,
-        });
+        let holds = self.per_conn.entry(conn).or_default();
+        holds.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(..)));
+        holds.holds.push_back(Hold { packet, waits });
     }
 
-    fn released(&mut self, hold: &Hold) {
-        if let Some(counts) = self.per_conn.get_mut(&hold.conn) {
-            counts.held -= 1;
-            counts.pubacks -= u32::from(matches!(hold.packet, HeldPacket::PubAck(..)));
-            if counts.held == 0 {
-                self.per_conn.remove(&hold.conn);
-            }
-        }
+    /// Puts back, first in its connection's order, a hold taken out as due that must wait
+    /// after all (a PUBREC for its log record).
+    fn hold_first(&mut self, conn: (u32, u32), packet: HeldPacket, waits: Waits) {
+        let holds = self.per_conn.entry(conn).or_default();
+        holds.pubacks += u32::from(matches!(packet, HeldPacket::PubAck(..)));
+        holds.holds.push_front(Hold { packet, waits });
     }
 }
 
@@ -383,46 +376,54 @@ impl Shard {
     /// Writes every held ack whose messages were taken, in each connection's order. Returns
     /// whether it wrote any.
     pub(super) fn release_held(&mut self) -> bool {
-        if self.held.holds.is_empty() {
+        if self.held.per_conn.is_empty() {
             return false;
         }
-        let mut holds = std::mem::take(&mut self.held.holds);
-        let mut kept = std::mem::take(&mut self.held.kept);
-        let mut blocked = std::mem::take(&mut self.held.blocked);
-        let mut released = false;
-        for hold in holds.drain(..) {
-            let waiting = (!blocked.is_empty() && blocked.contains(&hold.conn))
-                || hold.waits.iter().any(|&wait| !self.wait_over(wait));
-            if waiting {
-                blocked.insert(hold.conn);
-                kept.push_back(hold);
-                continue;
-            }
-            let mut hold = hold;
-            if let HeldPacket::PubRecLogged { .. } = hold.packet {
-                let (pubrec, wait) = self.log_pubrec(hold.packet);
-                hold.packet = pubrec;
-                if let Some(wait) = wait {
-                    hold.waits = smallvec![wait];
-                    blocked.insert(hold.conn);
-                    kept.push_back(hold);
-                    continue;
+        // Out of `self` while `wait_over` reads the mesh and the log.
+        let mut per_conn = std::mem::take(&mut self.held.per_conn);
+        let mut due = std::mem::take(&mut self.held.due);
+        per_conn.retain(|&conn, holds| {
+            while let Some(first) = holds.holds.front() {
+                if first.waits.iter().any(|&wait| !self.wait_over(wait)) {
+                    break;
+                }
+                let Some(Hold { packet, .. }) = holds.holds.pop_front() else {
+                    break;
+                };
+                holds.pubacks -= u32::from(matches!(packet, HeldPacket::PubAck(..)));
+                // Its log record may make it wait again, and the rest behind it.
+                let logged = matches!(packet, HeldPacket::PubRecLogged { .. });
+                due.push((conn, packet));
+                if logged {
+                    break;
                 }
             }
-            self.held.released(&hold);
-            let (slot, generation) = hold.conn;
-            let suback = matches!(hold.packet, HeldPacket::SubAck { .. });
-            self.write_held(slot, generation, hold.packet);
+            !holds.holds.is_empty()
+        });
+        self.held.per_conn = per_conn;
+        let mut released = false;
+        for (conn, packet) in due.drain(..) {
+            let packet = match packet {
+                HeldPacket::PubRecLogged { .. } => {
+                    let (pubrec, wait) = self.log_pubrec(packet);
+                    if let Some(wait) = wait {
+                        // Nothing of its connection was taken out after it.
+                        self.held.hold_first(conn, pubrec, smallvec![wait]);
+                        continue;
+                    }
+                    pubrec
+                }
+                packet => packet,
+            };
+            let suback = matches!(packet, HeldPacket::SubAck { .. });
+            self.write_held(conn.0, conn.1, packet);
             if suback {
                 // Its SUBSCRIBE's retained messages were waiting for it (`subscribe.rs`).
-                self.on_suback_released(hold.conn);
+                self.on_suback_released(conn);
             }
             released = true;
         }
-        blocked.clear();
-        self.held.blocked = blocked;
-        self.held.holds = kept;
-        self.held.kept = holds;
+        self.held.due = due;
         released
     }
 }
