@@ -33,6 +33,8 @@
 #              pairs-rate-R (latency-qos0 at R msgs/s), pairs-load-P (latency-qos0 at P % of
 #              each broker's own maximum, given as MAX_RATES=ringmq=R1,mosquitto=R2,...;
 #              bench/latency.sh measures it first),
+#              pairs-qos0-retain pairs-qos1-retain (any case + -retain: every publish retained,
+#              each topic's message replacing the last),
 #              pairs-qos0-tls pairs-qos1-tls (the same loads over TLS) handshake-tls handshake
 #              (clients connecting, CONNECT/CONNACK, disconnecting, again: handshakes per
 #              second and broker CPU per handshake, over TLS and plain TCP). Any case + -tls
@@ -342,6 +344,7 @@ case_args() {
         # closed connections hold in TIME_WAIT.
         handshake)    echo "handshake -n 16 --source 127.0.0.2-127.0.0.40" ;;
         *-v5)         echo "$(case_args "${1%-v5}" "${2:-}") --mqtt 5" ;;
+        *-retain)     echo "$(case_args "${1%-retain}" "${2:-}") --retain" ;;
         *-tls)        echo "$(case_args "${1%-tls}" "${2:-}") --tls-ca $pki/ca.pem" ;;
         *) log "unknown case $1"; exit 2 ;;
     esac
