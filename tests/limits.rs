@@ -580,6 +580,60 @@ fn qos0_retained_over_mesh_overflow_max_pause_their_publisher_instead_of_growing
 }
 
 #[test]
+fn qos0_forwards_to_a_shared_group_over_mesh_overflow_max_are_dropped_not_piled_up() {
+    // A QoS 0 message for a `$share` group served by another shard travels as its own kind of
+    // forward, which was neither dropped past mesh_overflow_max (as plain QoS 0 forwards are)
+    // nor throttled: a QoS 0 flood to the group grew the overflow without bound.
+    let overflow_max = 64u32;
+    let broker = broker_with(
+        2,
+        Limits {
+            mesh_ring_capacity: 64,
+            mesh_overflow_max: overflow_max,
+            ..Limits::default()
+        },
+    );
+    let addr = broker.addr();
+    let topic = unique_topic("shared-flood");
+    let mut member = RawClient::connect(addr, &unique_id_on(1, 2, "shared-member"));
+    let filter = format!("$share/flood/{topic}");
+    assert_eq!(member.subscribe(1, &[(&filter, 0)]), [0]);
+    let count = 200_000u32;
+    let mut flood = Vec::new();
+    for n in 0..count {
+        let payload = format!("{n}");
+        flood.extend(publish_bytes(
+            topic.as_bytes(),
+            0,
+            false,
+            false,
+            0,
+            payload.as_bytes(),
+        ));
+    }
+    let mut publisher = RawClient::connect(addr, &unique_id_on(0, 2, "shared-flood"));
+    // The member reads meanwhile, so what piles up is the mesh's, not its outbox.
+    let reader = thread::spawn(move || {
+        let mut received = 0u32;
+        while member.try_read_packet(Duration::from_secs(2)).is_some() {
+            received += 1;
+        }
+        received
+    });
+    publisher.send(&flood);
+    publisher.ping();
+    broker.wait_counter("messages_in", |s| s.messages_in, u64::from(count));
+    let received = reader.join().expect("member");
+    let high_water = overflow_high_water(&broker);
+    assert!(
+        high_water < u64::from(count) / 4,
+        "{high_water} forwards waited for one shard ({count} published)"
+    );
+    assert!(received > 0, "the group got messages");
+    publisher.disconnect();
+}
+
+#[test]
 fn qos1_forwards_over_mesh_overflow_max_hold_the_puback_and_a_windowless_publisher_is_closed() {
     // Issue 7 item 8. QoS 1 forwards for a shard that cannot keep up used to wait without
     // bound. Now past mesh_overflow_max their PUBACK waits until the target took them: a

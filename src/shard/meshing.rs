@@ -196,11 +196,11 @@ impl Shard {
 
     /// Pushes to one shard. Over `mesh_overflow_max` waiting for that shard, a QoS 0 publish
     /// is dropped (counted), and a QoS 1/2 one waits with its publisher's ack held until the
-    /// target takes it (back-pressure through the client's window, `held.rs`). Interest,
-    /// retained and hand-off messages always wait: they carry state (`held.rs` says what
-    /// bounds them; a QoS 0 retained publisher is paused, `backpressure.rs`). The ack of the packet being
-    /// handled waits for a new interest and a retained message too (their promise is that
-    /// every shard has them).
+    /// target takes it (back-pressure through the client's window, `held.rs`); forwards for
+    /// `$share` groups alike. Interest, retained and hand-off messages always wait: they carry
+    /// state (`held.rs` says what bounds them; a QoS 0 retained publisher is paused,
+    /// `backpressure.rs`). The ack of the packet being handled waits for a new interest and a
+    /// retained message too (their promise is that every shard has them).
     pub(super) fn mesh_push(&mut self, target: usize, message: MeshMessage) {
         let waiting = self.mesh.overflow_len(target);
         let over = waiting >= self.config.limits.mesh_overflow_max as usize;
@@ -209,6 +209,12 @@ impl Shard {
         }
         let ack_waits = match &message {
             MeshMessage::Publish(forward) if over && forward.qos == QoS::AtMostOnce => {
+                self.stats.mesh_dropped_qos0 += 1;
+                return;
+            }
+            // The same for one a `$share` group gets there: neither dropped nor throttled, a
+            // QoS 0 flood to a group served by another shard grew its overflow without bound.
+            MeshMessage::SharedPublish(shared) if over && shared.forward.qos == QoS::AtMostOnce => {
                 self.stats.mesh_dropped_qos0 += 1;
                 return;
             }
