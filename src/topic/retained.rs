@@ -49,6 +49,17 @@ fn is_server_topic(topic: &str) -> bool {
     topic.starts_with("$SYS/")
 }
 
+/// `topic`'s levels, as `topic.split('/')` gives them, by `split_level`'s plain byte scan:
+/// levels are short, and `str::split`'s searcher cost a retained PUBLISH ~20 ns per walk.
+fn levels(topic: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(topic);
+    std::iter::from_fn(move || {
+        let (level, next) = split_level(rest?);
+        rest = next;
+        Some(level)
+    })
+}
+
 /// `deadline` of a message that never runs out.
 pub const NO_DEADLINE: u32 = u32::MAX;
 
@@ -217,7 +228,7 @@ impl<T> RetainedStore<T> {
     /// [MQTT-3.3.1-5].
     pub fn set(&mut self, topic: &str, message: T) {
         let mut node = &mut self.root;
-        for level in topic.split('/') {
+        for level in levels(topic) {
             node = node.children.get_or_insert_with(level, Node::new);
         }
         let weigh = self.weigh;
@@ -249,7 +260,7 @@ impl<T> RetainedStore<T> {
 
     pub fn get(&self, topic: &str) -> Option<&T> {
         let mut node = &self.root;
-        for level in topic.split('/') {
+        for level in levels(topic) {
             node = node.children.get(level)?;
         }
         node.message.as_ref()
@@ -258,7 +269,7 @@ impl<T> RetainedStore<T> {
     /// Removes and returns the message retained for `topic`, freeing levels left empty.
     pub fn remove(&mut self, topic: &str) -> Option<T> {
         let mut node = &mut self.root;
-        for level in topic.split('/') {
+        for level in levels(topic) {
             node = node.children.get_mut(level)?;
         }
         let message = node.message.take()?;
@@ -279,14 +290,14 @@ impl<T> RetainedStore<T> {
         let mut keep_depth = 0;
         let mut depth = 0;
         let mut node = &self.root;
-        let mut levels = topic.split('/').peekable();
-        while let Some(level) = levels.next() {
+        let mut path = levels(topic).peekable();
+        while let Some(level) = path.next() {
             let Some(child) = node.children.get(level) else {
                 return;
             };
             node = child;
             depth += 1;
-            let path_children = usize::from(levels.peek().is_some());
+            let path_children = usize::from(path.peek().is_some());
             if node.message.is_some() || node.children.len() > path_children {
                 keep_depth = depth;
             }
@@ -295,7 +306,7 @@ impl<T> RetainedStore<T> {
             return;
         }
         let mut node = &mut self.root;
-        for (index, level) in topic.split('/').enumerate() {
+        for (index, level) in levels(topic).enumerate() {
             if index == keep_depth {
                 node.children.remove(level);
                 return;
@@ -577,6 +588,17 @@ mod tests {
         );
         assert_eq!(store.remove_expired(2_000_000, 100_000), 1);
         assert_eq!(store.expiring_len(), 0);
+    }
+
+    #[test]
+    fn levels_are_those_of_split() {
+        for topic in ["a", "a/b/c", "a/", "/a", "/", "", "a//b", "$SYS/x/"] {
+            assert_eq!(
+                levels(topic).collect::<Vec<_>>(),
+                topic.split('/').collect::<Vec<_>>(),
+                "{topic:?}"
+            );
+        }
     }
 
     #[test]
