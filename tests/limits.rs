@@ -516,6 +516,35 @@ fn overflow_high_water(broker: &TestBroker) -> u64 {
         .unwrap_or(0)
 }
 
+/// 2 shards whose rings and overflows hold 64 messages each: a flood backs them up at once.
+fn small_mesh_broker() -> TestBroker {
+    broker_with(
+        2,
+        Limits {
+            mesh_ring_capacity: 64,
+            mesh_overflow_max: 64,
+            ..Limits::default()
+        },
+    )
+}
+
+/// `count` QoS 0 PUBLISHes to `topic` (payloads "0", "1", ...), as one write.
+fn qos0_flood(topic: &str, count: u32, retain: bool) -> Vec<u8> {
+    let mut flood = Vec::new();
+    for n in 0..count {
+        let payload = format!("{n}");
+        flood.extend(publish_bytes(
+            topic.as_bytes(),
+            0,
+            retain,
+            false,
+            0,
+            payload.as_bytes(),
+        ));
+    }
+    flood
+}
+
 #[test]
 fn qos0_retained_over_mesh_overflow_max_pause_their_publisher_instead_of_growing_the_overflow() {
     // Replicas of retained messages are never dropped (every shard must hold the same set), and
@@ -524,30 +553,11 @@ fn qos0_retained_over_mesh_overflow_max_pause_their_publisher_instead_of_growing
     // bound (gigabytes in seconds under `ringmq-loadgen pairs --retain`). Now past
     // mesh_overflow_max its reads pause until the overflow is under half; it loses nothing and
     // every shard ends with its last message.
-    let overflow_max = 64u32;
-    let broker = broker_with(
-        2,
-        Limits {
-            mesh_ring_capacity: 64,
-            mesh_overflow_max: overflow_max,
-            ..Limits::default()
-        },
-    );
+    let broker = small_mesh_broker();
     let addr = broker.addr();
     let topic = unique_topic("retained-flood");
     let count = 200_000u32;
-    let mut flood = Vec::new();
-    for n in 0..count {
-        let payload = format!("{n}");
-        flood.extend(publish_bytes(
-            topic.as_bytes(),
-            0,
-            true,
-            false,
-            0,
-            payload.as_bytes(),
-        ));
-    }
+    let flood = qos0_flood(&topic, count, true);
     let mut publisher = RawClient::connect(addr, &unique_id_on(0, 2, "retained-flood"));
     publisher.send(&flood);
     // Answered after every PUBLISH before it was handled: the publisher was resumed each time.
@@ -584,33 +594,14 @@ fn qos0_forwards_to_a_shared_group_over_mesh_overflow_max_are_dropped_not_piled_
     // A QoS 0 message for a `$share` group served by another shard travels as its own kind of
     // forward, which was neither dropped past mesh_overflow_max (as plain QoS 0 forwards are)
     // nor throttled: a QoS 0 flood to the group grew the overflow without bound.
-    let overflow_max = 64u32;
-    let broker = broker_with(
-        2,
-        Limits {
-            mesh_ring_capacity: 64,
-            mesh_overflow_max: overflow_max,
-            ..Limits::default()
-        },
-    );
+    let broker = small_mesh_broker();
     let addr = broker.addr();
     let topic = unique_topic("shared-flood");
     let mut member = RawClient::connect(addr, &unique_id_on(1, 2, "shared-member"));
     let filter = format!("$share/flood/{topic}");
     assert_eq!(member.subscribe(1, &[(&filter, 0)]), [0]);
     let count = 200_000u32;
-    let mut flood = Vec::new();
-    for n in 0..count {
-        let payload = format!("{n}");
-        flood.extend(publish_bytes(
-            topic.as_bytes(),
-            0,
-            false,
-            false,
-            0,
-            payload.as_bytes(),
-        ));
-    }
+    let flood = qos0_flood(&topic, count, false);
     let mut publisher = RawClient::connect(addr, &unique_id_on(0, 2, "shared-flood"));
     // The member reads meanwhile, so what piles up is the mesh's, not its outbox.
     let reader = thread::spawn(move || {

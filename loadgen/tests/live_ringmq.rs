@@ -12,11 +12,11 @@ fn start_broker() -> Broker {
     start_broker_with(Config::default())
 }
 
-/// As `start_broker`, with the rest of `config`.
+/// As `start_broker`, with the rest of `config` (one shard unless it names more).
 fn start_broker_with(config: Config) -> Broker {
     Broker::start(Config {
         listen: Some("127.0.0.1:0".parse().unwrap()),
-        shards: 1,
+        shards: config.shards.max(1),
         ring_files_max: 1024,
         ..config
     })
@@ -26,6 +26,13 @@ fn start_broker_with(config: Config) -> Broker {
 /// 4 pairs at 2000 messages/s for 0.5 s through `broker`, with `extra` arguments: runs the
 /// load, stops the broker and asserts that the 1000 messages sent all came back.
 fn pairs_1000_through(broker: Broker, extra: &[&str]) -> Report {
+    let report = pairs_1000(&broker, extra);
+    broker.stop().expect("no shard failed");
+    report
+}
+
+/// `pairs_1000_through` leaving the broker running.
+fn pairs_1000(broker: &Broker, extra: &[&str]) -> Report {
     let port = broker.local_addr().port().to_string();
     let mut args = vec![
         "pairs",
@@ -44,7 +51,6 @@ fn pairs_1000_through(broker: Broker, extra: &[&str]) -> Report {
     ];
     args.extend(extra);
     let report = common::loadgen(&args);
-    broker.stop().expect("no shard failed");
     let s = &report.summary;
     assert_eq!(
         (s.sent, s.received, s.lost),
@@ -178,41 +184,13 @@ fn pairs_qos2_mqtt5_counts_exactly() {
 
 #[test]
 fn retained_pairs_count_exactly_and_leave_one_message_per_topic_on_every_shard() {
-    let broker = Broker::start(Config {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
+    let broker = start_broker_with(Config {
         shards: 2,
-        ring_files_max: 1024,
         sys_interval_secs: 0,
         ..Config::default()
-    })
-    .expect("the broker starts");
-    let port = broker.local_addr().port().to_string();
-    let args = [
-        "pairs",
-        "-n",
-        "4",
-        "--rate",
-        "2000",
-        "--duration",
-        "0.5",
-        "--retain",
-        "--port",
-        &port,
-        "--warmup",
-        "0",
-        "--drain",
-        "2",
-        "-q",
-    ];
-    let report = common::loadgen(&args);
-    let s = &report.summary;
-    assert!(s.retain);
-    assert_eq!(
-        (s.sent, s.received, s.lost),
-        (1000, 1000, 0),
-        "{:?}",
-        s.errors
-    );
+    });
+    let report = pairs_1000(&broker, &["--retain", "-q"]);
+    assert!(report.summary.retain);
     // Each pair's topic holds its last message, replicated on both shards (their counters are
     // published about once a second).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
