@@ -271,8 +271,8 @@ pub struct Limits {
     /// Messages taken from one inbound mesh ring per loop turn.
     pub mesh_batch_max: u32,
     /// Messages one shard-to-shard ring holds (rounded up to a power of two). The mesh takes
-    /// shards x (shards - 1) x this x 88 B once every slot has been used (16 shards at 1024:
-    /// 21 MB). 0 (the default): [`Limits::mesh_ring_capacity_for`] picks it from the shard
+    /// shards x (shards - 1) x this x 128 B once every slot has been used (16 shards at 1024:
+    /// 31 MB). 0 (the default): [`Limits::mesh_ring_capacity_for`] picks it from the shard
     /// count, so a shard's inbound rings hold about 4,096 messages in all.
     pub mesh_ring_capacity: u32,
     /// Messages waiting for one full shard-to-shard ring; over it QoS 0 publishes for that
@@ -330,8 +330,8 @@ impl Limits {
     /// set, else 4,096 / (shards - 1) rounded down to a power of two, between 64 and 1,024
     /// (1,024 up to 5 shards, 512 at 8, 256 at 16, 64 from 34). Every ring slot is touched
     /// once messages have gone round it (hand-offs of connecting clients do that), so the
-    /// mesh's memory is what the slots add up to: with a fixed 1,024, 21 MB at 16 shards and
-    /// 363 MB at 64, against 5.4 MB and 23 MB so. Each ring still holds a full
+    /// mesh's memory is what the slots add up to: with a fixed 1,024, 31 MB at 16 shards and
+    /// 528 MB at 64, against 7.9 MB and 33 MB so. Each ring still holds a full
     /// `mesh_batch_max` batch up to 16 shards; a busier pair waits in the overflow queue.
     pub fn mesh_ring_capacity_for(&self, shards: usize) -> usize {
         if self.mesh_ring_capacity > 0 {

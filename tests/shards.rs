@@ -69,11 +69,13 @@ fn publisher_and_subscriber_on_different_shards_qos_0_1_2() {
 }
 
 #[test]
-fn forwards_keep_every_byte_on_both_sides_of_the_copy_limit() {
-    // A forward of at most 512 bytes of topic and payload is copied into a block kept for its
-    // target shard, a larger one shares the receive block (`shard/meshing.rs`, `mesh_copy`):
-    // both must arrive byte for byte, in order, to subscribers on two other shards, with
-    // payloads that are not text and messages that come in one read together.
+fn forwards_keep_every_byte_on_both_sides_of_the_copy_limits() {
+    // A forward of at most `INLINE_MAX` bytes of topic and payload travels inside its ring
+    // slot and is copied into the target's arena, one of at most 512 bytes is copied into a
+    // block kept for its target shard, a larger one shares the receive block
+    // (`shard/meshing.rs`, `mesh_copy`): all must arrive byte for byte, in order, to
+    // subscribers on two other shards, with payloads that are not text and messages that come
+    // in one read together.
     let broker = start();
     let topic = unique_topic("copy-limit");
     let mut subscribers = [
@@ -87,8 +89,21 @@ fn forwards_keep_every_byte_on_both_sides_of_the_copy_limit() {
         );
     }
     let mut publisher = client_on(&broker, 2, "copy-pub");
+    let inline = ringmq::mesh::INLINE_MAX - topic.len();
     let limit = 512 - topic.len();
-    let sizes = [0, 1, 15, limit - 1, limit, limit + 1, 4096, 70_000];
+    let sizes = [
+        0,
+        1,
+        15,
+        inline - 1,
+        inline,
+        inline + 1,
+        limit - 1,
+        limit,
+        limit + 1,
+        4096,
+        70_000,
+    ];
     let payload =
         |n: usize, size: usize| -> Vec<u8> { (0..size).map(|i| (i * 31 + n * 7) as u8).collect() };
     for (n, &size) in sizes.iter().enumerate() {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use crossbeam_utils::Backoff;
-use ringmq::mesh::{spsc, Forward, InterestIndex, Mesh, MeshMessage};
+use ringmq::mesh::{spsc, Forward, InlineForward, InterestIndex, Mesh, MeshMessage};
 use ringmq::protocol::QoS;
 
 const MESSAGE_COUNT: u64 = 5_000_000;
@@ -34,10 +34,13 @@ const RUN_COUNT: usize = 7;
 /// A case runs `count` messages through and returns how long that took.
 type Case = fn(u64) -> Duration;
 
-const CASES: [(&str, Case); 4] = [
+const CASES: [(&str, Case); 7] = [
     ("spsc u64", spsc_u64),
     ("spsc MeshMessage", spsc_message),
     ("ShardMesh MeshMessage", shard_mesh_message),
+    ("ShardMesh counted", shard_mesh_counted),
+    ("ShardMesh copied", shard_mesh_copied),
+    ("ShardMesh inline", shard_mesh_inline),
     ("interest shards_for", interest_shards_for),
 ];
 
@@ -188,19 +191,150 @@ fn shard_mesh_message(count: u64) -> Duration {
                 std::hint::black_box(source.take_wake_targets());
                 // Stay in step with the reader so the overflow does not grow without bound.
                 while source.overflow_total() > RING_CAPACITY {
+                    // What moved into the ring must be published, or the reader never sees
+                    // it and the ring never empties.
                     source.flush_overflow();
+                    std::hint::black_box(source.take_wake_targets());
                     backoff.snooze();
                 }
                 backoff.reset();
             }
             while source.overflow_total() > 0 {
                 source.flush_overflow();
+                std::hint::black_box(source.take_wake_targets());
                 backoff.snooze();
             }
         },
         || {
             received = receive_messages(count, |f| {
                 target.drain(BATCH_MAX, |_source, message| f(message))
+            })
+        },
+    );
+    assert_eq!(received, count);
+    elapsed
+}
+
+/// As `shard_mesh_message`, but topic and payload share one reference-counted block (as a
+/// forward sharing the receive arena does): the writer's clones and the reader's drops
+/// touch one count from two cores.
+fn shard_mesh_counted(count: u64) -> Duration {
+    let topic = ByteString::from("sensors/building-7/floor-3/temperature");
+    let payload = Bytes::copy_from_slice(b"{\"celsius\":21.5}");
+    shard_mesh_with(count, move || forward(topic.clone(), payload.clone()), drop)
+}
+
+/// As `shard_mesh_message`, but topic and payload copied into a block kept for the target
+/// (`Shard::mesh_copy`): two splits of a `BytesMut` per message.
+fn shard_mesh_copied(count: u64) -> Duration {
+    let topic = b"sensors/building-7/floor-3/temperature";
+    let payload = b"{\"celsius\":21.5}";
+    let mut block = bytes::BytesMut::new();
+    shard_mesh_with(
+        count,
+        move || {
+            let (topic, payload) = std::hint::black_box((&topic[..], &payload[..]));
+            if block.capacity() - block.len() < topic.len() + payload.len() {
+                block.reserve(16 << 10);
+            }
+            block.extend_from_slice(topic);
+            let topic = block.split().freeze();
+            block.extend_from_slice(payload);
+            let payload = block.split().freeze();
+            // SAFETY: a copy of an ASCII string.
+            forward(unsafe { ByteString::from_bytes_unchecked(topic) }, payload)
+        },
+        drop,
+    )
+}
+
+/// As `shard_mesh_copied`, but the bytes travel in the ring slot (`InlineForward`) and the
+/// reader copies them into its own block (`Shard::arena_copy`), as a target shard does.
+fn shard_mesh_inline(count: u64) -> Duration {
+    let topic = "sensors/building-7/floor-3/temperature";
+    let payload = b"{\"celsius\":21.5}";
+    let mut arena = bytes::BytesMut::new();
+    shard_mesh_with(
+        count,
+        move || {
+            // Opaque to the optimiser, as a received topic and payload are.
+            let (topic, payload) = std::hint::black_box((topic, &payload[..]));
+            let inline = InlineForward::new(topic, payload, QoS::AtMostOnce, false, 0, 0);
+            MeshMessage::PublishInline(inline.expect("fits"))
+        },
+        move |message| {
+            if let MeshMessage::PublishInline(inline) = message {
+                let len = inline.topic().len() + inline.payload().len();
+                if arena.capacity() - arena.len() < len {
+                    arena.reserve(64 << 10);
+                }
+                arena.extend_from_slice(inline.topic().as_bytes());
+                let topic = arena.split().freeze();
+                arena.extend_from_slice(inline.payload());
+                let payload = arena.split().freeze();
+                std::hint::black_box((topic, payload));
+            }
+        },
+    )
+}
+
+fn forward(topic: ByteString, payload: Bytes) -> MeshMessage {
+    MeshMessage::Publish(Forward {
+        topic,
+        payload,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: None,
+        origin_shard: 0,
+        turn_us: 0,
+    })
+}
+
+/// `make` builds each message on the writer's core; `take` handles each on the reader's.
+fn shard_mesh_with(
+    count: u64,
+    mut make: impl FnMut() -> MeshMessage + Send + 'static,
+    mut take: impl FnMut(MeshMessage),
+) -> Duration {
+    let mut shards = Mesh::new(2, RING_CAPACITY);
+    let mut target = shards.pop().expect("shard 1");
+    let mut source = shards.pop().expect("shard 0");
+    let mut received = 0;
+    let (elapsed, ()) = timed(
+        move || {
+            let backoff = Backoff::new();
+            let mut pushed = 0;
+            while pushed < count {
+                let batch = (count - pushed).min(BATCH_MAX as u64);
+                for _ in 0..batch {
+                    source.push(1, make());
+                }
+                pushed += batch;
+                source.flush_overflow();
+                std::hint::black_box(source.take_wake_targets());
+                while source.overflow_total() > RING_CAPACITY {
+                    // What moved into the ring must be published, or the reader never sees
+                    // it and the ring never empties.
+                    source.flush_overflow();
+                    std::hint::black_box(source.take_wake_targets());
+                    backoff.snooze();
+                }
+                backoff.reset();
+            }
+            while source.overflow_total() > 0 {
+                source.flush_overflow();
+                std::hint::black_box(source.take_wake_targets());
+                backoff.snooze();
+            }
+        },
+        || {
+            received = receive_messages(count, |f| {
+                target.drain(BATCH_MAX, |_source, message| {
+                    // The reader's work on the message, then the common tally (which sees
+                    // the inline form as nothing).
+                    take(message);
+                    f(MeshMessage::HandOffLost { ring: 0 })
+                })
             })
         },
     );

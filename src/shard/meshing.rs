@@ -14,7 +14,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::mesh::exact::hashed;
-use crate::mesh::{Forward, MeshMessage, SharedForward};
+use crate::mesh::{Forward, InlineForward, MeshMessage, SharedForward};
 use crate::protocol::{Properties, QoS};
 use crate::ring::{Op, Token};
 use crate::session::Message;
@@ -24,10 +24,11 @@ use super::deliver::Retained;
 use super::limits::LimitHit;
 use super::peers::for_each_bit;
 use super::route::next_shard_after;
-use super::Shard;
+use super::{Shard, ARENA_BLOCK};
 
 /// A forwarded message whose topic and payload together are at most this long is copied into
-/// the target's block (`mesh_copy`); a longer one shares the receive arena's bytes.
+/// the target's block (`mesh_copy`); a longer one shares the receive arena's bytes. (A plain
+/// one of at most `INLINE_MAX` bytes without properties travels in its ring slot instead.)
 const MESH_COPY_MAX: usize = 512;
 
 /// The per-target copy blocks grow by this much: one allocation per ~16 KiB forwarded.
@@ -144,6 +145,20 @@ impl Shard {
                 );
                 self.record_transit(forward.turn_us, out_before);
             }
+            MeshMessage::PublishInline(forward) => {
+                let out_before = self.stats.messages_out;
+                let (topic, payload) = self.arena_copy(forward.topic(), forward.payload());
+                let topic_hash = self.topic_hash(&topic, false);
+                self.route_local(
+                    &topic,
+                    topic_hash,
+                    &payload,
+                    forward.qos,
+                    forward.retain,
+                    None,
+                );
+                self.record_transit(forward.turn_us, out_before);
+            }
             MeshMessage::SharedPublish(shared) => {
                 let out_before = self.stats.messages_out;
                 let turn_us = shared.forward.turn_us;
@@ -208,7 +223,10 @@ impl Shard {
             self.limit_hit(LimitHit::MeshOverflow);
         }
         let ack_waits = match &message {
-            MeshMessage::Publish(forward) if over && forward.qos == QoS::AtMostOnce => {
+            MeshMessage::Publish(Forward { qos, .. })
+            | MeshMessage::PublishInline(InlineForward { qos, .. })
+                if over && *qos == QoS::AtMostOnce =>
+            {
                 self.stats.mesh_dropped_qos0 += 1;
                 return;
             }
@@ -220,8 +238,9 @@ impl Shard {
             }
             // With persistence on and `sync = "ack"`, a QoS 1/2 forward's ack waits for the
             // target to make durable what it caused (a message owed to a persistent session).
-            MeshMessage::Publish(forward) => {
-                (over || self.durable_acks) && forward.qos != QoS::AtMostOnce
+            MeshMessage::Publish(Forward { qos, .. })
+            | MeshMessage::PublishInline(InlineForward { qos, .. }) => {
+                (over || self.durable_acks) && *qos != QoS::AtMostOnce
             }
             MeshMessage::SharedPublish(shared) => {
                 (over || self.durable_acks) && shared.forward.qos != QoS::AtMostOnce
@@ -368,6 +387,21 @@ impl Shard {
             self.note_flow_forwarded(plain_targets | group_targets);
         }
         for_each_bit(plain_targets | group_targets, |target| {
+            let plain_only = group_targets & (1u64 << target) == 0 && self.flow_key.is_none();
+            if plain_only && properties.is_none() {
+                let inline = InlineForward::new(
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                    self.index as u16,
+                    self.turn_us,
+                );
+                if let Some(inline) = inline {
+                    self.mesh_push(target, MeshMessage::PublishInline(inline));
+                    return;
+                }
+            }
             let (topic, payload) = self.mesh_copy(target, topic, payload);
             let forward = |topic, payload| Forward {
                 topic,
@@ -381,7 +415,7 @@ impl Shard {
                 turn_us: self.turn_us,
             };
             // Each variant built in one expression, so the common one is written in place.
-            let message = if group_targets & (1u64 << target) == 0 && self.flow_key.is_none() {
+            let message = if plain_only {
                 MeshMessage::Publish(forward(topic, payload))
             } else {
                 let groups = assigned
@@ -404,10 +438,12 @@ impl Shard {
         matched
     }
 
-    /// The topic and payload a forward to `target` carries. A small message is copied into a
-    /// block of this shard's kept for that target alone: the reference count that the target's
-    /// drops decrement is then shared by two cores, touched in batches (this shard's pushes in
-    /// one turn, the target's drain in one of its turns). Sharing the receive arena's bytes
+    /// The topic and payload a forward to `target` carries when it does not travel inline (it
+    /// has properties, serves a `$share` group, or is longer than `INLINE_MAX`). A small message
+    /// is copied into a block of this shard's kept for that target alone: the reference count
+    /// that the target's drops decrement is then shared by two cores only, though each push
+    /// and drop still takes its cache line from the other (`cargo bench --bench mesh`: 75-100
+    /// ns per message between two cores, against ~60 inline). Sharing the receive arena's bytes
     /// instead puts one count, that of the block every message of a read landed in, under the
     /// drops of every shard the messages went to at once. (On 16 cores, before this copy, pairs
     /// QoS 0 cost 393 ns of CPU per message on 1 and 2 shards and 541 ns on 8; that this count
@@ -431,6 +467,28 @@ impl Shard {
         let topic_bytes = block.split().freeze();
         block.extend_from_slice(payload);
         let payload = block.split().freeze();
+        // SAFETY: the bytes are a copy of `topic`, a valid UTF-8 string.
+        let topic = unsafe { ByteString::from_bytes_unchecked(topic_bytes) };
+        (topic, payload)
+    }
+
+    /// An inline forward's topic and payload, copied into this shard's receive arena as a
+    /// PUBLISH read here would be: the deliveries that keep them (QoS 1/2 windows and queues)
+    /// need owned bytes, and the arena's counts are touched by this core alone.
+    fn arena_copy(&mut self, topic: &str, payload: &[u8]) -> (ByteString, Bytes) {
+        let len = topic.len() + payload.len();
+        if self.arena.capacity() - self.arena.len() < len {
+            self.arena.reserve(ARENA_BLOCK);
+            let block = self.arena.as_ptr() as usize;
+            if block != self.arena_block {
+                self.arena_block = block;
+                self.stats.arena_blocks_allocated += 1;
+            }
+        }
+        self.arena.extend_from_slice(topic.as_bytes());
+        let topic_bytes = self.arena.split().freeze();
+        self.arena.extend_from_slice(payload);
+        let payload = self.arena.split().freeze();
         // SAFETY: the bytes are a copy of `topic`, a valid UTF-8 string.
         let topic = unsafe { ByteString::from_bytes_unchecked(topic_bytes) };
         (topic, payload)
