@@ -142,7 +142,7 @@ pub const INLINE_MAX: usize = 114;
 /// `Forward`'s topic and payload share a block of the publisher's shard, whose count the
 /// publisher's clones and the target's drops then take turns at, a cache line moving between
 /// two cores for each). The target copies the bytes into its own receive arena.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct InlineForward {
     pub qos: QoS,
     /// The publisher's RETAIN flag, for subscribers asking Retain As Published.
