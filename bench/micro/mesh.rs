@@ -171,48 +171,8 @@ fn spsc_message(count: u64) -> Duration {
 }
 
 fn shard_mesh_message(count: u64) -> Duration {
-    let mut shards = Mesh::new(2, RING_CAPACITY);
-    let mut target = shards.pop().expect("shard 1");
-    let mut source = shards.pop().expect("shard 0");
     let message = sample_message();
-    let mut received = 0;
-    let (elapsed, ()) = timed(
-        move || {
-            // A shard's turn: push a batch, flush what overflowed, take the wake set.
-            let backoff = Backoff::new();
-            let mut pushed = 0;
-            while pushed < count {
-                let batch = (count - pushed).min(BATCH_MAX as u64);
-                for _ in 0..batch {
-                    source.push(1, message.clone());
-                }
-                pushed += batch;
-                source.flush_overflow();
-                std::hint::black_box(source.take_wake_targets());
-                // Stay in step with the reader so the overflow does not grow without bound.
-                while source.overflow_total() > RING_CAPACITY {
-                    // What moved into the ring must be published, or the reader never sees
-                    // it and the ring never empties.
-                    source.flush_overflow();
-                    std::hint::black_box(source.take_wake_targets());
-                    backoff.snooze();
-                }
-                backoff.reset();
-            }
-            while source.overflow_total() > 0 {
-                source.flush_overflow();
-                std::hint::black_box(source.take_wake_targets());
-                backoff.snooze();
-            }
-        },
-        || {
-            received = receive_messages(count, |f| {
-                target.drain(BATCH_MAX, |_source, message| f(message))
-            })
-        },
-    );
-    assert_eq!(received, count);
-    elapsed
+    shard_mesh_with(count, move || message.clone(), drop)
 }
 
 /// As `shard_mesh_message`, but topic and payload share one reference-counted block (as a
