@@ -10,7 +10,7 @@ use std::io;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::mesh::exact::hashed;
@@ -23,8 +23,9 @@ use crate::topic::filter::parse_shared;
 use super::deliver::Retained;
 use super::limits::LimitHit;
 use super::peers::for_each_bit;
+use super::recv::arena_reserve;
 use super::route::next_shard_after;
-use super::{Shard, ARENA_BLOCK};
+use super::Shard;
 
 /// A forwarded message whose topic and payload together are at most this long is copied into
 /// the target's block (`mesh_copy`); a longer one shares the receive arena's bytes. (A plain
@@ -463,13 +464,7 @@ impl Shard {
             // A new block while the target still holds bytes of the old one (else reused).
             block.reserve(MESH_BLOCK);
         }
-        block.extend_from_slice(topic.as_bytes());
-        let topic_bytes = block.split().freeze();
-        block.extend_from_slice(payload);
-        let payload = block.split().freeze();
-        // SAFETY: the bytes are a copy of `topic`, a valid UTF-8 string.
-        let topic = unsafe { ByteString::from_bytes_unchecked(topic_bytes) };
-        (topic, payload)
+        split_message(block, topic, payload)
     }
 
     /// An inline forward's topic and payload, copied into this shard's receive arena as a
@@ -477,21 +472,8 @@ impl Shard {
     /// need owned bytes, and the arena's counts are touched by this core alone.
     fn arena_copy(&mut self, topic: &str, payload: &[u8]) -> (ByteString, Bytes) {
         let len = topic.len() + payload.len();
-        if self.arena.capacity() - self.arena.len() < len {
-            self.arena.reserve(ARENA_BLOCK);
-            let block = self.arena.as_ptr() as usize;
-            if block != self.arena_block {
-                self.arena_block = block;
-                self.stats.arena_blocks_allocated += 1;
-            }
-        }
-        self.arena.extend_from_slice(topic.as_bytes());
-        let topic_bytes = self.arena.split().freeze();
-        self.arena.extend_from_slice(payload);
-        let payload = self.arena.split().freeze();
-        // SAFETY: the bytes are a copy of `topic`, a valid UTF-8 string.
-        let topic = unsafe { ByteString::from_bytes_unchecked(topic_bytes) };
-        (topic, payload)
+        arena_reserve(&mut self.arena, &mut self.arena_block, &mut self.stats, len);
+        split_message(&mut self.arena, topic, payload)
     }
 
     fn on_shared_forward(&mut self, mut shared: SharedForward) {
@@ -576,4 +558,16 @@ impl Shard {
             _ => self.stats.dropped_no_group_member += 1,
         }
     }
+}
+
+/// Copies `topic`, then `payload`, into `block` (which has room for both) and splits each off
+/// as its own handle.
+fn split_message(block: &mut BytesMut, topic: &str, payload: &[u8]) -> (ByteString, Bytes) {
+    block.extend_from_slice(topic.as_bytes());
+    let topic_bytes = block.split().freeze();
+    block.extend_from_slice(payload);
+    let payload = block.split().freeze();
+    // SAFETY: the bytes are a copy of `topic`, a valid UTF-8 string.
+    let topic = unsafe { ByteString::from_bytes_unchecked(topic_bytes) };
+    (topic, payload)
 }

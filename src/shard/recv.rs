@@ -26,18 +26,27 @@ pub(super) fn into_inbox_path(
         buffers.inbox.extend_from_slice(bytes);
         return (std::mem::take(&mut buffers.inbox), true);
     }
-    if arena.capacity() - arena.len() < bytes.len() {
-        // Reclaims the current block in place once every payload cut from it is gone;
-        // allocates a fresh one only while some are still held.
-        arena.reserve(ARENA_BLOCK.max(bytes.len()));
+    arena_reserve(arena, arena_block, stats, bytes.len());
+    arena.extend_from_slice(bytes);
+    (arena.split(), false)
+}
+
+/// Room for `len` more bytes in the arena. Reclaims the current block in place once every
+/// payload cut from it is gone; allocates a fresh one (counted) only while some are still held.
+pub(super) fn arena_reserve(
+    arena: &mut BytesMut,
+    arena_block: &mut usize,
+    stats: &mut super::ShardStats,
+    len: usize,
+) {
+    if arena.capacity() - arena.len() < len {
+        arena.reserve(ARENA_BLOCK.max(len));
         let block = arena.as_ptr() as usize;
         if block != *arena_block {
             *arena_block = block;
             stats.arena_blocks_allocated += 1;
         }
     }
-    arena.extend_from_slice(bytes);
-    (arena.split(), false)
 }
 
 impl Shard {
