@@ -1,13 +1,17 @@
 //! Arbitrary bytes into the decoder, under both protocol versions. Whatever decodes must encode,
-//! report its length truthfully, and decode back to the same packet; nothing may panic.
+//! report its length truthfully, and decode back to the same packet; nothing may panic. And
+//! `decode_in` (in place, over the bytes frozen) must read what `decode` reads, packet by
+//! packet, and fail where it fails, with the same error.
 //!
 //! Run: `cargo +nightly fuzz run decode` (seeds in `corpus/decode/seed-*`).
 
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use ringmq::protocol::{decode, encode, encoded_len, frame_len, ProtocolVersion};
+use ringmq::protocol::{
+    decode, decode_in, encode, encoded_len, frame_len, Decoded, Packet, ProtocolVersion,
+};
 
 const PACKET_SIZE_MAX: u32 = 1 << 20;
 
@@ -23,5 +27,35 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.as_ref(), Some(&packet));
             assert!(out.is_empty());
         }
+        in_place_agrees(data, version);
     }
 });
+
+fn in_place_agrees(data: &[u8], version: ProtocolVersion) {
+    let frozen = Bytes::copy_from_slice(data);
+    let mut buf = BytesMut::from(data);
+    let mut at = 0;
+    loop {
+        let before = buf.len();
+        match (
+            decode(&mut buf, version, PACKET_SIZE_MAX),
+            decode_in(&frozen, at, version, PACKET_SIZE_MAX),
+        ) {
+            (Ok(Some(packet)), Ok(Some((decoded, size)))) => {
+                assert_eq!(size, before - buf.len());
+                let read = match decoded {
+                    Decoded::Publish(publish) => Packet::Publish(publish.into_publish(&frozen)),
+                    Decoded::Packet(packet) => packet,
+                };
+                assert_eq!(read, packet);
+                at += size;
+            }
+            (Ok(None), Ok(None)) => return,
+            (Err(expected), Err(got)) => {
+                assert_eq!(got, expected);
+                return;
+            }
+            (expected, got) => panic!("decode {expected:?}, decode_in {got:?}"),
+        }
+    }
+}

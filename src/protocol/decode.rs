@@ -1,6 +1,8 @@
 //! Bytes in, packets out. `decode` splits one whole packet off the receive buffer as a frozen
 //! `Bytes` and slices every string and payload out of it, so a decoded PUBLISH shares the receive
-//! buffer instead of copying it. Every read is bounds-checked through `Reader`; no input can
+//! buffer instead of copying it. `decode_in` reads a frozen buffer in place: a PUBLISH without
+//! properties comes back as `PublishIn`, borrowing its topic and payload (no reference count
+//! taken), every other packet as `decode` gives it. Every read is bounds-checked; no input can
 //! make this module panic, only return a `DecodeError`.
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -51,6 +53,117 @@ pub fn decode(
     let mut frame = buf.split_to(size).freeze();
     frame.advance(header_len);
     decode_body(first, frame, version)
+}
+
+/// A PUBLISH without properties (every 3.1.x one, and an MQTT 5 one whose property length is
+/// 0), read in place: topic and payload borrow the receive buffer. What `decode` would give for
+/// the same bytes, less the handles: `into_publish` makes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishIn<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Never empty: an empty topic needs a Topic Alias, a property.
+    pub topic: &'a str,
+    /// 0 for QoS 0.
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+}
+
+impl PublishIn<'_> {
+    /// The decoded `Publish`, its topic and payload sliced from `frame` (the buffer this was
+    /// read from, which holds them).
+    pub fn into_publish(self, frame: &Bytes) -> Publish {
+        let topic = frame.slice_ref(self.topic.as_bytes());
+        Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            // SAFETY: the bytes of `self.topic`, a `str`.
+            topic: unsafe { ByteString::from_bytes_unchecked(topic) },
+            packet_id: self.packet_id,
+            payload: frame.slice_ref(self.payload),
+            properties: Props::NONE,
+        }
+    }
+}
+
+/// What `decode_in` read.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    Publish(PublishIn<'a>),
+    Packet(Packet),
+}
+
+/// `decode` over a frozen buffer, at `buf[at..]` (`at <= buf.len()`), leaving the buffer as it
+/// is: the packet there and its size, `Ok(None)` when the buffer ends inside it. A PUBLISH
+/// without properties is read in place (`PublishIn`); any other packet (or a malformed
+/// PUBLISH: the error) is what `decode` gives for the same bytes.
+pub fn decode_in<'a>(
+    buf: &'a Bytes,
+    at: usize,
+    version: ProtocolVersion,
+    packet_size_max: u32,
+) -> Result<Option<(Decoded<'a>, usize)>, DecodeError> {
+    let rest = buf.get(at..).unwrap_or_default();
+    let Some(&first) = rest.first() else {
+        return Ok(None);
+    };
+    check_first_byte(first, version)?;
+    let Some((header_len, size)) = fixed_header(rest, packet_size_max)? else {
+        return Ok(None);
+    };
+    let Some(body) = rest.get(header_len..size) else {
+        return Ok(None);
+    };
+    if first >> 4 == 3 {
+        if let Some(publish) = publish_in_place(first & 0x0F, body, version.is_v5()) {
+            return Ok(Some((Decoded::Publish(publish), size)));
+        }
+    }
+    let packet = match decode_short(first, body)? {
+        Some(packet) => packet,
+        None => {
+            let frame = buf.slice(at + header_len..at + size);
+            let Some(packet) = decode_body(first, frame, version)? else {
+                return Ok(None);
+            };
+            packet
+        }
+    };
+    Ok(Some((Decoded::Packet(packet), size)))
+}
+
+/// A well-formed PUBLISH body without properties, read in place; `None` for anything else
+/// (properties, or bytes `decode_publish` refuses: it is the one to say why).
+#[inline(always)]
+fn publish_in_place(flags: u8, body: &[u8], v5: bool) -> Option<PublishIn<'_>> {
+    // The first byte was checked: QoS is 0-2, and DUP is clear at QoS 0.
+    let qos = QoS::from_u8((flags >> 1) & 0b11)?;
+    let (&topic_len, rest) = body.split_first_chunk::<2>()?;
+    let (topic, mut rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(topic_len)))?;
+    let topic = checked_str(topic, true).ok().filter(|t| !t.is_empty())?;
+    let mut packet_id = 0;
+    if qos != QoS::AtMostOnce {
+        let (&id, tail) = rest.split_first_chunk::<2>()?;
+        packet_id = u16::from_be_bytes(id);
+        if packet_id == 0 {
+            return None;
+        }
+        rest = tail;
+    }
+    if v5 {
+        // A property length of 0, one byte; any other has properties (or is malformed).
+        rest = rest.strip_prefix(&[0])?;
+    }
+    Some(PublishIn {
+        dup: flags & 0b1000 != 0,
+        qos,
+        retain: flags & 0b0001 != 0,
+        topic,
+        packet_id,
+        payload: rest,
+    })
 }
 
 /// The protocol level of the CONNECT at the front of `buf`, read from its first bytes without
@@ -741,12 +854,19 @@ impl Reader {
 /// for (U+0000, `#` 0x23, `+` 0x2B) all sort below 0x2C, which topics rarely hold, so one word-wide
 /// pass clears most strings and only the rest are searched byte by byte.
 fn checked_string(bytes: Bytes, topic_name: bool) -> Result<ByteString, DecodeError> {
-    let suspect = has_byte_below_0x2c(&bytes);
+    checked_str(&bytes, topic_name)?;
+    // SAFETY: `checked_str` found the bytes valid UTF-8.
+    Ok(unsafe { ByteString::from_bytes_unchecked(bytes) })
+}
+
+/// `checked_string` in place.
+fn checked_str(bytes: &[u8], topic_name: bool) -> Result<&str, DecodeError> {
+    let suspect = has_byte_below_0x2c(bytes);
     if suspect && bytes.contains(&0) {
         return Err(DecodeError::NullCharacter);
     }
-    let string = ByteString::try_from(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    if topic_name && suspect && string.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+    let string = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+    if topic_name && suspect && bytes.iter().any(|&b| b == b'+' || b == b'#') {
         return Err(DecodeError::WildcardInTopicName);
     }
     Ok(string)

@@ -1606,6 +1606,91 @@ fn decode_and_reencode(bytes: &[u8], version: ProtocolVersion) -> usize {
     decoded
 }
 
+/// `decode_in` over the same bytes frozen gives, packet by packet, what `decode` gives (a
+/// PUBLISH read in place, made whole by `into_publish`), with the same sizes and the same error
+/// at the end. Returns how many PUBLISHes were read in place.
+fn decode_in_agrees(bytes: &[u8], version: ProtocolVersion) -> usize {
+    let frozen = Bytes::copy_from_slice(bytes);
+    let mut buf = BytesMut::from(bytes);
+    let mut at = 0;
+    let mut in_place = 0;
+    loop {
+        let before = buf.len();
+        let expected = decode(&mut buf, version, 1 << 20);
+        let got = decode_in(&frozen, at, version, 1 << 20);
+        match (expected, got) {
+            (Ok(Some(packet)), Ok(Some((decoded, size)))) => {
+                assert_eq!(size, before - buf.len(), "{packet:?}");
+                let read = match decoded {
+                    Decoded::Publish(publish) => {
+                        in_place += 1;
+                        Packet::Publish(publish.into_publish(&frozen))
+                    }
+                    Decoded::Packet(packet) => packet,
+                };
+                assert_eq!(read, packet);
+                at += size;
+            }
+            (Ok(None), Ok(None)) => return in_place,
+            (Err(expected), Err(got)) => {
+                assert_eq!(got, expected, "{bytes:02x?}");
+                return in_place;
+            }
+            (expected, got) => panic!("decode {expected:?}, decode_in {got:?}: {bytes:02x?}"),
+        }
+    }
+}
+
+#[test]
+fn plain_publishes_are_read_in_place() {
+    for version in [V3, V5] {
+        let publish = |qos, topic: &str, payload: &'static [u8], properties| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: qos == QoS::AtLeastOnce,
+                topic: ByteString::from(topic),
+                packet_id: if qos == QoS::AtMostOnce { 0 } else { 7 },
+                payload: Bytes::from_static(payload),
+                properties,
+            })
+        };
+        let mut bytes = Vec::new();
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            bytes.extend(enc(&publish(qos, "a/b", b"hello", Props::NONE), version));
+            bytes.extend(enc(&publish(qos, "t", b"", Props::NONE), version));
+        }
+        bytes.extend(enc(&Packet::PingReq, version));
+        assert_eq!(decode_in_agrees(&bytes, version), 6);
+        // [MQTT-3.3.2-2] A wildcard is refused the same way read in place or not.
+        let wildcard = enc(&publish(QoS::AtMostOnce, "a/+", b"x", Props::NONE), version);
+        assert_eq!(decode_in_agrees(&wildcard, version), 0);
+        let frozen = Bytes::from(wildcard);
+        assert_eq!(
+            decode_in(&frozen, 0, version, 1 << 20).unwrap_err(),
+            DecodeError::WildcardInTopicName
+        );
+    }
+    // With properties: the general path.
+    let properties = Properties {
+        message_expiry_interval: Some(9),
+        ..Properties::default()
+    };
+    let with = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: ByteString::from("a"),
+        packet_id: 0,
+        payload: Bytes::from_static(b"x"),
+        properties: Props::from(properties),
+    });
+    let frozen = Bytes::from(enc(&with, V5));
+    let decoded = decode_in(&frozen, 0, V5, 1 << 20).unwrap().unwrap();
+    assert!(matches!(decoded, (Decoded::Packet(ref p), _) if *p == with));
+    assert_eq!(decode_in_agrees(&frozen, V5), 0);
+}
+
 #[test]
 fn prefixes_of_valid_packets_wait_for_more() {
     for version in [V3, V5] {
@@ -1626,12 +1711,14 @@ fn prefixes_of_valid_packets_wait_for_more() {
 fn mutations_of_valid_packets_never_panic() {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut decoded = 0;
+    let mut in_place = 0;
     for version in [V3, V5] {
         let (stream, _) = sample_stream(version);
         let mut seeds: Vec<Vec<u8>> = samples(version).iter().map(|p| enc(p, version)).collect();
         seeds.push(stream);
         for seed in &seeds {
             decode_and_reencode(seed, version);
+            in_place += decode_in_agrees(seed, version);
             for _ in 0..400 {
                 let mut bytes = seed.clone();
                 for _ in 0..1 + rng.below(4) {
@@ -1651,6 +1738,8 @@ fn mutations_of_valid_packets_never_panic() {
                 }
                 decoded += decode_and_reencode(&bytes, version);
                 decoded += decode_and_reencode(&bytes, if version.is_v5() { V3 } else { V5 });
+                in_place += decode_in_agrees(&bytes, version);
+                in_place += decode_in_agrees(&bytes, if version.is_v5() { V3 } else { V5 });
             }
         }
     }
@@ -1660,9 +1749,12 @@ fn mutations_of_valid_packets_never_panic() {
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         decode_and_reencode(&bytes, V3);
         decode_and_reencode(&bytes, V5);
+        decode_in_agrees(&bytes, V3);
+        decode_in_agrees(&bytes, V5);
     }
     // Mutations must reach past the first checks: many still decode (e.g. a changed payload).
     assert!(decoded > 2000, "only {decoded} mutated inputs decoded");
+    assert!(in_place > 500, "only {in_place} PUBLISHes read in place");
 }
 
 /// The committed fuzz seeds stay valid: each decodes whole in the version its name gives.

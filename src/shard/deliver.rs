@@ -9,11 +9,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::protocol::{LastWill, Properties, Publish, PublishParts, QoS, ReasonCode};
+use crate::protocol::{LastWill, Properties, PublishParts, QoS, ReasonCode};
 use crate::session::{self, Enqueued, Message};
 
+use super::body::Body;
 use super::conn::ConnState;
-use super::handle::unpinned_string;
 use super::held::HeldPacket;
 use super::limits::LimitHit;
 use super::outgoing::{Outboxes, Written};
@@ -102,8 +102,7 @@ impl Shard {
             })
         });
         self.publish(
-            &will.topic,
-            &will.payload,
+            &Body::of(&will.topic, &will.payload),
             will.qos,
             will.retain,
             properties.as_ref(),
@@ -114,8 +113,7 @@ impl Shard {
     /// Returns whether any subscriber (here or on another shard) was found.
     pub(super) fn publish(
         &mut self,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
@@ -123,22 +121,22 @@ impl Shard {
         // Spec 4.7.2: `$SYS/` is the server's. A client's message there is dropped (as
         // mosquitto does): an MQTT 5 QoS 1/2 one is refused with 0x87 before it gets here
         // (`publish_refusal`), a 3.1.1 one acknowledged as one nobody matched.
-        if super::sys::is_sys_topic(topic) {
+        if super::sys::is_sys_topic(body.topic) {
             self.stats.dropped_sys_publish += 1;
             return false;
         }
-        self.publish_as_server(topic, payload, qos, retain, properties)
+        self.publish_as_server(body, qos, retain, properties)
     }
 
     /// `publish` without the client's restrictions: the broker's own `$SYS` messages.
     pub(super) fn publish_as_server(
         &mut self,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
     ) -> bool {
+        let (topic, payload) = (body.topic, body.payload);
         if retain {
             if payload.is_empty() {
                 // [MQTT-3.3.1-10] An empty retained message deletes the retained one.
@@ -153,7 +151,7 @@ impl Shard {
                 // [MQTT-3.3.1-5] Replaces the topic's retained message. Copied out of the
                 // receive arena so a long-lived message does not pin a whole arena block.
                 let message = Arc::new(Message {
-                    topic: ByteString::from(&**topic),
+                    topic: ByteString::from(topic),
                     payload: Bytes::copy_from_slice(payload),
                     qos,
                     retain: true,
@@ -168,7 +166,7 @@ impl Shard {
         }
         // [MQTT-3.3.1-9] Live delivery to existing subscriptions carries retain 0 (unless
         // they asked for Retain As Published).
-        self.route(topic, payload, qos, retain, properties)
+        self.route(body, qos, retain, properties)
     }
 
     /// A PUBLISH the ACL does not let the client write: not retained, not delivered. MQTT 5
@@ -180,25 +178,18 @@ impl Shard {
         slot: u32,
         generation: u32,
         v5: bool,
-        publish: &Publish,
+        qos: QoS,
+        packet_id: u16,
     ) {
         let code = if v5 {
             ReasonCode::NotAuthorized
         } else {
             ReasonCode::Success
         };
-        match publish.qos {
+        match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack(
-                slot,
-                generation,
-                HeldPacket::PubAck(publish.packet_id, code),
-            ),
-            QoS::ExactlyOnce => self.ack(
-                slot,
-                generation,
-                HeldPacket::PubRec(publish.packet_id, code),
-            ),
+            QoS::AtLeastOnce => self.ack(slot, generation, HeldPacket::PubAck(packet_id, code)),
+            QoS::ExactlyOnce => self.ack(slot, generation, HeldPacket::PubRec(packet_id, code)),
         }
     }
 
@@ -213,7 +204,8 @@ impl Shard {
     pub(super) fn publish_refusal(
         &mut self,
         topic: &str,
-        publish: &Publish,
+        retain: bool,
+        payload: &[u8],
         properties: Option<&Arc<Properties>>,
     ) -> Option<ReasonCode> {
         if super::sys::is_sys_topic(topic) {
@@ -226,8 +218,8 @@ impl Shard {
             self.stats.persistence_refused += 1;
             return Some(ReasonCode::QuotaExceeded);
         }
-        let stores = publish.retain && !publish.payload.is_empty();
-        if stores && !self.retained_has_room(topic, &publish.payload, properties) {
+        let stores = retain && !payload.is_empty();
+        if stores && !self.retained_has_room(topic, payload, properties) {
             self.limit_hit(LimitHit::Retained);
             return Some(ReasonCode::QuotaExceeded);
         }
@@ -289,19 +281,18 @@ impl Shard {
 
     pub(super) fn route(
         &mut self,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
     ) -> bool {
         if self.shard_count > 1 {
-            return self.route_sharded(topic, payload, qos, retain, properties);
+            return self.route_sharded(body, qos, retain, properties);
         }
         // Plain subscribers, then one member per matching `$share` group, sharing the route's
         // encoding (`route_local` starts it).
-        let topic_hash = self.topic_hash(topic, false);
-        let local = self.route_local(topic, topic_hash, payload, qos, retain, properties);
+        let topic_hash = self.topic_hash(body.topic, false);
+        let local = self.route_local(body, topic_hash, qos, retain, properties);
         if self.shared.is_empty() {
             return local;
         }
@@ -310,14 +301,14 @@ impl Shard {
         picks.clear();
         let sessions = &self.sessions;
         self.shared.pick_for_each(
-            topic,
+            body.topic,
             &mut group_ids,
             |s| sessions.get(s).is_some_and(|s| s.conn.is_some()),
             |member| picks.push(member),
         );
         self.group_ids = group_ids;
         for &member in &picks {
-            self.deliver_member(member, topic, payload, qos, retain, properties);
+            self.deliver_member(member, body, qos, retain, properties);
         }
         let matched = local || !picks.is_empty();
         self.shared_picks = picks;
@@ -328,9 +319,8 @@ impl Shard {
     /// the publishing shard names, see `route_sharded`). `topic_hash`: from `topic_hash`.
     pub(super) fn route_local(
         &mut self,
-        topic: &ByteString,
+        body: &Body<'_>,
         topic_hash: Option<u64>,
-        payload: &Bytes,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
@@ -342,6 +332,7 @@ impl Shard {
         let sessions = &self.sessions;
         let publisher = self.publisher;
         let mut own_no_local = false;
+        let topic = body.topic;
         self.subscriptions.for_each_match(
             topic,
             topic_hash,
@@ -362,7 +353,7 @@ impl Shard {
             },
         );
         route::dedupe_matches(&mut matches);
-        self.deliver_matches(&matches, topic, payload, qos, retain, properties);
+        self.deliver_matches(&matches, body, qos, retain, properties);
         // A subscriber was there, though it is the publisher's own No Local one: the MQTT 5
         // ack says Success, not 0x10 No matching subscribers (as mosquitto answers).
         let matched = !matches.is_empty() || own_no_local;
@@ -377,8 +368,7 @@ impl Shard {
     pub(super) fn deliver_matches(
         &mut self,
         matches: &[(u32, Grant)],
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
@@ -395,23 +385,15 @@ impl Shard {
             let qos = qos.min(grant.qos());
             if grant.has_subscription_id() {
                 let with_ids = self.subscription_ids.for_match(
-                    topic,
+                    body.topic,
                     session,
                     session == publisher,
                     properties,
                 );
-                self.deliver(
-                    session,
-                    topic,
-                    payload,
-                    qos,
-                    retain,
-                    delivery,
-                    with_ids.as_ref(),
-                );
+                self.deliver(session, body, qos, retain, delivery, with_ids.as_ref());
                 continue;
             }
-            self.deliver(session, topic, payload, qos, retain, delivery, properties);
+            self.deliver(session, body, qos, retain, delivery, properties);
         }
     }
 
@@ -420,8 +402,7 @@ impl Shard {
     pub(super) fn deliver_member(
         &mut self,
         member: Member,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
@@ -434,8 +415,7 @@ impl Shard {
         let properties = with_id.as_ref().or(properties);
         self.deliver(
             member.session,
-            topic,
-            payload,
+            body,
             qos,
             retain,
             Delivery::Shared,
@@ -447,14 +427,12 @@ impl Shard {
     /// `Conn::outbox_full`, or the client is away), QoS 1/2 into the in-flight window, or the
     /// session queue when the window is full, the outbox is full, or the client is away.
     /// `delivery`: shared with the route's other subscribers, its only one, or from the store.
-    // The message's parts go by reference, each as the caller has it: no struct is built per
-    // subscriber on the hot path.
-    #[allow(clippy::too_many_arguments)]
+    // The message's parts go by reference, as the caller has them: owned handles are taken
+    // only for a message kept (QoS 1/2).
     pub(super) fn deliver(
         &mut self,
         session: u32,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         delivery: Delivery,
@@ -464,6 +442,7 @@ impl Shard {
         let inflight_max = self.config.limits.inflight_max;
         let queue_max = self.config.limits.offline_queue_max;
         let now_secs = self.now_secs();
+        let (topic, payload) = (body.topic, body.payload);
         // Read access is checked per delivery, as mosquitto does: a wildcard subscription (or
         // a rule changed by a reload) can match a topic the client may not read.
         if self.acl.is_some() && !self.acl_may_read(session, topic) {
@@ -519,8 +498,8 @@ impl Shard {
             return;
         }
         let message = Message {
-            topic: topic.clone(),
-            payload: payload.clone(),
+            topic: body.topic_handle(),
+            payload: body.payload_handle(),
             qos,
             retain,
             properties: None,
@@ -566,7 +545,7 @@ impl Shard {
                 let (topic, payload) = match &self.unpinned {
                     Some(copy) if from_route => copy.clone(),
                     _ => {
-                        let copy = (unpinned_string(topic), Bytes::copy_from_slice(payload));
+                        let copy = (ByteString::from(topic), Bytes::copy_from_slice(payload));
                         if from_route {
                             self.unpinned = Some(copy.clone());
                         }

@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use crate::protocol::{
-    DecodeError, Packet, Props, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
+    DecodeError, Packet, Properties, Props, ProtocolVersion, PubAck, Publish, PublishIn, QoS,
+    ReasonCode,
 };
 use crate::session::{ConnRef, IncomingQos2, InflightState};
 
+use super::body::Body;
 use super::conn::{ConnState, NO_SESSION};
 use super::held::HeldPacket;
 use super::limits::LimitHit;
@@ -263,6 +266,37 @@ impl Shard {
         }
     }
 
+    /// A PUBLISH `recv.rs` read in place (`protocol::decode_in`): without properties, so
+    /// without a Topic Alias, and routed borrowing the receive buffer (`Body`).
+    pub(super) fn handle_publish_in(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        publish: PublishIn<'_>,
+        frame: &Bytes,
+    ) {
+        let Some(conn) = self.conns.get(slot, generation) else {
+            return;
+        };
+        let session = conn.session;
+        if conn.state != ConnState::Connected || self.subscribe_jobs.busy(slot, generation) {
+            // Refused, deferred or ignored as `handle` says, which keeps what it takes.
+            let packet = Packet::Publish(publish.into_publish(frame));
+            self.handle(slot, generation, packet);
+            return;
+        }
+        self.held.begin();
+        // Routing skips this session for its No Local subscriptions.
+        self.publisher = session;
+        self.stats.messages_in += 1;
+        let v5 = self.is_v5(slot, generation);
+        if !self.over_qos_max(slot, generation, v5, publish.qos) {
+            let body = Body::within(frame, publish.topic, publish.payload);
+            self.accept_publish(slot, generation, session, v5, &publish, &body, None);
+        }
+        self.publisher = NO_SESSION;
+    }
+
     fn on_publish(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
         // Routing skips this session for its No Local subscriptions.
         self.publisher = session;
@@ -270,19 +304,26 @@ impl Shard {
         self.publisher = NO_SESSION;
     }
 
-    fn on_publish_from(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
-        self.stats.messages_in += 1;
-        // Properties travel only from an MQTT 5 publisher that set some; 3.1.1 and plain
-        // PUBLISHes route with none (no copy, no allocation).
-        let v5 = self.is_v5(slot, generation);
-        if v5 && publish.qos as u8 > self.config.limits.qos_max {
-            // [MQTT-3.2.2-11] Above the Maximum QoS the CONNACK announced.
+    /// [MQTT-3.2.2-11] Above the Maximum QoS the CONNACK announced: closed, and true.
+    fn over_qos_max(&mut self, slot: u32, generation: u32, v5: bool, qos: QoS) -> bool {
+        if v5 && qos as u8 > self.config.limits.qos_max {
             self.close_with(
                 slot,
                 generation,
                 CloseReason::Protocol,
                 Some(ReasonCode::QoSNotSupported),
             );
+            return true;
+        }
+        false
+    }
+
+    fn on_publish_from(&mut self, slot: u32, generation: u32, session: u32, publish: &Publish) {
+        self.stats.messages_in += 1;
+        // Properties travel only from an MQTT 5 publisher that set some; 3.1.1 and plain
+        // PUBLISHes route with none (no copy, no allocation).
+        let v5 = self.is_v5(slot, generation);
+        if self.over_qos_max(slot, generation, v5, publish.qos) {
             return;
         }
         let aliased;
@@ -334,12 +375,41 @@ impl Shard {
         } else {
             None
         };
+        let header = PublishIn {
+            dup: publish.dup,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic,
+            packet_id: publish.packet_id,
+            payload: &publish.payload,
+        };
+        let body = Body::of(topic, &publish.payload);
+        self.accept_publish(slot, generation, session, v5, &header, &body, properties);
+    }
+
+    /// A PUBLISH past the checks of how it was read: the ACL, MQTT 5's refusals, then routed
+    /// and acknowledged by its QoS. `publish`: its header fields; `body`: its topic (the one
+    /// its Topic Alias names, if it has one) and payload; `properties`: those it travels with.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_publish(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        session: u32,
+        v5: bool,
+        publish: &PublishIn<'_>,
+        body: &Body<'_>,
+        properties: Option<Arc<Properties>>,
+    ) {
+        let topic = body.topic;
         if self.acl.is_some() && !self.acl_may_write(session, topic) {
-            self.refuse_unauthorized_publish(slot, generation, v5, publish);
+            let (qos, packet_id) = (publish.qos, publish.packet_id);
+            self.refuse_unauthorized_publish(slot, generation, v5, qos, packet_id);
             return;
         }
         if v5 && publish.qos != QoS::AtMostOnce {
-            if let Some(code) = self.publish_refusal(topic, publish, properties.as_ref()) {
+            let (retain, payload) = (publish.retain, body.payload);
+            if let Some(code) = self.publish_refusal(topic, retain, payload, properties.as_ref()) {
                 // Refused, so nothing of it happens: not retained, not delivered, and a QoS 2
                 // id is not kept (a PUBREC of 0x80 or above ends the flow, spec 4.3.3).
                 let ack = match publish.qos {
@@ -352,13 +422,7 @@ impl Shard {
         }
         match publish.qos {
             QoS::AtMostOnce => {
-                self.publish(
-                    topic,
-                    &publish.payload,
-                    QoS::AtMostOnce,
-                    publish.retain,
-                    properties.as_ref(),
-                );
+                self.publish(body, QoS::AtMostOnce, publish.retain, properties.as_ref());
                 if publish.retain {
                     // Replicas are never dropped, and no ack holds this publisher back.
                     self.pause_recv_if_mesh_behind(slot, generation);
@@ -371,13 +435,8 @@ impl Shard {
                     return;
                 }
                 let before_publish = self.outbox_len(slot, generation);
-                let matched = self.publish(
-                    topic,
-                    &publish.payload,
-                    QoS::AtLeastOnce,
-                    publish.retain,
-                    properties.as_ref(),
-                );
+                let matched =
+                    self.publish(body, QoS::AtLeastOnce, publish.retain, properties.as_ref());
                 let code = publish_ack_code(v5, matched);
                 let before_ack = self.outbox_len(slot, generation);
                 self.ack(
@@ -409,13 +468,7 @@ impl Shard {
                 // A repeat (not delivered again) is acknowledged as plain success.
                 let before_publish = self.outbox_len(slot, generation);
                 let matched = !new
-                    || self.publish(
-                        topic,
-                        &publish.payload,
-                        QoS::ExactlyOnce,
-                        publish.retain,
-                        properties.as_ref(),
-                    );
+                    || self.publish(body, QoS::ExactlyOnce, publish.retain, properties.as_ref());
                 self.end_keyed_flow();
                 let code = publish_ack_code(v5, matched);
                 let packet = if incoming == Some(IncomingQos2::New) && self.durable.is_some() {

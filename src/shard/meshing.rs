@@ -20,6 +20,7 @@ use crate::ring::{Op, Token};
 use crate::session::Message;
 use crate::topic::filter::parse_shared;
 
+use super::body::Body;
 use super::deliver::Retained;
 use super::limits::LimitHit;
 use super::peers::for_each_bit;
@@ -137,9 +138,8 @@ impl Shard {
                 let out_before = self.stats.messages_out;
                 let topic_hash = self.topic_hash(&forward.topic, false);
                 self.route_local(
-                    &forward.topic,
+                    &Body::of(&forward.topic, &forward.payload),
                     topic_hash,
-                    &forward.payload,
                     forward.qos,
                     forward.retain,
                     forward.properties.as_ref(),
@@ -148,16 +148,17 @@ impl Shard {
             }
             MeshMessage::PublishInline(forward) => {
                 let out_before = self.stats.messages_out;
-                let (topic, payload) = self.arena_copy(forward.topic(), forward.payload());
-                let topic_hash = self.topic_hash(&topic, false);
-                self.route_local(
-                    &topic,
-                    topic_hash,
-                    &payload,
-                    forward.qos,
-                    forward.retain,
-                    None,
-                );
+                let topic_hash = self.topic_hash(forward.topic(), false);
+                if forward.qos == QoS::AtMostOnce {
+                    // Delivered from the ring slot: QoS 0 keeps nothing, so nothing is copied
+                    // but into the outboxes.
+                    let body = Body::borrowed(forward.topic(), forward.payload());
+                    self.route_local(&body, topic_hash, forward.qos, forward.retain, None);
+                } else {
+                    let (topic, payload) = self.arena_copy(forward.topic(), forward.payload());
+                    let body = Body::of(&topic, &payload);
+                    self.route_local(&body, topic_hash, forward.qos, forward.retain, None);
+                }
                 self.record_transit(forward.turn_us, out_before);
             }
             MeshMessage::SharedPublish(shared) => {
@@ -347,9 +348,9 @@ impl Shard {
     }
 
     /// `replicate_retained` for a cleared topic.
-    pub(super) fn replicate_retained_clear(&mut self, topic: &ByteString) {
+    pub(super) fn replicate_retained_clear(&mut self, topic: &str) {
         if self.shard_count > 1 {
-            self.mesh_broadcast(MeshMessage::RetainedCleared(topic.clone()));
+            self.mesh_broadcast(MeshMessage::RetainedCleared(ByteString::from(topic)));
         }
     }
 
@@ -358,15 +359,15 @@ impl Shard {
     /// serves a group.
     pub(super) fn route_sharded(
         &mut self,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
     ) -> bool {
         let own = 1u64 << self.index;
+        let topic = body.topic;
         let topic_hash = self.topic_hash(topic, true);
-        let local = self.route_local(topic, topic_hash, payload, qos, retain, properties);
+        let local = self.route_local(body, topic_hash, qos, retain, properties);
         let mut assigned = std::mem::take(&mut self.shared_assigned);
         assigned.clear();
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -378,7 +379,7 @@ impl Shard {
         let mut group_targets = 0u64;
         for (name, shard) in &assigned {
             if *shard == self.index {
-                self.serve_group(name, topic, payload, qos, retain, properties, 0);
+                self.serve_group(name, body, qos, retain, properties, 0);
             } else {
                 group_targets |= 1u64 << shard;
             }
@@ -392,7 +393,7 @@ impl Shard {
             if plain_only && properties.is_none() {
                 let inline = InlineForward::new(
                     topic,
-                    payload,
+                    body.payload,
                     qos,
                     retain,
                     self.index as u16,
@@ -403,7 +404,7 @@ impl Shard {
                     return;
                 }
             }
-            let (topic, payload) = self.mesh_copy(target, topic, payload);
+            let (topic, payload) = self.mesh_copy(target, body);
             let forward = |topic, payload| Forward {
                 topic,
                 payload,
@@ -450,14 +451,10 @@ impl Shard {
     /// QoS 0 cost 393 ns of CPU per message on 1 and 2 shards and 541 ns on 8; that this count
     /// is the cause is still to be measured there. On 2 cores the copy costs nothing visible.)
     /// A large message is shared all the same: its copy would cost more than the cache line.
-    fn mesh_copy(
-        &mut self,
-        target: usize,
-        topic: &ByteString,
-        payload: &Bytes,
-    ) -> (ByteString, Bytes) {
+    fn mesh_copy(&mut self, target: usize, body: &Body<'_>) -> (ByteString, Bytes) {
+        let (topic, payload) = (body.topic, body.payload);
         if topic.len() + payload.len() > MESH_COPY_MAX {
-            return (topic.clone(), payload.clone());
+            return (body.topic_handle(), body.payload_handle());
         }
         let block = &mut self.mesh_out[target];
         if block.capacity() - block.len() < topic.len() + payload.len() {
@@ -480,16 +477,10 @@ impl Shard {
         // Its deliveries to persistent sessions are keyed (`exactly_once.rs`).
         self.flow_key = shared.flow.take();
         let f = &shared.forward;
+        let body = Body::of(&f.topic, &f.payload);
         if shared.plain {
             let topic_hash = self.topic_hash(&f.topic, false);
-            self.route_local(
-                &f.topic,
-                topic_hash,
-                &f.payload,
-                f.qos,
-                f.retain,
-                f.properties.as_ref(),
-            );
+            self.route_local(&body, topic_hash, f.qos, f.retain, f.properties.as_ref());
         } else {
             self.encoding.reset();
             self.unpinned = None;
@@ -497,8 +488,7 @@ impl Shard {
         for name in &shared.groups {
             self.serve_group(
                 name,
-                &f.topic,
-                &f.payload,
+                &body,
                 f.qos,
                 f.retain,
                 f.properties.as_ref(),
@@ -515,8 +505,7 @@ impl Shard {
     fn serve_group(
         &mut self,
         name: &ByteString,
-        topic: &ByteString,
-        payload: &Bytes,
+        body: &Body<'_>,
         qos: QoS,
         retain: bool,
         properties: Option<&Arc<Properties>>,
@@ -527,7 +516,7 @@ impl Shard {
             .shared
             .pick_in_group(name, |s| sessions.get(s).is_some_and(|s| s.conn.is_some()));
         if let Some(member) = picked {
-            self.deliver_member(member, topic, payload, qos, retain, properties);
+            self.deliver_member(member, body, qos, retain, properties);
             return;
         }
         let mask = self.shared_interest.mask_of(name);
@@ -535,8 +524,8 @@ impl Shard {
         match next {
             Some(target) if usize::from(hops) + 1 < self.shard_count => {
                 let forward = Forward {
-                    topic: topic.clone(),
-                    payload: payload.clone(),
+                    topic: body.topic_handle(),
+                    payload: body.payload_handle(),
                     qos,
                     retain,
                     properties: properties.cloned(),

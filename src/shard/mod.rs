@@ -23,6 +23,7 @@
 mod accept;
 mod access;
 mod backpressure;
+mod body;
 mod close;
 pub mod conn;
 mod conn_v5;

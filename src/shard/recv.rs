@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{self, DecodeError, Packet, ProtocolVersion, ReasonCode};
+use crate::protocol::{self, DecodeError, Decoded, Packet, ProtocolVersion, ReasonCode};
 use crate::ring::{Completion, Op, Token};
 
 use super::conn::{self, ring_of, slot_of, ConnState};
@@ -136,20 +136,17 @@ impl Shard {
     }
 
     /// Decodes every whole packet in `buf` and handles it; keeps a partial tail in the inbox,
-    /// copied into a buffer of its own so the arena block is not pinned by it.
-    pub(super) fn on_bytes(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        mut buf: BytesMut,
-        from_inbox: bool,
-    ) {
+    /// copied into a buffer of its own so the arena block is not pinned by it. The bytes are
+    /// frozen once per read: a PUBLISH without properties is routed borrowing them
+    /// (`protocol::decode_in`), and only the deliveries that keep it take handles.
+    pub(super) fn on_bytes(&mut self, slot: u32, generation: u32, buf: BytesMut, from_inbox: bool) {
         let packet_size_max = self.config.limits.packet_size_max;
         // Before its CONNECT a client is nobody: it may make the broker buffer one CONNECT's
         // worth, no more (issue 7).
         let connect_size_max = packet_size_max.min(self.config.limits.connect_packet_size_max);
-        // Whole packets were taken from the front of `buf` in this call.
-        let mut consumed = false;
+        let bytes = buf.freeze();
+        // Whole packets before `at` were handled in this call.
+        let mut at = 0;
         loop {
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 return;
@@ -157,50 +154,57 @@ impl Shard {
             if matches!(conn.state, ConnState::Closing | ConnState::HandingOff) {
                 return;
             }
-            // Before its CONNECT is read, a connection may belong to another shard: keep the
-            // bytes from the CONNECT on, to hand them over with the socket (once per connection).
             let awaiting_connect = conn.state == ConnState::AwaitConnect;
-            let snapshot = (awaiting_connect && self.shard_count > 1).then(|| buf.clone());
             let size_max = if awaiting_connect {
                 connect_size_max
             } else {
                 packet_size_max
             };
-            match protocol::decode(&mut buf, conn.version, size_max) {
-                Ok(Some(packet)) => {
-                    consumed = true;
+            match protocol::decode_in(&bytes, at, conn.version, size_max) {
+                Ok(Some((Decoded::Publish(publish), size))) => {
+                    at += size;
+                    self.handle_publish_in(slot, generation, publish, &bytes);
+                }
+                Ok(Some((Decoded::Packet(packet), size))) => {
                     if awaiting_connect {
                         // The CONNECT is in: keepalive counts from here, not from the accept.
                         conn.last_packet_ms = self.now_ms;
                     }
-                    if let (Some(snapshot), Packet::Connect(connect)) = (snapshot, &packet) {
+                    if let (true, Packet::Connect(connect)) = (awaiting_connect, &packet) {
+                        // It may belong to another shard: the bytes from the CONNECT on go
+                        // over with the socket (once per connection).
                         if let Some(home) = self.foreign_home(&connect.client_id) {
-                            self.begin_handoff(slot, generation, home, snapshot);
+                            let rest = BytesMut::from(&bytes[at..]);
+                            self.begin_handoff(slot, generation, home, rest);
                             return;
                         }
                     }
+                    at += size;
                     self.handle(slot, generation, packet)
                 }
                 Ok(None) => {
-                    if buf.is_empty() {
+                    if at == bytes.len() {
                         conn.trim(&mut self.pools);
                         return;
                     }
-                    if from_inbox && !consumed {
+                    if from_inbox && at == 0 {
                         // Still the one partial packet in the connection's own buffer: keep
-                        // growing it, no copy.
-                        conn.buffers(&mut self.pools).inbox = buf;
+                        // growing it, no copy (nothing else holds it).
+                        let inbox = bytes
+                            .try_into_mut()
+                            .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                        conn.buffers(&mut self.pools).inbox = inbox;
                         return;
                     }
                     // A tail behind whole packets: into a buffer of its own, sized to what
                     // arrived, so neither an arena block nor a large packet's buffer stays
                     // pinned by a few bytes.
-                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&buf);
+                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&bytes[at..]);
                     return;
                 }
                 Err(error) => {
                     if awaiting_connect && matches!(error, DecodeError::PacketTooLarge { .. }) {
-                        self.on_connect_too_large(slot, generation, buf, connect_size_max);
+                        self.on_connect_too_large(slot, generation, &bytes[at..], connect_size_max);
                         return;
                     }
                     self.on_decode_error(slot, generation, error);
@@ -219,14 +223,14 @@ impl Shard {
         &mut self,
         slot: u32,
         generation: u32,
-        buf: BytesMut,
+        buf: &[u8],
         connect_size_max: u32,
     ) {
-        let level = match protocol::connect_protocol_level(&buf) {
+        let level = match protocol::connect_protocol_level(buf) {
             Ok(None) => {
                 // Fewer than a dozen bytes (the fixed header and protocol name): keep them.
                 if let Some(conn) = self.conns.get_mut(slot, generation) {
-                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(&buf);
+                    conn.buffers(&mut self.pools).inbox = conn::partial_inbox(buf);
                 }
                 return;
             }

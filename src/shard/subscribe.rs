@@ -34,6 +34,7 @@ use crate::protocol::{Packet, QoS, ReasonCode, Subscribe, SubscriptionOptions, U
 use crate::session::Message;
 use crate::topic::filter::{parse_shared, validate_topic_filter};
 
+use super::body::Body;
 use super::conn::ConnState;
 use super::deliver::Delivery;
 use super::held::HeldPacket;
@@ -460,8 +461,7 @@ impl Shard {
             }
             self.deliver(
                 job.session,
-                &message.topic,
-                &message.payload,
+                &Body::of(&message.topic, &message.payload),
                 qos,
                 true,
                 Delivery::Retained,

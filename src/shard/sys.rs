@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use super::body::Body;
 use super::stats::{self, ShardStats, STATS};
 use super::Shard;
 use crate::protocol::QoS;
@@ -220,13 +221,8 @@ impl Shard {
         if let Some(topics) = sys.sample(self.now_ms, &shards, heap_bytes) {
             for (topic, value) in topics {
                 let retain = !topic.starts_with(PER_SHARD);
-                self.publish_as_server(
-                    &ByteString::from(topic),
-                    &Bytes::from(value),
-                    QoS::AtMostOnce,
-                    retain,
-                    None,
-                );
+                let (topic, value) = (ByteString::from(topic), Bytes::from(value));
+                self.publish_as_server(&Body::of(&topic, &value), QoS::AtMostOnce, retain, None);
             }
         }
         self.sys = Some(sys);
