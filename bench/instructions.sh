@@ -6,8 +6,8 @@
 # One shard runs under callgrind (about 50x slower, so it, not the load, is the bottleneck and
 # batches are full for every build alike); ringmq-loadgen drives it at full rate for 6 s. The
 # counters are zeroed 1.5 s in and dumped 4 s later, so start-up and shutdown are left out; the
-# PUBLISHes of that window are callgrind's own count of calls to `Shard::on_publish`, exact
-# whatever else the machine runs. Prints one line per binary and protocol (instructions per
+# PUBLISHes of that window are callgrind's own count of calls to `Shard::accept_publish` (or
+# `Shard::on_publish` in builds before it), exact whatever else the machine runs. Prints one line per binary and protocol (instructions per
 # PUBLISH received: one delivery each in pairs and fan-in), and writes the callgrind profile
 # (callgrind_annotate --inclusive=yes FILE shows where the instructions go) to OUT (default
 # /tmp/ringmq-instructions).
@@ -76,14 +76,18 @@ for bin in "${binaries[@]}"; do
         python3 - "$bin" "$mqtt" "$profile".1 <<'PY'
 import sys
 binary, mqtt, profile = sys.argv[1:]
-total, publishes, callee = 0, 0, ""
+# Every PUBLISH passes `accept_publish` once (since 9efa68f); builds before it, `on_publish`.
+total, callee, calls = 0, "", {"accept_publish": 0, "on_publish": 0}
 for line in open(profile):
     if line.startswith(("summary:", "totals:")):
         total = max(total, int(line.split()[1]))
     elif line.startswith("cfn="):
         callee = line.strip()
-    elif line.startswith("calls=") and callee.endswith("Shard>::on_publish"):
-        publishes += int(line.split()[0][len("calls="):])
+    elif line.startswith("calls="):
+        for name in calls:
+            if callee.endswith("Shard>::" + name):
+                calls[name] += int(line.split()[0][len("calls="):])
+publishes = calls["accept_publish"] or calls["on_publish"]
 print(f"{binary} | {mqtt} | {publishes} | {total} | {total / max(publishes, 1):.0f}")
 PY
     done
