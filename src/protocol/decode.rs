@@ -852,44 +852,69 @@ impl Reader {
 
 /// Validates a string field; with `topic_name`, refuses wildcards too. The bytes each rule looks
 /// for (U+0000, `#` 0x23, `+` 0x2B) all sort below 0x2C, which topics rarely hold, so one word-wide
-/// pass clears most strings and only the rest are searched byte by byte.
+/// pass (`scan`) clears most strings and only the rest are searched byte by byte.
 fn checked_string(bytes: Bytes, topic_name: bool) -> Result<ByteString, DecodeError> {
     checked_str(&bytes, topic_name)?;
     // SAFETY: `checked_str` found the bytes valid UTF-8.
     Ok(unsafe { ByteString::from_bytes_unchecked(bytes) })
 }
 
-/// `checked_string` in place.
+/// `checked_string` in place. An all-ASCII string (the usual topic) is valid UTF-8 without
+/// `from_utf8`: the scan that looks for the bytes below 0x2C tells it too.
 fn checked_str(bytes: &[u8], topic_name: bool) -> Result<&str, DecodeError> {
-    let suspect = has_byte_below_0x2c(bytes);
-    if suspect && bytes.contains(&0) {
+    let Scan { below_0x2c, ascii } = scan(bytes);
+    if below_0x2c && bytes.contains(&0) {
         return Err(DecodeError::NullCharacter);
     }
-    let string = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-    if topic_name && suspect && bytes.iter().any(|&b| b == b'+' || b == b'#') {
+    let string = if ascii {
+        // SAFETY: ASCII is UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    } else {
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?
+    };
+    if topic_name && below_0x2c && bytes.iter().any(|&b| b == b'+' || b == b'#') {
         return Err(DecodeError::WildcardInTopicName);
     }
     Ok(string)
 }
 
-/// Whether any byte is below 0x2C, eight at a time: `hasless(x, n)` from Bit Twiddling Hacks,
-/// exact for n <= 128 (it never misses such a byte).
-pub(crate) fn has_byte_below_0x2c(bytes: &[u8]) -> bool {
+/// What one pass over a string field found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// A byte below 0x2C: U+0000, `#` or `+` may be there.
+    pub below_0x2c: bool,
+    /// Every byte below 0x80.
+    pub ascii: bool,
+}
+
+/// `Scan` eight bytes at a time: `hasless(x, n)` from Bit Twiddling Hacks (exact for n <= 128:
+/// it never misses such a byte) and the words' high bits, accumulated over the string. A tail
+/// is read as the last eight bytes (overlapping the words already read), or, in a string
+/// shorter than a word, padded with `a`: no byte-by-byte loop.
+pub(crate) fn scan(bytes: &[u8]) -> Scan {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has_below = |chunk: &[u8]| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        x.wrapping_sub(ONES * 0x2C) & !x & HIGHS != 0
+    let word = |chunk: &[u8]| {
+        let mut word = [b'a'; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        u64::from_le_bytes(word)
+    };
+    let (mut below, mut high) = (0u64, 0u64);
+    let mut take = |x: u64| {
+        below |= x.wrapping_sub(ONES * 0x2C) & !x;
+        high |= x;
     };
     let mut chunks = bytes.chunks_exact(8);
-    if chunks.any(has_below) {
-        return true;
+    for chunk in &mut chunks {
+        take(word(chunk));
     }
-    match bytes.len() {
-        0..8 => bytes.iter().any(|&b| b < 0x2C),
-        // The last eight bytes, overlapping the words already read: no byte-by-byte tail.
-        len => !chunks.remainder().is_empty() && has_below(&bytes[len - 8..]),
+    match (bytes.len(), chunks.remainder().is_empty()) {
+        (_, true) => {}
+        (0..8, false) => take(word(bytes)),
+        (len, false) => take(word(&bytes[len - 8..])),
+    }
+    Scan {
+        below_0x2c: below & HIGHS != 0,
+        ascii: high & HIGHS == 0,
     }
 }

@@ -1804,22 +1804,26 @@ fn word_wide_scan_agrees_with_a_byte_loop() {
                 }
             })
             .collect();
-        let expected = bytes.iter().any(|&b| b < 0x2C);
-        assert_eq!(
-            super::decode::has_byte_below_0x2c(&bytes),
-            expected,
-            "{bytes:02x?}"
-        );
+        let expected = super::decode::Scan {
+            below_0x2c: bytes.iter().any(|&b| b < 0x2C),
+            ascii: bytes.is_ascii(),
+        };
+        assert_eq!(super::decode::scan(&bytes), expected, "{bytes:02x?}");
     }
-    // Whole words, and tails read as the last word overlapping the one before.
-    for len in [7, 8, 9, 13, 16, 23] {
+    // Short strings (padded), whole words, and tails read as the last word overlapping the
+    // one before.
+    for len in [1, 2, 5, 7, 8, 9, 13, 16, 23] {
         for b in 0..=255u8 {
             for at in 0..len {
                 let mut bytes = vec![b'a'; len];
                 bytes[at] = b;
+                let expected = super::decode::Scan {
+                    below_0x2c: b < 0x2C,
+                    ascii: b < 0x80,
+                };
                 assert_eq!(
-                    super::decode::has_byte_below_0x2c(&bytes),
-                    b < 0x2C,
+                    super::decode::scan(&bytes),
+                    expected,
                     "{b:#04x} at {at} of {len}"
                 );
             }
