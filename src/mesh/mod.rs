@@ -141,7 +141,8 @@ pub const INLINE_MAX: usize = 114;
 /// bytes from the slot it reads anyway, and no reference count is touched by two cores (a
 /// `Forward`'s topic and payload share a block of the publisher's shard, whose count the
 /// publisher's clones and the target's drops then take turns at, a cache line moving between
-/// two cores for each). The target copies the bytes into its own receive arena.
+/// two cores for each). At QoS 0 the target delivers straight from the slot (nothing keeps
+/// the message); at QoS 1/2 it copies the bytes into its own receive arena first.
 #[derive(Clone)]
 pub struct InlineForward {
     pub qos: QoS,
