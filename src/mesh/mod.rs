@@ -560,11 +560,11 @@ impl Targets {
         let bit = 1u64 << target;
         self.wake_targets |= bit;
         if self.overflow_targets & bit != 0 {
-            self.flush_target(target);
-            if self.overflow_targets & bit != 0 {
-                self.overflow[target].push_back(message);
-                return;
-            }
+            // Behind the messages already waiting, in order: `flush_overflow` moves them once
+            // per turn. Trying to here, per push, cost a failed write (a load of the line the
+            // target writes) and two moves of each message while the target was behind.
+            self.overflow[target].push_back(message);
+            return;
         }
         let producer = self.producers[target]
             .as_mut()

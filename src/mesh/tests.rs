@@ -149,9 +149,15 @@ fn a_full_ring_overflows_and_order_is_kept() {
     sender.push(1, publish("t", 10, 0));
     assert_eq!(
         sender.overflow_total(),
-        5,
-        "two moved into the ring, the new one queued"
+        7,
+        "queued behind the six: a push does not try the ring while messages wait"
     );
+    assert_eq!(
+        sender.flush_overflow(),
+        2,
+        "the turn's flush fills the two slots"
+    );
+    assert_eq!(sender.overflow_total(), 5);
 
     while received.len() < 11 {
         sender.flush_overflow();
