@@ -22,13 +22,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
 use hdrhistogram::Histogram;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use ringmq::protocol::{
-    decode, encode, encode_publish, Connect, Disconnect, Packet, Props, PubAck, QoS, Subscribe,
-    SubscriptionOptions,
+    decode, encode, encode_publish, publish_at, Connect, Disconnect, Packet, Props, PubAck, QoS,
+    Subscribe, SubscriptionOptions,
 };
 use ringmq::ring::BufRing;
 
@@ -940,8 +940,17 @@ impl Worker {
 
     fn decode_inbox(&mut self, c: usize) {
         let version = self.settings.version;
+        // Out of the connection while its packets are handled, so a PUBLISH can borrow it.
+        let mut inbox = std::mem::take(&mut self.conns[c].inbox);
         while self.conns[c].state != State::Closed {
-            match decode(&mut self.conns[c].inbox, version, PACKET_SIZE_MAX) {
+            // A PUBLISH without properties, nearly all a run receives, is read in place: no
+            // reference count per message (`decode` splits a frame off and slices it).
+            if let Some((publish, size)) = publish_at(&inbox, version, PACKET_SIZE_MAX) {
+                self.on_publish_packet(c, publish.qos, publish.packet_id, publish.payload);
+                inbox.advance(size);
+                continue;
+            }
+            match decode(&mut inbox, version, PACKET_SIZE_MAX) {
                 Ok(Some(packet)) => self.handle(c, packet),
                 Ok(None) => break,
                 Err(e) => {
@@ -949,6 +958,10 @@ impl Worker {
                     break;
                 }
             }
+        }
+        // A closed connection's unread bytes are dropped (a reconnect starts clean).
+        if self.conns[c].state != State::Closed {
+            self.conns[c].inbox = inbox;
         }
     }
 
@@ -1003,15 +1016,7 @@ impl Worker {
                 }
             }
             Packet::Publish(publish) => {
-                self.on_publish(c, &publish.payload);
-                let reply = match publish.qos {
-                    QoS::AtMostOnce => None,
-                    QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(publish.packet_id))),
-                    QoS::ExactlyOnce => Some(Packet::PubRec(PubAck::new(publish.packet_id))),
-                };
-                if let Some(reply) = reply {
-                    self.reply(c, &reply);
-                }
+                self.on_publish_packet(c, publish.qos, publish.packet_id, &publish.payload)
             }
             Packet::PubAck(_) | Packet::PubComp(_) => self.on_ack(c),
             Packet::PubRec(ack) => self.reply(c, &Packet::PubRel(PubAck::new(ack.packet_id))),
@@ -1020,6 +1025,19 @@ impl Worker {
                 self.lost(c, format!("DISCONNECT from the broker: {:?}", d.code))
             }
             _ => {} // PINGRESP and anything a client may ignore
+        }
+    }
+
+    /// A PUBLISH received: counted and timed, and acknowledged as its QoS asks.
+    fn on_publish_packet(&mut self, c: usize, qos: QoS, packet_id: u16, payload: &[u8]) {
+        self.on_publish(c, payload);
+        let reply = match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(packet_id))),
+            QoS::ExactlyOnce => Some(Packet::PubRec(PubAck::new(packet_id))),
+        };
+        if let Some(reply) = reply {
+            self.reply(c, &reply);
         }
     }
 

@@ -30,16 +30,9 @@ pub fn decode(
     version: ProtocolVersion,
     packet_size_max: u32,
 ) -> Result<Option<Packet>, DecodeError> {
-    let Some(&first) = buf.first() else {
+    let Some((first, header_len, size)) = frame_at(buf, version, packet_size_max)? else {
         return Ok(None);
     };
-    check_first_byte(first, version)?;
-    let Some((header_len, size)) = fixed_header(buf, packet_size_max)? else {
-        return Ok(None);
-    };
-    if buf.len() < size {
-        return Ok(None);
-    }
     // Results are returned whole rather than re-wrapped: a `Packet` is 80 bytes, and every
     // re-wrapping is a copy on the hot path.
     let body = buf.get(header_len..size).unwrap_or_default();
@@ -106,16 +99,10 @@ pub fn decode_in<'a>(
     packet_size_max: u32,
 ) -> Result<Option<(Decoded<'a>, usize)>, DecodeError> {
     let rest = buf.get(at..).unwrap_or_default();
-    let Some(&first) = rest.first() else {
+    let Some((first, header_len, size)) = frame_at(rest, version, packet_size_max)? else {
         return Ok(None);
     };
-    check_first_byte(first, version)?;
-    let Some((header_len, size)) = fixed_header(rest, packet_size_max)? else {
-        return Ok(None);
-    };
-    let Some(body) = rest.get(header_len..size) else {
-        return Ok(None);
-    };
+    let body = &rest[header_len..size];
     if first >> 4 == 3 {
         if let Some(publish) = publish_in_place(first & 0x0F, body, version.is_v5()) {
             return Ok(Some((Decoded::Publish(publish), size)));
@@ -132,6 +119,43 @@ pub fn decode_in<'a>(
         }
     };
     Ok(Some((Decoded::Packet(packet), size)))
+}
+
+/// The PUBLISH at the front of `buf` and its size, read in place, if it is whole, well formed
+/// and without properties; `None` for anything else, which `decode` then reads (or refuses).
+/// For a reader that keeps nothing of what it receives (the load generator): no `Bytes` at all.
+pub fn publish_at(
+    buf: &[u8],
+    version: ProtocolVersion,
+    packet_size_max: u32,
+) -> Option<(PublishIn<'_>, usize)> {
+    let (first, header_len, size) = frame_at(buf, version, packet_size_max).ok()??;
+    if first >> 4 != 3 {
+        return None;
+    }
+    let publish = publish_in_place(first & 0x0F, &buf[header_len..size], version.is_v5())?;
+    Some((publish, size))
+}
+
+/// The whole packet at the front of `buf`: its first byte (type and flags checked), the fixed
+/// header's length and the packet's size; `Ok(None)` while it is incomplete.
+#[inline(always)]
+fn frame_at(
+    buf: &[u8],
+    version: ProtocolVersion,
+    packet_size_max: u32,
+) -> Result<Option<(u8, usize, usize)>, DecodeError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    check_first_byte(first, version)?;
+    let Some((header_len, size)) = fixed_header(buf, packet_size_max)? else {
+        return Ok(None);
+    };
+    if buf.len() < size {
+        return Ok(None);
+    }
+    Ok(Some((first, header_len, size)))
 }
 
 /// A well-formed PUBLISH body without properties, read in place; `None` for anything else

@@ -27,7 +27,7 @@ pub mod reason;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{connect_protocol_level, decode, decode_in, Decoded, PublishIn};
+pub use decode::{connect_protocol_level, decode, decode_in, publish_at, Decoded, PublishIn};
 pub use encode::{
     connack_return_code, encode, encode_publish, encode_publish_parts, encoded_len, properties_len,
     publish_parts_len, PublishParts,

@@ -1608,7 +1608,8 @@ fn decode_and_reencode(bytes: &[u8], version: ProtocolVersion) -> usize {
 
 /// `decode_in` over the same bytes frozen gives, packet by packet, what `decode` gives (a
 /// PUBLISH read in place, made whole by `into_publish`), with the same sizes and the same error
-/// at the end. Returns how many PUBLISHes were read in place.
+/// at the end; `publish_at` reads those same PUBLISHes and nothing else. Returns how many
+/// PUBLISHes were read in place.
 fn decode_in_agrees(bytes: &[u8], version: ProtocolVersion) -> usize {
     let frozen = Bytes::copy_from_slice(bytes);
     let mut buf = BytesMut::from(bytes);
@@ -1621,19 +1622,29 @@ fn decode_in_agrees(bytes: &[u8], version: ProtocolVersion) -> usize {
         match (expected, got) {
             (Ok(Some(packet)), Ok(Some((decoded, size)))) => {
                 assert_eq!(size, before - buf.len(), "{packet:?}");
+                // `publish_at` reads exactly the PUBLISHes `decode_in` reads in place.
+                let at_front = publish_at(&frozen[at..], version, 1 << 20);
                 let read = match decoded {
                     Decoded::Publish(publish) => {
                         in_place += 1;
+                        assert_eq!(at_front, Some((publish, size)));
                         Packet::Publish(publish.into_publish(&frozen))
                     }
-                    Decoded::Packet(packet) => packet,
+                    Decoded::Packet(packet) => {
+                        assert_eq!(at_front, None, "{packet:?}");
+                        packet
+                    }
                 };
                 assert_eq!(read, packet);
                 at += size;
             }
-            (Ok(None), Ok(None)) => return in_place,
+            (Ok(None), Ok(None)) => {
+                assert_eq!(publish_at(&frozen[at..], version, 1 << 20), None);
+                return in_place;
+            }
             (Err(expected), Err(got)) => {
                 assert_eq!(got, expected, "{bytes:02x?}");
+                assert_eq!(publish_at(&frozen[at..], version, 1 << 20), None);
                 return in_place;
             }
             (expected, got) => panic!("decode {expected:?}, decode_in {got:?}: {bytes:02x?}"),
