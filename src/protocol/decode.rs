@@ -1,9 +1,8 @@
 //! Bytes in, packets out. `decode` splits one whole packet off the receive buffer as a frozen
 //! `Bytes` and slices every string and payload out of it, so a decoded PUBLISH shares the receive
-//! buffer instead of copying it. `decode_in` reads a frozen buffer in place: a PUBLISH without
-//! properties comes back as `PublishIn`, borrowing its topic and payload (no reference count
-//! taken), every other packet as `decode` gives it. Every read is bounds-checked; no input can
-//! make this module panic, only return a `DecodeError`.
+//! buffer instead of copying it (`in_place.rs` reads a PUBLISH without taking any handle). Every
+//! read is bounds-checked through `Reader`; no input can make this module panic, only return a
+//! `DecodeError`.
 
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
@@ -48,99 +47,10 @@ pub fn decode(
     decode_body(first, frame, version)
 }
 
-/// A PUBLISH without properties (every 3.1.x one, and an MQTT 5 one whose property length is
-/// 0), read in place: topic and payload borrow the receive buffer. What `decode` would give for
-/// the same bytes, less the handles: `into_publish` makes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PublishIn<'a> {
-    pub dup: bool,
-    pub qos: QoS,
-    pub retain: bool,
-    /// Never empty: an empty topic needs a Topic Alias, a property.
-    pub topic: &'a str,
-    /// 0 for QoS 0.
-    pub packet_id: u16,
-    pub payload: &'a [u8],
-}
-
-impl PublishIn<'_> {
-    /// The decoded `Publish`, its topic and payload sliced from `frame` (the buffer this was
-    /// read from, which holds them).
-    pub fn into_publish(self, frame: &Bytes) -> Publish {
-        let topic = frame.slice_ref(self.topic.as_bytes());
-        Publish {
-            dup: self.dup,
-            qos: self.qos,
-            retain: self.retain,
-            // SAFETY: the bytes of `self.topic`, a `str`.
-            topic: unsafe { ByteString::from_bytes_unchecked(topic) },
-            packet_id: self.packet_id,
-            payload: frame.slice_ref(self.payload),
-            properties: Props::NONE,
-        }
-    }
-}
-
-/// What `decode_in` read.
-#[derive(Debug)]
-pub enum Decoded<'a> {
-    Publish(PublishIn<'a>),
-    Packet(Packet),
-}
-
-/// `decode` over a frozen buffer, at `buf[at..]` (`at <= buf.len()`), leaving the buffer as it
-/// is: the packet there and its size, `Ok(None)` when the buffer ends inside it. A PUBLISH
-/// without properties is read in place (`PublishIn`); any other packet (or a malformed
-/// PUBLISH: the error) is what `decode` gives for the same bytes.
-pub fn decode_in<'a>(
-    buf: &'a Bytes,
-    at: usize,
-    version: ProtocolVersion,
-    packet_size_max: u32,
-) -> Result<Option<(Decoded<'a>, usize)>, DecodeError> {
-    let rest = buf.get(at..).unwrap_or_default();
-    let Some((first, header_len, size)) = frame_at(rest, version, packet_size_max)? else {
-        return Ok(None);
-    };
-    let body = &rest[header_len..size];
-    if first >> 4 == 3 {
-        if let Some(publish) = publish_in_place(first & 0x0F, body, version.is_v5()) {
-            return Ok(Some((Decoded::Publish(publish), size)));
-        }
-    }
-    let packet = match decode_short(first, body)? {
-        Some(packet) => packet,
-        None => {
-            let frame = buf.slice(at + header_len..at + size);
-            let Some(packet) = decode_body(first, frame, version)? else {
-                return Ok(None);
-            };
-            packet
-        }
-    };
-    Ok(Some((Decoded::Packet(packet), size)))
-}
-
-/// The PUBLISH at the front of `buf` and its size, read in place, if it is whole, well formed
-/// and without properties; `None` for anything else, which `decode` then reads (or refuses).
-/// For a reader that keeps nothing of what it receives (the load generator): no `Bytes` at all.
-pub fn publish_at(
-    buf: &[u8],
-    version: ProtocolVersion,
-    packet_size_max: u32,
-) -> Option<(PublishIn<'_>, usize)> {
-    let (first, header_len, size) = frame_at(buf, version, packet_size_max).ok()??;
-    if first >> 4 != 3 {
-        return None;
-    }
-    let publish = publish_in_place(first & 0x0F, &buf[header_len..size], version.is_v5())?;
-    Some((publish, size))
-}
-
 /// The whole packet at the front of `buf`: its first byte (type and flags checked), the fixed
 /// header's length and the packet's size; `Ok(None)` while it is incomplete.
 #[inline(always)]
-fn frame_at(
+pub(super) fn frame_at(
     buf: &[u8],
     version: ProtocolVersion,
     packet_size_max: u32,
@@ -156,38 +66,6 @@ fn frame_at(
         return Ok(None);
     }
     Ok(Some((first, header_len, size)))
-}
-
-/// A well-formed PUBLISH body without properties, read in place; `None` for anything else
-/// (properties, or bytes `decode_publish` refuses: it is the one to say why).
-#[inline(always)]
-fn publish_in_place(flags: u8, body: &[u8], v5: bool) -> Option<PublishIn<'_>> {
-    // The first byte was checked: QoS is 0-2, and DUP is clear at QoS 0.
-    let qos = QoS::from_u8((flags >> 1) & 0b11)?;
-    let (&topic_len, rest) = body.split_first_chunk::<2>()?;
-    let (topic, mut rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(topic_len)))?;
-    let topic = checked_str(topic, true).ok().filter(|t| !t.is_empty())?;
-    let mut packet_id = 0;
-    if qos != QoS::AtMostOnce {
-        let (&id, tail) = rest.split_first_chunk::<2>()?;
-        packet_id = u16::from_be_bytes(id);
-        if packet_id == 0 {
-            return None;
-        }
-        rest = tail;
-    }
-    if v5 {
-        // A property length of 0, one byte; any other has properties (or is malformed).
-        rest = rest.strip_prefix(&[0])?;
-    }
-    Some(PublishIn {
-        dup: flags & 0b1000 != 0,
-        qos,
-        retain: flags & 0b0001 != 0,
-        topic,
-        packet_id,
-        payload: rest,
-    })
 }
 
 /// The protocol level of the CONNECT at the front of `buf`, read from its first bytes without
@@ -227,7 +105,7 @@ pub fn connect_protocol_level(buf: &[u8]) -> Result<Option<u8>, ()> {
 /// reference counting a frozen frame costs. `Ok(None)`: not one of them, take the general path
 /// (which gives the same result for these bytes, only slower).
 #[inline(always)]
-fn decode_short(first: u8, body: &[u8]) -> Result<Option<Packet>, DecodeError> {
+pub(super) fn decode_short(first: u8, body: &[u8]) -> Result<Option<Packet>, DecodeError> {
     let packet = match (first >> 4, body) {
         (4..=7, &[high, low]) => {
             let packet_id = u16::from_be_bytes([high, low]);
@@ -253,7 +131,7 @@ fn decode_short(first: u8, body: &[u8]) -> Result<Option<Packet>, DecodeError> {
 
 /// Decodes a packet's variable header and payload (`body`, exactly the remaining length).
 #[inline(always)]
-fn decode_body(
+pub(super) fn decode_body(
     first: u8,
     body: Bytes,
     version: ProtocolVersion,
@@ -885,7 +763,7 @@ fn checked_string(bytes: Bytes, topic_name: bool) -> Result<ByteString, DecodeEr
 
 /// `checked_string` in place. An all-ASCII string (the usual topic) is valid UTF-8 without
 /// `from_utf8`: the scan that looks for the bytes below 0x2C tells it too.
-fn checked_str(bytes: &[u8], topic_name: bool) -> Result<&str, DecodeError> {
+pub(super) fn checked_str(bytes: &[u8], topic_name: bool) -> Result<&str, DecodeError> {
     let Scan { below_0x2c, ascii } = scan(bytes);
     if below_0x2c && bytes.contains(&0) {
         return Err(DecodeError::NullCharacter);

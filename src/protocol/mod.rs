@@ -21,19 +21,21 @@ mod decode;
 mod encode;
 pub mod error;
 pub mod header;
+mod in_place;
 pub mod packet;
 pub mod properties;
 pub mod reason;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{connect_protocol_level, decode, decode_in, publish_at, Decoded, PublishIn};
+pub use decode::{connect_protocol_level, decode};
 pub use encode::{
     connack_return_code, encode, encode_publish, encode_publish_parts, encoded_len, properties_len,
     publish_parts_len, PublishParts,
 };
 pub use error::{DecodeError, EncodeError};
 pub use header::{frame_len, VAR_INT_MAX};
+pub use in_place::{decode_in, publish_at, Decoded, PublishIn};
 pub use packet::*;
 pub use properties::{Properties, Props};
 pub use reason::ReasonCode;
