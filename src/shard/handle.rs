@@ -278,7 +278,7 @@ impl Shard {
         let Some(conn) = self.conns.get(slot, generation) else {
             return;
         };
-        let session = conn.session;
+        let (session, v5) = (conn.session, conn.version.is_v5());
         if conn.state != ConnState::Connected || self.subscribe_jobs.busy(slot, generation) {
             // Refused, deferred or ignored as `handle` says, which keeps what it takes.
             let packet = Packet::Publish(publish.into_publish(frame));
@@ -289,7 +289,6 @@ impl Shard {
         // Routing skips this session for its No Local subscriptions.
         self.publisher = session;
         self.stats.messages_in += 1;
-        let v5 = self.is_v5(slot, generation);
         if !self.over_qos_max(slot, generation, v5, publish.qos) {
             let body = Body::within(frame, publish.topic, publish.payload);
             self.accept_publish(slot, generation, session, v5, &publish, &body, None);
