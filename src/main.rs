@@ -127,8 +127,9 @@ fn raise_nofile_limit() {
     }
 }
 
-/// SIGINT and SIGTERM (stop) and SIGHUP (reload), blocked in this thread before any shard
-/// starts (so every thread inherits the mask) and taken with `sigwait` instead of a handler.
+/// SIGINT and SIGTERM (stop) and SIGHUP (reload), blocked in the main thread before any other
+/// thread starts (so every thread inherits the mask) and taken with `sigwait` instead of a
+/// handler.
 fn termination_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise the set we own.
     unsafe {
@@ -165,9 +166,15 @@ fn wait_for_signal_or_failure(signals: &libc::sigset_t, broker: &Broker) -> Opti
 }
 
 fn main() -> ExitCode {
+    // First of all: the logger's writer thread, started next, must inherit the mask too. A
+    // process-directed SIGTERM goes to any thread that does not block it, and with the
+    // default action there it killed the whole process (CI, stop 26).
+    let signals = termination_signals();
+    // SAFETY: blocks the signals for this thread; threads spawned later inherit the mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     no_transparent_huge_pages();
     logger::init(LogLevel::Info.filter());
-    let code = run();
+    let code = run(&signals);
     // Lines still queued for stderr (a failure's) are written before the exit.
     logger::flush();
     code
@@ -187,7 +194,7 @@ fn no_transparent_huge_pages() {
     }
 }
 
-fn run() -> ExitCode {
+fn run(signals: &libc::sigset_t) -> ExitCode {
     let config = match config_from(Args::parse()) {
         Ok(config) => config,
         Err(e) => {
@@ -197,9 +204,6 @@ fn run() -> ExitCode {
     };
     logger::set_level(config.log_level.filter());
     raise_nofile_limit();
-    let signals = termination_signals();
-    // SAFETY: blocks the signals for this thread; threads spawned later inherit the mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
     let broker = match Broker::start(config) {
         Ok(broker) => broker,
         Err(e) => {
@@ -207,7 +211,7 @@ fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    while let Some(signal) = wait_for_signal_or_failure(&signals, &broker) {
+    while let Some(signal) = wait_for_signal_or_failure(signals, &broker) {
         if signal != libc::SIGHUP {
             log::info!("signal {signal}: stopping");
             break;

@@ -40,6 +40,65 @@ fn binary_serves_pubsub_and_stops_on_sigterm() {
     broker.stop();
 }
 
+/// The signal numbers blocked by thread `tid` of process `pid` (SigBlk in its status).
+fn blocked_signals(pid: u32, tid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("SigBlk:"))?;
+    u64::from_str_radix(line["SigBlk:".len()..].trim(), 16).ok()
+}
+
+/// A process-directed SIGTERM goes to any thread that does not block it; in one that has the
+/// default action it kills the whole process, status "signal 15" instead of a clean stop
+/// (CI saw it once: the logger's writer thread started before the main thread blocked the
+/// signals). Every thread but the main one, whatever features it serves, blocks them all.
+#[test]
+fn every_thread_blocks_the_signals_the_main_thread_waits_for() {
+    let dir = TempDir::new("cli-sigmask");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let broker = Ringmq::start(&[
+        "--shards",
+        "2",
+        "--metrics-listen",
+        &metrics_listen,
+        "--persistence-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_broker_still_serves(broker.addr);
+    let pid = broker.pid();
+    let wanted = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = task.unwrap().file_name().into_string().unwrap();
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        // The main thread takes them in sigtimedwait, which unblocks them while it waits.
+        if tid == pid.to_string() {
+            continue;
+        }
+        // A thread may end between the listing and the read: only those still there count.
+        let Some(blocked) = blocked_signals(pid, &tid) else {
+            continue;
+        };
+        for signal in wanted {
+            assert!(
+                blocked & (1 << (signal - 1)) != 0,
+                "thread {tid} ({}) does not block signal {signal}: SigBlk {blocked:#x}",
+                comm.trim()
+            );
+        }
+        threads.push(comm.trim().to_string());
+    }
+    assert!(
+        threads.iter().any(|t| t == "ringmq-log") && threads.len() >= 3,
+        "the logger, the shards and the rest were looked at: {threads:?}"
+    );
+    broker.stop();
+}
+
 /// Starts the broker with `RINGMQ_TEST_PANIC=<mode>` on 2 shards, makes the test client's
 /// home shard panic, and returns (home shard, stderr) once the process exited non-zero
 /// within a bound.
