@@ -500,3 +500,85 @@ fn receive_buffers_grow_when_a_turn_runs_out() {
         "{grown} buffers in circulation"
     );
 }
+
+/// A subscriber's DISCONNECT and another shard's forward that the same turn finds: the
+/// connection's packet goes first. A client that disconnected before another published (the
+/// test process did one after the other) gets the message from its session's queue when it is
+/// back, as a first delivery (DUP 0); handled the other way round, it went to the closing
+/// connection and came back with DUP 1 (mosquitto's 05-clean-session-qos1 on 2 shards).
+#[test]
+fn a_disconnect_is_handled_before_a_forward_that_arrives_with_it() {
+    let mut sim = SimBroker::new(config(2)).expect("sim");
+    let (sub_id, pub_id) = (homed_on(1, 2, "sub"), homed_on(0, 2, "pub"));
+    let persistent = |id: &str| {
+        bytes(Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_start: false,
+            keepalive_secs: 60,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Props::NONE,
+        })))
+    };
+    let subscriber = sim.connect(1);
+    let mut stream = persistent(&sub_id);
+    stream.extend(bytes(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            "a/b".into(),
+            SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                ..SubscriptionOptions::default()
+            },
+        )],
+        properties: Props::NONE,
+    })));
+    sim.write(subscriber, &stream);
+    let publisher = sim.connect(0);
+    sim.write(publisher, &connect(&pub_id));
+    sim.run();
+    assert!(matches!(
+        packets(sim.received(subscriber))[..],
+        [Packet::ConnAck(_), Packet::SubAck(_)]
+    ));
+
+    // One round of the kernel hands shard 1 the DISCONNECT and shard 0 the PUBLISH; shard 0's
+    // turn forwards it before shard 1's turn.
+    sim.write(subscriber, &bytes(Packet::Disconnect(Default::default())));
+    sim.close(subscriber);
+    sim.write(
+        publisher,
+        &bytes(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b".into(),
+            packet_id: 7,
+            payload: Bytes::from_static(b"after the disconnect"),
+            properties: Props::NONE,
+        })),
+    );
+    sim.run();
+    assert_eq!(
+        packets(sim.received(subscriber)).len(),
+        2,
+        "nothing sent to the connection after its DISCONNECT"
+    );
+
+    let back = sim.connect(1);
+    sim.write(back, &persistent(&sub_id));
+    sim.run();
+    let got = packets(sim.received(back));
+    assert!(matches!(got[0], Packet::ConnAck(_)), "{got:?}");
+    match &got[1] {
+        Packet::Publish(publish) => {
+            assert_eq!(&publish.payload[..], b"after the disconnect");
+            assert!(!publish.dup, "a first delivery: DUP 0 [MQTT-3.3.1-3]");
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.check_bounds();
+    sim.finish();
+}
