@@ -438,6 +438,11 @@ impl ShardMesh {
         self.sources.drain(max_per_ring, f)
     }
 
+    /// See [`Sources::see`].
+    pub fn see_inbound(&mut self) {
+        self.sources.see();
+    }
+
     /// Lends out the inbound half, so its owner can drain it while handling each message with
     /// full access to itself (pushing on goes through this mesh's [`Targets`]). Until
     /// [`ShardMesh::restore_sources`], this mesh sees no inbound ring: `inbound_len` and
@@ -480,6 +485,29 @@ impl Sources {
         for (source, consumer) in self.consumers.iter_mut().enumerate() {
             if let Some(consumer) = consumer {
                 count += consumer.drain(max_per_ring, |message| f(source, message));
+            }
+        }
+        count
+    }
+
+    /// Looks at every inbound ring: what `drain_seen` may take until the next look.
+    pub fn see(&mut self) {
+        self.consumers
+            .iter_mut()
+            .flatten()
+            .for_each(spsc::Consumer::see);
+    }
+
+    /// As `drain`, of the messages there at the last `see` only.
+    pub fn drain_seen(
+        &mut self,
+        max_per_ring: usize,
+        mut f: impl FnMut(usize, MeshMessage),
+    ) -> usize {
+        let mut count = 0;
+        for (source, consumer) in self.consumers.iter_mut().enumerate() {
+            if let Some(consumer) = consumer {
+                count += consumer.drain_seen(max_per_ring, |message| f(source, message));
             }
         }
         count

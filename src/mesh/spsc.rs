@@ -226,11 +226,23 @@ impl<T> Consumer<T> {
     /// Acquire load of the producer's `tail` and one Release store of `head` for the batch.
     ///
     /// If `f` panics, the values already handed over are gone and the rest stay in the ring.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(T)) -> usize {
-        let start = self.head;
-        if self.tail_cached.wrapping_sub(start) < max {
-            self.tail_cached = self.shared.tail.load(Ordering::Acquire);
+    pub fn drain(&mut self, max: usize, f: impl FnMut(T)) -> usize {
+        if self.tail_cached.wrapping_sub(self.head) < max {
+            self.see();
         }
+        self.drain_seen(max, f)
+    }
+
+    /// Looks at the producer's `tail`: what `drain_seen` may take from now on.
+    pub fn see(&mut self) {
+        // Acquire: the producer's writes into the slots up to `tail` happen before our reads.
+        self.tail_cached = self.shared.tail.load(Ordering::Acquire);
+    }
+
+    /// As `drain`, of the values there at the last `see` (or `drain`, or `pop` that looked)
+    /// only: what was pushed since waits for the next look.
+    pub fn drain_seen(&mut self, max: usize, mut f: impl FnMut(T)) -> usize {
+        let start = self.head;
         let count = self.tail_cached.wrapping_sub(start).min(max);
         for _ in 0..count {
             let head = self.head;
@@ -381,6 +393,28 @@ mod tests {
         assert_eq!(consumer.drain(4, |value| taken.push(value)), 2);
         assert_eq!(consumer.drain(4, |value| taken.push(value)), 0);
         assert_eq!(taken, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drain_seen_takes_only_what_the_last_look_saw() {
+        let (mut producer, mut consumer) = channel::<u32>(16);
+        producer.try_push(0).unwrap();
+        producer.try_push(1).unwrap();
+        consumer.see();
+        producer.try_push(2).unwrap();
+        let mut taken = Vec::new();
+        assert_eq!(consumer.drain_seen(1, |value| taken.push(value)), 1);
+        assert_eq!(consumer.drain_seen(8, |value| taken.push(value)), 1);
+        assert_eq!(
+            consumer.drain_seen(8, |value| taken.push(value)),
+            0,
+            "2 came later"
+        );
+        assert_eq!(consumer.len(), 1, "and waits in the ring");
+        consumer.see();
+        assert_eq!(consumer.drain_seen(8, |value| taken.push(value)), 1);
+        assert_eq!(taken, [0, 1, 2]);
+        assert_eq!(producer.taken(), 3);
     }
 
     /// Counts its drops, so a test can see every value dropped exactly once.

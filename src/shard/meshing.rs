@@ -69,9 +69,9 @@ impl Shard {
         result
     }
 
-    /// Takes at most `mesh_batch_max` messages from each inbound ring and handles each as it
-    /// leaves its ring; wakes a source that sleeps with messages waiting for room in its ring
-    /// to us.
+    /// Takes at most `mesh_batch_max` messages from each inbound ring, of those there when the
+    /// turn began (`see_mesh`), and handles each as it leaves its ring; wakes a source that
+    /// sleeps with messages waiting for room in its ring to us.
     pub(super) fn drain_mesh(&mut self) {
         if self.shard_count == 1 {
             return;
@@ -80,7 +80,7 @@ impl Shard {
         // its handler, which may push to other shards through the mesh's other half.
         let mut inbound = self.mesh.take_sources();
         let mut sources = 0u64;
-        let taken = inbound.drain(
+        let taken = inbound.drain_seen(
             self.config.limits.mesh_batch_max as usize,
             |source, message| {
                 if sources == 0 && self.latency.is_some() {
@@ -105,6 +105,15 @@ impl Shard {
             }
         });
         self.wake(backlogged);
+    }
+
+    /// At the start of a turn, right after the wait that posted the completions of what the
+    /// connections sent so far: the messages the turn's drains may take. One pushed later
+    /// waits for the next turn, after the completions of everything that came before it.
+    pub(super) fn see_mesh(&mut self) {
+        if self.shard_count > 1 {
+            self.mesh.see_inbound();
+        }
     }
 
     /// Wakes each shard in `shards` with a MSG_RING on its primary ring: the entry rides with

@@ -543,6 +543,7 @@ impl Shard {
         for ring in self.rings.iter_mut().skip(1) {
             ring.poll()?;
         }
+        self.see_mesh();
         let elapsed = self.clock.elapsed();
         self.now_ms = elapsed.as_millis() as u64;
         self.turn_started_ns = elapsed.as_nanos() as u64;
@@ -556,10 +557,11 @@ impl Shard {
         // What the connections sent before the mesh: a forward may have been caused by a
         // packet already here (a subscriber's DISCONNECT, then another client's PUBLISH:
         // delivered first, the message went to a closing connection and came back with DUP
-        // on the next; mosquitto's 05-clean-session-qos1 on 2 shards, 4 runs in 30). The
-        // other way round needs no such order: an ack that tells a client the other shards
-        // have applied something (a SUBACK, a retained message's PUBACK) waits until they
-        // took it (`held.rs`).
+        // on the next; mosquitto's 05-clean-session-qos1 on 2 shards, 4 runs in 30). And
+        // only the forwards seen at the start (`see_mesh`): one pushed during the turn may
+        // follow a packet whose completion the next wait posts. The other way round needs no
+        // such order: an ack that tells a client the other shards have applied something (a
+        // SUBACK, a retained message's PUBACK) waits until they took it (`held.rs`).
         for ring in 0..self.rings.len() {
             loop {
                 let mut batch = std::mem::take(&mut self.completions);
