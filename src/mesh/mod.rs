@@ -480,14 +480,9 @@ impl Sources {
     /// Takes up to `max_per_ring` messages from each inbound ring, handing each to
     /// `f(source_shard, message)`; returns how many in all. The bound keeps one busy source
     /// from starving the others and the shard's own connections (`Limits::mesh_batch_max`).
-    pub fn drain(&mut self, max_per_ring: usize, mut f: impl FnMut(usize, MeshMessage)) -> usize {
-        let mut count = 0;
-        for (source, consumer) in self.consumers.iter_mut().enumerate() {
-            if let Some(consumer) = consumer {
-                count += consumer.drain(max_per_ring, |message| f(source, message));
-            }
-        }
-        count
+    pub fn drain(&mut self, max_per_ring: usize, f: impl FnMut(usize, MeshMessage)) -> usize {
+        self.see();
+        self.drain_seen(max_per_ring, f)
     }
 
     /// Looks at every inbound ring: what `drain_seen` may take until the next look.
